@@ -1,0 +1,70 @@
+// swift-tools-version:6.0
+// wb — checkpoint-driven debugging and fuzzing workbench for Linux on x86-64.
+import PackageDescription
+
+/// C executables built by SwiftPM are linked by swiftc; they are ordinary glibc programs.
+func harnessProgram(_ name: String) -> Target {
+    .executableTarget(
+        name: "harness-\(name)",
+        dependencies: ["HarnessSupport"],
+        path: "harness/programs/\(name)",
+        cSettings: [.unsafeFlags(["-O2", "-mavx2", "-pthread"])],
+        linkerSettings: [.linkedLibrary("pthread")])
+}
+
+let package = Package(
+    name: "wb",
+    products: [
+        .executable(name: "wb", targets: ["wb"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
+    ],
+    targets: [
+        // C floor: syscall/ptrace shims and the restore stub.
+        .target(
+            name: "CWBNative",
+            path: "native/CWBNative",
+            cSettings: [.unsafeFlags(["-O2"])]),
+        // System libraries through pkg-config.
+        .systemLibrary(
+            name: "CCapstone", path: "native/modulemaps/CCapstone",
+            pkgConfig: "capstone", providers: [.apt(["libcapstone-dev"])]),
+        .systemLibrary(
+            name: "CLibDW", path: "native/modulemaps/CLibDW",
+            pkgConfig: "libdw", providers: [.apt(["libdw-dev"])]),
+        .systemLibrary(
+            name: "CLibUnwindPtrace", path: "native/modulemaps/CLibUnwindPtrace",
+            pkgConfig: "libunwind-ptrace", providers: [.apt(["libunwind-dev"])]),
+        .systemLibrary(
+            name: "CIBVerbs", path: "native/modulemaps/CIBVerbs",
+            pkgConfig: "libibverbs", providers: [.apt(["libibverbs-dev"])]),
+
+        // Swift layers, dependencies pointing down.
+        .target(name: "WBSystem", dependencies: ["CWBNative"]),
+        .target(name: "WBCore", dependencies: ["WBSystem"]),
+        .target(name: "WBTrace", dependencies: ["WBCore", "WBSystem", "CWBNative"]),
+        .target(name: "WBCheckpoint", dependencies: ["WBTrace", "WBCore"]),
+        .target(name: "WBRestore", dependencies: ["WBTrace", "WBCore"]),
+        .executableTarget(
+            name: "wb",
+            dependencies: [
+                "WBCore", "WBCheckpoint", "WBRestore",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ]),
+
+        // Target programs for tests, the demo and the benchmarks.
+        .target(name: "HarnessSupport", path: "harness/programs/support",
+                cSettings: [.unsafeFlags(["-O2"])]),
+        harnessProgram("heap"),
+        harnessProgram("threads"),
+        harnessProgram("state"),
+        harnessProgram("service"),
+
+        .testTarget(name: "WBCoreTests", dependencies: ["WBCore"]),
+        .testTarget(name: "WBTraceTests", dependencies: ["WBTrace"]),
+        .testTarget(name: "SystemLibraryTests",
+                    dependencies: ["CCapstone", "CLibDW", "CLibUnwindPtrace", "CIBVerbs"]),
+        .testTarget(name: "EndToEndTests", dependencies: ["WBCore", "WBSystem"]),
+    ]
+)

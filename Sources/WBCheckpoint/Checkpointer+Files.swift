@@ -1,0 +1,125 @@
+import Foundation
+import Glibc
+import WBTrace
+
+/// Decides which mapped files the image embeds, and embeds them once the pages are written.
+struct FileEmbedder {
+    let pid: Int32
+    let writer: ImageWriter
+    let embedLimit: UInt64
+    let exe: String
+    private var known: [String: FileIdentity] = [:]          // "device:inode"
+    private var byPath: [String: String] = [:]
+    private var pending: [(key: String, fd: FileDescriptor, path: String, code: Bool)] = []
+    var notes: [String] = []
+
+    init(pid: Int32, writer: ImageWriter, embedLimit: UInt64, exe: String) {
+        self.pid = pid; self.writer = writer; self.embedLimit = embedLimit; self.exe = exe
+    }
+
+    /// The identity of a mapped file; queues it for embedding when the image should carry it.
+    mutating func identify(_ e: ProcFS.MapsEntry, path: String, deleted: Bool, code: Bool) throws -> FileIdentity {
+        let key = "\(e.device):\(e.inode)"
+        if let id = known[key] { return id }
+        let mapFile = "/proc/\(pid)/map_files/\(String(e.start, radix: 16))-\(String(e.end, radix: 16))"
+        let fd: FileDescriptor
+        do {
+            fd = try FileDescriptor.open(mapFile, O_RDONLY, what: "opening mapped file \(path)")
+        } catch {
+            fd = try FileDescriptor.open(path, O_RDONLY, what: "opening mapped file \(path)")
+        }
+        let st = try fd.stat()
+        let id = FileIdentity(size: st.size, mtimeSeconds: st.mtimeSeconds, mtimeNanoseconds: st.mtimeNanoseconds,
+                              device: st.device, inode: st.inode, content: nil)
+        let embed = code || deleted || path == exe || (!e.shared && st.size <= embedLimit)
+        if embed {
+            pending.append((FileEmbedder.key(id), fd, path, code))
+        } else {
+            notes.append("\(path) (\(st.size) bytes) is mapped but not stored: restore needs it at the same path, unchanged")
+        }
+        known[key] = id
+        byPath[path] = key
+        return id
+    }
+
+    static func key(_ f: FileIdentity) -> String { "\(f.device):\(f.inode)" }
+
+    func identity(ofPath path: String) -> FileIdentity? { byPath[path].flatMap { known[$0] } }
+
+    /// Embeds the queued files; returns their content hashes by (device, inode).
+    mutating func embedAll() throws -> [String: ContentHash] {
+        var out: [String: ContentHash] = [:]
+        for p in pending {
+            let entry = try withContext("storing \(p.path)") { try writer.embed(file: p.fd, path: p.path, code: p.code) }
+            out[p.key] = entry.hash
+        }
+        for k in known.keys { if let h = known[k].flatMap({ out[FileEmbedder.key($0)] }) { known[k]?.content = h } }
+        pending.removeAll()
+        return out
+    }
+}
+
+extension Checkpointer {
+    /// Embeds the mapped files and records their content hashes in the mappings.
+    func embedMappedFiles(_ files: inout FileEmbedder, into p: inout ProcessState) throws {
+        let hashes = try files.embedAll()
+        for i in p.mappings.indices {
+            if let f = p.mappings[i].file, let h = hashes[FileEmbedder.key(f)] { p.mappings[i].file?.content = h }
+        }
+        if let exe = p.exeFile, let h = hashes[FileEmbedder.key(exe)] { p.exeFile?.content = h }
+    }
+
+    /// Every fd: what it is, its flags and offset; deleted files' contents; pipe buffers.
+    func captureFiles(_ tracee: Tracee, into p: inout ProcessState, writer: ImageWriter, plan: Preflight) throws {
+        var pipes: [UInt64: PipeState] = [:]
+        var ends: [UInt64: (read: Bool, write: Bool)] = [:]
+        for f in plan.fds {
+            let info = ProcFS.parseFDInfo((try? Paths.readText("/proc/\(pid)/fdinfo/\(f.fd)")) ?? "")
+            let cloexec = info.flags & O_CLOEXEC != 0
+            var s = FDState(fd: f.fd, kind: f.kind ?? .placeholder, flags: info.flags & ~O_CLOEXEC,
+                            closeOnExec: cloexec, path: f.link, offset: info.position)
+            if let why = placeholders[f.fd] {
+                s.kind = .placeholder
+                s.note = why
+                p.fds.append(s)
+                continue
+            }
+            let procPath = "/proc/\(pid)/fd/\(f.fd)"
+            switch s.kind {
+            case .deletedFile:
+                let (path, _) = f.link.deletedStripped
+                s.path = path
+                let fd = try FileDescriptor.open(procPath, O_RDONLY, what: "reading deleted file \(path) (fd \(f.fd))")
+                let st = try fd.stat()
+                s.mode = st.mode & 0o7777
+                let entry = try withContext("storing deleted file \(path)") { try writer.embed(file: fd, path: path, code: false) }
+                s.content = entry.hash
+            case .pipe, .fifo:
+                let id: UInt64
+                if s.kind == .pipe {
+                    id = UInt64(f.link.dropFirst("pipe:[".count).dropLast()) ?? 0
+                } else {
+                    id = try Paths.stat(procPath).inode
+                }
+                s.pipe = id
+                var e = ends[id] ?? (false, false)
+                if s.accessMode == O_RDONLY || s.accessMode == O_RDWR { e.read = true }
+                if s.accessMode == O_WRONLY || s.accessMode == O_RDWR { e.write = true }
+                ends[id] = e
+                if pipes[id] == nil {
+                    let (bytes, capacity) = try withContext("reading the buffer of fd \(f.fd) (\(f.link))") { try Pipes.peek(procPath) }
+                    pipes[id] = PipeState(id: id, buffered: Data(bytes), capacity: capacity, external: false)
+                }
+            case .file, .device, .tty, .placeholder:
+                break
+            }
+            p.fds.append(s)
+        }
+        for (id, e) in ends { pipes[id]?.external = !(e.read && e.write) }
+        p.pipes = pipes.values.sorted { $0.id < $1.id }
+        for pipe in p.pipes where pipe.external {
+            let holders = p.fds.filter { $0.pipe == pipe.id }.map { "fd \($0.fd)" }.joined(separator: ", ")
+            notes.append("pipe \(pipe.id) (\(holders)) has its other end outside the process")
+        }
+    }
+}

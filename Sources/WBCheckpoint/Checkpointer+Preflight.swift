@@ -1,0 +1,99 @@
+import Foundation
+import Glibc
+import WBTrace
+
+/// What an fd is, decided from /proc before the process is touched.
+struct FDPlan {
+    var fd: Int32
+    var link: String
+    var kind: FDState.Kind?
+    /// Why wb cannot restore it, when it cannot.
+    var unsupported: String?
+}
+
+struct Preflight {
+    var threads: Int
+    var fds: [FDPlan]
+}
+
+extension Checkpointer {
+    /// Looks at the process through /proc only and refuses, before touching it, what the
+    /// image cannot hold.
+    func preflight() throws -> Preflight {
+        guard ProcFS.exists(pid) else {
+            throw WBError.invalidArgument("no process with pid \(pid)")
+        }
+        let status = try ProcFS.status(pid)
+        if let tgid = status["Tgid"], tgid != "\(pid)" {
+            throw WBError.invalidArgument("\(pid) is a thread of process \(tgid); checkpoint the process: wb checkpoint \(tgid)")
+        }
+        let state = status["State"] ?? ""
+        if state.hasPrefix("Z") || state.hasPrefix("X") {
+            throw WBError.invalidArgument("pid \(pid) has already exited (it is a zombie)")
+        }
+        if let tracer = status["TracerPid"], tracer != "0" {
+            throw WBError.refused("pid \(pid) is already being traced by pid \(tracer) (a debugger?): detach it first")
+        }
+        if pid == getpid() { throw WBError.invalidArgument("wb cannot checkpoint itself") }
+        if (try? Paths.readLink("/proc/\(pid)/exe")) == nil {
+            throw WBError.refused("pid \(pid) is a kernel thread or not accessible (no /proc/\(pid)/exe): run wb as root or as the process's owner")
+        }
+        var problems: [String] = []
+        let children = ProcFS.children(pid)
+        if !children.isEmpty {
+            let list = children.prefix(5).map(String.init).joined(separator: ", ")
+            problems.append("it has child process\(children.count > 1 ? "es" : "") \(list) (process trees are not supported yet)")
+        }
+        let timers = (try? Paths.readText("/proc/\(pid)/timers")) ?? ""
+        if timers.contains("ID:") { problems.append("it uses POSIX timers (timer_create), which are not supported yet") }
+        var fds: [FDPlan] = []
+        for fd in try ProcFS.fds(pid) {
+            guard let link = try? Paths.readLink("/proc/\(pid)/fd/\(fd)") else { continue }
+            let plan = classify(fd: fd, link: link)
+            if let why = plan.unsupported { problems.append("fd \(fd) is \(why)") }
+            fds.append(plan)
+        }
+        let sysvShm = ((try? ProcFS.maps(pid, withFlags: false)) ?? []).filter { $0.path.hasPrefix("/SYSV") }
+        if !sysvShm.isEmpty { problems.append("it maps System V shared memory (\(sysvShm[0].path)), which is not supported yet") }
+        if !problems.isEmpty {
+            if options.allowUnsupported {
+                for p in problems { notes.append("left out: \(p)") }
+                for plan in fds where plan.unsupported != nil { placeholders[plan.fd] = plan.unsupported! }
+            } else {
+                throw WBError.refused("pid \(pid) cannot be checkpointed: \(problems.joined(separator: "; ")). Nothing was changed; --allow-unsupported stores such fds as /dev/null and leaves children out")
+            }
+        }
+        let threads = (try? ProcFS.tasks(pid).count) ?? 1
+        return Preflight(threads: threads, fds: fds)
+    }
+
+    func classify(fd: Int32, link: String) -> FDPlan {
+        var plan = FDPlan(fd: fd, link: link)
+        if link.hasPrefix("socket:") { plan.unsupported = "a socket (\(link))"; return plan }
+        if link.hasPrefix("pipe:") { plan.kind = .pipe; return plan }
+        if link.hasPrefix("anon_inode:") {
+            let what = link.dropFirst("anon_inode:".count).trimming("[]")
+            let names = ["eventpoll": "an epoll instance", "inotify": "an inotify instance", "eventfd": "an eventfd",
+                         "timerfd": "a timerfd", "signalfd": "a signalfd", "pidfd": "a pidfd",
+                         "io_uring": "an io_uring instance", "userfaultfd": "a userfaultfd", "fanotify": "a fanotify instance"]
+            plan.unsupported = "\(names[what] ?? "an anonymous inode (\(what))") (\(link))"
+            return plan
+        }
+        if link.hasPrefix("/memfd:") { plan.kind = .deletedFile; return plan }
+        if link.hasSuffix(" (deleted)") { plan.kind = .deletedFile; return plan }
+        guard link.hasPrefix("/") else { plan.unsupported = "of an unknown kind (\(link))"; return plan }
+        guard let st = try? Paths.stat("/proc/\(pid)/fd/\(fd)") else { plan.kind = .file; return plan }
+        if st.isFIFO { plan.kind = .fifo; return plan }
+        if st.isCharDevice {
+            if link.hasPrefix("/dev/pts/") || link.hasPrefix("/dev/tty") || link == "/dev/console" || link == "/dev/ptmx" {
+                plan.kind = .tty
+            } else {
+                plan.kind = .device
+            }
+            return plan
+        }
+        if st.mode & S_IFMT == S_IFBLK { plan.unsupported = "a block device (\(link))"; return plan }
+        plan.kind = .file
+        return plan
+    }
+}

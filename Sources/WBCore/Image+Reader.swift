@@ -1,0 +1,132 @@
+import Foundation
+import Glibc
+
+/// An image opened for reading. Opening checks the header, the metadata checksum and the
+/// structure of the metadata; `verifyData()` also checks the page and file sections.
+public final class Image: @unchecked Sendable {
+    public let path: String
+    public let header: ImageHeader
+    public let metadata: ImageMetadata
+    public let fileSize: UInt64
+    let fd: FileDescriptor
+
+    public var process: ProcessState { metadata.process }
+
+    public init(path: String) throws {
+        self.path = path
+        let fd: FileDescriptor
+        do {
+            fd = try FileDescriptor.open(path, O_RDONLY, what: "opening image \(path)")
+        } catch let WBError.system(_, code, _) where code == ENOENT {
+            throw WBError.invalidArgument("\(path): no such image file")
+        }
+        self.fd = fd
+        let st = try fd.stat()
+        guard st.isRegular else { throw WBError.badImage(path: path, problem: "not a regular file") }
+        let fileSize = st.size
+        self.fileSize = fileSize
+        var page = [UInt8](repeating: 0, count: ImageFormat.headerSize)
+        let got = try page.withUnsafeMutableBytes { try fd.read(into: $0, at: 0) }
+        page = Array(page[0..<got])
+        if got == 0 { throw WBError.badImage(path: path, problem: "empty file: not a wb image") }
+        let header = try ImageHeader.decode(page, path: path, fileSize: fileSize)
+        self.header = header
+        let meta = header.section(.metadata)!
+        guard meta.length < 1 << 31 else {
+            throw WBError.badImage(path: path, problem: "corrupted header: metadata section of \(meta.length) bytes")
+        }
+        var json = [UInt8](repeating: 0, count: Int(meta.length))
+        _ = try json.withUnsafeMutableBytes { try fd.read(into: $0, at: meta.offset) }
+        let sum = Checksum.of(json)
+        guard sum == meta.checksum else {
+            throw WBError.badImage(path: path, problem: "corrupted metadata: checksum mismatch in section META (bytes \(meta.offset)-\(meta.end - 1))")
+        }
+        do {
+            metadata = try JSONDecoder().decode(ImageMetadata.self, from: Data(json))
+        } catch let error as DecodingError {
+            throw WBError.badImage(path: path, problem: "invalid metadata: \(Image.describe(error))")
+        }
+        try validateStructure()
+    }
+
+    /// The checksum of every section, including page data and embedded files.
+    public func verifyData() throws {
+        for s in header.sections where s.kind != .metadata {
+            let region = try MappedRegion(file: fd, offset: s.offset, count: Int(s.length))
+            region.adviseSequential()
+            guard region.withBytes({ Checksum.of($0) }) == s.checksum else {
+                throw WBError.badImage(path: path, problem: "corrupted data: checksum mismatch in section \(s.kind.name) (bytes \(s.offset)-\(s.end - 1))")
+            }
+        }
+    }
+
+    /// Maps `length` bytes at `offset` within a section.
+    public func map(_ kind: ImageFormat.SectionKind, offset: UInt64, length: UInt64) throws -> MappedRegion {
+        let s = header.section(kind)!
+        precondition(offset + length <= s.length)
+        return try MappedRegion(file: fd, offset: s.offset + offset, count: Int(length))
+    }
+
+    /// Absolute file offset of a position within a section (for mapping straight from the image).
+    public func absoluteOffset(_ kind: ImageFormat.SectionKind, _ offset: UInt64) -> UInt64 {
+        header.section(kind)!.offset + offset
+    }
+
+    /// The bytes of an embedded file.
+    public func contents(of file: EmbeddedFile) throws -> MappedRegion {
+        try map(.files, offset: file.dataOffset, length: file.size)
+    }
+
+    /// The open image file, for restore code that maps page data from it.
+    public var descriptor: Int32 { fd.rawValue }
+
+    private func validateStructure() throws {
+        func bad(_ problem: String) -> WBError { .badImage(path: path, problem: "invalid metadata: \(problem)") }
+        let p = metadata.process
+        guard p.pid > 0 else { throw bad("process pid is \(p.pid)") }
+        guard !p.threads.isEmpty else { throw bad("process \(p.pid) has no threads") }
+        guard p.threads.contains(where: { $0.tid == p.pid }) else { throw bad("no thread has the process's pid \(p.pid)") }
+        let pages = header.section(.pages)!.length
+        for (i, m) in p.mappings.enumerated() {
+            guard m.end > m.start, m.start % 4096 == 0, m.end % 4096 == 0 else {
+                throw bad("mappings[\(i)] has a bad range \(hex(m.start))-\(hex(m.end))")
+            }
+            for run in m.pages {
+                guard UInt64(run.page) + UInt64(run.count) <= UInt64(m.pageCount),
+                      run.dataOffset + run.byteCount <= pages, run.dataOffset % 4096 == 0 else {
+                    throw bad("mappings[\(i)] (\(hex(m.start))-\(hex(m.end))) has a page run outside the mapping or the PAGE section")
+                }
+            }
+        }
+        let files = header.section(.files)!.length
+        for f in metadata.files where f.dataOffset + f.size > files {
+            throw bad("embedded file \(f.hash) (\(f.paths.first ?? "?")) lies outside the FILE section")
+        }
+        for t in p.threads where t.xstate.count > 1 << 20 {
+            throw bad("thread \(t.tid) has an XSAVE area of \(t.xstate.count) bytes")
+        }
+    }
+
+    static func describe(_ error: DecodingError) -> String {
+        func path(_ keys: [CodingKey]) -> String {
+            keys.map { $0.intValue.map { "[\($0)]" } ?? ".\($0.stringValue)" }.joined().trimming(".")
+        }
+        switch error {
+        case let .keyNotFound(key, ctx):
+            let at = path(ctx.codingPath)
+            return "field '\(key.stringValue)' is missing" + (at.isEmpty ? "" : " in \(at)")
+        case let .typeMismatch(type, ctx):
+            return "field '\(path(ctx.codingPath))' is not a \(type)"
+        case let .valueNotFound(type, ctx):
+            return "field '\(path(ctx.codingPath))' is null, expected \(type)"
+        case let .dataCorrupted(ctx):
+            let at = path(ctx.codingPath)
+            return at.isEmpty ? "the metadata is not valid JSON" : "field '\(at)': \(ctx.debugDescription)"
+        @unknown default:
+            return "\(error)"
+        }
+    }
+}
+
+/// "0x7f12345000"
+public func hex(_ v: UInt64) -> String { "0x" + String(v, radix: 16) }

@@ -1,0 +1,175 @@
+import Foundation
+
+/// What `wb inspect` shows: a readable text form and a JSON form (addresses and registers as
+/// hex strings, so that tools without 64-bit integers read them exactly).
+public struct ImageReport: Encodable {
+    public struct Thread: Encodable {
+        var tid: Int32, name: String, registers: [String: String], syscall: String?
+        var sigmask: String, blocked: [Int32], pending: [Int32], xstateBytes: Int
+        var rseq: String?, robustList: String, clearChildTid: String, altStack: String?
+    }
+    public struct MappingRow: Encodable {
+        var start: String, end: String, perms: String, offset: String, kind: String, path: String?
+        var sizeBytes: UInt64, storedBytes: UInt64, embedded: String?
+    }
+    public struct FDRow: Encodable {
+        var fd: Int32, kind: String, path: String, flags: String, offset: UInt64, closeOnExec: Bool
+        var pipe: UInt64?, note: String?
+    }
+    public struct SignalRow: Encodable {
+        var signal: Int32, name: String, handler: String, flags: String, mask: String
+    }
+    public struct FileRow: Encodable {
+        var hash: String, sizeBytes: UInt64, paths: [String], code: Bool
+    }
+
+    var image: String, format: UInt32, createdAt: String, tool: String, imageBytes: UInt64
+    var host: HostInfo
+    var pid: Int32, ppid: Int32, pgid: Int32, sid: Int32, command: [String], exe: String, cwd: String
+    var umask: String, uid: [UInt32], gid: [UInt32]
+    var threads: [Thread], mappings: [MappingRow], fds: [FDRow], pipes: [PipeState]
+    var signals: [SignalRow], sharedPending: [Int32], itimers: [IntervalTimer], rlimits: [ResourceLimit]
+    var files: [FileRow], notes: [String]
+    var memoryBytes: UInt64
+
+    public init(_ image: Image) {
+        let m = image.metadata, p = m.process
+        self.image = image.path; format = image.header.version; createdAt = m.createdAt; tool = m.tool
+        imageBytes = image.fileSize; host = m.host
+        pid = p.pid; ppid = p.ppid; pgid = p.pgid; sid = p.sid; command = p.cmdline; exe = p.exe; cwd = p.cwd
+        umask = String(format: "%04o", p.umask); uid = p.credentials.uid; gid = p.credentials.gid
+        threads = p.threads.map { t in
+            var regs: [String: String] = [:]
+            for (name, value) in t.registers.all { regs[name] = hex(value) }
+            return Thread(tid: t.tid, name: t.comm, registers: regs,
+                          syscall: t.interruptedSyscall.map { "syscall \($0.number) (\(SyscallNames.name($0.number))), restarts (\($0.restartName))" },
+                          sigmask: hex(t.sigmask), blocked: ImageReport.signals(in: t.sigmask),
+                          pending: t.pending.map(\.signal), xstateBytes: t.xstate.count,
+                          rseq: t.rseq.map { "\(hex($0.address)) size \($0.size) sig \(hex(UInt64($0.signature)))" },
+                          robustList: hex(t.robustList.head), clearChildTid: hex(t.clearChildTid),
+                          altStack: t.altStack.flags & 2 == 0 ? "\(hex(t.altStack.base)) size \(t.altStack.size)" : nil)
+        }
+        mappings = p.mappings.map { x in
+            MappingRow(start: hex(x.start), end: hex(x.end), perms: x.permissions, offset: hex(x.offset),
+                       kind: x.kind.rawValue, path: x.path.map { x.deleted ? "\($0) (deleted)" : $0 } ?? x.anonName.map { "[anon:\($0)]" },
+                       sizeBytes: x.size, storedBytes: UInt64(x.storedPageCount) * 4096,
+                       embedded: x.file?.content?.description)
+        }
+        fds = p.fds.map { f in
+            FDRow(fd: f.fd, kind: f.kind.rawValue, path: f.path, flags: ImageReport.openFlags(f.flags),
+                  offset: f.offset, closeOnExec: f.closeOnExec, pipe: f.pipe, note: f.note)
+        }
+        pipes = p.pipes
+        signals = p.sigactions.filter { !$0.isDefault }.map { a in
+            SignalRow(signal: a.signal, name: SignalNames.name(a.signal),
+                      handler: a.handler == 0 ? "SIG_DFL" : a.handler == 1 ? "SIG_IGN" : hex(a.handler),
+                      flags: ImageReport.actionFlags(a.flags), mask: hex(a.mask))
+        }
+        sharedPending = p.sharedPending.map(\.signal)
+        itimers = p.itimers; rlimits = p.rlimits
+        files = m.files.map { FileRow(hash: $0.hash.description, sizeBytes: $0.size, paths: $0.paths, code: $0.code) }
+        notes = m.notes
+        memoryBytes = p.mappings.reduce(0) { $0 + UInt64($1.storedPageCount) * 4096 }
+    }
+
+    /// The report as text, one section after another.
+    public var text: String {
+        var out: [String] = []
+        func size(_ n: UInt64) -> String {
+            n >= 1 << 20 ? String(format: "%.1f MiB", Double(n) / 1048576) : n >= 1024 ? String(format: "%.1f KiB", Double(n) / 1024) : "\(n) B"
+        }
+        out.append("image      \(image) (format \(format), \(size(imageBytes)), written \(createdAt) by \(tool))")
+        out.append("host       \(host.hostname), Linux \(host.kernel), \(host.cpu.model)")
+        out.append("process    pid \(pid) (parent \(ppid), group \(pgid), session \(sid)), uid \(uid.first ?? 0), umask \(umask)")
+        out.append("command    \(command.joined(separator: " "))")
+        out.append("exe        \(exe)")
+        out.append("cwd        \(cwd)")
+        out.append("memory     \(size(memoryBytes)) stored in \(mappings.count) mappings")
+        out.append("")
+        out.append("THREADS (\(threads.count))")
+        for t in threads {
+            let r = t.registers
+            out.append("  \(t.tid) \(t.name)")
+            out.append("    rip \(r["rip"]!)  rsp \(r["rsp"]!)  rbp \(r["rbp"]!)  fs_base \(r["fs_base"]!)")
+            out.append("    rax \(r["rax"]!)  rdi \(r["rdi"]!)  rsi \(r["rsi"]!)  rdx \(r["rdx"]!)  orig_rax \(r["orig_rax"]!)")
+            if let s = t.syscall { out.append("    in \(s)") }
+            out.append("    blocked \(t.blocked.isEmpty ? "none" : t.blocked.map { SignalNames.name($0) }.joined(separator: " "))"
+                       + (t.pending.isEmpty ? "" : "; pending \(t.pending.map { SignalNames.name($0) }.joined(separator: " "))"))
+            out.append("    xsave \(t.xstateBytes) bytes; rseq \(t.rseq ?? "none"); robust list \(t.robustList); clear_child_tid \(t.clearChildTid)"
+                       + (t.altStack.map { "; altstack \($0)" } ?? ""))
+        }
+        out.append("")
+        out.append("MAPPINGS (\(mappings.count))")
+        for m in mappings {
+            let stored = m.storedBytes > 0 ? " stored \(size(m.storedBytes))" : ""
+            out.append("  \(m.start)-\(m.end) \(m.perms) \(m.kind.padding(toLength: 15, withPad: " ", startingAt: 0)) \(m.path ?? "")\(stored)")
+        }
+        out.append("")
+        out.append("FILE DESCRIPTORS (\(fds.count))")
+        for f in fds {
+            var line = "  \(f.fd) \(f.kind) \(f.path) [\(f.flags)\(f.closeOnExec ? ",cloexec" : "")]"
+            if f.kind == "file" || f.kind == "deletedFile" { line += " offset \(f.offset)" }
+            if let id = f.pipe, let pipe = pipes.first(where: { $0.id == id }) {
+                line += " pipe \(id), \(pipe.buffered.count) bytes buffered\(pipe.external ? ", other end outside" : "")"
+            }
+            if let n = f.note { line += " (\(n))" }
+            out.append(line)
+        }
+        out.append("")
+        out.append("SIGNALS")
+        for s in signals { out.append("  \(s.name) handler \(s.handler) flags \(s.flags)") }
+        if signals.isEmpty { out.append("  all default") }
+        if !sharedPending.isEmpty { out.append("  pending for the process: \(sharedPending.map { SignalNames.name($0) }.joined(separator: " "))") }
+        for t in itimers {
+            let which = ["ITIMER_REAL", "ITIMER_VIRTUAL", "ITIMER_PROF"][Int(t.which)]
+            out.append("  \(which) every \(t.intervalMicroseconds) us, next in \(t.valueMicroseconds) us")
+        }
+        out.append("")
+        out.append("EMBEDDED FILES (\(files.count))")
+        for f in files { out.append("  \(f.hash) \(size(f.sizeBytes).padding(toLength: 10, withPad: " ", startingAt: 0)) \(f.paths.joined(separator: ", "))") }
+        if !notes.isEmpty {
+            out.append("")
+            out.append("NOTES")
+            for n in notes { out.append("  \(n)") }
+        }
+        return out.joined(separator: "\n")
+    }
+
+    static func signals(in mask: UInt64) -> [Int32] { (1...64).filter { mask & (1 << UInt64($0 - 1)) != 0 }.map(Int32.init) }
+
+    static func openFlags(_ f: Int32) -> String {
+        var parts = [["O_RDONLY", "O_WRONLY", "O_RDWR", "O_ACCMODE"][Int(f & 3)]]
+        let named: [(Int32, String)] = [(0o2000, "O_APPEND"), (0o4000, "O_NONBLOCK"), (0o200000, "O_DIRECTORY"),
+                                        (0o4010000, "O_SYNC"), (0o10000000, "O_PATH"), (0o40000, "O_DIRECT")]
+        for (bit, name) in named where f & bit == bit { parts.append(name) }
+        return parts.joined(separator: ",")
+    }
+
+    static func actionFlags(_ f: UInt64) -> String {
+        let named: [(UInt64, String)] = [(0x10000000, "SA_RESTART"), (0x4, "SA_SIGINFO"), (0x8000000, "SA_ONSTACK"),
+                                         (0x40000000, "SA_NODEFER"), (0x80000000, "SA_RESETHAND"), (0x04000000, "SA_RESTORER"),
+                                         (0x1, "SA_NOCLDSTOP"), (0x2, "SA_NOCLDWAIT")]
+        let parts = named.filter { f & $0.0 != 0 }.map(\.1)
+        return parts.isEmpty ? "0" : parts.joined(separator: "|")
+    }
+}
+
+public enum SignalNames {
+    static let names = ["HUP", "INT", "QUIT", "ILL", "TRAP", "ABRT", "BUS", "FPE", "KILL", "USR1", "SEGV", "USR2",
+                        "PIPE", "ALRM", "TERM", "STKFLT", "CHLD", "CONT", "STOP", "TSTP", "TTIN", "TTOU", "URG",
+                        "XCPU", "XFSZ", "VTALRM", "PROF", "WINCH", "IO", "PWR", "SYS"]
+    public static func name(_ s: Int32) -> String {
+        if s >= 1 && s <= 31 { return "SIG" + names[Int(s) - 1] }
+        if s >= 34 && s <= 64 { return s == 34 ? "SIGRTMIN" : "SIGRTMIN+\(s - 34)" }
+        return "signal \(s)"
+    }
+}
+
+public enum SyscallNames {
+    static let names: [Int64: String] = [0: "read", 1: "write", 7: "poll", 23: "select", 34: "pause", 35: "nanosleep",
+                                         61: "wait4", 130: "rt_sigsuspend", 202: "futex", 230: "clock_nanosleep",
+                                         232: "epoll_wait", 270: "pselect6", 271: "ppoll", 281: "epoll_pwait",
+                                         43: "accept", 288: "accept4", 45: "recvfrom", 47: "recvmsg", 44: "sendto",
+                                         128: "rt_sigtimedwait", 17: "pread64", 19: "readv"]
+    public static func name(_ nr: Int64) -> String { names[nr] ?? "#\(nr)" }
+}

@@ -1,0 +1,147 @@
+import Foundation
+import Glibc
+
+/// Writes an image file front to back: pages, then embedded files, then the metadata, then
+/// the header. The bytes go to a temporary file beside the destination, which is renamed into
+/// place only once it is complete, so a crash or an interrupted checkpoint never leaves a
+/// half-written image under the user's name.
+public final class ImageWriter {
+    public let path: String
+    public let temporaryPath: String
+    private let fd: FileDescriptor
+    private var cursor = UInt64(ImageFormat.headerSize)
+    private var sections: [ImageFormat.Section] = []
+    private var current: (kind: ImageFormat.SectionKind, start: UInt64, checksum: Checksum)?
+    private var embedded: [ContentHash: EmbeddedFile] = [:]
+    private var embeddedOrder: [ContentHash] = []
+    private var finished = false
+
+    public init(path: String) throws {
+        self.path = path
+        let dir = Paths.directory(of: path)
+        let name = path.split(separator: "/").last.map(String.init) ?? path
+        temporaryPath = "\(dir)/.\(name).partial-\(getpid())"
+        fd = try FileDescriptor.open(temporaryPath, O_RDWR | O_CREAT | O_TRUNC, mode: 0o600,
+                                     what: "creating the image next to \(path)")
+        try begin(.pages)
+    }
+
+    deinit { if !finished { abandon() } }
+
+    /// Removes the partial file.
+    public func abandon() {
+        finished = true
+        fd.close()
+        Paths.remove(temporaryPath)
+    }
+
+    /// Bytes written so far.
+    public var bytesWritten: UInt64 { cursor }
+
+    private func begin(_ kind: ImageFormat.SectionKind) throws {
+        try pad()
+        current = (kind, cursor, Checksum())
+    }
+
+    private func end() throws {
+        guard let c = current else { return }
+        try pad()
+        sections.append(.init(kind: c.kind, offset: c.start, length: cursor - c.start, checksum: c.checksum.finish()))
+        current = nil
+    }
+
+    private func pad() throws {
+        let aligned = ImageFormat.align(cursor)
+        if aligned > cursor {
+            let zeros = [UInt8](repeating: 0, count: Int(aligned - cursor))
+            try write(zeros.withUnsafeBytes { $0 })
+        }
+    }
+
+    private func write(_ bytes: UnsafeRawBufferPointer) throws {
+        try withContext("writing image \(path)") { try fd.write(bytes, at: cursor) }
+        current?.checksum.update(bytes)
+        cursor += UInt64(bytes.count)
+    }
+
+    // MARK: Pages
+
+    /// Appends whole pages; returns their offset within the page section.
+    public func appendPages(_ bytes: UnsafeRawBufferPointer) throws -> UInt64 {
+        precondition(current?.kind == .pages && UInt64(bytes.count) % ImageFormat.pageSize == 0)
+        let offset = cursor - current!.start
+        try write(bytes)
+        return offset
+    }
+
+    /// Offset within the page section where the next pages will go.
+    public var nextPageOffset: UInt64 { cursor - (current?.start ?? cursor) }
+
+    // MARK: Files
+
+    /// Embeds a file once per content; returns its entry (existing or new).
+    public func embed(file source: FileDescriptor, path: String, code: Bool) throws -> EmbeddedFile {
+        if current?.kind == .pages { try end(); try begin(.files) }
+        let size = try source.size
+        let region = try MappedRegion(file: source, offset: 0, count: Int(size))
+        let hash = region.withBytes { ContentHash.of($0) }
+        if var known = embedded[hash] {
+            if !known.paths.contains(path) { known.paths.append(path) }
+            known.code = known.code || code
+            embedded[hash] = known
+            return known
+        }
+        try pad()
+        let offset = cursor - current!.start
+        try region.withBytes { try write($0) }
+        let entry = EmbeddedFile(hash: hash, size: size, dataOffset: offset, paths: [path], code: code)
+        embedded[hash] = entry
+        embeddedOrder.append(hash)
+        return entry
+    }
+
+    /// Embeds bytes held in memory (a deleted file read through /proc).
+    public func embed(bytes: [UInt8], path: String) throws -> EmbeddedFile {
+        if current?.kind == .pages { try end(); try begin(.files) }
+        let hash = bytes.withUnsafeBytes { ContentHash.of($0) }
+        if let known = embedded[hash] { return known }
+        try pad()
+        let offset = cursor - current!.start
+        try bytes.withUnsafeBytes { try write($0) }
+        let entry = EmbeddedFile(hash: hash, size: UInt64(bytes.count), dataOffset: offset, paths: [path], code: false)
+        embedded[hash] = entry
+        embeddedOrder.append(hash)
+        return entry
+    }
+
+    public var embeddedFiles: [EmbeddedFile] { embeddedOrder.map { embedded[$0]! } }
+
+    // MARK: Finish
+
+    /// Writes the metadata and the header, flushes when `sync` is set, and renames the file
+    /// into place.
+    public func finish(_ metadata: ImageMetadata, sync: Bool) throws {
+        if current?.kind == .pages { try end(); try begin(.files) }
+        try end()
+        try begin(.metadata)
+        let encoder = JSONEncoder()
+        let json: Data
+        do { json = try encoder.encode(metadata) } catch {
+            throw WBError.failed("encoding the image metadata: \(error)")
+        }
+        try json.withUnsafeBytes { try write($0) }
+        // The metadata section's length is its JSON, without padding.
+        let c = current!
+        sections.append(.init(kind: .metadata, offset: c.start, length: cursor - c.start, checksum: c.checksum.finish()))
+        current = nil
+        let header = ImageHeader(version: ImageFormat.version, fileSize: cursor, sections: sections)
+        try withContext("writing image \(path)") {
+            try fd.write(header.encoded(), at: 0)
+            try fd.truncate(to: cursor)
+            if sync { try fd.sync() }
+        }
+        try Paths.rename(temporaryPath, to: path)
+        finished = true
+        fd.close()
+    }
+}

@@ -1,0 +1,80 @@
+import Foundation
+
+/// One VMA from /proc/PID/maps, with the pages the image stores for it.
+public struct Mapping: Codable, Sendable, Equatable {
+    public enum Kind: String, Codable, Sendable {
+        /// Private anonymous memory (malloc arenas, thread stacks, ...).
+        case anonymous
+        /// Shared anonymous memory (MAP_SHARED|MAP_ANONYMOUS, shows as /dev/zero (deleted)).
+        case sharedAnonymous
+        /// A mapping of a file.
+        case file
+        case heap, stack, vdso, vvar, vvarVclock, vsyscall
+    }
+
+    public var start: UInt64
+    public var end: UInt64
+    /// PROT_READ (1) | PROT_WRITE (2) | PROT_EXEC (4).
+    public var protection: Int32
+    public var shared: Bool
+    public var kind: Kind
+    /// The file offset of `start` (file mappings).
+    public var offset: UInt64
+    /// The path as /proc/PID/maps shows it ("(deleted)" stripped; see `deleted`).
+    public var path: String?
+    public var deleted: Bool
+    /// The file's identity and content address, for file mappings.
+    public var file: FileIdentity?
+    /// The name given with PR_SET_VMA_ANON_NAME, if any.
+    public var anonName: String?
+    /// VmFlags from /proc/PID/smaps ("gd", "wf", "dc", "hg", ...).
+    public var vmFlags: [String]
+    /// Page runs stored in the image; pages not listed come from the file or are zero.
+    public var pages: [PageRun]
+
+    public init(start: UInt64, end: UInt64, protection: Int32, shared: Bool, kind: Kind, offset: UInt64, path: String?) {
+        self.start = start; self.end = end; self.protection = protection; self.shared = shared
+        self.kind = kind; self.offset = offset; self.path = path; deleted = false
+        file = nil; anonName = nil; vmFlags = []; pages = []
+    }
+
+    public var size: UInt64 { end - start }
+    public var pageCount: Int { Int(size / 4096) }
+    public var storedPageCount: Int { pages.reduce(0) { $0 + Int($1.count) } }
+
+    /// "r-xp" as in /proc/PID/maps.
+    public var permissions: String {
+        (protection & 1 != 0 ? "r" : "-") + (protection & 2 != 0 ? "w" : "-") +
+        (protection & 4 != 0 ? "x" : "-") + (shared ? "s" : "p")
+    }
+
+    public func contains(_ address: UInt64) -> Bool { address >= start && address < end }
+}
+
+/// A run of consecutive stored pages: `count` pages starting `page` pages into the mapping,
+/// whose bytes are at `dataOffset` in the image's page section. Encoded as [page, count, offset].
+public struct PageRun: Codable, Sendable, Equatable {
+    public var page: UInt32
+    public var count: UInt32
+    public var dataOffset: UInt64
+
+    public init(page: UInt32, count: UInt32, dataOffset: UInt64) {
+        self.page = page; self.count = count; self.dataOffset = dataOffset
+    }
+
+    public init(from decoder: Decoder) throws {
+        var c = try decoder.unkeyedContainer()
+        page = try c.decode(UInt32.self)
+        count = try c.decode(UInt32.self)
+        dataOffset = try c.decode(UInt64.self)
+    }
+
+    public func encode(to encoder: Encoder) throws {
+        var c = encoder.unkeyedContainer()
+        try c.encode(page)
+        try c.encode(count)
+        try c.encode(dataOffset)
+    }
+
+    public var byteCount: UInt64 { UInt64(count) * 4096 }
+}

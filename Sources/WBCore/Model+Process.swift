@@ -1,0 +1,125 @@
+import Foundation
+
+/// Everything an image records about one process. This is the metadata section of an image;
+/// docs/image-format.md describes each field.
+public struct ProcessState: Codable, Sendable, Equatable {
+    public var pid: Int32
+    public var ppid: Int32
+    public var pgid: Int32
+    public var sid: Int32
+    public var comm: String
+    public var cmdline: [String]
+    /// The executable, as /proc/PID/exe named it.
+    public var exe: String
+    public var exeFile: FileIdentity?
+    public var cwd: String
+    public var root: String
+    public var umask: UInt32
+    public var personality: UInt32
+    public var credentials: Credentials
+    public var rlimits: [ResourceLimit]
+    public var mm: MemoryLayout
+    public var itimers: [IntervalTimer]
+    /// All 64 signal dispositions (index 0 is signal 1).
+    public var sigactions: [SignalAction]
+    /// Signals pending for the whole process.
+    public var sharedPending: [PendingSignal]
+    public var threads: [ThreadState]
+    public var mappings: [Mapping]
+    public var fds: [FDState]
+    public var pipes: [PipeState]
+    /// XSAVE component permissions granted with arch_prctl(ARCH_REQ_XCOMP_PERM) (AMX).
+    public var xcompPermissions: UInt64
+
+    public init(pid: Int32) {
+        self.pid = pid
+        ppid = 0; pgid = 0; sid = 0; comm = ""; cmdline = []; exe = ""; exeFile = nil
+        cwd = "/"; root = "/"; umask = 0o022; personality = 0
+        credentials = Credentials(uid: [0, 0, 0, 0], gid: [0, 0, 0, 0], groups: [])
+        rlimits = []; mm = MemoryLayout(); itimers = []; sigactions = []; sharedPending = []
+        threads = []; mappings = []; fds = []; pipes = []; xcompPermissions = 0
+    }
+}
+
+public struct Credentials: Codable, Sendable, Equatable {
+    /// Real, effective, saved and filesystem ids, as /proc/PID/status lists them.
+    public var uid: [UInt32]
+    public var gid: [UInt32]
+    public var groups: [UInt32]
+    public init(uid: [UInt32], gid: [UInt32], groups: [UInt32]) { self.uid = uid; self.gid = gid; self.groups = groups }
+}
+
+public struct ResourceLimit: Codable, Sendable, Equatable {
+    public var resource: Int32
+    public var name: String
+    /// UInt64.max means unlimited.
+    public var soft: UInt64
+    public var hard: UInt64
+    public init(resource: Int32, name: String, soft: UInt64, hard: UInt64) {
+        self.resource = resource; self.name = name; self.soft = soft; self.hard = hard
+    }
+}
+
+/// The mm fields that prctl(PR_SET_MM_MAP) restores, from /proc/PID/stat and /proc/PID/auxv.
+public struct MemoryLayout: Codable, Sendable, Equatable {
+    public var startCode: UInt64 = 0, endCode: UInt64 = 0
+    public var startData: UInt64 = 0, endData: UInt64 = 0
+    public var startBrk: UInt64 = 0, brk: UInt64 = 0
+    public var startStack: UInt64 = 0
+    public var argStart: UInt64 = 0, argEnd: UInt64 = 0
+    public var envStart: UInt64 = 0, envEnd: UInt64 = 0
+    /// The auxiliary vector as (type, value) words, ending with AT_NULL.
+    public var auxv: [UInt64] = []
+    public init() {}
+}
+
+public struct IntervalTimer: Codable, Sendable, Equatable {
+    /// ITIMER_REAL (0), ITIMER_VIRTUAL (1) or ITIMER_PROF (2).
+    public var which: Int32
+    public var intervalMicroseconds: UInt64
+    public var valueMicroseconds: UInt64
+    public init(which: Int32, intervalMicroseconds: UInt64, valueMicroseconds: UInt64) {
+        self.which = which; self.intervalMicroseconds = intervalMicroseconds; self.valueMicroseconds = valueMicroseconds
+    }
+}
+
+/// One struct kernel_sigaction.
+public struct SignalAction: Codable, Sendable, Equatable {
+    public var signal: Int32
+    /// SIG_DFL (0), SIG_IGN (1) or the handler's address.
+    public var handler: UInt64
+    public var flags: UInt64
+    public var restorer: UInt64
+    public var mask: UInt64
+    public init(signal: Int32, handler: UInt64, flags: UInt64, restorer: UInt64, mask: UInt64) {
+        self.signal = signal; self.handler = handler; self.flags = flags; self.restorer = restorer; self.mask = mask
+    }
+    public var isDefault: Bool { handler == 0 && flags == 0 && mask == 0 }
+}
+
+/// A queued signal with its full 128-byte siginfo.
+public struct PendingSignal: Codable, Sendable, Equatable {
+    public var signal: Int32
+    public var siginfo: Data
+    public init(signal: Int32, siginfo: Data) { self.signal = signal; self.siginfo = siginfo }
+
+    /// si_code from the siginfo.
+    public var code: Int32 {
+        siginfo.count >= 12 ? siginfo.withUnsafeBytes { $0.loadUnaligned(fromByteOffset: 8, as: Int32.self) } : 0
+    }
+}
+
+/// Identifies a file so that restore can tell whether the one on this machine is the same.
+public struct FileIdentity: Codable, Sendable, Equatable {
+    public var size: UInt64
+    public var mtimeSeconds: Int64
+    public var mtimeNanoseconds: Int64
+    public var device: UInt64
+    public var inode: UInt64
+    /// The content hash when the file is embedded in the image.
+    public var content: ContentHash?
+    public init(size: UInt64, mtimeSeconds: Int64, mtimeNanoseconds: Int64, device: UInt64, inode: UInt64, content: ContentHash?) {
+        self.size = size; self.mtimeSeconds = mtimeSeconds; self.mtimeNanoseconds = mtimeNanoseconds
+        self.device = device; self.inode = inode; self.content = content
+    }
+}

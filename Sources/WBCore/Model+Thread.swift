@@ -1,0 +1,103 @@
+import Foundation
+
+/// One thread: registers, the XSAVE area and the per-thread kernel state.
+public struct ThreadState: Codable, Sendable, Equatable {
+    public var tid: Int32
+    public var comm: String
+    public var registers: Registers
+    /// The XSAVE area as PTRACE_GETREGSET(NT_X86_XSTATE) returned it (standard format).
+    public var xstate: Data
+    public var sigmask: UInt64
+    /// set_tid_address / CLONE_CHILD_CLEARTID.
+    public var clearChildTid: UInt64
+    public var robustList: RobustList
+    public var rseq: RseqRegistration?
+    public var altStack: AltStack
+    public var pending: [PendingSignal]
+
+    public init(tid: Int32, comm: String, registers: Registers, xstate: Data, sigmask: UInt64) {
+        self.tid = tid; self.comm = comm; self.registers = registers; self.xstate = xstate; self.sigmask = sigmask
+        clearChildTid = 0; robustList = RobustList(head: 0, length: 0); rseq = nil
+        altStack = AltStack(base: 0, size: 0, flags: 2); pending = []
+    }
+
+    /// The syscall this thread was stopped in, if any, and how it will resume.
+    public var interruptedSyscall: InterruptedSyscall? { InterruptedSyscall(registers) }
+}
+
+public struct RobustList: Codable, Sendable, Equatable {
+    public var head: UInt64
+    public var length: UInt64
+    public init(head: UInt64, length: UInt64) { self.head = head; self.length = length }
+}
+
+public struct RseqRegistration: Codable, Sendable, Equatable {
+    public var address: UInt64
+    public var size: UInt32
+    public var signature: UInt32
+    public var flags: UInt32
+    public init(address: UInt64, size: UInt32, signature: UInt32, flags: UInt32) {
+        self.address = address; self.size = size; self.signature = signature; self.flags = flags
+    }
+}
+
+public struct AltStack: Codable, Sendable, Equatable {
+    public var base: UInt64
+    public var size: UInt64
+    /// SS_DISABLE (2) when there is none.
+    public var flags: Int32
+    public init(base: UInt64, size: UInt64, flags: Int32) { self.base = base; self.size = size; self.flags = flags }
+}
+
+/// The general registers, as struct user_regs_struct.
+public struct Registers: Codable, Sendable, Equatable {
+    public var r15: UInt64 = 0, r14: UInt64 = 0, r13: UInt64 = 0, r12: UInt64 = 0
+    public var rbp: UInt64 = 0, rbx: UInt64 = 0, r11: UInt64 = 0, r10: UInt64 = 0
+    public var r9: UInt64 = 0, r8: UInt64 = 0, rax: UInt64 = 0, rcx: UInt64 = 0
+    public var rdx: UInt64 = 0, rsi: UInt64 = 0, rdi: UInt64 = 0, origRax: UInt64 = 0
+    public var rip: UInt64 = 0, cs: UInt64 = 0, eflags: UInt64 = 0, rsp: UInt64 = 0, ss: UInt64 = 0
+    public var fsBase: UInt64 = 0, gsBase: UInt64 = 0
+    public var ds: UInt64 = 0, es: UInt64 = 0, fs: UInt64 = 0, gs: UInt64 = 0
+    public init() {}
+
+    /// Name and value of every register, in the kernel's order.
+    public var all: [(String, UInt64)] {
+        [("rip", rip), ("rsp", rsp), ("rbp", rbp), ("rax", rax), ("rbx", rbx), ("rcx", rcx), ("rdx", rdx),
+         ("rsi", rsi), ("rdi", rdi), ("r8", r8), ("r9", r9), ("r10", r10), ("r11", r11), ("r12", r12),
+         ("r13", r13), ("r14", r14), ("r15", r15), ("orig_rax", origRax), ("eflags", eflags),
+         ("cs", cs), ("ss", ss), ("ds", ds), ("es", es), ("fs", fs), ("gs", gs),
+         ("fs_base", fsBase), ("gs_base", gsBase)]
+    }
+}
+
+/// A thread that was inside a system call when it was stopped. The kernel had backed out of
+/// the call with one of its restart codes; restore re-executes the call.
+public struct InterruptedSyscall: Sendable, Equatable {
+    public var number: Int64
+    public var restartCode: Int64
+
+    public static let restartCodes: [Int64: String] = [
+        -512: "ERESTARTSYS", -513: "ERESTARTNOINTR", -514: "ERESTARTNOHAND", -516: "ERESTART_RESTARTBLOCK",
+    ]
+
+    public init?(_ r: Registers) {
+        let nr = Int64(bitPattern: r.origRax)
+        let ret = Int64(bitPattern: r.rax)
+        guard nr >= 0, InterruptedSyscall.restartCodes[ret] != nil else { return nil }
+        number = nr
+        restartCode = ret
+    }
+
+    public var restartName: String { InterruptedSyscall.restartCodes[restartCode] ?? "\(restartCode)" }
+
+    /// Registers that make the thread execute the call again when it resumes: the call number
+    /// back in rax, rip on the `syscall` instruction, and no syscall in progress.
+    public static func restartRegisters(_ r: Registers) -> Registers {
+        guard let call = InterruptedSyscall(r) else { return r }
+        var out = r
+        out.rax = UInt64(bitPattern: call.number)
+        out.rip = r.rip &- 2
+        out.origRax = UInt64.max
+        return out
+    }
+}

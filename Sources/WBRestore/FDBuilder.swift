@@ -1,0 +1,187 @@
+import Foundation
+import Glibc
+import WBTrace
+
+/// Re-creates the image's fds inside the process at their original numbers.
+///
+/// Every object is first created at a high number (above all the image's fds), so creating
+/// one never lands on a number another still needs; the final numbers are made with dup3.
+/// The stub's own stdin, stdout and stderr are wb's: fds that were a terminal, or a pipe to
+/// something outside the process, on 0-2 are attached to them.
+struct FDBuilder {
+    let restorer: Restorer
+    let tracee: Tracee
+    let leader: RemoteSyscalls
+    let scratch: Scratch
+    let files: ResolvedFiles
+    var sharedObjects: [ContentHash: Int32]
+
+    private var base: Int32 = 3
+    private var temps: [Int32] = []
+    private var inherited: [Int32: Int32] = [:]
+    private var pipeEnds: [UInt64: (read: Int32, write: Int32)] = [:]
+    private var externalSources: [UInt64: Int32] = [:]
+
+    var process: ProcessState { restorer.image.process }
+
+    init(restorer: Restorer, tracee: Tracee, leader: RemoteSyscalls, scratch: Scratch, files: ResolvedFiles,
+         sharedObjects: [ContentHash: Int32]) {
+        self.restorer = restorer; self.tracee = tracee; self.leader = leader; self.scratch = scratch
+        self.files = files; self.sharedObjects = sharedObjects
+    }
+
+    mutating func build() throws {
+        let fds = process.fds.sorted { $0.fd < $1.fd }
+        base = max(3, (fds.last?.fd ?? 0) + 1)
+        for s: Int32 in 0...2 {
+            inherited[s] = try high(s)
+        }
+        for (hash, fd) in sharedObjects { sharedObjects[hash] = try high(fd) }
+        for s in fds where s.fd <= 2 && (s.kind == .pipe || s.kind == .tty) {
+            if let id = s.pipe, process.pipes.first(where: { $0.id == id })?.external == true { externalSources[id] = inherited[s.fd] }
+        }
+        for s in fds {
+            let what = "fd \(s.fd) (\(s.path))"
+            let source = try withContext("restoring \(what)") { try self.source(for: s) }
+            try leader.call(.dup3, UInt64(source), UInt64(s.fd), s.closeOnExec ? UInt64(O_CLOEXEC) : 0, what: "placing \(what)")
+            if s.kind == .file || s.kind == .deletedFile {
+                _ = try leader.raw(.lseek, UInt64(s.fd), s.offset, UInt64(SEEK_SET))
+            }
+            if s.kind == .pipe || s.kind == .fifo {
+                // Status flags (O_NONBLOCK, O_APPEND, ...) belong to the open file description.
+                try leader.call(.fcntl, UInt64(s.fd), UInt64(F_SETFL), UInt64(s.flags & ~O_ACCMODE), what: "setting the flags of \(what)")
+            }
+        }
+        for t in temps { _ = try leader.raw(.close, UInt64(t)) }
+    }
+
+    /// Moves a freshly made fd above the image's fd numbers.
+    private mutating func high(_ fd: Int32) throws -> Int32 {
+        if fd >= base { temps.append(fd); return fd }
+        let h = Int32(try leader.call(.fcntl, UInt64(fd), 1030 /* F_DUPFD_CLOEXEC */, UInt64(base), what: "moving fd \(fd)"))
+        _ = try leader.raw(.close, UInt64(fd))
+        temps.append(h)
+        return h
+    }
+
+    private mutating func open(_ path: String, _ flags: Int32, mode: UInt32 = 0) throws -> Int32 {
+        scratch.reset()
+        let name = try scratch.put(string: path)
+        let fd = try leader.call(.openat, UInt64(bitPattern: -100), name, UInt64(UInt32(bitPattern: flags | O_CLOEXEC)), UInt64(mode),
+                                 what: "opening \(path)")
+        return try high(Int32(fd))
+    }
+
+    /// An fd at a high number holding the open file description `s` needs.
+    private mutating func source(for s: FDState) throws -> Int32 {
+        switch s.kind {
+        case .file:
+            let flags = s.flags & ~(O_CREAT | O_TRUNC | O_EXCL)
+            do {
+                return try open(s.path, flags)
+            } catch let WBError.system(_, code, _) where code == ENOENT {
+                throw WBError.failed("\(s.path) no longer exists; restore needs it (it was open on fd \(s.fd))")
+            }
+        case .deletedFile:
+            return try deletedFile(s)
+        case .pipe:
+            return try pipe(s)
+        case .fifo:
+            return try fifo(s)
+        case .device:
+            return try open(s.path, s.flags & ~(O_CREAT | O_TRUNC | O_EXCL))
+        case .tty:
+            if let fd = inherited[s.fd] { return fd }
+            for k: Int32 in 0...2 where isatty(k) == 1 { if let fd = inherited[k] { return fd } }
+            restorer.notes.append("fd \(s.fd) was the terminal \(s.path); there is no terminal here, so it is /dev/null")
+            return try open("/dev/null", O_RDWR)
+        case .placeholder:
+            return try open("/dev/null", O_RDWR)
+        }
+    }
+
+    private mutating func deletedFile(_ s: FDState) throws -> Int32 {
+        guard let hash = s.content, let file = restorer.image.metadata.file(hash) else {
+            throw WBError.failed("the image lacks the contents of deleted file \(s.path)")
+        }
+        if let shared = sharedObjects[hash] {
+            // The same object is mapped shared: share it.
+            return try reopen(shared, s.flags)
+        }
+        var fd: Int32
+        if s.path.hasPrefix("/memfd:") {
+            scratch.reset()
+            let name = try scratch.put(string: String(s.path.dropFirst(7).prefix(200)))
+            fd = try high(Int32(try leader.call(.memfdCreate, name, 1, what: "creating memfd \(s.path)")))
+        } else {
+            // An unnamed file in the original directory (or /tmp): deleted, as it was.
+            let dir = Paths.directory(of: s.path)
+            let tmpfile = O_RDWR | 0o20200000   // O_TMPFILE
+            do {
+                fd = try open(Paths.exists(dir) ? dir : "/tmp", tmpfile, mode: s.mode)
+            } catch {
+                fd = try open("/tmp", tmpfile, mode: s.mode)
+            }
+        }
+        let out = try FileDescriptor.open("/proc/\(tracee.pid)/fd/\(fd)", O_RDWR, what: "filling deleted file \(s.path)")
+        try restorer.image.contents(of: file).withBytes { try out.write($0, at: 0) }
+        sharedObjects[hash] = fd
+        return try reopen(fd, s.flags)
+    }
+
+    /// A new open file description of the same file with `flags` (access mode, O_APPEND...).
+    private mutating func reopen(_ fd: Int32, _ flags: Int32) throws -> Int32 {
+        try open("/proc/self/fd/\(fd)", flags & ~(O_CREAT | O_TRUNC | O_EXCL))
+    }
+
+    private mutating func pipe(_ s: FDState) throws -> Int32 {
+        guard let id = s.pipe, let state = process.pipes.first(where: { $0.id == id }) else {
+            throw WBError.failed("fd \(s.fd): the image has no record of pipe \(s.pipe ?? 0)")
+        }
+        let wantsRead = s.accessMode == O_RDONLY
+        if state.external {
+            if let src = externalSources[id] { return src }
+            if !wantsRead {
+                restorer.notes.append("fd \(s.fd) wrote to a pipe outside the process; it writes to /dev/null now")
+                return try open("/dev/null", O_WRONLY)
+            }
+            restorer.notes.append("fd \(s.fd) read from a pipe outside the process; it reads the \(state.buffered.count) buffered bytes, then end of file")
+        }
+        if pipeEnds[id] == nil {
+            scratch.reset()
+            let pair = try scratch.reserve(8)
+            try leader.call(.pipe2, pair, UInt64(O_CLOEXEC), what: "creating pipe \(id)")
+            let w = try tracee.read(pair, count: 8)
+            let r0 = Int32(w[0]) | Int32(w[1]) << 8 | Int32(w[2]) << 16 | Int32(w[3]) << 24
+            let w0 = Int32(w[4]) | Int32(w[5]) << 8 | Int32(w[6]) << 16 | Int32(w[7]) << 24
+            let r = try high(r0), wr = try high(w0)
+            try fill(pipe: wr, with: state)
+            if state.external {
+                // The writer is gone: the reader gets the bytes, then end of file.
+                temps.removeAll { $0 == wr }
+                _ = try leader.raw(.close, UInt64(wr))
+            }
+            pipeEnds[id] = (r, wr)
+        }
+        return wantsRead ? pipeEnds[id]!.read : pipeEnds[id]!.write
+    }
+
+    private func fill(pipe fd: Int32, with state: PipeState) throws {
+        let out = try FileDescriptor.open("/proc/\(tracee.pid)/fd/\(fd)", O_WRONLY | O_NONBLOCK, what: "filling pipe \(state.id)")
+        if state.capacity > 0 { try? Pipes.setCapacity(out, state.capacity) }
+        if !state.buffered.isEmpty {
+            try out.writeAll([UInt8](state.buffered))
+        }
+    }
+
+    private mutating func fifo(_ s: FDState) throws -> Int32 {
+        guard let id = s.pipe else { return try open(s.path, s.flags) }
+        if pipeEnds[id] == nil {
+            // Holding both ends first means neither open blocks and the buffer has a home.
+            let holder = try open(s.path, O_RDWR | O_NONBLOCK)
+            if let state = process.pipes.first(where: { $0.id == id }) { try fill(pipe: holder, with: state) }
+            pipeEnds[id] = (holder, holder)
+        }
+        return try open(s.path, (s.flags & ~(O_CREAT | O_TRUNC | O_EXCL)) | O_NONBLOCK)
+    }
+}

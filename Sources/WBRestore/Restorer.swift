@@ -1,0 +1,159 @@
+import Foundation
+import Glibc
+import WBTrace
+
+public struct RestoreOptions: Sendable {
+    public enum PidNamespace: Sendable {
+        /// Keep the original pids in this namespace when they are free, else a new namespace.
+        case automatic
+        /// Always a new pid namespace (--new-pidns).
+        case new
+    }
+    public var pidNamespace = PidNamespace.automatic
+    /// Check every section's checksum before restoring.
+    public var verify = true
+    /// Where files the image carries are unpacked when this machine lacks them.
+    public var cacheDirectory = FileCache.defaultDirectory
+    public init() {}
+}
+
+/// A process rebuilt from an image, stopped under wb's control with every register set.
+public final class RestoredProcess {
+    public let tracee: Tracee
+    /// The pid as wb sees it.
+    public let pid: Int32
+    /// The pid as the process sees itself (the original one).
+    public let originalPid: Int32
+    /// The init of the new pid namespace, if one was made.
+    public let initPid: Int32?
+    public let notes: [String]
+
+    init(tracee: Tracee, pid: Int32, originalPid: Int32, initPid: Int32?, notes: [String]) {
+        self.tracee = tracee; self.pid = pid; self.originalPid = originalPid; self.initPid = initPid; self.notes = notes
+    }
+
+    /// Lets the process run.
+    public func resume() { tracee.detach() }
+
+    /// Lets go of the process but leaves it stopped (SIGSTOP): `kill -CONT` or a debugger
+    /// continues it.
+    public func releaseStopped() { tracee.detach(stopSignal: SIGSTOP) }
+
+    /// Waits for the process to end (after `resume`); returns its exit code, or 128 + the
+    /// signal that killed it.
+    public func waitForExit() throws -> Int32 {
+        let child = initPid ?? pid
+        var status: Int32 = 0
+        while true {
+            if waitpid(child, &status, 0) >= 0 { break }
+            if errno == EINTR { continue }
+            throw WBError.system(call: "waitpid", errno: errno, what: "waiting for restored process \(pid)")
+        }
+        if WBExit.exited(status) { return WBExit.code(status) }
+        return 128 + WBExit.signal(status)
+    }
+}
+
+/// Rebuilds a process from an image inside a fresh stub: memory first, then files, process
+/// state, threads, signals, and every thread's registers last.
+public final class Restorer {
+    public let image: Image
+    public let options: RestoreOptions
+    public var progress: (String) -> Void = { _ in }
+    var notes: [String] = []
+
+    public init(image: Image, options: RestoreOptions = RestoreOptions()) {
+        self.image = image
+        self.options = options
+    }
+
+    var process: ProcessState { image.process }
+
+    public func restore() throws -> RestoredProcess {
+        try withContext("restoring \(image.path)") {
+            if options.verify {
+                progress("verifying \(image.path)")
+                try image.verifyData()
+            }
+            try checkCPU()
+            progress("preparing files")
+            let files = try FileResolver(image: image, cache: FileCache(directory: options.cacheDirectory)).resolveAll()
+            let newNamespace = try choosePidNamespace()
+            progress("starting the process" + (newNamespace ? " in a new pid namespace" : " as pid \(process.pid)"))
+            let spawned = try Stub.spawn(pid: process.pid, newPidNamespace: newNamespace,
+                                         newUserNamespace: newNamespace && geteuid() != 0, keepFDs: [0, 1, 2])
+            let tracee: Tracee
+            do {
+                tracee = try Tracee.adoptStub(spawned.pid)
+            } catch {
+                _ = kill(spawned.initPid ?? spawned.pid, SIGKILL)
+                throw error
+            }
+            do {
+                try build(tracee, files: files)
+            } catch {
+                tracee.kill()
+                if let i = spawned.initPid { _ = kill(i, SIGKILL) }
+                var st: Int32 = 0
+                _ = waitpid(spawned.initPid ?? spawned.pid, &st, 0)
+                throw error
+            }
+            return RestoredProcess(tracee: tracee, pid: spawned.pid, originalPid: process.pid,
+                                   initPid: spawned.initPid, notes: notes)
+        }
+    }
+
+    private func build(_ tracee: Tracee, files: ResolvedFiles) throws {
+        tracee.syscallGadget = Stub.syscallAddress
+        let leader = try tracee.ownedSyscalls(in: tracee.pid)
+        try tracee.setSignalMask(tracee.pid, ~UInt64(0))
+        progress("rebuilding memory")
+        var space = try AddressSpace(restorer: self, tracee: tracee, leader: leader, files: files)
+        try space.build()
+        progress("reopening files")
+        var fds = FDBuilder(restorer: self, tracee: tracee, leader: space.leader, scratch: space.scratch, files: files,
+                            sharedObjects: space.sharedObjects)
+        try fds.build()
+        progress("restoring threads")
+        try ThreadBuilder(restorer: self, tracee: tracee, leader: space.leader, scratch: space.scratch, files: files).build()
+    }
+
+    /// The image's processes may use XSAVE features this CPU lacks; setting their registers
+    /// would fail or lose state.
+    func checkCPU() throws {
+        let here = CPUFeatures.current()
+        let missing = image.metadata.host.cpu.xcr0 & ~here.xcr0
+        if missing != 0 {
+            throw WBError.refused("this CPU lacks XSAVE features the image's threads use (XCR0 bits 0x\(String(missing, radix: 16))); restore it on a CPU like \(image.metadata.host.cpu.model)")
+        }
+    }
+
+    /// Whether the original pids can be had in this namespace.
+    func choosePidNamespace() throws -> Bool {
+        if options.pidNamespace == .new { return true }
+        let wanted = process.threads.map(\.tid)
+        var taken = wanted.filter { ProcFS.exists($0) }
+        // A process that was just killed lingers as a zombie until its parent reaps it.
+        var waited = 0
+        while !taken.isEmpty && waited < 30 && taken.allSatisfy({ isZombieOrGone($0) }) {
+            usleep(100_000)
+            waited += 1
+            taken = wanted.filter { ProcFS.exists($0) }
+        }
+        if taken.isEmpty { return false }
+        notes.append("pid \(taken[0]) is in use here, so the process runs in a new pid namespace where it keeps pid \(process.pid)")
+        return true
+    }
+
+    private func isZombieOrGone(_ pid: Int32) -> Bool {
+        guard let stat = try? ProcFS.stat(pid) else { return true }
+        return stat[3] == "Z" || stat[3] == "X"
+    }
+}
+
+/// Wait status decoding without the C macros.
+public enum WBExit {
+    public static func exited(_ s: Int32) -> Bool { s & 0x7f == 0 }
+    public static func code(_ s: Int32) -> Int32 { (s >> 8) & 0xff }
+    public static func signal(_ s: Int32) -> Int32 { s & 0x7f }
+}

@@ -1,0 +1,43 @@
+import WBTrace
+
+/// A small RWX area wb maps into the process it rebuilds: its first bytes are the `syscall`
+/// instruction remote calls go through, the rest holds their arguments.
+final class Scratch {
+    let tracee: Tracee
+    let base: UInt64
+    let size: UInt64
+    private var cursor: UInt64
+
+    static let bytes: UInt64 = 16 * 4096
+
+    init(tracee: Tracee, base: UInt64) {
+        self.tracee = tracee
+        self.base = base
+        size = Scratch.bytes
+        cursor = base + 4096
+    }
+
+    /// Starts handing out argument space from the beginning again.
+    func reset() { cursor = base + 4096 }
+
+    /// Copies bytes into the area (16-byte aligned) and returns their address.
+    func put(_ bytes: [UInt8]) throws -> UInt64 {
+        let at = (cursor + 15) & ~15
+        precondition(at + UInt64(bytes.count) <= base + size, "scratch area exhausted")
+        try tracee.write(bytes, to: at)
+        cursor = at + UInt64(max(bytes.count, 1))
+        return at
+    }
+
+    func put(string: String) throws -> UInt64 { try put(Array(string.utf8) + [0]) }
+
+    func put(words: [UInt64]) throws -> UInt64 {
+        var out: [UInt8] = []
+        out.reserveCapacity(words.count * 8)
+        for w in words { withUnsafeBytes(of: w.littleEndian) { out.append(contentsOf: $0) } }
+        return try put(out)
+    }
+
+    /// Reserves `count` zeroed bytes for a call to fill in.
+    func reserve(_ count: Int) throws -> UInt64 { try put([UInt8](repeating: 0, count: count)) }
+}

@@ -1,0 +1,177 @@
+import Foundation
+import Glibc
+import WBTrace
+
+/// Process-wide state, then the threads: each re-created with clone3 at its original tid,
+/// given its kernel registrations, queued signals, signal mask, XSAVE area and registers.
+/// The leader's registers are the very last thing written.
+struct ThreadBuilder {
+    let restorer: Restorer
+    let tracee: Tracee
+    let leader: RemoteSyscalls
+    let scratch: Scratch
+    let files: ResolvedFiles
+
+    var process: ProcessState { restorer.image.process }
+
+    func build() throws {
+        try processState()
+        let leaderImage = process.threads.first { $0.tid == process.pid }!
+        var placed: [(ThreadState, Int32)] = []
+        for t in process.threads where t.tid != process.pid {
+            placed.append((t, try clone(t)))
+        }
+        for (t, tid) in placed {
+            try setUp(t, in: try tracee.ownedSyscalls(in: tid))
+        }
+        try setUp(leaderImage, in: leader)
+        try queueSharedSignals()
+        try timers()
+        try credentials()
+        for (t, tid) in placed { try finalRegisters(t, tid) }
+        // The work area goes; the leader's registers are set after it.
+        _ = try leader.raw(.munmap, scratch.base, scratch.size)
+        try finalRegisters(leaderImage, tracee.pid)
+    }
+
+    private func processState() throws {
+        let p = process
+        scratch.reset()
+        let cwd = try scratch.put(string: p.cwd)
+        if try leader.raw(.chdir, cwd) != 0 {
+            restorer.notes.append("the working directory \(p.cwd) does not exist here; it is / instead")
+            _ = try leader.raw(.chdir, try scratch.put(string: "/"))
+        }
+        if p.root != "/" { restorer.notes.append("the process had root directory \(p.root); it is / here") }
+        try leader.call(.umask, UInt64(p.umask), what: "setting the umask")
+        if p.personality != 0 { _ = try leader.raw(.personality, UInt64(p.personality)) }
+        for l in p.rlimits {
+            do {
+                try ResourceLimits.set(pid: tracee.pid, resource: l.resource, soft: l.soft, hard: l.hard)
+            } catch {
+                // Raising a hard limit needs CAP_SYS_RESOURCE: keep this host's.
+                if let here = try? ResourceLimits.get(pid: tracee.pid, resource: l.resource) {
+                    try? ResourceLimits.set(pid: tracee.pid, resource: l.resource, soft: min(l.soft, here.hard), hard: here.hard)
+                    restorer.notes.append("resource limit \(l.name) kept at this host's hard limit \(here.hard) (the image had \(l.hard))")
+                }
+            }
+        }
+        for a in p.sigactions where a.signal != SIGKILL && a.signal != SIGSTOP {
+            scratch.reset()
+            let act = try scratch.put(words: [a.handler, a.flags, a.restorer, a.mask])
+            try leader.call(.rtSigaction, UInt64(a.signal), act, 0, 8, what: "setting the action of signal \(a.signal)")
+        }
+        if p.xcompPermissions & (1 << 18) != 0 {
+            try leader.call(.archPrctl, 0x1023 /* ARCH_REQ_XCOMP_PERM */, 18, what: "requesting AMX state permission")
+        }
+        try memoryLayout()
+    }
+
+    /// prctl(PR_SET_MM, PR_SET_MM_MAP): code/data/brk/stack/arg/env ranges, auxv and the
+    /// /proc/PID/exe link, in one call.
+    private func memoryLayout() throws {
+        let mm = process.mm
+        scratch.reset()
+        let auxv = try scratch.put(words: mm.auxv)
+        var exeFD: Int32 = -1
+        if let exe = files.exe {
+            let name = try scratch.put(string: exe)
+            let r = try leader.raw(.openat, UInt64(bitPattern: -100), name, UInt64(O_RDONLY | O_CLOEXEC), 0)
+            if r >= 0 { exeFD = Int32(r) }
+        }
+        var words = [mm.startCode, mm.endCode, mm.startData, mm.endData, mm.startBrk, mm.brk, mm.startStack,
+                     mm.argStart, mm.argEnd, mm.envStart, mm.envEnd, auxv]
+        words.append(UInt64(mm.auxv.count * 8) | UInt64(UInt32(bitPattern: exeFD)) << 32)
+        let map = try scratch.put(words: words)
+        try leader.call(.prctl, 35 /* PR_SET_MM */, 14 /* PR_SET_MM_MAP */, map, 104,
+                        what: "restoring the memory layout (brk, arguments, environment, auxv, exe)")
+        if exeFD >= 0 { _ = try leader.raw(.close, UInt64(exeFD)) }
+    }
+
+    /// A new thread with the original tid, created by the leader.
+    private func clone(_ t: ThreadState) throws -> Int32 {
+        scratch.reset()
+        let tid = try scratch.put(words: [UInt64(UInt32(bitPattern: t.tid))])
+        let flags: UInt64 = 0x100 | 0x200 | 0x400 | 0x800 | 0x10000 | 0x40000   // VM FS FILES SIGHAND THREAD SYSVSEM
+        let args = try scratch.put(words: [flags, 0, 0, 0, 0, 0, 0, 0, tid, 1, 0])
+        let before = Set(tracee.tids)
+        let r = try leader.raw(.clone3, args, 88)
+        if r < 0 {
+            if r == -Int64(EEXIST) { throw WBError.failed("thread id \(t.tid) is in use here; try --new-pidns") }
+            throw WBError.system(call: "remote clone3", errno: Int32(-r), what: "re-creating thread \(t.tid)")
+        }
+        guard let created = tracee.tids.first(where: { !before.contains($0) }) else {
+            throw WBError.failed("thread \(t.tid) was created but never reported to wb")
+        }
+        return created
+    }
+
+    /// The kernel-side registrations of one thread, and its private queued signals.
+    private func setUp(_ t: ThreadState, in s: RemoteSyscalls) throws {
+        if !t.comm.isEmpty {
+            // Only the thread itself may rename itself.
+            scratch.reset()
+            let name = try scratch.put(Array(t.comm.utf8.prefix(15)) + [0])
+            try s.call(.prctl, 15 /* PR_SET_NAME */, name, what: "naming thread \(t.tid)")
+        }
+        try s.call(.setTidAddress, t.clearChildTid, what: "setting clear_child_tid of thread \(t.tid)")
+        if t.robustList.head != 0 {
+            try s.call(.setRobustList, t.robustList.head, t.robustList.length, what: "setting the robust futex list of thread \(t.tid)")
+        }
+        if let r = t.rseq {
+            try s.call(.rseq, r.address, UInt64(r.size), 0, UInt64(r.signature), what: "registering rseq for thread \(t.tid)")
+        }
+        if t.altStack.flags & 2 == 0 {   // not SS_DISABLE
+            scratch.reset()
+            let flags = UInt64(UInt32(bitPattern: t.altStack.flags & ~1))   // SS_ONSTACK is not settable
+            let ss = try scratch.put(words: [t.altStack.base, flags, t.altStack.size])
+            try s.call(.sigaltstack, ss, 0, what: "setting the alternate signal stack of thread \(t.tid)")
+        }
+        for sig in t.pending {
+            scratch.reset()
+            let info = try scratch.put([UInt8](sig.siginfo))
+            try s.call(.rtTgsigqueueinfo, UInt64(process.pid), UInt64(t.tid), UInt64(sig.signal), info,
+                       what: "queueing signal \(sig.signal) for thread \(t.tid)")
+        }
+    }
+
+    private func queueSharedSignals() throws {
+        for sig in process.sharedPending {
+            scratch.reset()
+            let info = try scratch.put([UInt8](sig.siginfo))
+            try leader.call(.rtSigqueueinfo, UInt64(process.pid), UInt64(sig.signal), info, what: "queueing signal \(sig.signal)")
+        }
+    }
+
+    private func timers() throws {
+        for t in process.itimers {
+            scratch.reset()
+            let v = try scratch.put(words: [t.intervalMicroseconds / 1_000_000, t.intervalMicroseconds % 1_000_000,
+                                            t.valueMicroseconds / 1_000_000, t.valueMicroseconds % 1_000_000])
+            try leader.call(.setitimer, UInt64(t.which), v, 0, what: "setting interval timer \(t.which)")
+        }
+    }
+
+    /// The original user and groups, when wb may set them (running as root).
+    private func credentials() throws {
+        let c = process.credentials
+        guard c.uid.count >= 3, c.gid.count >= 3 else { return }
+        let same = c.uid.allSatisfy { $0 == getuid() } && c.gid.allSatisfy { $0 == getgid() }
+        if same { return }
+        guard geteuid() == 0 else {
+            restorer.notes.append("the process ran as uid \(c.uid[1]); it runs as uid \(geteuid()) here (restore as root to keep it)")
+            return
+        }
+        scratch.reset()
+        let groups = try scratch.put(c.groups.flatMap { g in withUnsafeBytes(of: g.littleEndian) { Array($0) } })
+        try leader.call(.setgroups, UInt64(c.groups.count), groups, what: "setting supplementary groups")
+        try leader.call(.setresgid, UInt64(c.gid[0]), UInt64(c.gid[1]), UInt64(c.gid[2]), what: "setting the group ids")
+        try leader.call(.setresuid, UInt64(c.uid[0]), UInt64(c.uid[1]), UInt64(c.uid[2]), what: "setting the user ids")
+    }
+
+    private func finalRegisters(_ t: ThreadState, _ tid: Int32) throws {
+        try tracee.setXstate(tid, t.xstate)
+        try tracee.setRegisters(tid, InterruptedSyscall.restartRegisters(t.registers))
+        try tracee.setSignalMask(tid, t.sigmask)
+    }
+}

@@ -1,0 +1,143 @@
+import CWBNative
+import Glibc
+
+/// An owned file descriptor: closed when the last reference goes away.
+public final class FileDescriptor: @unchecked Sendable {
+    public let rawValue: Int32
+    private var closed = false
+
+    public init(owning fd: Int32) { rawValue = fd }
+
+    deinit { if !closed { _ = Glibc.close(rawValue) } }
+
+    /// open(2). `path` appears in errors.
+    public static func open(_ path: String, _ flags: Int32, mode: mode_t = 0o644,
+                            what: @autoclosure () -> String = "") throws -> FileDescriptor {
+        let fd = try syscallValue("open(\(path))", what().isEmpty ? "opening \(path)" : what()) {
+            Glibc.open(path, flags | O_CLOEXEC, mode)
+        }
+        return FileDescriptor(owning: fd)
+    }
+
+    public func close() {
+        if !closed { _ = Glibc.close(rawValue); closed = true }
+    }
+
+    /// Hands the descriptor over: this object no longer closes it.
+    public func release() -> Int32 { closed = true; return rawValue }
+
+    public var size: UInt64 {
+        get throws { try stat().size }
+    }
+
+    public struct Status: Sendable, Equatable {
+        public var device: UInt64, inode: UInt64, size: UInt64, mode: UInt32
+        public var mtimeSeconds: Int64, mtimeNanoseconds: Int64
+        public var isRegular: Bool { mode & S_IFMT == S_IFREG }
+        public var isFIFO: Bool { mode & S_IFMT == S_IFIFO }
+        public var isCharDevice: Bool { mode & S_IFMT == S_IFCHR }
+    }
+
+    public func stat() throws -> Status {
+        var st = Glibc.stat()
+        try syscallValue("fstat", "reading file status") { fstat(rawValue, &st) }
+        return Status(st)
+    }
+
+    /// Reads exactly `count` bytes at `offset` into `buffer` (fewer only at end of file).
+    @discardableResult
+    public func read(into buffer: UnsafeMutableRawBufferPointer, at offset: UInt64) throws -> Int {
+        var done = 0
+        while done < buffer.count {
+            let n = try syscallValue("pread", "reading at offset \(offset + UInt64(done))") {
+                pread(rawValue, buffer.baseAddress! + done, buffer.count - done, off_t(offset) + off_t(done))
+            }
+            if n == 0 { break }
+            done += n
+        }
+        return done
+    }
+
+    /// Reads from the current position until end of file or `limit` bytes.
+    public func readAll(limit: Int = Int.max) throws -> [UInt8] {
+        var out: [UInt8] = []
+        var chunk = [UInt8](repeating: 0, count: 65536)
+        while out.count < limit {
+            let n = try chunk.withUnsafeMutableBytes { buf in
+                try syscallValue("read", "reading") { Glibc.read(rawValue, buf.baseAddress, min(buf.count, limit - out.count)) }
+            }
+            if n == 0 { break }
+            out.append(contentsOf: chunk[0..<n])
+        }
+        return out
+    }
+
+    public func write(_ buffer: UnsafeRawBufferPointer, at offset: UInt64) throws {
+        var done = 0
+        while done < buffer.count {
+            let n = try syscallValue("pwrite", "writing at offset \(offset + UInt64(done))") {
+                pwrite(rawValue, buffer.baseAddress! + done, buffer.count - done, off_t(offset) + off_t(done))
+            }
+            done += n
+        }
+    }
+
+    public func write(_ bytes: [UInt8], at offset: UInt64) throws {
+        try bytes.withUnsafeBytes { try write($0, at: offset) }
+    }
+
+    /// write(2) at the current position, all of it.
+    public func writeAll(_ bytes: [UInt8]) throws {
+        try bytes.withUnsafeBytes { buf in
+            var done = 0
+            while done < buf.count {
+                let n = try syscallValue("write", "writing") { Glibc.write(rawValue, buf.baseAddress! + done, buf.count - done) }
+                done += n
+            }
+        }
+    }
+
+    public func truncate(to size: UInt64) throws {
+        try syscallValue("ftruncate", "setting the file size") { ftruncate(rawValue, off_t(size)) }
+    }
+
+    public func sync() throws {
+        try syscallValue("fsync", "flushing the file to disk") { fsync(rawValue) }
+    }
+}
+
+extension FileDescriptor.Status {
+    init(_ st: Glibc.stat) {
+        device = UInt64(st.st_dev); inode = UInt64(st.st_ino); size = UInt64(st.st_size)
+        mode = st.st_mode
+        mtimeSeconds = Int64(st.st_mtim.tv_sec); mtimeNanoseconds = Int64(st.st_mtim.tv_nsec)
+    }
+}
+
+/// A read-only mapping of a file region, unmapped when released.
+public final class MappedRegion: @unchecked Sendable {
+    public let base: UnsafeRawPointer
+    public let count: Int
+
+    public init(file: FileDescriptor, offset: UInt64, count: Int) throws {
+        var p: UnsafeMutableRawPointer?
+        if count == 0 {
+            base = UnsafeRawPointer(bitPattern: 0x1000)!
+            self.count = 0
+            return
+        }
+        try check(wb_map_file(file.rawValue, offset, count, 0, &p), "mmap", "mapping \(count) bytes at offset \(offset)")
+        base = UnsafeRawPointer(p!)
+        self.count = count
+    }
+
+    /// The mapped bytes, valid while `body` runs (the region stays mapped until then).
+    public func withBytes<T>(_ body: (UnsafeRawBufferPointer) throws -> T) rethrows -> T {
+        try withExtendedLifetime(self) { try body(UnsafeRawBufferPointer(start: base, count: count)) }
+    }
+
+    /// Tells the kernel the region will be read front to back.
+    public func adviseSequential() { _ = wb_madvise(UnsafeMutableRawPointer(mutating: base), count, MADV_SEQUENTIAL) }
+
+    deinit { if count > 0 { _ = wb_unmap(UnsafeMutableRawPointer(mutating: base), count) } }
+}

@@ -1,0 +1,172 @@
+import Foundation
+import Glibc
+
+/// Readers and parsers for /proc/PID. Parsers are pure functions over the text so that
+/// unit tests can feed them recorded files.
+public enum ProcFS {
+    // MARK: maps and smaps
+
+    public struct MapsEntry: Equatable, Sendable {
+        public var start: UInt64
+        public var end: UInt64
+        public var perms: String
+        public var offset: UInt64
+        public var device: String
+        public var inode: UInt64
+        public var path: String
+        public var vmFlags: [String] = []
+        /// Resident and swapped kilobytes (smaps only; nil from maps).
+        public var rssKB: UInt64?
+        public var swapKB: UInt64?
+
+        public var protection: Int32 {
+            let c = Array(perms)
+            return (c[0] == "r" ? 1 : 0) | (c[1] == "w" ? 2 : 0) | (c[2] == "x" ? 4 : 0)
+        }
+        public var shared: Bool { Array(perms)[3] == "s" }
+    }
+
+    /// Parses /proc/PID/maps, or /proc/PID/smaps (its VmFlags lines are attached to the entries).
+    public static func parseMaps(_ text: String) -> [MapsEntry] {
+        var out: [MapsEntry] = []
+        for line in text.split(separator: "\n", omittingEmptySubsequences: true) {
+            if line.hasPrefix("VmFlags:") {
+                if !out.isEmpty {
+                    out[out.count - 1].vmFlags = line.dropFirst("VmFlags:".count).split(separator: " ").map(String.init)
+                }
+                continue
+            }
+            if line.hasPrefix("Rss:") || line.hasPrefix("Swap:") {
+                let kb = UInt64(line.split(separator: " ", omittingEmptySubsequences: true).dropFirst().first ?? "0") ?? 0
+                if !out.isEmpty {
+                    if line.hasPrefix("Rss:") { out[out.count - 1].rssKB = kb } else { out[out.count - 1].swapKB = kb }
+                }
+                continue
+            }
+            guard let entry = parseMapsLine(Substring(line)) else { continue }
+            out.append(entry)
+        }
+        return out
+    }
+
+    static func parseMapsLine(_ line: Substring) -> MapsEntry? {
+        // start-end perms offset dev inode [path]
+        var fields: [Substring] = []
+        var rest = line[...]
+        for _ in 0..<5 {
+            rest = rest.drop { $0 == " " }
+            guard let space = rest.firstIndex(of: " ") else { return nil }
+            fields.append(rest[..<space])
+            rest = rest[space...]
+        }
+        let path = String(rest.drop { $0 == " " })
+        let range = fields[0].split(separator: "-")
+        guard range.count == 2, let start = UInt64(range[0], radix: 16), let end = UInt64(range[1], radix: 16),
+              fields[1].count == 4, let offset = UInt64(fields[2], radix: 16), let inode = UInt64(fields[4]) else { return nil }
+        return MapsEntry(start: start, end: end, perms: String(fields[1]), offset: offset,
+                         device: String(fields[3]), inode: inode, path: path)
+    }
+
+    public static func maps(_ pid: Int32, withFlags: Bool = true) throws -> [MapsEntry] {
+        parseMaps(try Paths.readText("/proc/\(pid)/\(withFlags ? "smaps" : "maps")"))
+    }
+
+    // MARK: status, stat
+
+    /// /proc/PID/status as key → value.
+    public static func parseStatus(_ text: String) -> [String: String] {
+        var out: [String: String] = [:]
+        for line in text.split(separator: "\n") {
+            guard let colon = line.firstIndex(of: ":") else { continue }
+            out[String(line[..<colon])] = line[line.index(after: colon)...].trimming(" \t")
+        }
+        return out
+    }
+
+    public static func status(_ pid: Int32, thread: Int32? = nil) throws -> [String: String] {
+        let path = thread.map { "/proc/\(pid)/task/\($0)/status" } ?? "/proc/\(pid)/status"
+        return parseStatus(try Paths.readText(path))
+    }
+
+    /// /proc/PID/stat fields, numbered as in proc(5) (1 = pid, 2 = comm, 3 = state, ...).
+    public static func parseStat(_ text: String) -> [Int: String] {
+        guard let open = text.firstIndex(of: "("), let close = text.lastIndex(of: ")") else { return [:] }
+        var out: [Int: String] = [1: text[..<open].trimming(" "),
+                                  2: String(text[text.index(after: open)..<close])]
+        let rest = text[text.index(after: close)...].split(separator: " ", omittingEmptySubsequences: true)
+        for (i, f) in rest.enumerated() { out[3 + i] = f.trimming("\n") }
+        return out
+    }
+
+    public static func stat(_ pid: Int32) throws -> [Int: String] {
+        parseStat(try Paths.readText("/proc/\(pid)/stat"))
+    }
+
+    // MARK: fds
+
+    public struct FDInfo: Equatable, Sendable {
+        public var position: UInt64
+        public var flags: Int32
+        public var mountID: Int
+        public var extra: [String: String]
+    }
+
+    public static func parseFDInfo(_ text: String) -> FDInfo {
+        let kv = parseStatus(text)
+        return FDInfo(position: UInt64(kv["pos"] ?? "0") ?? 0,
+                      flags: Int32(kv["flags"] ?? "0", radix: 8) ?? 0,
+                      mountID: Int(kv["mnt_id"] ?? "0") ?? 0, extra: kv)
+    }
+
+    public static func fds(_ pid: Int32) throws -> [Int32] {
+        try Paths.list("/proc/\(pid)/fd").compactMap { Int32($0) }.sorted()
+    }
+
+    public static func tasks(_ pid: Int32) throws -> [Int32] {
+        try Paths.list("/proc/\(pid)/task").compactMap { Int32($0) }.sorted()
+    }
+
+    /// Children of every thread of `pid`.
+    public static func children(_ pid: Int32) -> [Int32] {
+        var out: [Int32] = []
+        for tid in (try? tasks(pid)) ?? [] {
+            let text = (try? Paths.readText("/proc/\(pid)/task/\(tid)/children")) ?? ""
+            out += text.split(separator: " ").compactMap { Int32($0.trimming("\n ")) }
+        }
+        return out.sorted()
+    }
+
+    // MARK: pagemap
+
+    /// Pagemap entry bits (Documentation/admin-guide/mm/pagemap.rst).
+    public static let pagePresent: UInt64 = 1 << 63
+    public static let pageSwapped: UInt64 = 1 << 62
+    public static let pageFileOrSharedAnon: UInt64 = 1 << 61
+    public static let pageExclusive: UInt64 = 1 << 56
+
+    /// One 64-bit pagemap entry per page of [start, end).
+    public static func pagemap(_ fd: FileDescriptor, start: UInt64, end: UInt64) throws -> [UInt64] {
+        let count = Int((end - start) / 4096)
+        var out = [UInt64](repeating: 0, count: count)
+        let got = try out.withUnsafeMutableBytes { try fd.read(into: $0, at: (start / 4096) * 8) }
+        if got < count * 8 { out.removeLast(count - got / 8) }
+        return out
+    }
+
+    /// /proc/PID/auxv as 64-bit words.
+    public static func auxv(_ pid: Int32) throws -> [UInt64] {
+        let bytes = try Paths.readBytes("/proc/\(pid)/auxv")
+        return stride(from: 0, to: bytes.count - 7, by: 8).map { i in
+            (0..<8).reduce(UInt64(0)) { $0 | UInt64(bytes[i + $1]) << (8 * UInt64($1)) }
+        }
+    }
+
+    /// NUL-separated strings (cmdline, environ).
+    public static func strings(_ pid: Int32, _ file: String) -> [String] {
+        let bytes = (try? Paths.readBytes("/proc/\(pid)/\(file)")) ?? []
+        return bytes.split(separator: 0, omittingEmptySubsequences: false).dropLast().map { String(decoding: $0, as: UTF8.self) }
+    }
+
+    /// Whether the pid exists (as a process or a thread) in our pid namespace.
+    public static func exists(_ pid: Int32) -> Bool { Paths.exists("/proc/\(pid)") }
+}

@@ -1,0 +1,11 @@
+/// x86-64 system call numbers wb injects (arch/x86/entry/syscalls/syscall_64.tbl).
+public enum SyscallNumber: Int64, Sendable {
+    case read = 0, write = 1, close = 3, lseek = 8, mmap = 9, mprotect = 10, munmap = 11, brk = 12
+    case rtSigaction = 13, rtSigprocmask = 14, mremap = 25, madvise = 28
+    case dup2 = 33, getitimer = 36, setitimer = 38, getpid = 39, fcntl = 72, fchdir = 81
+    case chdir = 80, umask = 95, getrlimit = 97, setresuid = 117, setresgid = 119, setgroups = 116
+    case sigaltstack = 131, personality = 135, prctl = 157, archPrctl = 158, chroot = 161
+    case gettid = 186, setTidAddress = 218, exitGroup = 231, tgkill = 234, openat = 257
+    case rtTgsigqueueinfo = 297, pipe2 = 293, dup3 = 292, rtSigqueueinfo = 129
+    case setRobustList = 273, memfdCreate = 319, rseq = 334, clone3 = 435, closeRange = 436
+}

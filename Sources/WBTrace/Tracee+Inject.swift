@@ -1,0 +1,100 @@
+import CWBNative
+import Glibc
+
+/// Remote system calls in one stopped thread. Obtained from `Tracee.withSyscalls(in:)`,
+/// which saved the thread's registers and signal mask and restores them however the body
+/// ends, so the thread resumes exactly where it stopped.
+public struct RemoteSyscalls {
+    public let tracee: Tracee
+    public let tid: Int32
+    /// The thread's registers when the session began.
+    public let original: Registers
+
+    /// Executes one system call in the thread: registers are set for the call at the
+    /// tracee's `syscall` instruction, the thread single-steps over it, and rax is read back.
+    /// Returns the raw result (negative errno on failure).
+    public func raw(_ nr: SyscallNumber, _ a0: UInt64 = 0, _ a1: UInt64 = 0, _ a2: UInt64 = 0,
+                    _ a3: UInt64 = 0, _ a4: UInt64 = 0, _ a5: UInt64 = 0) throws -> Int64 {
+        let gadget = tracee.syscallGadget
+        precondition(gadget != 0, "no syscall instruction known in the tracee")
+        var r = original
+        r.rax = UInt64(nr.rawValue)
+        r.rdi = a0; r.rsi = a1; r.rdx = a2; r.r10 = a3; r.r8 = a4; r.r9 = a5
+        r.rip = gadget
+        r.origRax = UInt64.max   // not in a syscall: no restart logic on resume
+        r.eflags &= ~UInt64(0x100)
+        try tracee.setRegisters(tid, r)
+        try tracee.resume(tid, .singleStep)
+        while true {
+            switch try tracee.wait(tid) {
+            case .signal(SIGTRAP):
+                let after = try tracee.registers(tid)
+                if after.rip == gadget + 2 { return Int64(bitPattern: after.rax) }
+                try tracee.resume(tid, .singleStep)
+            case .signal:
+                // A signal dequeued before the call ran: keep it for delivery on detach.
+                tracee.interceptSignal(tid)
+                try tracee.resume(tid, .singleStep)
+            case .interrupted, .event:
+                // A pending interrupt or event stop came first; the call has not run yet.
+                try tracee.resume(tid, .singleStep)
+            case let .exited(code):
+                throw WBError.failed("thread \(tid) exited with status \(code) during a remote \(nr) call")
+            case let .killed(sig):
+                throw WBError.failed("thread \(tid) was killed by signal \(sig) during a remote \(nr) call")
+            }
+        }
+    }
+
+    /// Executes a system call and throws if it fails.
+    @discardableResult
+    public func call(_ nr: SyscallNumber, _ a0: UInt64 = 0, _ a1: UInt64 = 0, _ a2: UInt64 = 0,
+                     _ a3: UInt64 = 0, _ a4: UInt64 = 0, _ a5: UInt64 = 0, what: @autoclosure () -> String) throws -> UInt64 {
+        let r = try raw(nr, a0, a1, a2, a3, a4, a5)
+        if r < 0 && r > -4096 {
+            throw WBError.system(call: "remote \(nr)", errno: Int32(-r), what: "\(what()) in pid \(tracee.pid) (thread \(tid))")
+        }
+        return UInt64(bitPattern: r)
+    }
+
+    /// Anonymous read-write memory in the tracee for passing syscall arguments.
+    public func mapScratch(bytes: UInt64, at address: UInt64 = 0, executable: Bool = false) throws -> UInt64 {
+        let prot: UInt64 = UInt64(PROT_READ | PROT_WRITE) | (executable ? UInt64(PROT_EXEC) : 0)
+        var flags = UInt64(MAP_PRIVATE | MAP_ANONYMOUS)
+        if address != 0 { flags |= 0x100000 }   // MAP_FIXED_NOREPLACE
+        let a = try call(.mmap, address, bytes, prot, flags, UInt64.max, 0, what: "mapping scratch memory")
+        if address != 0 && a != address {
+            throw WBError.failed("the kernel placed scratch memory at \(hex(a)) instead of \(hex(address))")
+        }
+        return a
+    }
+}
+
+extension Tracee {
+    /// Runs `body` with remote syscalls in thread `tid`. The thread's registers and signal mask
+    /// are saved first and put back on every exit path; while the body runs all signals are
+    /// blocked in the thread so none is delivered into an injected call.
+    public func withSyscalls<T>(in tid: Int32, _ body: (RemoteSyscalls) throws -> T) throws -> T {
+        let regs = try registers(tid)
+        let mask = try signalMask(tid)
+        try setSignalMask(tid, ~UInt64(0))
+        defer {
+            _ = try? setRegisters(tid, regs)
+            _ = try? setSignalMask(tid, mask)
+        }
+        return try body(RemoteSyscalls(tracee: self, tid: tid, original: regs))
+    }
+
+    /// Finds a `syscall` instruction (0f 05) in the tracee's vdso to inject through. Using the
+    /// vdso's own instruction means checkpointing never writes to the target's code.
+    public func findSyscallGadget(in maps: [ProcFS.MapsEntry]) throws -> UInt64 {
+        guard let vdso = maps.first(where: { $0.path == "[vdso]" }) else {
+            throw WBError.refused("pid \(pid) has no [vdso] mapping, which wb needs to run system calls inside it")
+        }
+        let bytes = try read(vdso.start, count: Int(vdso.end - vdso.start))
+        for i in 0..<(bytes.count - 1) where bytes[i] == 0x0F && bytes[i + 1] == 0x05 {
+            return vdso.start + UInt64(i)
+        }
+        throw WBError.refused("pid \(pid): no syscall instruction found in its vdso")
+    }
+}

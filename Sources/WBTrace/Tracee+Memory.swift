@@ -1,0 +1,88 @@
+import CWBNative
+import Glibc
+
+extension Tracee {
+    /// Reads tracee memory with process_vm_readv, falling back to /proc/PID/mem for pages the
+    /// process itself may not read (PROT_NONE), which the kernel lets a tracer read.
+    public func read(_ address: UInt64, into buffer: UnsafeMutableRawBufferPointer) throws {
+        var done = 0
+        let e = wb_process_vm_readv(pid, buffer.baseAddress, address, buffer.count, &done)
+        if e == 0 && done == buffer.count { return }
+        if e == ESRCH { throw WBError.processGone(pid: pid, what: "reading memory at \(hex(address))") }
+        try readThroughProcMem(address, into: buffer)
+    }
+
+    public func read(_ address: UInt64, count: Int) throws -> [UInt8] {
+        var out = [UInt8](repeating: 0, count: count)
+        try out.withUnsafeMutableBytes { try read(address, into: $0) }
+        return out
+    }
+
+    public func readWord(_ address: UInt64) throws -> UInt64 {
+        var v: UInt64 = 0
+        try withUnsafeMutableBytes(of: &v) { try read(address, into: $0) }
+        return v
+    }
+
+    /// Reads many (address, length) ranges into one buffer, in order.
+    public func read(ranges: [UInt64], into buffer: UnsafeMutableRawBufferPointer) throws {
+        var done = 0
+        let e = ranges.withUnsafeBufferPointer {
+            wb_process_vm_readv_many(pid, buffer.baseAddress, $0.baseAddress, Int32($0.count / 2), &done)
+        }
+        if e == 0 { return }
+        if e == ESRCH { throw WBError.processGone(pid: pid, what: "reading memory") }
+        var at = 0
+        for i in stride(from: 0, to: ranges.count, by: 2) {
+            let len = Int(ranges[i + 1])
+            try readThroughProcMem(ranges[i], into: UnsafeMutableRawBufferPointer(rebasing: buffer[at..<(at + len)]))
+            at += len
+        }
+    }
+
+    private func readThroughProcMem(_ address: UInt64, into buffer: UnsafeMutableRawBufferPointer) throws {
+        let mem = try memFile()
+        let got = try withContext("reading memory of pid \(pid) at \(hex(address))") { try mem.read(into: buffer, at: address) }
+        guard got == buffer.count else {
+            throw WBError.system(call: "pread(/proc/\(pid)/mem)", errno: EIO, what: "reading \(buffer.count) bytes at \(hex(address))")
+        }
+    }
+
+    /// Writes tracee memory. process_vm_writev respects page protections, so for read-only
+    /// pages this goes through /proc/PID/mem, which a tracer may write.
+    public func write(_ bytes: UnsafeRawBufferPointer, to address: UInt64) throws {
+        var done = 0
+        let e = wb_process_vm_writev(pid, bytes.baseAddress, address, bytes.count, &done)
+        if e == 0 && done == bytes.count { return }
+        if e == ESRCH { throw WBError.processGone(pid: pid, what: "writing memory at \(hex(address))") }
+        let mem = try memFile()
+        try withContext("writing memory of pid \(pid) at \(hex(address))") { try mem.write(bytes, at: address) }
+    }
+
+    public func write(_ bytes: [UInt8], to address: UInt64) throws {
+        try bytes.withUnsafeBytes { try write($0, to: address) }
+    }
+
+    /// Writes many (address, length) ranges from one buffer, in order.
+    public func write(ranges: [UInt64], from buffer: UnsafeRawBufferPointer) throws {
+        var done = 0
+        let e = ranges.withUnsafeBufferPointer {
+            wb_process_vm_writev_many(pid, buffer.baseAddress, $0.baseAddress, Int32($0.count / 2), &done)
+        }
+        if e == 0 { return }
+        if e == ESRCH { throw WBError.processGone(pid: pid, what: "writing memory") }
+        var at = 0
+        for i in stride(from: 0, to: ranges.count, by: 2) {
+            let len = Int(ranges[i + 1])
+            try write(UnsafeRawBufferPointer(rebasing: buffer[at..<(at + len)]), to: ranges[i])
+            at += len
+        }
+    }
+
+    func memFile() throws -> FileDescriptor {
+        if let m = memDescriptor { return m }
+        let m = try FileDescriptor.open("/proc/\(pid)/mem", O_RDWR, what: "opening the memory of pid \(pid)")
+        memDescriptor = m
+        return m
+    }
+}

@@ -1,0 +1,199 @@
+import CWBNative
+import Glibc
+
+/// A thread group under ptrace. This class owns the waitpid loop for its threads and is the
+/// only way wb resumes them, so every stop is seen and accounted for in one place.
+///
+/// ptrace is per OS thread: a Tracee must be used from the thread that created it.
+public final class Tracee {
+    public let pid: Int32
+    /// Threads under control, leader first.
+    public private(set) var tids: [Int32] = []
+    /// Signals a thread had dequeued when it stopped for us; they go back on detach.
+    public private(set) var interceptedSignals: [Int32: [UInt8]] = [:]
+    /// Address of a `syscall` instruction used for remote syscalls.
+    public var syscallGadget: UInt64 = 0
+    let options: UInt32
+    private var detached = false
+    var memDescriptor: FileDescriptor?
+
+    public enum Stop: Equatable, Sendable {
+        /// PTRACE_EVENT_STOP: the stop PTRACE_INTERRUPT asks for, a group-stop, or the first
+        /// stop of a new thread.
+        case interrupted(signal: Int32)
+        /// Signal-delivery-stop.
+        case signal(Int32)
+        /// Another ptrace event (clone, exec, ...).
+        case event(Int32)
+        case exited(code: Int32)
+        case killed(signal: Int32)
+    }
+
+    init(pid: Int32, options: UInt32) {
+        self.pid = pid
+        self.options = options
+    }
+
+    // MARK: Attaching
+
+    /// Seizes every thread of `pid` and stops them all. Threads created meanwhile are caught
+    /// too. The process keeps all its state; `detach()` lets it run on untouched.
+    public static func seize(_ pid: Int32) throws -> Tracee {
+        let t = Tracee(pid: pid, options: UInt32(WB_PTRACE_O_TRACECLONE | WB_PTRACE_O_TRACEEXEC))
+        do {
+            try t.seizeAll()
+        } catch {
+            t.detach()
+            throw error
+        }
+        return t
+    }
+
+    /// Takes control of a freshly spawned stub: it dies with wb (PTRACE_O_EXITKILL) until
+    /// the restore hands it over.
+    public static func adoptStub(_ pid: Int32) throws -> Tracee {
+        let t = Tracee(pid: pid, options: UInt32(WB_PTRACE_O_TRACECLONE | WB_PTRACE_O_EXITKILL))
+        try t.seizeAll()
+        return t
+    }
+
+    private func seizeAll() throws {
+        var seen = Set<Int32>()
+        while true {
+            let current: [Int32]
+            do { current = try ProcFS.tasks(pid) } catch { throw WBError.processGone(pid: pid, what: "attaching") }
+            let new = current.filter { !seen.contains($0) }
+            if new.isEmpty { break }
+            var seized: [Int32] = []
+            for tid in new {
+                seen.insert(tid)
+                let e = wb_ptrace(WB_PTRACE_SEIZE, tid, 0, UInt64(options), nil)
+                if e == ESRCH { continue }    // the thread exited meanwhile
+                if e == EPERM {
+                    let tracer = (try? ProcFS.status(pid))?["TracerPid"] ?? "0"
+                    if tracer != "0" {
+                        throw WBError.refused("pid \(pid) is already being traced by pid \(tracer) (a debugger?): detach it first")
+                    }
+                }
+                try check(e, "ptrace(PTRACE_SEIZE)", "attaching to thread \(tid) of pid \(pid)", pid: tid)
+                seized.append(tid)
+                let ie = wb_ptrace(WB_PTRACE_INTERRUPT, tid, 0, 0, nil)
+                if ie != 0 && ie != ESRCH { try check(ie, "ptrace(PTRACE_INTERRUPT)", "stopping thread \(tid)", pid: tid) }
+            }
+            for tid in seized {
+                if try settle(tid) { tids.append(tid) }
+            }
+            // Threads auto-attached through clone events are in `tids` already.
+            for tid in tids { seen.insert(tid) }
+        }
+        guard tids.contains(pid) else { throw WBError.processGone(pid: pid, what: "attaching") }
+        tids.sort { a, b in a == pid ? true : (b == pid ? false : a < b) }
+    }
+
+    /// Waits until `tid` sits in a clean stop. Returns false if it exited.
+    private func settle(_ tid: Int32) throws -> Bool {
+        while true {
+            switch try wait(tid) {
+            case .interrupted:
+                return true
+            case let .signal(sig):
+                // The thread had just dequeued `sig`. It stays stopped here; the signal goes
+                // back when we let it go.
+                _ = sig
+                interceptSignal(tid)
+                return true
+            case let .event(ev):
+                if ev == WB_PTRACE_EVENT_EXEC {
+                    throw WBError.failed("pid \(pid) called exec while being checkpointed; try again")
+                }
+                // Not a state to capture a thread in: let it finish and stop again.
+                try resume(tid, .continue)
+            case .exited, .killed:
+                return false
+            }
+        }
+    }
+
+    // MARK: The wait loop
+
+    /// Waits for the next stop or exit of `tid`.
+    public func wait(_ tid: Int32) throws -> Stop {
+        var status: Int32 = 0
+        var waited: pid_t = 0
+        try check(wb_waitpid(tid, &status, 0, &waited), "waitpid", "waiting for thread \(tid)", pid: tid)
+        if wb_wifexited(status) != 0 {
+            tids.removeAll { $0 == tid }
+            return .exited(code: wb_wexitstatus(status))
+        }
+        if wb_wifsignaled(status) != 0 {
+            tids.removeAll { $0 == tid }
+            return .killed(signal: wb_wtermsig(status))
+        }
+        let event = wb_wptrace_event(status)
+        if event == WB_PTRACE_EVENT_STOP { return .interrupted(signal: wb_wstopsig(status)) }
+        if event == WB_PTRACE_EVENT_CLONE {
+            var msg: UInt = 0
+            _ = withUnsafeMutablePointer(to: &msg) { p in
+                wb_ptrace(WB_PTRACE_GETEVENTMSG, tid, 0, UInt64(UInt(bitPattern: p)), nil)
+            }
+            let child = Int32(truncatingIfNeeded: msg)
+            if child > 0 && !tids.contains(child) {
+                tids.append(child)
+                // A new thread starts in PTRACE_EVENT_STOP; collect that stop now.
+                _ = try settle(child)
+            }
+            return .event(event)
+        }
+        if event != 0 { return .event(event) }
+        return .signal(wb_wstopsig(status))
+    }
+
+    public enum Resume { case `continue`, singleStep }
+
+    /// The one entry point that lets a thread run.
+    public func resume(_ tid: Int32, _ how: Resume, signal: Int32 = 0) throws {
+        let request = how == .continue ? WB_PTRACE_CONT : WB_PTRACE_SINGLESTEP
+        try check(wb_ptrace(request, tid, 0, UInt64(signal), nil),
+                  how == .continue ? "ptrace(PTRACE_CONT)" : "ptrace(PTRACE_SINGLESTEP)", "resuming thread \(tid)", pid: tid)
+    }
+
+    // MARK: Letting go
+
+    /// Detaches from every thread; each runs on from exactly where it stopped, with any signal
+    /// it had dequeued delivered again. `stopSignal` leaves the process stopped instead.
+    public func detach(stopSignal: Int32 = 0) {
+        if detached { return }
+        detached = true
+        // Queued while every thread is still stopped, the stop signal is taken before any of
+        // them runs an instruction.
+        if stopSignal != 0 { _ = Glibc.kill(pid, stopSignal) }
+        for tid in tids {
+            var sig: Int32 = 0
+            if var info = interceptedSignals[tid] {
+                sig = info.withUnsafeBytes { $0.load(as: Int32.self) }
+                _ = info.withUnsafeMutableBytes { wb_ptrace(WB_PTRACE_SETSIGINFO, tid, 0, UInt64(UInt(bitPattern: $0.baseAddress)), nil) }
+            }
+            _ = wb_ptrace(WB_PTRACE_DETACH, tid, 0, UInt64(sig), nil)
+        }
+    }
+
+    /// Kills the whole thread group and reaps what we can.
+    public func kill() {
+        detached = true
+        _ = Glibc.kill(pid, SIGKILL)
+    }
+
+    public var isDetached: Bool { detached }
+
+    /// Records the siginfo of the signal `tid` is stopped for, to deliver it on detach.
+    func interceptSignal(_ tid: Int32) {
+        if interceptedSignals[tid] != nil { return }
+        var info = [UInt8](repeating: 0, count: 128)
+        if info.withUnsafeMutableBytes({ wb_ptrace_getsiginfo(tid, $0.baseAddress) }) == 0 {
+            interceptedSignals[tid] = info
+        }
+    }
+
+    /// Forgets a signal that was intercepted (it is in the image as pending, or was consumed).
+    public func dropInterceptedSignal(_ tid: Int32) { interceptedSignals[tid] = nil }
+}

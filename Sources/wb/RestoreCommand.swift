@@ -1,0 +1,86 @@
+import ArgumentParser
+import Foundation
+import Glibc
+import WBCore
+import WBRestore
+
+struct RestoreCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "restore",
+        abstract: "Bring a checkpointed process back to life.",
+        discussion: """
+        The process is rebuilt inside a fresh stub process with its original pid and thread \
+        ids, when they are free here; otherwise (or with --new-pidns) in a new pid namespace, \
+        where it still sees its original ids.
+
+        By default wb stays in the foreground: it passes signals sent to it on to the process \
+        and exits with the process's exit status (128 + N when signal N ended it). Files the \
+        process had open on a terminal or on a pipe to another program, on fds 0-2, are \
+        attached to wb's own stdin, stdout and stderr.
+        """)
+
+    @Argument(help: "The image to restore.")
+    var image: String
+
+    @Flag(help: "Return at once, printing the restored process's pid (as seen from here).")
+    var detach = false
+
+    @Flag(help: "Leave the restored process stopped (SIGSTOP); continue it with kill -CONT or a debugger.")
+    var stopped = false
+
+    @Flag(name: .customLong("new-pidns"), help: "Restore in a new pid namespace even if the original pids are free.")
+    var newPidNamespace = false
+
+    @Flag(help: "Skip checking the checksums of the image's page data before restoring.")
+    var noVerify = false
+
+    @Flag(help: "Print the restored pid and notes as JSON (with --detach).")
+    var json = false
+
+    @Flag(name: .shortAndLong, help: "Print nothing but errors.")
+    var quiet = false
+
+    func validate() throws {
+        if json && !detach { throw ValidationError("--json needs --detach (in the foreground the process owns stdout)") }
+    }
+
+    func run() throws {
+        try runReportingErrors {
+            // Signals for the restored process are blocked before any thread starts, so the
+            // forwarding thread can take them.
+            if !detach { Signals.block(Signals.forwarded) }
+            let opened = try Image(path: image)
+            var options = RestoreOptions()
+            options.pidNamespace = newPidNamespace ? .new : .automatic
+            options.verify = !noVerify
+            let restorer = Restorer(image: opened, options: options)
+            restorer.progress = Output.progress(quiet: quiet || json)
+            let restored = try restorer.restore()
+            if !quiet && !json { for n in restored.notes { Output.note(n) } }
+            if stopped { restored.releaseStopped() } else { restored.resume() }
+            if detach {
+                if json {
+                    try Output.json(RestoreReport(pid: restored.pid, originalPid: restored.originalPid,
+                                                  namespaceInit: restored.initPid, stopped: stopped, notes: restored.notes))
+                } else {
+                    Output.line("\(restored.pid)")
+                }
+                return
+            }
+            if stopped && !quiet {
+                FileHandle.standardError.write(Data("wb: restored pid \(restored.pid), stopped: kill -CONT \(restored.pid) to run it\n".utf8))
+            }
+            Signals.forward(Signals.forwarded, to: restored.pid)
+            let status = try restored.waitForExit()
+            throw ExitCode(status)
+        }
+    }
+}
+
+struct RestoreReport: Encodable {
+    var pid: Int32
+    var originalPid: Int32
+    var namespaceInit: Int32?
+    var stopped: Bool
+    var notes: [String]
+}

@@ -1,0 +1,25 @@
+import ArgumentParser
+import WBCore
+
+@main
+struct WB: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "wb",
+        abstract: "Checkpoint a live Linux process, restore it anywhere, and work on the restored copy.",
+        discussion: """
+        A checkpoint is one image file holding a process's memory, threads, registers, open files, \
+        signal state and the executables and libraries it had mapped. Restoring it brings the \
+        process back with its original pid, exactly where it was.
+
+        Examples:
+          wb checkpoint 4242 -o server.wbimg            # image of a running process; it keeps running
+          wb checkpoint 4242 -o server.wbimg --kill     # ... and end it once the image is safe
+          wb inspect server.wbimg                       # threads, registers, memory, files, signals
+          wb restore server.wbimg                       # bring it back in the foreground
+          wb restore server.wbimg --detach              # ... in the background; prints its pid
+
+        See docs/ for the image format and how restore works.
+        """,
+        version: WBVersion.string,
+        subcommands: [CheckpointCommand.self, RestoreCommand.self, InspectCommand.self])
+}

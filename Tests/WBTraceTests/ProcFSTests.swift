@@ -1,0 +1,36 @@
+import Testing
+@testable import WBTrace
+
+@Suite struct ProcFSTests {
+    @Test func parsesSmapsWithFlagsAndPathsWithSpaces() {
+        let text = """
+        55d0c8a00000-55d0c8a02000 r--p 00000000 fe:00 1234                       /usr/bin/my prog
+        Size:                  8 kB
+        VmFlags: rd mr mw me dw sd
+        7ffd1000-7ffd2000 rw-p 00000000 00:00 0                          [stack]
+        VmFlags: rd wr mr mw me gd ac
+        7f0000000000-7f0000001000 rw-s 00000000 00:01 99                 /dev/zero (deleted)
+        """
+        let maps = ProcFS.parseMaps(text)
+        #expect(maps.count == 3)
+        #expect(maps[0].path == "/usr/bin/my prog" && maps[0].inode == 1234 && maps[0].protection == 1)
+        #expect(maps[0].vmFlags == ["rd", "mr", "mw", "me", "dw", "sd"])
+        #expect(maps[1].path == "[stack]" && maps[1].vmFlags.contains("gd") && maps[1].protection == 3)
+        #expect(maps[2].shared && maps[2].path == "/dev/zero (deleted)")
+    }
+
+    @Test func parsesStatWithParenthesesInTheName() {
+        let stat = ProcFS.parseStat("42 (a (weird) name) S 1 42 42 0 -1 4194560 100\n")
+        #expect(stat[1] == "42" && stat[2] == "a (weird) name" && stat[3] == "S" && stat[4] == "1" && stat[10] == "100")
+    }
+
+    @Test func parsesFDInfoFlagsInOctal() {
+        let info = ProcFS.parseFDInfo("pos:\t37\nflags:\t0102002\nmnt_id:\t25\nino:\t77\n")
+        #expect(info.position == 37 && info.flags == 0o102002 && info.mountID == 25 && info.extra["ino"] == "77")
+    }
+
+    @Test func parsesStatusLines() {
+        let s = ProcFS.parseStatus("Name:\tcat\nUmask:\t0027\nUid:\t0\t0\t0\t0\nSigQ:\t1/1000\n")
+        #expect(s["Umask"] == "0027" && s["Uid"] == "0\t0\t0\t0")
+    }
+}

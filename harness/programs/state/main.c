@@ -1,0 +1,205 @@
+// harness-state DIR
+//
+// Sets up the per-process state a checkpoint must carry, then waits for SIGUSR1 requests,
+// each answered by "VERIFY OK" or "VERIFY FAIL <what>" after checking all of it:
+//   - a regular file open at offset 37, and a deleted file open at offset 11
+//   - a pipe holding unread bytes
+//   - a reader thread blocked in read() on a second pipe; each verification writes to it and
+//     the thread must receive the bytes (its read is interrupted by SIGUSR2 first, whose
+//     SA_RESTART handler must make the read resume)
+//   - a SIGUSR2 handler with SA_RESTART, a blocked real-time signal queued with a value
+//   - a periodic ITIMER_REAL whose SIGALRM ticks keep coming
+//   - umask 027 and a cwd of DIR/work; /dev/null open on fd 20
+#define _GNU_SOURCE
+#include "harness.h"
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/sysmacros.h>
+#include <sys/syscall.h>
+#include <sys/time.h>
+#include <time.h>
+#include <unistd.h>
+
+#define RT_SIG (SIGRTMIN + 3)
+#define RT_VALUE 4242
+static const char unread[] = "unread-bytes-in-pipe";
+static const char deleted_text[] = "deleted-file-contents";
+
+static int file_fd, deleted_fd, unread_pipe[2], reader_pipe[2];
+static char work_dir[4096];
+static _Atomic int alarm_ticks, usr2_count, reader_count, reader_errors;
+static char reader_got[128];
+static pid_t reader_tid;
+static char failures[1024];
+
+static void on_alarm(int s) { (void)s; alarm_ticks++; }
+static void on_usr2(int s) { (void)s; usr2_count++; }
+
+static void failed(const char *what) {
+    if (strlen(failures) + strlen(what) + 3 < sizeof failures) {
+        if (failures[0]) strcat(failures, "; ");
+        strcat(failures, what);
+    }
+}
+
+static void *reader(void *arg) {
+    (void)arg;
+    reader_tid = (pid_t)syscall(SYS_gettid);
+    for (;;) {
+        char buf[128];
+        ssize_t n = read(reader_pipe[0], buf, sizeof buf - 1);
+        if (n < 0) { reader_errors++; continue; }
+        if (n == 0) return NULL;
+        buf[n] = 0;
+        memcpy(reader_got, buf, (size_t)n + 1);
+        reader_count++;
+    }
+}
+
+static void sleep_ms(int ms) {
+    struct timespec ts = { ms / 1000, (ms % 1000) * 1000000L };
+    while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {}
+}
+
+static void verify(int round) {
+    failures[0] = 0;
+    char buf[256];
+    // umask and cwd
+    mode_t old = umask(027);
+    if (old != 027) failed("umask is not 027");
+    if (!getcwd(buf, sizeof buf) || strcmp(buf, work_dir) != 0) failed("cwd changed");
+    // file at an offset
+    if (lseek(file_fd, 0, SEEK_CUR) != 37) failed("file offset is not 37");
+    if (read(file_fd, buf, 5) != 5 || memcmp(buf, "78901", 5) != 0) failed("file content at offset 37 is wrong");
+    lseek(file_fd, 37, SEEK_SET);
+    // deleted file
+    struct stat st;
+    if (fstat(deleted_fd, &st) != 0 || st.st_nlink != 0) failed("deleted file is not deleted (nlink)");
+    if (lseek(deleted_fd, 0, SEEK_CUR) != 11) failed("deleted file offset is not 11");
+    if (pread(deleted_fd, buf, sizeof deleted_text - 1, 0) != (ssize_t)sizeof deleted_text - 1 ||
+        memcmp(buf, deleted_text, sizeof deleted_text - 1) != 0) failed("deleted file content is wrong");
+    if (st.st_size != 8192 + (off_t)sizeof deleted_text - 1) failed("deleted file size is wrong");
+    // unread pipe bytes: read them, then put them back for the next round
+    int fl = fcntl(unread_pipe[0], F_GETFL);
+    fcntl(unread_pipe[0], F_SETFL, fl | O_NONBLOCK);
+    ssize_t n = read(unread_pipe[0], buf, sizeof buf);
+    fcntl(unread_pipe[0], F_SETFL, fl);
+    if (n != (ssize_t)sizeof unread - 1 || memcmp(buf, unread, sizeof unread - 1) != 0) failed("unread pipe bytes lost");
+    if (write(unread_pipe[1], unread, sizeof unread - 1) < 0) failed("pipe write end broken");
+    // /dev/null on fd 20
+    if (fstat(20, &st) != 0 || !S_ISCHR(st.st_mode) || st.st_rdev != makedev(1, 3)) failed("fd 20 is not /dev/null");
+    // SIGUSR2 disposition
+    struct sigaction sa;
+    sigaction(SIGUSR2, NULL, &sa);
+    if (sa.sa_handler != on_usr2 || !(sa.sa_flags & SA_RESTART)) failed("SIGUSR2 handler or SA_RESTART lost");
+    // the blocked real-time signal is still pending, with its value
+    sigset_t pending;
+    sigpending(&pending);
+    if (!sigismember(&pending, RT_SIG)) failed("blocked real-time signal no longer pending");
+    else {
+        sigset_t only;
+        sigemptyset(&only);
+        sigaddset(&only, RT_SIG);
+        siginfo_t info;
+        struct timespec zero = { 0, 0 };
+        if (sigtimedwait(&only, &info, &zero) != RT_SIG || info.si_value.sival_int != RT_VALUE || info.si_code != SI_QUEUE)
+            failed("real-time signal value or code lost");
+        union sigval v = { .sival_int = RT_VALUE };
+        sigqueue(getpid(), RT_SIG, v);
+    }
+    // itimer keeps ticking with its interval
+    struct itimerval it;
+    getitimer(ITIMER_REAL, &it);
+    if (it.it_interval.tv_sec != 0 || it.it_interval.tv_usec != 20000) failed("itimer interval changed");
+    int t0 = alarm_ticks;
+    for (int i = 0; i < 500 && alarm_ticks < t0 + 3; i++) sleep_ms(10);
+    if (alarm_ticks < t0 + 3) failed("itimer stopped ticking");
+    // reader thread: interrupt its read with SIGUSR2, then send data it must receive
+    int u0 = usr2_count, r0 = reader_count;
+    syscall(SYS_tgkill, getpid(), reader_tid, SIGUSR2);
+    for (int i = 0; i < 500 && usr2_count == u0; i++) sleep_ms(10);
+    if (usr2_count == u0) failed("SIGUSR2 handler did not run");
+    char msg[64];
+    snprintf(msg, sizeof msg, "after-restore-%d", round);
+    if (write(reader_pipe[1], msg, strlen(msg)) < 0) failed("reader pipe write failed");
+    for (int i = 0; i < 500 && reader_count == r0; i++) sleep_ms(10);
+    if (reader_count == r0) failed("blocked reader thread did not receive the data");
+    else if (strcmp(reader_got, msg) != 0) failed("reader thread received the wrong bytes");
+    if (reader_errors) failed("reader's read() was not restarted (SA_RESTART)");
+    if (failures[0]) harness_say("VERIFY FAIL %s", failures);
+    else harness_say("VERIFY OK pid=%d ticks=%d usr2=%d", getpid(), (int)alarm_ticks, (int)usr2_count);
+}
+
+int main(int argc, char **argv) {
+    if (argc < 2) { fprintf(stderr, "usage: harness-state DIR\n"); return 2; }
+    snprintf(work_dir, sizeof work_dir, "%s/work", argv[1]);
+    mkdir(work_dir, 0755);
+    harness_require(chdir(work_dir) == 0, "chdir");
+    umask(027);
+
+    file_fd = open("data.txt", O_RDWR | O_CREAT | O_TRUNC, 0644);
+    harness_require(file_fd >= 0, "open data.txt");
+    char digits[101];
+    for (int i = 0; i < 100; i++) digits[i] = (char)('0' + i % 10);
+    harness_require(write(file_fd, digits, 100) == 100, "write data.txt");
+    lseek(file_fd, 37, SEEK_SET);
+
+    deleted_fd = open("gone.txt", O_RDWR | O_CREAT | O_TRUNC, 0600);
+    harness_require(deleted_fd >= 0, "open gone.txt");
+    harness_require(write(deleted_fd, deleted_text, sizeof deleted_text - 1) > 0, "write gone.txt");
+    char fill[8192];
+    memset(fill, 'x', sizeof fill);
+    harness_require(write(deleted_fd, fill, sizeof fill) > 0, "write gone.txt");
+    unlink("gone.txt");
+    lseek(deleted_fd, 11, SEEK_SET);
+
+    harness_require(pipe(unread_pipe) == 0, "pipe");
+    harness_require(write(unread_pipe[1], unread, sizeof unread - 1) > 0, "write pipe");
+    harness_require(pipe(reader_pipe) == 0, "pipe");
+    int devnull = open("/dev/null", O_RDWR);
+    dup2(devnull, 20);
+    close(devnull);
+
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_usr2;
+    sa.sa_flags = SA_RESTART;
+    sigaction(SIGUSR2, &sa, NULL);
+    sa.sa_handler = on_alarm;
+    sigaction(SIGALRM, &sa, NULL);
+    harness_verify_requests();
+
+    // Block the real-time signal and SIGUSR1 everywhere (the reader inherits the mask),
+    // then queue the real-time signal with a value.
+    sigset_t mask;
+    sigemptyset(&mask);
+    sigaddset(&mask, RT_SIG);
+    sigaddset(&mask, SIGUSR1);
+    pthread_sigmask(SIG_BLOCK, &mask, NULL);
+    union sigval v = { .sival_int = RT_VALUE };
+    sigqueue(getpid(), RT_SIG, v);
+
+    // The reader takes SIGUSR2 (tgkill'd to it); SIGALRM goes to the main thread only.
+    sigset_t alrm;
+    sigemptyset(&alrm);
+    sigaddset(&alrm, SIGALRM);
+    pthread_sigmask(SIG_BLOCK, &alrm, NULL);
+    pthread_t th;
+    harness_require(pthread_create(&th, NULL, reader, NULL) == 0, "pthread_create");
+    pthread_sigmask(SIG_UNBLOCK, &alrm, NULL);
+    while (reader_tid == 0) sleep_ms(1);
+
+    struct itimerval it = { { 0, 20000 }, { 0, 20000 } };
+    setitimer(ITIMER_REAL, &it, NULL);
+    harness_say("READY pid=%d reader=%d", getpid(), reader_tid);
+    for (int round = 1;; round++) {
+        harness_wait_for_request();
+        verify(round);
+    }
+}

@@ -1,0 +1,32 @@
+// Shared helpers for harness programs: line-based handshakes on stdout, a deterministic
+// PRNG, checksums, and a "verify" request delivered as SIGUSR1.
+#ifndef HARNESS_H
+#define HARNESS_H
+#include <stdint.h>
+#include <stddef.h>
+#include <signal.h>
+
+/// Prints one line to stdout and flushes it (tests read these lines through a pipe).
+void harness_say(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+/// Aborts with a message on stderr when `ok` is false during set-up.
+void harness_require(int ok, const char *what);
+
+/// xorshift64* — deterministic, fast, good enough to fill memory.
+static inline uint64_t harness_next(uint64_t *state) {
+    uint64_t x = *state;
+    x ^= x >> 12; x ^= x << 25; x ^= x >> 27;
+    *state = x;
+    return x * 0x2545F4914F6CDD1DULL;
+}
+void harness_fill(void *p, size_t len, uint64_t seed);
+/// FNV-1a style 64-bit checksum over words.
+uint64_t harness_checksum(const void *p, size_t len);
+
+/// Installs a SIGUSR1 handler that sets the request flag, and returns the flag.
+volatile sig_atomic_t *harness_verify_requests(void);
+/// Sleeps in sigsuspend until SIGUSR1 arrives (other handled signals wake it and it sleeps
+/// again). Returns after consuming one request.
+void harness_wait_for_request(void);
+/// Monotonic clock in nanoseconds.
+uint64_t harness_now_ns(void);
+#endif

@@ -1,0 +1,62 @@
+#define _GNU_SOURCE
+#include "harness.h"
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+void harness_say(const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    vfprintf(stdout, fmt, ap);
+    va_end(ap);
+    fputc('\n', stdout);
+    fflush(stdout);
+}
+
+void harness_require(int ok, const char *what) {
+    if (!ok) { perror(what); exit(2); }
+}
+
+void harness_fill(void *p, size_t len, uint64_t seed) {
+    uint64_t s = seed | 1, *w = p;
+    for (size_t i = 0; i < len / 8; i++) w[i] = harness_next(&s);
+}
+
+uint64_t harness_checksum(const void *p, size_t len) {
+    const uint64_t *w = p;
+    uint64_t h = 0xcbf29ce484222325ULL;
+    for (size_t i = 0; i < len / 8; i++) { h ^= w[i]; h *= 0x100000001b3ULL; }
+    return h;
+}
+
+static volatile sig_atomic_t requests;
+static void on_usr1(int sig) { (void)sig; requests++; }
+
+volatile sig_atomic_t *harness_verify_requests(void) {
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_usr1;
+    sa.sa_flags = SA_RESTART;
+    sigaction(SIGUSR1, &sa, NULL);
+    return &requests;
+}
+
+void harness_wait_for_request(void) {
+    sigset_t block, old;
+    sigemptyset(&block);
+    sigaddset(&block, SIGUSR1);
+    sigprocmask(SIG_BLOCK, &block, &old);
+    sigset_t wait_mask = old;
+    sigdelset(&wait_mask, SIGUSR1);
+    while (requests == 0) sigsuspend(&wait_mask);
+    requests--;
+    sigprocmask(SIG_SETMASK, &old, NULL);
+}
+
+uint64_t harness_now_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ULL + (uint64_t)ts.tv_nsec;
+}

@@ -1,0 +1,177 @@
+// wb_native.h — the C floor under wb's Swift modules.
+//
+// Swift cannot call variadic C functions (ptrace, ioctl, fcntl, prctl, syscall) nor use
+// macros (W*, CPU_*), and some calls need raw syscalls glibc does not wrap (clone3,
+// get_robust_list, pidfd_*). Each wrapper here pins one call to one signature and returns
+// 0 or an errno value, with data through out-parameters, so data and error never collide.
+// Only WBSystem and WBTrace import this module.
+#ifndef WB_NATIVE_H
+#define WB_NATIVE_H
+
+#include <stdint.h>
+#include <stddef.h>
+#include <sys/types.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+// MARK: - Registers (mirror of struct user_regs_struct from <sys/user.h>, checked in ptrace.c)
+
+typedef struct wb_regs {
+    uint64_t r15, r14, r13, r12, rbp, rbx, r11, r10, r9, r8;
+    uint64_t rax, rcx, rdx, rsi, rdi, orig_rax, rip, cs, eflags, rsp, ss;
+    uint64_t fs_base, gs_base, ds, es, fs, gs;
+} wb_regs;
+
+// MARK: - ptrace (variadic in glibc)
+
+/// ptrace(request, pid, addr, data). Returns 0 or errno; `result` (may be NULL) receives the
+/// call's return value, which for PTRACE_PEEK* requests is the data word.
+int wb_ptrace(long request, pid_t pid, uint64_t addr, uint64_t data, long *result);
+int wb_ptrace_getregs(pid_t tid, wb_regs *regs);
+int wb_ptrace_setregs(pid_t tid, const wb_regs *regs);
+/// PTRACE_GETREGSET/SETREGSET with an iovec; `len` is in/out for GET.
+int wb_ptrace_getregset(pid_t tid, int note, void *buf, size_t *len);
+int wb_ptrace_setregset(pid_t tid, int note, const void *buf, size_t len);
+int wb_ptrace_getsigmask(pid_t tid, uint64_t *mask);
+int wb_ptrace_setsigmask(pid_t tid, uint64_t mask);
+/// PTRACE_PEEKSIGINFO: copies up to `max` 128-byte siginfo records starting at `offset`.
+/// `shared` selects the process-wide queue. `count` receives how many were copied.
+int wb_ptrace_peeksiginfo(pid_t tid, int shared, uint64_t offset, void *buf, int max, int *count);
+int wb_ptrace_getsiginfo(pid_t tid, void *siginfo128);
+
+typedef struct wb_rseq_config {
+    uint64_t rseq_abi_pointer;
+    uint32_t rseq_abi_size;
+    uint32_t signature;
+    uint32_t flags;
+    uint32_t pad;
+} wb_rseq_config;
+int wb_ptrace_get_rseq_config(pid_t tid, wb_rseq_config *config);
+
+// ptrace constants Swift cannot see as macros in every libc header set.
+enum {
+    WB_PTRACE_CONT = 7,
+    WB_PTRACE_SINGLESTEP = 9,
+    WB_PTRACE_DETACH = 17,
+    WB_PTRACE_GETEVENTMSG = 0x4201,
+    WB_PTRACE_GETSIGINFO = 0x4202,
+    WB_PTRACE_SETSIGINFO = 0x4203,
+    WB_PTRACE_SEIZE = 0x4206,
+    WB_PTRACE_INTERRUPT = 0x4207,
+    WB_PTRACE_LISTEN = 0x4208,
+    WB_PTRACE_O_TRACECLONE = 0x00000008,
+    WB_PTRACE_O_TRACEEXEC = 0x00000010,
+    WB_PTRACE_O_EXITKILL = 0x00100000,
+    WB_PTRACE_EVENT_CLONE = 3,
+    WB_PTRACE_EVENT_EXEC = 4,
+    WB_PTRACE_EVENT_STOP = 128,
+    WB_NT_PRSTATUS = 1,
+    WB_NT_X86_XSTATE = 0x202,
+};
+
+// MARK: - wait (macros in glibc)
+
+/// waitpid with __WALL added; returns 0 or errno, the waited pid in `waited`.
+int wb_waitpid(pid_t pid, int *status, int options, pid_t *waited);
+int wb_wifexited(int status);
+int wb_wexitstatus(int status);
+int wb_wifsignaled(int status);
+int wb_wtermsig(int status);
+int wb_wifstopped(int status);
+int wb_wstopsig(int status);
+/// The PTRACE_EVENT_* number of a ptrace stop (status >> 16), 0 for none.
+int wb_wptrace_event(int status);
+enum { WB_WNOHANG = 1, WB_WALL = 0x40000000 };
+
+// MARK: - Raw syscalls and variadic calls
+
+int wb_get_robust_list(pid_t tid, uint64_t *head, uint64_t *len);
+int wb_prlimit(pid_t pid, int resource, const uint64_t *new_cur_max, uint64_t *old_cur_max);
+int wb_tgkill(pid_t tgid, pid_t tid, int sig);
+int wb_pipe2(int fds[2], int flags);
+int wb_fcntl_int(int fd, int cmd, int arg, int *result);
+int wb_process_vm_readv(pid_t pid, void *local, uint64_t remote, size_t len, size_t *done);
+int wb_process_vm_writev(pid_t pid, const void *local, uint64_t remote, size_t len, size_t *done);
+/// Gather/scatter forms for many pages at once: `remote` holds `count` (address, length) pairs.
+int wb_process_vm_readv_many(pid_t pid, void *local, const uint64_t *remote, int count, size_t *done);
+int wb_process_vm_writev_many(pid_t pid, const void *local, const uint64_t *remote, int count, size_t *done);
+/// tee(2): duplicate up to `len` bytes from pipe `in` into pipe `out` without consuming them.
+int wb_tee(int in, int out, size_t len, unsigned flags, ssize_t *copied);
+/// Block (or unblock) signals in the calling thread.
+int wb_sigmask_block_all_except(const int *keep, int count, uint64_t *old_mask);
+int wb_sigmask_set(uint64_t mask);
+/// sigwaitinfo over a mask; returns the signal and the sender's si_code / si_pid.
+int wb_sigwaitinfo(uint64_t mask, int *sig, int *code, pid_t *sender);
+/// Reads this CPU's XCR0 (the enabled XSAVE features).
+uint64_t wb_xgetbv0(void);
+/// CPUID leaf/subleaf.
+void wb_cpuid(uint32_t leaf, uint32_t subleaf, uint32_t out[4]);
+
+// MARK: - Memory helpers
+
+/// True when `len` bytes at `p` are all zero.
+int wb_is_zero(const void *p, size_t len);
+/// mmap of a file for reading (PROT_READ, MAP_SHARED); returns 0 or errno.
+int wb_map_file(int fd, uint64_t offset, size_t len, int writable, void **out);
+int wb_unmap(void *p, size_t len);
+/// madvise wrapper (MADV_SEQUENTIAL etc. by number).
+int wb_madvise(void *p, size_t len, int advice);
+
+// MARK: - Hashing (xxHash, compiled in from the system's xxhash.h)
+
+uint64_t wb_hash64(const void *p, size_t len, uint64_t seed);
+typedef struct wb_hash128 { uint64_t low, high; } wb_hash128;
+wb_hash128 wb_hash128_of(const void *p, size_t len);
+/// Streaming 64-bit hash: an opaque state allocated by wb_hash_stream_new.
+void *wb_hash_stream_new(void);
+void wb_hash_stream_update(void *state, const void *p, size_t len);
+uint64_t wb_hash_stream_digest(void *state);
+void wb_hash_stream_free(void *state);
+/// Streaming 128-bit hash (content addresses of embedded files).
+void *wb_hash128_stream_new(void);
+void wb_hash128_stream_update(void *state, const void *p, size_t len);
+wb_hash128 wb_hash128_stream_digest(void *state);
+void wb_hash128_stream_free(void *state);
+
+// MARK: - The restore stub and spawning it
+
+/// The restore stub is a minimal static ELF executable made of one page of code that loops
+/// on pause(2). `wb restore` execs it in a fresh task with the pid the image needs, seizes it
+/// and builds the process inside it with remote syscalls. Its code offers the controller a
+/// `syscall` instruction to inject through until the image's own mappings are in place.
+/// Writes the ELF into `buf` (capacity `cap`), returns its size or 0 if `cap` is too small.
+size_t wb_stub_elf(uint8_t *buf, size_t cap);
+/// Creates an executable fd (a memfd) holding the stub ELF.
+int wb_stub_fd(int *fd);
+/// The address of the stub's `syscall` instruction once it runs.
+uint64_t wb_stub_syscall_address(void);
+
+typedef struct wb_spawn_request {
+    int stub_fd;            // an fd holding the stub ELF (memfd or file), executed with execveat
+    pid_t set_tid;          // the pid the stub must get (0: any)
+    int new_pidns;          // 1: the stub runs in a new pid namespace under a small init
+    int new_userns;         // 1: also a new user namespace (unprivileged restore)
+    uid_t outer_uid;        // with new_userns: the ids to map to 0 inside
+    gid_t outer_gid;
+    const int *keep_fds;    // fds the stub keeps (at the same numbers); all others are closed
+    int keep_count;
+} wb_spawn_request;
+
+typedef struct wb_spawn_result {
+    pid_t stub;             // the stub's pid as seen from the caller's pid namespace
+    pid_t init_pid;         // the namespace init (new_pidns), else 0
+} wb_spawn_result;
+
+/// Starts the stub. Returns 0 or an errno; `stage` names the step that failed
+/// ("clone3", "execveat", ...).
+int wb_spawn_stub(const wb_spawn_request *req, wb_spawn_result *res, const char **stage);
+
+/// The pid namespace init's wait status for the stub, encoded as exit code 0-255 or
+/// 128+signal, is also its own exit code.
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,144 @@
+// Raw syscalls glibc does not wrap, and variadic calls pinned to one signature.
+#define _GNU_SOURCE
+#include "wb_native.h"
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <string.h>
+#include <cpuid.h>
+#include <sys/resource.h>
+#include <sys/syscall.h>
+#include <sys/uio.h>
+#include <unistd.h>
+
+int wb_get_robust_list(pid_t tid, uint64_t *head, uint64_t *len) {
+    void *h = NULL; size_t l = 0;
+    if (syscall(SYS_get_robust_list, tid, &h, &l) != 0) return errno;
+    *head = (uint64_t)(uintptr_t)h; *len = l;
+    return 0;
+}
+
+int wb_prlimit(pid_t pid, int resource, const uint64_t *new_cur_max, uint64_t *old_cur_max) {
+    struct rlimit64 n, o;
+    if (new_cur_max) { n.rlim_cur = new_cur_max[0]; n.rlim_max = new_cur_max[1]; }
+    if (prlimit64(pid, (enum __rlimit_resource)resource, new_cur_max ? &n : NULL, old_cur_max ? &o : NULL) != 0) return errno;
+    if (old_cur_max) { old_cur_max[0] = o.rlim_cur; old_cur_max[1] = o.rlim_max; }
+    return 0;
+}
+
+int wb_tgkill(pid_t tgid, pid_t tid, int sig) {
+    return syscall(SYS_tgkill, tgid, tid, sig) == 0 ? 0 : errno;
+}
+
+int wb_pipe2(int fds[2], int flags) { return pipe2(fds, flags) == 0 ? 0 : errno; }
+
+int wb_fcntl_int(int fd, int cmd, int arg, int *result) {
+    int r = fcntl(fd, cmd, arg);
+    if (r < 0) return errno;
+    if (result) *result = r;
+    return 0;
+}
+
+int wb_process_vm_readv(pid_t pid, void *local, uint64_t remote, size_t len, size_t *done) {
+    struct iovec l = { local, len }, r = { (void *)(uintptr_t)remote, len };
+    ssize_t n = process_vm_readv(pid, &l, 1, &r, 1, 0);
+    if (n < 0) return errno;
+    *done = (size_t)n;
+    return 0;
+}
+
+int wb_process_vm_writev(pid_t pid, const void *local, uint64_t remote, size_t len, size_t *done) {
+    struct iovec l = { (void *)local, len }, r = { (void *)(uintptr_t)remote, len };
+    ssize_t n = process_vm_writev(pid, &l, 1, &r, 1, 0);
+    if (n < 0) return errno;
+    *done = (size_t)n;
+    return 0;
+}
+
+// The kernel takes at most IOV_MAX (1024) remote iovecs per call.
+#define WB_IOV_MAX 1024
+
+static int vm_many(pid_t pid, void *local, const uint64_t *remote, int count, size_t *done, int write) {
+    struct iovec riov[WB_IOV_MAX];
+    size_t total = 0;
+    char *cursor = local;
+    for (int base = 0; base < count; base += WB_IOV_MAX) {
+        int n = count - base < WB_IOV_MAX ? count - base : WB_IOV_MAX;
+        size_t want = 0;
+        for (int i = 0; i < n; i++) {
+            riov[i].iov_base = (void *)(uintptr_t)remote[2 * (base + i)];
+            riov[i].iov_len = remote[2 * (base + i) + 1];
+            want += riov[i].iov_len;
+        }
+        struct iovec liov = { cursor, want };
+        ssize_t got = write ? process_vm_writev(pid, &liov, 1, riov, n, 0)
+                            : process_vm_readv(pid, &liov, 1, riov, n, 0);
+        if (got < 0) { *done = total; return errno; }
+        total += (size_t)got;
+        cursor += got;
+        if ((size_t)got != want) { *done = total; return EFAULT; }
+    }
+    *done = total;
+    return 0;
+}
+
+int wb_process_vm_readv_many(pid_t pid, void *local, const uint64_t *remote, int count, size_t *done) {
+    return vm_many(pid, local, remote, count, done, 0);
+}
+
+int wb_process_vm_writev_many(pid_t pid, const void *local, const uint64_t *remote, int count, size_t *done) {
+    return vm_many(pid, (void *)local, remote, count, done, 1);
+}
+
+int wb_tee(int in, int out, size_t len, unsigned flags, ssize_t *copied) {
+    ssize_t n = tee(in, out, len, flags);
+    if (n < 0) return errno;
+    *copied = n;
+    return 0;
+}
+
+static sigset_t mask_from_bits(uint64_t bits) {
+    sigset_t set;
+    sigemptyset(&set);
+    for (int s = 1; s <= 64; s++)
+        if (bits & (1ULL << (s - 1))) sigaddset(&set, s);
+    return set;
+}
+
+int wb_sigmask_block_all_except(const int *keep, int count, uint64_t *old_mask) {
+    sigset_t all, old;
+    sigfillset(&all);
+    for (int i = 0; i < count; i++) sigdelset(&all, keep[i]);
+    int e = pthread_sigmask(SIG_SETMASK, &all, &old);
+    if (e) return e;
+    if (old_mask) memcpy(old_mask, &old, sizeof(uint64_t));
+    return 0;
+}
+
+int wb_sigmask_set(uint64_t mask) {
+    sigset_t set = mask_from_bits(mask);
+    return pthread_sigmask(SIG_SETMASK, &set, NULL);
+}
+
+int wb_sigwaitinfo(uint64_t mask, int *sig, int *code, pid_t *sender) {
+    sigset_t set = mask_from_bits(mask);
+    siginfo_t info;
+    for (;;) {
+        int s = sigwaitinfo(&set, &info);
+        if (s > 0) { *sig = s; *code = info.si_code; *sender = info.si_pid; return 0; }
+        if (errno != EINTR) return errno;
+    }
+}
+
+uint64_t wb_xgetbv0(void) {
+    uint32_t a[4];
+    __cpuid(1, a[0], a[1], a[2], a[3]);
+    if (!(a[2] & (1u << 27))) return 0;   // no OSXSAVE
+    uint32_t lo, hi;
+    __asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
+    return ((uint64_t)hi << 32) | lo;
+}
+
+void wb_cpuid(uint32_t leaf, uint32_t subleaf, uint32_t out[4]) {
+    __cpuid_count(leaf, subleaf, out[0], out[1], out[2], out[3]);
+}
