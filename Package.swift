@@ -60,11 +60,14 @@ let package = Package(
         harnessProgram("threads"),
         harnessProgram("state"),
         harnessProgram("service"),
+        harnessProgram("holder"),
 
         .testTarget(name: "WBCoreTests", dependencies: ["WBCore"]),
         .testTarget(name: "WBTraceTests", dependencies: ["WBTrace"]),
         .testTarget(name: "SystemLibraryTests",
-                    dependencies: ["CCapstone", "CLibDW", "CLibUnwindPtrace", "CIBVerbs"]),
-        .testTarget(name: "EndToEndTests", dependencies: ["WBCore", "WBSystem"]),
+                    dependencies: ["CCapstone", "CLibDW", "CLibUnwindPtrace", "CIBVerbs"],
+                    // libunwind exposes its accessor table as a mutable C global.
+                    swiftSettings: [.swiftLanguageMode(.v5)]),
+        .testTarget(name: "EndToEndTests", dependencies: ["WBCore", "WBSystem", "WBTrace"]),
     ]
 )

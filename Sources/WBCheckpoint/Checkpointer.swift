@@ -54,12 +54,19 @@ public final class Checkpointer {
     public func checkpoint(to path: String) throws -> CheckpointResult {
         let started = Clock.now
         let plan = try withContext("checkpoint of pid \(pid)") { try preflight() }
+        // The image file exists before the process is touched: a bad path costs it nothing.
+        let writer = try ImageWriter(path: path)
         progress("stopping \(plan.threads) thread(s) of pid \(pid)")
-        let tracee = try withContext("checkpoint of pid \(pid)") { try Tracee.seize(pid) }
+        let tracee: Tracee
+        do {
+            tracee = try withContext("checkpoint of pid \(pid)") { try Tracee.seize(pid) }
+        } catch {
+            writer.abandon()
+            throw error
+        }
         let stopped = Clock.now
         var released = false
         defer { if !released { tracee.detach() } }
-        let writer = try ImageWriter(path: path)
         do {
             var process = try withContext("checkpoint of pid \(pid)") { () -> ProcessState in
                 var process = try captureThreads(tracee)

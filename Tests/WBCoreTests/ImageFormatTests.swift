@@ -12,7 +12,7 @@ func makeImage(in dir: String, name: String = "test.wbimg") throws -> (path: Str
     let offset = try page.withUnsafeBytes { try writer.appendPages($0) }
     let lib = "\(dir)/lib.so"
     let content = [UInt8]("library bytes".utf8) + [UInt8](repeating: 1, count: 5000)
-    FileManager.default.createFile(atPath: lib, contents: Data(content))
+    _ = FileManager.default.createFile(atPath: lib, contents: Data(content))
     let file = try writer.embed(file: FileDescriptor.open(lib, O_RDONLY), path: lib, code: true)
     let again = try writer.embed(file: FileDescriptor.open(lib, O_RDONLY), path: "/other/name.so", code: true)
     #expect(again.hash == file.hash && again.dataOffset == file.dataOffset)
@@ -106,7 +106,7 @@ func corrupt(_ path: String, at offset: UInt64, xor: UInt8 = 0xFF) throws {
             #expect("\(error)" == "/bin/true: not a wb image: this is an ELF file (an executable or core dump)")
         }
         let text = "\(dir)/notes.txt"
-        FileManager.default.createFile(atPath: text, contents: Data("hello".utf8))
+        _ = FileManager.default.createFile(atPath: text, contents: Data("hello".utf8))
         do { _ = try Image(path: text); Issue.record("opened a text file") } catch {
             #expect("\(error)".hasSuffix("not a wb image: the first bytes are not the wb image magic"))
         }
@@ -114,7 +114,7 @@ func corrupt(_ path: String, at offset: UInt64, xor: UInt8 = 0xFF) throws {
             #expect("\(error)" == "\(dir)/missing: no such image file")
         }
         let empty = "\(dir)/empty"
-        FileManager.default.createFile(atPath: empty, contents: Data())
+        _ = FileManager.default.createFile(atPath: empty, contents: Data())
         do { _ = try Image(path: empty); Issue.record("opened an empty file") } catch {
             #expect("\(error)".contains("empty file"))
         }

@@ -10,6 +10,7 @@
 #include <sys/syscall.h>
 #include <sys/uio.h>
 #include <unistd.h>
+#include <sys/wait.h>
 
 int wb_get_robust_list(pid_t tid, uint64_t *head, uint64_t *len) {
     void *h = NULL; size_t l = 0;
@@ -141,4 +142,42 @@ uint64_t wb_xgetbv0(void) {
 
 void wb_cpuid(uint32_t leaf, uint32_t subleaf, uint32_t out[4]) {
     __cpuid_count(leaf, subleaf, out[0], out[1], out[2], out[3]);
+}
+
+int wb_spawn_process(const char *path, char *const argv[], char *const envp[], int fd0, int fd1, int fd2, pid_t *pid) {
+    int status_pipe[2];
+    if (pipe2(status_pipe, O_CLOEXEC) != 0) return errno;
+    pid_t child = fork();
+    if (child < 0) { int e = errno; close(status_pipe[0]); close(status_pipe[1]); return e; }
+    if (child == 0) {
+        // Only async-signal-safe calls from here to execve.
+        int fds[3] = { fd0, fd1, fd2 };
+        for (int i = 0; i < 3; i++) {
+            int src = fds[i] >= 0 ? fds[i] : open("/dev/null", O_RDWR);
+            // Move sources that sit on a lower target number out of the way first.
+            if (src >= 0 && src < 3 && src != i) src = fcntl(src, F_DUPFD, 10);
+            fds[i] = src;
+        }
+        for (int i = 0; i < 3; i++) if (fds[i] != i && dup2(fds[i], i) < 0) goto fail;
+        for (int s = 1; s < 65; s++) signal(s, SIG_DFL);
+        sigset_t none;
+        sigemptyset(&none);
+        sigprocmask(SIG_SETMASK, &none, NULL);
+        // Keep the status pipe (close-on-exec) but no other inherited fd.
+        for (int fd = 3; fd < status_pipe[1]; fd++) close(fd);
+        syscall(SYS_close_range, status_pipe[1] + 1, ~0U, 0);
+        execve(path, argv, envp);
+    fail:;
+        int e = errno;
+        if (write(status_pipe[1], &e, sizeof e) < 0) { /* parent sees EOF */ }
+        _exit(127);
+    }
+    close(status_pipe[1]);
+    int err = 0;
+    ssize_t n;
+    do { n = read(status_pipe[0], &err, sizeof err); } while (n < 0 && errno == EINTR);
+    close(status_pipe[0]);
+    if (n == (ssize_t)sizeof err) { int st; waitpid(child, &st, 0); return err; }
+    *pid = child;
+    return 0;
 }

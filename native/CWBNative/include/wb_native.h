@@ -109,6 +109,12 @@ uint64_t wb_xgetbv0(void);
 /// CPUID leaf/subleaf.
 void wb_cpuid(uint32_t leaf, uint32_t subleaf, uint32_t out[4]);
 
+// MARK: - Starting ordinary programs
+
+/// fork + execve with stdin/stdout/stderr taken from `fd0..fd2` (-1: /dev/null), every
+/// other fd closed, signal mask empty and dispositions default. Returns 0 or errno.
+int wb_spawn_process(const char *path, char *const argv[], char *const envp[], int fd0, int fd1, int fd2, pid_t *pid);
+
 // MARK: - Memory helpers
 
 /// True when `len` bytes at `p` are all zero.

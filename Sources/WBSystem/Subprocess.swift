@@ -1,0 +1,20 @@
+import CWBNative
+import Foundation
+import Glibc
+
+/// Starting ordinary programs (debuggers, helpers, test targets) with a clean slate: only
+/// the three standard fds, an empty signal mask and default signal handling.
+public enum Subprocess {
+    /// Starts `path` with `arguments`; `stdio` gives the fds for 0, 1, 2 (nil: /dev/null).
+    public static func spawn(_ path: String, _ arguments: [String], environment: [String: String]? = nil,
+                             stdin: Int32? = nil, stdout: Int32? = nil, stderr: Int32? = nil) throws -> Int32 {
+        let env = environment ?? ProcessInfo.processInfo.environment
+        let argv = ([path] + arguments).map { strdup($0) } + [nil]
+        let envp = env.map { strdup("\($0.key)=\($0.value)") } + [nil]
+        defer { argv.forEach { free($0) }; envp.forEach { free($0) } }
+        var pid: pid_t = 0
+        try check(wb_spawn_process(path, argv, envp, stdin ?? -1, stdout ?? -1, stderr ?? -1, &pid),
+                  "execve(\(path))", "starting \(path)")
+        return pid
+    }
+}

@@ -1,0 +1,159 @@
+import Foundation
+import Glibc
+import Testing
+import WBCore
+
+/// Checkpoint real harness programs with --kill, restore them, and let each program verify
+/// itself: it prints "VERIFY OK" only if everything it set up came back exactly.
+@Suite(.serialized) struct CheckpointRestoreTests {
+    @Test func heapOf256MiBComesBackWithTheSameChecksum() throws {
+        let dir = scratchDirectory()
+        let program = try Child(Products.harness("heap"), ["256"])
+        let ready = program.line(startingWith: "READY")
+        let sum = try #require(field(ready, "sum"))
+        let image = "\(dir)/heap.wbimg"
+        let run = try wb("checkpoint", "\(program.pid)", "-o", image, "--kill")
+        try #require(run.code == 0, "\(run.stderr)")
+        #expect(run.stdout.contains("checkpointed pid \(program.pid)"))
+        #expect(program.wait() & 0x7f == SIGKILL)
+        // Never-touched and zero pages cost nothing: the image is about the heap, not more.
+        let size = try Paths.stat(image).size
+        #expect(size > 256 << 20 && size < (256 << 20) + (64 << 20))
+
+        let restored = try Restored.detach(image)
+        defer { restored.kill() }
+        #expect(restored.pid == program.pid)
+        kill(restored.pid, SIGUSR1)
+        let verify = restored.line(startingWith: "VERIFY")
+        #expect(verify?.hasPrefix("VERIFY OK") == true, "\(verify ?? "no answer")")
+        #expect(field(verify, "sum") == sum)
+        #expect(field(verify, "pid") == "\(program.pid)")
+    }
+
+    @Test func fourThreadsKeepAVXRegistersTLSAndTheirTids() throws {
+        let dir = scratchDirectory()
+        let program = try Child(Products.harness("threads"), ["4"])
+        let ready = try #require(program.line(startingWith: "READY"))
+        let tids = try #require(field(ready, "tids"))
+        let image = "\(dir)/threads.wbimg"
+        let run = try wb("checkpoint", "\(program.pid)", "-o", image, "--kill")
+        try #require(run.code == 0, "\(run.stderr)")
+        program.wait()
+
+        let restored = try Restored.detach(image)
+        defer { restored.kill() }
+        let tasks = try Paths.list("/proc/\(restored.pid)/task").compactMap { Int32($0) }.sorted()
+        let expected = ([program.pid] + tids.split(separator: ",").compactMap { Int32($0) }).sorted()
+        #expect(tasks == expected)
+        kill(restored.pid, SIGUSR1)
+        let verify = restored.line(startingWith: "VERIFY")
+        #expect(verify?.hasPrefix("VERIFY OK") == true, "\(verify ?? "no answer")")
+        #expect(field(verify, "tids") == tids)
+        // A second round: the threads keep running correctly, not just once.
+        kill(restored.pid, SIGUSR1)
+        #expect(restored.line(startingWith: "VERIFY")?.hasPrefix("VERIFY OK") == true)
+    }
+
+    @Test func filesPipesSignalsTimersUmaskAndCwdComeBack() throws {
+        let dir = scratchDirectory()
+        let program = try Child(Products.harness("state"), [dir])
+        let ready = try #require(program.line(startingWith: "READY"))
+        kill(program.pid, SIGUSR1)
+        let before = program.line(startingWith: "VERIFY")
+        #expect(before?.hasPrefix("VERIFY OK") == true, "\(before ?? "no answer")")
+        let image = "\(dir)/state.wbimg"
+        let run = try wb("checkpoint", "\(program.pid)", "-o", image, "--kill")
+        try #require(run.code == 0, "\(run.stderr)")
+        program.wait()
+
+        let inspect = try wb("inspect", image)
+        #expect(inspect.code == 0)
+        #expect(inspect.stdout.contains("in syscall 0 (read), restarts (ERESTARTSYS)"))
+        #expect(inspect.stdout.contains("SIGUSR2 handler 0x") && inspect.stdout.contains("SA_RESTART"))
+        #expect(inspect.stdout.contains("pending for the process: SIGRTMIN+3"))
+        #expect(inspect.stdout.contains("ITIMER_REAL every 20000 us"))
+        #expect(inspect.stdout.contains("deletedFile \(dir)/work/gone.txt"))
+        #expect(inspect.stdout.contains("20 bytes buffered"))
+
+        let restored = try Restored.detach(image)
+        defer { restored.kill() }
+        #expect(field(ready, "pid") == "\(restored.pid)")
+        for _ in 0..<2 {
+            kill(restored.pid, SIGUSR1)
+            let verify = restored.line(startingWith: "VERIFY")
+            #expect(verify?.hasPrefix("VERIFY OK") == true, "\(verify ?? "no answer")")
+        }
+        #expect(try Paths.readLink("/proc/\(restored.pid)/cwd") == "\(dir)/work")
+    }
+
+    @Test func leaveRunningFiftyTimesNeverHarmsTheProcess() throws {
+        let dir = scratchDirectory()
+        let program = try Child(Products.harness("heap"), ["32", "--busy"])
+        _ = try #require(program.line(startingWith: "READY"))
+        let image = "\(dir)/busy.wbimg"
+        for i in 0..<50 {
+            let run = try wb("checkpoint", "\(program.pid)", "-o", image, "--leave-running", "--quiet")
+            #expect(run.code == 0, "checkpoint \(i): \(run.stderr)")
+            #expect(tracerOf(program.pid) == "0")
+        }
+        kill(program.pid, SIGUSR1)
+        let verify = program.line(startingWith: "VERIFY")
+        #expect(verify?.hasPrefix("VERIFY OK") == true, "\(verify ?? "no answer")")
+        #expect(Int(field(verify, "iterations") ?? "0")! > 0)
+        // The last image is a good one: it restores in a new pid namespace (the pid is taken).
+        let restored = try Restored.detach(image)
+        defer { restored.kill() }
+        kill(restored.pid, SIGUSR1)
+        let again = restored.line(startingWith: "VERIFY")
+        #expect(again?.hasPrefix("VERIFY OK") == true, "\(again ?? "no answer")")
+        #expect(field(again, "pid") == "\(program.pid)")
+        #expect(restored.pid != program.pid)
+        program.signal(SIGKILL)
+    }
+
+    @Test func foregroundRestoreForwardsSignalsAndExitsWithTheStatus() throws {
+        let dir = scratchDirectory()
+        let program = try Child(Products.harness("heap"), ["8"])
+        _ = try #require(program.line(startingWith: "READY"))
+        let image = "\(dir)/fg.wbimg"
+        try #require(try wb("checkpoint", "\(program.pid)", "-o", image, "--kill").code == 0)
+        program.wait()
+        let wbRestore = try Child(Products.wb, ["restore", image])
+        // The restored process exists once wb has rebuilt it.
+        var up = false
+        for _ in 0..<200 where !up {
+            if let s = try? Paths.readText("/proc/\(program.pid)/status"), s.contains("State:\tS") && !s.contains("TracerPid:\t\(wbRestore.pid)") {
+                up = s.contains("harness-heap")
+            }
+            if !up { usleep(50_000) }
+        }
+        #expect(up)
+        wbRestore.signal(SIGUSR1)
+        #expect(wbRestore.line(startingWith: "VERIFY")?.hasPrefix("VERIFY OK") == true)
+        wbRestore.signal(SIGTERM)
+        #expect(wbRestore.exitCode == 128 + SIGTERM)
+    }
+
+    @Test func stoppedRestoreWaitsForContinue() throws {
+        let dir = scratchDirectory()
+        let program = try Child(Products.harness("heap"), ["4"])
+        _ = try #require(program.line(startingWith: "READY"))
+        let image = "\(dir)/stopped.wbimg"
+        try #require(try wb("checkpoint", "\(program.pid)", "-o", image, "--kill").code == 0)
+        program.wait()
+        let restored = try Restored.detach(image, ["--stopped"])
+        defer { restored.kill() }
+        let state = try ProcFS_state(restored.pid)
+        #expect(state == "T")
+        kill(restored.pid, SIGCONT)
+        kill(restored.pid, SIGUSR1)
+        #expect(restored.line(startingWith: "VERIFY")?.hasPrefix("VERIFY OK") == true)
+    }
+}
+
+/// The one-letter state from /proc/PID/stat.
+func ProcFS_state(_ pid: Int32) throws -> String {
+    let text = try Paths.readText("/proc/\(pid)/stat")
+    let after = text[text.index(after: text.lastIndex(of: ")")!)...]
+    return String(after.split(separator: " ").first ?? "")
+}

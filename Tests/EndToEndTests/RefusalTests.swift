@@ -1,0 +1,48 @@
+import Foundation
+import Glibc
+import Testing
+import WBCore
+
+/// What wb cannot restore yet it refuses before touching the process, naming the fd or task.
+@Suite struct RefusalTests {
+    @Test(arguments: [("socket", "is a socket"), ("epoll", "is an epoll instance"), ("inotify", "is an inotify instance"),
+                      ("eventfd", "is an eventfd"), ("child", "it has child process"), ("posix-timer", "POSIX timers")])
+    func refusesWithoutTouchingTheProcess(kind: String, phrase: String) throws {
+        let dir = scratchDirectory("refuse\(kind)")
+        let program = try Child(Products.harness("holder"), [kind])
+        let ready = try #require(program.line(startingWith: "READY"))
+        let run = try wb("checkpoint", "\(program.pid)", "-o", "\(dir)/x.wbimg")
+        #expect(run.code == 1)
+        let lines = run.stderr.split(separator: "\n")
+        #expect(lines.count == 1, "\(run.stderr)")
+        #expect(run.stderr.contains(phrase), "\(run.stderr)")
+        #expect(run.stderr.contains("Nothing was changed"))
+        if kind != "child" && kind != "posix-timer" {
+            #expect(run.stderr.contains("fd \(field(ready, "fd")!) "))
+        }
+        #expect(!Paths.exists("\(dir)/x.wbimg"))
+        #expect(try Paths.list(dir).isEmpty)
+        // The process was never attached and still answers.
+        #expect(tracerOf(program.pid) == "0")
+        program.signal(SIGUSR1)
+        #expect(program.line(startingWith: "ALIVE") == "ALIVE 1")
+        if kind == "child" { kill(Int32(field(ready, "fd")!)!, SIGKILL) }
+    }
+
+    @Test func allowUnsupportedStoresAPlaceholder() throws {
+        let dir = scratchDirectory()
+        let program = try Child(Products.harness("holder"), ["socket"])
+        let ready = try #require(program.line(startingWith: "READY"))
+        let fd = try #require(field(ready, "fd"))
+        let image = "\(dir)/sock.wbimg"
+        let run = try wb("checkpoint", "\(program.pid)", "-o", image, "--kill", "--allow-unsupported")
+        try #require(run.code == 0, "\(run.stderr)")
+        #expect(run.stderr.contains("left out: fd \(fd) is a socket"))
+        program.wait()
+        let restored = try Restored.detach(image)
+        defer { restored.kill() }
+        #expect(try Paths.readLink("/proc/\(restored.pid)/fd/\(fd)") == "/dev/null")
+        kill(restored.pid, SIGUSR1)
+        #expect(restored.line(startingWith: "ALIVE") == "ALIVE 1")
+    }
+}
