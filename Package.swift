@@ -68,6 +68,6 @@ let package = Package(
                     dependencies: ["CCapstone", "CLibDW", "CLibUnwindPtrace", "CIBVerbs"],
                     // libunwind exposes its accessor table as a mutable C global.
                     swiftSettings: [.swiftLanguageMode(.v5)]),
-        .testTarget(name: "EndToEndTests", dependencies: ["WBCore", "WBSystem", "WBTrace"]),
+        .testTarget(name: "EndToEndTests", dependencies: ["WBCore", "WBSystem", "WBTrace"], exclude: ["Golden"]),
     ]
 )

@@ -69,6 +69,8 @@ import WBCore
         let inspect = try wb("inspect", image)
         #expect(inspect.code == 0)
         #expect(inspect.stdout.contains("in syscall 0 (read), restarts (ERESTARTSYS)"))
+        #expect(inspect.stdout.contains("in syscall 230 (clock_nanosleep), restarts (ERESTART_RESTARTBLOCK)"))
+        #expect(inspect.stdout.contains("in syscall 202 (futex), restarts (ERESTARTSYS)"))
         #expect(inspect.stdout.contains("SIGUSR2 handler 0x") && inspect.stdout.contains("SA_RESTART"))
         #expect(inspect.stdout.contains("pending for the process: SIGRTMIN+3"))
         #expect(inspect.stdout.contains("ITIMER_REAL every 20000 us"))
@@ -132,6 +134,31 @@ import WBCore
         #expect(wbRestore.line(startingWith: "VERIFY")?.hasPrefix("VERIFY OK") == true)
         wbRestore.signal(SIGTERM)
         #expect(wbRestore.exitCode == 128 + SIGTERM)
+    }
+
+    @Test func unprivilegedUserRestoresInAUserAndPidNamespace() throws {
+        let dir = scratchDirectory()
+        chmod(dir, 0o777)
+        let program = try Child(Products.harness("heap"), ["4"])
+        let ready = try #require(program.line(startingWith: "READY"))
+        let image = "\(dir)/user.wbimg"
+        try #require(try wb("checkpoint", "\(program.pid)", "-o", image, "--kill").code == 0)
+        program.wait()
+        chmod(image, 0o644)
+        let restore = try Child("/usr/bin/setpriv", ["--reuid=65534", "--regid=65534", "--clear-groups",
+                                                    Products.wb, "restore", image, "--detach", "--new-pidns"],
+                                env: ["HOME": dir, "XDG_CACHE_HOME": "\(dir)/cache"])
+        let first = restore.line(timeout: 60)
+        let pid = try #require(first.flatMap { Int32($0) }, "\(restore.stderrText)")
+        #expect(restore.exitCode == 0)
+        defer { kill(pid, SIGKILL) }
+        let status = try Paths.readText("/proc/\(pid)/status")
+        #expect(status.contains("Uid:\t65534"))
+        #expect(status.contains("NSpid:\t\(pid)\t\(program.pid)"))
+        kill(pid, SIGUSR1)
+        let verify = restore.line(startingWith: "VERIFY")
+        #expect(verify?.hasPrefix("VERIFY OK") == true, "\(verify ?? "no answer")")
+        #expect(field(verify, "pid") == field(ready, "pid"))
     }
 
     @Test func stoppedRestoreWaitsForContinue() throws {

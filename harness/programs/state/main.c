@@ -10,6 +10,8 @@
 //   - a SIGUSR2 handler with SA_RESTART, a blocked real-time signal queued with a value
 //   - a periodic ITIMER_REAL whose SIGALRM ticks keep coming
 //   - umask 027 and a cwd of DIR/work; /dev/null open on fd 20
+//   - a thread asleep in nanosleep (10 minutes) and one blocked in pthread_cond_wait (a
+//     futex wait); each verification wakes the second and checks the first still sleeps
 #define _GNU_SOURCE
 #include "harness.h"
 #include <errno.h>
@@ -37,6 +39,33 @@ static _Atomic int alarm_ticks, usr2_count, reader_count, reader_errors;
 static char reader_got[128];
 static pid_t reader_tid;
 static char failures[1024];
+static pthread_mutex_t cond_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t cond = PTHREAD_COND_INITIALIZER;
+static int cond_generation;
+static _Atomic int cond_wakeups, sleeper_woke, sleeper_started, waiter_started;
+
+static void *sleeper(void *arg) {
+    (void)arg;
+    sleeper_started = 1;
+    struct timespec ts = { 600, 0 };
+    // Without EINTR handling: a restore must resume the sleep, not cut it short.
+    nanosleep(&ts, NULL);
+    sleeper_woke = 1;
+    return NULL;
+}
+
+static void *waiter(void *arg) {
+    (void)arg;
+    pthread_mutex_lock(&cond_lock);
+    waiter_started = 1;
+    int seen = cond_generation;
+    for (;;) {
+        while (cond_generation == seen) pthread_cond_wait(&cond, &cond_lock);
+        seen = cond_generation;
+        cond_wakeups++;
+    }
+    return NULL;
+}
 
 static void on_alarm(int s) { (void)s; alarm_ticks++; }
 static void on_usr2(int s) { (void)s; usr2_count++; }
@@ -132,6 +161,15 @@ static void verify(int round) {
     if (reader_count == r0) failed("blocked reader thread did not receive the data");
     else if (strcmp(reader_got, msg) != 0) failed("reader thread received the wrong bytes");
     if (reader_errors) failed("reader's read() was not restarted (SA_RESTART)");
+    // futex wait: wake the waiter through its condition variable
+    int w0 = cond_wakeups;
+    pthread_mutex_lock(&cond_lock);
+    cond_generation++;
+    pthread_cond_signal(&cond);
+    pthread_mutex_unlock(&cond_lock);
+    for (int i = 0; i < 500 && cond_wakeups == w0; i++) sleep_ms(10);
+    if (cond_wakeups == w0) failed("thread in pthread_cond_wait was not woken");
+    if (sleeper_woke) failed("nanosleep returned early");
     if (failures[0]) harness_say("VERIFY FAIL %s", failures);
     else harness_say("VERIFY OK pid=%d ticks=%d usr2=%d", getpid(), (int)alarm_ticks, (int)usr2_count);
 }
@@ -192,8 +230,12 @@ int main(int argc, char **argv) {
     pthread_sigmask(SIG_BLOCK, &alrm, NULL);
     pthread_t th;
     harness_require(pthread_create(&th, NULL, reader, NULL) == 0, "pthread_create");
+    pthread_t sl, wt;
+    harness_require(pthread_create(&sl, NULL, sleeper, NULL) == 0, "pthread_create");
+    harness_require(pthread_create(&wt, NULL, waiter, NULL) == 0, "pthread_create");
     pthread_sigmask(SIG_UNBLOCK, &alrm, NULL);
-    while (reader_tid == 0) sleep_ms(1);
+    while (reader_tid == 0 || !sleeper_started || !waiter_started) sleep_ms(1);
+    sleep_ms(20);
 
     struct itimerval it = { { 0, 20000 }, { 0, 20000 } };
     setitimer(ITIMER_REAL, &it, NULL);
