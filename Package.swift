@@ -61,6 +61,7 @@ let package = Package(
         harnessProgram("state"),
         harnessProgram("service"),
         harnessProgram("holder"),
+        harnessProgram("events"),
 
         .testTarget(name: "WBCoreTests", dependencies: ["WBCore"]),
         .testTarget(name: "WBTraceTests", dependencies: ["WBTrace"]),

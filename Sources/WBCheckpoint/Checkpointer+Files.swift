@@ -110,6 +110,19 @@ extension Checkpointer {
                     let (bytes, capacity) = try withContext("reading the buffer of fd \(f.fd) (\(f.link))") { try Pipes.peek(procPath) }
                     pipes[id] = PipeState(id: id, buffered: Data(bytes), capacity: capacity, external: false)
                 }
+            case .eventfd:
+                s.eventfd = EventFDState(count: UInt64(info.extra["eventfd-count"] ?? "0", radix: 16) ?? 0,
+                                         semaphore: info.extra["eventfd-semaphore"] == "1")
+            case .timerfd:
+                s.timerfd = TimerFDState(clock: Int32(info.extra["clockid"] ?? "1") ?? 1,
+                                         ticks: UInt64(info.extra["ticks"] ?? "0") ?? 0,
+                                         valueNanoseconds: ProcFS.parseTimespecPair(info.extra["it_value"]),
+                                         intervalNanoseconds: ProcFS.parseTimespecPair(info.extra["it_interval"]))
+            case .signalfd:
+                s.signalfdMask = UInt64(info.extra["sigmask"] ?? "0", radix: 16) ?? 0
+            case .epoll:
+                let text = (try? Paths.readText("/proc/\(pid)/fdinfo/\(f.fd)")) ?? ""
+                s.epoll = ProcFS.parseEpollWatches(text)
             case .file, .device, .tty, .placeholder:
                 break
             }

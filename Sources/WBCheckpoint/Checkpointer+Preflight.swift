@@ -44,8 +44,6 @@ extension Checkpointer {
             let list = children.prefix(5).map(String.init).joined(separator: ", ")
             problems.append("it has child process\(children.count > 1 ? "es" : "") \(list) (process trees are not supported yet)")
         }
-        let timers = (try? Paths.readText("/proc/\(pid)/timers")) ?? ""
-        if timers.contains("ID:") { problems.append("it uses POSIX timers (timer_create), which are not supported yet") }
         var fds: [FDPlan] = []
         for fd in try ProcFS.fds(pid) {
             guard let link = try? Paths.readLink("/proc/\(pid)/fd/\(fd)") else { continue }
@@ -73,6 +71,8 @@ extension Checkpointer {
         if link.hasPrefix("pipe:") { plan.kind = .pipe; return plan }
         if link.hasPrefix("anon_inode:") {
             let what = link.dropFirst("anon_inode:".count).trimming("[]")
+            let supported: [String: FDState.Kind] = ["eventfd": .eventfd, "timerfd": .timerfd, "signalfd": .signalfd, "eventpoll": .epoll]
+            if let kind = supported[what] { plan.kind = kind; return plan }
             let names = ["eventpoll": "an epoll instance", "inotify": "an inotify instance", "eventfd": "an eventfd",
                          "timerfd": "a timerfd", "signalfd": "a signalfd", "pidfd": "a pidfd",
                          "io_uring": "an io_uring instance", "userfaultfd": "a userfaultfd", "fanotify": "a fanotify instance"]

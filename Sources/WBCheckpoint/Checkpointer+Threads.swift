@@ -44,6 +44,14 @@ extension Checkpointer {
                 }
             }
             p.mm.brk = try leader.call(.brk, 0, what: "reading the program break")
+            // POSIX timers: /proc lists them, timer_gettime tells where each stands.
+            p.posixTimers = ProcFS.parsePosixTimers((try? Paths.readText("/proc/\(pid)/timers")) ?? "")
+            for i in p.posixTimers.indices {
+                try leader.call(.timerGettime, UInt64(p.posixTimers[i].id), scratch, what: "reading POSIX timer \(p.posixTimers[i].id)")
+                let w = try tracee.read(scratch, count: 32).words
+                p.posixTimers[i].intervalNanoseconds = w[0] * 1_000_000_000 + w[1]
+                p.posixTimers[i].valueNanoseconds = w[2] * 1_000_000_000 + w[3]
+            }
             // ARCH_GET_XCOMP_PERM: XSAVE features (AMX) the process asked permission for.
             if try leader.raw(.archPrctl, 0x1022, scratch) == 0 {
                 p.xcompPermissions = try tracee.readWord(scratch)

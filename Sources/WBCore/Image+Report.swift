@@ -15,6 +15,7 @@ public struct ImageReport: Encodable {
     public struct FDRow: Encodable {
         var fd: Int32, kind: String, path: String, flags: String, offset: UInt64, closeOnExec: Bool
         var pipe: UInt64?, note: String?
+        var eventfd: EventFDState?, timerfd: TimerFDState?, signalfdSignals: [Int32]?, epoll: [EpollWatch]?
     }
     public struct SignalRow: Encodable {
         var signal: Int32, name: String, handler: String, flags: String, mask: String
@@ -28,7 +29,7 @@ public struct ImageReport: Encodable {
     var pid: Int32, ppid: Int32, pgid: Int32, sid: Int32, command: [String], exe: String, cwd: String
     var umask: String, uid: [UInt32], gid: [UInt32]
     var threads: [Thread], mappings: [MappingRow], fds: [FDRow], pipes: [PipeState]
-    var signals: [SignalRow], sharedPending: [Int32], itimers: [IntervalTimer], rlimits: [ResourceLimit]
+    var signals: [SignalRow], sharedPending: [Int32], itimers: [IntervalTimer], posixTimers: [PosixTimer], rlimits: [ResourceLimit]
     var files: [FileRow], notes: [String]
     var memoryBytes: UInt64
 
@@ -57,7 +58,9 @@ public struct ImageReport: Encodable {
         }
         fds = p.fds.map { f in
             FDRow(fd: f.fd, kind: f.kind.rawValue, path: f.path, flags: ImageReport.openFlags(f.flags),
-                  offset: f.offset, closeOnExec: f.closeOnExec, pipe: f.pipe, note: f.note)
+                  offset: f.offset, closeOnExec: f.closeOnExec, pipe: f.pipe, note: f.note,
+                  eventfd: f.eventfd, timerfd: f.timerfd, signalfdSignals: f.signalfdMask.map { ImageReport.signals(in: $0) },
+                  epoll: f.epoll)
         }
         pipes = p.pipes
         signals = p.sigactions.filter { !$0.isDefault }.map { a in
@@ -66,7 +69,7 @@ public struct ImageReport: Encodable {
                       flags: ImageReport.actionFlags(a.flags), mask: hex(a.mask))
         }
         sharedPending = p.sharedPending.map(\.signal)
-        itimers = p.itimers; rlimits = p.rlimits
+        itimers = p.itimers; posixTimers = p.posixTimers; rlimits = p.rlimits
         files = m.files.map { FileRow(hash: $0.hash.description, sizeBytes: $0.size, paths: $0.paths, code: $0.code) }
         notes = m.notes
         memoryBytes = p.mappings.reduce(0) { $0 + UInt64($1.storedPageCount) * 4096 }
@@ -112,6 +115,13 @@ public struct ImageReport: Encodable {
             if let id = f.pipe, let pipe = pipes.first(where: { $0.id == id }) {
                 line += " pipe \(id), \(pipe.buffered.count) bytes buffered\(pipe.external ? ", other end outside" : "")"
             }
+            if let e = f.eventfd { line += " count \(e.count)\(e.semaphore ? " semaphore" : "")" }
+            if let t = f.timerfd {
+                line += t.valueNanoseconds == 0 && t.intervalNanoseconds == 0 ? " disarmed" : " clock \(t.clock), next in \(t.valueNanoseconds) ns, every \(t.intervalNanoseconds) ns"
+                if t.ticks > 0 { line += ", \(t.ticks) unread" }
+            }
+            if let sigs = f.signalfdSignals { line += " reads \(sigs.map { SignalNames.name($0) }.joined(separator: " "))" }
+            if let w = f.epoll { line += " watches " + w.map { "fd \($0.fd) (events 0x\(String($0.events, radix: 16)))" }.joined(separator: ", ") }
             if let n = f.note { line += " (\(n))" }
             out.append(line)
         }
@@ -123,6 +133,10 @@ public struct ImageReport: Encodable {
         for t in itimers {
             let which = ["ITIMER_REAL", "ITIMER_VIRTUAL", "ITIMER_PROF"][Int(t.which)]
             out.append("  \(which) every \(t.intervalMicroseconds) us, next in \(t.valueMicroseconds) us")
+        }
+        for t in posixTimers {
+            let how = t.notify == .none ? "no notification" : "\(SignalNames.name(t.signal)) value \(t.value)" + (t.thread.map { " to thread \($0)" } ?? "")
+            out.append("  POSIX timer \(t.id) clock \(t.clock): \(how), " + (t.valueNanoseconds == 0 ? "disarmed" : "next in \(t.valueNanoseconds) ns, every \(t.intervalNanoseconds) ns"))
         }
         out.append("")
         out.append("EMBEDDED FILES (\(files.count))")

@@ -17,6 +17,14 @@ public struct FDState: Codable, Sendable, Equatable {
         case tty
         /// An fd wb could not restore, kept as /dev/null because the user allowed it.
         case placeholder
+        /// eventfd: counter and semaphore mode in `eventfd`.
+        case eventfd
+        /// timerfd: clock, timer and unread expirations in `timerfd`.
+        case timerfd
+        /// signalfd: its signal mask in `signalfd`.
+        case signalfd
+        /// epoll instance: its interest list in `epoll`.
+        case epoll
     }
 
     public var fd: Int32
@@ -33,6 +41,12 @@ public struct FDState: Codable, Sendable, Equatable {
     /// For deleted files, the file's mode bits; for placeholders, what the fd really was.
     public var mode: UInt32
     public var note: String?
+    public var eventfd: EventFDState?
+    public var timerfd: TimerFDState?
+    /// The signals a signalfd reads, bit n-1 for signal n.
+    public var signalfdMask: UInt64?
+    /// The interest list of an epoll instance.
+    public var epoll: [EpollWatch]?
 
     public init(fd: Int32, kind: Kind, flags: Int32, closeOnExec: Bool, path: String, offset: UInt64) {
         self.fd = fd; self.kind = kind; self.flags = flags; self.closeOnExec = closeOnExec
@@ -69,5 +83,52 @@ public struct EmbeddedFile: Codable, Sendable, Equatable {
     public var code: Bool
     public init(hash: ContentHash, size: UInt64, dataOffset: UInt64, paths: [String], code: Bool) {
         self.hash = hash; self.size = size; self.dataOffset = dataOffset; self.paths = paths; self.code = code
+    }
+}
+
+public struct EventFDState: Codable, Sendable, Equatable {
+    public var count: UInt64
+    public var semaphore: Bool
+    public init(count: UInt64, semaphore: Bool) { self.count = count; self.semaphore = semaphore }
+}
+
+public struct TimerFDState: Codable, Sendable, Equatable {
+    public var clock: Int32
+    /// Expirations not yet read.
+    public var ticks: UInt64
+    /// Time to the next expiration (0: disarmed) and the period, in nanoseconds.
+    public var valueNanoseconds: UInt64
+    public var intervalNanoseconds: UInt64
+    public init(clock: Int32, ticks: UInt64, valueNanoseconds: UInt64, intervalNanoseconds: UInt64) {
+        self.clock = clock; self.ticks = ticks; self.valueNanoseconds = valueNanoseconds; self.intervalNanoseconds = intervalNanoseconds
+    }
+}
+
+/// One entry of an epoll interest list: the watched fd number, the event mask (EPOLLIN,
+/// EPOLLET, ...) and the user data.
+public struct EpollWatch: Codable, Sendable, Equatable {
+    public var fd: Int32
+    public var events: UInt32
+    public var data: UInt64
+    public init(fd: Int32, events: UInt32, data: UInt64) { self.fd = fd; self.events = events; self.data = data }
+}
+
+/// A POSIX timer (timer_create), from /proc/PID/timers and timer_gettime.
+public struct PosixTimer: Codable, Sendable, Equatable {
+    public enum Notify: String, Codable, Sendable { case signal, thread, none }
+    public var id: Int32
+    public var clock: Int32
+    public var notify: Notify
+    public var signal: Int32
+    /// sigev_value.
+    public var value: UInt64
+    /// The thread a SIGEV_THREAD_ID timer signals.
+    public var thread: Int32?
+    public var valueNanoseconds: UInt64
+    public var intervalNanoseconds: UInt64
+    public init(id: Int32, clock: Int32, notify: Notify, signal: Int32, value: UInt64, thread: Int32?,
+                valueNanoseconds: UInt64, intervalNanoseconds: UInt64) {
+        self.id = id; self.clock = clock; self.notify = notify; self.signal = signal; self.value = value
+        self.thread = thread; self.valueNanoseconds = valueNanoseconds; self.intervalNanoseconds = intervalNanoseconds
     }
 }

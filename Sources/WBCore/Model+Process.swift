@@ -20,6 +20,7 @@ public struct ProcessState: Codable, Sendable, Equatable {
     public var rlimits: [ResourceLimit]
     public var mm: MemoryLayout
     public var itimers: [IntervalTimer]
+    public var posixTimers: [PosixTimer]
     /// All 64 signal dispositions (index 0 is signal 1).
     public var sigactions: [SignalAction]
     /// Signals pending for the whole process.
@@ -36,7 +37,7 @@ public struct ProcessState: Codable, Sendable, Equatable {
         ppid = 0; pgid = 0; sid = 0; comm = ""; cmdline = []; exe = ""; exeFile = nil
         cwd = "/"; root = "/"; umask = 0o022; personality = 0
         credentials = Credentials(uid: [0, 0, 0, 0], gid: [0, 0, 0, 0], groups: [])
-        rlimits = []; mm = MemoryLayout(); itimers = []; sigactions = []; sharedPending = []
+        rlimits = []; mm = MemoryLayout(); itimers = []; posixTimers = []; sigactions = []; sharedPending = []
         threads = []; mappings = []; fds = []; pipes = []; xcompPermissions = 0
     }
 }

@@ -47,12 +47,30 @@ struct FDBuilder {
             if s.kind == .file || s.kind == .deletedFile {
                 _ = try leader.raw(.lseek, UInt64(s.fd), s.offset, UInt64(SEEK_SET))
             }
-            if s.kind == .pipe || s.kind == .fifo {
+            if [.pipe, .fifo, .eventfd, .timerfd, .signalfd, .epoll].contains(s.kind) {
                 // Status flags (O_NONBLOCK, O_APPEND, ...) belong to the open file description.
                 try leader.call(.fcntl, UInt64(s.fd), UInt64(F_SETFL), UInt64(s.flags & ~O_ACCMODE), what: "setting the flags of \(what)")
             }
         }
+        for s in fds where s.kind == .epoll { try watch(s, placed: Set(fds.map(\.fd))) }
         for t in temps { _ = try leader.raw(.close, UInt64(t)) }
+    }
+
+    /// Adds an epoll instance's interest list once every fd it watches is in place.
+    private func watch(_ s: FDState, placed: Set<Int32>) throws {
+        for w in s.epoll ?? [] {
+            guard placed.contains(w.fd) else {
+                restorer.notes.append("epoll fd \(s.fd) watched fd \(w.fd), which was closed after it was added; that watch is gone")
+                continue
+            }
+            scratch.reset()
+            var ev: [UInt8] = []
+            withUnsafeBytes(of: w.events.littleEndian) { ev += $0 }
+            withUnsafeBytes(of: w.data.littleEndian) { ev += $0 }
+            let at = try scratch.put(ev)
+            try leader.call(.epollCtl, UInt64(s.fd), 1 /* EPOLL_CTL_ADD */, UInt64(w.fd), at,
+                            what: "adding fd \(w.fd) to epoll fd \(s.fd)")
+        }
     }
 
     /// Moves a freshly made fd above the image's fd numbers.
@@ -97,7 +115,39 @@ struct FDBuilder {
             return try open("/dev/null", O_RDWR)
         case .placeholder:
             return try open("/dev/null", O_RDWR)
+        case .eventfd:
+            let e = s.eventfd ?? EventFDState(count: 0, semaphore: false)
+            return try high(Int32(try leader.call(.eventfd2, e.count, e.semaphore ? 1 : 0, what: "creating an eventfd")))
+        case .timerfd:
+            return try timerfd(s)
+        case .signalfd:
+            scratch.reset()
+            let mask = try scratch.put(words: [s.signalfdMask ?? 0])
+            return try high(Int32(try leader.call(.signalfd4, UInt64(bitPattern: -1), mask, 8, 0, what: "creating a signalfd")))
+        case .epoll:
+            return try high(Int32(try leader.call(.epollCreate1, 0, what: "creating an epoll instance")))
         }
+    }
+
+    private mutating func timerfd(_ s: FDState) throws -> Int32 {
+        let t = s.timerfd ?? TimerFDState(clock: 1, ticks: 0, valueNanoseconds: 0, intervalNanoseconds: 0)
+        let fd = try high(Int32(try leader.call(.timerfdCreate, UInt64(t.clock), 0, what: "creating a timerfd")))
+        // A periodic timer that expired and was not read yet shows no time left; the kernel
+        // re-arms it on the next read. Its next expiration is a period away.
+        let value = t.valueNanoseconds > 0 ? t.valueNanoseconds : t.intervalNanoseconds
+        if value > 0 {
+            scratch.reset()
+            let spec = try scratch.put(words: [t.intervalNanoseconds / 1_000_000_000, t.intervalNanoseconds % 1_000_000_000,
+                                               value / 1_000_000_000, value % 1_000_000_000])
+            try leader.call(.timerfdSettime, UInt64(fd), 0, spec, 0, what: "arming a timerfd")
+        }
+        if t.ticks > 0 {
+            // Expirations nobody has read yet (TFD_IOC_SET_TICKS).
+            scratch.reset()
+            let ticks = try scratch.put(words: [t.ticks])
+            try leader.call(.ioctl, UInt64(fd), 0x40085400, ticks, what: "setting the expirations of a timerfd")
+        }
+        return fd
     }
 
     private mutating func deletedFile(_ s: FDState) throws -> Int32 {

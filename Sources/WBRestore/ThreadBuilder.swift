@@ -27,6 +27,7 @@ struct ThreadBuilder {
         try setUp(leaderImage, in: leader)
         try queueSharedSignals()
         try timers()
+        try posixTimers()
         try credentials()
         for (t, tid) in placed { try finalRegisters(t, tid) }
         // The work area goes; the leader's registers are set after it.
@@ -150,6 +151,46 @@ struct ThreadBuilder {
                                             t.valueMicroseconds / 1_000_000, t.valueMicroseconds % 1_000_000])
             try leader.call(.setitimer, UInt64(t.which), v, 0, what: "setting interval timer \(t.which)")
         }
+    }
+
+    /// POSIX timers with their original ids: the kernel takes the wanted id from timer_create's
+    /// out-parameter once PR_TIMER_CREATE_RESTORE_IDS is on (Linux 6.16+); on older kernels ids
+    /// are handed out in order, so gaps are filled with throwaway timers.
+    private func posixTimers() throws {
+        let timers = process.posixTimers.sorted { $0.id < $1.id }
+        guard !timers.isEmpty else { return }
+        let exact = try leader.raw(.prctl, 77 /* PR_TIMER_CREATE_RESTORE_IDS */, 1) == 0
+        var fillers: [UInt64] = []
+        var next: Int32 = 0
+        for t in timers {
+            scratch.reset()
+            if !exact {
+                while next < t.id {
+                    let none = try scratch.put(words: [0, UInt64(1) << 32 /* SIGEV_NONE */, 0, 0, 0, 0, 0, 0])
+                    let id = try scratch.reserve(8)
+                    try leader.call(.timerCreate, UInt64(t.clock), none, id, what: "filling POSIX timer id \(next)")
+                    fillers.append(try tracee.readWord(id) & 0xffff_ffff)
+                    next += 1
+                }
+            }
+            let notify: UInt64 = t.notify == .none ? 1 : t.notify == .thread ? 4 : 0
+            let sev = try scratch.put(words: [t.value, UInt64(UInt32(bitPattern: t.signal)) | notify << 32,
+                                              UInt64(UInt32(bitPattern: t.thread ?? 0)), 0, 0, 0, 0, 0])
+            let id = try scratch.put(words: [UInt64(UInt32(bitPattern: t.id))])
+            try leader.call(.timerCreate, UInt64(t.clock), sev, id, what: "re-creating POSIX timer \(t.id)")
+            let got = Int32(truncatingIfNeeded: try tracee.readWord(id))
+            guard got == t.id else {
+                throw WBError.failed("POSIX timer \(t.id) came back as id \(got); this kernel cannot restore timer ids")
+            }
+            next = t.id + 1
+            if t.valueNanoseconds > 0 {
+                let spec = try scratch.put(words: [t.intervalNanoseconds / 1_000_000_000, t.intervalNanoseconds % 1_000_000_000,
+                                                   t.valueNanoseconds / 1_000_000_000, t.valueNanoseconds % 1_000_000_000])
+                try leader.call(.timerSettime, UInt64(t.id), 0, spec, 0, what: "arming POSIX timer \(t.id)")
+            }
+        }
+        for f in fillers { _ = try leader.raw(.timerDelete, f) }
+        if exact { _ = try leader.raw(.prctl, 77, 0) }
     }
 
     /// The original user and groups, when wb may set them (running as root).

@@ -118,6 +118,56 @@ public enum ProcFS {
                       mountID: Int(kv["mnt_id"] ?? "0") ?? 0, extra: kv)
     }
 
+    /// The interest list in an epoll fd's fdinfo ("tfd: 5 events: 19 data: 5 ...").
+    public static func parseEpollWatches(_ text: String) -> [EpollWatch] {
+        text.split(separator: "\n").compactMap { line -> EpollWatch? in
+            guard line.hasPrefix("tfd:") else { return nil }
+            let t = line.split(separator: " ", omittingEmptySubsequences: true)
+            guard t.count >= 6, let fd = Int32(t[1]), let events = UInt32(t[3], radix: 16),
+                  let data = UInt64(t[5], radix: 16) else { return nil }
+            return EpollWatch(fd: fd, events: events, data: data)
+        }
+    }
+
+    /// "(seconds, nanoseconds)" from a timerfd's fdinfo, in nanoseconds.
+    public static func parseTimespecPair(_ text: String?) -> UInt64 {
+        guard let text else { return 0 }
+        let parts = text.trimming("() ").split(separator: ",").map { $0.trimming(" ") }
+        guard parts.count == 2, let s = UInt64(parts[0]), let ns = UInt64(parts[1]) else { return 0 }
+        return s * 1_000_000_000 + ns
+    }
+
+    /// /proc/PID/timers: one block per POSIX timer (values come from timer_gettime).
+    public static func parsePosixTimers(_ text: String) -> [PosixTimer] {
+        var out: [PosixTimer] = []
+        var current: PosixTimer?
+        for line in text.split(separator: "\n") {
+            let kv = line.split(separator: ":", maxSplits: 1).map { $0.trimming(" \t") }
+            guard kv.count == 2 else { continue }
+            switch kv[0] {
+            case "ID":
+                if let c = current { out.append(c) }
+                current = PosixTimer(id: Int32(kv[1]) ?? 0, clock: 0, notify: .signal, signal: 0, value: 0, thread: nil,
+                                     valueNanoseconds: 0, intervalNanoseconds: 0)
+            case "signal":
+                let p = kv[1].split(separator: "/")
+                current?.signal = Int32(p.first ?? "0") ?? 0
+                current?.value = p.count > 1 ? UInt64(p[1], radix: 16) ?? 0 : 0
+            case "notify":
+                // "signal/pid.N", "thread/tid.N" or "none/..."
+                let p = kv[1].split(separator: "/")
+                current?.notify = PosixTimer.Notify(rawValue: String(p.first ?? "signal")) ?? .signal
+                if current?.notify == .thread, p.count > 1 { current?.thread = Int32(p[1].split(separator: ".").last ?? "") }
+            case "ClockID":
+                current?.clock = Int32(kv[1]) ?? 0
+            default:
+                break
+            }
+        }
+        if let c = current { out.append(c) }
+        return out
+    }
+
     public static func fds(_ pid: Int32) throws -> [Int32] {
         try Paths.list("/proc/\(pid)/fd").compactMap { Int32($0) }.sorted()
     }

@@ -13,8 +13,8 @@ struct CheckpointCommand: ParsableCommand {
         and lets it run on exactly where it was. The image is written to a temporary name next \
         to IMAGE and renamed only when complete.
 
-        wb refuses, without touching the process, what it cannot restore yet: sockets, epoll, \
-        inotify, eventfd/timerfd/signalfd fds, POSIX timers, System V shared memory and child \
+        wb refuses, without touching the process, what it cannot restore yet: sockets, \
+        inotify and other unusual fds, System V shared memory and child \
         processes. --allow-unsupported stores such fds as /dev/null placeholders and leaves \
         children out instead.
         """)

@@ -88,6 +88,27 @@ import WBCore
         #expect(try Paths.readLink("/proc/\(restored.pid)/cwd") == "\(dir)/work")
     }
 
+    @Test func epollLoopOverEventfdTimerfdSignalfdAndPosixTimersOnAnAltStack() throws {
+        let dir = scratchDirectory()
+        let program = try Child(Products.harness("events"), [])
+        _ = try #require(program.line(startingWith: "READY"))
+        let image = "\(dir)/events.wbimg"
+        try #require(try wb("checkpoint", "\(program.pid)", "-o", image, "--kill").code == 0)
+        program.wait()
+        let inspect = try wb("inspect", image)
+        #expect(inspect.stdout.contains("eventfd anon_inode:[eventfd] [O_RDWR,O_NONBLOCK] count 41"), "\(inspect.stdout)")
+        #expect(inspect.stdout.contains("every 10000000 ns"))
+        #expect(inspect.stdout.contains("reads SIGUSR2"))
+        #expect(inspect.stdout.contains("POSIX timer 0 clock 1: SIGRTMIN+1 value 77"))
+        let restored = try Restored.detach(image)
+        defer { restored.kill() }
+        for _ in 0..<2 {
+            kill(restored.pid, SIGUSR1)
+            let verify = restored.line(startingWith: "VERIFY")
+            #expect(verify?.hasPrefix("VERIFY OK") == true, "\(verify ?? "no answer")")
+        }
+    }
+
     @Test func leaveRunningFiftyTimesNeverHarmsTheProcess() throws {
         let dir = scratchDirectory()
         let program = try Child(Products.harness("heap"), ["32", "--busy"])
