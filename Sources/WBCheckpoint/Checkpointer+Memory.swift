@@ -18,7 +18,7 @@ extension Checkpointer {
     func captureMemory(_ tracee: Tracee, into p: inout ProcessState, writer: ImageWriter) throws -> FileEmbedder {
         let entries = try ProcFS.maps(pid)
         let pagemap = try FileDescriptor.open("/proc/\(pid)/pagemap", O_RDONLY, what: "opening the page map of pid \(pid)")
-        let copier = PageCopier(tracee: tracee, writer: writer)
+        let copier = PageCopier(tracee: tracee, writer: writer, shouldStop: { [unowned self] in try self.checkStop() })
         defer { copier.release() }
         var files = FileEmbedder(pid: pid, writer: writer, embedLimit: options.embedLimit, exe: p.exe)
         let executableFiles = Set(entries.filter { $0.protection & 4 != 0 && $0.inode != 0 }.map { "\($0.device):\($0.inode)" })
@@ -73,10 +73,12 @@ final class PageCopier {
     let writer: ImageWriter
     let capacity = 8 << 20
     let buffer: UnsafeMutableRawBufferPointer
+    let checkStop: () throws -> Void
 
-    init(tracee: Tracee, writer: ImageWriter) {
+    init(tracee: Tracee, writer: ImageWriter, shouldStop: @escaping () throws -> Void) {
         self.tracee = tracee
         self.writer = writer
+        checkStop = shouldStop
         buffer = .allocate(byteCount: capacity, alignment: 4096)
     }
 
@@ -110,6 +112,7 @@ final class PageCopier {
     /// Reads the pages, drops the all-zero ones, writes the rest as one block and records
     /// the runs they form.
     private func flush(_ pages: [Int], mapping e: ProcFS.MapsEntry, into runs: inout [PageRun]) throws {
+        try checkStop()
         var ranges: [UInt64] = []
         var i = 0
         while i < pages.count {

@@ -42,6 +42,9 @@ public final class Checkpointer {
     public let options: CheckpointOptions
     /// Called with a short line as each phase starts.
     public var progress: (String) -> Void = { _ in }
+    /// Asked between steps; when it answers true the checkpoint stops at once, leaving the
+    /// process exactly as it was and no image behind.
+    public var shouldStop: () -> Bool = { false }
 
     var notes: [String] = []
     var placeholders: [Int32: String] = [:]
@@ -55,6 +58,7 @@ public final class Checkpointer {
         let started = Clock.now
         let plan = try withContext("checkpoint of pid \(pid)") { try preflight() }
         // The image file exists before the process is touched: a bad path costs it nothing.
+        try checkStop()
         let writer = try ImageWriter(path: path)
         progress("stopping \(plan.threads) thread(s) of pid \(pid)")
         let tracee: Tracee
@@ -69,13 +73,19 @@ public final class Checkpointer {
         defer { if !released { tracee.detach() } }
         do {
             var process = try withContext("checkpoint of pid \(pid)") { () -> ProcessState in
+                try checkStop()
                 var process = try captureThreads(tracee)
+                try checkStop()
                 try captureProcess(tracee, into: &process)
+                try checkStop()
                 progress("copying memory")
                 var files = try captureMemory(tracee, into: &process, writer: writer)
+                try checkStop()
                 progress("storing mapped files")
                 try embedMappedFiles(&files, into: &process)
+                try checkStop()
                 try captureFiles(tracee, into: &process, writer: writer, plan: plan)
+                try checkStop()
                 return process
             }
             // Signals a thread had already dequeued when it stopped are pending in the image.
@@ -87,10 +97,13 @@ public final class Checkpointer {
             }
             let metadata = ImageMetadata(host: HostInfo.current(), process: process, files: writer.embeddedFiles, notes: notes)
             progress("writing \(path)")
-            try writer.finish(metadata, sync: options.after == .kill)
-            // Read back what was written before anything irreversible happens.
-            let check = try Image(path: path)
+            try writer.complete(metadata, sync: options.after == .kill)
+            // Read back what was written before it gets its name and before anything
+            // irreversible happens.
+            let check = try Image(path: writer.temporaryPath, displayName: path)
             if options.after == .kill { try check.verifyData() }
+            try checkStop()
+            try writer.commit()
             var pause = 0.0
             if options.after == .kill {
                 tracee.kill()
@@ -109,6 +122,14 @@ public final class Checkpointer {
         } catch {
             writer.abandon()
             throw error
+        }
+    }
+}
+
+extension Checkpointer {
+    func checkStop() throws {
+        if shouldStop() {
+            throw WBError.failed("checkpoint of pid \(pid) interrupted: the process runs on as before and no image was written")
         }
     }
 }

@@ -12,15 +12,18 @@ public final class Image: @unchecked Sendable {
 
     public var process: ProcessState { metadata.process }
 
-    public init(path: String) throws {
-        self.path = path
+    /// Opens and checks an image. `displayName` is the name errors use (default `path`).
+    public init(path: String, displayName: String? = nil) throws {
+        self.path = displayName ?? path
         let fd: FileDescriptor
+        let name = displayName ?? path
         do {
-            fd = try FileDescriptor.open(path, O_RDONLY, what: "opening image \(path)")
+            fd = try FileDescriptor.open(path, O_RDONLY, what: "opening image \(name)")
         } catch let WBError.system(_, code, _) where code == ENOENT {
-            throw WBError.invalidArgument("\(path): no such image file")
+            throw WBError.invalidArgument("\(name): no such image file")
         }
         self.fd = fd
+        let path = name
         let st = try fd.stat()
         guard st.isRegular else { throw WBError.badImage(path: path, problem: "not a regular file") }
         let fileSize = st.size

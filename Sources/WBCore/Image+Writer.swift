@@ -118,9 +118,16 @@ public final class ImageWriter {
 
     // MARK: Finish
 
-    /// Writes the metadata and the header, flushes when `sync` is set, and renames the file
-    /// into place.
+    /// Writes the metadata and the header and renames the file into place (see `complete`
+    /// and `commit` to check the file in between).
     public func finish(_ metadata: ImageMetadata, sync: Bool) throws {
+        try complete(metadata, sync: sync)
+        try commit()
+    }
+
+    /// Writes the metadata and the header, and flushes the file to disk when `sync` is set.
+    /// The image is then whole at `temporaryPath`, not yet under its name.
+    public func complete(_ metadata: ImageMetadata, sync: Bool) throws {
         if current?.kind == .pages { try end(); try begin(.files) }
         try end()
         try begin(.metadata)
@@ -140,6 +147,10 @@ public final class ImageWriter {
             try fd.truncate(to: cursor)
             if sync { try fd.sync() }
         }
+    }
+
+    /// Renames the completed image into place.
+    public func commit() throws {
         try Paths.rename(temporaryPath, to: path)
         finished = true
         fd.close()

@@ -34,13 +34,15 @@ public enum Signals {
     /// Starts a thread that forwards `signals` (which must be blocked) to `pid`. Signals a
     /// terminal generated are not forwarded: the process, in the same process group, gets
     /// them from the terminal itself.
-    public static func forward(_ signals: [Int32], to pid: Int32) {
+    /// With `includingTerminal`, signals from the terminal are passed on as well (for a
+    /// process in another session).
+    public static func forward(_ signals: [Int32], to pid: Int32, includingTerminal: Bool = false) {
         let mask = bits(signals)
         let thread = Thread {
             while true {
                 var sig: Int32 = 0, code: Int32 = 0, sender: pid_t = 0
                 if wb_sigwaitinfo(mask, &sig, &code, &sender) != 0 { return }
-                if code == 0x80 /* SI_KERNEL: from the terminal */ { continue }
+                if code == 0x80 /* SI_KERNEL: from the terminal */ && !includingTerminal { continue }
                 _ = kill(pid, sig)
             }
         }

@@ -18,3 +18,14 @@ public enum Subprocess {
         return pid
     }
 }
+
+/// Facts and settings of this process.
+public enum ThisProcess {
+    /// The executable wb runs from.
+    public static var executable: String { (try? Paths.readLink("/proc/self/exe")) ?? CommandLine.arguments[0] }
+
+    /// Asks the kernel to send `signal` when the parent process dies.
+    public static func setParentDeathSignal(_ signal: Int32) throws {
+        try check(wb_set_parent_death_signal(signal), "prctl(PR_SET_PDEATHSIG)", "watching the parent process")
+    }
+}

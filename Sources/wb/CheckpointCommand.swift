@@ -40,33 +40,55 @@ struct CheckpointCommand: ParsableCommand {
     @Flag(name: .shortAndLong, help: "Print nothing but errors.")
     var quiet = false
 
+    /// Set on the helper process that does the work (see `run`).
+    @Flag(help: .hidden)
+    var asAgent = false
+
     func validate() throws {
         if leaveRunning && kill { throw ValidationError("--leave-running and --kill exclude each other") }
         if pid <= 0 { throw ValidationError("PID must be a positive process id") }
         if output.isEmpty { throw ValidationError("IMAGE must not be empty") }
     }
 
+    /// The work happens in a helper process in its own session: if this process is killed,
+    /// even with SIGKILL, the helper notices, puts the target back as it was and removes the
+    /// partial image, so an interrupted checkpoint never harms the process.
     func run() throws {
+        if asAgent { return try runAsAgent() }
+        let interrupting = [SIGINT, SIGTERM, SIGHUP]
+        Signals.block(interrupting)
+        let out = try Pipes.make()
+        var environment = ProcessInfo.processInfo.environment
+        environment["WB_AGENT_PARENT"] = "\(getpid())"
+        let agent = try Subprocess.spawn(ThisProcess.executable, Array(CommandLine.arguments.dropFirst()) + ["--as-agent"],
+                                         environment: environment, stdout: out.write.rawValue, stderr: 2)
+        out.write.close()
+        Signals.forward(interrupting, to: agent, includingTerminal: true)
+        let result = try out.read.readAll()
+        FileHandle.standardOutput.write(Data(result))
+        var status: Int32 = 0
+        while waitpid(agent, &status, 0) < 0 && errno == EINTR {}
+        throw ExitCode(status & 0x7f == 0 ? (status >> 8) & 0xff : 128 + (status & 0x7f))
+    }
+
+    private func runAsAgent() throws {
         try runReportingErrors {
+            let interrupting = [SIGINT, SIGTERM, SIGHUP]
+            Signals.block(interrupting)
+            setsid()
+            try ThisProcess.setParentDeathSignal(SIGTERM)
+            if let parent = ProcessInfo.processInfo.environment["WB_AGENT_PARENT"], Int32(parent) != getppid() {
+                throw WBError.failed("checkpoint of pid \(pid) interrupted before it started")
+            }
             var options = CheckpointOptions()
             options.after = kill ? .kill : .leaveRunning
             options.allowUnsupported = allowUnsupported
             let checkpointer = Checkpointer(pid: pid, options: options)
             checkpointer.progress = Output.progress(quiet: quiet || json)
-            // A Ctrl-C or kill while the process is stopped waits until it runs again.
-            let interrupting = [SIGINT, SIGTERM, SIGHUP]
-            Signals.block(interrupting)
-            let result: CheckpointResult
-            do {
-                result = try checkpointer.checkpoint(to: output)
-            } catch {
-                if let sig = Signals.pending(interrupting) { throw WBError.failed("interrupted by signal \(sig); pid \(pid) was left running and no image was written") }
-                throw error
-            }
-            if let sig = Signals.pending(interrupting) {
-                Signals.unblock(interrupting)
-                _ = Glibc.raise(sig)
-            }
+            // A request to stop (or the death of the wb the user started) is honoured between
+            // steps, with the process put back as it was.
+            checkpointer.shouldStop = { Signals.pending(interrupting) != nil }
+            let result = try checkpointer.checkpoint(to: output)
             if json {
                 try Output.json(CheckpointReport(result))
                 return

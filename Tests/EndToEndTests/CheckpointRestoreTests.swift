@@ -134,6 +134,39 @@ import WBCore
         program.signal(SIGKILL)
     }
 
+    @Test func interruptingWbAtRandomMomentsNeverHarmsTheProcess() throws {
+        let dir = scratchDirectory()
+        let program = try Child(Products.harness("heap"), ["96", "--busy"])
+        _ = try #require(program.line(startingWith: "READY"))
+        var generator = SplitMix(seed: 20261121)
+        var completed = 0
+        for round in 0..<20 {
+            let image = "\(dir)/round\(round).wbimg"
+            let checkpoint = try Child(Products.wb, ["checkpoint", "\(program.pid)", "-o", image, "--quiet"])
+            usleep(UInt32(generator.next() % 400_000))
+            let signal = [SIGKILL, SIGKILL, SIGTERM, SIGINT][round % 4]
+            kill(checkpoint.pid, signal)
+            let code = checkpoint.exitCode
+            #expect(signal == SIGKILL || code == 0 || checkpoint.stderrText.contains("interrupted"), "round \(round): \(checkpoint.stderrText)")
+            // The helper doing the work puts the process back (or finishes) on its own.
+            var untraced = false
+            for _ in 0..<400 where !untraced {
+                untraced = tracerOf(program.pid) == "0" && !((try? Paths.list(dir)) ?? []).contains { $0.contains(".partial-") }
+                if !untraced { usleep(25_000) }
+            }
+            #expect(untraced, "round \(round): the process is still traced or a partial image remains")
+            kill(program.pid, SIGUSR1)
+            let verify = program.line(startingWith: "VERIFY", timeout: 30)
+            #expect(verify?.hasPrefix("VERIFY OK") == true, "round \(round): \(verify ?? "no answer")")
+            if Paths.exists(image) {
+                completed += 1
+                #expect(throws: Never.self) { try Image(path: image).verifyData() }
+            }
+        }
+        // Some rounds were killed before the image was complete, and left no file behind.
+        #expect(completed < 20)
+    }
+
     @Test func foregroundRestoreForwardsSignalsAndExitsWithTheStatus() throws {
         let dir = scratchDirectory()
         let program = try Child(Products.harness("heap"), ["8"])
@@ -204,4 +237,17 @@ func ProcFS_state(_ pid: Int32) throws -> String {
     let text = try Paths.readText("/proc/\(pid)/stat")
     let after = text[text.index(after: text.lastIndex(of: ")")!)...]
     return String(after.split(separator: " ").first ?? "")
+}
+
+/// A small deterministic generator (SplitMix64) for reproducible random test schedules.
+struct SplitMix: RandomNumberGenerator {
+    var state: UInt64
+    init(seed: UInt64) { state = seed }
+    mutating func next() -> UInt64 {
+        state &+= 0x9E3779B97F4A7C15
+        var z = state
+        z = (z ^ (z >> 30)) &* 0xBF58476D1CE4E5B9
+        z = (z ^ (z >> 27)) &* 0x94D049BB133111EB
+        return z ^ (z >> 31)
+    }
 }

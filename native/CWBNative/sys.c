@@ -6,6 +6,7 @@
 #include <signal.h>
 #include <string.h>
 #include <cpuid.h>
+#include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/syscall.h>
 #include <sys/uio.h>
@@ -30,6 +31,8 @@ int wb_prlimit(pid_t pid, int resource, const uint64_t *new_cur_max, uint64_t *o
 int wb_tgkill(pid_t tgid, pid_t tid, int sig) {
     return syscall(SYS_tgkill, tgid, tid, sig) == 0 ? 0 : errno;
 }
+
+int wb_set_parent_death_signal(int sig) { return prctl(PR_SET_PDEATHSIG, sig) == 0 ? 0 : errno; }
 
 int wb_pipe2(int fds[2], int flags) { return pipe2(fds, flags) == 0 ? 0 : errno; }
 
