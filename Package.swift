@@ -62,6 +62,7 @@ let package = Package(
         harnessProgram("service"),
         harnessProgram("holder"),
         harnessProgram("events"),
+        harnessProgram("strings"),
 
         .testTarget(name: "WBCoreTests", dependencies: ["WBCore"]),
         .testTarget(name: "WBTraceTests", dependencies: ["WBTrace"]),

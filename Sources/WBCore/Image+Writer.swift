@@ -156,3 +156,29 @@ public final class ImageWriter {
         fd.close()
     }
 }
+
+extension Image {
+    /// Writes a copy of this image to `path` with its metadata changed by `change`; page data
+    /// and embedded files are copied as they are.
+    public func copy(to path: String, changingMetadata change: (inout ImageMetadata) -> Void) throws {
+        var metadata = self.metadata
+        change(&metadata)
+        let out = try FileDescriptor.open(path, O_RDWR | O_CREAT | O_TRUNC, mode: 0o600, what: "creating \(path)")
+        var sections: [ImageFormat.Section] = []
+        var cursor = UInt64(ImageFormat.headerSize)
+        for kind in [ImageFormat.SectionKind.pages, .files] {
+            let s = header.section(kind)!
+            let region = try map(kind, offset: 0, length: s.length)
+            try region.withBytes { try out.write($0, at: cursor) }
+            sections.append(.init(kind: kind, offset: cursor, length: s.length, checksum: s.checksum))
+            cursor += s.length
+        }
+        let json = try JSONEncoder().encode(metadata)
+        let meta = [UInt8](json)
+        try out.write(meta, at: cursor)
+        sections.append(.init(kind: .metadata, offset: cursor, length: UInt64(meta.count), checksum: Checksum.of(meta)))
+        cursor += UInt64(meta.count)
+        try out.write(ImageHeader(version: header.version, fileSize: cursor, sections: sections).encoded(), at: 0)
+        try out.truncate(to: cursor)
+    }
+}

@@ -31,6 +31,8 @@ public struct ProcessState: Codable, Sendable, Equatable {
     public var pipes: [PipeState]
     /// XSAVE component permissions granted with arch_prctl(ARCH_REQ_XCOMP_PERM) (AMX).
     public var xcompPermissions: UInt64
+    /// Started with `wb run --portable`: glibc chose baseline x86-64 code.
+    public var portable: Bool
 
     public init(pid: Int32) {
         self.pid = pid
@@ -38,7 +40,7 @@ public struct ProcessState: Codable, Sendable, Equatable {
         cwd = "/"; root = "/"; umask = 0o022; personality = 0
         credentials = Credentials(uid: [0, 0, 0, 0], gid: [0, 0, 0, 0], groups: [])
         rlimits = []; mm = MemoryLayout(); itimers = []; posixTimers = []; sigactions = []; sharedPending = []
-        threads = []; mappings = []; fds = []; pipes = []; xcompPermissions = 0
+        threads = []; mappings = []; fds = []; pipes = []; xcompPermissions = 0; portable = false
     }
 }
 

@@ -46,8 +46,8 @@ struct AddressSpace {
     }
 
     /// A free range of `bytes` that overlaps neither the image's mappings nor the stub's.
-    private func findHole(bytes: UInt64, avoiding stub: [ProcFS.MapsEntry]) throws -> UInt64 {
-        var used = mappings.map { ($0.start, $0.end) } + stub.map { ($0.start, $0.end) }
+    private func findHole(bytes: UInt64, avoiding stub: [ProcFS.MapsEntry], also: [(UInt64, UInt64)] = []) throws -> UInt64 {
+        var used = mappings.map { ($0.start, $0.end) } + stub.map { ($0.start, $0.end) } + also
         used.sort { $0.0 < $1.0 }
         var candidate: UInt64 = 0x1_0000_0000
         for (s, e) in used {
@@ -61,40 +61,101 @@ struct AddressSpace {
         return candidate
     }
 
-    /// Moves this kernel's vdso and vvar to where the image had them. Same kernel, same
-    /// sizes: the process's own pointers into the vdso stay valid.
+    /// Puts this kernel's vdso where the process will find it. When its entry points sit at
+    /// the same offsets as in the image's vdso (same kernel), this kernel's [vvar],
+    /// [vvar_vclock] and [vdso] are moved onto the image's addresses. Otherwise they are moved
+    /// to a free place, and the image's own vdso is put back at its address with every entry
+    /// point redirected to the same function of the new one, so the addresses the process
+    /// resolved at start-up keep working. WB_RESTORE_VDSO=redirect forces the second way.
     private mutating func placeVdso(_ stub: [ProcFS.MapsEntry], temporary: UInt64) throws {
         let kinds: [(String, Mapping.Kind)] = [("[vvar]", .vvar), ("[vvar_vclock]", .vvarVclock), ("[vdso]", .vdso)]
-        var moves: [(from: ProcFS.MapsEntry, to: UInt64)] = []
-        for (name, kind) in kinds {
-            let here = stub.first { $0.path == name }
-            let there = mappings.first { $0.kind == kind }
-            switch (here, there) {
-            case let (h?, t?):
-                guard h.end - h.start == t.size else {
-                    throw WBError.refused("this kernel's \(name) is \(h.end - h.start) bytes but the image's was \(t.size): restoring across kernels with a different vdso layout is not supported yet")
-                }
-                moves.append((h, t.start))
-            case let (h?, nil):
-                try leader.call(.munmap, h.start, h.end - h.start, what: "removing \(name), which the image's process did not have")
-            case (nil, _?):
-                throw WBError.refused("the image's process had \(name) but this kernel provides none")
-            case (nil, nil):
-                break
+        let here = kinds.compactMap { k in stub.first { $0.path == k.0 }.map { (k.1, $0) } }
+        let there = kinds.compactMap { k in mappings.first { $0.kind == k.1 }.map { (k.1, $0) } }
+        guard let imageVdso = there.first(where: { $0.0 == .vdso })?.1 else {
+            for (_, h) in here {
+                try leader.call(.munmap, h.start, h.end - h.start, what: "removing \(h.path), which the image's process did not have")
             }
+            return
         }
-        // Through a temporary place first, so no move lands on a mapping not yet moved.
+        guard let hostVdso = here.first(where: { $0.0 == .vdso })?.1 else {
+            throw WBError.refused("the image's process had a vdso but this kernel provides none")
+        }
+        let hostBytes = try tracee.read(hostVdso.start, count: Int(hostVdso.end - hostVdso.start))
+        let imageBytes = try storedBytes(of: imageVdso)
+        let hostSymbols = ELFSymbols.functions(in: hostBytes) ?? [:]
+        let imageSymbols = imageBytes.flatMap { ELFSymbols.functions(in: $0) }
+        let sameLayout = here.count == there.count
+            && zip(here, there).allSatisfy { $0.1.end - $0.1.start == $1.1.size && $0.0 == $1.0 }
+            && imageSymbols == hostSymbols
+        let forced = ProcessInfo.processInfo.environment["WB_RESTORE_VDSO"] == "redirect"
+        if sameLayout && !forced {
+            try move(here.map { h in (h.1, there.first { t in t.0 == h.0 }!.1.start) }, via: temporary)
+            return
+        }
+        guard let imageBytes, let imageSymbols else {
+            throw WBError.refused("the image does not hold its vdso's code, and this kernel's vdso differs: the process cannot be given its vdso back")
+        }
+        // This kernel's vdso goes to a free place, its pieces kept in their order.
+        let span = (here.last!.1.end) - (here.first!.1.start)
+        let base = try findHole(bytes: span + (1 << 20), avoiding: stub, also: [(scratch.base, scratch.base + scratch.size), (temporary, temporary + (1 << 20))])
+        try move(here.map { ($0.1, base + ($0.1.start - here.first!.1.start)) }, via: temporary)
+        let newVdso = base + (hostVdso.start - here.first!.1.start)
+        // The image's vdso comes back at its address, every entry point a jump into the new one.
+        var code = imageBytes
+        var patched = Set<UInt64>()
+        for (name, offset) in imageSymbols.sorted(by: { $0.key < $1.key }) where !patched.contains(offset) {
+            guard Int(offset) + 12 <= code.count else { continue }
+            patched.insert(offset)
+            var stub: [UInt8]
+            if let target = hostSymbols[name] ?? hostSymbols[name.hasPrefix("__vdso_") ? String(name.dropFirst(7)) : "__vdso_" + name] {
+                stub = [0x48, 0xB8] + withUnsafeBytes(of: (newVdso + target).littleEndian) { Array($0) } + [0xFF, 0xE0]   // movabs rax; jmp rax
+            } else if let nr = AddressSpace.vdsoSyscalls[name.hasPrefix("__vdso_") ? String(name.dropFirst(7)) : name] {
+                stub = [0xB8] + withUnsafeBytes(of: UInt32(nr).littleEndian) { Array($0) } + [0x0F, 0x05, 0xC3]   // mov eax; syscall; ret
+            } else {
+                continue
+            }
+            code.replaceSubrange(Int(offset)..<(Int(offset) + stub.count), with: stub)
+        }
+        let size = imageVdso.size
+        try leader.call(.mmap, imageVdso.start, size, 3, 0x32 /* PRIVATE|FIXED|ANONYMOUS */, UInt64.max, 0,
+                        what: "mapping the image's vdso at \(hex(imageVdso.start))")
+        try tracee.write(code, to: imageVdso.start)
+        try leader.call(.mprotect, imageVdso.start, size, 5, what: "protecting the redirected vdso")
+        restorer.notes.append("this kernel's vdso differs from the image's: its entry points at \(hex(imageVdso.start)) now jump to the vdso at \(hex(newVdso))")
+    }
+
+    /// System calls that stand in for vdso functions this kernel does not offer.
+    static let vdsoSyscalls: [String: Int] = ["clock_gettime": 228, "gettimeofday": 96, "time": 201,
+                                              "getcpu": 309, "clock_getres": 229]
+
+    /// Moves special mappings through a temporary place, so no move lands on one not yet moved.
+    private func move(_ moves: [(ProcFS.MapsEntry, UInt64)], via temporary: UInt64) throws {
         var staged: [(UInt64, UInt64, UInt64)] = []
         var at = temporary
-        for mv in moves {
-            let size = mv.from.end - mv.from.start
-            try leader.call(.mremap, mv.from.start, size, size, 3 /* MAYMOVE|FIXED */, at, what: "moving \(mv.from.path)")
-            staged.append((at, size, mv.to))
+        for (from, to) in moves {
+            let size = from.end - from.start
+            try leader.call(.mremap, from.start, size, size, 3 /* MAYMOVE|FIXED */, at, what: "moving \(from.path)")
+            staged.append((at, size, to))
             at += size
         }
         for (from, size, to) in staged {
             try leader.call(.mremap, from, size, size, 3, to, what: "placing the vdso at \(hex(to))")
         }
+    }
+
+    /// The bytes the image stores for a mapping, if it stores all of them.
+    private func storedBytes(of m: Mapping) throws -> [UInt8]? {
+        guard m.storedPageCount == m.pageCount else { return nil }
+        var out = [UInt8](repeating: 0, count: Int(m.size))
+        for r in m.pages {
+            let region = try image.map(.pages, offset: r.dataOffset, length: r.byteCount)
+            region.withBytes { src in
+                out.withUnsafeMutableBytes { dst in
+                    dst.baseAddress!.advanced(by: Int(r.page) * 4096).copyMemory(from: src.baseAddress!, byteCount: src.count)
+                }
+            }
+        }
+        return out
     }
 
     /// The fd inside the process for a mapped file (opened once per file).

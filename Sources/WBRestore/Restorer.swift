@@ -12,6 +12,8 @@ public struct RestoreOptions: Sendable {
     public var pidNamespace = PidNamespace.automatic
     /// Check every section's checksum before restoring.
     public var verify = true
+    /// Restore even if this CPU lacks features the process may use.
+    public var force = false
     /// Where files the image carries are unpacked when this machine lacks them.
     public var cacheDirectory = FileCache.defaultDirectory
     public init() {}
@@ -118,14 +120,25 @@ public final class Restorer {
         try ThreadBuilder(restorer: self, tracee: tracee, leader: space.leader, scratch: space.scratch, files: files).build()
     }
 
-    /// The image's processes may use XSAVE features this CPU lacks; setting their registers
-    /// would fail or lose state.
+    /// The process may use instructions this CPU lacks (glibc chose its string functions for
+    /// the checkpoint host's CPU at start-up), and its threads may hold register state this
+    /// CPU cannot take. Both are refused, naming what is missing, unless `force`.
     func checkCPU() throws {
-        let here = CPUFeatures.current()
-        let missing = image.metadata.host.cpu.xcr0 & ~here.xcr0
-        if missing != 0 {
-            throw WBError.refused("this CPU lacks XSAVE features the image's threads use (XCR0 bits 0x\(String(missing, radix: 16))); restore it on a CPU like \(image.metadata.host.cpu.model)")
+        let here = CPUFeatures.host
+        let cpu = image.metadata.host.cpu
+        let missing = process.portable ? [] : CPUCompatibility.missing(image: cpu, host: here)
+        var state: UInt64 = 0
+        for t in process.threads { state |= CPUCompatibility.unsupportedState(t.xstate, xcr0: here.xcr0) }
+        if missing.isEmpty && state == 0 { return }
+        var what: [String] = []
+        if !missing.isEmpty { what.append("instructions the process may use (\(missing.joined(separator: ", ")))") }
+        if state != 0 { what.append("register state its threads hold (\(CPUCompatibility.componentNames(state)))") }
+        let text = "this CPU (\(here.model)) lacks \(what.joined(separator: " and ")) from the checkpoint host's \(cpu.model)"
+        if options.force {
+            notes.append("\(text); restoring anyway (--force): the process may crash with SIGILL" + (state != 0 ? " and that register state is lost" : ""))
+            return
         }
+        throw WBError.refused("\(text). Restore on a CPU with them, add --force to try anyway, or checkpoint a program started with wb run --portable")
     }
 
     /// Whether the original pids can be had in this namespace.

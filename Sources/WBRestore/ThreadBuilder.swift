@@ -211,7 +211,9 @@ struct ThreadBuilder {
     }
 
     private func finalRegisters(_ t: ThreadState, _ tid: Int32) throws {
-        try tracee.setXstate(tid, t.xstate)
+        // Sized and masked for this CPU (identical when it is the checkpoint host's).
+        let size = try tracee.xstate(tid).count
+        try tracee.setXstate(tid, CPUCompatibility.adapt(t.xstate, xcr0: CPUFeatures.host.xcr0, size: size))
         try tracee.setRegisters(tid, InterruptedSyscall.restartRegisters(t.registers))
         try tracee.setSignalMask(tid, t.sigmask)
     }

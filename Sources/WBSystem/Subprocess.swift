@@ -19,6 +19,18 @@ public enum Subprocess {
     }
 }
 
+extension Subprocess {
+    /// The executable `name` names: a path as it is, else the first match in PATH.
+    public static func find(_ name: String) -> String? {
+        if name.contains("/") { return access(name, X_OK) == 0 ? name : nil }
+        let path = ProcessInfo.processInfo.environment["PATH"] ?? "/usr/local/bin:/usr/bin:/bin"
+        for dir in path.split(separator: ":") where access("\(dir)/\(name)", X_OK) == 0 {
+            return "\(dir)/\(name)"
+        }
+        return nil
+    }
+}
+
 /// Facts and settings of this process.
 public enum ThisProcess {
     /// The executable wb runs from.

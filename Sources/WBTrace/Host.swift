@@ -16,6 +16,9 @@ extension HostInfo {
 }
 
 extension CPUFeatures {
+    /// This machine's CPU, read once.
+    public static let host = current()
+
     public static func current() -> CPUFeatures {
         let text = (try? Paths.readText("/proc/cpuinfo")) ?? ""
         var vendor = "", model = "", flags: [String] = []

@@ -34,6 +34,9 @@ struct RestoreCommand: ParsableCommand {
     @Flag(help: "Skip checking the checksums of the image's page data before restoring.")
     var noVerify = false
 
+    @Flag(help: "Restore even if this CPU lacks instructions or register state the process may use.")
+    var force = false
+
     @Flag(help: "Print the restored pid and notes as JSON (with --detach).")
     var json = false
 
@@ -53,6 +56,7 @@ struct RestoreCommand: ParsableCommand {
             var options = RestoreOptions()
             options.pidNamespace = newPidNamespace ? .new : .automatic
             options.verify = !noVerify
+            options.force = force
             let restorer = Restorer(image: opened, options: options)
             restorer.progress = Output.progress(quiet: quiet || json)
             let restored = try restorer.restore()

@@ -17,9 +17,10 @@ struct WB: ParsableCommand {
           wb inspect server.wbimg                       # threads, registers, memory, files, signals
           wb restore server.wbimg                       # bring it back in the foreground
           wb restore server.wbimg --detach              # ... in the background; prints its pid
+          wb run --portable -- ./server                 # start a program whose checkpoints restore on any x86-64
 
         See docs/ for the image format and how restore works.
         """,
         version: WBVersion.string,
-        subcommands: [CheckpointCommand.self, RestoreCommand.self, InspectCommand.self])
+        subcommands: [CheckpointCommand.self, RestoreCommand.self, InspectCommand.self, RunCommand.self])
 }

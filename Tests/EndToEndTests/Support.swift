@@ -170,8 +170,8 @@ struct Restored {
     let wb: Child
     let pid: Int32
 
-    static func detach(_ image: String, _ extra: [String] = []) throws -> Restored {
-        let child = try Child(Products.wb, ["restore", image, "--detach"] + extra)
+    static func detach(_ image: String, _ extra: [String] = [], env: [String: String] = [:]) throws -> Restored {
+        let child = try Child(Products.wb, ["restore", image, "--detach"] + extra, env: env)
         guard let first = child.line(timeout: 120), let pid = Int32(first) else {
             throw WBError.failed("wb restore printed no pid: \(child.stderrText)")
         }

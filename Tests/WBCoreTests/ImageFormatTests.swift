@@ -163,3 +163,40 @@ func corrupt(_ path: String, at offset: UInt64, xor: UInt8 = 0xFF) throws {
         #expect(InterruptedSyscall(r) == nil)
     }
 }
+
+@Suite struct ELFSymbolTests {
+    @Test func readsTheVdsoFunctionsOfThisProcess() throws {
+        let maps = try Paths.readText("/proc/self/maps").split(separator: "\n")
+        let line = try #require(maps.first { $0.hasSuffix("[vdso]") })
+        let range = line.split(separator: " ")[0].split(separator: "-").map { UInt64($0, radix: 16)! }
+        let bytes = try Paths.readBytes("/proc/self/mem", limit: 0)   // opened just to prove access
+        #expect(bytes.isEmpty)
+        let fd = try FileDescriptor.open("/proc/self/mem", O_RDONLY)
+        var image = [UInt8](repeating: 0, count: Int(range[1] - range[0]))
+        _ = try image.withUnsafeMutableBytes { try fd.read(into: $0, at: range[0]) }
+        let symbols = try #require(ELFSymbols.functions(in: image))
+        #expect(symbols["__vdso_clock_gettime"] != nil)
+        #expect(symbols["__vdso_gettimeofday"] != nil)
+        #expect(symbols.values.allSatisfy { $0 < UInt64(image.count) })
+        #expect(ELFSymbols.functions(in: [1, 2, 3]) == nil)
+    }
+}
+
+@Suite struct CPUCompatibilityTests {
+    @Test func namesInstructionFeaturesTheHostLacks() {
+        let image = CPUFeatures(vendor: "", model: "", flags: ["fpu", "avx2", "avx512f", "sse4_2", "hypervisor"], xcr0: 0xe7, xsaveSize: 2696)
+        let host = CPUFeatures(vendor: "", model: "", flags: ["fpu", "avx2", "sse4_2"], xcr0: 7, xsaveSize: 832)
+        #expect(CPUCompatibility.missing(image: image, host: host) == ["avx512f"])
+    }
+
+    @Test func dropsXsaveComponentsTheHostLacksAndResizes() {
+        var area = Data(count: 2696)
+        let bv: UInt64 = 0xe7   // x87 SSE AVX + AVX-512 opmask, ZMM_Hi256, Hi16_ZMM
+        withUnsafeBytes(of: bv) { area.replaceSubrange(512..<520, with: $0) }
+        #expect(CPUCompatibility.unsupportedState(area, xcr0: 7) == 0xe0)
+        #expect(CPUCompatibility.componentNames(0xe0) == "AVX-512 opmask, AVX-512 ZMM_Hi256, AVX-512 Hi16_ZMM")
+        let adapted = CPUCompatibility.adapt(area, xcr0: 7, size: 832)
+        #expect(adapted.count == 832)
+        #expect(CPUCompatibility.xstateBV(adapted) == 7)
+    }
+}

@@ -19,6 +19,8 @@
 #include <sys/eventfd.h>
 #include <sys/signalfd.h>
 #include <sys/timerfd.h>
+#include <sys/syscall.h>
+#include <sys/time.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -93,6 +95,15 @@ static void verify(void) {
     if (its.it_interval.tv_sec != 0 || its.it_interval.tv_nsec != 15000000) failed("POSIX timer period changed");
     timerfd_gettime(tfd, &its);
     if (its.it_interval.tv_sec != 0 || its.it_interval.tv_nsec != 10000000) failed("timerfd period changed");
+    // The clocks (served by the vdso) agree with the kernel's own time.
+    struct timeval tv;
+    gettimeofday(&tv, NULL);
+    time_t kernel_now = (time_t)syscall(SYS_time, NULL);
+    if (tv.tv_sec < kernel_now - 2 || tv.tv_sec > kernel_now + 2) failed("gettimeofday disagrees with time()");
+    struct timespec a, b;
+    clock_gettime(CLOCK_MONOTONIC, &a);
+    clock_gettime(CLOCK_MONOTONIC, &b);
+    if (b.tv_sec < a.tv_sec || (b.tv_sec == a.tv_sec && b.tv_nsec < a.tv_nsec)) failed("CLOCK_MONOTONIC went backwards");
     stack_t ss;
     sigaltstack(NULL, &ss);
     if (ss.ss_sp != alt_stack || ss.ss_size != alt_size || ss.ss_flags != 0) failed("alternate signal stack changed");

@@ -1,0 +1,35 @@
+/// Reading function symbols from an in-memory ELF64 image (the vdso), for matching entry
+/// points between two kernels' vdsos.
+public enum ELFSymbols {
+    /// Function symbols of the dynamic symbol table: name → offset from the image's base.
+    /// Returns nil when `bytes` is not a little-endian ELF64 image with a dynsym table.
+    public static func functions(in bytes: [UInt8]) -> [String: UInt64]? {
+        guard bytes.count >= 64, bytes[0] == 0x7F, bytes[1] == 0x45, bytes[2] == 0x4C, bytes[3] == 0x46,
+              bytes[4] == 2, bytes[5] == 1 else { return nil }
+        func u16(_ at: Int) -> Int { at + 2 <= bytes.count ? Int(bytes[at]) | Int(bytes[at + 1]) << 8 : 0 }
+        func u32(_ at: Int) -> Int { at + 4 <= bytes.count ? (0..<4).reduce(0) { $0 | Int(bytes[at + $1]) << (8 * $1) } : 0 }
+        func u64(_ at: Int) -> UInt64 { at + 8 <= bytes.count ? (0..<8).reduce(UInt64(0)) { $0 | UInt64(bytes[at + $1]) << (8 * UInt64($1)) } : 0 }
+        let shoff = Int(u64(0x28)), shentsize = u16(0x3A), shnum = u16(0x3C)
+        guard shoff > 0, shentsize >= 64, shoff + shnum * shentsize <= bytes.count else { return nil }
+        func section(_ i: Int) -> (type: Int, offset: Int, size: Int, link: Int, entsize: Int) {
+            let at = shoff + i * shentsize
+            return (u32(at + 4), Int(u64(at + 0x18)), Int(u64(at + 0x20)), u32(at + 0x28), Int(u64(at + 0x38)))
+        }
+        guard let dynsym = (0..<shnum).map(section).first(where: { $0.type == 11 }), dynsym.link < shnum else { return nil }
+        let strtab = section(dynsym.link)
+        let entsize = max(dynsym.entsize, 24)
+        var out: [String: UInt64] = [:]
+        var at = dynsym.offset
+        while at + 24 <= dynsym.offset + dynsym.size && at + 24 <= bytes.count {
+            let nameOffset = u32(at), info = Int(bytes[at + 4]), shndx = u16(at + 6), value = u64(at + 8)
+            if info & 0xF == 2 /* STT_FUNC */ && shndx != 0 && nameOffset > 0 {
+                var end = strtab.offset + nameOffset
+                let start = end
+                while end < bytes.count && end < strtab.offset + strtab.size && bytes[end] != 0 { end += 1 }
+                out[String(decoding: bytes[start..<end], as: UTF8.self)] = value
+            }
+            at += entsize
+        }
+        return out
+    }
+}
