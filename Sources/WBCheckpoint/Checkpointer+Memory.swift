@@ -12,14 +12,25 @@ enum PagePolicy {
     case privateCopies
 }
 
+/// A tracked mapping whose page runs are put together after the process runs again.
+struct DeferredRuns {
+    var mapping: Int
+    var start: UInt64
+    var end: UInt64
+    /// Present pages inside tracked memory.
+    var present: [PageScanner.Range]
+    /// Runs of the pages outside it, stored now.
+    var untracked: [PageRun]
+}
+
 extension Checkpointer {
-    /// Copies memory into the image: for each mapping, the pages pagemap says are there and
-    /// that are not all zeros, in runs, through large process_vm_readv batches.
-    func captureMemory(_ tracee: Tracee, into p: inout ProcessState, writer: ImageWriter) throws -> FileEmbedder {
-        let entries = try ProcFS.maps(pid)
-        let pagemap = try FileDescriptor.open("/proc/\(pid)/pagemap", O_RDONLY, what: "opening the page map of pid \(pid)")
-        let copier = PageCopier(tracee: tracee, writer: writer, shouldStop: { [unowned self] in try self.checkStop() })
-        defer { copier.release() }
+    /// Describes every mapping as it is now and stores its pages: present, not all zeros, and
+    /// for private file mappings only the pages the process wrote. Memory `store` tracked
+    /// while the process ran was stored then; only its pages written since are stored now,
+    /// and its runs are put together later (`deferred`).
+    func captureMemory(_ memory: ProcessMemory, into p: inout ProcessState, store: PageStore, scanner: PageScanner,
+                       writer: ImageWriter, deferred: inout [DeferredRuns]) throws -> FileEmbedder {
+        let entries = try ProcFS.maps(pid, withFlags: !store.tracking)
         var files = FileEmbedder(pid: pid, writer: writer, embedLimit: options.embedLimit, exe: p.exe)
         let executableFiles = Set(entries.filter { $0.protection & 4 != 0 && $0.inode != 0 }.map { "\($0.device):\($0.inode)" })
         for e in entries {
@@ -57,7 +68,18 @@ extension Checkpointer {
                 }
             }
             if policy != .none && ((e.rssKB ?? 1) > 0 || (e.swapKB ?? 1) > 0) {
-                m.pages = try copier.copy(mapping: e, policy: policy, pagemap: pagemap)
+                var present = try scanner.scan(start: e.start, end: e.end)
+                if policy == .privateCopies { present.removeAll(where: \.file) }
+                let (tracked, untracked) = store.split(present)
+                // Tracked memory was stored while the process ran: only pages written since
+                // are stored again now.
+                try store.store(tracked.filter(\.written))
+                let runs = try store.store(untracked, base: e.start)
+                if tracked.isEmpty {
+                    m.pages = runs
+                } else {
+                    deferred.append(DeferredRuns(mapping: p.mappings.count, start: e.start, end: e.end, present: tracked, untracked: runs))
+                }
             }
             p.mappings.append(m)
         }
@@ -65,88 +87,4 @@ extension Checkpointer {
         if let exe = files.identity(ofPath: p.exe) { p.exeFile = exe }
         return files
     }
-}
-
-/// Moves pages from the tracee into the image in batches of up to 8 MiB.
-final class PageCopier {
-    let tracee: Tracee
-    let writer: ImageWriter
-    let capacity = 8 << 20
-    let buffer: UnsafeMutableRawBufferPointer
-    let checkStop: () throws -> Void
-
-    init(tracee: Tracee, writer: ImageWriter, shouldStop: @escaping () throws -> Void) {
-        self.tracee = tracee
-        self.writer = writer
-        checkStop = shouldStop
-        buffer = .allocate(byteCount: capacity, alignment: 4096)
-    }
-
-    func release() { buffer.deallocate() }
-
-    func copy(mapping e: ProcFS.MapsEntry, policy: PagePolicy, pagemap: FileDescriptor) throws -> [PageRun] {
-        var runs: [PageRun] = []
-        var batch: [Int] = []           // page indexes within the mapping
-        let pages = Int((e.end - e.start) / 4096)
-        let window = 1 << 16            // pagemap entries read at a time
-        var first = 0
-        while first < pages {
-            let last = min(pages, first + window)
-            let entries = try ProcFS.pagemap(pagemap, start: e.start + UInt64(first) * 4096, end: e.start + UInt64(last) * 4096)
-            for (i, entry) in entries.enumerated() {
-                let there = entry & (ProcFS.pagePresent | ProcFS.pageSwapped) != 0
-                guard there else { continue }
-                if policy == .privateCopies && entry & ProcFS.pageFileOrSharedAnon != 0 && entry & ProcFS.pageSwapped == 0 { continue }
-                batch.append(first + i)
-                if batch.count * 4096 == capacity {
-                    try flush(batch, mapping: e, into: &runs)
-                    batch.removeAll(keepingCapacity: true)
-                }
-            }
-            first = last
-        }
-        if !batch.isEmpty { try flush(batch, mapping: e, into: &runs) }
-        return runs
-    }
-
-    /// Reads the pages, drops the all-zero ones, writes the rest as one block and records
-    /// the runs they form.
-    private func flush(_ pages: [Int], mapping e: ProcFS.MapsEntry, into runs: inout [PageRun]) throws {
-        try checkStop()
-        var ranges: [UInt64] = []
-        var i = 0
-        while i < pages.count {
-            var j = i
-            while j + 1 < pages.count && pages[j + 1] == pages[j] + 1 { j += 1 }
-            ranges.append(e.start + UInt64(pages[i]) * 4096)
-            ranges.append(UInt64(j - i + 1) * 4096)
-            i = j + 1
-        }
-        let bytes = pages.count * 4096
-        try tracee.read(ranges: ranges, into: UnsafeMutableRawBufferPointer(rebasing: buffer[0..<bytes]))
-        var kept: [Int] = []
-        var out = 0
-        for (k, page) in pages.enumerated() {
-            let src = buffer.baseAddress! + k * 4096
-            if isZeroPage(src) { continue }
-            if out != k { (buffer.baseAddress! + out * 4096).copyMemory(from: src, byteCount: 4096) }
-            kept.append(page)
-            out += 1
-        }
-        guard out > 0 else { return }
-        let base = try writer.appendPages(UnsafeRawBufferPointer(rebasing: buffer[0..<(out * 4096)]))
-        for (k, page) in kept.enumerated() {
-            let offset = base + UInt64(k) * 4096
-            if var last = runs.last, Int(last.page + last.count) == page, last.dataOffset + last.byteCount == offset {
-                last.count += 1
-                runs[runs.count - 1] = last
-            } else {
-                runs.append(PageRun(page: UInt32(page), count: 1, dataOffset: offset))
-            }
-        }
-    }
-}
-
-@inline(__always) func isZeroPage(_ p: UnsafeRawPointer) -> Bool {
-    MemoryCompare.isZero(p, count: 4096)
 }

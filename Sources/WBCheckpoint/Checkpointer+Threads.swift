@@ -27,43 +27,56 @@ extension Checkpointer {
         let maps = try ProcFS.maps(pid, withFlags: false)
         tracee.syscallGadget = try tracee.findSyscallGadget(in: maps)
         try tracee.withSyscalls(in: pid) { leader in
-            let scratch = try leader.mapScratch(bytes: 4096)
-            defer { _ = try? leader.raw(.munmap, scratch, 4096) }
-            // All 64 dispositions: struct kernel_sigaction { handler, flags, restorer, mask }.
+            // One executable scratch area: the batch code, a call table, and the outputs.
+            let size: UInt64 = 64 * 1024
+            let scratch = try leader.mapScratch(bytes: size, executable: true)
+            defer { _ = try? leader.raw(.munmap, scratch, size) }
+            try tracee.write(RemoteSyscalls.batchCode, to: scratch)
+            let table = scratch + 4096, out = scratch + 32 * 1024
+            p.posixTimers = ProcFS.parsePosixTimers((try? Paths.readText("/proc/\(pid)/timers")) ?? "")
+            // All 64 dispositions (struct kernel_sigaction: handler, flags, restorer, mask),
+            // the interval timers, the program break, the AMX permission and each POSIX
+            // timer's state, in one round trip.
+            var calls: [(SyscallNumber, [UInt64])] = (1...64).map { (.rtSigaction, [UInt64($0), 0, out + UInt64($0 - 1) * 32, 8]) }
+            calls += (0...2).map { (.getitimer, [UInt64($0), out + 2048 + UInt64($0) * 32]) }
+            calls.append((.brk, [0]))
+            calls.append((.archPrctl, [0x1022 /* ARCH_GET_XCOMP_PERM */, out + 2200]))
+            calls += p.posixTimers.enumerated().map { (.timerGettime, [UInt64($0.element.id), out + 2304 + UInt64($0.offset) * 32]) }
+            let results = try leader.batch(calls, code: scratch, table: table)
+            for (i, r) in results.enumerated() where r < 0 && calls[i].0 != .archPrctl {
+                throw WBError.system(call: "remote \(calls[i].0)", errno: Int32(-r), what: "reading process state of pid \(pid)")
+            }
+            let w = try tracee.read(out, count: 2304 + p.posixTimers.count * 32).words
             for sig in 1...64 {
-                try leader.call(.rtSigaction, UInt64(sig), 0, scratch, 8, what: "reading the action of signal \(sig)")
-                let w = try tracee.read(scratch, count: 32).words
-                p.sigactions.append(SignalAction(signal: Int32(sig), handler: w[0], flags: w[1], restorer: w[2], mask: w[3]))
+                let b = (sig - 1) * 4
+                p.sigactions.append(SignalAction(signal: Int32(sig), handler: w[b], flags: w[b + 1], restorer: w[b + 2], mask: w[b + 3]))
             }
             for which in 0...2 {
-                try leader.call(.getitimer, UInt64(which), scratch, what: "reading interval timer \(which)")
-                let w = try tracee.read(scratch, count: 32).words
-                let interval = w[0] * 1_000_000 + w[1], value = w[2] * 1_000_000 + w[3]
+                let b = 256 + which * 4
+                let interval = w[b] * 1_000_000 + w[b + 1], value = w[b + 2] * 1_000_000 + w[b + 3]
                 if interval != 0 || value != 0 {
                     p.itimers.append(IntervalTimer(which: Int32(which), intervalMicroseconds: interval, valueMicroseconds: value))
                 }
             }
-            p.mm.brk = try leader.call(.brk, 0, what: "reading the program break")
-            // POSIX timers: /proc lists them, timer_gettime tells where each stands.
-            p.posixTimers = ProcFS.parsePosixTimers((try? Paths.readText("/proc/\(pid)/timers")) ?? "")
+            p.mm.brk = UInt64(bitPattern: results[67])
+            if results[68] == 0 { p.xcompPermissions = w[275] }
             for i in p.posixTimers.indices {
-                try leader.call(.timerGettime, UInt64(p.posixTimers[i].id), scratch, what: "reading POSIX timer \(p.posixTimers[i].id)")
-                let w = try tracee.read(scratch, count: 32).words
-                p.posixTimers[i].intervalNanoseconds = w[0] * 1_000_000_000 + w[1]
-                p.posixTimers[i].valueNanoseconds = w[2] * 1_000_000_000 + w[3]
+                let b = 288 + i * 4
+                p.posixTimers[i].intervalNanoseconds = w[b] * 1_000_000_000 + w[b + 1]
+                p.posixTimers[i].valueNanoseconds = w[b + 2] * 1_000_000_000 + w[b + 3]
             }
-            // ARCH_GET_XCOMP_PERM: XSAVE features (AMX) the process asked permission for.
-            if try leader.raw(.archPrctl, 0x1022, scratch) == 0 {
-                p.xcompPermissions = try tracee.readWord(scratch)
-            }
+            // Per thread: clear_child_tid and the alternate signal stack.
             for i in p.threads.indices {
                 let tid = p.threads[i].tid
                 let capture = { (s: RemoteSyscalls) throws -> (UInt64, AltStack) in
-                    try s.call(.prctl, 40 /* PR_GET_TID_ADDRESS */, scratch, what: "reading clear_child_tid")
-                    let clearChildTid = try tracee.readWord(scratch)
-                    try s.call(.sigaltstack, 0, scratch + 64, what: "reading the alternate signal stack")
-                    let w = try tracee.read(scratch + 64, count: 24).words
-                    return (clearChildTid, AltStack(base: w[0], size: w[2], flags: Int32(truncatingIfNeeded: w[1])))
+                    let r = try s.batch([(.prctl, [40 /* PR_GET_TID_ADDRESS */, out]), (.sigaltstack, [0, out + 64])],
+                                        code: scratch, table: table)
+                    if let bad = r.firstIndex(where: { $0 < 0 }) {
+                        throw WBError.system(call: bad == 0 ? "remote prctl(PR_GET_TID_ADDRESS)" : "remote sigaltstack", errno: Int32(-r[bad]),
+                                             what: "reading the state of thread \(tid)")
+                    }
+                    let v = try tracee.read(out, count: 88).words
+                    return (v[0], AltStack(base: v[8], size: v[10], flags: Int32(truncatingIfNeeded: v[9])))
                 }
                 let (clearChildTid, altStack) = tid == pid ? try capture(leader) : try tracee.withSyscalls(in: tid, capture)
                 p.threads[i].clearChildTid = clearChildTid

@@ -17,6 +17,13 @@ public struct CheckpointOptions: Sendable {
     public var allowUnsupported = false
     /// Embed private file mappings up to this size (executables and libraries always).
     public var embedLimit: UInt64 = 64 << 20
+    /// Copy memory while the process runs and stop it only for what changed meanwhile
+    /// (when the kernel can track dirty pages); otherwise it is stopped for the whole copy.
+    public var incremental = true
+    /// Passes over the pages written during the copy before the process is stopped.
+    public var precopyPasses = 4
+    /// Stop early once a pass finds no more than this many written bytes.
+    public var stopCopyBytes: UInt64 = 8 << 20
     public init() {}
 }
 
@@ -28,8 +35,10 @@ public struct CheckpointResult: Sendable {
     public var storedPageBytes: UInt64
     public var embeddedFiles: Int
     public var imageBytes: UInt64
-    /// How long the process was stopped.
+    /// How long the process was stopped (the longest stop).
     public var pauseSeconds: Double
+    /// Every stop, in order.
+    public var pauses: [Double]
     public var totalSeconds: Double
     public var notes: [String]
 }
@@ -57,72 +66,132 @@ public final class Checkpointer {
     public func checkpoint(to path: String) throws -> CheckpointResult {
         let started = Clock.now
         let plan = try withContext("checkpoint of pid \(pid)") { try preflight() }
-        // The image file exists before the process is touched: a bad path costs it nothing.
         try checkStop()
+        // The image file exists before the process is touched: a bad path costs it nothing.
         let writer = try ImageWriter(path: path)
-        progress("stopping \(plan.threads) thread(s) of pid \(pid)")
-        let tracee: Tracee
         do {
-            tracee = try withContext("checkpoint of pid \(pid)") { try Tracee.seize(pid) }
+            return try withContext("checkpoint of pid \(pid)") {
+                try run(plan: plan, writer: writer, started: started)
+            }
         } catch {
             writer.abandon()
             throw error
         }
+    }
+
+    private func run(plan: Preflight, writer: ImageWriter, started: Double) throws -> CheckpointResult {
+        let memory = ProcessMemory(pid: pid)
+        let store = PageStore(memory: memory, writer: writer, checkStop: { [unowned self] in try self.checkStop() })
+        let scanner = try PageScanner(pid: pid)
+        var pauses: [Double] = []
+        // Leaving it running, the process is stopped only at the end, for the pages it wrote
+        // while the rest was copied (see docs/architecture.md).
+        var tracker: DirtyTracker?
+        if options.after == .leaveRunning && options.incremental && DirtyTracker.supported {
+            tracker = try precopy(store: store, scanner: scanner, pauses: &pauses)
+        }
+        defer { tracker?.release() }
+
+        progress("stopping \(plan.threads) thread(s) of pid \(pid)")
+        let tracee = try Tracee.seize(pid)
         let stopped = Clock.now
         var released = false
         defer { if !released { tracee.detach() } }
-        do {
-            var process = try withContext("checkpoint of pid \(pid)") { () -> ProcessState in
-                try checkStop()
-                var process = try captureThreads(tracee)
-                try checkStop()
-                try captureProcess(tracee, into: &process)
-                try checkStop()
-                progress("copying memory")
-                var files = try captureMemory(tracee, into: &process, writer: writer)
-                try checkStop()
-                progress("storing mapped files")
-                try embedMappedFiles(&files, into: &process)
-                try checkStop()
-                try captureFiles(tracee, into: &process, writer: writer, plan: plan)
-                try checkStop()
-                return process
+        try checkStop()
+        var process = try captureThreads(tracee)
+        try checkStop()
+        try captureProcess(tracee, into: &process)
+        try checkStop()
+        progress("copying memory")
+        var deferred: [DeferredRuns] = []
+        var files = try captureMemory(memory, into: &process, store: store, scanner: scanner, writer: writer, deferred: &deferred)
+        try checkStop()
+        try captureFiles(tracee, into: &process, writer: writer, plan: plan)
+        try checkStop()
+        // Signals a thread had already dequeued when it stopped are pending in the image.
+        for (i, t) in process.threads.enumerated() {
+            if let info = tracee.interceptedSignals[t.tid] {
+                let data = Data(info)
+                process.threads[i].pending.insert(PendingSignal(signal: data.withUnsafeBytes { $0.load(as: Int32.self) }, siginfo: data), at: 0)
             }
-            // Signals a thread had already dequeued when it stopped are pending in the image.
-            for (i, t) in process.threads.enumerated() {
-                if let info = tracee.interceptedSignals[t.tid] {
-                    let data = Data(info)
-                    process.threads[i].pending.insert(PendingSignal(signal: data.withUnsafeBytes { $0.load(as: Int32.self) }, siginfo: data), at: 0)
-                }
-            }
-            let metadata = ImageMetadata(host: HostInfo.current(), process: process, files: writer.embeddedFiles, notes: notes)
-            progress("writing \(path)")
-            try writer.complete(metadata, sync: options.after == .kill)
-            // Read back what was written before it gets its name and before anything
-            // irreversible happens.
-            let check = try Image(path: writer.temporaryPath, displayName: path)
-            if options.after == .kill { try check.verifyData() }
-            try checkStop()
-            try writer.commit()
-            var pause = 0.0
-            if options.after == .kill {
-                tracee.kill()
-                released = true
-                pause = Clock.now - stopped
-            } else {
-                tracee.detach()
-                released = true
-                pause = Clock.now - stopped
-            }
-            let stored = process.mappings.reduce(UInt64(0)) { $0 + UInt64($1.storedPageCount) * 4096 }
-            return CheckpointResult(path: path, pid: pid, threads: process.threads.count, mappings: process.mappings.count,
-                                    storedPageBytes: stored, embeddedFiles: writer.embeddedFiles.count,
-                                    imageBytes: check.fileSize, pauseSeconds: pause,
-                                    totalSeconds: Clock.now - started, notes: notes)
-        } catch {
-            writer.abandon()
-            throw error
         }
+        if options.after == .leaveRunning {
+            tracee.detach()
+            released = true
+            pauses.append(Clock.now - stopped)
+            tracker?.release()
+            tracker = nil
+        }
+
+        // The rest needs no stopped process: page runs, mapped files, flags, the image itself.
+        for d in deferred {
+            process.mappings[d.mapping].pages = PageStore.merge(store.runs(start: d.start, end: d.end, present: d.present), d.untracked)
+        }
+        if store.tracking, let flags = try? ProcFS.maps(pid, withFlags: true) {
+            for i in process.mappings.indices {
+                if let e = flags.first(where: { $0.start == process.mappings[i].start }) { process.mappings[i].vmFlags = e.vmFlags }
+            }
+        }
+        progress("storing mapped files")
+        try embedMappedFiles(&files, into: &process)
+        let metadata = ImageMetadata(host: HostInfo.current(), process: process, files: writer.embeddedFiles, notes: notes)
+        progress("writing \(writer.path)")
+        try writer.complete(metadata, sync: options.after == .kill)
+        // Read back what was written before it gets its name and before anything
+        // irreversible happens.
+        let check = try Image(path: writer.temporaryPath, displayName: writer.path)
+        if options.after == .kill { try check.verifyData() }
+        try checkStop()
+        try writer.commit()
+        if options.after == .kill {
+            tracee.kill()
+            released = true
+            pauses.append(Clock.now - stopped)
+        }
+        let stored = process.mappings.reduce(UInt64(0)) { $0 + UInt64($1.storedPageCount) * 4096 }
+        return CheckpointResult(path: writer.path, pid: pid, threads: process.threads.count, mappings: process.mappings.count,
+                                storedPageBytes: stored, embeddedFiles: writer.embeddedFiles.count,
+                                imageBytes: check.fileSize, pauseSeconds: pauses.max() ?? 0, pauses: pauses,
+                                totalSeconds: Clock.now - started, notes: notes)
+    }
+
+    /// Copies memory while the process runs. A short stop creates a userfaultfd inside the
+    /// process; its anonymous writable memory is write-protected (async: writes go on, the
+    /// kernel only marks the pages), stored, and the pages written meanwhile are stored
+    /// again in passes, until what is left is small enough to store while it is stopped.
+    private func precopy(store: PageStore, scanner: PageScanner, pauses: inout [Double]) throws -> DirtyTracker? {
+        let t0 = Clock.now
+        let tracee = try Tracee.seize(pid)
+        let maps = try ProcFS.maps(pid, withFlags: false)
+        let tracker: DirtyTracker
+        do {
+            tracee.syscallGadget = try tracee.findSyscallGadget(in: maps)
+            tracker = try tracee.withSyscalls(in: pid) { try DirtyTracker(tracee: tracee, syscalls: $0) }
+        } catch let error as WBError {
+            tracee.detach()
+            notes.append("memory was copied with the process stopped: \(error)")
+            return nil
+        }
+        tracee.detach()
+        pauses.append(Clock.now - t0)
+        for e in maps where !e.shared && e.protection & 2 != 0 && (e.path.isEmpty || e.path == "[heap]" || e.path == "[stack]" || e.path.hasPrefix("[anon:")) {
+            if tracker.register(start: e.start, end: e.end) { store.track(start: e.start, end: e.end) }
+        }
+        try tracker.protectAll()
+        progress("copying memory while pid \(pid) runs")
+        for r in tracker.ranges {
+            try store.store(try scanner.scan(start: r.start, end: r.end))
+        }
+        for _ in 0..<options.precopyPasses {
+            var written: UInt64 = 0
+            for r in tracker.ranges {
+                let dirty = try scanner.scan(start: r.start, end: r.end, writtenOnly: true, reprotect: true)
+                written += dirty.reduce(0) { $0 + $1.end - $1.start }
+                try store.store(dirty)
+            }
+            if written <= options.stopCopyBytes { break }
+        }
+        return tracker
     }
 }
 

@@ -52,9 +52,10 @@ public final class Image: @unchecked Sendable {
         try validateStructure()
     }
 
-    /// The checksum of every section, including page data and embedded files.
-    public func verifyData() throws {
-        for s in header.sections where s.kind != .metadata {
+    /// The checksum of every section, including page data and embedded files (or only the
+    /// sections in `only`).
+    public func verifyData(only: Set<ImageFormat.SectionKind>? = nil) throws {
+        for s in header.sections where s.kind != .metadata && (only?.contains(s.kind) ?? true) {
             let region = try MappedRegion(file: fd, offset: s.offset, count: Int(s.length))
             region.adviseSequential()
             guard region.withBytes({ Checksum.of($0) }) == s.checksum else {
@@ -94,7 +95,12 @@ public final class Image: @unchecked Sendable {
             guard m.end > m.start, m.start % 4096 == 0, m.end % 4096 == 0 else {
                 throw bad("mappings[\(i)] has a bad range \(hex(m.start))-\(hex(m.end))")
             }
+            var next: UInt64 = 0
             for run in m.pages {
+                guard UInt64(run.page) >= next else {
+                    throw bad("mappings[\(i)] (\(hex(m.start))-\(hex(m.end))) has page runs out of order or overlapping")
+                }
+                next = UInt64(run.page) + UInt64(run.count)
                 guard UInt64(run.page) + UInt64(run.count) <= UInt64(m.pageCount),
                       run.dataOffset + run.byteCount <= pages, run.dataOffset % 4096 == 0 else {
                     throw bad("mappings[\(i)] (\(hex(m.start))-\(hex(m.end))) has a page run outside the mapping or the PAGE section")

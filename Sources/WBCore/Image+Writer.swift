@@ -15,6 +15,8 @@ public final class ImageWriter {
     private var embedded: [ContentHash: EmbeddedFile] = [:]
     private var embeddedOrder: [ContentHash] = []
     private var finished = false
+    /// Pages were written again in place, so the page section's checksum is computed anew.
+    private var rewritten = false
 
     public init(path: String) throws {
         self.path = path
@@ -46,7 +48,13 @@ public final class ImageWriter {
     private func end() throws {
         guard let c = current else { return }
         try pad()
-        sections.append(.init(kind: c.kind, offset: c.start, length: cursor - c.start, checksum: c.checksum.finish()))
+        var sum = c.checksum.finish()
+        if c.kind == .pages && rewritten {
+            let region = try MappedRegion(file: fd, offset: c.start, count: Int(cursor - c.start))
+            region.adviseSequential()
+            sum = region.withBytes { Checksum.of($0) }
+        }
+        sections.append(.init(kind: c.kind, offset: c.start, length: cursor - c.start, checksum: sum))
         current = nil
     }
 
@@ -72,6 +80,14 @@ public final class ImageWriter {
         let offset = cursor - current!.start
         try write(bytes)
         return offset
+    }
+
+    /// Writes pages again at `offset` within the page section (a page that changed since it
+    /// was first stored).
+    public func rewritePages(_ bytes: UnsafeRawBufferPointer, at offset: UInt64) throws {
+        precondition(current?.kind == .pages && offset + UInt64(bytes.count) <= cursor - current!.start)
+        try withContext("writing image \(path)") { try fd.write(bytes, at: current!.start + offset) }
+        rewritten = true
     }
 
     /// Offset within the page section where the next pages will go.

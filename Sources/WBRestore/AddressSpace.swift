@@ -39,6 +39,7 @@ struct AddressSpace {
         }
         try placeVdso(stubMaps, temporary: hole + (1 << 20))
         for m in mappings { try map(m) }
+        if restorer.options.mapPages { try mapPagesFromImage() }
         try copyPages()
         for m in mappings { try finish(m) }
         for (_, fd) in mappedFDs { _ = try leader.raw(.close, UInt64(fd)) }
@@ -218,12 +219,36 @@ struct AddressSpace {
         guard got == m.start else { throw WBError.failed("\(what): the kernel placed it at \(hex(got))") }
     }
 
+    /// Mappings whose stored pages are mapped from the image file with --map: private
+    /// anonymous memory that does not grow down. Everything else is copied.
+    private func mappedFromImage(_ m: Mapping) -> Bool {
+        restorer.options.mapPages && !m.shared && (m.kind == .anonymous || m.kind == .heap) && !m.vmFlags.contains("gd")
+    }
+
+    /// Maps each stored run of pages straight from the image, private and copy-on-write:
+    /// the page cache holds the data, and nothing is copied until the process writes.
+    private mutating func mapPagesFromImage() throws {
+        scratch.reset()
+        let name = try scratch.put(string: Paths.absolute(image.path))
+        let fd = try leader.call(.openat, UInt64(bitPattern: -100), name, UInt64(O_RDONLY | O_CLOEXEC), 0,
+                                 what: "opening the image to map its pages")
+        let base = image.header.section(.pages)!.offset
+        for m in mappings where mappedFromImage(m) {
+            for r in m.pages {
+                let at = m.start + UInt64(r.page) * 4096
+                try leader.call(.mmap, at, r.byteCount, 3, 0x12 /* PRIVATE|FIXED */, fd, base + r.dataOffset,
+                                what: "mapping page data at \(hex(at)) from the image")
+            }
+        }
+        _ = try leader.raw(.close, fd)
+    }
+
     /// Copies every stored page into place, one process_vm_writev batch per mapping.
     private func copyPages() throws {
         let pages = image.header.section(.pages)!
         guard pages.length > 0 else { return }
         let region = try image.map(.pages, offset: 0, length: pages.length)
-        for m in mappings where !m.pages.isEmpty && m.kind != .vdso {
+        for m in mappings where !m.pages.isEmpty && m.kind != .vdso && !mappedFromImage(m) {
             var i = 0
             while i < m.pages.count {
                 // Runs whose data lie back to back in the image go out in one call.

@@ -14,6 +14,11 @@ public struct RestoreOptions: Sendable {
     public var verify = true
     /// Restore even if this CPU lacks features the process may use.
     public var force = false
+    /// Map private anonymous page data straight from the image file (copy-on-write) instead
+    /// of copying it: restore time no longer grows with memory size, but the image must stay
+    /// in place while the process runs, and pages the process later discards with
+    /// MADV_DONTNEED come back with their checkpointed contents instead of zeros.
+    public var mapPages = false
     /// Where files the image carries are unpacked when this machine lacks them.
     public var cacheDirectory = FileCache.defaultDirectory
     public init() {}
@@ -75,7 +80,9 @@ public final class Restorer {
         try withContext("restoring \(image.path)") {
             if options.verify {
                 progress("verifying \(image.path)")
-                try image.verifyData()
+                // Mapped page data is read only as the process touches it; checking it all
+                // first would read it all.
+                try image.verifyData(only: options.mapPages ? [.files] : nil)
             }
             try checkCPU()
             progress("preparing files")

@@ -68,6 +68,14 @@ public enum Paths {
     }
 
     public static func remove(_ path: String) { _ = unlink(path) }
+
+    /// `path` made absolute against the working directory.
+    public static func absolute(_ path: String) -> String {
+        if path.hasPrefix("/") { return path }
+        var buf = [CChar](repeating: 0, count: 4097)
+        guard getcwd(&buf, 4096) != nil else { return path }
+        return String(decoding: buf.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self) + "/" + path
+    }
 }
 
 extension StringProtocol {

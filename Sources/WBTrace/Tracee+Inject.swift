@@ -57,6 +57,63 @@ public struct RemoteSyscalls {
         return UInt64(bitPattern: r)
     }
 
+    /// Runs many system calls in one round trip: `code` is where `RemoteSyscalls.batchCode`
+    /// sits in the tracee (executable memory) and `table` where the calls can be laid out,
+    /// 64 bytes each: the number, six arguments, then the result. Returns the raw results.
+    public func batch(_ calls: [(SyscallNumber, [UInt64])], code: UInt64, table: UInt64) throws -> [Int64] {
+        guard !calls.isEmpty else { return [] }
+        var words: [UInt64] = []
+        for (nr, args) in calls {
+            words.append(UInt64(nr.rawValue))
+            for i in 0..<6 { words.append(i < args.count ? args[i] : 0) }
+            words.append(0)
+        }
+        try words.withUnsafeBytes { try tracee.write($0, to: table) }
+        var r = original
+        r.r12 = table
+        r.r13 = UInt64(calls.count)
+        r.rip = code
+        r.origRax = UInt64.max
+        r.eflags &= ~UInt64(0x100)
+        try tracee.setRegisters(tid, r)
+        let end = code + UInt64(RemoteSyscalls.batchCode.count)
+        try tracee.resume(tid, .continue)
+        while true {
+            switch try tracee.wait(tid) {
+            case .signal(SIGTRAP):
+                if try tracee.registers(tid).rip == end { break }
+                try tracee.resume(tid, .continue)
+                continue
+            case .signal:
+                tracee.interceptSignal(tid)
+                try tracee.resume(tid, .continue)
+                continue
+            case .interrupted, .event:
+                try tracee.resume(tid, .continue)
+                continue
+            case let .exited(code):
+                throw WBError.failed("thread \(tid) exited with status \(code) during remote system calls")
+            case let .killed(sig):
+                throw WBError.failed("thread \(tid) was killed by signal \(sig) during remote system calls")
+            }
+            break
+        }
+        let out = try tracee.read(table, count: calls.count * 64)
+        return (0..<calls.count).map { i in
+            out.withUnsafeBytes { Int64(bitPattern: $0.loadUnaligned(fromByteOffset: i * 64 + 56, as: UInt64.self)) }
+        }
+    }
+
+    /// Machine code that runs a table of system calls (r12: table, r13: count) and stops on
+    /// an int3: `mov (%r12),%rax; mov 8..48(%r12),%rdi..%r9; syscall; mov %rax,56(%r12);
+    /// add $64,%r12; dec %r13; jnz; int3`.
+    public static let batchCode: [UInt8] = [
+        0x49, 0x8B, 0x04, 0x24, 0x49, 0x8B, 0x7C, 0x24, 0x08, 0x49, 0x8B, 0x74, 0x24, 0x10,
+        0x49, 0x8B, 0x54, 0x24, 0x18, 0x4D, 0x8B, 0x54, 0x24, 0x20, 0x4D, 0x8B, 0x44, 0x24, 0x28,
+        0x4D, 0x8B, 0x4C, 0x24, 0x30, 0x0F, 0x05, 0x49, 0x89, 0x44, 0x24, 0x38, 0x49, 0x83, 0xC4, 0x40,
+        0x49, 0xFF, 0xCD, 0x75, 0xCE, 0xCC,
+    ]
+
     /// Anonymous read-write memory in the tracee for passing syscall arguments.
     public func mapScratch(bytes: UInt64, at address: UInt64 = 0, executable: Bool = false) throws -> UInt64 {
         let prot: UInt64 = UInt64(PROT_READ | PROT_WRITE) | (executable ? UInt64(PROT_EXEC) : 0)

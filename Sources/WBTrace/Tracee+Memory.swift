@@ -1,7 +1,14 @@
 import CWBNative
 import Glibc
 
-extension Tracee {
+/// Another process's memory, read and written with process_vm_readv/writev (no need to have
+/// the process stopped), with /proc/PID/mem for pages the process itself may not access.
+public final class ProcessMemory {
+    public let pid: Int32
+    var memDescriptor: FileDescriptor?
+
+    public init(pid: Int32) { self.pid = pid }
+
     /// Reads tracee memory with process_vm_readv, falling back to /proc/PID/mem for pages the
     /// process itself may not read (PROT_NONE), which the kernel lets a tracer read.
     public func read(_ address: UInt64, into buffer: UnsafeMutableRawBufferPointer) throws {
@@ -85,4 +92,14 @@ extension Tracee {
         memDescriptor = m
         return m
     }
+}
+
+extension Tracee {
+    public func read(_ address: UInt64, into buffer: UnsafeMutableRawBufferPointer) throws { try memory.read(address, into: buffer) }
+    public func read(_ address: UInt64, count: Int) throws -> [UInt8] { try memory.read(address, count: count) }
+    public func readWord(_ address: UInt64) throws -> UInt64 { try memory.readWord(address) }
+    public func read(ranges: [UInt64], into buffer: UnsafeMutableRawBufferPointer) throws { try memory.read(ranges: ranges, into: buffer) }
+    public func write(_ bytes: UnsafeRawBufferPointer, to address: UInt64) throws { try memory.write(bytes, to: address) }
+    public func write(_ bytes: [UInt8], to address: UInt64) throws { try memory.write(bytes, to: address) }
+    public func write(ranges: [UInt64], from buffer: UnsafeRawBufferPointer) throws { try memory.write(ranges: ranges, from: buffer) }
 }

@@ -15,7 +15,8 @@ public final class Tracee {
     public var syscallGadget: UInt64 = 0
     let options: UInt32
     private var detached = false
-    var memDescriptor: FileDescriptor?
+    /// The process's memory.
+    public let memory: ProcessMemory
 
     public enum Stop: Equatable, Sendable {
         /// PTRACE_EVENT_STOP: the stop PTRACE_INTERRUPT asks for, a group-stop, or the first
@@ -32,6 +33,7 @@ public final class Tracee {
     init(pid: Int32, options: UInt32) {
         self.pid = pid
         self.options = options
+        memory = ProcessMemory(pid: pid)
     }
 
     // MARK: Attaching

@@ -37,6 +37,9 @@ struct RestoreCommand: ParsableCommand {
     @Flag(help: "Restore even if this CPU lacks instructions or register state the process may use.")
     var force = false
 
+    @Flag(help: "Map memory straight from the image instead of copying it (fast; keep the image in place, see docs).")
+    var map = false
+
     @Flag(help: "Print the restored pid and notes as JSON (with --detach).")
     var json = false
 
@@ -57,6 +60,7 @@ struct RestoreCommand: ParsableCommand {
             options.pidNamespace = newPidNamespace ? .new : .automatic
             options.verify = !noVerify
             options.force = force
+            options.mapPages = map
             let restorer = Restorer(image: opened, options: options)
             restorer.progress = Output.progress(quiet: quiet || json)
             let restored = try restorer.restore()

@@ -232,6 +232,24 @@ import WBTrace
         #expect(completed < 20)
     }
 
+    @Test func mappedRestoreReadsPagesStraightFromTheImage() throws {
+        let dir = scratchDirectory()
+        let program = try Child(Products.harness("heap"), ["64"])
+        let ready = program.line(startingWith: "READY")
+        let image = "\(dir)/mapped.wbimg"
+        try #require(try wb("checkpoint", "\(program.pid)", "-o", image, "--kill").code == 0)
+        program.wait()
+        let restored = try Restored.detach(image, ["--map"])
+        defer { restored.kill() }
+        let maps = try ProcFS.maps(restored.pid, withFlags: false)
+        let fromImage = maps.filter { $0.path == image }.reduce(UInt64(0)) { $0 + $1.end - $1.start }
+        #expect(fromImage >= 64 << 20)
+        kill(restored.pid, SIGUSR1)
+        let verify = restored.line(startingWith: "VERIFY")
+        #expect(verify?.hasPrefix("VERIFY OK") == true, "\(verify ?? "no answer")")
+        #expect(field(verify, "sum") == field(ready, "sum"))
+    }
+
     @Test func foregroundRestoreForwardsSignalsAndExitsWithTheStatus() throws {
         let dir = scratchDirectory()
         let program = try Child(Products.harness("heap"), ["8"])

@@ -1,10 +1,11 @@
-// harness-heap MIB [--busy] [--seed N]
+// harness-heap MIB [--busy [--rate MB_PER_S]] [--seed N]
 //
 // Fills MIB mebibytes of anonymous memory with pseudo-random data. On SIGUSR1 it verifies
 // the memory against checksums it keeps and prints "VERIFY OK ..." or "VERIFY FAIL ...".
 // Idle by default (blocked in sigsuspend); with --busy it rewrites random 64 KiB blocks
-// continuously, updating each block's checksum, and records the longest gap between two
-// iterations of its loop (the pause a checkpoint imposes, as the workload sees it).
+// continuously (as fast as it can, or at --rate megabytes per second), updating each block's
+// checksum, and records the longest gap between two iterations of its loop (the pause a
+// checkpoint imposes, as the workload sees it).
 #define _GNU_SOURCE
 #include "harness.h"
 #include <stdio.h>
@@ -20,8 +21,10 @@ int main(int argc, char **argv) {
     size_t mib = strtoull(argv[1], NULL, 10);
     int busy = 0;
     uint64_t seed = 42;
+    double rate = 0;
     for (int i = 2; i < argc; i++) {
         if (!strcmp(argv[i], "--busy")) busy = 1;
+        else if (!strcmp(argv[i], "--rate") && i + 1 < argc) rate = atof(argv[++i]);
         else if (!strcmp(argv[i], "--seed") && i + 1 < argc) seed = strtoull(argv[++i], NULL, 10);
     }
     size_t size = mib << 20, blocks = size / BLOCK;
@@ -38,11 +41,21 @@ int main(int argc, char **argv) {
     harness_say("READY pid=%d mib=%zu sum=%016llx", getpid(), mib, (unsigned long long)total);
 
     uint64_t rng = seed | 1, iterations = 0, max_gap = 0, last = harness_now_ns();
+    // With a rate, block writes are spread out in time; between them the loop still ticks.
+    uint64_t block_ns = rate > 0 ? (uint64_t)(BLOCK / (rate * 1e6) * 1e9) : 0, next_write = last;
     for (;;) {
         if (!busy) {
             harness_wait_for_request();
         } else {
             if (*requests == 0) {
+                if (block_ns) {
+                    uint64_t now = harness_now_ns();
+                    if (now - last > max_gap) max_gap = now - last;
+                    last = now;
+                    if (now < next_write) continue;
+                    next_write += block_ns;
+                    if (next_write < now - 100000000ULL) next_write = now;
+                }
                 size_t b = harness_next(&rng) % blocks;
                 gens[b]++;
                 harness_fill(heap + b * BLOCK, BLOCK, (seed * 1000003 + b) ^ (gens[b] << 32));

@@ -111,6 +111,30 @@ uint64_t wb_xgetbv0(void);
 /// CPUID leaf/subleaf.
 void wb_cpuid(uint32_t leaf, uint32_t subleaf, uint32_t out[4]);
 
+// MARK: - Dirty-page tracking (userfaultfd write-protect in async mode, PAGEMAP_SCAN)
+
+/// pidfd_open + pidfd_getfd: a copy of fd `target_fd` of process `pid`.
+int wb_take_fd(pid_t pid, int target_fd, int *fd);
+/// UFFDIO_API asking for async write-protect; returns the features granted.
+int wb_uffd_api_wp_async(int uffd, uint64_t *features);
+int wb_uffd_register_wp(int uffd, uint64_t start, uint64_t len);
+int wb_uffd_unregister(int uffd, uint64_t start, uint64_t len);
+/// UFFDIO_WRITEPROTECT: protect (1) or unprotect (0) a range.
+int wb_uffd_writeprotect(int uffd, uint64_t start, uint64_t len, int protect);
+
+typedef struct wb_page_region { uint64_t start, end, categories; } wb_page_region;
+enum {
+    WB_PAGE_IS_WPALLOWED = 1 << 0, WB_PAGE_IS_WRITTEN = 1 << 1, WB_PAGE_IS_FILE = 1 << 2,
+    WB_PAGE_IS_PRESENT = 1 << 3, WB_PAGE_IS_SWAPPED = 1 << 4, WB_PAGE_IS_PFNZERO = 1 << 5,
+    WB_PM_SCAN_WP_MATCHING = 1 << 0, WB_PM_SCAN_CHECK_WPASYNC = 1 << 1,
+};
+/// PAGEMAP_SCAN on an open /proc/PID/pagemap (Linux 6.7+; the ioctl is defined here because
+/// Debian's headers predate it). Fills up to `capacity` regions; `walk_end` tells where the
+/// scan stopped (the end of the range when it covered it all).
+int wb_pagemap_scan(int pagemap_fd, uint64_t start, uint64_t end, uint64_t flags,
+                    uint64_t category_mask, uint64_t anyof_mask, uint64_t return_mask,
+                    wb_page_region *regions, uint64_t capacity, uint64_t *count, uint64_t *walk_end);
+
 // MARK: - Starting ordinary programs
 
 /// fork + execve with stdin/stdout/stderr taken from `fd0..fd2` (-1: /dev/null), every

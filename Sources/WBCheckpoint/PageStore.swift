@@ -1,0 +1,188 @@
+import Foundation
+import Glibc
+import WBTrace
+
+/// Puts pages of a process into the image's page section, 8 MiB of reads at a time. All-zero
+/// pages are not stored. Pages in tracked ranges remember where they went, so that a page
+/// written again later is stored again in the same place; the image's page runs for a
+/// mapping are then built from what is where.
+final class PageStore {
+    let memory: ProcessMemory
+    let writer: ImageWriter
+    let checkStop: () throws -> Void
+    private let capacity = 8 << 20
+    private let buffer: UnsafeMutableRawBufferPointer
+    /// Tracked ranges and the data offset of each of their pages (UInt64.max: not stored).
+    private var tables: [(start: UInt64, end: UInt64, offsets: [UInt64])] = []
+    private(set) var storedBytes: UInt64 = 0
+    private(set) var rewrittenBytes: UInt64 = 0
+
+    init(memory: ProcessMemory, writer: ImageWriter, checkStop: @escaping () throws -> Void) {
+        self.memory = memory
+        self.writer = writer
+        self.checkStop = checkStop
+        buffer = .allocate(byteCount: capacity, alignment: 4096)
+    }
+
+    deinit { buffer.deallocate() }
+
+    /// Starts remembering the pages of [start, end).
+    func track(start: UInt64, end: UInt64) {
+        tables.append((start, end, [UInt64](repeating: .max, count: Int((end - start) / 4096))))
+        tables.sort { $0.start < $1.start }
+    }
+
+    private func table(for address: UInt64) -> Int? {
+        var lo = 0, hi = tables.count - 1
+        while lo <= hi {
+            let mid = (lo + hi) / 2
+            if address < tables[mid].start { hi = mid - 1 } else if address >= tables[mid].end { lo = mid + 1 } else { return mid }
+        }
+        return nil
+    }
+
+    var tracking: Bool { !tables.isEmpty }
+
+
+    /// `ranges` cut into the parts inside tracked ranges and the parts outside.
+    func split(_ ranges: [PageScanner.Range]) -> (tracked: [PageScanner.Range], untracked: [PageScanner.Range]) {
+        var tracked: [PageScanner.Range] = [], untracked: [PageScanner.Range] = []
+        for r in ranges {
+            var a = r.start
+            while a < r.end {
+                var piece = r
+                piece.start = a
+                if let t = table(for: a) {
+                    piece.end = min(r.end, tables[t].end)
+                    tracked.append(piece)
+                } else {
+                    let next = tables.first { $0.start > a }?.start ?? r.end
+                    piece.end = min(r.end, next)
+                    untracked.append(piece)
+                }
+                a = piece.end
+            }
+        }
+        return (tracked, untracked)
+    }
+
+    /// Stores the pages of `ranges` (stored again in place when they were stored before).
+    /// Returns the page runs for the pages of untracked memory, relative to `base`.
+    @discardableResult
+    func store(_ ranges: [PageScanner.Range], base: UInt64 = 0) throws -> [PageRun] {
+        var runs: [PageRun] = []
+        var batch: [UInt64] = []
+        for r in ranges {
+            var a = r.start
+            while a < r.end {
+                batch.append(a)
+                if batch.count * 4096 == capacity {
+                    try flush(batch, base: base, runs: &runs)
+                    batch.removeAll(keepingCapacity: true)
+                }
+                a += 4096
+            }
+        }
+        if !batch.isEmpty { try flush(batch, base: base, runs: &runs) }
+        return runs
+    }
+
+    private func flush(_ pages: [UInt64], base: UInt64, runs: inout [PageRun]) throws {
+        try checkStop()
+        var ranges: [UInt64] = []
+        var i = 0
+        while i < pages.count {
+            var j = i
+            while j + 1 < pages.count && pages[j + 1] == pages[j] + 4096 { j += 1 }
+            ranges += [pages[i], UInt64(j - i + 1) * 4096]
+            i = j + 1
+        }
+        try memory.read(ranges: ranges, into: UnsafeMutableRawBufferPointer(rebasing: buffer[0..<(pages.count * 4096)]))
+        // Pages stored before go back to their place, in groups that lie together.
+        var k = 0
+        var fresh: [Int] = []
+        while k < pages.count {
+            guard let t = table(for: pages[k]) else { fresh.append(k); k += 1; continue }
+            let index = Int((pages[k] - tables[t].start) / 4096)
+            let offset = tables[t].offsets[index]
+            if offset == .max { fresh.append(k); k += 1; continue }
+            var n = 1
+            while k + n < pages.count, pages[k + n] == pages[k] + UInt64(n) * 4096, index + n < tables[t].offsets.count,
+                  tables[t].offsets[index + n] == offset + UInt64(n) * 4096 { n += 1 }
+            try writer.rewritePages(UnsafeRawBufferPointer(rebasing: buffer[(k * 4096)..<((k + n) * 4096)]), at: offset)
+            rewrittenBytes += UInt64(n) * 4096
+            k += n
+        }
+        // New non-zero pages are packed to the front and appended in one write.
+        var kept: [Int] = []
+        for k in fresh {
+            let src = buffer.baseAddress! + k * 4096
+            if MemoryCompare.isZero(src, count: 4096) { continue }
+            let dst = kept.count
+            if dst != k { (buffer.baseAddress! + dst * 4096).copyMemory(from: src, byteCount: 4096) }
+            kept.append(k)
+        }
+        guard !kept.isEmpty else { return }
+        let at = try writer.appendPages(UnsafeRawBufferPointer(rebasing: buffer[0..<(kept.count * 4096)]))
+        storedBytes += UInt64(kept.count) * 4096
+        for (n, k) in kept.enumerated() {
+            let offset = at + UInt64(n) * 4096
+            if let t = table(for: pages[k]) {
+                tables[t].offsets[Int((pages[k] - tables[t].start) / 4096)] = offset
+            } else {
+                PageStore.append(page: UInt32((pages[k] - base) / 4096), offset: offset, to: &runs)
+            }
+        }
+    }
+
+    /// The stored runs of a tracked mapping [start, end), for the pages `present` says are
+    /// there now (pages gone since they were stored are not part of the image).
+    func runs(start: UInt64, end: UInt64, present: [PageScanner.Range]) -> [PageRun] {
+        var runs: [PageRun] = []
+        for r in present {
+            var a = max(r.start, start)
+            let stop = min(r.end, end)
+            while a < stop {
+                guard let t = table(for: a) else { a += 4096; continue }
+                let table = tables[t]
+                var index = Int((a - table.start) / 4096)
+                let last = Int((min(stop, table.end) - table.start) / 4096)
+                while index < last {
+                    let offset = table.offsets[index]
+                    if offset != .max {
+                        PageStore.append(page: UInt32((table.start + UInt64(index) * 4096 - start) / 4096), offset: offset, to: &runs)
+                    }
+                    index += 1
+                }
+                a = table.start + UInt64(last) * 4096
+            }
+        }
+        return runs
+    }
+
+    /// Two lists of runs of one mapping, merged in page order.
+    static func merge(_ a: [PageRun], _ b: [PageRun]) -> [PageRun] {
+        var out: [PageRun] = []
+        var i = 0, j = 0
+        while i < a.count || j < b.count {
+            let next: PageRun
+            if j >= b.count || (i < a.count && a[i].page < b[j].page) { next = a[i]; i += 1 } else { next = b[j]; j += 1 }
+            if var last = out.last, last.page + last.count == next.page, last.dataOffset + last.byteCount == next.dataOffset {
+                last.count += next.count
+                out[out.count - 1] = last
+            } else {
+                out.append(next)
+            }
+        }
+        return out
+    }
+
+    static func append(page: UInt32, offset: UInt64, to runs: inout [PageRun]) {
+        if var last = runs.last, last.page + last.count == page, last.dataOffset + last.byteCount == offset {
+            last.count += 1
+            runs[runs.count - 1] = last
+        } else {
+            runs.append(PageRun(page: page, count: 1, dataOffset: offset))
+        }
+    }
+}

@@ -1,0 +1,74 @@
+import CWBNative
+import Glibc
+
+/// Which pages of a running process were written since wb last looked: its anonymous memory
+/// is write-protected with a userfaultfd in async mode (the kernel resolves each first write
+/// by itself and marks the page written), and `PageScanner` reports, and re-protects, the
+/// written pages. The process is never stopped for it, and if wb dies the protection goes
+/// with the userfaultfd: the process does not notice.
+public final class DirtyTracker {
+    public let pid: Int32
+    private let uffd: FileDescriptor
+    /// The ranges registered for tracking.
+    public private(set) var ranges: [(start: UInt64, end: UInt64)] = []
+
+    /// Creates the userfaultfd inside the stopped process (it must be made by the process
+    /// whose memory it tracks) and takes it over; the process keeps no copy.
+    public init(tracee: Tracee, syscalls: RemoteSyscalls) throws {
+        pid = tracee.pid
+        let remote = try syscalls.call(.userfaultfd, UInt64(O_CLOEXEC | O_NONBLOCK), what: "creating a userfaultfd")
+        var local: Int32 = -1
+        let e = wb_take_fd(pid, Int32(remote), &local)
+        _ = try? syscalls.raw(.close, remote)
+        try check(e, "pidfd_getfd", "taking the userfaultfd of pid \(pid)", pid: pid)
+        uffd = FileDescriptor(owning: local)
+        var features: UInt64 = 0
+        try check(wb_uffd_api_wp_async(local, &features), "ioctl(UFFDIO_API)", "enabling asynchronous write-protect")
+    }
+
+    /// Registers a range; false when the kernel will not track it (not anonymous memory).
+    @discardableResult
+    public func register(start: UInt64, end: UInt64) -> Bool {
+        guard wb_uffd_register_wp(uffd.rawValue, start, end - start) == 0 else { return false }
+        ranges.append((start, end))
+        return true
+    }
+
+    /// Write-protects every registered range, 64 MiB at a time so the process's own page
+    /// faults are never held up for long.
+    public func protectAll() throws {
+        for r in ranges {
+            var at = r.start
+            while at < r.end {
+                let len = min(64 << 20, r.end - at)
+                let e = wb_uffd_writeprotect(uffd.rawValue, at, len, 1)
+                if e != 0 && e != ENOENT { try check(e, "ioctl(UFFDIO_WRITEPROTECT)", "write-protecting \(hex(at))") }
+                at += len
+            }
+        }
+    }
+
+    /// Removes every protection and the registration (in 64 MiB steps), then the userfaultfd.
+    public func release() {
+        for r in ranges {
+            var at = r.start
+            while at < r.end {
+                let len = min(64 << 20, r.end - at)
+                _ = wb_uffd_writeprotect(uffd.rawValue, at, len, 0)
+                at += len
+            }
+            _ = wb_uffd_unregister(uffd.rawValue, r.start, r.end - r.start)
+        }
+        ranges = []
+        uffd.close()
+    }
+
+    /// Whether this kernel has PAGEMAP_SCAN (Linux 6.7+), asked of an empty range.
+    public static var supported: Bool {
+        guard let fd = try? FileDescriptor.open("/proc/self/pagemap", O_RDONLY) else { return false }
+        var region = wb_page_region()
+        var count: UInt64 = 0, walkEnd: UInt64 = 0
+        return wb_pagemap_scan(fd.rawValue, 0x1000, 0x2000, 0, 0, UInt64(WB_PAGE_IS_PRESENT), UInt64(WB_PAGE_IS_PRESENT),
+                               &region, 1, &count, &walkEnd) == 0
+    }
+}

@@ -1,0 +1,77 @@
+import CWBNative
+import Glibc
+
+/// Which pages of a process are there: PAGEMAP_SCAN (Linux 6.7+) answers in ranges, so a
+/// terabyte reservation with three pages in it costs three entries; older kernels get the
+/// one-word-per-page /proc/PID/pagemap.
+public struct PageScanner {
+    public struct Range: Sendable, Equatable {
+        public var start: UInt64
+        public var end: UInt64
+        /// Backed by a file page (or shared memory), not a private copy.
+        public var file: Bool
+        /// Written since the range was last write-protected (dirty tracking).
+        public var written: Bool
+    }
+
+    let pid: Int32
+    let pagemap: FileDescriptor
+    let ranged: Bool
+
+    public init(pid: Int32) throws {
+        self.pid = pid
+        pagemap = try FileDescriptor.open("/proc/\(pid)/pagemap", O_RDONLY, what: "opening the page map of pid \(pid)")
+        ranged = DirtyTracker.supported
+    }
+
+    /// Present or swapped pages of [start, end). `writtenOnly` keeps only pages written since
+    /// they were write-protected, and `reprotect` protects those again in the same pass.
+    public func scan(start: UInt64, end: UInt64, writtenOnly: Bool = false, reprotect: Bool = false) throws -> [Range] {
+        guard ranged else { return try scanWords(start: start, end: end) }
+        var out: [Range] = []
+        var regions = [wb_page_region](repeating: wb_page_region(), count: 4096)
+        let there = UInt64(WB_PAGE_IS_PRESENT | WB_PAGE_IS_SWAPPED)
+        let written = UInt64(WB_PAGE_IS_WRITTEN), file = UInt64(WB_PAGE_IS_FILE)
+        let flags = UInt64(reprotect ? (WB_PM_SCAN_WP_MATCHING | WB_PM_SCAN_CHECK_WPASYNC) : 0)
+        var at = start
+        while at < end {
+            var count: UInt64 = 0, walkEnd: UInt64 = 0
+            let e = regions.withUnsafeMutableBufferPointer {
+                wb_pagemap_scan(pagemap.rawValue, at, end, flags, writtenOnly ? written : 0, writtenOnly ? 0 : there,
+                                there | written | file, $0.baseAddress, UInt64($0.count), &count, &walkEnd)
+            }
+            if e == ESRCH { throw WBError.processGone(pid: pid, what: "scanning memory") }
+            try check(e, "ioctl(PAGEMAP_SCAN)", "scanning the memory of pid \(pid) at \(hex(at))")
+            // When the vector fills up the last region can reach past walk_end, where the next
+            // call starts: it is cut there so no page is reported twice.
+            for r in regions.prefix(Int(count)) where (!writtenOnly || r.categories & there != 0) && r.start < min(r.end, walkEnd) {
+                out.append(Range(start: r.start, end: min(r.end, walkEnd), file: r.categories & file != 0 && r.categories & UInt64(WB_PAGE_IS_SWAPPED) == 0,
+                                 written: r.categories & written != 0))
+            }
+            if walkEnd <= at || walkEnd >= end { break }
+            at = walkEnd
+        }
+        return out
+    }
+
+    private func scanWords(start: UInt64, end: UInt64) throws -> [Range] {
+        var out: [Range] = []
+        var first = start
+        while first < end {
+            let last = min(end, first + (UInt64(1) << 28))
+            let words = try ProcFS.pagemap(pagemap, start: first, end: last)
+            for (i, w) in words.enumerated() where w & (ProcFS.pagePresent | ProcFS.pageSwapped) != 0 {
+                let a = first + UInt64(i) * 4096
+                let file = w & ProcFS.pageFileOrSharedAnon != 0 && w & ProcFS.pageSwapped == 0
+                if var l = out.last, l.end == a, l.file == file {
+                    l.end = a + 4096
+                    out[out.count - 1] = l
+                } else {
+                    out.append(Range(start: a, end: a + 4096, file: file, written: true))
+                }
+            }
+            first = last
+        }
+        return out
+    }
+}

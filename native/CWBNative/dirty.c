@@ -1,0 +1,80 @@
+// Dirty-page tracking for checkpoints that pause a process only briefly: wb write-protects
+// the process's anonymous memory with a userfaultfd in async mode (the kernel resolves the
+// faults itself and only records that a page was written), copies memory while the process
+// runs, and asks PAGEMAP_SCAN which pages were written since.
+#define _GNU_SOURCE
+#include "wb_native.h"
+#include <errno.h>
+#include <linux/userfaultfd.h>
+#include <stdint.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#ifndef UFFD_FEATURE_WP_ASYNC
+#define UFFD_FEATURE_WP_ASYNC (1 << 15)
+#endif
+
+// Mirrors struct pm_scan_arg / PAGEMAP_SCAN from linux/fs.h (Linux 6.7).
+struct wb_pm_scan_arg {
+    uint64_t size, flags, start, end, walk_end, vec, vec_len, max_pages;
+    uint64_t category_inverted, category_mask, category_anyof_mask, return_mask;
+};
+_Static_assert(sizeof(struct wb_pm_scan_arg) == 96, "struct pm_scan_arg is 96 bytes");
+_Static_assert(sizeof(wb_page_region) == 24, "struct page_region is 24 bytes");
+#define WB_PAGEMAP_SCAN _IOWR('f', 16, struct wb_pm_scan_arg)
+
+int wb_take_fd(pid_t pid, int target_fd, int *fd) {
+    int pidfd = (int)syscall(SYS_pidfd_open, pid, 0);
+    if (pidfd < 0) return errno;
+    int got = (int)syscall(SYS_pidfd_getfd, pidfd, target_fd, 0);
+    int e = errno;
+    close(pidfd);
+    if (got < 0) return e;
+    *fd = got;
+    return 0;
+}
+
+int wb_uffd_api_wp_async(int uffd, uint64_t *features) {
+    struct uffdio_api api = { .api = UFFD_API, .features = UFFD_FEATURE_PAGEFAULT_FLAG_WP | UFFD_FEATURE_WP_ASYNC };
+    if (ioctl(uffd, UFFDIO_API, &api) != 0) return errno;
+    *features = api.features;
+    return 0;
+}
+
+int wb_uffd_register_wp(int uffd, uint64_t start, uint64_t len) {
+    struct uffdio_register reg = { .range = { start, len }, .mode = UFFDIO_REGISTER_MODE_WP };
+    return ioctl(uffd, UFFDIO_REGISTER, &reg) == 0 ? 0 : errno;
+}
+
+int wb_uffd_unregister(int uffd, uint64_t start, uint64_t len) {
+    struct uffdio_range range = { start, len };
+    return ioctl(uffd, UFFDIO_UNREGISTER, &range) == 0 ? 0 : errno;
+}
+
+int wb_uffd_writeprotect(int uffd, uint64_t start, uint64_t len, int protect) {
+    struct uffdio_writeprotect wp = { .range = { start, len }, .mode = protect ? UFFDIO_WRITEPROTECT_MODE_WP : 0 };
+    return ioctl(uffd, UFFDIO_WRITEPROTECT, &wp) == 0 ? 0 : errno;
+}
+
+int wb_pagemap_scan(int pagemap_fd, uint64_t start, uint64_t end, uint64_t flags,
+                    uint64_t category_mask, uint64_t anyof_mask, uint64_t return_mask,
+                    wb_page_region *regions, uint64_t capacity, uint64_t *count, uint64_t *walk_end) {
+    struct wb_pm_scan_arg arg;
+    memset(&arg, 0, sizeof arg);
+    arg.size = sizeof arg;
+    arg.flags = flags;
+    arg.start = start;
+    arg.end = end;
+    arg.vec = (uint64_t)(uintptr_t)regions;
+    arg.vec_len = capacity;
+    arg.category_mask = category_mask;
+    arg.category_anyof_mask = anyof_mask;
+    arg.return_mask = return_mask;
+    long n = ioctl(pagemap_fd, WB_PAGEMAP_SCAN, &arg);
+    if (n < 0) return errno;
+    *count = (uint64_t)n;
+    *walk_end = arg.walk_end;
+    return 0;
+}
