@@ -68,12 +68,12 @@ extension Checkpointer {
                 }
             }
             if policy != .none && ((e.rssKB ?? 1) > 0 || (e.swapKB ?? 1) > 0) {
-                var present = try scanner.scan(start: e.start, end: e.end)
+                var present = try scanner.scan(start: e.start, end: e.end, fileInfo: policy == .privateCopies)
                 if policy == .privateCopies { present.removeAll(where: \.file) }
                 let (tracked, untracked) = store.split(present)
                 // Tracked memory was stored while the process ran: only pages written since
                 // are stored again now.
-                try store.store(tracked.filter(\.written))
+                try store.store(tracked.filter(\.written), hold: true)
                 let runs = try store.store(untracked, base: e.start)
                 if tracked.isEmpty {
                     m.pages = runs

@@ -39,6 +39,13 @@ public struct CheckpointResult: Sendable {
     public var pauseSeconds: Double
     /// Every stop, in order.
     public var pauses: [Double]
+    /// Where the final stop went: phase name and seconds, in order.
+    public var phases: [Phase]
+
+    public struct Phase: Codable, Sendable {
+        public var name: String
+        public var seconds: Double
+    }
     public var totalSeconds: Double
     public var notes: [String]
 }
@@ -95,18 +102,29 @@ public final class Checkpointer {
         progress("stopping \(plan.threads) thread(s) of pid \(pid)")
         let tracee = try Tracee.seize(pid)
         let stopped = Clock.now
+        var phases: [CheckpointResult.Phase] = []
+        var lap = stopped
+        func phase(_ name: String) {
+            let now = Clock.now
+            phases.append(.init(name: name, seconds: now - lap))
+            lap = now
+        }
         var released = false
         defer { if !released { tracee.detach() } }
         try checkStop()
         var process = try captureThreads(tracee)
+        phase("threads")
         try checkStop()
         try captureProcess(tracee, into: &process)
+        phase("process state")
         try checkStop()
         progress("copying memory")
         var deferred: [DeferredRuns] = []
         var files = try captureMemory(memory, into: &process, store: store, scanner: scanner, writer: writer, deferred: &deferred)
+        phase("memory")
         try checkStop()
         try captureFiles(tracee, into: &process, writer: writer, plan: plan)
+        phase("files")
         try checkStop()
         // Signals a thread had already dequeued when it stopped are pending in the image.
         for (i, t) in process.threads.enumerated() {
@@ -118,12 +136,14 @@ public final class Checkpointer {
         if options.after == .leaveRunning {
             tracee.detach()
             released = true
+            phase("resume")
             pauses.append(Clock.now - stopped)
             tracker?.release()
             tracker = nil
         }
 
         // The rest needs no stopped process: page runs, mapped files, flags, the image itself.
+        try store.writeHeld()
         for d in deferred {
             process.mappings[d.mapping].pages = PageStore.merge(store.runs(start: d.start, end: d.end, present: d.present), d.untracked)
         }
@@ -151,7 +171,7 @@ public final class Checkpointer {
         let stored = process.mappings.reduce(UInt64(0)) { $0 + UInt64($1.storedPageCount) * 4096 }
         return CheckpointResult(path: writer.path, pid: pid, threads: process.threads.count, mappings: process.mappings.count,
                                 storedPageBytes: stored, embeddedFiles: writer.embeddedFiles.count,
-                                imageBytes: check.fileSize, pauseSeconds: pauses.max() ?? 0, pauses: pauses,
+                                imageBytes: check.fileSize, pauseSeconds: pauses.max() ?? 0, pauses: pauses, phases: phases,
                                 totalSeconds: Clock.now - started, notes: notes)
     }
 

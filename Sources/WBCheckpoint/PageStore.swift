@@ -24,7 +24,10 @@ final class PageStore {
         buffer = .allocate(byteCount: capacity, alignment: 4096)
     }
 
-    deinit { buffer.deallocate() }
+    deinit {
+        buffer.deallocate()
+        for h in held { h.data.deallocate() }
+    }
 
     /// Starts remembering the pages of [start, end).
     func track(start: UInt64, end: UInt64) {
@@ -66,29 +69,47 @@ final class PageStore {
         return (tracked, untracked)
     }
 
+    /// Pages of tracked memory read with `hold` and not written to the image yet.
+    private var held: [(pages: [UInt64], data: UnsafeMutableRawBufferPointer)] = []
+
     /// Stores the pages of `ranges` (stored again in place when they were stored before).
-    /// Returns the page runs for the pages of untracked memory, relative to `base`.
+    /// Returns the page runs for the pages of untracked memory, relative to `base`. With
+    /// `hold` (tracked pages only) the pages are only read into memory now, the fast part,
+    /// and written to the image by `writeHeld`, so a stopped process waits for reads only.
     @discardableResult
-    func store(_ ranges: [PageScanner.Range], base: UInt64 = 0) throws -> [PageRun] {
+    func store(_ ranges: [PageScanner.Range], base: UInt64 = 0, hold: Bool = false) throws -> [PageRun] {
         var runs: [PageRun] = []
         var batch: [UInt64] = []
+        func flush() throws {
+            try checkStop()
+            let data = hold ? UnsafeMutableRawBufferPointer.allocate(byteCount: batch.count * 4096, alignment: 4096) : buffer
+            try read(batch, into: data)
+            if hold { held.append((batch, data)) } else { try place(batch, from: data, base: base, runs: &runs) }
+            batch.removeAll(keepingCapacity: true)
+        }
         for r in ranges {
             var a = r.start
             while a < r.end {
                 batch.append(a)
-                if batch.count * 4096 == capacity {
-                    try flush(batch, base: base, runs: &runs)
-                    batch.removeAll(keepingCapacity: true)
-                }
+                if batch.count * 4096 == capacity { try flush() }
                 a += 4096
             }
         }
-        if !batch.isEmpty { try flush(batch, base: base, runs: &runs) }
+        if !batch.isEmpty { try flush() }
         return runs
     }
 
-    private func flush(_ pages: [UInt64], base: UInt64, runs: inout [PageRun]) throws {
-        try checkStop()
+    /// Writes the pages `store(hold:)` read.
+    func writeHeld() throws {
+        var ignored: [PageRun] = []
+        for (pages, data) in held {
+            try place(pages, from: data, base: 0, runs: &ignored)
+            data.deallocate()
+        }
+        held = []
+    }
+
+    private func read(_ pages: [UInt64], into data: UnsafeMutableRawBufferPointer) throws {
         var ranges: [UInt64] = []
         var i = 0
         while i < pages.count {
@@ -97,7 +118,11 @@ final class PageStore {
             ranges += [pages[i], UInt64(j - i + 1) * 4096]
             i = j + 1
         }
-        try memory.read(ranges: ranges, into: UnsafeMutableRawBufferPointer(rebasing: buffer[0..<(pages.count * 4096)]))
+        try memory.read(ranges: ranges, into: UnsafeMutableRawBufferPointer(rebasing: data[0..<(pages.count * 4096)]))
+    }
+
+    /// Puts read pages into the image: back in place when stored before, else appended.
+    private func place(_ pages: [UInt64], from buffer: UnsafeMutableRawBufferPointer, base: UInt64, runs: inout [PageRun]) throws {
         // Pages stored before go back to their place, in groups that lie together.
         var k = 0
         var fresh: [Int] = []

@@ -26,12 +26,15 @@ public struct PageScanner {
 
     /// Present or swapped pages of [start, end). `writtenOnly` keeps only pages written since
     /// they were write-protected, and `reprotect` protects those again in the same pass.
-    public func scan(start: UInt64, end: UInt64, writtenOnly: Bool = false, reprotect: Bool = false) throws -> [Range] {
+    /// `fileInfo` asks whether pages are file-backed, which makes the kernel look at every
+    /// page's struct page: several times slower.
+    public func scan(start: UInt64, end: UInt64, writtenOnly: Bool = false, reprotect: Bool = false,
+                     fileInfo: Bool = false) throws -> [Range] {
         guard ranged else { return try scanWords(start: start, end: end) }
         var out: [Range] = []
         var regions = [wb_page_region](repeating: wb_page_region(), count: 4096)
         let there = UInt64(WB_PAGE_IS_PRESENT | WB_PAGE_IS_SWAPPED)
-        let written = UInt64(WB_PAGE_IS_WRITTEN), file = UInt64(WB_PAGE_IS_FILE)
+        let written = UInt64(WB_PAGE_IS_WRITTEN), file = fileInfo ? UInt64(WB_PAGE_IS_FILE) : 0
         let flags = UInt64(reprotect ? (WB_PM_SCAN_WP_MATCHING | WB_PM_SCAN_CHECK_WPASYNC) : 0)
         var at = start
         while at < end {

@@ -107,11 +107,13 @@ struct CheckpointCommand: ParsableCommand {
 
 struct CheckpointReport: Encodable {
     var image: String, pid: Int32, threads: Int, mappings: Int, memoryBytes: UInt64, embeddedFiles: Int
-    var imageBytes: UInt64, pauseSeconds: Double, totalSeconds: Double, notes: [String]
+    var imageBytes: UInt64, pauseSeconds: Double, pauses: [Double], stopPhases: [CheckpointResult.Phase]
+    var totalSeconds: Double, notes: [String]
 
     init(_ r: CheckpointResult) {
         image = r.path; pid = r.pid; threads = r.threads; mappings = r.mappings; memoryBytes = r.storedPageBytes
         embeddedFiles = r.embeddedFiles; imageBytes = r.imageBytes; pauseSeconds = r.pauseSeconds
+        pauses = r.pauses; stopPhases = r.phases
         totalSeconds = r.totalSeconds; notes = r.notes
     }
 }
