@@ -68,7 +68,7 @@ extension Checkpointer {
                 }
             }
             if policy != .none && ((e.rssKB ?? 1) > 0 || (e.swapKB ?? 1) > 0) {
-                var present = try scanner.scan(start: e.start, end: e.end, fileInfo: policy == .privateCopies)
+                var present = try scanner.scanInParallel(start: e.start, end: e.end, fileInfo: policy == .privateCopies)
                 if policy == .privateCopies { present.removeAll(where: \.file) }
                 let (tracked, untracked) = store.split(present)
                 // Tracked memory was stored while the process ran: only pages written since

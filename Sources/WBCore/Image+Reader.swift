@@ -58,7 +58,8 @@ public final class Image: @unchecked Sendable {
         for s in header.sections where s.kind != .metadata && (only?.contains(s.kind) ?? true) {
             let region = try MappedRegion(file: fd, offset: s.offset, count: Int(s.length))
             region.adviseSequential()
-            guard region.withBytes({ Checksum.of($0) }) == s.checksum else {
+            let sum = region.withBytes { s.kind == .pages ? PageChecksum.of($0) : Checksum.of($0) }
+            guard sum == s.checksum else {
                 throw WBError.badImage(path: path, problem: "corrupted data: checksum mismatch in section \(s.kind.name) (bytes \(s.offset)-\(s.end - 1))")
             }
         }

@@ -15,8 +15,7 @@ public final class ImageWriter {
     private var embedded: [ContentHash: EmbeddedFile] = [:]
     private var embeddedOrder: [ContentHash] = []
     private var finished = false
-    /// Pages were written again in place, so the page section's checksum is computed anew.
-    private var rewritten = false
+    private var pageChecksum = PageChecksum()
 
     public init(path: String) throws {
         self.path = path
@@ -48,12 +47,7 @@ public final class ImageWriter {
     private func end() throws {
         guard let c = current else { return }
         try pad()
-        var sum = c.checksum.finish()
-        if c.kind == .pages && rewritten {
-            let region = try MappedRegion(file: fd, offset: c.start, count: Int(cursor - c.start))
-            region.adviseSequential()
-            sum = region.withBytes { Checksum.of($0) }
-        }
+        let sum = c.kind == .pages ? pageChecksum.digest : c.checksum.finish()
         sections.append(.init(kind: c.kind, offset: c.start, length: cursor - c.start, checksum: sum))
         current = nil
     }
@@ -68,7 +62,7 @@ public final class ImageWriter {
 
     private func write(_ bytes: UnsafeRawBufferPointer) throws {
         try withContext("writing image \(path)") { try fd.write(bytes, at: cursor) }
-        current?.checksum.update(bytes)
+        if current?.kind != .pages { current?.checksum.update(bytes) }
         cursor += UInt64(bytes.count)
     }
 
@@ -79,6 +73,7 @@ public final class ImageWriter {
         precondition(current?.kind == .pages && UInt64(bytes.count) % ImageFormat.pageSize == 0)
         let offset = cursor - current!.start
         try write(bytes)
+        pageChecksum.set(first: Int(offset / 4096), bytes)
         return offset
     }
 
@@ -87,7 +82,7 @@ public final class ImageWriter {
     public func rewritePages(_ bytes: UnsafeRawBufferPointer, at offset: UInt64) throws {
         precondition(current?.kind == .pages && offset + UInt64(bytes.count) <= cursor - current!.start)
         try withContext("writing image \(path)") { try fd.write(bytes, at: current!.start + offset) }
-        rewritten = true
+        pageChecksum.set(first: Int(offset / 4096), bytes)
     }
 
     /// Offset within the page section where the next pages will go.

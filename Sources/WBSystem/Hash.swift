@@ -77,3 +77,27 @@ public struct ContentHasher {
         return ContentHash(high: h.high, low: h.low)
     }
 }
+
+/// The checksum of a page section: XXH3-64 over the XXH3-64 of each 4096-byte page, so a
+/// page stored again in place changes only its own entry.
+public struct PageChecksum {
+    private var hashes: [UInt64] = []
+
+    public init() {}
+
+    /// Records the pages of `bytes` as pages `first`, `first + 1`, ... of the section.
+    public mutating func set(first: Int, _ bytes: UnsafeRawBufferPointer) {
+        let pages = bytes.count / 4096
+        if hashes.count < first + pages { hashes.append(contentsOf: repeatElement(0, count: first + pages - hashes.count)) }
+        hashes.withUnsafeMutableBufferPointer { wb_page_hashes(bytes.baseAddress, pages, $0.baseAddress! + first) }
+    }
+
+    public var digest: UInt64 { hashes.withUnsafeBytes { Checksum.of($0) } }
+
+    /// The checksum of a whole page section.
+    public static func of(_ bytes: UnsafeRawBufferPointer) -> UInt64 {
+        var c = PageChecksum()
+        c.set(first: 0, bytes)
+        return c.digest
+    }
+}

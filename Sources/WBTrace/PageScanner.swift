@@ -1,10 +1,12 @@
 import CWBNative
+import Dispatch
+import Foundation
 import Glibc
 
 /// Which pages of a process are there: PAGEMAP_SCAN (Linux 6.7+) answers in ranges, so a
 /// terabyte reservation with three pages in it costs three entries; older kernels get the
 /// one-word-per-page /proc/PID/pagemap.
-public struct PageScanner {
+public struct PageScanner: @unchecked Sendable {
     public struct Range: Sendable, Equatable {
         public var start: UInt64
         public var end: UInt64
@@ -55,6 +57,26 @@ public struct PageScanner {
             at = walkEnd
         }
         return out
+    }
+
+    /// `scan` of a large range split over the CPUs: the kernel's page-table walk is the whole
+    /// cost of scanning gigabytes, and it parallelizes.
+    public func scanInParallel(start: UInt64, end: UInt64, fileInfo: Bool = false) throws -> [Range] {
+        let parts = min(ProcessInfo.processInfo.activeProcessorCount, 8)
+        guard parts > 1, ranged, end - start >= 256 << 20 else { return try scan(start: start, end: end, fileInfo: fileInfo) }
+        let step = ((end - start) / UInt64(parts) + 0x1FFFFF) & ~0x1FFFFF
+        let results = UnsafeMutableBufferPointer<Result<[Range], Error>>.allocate(capacity: parts)
+        results.initialize(repeating: .success([]))
+        defer { results.deallocate() }
+        let this = self
+        nonisolated(unsafe) let out = results
+        DispatchQueue.concurrentPerform(iterations: parts) { i in
+            let a = start + UInt64(i) * step, b = min(end, a + step)
+            out[i] = a < b ? Result { try this.scan(start: a, end: b, fileInfo: fileInfo) } : .success([])
+        }
+        var all: [Range] = []
+        for r in results { all += try r.get() }
+        return all
     }
 
     private func scanWords(start: UInt64, end: UInt64) throws -> [Range] {

@@ -38,6 +38,11 @@ int wb_madvise(void *p, size_t len, int advice) { return madvise(p, len, advice)
 
 uint64_t wb_hash64(const void *p, size_t len, uint64_t seed) { return XXH3_64bits_withSeed(p, len, seed); }
 
+void wb_page_hashes(const void *p, size_t pages, uint64_t *out) {
+    const unsigned char *b = p;
+    for (size_t i = 0; i < pages; i++) out[i] = XXH3_64bits(b + i * 4096, 4096);
+}
+
 wb_hash128 wb_hash128_of(const void *p, size_t len) {
     XXH128_hash_t h = XXH3_128bits(p, len);
     return (wb_hash128){ h.low64, h.high64 };

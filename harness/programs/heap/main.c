@@ -40,7 +40,7 @@ int main(int argc, char **argv) {
     uint64_t total = harness_checksum(heap, size);
     harness_say("READY pid=%d mib=%zu sum=%016llx", getpid(), mib, (unsigned long long)total);
 
-    uint64_t rng = seed | 1, iterations = 0, max_gap = 0, last = harness_now_ns();
+    uint64_t rng = seed | 1, iterations = 0, max_gap = 0, max_gap_at = 0, last = harness_now_ns();
     // With a rate, block writes are spread out in time; between them the loop still ticks.
     uint64_t block_ns = rate > 0 ? (uint64_t)(BLOCK / (rate * 1e6) * 1e9) : 0, next_write = last;
     for (;;) {
@@ -50,7 +50,7 @@ int main(int argc, char **argv) {
             if (*requests == 0) {
                 if (block_ns) {
                     uint64_t now = harness_now_ns();
-                    if (now - last > max_gap) max_gap = now - last;
+                    if (now - last > max_gap) { max_gap = now - last; max_gap_at = last; }
                     last = now;
                     if (now < next_write) continue;
                     next_write += block_ns;
@@ -62,7 +62,7 @@ int main(int argc, char **argv) {
                 sums[b] = harness_checksum(heap + b * BLOCK, BLOCK);
                 iterations++;
                 uint64_t now = harness_now_ns();
-                if (now - last > max_gap) max_gap = now - last;
+                if (now - last > max_gap) { max_gap = now - last; max_gap_at = last; }
                 last = now;
                 continue;
             }
@@ -81,9 +81,9 @@ int main(int argc, char **argv) {
         }
         uint64_t now = harness_now_ns();
         if (bad) harness_say("VERIFY FAIL bad_blocks=%zu of %zu", bad, blocks);
-        else harness_say("VERIFY OK pid=%d mib=%zu sum=%016llx iterations=%llu max_gap_us=%llu", getpid(), mib,
+        else harness_say("VERIFY OK pid=%d mib=%zu sum=%016llx iterations=%llu max_gap_us=%llu max_gap_at=%llu", getpid(), mib,
                          (unsigned long long)harness_checksum(heap, size), (unsigned long long)iterations,
-                         (unsigned long long)(max_gap / 1000));
+                         (unsigned long long)(max_gap / 1000), (unsigned long long)max_gap_at);
         max_gap = 0;
         last = harness_now_ns();
         (void)now;

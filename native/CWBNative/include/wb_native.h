@@ -154,6 +154,8 @@ int wb_madvise(void *p, size_t len, int advice);
 // MARK: - Hashing (xxHash, compiled in from the system's xxhash.h)
 
 uint64_t wb_hash64(const void *p, size_t len, uint64_t seed);
+/// XXH3-64 of each 4096-byte page of `p` into `out[pages]`.
+void wb_page_hashes(const void *p, size_t pages, uint64_t *out);
 typedef struct wb_hash128 { uint64_t low, high; } wb_hash128;
 wb_hash128 wb_hash128_of(const void *p, size_t len);
 /// Streaming 64-bit hash: an opaque state allocated by wb_hash_stream_new.
