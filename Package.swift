@@ -3,12 +3,12 @@
 import PackageDescription
 
 /// C executables built by SwiftPM are linked by swiftc; they are ordinary glibc programs.
-func harnessProgram(_ name: String) -> Target {
+func harnessProgram(_ name: String, optimize: Bool = true) -> Target {
     .executableTarget(
         name: "harness-\(name)",
         dependencies: ["HarnessSupport"],
         path: "harness/programs/\(name)",
-        cSettings: [.unsafeFlags(["-O2", "-mavx2", "-pthread"])],
+        cSettings: [.unsafeFlags([optimize ? "-O2" : "-O0", "-g", "-mavx2", "-pthread"])],
         linkerSettings: [.linkedLibrary("pthread")])
 }
 
@@ -25,6 +25,12 @@ let package = Package(
         .target(
             name: "CWBNative",
             path: "native/CWBNative",
+            cSettings: [.unsafeFlags(["-O2"])]),
+        // Unwinding and symbolization over libdwfl.
+        .target(
+            name: "CWBSymbols",
+            dependencies: ["CLibDW"],
+            path: "native/CWBSymbols",
             cSettings: [.unsafeFlags(["-O2"])]),
         // System libraries through pkg-config.
         .systemLibrary(
@@ -44,12 +50,14 @@ let package = Package(
         .target(name: "WBSystem", dependencies: ["CWBNative"]),
         .target(name: "WBCore", dependencies: ["WBSystem"]),
         .target(name: "WBTrace", dependencies: ["WBCore", "WBSystem", "CWBNative"]),
+        .target(name: "WBSymbols", dependencies: ["WBCore", "CWBSymbols"]),
         .target(name: "WBCheckpoint", dependencies: ["WBTrace", "WBCore"]),
         .target(name: "WBRestore", dependencies: ["WBTrace", "WBCore"]),
+        .target(name: "WBDebug", dependencies: ["WBCore", "WBTrace", "WBRestore"]),
         .executableTarget(
             name: "wb",
             dependencies: [
-                "WBCore", "WBCheckpoint", "WBRestore",
+                "WBCore", "WBCheckpoint", "WBRestore", "WBSymbols", "WBDebug",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]),
 
@@ -59,7 +67,8 @@ let package = Package(
         harnessProgram("heap"),
         harnessProgram("threads"),
         harnessProgram("state"),
-        harnessProgram("service"),
+        // Debugged in tests: built without optimization so every local is visible.
+        harnessProgram("service", optimize: false),
         harnessProgram("holder"),
         harnessProgram("events"),
         harnessProgram("strings"),

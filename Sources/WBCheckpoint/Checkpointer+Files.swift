@@ -60,6 +60,15 @@ struct FileEmbedder {
 }
 
 extension Checkpointer {
+    /// Stores the deleted files' contents `captureFiles` read.
+    func embedDeletedFiles(_ contents: [Int32: [UInt8]], into p: inout ProcessState, writer: ImageWriter) throws {
+        for i in p.fds.indices {
+            guard let bytes = contents[p.fds[i].fd] else { continue }
+            let entry = try withContext("storing deleted file \(p.fds[i].path)") { try writer.embed(bytes: bytes, path: p.fds[i].path) }
+            p.fds[i].content = entry.hash
+        }
+    }
+
     /// Embeds the mapped files and records their content hashes in the mappings.
     func embedMappedFiles(_ files: inout FileEmbedder, into p: inout ProcessState) throws {
         let hashes = try files.embedAll()
@@ -69,8 +78,10 @@ extension Checkpointer {
         if let exe = p.exeFile, let h = hashes[FileEmbedder.key(exe)] { p.exeFile?.content = h }
     }
 
-    /// Every fd: what it is, its flags and offset; deleted files' contents; pipe buffers.
-    func captureFiles(_ tracee: Tracee, into p: inout ProcessState, writer: ImageWriter, plan: Preflight) throws {
+    /// Every fd: what it is, its flags and offset; deleted files' contents (read now, into
+    /// `deletedContents` by fd, and stored with `embedDeletedFiles` once the page data is
+    /// complete); pipe buffers.
+    func captureFiles(_ tracee: Tracee, into p: inout ProcessState, plan: Preflight, deletedContents: inout [Int32: [UInt8]]) throws {
         var pipes: [UInt64: PipeState] = [:]
         var ends: [UInt64: (read: Bool, write: Bool)] = [:]
         for f in plan.fds {
@@ -92,8 +103,7 @@ extension Checkpointer {
                 let fd = try FileDescriptor.open(procPath, O_RDONLY, what: "reading deleted file \(path) (fd \(f.fd))")
                 let st = try fd.stat()
                 s.mode = st.mode & 0o7777
-                let entry = try withContext("storing deleted file \(path)") { try writer.embed(file: fd, path: path, code: false) }
-                s.content = entry.hash
+                deletedContents[f.fd] = try withContext("reading deleted file \(path)") { try fd.readAll() }
             case .pipe, .fifo:
                 let id: UInt64
                 if s.kind == .pipe {

@@ -8,7 +8,15 @@ extension Checkpointer {
     func captureThreads(_ tracee: Tracee) throws -> ProcessState {
         var process = ProcessState(pid: pid)
         for tid in tracee.tids {
-            let regs = try tracee.registers(tid)
+            var regs = try tracee.registers(tid)
+            // A thread sleeping again after an earlier interruption sits in restart_syscall,
+            // whose state lives in the kernel. The call it restarts is named by the
+            // `mov $nr, %eax; syscall` just before rip (how glibc makes system calls); the
+            // image records that call, to run again with the registers' arguments.
+            if regs.origRax == 219, let code = try? tracee.read(regs.rip &- 7, count: 7),
+               code[0] == 0xB8, code[5] == 0x0F, code[6] == 0x05 {
+                regs.origRax = UInt64(code[1]) | UInt64(code[2]) << 8 | UInt64(code[3]) << 16 | UInt64(code[4]) << 24
+            }
             let comm = ((try? Paths.readText("/proc/\(pid)/task/\(tid)/comm")) ?? "").trimming("\n")
             var t = ThreadState(tid: tid, comm: comm, registers: regs, xstate: try tracee.xstate(tid),
                                 sigmask: try tracee.signalMask(tid))

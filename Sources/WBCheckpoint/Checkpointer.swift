@@ -123,7 +123,8 @@ public final class Checkpointer {
         var files = try captureMemory(memory, into: &process, store: store, scanner: scanner, writer: writer, deferred: &deferred)
         phase("memory")
         try checkStop()
-        try captureFiles(tracee, into: &process, writer: writer, plan: plan)
+        var deletedContents: [Int32: [UInt8]] = [:]
+        try captureFiles(tracee, into: &process, plan: plan, deletedContents: &deletedContents)
         phase("files")
         try checkStop()
         // Signals a thread had already dequeued when it stopped are pending in the image.
@@ -153,6 +154,7 @@ public final class Checkpointer {
             }
         }
         progress("storing mapped files")
+        try embedDeletedFiles(deletedContents, into: &process, writer: writer)
         try embedMappedFiles(&files, into: &process)
         let metadata = ImageMetadata(host: HostInfo.current(), process: process, files: writer.embeddedFiles, notes: notes)
         progress("writing \(writer.path)")

@@ -7,6 +7,7 @@ public struct ImageReport: Encodable {
         var tid: Int32, name: String, registers: [String: String], syscall: String?
         var sigmask: String, blocked: [Int32], pending: [Int32], xstateBytes: Int
         var rseq: String?, robustList: String, clearChildTid: String, altStack: String?
+        var backtrace: [Frame]?
     }
     public struct MappingRow: Encodable {
         var start: String, end: String, perms: String, offset: String, kind: String, path: String?
@@ -33,7 +34,8 @@ public struct ImageReport: Encodable {
     var files: [FileRow], notes: [String]
     var memoryBytes: UInt64
 
-    public init(_ image: Image) {
+    /// `backtraces` (by thread id) are shown with each thread when given.
+    public init(_ image: Image, backtraces: [Int32: [Frame]] = [:]) {
         let m = image.metadata, p = m.process
         self.image = image.path; format = image.header.version; createdAt = m.createdAt; tool = m.tool
         imageBytes = image.fileSize; host = m.host
@@ -48,7 +50,8 @@ public struct ImageReport: Encodable {
                           pending: t.pending.map(\.signal), xstateBytes: t.xstate.count,
                           rseq: t.rseq.map { "\(hex($0.address)) size \($0.size) sig \(hex(UInt64($0.signature)))" },
                           robustList: hex(t.robustList.head), clearChildTid: hex(t.clearChildTid),
-                          altStack: t.altStack.flags & 2 == 0 ? "\(hex(t.altStack.base)) size \(t.altStack.size)" : nil)
+                          altStack: t.altStack.flags & 2 == 0 ? "\(hex(t.altStack.base)) size \(t.altStack.size)" : nil,
+                          backtrace: backtraces[t.tid])
         }
         mappings = p.mappings.map { x in
             MappingRow(start: hex(x.start), end: hex(x.end), perms: x.permissions, offset: hex(x.offset),
@@ -100,6 +103,7 @@ public struct ImageReport: Encodable {
                        + (t.pending.isEmpty ? "" : "; pending \(t.pending.map { SignalNames.name($0) }.joined(separator: " "))"))
             out.append("    xsave \(t.xstateBytes) bytes; rseq \(t.rseq ?? "none"); robust list \(t.robustList); clear_child_tid \(t.clearChildTid)"
                        + (t.altStack.map { "; altstack \($0)" } ?? ""))
+            for (i, f) in (t.backtrace ?? []).enumerated() { out.append("    #\(i) \(f.description)") }
         }
         out.append("")
         out.append("MAPPINGS (\(mappings.count))")
@@ -184,6 +188,6 @@ public enum SyscallNames {
                                          61: "wait4", 130: "rt_sigsuspend", 202: "futex", 230: "clock_nanosleep",
                                          232: "epoll_wait", 270: "pselect6", 271: "ppoll", 281: "epoll_pwait",
                                          43: "accept", 288: "accept4", 45: "recvfrom", 47: "recvmsg", 44: "sendto",
-                                         128: "rt_sigtimedwait", 17: "pread64", 19: "readv"]
+                                         128: "rt_sigtimedwait", 17: "pread64", 19: "readv", 219: "restart_syscall"]
     public static func name(_ nr: Int64) -> String { names[nr] ?? "#\(nr)" }
 }

@@ -68,6 +68,8 @@ public final class Restorer {
     public let options: RestoreOptions
     public var progress: (String) -> Void = { _ in }
     var notes: [String] = []
+    /// Where each mapped file came from on this machine (after `restore`).
+    public private(set) var files: ResolvedFiles?
 
     public init(image: Image, options: RestoreOptions = RestoreOptions()) {
         self.image = image
@@ -87,6 +89,7 @@ public final class Restorer {
             try checkCPU()
             progress("preparing files")
             let files = try FileResolver(image: image, cache: FileCache(directory: options.cacheDirectory)).resolveAll()
+            self.files = files
             let newNamespace = try choosePidNamespace()
             progress("starting the process" + (newNamespace ? " in a new pid namespace" : " as pid \(process.pid)"))
             let spawned = try Stub.spawn(pid: process.pid, newPidNamespace: newNamespace,

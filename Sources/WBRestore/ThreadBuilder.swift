@@ -147,8 +147,11 @@ struct ThreadBuilder {
     private func timers() throws {
         for t in process.itimers {
             scratch.reset()
+            // A periodic ITIMER_REAL that just expired shows no time left until its SIGALRM
+            // (pending, and restored as such) is taken; setting 0 would disarm it.
+            let value = t.valueMicroseconds > 0 ? t.valueMicroseconds : t.intervalMicroseconds
             let v = try scratch.put(words: [t.intervalMicroseconds / 1_000_000, t.intervalMicroseconds % 1_000_000,
-                                            t.valueMicroseconds / 1_000_000, t.valueMicroseconds % 1_000_000])
+                                            value / 1_000_000, value % 1_000_000])
             try leader.call(.setitimer, UInt64(t.which), v, 0, what: "setting interval timer \(t.which)")
         }
     }

@@ -1,10 +1,11 @@
 import ArgumentParser
 import WBCore
+import WBSymbols
 
 struct InspectCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "inspect",
-        abstract: "Show what an image holds: threads, registers, memory, files and signals.",
+        abstract: "Show what an image holds: threads with backtraces, registers, memory, files and signals.",
         discussion: """
         inspect checks every checksum in the image first, so it also tells whether an image is \
         intact: a truncated or damaged image gets a one-line error naming the section.
@@ -19,11 +20,23 @@ struct InspectCommand: ParsableCommand {
     @Flag(help: "Skip checking the page and file checksums (metadata is always checked).")
     var noVerify = false
 
+    @Flag(help: "Leave out the backtraces of the threads.")
+    var noBacktrace = false
+
+    @Option(name: .customLong("debug-dir"), help: "A directory with separate debug info (a .build-id tree); repeatable.")
+    var debugDirectories: [String] = []
+
     func run() throws {
         try runReportingErrors {
             let opened = try Image(path: image)
             if !noVerify { try opened.verifyData() }
-            let report = ImageReport(opened)
+            var backtraces: [Int32: [Frame]] = [:]
+            if !noBacktrace {
+                let files = try FileResolver(image: opened, cache: FileCache(directory: FileCache.defaultDirectory)).resolveAll()
+                let tracer = try Backtracer(image: opened, files: files, debugDirectories: debugDirectories)
+                for t in opened.process.threads { backtraces[t.tid] = tracer.backtrace(t.tid) }
+            }
+            let report = ImageReport(opened, backtraces: backtraces)
             if json { try Output.json(report) } else { Output.line(report.text) }
         }
     }

@@ -2,6 +2,7 @@ import ArgumentParser
 import Foundation
 import Glibc
 import WBCore
+import WBDebug
 import WBRestore
 
 struct RestoreCommand: ParsableCommand {
@@ -43,11 +44,22 @@ struct RestoreCommand: ParsableCommand {
     @Flag(help: "Print the restored pid and notes as JSON (with --detach).")
     var json = false
 
+    @Flag(help: "Restore the process stopped and start gdb on it, with the image's files as its sysroot.")
+    var debug = false
+
+    @Option(name: .customLong("debug-dir"), help: "A directory with separate debug info (a .build-id tree) for gdb; repeatable.")
+    var debugDirectories: [String] = []
+
+    @Argument(parsing: .postTerminator, help: "With --debug: arguments for gdb, after -- (e.g. -- -batch -ex 'thread apply all bt').")
+    var gdbArguments: [String] = []
+
     @Flag(name: .shortAndLong, help: "Print nothing but errors.")
     var quiet = false
 
     func validate() throws {
         if json && !detach { throw ValidationError("--json needs --detach (in the foreground the process owns stdout)") }
+        if !gdbArguments.isEmpty && !debug { throw ValidationError("arguments after -- are for gdb: add --debug") }
+        if debug && (detach || stopped || json) { throw ValidationError("--debug runs gdb in the foreground: it excludes --detach, --stopped and --json") }
     }
 
     func run() throws {
@@ -63,8 +75,24 @@ struct RestoreCommand: ParsableCommand {
             options.mapPages = map
             let restorer = Restorer(image: opened, options: options)
             restorer.progress = Output.progress(quiet: quiet || json)
+            if debug {
+                // Ctrl-C belongs to gdb while it runs.
+                signal(SIGINT, SIG_IGN)
+                signal(SIGQUIT, SIG_IGN)
+            }
             let restored = try restorer.restore()
             if !quiet && !json { for n in restored.notes { Output.note(n) } }
+            if debug {
+                restored.releaseStopped()
+                let cache = FileCache(directory: options.cacheDirectory)
+                let sysroot = try Sysroot.build(for: opened, files: restorer.files ?? ResolvedFiles(), cache: cache)
+                let code = try GDB.run(pid: restored.pid, sysroot: sysroot, debugDirectories: debugDirectories, arguments: gdbArguments)
+                // The restored copy lives for the debugging session only.
+                kill(restored.pid, SIGKILL)
+                if let i = restored.initPid { kill(i, SIGKILL) }
+                _ = try? restored.waitForExit()
+                throw ExitCode(code)
+            }
             if stopped { restored.releaseStopped() } else { restored.resume() }
             if detach {
                 if json {

@@ -1,6 +1,5 @@
 import Foundation
 import Glibc
-import WBTrace
 
 /// Files unpacked from images, by content hash, so a restore on a machine without the
 /// original executables and libraries maps the image's own copies.
@@ -36,21 +35,26 @@ public struct FileCache: Sendable {
 }
 
 /// Where each file an image needs comes from on this machine.
-struct ResolvedFiles {
+public struct ResolvedFiles: Sendable {
     /// Mapped files by "device:inode" of the checkpoint host: the local path to map.
-    var mapped: [String: String] = [:]
-    /// Embedded files by content hash, unpacked on demand.
-    var exe: String?
-    var notes: [String] = []
+    public var mapped: [String: String] = [:]
+    /// The executable's local path.
+    public var exe: String?
+    public var notes: [String] = []
 
-    func path(for identity: FileIdentity) -> String? { mapped["\(identity.device):\(identity.inode)"] }
+    public init() {}
+
+    public func path(for identity: FileIdentity) -> String? { mapped["\(identity.device):\(identity.inode)"] }
 }
 
-struct FileResolver {
-    let image: Image
-    let cache: FileCache
+/// Decides, for every file an image's process had mapped, which file on this machine to use.
+public struct FileResolver {
+    public let image: Image
+    public let cache: FileCache
 
-    func resolveAll() throws -> ResolvedFiles {
+    public init(image: Image, cache: FileCache) { self.image = image; self.cache = cache }
+
+    public func resolveAll() throws -> ResolvedFiles {
         var out = ResolvedFiles()
         let p = image.process
         for m in p.mappings where m.kind == .file {
@@ -67,7 +71,7 @@ struct FileResolver {
 
     /// The original path when the file there is the same one (by identity, or by content),
     /// else the image's copy.
-    func resolve(path: String, identity id: FileIdentity, deleted: Bool, note: inout [String]) throws -> String {
+    public func resolve(path: String, identity id: FileIdentity, deleted: Bool, note: inout [String]) throws -> String {
         if !deleted, let st = try? Paths.stat(path), st.size == id.size {
             if st.device == id.device && st.inode == id.inode && st.mtimeSeconds == id.mtimeSeconds && st.mtimeNanoseconds == id.mtimeNanoseconds {
                 return path
