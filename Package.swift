@@ -63,7 +63,7 @@ let package = Package(
 
         // Target programs for tests, the demo and the benchmarks.
         .target(name: "HarnessSupport", path: "harness/programs/support",
-                cSettings: [.unsafeFlags(["-O2"])]),
+                cSettings: [.unsafeFlags(["-O2", "-g"])]),
         harnessProgram("heap"),
         harnessProgram("threads"),
         harnessProgram("state"),

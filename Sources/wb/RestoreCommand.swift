@@ -86,7 +86,7 @@ struct RestoreCommand: ParsableCommand {
                 restored.releaseStopped()
                 let cache = FileCache(directory: options.cacheDirectory)
                 let sysroot = try Sysroot.build(for: opened, files: restorer.files ?? ResolvedFiles(), cache: cache)
-                let code = try GDB.run(pid: restored.pid, sysroot: sysroot, debugDirectories: debugDirectories, arguments: gdbArguments)
+                let code = try GDB.run(pid: restored.pid, executable: opened.process.exe, sysroot: sysroot, debugDirectories: debugDirectories, arguments: gdbArguments)
                 // The restored copy lives for the debugging session only.
                 kill(restored.pid, SIGKILL)
                 if let i = restored.initPid { kill(i, SIGKILL) }

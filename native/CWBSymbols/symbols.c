@@ -3,6 +3,7 @@
 // the caller's reader, CFI and symbols from the ELF files the caller reports.
 #define _GNU_SOURCE
 #include "wb_symbols.h"
+#include <elfutils/libdw.h>
 #include <elfutils/libdwfl.h>
 #include <dwarf.h>
 #include <stdlib.h>
@@ -113,10 +114,9 @@ void wb_unwinder_symbolize(wb_unwinder *u, uint64_t pc, int exact, wb_frame *f) 
     Dwarf_Addr at = exact ? pc : pc - 1;
     Dwfl_Module *mod = dwfl_addrmodule(u->dwfl, at);
     if (!mod) return;
+    // The name it was reported by (the path in the process), not the copy's file name.
     const char *mname = dwfl_module_info(mod, NULL, NULL, NULL, NULL, NULL, NULL, NULL);
-    const char *mfile = NULL;
-    dwfl_module_info(mod, NULL, NULL, NULL, NULL, NULL, &mfile, NULL);
-    snprintf(f->module, sizeof f->module, "%s", mfile ? mfile : (mname ? mname : ""));
+    snprintf(f->module, sizeof f->module, "%s", mname ? mname : "");
     GElf_Off offset = 0;
     GElf_Sym sym;
     const char *name = dwfl_module_addrinfo(mod, at, &offset, &sym, NULL, NULL, NULL);
@@ -129,6 +129,25 @@ void wb_unwinder_symbolize(wb_unwinder *u, uint64_t pc, int exact, wb_frame *f) 
         int lineno = 0;
         const char *file = dwfl_lineinfo(line, NULL, &lineno, NULL, NULL, NULL);
         if (file) { snprintf(f->file, sizeof f->file, "%s", file); f->line = lineno; }
+        return;
+    }
+    // Without .debug_aranges (clang omits it) libdwfl finds no compilation unit for the
+    // address: look through the units' ranges directly.
+    Dwarf_Addr bias = 0;
+    Dwarf *dw = dwfl_module_getdwarf(mod, &bias);
+    if (!dw) return;
+    Dwarf_Off off = 0, next;
+    size_t header;
+    while (dwarf_nextcu(dw, off, &next, &header, NULL, NULL, NULL) == 0) {
+        Dwarf_Die cu;
+        if (dwarf_offdie(dw, off + header, &cu) && dwarf_haspc(&cu, at - bias) > 0) {
+            Dwarf_Line *l = dwarf_getsrc_die(&cu, at - bias);
+            int lineno = 0;
+            const char *file = l ? dwarf_linesrc(l, NULL, NULL) : NULL;
+            if (file && dwarf_lineno(l, &lineno) == 0) { snprintf(f->file, sizeof f->file, "%s", file); f->line = lineno; }
+            return;
+        }
+        off = next;
     }
 }
 

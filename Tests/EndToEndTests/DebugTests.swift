@@ -1,0 +1,71 @@
+import Foundation
+import Glibc
+import Testing
+import WBCore
+
+/// Real gdb on restored processes whose executable no longer exists where it ran.
+@Suite(.serialized) struct DebugTests {
+    /// Runs a copy of harness program `name` from a scratch directory, checkpoints it with
+    /// --kill and deletes the copy: only the image has the executable now.
+    func imageOfDeletedProgram(_ name: String, _ args: [String], dir: String) throws -> (image: String, ready: String, pid: Int32) {
+        let copy = "\(dir)/\(name)"
+        let bytes = try Paths.readBytes(Products.harness(name), limit: 1 << 30)
+        #expect(FileManager.default.createFile(atPath: copy, contents: Data(bytes), attributes: [.posixPermissions: 0o755]))
+        let program = try Child(copy, args)
+        let ready = try #require(program.line(startingWith: "READY"))
+        let image = "\(dir)/\(name).wbimg"
+        try #require(try wb("checkpoint", "\(program.pid)", "-o", image, "--kill").code == 0)
+        program.wait()
+        Paths.remove(copy)
+        #expect(!Paths.exists(copy))
+        return (image, ready, program.pid)
+    }
+
+    @Test func gdbSeesEveryThreadWithFunctionsAndLines() throws {
+        let dir = scratchDirectory()
+        let (image, _, _) = try imageOfDeletedProgram("threads", ["3"], dir: dir)
+        let run = try wb("restore", image, "--debug", "--", "-batch", "-ex", "info threads", "-ex", "thread apply all bt")
+        #expect(run.code == 0, "\(run.stderr)")
+        let traces = run.stdout.components(separatedBy: "\nThread ").dropFirst()
+        #expect(traces.count == 4, "\(run.stdout)")
+        for t in traces {
+            #expect(t.contains(" in ") || t.contains("#0  "), "\(t)")
+            #expect(t.contains("main.c:") || t.contains("support.c:"), "no source line in: \(t)")
+        }
+        #expect(run.stdout.contains("worker"))
+        #expect(run.stdout.contains("harness_wait_for_request") || run.stdout.contains("sigsuspend"))
+    }
+
+    @Test func gdbPrintsGlobalsAndLocalsAndStopsAtBreakpointsAndWatchpoints() throws {
+        let dir = scratchDirectory()
+        let (image, _, _) = try imageOfDeletedProgram("service", ["--accounts", "1000", "--interval-ms", "100"], dir: dir)
+        let run = try wb("restore", image, "--debug", "--", "-batch",
+                         "-ex", "print ledger.count",
+                         "-ex", "frame function main", "-ex", "print accounts",
+                         "-ex", "break transfer", "-ex", "continue", "-ex", "delete",
+                         "-ex", "watch ledger.tick", "-ex", "continue",
+                         "-ex", "kill")
+        #expect(run.code == 0, "\(run.stderr)")
+        #expect(run.stdout.contains("$1 = 1000"), "\(run.stdout)")
+        #expect(run.stdout.contains("$2 = 1000"), "\(run.stdout)")
+        #expect(run.stdout.contains("Breakpoint 1") && run.stdout.contains(", transfer (from="), "\(run.stdout)")
+        #expect(run.stdout.contains("Hardware watchpoint 2: ledger.tick"))
+        #expect(run.stdout.contains("Old value = ") && run.stdout.contains("New value = "), "\(run.stdout)")
+    }
+
+    @Test func inspectShowsSymbolizedBacktracesWithoutGdb() throws {
+        let dir = scratchDirectory()
+        let (image, _, _) = try imageOfDeletedProgram("state", [dir], dir: dir)
+        let run = try wb("inspect", image)
+        #expect(run.code == 0, "\(run.stderr)")
+        #expect(run.stdout.contains("in reader+"), "\(run.stdout)")
+        #expect(run.stdout.contains("in sleeper+") && run.stdout.contains("in waiter+"))
+        #expect(run.stdout.contains("main.c:"))
+        let json = try wb("inspect", image, "--json")
+        let doc = try JSONSerialization.jsonObject(with: Data(json.stdout.utf8)) as! [String: Any]
+        let threads = doc["threads"] as! [[String: Any]]
+        let frames = try #require(threads.first?["backtrace"] as? [[String: Any]])
+        #expect(frames.count >= 3)
+        #expect(frames.contains { ($0["function"] as? String) == "main" })
+    }
+}
