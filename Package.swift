@@ -53,7 +53,7 @@ let package = Package(
         .target(name: "WBSymbols", dependencies: ["WBCore", "CWBSymbols"]),
         .target(name: "WBCheckpoint", dependencies: ["WBTrace", "WBCore"]),
         .target(name: "WBRestore", dependencies: ["WBTrace", "WBCore"]),
-        .target(name: "WBDebug", dependencies: ["WBCore", "WBTrace", "WBRestore"]),
+        .target(name: "WBDebug", dependencies: ["WBCore", "WBTrace", "WBRestore", "WBCheckpoint"]),
         .executableTarget(
             name: "wb",
             dependencies: [

@@ -64,6 +64,8 @@ public final class Checkpointer {
 
     var notes: [String] = []
     var placeholders: [Int32: String] = [:]
+    /// A process wb already traces and keeps (see `checkpoint(to:stopped:)`).
+    var held: Tracee?
 
     public init(pid: Int32, options: CheckpointOptions = CheckpointOptions()) {
         self.pid = pid
@@ -71,7 +73,14 @@ public final class Checkpointer {
     }
 
     public func checkpoint(to path: String) throws -> CheckpointResult {
+        try checkpoint(to: path, stopped: nil)
+    }
+
+    /// A checkpoint of a process wb already holds stopped (a debugging session): it stays
+    /// stopped and traced afterwards.
+    public func checkpoint(to path: String, stopped: Tracee?) throws -> CheckpointResult {
         let started = Clock.now
+        held = stopped
         let plan = try withContext("checkpoint of pid \(pid)") { try preflight() }
         try checkStop()
         // The image file exists before the process is touched: a bad path costs it nothing.
@@ -94,13 +103,13 @@ public final class Checkpointer {
         // Leaving it running, the process is stopped only at the end, for the pages it wrote
         // while the rest was copied (see docs/architecture.md).
         var tracker: DirtyTracker?
-        if options.after == .leaveRunning && options.incremental && DirtyTracker.supported {
+        if held == nil && options.after == .leaveRunning && options.incremental && DirtyTracker.supported {
             tracker = try precopy(store: store, scanner: scanner, pauses: &pauses)
         }
         defer { tracker?.release() }
 
         progress("stopping \(plan.threads) thread(s) of pid \(pid)")
-        let tracee = try Tracee.seize(pid)
+        let tracee = try held ?? Tracee.seize(pid)
         let stopped = Clock.now
         var phases: [CheckpointResult.Phase] = []
         var lap = stopped
@@ -109,7 +118,7 @@ public final class Checkpointer {
             phases.append(.init(name: name, seconds: now - lap))
             lap = now
         }
-        var released = false
+        var released = held != nil
         defer { if !released { tracee.detach() } }
         try checkStop()
         var process = try captureThreads(tracee)
@@ -134,7 +143,7 @@ public final class Checkpointer {
                 process.threads[i].pending.insert(PendingSignal(signal: data.withUnsafeBytes { $0.load(as: Int32.self) }, siginfo: data), at: 0)
             }
         }
-        if options.after == .leaveRunning {
+        if options.after == .leaveRunning && held == nil {
             tracee.detach()
             released = true
             phase("resume")
@@ -165,7 +174,7 @@ public final class Checkpointer {
         if options.after == .kill { try check.verifyData() }
         try checkStop()
         try writer.commit()
-        if options.after == .kill {
+        if options.after == .kill && held == nil {
             tracee.kill()
             released = true
             pauses.append(Clock.now - stopped)

@@ -18,7 +18,7 @@ public struct ProcessState: Codable, Sendable, Equatable {
     public var personality: UInt32
     public var credentials: Credentials
     public var rlimits: [ResourceLimit]
-    public var mm: MemoryLayout
+    public var mm: MMState
     public var itimers: [IntervalTimer]
     public var posixTimers: [PosixTimer]
     /// All 64 signal dispositions (index 0 is signal 1).
@@ -39,7 +39,7 @@ public struct ProcessState: Codable, Sendable, Equatable {
         ppid = 0; pgid = 0; sid = 0; comm = ""; cmdline = []; exe = ""; exeFile = nil
         cwd = "/"; root = "/"; umask = 0o022; personality = 0
         credentials = Credentials(uid: [0, 0, 0, 0], gid: [0, 0, 0, 0], groups: [])
-        rlimits = []; mm = MemoryLayout(); itimers = []; posixTimers = []; sigactions = []; sharedPending = []
+        rlimits = []; mm = MMState(); itimers = []; posixTimers = []; sigactions = []; sharedPending = []
         threads = []; mappings = []; fds = []; pipes = []; xcompPermissions = 0; portable = false
     }
 }
@@ -64,7 +64,7 @@ public struct ResourceLimit: Codable, Sendable, Equatable {
 }
 
 /// The mm fields that prctl(PR_SET_MM_MAP) restores, from /proc/PID/stat and /proc/PID/auxv.
-public struct MemoryLayout: Codable, Sendable, Equatable {
+public struct MMState: Codable, Sendable, Equatable {
     public var startCode: UInt64 = 0, endCode: UInt64 = 0
     public var startData: UInt64 = 0, endData: UInt64 = 0
     public var startBrk: UInt64 = 0, brk: UInt64 = 0

@@ -46,6 +46,23 @@ public final class RestoredProcess {
     /// continues it.
     public func releaseStopped() { tracee.detach(stopSignal: SIGSTOP) }
 
+    /// Kills the process and waits until it is gone. While wb still traces it, its threads'
+    /// ends are collected first: a pid namespace's init cannot finish before they are.
+    @discardableResult
+    public func terminate() -> Int32 {
+        _ = kill(initPid ?? pid, SIGKILL)
+        if !tracee.isDetached {
+            for tid in tracee.tids {
+                while true {
+                    guard let stop = try? tracee.wait(tid) else { break }
+                    if case .exited = stop { break }
+                    if case .killed = stop { break }
+                }
+            }
+        }
+        return (try? waitForExit()) ?? 128 + SIGKILL
+    }
+
     /// Waits for the process to end (after `resume`); returns its exit code, or 128 + the
     /// signal that killed it.
     public func waitForExit() throws -> Int32 {

@@ -8,7 +8,7 @@ import Glibc
 public final class Tracee {
     public let pid: Int32
     /// Threads under control, leader first.
-    public private(set) var tids: [Int32] = []
+    public internal(set) var tids: [Int32] = []
     /// Signals a thread had dequeued when it stopped for us; they go back on detach.
     public private(set) var interceptedSignals: [Int32: [UInt8]] = [:]
     /// Address of a `syscall` instruction used for remote syscalls.
@@ -123,6 +123,11 @@ public final class Tracee {
         var status: Int32 = 0
         var waited: pid_t = 0
         try check(wb_waitpid(tid, &status, 0, &waited), "waitpid", "waiting for thread \(tid)", pid: tid)
+        return try decode(tid, status)
+    }
+
+    /// What a wait status says about thread `tid` (new threads from clone events are added).
+    func decode(_ tid: Int32, _ status: Int32) throws -> Stop {
         if wb_wifexited(status) != 0 {
             tids.removeAll { $0 == tid }
             return .exited(code: wb_wexitstatus(status))

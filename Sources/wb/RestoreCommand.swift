@@ -50,6 +50,12 @@ struct RestoreCommand: ParsableCommand {
     @Option(name: .customLong("debug-dir"), help: "A directory with separate debug info (a .build-id tree) for gdb; repeatable.")
     var debugDirectories: [String] = []
 
+    @Option(name: .customLong("gdb-port"), help: "Serve the gdb remote protocol on 127.0.0.1:PORT instead of starting gdb (0: any free port).")
+    var gdbPort: UInt16?
+
+    @Option(help: "Where `monitor checkpoint` writes snapshots (default: IMAGE.snapshots beside the image).")
+    var snapshots: String?
+
     @Argument(parsing: .postTerminator, help: "With --debug: arguments for gdb, after -- (e.g. -- -batch -ex 'thread apply all bt').")
     var gdbArguments: [String] = []
 
@@ -59,7 +65,9 @@ struct RestoreCommand: ParsableCommand {
     func validate() throws {
         if json && !detach { throw ValidationError("--json needs --detach (in the foreground the process owns stdout)") }
         if !gdbArguments.isEmpty && !debug { throw ValidationError("arguments after -- are for gdb: add --debug") }
-        if debug && (detach || stopped || json) { throw ValidationError("--debug runs gdb in the foreground: it excludes --detach, --stopped and --json") }
+        if (debug || gdbPort != nil) && (detach || stopped || json) {
+            throw ValidationError("--debug and --gdb-port keep wb in the foreground: they exclude --detach, --stopped and --json")
+        }
     }
 
     func run() throws {
@@ -76,21 +84,15 @@ struct RestoreCommand: ParsableCommand {
             let restorer = Restorer(image: opened, options: options)
             restorer.progress = Output.progress(quiet: quiet || json)
             if debug {
-                // Ctrl-C belongs to gdb while it runs.
+                // Ctrl-C belongs to gdb while it runs (it interrupts the process through wb).
                 signal(SIGINT, SIG_IGN)
                 signal(SIGQUIT, SIG_IGN)
             }
+            if debug || gdbPort != nil { Signals.unblock(Signals.forwarded) }
             let restored = try restorer.restore()
             if !quiet && !json { for n in restored.notes { Output.note(n) } }
-            if debug {
-                restored.releaseStopped()
-                let cache = FileCache(directory: options.cacheDirectory)
-                let sysroot = try Sysroot.build(for: opened, files: restorer.files ?? ResolvedFiles(), cache: cache)
-                let code = try GDB.run(pid: restored.pid, executable: opened.process.exe, sysroot: sysroot, debugDirectories: debugDirectories, arguments: gdbArguments)
-                // The restored copy lives for the debugging session only.
-                kill(restored.pid, SIGKILL)
-                if let i = restored.initPid { kill(i, SIGKILL) }
-                _ = try? restored.waitForExit()
+            if debug || gdbPort != nil {
+                let code = try debugSession(restored, image: opened, files: restorer.files ?? ResolvedFiles(), options: options)
                 throw ExitCode(code)
             }
             if stopped { restored.releaseStopped() } else { restored.resume() }
@@ -110,6 +112,57 @@ struct RestoreCommand: ParsableCommand {
             let status = try restored.waitForExit()
             throw ExitCode(status)
         }
+    }
+
+    /// The process stays under wb's control, and gdb talks to it through wb's remote-protocol
+    /// server: started here with --debug, or connecting from elsewhere with --gdb-port.
+    private func debugSession(_ restored: RestoredProcess, image: Image, files: ResolvedFiles, options: RestoreOptions) throws -> Int32 {
+        let listener = try GDBListener(port: gdbPort ?? 0)
+        let session = DebugSession(restored: restored, directory: snapshots ?? image.path + ".snapshots", options: options)
+        let exe = image.process.exe
+        var gdb: Int32?
+        if debug {
+            let sysroot = try Sysroot.build(for: image, files: files, cache: FileCache(directory: options.cacheDirectory))
+            gdb = try GDB.start(port: listener.port, executable: exe, sysroot: sysroot,
+                                debugDirectories: debugDirectories, arguments: gdbArguments)
+        } else if !quiet {
+            FileHandle.standardError.write(Data("wb: restored pid \(restored.pid), stopped; in gdb: target remote 127.0.0.1:\(listener.port)\n".utf8))
+        }
+        var ending = GDBServer.Ending.disconnected
+        serving: while true {
+            guard let connection = try acceptOrGDBGone(listener, gdb) else { break }
+            let server = GDBServer(tracee: session.restored.tracee, connection: connection, execFile: exe)
+            server.monitor = { command, server in try session.monitor(command, server: server) }
+            ending = server.serve()
+            switch ending {
+            case .disconnected where gdb == nil: continue serving
+            default: break serving
+            }
+        }
+        let process = session.restored
+        var status: Int32 = 0
+        if debug || ending != .detached {
+            // The restored copy lives for the debugging session.
+            status = process.terminate()
+        } else {
+            status = try process.waitForExit()
+        }
+        guard let gdb else { return status }
+        var gdbStatus: Int32 = 0
+        while waitpid(gdb, &gdbStatus, 0) < 0 && errno == EINTR {}
+        return gdbStatus & 0x7f == 0 ? (gdbStatus >> 8) & 0xff : 128 + (gdbStatus & 0x7f)
+    }
+
+    /// The next connection; nil once the gdb wb started has exited without connecting.
+    private func acceptOrGDBGone(_ listener: GDBListener, _ gdb: Int32?) throws -> RemoteConnection? {
+        while true {
+            if let c = try listener.accept(timeout: 200) { return c }
+            if let gdb, kill(gdb, 0) != 0 || isZombie(gdb) { return nil }
+        }
+    }
+
+    private func isZombie(_ pid: Int32) -> Bool {
+        ((try? Paths.readText("/proc/\(pid)/stat")) ?? "").contains(") Z")
     }
 }
 

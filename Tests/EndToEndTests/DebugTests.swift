@@ -69,3 +69,32 @@ import WBCore
         #expect(frames.contains { ($0["function"] as? String) == "main" })
     }
 }
+
+extension DebugTests {
+    @Test func monitorCheckpointAndRestoreTravelBackInTime() throws {
+        let dir = scratchDirectory()
+        let (image, _, _) = try imageOfDeletedProgram("service", ["--accounts", "1000", "--interval-ms", "50"], dir: dir)
+        let run = try wb("restore", image, "--debug", "--snapshots", "\(dir)/snaps", "--", "-batch",
+                         "-ex", "print ledger.tick",
+                         "-ex", "monitor checkpoint before",
+                         "-ex", "watch ledger.tick", "-ex", "continue", "-ex", "continue",
+                         "-ex", "print ledger.tick",
+                         "-ex", "monitor snapshots",
+                         "-ex", "monitor restore before",
+                         "-ex", "print ledger.tick")
+        #expect(run.code == 0, "\(run.stderr)")
+        let values = run.stdout.split(separator: "\n").filter { $0.hasPrefix("$") }.compactMap { Int($0.split(separator: "=").last!.trimming(" ")) }
+        #expect(values.count == 3, "\(run.stdout)")
+        if values.count == 3 {
+            #expect(values[1] == values[0] + 2)
+            #expect(values[2] == values[0])
+        }
+        // gdb shows monitor output on stderr.
+        #expect((run.stdout + run.stderr).contains("checkpoint before: \(dir)/snaps/before.wbimg"), "\(run.stderr)")
+        #expect((run.stdout + run.stderr).contains("restored before"))
+        // The snapshot is an ordinary image.
+        let snapshot = try Image(path: "\(dir)/snaps/before.wbimg")
+        try snapshot.verifyData()
+        #expect(try wb("inspect", "\(dir)/snaps/before.wbimg", "--no-backtrace").code == 0)
+    }
+}
