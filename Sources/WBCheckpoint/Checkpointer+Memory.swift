@@ -29,9 +29,11 @@ extension Checkpointer {
     /// while the process ran was stored then; only its pages written since are stored now,
     /// and its runs are put together later (`deferred`).
     func captureMemory(_ memory: ProcessMemory, into p: inout ProcessState, store: PageStore, scanner: PageScanner,
-                       writer: ImageWriter, deferred: inout [DeferredRuns]) throws -> FileEmbedder {
+                       files: inout FileEmbedder, stable: [String: [PageRun]], removed: [(start: UInt64, end: UInt64)],
+                       deferred: inout [DeferredRuns]) throws {
+        store.forget(removed)
         let entries = try ProcFS.maps(pid, withFlags: !store.tracking)
-        var files = FileEmbedder(pid: pid, writer: writer, embedLimit: options.embedLimit, exe: p.exe)
+        stamp("maps")
         let executableFiles = Set(entries.filter { $0.protection & 4 != 0 && $0.inode != 0 }.map { "\($0.device):\($0.inode)" })
         for e in entries {
             var m = Mapping(start: e.start, end: e.end, protection: e.protection, shared: e.shared,
@@ -67,13 +69,23 @@ extension Checkpointer {
                     notes.append("mapping \(hex(e.start))-\(hex(e.end)) \(e.path) stored as anonymous memory")
                 }
             }
-            if policy != .none && ((e.rssKB ?? 1) > 0 || (e.swapKB ?? 1) > 0) {
-                var present = try scanner.scanInParallel(start: e.start, end: e.end, fileInfo: policy == .privateCopies)
-                if policy == .privateCopies { present.removeAll(where: \.file) }
-                let (tracked, untracked) = store.split(present)
-                // Tracked memory was stored while the process ran: only pages written since
-                // are stored again now.
-                try store.store(tracked.filter(\.written), hold: true)
+            if let runs = stable[Checkpointer.stableKey(e)] {
+                // A read-only file mapping stored while the process ran, unchanged since.
+                m.pages = runs
+            } else if policy != .none && ((e.rssKB ?? 1) > 0 || (e.swapKB ?? 1) > 0) {
+                // Tracked memory was stored while the process ran: only the pages written since
+                // are stored again now (a fast scan: written pages only); pages it discarded are
+                // forgotten first. Untracked memory is stored whole.
+                let whole = [PageScanner.Range(start: e.start, end: e.end, file: false, written: true)]
+                let (tracked, untrackedSpan) = store.split(whole)
+                for t in tracked {
+                    try store.store(try scanner.scan(start: t.start, end: t.end, writtenOnly: true), hold: true)
+                }
+                var untracked: [PageScanner.Range] = []
+                for u in untrackedSpan {
+                    untracked += try scanner.scanInParallel(start: u.start, end: u.end, fileInfo: policy == .privateCopies)
+                }
+                if policy == .privateCopies { untracked.removeAll(where: \.file) }
                 let runs = try store.store(untracked, base: e.start)
                 if tracked.isEmpty {
                     m.pages = runs
@@ -82,9 +94,31 @@ extension Checkpointer {
                 }
             }
             p.mappings.append(m)
+            if e.end - e.start > 1 << 26 { stamp("mapping \(hex(e.start)) done") }
         }
+        stamp("memory done")
         notes += files.notes
+        files.notes = []
         if let exe = files.identity(ofPath: p.exe) { p.exeFile = exe }
-        return files
+    }
+
+    /// Identifies a mapping for `stable`: the same range, permissions, file and offset.
+    static func stableKey(_ e: ProcFS.MapsEntry) -> String { "\(e.start)-\(e.end) \(e.perms) \(e.device):\(e.inode) \(e.offset)" }
+
+    /// Stores, while the process runs, the private copies in its read-only file mappings
+    /// (relocated data, made read-only after the loader wrote it): they cannot change without
+    /// a new mapping or an mprotect, which the final stop would see.
+    func storeStableMappings(store: PageStore, scanner: PageScanner, files: inout FileEmbedder) throws -> [String: [PageRun]] {
+        var out: [String: [PageRun]] = [:]
+        let entries = try ProcFS.maps(pid, withFlags: false)
+        let executable = Set(entries.filter { $0.protection & 4 != 0 && $0.inode != 0 }.map { "\($0.device):\($0.inode)" })
+        for e in entries where !e.shared && e.protection & 2 == 0 && e.path.hasPrefix("/") {
+            let (path, deleted) = e.path.deletedStripped
+            _ = try files.identify(e, path: path, deleted: deleted, code: executable.contains("\(e.device):\(e.inode)"))
+            var present = try scanner.scan(start: e.start, end: e.end, fileInfo: true)
+            present.removeAll(where: \.file)
+            out[Checkpointer.stableKey(e)] = try store.store(present, base: e.start)
+        }
+        return out
     }
 }

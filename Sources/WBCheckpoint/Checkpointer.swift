@@ -95,6 +95,13 @@ public final class Checkpointer {
         }
     }
 
+    /// WB_TIMING=1 prints each step's moment (CLOCK_MONOTONIC, ns) on stderr, to line up
+    /// with what a workload measured.
+    static let timing = ProcessInfo.processInfo.environment["WB_TIMING"] != nil
+    func stamp(_ what: String) {
+        if Checkpointer.timing { FileHandle.standardError.write(Data(String(format: "wb-timing %.0f %@\n", Clock.now * 1e9, what).utf8)) }
+    }
+
     private func run(plan: Preflight, writer: ImageWriter, started: Double) throws -> CheckpointResult {
         let memory = ProcessMemory(pid: pid)
         let store = PageStore(memory: memory, writer: writer, checkStop: { [unowned self] in try self.checkStop() })
@@ -102,13 +109,18 @@ public final class Checkpointer {
         var pauses: [Double] = []
         // Leaving it running, the process is stopped only at the end, for the pages it wrote
         // while the rest was copied (see docs/architecture.md).
+        var files = FileEmbedder(pid: pid, writer: writer, embedLimit: options.embedLimit,
+                                 exe: ((try? Paths.readLink("/proc/\(pid)/exe")) ?? "").deletedStripped.path)
         var tracker: DirtyTracker?
+        var stable: [String: [PageRun]] = [:]
         if held == nil && options.after == .leaveRunning && options.incremental && DirtyTracker.supported {
             tracker = try precopy(store: store, scanner: scanner, pauses: &pauses)
+            if tracker != nil { stable = try storeStableMappings(store: store, scanner: scanner, files: &files) }
         }
         defer { tracker?.release() }
 
         progress("stopping \(plan.threads) thread(s) of pid \(pid)")
+        stamp("final stop")
         let tracee = try held ?? Tracee.seize(pid)
         let stopped = Clock.now
         var phases: [CheckpointResult.Phase] = []
@@ -129,7 +141,8 @@ public final class Checkpointer {
         try checkStop()
         progress("copying memory")
         var deferred: [DeferredRuns] = []
-        var files = try captureMemory(memory, into: &process, store: store, scanner: scanner, writer: writer, deferred: &deferred)
+        try captureMemory(memory, into: &process, store: store, scanner: scanner, files: &files, stable: stable,
+                          removed: tracker?.takeRemoved() ?? [], deferred: &deferred)
         phase("memory")
         try checkStop()
         var deletedContents: [Int32: [UInt8]] = [:]
@@ -148,7 +161,9 @@ public final class Checkpointer {
             released = true
             phase("resume")
             pauses.append(Clock.now - stopped)
+            stamp("resumed")
             tracker?.release()
+            stamp("released")
             tracker = nil
         }
 
@@ -192,6 +207,7 @@ public final class Checkpointer {
     /// again in passes, until what is left is small enough to store while it is stopped.
     private func precopy(store: PageStore, scanner: PageScanner, pauses: inout [Double]) throws -> DirtyTracker? {
         let t0 = Clock.now
+        stamp("first stop")
         let tracee = try Tracee.seize(pid)
         let maps = try ProcFS.maps(pid, withFlags: false)
         let tracker: DirtyTracker
@@ -205,21 +221,25 @@ public final class Checkpointer {
         }
         tracee.detach()
         pauses.append(Clock.now - t0)
+        stamp("first resume")
         for e in maps where !e.shared && e.protection & 2 != 0 && (e.path.isEmpty || e.path == "[heap]" || e.path == "[stack]" || e.path.hasPrefix("[anon:")) {
             if tracker.register(start: e.start, end: e.end) { store.track(start: e.start, end: e.end) }
         }
         try tracker.protectAll()
+        stamp("protected")
         progress("copying memory while pid \(pid) runs")
         for r in tracker.ranges {
             try store.store(try scanner.scan(start: r.start, end: r.end))
         }
         for _ in 0..<options.precopyPasses {
+            store.forget(tracker.takeRemoved())
             var written: UInt64 = 0
             for r in tracker.ranges {
                 let dirty = try scanner.scan(start: r.start, end: r.end, writtenOnly: true, reprotect: true)
                 written += dirty.reduce(0) { $0 + $1.end - $1.start }
                 try store.store(dirty)
             }
+            stamp("pass: \(written) bytes written")
             if written <= options.stopCopyBytes { break }
         }
         return tracker

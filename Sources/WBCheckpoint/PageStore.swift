@@ -185,6 +185,23 @@ final class PageStore {
         return runs
     }
 
+    /// Forgets the pages of `ranges`: the process discarded them, so they are zero (or come
+    /// back as written pages, stored anew).
+    func forget(_ ranges: [(start: UInt64, end: UInt64)]) {
+        for r in ranges {
+            var a = r.start & ~4095
+            while a < r.end {
+                if let t = table(for: a) {
+                    let last = Int((min(r.end, tables[t].end) - tables[t].start + 4095) / 4096)
+                    for i in Int((a - tables[t].start) / 4096)..<last { tables[t].offsets[i] = .max }
+                    a = tables[t].start + UInt64(last) * 4096
+                } else {
+                    a = tables.first { $0.start > a }?.start ?? r.end
+                }
+            }
+        }
+    }
+
     /// Two lists of runs of one mapping, merged in page order.
     static func merge(_ a: [PageRun], _ b: [PageRun]) -> [PageRun] {
         var out: [PageRun] = []

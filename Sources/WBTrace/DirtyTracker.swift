@@ -9,6 +9,7 @@ import Glibc
 public final class DirtyTracker {
     public let pid: Int32
     private let uffd: FileDescriptor
+    private var events: UnsafeMutableRawPointer?
     /// The ranges registered for tracking.
     public private(set) var ranges: [(start: UInt64, end: UInt64)] = []
 
@@ -24,6 +25,7 @@ public final class DirtyTracker {
         uffd = FileDescriptor(owning: local)
         var features: UInt64 = 0
         try check(wb_uffd_api_wp_async(local, &features), "ioctl(UFFDIO_API)", "enabling asynchronous write-protect")
+        events = wb_uffd_events_start(local)
     }
 
     /// Registers a range; false when the kernel will not track it (not anonymous memory).
@@ -48,6 +50,18 @@ public final class DirtyTracker {
         }
     }
 
+    /// Ranges the process discarded (MADV_DONTNEED), unmapped or moved away since the last
+    /// call: the pages stored for them are no longer there.
+    public func takeRemoved() -> [(start: UInt64, end: UInt64)] {
+        var out: [(UInt64, UInt64)] = []
+        var buffer = [UInt64](repeating: 0, count: 512)
+        while true {
+            let n = Int(buffer.withUnsafeMutableBufferPointer { wb_uffd_events_take(events, $0.baseAddress, 256) })
+            for i in 0..<n { out.append((buffer[2 * i], buffer[2 * i + 1])) }
+            if n < 256 { return out }
+        }
+    }
+
     /// Removes every protection and the registration (in 64 MiB steps), then the userfaultfd.
     public func release() {
         for r in ranges {
@@ -60,6 +74,8 @@ public final class DirtyTracker {
             _ = wb_uffd_unregister(uffd.rawValue, r.start, r.end - r.start)
         }
         ranges = []
+        wb_uffd_events_stop(events)
+        events = nil
         uffd.close()
     }
 

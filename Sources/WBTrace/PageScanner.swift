@@ -14,6 +14,9 @@ public struct PageScanner: @unchecked Sendable {
         public var file: Bool
         /// Written since the range was last write-protected (dirty tracking).
         public var written: Bool
+        public init(start: UInt64, end: UInt64, file: Bool, written: Bool) {
+            self.start = start; self.end = end; self.file = file; self.written = written
+        }
     }
 
     let pid: Int32
@@ -41,15 +44,16 @@ public struct PageScanner: @unchecked Sendable {
         var at = start
         while at < end {
             var count: UInt64 = 0, walkEnd: UInt64 = 0
+            // Asking only for the written bit keeps the kernel on its fast path (no page lookups).
             let e = regions.withUnsafeMutableBufferPointer {
                 wb_pagemap_scan(pagemap.rawValue, at, end, flags, writtenOnly ? written : 0, writtenOnly ? 0 : there,
-                                there | written | file, $0.baseAddress, UInt64($0.count), &count, &walkEnd)
+                                writtenOnly ? written : there | written | file, $0.baseAddress, UInt64($0.count), &count, &walkEnd)
             }
             if e == ESRCH { throw WBError.processGone(pid: pid, what: "scanning memory") }
             try check(e, "ioctl(PAGEMAP_SCAN)", "scanning the memory of pid \(pid) at \(hex(at))")
             // When the vector fills up the last region can reach past walk_end, where the next
             // call starts: it is cut there so no page is reported twice.
-            for r in regions.prefix(Int(count)) where (!writtenOnly || r.categories & there != 0) && r.start < min(r.end, walkEnd) {
+            for r in regions.prefix(Int(count)) where r.start < min(r.end, walkEnd) {
                 out.append(Range(start: r.start, end: min(r.end, walkEnd), file: r.categories & file != 0 && r.categories & UInt64(WB_PAGE_IS_SWAPPED) == 0,
                                  written: r.categories & written != 0))
             }

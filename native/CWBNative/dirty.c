@@ -3,6 +3,7 @@
 // faults itself and only records that a page was written), copies memory while the process
 // runs, and asks PAGEMAP_SCAN which pages were written since.
 #define _GNU_SOURCE
+#include <fcntl.h>
 #include "wb_native.h"
 #include <errno.h>
 #include <linux/userfaultfd.h>
@@ -11,6 +12,9 @@
 #include <sys/ioctl.h>
 #include <sys/syscall.h>
 #include <unistd.h>
+#include <poll.h>
+#include <pthread.h>
+#include <stdlib.h>
 
 #ifndef UFFD_FEATURE_WP_ASYNC
 #define UFFD_FEATURE_WP_ASYNC (1 << 15)
@@ -37,7 +41,9 @@ int wb_take_fd(pid_t pid, int target_fd, int *fd) {
 }
 
 int wb_uffd_api_wp_async(int uffd, uint64_t *features) {
-    struct uffdio_api api = { .api = UFFD_API, .features = UFFD_FEATURE_PAGEFAULT_FLAG_WP | UFFD_FEATURE_WP_ASYNC };
+    struct uffdio_api api = { .api = UFFD_API,
+                              .features = UFFD_FEATURE_PAGEFAULT_FLAG_WP | UFFD_FEATURE_WP_ASYNC | UFFD_FEATURE_EVENT_REMOVE |
+                                          UFFD_FEATURE_EVENT_UNMAP | UFFD_FEATURE_EVENT_REMAP };
     if (ioctl(uffd, UFFDIO_API, &api) != 0) return errno;
     *features = api.features;
     return 0;
@@ -77,4 +83,85 @@ int wb_pagemap_scan(int pagemap_fd, uint64_t start, uint64_t end, uint64_t flags
     *count = (uint64_t)n;
     *walk_end = arg.walk_end;
     return 0;
+}
+
+// MARK: - Remove events
+
+// Pages a process discards (MADV_DONTNEED, MADV_REMOVE), unmaps or moves (mremap) leave no
+// written page behind for a scan to find: the event reader records those ranges instead.
+struct wb_uffd_events {
+    int uffd;
+    int stop_pipe[2];
+    pthread_t thread;
+    pthread_mutex_t lock;
+    uint64_t *ranges;
+    int count, capacity;
+};
+
+static void *event_loop(void *arg) {
+    struct wb_uffd_events *ev = arg;
+    for (;;) {
+        struct pollfd fds[2] = { { ev->uffd, POLLIN, 0 }, { ev->stop_pipe[0], POLLIN, 0 } };
+        if (poll(fds, 2, -1) < 0) { if (errno == EINTR) continue; return NULL; }
+        if (fds[1].revents) return NULL;
+        struct uffd_msg msg;
+        ssize_t n = read(ev->uffd, &msg, sizeof msg);
+        if (n != (ssize_t)sizeof msg) { if (n < 0 && (errno == EAGAIN || errno == EINTR)) continue; return NULL; }
+        uint64_t start, end;
+        if (msg.event == UFFD_EVENT_REMOVE || msg.event == UFFD_EVENT_UNMAP) {
+            start = msg.arg.remove.start; end = msg.arg.remove.end;
+        } else if (msg.event == UFFD_EVENT_REMAP) {
+            start = msg.arg.remap.from; end = msg.arg.remap.from + msg.arg.remap.len;
+        } else {
+            continue;
+        }
+        pthread_mutex_lock(&ev->lock);
+        if (ev->count == ev->capacity) {
+            int cap = ev->capacity ? ev->capacity * 2 : 256;
+            uint64_t *r = realloc(ev->ranges, (size_t)cap * 2 * sizeof *r);
+            if (r) { ev->ranges = r; ev->capacity = cap; }
+        }
+        if (ev->count < ev->capacity) {
+            ev->ranges[2 * ev->count] = start;
+            ev->ranges[2 * ev->count + 1] = end;
+            ev->count++;
+        }
+        pthread_mutex_unlock(&ev->lock);
+    }
+}
+
+void *wb_uffd_events_start(int uffd) {
+    struct wb_uffd_events *ev = calloc(1, sizeof *ev);
+    if (!ev) return NULL;
+    ev->uffd = uffd;
+    pthread_mutex_init(&ev->lock, NULL);
+    if (pipe2(ev->stop_pipe, O_CLOEXEC) != 0) { free(ev); return NULL; }
+    if (pthread_create(&ev->thread, NULL, event_loop, ev) != 0) {
+        close(ev->stop_pipe[0]); close(ev->stop_pipe[1]); free(ev); return NULL;
+    }
+    return ev;
+}
+
+int wb_uffd_events_take(void *p, uint64_t *ranges, int max) {
+    struct wb_uffd_events *ev = p;
+    if (!ev) return 0;
+    pthread_mutex_lock(&ev->lock);
+    int n = ev->count < max ? ev->count : max;
+    memcpy(ranges, ev->ranges, (size_t)n * 2 * sizeof *ranges);
+    memmove(ev->ranges, ev->ranges + 2 * n, (size_t)(ev->count - n) * 2 * sizeof *ranges);
+    ev->count -= n;
+    pthread_mutex_unlock(&ev->lock);
+    return n;
+}
+
+void wb_uffd_events_stop(void *p) {
+    struct wb_uffd_events *ev = p;
+    if (!ev) return;
+    char b = 1;
+    if (write(ev->stop_pipe[1], &b, 1) < 0) { /* the thread ends when the fd closes too */ }
+    pthread_join(ev->thread, NULL);
+    close(ev->stop_pipe[0]);
+    close(ev->stop_pipe[1]);
+    free(ev->ranges);
+    free(ev);
 }

@@ -115,8 +115,15 @@ void wb_cpuid(uint32_t leaf, uint32_t subleaf, uint32_t out[4]);
 
 /// pidfd_open + pidfd_getfd: a copy of fd `target_fd` of process `pid`.
 int wb_take_fd(pid_t pid, int target_fd, int *fd);
-/// UFFDIO_API asking for async write-protect; returns the features granted.
+/// UFFDIO_API asking for async write-protect and remove events; returns the features granted.
 int wb_uffd_api_wp_async(int uffd, uint64_t *features);
+/// Starts a thread that reads the userfaultfd's events as they come (a process's
+/// MADV_DONTNEED waits until its event is read) and keeps the removed ranges.
+void *wb_uffd_events_start(int uffd);
+/// Takes up to `max` removed ranges (start, end pairs into `ranges`); returns how many.
+int wb_uffd_events_take(void *events, uint64_t *ranges, int max);
+/// Stops the event thread.
+void wb_uffd_events_stop(void *events);
 int wb_uffd_register_wp(int uffd, uint64_t start, uint64_t len);
 int wb_uffd_unregister(int uffd, uint64_t start, uint64_t len);
 /// UFFDIO_WRITEPROTECT: protect (1) or unprotect (0) a range.
