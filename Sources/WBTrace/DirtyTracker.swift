@@ -43,11 +43,21 @@ public final class DirtyTracker {
             var at = r.start
             while at < r.end {
                 let len = min(64 << 20, r.end - at)
-                let e = wb_uffd_writeprotect(uffd.rawValue, at, len, 1)
-                if e != 0 && e != ENOENT { try check(e, "ioctl(UFFDIO_WRITEPROTECT)", "write-protecting \(hex(at))") }
+                try check(writeProtect(at, len, true), "ioctl(UFFDIO_WRITEPROTECT)", "write-protecting \(hex(at))")
                 at += len
             }
         }
+    }
+
+    /// UFFDIO_WRITEPROTECT, again while the process is changing its mappings (EAGAIN until
+    /// the event reader has taken the change's event). A range no longer mapped is fine.
+    private func writeProtect(_ start: UInt64, _ len: UInt64, _ on: Bool) -> Int32 {
+        for _ in 0..<10_000 {
+            let e = wb_uffd_writeprotect(uffd.rawValue, start, len, on ? 1 : 0)
+            if e == EAGAIN { usleep(100); continue }
+            return e == ENOENT ? 0 : e
+        }
+        return EAGAIN
     }
 
     /// Ranges the process discarded (MADV_DONTNEED), unmapped or moved away since the last
@@ -68,7 +78,7 @@ public final class DirtyTracker {
             var at = r.start
             while at < r.end {
                 let len = min(64 << 20, r.end - at)
-                _ = wb_uffd_writeprotect(uffd.rawValue, at, len, 0)
+                _ = writeProtect(at, len, false)
                 at += len
             }
             _ = wb_uffd_unregister(uffd.rawValue, r.start, r.end - r.start)

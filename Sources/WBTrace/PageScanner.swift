@@ -50,6 +50,7 @@ public struct PageScanner: @unchecked Sendable {
                                 writtenOnly ? written : there | written | file, $0.baseAddress, UInt64($0.count), &count, &walkEnd)
             }
             if e == ESRCH { throw WBError.processGone(pid: pid, what: "scanning memory") }
+            if e == EAGAIN { usleep(100); continue }   // mappings changing: the event reader catches up
             try check(e, "ioctl(PAGEMAP_SCAN)", "scanning the memory of pid \(pid) at \(hex(at))")
             // When the vector fills up the last region can reach past walk_end, where the next
             // call starts: it is cut there so no page is reported twice.

@@ -5,7 +5,9 @@
 // Idle by default (blocked in sigsuspend); with --busy it rewrites random 64 KiB blocks
 // continuously (as fast as it can, or at --rate megabytes per second), updating each block's
 // checksum, and records the longest gap between two iterations of its loop (the pause a
-// checkpoint imposes, as the workload sees it).
+// checkpoint imposes, as the workload sees it). Every eighth block it gives back to the
+// kernel instead (MADV_DONTNEED: the block reads as zeros afterwards), so checkpoints see
+// memory disappear too.
 #define _GNU_SOURCE
 #include "harness.h"
 #include <stdio.h>
@@ -38,6 +40,8 @@ int main(int argc, char **argv) {
     }
     volatile sig_atomic_t *requests = harness_verify_requests();
     uint64_t total = harness_checksum(heap, size);
+    uint8_t *zeros = calloc(1, BLOCK);
+    uint64_t zero_sum = harness_checksum(zeros, BLOCK);
     harness_say("READY pid=%d mib=%zu sum=%016llx", getpid(), mib, (unsigned long long)total);
 
     uint64_t rng = seed | 1, iterations = 0, max_gap = 0, max_gap_at = 0, last = harness_now_ns();
@@ -58,8 +62,13 @@ int main(int argc, char **argv) {
                 }
                 size_t b = harness_next(&rng) % blocks;
                 gens[b]++;
-                harness_fill(heap + b * BLOCK, BLOCK, (seed * 1000003 + b) ^ (gens[b] << 32));
-                sums[b] = harness_checksum(heap + b * BLOCK, BLOCK);
+                if (gens[b] % 8 == 0) {
+                    madvise(heap + b * BLOCK, BLOCK, MADV_DONTNEED);
+                    sums[b] = zero_sum;
+                } else {
+                    harness_fill(heap + b * BLOCK, BLOCK, (seed * 1000003 + b) ^ (gens[b] << 32));
+                    sums[b] = harness_checksum(heap + b * BLOCK, BLOCK);
+                }
                 iterations++;
                 uint64_t now = harness_now_ns();
                 if (now - last > max_gap) { max_gap = now - last; max_gap_at = last; }
