@@ -26,10 +26,10 @@ let package = Package(
             name: "CWBNative",
             path: "native/CWBNative",
             cSettings: [.unsafeFlags(["-O2"])]),
-        // Unwinding and symbolization over libdwfl.
+        // Unwinding and symbolization over libdwfl; disassembly over capstone.
         .target(
             name: "CWBSymbols",
-            dependencies: ["CLibDW"],
+            dependencies: ["CLibDW", "CCapstone"],
             path: "native/CWBSymbols",
             cSettings: [.unsafeFlags(["-O2"])]),
         // System libraries through pkg-config.
@@ -52,6 +52,7 @@ let package = Package(
         .target(name: "WBTrace", dependencies: ["WBCore", "WBSystem", "CWBNative"]),
         .target(name: "WBSymbols", dependencies: ["WBCore", "CWBSymbols"]),
         .target(name: "WBCheckpoint", dependencies: ["WBTrace", "WBCore"]),
+        .target(name: "WBFuzz", dependencies: ["WBCore", "WBTrace", "WBRestore", "WBSymbols"]),
         .target(name: "WBRestore", dependencies: ["WBTrace", "WBCore"]),
         .target(name: "WBDebug", dependencies: ["WBCore", "WBTrace", "WBRestore", "WBCheckpoint"]),
         .executableTarget(
@@ -72,6 +73,7 @@ let package = Package(
         harnessProgram("holder"),
         harnessProgram("events"),
         harnessProgram("strings"),
+        harnessProgram("parser"),
 
         .testTarget(name: "WBCoreTests", dependencies: ["WBCore"]),
         .testTarget(name: "WBTraceTests", dependencies: ["WBTrace"]),

@@ -130,9 +130,3 @@ extension [UInt8] {
     }
 }
 
-extension String {
-    /// The path without the " (deleted)" the kernel appends, and whether it was there.
-    var deletedStripped: (path: String, deleted: Bool) {
-        hasSuffix(" (deleted)") ? (String(dropLast(" (deleted)".count)), true) : (self, false)
-    }
-}

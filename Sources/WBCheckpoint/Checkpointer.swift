@@ -79,7 +79,7 @@ public final class Checkpointer {
     /// A checkpoint of a process wb already holds stopped (a debugging session): it stays
     /// stopped and traced afterwards.
     public func checkpoint(to path: String, stopped: Tracee?) throws -> CheckpointResult {
-        let started = Clock.now
+        let started = Clock.monotonic
         held = stopped
         let plan = try withContext("checkpoint of pid \(pid)") { try preflight() }
         try checkStop()
@@ -99,7 +99,7 @@ public final class Checkpointer {
     /// with what a workload measured.
     static let timing = ProcessInfo.processInfo.environment["WB_TIMING"] != nil
     func stamp(_ what: String) {
-        if Checkpointer.timing { FileHandle.standardError.write(Data(String(format: "wb-timing %.0f %@\n", Clock.now * 1e9, what).utf8)) }
+        if Checkpointer.timing { FileHandle.standardError.write(Data(String(format: "wb-timing %.0f %@\n", Clock.monotonic * 1e9, what).utf8)) }
     }
 
     private func run(plan: Preflight, writer: ImageWriter, started: Double) throws -> CheckpointResult {
@@ -122,11 +122,11 @@ public final class Checkpointer {
         progress("stopping \(plan.threads) thread(s) of pid \(pid)")
         stamp("final stop")
         let tracee = try held ?? Tracee.seize(pid)
-        let stopped = Clock.now
+        let stopped = Clock.monotonic
         var phases: [CheckpointResult.Phase] = []
         var lap = stopped
         func phase(_ name: String) {
-            let now = Clock.now
+            let now = Clock.monotonic
             phases.append(.init(name: name, seconds: now - lap))
             lap = now
         }
@@ -160,7 +160,7 @@ public final class Checkpointer {
             tracee.detach()
             released = true
             phase("resume")
-            pauses.append(Clock.now - stopped)
+            pauses.append(Clock.monotonic - stopped)
             stamp("resumed")
             tracker?.release()
             stamp("released")
@@ -192,13 +192,13 @@ public final class Checkpointer {
         if options.after == .kill && held == nil {
             tracee.kill()
             released = true
-            pauses.append(Clock.now - stopped)
+            pauses.append(Clock.monotonic - stopped)
         }
         let stored = process.mappings.reduce(UInt64(0)) { $0 + UInt64($1.storedPageCount) * 4096 }
         return CheckpointResult(path: writer.path, pid: pid, threads: process.threads.count, mappings: process.mappings.count,
                                 storedPageBytes: stored, embeddedFiles: writer.embeddedFiles.count,
                                 imageBytes: check.fileSize, pauseSeconds: pauses.max() ?? 0, pauses: pauses, phases: phases,
-                                totalSeconds: Clock.now - started, notes: notes)
+                                totalSeconds: Clock.monotonic - started, notes: notes)
     }
 
     /// Copies memory while the process runs. A short stop creates a userfaultfd inside the
@@ -206,7 +206,7 @@ public final class Checkpointer {
     /// kernel only marks the pages), stored, and the pages written meanwhile are stored
     /// again in passes, until what is left is small enough to store while it is stopped.
     private func precopy(store: PageStore, scanner: PageScanner, pauses: inout [Double]) throws -> DirtyTracker? {
-        let t0 = Clock.now
+        let t0 = Clock.monotonic
         stamp("first stop")
         let tracee = try Tracee.seize(pid)
         let maps = try ProcFS.maps(pid, withFlags: false)
@@ -220,7 +220,7 @@ public final class Checkpointer {
             return nil
         }
         tracee.detach()
-        pauses.append(Clock.now - t0)
+        pauses.append(Clock.monotonic - t0)
         stamp("first resume")
         for e in maps where !e.shared && e.protection & 2 != 0 && (e.path.isEmpty || e.path == "[heap]" || e.path == "[stack]" || e.path.hasPrefix("[anon:")) {
             if tracker.register(start: e.start, end: e.end) { store.track(start: e.start, end: e.end) }
@@ -254,11 +254,3 @@ extension Checkpointer {
     }
 }
 
-/// Monotonic seconds.
-public enum Clock {
-    public static var now: Double {
-        var ts = timespec()
-        clock_gettime(CLOCK_MONOTONIC, &ts)
-        return Double(ts.tv_sec) + Double(ts.tv_nsec) / 1e9
-    }
-}

@@ -40,6 +40,8 @@ public final class Backtracer {
 
     deinit { wb_unwinder_free(unwinder) }
 
+    var unwinderHandle: OpaquePointer { unwinder }
+
     /// The threads to unwind, with their registers.
     public func attach(pid: Int32, threads: [(Int32, Registers)]) {
         tids = threads.map(\.0)

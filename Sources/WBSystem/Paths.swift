@@ -96,3 +96,10 @@ extension Paths {
         try fd.writeAll(Array(text.utf8))
     }
 }
+
+extension String {
+    /// The path without the " (deleted)" the kernel appends, and whether it was there.
+    public var deletedStripped: (path: String, deleted: Bool) {
+        hasSuffix(" (deleted)") ? (String(dropLast(" (deleted)".count)), true) : (self, false)
+    }
+}

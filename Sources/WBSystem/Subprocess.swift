@@ -41,3 +41,12 @@ public enum ThisProcess {
         try check(wb_set_parent_death_signal(signal), "prctl(PR_SET_PDEATHSIG)", "watching the parent process")
     }
 }
+
+/// The monotonic clock.
+public enum Clock {
+    public static var monotonic: Double {
+        var ts = timespec()
+        clock_gettime(CLOCK_MONOTONIC, &ts)
+        return Double(ts.tv_sec) + Double(ts.tv_nsec) / 1e9
+    }
+}

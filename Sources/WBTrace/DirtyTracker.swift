@@ -49,6 +49,11 @@ public final class DirtyTracker {
         }
     }
 
+    /// Write-protects [start, end) again (pages wb has just put back).
+    public func protect(start: UInt64, end: UInt64) throws {
+        try check(writeProtect(start, end - start, true), "ioctl(UFFDIO_WRITEPROTECT)", "write-protecting \(hex(start))")
+    }
+
     /// UFFDIO_WRITEPROTECT, again while the process is changing its mappings (EAGAIN until
     /// the event reader has taken the change's event). A range no longer mapped is fine.
     private func writeProtect(_ start: UInt64, _ len: UInt64, _ on: Bool) -> Int32 {

@@ -33,8 +33,9 @@ public struct PageScanner: @unchecked Sendable {
     /// they were write-protected, and `reprotect` protects those again in the same pass.
     /// `fileInfo` asks whether pages are file-backed, which makes the kernel look at every
     /// page's struct page: several times slower.
+    /// `trackedOnly` keeps to memory a DirtyTracker write-protects (others count as written).
     public func scan(start: UInt64, end: UInt64, writtenOnly: Bool = false, reprotect: Bool = false,
-                     fileInfo: Bool = false) throws -> [Range] {
+                     fileInfo: Bool = false, trackedOnly: Bool = false) throws -> [Range] {
         guard ranged else { return try scanWords(start: start, end: end) }
         var out: [Range] = []
         var regions = [wb_page_region](repeating: wb_page_region(), count: 4096)
@@ -46,7 +47,8 @@ public struct PageScanner: @unchecked Sendable {
             var count: UInt64 = 0, walkEnd: UInt64 = 0
             // Asking only for the written bit keeps the kernel on its fast path (no page lookups).
             let e = regions.withUnsafeMutableBufferPointer {
-                wb_pagemap_scan(pagemap.rawValue, at, end, flags, writtenOnly ? written : 0, writtenOnly ? 0 : there,
+                wb_pagemap_scan(pagemap.rawValue, at, end, flags,
+                                (writtenOnly ? written : 0) | (trackedOnly ? UInt64(WB_PAGE_IS_WPALLOWED) : 0), writtenOnly ? 0 : there,
                                 writtenOnly ? written : there | written | file, $0.baseAddress, UInt64($0.count), &count, &walkEnd)
             }
             if e == ESRCH { throw WBError.processGone(pid: pid, what: "scanning memory") }

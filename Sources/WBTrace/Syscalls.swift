@@ -10,5 +10,5 @@ public enum SyscallNumber: Int64, Sendable {
     case setRobustList = 273, memfdCreate = 319, rseq = 334, clone3 = 435, closeRange = 436
     case ioctl = 16, timerCreate = 222, timerSettime = 223, timerGettime = 224, timerDelete = 226
     case epollCtl = 233, timerfdCreate = 283, timerfdSettime = 286, signalfd4 = 289, eventfd2 = 290
-    case epollCreate1 = 291, userfaultfd = 323
+    case epollCreate1 = 291, userfaultfd = 323, seccomp = 317
 }

@@ -45,3 +45,60 @@ extension Tracee {
         tids.removeAll()
     }
 }
+
+extension Tracee {
+    /// PTRACE_SETOPTIONS on every thread (adding to the options wb always uses).
+    public func addOptions(_ extra: UInt32) throws {
+        for tid in tids {
+            try check(wb_ptrace(WB_PTRACE_SETOPTIONS, tid, 0, UInt64(options | extra), nil),
+                      "ptrace(PTRACE_SETOPTIONS)", "setting trace options of thread \(tid)", pid: tid)
+        }
+    }
+
+    /// PTRACE_GETEVENTMSG: the data of the last ptrace event (a seccomp filter's value).
+    public func eventMessage(_ tid: Int32) throws -> UInt64 {
+        var msg: UInt = 0
+        try check(withUnsafeMutablePointer(to: &msg) { wb_ptrace(WB_PTRACE_GETEVENTMSG, tid, 0, UInt64(UInt(bitPattern: $0)), nil) },
+                  "ptrace(PTRACE_GETEVENTMSG)", "reading an event of thread \(tid)", pid: tid)
+        return UInt64(msg)
+    }
+
+    /// Waits up to `timeout` seconds for a stop or exit of any of this process's threads
+    /// (SIGCHLD must be blocked in the calling thread); nil on timeout.
+    public func waitAny(timeout: Double) throws -> (tid: Int32, stop: Stop)? {
+        let deadline = Clock.monotonic + timeout
+        while true {
+            let left = deadline - Clock.monotonic
+            if left <= 0 { return nil }
+            var pid: pid_t = 0, status: Int32 = 0
+            let e = wb_wait_any(Int32(max(1, left * 1000)), &pid, &status)
+            if e == ETIMEDOUT { return nil }
+            try check(e, "waitpid", "waiting for pid \(self.pid)")
+            if tids.contains(pid) || pid == self.pid { return (pid, try decode(pid, status)) }
+        }
+    }
+
+    /// The ptrace event of a stop for a seccomp filter's SECCOMP_RET_TRACE.
+    public static let seccompEvent = Int32(WB_PTRACE_EVENT_SECCOMP)
+    public static let traceSeccompOption = UInt32(WB_PTRACE_O_TRACESECCOMP)
+}
+
+/// Pins `pid` to one CPU (controller and target on one core make ptrace round trips cheaper).
+public func pinToCPU(_ pid: Int32, _ cpu: Int) { _ = wb_pin_cpu(pid, Int32(cpu)) }
+
+extension Tracee {
+    /// A copy of the process's fd `fd` (pidfd_getfd): the same open file description.
+    public func takeFD(_ fd: Int32) throws -> FileDescriptor {
+        var local: Int32 = -1
+        try check(wb_take_fd(pid, fd, &local), "pidfd_getfd", "taking fd \(fd) of pid \(pid)", pid: pid)
+        return FileDescriptor(owning: local)
+    }
+
+    /// The siginfo of the signal thread `tid` is stopped for (128 bytes).
+    public func signalInfo(_ tid: Int32) throws -> [UInt8] {
+        var info = [UInt8](repeating: 0, count: 128)
+        try check(info.withUnsafeMutableBytes { wb_ptrace_getsiginfo(tid, $0.baseAddress) },
+                  "ptrace(PTRACE_GETSIGINFO)", "reading the signal of thread \(tid)", pid: tid)
+        return info
+    }
+}

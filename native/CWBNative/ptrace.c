@@ -10,6 +10,8 @@
 #include <sys/uio.h>
 #include <sys/user.h>
 #include <sys/wait.h>
+#include <sched.h>
+#include <time.h>
 
 _Static_assert(sizeof(wb_regs) == sizeof(struct user_regs_struct), "wb_regs mirrors user_regs_struct");
 _Static_assert(offsetof(wb_regs, rip) == offsetof(struct user_regs_struct, rip), "rip offset");
@@ -95,3 +97,31 @@ int wb_wtermsig(int s) { return WTERMSIG(s); }
 int wb_wifstopped(int s) { return WIFSTOPPED(s); }
 int wb_wstopsig(int s) { return WSTOPSIG(s); }
 int wb_wptrace_event(int s) { return (s >> 16) & 0xff; }
+
+int wb_wait_any(int timeout_ms, pid_t *pid, int *status) {
+    struct timespec deadline, now;
+    clock_gettime(CLOCK_MONOTONIC, &deadline);
+    deadline.tv_sec += timeout_ms / 1000;
+    deadline.tv_nsec += (long)(timeout_ms % 1000) * 1000000L;
+    if (deadline.tv_nsec >= 1000000000L) { deadline.tv_sec++; deadline.tv_nsec -= 1000000000L; }
+    sigset_t chld;
+    sigemptyset(&chld);
+    sigaddset(&chld, SIGCHLD);
+    for (;;) {
+        pid_t r = waitpid(-1, status, WNOHANG | __WALL);
+        if (r > 0) { *pid = r; return 0; }
+        if (r < 0 && errno != EINTR) return errno;
+        clock_gettime(CLOCK_MONOTONIC, &now);
+        long left_ns = (deadline.tv_sec - now.tv_sec) * 1000000000L + (deadline.tv_nsec - now.tv_nsec);
+        if (left_ns <= 0) return ETIMEDOUT;
+        struct timespec wait = { left_ns / 1000000000L, left_ns % 1000000000L };
+        sigtimedwait(&chld, NULL, &wait);
+    }
+}
+
+int wb_pin_cpu(pid_t pid, int cpu) {
+    cpu_set_t set;
+    CPU_ZERO(&set);
+    CPU_SET(cpu, &set);
+    return sched_setaffinity(pid, sizeof set, &set) == 0 ? 0 : errno;
+}

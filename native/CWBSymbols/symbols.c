@@ -5,6 +5,7 @@
 #include "wb_symbols.h"
 #include <elfutils/libdw.h>
 #include <elfutils/libdwfl.h>
+#include <gelf.h>
 #include <dwarf.h>
 #include <stdlib.h>
 #include <string.h>
@@ -172,3 +173,38 @@ int wb_unwinder_backtrace(wb_unwinder *u, pid_t tid, wb_frame *frames, int max) 
 }
 
 const char *wb_unwinder_error(void) { return dwfl_errmsg(-1); }
+
+struct lookup_arg { const char *name; const char *module; uint64_t address, size; int found; };
+
+static int lookup_module(Dwfl_Module *mod, void **userdata, const char *mname, Dwarf_Addr start, void *arg) {
+    (void)userdata; (void)start;
+    struct lookup_arg *a = arg;
+    if (a->module && (!mname || !strstr(mname, a->module))) return DWARF_CB_OK;
+    int n = dwfl_module_getsymtab(mod);
+    for (int i = 0; i < n; i++) {
+        GElf_Sym sym;
+        GElf_Addr addr;
+        const char *name = dwfl_module_getsym_info(mod, i, &sym, &addr, NULL, NULL, NULL);
+        if (!name || sym.st_shndx == SHN_UNDEF) continue;
+        int type = GELF_ST_TYPE(sym.st_info);
+        if (type != STT_FUNC && type != STT_OBJECT && type != STT_GNU_IFUNC) continue;
+        // Versioned names (memcmp@@GLIBC_2.2.5) match their plain name.
+        size_t len = strlen(a->name);
+        if (strncmp(name, a->name, len) == 0 && (name[len] == 0 || name[len] == '@')) {
+            a->address = addr;
+            a->size = sym.st_size;
+            a->found = 1;
+            return DWARF_CB_ABORT;
+        }
+    }
+    return DWARF_CB_OK;
+}
+
+int wb_unwinder_lookup(wb_unwinder *u, const char *name, const char *module, uint64_t *address, uint64_t *size) {
+    struct lookup_arg a = { name, module, 0, 0, 0 };
+    dwfl_getmodules(u->dwfl, lookup_module, &a, 0);
+    if (!a.found) return -1;
+    *address = a.address;
+    *size = a.size;
+    return 0;
+}

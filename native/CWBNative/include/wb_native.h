@@ -67,6 +67,9 @@ enum {
     WB_PTRACE_EVENT_CLONE = 3,
     WB_PTRACE_EVENT_EXEC = 4,
     WB_PTRACE_EVENT_STOP = 128,
+    WB_PTRACE_EVENT_SECCOMP = 7,
+    WB_PTRACE_O_TRACESECCOMP = 0x00000080,
+    WB_PTRACE_SETOPTIONS = 0x4200,
     WB_NT_PRSTATUS = 1,
     WB_NT_X86_XSTATE = 0x202,
 };
@@ -83,6 +86,12 @@ int wb_wifstopped(int status);
 int wb_wstopsig(int status);
 /// The PTRACE_EVENT_* number of a ptrace stop (status >> 16), 0 for none.
 int wb_wptrace_event(int status);
+/// Waits up to `timeout_ms` for any traced thread or child to change state (waitpid with
+/// WNOHANG between sigtimedwait on SIGCHLD, which must be blocked by the caller). Returns 0
+/// with `pid` and `status` set, ETIMEDOUT, or an errno.
+int wb_wait_any(int timeout_ms, pid_t *pid, int *status);
+/// Pins a thread or process to one CPU (sched_setaffinity).
+int wb_pin_cpu(pid_t pid, int cpu);
 enum { WB_WNOHANG = 1, WB_WALL = 0x40000000 };
 
 // MARK: - Raw syscalls and variadic calls

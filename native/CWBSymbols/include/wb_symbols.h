@@ -44,6 +44,10 @@ int wb_unwinder_attach(wb_unwinder *u, pid_t pid, const pid_t *tids, const uint6
 int wb_unwinder_backtrace(wb_unwinder *u, pid_t tid, wb_frame *frames, int max);
 /// Names one address (function, module, file:line); `exact` as in wb_frame.
 void wb_unwinder_symbolize(wb_unwinder *u, uint64_t pc, int exact, wb_frame *frame);
+/// Finds a symbol by name in the reported modules (the first module with it, or only
+/// `module` when given): its run-time address and size. Returns 0 or -1.
+int wb_unwinder_lookup(wb_unwinder *u, const char *name, const char *module, uint64_t *address, uint64_t *size);
+
 /// The last libdwfl error.
 const char *wb_unwinder_error(void);
 

@@ -1,0 +1,457 @@
+import Foundation
+import Glibc
+import WBCore
+import WBRestore
+import WBSymbols
+import WBTrace
+
+/// One run's outcome.
+public enum Outcome: Equatable, Sendable {
+    case exited(Int32)
+    /// A fatal signal, with the faulting address (si_addr) where there is one.
+    case crashed(signal: Int32, address: UInt64)
+    case hang
+}
+
+/// What a run found.
+public struct RunResult: Sendable {
+    public var outcome: Outcome
+    /// Basic blocks reached for the first time.
+    public var newBlocks: [UInt64]
+    /// Values compared by compare instructions (comparison-tracing runs only).
+    public var comparisons: [Comparison]
+    /// For crashes: the crashing thread, its registers and its frames.
+    public var crash: CrashState?
+}
+
+public struct Comparison: Hashable, Sendable {
+    public var left: UInt64
+    public var right: UInt64
+    public var width: Int
+}
+
+public struct CrashState: Sendable {
+    public var tid: Int32
+    public var signal: Int32
+    public var address: UInt64
+    public var registers: Registers
+    public var frames: [Frame]
+}
+
+/// Runs a restored process again and again from the same state. Each run: the input goes in
+/// (a file behind the input fd, a file the process opens, or a buffer in memory), every
+/// thread gets the snapshot's registers, the process runs until it exits, crashes or times
+/// out, and then only the pages it wrote are put back (userfaultfd write-protect in async
+/// mode and PAGEMAP_SCAN find them). A seccomp filter turns exit into a stop at the
+/// controller, and tells it when the process changed its mappings or fds.
+public final class Executor {
+    public let restored: RestoredProcess
+    public var tracee: Tracee { restored.tracee }
+    public let image: Image
+    public let input: InputChannel
+    public let symbols: Backtracer
+    public let reset = "snapshot pages"
+    /// Seconds a run may take.
+    public var timeout: Double = 1
+
+    private let memory: ImageMemory
+    private var snapshot: [Int32: (Registers, Data, UInt64)] = [:]
+    private var tracker: DirtyTracker!
+    private var scanner: PageScanner!
+    private var trackedSpan: (UInt64, UInt64) = (0, 0)
+    private var copied: [(start: UInt64, bytes: [UInt8])] = []
+    private var snapshotMaps: [String] = []
+    private var snapshotFDs: [Int32] = []
+    private var inputFD: FileDescriptor?
+    private var inputBuffer: (address: UInt64, size: UInt64)?
+    private var inputLength: (address: UInt64, size: UInt64)?
+    private var layoutChanged = false, fdsChanged = false
+    private var defaultTerminates: Set<Int32> = []
+
+    /// Coverage: one-shot breakpoints on basic-block starts.
+    public private(set) var blocks: [UInt64: UInt8] = [:]
+    public private(set) var blockCount = 0
+    public private(set) var covered: Set<UInt64> = []
+    /// Compare instructions, for comparison-tracing runs.
+    private var compares: [UInt64: Disassembler.Instruction] = [:]
+    private var compareBytes: [UInt64: UInt8] = [:]
+    /// Constants compared against in the code: a dictionary for free.
+    public private(set) var constants: [[UInt8]] = []
+    public private(set) var executions = 0
+
+    /// Restores `image` stopped and prepares it for runs. `cover` chooses the code that gets
+    /// coverage breakpoints: "exe", "all", or a library name.
+    public init(image: Image, input: InputChannel, cover: String, options: RestoreOptions) throws {
+        self.image = image
+        self.input = input
+        let restorer = Restorer(image: image, options: options)
+        restored = try restorer.restore()
+        let files = restorer.files ?? ResolvedFiles()
+        memory = try ImageMemory(image: image, files: files)
+        let procMemory = restored.tracee.memory
+        symbols = try Backtracer(mappings: image.process.mappings, files: files, debugDirectories: [],
+                                 read: { try? procMemory.readWord($0) })
+        do {
+            try prepare(cover: cover)
+        } catch {
+            restored.terminate()
+            throw error
+        }
+    }
+
+    deinit { tracker?.release() }
+
+    private func prepare(cover: String) throws {
+        let tracee = restored.tracee
+        try tracee.addOptions(Tracee.traceSeccompOption)
+        let maps = try ProcFS.maps(tracee.pid, withFlags: false)
+        tracee.syscallGadget = try tracee.findSyscallGadget(in: maps)
+        for a in image.process.sigactions where a.handler == 0 && [1, 2, 3, 4, 5, 6, 7, 8, 11, 13, 14, 15, 24, 25, 26, 27, 31].contains(a.signal) {
+            defaultTerminates.insert(a.signal)
+        }
+        try tracee.withSyscalls(in: tracee.pid) { s in
+            let scratch = try s.mapScratch(bytes: 4096)
+            defer { _ = try? s.raw(.munmap, scratch, 4096) }
+            try setUpInput(s, scratch: scratch)
+            try installFilter(s, scratch: scratch)
+            tracker = try DirtyTracker(tracee: tracee, syscalls: s)
+        }
+        scanner = try PageScanner(pid: tracee.pid)
+        // Writable private memory is tracked where the kernel can write-protect it, and
+        // copied back whole where it cannot (small: libraries' data).
+        let now = try ProcFS.maps(tracee.pid, withFlags: false)
+        var low = UInt64.max, high: UInt64 = 0
+        for e in now where !e.shared && e.protection & 2 != 0 && e.path != "[vvar]" && e.path != "[vvar_vclock]" {
+            if tracker.register(start: e.start, end: e.end) {
+                low = min(low, e.start); high = max(high, e.end)
+            } else {
+                copied.append((e.start, try tracee.read(e.start, count: Int(e.end - e.start))))
+            }
+        }
+        trackedSpan = (low, high)
+        try tracker.protectAll()
+        snapshotMaps = try Paths.readText("/proc/\(tracee.pid)/maps").split(separator: "\n").map(String.init)
+        snapshotFDs = try ProcFS.fds(tracee.pid)
+        for tid in tracee.tids {
+            snapshot[tid] = (try tracee.registers(tid), try tracee.xstate(tid), try tracee.signalMask(tid))
+        }
+        try placeBreakpoints(cover: cover, maps: now)
+    }
+
+    // MARK: Input
+
+    private func setUpInput(_ s: RemoteSyscalls, scratch: UInt64) throws {
+        switch input {
+        case let .fd(n):
+            try tracee.write(Array("wb-input".utf8) + [0], to: scratch)
+            let m = try s.call(.memfdCreate, scratch, 0, what: "creating the input file")
+            try s.call(.dup2, m, UInt64(n), what: "putting the input on fd \(n)")
+            try s.call(.close, m, what: "closing a spare fd")
+            inputFD = try tracee.takeFD(n)
+        case let .file(path):
+            inputFD = try FileDescriptor.open(path, O_RDWR | O_CREAT, mode: 0o644, what: "creating the input file \(path)")
+        case let .memory(symbol, lengthSymbol):
+            guard let b = symbols.lookup(symbol) else {
+                throw WBError.invalidArgument("--input mem:\(symbol): no symbol \(symbol) in the process (is it static, or stripped?)")
+            }
+            inputBuffer = b
+            if let l = lengthSymbol {
+                guard let len = symbols.lookup(l), len.size == 4 || len.size == 8 else {
+                    throw WBError.invalidArgument("--input mem:\(symbol):\(l): no 4- or 8-byte symbol \(l) in the process")
+                }
+                inputLength = len
+            }
+        }
+    }
+
+    private func deliver(_ data: [UInt8]) throws {
+        switch input {
+        case .fd:
+            try inputFD!.truncate(to: 0)
+            try inputFD!.write(data, at: 0)
+            _ = lseek(inputFD!.rawValue, 0, SEEK_SET)
+        case .file:
+            try inputFD!.truncate(to: 0)
+            try inputFD!.write(data, at: 0)
+        case .memory:
+            let b = inputBuffer!
+            let n = min(UInt64(data.count), b.size == 0 ? UInt64(data.count) : b.size)
+            try tracee.write(Array(data.prefix(Int(n))), to: b.address)
+            if let l = inputLength {
+                let bytes = withUnsafeBytes(of: n.littleEndian) { Array($0.prefix(Int(l.size))) }
+                try tracee.write(bytes, to: l.address)
+            }
+        }
+    }
+
+    // MARK: Seccomp
+
+    /// exit and exit_group stop at wb (data 1); calls that change mappings (2) or fds (4)
+    /// are noted so the reset after the run repairs them.
+    private func installFilter(_ s: RemoteSyscalls, scratch: UInt64) throws {
+        let traced: [(Int, UInt32)] = [(231, 1), (60, 1), (12, 2), (9, 2), (11, 2), (25, 2), (10, 2),
+                                       (2, 4), (257, 4), (3, 4), (32, 4), (33, 4), (292, 4), (22, 4), (293, 4),
+                                       (41, 4), (319, 4), (290, 4), (291, 4), (43, 4), (288, 4), (56, 8), (435, 8), (59, 8), (322, 8)]
+        var prog: [(UInt16, UInt8, UInt8, UInt32)] = [
+            (0x20, 0, 0, 4), (0x15, 1, 0, 0xC000_003E), (0x06, 0, 0, 0x7FFF_0000), (0x20, 0, 0, 0),
+        ]
+        for (nr, data) in traced {
+            prog.append((0x15, 0, 1, UInt32(nr)))
+            prog.append((0x06, 0, 0, 0x7FF0_0000 | data))
+        }
+        prog.append((0x06, 0, 0, 0x7FFF_0000))
+        var bytes: [UInt8] = []
+        for (code, jt, jf, k) in prog {
+            withUnsafeBytes(of: code.littleEndian) { bytes += $0 }
+            bytes += [jt, jf]
+            withUnsafeBytes(of: k.littleEndian) { bytes += $0 }
+        }
+        try tracee.write(bytes, to: scratch + 256)
+        var fprog: [UInt8] = []
+        withUnsafeBytes(of: UInt64(prog.count).littleEndian) { fprog += $0 }
+        withUnsafeBytes(of: (scratch + 256).littleEndian) { fprog += $0 }
+        try tracee.write(fprog, to: scratch + 128)
+        try s.call(.prctl, 38 /* PR_SET_NO_NEW_PRIVS */, 1, 0, 0, 0, what: "setting no_new_privs for the seccomp filter")
+        try s.call(.seccomp, 1 /* SET_MODE_FILTER */, 1 /* TSYNC */, scratch + 128, what: "installing the seccomp filter")
+    }
+
+    // MARK: Coverage
+
+    private func placeBreakpoints(cover: String, maps: [ProcFS.MapsEntry]) throws {
+        let exe = image.process.exe
+        let code = maps.filter { e in
+            guard e.protection & 4 != 0, e.path.hasPrefix("/") else { return false }
+            switch cover {
+            case "exe": return e.path == exe || e.path.deletedStripped.path == exe
+            case "all": return true
+            default: return e.path.split(separator: "/").last.map { $0.hasPrefix(cover) } ?? false
+            }
+        }
+        if code.isEmpty { throw WBError.invalidArgument("--cover \(cover): no executable mapping of the process matches") }
+        var constants = Set<[UInt8]>()
+        for e in code {
+            var text = [UInt8](repeating: 0, count: Int(e.end - e.start))
+            for page in stride(from: 0, to: text.count, by: 4096) {
+                if let p = memory.read(e.start + UInt64(page), count: 4096) { text.replaceSubrange(page..<(page + 4096), with: p) }
+            }
+            let instructions = Disassembler.disassemble(text, at: e.start)
+            for start in Disassembler.blockStarts(instructions) {
+                let i = Int(start - e.start)
+                blocks[start] = text[i]
+                text[i] = 0xCC
+            }
+            for i in instructions where i.kind == .compare {
+                compares[i.address] = i
+                for case let .immediate(v) in i.operands where i.width >= 2 && v > 255 {
+                    constants.insert(withUnsafeBytes(of: UInt64(bitPattern: v).littleEndian) { Array($0.prefix(i.width)) })
+                }
+            }
+            try tracee.write(text, to: e.start)
+        }
+        blockCount = blocks.count
+        self.constants = Array(constants).sorted { $0.lexicographicallyPrecedes($1) }
+    }
+
+    // MARK: Running
+
+    /// Runs the process once on `data`. With `traceComparisons`, compare instructions also
+    /// report their operands (slower; for new inputs only).
+    public func run(_ data: [UInt8], traceComparisons: Bool = false) throws -> RunResult {
+        executions += 1
+        try deliver(data)
+        if traceComparisons { try setCompareBreakpoints(true) }
+        defer { if traceComparisons { try? setCompareBreakpoints(false) } }
+        for (tid, s) in snapshot {
+            try tracee.setRegisters(tid, s.0)
+            try tracee.setXstate(tid, s.1)
+            try tracee.setSignalMask(tid, s.2)
+        }
+        for tid in snapshot.keys { try tracee.resume(tid, .continue) }
+        var running = Set(snapshot.keys)
+        var result = RunResult(outcome: .hang, newBlocks: [], comparisons: [], crash: nil)
+        var stepping: [Int32: UInt64] = [:]
+        let deadline = Clock.monotonic + timeout
+        runLoop: while true {
+            guard let (tid, stop) = try tracee.waitAny(timeout: max(0.001, deadline - Clock.monotonic)) else {
+                result.outcome = .hang
+                break runLoop
+            }
+            switch stop {
+            case let .event(ev) where ev == Tracee.seccompEvent:
+                let data = try tracee.eventMessage(tid)
+                if data & 1 != 0 {
+                    var regs = try tracee.registers(tid)
+                    result.outcome = .exited(Int32(truncatingIfNeeded: regs.rdi))
+                    regs.origRax = UInt64.max
+                    try tracee.setRegisters(tid, regs)
+                    running.remove(tid)
+                    break runLoop
+                }
+                if data & 2 != 0 { layoutChanged = true }
+                if data & 4 != 0 { fdsChanged = true }
+                if data & 8 != 0 {
+                    // clone, fork, exec: not something a snapshot can be branched over.
+                    result.outcome = .crashed(signal: SIGSYS, address: 0)
+                    running.remove(tid)
+                    break runLoop
+                }
+                try tracee.resume(tid, .continue)
+            case .event:
+                try tracee.resume(tid, .continue)
+            case let .signal(sig):
+                if sig == SIGTRAP {
+                    var regs = try tracee.registers(tid)
+                    if let original = stepping.removeValue(forKey: tid) {
+                        // Stepped over a compare: put its breakpoint back.
+                        try tracee.write([0xCC], to: original)
+                        try tracee.resume(tid, .continue)
+                        continue
+                    }
+                    let at = regs.rip &- 1
+                    var handled = false
+                    if let original = blocks.removeValue(forKey: at) {
+                        // A block reached for the first time: its breakpoint goes for good.
+                        if compareBytes[at] != nil { compareBytes[at] = original } else { try tracee.write([original], to: at) }
+                        covered.insert(at)
+                        result.newBlocks.append(at)
+                        regs.rip = at
+                        try tracee.setRegisters(tid, regs)
+                        handled = true
+                    }
+                    if let original = compareBytes[at], let insn = compares[at] {
+                        regs.rip = at
+                        try tracee.setRegisters(tid, regs)
+                        if let c = compared(insn, regs) { result.comparisons.append(c) }
+                        try tracee.write([original], to: at)
+                        stepping[tid] = at
+                        try tracee.resume(tid, .singleStep)
+                        continue
+                    }
+                    if handled { try tracee.resume(tid, .continue); continue }
+                }
+                if sig == SIGTRAP || defaultTerminates.contains(sig) || [SIGSEGV, SIGBUS, SIGILL, SIGFPE, SIGABRT, SIGSYS].contains(sig) {
+                    let info = (try? tracee.signalInfo(tid)) ?? [UInt8](repeating: 0, count: 128)
+                    let address = info.withUnsafeBytes { $0.loadUnaligned(fromByteOffset: 16, as: UInt64.self) }
+                    result.outcome = .crashed(signal: sig, address: address)
+                    let regs = try tracee.registers(tid)
+                    symbols.attach(pid: tracee.pid, threads: [(tid, regs)])
+                    result.crash = CrashState(tid: tid, signal: sig, address: address, registers: regs, frames: symbols.backtrace(tid))
+                    running.remove(tid)
+                    break runLoop
+                }
+                try tracee.resume(tid, .continue, signal: sig)
+            case .interrupted:
+                try tracee.resume(tid, .continue)
+            case .exited, .killed:
+                throw WBError.failed("the process being fuzzed ended despite wb (thread \(tid)); it cannot go on")
+            }
+        }
+        try stopAll(running)
+        try resetMemory()
+        return result
+    }
+
+    /// The values a compare instruction is about to compare.
+    private func compared(_ insn: Disassembler.Instruction, _ r: Registers) -> Comparison? {
+        let general: [UInt64] = [r.r15, r.r14, r.r13, r.r12, r.rbp, r.rbx, r.r11, r.r10, r.r9, r.r8, r.rax, r.rcx, r.rdx,
+                                 r.rsi, r.rdi, r.origRax, r.rip, r.cs, r.eflags, r.rsp]
+        let mask: UInt64 = insn.width >= 8 ? ~0 : (1 << UInt64(insn.width * 8)) - 1
+        func value(_ o: Disassembler.Operand) -> UInt64? {
+            switch o {
+            case let .register(i, _, shift): return i >= 0 && i < general.count ? (general[i] >> UInt64(shift)) & mask : nil
+            case let .immediate(v): return UInt64(bitPattern: v) & mask
+            case let .memory(base, index, scale, disp):
+                var a = UInt64(bitPattern: disp)
+                if base == -2 { a = a &+ insn.next } else if base >= 0 && base < general.count { a = a &+ general[base] }
+                if index >= 0 && index < general.count { a = a &+ general[index] &* UInt64(scale) }
+                guard let w = try? tracee.memory.readWord(a) else { return nil }
+                return w & mask
+            case .none: return nil
+            }
+        }
+        guard insn.operands.count == 2, let a = value(insn.operands[0]), let b = value(insn.operands[1]), a != b else { return nil }
+        return Comparison(left: a, right: b, width: insn.width)
+    }
+
+    private func setCompareBreakpoints(_ on: Bool) throws {
+        if on {
+            for (address, _) in compares where compareBytes[address] == nil {
+                guard let b = try? tracee.read(address, count: 1) else { continue }
+                compareBytes[address] = b[0] == 0xCC ? (blocks[address] ?? b[0]) : b[0]
+                try tracee.write([0xCC], to: address)
+            }
+        } else {
+            for (address, original) in compareBytes {
+                try tracee.write([blocks[address] != nil ? 0xCC : original], to: address)
+            }
+            compareBytes = [:]
+        }
+    }
+
+    private func stopAll(_ running: Set<Int32>) throws {
+        for t in running { try tracee.interrupt(t) }
+        for t in running {
+            wait: while true {
+                switch try tracee.wait(t) {
+                case .interrupted, .exited, .killed: break wait
+                case .signal, .event: try tracee.resume(t, .continue)
+                }
+            }
+        }
+    }
+
+    /// Puts back every page the run wrote, and repairs mappings and fds if it changed them.
+    private func resetMemory() throws {
+        guard trackedSpan.0 < trackedSpan.1 else { return }
+        let written = try scanner.scan(start: trackedSpan.0, end: trackedSpan.1, writtenOnly: true, trackedOnly: true)
+        var ranges: [UInt64] = []
+        var buffer: [UInt8] = []
+        for r in written {
+            var a = r.start
+            while a < r.end {
+                buffer += memory.read(a, count: 4096) ?? [UInt8](repeating: 0, count: 4096)
+                a += 4096
+            }
+            ranges += [r.start, r.end - r.start]
+        }
+        if !buffer.isEmpty {
+            try buffer.withUnsafeBytes { try tracee.write(ranges: ranges, from: $0) }
+            for r in written { try tracker.protect(start: r.start, end: r.end) }
+        }
+        for c in copied { try tracee.write(c.bytes, to: c.start) }
+        if layoutChanged || fdsChanged { try repair() }
+    }
+
+    /// After a run that mapped, unmapped or opened things: back to the snapshot's layout.
+    private func repair() throws {
+        let pid = tracee.pid
+        try tracee.withSyscalls(in: pid) { s in
+            if layoutChanged {
+                let now = try Paths.readText("/proc/\(pid)/maps").split(separator: "\n").map(String.init)
+                if now != snapshotMaps {
+                    let before = ProcFS.parseMaps(snapshotMaps.joined(separator: "\n"))
+                    for e in ProcFS.parseMaps(now.joined(separator: "\n")) where !before.contains(where: { $0.start == e.start && $0.end == e.end }) {
+                        // A mapping the run made, or a grown heap: the part beyond the snapshot goes.
+                        if let old = before.first(where: { $0.start == e.start }), e.end > old.end {
+                            _ = try s.raw(.munmap, old.end, e.end - old.end)
+                        } else if !before.contains(where: { $0.start < e.end && e.start < $0.end }) {
+                            _ = try s.raw(.munmap, e.start, e.end - e.start)
+                        }
+                    }
+                    _ = try s.raw(.brk, image.process.mm.brk)
+                }
+            }
+            if fdsChanged {
+                for fd in try ProcFS.fds(pid) where !snapshotFDs.contains(fd) { _ = try s.raw(.close, UInt64(fd)) }
+            }
+        }
+        layoutChanged = false
+        fdsChanged = false
+    }
+
+    /// Ends the fuzzing copy.
+    public func terminate() {
+        tracker?.release()
+        restored.terminate()
+    }
+}
