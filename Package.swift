@@ -3,12 +3,12 @@
 import PackageDescription
 
 /// C executables built by SwiftPM are linked by swiftc; they are ordinary glibc programs.
-func harnessProgram(_ name: String, optimize: Bool = true) -> Target {
+func harnessProgram(_ name: String, optimize: Bool = true, flags: [String] = []) -> Target {
     .executableTarget(
         name: "harness-\(name)",
         dependencies: ["HarnessSupport"],
         path: "harness/programs/\(name)",
-        cSettings: [.unsafeFlags([optimize ? "-O2" : "-O0", "-g", "-mavx2", "-pthread"])],
+        cSettings: [.unsafeFlags([optimize ? "-O2" : "-O0", "-g", "-mavx2", "-pthread"] + flags)],
         linkerSettings: [.linkedLibrary("pthread")])
 }
 
@@ -58,7 +58,7 @@ let package = Package(
         .executableTarget(
             name: "wb",
             dependencies: [
-                "WBCore", "WBCheckpoint", "WBRestore", "WBSymbols", "WBDebug",
+                "WBCore", "WBCheckpoint", "WBRestore", "WBSymbols", "WBDebug", "WBFuzz",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]),
 
@@ -73,7 +73,8 @@ let package = Package(
         harnessProgram("holder"),
         harnessProgram("events"),
         harnessProgram("strings"),
-        harnessProgram("parser"),
+        // As distributions build programs: a stack overflow ends in __stack_chk_fail.
+        harnessProgram("parser", flags: ["-fstack-protector-strong"]),
 
         .testTarget(name: "WBCoreTests", dependencies: ["WBCore"]),
         .testTarget(name: "WBTraceTests", dependencies: ["WBTrace"]),

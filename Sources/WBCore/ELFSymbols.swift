@@ -1,3 +1,5 @@
+import Glibc
+
 /// Reading function symbols from an in-memory ELF64 image (the vdso), for matching entry
 /// points between two kernels' vdsos.
 public enum ELFSymbols {
@@ -29,6 +31,51 @@ public enum ELFSymbols {
                 out[String(decoding: bytes[start..<end], as: UTF8.self)] = value
             }
             at += entsize
+        }
+        return out
+    }
+}
+
+extension ELFSymbols {
+    /// A section of machine code in an ELF file.
+    public struct CodeSection: Sendable, Equatable {
+        public var name: String
+        public var fileOffset: UInt64
+        public var size: UInt64
+    }
+
+    /// The executable sections (.init, .plt, .text, .fini, ...) of the ELF file at `path`:
+    /// where the code is, as opposed to the headers, symbol tables and relocations that
+    /// share its executable segment. Nil when the file has no section headers.
+    public static func codeSections(of path: String) -> [CodeSection]? {
+        guard let fd = try? FileDescriptor.open(path, O_RDONLY) else { return nil }
+        func read(_ offset: Int, _ count: Int) -> [UInt8]? {
+            guard count > 0, count < 1 << 26 else { return nil }
+            var out = [UInt8](repeating: 0, count: count)
+            let got = (try? out.withUnsafeMutableBytes { try fd.read(into: $0, at: UInt64(offset)) }) ?? 0
+            return got == count ? out : nil
+        }
+        guard let h = read(0, 64), h[0] == 0x7F, h[1] == 0x45, h[2] == 0x4C, h[3] == 0x46, h[4] == 2, h[5] == 1 else { return nil }
+        func u16(_ b: [UInt8], _ at: Int) -> Int { Int(b[at]) | Int(b[at + 1]) << 8 }
+        func u32(_ b: [UInt8], _ at: Int) -> Int { (0..<4).reduce(0) { $0 | Int(b[at + $1]) << (8 * $1) } }
+        func u64(_ b: [UInt8], _ at: Int) -> UInt64 { (0..<8).reduce(UInt64(0)) { $0 | UInt64(b[at + $1]) << (8 * UInt64($1)) } }
+        let shoff = Int(u64(h, 0x28)), shentsize = u16(h, 0x3A), shnum = u16(h, 0x3C), shstrndx = u16(h, 0x3E)
+        guard shoff > 0, shentsize >= 64, shnum > 0, let table = read(shoff, shnum * shentsize) else { return nil }
+        var names: [UInt8] = []
+        if shstrndx < shnum {
+            let at = shstrndx * shentsize
+            names = read(Int(u64(table, at + 0x18)), Int(u64(table, at + 0x20))) ?? []
+        }
+        var out: [CodeSection] = []
+        for i in 0..<shnum {
+            let at = i * shentsize
+            let type = u32(table, at + 4), flags = u64(table, at + 8)
+            guard type == 1 /* PROGBITS */, flags & 0x4 /* EXECINSTR */ != 0, flags & 0x2 /* ALLOC */ != 0 else { continue }
+            let nameAt = u32(table, at)
+            var end = nameAt
+            while end < names.count && names[end] != 0 { end += 1 }
+            let name = nameAt < names.count ? String(decoding: names[nameAt..<end], as: UTF8.self) : ""
+            out.append(CodeSection(name: name, fileOffset: u64(table, at + 0x18), size: u64(table, at + 0x20)))
         }
         return out
     }

@@ -33,6 +33,14 @@ public final class GDBServer {
         lastStop = "T05thread:\(String(tracee.pid, radix: 16));"
     }
 
+    /// Reports `tid` stopped by `signal` (a crash wb ran into): gdb sees the signal, and it is
+    /// delivered when the thread goes on.
+    public func setStop(tid: Int32, signal: Int32) {
+        selected = tid
+        if signal != SIGTRAP && signal != 0 { pendingSignals[tid] = signal }
+        lastStop = String(format: "T%02x", GDBSignals.gdb(signal == 0 ? SIGTRAP : signal)) + "thread:\(String(tid, radix: 16));"
+    }
+
     /// Replaces the process being debugged (after `monitor restore`).
     public func replace(with tracee: Tracee) {
         self.tracee = tracee

@@ -8,6 +8,9 @@ import WBTrace
 /// One run's outcome.
 public enum Outcome: Equatable, Sendable {
     case exited(Int32)
+    /// The process went back for more input (read the input again after its end, or read
+    /// something with nothing to read): the end of one iteration, as in persistent mode.
+    case waiting
     /// A fatal signal, with the faulting address (si_addr) where there is one.
     case crashed(signal: Int32, address: UInt64)
     case hang
@@ -50,9 +53,16 @@ public final class Executor {
     public let image: Image
     public let input: InputChannel
     public let symbols: Backtracer
-    public let reset = "snapshot pages"
+    /// The image's files as this machine has them (for a debugger's sysroot).
+    public let files: ResolvedFiles
+    /// How the process goes back to the snapshot after a run.
+    public let reset: String
     /// Seconds a run may take.
     public var timeout: Double = 1
+    /// Branching: every run starts from the snapshot. Once: one run, the process is left as it ends
+    /// (for replaying a crash).
+    public enum Mode: Sendable { case branching, once }
+    public let mode: Mode
 
     private let memory: ImageMemory
     private var snapshot: [Int32: (Registers, Data, UInt64)] = [:]
@@ -63,30 +73,41 @@ public final class Executor {
     private var snapshotMaps: [String] = []
     private var snapshotFDs: [Int32] = []
     private var inputFD: FileDescriptor?
+    private var inputSize = -1
     private var inputBuffer: (address: UInt64, size: UInt64)?
     private var inputLength: (address: UInt64, size: UInt64)?
     private var layoutChanged = false, fdsChanged = false
     private var defaultTerminates: Set<Int32> = []
+    /// Whether this run has already read the end of the input.
+    private var endOfInputRead = false
 
     /// Coverage: one-shot breakpoints on basic-block starts.
     public private(set) var blocks: [UInt64: UInt8] = [:]
     public private(set) var blockCount = 0
     public private(set) var covered: Set<UInt64> = []
+    /// The covered blocks in the order they were reached.
+    public private(set) var coveredInOrder: [UInt64] = []
     /// Compare instructions, for comparison-tracing runs.
     private var compares: [UInt64: Disassembler.Instruction] = [:]
     private var compareBytes: [UInt64: UInt8] = [:]
     /// Constants compared against in the code: a dictionary for free.
     public private(set) var constants: [[UInt8]] = []
     public private(set) var executions = 0
+    private let debugTrace = ProcessInfo.processInfo.environment["WB_FUZZ_TRACE"] != nil
 
     /// Restores `image` stopped and prepares it for runs. `cover` chooses the code that gets
     /// coverage breakpoints: "exe", "all", or a library name.
-    public init(image: Image, input: InputChannel, cover: String, options: RestoreOptions) throws {
+    public init(image: Image, input: InputChannel, cover: String?, options: RestoreOptions, mode: Mode = .branching) throws {
         self.image = image
         self.input = input
+        self.mode = mode
+        reset = mode == .branching ? "dirty pages (userfaultfd write-protect + PAGEMAP_SCAN)" : "none (one run)"
+        // Runs wait for the process's stops with sigtimedwait: SIGCHLD must stay pending.
+        Signals.block([SIGCHLD])
         let restorer = Restorer(image: image, options: options)
         restored = try restorer.restore()
         let files = restorer.files ?? ResolvedFiles()
+        self.files = files
         memory = try ImageMemory(image: image, files: files)
         let procMemory = restored.tracee.memory
         symbols = try Backtracer(mappings: image.process.mappings, files: files, debugDirectories: [],
@@ -101,14 +122,27 @@ public final class Executor {
 
     deinit { tracker?.release() }
 
-    private func prepare(cover: String) throws {
+    private func prepare(cover: String?) throws {
         let tracee = restored.tracee
-        try tracee.addOptions(Tracee.traceSeccompOption)
         let maps = try ProcFS.maps(tracee.pid, withFlags: false)
         tracee.syscallGadget = try tracee.findSyscallGadget(in: maps)
         for a in image.process.sigactions where a.handler == 0 && [1, 2, 3, 4, 5, 6, 7, 8, 11, 13, 14, 15, 24, 25, 26, 27, 31].contains(a.signal) {
             defaultTerminates.insert(a.signal)
         }
+        for tid in tracee.tids {
+            snapshot[tid] = (try tracee.registers(tid), try tracee.xstate(tid), try tracee.signalMask(tid))
+        }
+        if mode == .once {
+            try tracee.withSyscalls(in: tracee.pid) { s in
+                let scratch = try s.mapScratch(bytes: 4096)
+                defer { _ = try? s.raw(.munmap, scratch, 4096) }
+                try setUpInput(s, scratch: scratch)
+            }
+            if let cover { try placeBreakpoints(cover: cover, maps: maps) }
+            return
+        }
+        // The process dies with wb (it could not exit on its own once the filter is in).
+        try tracee.addOptions(Tracee.traceSeccompOption | Tracee.exitKillOption)
         try tracee.withSyscalls(in: tracee.pid) { s in
             let scratch = try s.mapScratch(bytes: 4096)
             defer { _ = try? s.raw(.munmap, scratch, 4096) }
@@ -129,13 +163,13 @@ public final class Executor {
             }
         }
         trackedSpan = (low, high)
+        if debugTrace {
+            FileHandle.standardError.write(Data("wb-trace: tracked \(tracker.ranges.map { "\(hex($0.start))-\(hex($0.end))" }) copied \(copied.map { "\(hex($0.start))+\($0.bytes.count)" })\n".utf8))
+        }
         try tracker.protectAll()
         snapshotMaps = try Paths.readText("/proc/\(tracee.pid)/maps").split(separator: "\n").map(String.init)
         snapshotFDs = try ProcFS.fds(tracee.pid)
-        for tid in tracee.tids {
-            snapshot[tid] = (try tracee.registers(tid), try tracee.xstate(tid), try tracee.signalMask(tid))
-        }
-        try placeBreakpoints(cover: cover, maps: now)
+        if let cover { try placeBreakpoints(cover: cover, maps: now) }
     }
 
     // MARK: Input
@@ -166,13 +200,11 @@ public final class Executor {
 
     private func deliver(_ data: [UInt8]) throws {
         switch input {
-        case .fd:
-            try inputFD!.truncate(to: 0)
-            try inputFD!.write(data, at: 0)
-            _ = lseek(inputFD!.rawValue, 0, SEEK_SET)
-        case .file:
-            try inputFD!.truncate(to: 0)
-            try inputFD!.write(data, at: 0)
+        case .fd, .file:
+            if !data.isEmpty { try inputFD!.write(data, at: 0) }
+            if data.count != inputSize { try inputFD!.truncate(to: UInt64(data.count)) }
+            inputSize = data.count
+            if case .fd = input { _ = lseek(inputFD!.rawValue, 0, SEEK_SET) }
         case .memory:
             let b = inputBuffer!
             let n = min(UInt64(data.count), b.size == 0 ? UInt64(data.count) : b.size)
@@ -187,11 +219,16 @@ public final class Executor {
     // MARK: Seccomp
 
     /// exit and exit_group stop at wb (data 1); calls that change mappings (2) or fds (4)
-    /// are noted so the reset after the run repairs them.
-    private func installFilter(_ s: RemoteSyscalls, scratch: UInt64) throws {
-        let traced: [(Int, UInt32)] = [(231, 1), (60, 1), (12, 2), (9, 2), (11, 2), (25, 2), (10, 2),
+    /// are noted so the reset after the run repairs them; clone, fork and exec (8) end the
+    /// run; reads (16) let wb see the process going back for more input.
+    static let traced: [(Int, UInt32)] = [(231, 1), (60, 1), (12, 2), (9, 2), (11, 2), (25, 2), (10, 2),
                                        (2, 4), (257, 4), (3, 4), (32, 4), (33, 4), (292, 4), (22, 4), (293, 4),
-                                       (41, 4), (319, 4), (290, 4), (291, 4), (43, 4), (288, 4), (56, 8), (435, 8), (59, 8), (322, 8)]
+                                       (41, 4), (319, 4), (290, 4), (291, 4), (43, 4), (288, 4), (56, 8), (435, 8), (59, 8), (322, 8),
+                                       (0, 16), (19, 16), (45, 16), (47, 16)]
+    static let filterData = Dictionary(uniqueKeysWithValues: traced)
+
+    private func installFilter(_ s: RemoteSyscalls, scratch: UInt64) throws {
+        let traced = Executor.traced
         var prog: [(UInt16, UInt8, UInt8, UInt32)] = [
             (0x20, 0, 0, 4), (0x15, 1, 0, 0xC000_003E), (0x06, 0, 0, 0x7FFF_0000), (0x20, 0, 0, 0),
         ]
@@ -234,19 +271,23 @@ public final class Executor {
             for page in stride(from: 0, to: text.count, by: 4096) {
                 if let p = memory.read(e.start + UInt64(page), count: 4096) { text.replaceSubrange(page..<(page + 4096), with: p) }
             }
-            let instructions = Disassembler.disassemble(text, at: e.start)
-            for start in Disassembler.blockStarts(instructions) {
-                let i = Int(start - e.start)
-                blocks[start] = text[i]
-                text[i] = 0xCC
-            }
-            for i in instructions where i.kind == .compare {
-                compares[i.address] = i
-                for case let .immediate(v) in i.operands where i.width >= 2 && v > 255 {
-                    constants.insert(withUnsafeBytes(of: UInt64(bitPattern: v).littleEndian) { Array($0.prefix(i.width)) })
+            var changed = text
+            for range in codeRanges(of: e) {
+                let lo = Int(range.lowerBound - e.start), hi = Int(range.upperBound - e.start)
+                let instructions = Disassembler.disassemble(Array(text[lo..<hi]), at: range.lowerBound)
+                for start in Disassembler.blockStarts(instructions) {
+                    let i = Int(start - e.start)
+                    blocks[start] = text[i]
+                    changed[i] = 0xCC
+                }
+                for i in instructions where i.kind == .compare {
+                    compares[i.address] = i
+                    for case let .immediate(v) in i.operands where i.width >= 2 && v > 255 {
+                        constants.insert(withUnsafeBytes(of: UInt64(bitPattern: v).littleEndian) { Array($0.prefix(i.width)) })
+                    }
                 }
             }
-            try tracee.write(text, to: e.start)
+            try tracee.write(changed, to: e.start)
         }
         blockCount = blocks.count
         self.constants = Array(constants).sorted { $0.lexicographicallyPrecedes($1) }
@@ -258,6 +299,7 @@ public final class Executor {
     /// report their operands (slower; for new inputs only).
     public func run(_ data: [UInt8], traceComparisons: Bool = false) throws -> RunResult {
         executions += 1
+        endOfInputRead = false
         try deliver(data)
         if traceComparisons { try setCompareBreakpoints(true) }
         defer { if traceComparisons { try? setCompareBreakpoints(false) } }
@@ -274,21 +316,35 @@ public final class Executor {
         runLoop: while true {
             guard let (tid, stop) = try tracee.waitAny(timeout: max(0.001, deadline - Clock.monotonic)) else {
                 result.outcome = .hang
+                try stopAll(running)
+                running = []
+                // Where it was stuck, for the hang's bucket.
+                let main = snapshot.keys.contains(tracee.pid) ? tracee.pid : snapshot.keys.min()!
+                if let regs = try? tracee.registers(main) {
+                    result.crash = capture(main, signal: 0, address: 0, regs)
+                }
                 break runLoop
             }
+            if debugTrace && ProcessInfo.processInfo.environment["WB_FUZZ_TRACE"] == "2" { FileHandle.standardError.write(Data("wb-trace: \(tid) \(stop) rip=\(hex((try? tracee.registers(tid))?.rip ?? 0))\n".utf8)) }
             switch stop {
             case let .event(ev) where ev == Tracee.seccompEvent:
-                let data = try tracee.eventMessage(tid)
+                // The filter's data says what the call is; it follows from the call's number.
+                let regs = try tracee.registers(tid)
+                let data = Executor.filterData[Int(truncatingIfNeeded: regs.origRax)] ?? 0
                 if data & 1 != 0 {
-                    var regs = try tracee.registers(tid)
+                    // exit or exit_group: the run is over. The thread stays in this stop; the
+                    // next run gives it the snapshot's registers, which skip the call.
                     result.outcome = .exited(Int32(truncatingIfNeeded: regs.rdi))
-                    regs.origRax = UInt64.max
-                    try tracee.setRegisters(tid, regs)
                     running.remove(tid)
                     break runLoop
                 }
                 if data & 2 != 0 { layoutChanged = true }
                 if data & 4 != 0 { fdsChanged = true }
+                if data & 16 != 0, try wouldWaitForInput(tid, fd: Int32(truncatingIfNeeded: regs.rdi)) {
+                    result.outcome = .waiting
+                    running.remove(tid)
+                    break runLoop
+                }
                 if data & 8 != 0 {
                     // clone, fork, exec: not something a snapshot can be branched over.
                     result.outcome = .crashed(signal: SIGSYS, address: 0)
@@ -303,7 +359,7 @@ public final class Executor {
                     var regs = try tracee.registers(tid)
                     if let original = stepping.removeValue(forKey: tid) {
                         // Stepped over a compare: put its breakpoint back.
-                        try tracee.write([0xCC], to: original)
+                        try tracee.memory.writeCode([0xCC], to: original)
                         try tracee.resume(tid, .continue)
                         continue
                     }
@@ -311,8 +367,9 @@ public final class Executor {
                     var handled = false
                     if let original = blocks.removeValue(forKey: at) {
                         // A block reached for the first time: its breakpoint goes for good.
-                        if compareBytes[at] != nil { compareBytes[at] = original } else { try tracee.write([original], to: at) }
+                        if compareBytes[at] != nil { compareBytes[at] = original } else { try tracee.memory.writeCode([original], to: at) }
                         covered.insert(at)
+                        coveredInOrder.append(at)
                         result.newBlocks.append(at)
                         regs.rip = at
                         try tracee.setRegisters(tid, regs)
@@ -322,7 +379,7 @@ public final class Executor {
                         regs.rip = at
                         try tracee.setRegisters(tid, regs)
                         if let c = compared(insn, regs) { result.comparisons.append(c) }
-                        try tracee.write([original], to: at)
+                        try tracee.memory.writeCode([original], to: at)
                         stepping[tid] = at
                         try tracee.resume(tid, .singleStep)
                         continue
@@ -333,22 +390,64 @@ public final class Executor {
                     let info = (try? tracee.signalInfo(tid)) ?? [UInt8](repeating: 0, count: 128)
                     let address = info.withUnsafeBytes { $0.loadUnaligned(fromByteOffset: 16, as: UInt64.self) }
                     result.outcome = .crashed(signal: sig, address: address)
-                    let regs = try tracee.registers(tid)
-                    symbols.attach(pid: tracee.pid, threads: [(tid, regs)])
-                    result.crash = CrashState(tid: tid, signal: sig, address: address, registers: regs, frames: symbols.backtrace(tid))
+                    result.crash = capture(tid, signal: sig, address: address, try tracee.registers(tid))
                     running.remove(tid)
                     break runLoop
                 }
                 try tracee.resume(tid, .continue, signal: sig)
             case .interrupted:
                 try tracee.resume(tid, .continue)
+            case let .exited(code) where mode == .once && tid == tracee.pid:
+                result.outcome = .exited(code)
+                return result
             case .exited, .killed:
+                if mode == .once && tid != tracee.pid { running.remove(tid); continue }
                 throw WBError.failed("the process being fuzzed ended despite wb (thread \(tid)); it cannot go on")
             }
         }
+        if mode == .once { return result }
         try stopAll(running)
         try resetMemory()
         return result
+    }
+
+    /// The state of a crashed (or stuck) thread: registers and symbolized frames. When the
+    /// program counter is nowhere (a smashed return address), unwinding cannot start, so
+    /// the stack is scanned for return addresses into code, which name where it happened.
+    private func capture(_ tid: Int32, signal: Int32, address: UInt64, _ regs: Registers) -> CrashState {
+        symbols.attach(pid: tracee.pid, threads: [(tid, regs)])
+        var frames = symbols.backtrace(tid)
+        if frames.isEmpty || frames[0].module == nil {
+            let code = ((try? ProcFS.maps(tracee.pid, withFlags: false)) ?? []).filter { $0.protection & 4 != 0 }
+            var scanned = [frames.first ?? symbols.symbolize(regs.rip)]
+            for slot in 0..<256 where scanned.count < 16 {
+                guard let word = try? tracee.memory.readWord(regs.rsp &+ UInt64(slot * 8)),
+                      code.contains(where: { word > $0.start + 5 && word < $0.end }),
+                      let before = try? tracee.read(word - 7, count: 7) else { continue }
+                // A return address follows a call: e8 rel32, or ff /2 in its 2-, 3-, 6- and 7-byte forms.
+                let isCall = before[2] == 0xE8 || before[5] == 0xFF && before[6] & 0x38 == 0x10
+                    || before[4] == 0xFF && before[5] & 0x38 == 0x10 || before[1] == 0xFF && before[2] & 0x38 == 0x10
+                    || before[0] == 0xFF && before[1] & 0x38 == 0x10
+                if isCall { scanned.append(symbols.symbolize(word, exact: false)) }
+            }
+            frames = scanned
+        }
+        return CrashState(tid: tid, signal: signal, address: address, registers: regs, frames: frames)
+    }
+
+    /// At a read: whether the process has come back for more input. Reading the input fd
+    /// after its end was read once, or any other fd with nothing to read, is the end of
+    /// the iteration (the read would block, or see the end of input again).
+    private func wouldWaitForInput(_ tid: Int32, fd: Int32) throws -> Bool {
+        if case let .fd(n) = input, fd == n, let f = inputFD {
+            guard lseek(f.rawValue, 0, SEEK_CUR) >= inputSize else { return false }
+            if endOfInputRead { return true }
+            endOfInputRead = true
+            return false
+        }
+        guard let copy = try? tracee.takeFD(fd) else { return false }
+        var p = pollfd(fd: copy.rawValue, events: Int16(POLLIN), revents: 0)
+        return poll(&p, 1, 0) == 0
     }
 
     /// The values a compare instruction is about to compare.
@@ -373,16 +472,31 @@ public final class Executor {
         return Comparison(left: a, right: b, width: insn.width)
     }
 
+    /// The parts of an executable mapping that hold code: its file's executable sections
+    /// (the segment also carries headers, symbol tables and relocations, which the dynamic
+    /// loader reads and which must not get breakpoints), or the whole mapping when the file
+    /// has no section headers.
+    private func codeRanges(of e: ProcFS.MapsEntry) -> [Range<UInt64>] {
+        let whole = [e.start..<e.end]
+        guard let m = image.process.mappings.first(where: { $0.start == e.start }), let id = m.file,
+              let path = files.path(for: id), let sections = ELFSymbols.codeSections(of: path) else { return whole }
+        let fileEnd = m.offset + (e.end - e.start)
+        return sections.compactMap { s in
+            let lo = max(s.fileOffset, m.offset), hi = min(s.fileOffset + s.size, fileEnd)
+            return lo < hi ? (e.start + (lo - m.offset))..<(e.start + (hi - m.offset)) : nil
+        }
+    }
+
     private func setCompareBreakpoints(_ on: Bool) throws {
         if on {
             for (address, _) in compares where compareBytes[address] == nil {
                 guard let b = try? tracee.read(address, count: 1) else { continue }
                 compareBytes[address] = b[0] == 0xCC ? (blocks[address] ?? b[0]) : b[0]
-                try tracee.write([0xCC], to: address)
+                try tracee.memory.writeCode([0xCC], to: address)
             }
         } else {
             for (address, original) in compareBytes {
-                try tracee.write([blocks[address] != nil ? 0xCC : original], to: address)
+                try tracee.memory.writeCode([blocks[address] != nil ? 0xCC : original], to: address)
             }
             compareBytes = [:]
         }
@@ -403,7 +517,10 @@ public final class Executor {
     /// Puts back every page the run wrote, and repairs mappings and fds if it changed them.
     private func resetMemory() throws {
         guard trackedSpan.0 < trackedSpan.1 else { return }
-        let written = try scanner.scan(start: trackedSpan.0, end: trackedSpan.1, writtenOnly: true, trackedOnly: true)
+        // The scan protects what it finds at once (the kernel's fast path); restoring the
+        // contents below makes those pages written again, so they are protected once more
+        // afterwards.
+        let written = try scanner.scan(start: trackedSpan.0, end: trackedSpan.1, writtenOnly: true, reprotect: true, trackedOnly: true)
         var ranges: [UInt64] = []
         var buffer: [UInt8] = []
         for r in written {
@@ -416,7 +533,16 @@ public final class Executor {
         }
         if !buffer.isEmpty {
             try buffer.withUnsafeBytes { try tracee.write(ranges: ranges, from: $0) }
-            for r in written { try tracker.protect(start: r.start, end: r.end) }
+            // Protected again by the page scan itself (which skips memory not tracked), one
+            // call per cluster of written ranges: the unmapped space between them costs the
+            // walk nothing, large clean regions are left out.
+            var cluster = (start: written[0].start, end: written[0].end)
+            for r in written.dropFirst() {
+                if r.start - cluster.end <= 64 << 20 { cluster.end = r.end; continue }
+                _ = try scanner.scan(start: cluster.start, end: cluster.end, writtenOnly: true, reprotect: true, trackedOnly: true)
+                cluster = (r.start, r.end)
+            }
+            _ = try scanner.scan(start: cluster.start, end: cluster.end, writtenOnly: true, reprotect: true, trackedOnly: true)
         }
         for c in copied { try tracee.write(c.bytes, to: c.start) }
         if layoutChanged || fdsChanged { try repair() }
@@ -447,6 +573,13 @@ public final class Executor {
         }
         layoutChanged = false
         fdsChanged = false
+    }
+
+    /// Pins the process's threads and the calling thread to one CPU: ptrace round trips
+    /// between two processes on one core cost a fraction of those across cores.
+    public func pin(cpu: Int) {
+        for tid in tracee.tids { pinToCPU(tid, cpu) }
+        pinToCPU(0, cpu)
     }
 
     /// Ends the fuzzing copy.

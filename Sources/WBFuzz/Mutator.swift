@@ -153,7 +153,7 @@ public struct Mutator {
 
 /// A dictionary file in AFL's format: one token per line, `"..."` with \xNN escapes, or
 /// `name="..."`; # starts a comment.
-public enum Dictionary {
+public enum TokenDictionary {
     public static func parse(_ text: String) -> [[UInt8]] {
         var out: [[UInt8]] = []
         for line in text.split(separator: "\n") {

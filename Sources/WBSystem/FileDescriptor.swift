@@ -36,6 +36,7 @@ public final class FileDescriptor: @unchecked Sendable {
         public var isRegular: Bool { mode & S_IFMT == S_IFREG }
         public var isFIFO: Bool { mode & S_IFMT == S_IFIFO }
         public var isCharDevice: Bool { mode & S_IFMT == S_IFCHR }
+        public var isDirectory: Bool { mode & S_IFMT == S_IFDIR }
     }
 
     public func stat() throws -> Status {

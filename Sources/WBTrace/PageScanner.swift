@@ -41,14 +41,17 @@ public struct PageScanner: @unchecked Sendable {
         var regions = [wb_page_region](repeating: wb_page_region(), count: 4096)
         let there = UInt64(WB_PAGE_IS_PRESENT | WB_PAGE_IS_SWAPPED)
         let written = UInt64(WB_PAGE_IS_WRITTEN), file = fileInfo ? UInt64(WB_PAGE_IS_FILE) : 0
-        let flags = UInt64(reprotect ? (WB_PM_SCAN_WP_MATCHING | WB_PM_SCAN_CHECK_WPASYNC) : 0)
+        // Untracked mappings inside the range are skipped with trackedOnly (by the kernel
+        // itself when protecting, which keeps a written-only scan on its fast path);
+        // otherwise the kernel is asked to fail on them.
+        let flags = UInt64(reprotect ? (WB_PM_SCAN_WP_MATCHING | (trackedOnly ? 0 : WB_PM_SCAN_CHECK_WPASYNC)) : 0)
         var at = start
         while at < end {
             var count: UInt64 = 0, walkEnd: UInt64 = 0
             // Asking only for the written bit keeps the kernel on its fast path (no page lookups).
             let e = regions.withUnsafeMutableBufferPointer {
                 wb_pagemap_scan(pagemap.rawValue, at, end, flags,
-                                (writtenOnly ? written : 0) | (trackedOnly ? UInt64(WB_PAGE_IS_WPALLOWED) : 0), writtenOnly ? 0 : there,
+                                (writtenOnly ? written : 0) | (trackedOnly && !reprotect ? UInt64(WB_PAGE_IS_WPALLOWED) : 0), writtenOnly ? 0 : there,
                                 writtenOnly ? written : there | written | file, $0.baseAddress, UInt64($0.count), &count, &walkEnd)
             }
             if e == ESRCH { throw WBError.processGone(pid: pid, what: "scanning memory") }

@@ -81,6 +81,7 @@ extension Tracee {
     /// The ptrace event of a stop for a seccomp filter's SECCOMP_RET_TRACE.
     public static let seccompEvent = Int32(WB_PTRACE_EVENT_SECCOMP)
     public static let traceSeccompOption = UInt32(WB_PTRACE_O_TRACESECCOMP)
+    public static let exitKillOption = UInt32(WB_PTRACE_O_EXITKILL)
 }
 
 /// Pins `pid` to one CPU (controller and target on one core make ptrace round trips cheaper).

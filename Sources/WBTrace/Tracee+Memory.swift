@@ -70,6 +70,12 @@ public final class ProcessMemory {
         try bytes.withUnsafeBytes { try write($0, to: address) }
     }
 
+    /// Writes read-only memory (code: breakpoints) through /proc/PID/mem directly.
+    public func writeCode(_ bytes: [UInt8], to address: UInt64) throws {
+        let mem = try memFile()
+        try withContext("writing code of pid \(pid) at \(hex(address))") { try mem.write(bytes, at: address) }
+    }
+
     /// Writes many (address, length) ranges from one buffer, in order.
     public func write(ranges: [UInt64], from buffer: UnsafeRawBufferPointer) throws {
         var done = 0

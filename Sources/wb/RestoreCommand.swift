@@ -92,7 +92,9 @@ struct RestoreCommand: ParsableCommand {
             let restored = try restorer.restore()
             if !quiet && !json { for n in restored.notes { Output.note(n) } }
             if debug || gdbPort != nil {
-                let code = try debugSession(restored, image: opened, files: restorer.files ?? ResolvedFiles(), options: options)
+                let launcher = DebugLauncher(startGDB: debug, port: gdbPort, snapshots: snapshots ?? image + ".snapshots",
+                                             debugDirectories: debugDirectories, gdbArguments: gdbArguments, quiet: quiet)
+                let code = try launcher.run(restored, image: opened, files: restorer.files ?? ResolvedFiles(), options: options)
                 throw ExitCode(code)
             }
             if stopped { restored.releaseStopped() } else { restored.resume() }
@@ -112,57 +114,6 @@ struct RestoreCommand: ParsableCommand {
             let status = try restored.waitForExit()
             throw ExitCode(status)
         }
-    }
-
-    /// The process stays under wb's control, and gdb talks to it through wb's remote-protocol
-    /// server: started here with --debug, or connecting from elsewhere with --gdb-port.
-    private func debugSession(_ restored: RestoredProcess, image: Image, files: ResolvedFiles, options: RestoreOptions) throws -> Int32 {
-        let listener = try GDBListener(port: gdbPort ?? 0)
-        let session = DebugSession(restored: restored, directory: snapshots ?? image.path + ".snapshots", options: options)
-        let exe = image.process.exe
-        var gdb: Int32?
-        if debug {
-            let sysroot = try Sysroot.build(for: image, files: files, cache: FileCache(directory: options.cacheDirectory))
-            gdb = try GDB.start(port: listener.port, executable: exe, sysroot: sysroot,
-                                debugDirectories: debugDirectories, arguments: gdbArguments)
-        } else if !quiet {
-            FileHandle.standardError.write(Data("wb: restored pid \(restored.pid), stopped; in gdb: target remote 127.0.0.1:\(listener.port)\n".utf8))
-        }
-        var ending = GDBServer.Ending.disconnected
-        serving: while true {
-            guard let connection = try acceptOrGDBGone(listener, gdb) else { break }
-            let server = GDBServer(tracee: session.restored.tracee, connection: connection, execFile: exe)
-            server.monitor = { command, server in try session.monitor(command, server: server) }
-            ending = server.serve()
-            switch ending {
-            case .disconnected where gdb == nil: continue serving
-            default: break serving
-            }
-        }
-        let process = session.restored
-        var status: Int32 = 0
-        if debug || ending != .detached {
-            // The restored copy lives for the debugging session.
-            status = process.terminate()
-        } else {
-            status = try process.waitForExit()
-        }
-        guard let gdb else { return status }
-        var gdbStatus: Int32 = 0
-        while waitpid(gdb, &gdbStatus, 0) < 0 && errno == EINTR {}
-        return gdbStatus & 0x7f == 0 ? (gdbStatus >> 8) & 0xff : 128 + (gdbStatus & 0x7f)
-    }
-
-    /// The next connection; nil once the gdb wb started has exited without connecting.
-    private func acceptOrGDBGone(_ listener: GDBListener, _ gdb: Int32?) throws -> RemoteConnection? {
-        while true {
-            if let c = try listener.accept(timeout: 200) { return c }
-            if let gdb, kill(gdb, 0) != 0 || isZombie(gdb) { return nil }
-        }
-    }
-
-    private func isZombie(_ pid: Int32) -> Bool {
-        ((try? Paths.readText("/proc/\(pid)/stat")) ?? "").contains(") Z")
     }
 }
 

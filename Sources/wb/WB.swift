@@ -22,5 +22,5 @@ struct WB: ParsableCommand {
         See docs/ for the image format and how restore works.
         """,
         version: WBVersion.string,
-        subcommands: [CheckpointCommand.self, RestoreCommand.self, InspectCommand.self, RunCommand.self])
+        subcommands: [CheckpointCommand.self, RestoreCommand.self, InspectCommand.self, RunCommand.self, FuzzCommand.self, ReplayCommand.self])
 }

@@ -102,6 +102,8 @@ int wb_unwinder_attach(wb_unwinder *u, pid_t pid, const pid_t *tids, const uint6
     u->count = count;
     u->read = read;
     u->context = context;
+    // Attached once per process: later calls only bring new registers (the callbacks read them).
+    if (u->attached) return 0;
     if (!dwfl_attach_state(u->dwfl, NULL, pid, &thread_callbacks, u)) return -1;
     u->attached = 1;
     return 0;

@@ -44,7 +44,7 @@ __attribute__((noinline)) static int parse_record(const uint8_t *r) {
     memcpy(&tag, r, 4);
     memcpy(&value, r + 4, 4);
     records_seen++;
-    if (tag == 0x21594B45 /* "KEY!" */) {
+    if (tag == 0x2159454B /* "KEY!" */) {
         if (value == key) unlocked = 1;
         return 0;
     }

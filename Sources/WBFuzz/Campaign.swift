@@ -1,0 +1,456 @@
+import Foundation
+import Glibc
+import WBCore
+import WBRestore
+import WBTrace
+
+/// What a campaign is asked to do (`wb fuzz`).
+public struct CampaignOptions: Sendable {
+    public var imagePath: String
+    public var input: InputChannel
+    public var corpus: String
+    public var out: String
+    /// Seconds to fuzz; nil: until interrupted.
+    public var duration: Double?
+    /// Stop after this many runs (all workers together, roughly).
+    public var maxRuns: Int?
+    /// Stop once a crash is found.
+    public var stopOnCrash = false
+    public var jobs = 1
+    /// Per-run timeout in seconds; nil: chosen from the seeds' run times.
+    public var timeout: Double?
+    public var dictionary: [[UInt8]] = []
+    public var seed: UInt64 = 1
+    public var cover = "exe"
+    public var restore = RestoreOptions()
+    /// Which worker this process is (0: the first, which also reports).
+    public var worker = 0
+
+    public init(imagePath: String, input: InputChannel, corpus: String, out: String) {
+        self.imagePath = imagePath; self.input = input; self.corpus = corpus; self.out = out
+    }
+}
+
+/// A queue entry: an input that reached code no earlier input had.
+struct Entry {
+    var name: String
+    var id: Int?
+    var data: [UInt8]
+    var traced = false
+    var rounds = 0
+}
+
+/// One worker: restores the image once, then runs mutated inputs from the queue against
+/// it, adding inputs that reach new code, triaging crashes and hangs. Workers share the
+/// output directory and pick up each other's queue entries.
+public final class Worker {
+    public let options: CampaignOptions
+    public let output: OutputDirectory
+    public let executor: Executor
+    public private(set) var stats: WorkerStats
+    /// Called about twice a second on the first worker, with the campaign's status.
+    public var report: ((CampaignStatus, Bool) -> Void)?
+    /// Asked about four times a second: true to stop.
+    public var shouldStop: () -> Bool = { false }
+
+    private var queue: [Entry] = []
+    private var known: Set<String> = []
+    private var mutator: Mutator
+    private var cursor = -1
+    private let start = Clock.monotonic
+    private var nextTick = 0.0, nextStats = 0.0, nextImport = 0.0, nextReport = 0.0
+    private var rateWindow: (time: Double, executions: Int) = (0, 0)
+    private var hangKeys: Set<CrashBucket> = []
+    private var coveredWritten = 0
+    private var stopping = false
+    private let parent = getppid()
+
+    /// Restores the image for this worker.
+    public init(options: CampaignOptions) throws {
+        self.options = options
+        output = OutputDirectory(path: options.out)
+        let image = try Image(path: options.imagePath)
+        var restore = options.restore
+        if options.worker > 0 { restore.pidNamespace = .new }
+        executor = try Executor(image: image, input: options.input, cover: options.cover, options: restore)
+        let cpus = max(1, sysconf(Int32(_SC_NPROCESSORS_ONLN)))
+        executor.pin(cpu: options.worker % cpus)
+        stats = WorkerStats(worker: options.worker, pid: getpid(), target: executor.restored.pid)
+        stats.blocks = executor.blockCount
+        stats.reset = executor.reset
+        mutator = Mutator(seed: options.seed &+ UInt64(options.worker) &* 0x9E37_79B9,
+                          dictionary: options.dictionary + executor.constants.prefix(256))
+    }
+
+    deinit { executor.terminate() }
+
+    var elapsed: Double { Clock.monotonic - start }
+
+    /// Fuzzes until the duration is over, the run budget is spent, a crash is found (with
+    /// stopOnCrash) or `shouldStop` says so.
+    public func run() throws {
+        defer { stats.stage = "done"; writeStats() }
+        do {
+            try dryRun()
+            while !stopping {
+                cursor = (cursor + 1) % queue.count
+                if cursor == 0 && queue[0].rounds > 0 { stats.cycles += 1 }
+                stats.current = queue[cursor].name
+                if !queue[cursor].traced { try comparisonStage(cursor) }
+                if stopping { break }
+                try havocStage(cursor)
+            }
+        } catch {
+            stats.error = "\(error)"
+            throw error
+        }
+    }
+
+    // MARK: Stages
+
+    /// Every seed runs once (and joins the queue); the timeout follows from their run times.
+    private func dryRun() throws {
+        stats.stage = "seeds"
+        let names = (try? Paths.list(options.corpus).filter { !$0.hasPrefix(".") }.sorted()) ?? []
+        var seeds: [(String, [UInt8])] = []
+        for n in names {
+            let p = "\(options.corpus)/\(n)"
+            guard let st = try? Paths.stat(p), st.isRegular else { continue }
+            seeds.append((n, try Paths.readBytes(p, limit: 1 << 20)))
+        }
+        if seeds.isEmpty {
+            throw WBError.invalidArgument("--corpus \(options.corpus): no seed inputs there; put at least one file in it (an empty file will do)")
+        }
+        executor.timeout = options.timeout ?? 1
+        var slowest = 0.0
+        for (name, data) in seeds {
+            let t0 = Clock.monotonic
+            let r = try executor.run(data)
+            slowest = max(slowest, Clock.monotonic - t0)
+            stats.executions += 1
+            var entry = Entry(name: "", data: data)
+            if options.worker == 0 {
+                entry.name = try output.enqueue(data) { "id:\(OutputDirectory.idText($0)),orig:\(Worker.safe(name))" }
+                entry.id = OutputDirectory.id(of: entry.name)
+            } else {
+                entry.name = "seed:\(name)"
+            }
+            known.insert(entry.name)
+            queue.append(entry)
+            try handle(r, data: data, source: nil, op: "seed", enqueue: false)
+            if stopping { return }
+        }
+        stats.seeds = seeds.count
+        stats.corpus = queue.count
+        if options.timeout == nil {
+            // As AFL: a generous multiple of the slowest seed, within 20 ms to 1 s.
+            executor.timeout = min(1, max(0.02, slowest * 10))
+        }
+        stats.timeoutMilliseconds = Int(executor.timeout * 1000)
+        stats.stage = "fuzzing"
+    }
+
+    /// Input-to-state: the operands of the compares this input reaches, put into the input
+    /// where the other operand came from. A candidate that changes nothing new is traced in
+    /// turn, so a second comparison it upsets (a checksum over the bytes just changed) is
+    /// repaired the same way.
+    private func comparisonStage(_ index: Int) throws {
+        stats.stage = "comparisons"
+        queue[index].traced = true
+        let data = queue[index].data
+        let traced = try executor.run(data, traceComparisons: true)
+        stats.executions += 1
+        try handle(traced, data: data, source: queue[index].id, op: "cmp", enqueue: true)
+        let before = Set(traced.comparisons)
+        if ProcessInfo.processInfo.environment["WB_FUZZ_TRACE"] != nil {
+            FileHandle.standardError.write(Data("wb-trace: \(queue[index].name): \(traced.comparisons.map { "\(hex($0.left))/\(hex($0.right))/\($0.width)" }), \(Mutator.solutions(for: data, comparisons: traced.comparisons).count) candidates\n".utf8))
+        }
+        var tracedFollowUps = 0
+        for candidate in Mutator.solutions(for: data, comparisons: traced.comparisons) where !stopping {
+            let r = try execute(candidate, source: queue[index].id, op: "cmp")
+            guard r.newBlocks.isEmpty, case .exited = r.outcome, tracedFollowUps < 64 else { continue }
+            tracedFollowUps += 1
+            let again = try executor.run(candidate, traceComparisons: true)
+            stats.executions += 1
+            try handle(again, data: candidate, source: queue[index].id, op: "cmp", enqueue: true)
+            let fresh = again.comparisons.filter { !before.contains($0) }
+            if ProcessInfo.processInfo.environment["WB_FUZZ_TRACE"] != nil {
+                FileHandle.standardError.write(Data("wb-trace:   follow-up \(candidate.map { String(format: "%02x", $0) }.joined()) \(again.outcome): \(fresh.map { "\(hex($0.left))/\(hex($0.right))/\($0.width)" })\n".utf8))
+            }
+            for repaired in Mutator.solutions(for: candidate, comparisons: fresh, limit: 16) where !stopping {
+                _ = try execute(repaired, source: queue[index].id, op: "cmp")
+            }
+        }
+    }
+
+    /// Stacked random mutations of one entry.
+    private func havocStage(_ index: Int) throws {
+        stats.stage = "havoc"
+        let rounds = queue[index].rounds == 0 ? 512 : 128
+        queue[index].rounds += 1
+        let base = queue[index].data
+        for _ in 0..<rounds where !stopping {
+            let other = queue.isEmpty ? [] : [queue[mutator.random.below(queue.count)].data]
+            _ = try execute(mutator.mutate(base, corpus: other), source: queue[index].id, op: "havoc")
+        }
+    }
+
+    // MARK: Runs and findings
+
+    private func execute(_ data: [UInt8], source: Int?, op: String) throws -> RunResult {
+        let r = try executor.run(data)
+        stats.executions += 1
+        try handle(r, data: data, source: source, op: op, enqueue: true)
+        return r
+    }
+
+    private func handle(_ r: RunResult, data: [UInt8], source: Int?, op: String, enqueue: Bool) throws {
+        switch r.outcome {
+        case .crashed:
+            try crash(r, data: data)
+        case .hang:
+            try hang(r, data: data, source: source)
+        case .exited, .waiting:
+            if enqueue && !r.newBlocks.isEmpty { try add(data, source: source, op: op) }
+        }
+        if !r.newBlocks.isEmpty { stats.lastNew = elapsed; stats.covered = executor.covered.count }
+        if options.maxRuns.map({ stats.executions >= $0 }) == true { stopping = true }
+        let now = Clock.monotonic
+        if now >= nextTick { tick(now) }
+    }
+
+    private func add(_ data: [UInt8], source: Int?, op: String) throws {
+        let src = source.map { ",src:\(OutputDirectory.idText($0))" } ?? ""
+        let name = try output.enqueue(data) { "id:\(OutputDirectory.idText($0))\(src),op:\(op),+cov" }
+        known.insert(name)
+        queue.append(Entry(name: name, id: OutputDirectory.id(of: name), data: data))
+        stats.found += 1
+        stats.corpus = queue.count
+    }
+
+    private func crash(_ r: RunResult, data: [UInt8]) throws {
+        guard let state = r.crash else { return }
+        let bucket = CrashBucket(signal: state.signal, frames: state.frames, exe: executor.image.process.exe)
+        stats.crashes[bucket.name, default: 0] += 1
+        stats.lastCrash = elapsed
+        if stats.firstCrash == nil { stats.firstCrash = elapsed }
+        if options.stopOnCrash { stopping = true }
+        let dir = "\(output.crashes)/\(bucket.name)"
+        // The worker whose mkdir makes the bucket writes it.
+        guard mkdir(dir, 0o755) == 0 else { return }
+        var report = CrashReport(bucket: bucket, crash: state, input: data, runs: stats.executions, seconds: elapsed,
+                                 worker: options.worker, image: Paths.absolute(options.imagePath), channel: options.input)
+        try OutputDirectory.write(data, to: "\(dir)/input", replacing: true)
+        let recipe = ReplayRecipe(image: Paths.absolute(options.imagePath), input: options.input.description,
+                                  timeoutMilliseconds: Int(executor.timeout * 1000), signal: state.signal, bucket: bucket.name)
+        try OutputDirectory.write(Array(try Worker.encoder.encode(recipe)), to: "\(dir)/replay.json", replacing: true)
+        try writeReport(report, to: dir)
+        stats.stage = "minimizing"
+        let small = try Minimizer.minimize(data, budget: 1000) { candidate in
+            let again = try executor.run(candidate)
+            stats.executions += 1
+            guard let s = again.crash, case .crashed = again.outcome else { return false }
+            return CrashBucket(signal: s.signal, frames: s.frames, exe: executor.image.process.exe) == bucket
+        }
+        try OutputDirectory.write(small, to: "\(dir)/input.min", replacing: true)
+        report.minimizedBytes = small.count
+        try writeReport(report, to: dir)
+        stats.stage = "fuzzing"
+    }
+
+    private func writeReport(_ report: CrashReport, to dir: String) throws {
+        try OutputDirectory.write(Array(try Worker.encoder.encode(report)) + [10], to: "\(dir)/report.json", replacing: true)
+        try OutputDirectory.write(report.text, to: "\(dir)/report.txt")
+    }
+
+    private func hang(_ r: RunResult, data: [UInt8], source: Int?) throws {
+        stats.lastHang = elapsed
+        let key = CrashBucket(signal: 0, frames: r.crash?.frames ?? [], exe: executor.image.process.exe)
+        guard hangKeys.insert(key).inserted, hangKeys.count <= 100 else { return }
+        stats.hangs += 1
+        let src = source.map { ",src:\(OutputDirectory.idText($0))" } ?? ""
+        let at = key.function.map { ",in:\(Worker.safe($0))" } ?? ""
+        _ = try output.locked {
+            let next = ((try? Paths.list(output.hangs)) ?? []).compactMap(OutputDirectory.id(of:)).max().map { $0 + 1 } ?? 0
+            try OutputDirectory.write(data, to: "\(output.hangs)/id:\(OutputDirectory.idText(next))\(src)\(at)")
+        }
+    }
+
+    // MARK: Housekeeping
+
+    private func tick(_ now: Double) {
+        nextTick = now + 0.25
+        if Clock.monotonic - start >= (options.duration ?? .infinity) || shouldStop()
+            || Paths.exists(output.stopFile) || getppid() != parent {
+            stopping = true
+        }
+        if now >= nextStats {
+            nextStats = now + 1
+            let window = now - rateWindow.time
+            if window > 0 && rateWindow.time > 0 {
+                stats.executionsPerSecond = Double(stats.executions - rateWindow.executions) / window
+            } else if elapsed > 0 {
+                stats.executionsPerSecond = Double(stats.executions) / elapsed
+            }
+            rateWindow = (now, stats.executions)
+            writeStats()
+        }
+        if options.jobs > 1 && now >= nextImport {
+            nextImport = now + 2
+            try? importOthers()
+        }
+        if let report, now >= nextReport {
+            nextReport = now + 0.5
+            report(status(), false)
+        }
+    }
+
+    /// Queue entries other workers found, run here so this worker's coverage catches up.
+    private func importOthers() throws {
+        let names = try Paths.list(output.queue).filter { !known.contains($0) && !$0.hasPrefix(".") }.sorted()
+        for name in names where !stopping {
+            known.insert(name)
+            guard let data = try? Paths.readBytes("\(output.queue)/\(name)", limit: 1 << 20) else { continue }
+            let r = try executor.run(data)
+            stats.executions += 1
+            if !r.newBlocks.isEmpty { stats.covered = executor.covered.count }
+            queue.append(Entry(name: name, id: OutputDirectory.id(of: name), data: data))
+            stats.imported += 1
+            stats.corpus = queue.count
+        }
+    }
+
+    private func writeStats() {
+        stats.seconds = elapsed
+        stats.covered = executor.covered.count
+        if let data = try? Worker.encoder.encode(stats) {
+            try? OutputDirectory.write(Array(data), to: "\(output.state)/worker-\(options.worker).json", replacing: true)
+        }
+        // Newly covered blocks, appended for the union across workers.
+        let covered = executor.coveredInOrder
+        if covered.count > coveredWritten {
+            let fresh = covered[coveredWritten...].flatMap { withUnsafeBytes(of: $0.littleEndian, Array.init) }
+            let fd = open("\(output.state)/worker-\(options.worker).covered", O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0o644)
+            if fd >= 0 {
+                let f = FileDescriptor(owning: fd)
+                if (try? f.writeAll(fresh)) != nil { coveredWritten = covered.count }
+            }
+        }
+    }
+
+    /// The campaign's status from every worker's latest stats (this worker's own are current).
+    public func status() -> CampaignStatus {
+        var all = [stats]
+        var union = Set(executor.covered)
+        if options.jobs > 1 {
+            for k in 1..<options.jobs {
+                if let d = try? Paths.readBytes("\(output.state)/worker-\(k).json"),
+                   let s = try? JSONDecoder().decode(WorkerStats.self, from: Data(d)) {
+                    all.append(s)
+                }
+                if let raw = try? Paths.readBytes("\(output.state)/worker-\(k).covered", limit: 1 << 28) {
+                    for i in stride(from: 0, to: raw.count - 7, by: 8) {
+                        union.insert(raw[i..<(i + 8)].enumerated().reduce(UInt64(0)) { $0 | UInt64($1.element) << (8 * UInt64($1.offset)) })
+                    }
+                }
+            }
+        }
+        all[0].seconds = elapsed
+        return CampaignStatus(workers: all, covered: union.count)
+    }
+
+    static func safe(_ name: String) -> String {
+        String(name.map { $0.isLetter || $0.isNumber || "_.-".contains($0) ? $0 : "_" }.prefix(60))
+    }
+
+    static let encoder: JSONEncoder = {
+        let e = JSONEncoder()
+        e.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
+        return e
+    }()
+}
+
+/// A whole campaign: the output directory, the first worker in this process and the
+/// others as child processes (`workerCommand` says how to start worker k), the record
+/// of it all, and a summary at the end.
+public final class Campaign {
+    public let options: CampaignOptions
+    /// The campaign's status about twice a second (for the status screen).
+    public var status: ((CampaignStatus) -> Void)?
+    /// Asked a few times a second: true to stop (Ctrl-C).
+    public var shouldStop: () -> Bool = { false }
+    /// The program and arguments that run worker k in a process of its own.
+    public var workerCommand: ((Int) -> (String, [String]))?
+    public var commandLine = ""
+
+    public init(options: CampaignOptions) { self.options = options }
+
+    public func run() throws -> CampaignSummary {
+        let output = OutputDirectory(path: options.out)
+        try output.create()
+        var children: [Int32] = []
+        defer { stop(children, output) }
+        if options.jobs > 1, let command = workerCommand {
+            for k in 1..<options.jobs {
+                let log = open("\(output.state)/worker-\(k).log", O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
+                defer { if log >= 0 { close(log) } }
+                let (program, arguments) = command(k)
+                children.append(try Subprocess.spawn(program, arguments, stdout: log, stderr: log))
+            }
+        }
+        let worker = try Worker(options: options)
+        let recorder = try Recorder(output: output, commandLine: commandLine)
+        var othersCrashed = false
+        var interrupted = false
+        worker.report = { [weak self] status, _ in
+            recorder.record(status)
+            if status.uniqueCrashes > 0 { othersCrashed = true }
+            self?.status?(status)
+        }
+        worker.shouldStop = { [options, shouldStop] in
+            if shouldStop() { interrupted = true; return true }
+            return options.stopOnCrash && othersCrashed
+        }
+        try worker.run()
+        stop(children, output)
+        children = []
+        let final = worker.status()
+        recorder.record(final, force: true)
+        status?(final)
+        let summary = CampaignSummary(
+            image: Paths.absolute(options.imagePath), out: Paths.absolute(options.out), input: options.input.description,
+            status: final, crashes: crashes(output, final), secondsToFirstCrash: final.firstCrash,
+            stoppedBecause: interrupted ? "interrupted" : options.stopOnCrash && final.uniqueCrashes > 0 ? "crash found"
+                : options.maxRuns.map { final.executions >= $0 } == true ? "run limit" : "duration")
+        try recorder.finish(summary)
+        return summary
+    }
+
+    /// Asks the other workers to stop and waits for them (killing any that hang on).
+    private func stop(_ children: [Int32], _ output: OutputDirectory) {
+        guard !children.isEmpty else { return }
+        _ = try? OutputDirectory.write([], to: output.stopFile, replacing: true)
+        let deadline = Clock.monotonic + 15
+        var left = Set(children)
+        while !left.isEmpty {
+            for pid in left {
+                var st: Int32 = 0
+                let r = waitpid(pid, &st, WNOHANG)
+                if r == pid || (r < 0 && errno == ECHILD) { left.remove(pid) }
+            }
+            if Clock.monotonic > deadline { for pid in left { kill(pid, SIGKILL); var st: Int32 = 0; waitpid(pid, &st, 0) }; break }
+            usleep(20_000)
+        }
+    }
+
+    private func crashes(_ output: OutputDirectory, _ status: CampaignStatus) -> [CampaignSummary.Crash] {
+        let names = ((try? Paths.list(output.crashes)) ?? []).sorted()
+        return names.compactMap { name in
+            let dir = "\(output.crashes)/\(name)"
+            guard let raw = try? Paths.readBytes("\(dir)/report.json"),
+                  let r = try? JSONDecoder().decode(CrashReport.self, from: Data(raw)) else { return nil }
+            return .init(bucket: name, directory: dir, signal: r.signalName, function: r.function,
+                         hits: status.buckets[name] ?? 1, inputBytes: r.inputBytes, minimizedBytes: r.minimizedBytes)
+        }
+    }
+}

@@ -1,0 +1,212 @@
+import ArgumentParser
+import Foundation
+import Glibc
+import WBCore
+import WBFuzz
+import WBRestore
+
+struct FuzzCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "fuzz",
+        abstract: "Fuzz a checkpointed process: thousands of runs branched from the one snapshot.",
+        discussion: """
+        The image is restored once (per worker), stopped, and every run starts from exactly \
+        the checkpointed state: the input goes where --input says, the process runs until it \
+        exits, crashes, times out or comes back for more input, and then the pages it wrote \
+        are put back (userfaultfd write-protect and PAGEMAP_SCAN find them). No \
+        recompilation and no source code: coverage comes from one-shot breakpoints on the \
+        basic blocks of the executable's code, found with capstone, and compare instructions \
+        are traced to get past magic values, checksums and keys the process computed itself.
+
+        --input says where the input goes:
+          stdin, fd:N             the fd is replaced by a file holding the input, then end of file
+          file:PATH               the file is rewritten before each run (the process opens it)
+          mem:SYM[:LENSYM]        the bytes are written into the buffer SYM (and their count into LENSYM)
+
+        The output directory is laid out as AFL's (queue/, crashes/, hangs/, fuzzer_stats, \
+        plot_data) with coverage.svg and campaign.json; each crash bucket in crashes/ holds the \
+        input, a minimized input, report.txt and report.json. Replay one with wb replay.
+
+        Examples:
+          wb fuzz parser.wbimg --corpus seeds --out findings --duration 60s
+          wb fuzz server.wbimg --input fd:5 --corpus seeds --out findings --jobs 2 --dict http.dict
+          wb replay findings/crashes/SIGSEGV-parse_header-handle-main --debug
+        """)
+
+    @Argument(help: "The image to fuzz (checkpointed where it waits for input).")
+    var image: String
+
+    @Option(help: "Where the input goes: stdin, fd:N, file:PATH or mem:SYMBOL[:LENGTH_SYMBOL].")
+    var input = "stdin"
+
+    @Option(help: "A directory of seed inputs.")
+    var corpus: String
+
+    @Option(help: "The output directory (created; must not hold another campaign).")
+    var out: String
+
+    @Option(help: "How long to fuzz: seconds, or a number with s, m or h (default: until Ctrl-C).")
+    var duration: String?
+
+    @Option(help: "Stop after about this many runs.")
+    var runs: Int?
+
+    @Flag(help: "Stop as soon as a crash is found.")
+    var stopOnCrash = false
+
+    @Option(help: "Worker processes, each with its own restored copy, sharing one corpus.")
+    var jobs = 1
+
+    @Option(help: "Milliseconds a run may take before it counts as a hang (default: from the seeds, 20-1000).")
+    var timeout: Int?
+
+    @Option(name: .customLong("dict"), help: "A dictionary of tokens in AFL's format; repeatable.")
+    var dictionaries: [String] = []
+
+    @Option(help: "Seed of the mutations (default: from the clock); the same seed makes the same mutations.")
+    var seed: UInt64?
+
+    @Option(help: "The code to measure coverage in: exe, all, or a library name (e.g. libxml2).")
+    var cover = "exe"
+
+    @Flag(help: "Restore even if this CPU lacks instructions or register state the process may use.")
+    var force = false
+
+    @Flag(help: "Print a JSON summary on stdout at the end.")
+    var json = false
+
+    @Flag(name: .shortAndLong, help: "Print nothing but errors (and the --json summary).")
+    var quiet = false
+
+    @Option(name: .customLong("worker-index"), help: .hidden)
+    var workerIndex: Int?
+
+    func validate() throws {
+        if jobs < 1 || jobs > 64 { throw ValidationError("--jobs must be between 1 and 64") }
+        if let t = timeout, t < 1 { throw ValidationError("--timeout is in milliseconds and must be at least 1") }
+        if let r = runs, r < 1 { throw ValidationError("--runs must be at least 1") }
+        if let d = duration, FuzzCommand.seconds(d) == nil { throw ValidationError("--duration \(d): expected seconds, or a number with s, m or h (90, 90s, 10m, 2h)") }
+        _ = try channel()
+    }
+
+    static func seconds(_ text: String) -> Double? {
+        let units: [Character: Double] = ["s": 1, "m": 60, "h": 3600]
+        if let last = text.last, let unit = units[last], let v = Double(text.dropLast()), v > 0 { return v * unit }
+        if let v = Double(text), v > 0 { return v }
+        return nil
+    }
+
+    func channel() throws -> InputChannel {
+        do { return try InputChannel(parsing: input) } catch { throw ValidationError("\(error)") }
+    }
+
+    func run() throws {
+        try runReportingErrors {
+            var options = CampaignOptions(imagePath: image, input: try channel(), corpus: corpus, out: out)
+            options.duration = duration.flatMap(FuzzCommand.seconds)
+            options.maxRuns = runs
+            options.stopOnCrash = stopOnCrash
+            options.jobs = jobs
+            options.timeout = timeout.map { Double($0) / 1000 }
+            options.seed = seed ?? UInt64(Clock.monotonic * 1e9) ^ UInt64(getpid())
+            options.cover = cover
+            options.restore.force = force
+            for path in dictionaries {
+                let tokens = TokenDictionary.parse(try Paths.readText(path))
+                if tokens.isEmpty { throw WBError.invalidArgument("--dict \(path): no tokens in it (one \"token\" per line, as AFL's dictionaries)") }
+                options.dictionary += tokens
+            }
+            if !Paths.exists(corpus) { throw WBError.invalidArgument("--corpus \(corpus): no such directory") }
+            if let k = workerIndex { return try runWorker(k, options) }
+            Signals.block([SIGINT, SIGTERM, SIGHUP])
+            let campaign = Campaign(options: options)
+            campaign.commandLine = (["wb"] + CommandLine.arguments.dropFirst()).joined(separator: " ")
+            campaign.shouldStop = { Signals.pending([SIGINT, SIGTERM, SIGHUP]) != nil }
+            let seedUsed = options.seed
+            campaign.workerCommand = { k in
+                var args = Array(CommandLine.arguments.dropFirst()) + ["--worker-index", "\(k)"]
+                if seed == nil { args += ["--seed", "\(seedUsed)"] }
+                return (ThisProcess.executable, args)
+            }
+            let screen = StatusScreen(image: image, seed: options.seed, quiet: quiet)
+            campaign.status = { screen.show($0) }
+            let summary = try campaign.run()
+            screen.finish(summary)
+            if json { try Output.json(summary) }
+        }
+    }
+
+    /// A worker process started by the first: it fuzzes until the campaign stops.
+    private func runWorker(_ k: Int, _ options: CampaignOptions) throws {
+        try ThisProcess.setParentDeathSignal(SIGKILL)
+        var o = options
+        o.worker = k
+        let worker = try Worker(options: o)
+        try worker.run()
+    }
+}
+
+/// The live status: a screen redrawn in place on a terminal, otherwise a line every few seconds.
+final class StatusScreen {
+    let image: String
+    let seed: UInt64
+    let quiet: Bool
+    let terminal = isatty(2) != 0
+    private var drawn = 0
+    private var lastLine = -10.0
+
+    init(image: String, seed: UInt64, quiet: Bool) {
+        self.image = image; self.seed = seed; self.quiet = quiet
+    }
+
+    static func duration(_ s: Double) -> String {
+        let t = Int(s)
+        return String(format: "%d:%02d:%02d", t / 3600, t / 60 % 60, t % 60)
+    }
+
+    static func ago(_ now: Double, _ t: Double?) -> String {
+        guard let t else { return "none yet" }
+        return "\(Int(now - t)) s ago"
+    }
+
+    func lines(_ s: CampaignStatus) -> [String] {
+        let pct = s.blocks > 0 ? String(format: " (%.1f%%)", 100 * Double(s.covered) / Double(s.blocks)) : ""
+        return [
+            "wb fuzz  \(image)   run time \(StatusScreen.duration(s.seconds))   seed \(seed)",
+            "  reset      \(s.reset), \(s.workers) worker\(s.workers == 1 ? "" : "s")",
+            "  runs       \(s.executions) total, \(Int(s.executionsPerSecond))/s, timeout \(s.timeoutMilliseconds) ms",
+            "  coverage   \(s.covered) of \(s.blocks) basic blocks\(pct)",
+            "  corpus     \(s.corpus) entries (\(s.seeds) seeds, \(s.found) found), last new \(StatusScreen.ago(s.seconds, s.lastNew))",
+            "  crashes    \(s.uniqueCrashes) unique (\(s.crashes) in all), last \(StatusScreen.ago(s.seconds, s.lastCrash))",
+            "  hangs      \(s.hangs)",
+            "  stage      \(s.stage)",
+        ]
+    }
+
+    func show(_ s: CampaignStatus) {
+        if quiet { return }
+        if terminal {
+            var text = drawn > 0 ? "\u{1b}[\(drawn)A" : ""
+            let l = lines(s)
+            for line in l { text += "\u{1b}[2K" + line + "\n" }
+            drawn = l.count
+            FileHandle.standardError.write(Data(text.utf8))
+        } else if s.seconds - lastLine >= 5 {
+            lastLine = s.seconds
+            FileHandle.standardError.write(Data(("wb: fuzz \(StatusScreen.duration(s.seconds)) runs \(s.executions) (\(Int(s.executionsPerSecond))/s) "
+                + "cover \(s.covered)/\(s.blocks) corpus \(s.corpus) crashes \(s.uniqueCrashes) (\(s.crashes)) hangs \(s.hangs) "
+                + "last-new \(s.lastNew.map { "\(Int(s.seconds - $0))s" } ?? "-") reset dirty-pages\n").utf8))
+        }
+    }
+
+    func finish(_ summary: CampaignSummary) {
+        if quiet { return }
+        var out = "wb: fuzzing stopped (\(summary.stoppedBecause)) after \(StatusScreen.duration(summary.status.seconds)): "
+            + "\(summary.status.executions) runs, \(summary.status.covered) blocks covered, \(summary.crashes.count) crash bucket\(summary.crashes.count == 1 ? "" : "s")\n"
+        for c in summary.crashes {
+            out += "  \(c.signal) in \(c.function ?? "?") (\(c.hits) hit\(c.hits == 1 ? "" : "s")): \(c.directory)\n"
+        }
+        out += "  output: \(summary.out)\n"
+        FileHandle.standardError.write(Data(out.utf8))
+    }
+}

@@ -1,0 +1,148 @@
+import ArgumentParser
+import Foundation
+import Glibc
+import WBCore
+import WBFuzz
+import WBRestore
+
+struct ReplayCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "replay",
+        abstract: "Run a crash wb fuzz found again, from the same snapshot, and stop at it.",
+        discussion: """
+        CRASH_DIR is a bucket directory of a campaign (OUT/crashes/BUCKET): its replay.json \
+        names the image and where the input goes. The image is restored, fed the input, and \
+        run until it crashes; wb then prints the crashing thread's backtrace, or with --debug \
+        starts gdb on the process stopped at the crash.
+
+        Exit status: 0 when the crash happened again in the same bucket, 1 otherwise.
+        """)
+
+    @Argument(help: "A crash directory (OUT/crashes/BUCKET), or a file holding an input (then give --image and --input).")
+    var crash: String
+
+    @Flag(help: "Replay the minimized input (input.min) instead of the original one.")
+    var minimized = false
+
+    @Option(help: "The image to replay against (default: the one replay.json names).")
+    var image: String?
+
+    @Option(help: "Where the input goes (default: as in replay.json): stdin, fd:N, file:PATH, mem:SYMBOL[:LENGTH_SYMBOL].")
+    var input: String?
+
+    @Option(help: "Milliseconds to wait for the crash (default: ten times the campaign's timeout, at least 5 s).")
+    var timeout: Int?
+
+    @Flag(help: "Start gdb on the process stopped at the crash.")
+    var debug = false
+
+    @Option(name: .customLong("gdb-port"), help: "Serve the gdb remote protocol on 127.0.0.1:PORT instead of starting gdb (0: any free port).")
+    var gdbPort: UInt16?
+
+    @Option(name: .customLong("debug-dir"), help: "A directory with separate debug info (a .build-id tree) for gdb; repeatable.")
+    var debugDirectories: [String] = []
+
+    @Argument(parsing: .postTerminator, help: "With --debug: arguments for gdb, after --.")
+    var gdbArguments: [String] = []
+
+    @Flag(help: "Print the outcome as JSON.")
+    var json = false
+
+    @Flag(help: "Restore even if this CPU lacks instructions or register state the process may use.")
+    var force = false
+
+    func validate() throws {
+        if !gdbArguments.isEmpty && !debug { throw ValidationError("arguments after -- are for gdb: add --debug") }
+        if json && (debug || gdbPort != nil) { throw ValidationError("--json cannot go with --debug or --gdb-port") }
+    }
+
+    func run() throws {
+        try runReportingErrors {
+            let isDirectory = (try? Paths.stat(crash))?.isDirectory ?? false
+            var recipe: ReplayRecipe?
+            if isDirectory {
+                let path = "\(crash)/replay.json"
+                guard let raw = try? Paths.readBytes(path) else {
+                    throw WBError.invalidArgument("\(crash): no replay.json there; give a crash directory of wb fuzz (OUT/crashes/BUCKET)")
+                }
+                do { recipe = try JSONDecoder().decode(ReplayRecipe.self, from: Data(raw)) } catch {
+                    throw WBError.badImage(path: path, problem: "not a replay recipe of wb fuzz (\(error))")
+                }
+            }
+            guard let imagePath = image ?? recipe?.image else {
+                throw WBError.invalidArgument("\(crash) is not a crash directory: give --image and --input with an input file")
+            }
+            let channel = try InputChannel(parsing: input ?? recipe?.input ?? "stdin")
+            let inputPath = isDirectory ? "\(crash)/\(minimized ? "input.min" : "input")" : crash
+            let data = try Paths.readBytes(inputPath, limit: 16 << 20)
+            let opened = try Image(path: imagePath)
+            var options = RestoreOptions()
+            options.force = force
+            let debugging = debug || gdbPort != nil
+            if debugging {
+                signal(SIGINT, SIG_IGN)
+                signal(SIGQUIT, SIG_IGN)
+            }
+            let executor = try Executor(image: opened, input: channel, cover: nil, options: options, mode: .once)
+            executor.timeout = timeout.map { Double($0) / 1000 } ?? max(5, Double(recipe?.timeoutMilliseconds ?? 1000) * 10 / 1000)
+            let result = try executor.run(data)
+            let outcome = ReplayOutcome(result, exe: opened.process.exe, expected: recipe?.bucket)
+            if debugging {
+                guard case .crashed = result.outcome, let c = result.crash else {
+                    executor.terminate()
+                    throw WBError.failed("the input did not crash the process (\(outcome.what)); nothing to debug")
+                }
+                FileHandle.standardError.write(Data("wb: \(outcome.what); handing the process to gdb\n".utf8))
+                let launcher = DebugLauncher(startGDB: debug, port: gdbPort, snapshots: imagePath + ".snapshots",
+                                             debugDirectories: debugDirectories, gdbArguments: gdbArguments, quiet: false,
+                                             initialStop: (c.tid, c.signal))
+                throw ExitCode(try launcher.run(executor.restored, image: opened, files: executor.files, options: options))
+            }
+            executor.terminate()
+            if json { try Output.json(outcome) } else { Output.line(outcome.text) }
+            if !outcome.reproduced { throw ExitCode(1) }
+        }
+    }
+}
+
+struct ReplayOutcome: Encodable {
+    var what: String
+    var signal: String?
+    var faultAddress: String?
+    var function: String?
+    var bucket: String?
+    var expectedBucket: String?
+    var reproduced: Bool
+    var frames: [Frame]
+
+    init(_ r: RunResult, exe: String, expected: String?) {
+        expectedBucket = expected
+        frames = r.crash?.frames ?? []
+        switch r.outcome {
+        case let .crashed(sig, address):
+            let bucket = CrashBucket(signal: sig, frames: frames, exe: exe)
+            self.bucket = bucket.name
+            signal = SignalNames.name(sig)
+            faultAddress = hex(address)
+            function = bucket.function
+            what = "crashed: \(SignalNames.name(sig)) in \(bucket.function ?? "an unknown function")"
+            reproduced = expected == nil || expected == bucket.name
+        case let .exited(code):
+            what = "exited with status \(code)"
+            reproduced = false
+        case .waiting:
+            what = "read all of its input and waited for more"
+            reproduced = false
+        case .hang:
+            what = "still running at the timeout"
+            reproduced = expected == nil ? false : expected!.hasPrefix("hang")
+        }
+    }
+
+    var text: String {
+        var out = ["wb replay: \(what)"]
+        if let b = bucket { out.append("bucket: \(b)" + (expectedBucket.map { $0 == b ? " (as recorded)" : " (recorded: \($0))" } ?? "")) }
+        for (i, f) in frames.enumerated() { out.append("  #\(i) \(f.description)") }
+        return out.joined(separator: "\n")
+    }
+}
