@@ -225,7 +225,7 @@ public final class GDBServer {
         var xml = "<library-list-svr4 version=\"1.0\" main-lm=\"\(hex(main.address))\">"
         for e in map.entries.dropFirst() where !e.name.isEmpty {
             let name = e.name.replacingOccurrences(of: "&", with: "&amp;").replacingOccurrences(of: "\"", with: "&quot;")
-            xml += "<library name=\"\(name)\" lm=\"\(hex(e.address))\" l_addr=\"\(hex(e.base))\" l_ld=\"\(hex(e.dynamic))\"/>"
+            xml += "<library name=\"\(name)\" lm=\"\(hex(e.address))\" l_addr=\"\(hex(e.base))\" l_ld=\"\(hex(e.dynamic))\" lmid=\"0x0\"/>"
         }
         return xml + "</library-list-svr4>"
     }

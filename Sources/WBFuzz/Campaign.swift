@@ -14,8 +14,8 @@ public struct CampaignOptions: Sendable {
     public var duration: Double?
     /// Stop after this many runs (all workers together, roughly).
     public var maxRuns: Int?
-    /// Stop once a crash is found.
-    public var stopOnCrash = false
+    /// Stop once this many crash buckets are found.
+    public var untilCrashes: Int?
     public var jobs = 1
     /// Per-run timeout in seconds; nil: chosen from the seeds' run times.
     public var timeout: Double?
@@ -87,7 +87,7 @@ public final class Worker {
     var elapsed: Double { Clock.monotonic - start }
 
     /// Fuzzes until the duration is over, the run budget is spent, a crash is found (with
-    /// stopOnCrash) or `shouldStop` says so.
+    /// untilCrashes) or `shouldStop` says so.
     public func run() throws {
         defer { stats.stage = "done"; writeStats() }
         do {
@@ -111,6 +111,7 @@ public final class Worker {
     /// Every seed runs once (and joins the queue); the timeout follows from their run times.
     private func dryRun() throws {
         stats.stage = "seeds"
+        if options.worker > 0 { return try joinFirstWorker() }
         let names = (try? Paths.list(options.corpus).filter { !$0.hasPrefix(".") }.sorted()) ?? []
         var seeds: [(String, [UInt8])] = []
         for n in names {
@@ -147,6 +148,25 @@ public final class Worker {
             executor.timeout = min(1, max(0.02, slowest * 10))
         }
         stats.timeoutMilliseconds = Int(executor.timeout * 1000)
+        stats.stage = "fuzzing"
+    }
+
+    /// The other workers start from the first one's queue once it has run the seeds, with
+    /// the timeout it chose.
+    private func joinFirstWorker() throws {
+        let deadline = Clock.monotonic + 300
+        while Clock.monotonic < deadline {
+            if let d = try? Paths.readBytes("\(output.state)/worker-0.json"),
+               let first = try? JSONDecoder().decode(WorkerStats.self, from: Data(d)), first.stage != "seeds" && first.stage != "starting" {
+                executor.timeout = Double(first.timeoutMilliseconds) / 1000
+                stats.timeoutMilliseconds = first.timeoutMilliseconds
+                break
+            }
+            if Paths.exists(output.stopFile) || getppid() != parent { stopping = true; return }
+            usleep(50_000)
+        }
+        try importOthers()
+        if queue.isEmpty { throw WBError.failed("worker \(options.worker): the first worker left no queue in \(output.queue)") }
         stats.stage = "fuzzing"
     }
 
@@ -234,7 +254,7 @@ public final class Worker {
         stats.crashes[bucket.name, default: 0] += 1
         stats.lastCrash = elapsed
         if stats.firstCrash == nil { stats.firstCrash = elapsed }
-        if options.stopOnCrash { stopping = true }
+        if let n = options.untilCrashes, stats.crashes.count >= n { stopping = true }
         let dir = "\(output.crashes)/\(bucket.name)"
         // The worker whose mkdir makes the bucket writes it.
         guard mkdir(dir, 0o755) == 0 else { return }
@@ -324,7 +344,7 @@ public final class Worker {
         stats.seconds = elapsed
         stats.covered = executor.covered.count
         if let data = try? Worker.encoder.encode(stats) {
-            try? OutputDirectory.write(Array(data), to: "\(output.state)/worker-\(options.worker).json", replacing: true)
+            _ = try? OutputDirectory.write(Array(data), to: "\(output.state)/worker-\(options.worker).json", replacing: true)
         }
         // Newly covered blocks, appended for the union across workers.
         let covered = executor.coveredInOrder
@@ -400,16 +420,16 @@ public final class Campaign {
         }
         let worker = try Worker(options: options)
         let recorder = try Recorder(output: output, commandLine: commandLine)
-        var othersCrashed = false
+        var bucketsFound = 0
         var interrupted = false
         worker.report = { [weak self] status, _ in
             recorder.record(status)
-            if status.uniqueCrashes > 0 { othersCrashed = true }
+            bucketsFound = status.uniqueCrashes
             self?.status?(status)
         }
         worker.shouldStop = { [options, shouldStop] in
             if shouldStop() { interrupted = true; return true }
-            return options.stopOnCrash && othersCrashed
+            return options.untilCrashes.map { bucketsFound >= $0 } ?? false
         }
         try worker.run()
         stop(children, output)
@@ -420,7 +440,7 @@ public final class Campaign {
         let summary = CampaignSummary(
             image: Paths.absolute(options.imagePath), out: Paths.absolute(options.out), input: options.input.description,
             status: final, crashes: crashes(output, final), secondsToFirstCrash: final.firstCrash,
-            stoppedBecause: interrupted ? "interrupted" : options.stopOnCrash && final.uniqueCrashes > 0 ? "crash found"
+            stoppedBecause: interrupted ? "interrupted" : options.untilCrashes.map { final.uniqueCrashes >= $0 } == true ? "crashes found"
                 : options.maxRuns.map { final.executions >= $0 } == true ? "run limit" : "duration")
         try recorder.finish(summary)
         return summary

@@ -147,6 +147,7 @@ public final class Executor {
             let scratch = try s.mapScratch(bytes: 4096)
             defer { _ = try? s.raw(.munmap, scratch, 4096) }
             try setUpInput(s, scratch: scratch)
+            try silenceOutput(s, scratch: scratch)
             try installFilter(s, scratch: scratch)
             tracker = try DirtyTracker(tracee: tracee, syscalls: s)
         }
@@ -183,7 +184,9 @@ public final class Executor {
             try s.call(.close, m, what: "closing a spare fd")
             inputFD = try tracee.takeFD(n)
         case let .file(path):
-            inputFD = try FileDescriptor.open(path, O_RDWR | O_CREAT, mode: 0o644, what: "creating the input file \(path)")
+            // A relative path is the process's: relative to its working directory.
+            let full = path.hasPrefix("/") ? path : image.process.cwd + "/" + path
+            inputFD = try FileDescriptor.open(full, O_RDWR | O_CREAT, mode: 0o644, what: "creating the input file \(full)")
         case let .memory(symbol, lengthSymbol):
             guard let b = symbols.lookup(symbol) else {
                 throw WBError.invalidArgument("--input mem:\(symbol): no symbol \(symbol) in the process (is it static, or stripped?)")
@@ -196,6 +199,18 @@ public final class Executor {
                 inputLength = len
             }
         }
+    }
+
+    /// stdout and stderr of the fuzzing copy go to /dev/null: thousands of runs would
+    /// otherwise write to the terminal or the files they had open.
+    private func silenceOutput(_ s: RemoteSyscalls, scratch: UInt64) throws {
+        let fds = try ProcFS.fds(tracee.pid)
+        let targets = [Int32(1), 2].filter { fd in fds.contains(fd) && input != .fd(fd) }
+        guard !targets.isEmpty else { return }
+        try tracee.write(Array("/dev/null".utf8) + [0], to: scratch)
+        let null = try s.call(.openat, UInt64(bitPattern: Int64(AT_FDCWD)), scratch, UInt64(O_WRONLY | O_CLOEXEC), what: "opening /dev/null")
+        for fd in targets { try s.call(.dup2, null, UInt64(fd), what: "sending fd \(fd) to /dev/null") }
+        try s.call(.close, null, what: "closing a spare fd")
     }
 
     private func deliver(_ data: [UInt8]) throws {
@@ -255,15 +270,18 @@ public final class Executor {
     // MARK: Coverage
 
     private func placeBreakpoints(cover: String, maps: [ProcFS.MapsEntry]) throws {
+        // Chosen by the paths the process had (a file restored from the image's own copy
+        // shows another path here), then found here by address.
         let exe = image.process.exe
-        let code = maps.filter { e in
-            guard e.protection & 4 != 0, e.path.hasPrefix("/") else { return false }
+        let chosen = Set(image.process.mappings.filter { m in
+            guard m.protection & 4 != 0, m.kind == .file, let path = m.path, path.hasPrefix("/") else { return false }
             switch cover {
-            case "exe": return e.path == exe || e.path.deletedStripped.path == exe
+            case "exe": return path == exe
             case "all": return true
-            default: return e.path.split(separator: "/").last.map { $0.hasPrefix(cover) } ?? false
+            default: return path.split(separator: "/").last.map { $0.hasPrefix(cover) } ?? false
             }
-        }
+        }.map(\.start))
+        let code = maps.filter { $0.protection & 4 != 0 && chosen.contains($0.start) }
         if code.isEmpty { throw WBError.invalidArgument("--cover \(cover): no executable mapping of the process matches") }
         var constants = Set<[UInt8]>()
         for e in code {
@@ -388,7 +406,9 @@ public final class Executor {
                 }
                 if sig == SIGTRAP || defaultTerminates.contains(sig) || [SIGSEGV, SIGBUS, SIGILL, SIGFPE, SIGABRT, SIGSYS].contains(sig) {
                     let info = (try? tracee.signalInfo(tid)) ?? [UInt8](repeating: 0, count: 128)
-                    let address = info.withUnsafeBytes { $0.loadUnaligned(fromByteOffset: 16, as: UInt64.self) }
+                    // si_addr means something for faults only; for other signals the field holds the sender.
+                    let fault = [SIGSEGV, SIGBUS, SIGILL, SIGFPE].contains(sig)
+                    let address = fault ? info.withUnsafeBytes { $0.loadUnaligned(fromByteOffset: 16, as: UInt64.self) } : 0
                     result.outcome = .crashed(signal: sig, address: address)
                     result.crash = capture(tid, signal: sig, address: address, try tracee.registers(tid))
                     running.remove(tid)

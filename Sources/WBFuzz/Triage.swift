@@ -1,4 +1,5 @@
 import Foundation
+import Glibc
 import WBCore
 
 /// Crashes grouped by where they happen: the signal and the top frames of the crashing
@@ -52,7 +53,8 @@ public struct CrashReport: Codable, Sendable {
     public var bucket: String
     public var signal: Int32
     public var signalName: String
-    public var faultAddress: String
+    /// The address that faulted (SIGSEGV, SIGBUS, SIGILL, SIGFPE).
+    public var faultAddress: String?
     public var function: String?
     public var thread: Int32
     public var frames: [Frame]
@@ -69,7 +71,7 @@ public struct CrashReport: Codable, Sendable {
         self.bucket = bucket.name
         signal = crash.signal
         signalName = SignalNames.name(crash.signal)
-        faultAddress = hex(crash.address)
+        faultAddress = [SIGSEGV, SIGBUS, SIGILL, SIGFPE].contains(crash.signal) ? hex(crash.address) : nil
         function = bucket.function
         thread = crash.tid
         frames = crash.frames
@@ -86,7 +88,7 @@ public struct CrashReport: Codable, Sendable {
 
     public var text: String {
         var out: [String] = []
-        let kind = signal == 0 ? "hang (timeout)" : "\(signalName)" + (signal == 11 || signal == 7 ? " at address \(faultAddress)" : "")
+        let kind = signal == 0 ? "hang (timeout)" : "\(signalName)" + (faultAddress.map { " at address \($0)" } ?? "")
         out.append("wb fuzz: \(kind) in \(function ?? "an unknown function")")
         out.append("")
         out.append("bucket       \(bucket)")

@@ -52,7 +52,8 @@ public final class RestoredProcess {
     public func terminate() -> Int32 {
         _ = kill(initPid ?? pid, SIGKILL)
         if !tracee.isDetached {
-            for tid in tracee.tids {
+            // Other threads first: a traced leader is reported only after every other thread.
+            for tid in tracee.tids.filter({ $0 != tracee.pid }) + [tracee.pid] {
                 while true {
                     guard let stop = try? tracee.wait(tid) else { break }
                     if case .exited = stop { break }

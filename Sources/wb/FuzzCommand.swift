@@ -51,8 +51,8 @@ struct FuzzCommand: ParsableCommand {
     @Option(help: "Stop after about this many runs.")
     var runs: Int?
 
-    @Flag(help: "Stop as soon as a crash is found.")
-    var stopOnCrash = false
+    @Option(help: "Stop once this many distinct crashes (buckets) are found.")
+    var untilCrashes: Int?
 
     @Option(help: "Worker processes, each with its own restored copy, sharing one corpus.")
     var jobs = 1
@@ -85,6 +85,7 @@ struct FuzzCommand: ParsableCommand {
         if jobs < 1 || jobs > 64 { throw ValidationError("--jobs must be between 1 and 64") }
         if let t = timeout, t < 1 { throw ValidationError("--timeout is in milliseconds and must be at least 1") }
         if let r = runs, r < 1 { throw ValidationError("--runs must be at least 1") }
+        if let c = untilCrashes, c < 1 { throw ValidationError("--until-crashes must be at least 1") }
         if let d = duration, FuzzCommand.seconds(d) == nil { throw ValidationError("--duration \(d): expected seconds, or a number with s, m or h (90, 90s, 10m, 2h)") }
         _ = try channel()
     }
@@ -105,7 +106,7 @@ struct FuzzCommand: ParsableCommand {
             var options = CampaignOptions(imagePath: image, input: try channel(), corpus: corpus, out: out)
             options.duration = duration.flatMap(FuzzCommand.seconds)
             options.maxRuns = runs
-            options.stopOnCrash = stopOnCrash
+            options.untilCrashes = untilCrashes
             options.jobs = jobs
             options.timeout = timeout.map { Double($0) / 1000 }
             options.seed = seed ?? UInt64(Clock.monotonic * 1e9) ^ UInt64(getpid())

@@ -123,7 +123,7 @@ struct ReplayOutcome: Encodable {
             let bucket = CrashBucket(signal: sig, frames: frames, exe: exe)
             self.bucket = bucket.name
             signal = SignalNames.name(sig)
-            faultAddress = hex(address)
+            faultAddress = [SIGSEGV, SIGBUS, SIGILL, SIGFPE].contains(sig) ? hex(address) : nil
             function = bucket.function
             what = "crashed: \(SignalNames.name(sig)) in \(bucket.function ?? "an unknown function")"
             reproduced = expected == nil || expected == bucket.name

@@ -18,6 +18,9 @@ struct WB: ParsableCommand {
           wb restore server.wbimg                       # bring it back in the foreground
           wb restore server.wbimg --detach              # ... in the background; prints its pid
           wb run --portable -- ./server                 # start a program whose checkpoints restore on any x86-64
+          wb restore server.wbimg --debug               # hand the restored process to gdb
+          wb fuzz parser.wbimg --corpus seeds --out findings   # fuzz from the snapshot
+          wb replay findings/crashes/BUCKET --debug     # run a crash again, stopped in gdb
 
         See docs/ for the image format and how restore works.
         """,

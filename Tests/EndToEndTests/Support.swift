@@ -24,7 +24,7 @@ final class Child {
     private(set) var reaped = false
     private(set) var status: Int32 = 0
 
-    init(_ path: String, _ args: [String], env: [String: String] = [:]) throws {
+    init(_ path: String, _ args: [String], env: [String: String] = [:], stdin: Int32? = nil) throws {
         var outPipe: [Int32] = [0, 0], errPipe: [Int32] = [0, 0]
         guard pipe(&outPipe) == 0, pipe(&errPipe) == 0 else { throw WBError.failed("pipe failed") }
         var environment = ProcessInfo.processInfo.environment
@@ -32,7 +32,7 @@ final class Child {
         for (k, v) in env { environment[k] = v }
         let pid: Int32
         do {
-            pid = try Subprocess.spawn(path, args, environment: environment, stdout: outPipe[1], stderr: errPipe[1])
+            pid = try Subprocess.spawn(path, args, environment: environment, stdin: stdin, stdout: outPipe[1], stderr: errPipe[1])
         } catch {
             close(outPipe[0]); close(errPipe[0]); close(outPipe[1]); close(errPipe[1])
             throw error

@@ -1,8 +1,13 @@
-// harness-parser [--ballast MIB]
+// harness-parser [--ballast MIB] [--file PATH] [--threads N]
 //
 // A fuzz target: a little record parser with planted crashes. At start-up it computes a
 // 32-bit key from the clock (different in every run of the program, fixed in a checkpoint),
-// prints "READY pid=N key=K", then reads all of stdin and parses it:
+// prints "READY pid=N key=K", then reads all of stdin into parser_input (its length in
+// parser_length) and parses it with parse_input(). With --file it first waits for stdin to
+// end, then reads the input from PATH instead. With --threads it also starts N idle
+// threads (blocked on a condition variable), for fuzzing a multi-threaded snapshot.
+//
+// The input format:
 //
 //   0  "WBFZ"           magic (else: exit 0)
 //   4  u8 version       must be 2
@@ -20,6 +25,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <fcntl.h>
+#include <pthread.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -73,10 +80,42 @@ __attribute__((noinline)) static int parse(const uint8_t *in, size_t n) {
     return 0;
 }
 
+uint8_t parser_input[1 << 16];
+size_t parser_length;
+
+// The entry point a snapshot taken at a breakpoint can fuzz with --input mem:parser_input:parser_length.
+__attribute__((noinline)) int parse_input(void) { return parse(parser_input, parser_length); }
+
+static pthread_mutex_t idle_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t idle_wake = PTHREAD_COND_INITIALIZER;
+
+static void *idle(void *arg) {
+    (void)arg;
+    pthread_mutex_lock(&idle_lock);
+    for (;;) pthread_cond_wait(&idle_wake, &idle_lock);
+    return NULL;
+}
+
+static size_t read_all(int fd) {
+    size_t n = 0;
+    ssize_t got;
+    while (n < sizeof parser_input && (got = read(fd, parser_input + n, sizeof parser_input - n)) > 0) n += (size_t)got;
+    return n;
+}
+
 int main(int argc, char **argv) {
     size_t ballast = 0;
-    for (int i = 1; i + 1 < argc; i++)
+    const char *file = NULL;
+    int threads = 0;
+    for (int i = 1; i + 1 < argc; i++) {
         if (!strcmp(argv[i], "--ballast")) ballast = strtoull(argv[++i], NULL, 10) << 20;
+        else if (!strcmp(argv[i], "--file")) file = argv[++i];
+        else if (!strcmp(argv[i], "--threads")) threads = atoi(argv[++i]);
+    }
+    for (int i = 0; i < threads; i++) {
+        pthread_t t;
+        harness_require(pthread_create(&t, NULL, idle, NULL) == 0, "pthread_create");
+    }
     if (ballast) {
         uint8_t *b = mmap(NULL, ballast, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
         harness_require(b != MAP_FAILED, "mmap");
@@ -84,9 +123,15 @@ int main(int argc, char **argv) {
     }
     key = (uint32_t)(harness_now_ns() * 2654435761u) | 0x01010101u;
     harness_say("READY pid=%d key=%08x", getpid(), key);
-    static uint8_t input[1 << 16];
-    size_t n = 0;
-    ssize_t got;
-    while (n < sizeof input && (got = read(0, input + n, sizeof input - n)) > 0) n += (size_t)got;
-    return parse(input, n);
+    if (file) {
+        char c;
+        while (read(0, &c, 1) > 0) {}
+        int fd = open(file, O_RDONLY);
+        if (fd < 0) return 2;
+        parser_length = read_all(fd);
+        close(fd);
+    } else {
+        parser_length = read_all(0);
+    }
+    return parse_input();
 }

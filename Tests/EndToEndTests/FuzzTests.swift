@@ -1,0 +1,197 @@
+import Foundation
+import Glibc
+import Testing
+import WBCore
+
+/// wb fuzz and wb replay on harness-parser: a record parser with a crash behind a key the
+/// process computed at start-up and a checksum, and a stack overflow behind magic bytes.
+@Suite(.serialized) struct FuzzTests {
+    static let corpus = Paths.directory(of: #filePath) + "/../../corpora/parser"
+
+    /// A checkpoint of harness-parser blocked reading stdin (a pipe the test holds open);
+    /// returns the image path and the key the process computed.
+    static func checkpointParser(_ dir: String, _ extra: [String] = []) throws -> (image: String, key: UInt32) {
+        var fds: [Int32] = [0, 0]
+        guard pipe(&fds) == 0 else { throw WBError.failed("pipe failed") }
+        defer { close(fds[1]) }
+        let child = try Child(Products.harness("parser"), extra, stdin: fds[0])
+        close(fds[0])
+        let ready = try #require(child.line(startingWith: "READY"))
+        let key = try #require(field(ready, "key").flatMap { UInt32($0, radix: 16) })
+        let image = "\(dir)/parser.wbimg"
+        let run = try wb("checkpoint", "\(child.pid)", "-o", image, "--kill", "-q")
+        #expect(run.code == 0, "\(run.stderr)")
+        return (image, key)
+    }
+
+    /// An input in the parser's format with a correct checksum.
+    static func records(_ records: [(String, UInt32)]) -> [UInt8] {
+        var body: [UInt8] = []
+        for (tag, value) in records {
+            body += Array(tag.utf8)
+            withUnsafeBytes(of: value.littleEndian) { body += $0 }
+        }
+        let sum = body.reduce(UInt16(0)) { $0 &+ UInt16($1) }
+        return Array("WBFZ".utf8) + [2, UInt8(records.count)] + withUnsafeBytes(of: sum.littleEndian, Array.init) + body
+    }
+
+    static func summary(_ run: Run) throws -> [String: Any] {
+        let data = try #require(run.stdout.data(using: .utf8))
+        return try #require(try JSONSerialization.jsonObject(with: data) as? [String: Any])
+    }
+
+    static func buckets(_ summary: [String: Any]) -> [(signal: String, function: String, directory: String)] {
+        ((summary["crashes"] as? [[String: Any]]) ?? []).map {
+            ($0["signal"] as? String ?? "", $0["function"] as? String ?? "", $0["directory"] as? String ?? "")
+        }
+    }
+
+    @Test func campaignFindsBucketsAndReplaysThePlantedCrashes() throws {
+        let dir = scratchDirectory()
+        let (image, _) = try FuzzTests.checkpointParser(dir)
+        let out = "\(dir)/findings"
+        let run = try wb(["fuzz", image, "--corpus", FuzzTests.corpus, "--out", out, "--duration", "120", "--until-crashes", "2",
+                          "--seed", "7", "--json"], timeout: 300)
+        #expect(run.code == 0, "\(run.stderr)")
+        let summary = try FuzzTests.summary(run)
+        #expect(summary["stoppedBecause"] as? String == "crashes found")
+        let buckets = FuzzTests.buckets(summary)
+        // The key behind the null write is fixed in the snapshot and found by comparison
+        // tracing, the checksum repaired the same way.
+        let keyed = try #require(buckets.first { $0.function == "crash_with_key" }, "buckets: \(buckets)")
+        #expect(keyed.signal == "SIGSEGV")
+        #expect(buckets.contains { $0.function == "boom" && $0.signal == "SIGABRT" }, "buckets: \(buckets)")
+
+        // The bucket directory: input, minimized input, reports, replay recipe.
+        let bucket = keyed.directory
+        let input = try Paths.readBytes("\(bucket)/input"), small = try Paths.readBytes("\(bucket)/input.min")
+        #expect(!small.isEmpty && small.count <= input.count)
+        let text = try Paths.readText("\(bucket)/report.txt")
+        #expect(text.contains("SIGSEGV at address 0x0 in crash_with_key"))
+        #expect(text.contains("#1") && text.contains("parse_record"))
+        let report = try #require(try JSONSerialization.jsonObject(with: Data(try Paths.readBytes("\(bucket)/report.json"))) as? [String: Any])
+        #expect(report["signal"] as? Int == 11)
+        #expect(report["faultAddress"] as? String == "0x0")
+        let frames = try #require(report["frames"] as? [[String: Any]])
+        #expect(frames.first?["function"] as? String == "crash_with_key")
+        #expect((report["registers"] as? [String: String])?["rip"] != nil)
+        #expect(Paths.exists("\(bucket)/replay.json"))
+
+        // AFL's layout: seeds and finds in queue/, stats and plot data, a coverage plot.
+        let queue = try Paths.list("\(out)/queue")
+        #expect(queue.contains("id:000000,orig:boom-record"))
+        #expect(queue.count >= 4)
+        let stats = try Paths.readText("\(out)/fuzzer_stats")
+        let execs = stats.split(separator: "\n").first { $0.hasPrefix("execs_done") }.flatMap { Int($0.split(separator: ":").last!.trimming(" ")) }
+        #expect((execs ?? 0) > 4)
+        #expect(stats.contains("saved_crashes     : 2"))
+        #expect(try Paths.readText("\(out)/plot_data").hasPrefix("# relative_time"))
+        #expect(try Paths.readText("\(out)/coverage.svg").hasPrefix("<svg"))
+        let campaign = try Paths.readText("\(out)/campaign.json")
+        #expect(campaign.contains("crash_with_key"))
+
+        // Replay: the same crash, in the same bucket; and in gdb, stopped at the crash.
+        let replay = try wb("replay", bucket)
+        #expect(replay.code == 0, "\(replay.stderr)")
+        #expect(replay.stdout.contains("crashed: SIGSEGV in crash_with_key") && replay.stdout.contains("(as recorded)"))
+        let minimized = try wb("replay", bucket, "--minimized")
+        #expect(minimized.code == 0, "\(minimized.stdout) \(minimized.stderr)")
+        let gdb = try wb(["replay", bucket, "--debug", "--", "-batch", "-ex", "bt"], timeout: 120)
+        #expect(gdb.stdout.contains("crash_with_key") && gdb.stdout.contains("parse_record"), "\(gdb.stdout) \(gdb.stderr)")
+    }
+
+    @Test func runsStartFromTheSnapshotNotFromThePreviousRun() throws {
+        let dir = scratchDirectory()
+        let (image, key) = try FuzzTests.checkpointParser(dir)
+        // "KEY!" with the right key sets a global that lets a later "CRSH" record crash. Run
+        // alone, the CRSH input must not crash: the first run's writes are undone.
+        let apart = "\(dir)/apart", together = "\(dir)/together"
+        try Paths.makeDirectories(apart)
+        try Paths.makeDirectories(together)
+        try writeFile(FuzzTests.records([("KEY!", key)]), "\(apart)/a-key")
+        try writeFile(FuzzTests.records([("CRSH", 0)]), "\(apart)/b-crash")
+        try writeFile(FuzzTests.records([("KEY!", key), ("CRSH", 0)]), "\(together)/both")
+        let first = try wb("fuzz", image, "--corpus", apart, "--out", "\(dir)/o1", "--runs", "2", "--json")
+        #expect(first.code == 0, "\(first.stderr)")
+        #expect(FuzzTests.buckets(try FuzzTests.summary(first)).isEmpty)
+        let second = try wb("fuzz", image, "--corpus", together, "--out", "\(dir)/o2", "--runs", "1", "--json")
+        #expect(second.code == 0, "\(second.stderr)")
+        #expect(FuzzTests.buckets(try FuzzTests.summary(second)).map(\.function) == ["crash_with_key"])
+    }
+
+    @Test func multiThreadedSnapshotsAndSeveralWorkers() throws {
+        let dir = scratchDirectory()
+        let (image, _) = try FuzzTests.checkpointParser(dir, ["--threads", "3"])
+        let out = "\(dir)/findings"
+        let run = try wb(["fuzz", image, "--corpus", FuzzTests.corpus, "--out", out, "--jobs", "2", "--duration", "120",
+                          "--until-crashes", "1", "--seed", "3", "--json"], timeout: 300)
+        #expect(run.code == 0, "\(run.stderr)")
+        let summary = try FuzzTests.summary(run)
+        #expect(!FuzzTests.buckets(summary).isEmpty)
+        #expect((summary["status"] as? [String: Any])?["workers"] as? Int == 2)
+        // The second worker restored its own copy, ran inputs and said so.
+        let second = try #require(try JSONSerialization.jsonObject(with: Data(try Paths.readBytes("\(out)/.wb/worker-1.json"))) as? [String: Any])
+        #expect((second["executions"] as? Int ?? 0) > 0)
+        #expect(second["error"] == nil)
+        #expect(try Paths.readText("\(out)/fuzzer_stats").contains("workers           : 2"))
+    }
+
+    @Test func inputsThroughAFileAndThroughMemory() throws {
+        let dir = scratchDirectory()
+        // A file the process opens once stdin ends.
+        let (fileImage, _) = try FuzzTests.checkpointParser(dir, ["--file", "\(dir)/fuzz-input"])
+        let byFile = try wb(["fuzz", fileImage, "--input", "file:\(dir)/fuzz-input", "--corpus", FuzzTests.corpus, "--out", "\(dir)/of",
+                             "--duration", "120", "--until-crashes", "1", "--json"], timeout: 300)
+        #expect(byFile.code == 0, "\(byFile.stderr)")
+        #expect(!FuzzTests.buckets(try FuzzTests.summary(byFile)).isEmpty)
+
+        // A snapshot taken in gdb at parse_input(), fuzzed by writing parser_input and parser_length.
+        let memDir = "\(dir)/mem"
+        try Paths.makeDirectories(memDir)
+        let (image, _) = try FuzzTests.checkpointParser(memDir)
+        let gdb = try wb(["restore", image, "--debug", "--snapshots", "\(dir)/snaps", "--", "-batch", "-ex", "break parse_input",
+                          "-ex", "continue", "-ex", "monitor checkpoint at-parse"], timeout: 120)
+        #expect((gdb.stdout + gdb.stderr).contains("checkpoint at-parse"), "\(gdb.stdout) \(gdb.stderr)")
+        let byMemory = try wb(["fuzz", "\(dir)/snaps/at-parse.wbimg", "--input", "mem:parser_input:parser_length", "--corpus", FuzzTests.corpus,
+                               "--out", "\(dir)/om", "--duration", "120", "--until-crashes", "1", "--json"], timeout: 300)
+        #expect(byMemory.code == 0, "\(byMemory.stderr)")
+        #expect(!FuzzTests.buckets(try FuzzTests.summary(byMemory)).isEmpty)
+        // An unknown symbol is named.
+        let missing = try wb("fuzz", "\(dir)/snaps/at-parse.wbimg", "--input", "mem:no_such_buffer", "--corpus", FuzzTests.corpus, "--out", "\(dir)/ox")
+        #expect(missing.code == 1)
+        #expect(missing.stderr.contains("no symbol no_such_buffer"))
+    }
+
+    @Test func badArgumentsGetOneLineErrors() throws {
+        let dir = scratchDirectory()
+        let (image, _) = try FuzzTests.checkpointParser(dir)
+        let cases: [([String], String)] = [
+            (["fuzz", image, "--corpus", FuzzTests.corpus, "--out", "\(dir)/o", "--input", "pipe"], "expected stdin, fd:N, file:PATH or mem:SYMBOL"),
+            (["fuzz", image, "--corpus", "\(dir)/nowhere", "--out", "\(dir)/o"], "--corpus \(dir)/nowhere: no such directory"),
+            (["fuzz", image, "--corpus", FuzzTests.corpus, "--out", "\(dir)/o", "--duration", "soon"], "--duration soon"),
+            (["fuzz", "\(dir)/missing.wbimg", "--corpus", FuzzTests.corpus, "--out", "\(dir)/o"], "missing.wbimg"),
+            (["replay", dir], "no replay.json there"),
+        ]
+        for (args, message) in cases {
+            let run = try wb(args)
+            #expect(run.code != 0, "\(args)")
+            #expect(run.stderr.contains(message), "\(args): \(run.stderr)")
+            #expect(!run.stderr.contains("Fatal error") && run.stderr.split(separator: "\n").count <= 3, "\(run.stderr)")
+        }
+        // An output directory that holds a campaign is not overwritten.
+        let empty = "\(dir)/empty"
+        try Paths.makeDirectories(empty)
+        try writeFile([1], "\(empty)/seed")
+        let first = try wb("fuzz", image, "--corpus", empty, "--out", "\(dir)/twice", "--runs", "1")
+        #expect(first.code == 0, "\(first.stderr)")
+        let again = try wb("fuzz", image, "--corpus", empty, "--out", "\(dir)/twice", "--runs", "1")
+        #expect(again.code == 1)
+        #expect(again.stderr.contains("already holds a campaign"))
+    }
+}
+
+/// Writes a small file.
+func writeFile(_ bytes: [UInt8], _ path: String) throws {
+    let fd = try FileDescriptor.open(path, O_WRONLY | O_CREAT | O_TRUNC, what: "writing \(path)")
+    try fd.writeAll(bytes)
+}
