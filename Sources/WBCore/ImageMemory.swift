@@ -29,6 +29,16 @@ public final class ImageMemory: @unchecked Sendable {
         return nil
     }
 
+    /// Where the image holds the page at `address` (page-aligned) as stored data: a pointer
+    /// into the mapped page section, valid while this object lives. Nil for pages that come
+    /// from a file or are zero.
+    public func storedPage(_ address: UInt64) -> UnsafeRawPointer? {
+        guard let m = mapping(at: address), let pages else { return nil }
+        let page = UInt32((address - m.start) / 4096)
+        guard let run = m.pages.first(where: { page >= $0.page && page < $0.page + $0.count }) else { return nil }
+        return pages.base + Int(run.dataOffset) + Int(page - run.page) * 4096
+    }
+
     /// Reads `count` bytes at `address` (within one page); nil where nothing is mapped.
     public func read(_ address: UInt64, count: Int) -> [UInt8]? {
         guard let m = mapping(at: address), address + UInt64(count) <= m.end else { return nil }

@@ -74,6 +74,9 @@ public final class Executor {
     private var snapshotFDs: [Int32] = []
     private var inputFD: FileDescriptor?
     private var inputSize = -1
+    private var pageCache: [UInt64: UnsafeMutableRawPointer] = [:]
+    private let scanVector = ScanVector()
+    private var protectWhileScanning = false
     private var inputBuffer: (address: UInt64, size: UInt64)?
     private var inputLength: (address: UInt64, size: UInt64)?
     private var layoutChanged = false, fdsChanged = false
@@ -120,7 +123,10 @@ public final class Executor {
         }
     }
 
-    deinit { tracker?.release() }
+    deinit {
+        tracker?.release()
+        for p in pageCache.values { p.deallocate() }
+    }
 
     private func prepare(cover: String?) throws {
         let tracee = restored.tracee
@@ -164,6 +170,7 @@ public final class Executor {
             }
         }
         trackedSpan = (low, high)
+        protectWhileScanning = tracker.ranges.reduce(0) { $0 + $1.end - $1.start } > 256 << 20
         if debugTrace {
             FileHandle.standardError.write(Data("wb-trace: tracked \(tracker.ranges.map { "\(hex($0.start))-\(hex($0.end))" }) copied \(copied.map { "\(hex($0.start))+\($0.bytes.count)" })\n".utf8))
         }
@@ -537,35 +544,62 @@ public final class Executor {
     /// Puts back every page the run wrote, and repairs mappings and fds if it changed them.
     private func resetMemory() throws {
         guard trackedSpan.0 < trackedSpan.1 else { return }
-        // The scan protects what it finds at once (the kernel's fast path); restoring the
-        // contents below makes those pages written again, so they are protected once more
-        // afterwards.
-        let written = try scanner.scan(start: trackedSpan.0, end: trackedSpan.1, writtenOnly: true, reprotect: true, trackedOnly: true)
-        var ranges: [UInt64] = []
-        var buffer: [UInt8] = []
+        // Two ways to find the written pages, picked per snapshot. A large one is scanned on
+        // the kernel's fast path, which only works while protecting what it finds; putting
+        // the contents back then faults on those pages and they are protected once more
+        // below. A small one is scanned without protecting (the walk is short either way),
+        // so putting the contents back costs no faults.
+        let written = try scanner.scan(start: trackedSpan.0, end: trackedSpan.1, writtenOnly: true, reprotect: protectWhileScanning,
+                                       trackedOnly: true, vector: scanVector)
+        guard !written.isEmpty else {
+            for c in copied { try tracee.write(c.bytes, to: c.start) }
+            if layoutChanged || fdsChanged { try repair() }
+            return
+        }
+        // Straight from the mapped image where it holds the page; other pages (file
+        // contents, zeros) are read once and kept.
+        var triples: [UInt64] = []
+        triples.reserveCapacity(written.count * 3)
         for r in written {
             var a = r.start
             while a < r.end {
-                buffer += memory.read(a, count: 4096) ?? [UInt8](repeating: 0, count: 4096)
+                let local = UInt64(UInt(bitPattern: snapshotPage(a)))
+                if triples.count >= 3, triples[triples.count - 3] + triples[triples.count - 1] == local,
+                   triples[triples.count - 2] + triples[triples.count - 1] == a {
+                    triples[triples.count - 1] += 4096
+                } else {
+                    triples += [local, a, 4096]
+                }
                 a += 4096
             }
-            ranges += [r.start, r.end - r.start]
         }
-        if !buffer.isEmpty {
-            try buffer.withUnsafeBytes { try tracee.write(ranges: ranges, from: $0) }
+        try tracee.memory.write(scatter: triples)
+        do {
             // Protected again by the page scan itself (which skips memory not tracked), one
             // call per cluster of written ranges: the unmapped space between them costs the
             // walk nothing, large clean regions are left out.
             var cluster = (start: written[0].start, end: written[0].end)
             for r in written.dropFirst() {
                 if r.start - cluster.end <= 64 << 20 { cluster.end = r.end; continue }
-                _ = try scanner.scan(start: cluster.start, end: cluster.end, writtenOnly: true, reprotect: true, trackedOnly: true)
+                _ = try scanner.scan(start: cluster.start, end: cluster.end, writtenOnly: true, reprotect: true, trackedOnly: true, vector: scanVector)
                 cluster = (r.start, r.end)
             }
-            _ = try scanner.scan(start: cluster.start, end: cluster.end, writtenOnly: true, reprotect: true, trackedOnly: true)
+            _ = try scanner.scan(start: cluster.start, end: cluster.end, writtenOnly: true, reprotect: true, trackedOnly: true, vector: scanVector)
         }
         for c in copied { try tracee.write(c.bytes, to: c.start) }
         if layoutChanged || fdsChanged { try repair() }
+    }
+
+    /// The snapshot's contents of the page at `address`: in the mapped image, or read once
+    /// (from the file a mapping shows, or zeros) and kept for later runs.
+    private func snapshotPage(_ address: UInt64) -> UnsafeRawPointer {
+        if let p = memory.storedPage(address) { return p }
+        if let p = pageCache[address] { return UnsafeRawPointer(p) }
+        let p = UnsafeMutableRawPointer.allocate(byteCount: 4096, alignment: 4096)
+        let bytes = memory.read(address, count: 4096) ?? [UInt8](repeating: 0, count: 4096)
+        bytes.withUnsafeBytes { p.copyMemory(from: $0.baseAddress!, byteCount: 4096) }
+        pageCache[address] = p
+        return UnsafeRawPointer(p)
     }
 
     /// After a run that mapped, unmapped or opened things: back to the snapshot's layout.

@@ -6,6 +6,12 @@ import Glibc
 /// Which pages of a process are there: PAGEMAP_SCAN (Linux 6.7+) answers in ranges, so a
 /// terabyte reservation with three pages in it costs three entries; older kernels get the
 /// one-word-per-page /proc/PID/pagemap.
+/// The vector PAGEMAP_SCAN fills, kept by callers that scan often.
+public final class ScanVector {
+    var regions: [wb_page_region]
+    public init(capacity: Int = 4096) { regions = [wb_page_region](repeating: wb_page_region(), count: capacity) }
+}
+
 public struct PageScanner: @unchecked Sendable {
     public struct Range: Sendable, Equatable {
         public var start: UInt64
@@ -36,9 +42,16 @@ public struct PageScanner: @unchecked Sendable {
     /// `trackedOnly` keeps to memory a DirtyTracker write-protects (others count as written).
     public func scan(start: UInt64, end: UInt64, writtenOnly: Bool = false, reprotect: Bool = false,
                      fileInfo: Bool = false, trackedOnly: Bool = false) throws -> [Range] {
+        try scan(start: start, end: end, writtenOnly: writtenOnly, reprotect: reprotect, fileInfo: fileInfo,
+                 trackedOnly: trackedOnly, vector: ScanVector())
+    }
+
+    /// `scan` with a result vector the caller keeps between calls (fuzzing scans several
+    /// times per run; a fresh 96 KiB vector each time would cost more than the scan).
+    public func scan(start: UInt64, end: UInt64, writtenOnly: Bool = false, reprotect: Bool = false,
+                     fileInfo: Bool = false, trackedOnly: Bool = false, vector: ScanVector) throws -> [Range] {
         guard ranged else { return try scanWords(start: start, end: end) }
         var out: [Range] = []
-        var regions = [wb_page_region](repeating: wb_page_region(), count: 4096)
         let there = UInt64(WB_PAGE_IS_PRESENT | WB_PAGE_IS_SWAPPED)
         let written = UInt64(WB_PAGE_IS_WRITTEN), file = fileInfo ? UInt64(WB_PAGE_IS_FILE) : 0
         // Untracked mappings inside the range are skipped with trackedOnly (by the kernel
@@ -49,7 +62,7 @@ public struct PageScanner: @unchecked Sendable {
         while at < end {
             var count: UInt64 = 0, walkEnd: UInt64 = 0
             // Asking only for the written bit keeps the kernel on its fast path (no page lookups).
-            let e = regions.withUnsafeMutableBufferPointer {
+            let e = vector.regions.withUnsafeMutableBufferPointer {
                 wb_pagemap_scan(pagemap.rawValue, at, end, flags,
                                 (writtenOnly ? written : 0) | (trackedOnly && !reprotect ? UInt64(WB_PAGE_IS_WPALLOWED) : 0), writtenOnly ? 0 : there,
                                 writtenOnly ? written : there | written | file, $0.baseAddress, UInt64($0.count), &count, &walkEnd)
@@ -59,7 +72,7 @@ public struct PageScanner: @unchecked Sendable {
             try check(e, "ioctl(PAGEMAP_SCAN)", "scanning the memory of pid \(pid) at \(hex(at))")
             // When the vector fills up the last region can reach past walk_end, where the next
             // call starts: it is cut there so no page is reported twice.
-            for r in regions.prefix(Int(count)) where r.start < min(r.end, walkEnd) {
+            for r in vector.regions.prefix(Int(count)) where r.start < min(r.end, walkEnd) {
                 out.append(Range(start: r.start, end: min(r.end, walkEnd), file: r.categories & file != 0 && r.categories & UInt64(WB_PAGE_IS_SWAPPED) == 0,
                                  written: r.categories & written != 0))
             }

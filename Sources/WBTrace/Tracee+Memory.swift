@@ -70,6 +70,19 @@ public final class ProcessMemory {
         try bytes.withUnsafeBytes { try write($0, to: address) }
     }
 
+    /// Writes (local address, remote address, length) triples in as few calls as the kernel
+    /// allows; the local memory must stay valid during the call.
+    public func write(scatter triples: [UInt64]) throws {
+        var done = 0
+        let e = triples.withUnsafeBufferPointer { wb_process_vm_writev_scatter(pid, $0.baseAddress, Int32($0.count / 3), &done) }
+        if e == 0 { return }
+        if e == ESRCH { throw WBError.processGone(pid: pid, what: "writing memory") }
+        for i in stride(from: 0, to: triples.count, by: 3) {
+            let local = UnsafeRawPointer(bitPattern: UInt(triples[i]))
+            try write(UnsafeRawBufferPointer(start: local, count: Int(triples[i + 2])), to: triples[i + 1])
+        }
+    }
+
     /// Writes read-only memory (code: breakpoints) through /proc/PID/mem directly.
     public func writeCode(_ bytes: [UInt8], to address: UInt64) throws {
         let mem = try memFile()

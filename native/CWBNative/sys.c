@@ -184,3 +184,28 @@ int wb_spawn_process(const char *path, char *const argv[], char *const envp[], i
     *pid = child;
     return 0;
 }
+
+// Scattered writes: triples of (local address, remote address, length), as many per call as
+// the kernel takes. A fuzzing reset writes snapshot pages straight from the mapped image.
+int wb_process_vm_writev_scatter(pid_t pid, const uint64_t *triples, int count, size_t *done) {
+    struct iovec liov[WB_IOV_MAX], riov[WB_IOV_MAX];
+    size_t total = 0;
+    for (int base = 0; base < count; base += WB_IOV_MAX) {
+        int n = count - base < WB_IOV_MAX ? count - base : WB_IOV_MAX;
+        size_t want = 0;
+        for (int i = 0; i < n; i++) {
+            const uint64_t *t = triples + 3 * (base + i);
+            liov[i].iov_base = (void *)(uintptr_t)t[0];
+            liov[i].iov_len = t[2];
+            riov[i].iov_base = (void *)(uintptr_t)t[1];
+            riov[i].iov_len = t[2];
+            want += t[2];
+        }
+        ssize_t got = process_vm_writev(pid, liov, n, riov, n, 0);
+        if (got < 0) { *done = total; return errno; }
+        total += (size_t)got;
+        if ((size_t)got != want) { *done = total; return EFAULT; }
+    }
+    *done = total;
+    return 0;
+}

@@ -108,6 +108,7 @@ int wb_process_vm_writev(pid_t pid, const void *local, uint64_t remote, size_t l
 /// Gather/scatter forms for many pages at once: `remote` holds `count` (address, length) pairs.
 int wb_process_vm_readv_many(pid_t pid, void *local, const uint64_t *remote, int count, size_t *done);
 int wb_process_vm_writev_many(pid_t pid, const void *local, const uint64_t *remote, int count, size_t *done);
+int wb_process_vm_writev_scatter(pid_t pid, const uint64_t *triples, int count, size_t *done);
 /// tee(2): duplicate up to `len` bytes from pipe `in` into pipe `out` without consuming them.
 int wb_tee(int in, int out, size_t len, unsigned flags, ssize_t *copied);
 /// Block (or unblock) signals in the calling thread.
