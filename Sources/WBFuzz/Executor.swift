@@ -56,7 +56,7 @@ public final class Executor {
     /// The image's files as this machine has them (for a debugger's sysroot).
     public let files: ResolvedFiles
     /// How the process goes back to the snapshot after a run.
-    public let reset: String
+    public private(set) var reset: String
     /// Seconds a run may take.
     public var timeout: Double = 1
     /// Branching: every run starts from the snapshot. Once: one run, the process is left as it ends
@@ -170,7 +170,10 @@ public final class Executor {
             }
         }
         trackedSpan = (low, high)
-        protectWhileScanning = tracker.ranges.reduce(0) { $0 + $1.end - $1.start } > 256 << 20
+        let trackedBytes = tracker.ranges.reduce(0) { $0 + $1.end - $1.start }
+        protectWhileScanning = trackedBytes > 256 << 20
+        reset = "written pages of \(trackedBytes >> 20) MiB tracked (userfaultfd write-protect, PAGEMAP_SCAN"
+            + (protectWhileScanning ? ", protecting while scanning)" : ")")
         if debugTrace {
             FileHandle.standardError.write(Data("wb-trace: tracked \(tracker.ranges.map { "\(hex($0.start))-\(hex($0.end))" }) copied \(copied.map { "\(hex($0.start))+\($0.bytes.count)" })\n".utf8))
         }
