@@ -12,7 +12,9 @@ public enum ImageFormat {
     /// "\x89WBI\r\n\x1a\n": a high byte to catch 7-bit transfers, CR LF and ^Z to catch
     /// newline conversion, as PNG does.
     public static let magic: [UInt8] = [0x89, 0x57, 0x42, 0x49, 0x0D, 0x0A, 0x1A, 0x0A]
-    public static let version: UInt32 = 1
+    /// The newest version this wb reads and writes. Version 1: self-contained images;
+    /// version 2: page data or files may live in files beside the image (a timeline).
+    public static let version: UInt32 = 2
     public static let headerSize = 4096
     public static let pageSize: UInt64 = 4096
     static let fixedHeaderBytes = 32

@@ -8,13 +8,18 @@ public final class Image: @unchecked Sendable {
     public let header: ImageHeader
     public let metadata: ImageMetadata
     public let fileSize: UInt64
+    /// The path the image was opened at (`path` may be a display name).
+    public let filePath: String
     let fd: FileDescriptor
+    private var sourceRegions: [UInt32: MappedRegion] = [:]
+    private let sourceLock = NSLock()
 
     public var process: ProcessState { metadata.process }
 
     /// Opens and checks an image. `displayName` is the name errors use (default `path`).
     public init(path: String, displayName: String? = nil) throws {
         self.path = displayName ?? path
+        filePath = path
         let fd: FileDescriptor
         let name = displayName ?? path
         do {
@@ -63,6 +68,63 @@ public final class Image: @unchecked Sendable {
                 throw WBError.badImage(path: path, problem: "corrupted data: checksum mismatch in section \(s.kind.name) (bytes \(s.offset)-\(s.end - 1))")
             }
         }
+        // Page data and files kept beside the image (a timeline's store).
+        if only == nil || only!.contains(.pages) {
+            for (i, source) in (metadata.pageSources ?? []).enumerated() {
+                guard let region = try pageRegion(UInt32(i + 1)) else { continue }
+                region.adviseSequential()
+                guard region.withBytes({ PageChecksum.of($0) }) == source.checksum else {
+                    throw WBError.badImage(path: path, problem: "corrupted data: checksum mismatch in page store file \(source.path)")
+                }
+            }
+        }
+        if only == nil || only!.contains(.files) {
+            for f in metadata.files where f.source != nil {
+                let sum = try contents(of: f).withBytes { ContentHash.of($0) }
+                guard sum == f.hash else {
+                    throw WBError.badImage(path: path, problem: "corrupted data: \(f.source!) does not hold the file it should (\(f.paths.first ?? "?"))")
+                }
+            }
+        }
+    }
+
+    /// The directory the image lies in: where its page sources' paths start.
+    public var directory: String { Paths.directory(of: Paths.absolute(filePath)) }
+
+    /// Where runs with `source` have their bytes: a file and the offset of the data in it.
+    public func pageLocation(_ source: UInt32) -> (path: String, base: UInt64) {
+        if source == 0 { return (Paths.absolute(filePath), header.section(.pages)!.offset) }
+        return ("\(directory)/\(metadata.pageSources![Int(source) - 1].path)", 0)
+    }
+
+    /// All the page data of `source` (0: the PAGE section), mapped once and kept; nil when
+    /// there is none.
+    public func pageRegion(_ source: UInt32) throws -> MappedRegion? {
+        sourceLock.lock()
+        defer { sourceLock.unlock() }
+        if let r = sourceRegions[source] { return r }
+        let region: MappedRegion
+        if source == 0 {
+            let s = header.section(.pages)!
+            guard s.length > 0 else { return nil }
+            region = try MappedRegion(file: fd, offset: s.offset, count: Int(s.length))
+        } else {
+            let info = metadata.pageSources![Int(source) - 1]
+            let (file, _) = pageLocation(source)
+            let f: FileDescriptor
+            do {
+                f = try FileDescriptor.open(file, O_RDONLY, what: "opening \(file)")
+            } catch {
+                throw WBError.badImage(path: path, problem: "its page data \(info.path) is missing beside it (\(file)); copy the whole timeline directory")
+            }
+            guard (try f.size) >= info.length else {
+                throw WBError.badImage(path: path, problem: "truncated page store file \(info.path): \((try? f.size) ?? 0) bytes of \(info.length)")
+            }
+            guard info.length > 0 else { return nil }
+            region = try MappedRegion(file: f, offset: 0, count: Int(info.length))
+        }
+        sourceRegions[source] = region
+        return region
     }
 
     /// Maps `length` bytes at `offset` within a section.
@@ -79,7 +141,12 @@ public final class Image: @unchecked Sendable {
 
     /// The bytes of an embedded file.
     public func contents(of file: EmbeddedFile) throws -> MappedRegion {
-        try map(.files, offset: file.dataOffset, length: file.size)
+        guard let source = file.source else { return try map(.files, offset: file.dataOffset, length: file.size) }
+        let at = "\(directory)/\(source)"
+        guard let f = try? FileDescriptor.open(at, O_RDONLY), (try? f.size) == file.size else {
+            throw WBError.badImage(path: path, problem: "the file it keeps beside it, \(source), is missing or changed (\(at)); copy the whole timeline directory")
+        }
+        return try MappedRegion(file: f, offset: 0, count: Int(file.size))
     }
 
     /// The open image file, for restore code that maps page data from it.
@@ -92,6 +159,7 @@ public final class Image: @unchecked Sendable {
         guard !p.threads.isEmpty else { throw bad("process \(p.pid) has no threads") }
         guard p.threads.contains(where: { $0.tid == p.pid }) else { throw bad("no thread has the process's pid \(p.pid)") }
         let pages = header.section(.pages)!.length
+        let sources = metadata.pageSources ?? []
         for (i, m) in p.mappings.enumerated() {
             guard m.end > m.start, m.start % 4096 == 0, m.end % 4096 == 0 else {
                 throw bad("mappings[\(i)] has a bad range \(hex(m.start))-\(hex(m.end))")
@@ -102,14 +170,18 @@ public final class Image: @unchecked Sendable {
                     throw bad("mappings[\(i)] (\(hex(m.start))-\(hex(m.end))) has page runs out of order or overlapping")
                 }
                 next = UInt64(run.page) + UInt64(run.count)
+                guard run.source <= UInt32(sources.count) else {
+                    throw bad("mappings[\(i)] (\(hex(m.start))-\(hex(m.end))) has a page run from page source \(run.source), which the image does not list")
+                }
+                let limit = run.source == 0 ? pages : sources[Int(run.source) - 1].length
                 guard UInt64(run.page) + UInt64(run.count) <= UInt64(m.pageCount),
-                      run.dataOffset + run.byteCount <= pages, run.dataOffset % 4096 == 0 else {
+                      run.dataOffset + run.byteCount <= limit, run.dataOffset % 4096 == 0 else {
                     throw bad("mappings[\(i)] (\(hex(m.start))-\(hex(m.end))) has a page run outside the mapping or the PAGE section")
                 }
             }
         }
         let files = header.section(.files)!.length
-        for f in metadata.files where f.dataOffset + f.size > files {
+        for f in metadata.files where f.source == nil && f.dataOffset + f.size > files {
             throw bad("embedded file \(f.hash) (\(f.paths.first ?? "?")) lies outside the FILE section")
         }
         for t in p.threads where t.xstate.count > 1 << 20 {

@@ -152,7 +152,7 @@ public final class ImageWriter {
         let c = current!
         sections.append(.init(kind: .metadata, offset: c.start, length: cursor - c.start, checksum: c.checksum.finish()))
         current = nil
-        let header = ImageHeader(version: ImageFormat.version, fileSize: cursor, sections: sections)
+        let header = ImageHeader(version: metadata.isSelfContained ? 1 : 2, fileSize: cursor, sections: sections)
         try withContext("writing image \(path)") {
             try fd.write(header.encoded(), at: 0)
             try fd.truncate(to: cursor)

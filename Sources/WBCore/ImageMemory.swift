@@ -8,15 +8,14 @@ public final class ImageMemory: @unchecked Sendable {
     public let image: Image
     private let mappings: [Mapping]
     private let files: ResolvedFiles
-    private var pages: MappedRegion?
     private var open: [String: FileDescriptor] = [:]
 
     public init(image: Image, files: ResolvedFiles) throws {
         self.image = image
         self.files = files
         mappings = image.process.mappings.sorted { $0.start < $1.start }
-        let section = image.header.section(.pages)!
-        pages = section.length > 0 ? try image.map(.pages, offset: 0, length: section.length) : nil
+        // Every page source is mapped up front: a missing one is an error here, not later.
+        for s in 0...UInt32((image.metadata.pageSources ?? []).count) { _ = try image.pageRegion(s) }
     }
 
     /// The mapping holding `address`.
@@ -33,10 +32,11 @@ public final class ImageMemory: @unchecked Sendable {
     /// into the mapped page section, valid while this object lives. Nil for pages that come
     /// from a file or are zero.
     public func storedPage(_ address: UInt64) -> UnsafeRawPointer? {
-        guard let m = mapping(at: address), let pages else { return nil }
+        guard let m = mapping(at: address) else { return nil }
         let page = UInt32((address - m.start) / 4096)
-        guard let run = m.pages.first(where: { page >= $0.page && page < $0.page + $0.count }) else { return nil }
-        return pages.base + Int(run.dataOffset) + Int(page - run.page) * 4096
+        guard let run = m.run(containing: page),
+              let region = try? image.pageRegion(run.source) else { return nil }
+        return region.base + Int(run.dataOffset) + Int(page - run.page) * 4096
     }
 
     /// Reads `count` bytes at `address` (within one page); nil where nothing is mapped.
@@ -50,7 +50,7 @@ public final class ImageMemory: @unchecked Sendable {
             guard let a = read(address, count: first), let b = read(address + UInt64(first), count: count - first) else { return nil }
             return a + b
         }
-        if let run = m.pages.first(where: { page >= $0.page && page < $0.page + $0.count }), let pages {
+        if let run = m.run(containing: page), let pages = try? image.pageRegion(run.source) {
             let at = Int(run.dataOffset) + Int(page - run.page) * 4096 + within
             return pages.withBytes { Array($0[at..<(at + count)]) }
         }

@@ -81,8 +81,11 @@ public struct EmbeddedFile: Codable, Sendable, Equatable {
     public var paths: [String]
     /// Executable mappings of this file existed (an executable or a library).
     public var code: Bool
-    public init(hash: ContentHash, size: UInt64, dataOffset: UInt64, paths: [String], code: Bool) {
-        self.hash = hash; self.size = size; self.dataOffset = dataOffset; self.paths = paths; self.code = code
+    /// When set, the bytes are not in the image but in this file (relative to the image's
+    /// directory: a timeline's store), whole, from its start.
+    public var source: String?
+    public init(hash: ContentHash, size: UInt64, dataOffset: UInt64, paths: [String], code: Bool, source: String? = nil) {
+        self.hash = hash; self.size = size; self.dataOffset = dataOffset; self.paths = paths; self.code = code; self.source = source
     }
 }
 

@@ -11,6 +11,9 @@ public struct ImageMetadata: Codable, Sendable, Equatable {
     public var files: [EmbeddedFile]
     /// How the checkpoint went: what it refused to store, what it left behind.
     public var notes: [String]
+    /// Files outside the image holding page data (a timeline's page store), for page runs
+    /// whose `source` is k (the k-th, from 1). Absent in self-contained images.
+    public var pageSources: [PageSource]?
 
     public static let currentSchema = 1
 
@@ -22,6 +25,20 @@ public struct ImageMetadata: Codable, Sendable, Equatable {
     }
 
     public func file(_ hash: ContentHash) -> EmbeddedFile? { files.first { $0.hash == hash } }
+
+    /// Whether the image needs files beside it (format version 2).
+    public var isSelfContained: Bool { (pageSources ?? []).isEmpty && !files.contains { $0.source != nil } }
+}
+
+/// A file of whole pages outside the image: `path` relative to the image's directory,
+/// `length` bytes, `checksum` as the PAGE section's (XXH3-64 of the pages' XXH3-64 digests).
+public struct PageSource: Codable, Sendable, Equatable {
+    public var path: String
+    public var length: UInt64
+    public var checksum: UInt64
+    public init(path: String, length: UInt64, checksum: UInt64) {
+        self.path = path; self.length = length; self.checksum = checksum
+    }
 }
 
 public enum WBVersion {

@@ -49,17 +49,31 @@ public struct Mapping: Codable, Sendable, Equatable {
     }
 
     public func contains(_ address: UInt64) -> Bool { address >= start && address < end }
+
+    /// The stored run holding page `page` of this mapping (runs are in page order).
+    public func run(containing page: UInt32) -> PageRun? {
+        var lo = 0, hi = pages.count - 1
+        while lo <= hi {
+            let mid = (lo + hi) / 2
+            let r = pages[mid]
+            if page < r.page { hi = mid - 1 } else if page >= r.page + r.count { lo = mid + 1 } else { return r }
+        }
+        return nil
+    }
 }
 
 /// A run of consecutive stored pages: `count` pages starting `page` pages into the mapping,
-/// whose bytes are at `dataOffset` in the image's page section. Encoded as [page, count, offset].
+/// whose bytes are at `dataOffset` in the image's page section — or, when `source` is k > 0,
+/// in the k-th file of the metadata's `pageSources` (a timeline's page store). Encoded as
+/// [page, count, offset] or [page, count, offset, source].
 public struct PageRun: Codable, Sendable, Equatable {
     public var page: UInt32
     public var count: UInt32
     public var dataOffset: UInt64
+    public var source: UInt32
 
-    public init(page: UInt32, count: UInt32, dataOffset: UInt64) {
-        self.page = page; self.count = count; self.dataOffset = dataOffset
+    public init(page: UInt32, count: UInt32, dataOffset: UInt64, source: UInt32 = 0) {
+        self.page = page; self.count = count; self.dataOffset = dataOffset; self.source = source
     }
 
     public init(from decoder: Decoder) throws {
@@ -67,6 +81,7 @@ public struct PageRun: Codable, Sendable, Equatable {
         page = try c.decode(UInt32.self)
         count = try c.decode(UInt32.self)
         dataOffset = try c.decode(UInt64.self)
+        source = c.isAtEnd ? 0 : try c.decode(UInt32.self)
     }
 
     public func encode(to encoder: Encoder) throws {
@@ -74,6 +89,7 @@ public struct PageRun: Codable, Sendable, Equatable {
         try c.encode(page)
         try c.encode(count)
         try c.encode(dataOffset)
+        if source != 0 { try c.encode(source) }
     }
 
     public var byteCount: UInt64 { UInt64(count) * 4096 }

@@ -149,10 +149,10 @@ struct AddressSpace {
         guard m.storedPageCount == m.pageCount else { return nil }
         var out = [UInt8](repeating: 0, count: Int(m.size))
         for r in m.pages {
-            let region = try image.map(.pages, offset: r.dataOffset, length: r.byteCount)
+            guard let region = try image.pageRegion(r.source) else { continue }
             region.withBytes { src in
                 out.withUnsafeMutableBytes { dst in
-                    dst.baseAddress!.advanced(by: Int(r.page) * 4096).copyMemory(from: src.baseAddress!, byteCount: src.count)
+                    dst.baseAddress!.advanced(by: Int(r.page) * 4096).copyMemory(from: src.baseAddress! + Int(r.dataOffset), byteCount: Int(r.byteCount))
                 }
             }
         }
@@ -228,32 +228,34 @@ struct AddressSpace {
     /// Maps each stored run of pages straight from the image, private and copy-on-write:
     /// the page cache holds the data, and nothing is copied until the process writes.
     private mutating func mapPagesFromImage() throws {
-        scratch.reset()
-        let name = try scratch.put(string: Paths.absolute(image.path))
-        let fd = try leader.call(.openat, UInt64(bitPattern: -100), name, UInt64(O_RDONLY | O_CLOEXEC), 0,
-                                 what: "opening the image to map its pages")
-        let base = image.header.section(.pages)!.offset
+        var fds: [UInt32: UInt64] = [:]
         for m in mappings where mappedFromImage(m) {
             for r in m.pages {
+                let (file, base) = image.pageLocation(r.source)
+                if fds[r.source] == nil {
+                    scratch.reset()
+                    let name = try scratch.put(string: file)
+                    fds[r.source] = try leader.call(.openat, UInt64(bitPattern: -100), name, UInt64(O_RDONLY | O_CLOEXEC), 0,
+                                                    what: "opening \(file) to map its pages")
+                }
                 let at = m.start + UInt64(r.page) * 4096
-                try leader.call(.mmap, at, r.byteCount, 3, 0x12 /* PRIVATE|FIXED */, fd, base + r.dataOffset,
-                                what: "mapping page data at \(hex(at)) from the image")
+                try leader.call(.mmap, at, r.byteCount, 3, 0x12 /* PRIVATE|FIXED */, fds[r.source]!, base + r.dataOffset,
+                                what: "mapping page data at \(hex(at)) from \(file)")
             }
         }
-        _ = try leader.raw(.close, fd)
+        for fd in fds.values { _ = try leader.raw(.close, fd) }
     }
 
     /// Copies every stored page into place, one process_vm_writev batch per mapping.
     private func copyPages() throws {
-        let pages = image.header.section(.pages)!
-        guard pages.length > 0 else { return }
-        let region = try image.map(.pages, offset: 0, length: pages.length)
         for m in mappings where !m.pages.isEmpty && m.kind != .vdso && !mappedFromImage(m) {
             var i = 0
             while i < m.pages.count {
-                // Runs whose data lie back to back in the image go out in one call.
+                // Runs whose data lie back to back in one source go out in one call.
                 var j = i
-                while j + 1 < m.pages.count && m.pages[j + 1].dataOffset == m.pages[j].dataOffset + m.pages[j].byteCount { j += 1 }
+                while j + 1 < m.pages.count && m.pages[j + 1].source == m.pages[i].source
+                        && m.pages[j + 1].dataOffset == m.pages[j].dataOffset + m.pages[j].byteCount { j += 1 }
+                guard let region = try image.pageRegion(m.pages[i].source) else { i = j + 1; continue }
                 var ranges: [UInt64] = []
                 for r in m.pages[i...j] { ranges += [m.start + UInt64(r.page) * 4096, r.byteCount] }
                 let from = Int(m.pages[i].dataOffset)

@@ -42,7 +42,8 @@ struct FDBuilder {
         }
         for s in fds {
             let what = "fd \(s.fd) (\(s.path))"
-            let source = try withContext("restoring \(what)") { try self.source(for: s) }
+            let silenced = restorer.options.silenceOutput && (s.fd == 1 || s.fd == 2)
+            let source = try withContext("restoring \(what)") { silenced ? try open("/dev/null", O_WRONLY) : try self.source(for: s) }
             try leader.call(.dup3, UInt64(source), UInt64(s.fd), s.closeOnExec ? UInt64(O_CLOEXEC) : 0, what: "placing \(what)")
             if s.kind == .file || s.kind == .deletedFile {
                 _ = try leader.raw(.lseek, UInt64(s.fd), s.offset, UInt64(SEEK_SET))

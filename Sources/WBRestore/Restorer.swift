@@ -19,6 +19,9 @@ public struct RestoreOptions: Sendable {
     /// in place while the process runs, and pages the process later discards with
     /// MADV_DONTNEED come back with their checkpointed contents instead of zeros.
     public var mapPages = false
+    /// fds 1 and 2 go to /dev/null, whatever they were (copies restored to be examined,
+    /// which must not write into the user's terminal or files).
+    public var silenceOutput = false
     /// Where files the image carries are unpacked when this machine lacks them.
     public var cacheDirectory = FileCache.defaultDirectory
     public init() {}
