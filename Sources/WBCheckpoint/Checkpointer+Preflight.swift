@@ -31,7 +31,7 @@ extension Checkpointer {
         if state.hasPrefix("Z") || state.hasPrefix("X") {
             throw WBError.invalidArgument("pid \(pid) has already exited (it is a zombie)")
         }
-        if let tracer = status["TracerPid"], tracer != "0", held == nil {
+        if let tracer = status["TracerPid"], tracer != "0", held == nil, attached == nil {
             throw WBError.refused("pid \(pid) is already being traced by pid \(tracer) (a debugger?): detach it first")
         }
         if pid == getpid() { throw WBError.invalidArgument("wb cannot checkpoint itself") }

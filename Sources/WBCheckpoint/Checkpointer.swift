@@ -66,6 +66,8 @@ public final class Checkpointer {
     var placeholders: [Int32: String] = [:]
     /// A process wb already traces and keeps (see `checkpoint(to:stopped:)`).
     var held: Tracee?
+    /// A process wb traces for its whole life and that is running (see `checkpoint(to:attached:)`).
+    var attached: Tracee?
 
     public init(pid: Int32, options: CheckpointOptions = CheckpointOptions()) {
         self.pid = pid
@@ -95,6 +97,28 @@ public final class Checkpointer {
         }
     }
 
+    /// A checkpoint of a running process wb already traces (wb run --timeline): it is
+    /// stopped and let go as a seized one would be, and stays traced and running afterwards.
+    public func checkpoint(to path: String, attached: Tracee) throws -> CheckpointResult {
+        self.attached = attached
+        defer { self.attached = nil }
+        return try checkpoint(to: path, stopped: nil)
+    }
+
+    /// Stops the process: seizing it, or stopping the threads of one wb holds.
+    func acquire() throws -> Tracee {
+        if let attached {
+            try attached.stopAll()
+            return attached
+        }
+        return try Tracee.seize(pid)
+    }
+
+    /// Lets the process run on: detaching, or resuming the threads of one wb holds.
+    func release(_ tracee: Tracee) {
+        if tracee === attached { tracee.resumeAll() } else { tracee.detach() }
+    }
+
     /// WB_TIMING=1 prints each step's moment (CLOCK_MONOTONIC, ns) on stderr, to line up
     /// with what a workload measured.
     static let timing = ProcessInfo.processInfo.environment["WB_TIMING"] != nil
@@ -121,7 +145,7 @@ public final class Checkpointer {
 
         progress("stopping \(plan.threads) thread(s) of pid \(pid)")
         stamp("final stop")
-        let tracee = try held ?? Tracee.seize(pid)
+        let tracee = try held ?? acquire()
         let stopped = Clock.monotonic
         var phases: [CheckpointResult.Phase] = []
         var lap = stopped
@@ -131,7 +155,7 @@ public final class Checkpointer {
             lap = now
         }
         var released = held != nil
-        defer { if !released { tracee.detach() } }
+        defer { if !released { release(tracee) } }
         try checkStop()
         var process = try captureThreads(tracee)
         phase("threads")
@@ -157,7 +181,7 @@ public final class Checkpointer {
             }
         }
         if options.after == .leaveRunning && held == nil {
-            tracee.detach()
+            release(tracee)
             released = true
             phase("resume")
             pauses.append(Clock.monotonic - stopped)
@@ -208,18 +232,18 @@ public final class Checkpointer {
     private func precopy(store: PageStore, scanner: PageScanner, pauses: inout [Double]) throws -> DirtyTracker? {
         let t0 = Clock.monotonic
         stamp("first stop")
-        let tracee = try Tracee.seize(pid)
+        let tracee = try acquire()
         let maps = try ProcFS.maps(pid, withFlags: false)
         let tracker: DirtyTracker
         do {
             tracee.syscallGadget = try tracee.findSyscallGadget(in: maps)
             tracker = try tracee.withSyscalls(in: pid) { try DirtyTracker(tracee: tracee, syscalls: $0) }
         } catch let error as WBError {
-            tracee.detach()
+            release(tracee)
             notes.append("memory was copied with the process stopped: \(error)")
             return nil
         }
-        tracee.detach()
+        release(tracee)
         pauses.append(Clock.monotonic - t0)
         stamp("first resume")
         for e in maps where !e.shared && e.protection & 2 != 0 && (e.path.isEmpty || e.path == "[heap]" || e.path == "[stack]" || e.path.hasPrefix("[anon:")) {

@@ -9,6 +9,8 @@ public final class Tracee {
     public let pid: Int32
     /// Threads under control, leader first.
     public internal(set) var tids: [Int32] = []
+    /// How the process ended, once its end has been waited for (by any of wb's waits).
+    public private(set) var ended: Stop?
     /// Signals a thread had dequeued when it stopped for us; they go back on detach.
     public private(set) var interceptedSignals: [Int32: [UInt8]] = [:]
     /// Address of a `syscall` instruction used for remote syscalls.
@@ -59,7 +61,7 @@ public final class Tracee {
         return t
     }
 
-    private func seizeAll() throws {
+    func seizeAll() throws {
         var seen = Set<Int32>()
         while true {
             let current: [Int32]
@@ -130,10 +132,12 @@ public final class Tracee {
     func decode(_ tid: Int32, _ status: Int32) throws -> Stop {
         if wb_wifexited(status) != 0 {
             tids.removeAll { $0 == tid }
+            if tid == pid { ended = .exited(code: wb_wexitstatus(status)) }
             return .exited(code: wb_wexitstatus(status))
         }
         if wb_wifsignaled(status) != 0 {
             tids.removeAll { $0 == tid }
+            if tid == pid { ended = .killed(signal: wb_wtermsig(status)) }
             return .killed(signal: wb_wtermsig(status))
         }
         let event = wb_wptrace_event(status)
