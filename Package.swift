@@ -54,11 +54,12 @@ let package = Package(
         .target(name: "WBCheckpoint", dependencies: ["WBTrace", "WBCore"]),
         .target(name: "WBFuzz", dependencies: ["WBCore", "WBTrace", "WBRestore", "WBSymbols"]),
         .target(name: "WBRestore", dependencies: ["WBTrace", "WBCore"]),
+        .target(name: "WBTimeline", dependencies: ["WBCore", "WBTrace", "WBCheckpoint", "WBRestore", "WBDebug", "WBSymbols"]),
         .target(name: "WBDebug", dependencies: ["WBCore", "WBTrace", "WBRestore", "WBCheckpoint"]),
         .executableTarget(
             name: "wb",
             dependencies: [
-                "WBCore", "WBCheckpoint", "WBRestore", "WBSymbols", "WBDebug", "WBFuzz",
+                "WBCore", "WBCheckpoint", "WBRestore", "WBSymbols", "WBDebug", "WBFuzz", "WBTimeline",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]),
 
@@ -75,6 +76,7 @@ let package = Package(
         harnessProgram("strings"),
         // As distributions build programs: a stack overflow ends in __stack_chk_fail.
         harnessProgram("parser", flags: ["-fstack-protector-strong"]),
+        harnessProgram("ledger"),
 
         .testTarget(name: "WBCoreTests", dependencies: ["WBCore"]),
         .testTarget(name: "WBTraceTests", dependencies: ["WBTrace"]),

@@ -2,6 +2,7 @@ import ArgumentParser
 import Foundation
 import Glibc
 import WBCore
+import WBTimeline
 
 struct RunCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
@@ -17,18 +18,49 @@ struct RunCommand: ParsableCommand {
         functions on large buffers (see docs/benchmarks.md); code the program itself was \
         compiled for a newer CPU (-march) is not changed.
 
-        Example:
+        With --timeline, the program runs under wb's controller for its whole life and wb \
+        takes a checkpoint every --every into the timeline directory; the checkpoints share \
+        unchanged pages (a content-addressed store), so a timeline of a large process that \
+        changes little costs little disk. When a signal is about to kill the program (a \
+        segfault, an abort), wb takes a last checkpoint at that moment, then lets it die. \
+        List a timeline with wb timeline DIR; find where things went wrong with wb bisect.
+
+        Examples:
           wb run --portable -- ./server --port 8080
+          wb run --timeline job.tl --every 30s --keep 100 -- ./simulate input.dat
         """)
 
     @Flag(help: "Make glibc choose baseline x86-64 code, so checkpoints restore on any x86-64 CPU.")
     var portable = false
+
+    @Option(help: "Keep a timeline of checkpoints in this directory (created).")
+    var timeline: String?
+
+    @Option(help: "Time between checkpoints: seconds, or a number with ms, s, m or h (with --timeline).")
+    var every: String?
+
+    @Option(help: "Keep only the newest N scheduled checkpoints (with --timeline).")
+    var keep: Int?
+
+    @Flag(name: .shortAndLong, help: "Print nothing about checkpoints (errors still).")
+    var quiet = false
 
     @Argument(parsing: .postTerminator, help: "The program and its arguments (after --).")
     var command: [String] = []
 
     func validate() throws {
         if command.isEmpty { throw ValidationError("give the program to run after --, e.g. wb run -- ./server") }
+        if timeline == nil && (every != nil || keep != nil) { throw ValidationError("--every and --keep need --timeline DIR") }
+        if let e = every, RunCommand.seconds(e) == nil { throw ValidationError("--every \(e): expected seconds, or a number with ms, s, m or h (500ms, 30s, 5m)") }
+        if let k = keep, k < 1 { throw ValidationError("--keep must be at least 1") }
+    }
+
+    static func seconds(_ text: String) -> Double? {
+        if text.hasSuffix("ms"), let v = Double(text.dropLast(2)), v > 0 { return v / 1000 }
+        let units: [Character: Double] = ["s": 1, "m": 60, "h": 3600]
+        if let last = text.last, let unit = units[last], let v = Double(text.dropLast()), v > 0 { return v * unit }
+        if let v = Double(text), v > 0 { return v }
+        return nil
     }
 
     func run() throws {
@@ -46,6 +78,18 @@ struct RunCommand: ParsableCommand {
                 environment[String(marker[0])] = String(marker[1])
             }
             Signals.block(Signals.forwarded)
+            if let timeline {
+                var options = Supervisor.Options(environment: environment)
+                options.every = every.flatMap(RunCommand.seconds)
+                options.keep = keep
+                let supervisor = try Supervisor(program: path, arguments: Array(argv.dropFirst()), directory: timeline, options: options)
+                if !quiet {
+                    supervisor.report = { FileHandle.standardError.write(Data("wb: \($0)\n".utf8)) }
+                    FileHandle.standardError.write(Data("wb: started \(program) as pid \(supervisor.pid); timeline in \(timeline)\n".utf8))
+                }
+                Signals.forward(Signals.forwarded, to: supervisor.pid)
+                throw ExitCode(try supervisor.run())
+            }
             let pid = try Subprocess.spawn(path, Array(argv.dropFirst()), environment: environment, stdin: 0, stdout: 1, stderr: 2)
             FileHandle.standardError.write(Data("wb: started \(program) as pid \(pid)\(portable ? " (portable)" : "")\n".utf8))
             Signals.forward(Signals.forwarded, to: pid)

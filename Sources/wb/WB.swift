@@ -25,5 +25,5 @@ struct WB: ParsableCommand {
         See docs/ for the image format and how restore works.
         """,
         version: WBVersion.string,
-        subcommands: [CheckpointCommand.self, RestoreCommand.self, InspectCommand.self, RunCommand.self, FuzzCommand.self, ReplayCommand.self])
+        subcommands: [CheckpointCommand.self, RestoreCommand.self, InspectCommand.self, RunCommand.self, TimelineCommand.self, BisectCommand.self, FuzzCommand.self, ReplayCommand.self])
 }

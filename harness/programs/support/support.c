@@ -4,7 +4,16 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <signal.h>
 #include <time.h>
+
+// The programs are plain C, but swiftc links them with the Swift runtime, which installs
+// its crash reporter on the fatal signals. Target programs crash the way C programs do:
+// these go back to their default actions before main runs.
+__attribute__((constructor)) static void harness_default_crash_signals(void) {
+    const int fatal[] = { SIGSEGV, SIGBUS, SIGILL, SIGFPE, SIGABRT, SIGTRAP, SIGSYS };
+    for (size_t i = 0; i < sizeof fatal / sizeof fatal[0]; i++) signal(fatal[i], SIG_DFL);
+}
 
 void harness_say(const char *fmt, ...) {
     va_list ap;

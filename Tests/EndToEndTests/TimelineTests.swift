@@ -1,0 +1,130 @@
+import Foundation
+import Glibc
+import Testing
+import WBCore
+
+/// wb run --timeline, wb timeline and wb bisect on harness-ledger: a job that breaks its
+/// books at a chosen step and aborts when it audits them at the end.
+@Suite(.serialized) struct TimelineTests {
+    static func json(_ text: String) throws -> [String: Any] {
+        try #require(try JSONSerialization.jsonObject(with: Data(text.utf8)) as? [String: Any])
+    }
+
+    /// `print EXPR` in gdb on an image, as a number.
+    static func gdbPrint(_ image: String, _ expression: String) throws -> Int? {
+        let run = try wb(["restore", image, "--debug", "--quiet", "--", "-batch", "-ex", "print \(expression)"], timeout: 120)
+        let line = run.stdout.split(separator: "\n").first { $0.hasPrefix("$1 = ") }
+        return line.flatMap { Int($0.dropFirst(5)) }
+    }
+
+    /// A timeline of the ledger job breaking at `breakAt`.
+    static func record(_ dir: String, breakAt: Int, keep: Int? = nil) throws -> (timeline: String, run: Run) {
+        let timeline = "\(dir)/job.tl"
+        var args = ["run", "--timeline", timeline, "--every", "40ms"]
+        if let keep { args += ["--keep", "\(keep)"] }
+        args += ["--", Products.harness("ledger"), "--steps", "3000", "--break-at", "\(breakAt)", "--step-us", "250"]
+        return (timeline, try wb(args, timeout: 120))
+    }
+
+    @Test func timelineKeepsCheckpointsAndOneAtTheFault() throws {
+        let dir = scratchDirectory()
+        let (timeline, run) = try TimelineTests.record(dir, breakAt: 2000)
+        // The job aborts at its audit; wb passes its status on.
+        #expect(run.code == 128 + SIGABRT, "\(run.stderr)")
+        #expect(run.stdout.contains("STEP 3000"))
+        let list = try wb("timeline", timeline, "--json")
+        #expect(list.code == 0, "\(list.stderr)")
+        let t = try TimelineTests.json(list.stdout)
+        let checkpoints = try #require(t["checkpoints"] as? [[String: Any]])
+        let scheduled = checkpoints.filter { $0["reason"] as? String == "scheduled" }
+        #expect(scheduled.count >= 5, "\(checkpoints.count) checkpoints")
+        let fault = try #require(checkpoints.last)
+        #expect(fault["reason"] as? String == "fault" && fault["signal"] as? String == "SIGABRT")
+        #expect((t["ended"] as? String)?.contains("SIGABRT") == true)
+        // Unchanged pages are stored once: the timeline takes a fraction of separate images.
+        let disk = try #require(t["diskBytes"] as? Int), full = try #require(t["fullImagesBytes"] as? Int)
+        #expect(disk * 4 < full, "\(disk) on disk vs \(full) as separate images")
+        // The checkpoint at the fault is the job in abort(), called by audit().
+        let faultImage = try #require(fault["image"] as? String)
+        let inspect = try wb("inspect", faultImage)
+        #expect(inspect.code == 0, "\(inspect.stderr)")
+        #expect(inspect.stdout.contains("in audit") && inspect.stdout.contains("pending SIGABRT"))
+        // Every image restores: a middle one, checked and resumed to the end of the job.
+        let middle = try #require(scheduled[scheduled.count / 2]["image"] as? String)
+        let step = try #require(try TimelineTests.gdbPrint(middle, "ledger.step"))
+        #expect(step > 0 && step < 3000)
+        let text = try Paths.readText("\(timeline)/timeline.json")
+        #expect(text.contains("\"recording\" : false"))
+    }
+
+    @Test func bisectFindsTheStepThatBrokeTheBooks() throws {
+        let dir = scratchDirectory()
+        let breakAt = 1700
+        let (timeline, run) = try TimelineTests.record(dir, breakAt: breakAt)
+        #expect(run.code == 128 + SIGABRT, "\(run.stderr)")
+        let bisect = try wb(["bisect", timeline, "--gdb-check", "ledger.sum == ledger.expected", "--json"], timeout: 600)
+        #expect(bisect.code == 0, "\(bisect.stderr)")
+        let r = try TimelineTests.json(bisect.stdout)
+        let good = try #require(r["last_good"] as? String), bad = try #require(r["first_bad"] as? String)
+        // The two images bound the step that broke the books.
+        let goodStep = try #require(try TimelineTests.gdbPrint(good, "ledger.step"))
+        let badStep = try #require(try TimelineTests.gdbPrint(bad, "ledger.step"))
+        #expect(goodStep <= breakAt && badStep >= breakAt, "window \(goodStep)...\(badStep)")
+        #expect(try TimelineTests.gdbPrint(good, "ledger.sum - ledger.expected") == 0)
+        #expect(try TimelineTests.gdbPrint(bad, "ledger.sum - ledger.expected") != 0)
+        // Narrowing made the window far smaller than the 40 ms between scheduled checkpoints.
+        #expect(badStep - goodStep <= 20, "window of \(badStep - goodStep) steps")
+        #expect((r["window_seconds"] as? Double ?? 1) < 0.01)
+        let frames = try #require(r["backtrace"] as? [[String: Any]])
+        #expect(frames.contains { $0["function"] as? String == "main" })
+    }
+
+    @Test func bisectWithAPredicateAndPruning() throws {
+        let dir = scratchDirectory()
+        let (timeline, run) = try TimelineTests.record(dir, breakAt: 1200, keep: 4)
+        #expect(run.code == 128 + SIGABRT, "\(run.stderr)")
+        let list = try TimelineTests.json(try wb("timeline", timeline, "--json").stdout)
+        let checkpoints = try #require(list["checkpoints"] as? [[String: Any]])
+        #expect(checkpoints.filter { $0["reason"] as? String == "scheduled" }.count == 4)
+        // Pruned checkpoints left no image behind, and what is left still verifies.
+        let images = try Paths.list(timeline).filter { $0.hasSuffix(".wbimg") }
+        #expect(images.count == checkpoints.count)
+        for c in checkpoints {
+            let inspect = try wb("inspect", try #require(c["image"] as? String), "--no-backtrace")
+            #expect(inspect.code == 0, "\(inspect.stderr)")
+        }
+        // A predicate sees the stopped process by its pid: gdb attaches and checks the books.
+        let predicate = "gdb -q -batch -p \"$WB_PID\" -ex 'print ledger.sum - ledger.expected' 2>/dev/null | grep -q '= 0$'"
+        let bisect = try wb(["bisect", timeline, "--predicate", predicate, "--resolution", "0", "--json"], timeout: 600)
+        // The books broke long before the oldest checkpoint kept: the search says so.
+        #expect(bisect.code == 1)
+        #expect(bisect.stderr.contains("already fails the check"), "\(bisect.stderr)")
+        // With every checkpoint kept, the predicate finds the window.
+        let full = scratchDirectory(#function + "full")
+        let (fullTimeline, fullRun) = try TimelineTests.record(full, breakAt: 1200)
+        #expect(fullRun.code == 128 + SIGABRT)
+        let found = try wb(["bisect", fullTimeline, "--predicate", predicate, "--resolution", "0", "--json"], timeout: 600)
+        #expect(found.code == 0, "\(found.stderr)")
+        let r = try TimelineTests.json(found.stdout)
+        let good = try #require(r["last_good"] as? String), bad = try #require(r["first_bad"] as? String)
+        let goodStep = try #require(try TimelineTests.gdbPrint(good, "ledger.step"))
+        let badStep = try #require(try TimelineTests.gdbPrint(bad, "ledger.step"))
+        #expect(goodStep <= 1200 && badStep >= 1200, "window \(goodStep)...\(badStep)")
+    }
+
+    @Test func timelineErrorsAreOneLine() throws {
+        let dir = scratchDirectory()
+        let cases: [([String], String)] = [
+            (["timeline", dir], "not a timeline"),
+            (["bisect", dir, "--gdb-check", "1"], "not a timeline"),
+            (["bisect", dir], "give one of --predicate CMD or --gdb-check EXPR"),
+            (["run", "--every", "1s", "--", "/bin/true"], "--every and --keep need --timeline DIR"),
+            (["run", "--timeline", "\(dir)/t", "--every", "soon", "--", "/bin/true"], "--every soon"),
+        ]
+        for (args, message) in cases {
+            let run = try wb(args)
+            #expect(run.code != 0, "\(args)")
+            #expect(run.stderr.contains(message), "\(args): \(run.stderr)")
+        }
+    }
+}
