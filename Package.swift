@@ -16,6 +16,8 @@ let package = Package(
     name: "wb",
     products: [
         .executable(name: "wb", targets: ["wb"]),
+        // Preloaded into programs `wb run --record` starts; it sits beside wb.
+        .library(name: "wbrecord", type: .dynamic, targets: ["WBRecordPreload"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
@@ -26,6 +28,20 @@ let package = Package(
             name: "CWBNative",
             path: "native/CWBNative",
             cSettings: [.unsafeFlags(["-O2"])]),
+        // The input log format of `wb run --record`, shared by wb and the preload library.
+        .target(
+            name: "CWBRecord",
+            path: "native/CWBRecord",
+            cSettings: [.unsafeFlags(["-O2"])]),
+        // libwbrecord.so: plain C, no Swift runtime (linked statically, so nothing of it is
+        // loaded or initialized in the recorded program).
+        .target(
+            name: "WBRecordPreload",
+            dependencies: ["CWBRecord"],
+            path: "native/preload",
+            publicHeadersPath: ".",
+            cSettings: [.unsafeFlags(["-O2", "-mno-red-zone", "-fvisibility=hidden"])],
+            linkerSettings: [.unsafeFlags(["-static-stdlib"])]),
         // Unwinding and symbolization over libdwfl; disassembly over capstone.
         .target(
             name: "CWBSymbols",
@@ -54,7 +70,7 @@ let package = Package(
         .target(name: "WBCheckpoint", dependencies: ["WBTrace", "WBCore"]),
         .target(name: "WBFuzz", dependencies: ["WBCore", "WBTrace", "WBRestore", "WBSymbols"]),
         .target(name: "WBRestore", dependencies: ["WBTrace", "WBCore"]),
-        .target(name: "WBTimeline", dependencies: ["WBCore", "WBTrace", "WBCheckpoint", "WBRestore", "WBDebug", "WBSymbols"]),
+        .target(name: "WBTimeline", dependencies: ["CWBRecord", "WBCore", "WBTrace", "WBCheckpoint", "WBRestore", "WBDebug", "WBSymbols"]),
         .target(name: "WBDebug", dependencies: ["WBCore", "WBTrace", "WBRestore", "WBCheckpoint"]),
         .executableTarget(
             name: "wb",
@@ -77,6 +93,8 @@ let package = Package(
         // As distributions build programs: a stack overflow ends in __stack_chk_fail.
         harnessProgram("parser", flags: ["-fstack-protector-strong"]),
         harnessProgram("ledger"),
+        // Debugged after a replay: built without optimization so every local is visible.
+        harnessProgram("msgserver", optimize: false),
 
         .testTarget(name: "WBCoreTests", dependencies: ["WBCore"]),
         .testTarget(name: "WBTraceTests", dependencies: ["WBTrace"]),

@@ -68,6 +68,9 @@ public final class Checkpointer {
     var held: Tracee?
     /// A process wb traces for its whole life and that is running (see `checkpoint(to:attached:)`).
     var attached: Tracee?
+    /// For an attached process: signals that keep their thread stopped when it is let go
+    /// (see `Tracee.resumeAll(hold:)`), so the caller sees them.
+    public var holdSignals: ((Int32) -> Bool)?
 
     public init(pid: Int32, options: CheckpointOptions = CheckpointOptions()) {
         self.pid = pid
@@ -108,7 +111,8 @@ public final class Checkpointer {
     /// Stops the process: seizing it, or stopping the threads of one wb holds.
     func acquire() throws -> Tracee {
         if let attached {
-            try attached.stopAll()
+            // Threads held at a signal by an earlier let-go are stopped already.
+            try attached.stopAll(alreadyStopped: Set(attached.heldStops.keys))
             return attached
         }
         return try Tracee.seize(pid)
@@ -116,7 +120,7 @@ public final class Checkpointer {
 
     /// Lets the process run on: detaching, or resuming the threads of one wb holds.
     func release(_ tracee: Tracee) {
-        if tracee === attached { tracee.resumeAll() } else { tracee.detach() }
+        if tracee === attached { tracee.resumeAll(hold: holdSignals) } else { tracee.detach() }
     }
 
     /// WB_TIMING=1 prints each step's moment (CLOCK_MONOTONIC, ns) on stderr, to line up

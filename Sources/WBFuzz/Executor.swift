@@ -253,28 +253,8 @@ public final class Executor {
     static let filterData = Dictionary(uniqueKeysWithValues: traced)
 
     private func installFilter(_ s: RemoteSyscalls, scratch: UInt64) throws {
-        let traced = Executor.traced
-        var prog: [(UInt16, UInt8, UInt8, UInt32)] = [
-            (0x20, 0, 0, 4), (0x15, 1, 0, 0xC000_003E), (0x06, 0, 0, 0x7FFF_0000), (0x20, 0, 0, 0),
-        ]
-        for (nr, data) in traced {
-            prog.append((0x15, 0, 1, UInt32(nr)))
-            prog.append((0x06, 0, 0, 0x7FF0_0000 | data))
-        }
-        prog.append((0x06, 0, 0, 0x7FFF_0000))
-        var bytes: [UInt8] = []
-        for (code, jt, jf, k) in prog {
-            withUnsafeBytes(of: code.littleEndian) { bytes += $0 }
-            bytes += [jt, jf]
-            withUnsafeBytes(of: k.littleEndian) { bytes += $0 }
-        }
-        try tracee.write(bytes, to: scratch + 256)
-        var fprog: [UInt8] = []
-        withUnsafeBytes(of: UInt64(prog.count).littleEndian) { fprog += $0 }
-        withUnsafeBytes(of: (scratch + 256).littleEndian) { fprog += $0 }
-        try tracee.write(fprog, to: scratch + 128)
-        try s.call(.prctl, 38 /* PR_SET_NO_NEW_PRIVS */, 1, 0, 0, 0, what: "setting no_new_privs for the seccomp filter")
-        try s.call(.seccomp, 1 /* SET_MODE_FILTER */, 1 /* TSYNC */, scratch + 128, what: "installing the seccomp filter")
+        let filter = SeccompFilter(traced: Executor.traced.map { (nr: $0.0, data: UInt16($0.1)) })
+        try filter.install(tracee, s, scratch: scratch)
     }
 
     // MARK: Coverage

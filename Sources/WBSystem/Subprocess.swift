@@ -17,6 +17,33 @@ public enum Subprocess {
                   "execve(\(path))", "starting \(path)")
         return pid
     }
+
+    /// A program started but held before exec (see `release`): wb can seize it first.
+    public struct Held {
+        public let pid: Int32
+        let releaseFD: Int32
+        let statusFD: Int32
+
+        /// Lets it exec, with `filter` (struct sock_filter entries) installed first.
+        public func release(_ path: String) throws {
+            try check(wb_spawn_release(releaseFD, statusFD), "execve(\(path))", "starting \(path)")
+        }
+    }
+
+    /// Starts `path` held before its exec; with `filter` (a seccomp program), the filter is
+    /// installed just before the exec.
+    public static func spawnHeld(_ path: String, _ arguments: [String], environment: [String: String],
+                                 stdin: Int32, stdout: Int32, stderr: Int32, filter: [UInt8]) throws -> Held {
+        let argv = ([path] + arguments).map { strdup($0) } + [nil]
+        let envp = environment.map { strdup("\($0.key)=\($0.value)") } + [nil]
+        defer { argv.forEach { free($0) }; envp.forEach { free($0) } }
+        var pid: pid_t = 0, release: Int32 = -1, status: Int32 = -1
+        try filter.withUnsafeBytes { f in
+            try check(wb_spawn_held(path, argv, envp, stdin, stdout, stderr, f.baseAddress, Int32(filter.count / 8), &pid, &release, &status),
+                      "fork", "starting \(path)")
+        }
+        return Held(pid: pid, releaseFD: release, statusFD: status)
+    }
 }
 
 extension Subprocess {

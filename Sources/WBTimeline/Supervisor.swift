@@ -3,6 +3,8 @@ import Glibc
 import WBCheckpoint
 import WBCore
 import WBTrace
+import CWBNative
+import CWBRecord
 
 /// Runs a program under wb's controller for its whole life (`wb run --timeline`): a
 /// checkpoint on a schedule into the timeline, and a last one at the moment a signal is
@@ -21,27 +23,67 @@ public final class Supervisor {
     public let options: Options
     public let pid: Int32
     let tracee: Tracee
+    var recorder: InputRecorder?
     let started = Clock.monotonic
     /// One line per checkpoint, for the user.
     public var report: (String) -> Void = { _ in }
 
-    /// Starts `program` (its stdio is wb's) and takes hold of it.
+    /// Starts `program` (its stdio is wb's) and takes hold of it. With `record`, it is held
+    /// before its exec until wb traces it, and runs with the seccomp filter and the preload
+    /// library of recording from its first instruction.
     public init(program: String, arguments: [String], directory: String, options: Options) throws {
         self.options = options
         // Stops of the program are waited for with sigtimedwait: SIGCHLD stays pending.
         Signals.block([SIGCHLD])
-        let pid = try Subprocess.spawn(program, arguments, environment: options.environment, stdin: 0, stdout: 1, stderr: 2)
-        self.pid = pid
+        var pid: Int32 = 0
         do {
-            tracee = try Tracee.supervise(pid, traceSeccomp: options.record)
+            if options.record {
+                var environment = options.environment
+                let library = try InputRecorder.library()
+                environment["LD_PRELOAD"] = [library, environment["LD_PRELOAD"]].compactMap { $0 }.joined(separator: ":")
+                environment[WB_RECORD_GADGET_ENV] = String(InputRecorder.gadget, radix: 16)
+                let held = try Subprocess.spawnHeld(program, arguments, environment: environment, stdin: 0, stdout: 1, stderr: 2,
+                                                    filter: InputRecorder.filter.bytes)
+                pid = held.pid
+                tracee = try Tracee.supervise(pid, recording: true)
+                try held.release(program)
+            } else {
+                pid = try Subprocess.spawn(program, arguments, environment: options.environment, stdin: 0, stdout: 1, stderr: 2)
+                tracee = try Tracee.supervise(pid)
+            }
+            self.pid = pid
             timeline = try Timeline(creating: directory, program: [program] + arguments, pid: pid, every: options.every,
                                     keep: options.keep, recording: options.record)
             store = try TimelineStore(timeline: timeline)
+            if options.record {
+                let recorder = try InputRecorder(timeline: timeline.directory, tracee: tracee)
+                self.recorder = recorder
+                tracee.eventHandler = { tid, event in try recorder.handle(tid, event: event) }
+                tracee.otherStop = Supervisor.passThrough
+            }
         } catch {
-            kill(pid, SIGKILL)
-            var st: Int32 = 0
-            waitpid(pid, &st, 0)
+            if pid > 0 {
+                kill(pid, SIGKILL)
+                var st: Int32 = 0
+                waitpid(pid, &st, 0)
+            }
             throw error
+        }
+    }
+
+    /// A child the recorded program started reports to wb (so that its inherited filter
+    /// works); it is not recorded, and goes on at once.
+    static func passThrough(_ pid: Int32, _ status: Int32) {
+        guard wb_wifstopped(status) != 0 else { return }
+        let event = wb_wptrace_event(status)
+        let sig = wb_wstopsig(status)
+        if event == WB_PTRACE_EVENT_STOP {
+            if [SIGSTOP, SIGTSTP, SIGTTIN, SIGTTOU].contains(sig) { _ = wb_ptrace(WB_PTRACE_LISTEN, pid, 0, 0, nil); return }
+            _ = wb_ptrace(WB_PTRACE_CONT, pid, 0, 0, nil)
+        } else if event != 0 || sig == SIGTRAP | 0x80 {
+            _ = wb_ptrace(WB_PTRACE_CONT, pid, 0, 0, nil)
+        } else {
+            _ = wb_ptrace(WB_PTRACE_CONT, pid, 0, UInt64(sig), nil)
         }
     }
 
@@ -65,6 +107,11 @@ public final class Supervisor {
                 if let every = options.every {
                     while next <= Clock.monotonic { next += every }
                 }
+                // A thread that was about to die when the checkpoint stopped it.
+                if let (tid, sig) = tracee.heldStops.first {
+                    tracee.heldStops = [:]
+                    fatal(tid, sig)
+                }
                 continue
             }
             switch stop {
@@ -74,22 +121,31 @@ public final class Supervisor {
                 continue
             case let .signal(sig):
                 if Supervisor.isFatal(sig, pid: pid) {
-                    // The last moment the process is whole: hold the signal, take the
-                    // checkpoint with every thread stopped, then let the signal do its work.
                     tracee.holdSignal(tid)
-                    try? tracee.stopAll(alreadyStopped: [tid])
-                    let fault = [SIGSEGV, SIGBUS, SIGILL, SIGFPE, SIGABRT, SIGTRAP, SIGSYS].contains(sig)
-                    do {
-                        try checkpoint(reason: fault ? "fault" : "signal", signal: sig, stopped: true)
-                    } catch {
-                        report("no checkpoint at \(SignalNames.name(sig)): \(error)")
-                    }
-                    tracee.resumeAll()
+                    fatal(tid, sig)
                 } else {
                     try? tracee.resume(tid, .continue, signal: sig)
                 }
-            case .event:
-                try? tracee.resume(tid, .continue)
+            case let .event(ev):
+                if ev == WB_PTRACE_EVENT_EXEC && recorder != nil && !startTaken {
+                    // exec is not over yet at this stop (it sets rax on its way out): go to
+                    // its end, where the program is whole and has run nothing.
+                    startTaken = true
+                    startPending = tid
+                    try tracee.resume(tid, .syscall)
+                    continue
+                }
+                if ev == Tracee.syscallStopEvent && startPending == tid {
+                    // The start of a recorded run, from which every later moment can be
+                    // replayed.
+                    startPending = nil
+                    try InputRecorder.hideVDSO(tracee, tid)
+                    try checkpoint(reason: "start", signal: nil, stopped: true)
+                    try? tracee.resume(tid, .continue)
+                    continue
+                }
+                let how = try recorder?.handle(tid, event: ev) ?? .continue
+                try? tracee.resume(tid, how)
                 resumeNewThreads()
             case let .interrupted(sig):
                 if [SIGSTOP, SIGTSTP, SIGTTIN, SIGTTOU].contains(sig) { tracee.listen(tid) } else { try? tracee.resume(tid, .continue) }
@@ -97,7 +153,26 @@ public final class Supervisor {
         }
     }
 
+    private var startTaken = false
+    private var startPending: Int32?
+
+    /// A signal is about to kill the process (thread `tid` is stopped with it held): the
+    /// last moment the process is whole. Every thread is stopped, the checkpoint taken, and
+    /// then the signal does its work.
+    private func fatal(_ tid: Int32, _ sig: Int32) {
+        try? tracee.stopAll(alreadyStopped: [tid])
+        let fault = [SIGSEGV, SIGBUS, SIGILL, SIGFPE, SIGABRT, SIGTRAP, SIGSYS].contains(sig)
+        do {
+            try checkpoint(reason: fault ? "fault" : "signal", signal: sig, stopped: true)
+        } catch {
+            report("no checkpoint at \(SignalNames.name(sig)): \(error)")
+        }
+        tracee.resumeAll()
+    }
+
     private func finish(_ end: Tracee.Stop) throws -> Int32 {
+        recorder?.close()
+        if let problem = recorder?.problem { report("the input log is incomplete: \(problem)") }
         switch end {
         case let .exited(code):
             try timeline.setEnded("exited with status \(code)")
@@ -129,12 +204,25 @@ public final class Supervisor {
         var options = CheckpointOptions()
         options.allowUnsupported = self.options.record
         let checkpointer = Checkpointer(pid: pid, options: options)
+        checkpointer.holdSignals = { [pid] sig in Supervisor.isFatal(sig, pid: pid) }
         let result: CheckpointResult
         do {
-            result = stopped ? try checkpointer.checkpoint(to: temporary, stopped: tracee)
-                             : try checkpointer.checkpoint(to: temporary, attached: tracee)
+            if let recorder {
+                // The log up to this moment is complete before the memory is copied, and
+                // the next one starts with it.
+                if !stopped { try tracee.stopAll(alreadyStopped: Set(tracee.heldStops.keys)) }
+                recorder.drain()
+                result = try checkpointer.checkpoint(to: temporary, stopped: tracee)
+                try recorder.begin(segment: number)
+                recorder.noteCallsInFlight()
+                if !stopped { tracee.resumeAll(hold: checkpointer.holdSignals) }
+            } else {
+                result = stopped ? try checkpointer.checkpoint(to: temporary, stopped: tracee)
+                                 : try checkpointer.checkpoint(to: temporary, attached: tracee)
+            }
         } catch {
             Paths.remove(temporary)
+            if recorder != nil && !stopped { tracee.resumeAll() }
             throw error
         }
         let interned = try store.intern(temporary, as: name, pack: number)
@@ -150,6 +238,7 @@ public final class Supervisor {
             if scheduled.count > keep {
                 let old = Set(scheduled.prefix(scheduled.count - keep).map(\.number))
                 try store.prune(old)
+                for n in old { Paths.remove(InputLog.segment(timeline.directory, n)) }
             }
         }
     }

@@ -75,6 +75,7 @@ extension Tracee {
             if e == ETIMEDOUT { return nil }
             try check(e, "waitpid", "waiting for pid \(self.pid)")
             if tids.contains(pid) || pid == self.pid { return (pid, try decode(pid, status)) }
+            otherStop?(pid, status)
         }
     }
 

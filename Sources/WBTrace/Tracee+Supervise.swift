@@ -7,10 +7,15 @@ import Glibc
 extension Tracee {
     /// Seizes every thread of a running process and leaves them running. With `exitKill`
     /// the process dies if wb does.
-    public static func supervise(_ pid: Int32, exitKill: Bool = false, traceSeccomp: Bool = false) throws -> Tracee {
+    /// With `recording`, seccomp stops, syscall-exit stops, thread exits and the program's
+    /// children report to wb too (`wb run --record`).
+    public static func supervise(_ pid: Int32, exitKill: Bool = false, recording: Bool = false) throws -> Tracee {
         var options = UInt32(WB_PTRACE_O_TRACECLONE | WB_PTRACE_O_TRACEEXEC)
         if exitKill { options |= UInt32(WB_PTRACE_O_EXITKILL) }
-        if traceSeccomp { options |= UInt32(WB_PTRACE_O_TRACESECCOMP) }
+        if recording {
+            options |= UInt32(WB_PTRACE_O_TRACESECCOMP | WB_PTRACE_O_TRACESYSGOOD | WB_PTRACE_O_TRACEEXIT
+                              | WB_PTRACE_O_TRACEFORK | WB_PTRACE_O_TRACEVFORK)
+        }
         let t = Tracee(pid: pid, options: options)
         do {
             try t.seizeAll()
@@ -36,12 +41,18 @@ extension Tracee {
         tids.removeAll { tid in !ProcFS_taskExists(pid, tid) }
     }
 
-    /// Lets every thread run on, each with the signal it had dequeued when it stopped.
-    public func resumeAll() {
+    /// Lets every thread run on, each with the signal it had dequeued when it stopped. A
+    /// thread whose signal `hold` picks stays stopped with it instead (in `heldStops`): the
+    /// caller has something to do before that signal is delivered.
+    public func resumeAll(hold: ((Int32) -> Bool)? = nil) {
         for tid in tids {
             var sig: Int32 = 0
             if var info = interceptedSignals[tid] {
                 sig = info.withUnsafeBytes { $0.load(as: Int32.self) }
+                if let hold, hold(sig) {
+                    heldStops[tid] = sig
+                    continue
+                }
                 _ = info.withUnsafeMutableBytes { wb_ptrace(WB_PTRACE_SETSIGINFO, tid, 0, UInt64(UInt(bitPattern: $0.baseAddress)), nil) }
                 dropInterceptedSignal(tid)
             }
@@ -69,8 +80,8 @@ extension Tracee {
             case .signal:
                 interceptSignal(tid)
                 return true
-            case .event:
-                try resume(tid, .continue)
+            case let .event(ev):
+                try resume(tid, try eventHandler?(tid, ev) ?? .continue)
             case .exited, .killed:
                 return false
             }

@@ -13,6 +13,15 @@ public final class Tracee {
     public private(set) var ended: Stop?
     /// Signals a thread had dequeued when it stopped for us; they go back on detach.
     public private(set) var interceptedSignals: [Int32: [UInt8]] = [:]
+    /// Threads left stopped by `resumeAll(hold:)`, with the signal each is about to take.
+    public var heldStops: [Int32: Int32] = [:]
+    /// What to do with a thread in an event stop while wb waits for it to stop (stopping all
+    /// threads): a recording controller handles its seccomp and syscall stops here. Without
+    /// it, the thread just goes on.
+    public var eventHandler: ((Int32, Int32) throws -> Resume)?
+    /// Stops and exits of processes that are not this one but report to wb (children a
+    /// recorded program started); without it they are ignored.
+    public var otherStop: ((Int32, Int32) -> Void)?
     /// Address of a `syscall` instruction used for remote syscalls.
     public var syscallGadget: UInt64 = 0
     let options: UInt32
@@ -156,16 +165,25 @@ public final class Tracee {
             return .event(event)
         }
         if event != 0 { return .event(event) }
+        if wb_wstopsig(status) == SIGTRAP | 0x80 { return .event(Tracee.syscallStopEvent) }
         return .signal(wb_wstopsig(status))
     }
 
-    public enum Resume { case `continue`, singleStep }
+    /// How a thread goes on: freely, for one instruction, or to the end of its syscall.
+    public enum Resume { case `continue`, singleStep, syscall }
+
+    /// A stop at the end of a syscall (PTRACE_SYSCALL with PTRACE_O_TRACESYSGOOD), reported
+    /// as an event of this number.
+    public static let syscallStopEvent: Int32 = 0x1000
 
     /// The one entry point that lets a thread run.
     public func resume(_ tid: Int32, _ how: Resume, signal: Int32 = 0) throws {
-        let request = how == .continue ? WB_PTRACE_CONT : WB_PTRACE_SINGLESTEP
-        try check(wb_ptrace(request, tid, 0, UInt64(signal), nil),
-                  how == .continue ? "ptrace(PTRACE_CONT)" : "ptrace(PTRACE_SINGLESTEP)", "resuming thread \(tid)", pid: tid)
+        let (request, name): (Int32, String) = switch how {
+        case .continue: (Int32(WB_PTRACE_CONT), "ptrace(PTRACE_CONT)")
+        case .singleStep: (Int32(WB_PTRACE_SINGLESTEP), "ptrace(PTRACE_SINGLESTEP)")
+        case .syscall: (Int32(WB_PTRACE_SYSCALL), "ptrace(PTRACE_SYSCALL)")
+        }
+        try check(wb_ptrace(Int(request), tid, 0, UInt64(signal), nil), name, "resuming thread \(tid)", pid: tid)
     }
 
     // MARK: Letting go

@@ -4,22 +4,38 @@ import Glibc
 import WBCore
 import WBFuzz
 import WBRestore
+import WBTimeline
 
 struct ReplayCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "replay",
-        abstract: "Run a crash wb fuzz found again, from the same snapshot, and stop at it.",
+        abstract: "Run a crash again and stop at it: a recorded production crash, or one wb fuzz found.",
         discussion: """
-        CRASH_DIR is a bucket directory of a campaign (OUT/crashes/BUCKET): its replay.json \
-        names the image and where the input goes. The image is restored, fed the input, and \
-        run until it crashes; wb then prints the crashing thread's backtrace, or with --debug \
-        starts gdb on the process stopped at the crash.
+        TIMELINE is a timeline recorded with wb run --timeline DIR --record that ended in a \
+        crash. wb restores the last checkpoint before the crash (or --from N) and runs it \
+        with the input log fed back in place of the outside world: the clients, the time \
+        and the random bytes it had then, none of which need exist now. wb prints whether \
+        the crash happened again at the same instruction with the same backtrace; with \
+        --debug it starts gdb on the process stopped at the crash. A call the log does not \
+        have (the program took another path) is reported as a divergence.
 
-        Exit status: 0 when the crash happened again in the same bucket, 1 otherwise.
+        CRASH_DIR is a bucket directory of a fuzzing campaign (OUT/crashes/BUCKET): its \
+        replay.json names the image and where the input goes. The image is restored, fed \
+        the input, and run until it crashes.
+
+        Exit status: 0 when the crash happened again (at the same instruction, or in the \
+        same bucket), 1 otherwise.
+
+        Examples:
+          wb replay srv.tl --debug
+          wb replay out/crashes/SIGSEGV-parse_record-1a2b3c --minimized
         """)
 
-    @Argument(help: "A crash directory (OUT/crashes/BUCKET), or a file holding an input (then give --image and --input).")
+    @Argument(help: "A timeline (wb run --record), a crash directory (OUT/crashes/BUCKET), or a file holding an input (then give --image and --input).")
     var crash: String
+
+    @Option(help: "With a timeline: replay from this checkpoint (default: the last one before the crash).")
+    var from: Int?
 
     @Flag(help: "Replay the minimized input (input.min) instead of the original one.")
     var minimized = false
@@ -30,7 +46,7 @@ struct ReplayCommand: ParsableCommand {
     @Option(help: "Where the input goes (default: as in replay.json): stdin, fd:N, file:PATH, mem:SYMBOL[:LENGTH_SYMBOL].")
     var input: String?
 
-    @Option(help: "Milliseconds to wait for the crash (default: ten times the campaign's timeout, at least 5 s).")
+    @Option(help: "Milliseconds to wait for the crash (default: ten times the campaign's timeout, at least 5 s; 60 s for a timeline).")
     var timeout: Int?
 
     @Flag(help: "Start gdb on the process stopped at the crash.")
@@ -59,6 +75,8 @@ struct ReplayCommand: ParsableCommand {
     func run() throws {
         try runReportingErrors {
             let isDirectory = (try? Paths.stat(crash))?.isDirectory ?? false
+            if isDirectory && Paths.exists("\(crash)/timeline.json") { return try replayTimeline() }
+            if from != nil { throw WBError.invalidArgument("--from is for a timeline; \(crash) is not one (no timeline.json)") }
             var recipe: ReplayRecipe?
             if isDirectory {
                 let path = "\(crash)/replay.json"
@@ -102,6 +120,48 @@ struct ReplayCommand: ParsableCommand {
             if json { try Output.json(outcome) } else { Output.line(outcome.text) }
             if !outcome.reproduced { throw ExitCode(1) }
         }
+    }
+}
+
+extension ReplayCommand {
+    /// A recorded crash, replayed from the timeline's log.
+    func replayTimeline() throws {
+        if minimized || image != nil || input != nil {
+            throw WBError.invalidArgument("--minimized, --image and --input are for fuzzing crashes; \(crash) is a timeline")
+        }
+        let replayer = try Replayer(timeline: try Timeline(opening: crash), from: from)
+        replayer.restoreOptions.force = force
+        if let t = timeout { replayer.timeout = Double(t) / 1000 }
+        if !json { replayer.report = { FileHandle.standardError.write(Data("wb: \($0)\n".utf8)) } }
+        let debugging = debug || gdbPort != nil
+        if debugging {
+            signal(SIGINT, SIG_IGN)
+            signal(SIGQUIT, SIG_IGN)
+        }
+        let outcome = try replayer.run(keepAtCrash: debugging)
+        if debugging {
+            guard let restored = replayer.restored, let tid = outcome.thread else {
+                throw WBError.failed("the replay did not crash (\(outcome.what)); nothing to debug")
+            }
+            FileHandle.standardError.write(Data("wb replay: \(outcome.what); handing the process to gdb\n".utf8))
+            let launcher = DebugLauncher(startGDB: debug, port: gdbPort, snapshots: "\(crash)/replay.snapshots",
+                                         debugDirectories: debugDirectories, gdbArguments: gdbArguments, quiet: false,
+                                         initialStop: (tid, outcome.signalNumber ?? SIGSEGV))
+            throw ExitCode(try launcher.run(restored, image: replayer.crashImage, files: replayer.crashFiles, options: replayer.restoreOptions))
+        }
+        if json {
+            try Output.json(outcome)
+        } else {
+            var lines = ["wb replay: \(outcome.what)",
+                         "from checkpoint \(outcome.checkpoint); \(outcome.callsReplayed) of \(outcome.callsLogged) logged calls fed back"]
+            if outcome.signal != nil {
+                lines.append("recorded: \(outcome.recordedSignal ?? "?") at \(outcome.recordedPC ?? "?"); "
+                             + "same instruction: \(outcome.sameInstruction ? "yes" : "no"), same backtrace: \(outcome.sameBacktrace ? "yes" : "no")")
+            }
+            for (i, f) in outcome.backtrace.enumerated() { lines.append("  #\(i) \(f.description)") }
+            Output.line(lines.joined(separator: "\n"))
+        }
+        if !outcome.reproduced { throw ExitCode(1) }
     }
 }
 

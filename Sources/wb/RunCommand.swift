@@ -25,9 +25,19 @@ struct RunCommand: ParsableCommand {
         segfault, an abort), wb takes a last checkpoint at that moment, then lets it die. \
         List a timeline with wb timeline DIR; find where things went wrong with wb bisect.
 
+        --record (with --timeline) also logs what the program gets from outside: the data \
+        of reads and receives on pipes, sockets, ttys and files, accepted connections, the \
+        time and random bytes, which fds were ready, and the results of writes. A seccomp \
+        filter stops only those calls at wb, and a preload library (libwbrecord.so, beside \
+        wb) makes the common ones itself and keeps them in memory, so a busy program runs \
+        nearly at full speed. The first checkpoint is taken at the program's start. After a \
+        crash, wb replay DIR runs the last checkpoint before it again on this log, with the \
+        other side gone, and stops at the crash.
+
         Examples:
           wb run --portable -- ./server --port 8080
           wb run --timeline job.tl --every 30s --keep 100 -- ./simulate input.dat
+          wb run --timeline srv.tl --every 10s --keep 20 --record -- ./server --port 8080
         """)
 
     @Flag(help: "Make glibc choose baseline x86-64 code, so checkpoints restore on any x86-64 CPU.")
@@ -42,6 +52,9 @@ struct RunCommand: ParsableCommand {
     @Option(help: "Keep only the newest N scheduled checkpoints (with --timeline).")
     var keep: Int?
 
+    @Flag(help: "Log what the program reads from outside, for wb replay (with --timeline).")
+    var record = false
+
     @Flag(name: .shortAndLong, help: "Print nothing about checkpoints (errors still).")
     var quiet = false
 
@@ -50,7 +63,7 @@ struct RunCommand: ParsableCommand {
 
     func validate() throws {
         if command.isEmpty { throw ValidationError("give the program to run after --, e.g. wb run -- ./server") }
-        if timeline == nil && (every != nil || keep != nil) { throw ValidationError("--every and --keep need --timeline DIR") }
+        if timeline == nil && (every != nil || keep != nil || record) { throw ValidationError("--every, --keep and --record need --timeline DIR") }
         if let e = every, RunCommand.seconds(e) == nil { throw ValidationError("--every \(e): expected seconds, or a number with ms, s, m or h (500ms, 30s, 5m)") }
         if let k = keep, k < 1 { throw ValidationError("--keep must be at least 1") }
     }
@@ -82,6 +95,7 @@ struct RunCommand: ParsableCommand {
                 var options = Supervisor.Options(environment: environment)
                 options.every = every.flatMap(RunCommand.seconds)
                 options.keep = keep
+                options.record = record
                 let supervisor = try Supervisor(program: path, arguments: Array(argv.dropFirst()), directory: timeline, options: options)
                 if !quiet {
                     supervisor.report = { FileHandle.standardError.write(Data("wb: \($0)\n".utf8)) }

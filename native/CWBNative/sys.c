@@ -185,6 +185,70 @@ int wb_spawn_process(const char *path, char *const argv[], char *const envp[], i
     return 0;
 }
 
+int wb_spawn_held(const char *path, char *const argv[], char *const envp[], int fd0, int fd1, int fd2,
+                  const void *filter, int filter_len, pid_t *pid, int *release_fd, int *status_fd) {
+    int status_pipe[2], go_pipe[2];
+    if (pipe2(status_pipe, O_CLOEXEC) != 0) return errno;
+    if (pipe2(go_pipe, O_CLOEXEC) != 0) { int e = errno; close(status_pipe[0]); close(status_pipe[1]); return e; }
+    pid_t child = fork();
+    if (child < 0) {
+        int e = errno;
+        close(status_pipe[0]); close(status_pipe[1]); close(go_pipe[0]); close(go_pipe[1]);
+        return e;
+    }
+    if (child == 0) {
+        // Only async-signal-safe calls from here to execve.
+        int fds[3] = { fd0, fd1, fd2 };
+        for (int i = 0; i < 3; i++) {
+            int src = fds[i] >= 0 ? fds[i] : open("/dev/null", O_RDWR);
+            if (src >= 0 && src < 3 && src != i) src = fcntl(src, F_DUPFD, 10);
+            fds[i] = src;
+        }
+        for (int i = 0; i < 3; i++) if (fds[i] != i && dup2(fds[i], i) < 0) goto fail;
+        for (int s = 1; s < 65; s++) signal(s, SIG_DFL);
+        sigset_t none;
+        sigemptyset(&none);
+        sigprocmask(SIG_SETMASK, &none, NULL);
+        close(go_pipe[1]);
+        char go;
+        ssize_t n;
+        do { n = read(go_pipe[0], &go, 1); } while (n < 0 && errno == EINTR);
+        if (n != 1) _exit(127);
+        close(go_pipe[0]);
+        int keep = status_pipe[1];
+        for (int fd = 3; fd < keep; fd++) close(fd);
+        syscall(SYS_close_range, keep + 1, ~0U, 0);
+        if (filter_len > 0) {
+            struct { unsigned short len; const void *filter; } prog = { (unsigned short)filter_len, filter };
+            if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0) goto fail;
+            if (syscall(SYS_seccomp, 1 /* SECCOMP_SET_MODE_FILTER */, 0, &prog) != 0) goto fail;
+        }
+        execve(path, argv, envp);
+    fail:;
+        int e = errno;
+        if (write(status_pipe[1], &e, sizeof e) < 0) { /* parent sees EOF */ }
+        _exit(127);
+    }
+    close(status_pipe[1]);
+    close(go_pipe[0]);
+    *pid = child;
+    *release_fd = go_pipe[1];
+    *status_fd = status_pipe[0];
+    return 0;
+}
+
+int wb_spawn_release(int release_fd, int status_fd) {
+    char go = 1;
+    ssize_t w = write(release_fd, &go, 1);
+    close(release_fd);
+    if (w != 1) { close(status_fd); return EPIPE; }
+    int err = 0;
+    ssize_t n;
+    do { n = read(status_fd, &err, sizeof err); } while (n < 0 && errno == EINTR);
+    close(status_fd);
+    return n == (ssize_t)sizeof err ? err : 0;
+}
+
 // Scattered writes: triples of (local address, remote address, length), as many per call as
 // the kernel takes. A fuzzing reset writes snapshot pages straight from the mapped image.
 int wb_process_vm_writev_scatter(pid_t pid, const uint64_t *triples, int count, size_t *done) {

@@ -54,6 +54,12 @@ int wb_ptrace_get_rseq_config(pid_t tid, wb_rseq_config *config);
 enum {
     WB_PTRACE_CONT = 7,
     WB_PTRACE_SINGLESTEP = 9,
+    WB_PTRACE_SYSCALL = 24,
+    WB_PTRACE_O_TRACESYSGOOD = 0x00000001,
+    WB_PTRACE_O_TRACEFORK = 0x00000002,
+    WB_PTRACE_O_TRACEVFORK = 0x00000004,
+    WB_PTRACE_O_TRACEEXIT = 0x00000040,
+    WB_PTRACE_EVENT_EXIT = 6,
     WB_PTRACE_DETACH = 17,
     WB_PTRACE_GETEVENTMSG = 0x4201,
     WB_PTRACE_GETSIGINFO = 0x4202,
@@ -156,6 +162,13 @@ int wb_pagemap_scan(int pagemap_fd, uint64_t start, uint64_t end, uint64_t flags
 
 /// fork + execve with stdin/stdout/stderr taken from `fd0..fd2` (-1: /dev/null), every
 /// other fd closed, signal mask empty and dispositions default. Returns 0 or errno.
+// Starts a program held before exec: the child waits until `wb_spawn_release`, so that it can
+// be seized first; then installs the seccomp filter (`filter_len` sock_filter entries, none
+// if 0) and execs. `release_fd` and `status_fd` are for wb_spawn_release.
+int wb_spawn_held(const char *path, char *const argv[], char *const envp[], int fd0, int fd1, int fd2,
+                  const void *filter, int filter_len, pid_t *pid, int *release_fd, int *status_fd);
+// Lets a held child go on to exec; returns the errno its exec failed with, 0 if it ran.
+int wb_spawn_release(int release_fd, int status_fd);
 int wb_spawn_process(const char *path, char *const argv[], char *const envp[], int fd0, int fd1, int fd2, pid_t *pid);
 
 // MARK: - Memory helpers

@@ -1,0 +1,62 @@
+/// A seccomp filter program (classic BPF) that sends chosen syscalls to wb as ptrace stops
+/// (SECCOMP_RET_TRACE, with a value wb reads back) and lets everything else through. Used by
+/// fuzzing runs (exits, layout changes, reads) and by recording (inputs).
+public struct SeccompFilter {
+    /// Syscall numbers that stop at wb, each with the filter's value for it.
+    public var traced: [(nr: Int, data: UInt16)]
+    /// Calls made by the `syscall` instruction at this address are always let through: the
+    /// preload library's own calls when recording.
+    public var allowedInstruction: UInt64?
+
+    public init(traced: [(nr: Int, data: UInt16)], allowedInstruction: UInt64? = nil) {
+        self.traced = traced
+        self.allowedInstruction = allowedInstruction
+    }
+
+    private static let allow: UInt32 = 0x7FFF_0000
+    private static let trace: UInt32 = 0x7FF0_0000
+
+    /// The instructions: (code, jt, jf, k).
+    public var instructions: [(UInt16, UInt8, UInt8, UInt32)] {
+        // The architecture must be x86-64; anything else passes untouched.
+        var prog: [(UInt16, UInt8, UInt8, UInt32)] = [(0x20, 0, 0, 4), (0x15, 1, 0, 0xC000_003E), (0x06, 0, 0, Self.allow)]
+        if let at = allowedInstruction {
+            // seccomp_data.instruction_pointer is the address after the `syscall` (2 bytes).
+            let ip = at + 2
+            prog += [(0x20, 0, 0, 8), (0x15, 0, 3, UInt32(truncatingIfNeeded: ip)),
+                     (0x20, 0, 0, 12), (0x15, 0, 1, UInt32(truncatingIfNeeded: ip >> 32)),
+                     (0x06, 0, 0, Self.allow)]
+        }
+        prog.append((0x20, 0, 0, 0))
+        for (nr, data) in traced {
+            prog.append((0x15, 0, 1, UInt32(nr)))
+            prog.append((0x06, 0, 0, Self.trace | UInt32(data)))
+        }
+        prog.append((0x06, 0, 0, Self.allow))
+        return prog
+    }
+
+    /// The program as struct sock_filter entries, ready for seccomp(2).
+    public var bytes: [UInt8] {
+        var out: [UInt8] = []
+        for (code, jt, jf, k) in instructions {
+            withUnsafeBytes(of: code.littleEndian) { out += $0 }
+            out += [jt, jf]
+            withUnsafeBytes(of: k.littleEndian) { out += $0 }
+        }
+        return out
+    }
+
+    /// Installs the filter in a stopped process wb traces, for all its threads (TSYNC).
+    /// `scratch` is 4 KiB of the process's memory wb may use.
+    public func install(_ tracee: Tracee, _ s: RemoteSyscalls, scratch: UInt64) throws {
+        let program = bytes
+        try tracee.write(program, to: scratch + 256)
+        var fprog: [UInt8] = []
+        withUnsafeBytes(of: UInt64(program.count / 8).littleEndian) { fprog += $0 }
+        withUnsafeBytes(of: (scratch + 256).littleEndian) { fprog += $0 }
+        try tracee.write(fprog, to: scratch + 128)
+        try s.call(.prctl, 38 /* PR_SET_NO_NEW_PRIVS */, 1, 0, 0, 0, what: "setting no_new_privs for the seccomp filter")
+        try s.call(.seccomp, 1 /* SET_MODE_FILTER */, 1 /* TSYNC */, scratch + 128, what: "installing the seccomp filter")
+    }
+}
