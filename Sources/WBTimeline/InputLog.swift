@@ -27,9 +27,10 @@ public struct InputRecord: Sendable {
 public enum InputLog {
     /// The calls wb records: reads and receives (their data), time and random (their
     /// values), readiness waits (which fds were ready), accept (the new connection), and
-    /// writes and sends (their result only: a replay does not make them).
+    /// writes and sends (their result only: a replay does not make them), and where mmap
+    /// and mremap put memory (a replay puts it in the same place).
     public static let names: [Int: String] = [
-        0: "read", 1: "write", 7: "poll", 17: "pread64", 18: "pwrite64", 19: "readv", 20: "writev", 23: "select",
+        0: "read", 1: "write", 7: "poll", 9: "mmap", 25: "mremap", 17: "pread64", 18: "pwrite64", 19: "readv", 20: "writev", 23: "select",
         43: "accept", 44: "sendto", 45: "recvfrom", 46: "sendmsg", 47: "recvmsg", 96: "gettimeofday", 201: "time",
         228: "clock_gettime", 232: "epoll_wait", 270: "pselect6", 271: "ppoll", 281: "epoll_pwait", 288: "accept4",
         295: "preadv", 296: "pwritev", 318: "getrandom", 327: "preadv2", 328: "pwritev2", 441: "epoll_pwait2",

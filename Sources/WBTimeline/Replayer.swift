@@ -55,7 +55,8 @@ public final class Replayer {
     /// Replay thread -> recorded thread, for threads the replay made.
     private var threadMap: [Int32: Int32] = [:]
     private var unclaimedThreads: [Int32] = []
-    private var accepts: [Int32: (record: InputRecord, registers: Registers)] = [:]
+    /// Calls made again with changed arguments, to be checked at their end.
+    private var remade: [Int32: (record: InputRecord, registers: Registers)] = [:]
     private var tracee: Tracee!
 
     /// Chooses the checkpoint to replay from: `from` (a checkpoint number), or the last one
@@ -175,7 +176,7 @@ public final class Replayer {
                 case let .diverged(why): return diverged(why)
                 }
             case let .event(ev) where ev == Tracee.syscallStopEvent:
-                if let why = try finishAccept(tid) { return diverged(why) }
+                if let why = try finishRemade(tid) { return diverged(why) }
                 try tracee.resume(tid, .continue)
             case .event:
                 try tracee.resume(tid, .continue)
@@ -253,9 +254,24 @@ public final class Replayer {
         }
         positions[who] = at + 1
         replayed += 1
+        if nr == 9 || nr == 25 {
+            // Memory goes where it went when recorded (the kernel would pick anew).
+            remade[tid] = (record, regs)
+            if record.result >= 0 && record.result < 1 << 47 {
+                if nr == 9 && regs.r10 & 0x10 == 0 /* MAP_FIXED */ {
+                    regs.rdi = UInt64(record.result)
+                    regs.r10 |= 0x100000 /* MAP_FIXED_NOREPLACE */
+                } else if nr == 25 && regs.r10 & 1 != 0 && regs.r10 & 2 == 0 && UInt64(record.result) != regs.rdi {
+                    regs.r10 |= 2 /* MREMAP_FIXED */
+                    regs.r8 = UInt64(record.result)
+                }
+                try tracee.setRegisters(tid, regs)
+            }
+            return .resume(.syscall)
+        }
         if (nr == 43 || nr == 288) && record.result >= 0 {
             // The connection is gone: a socket stands in for it, on the same fd.
-            accepts[tid] = (record, regs)
+            remade[tid] = (record, regs)
             let flags = nr == 288 ? regs.r10 & UInt64(O_NONBLOCK | O_CLOEXEC) : 0
             regs.origRax = 41 // socket
             regs.rdi = UInt64(AF_UNIX)
@@ -271,18 +287,23 @@ public final class Replayer {
         return .resume(.continue)
     }
 
-    /// The stand-in socket of an accept is made: the accept's result goes in its place.
-    private func finishAccept(_ tid: Int32) throws -> String? {
-        guard let (record, saved) = accepts.removeValue(forKey: tid) else { return nil }
+    /// A call made again is over (a mapping placed, a stand-in socket made): its result must
+    /// be the recorded one, and its arguments are put back.
+    private func finishRemade(_ tid: Int32) throws -> String? {
+        guard let (record, saved) = remade.removeValue(forKey: tid) else { return nil }
         var regs = try tracee.registers(tid)
         let got = Int64(bitPattern: regs.rax)
         if got != record.result {
-            return "accept in thread \(record.tid) would give fd \(got), the recorded connection was fd \(record.result)"
+            let what = record.nr == 9 || record.nr == 25 ? "\(InputLog.names[record.nr]!) in thread \(record.tid) gave \(hex(UInt64(bitPattern: got))), recorded \(hex(UInt64(bitPattern: record.result)))"
+                : "accept in thread \(record.tid) would give fd \(got), the recorded connection was fd \(record.result)"
+            return what
         }
         for w in record.writes { try tracee.write(w.bytes, to: w.address) }
         regs.rdi = saved.rdi
         regs.rsi = saved.rsi
         regs.rdx = saved.rdx
+        regs.r10 = saved.r10
+        regs.r8 = saved.r8
         regs.rax = UInt64(bitPattern: record.result)
         try tracee.setRegisters(tid, regs)
         return nil

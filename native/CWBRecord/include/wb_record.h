@@ -57,9 +57,11 @@ static inline int wb_record_add(uint64_t *addr, uint64_t *len, int n, int max, u
 }
 
 /// Whether wb records calls of this number (reads and their kin, time, random, waits for
-/// readiness, accept) or only their result (writes: replay does not make them).
+/// readiness, accept) or only their result (writes: replay does not make them; mmap and
+/// mremap: replay puts the mapping where it was).
 static inline int wb_record_traced(uint32_t nr) {
     switch (nr) {
+    case 9: case 25:
     case 0: case 1: case 7: case 17: case 18: case 19: case 20: case 23: case 43: case 44: case 45:
     case 46: case 47: case 96: case 201: case 228: case 232: case 270: case 271: case 281: case 288:
     case 295: case 296: case 318: case 327: case 328: case 441:
