@@ -179,9 +179,11 @@ final class InputRecorder {
             guard tracee.tids.contains(t),
                   let flag = try? tracee.read(address + 32, count: 8), flag.contains(where: { $0 != 0 }),
                   let regs = try? tracee.registers(t) else { continue }
-            // Stopped in the call, the thread is back at the `syscall` to make it again (a
-            // restart), and its record is still to come; past it, the call was made.
-            if regs.rip == InputRecorder.gadget { continue }
+            // Stopped in the call, the thread makes it again when it goes on (a restart:
+            // back at the `syscall`, or just past it with a restart code the kernel acts on
+            // when it resumes), and its record is still to come. Otherwise the call was made.
+            let restarting = (-516 ... -512).contains(Int64(bitPattern: regs.rax)) && Int64(bitPattern: regs.origRax) >= 0
+            if regs.rip == InputRecorder.gadget || (regs.rip == InputRecorder.gadget + 2 && restarting) { continue }
             var h = wb_record_header()
             h.size = UInt32(MemoryLayout<wb_record_header>.size)
             h.tid = UInt32(t)

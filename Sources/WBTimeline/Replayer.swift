@@ -98,7 +98,11 @@ public final class Replayer {
         var order: [Int32] = []
         for n in numbers {
             for r in try InputLog.read(InputLog.segment(timeline.directory, n)) {
-                if r.skipsNext { skip.insert(r.tid); continue }
+                // Notes of calls in flight at a checkpoint count when replaying from it.
+                if r.skipsNext {
+                    if n == start.number { skip.insert(r.tid) }
+                    continue
+                }
                 if skip.remove(r.tid) != nil { continue }
                 if queues[r.tid] == nil { order.append(r.tid) }
                 queues[r.tid, default: []].append(r)

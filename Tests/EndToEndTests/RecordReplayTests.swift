@@ -15,6 +15,8 @@ import WBCore
                                              Products.harness("msgserver"), "--crash-at", "\(crashAt)"])
         let listening = try #require(server.line(startingWith: "LISTENING"), "\(server.rest())")
         let port = try #require(field(listening, "port"))
+        // Checkpoints come while the server waits in accept(), too.
+        usleep(400_000)
         let client = try Child(Products.harness("msgserver"), ["--client", port, "--messages", "1000"])
         // The client sees the server go at the 700th message.
         #expect(client.wait(timeout: 120) == 2 << 8)
@@ -45,6 +47,13 @@ import WBCore
         #expect(frames.first?["function"] as? String == "commit_message")
         #expect(frames.contains { $0["function"] as? String == "serve" })
         #expect((r["callsReplayed"] as? Int ?? 0) > 0 && r["callsReplayed"] as? Int == r["callsLogged"] as? Int)
+        // From every checkpoint before the crash, the start of the program included.
+        for c in checkpoints.dropLast() {
+            let number = try #require(c["number"] as? Int)
+            let from = try wb("replay", timeline, "--from", "\(number)", "--json")
+            let o = try TimelineTests.json(from.stdout)
+            #expect(from.code == 0 && o["pc"] as? String == r["pc"] as? String, "from \(number): \(from.stdout)")
+        }
 
         // In gdb, at the fault: the message that broke it, from the log.
         let gdb = try wb(["replay", timeline, "--debug", "--", "-batch", "-ex", "print total", "-ex", "print account"], timeout: 180)
