@@ -21,6 +21,10 @@ struct WB: ParsableCommand {
           wb restore server.wbimg --debug               # hand the restored process to gdb
           wb fuzz parser.wbimg --corpus seeds --out findings   # fuzz from the snapshot
           wb replay findings/crashes/BUCKET --debug     # run a crash again, stopped in gdb
+          wb run --timeline job.tl --every 30s -- ./simulate   # checkpoints on a schedule
+          wb bisect job.tl --gdb-check 'books.sum == books.expected'   # last good moment
+          wb run --timeline srv.tl --record -- ./server   # ... logging what it reads
+          wb replay srv.tl --debug                      # its crash again, in gdb
 
         See docs/ for the image format and how restore works.
         """,
