@@ -118,7 +118,9 @@ import WBCore
             (["timeline", dir], "not a timeline"),
             (["bisect", dir, "--gdb-check", "1"], "not a timeline"),
             (["bisect", dir], "give one of --predicate CMD or --gdb-check EXPR"),
-            (["run", "--every", "1s", "--", "/bin/true"], "--every and --keep need --timeline DIR"),
+            (["run", "--every", "1s", "--", "/bin/true"], "--every, --keep and --record need --timeline DIR"),
+            (["run", "--record", "--", "/bin/true"], "--every, --keep and --record need --timeline DIR"),
+            (["replay", dir, "--from", "2"], "--from is for a timeline"),
             (["run", "--timeline", "\(dir)/t", "--every", "soon", "--", "/bin/true"], "--every soon"),
         ]
         for (args, message) in cases {
