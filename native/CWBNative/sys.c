@@ -147,6 +147,30 @@ void wb_cpuid(uint32_t leaf, uint32_t subleaf, uint32_t out[4]) {
     __cpuid_count(leaf, subleaf, out[0], out[1], out[2], out[3]);
 }
 
+// In a forked child before exec (async-signal-safe only): fds 0-2 from the given ones
+// (/dev/null for -1), every signal at its default, none blocked. 0, or -1 with errno.
+static int child_stdio(int fd0, int fd1, int fd2) {
+    int fds[3] = { fd0, fd1, fd2 };
+    for (int i = 0; i < 3; i++) {
+        int src = fds[i] >= 0 ? fds[i] : open("/dev/null", O_RDWR);
+        // Move sources that sit on a lower target number out of the way first.
+        if (src >= 0 && src < 3 && src != i) src = fcntl(src, F_DUPFD, 10);
+        fds[i] = src;
+    }
+    for (int i = 0; i < 3; i++) if (fds[i] != i && dup2(fds[i], i) < 0) return -1;
+    for (int s = 1; s < 65; s++) signal(s, SIG_DFL);
+    sigset_t none;
+    sigemptyset(&none);
+    sigprocmask(SIG_SETMASK, &none, NULL);
+    return 0;
+}
+
+// Keeps fd `keep` (the status pipe, close-on-exec) and 0-2, closes every other inherited fd.
+static void child_close_fds_but(int keep) {
+    for (int fd = 3; fd < keep; fd++) close(fd);
+    syscall(SYS_close_range, keep + 1, ~0U, 0);
+}
+
 int wb_spawn_process(const char *path, char *const argv[], char *const envp[], int fd0, int fd1, int fd2, pid_t *pid) {
     int status_pipe[2];
     if (pipe2(status_pipe, O_CLOEXEC) != 0) return errno;
@@ -154,21 +178,8 @@ int wb_spawn_process(const char *path, char *const argv[], char *const envp[], i
     if (child < 0) { int e = errno; close(status_pipe[0]); close(status_pipe[1]); return e; }
     if (child == 0) {
         // Only async-signal-safe calls from here to execve.
-        int fds[3] = { fd0, fd1, fd2 };
-        for (int i = 0; i < 3; i++) {
-            int src = fds[i] >= 0 ? fds[i] : open("/dev/null", O_RDWR);
-            // Move sources that sit on a lower target number out of the way first.
-            if (src >= 0 && src < 3 && src != i) src = fcntl(src, F_DUPFD, 10);
-            fds[i] = src;
-        }
-        for (int i = 0; i < 3; i++) if (fds[i] != i && dup2(fds[i], i) < 0) goto fail;
-        for (int s = 1; s < 65; s++) signal(s, SIG_DFL);
-        sigset_t none;
-        sigemptyset(&none);
-        sigprocmask(SIG_SETMASK, &none, NULL);
-        // Keep the status pipe (close-on-exec) but no other inherited fd.
-        for (int fd = 3; fd < status_pipe[1]; fd++) close(fd);
-        syscall(SYS_close_range, status_pipe[1] + 1, ~0U, 0);
+        if (child_stdio(fd0, fd1, fd2) != 0) goto fail;
+        child_close_fds_but(status_pipe[1]);
         execve(path, argv, envp);
     fail:;
         int e = errno;
@@ -198,26 +209,14 @@ int wb_spawn_held(const char *path, char *const argv[], char *const envp[], int 
     }
     if (child == 0) {
         // Only async-signal-safe calls from here to execve.
-        int fds[3] = { fd0, fd1, fd2 };
-        for (int i = 0; i < 3; i++) {
-            int src = fds[i] >= 0 ? fds[i] : open("/dev/null", O_RDWR);
-            if (src >= 0 && src < 3 && src != i) src = fcntl(src, F_DUPFD, 10);
-            fds[i] = src;
-        }
-        for (int i = 0; i < 3; i++) if (fds[i] != i && dup2(fds[i], i) < 0) goto fail;
-        for (int s = 1; s < 65; s++) signal(s, SIG_DFL);
-        sigset_t none;
-        sigemptyset(&none);
-        sigprocmask(SIG_SETMASK, &none, NULL);
+        if (child_stdio(fd0, fd1, fd2) != 0) goto fail;
         close(go_pipe[1]);
         char go;
         ssize_t n;
         do { n = read(go_pipe[0], &go, 1); } while (n < 0 && errno == EINTR);
         if (n != 1) _exit(127);
         close(go_pipe[0]);
-        int keep = status_pipe[1];
-        for (int fd = 3; fd < keep; fd++) close(fd);
-        syscall(SYS_close_range, keep + 1, ~0U, 0);
+        child_close_fds_but(status_pipe[1]);
         if (filter_len > 0) {
             struct { unsigned short len; const void *filter; } prog = { (unsigned short)filter_len, filter };
             if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0) goto fail;

@@ -71,6 +71,19 @@ static inline int wb_record_traced(uint32_t nr) {
     }
 }
 
+/// The first `bytes` bytes of an iovec array of `count` entries at `iov`, as regions.
+static inline int wb_record_iovecs(uint64_t iov, uint64_t count, uint64_t bytes, wb_record_reader read, void *ctx,
+                                   uint64_t *addr, uint64_t *len, int n, int max) {
+    for (uint64_t i = 0; i < count && bytes > 0 && i < 1024; i++) {
+        uint64_t v[2];
+        if (read(ctx, iov + i * 16, v, 16) != 0) break;
+        uint64_t take = v[1] < bytes ? v[1] : bytes;
+        n = wb_record_add(addr, len, n, max, v[0], take);
+        bytes -= take;
+    }
+    return n;
+}
+
 /// The memory call `nr` with arguments `a` wrote in the process, having returned `result`:
 /// up to `max` (address, length) pairs. Structures the kernel filled (iovecs, msghdr) are
 /// read through `read`.
@@ -83,17 +96,8 @@ static inline int wb_record_regions(uint32_t nr, const uint64_t a[6], int64_t re
     case 0: case 17: case 318: /* read, pread64, getrandom */
         if (nr == 318) return wb_record_add(addr, len, n, max, a[0], r);
         return wb_record_add(addr, len, n, max, a[1], r);
-    case 19: case 295: case 327: { /* readv, preadv, preadv2 */
-        uint64_t left = r;
-        for (uint64_t i = 0; i < a[2] && left > 0 && i < 1024; i++) {
-            uint64_t iov[2];
-            if (read(ctx, a[1] + i * 16, iov, 16) != 0) break;
-            uint64_t take = iov[1] < left ? iov[1] : left;
-            n = wb_record_add(addr, len, n, max, iov[0], take);
-            left -= take;
-        }
-        return n;
-    }
+    case 19: case 295: case 327: /* readv, preadv, preadv2 */
+        return wb_record_iovecs(a[1], a[2], r, read, ctx, addr, len, n, max);
     case 45: { /* recvfrom: buf, len, flags, src_addr, addrlen */
         n = wb_record_add(addr, len, n, max, a[1], r);
         if (a[4] && a[5]) {
@@ -123,15 +127,7 @@ static inline int wb_record_regions(uint32_t nr, const uint64_t a[6], int64_t re
         n = wb_record_add(addr, len, n, max, a[1] + 48, 4);
         n = wb_record_add(addr, len, n, max, m[0], namelen > 128 ? 128 : namelen);
         n = wb_record_add(addr, len, n, max, m[4], m[5] > 4096 ? 4096 : m[5]);
-        uint64_t left = r;
-        for (uint64_t i = 0; i < m[3] && left > 0 && i < 1024; i++) {
-            uint64_t iov[2];
-            if (read(ctx, m[2] + i * 16, iov, 16) != 0) break;
-            uint64_t take = iov[1] < left ? iov[1] : left;
-            n = wb_record_add(addr, len, n, max, iov[0], take);
-            left -= take;
-        }
-        return n;
+        return wb_record_iovecs(m[2], m[3], r, read, ctx, addr, len, n, max);
     }
     case 228: /* clock_gettime */
         return wb_record_add(addr, len, n, max, a[1], 16);
