@@ -5,6 +5,8 @@ import Glibc
 /// Blocking signals and forwarding them to another process.
 public enum Signals {
     /// Signals a foreground wrapper passes on to the process it runs.
+    /// Signals whose default action stops the process (a group-stop).
+    public static let stopping: [Int32] = [SIGSTOP, SIGTSTP, SIGTTIN, SIGTTOU]
     public static let forwarded: [Int32] = [SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2, SIGWINCH, SIGCONT, SIGALRM]
 
     static func bits(_ signals: [Int32]) -> UInt64 { signals.reduce(0) { $0 | (1 << UInt64($1 - 1)) } }

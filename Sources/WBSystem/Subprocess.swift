@@ -24,7 +24,7 @@ public enum Subprocess {
         let releaseFD: Int32
         let statusFD: Int32
 
-        /// Lets it exec, with `filter` (struct sock_filter entries) installed first.
+        /// Lets it exec (after installing the filter given to `spawnHeld`); throws if exec failed.
         public func release(_ path: String) throws {
             try check(wb_spawn_release(releaseFD, statusFD), "execve(\(path))", "starting \(path)")
         }

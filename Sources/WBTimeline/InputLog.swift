@@ -35,8 +35,10 @@ public enum InputLog {
         228: "clock_gettime", 232: "epoll_wait", 270: "pselect6", 271: "ppoll", 281: "epoll_pwait", 288: "accept4",
         295: "preadv", 296: "pwritev", 318: "getrandom", 327: "preadv2", 328: "pwritev2", 441: "epoll_pwait2",
     ]
-    public static var traced: [Int] { names.keys.filter { wb_record_traced(UInt32($0)) != 0 }.sorted() }
+    public static let traced: [Int] = names.keys.filter { wb_record_traced(UInt32($0)) != 0 }.sorted()
     public static let marker = Int(WB_RECORD_MARKER)
+    /// What a recording or replaying filter sends to wb: the recorded calls and the marker.
+    public static let stopping: [(nr: Int, data: UInt16)] = (traced + [marker]).map { (nr: $0, data: 0) }
 
     public static func directory(_ timeline: String) -> String { "\(timeline)/record" }
     public static func segment(_ timeline: String, _ number: Int) -> String {

@@ -19,8 +19,6 @@ final class InputRecorder {
     private var buffers: [Int32: UInt64] = [:]
     /// Calls let run to their end, by thread: number and arguments.
     private var pending: [Int32: (nr: Int, args: [UInt64])] = [:]
-    private(set) var calls = 0
-    private(set) var bytes: UInt64 = 0
     private var failure: String?
 
     /// Where the library's `syscall; ret` goes in the program: out of the way of what the
@@ -35,7 +33,7 @@ final class InputRecorder {
 
     /// The filter a recorded program starts with.
     static var filter: SeccompFilter {
-        SeccompFilter(traced: (InputLog.traced + [InputLog.marker]).map { (nr: $0, data: 0) }, allowedInstruction: gadget)
+        SeccompFilter(traced: InputLog.stopping, allowedInstruction: gadget)
     }
 
     /// The preload library: beside wb, or where WB_RECORD_LIBRARY says.
@@ -73,7 +71,6 @@ final class InputRecorder {
     private func append(_ data: [UInt8]) {
         guard let out, !data.isEmpty else { return }
         out.write(Data(data))
-        bytes += UInt64(data.count)
     }
 
     // MARK: Stops
@@ -153,7 +150,6 @@ final class InputRecorder {
             failure = "could not read what \(InputLog.names[nr] ?? "syscall \(nr)") returned in thread \(tid)"
             return
         }
-        calls += 1
         append(record)
     }
 
@@ -166,7 +162,6 @@ final class InputRecorder {
             guard magic == WB_RECORD_BUFFER_MAGIC, used > 0, used <= 1 << 20,
                   let data = try? tracee.read(address + UInt64(MemoryLayout<wb_record_buffer>.size), count: Int(used)) else { continue }
             append(data)
-            calls += (try? InputLog.parse(data, path: "buffer").count) ?? 0
             try? tracee.write(withUnsafeBytes(of: UInt64(0)) { Array($0) }, to: address + 8)
         }
     }

@@ -86,8 +86,8 @@ public final class Replayer {
         crashFiles = try FileResolver(image: crashImage, cache: FileCache(directory: restoreOptions.cacheDirectory)).resolveAll()
     }
 
-    /// Loads the log from the start checkpoint on, one queue per recorded thread.
-    private func loadLog() throws {
+    /// Loads the log from the start checkpoint (`startImage`) on, one queue per recorded thread.
+    private func loadLog(_ startImage: Image) throws {
         let numbers = ((try? Paths.list(InputLog.directory(timeline.directory))) ?? [])
             .compactMap { $0.hasSuffix(".log") ? Int($0.dropLast(4)) : nil }
             .filter { $0 >= start.number && $0 < crash.number }.sorted()
@@ -109,7 +109,6 @@ public final class Replayer {
                 logged += 1
             }
         }
-        let startImage = try Image(path: timeline.imagePath(start))
         let existing = Set(startImage.process.threads.map(\.tid))
         unclaimedThreads = order.filter { !existing.contains($0) }
     }
@@ -130,8 +129,8 @@ public final class Replayer {
     /// Replays up to the crash. With `keepAtCrash` the process stays stopped at the crash,
     /// in `restored`, for gdb; otherwise it is killed.
     public func run(keepAtCrash: Bool = false) throws -> Outcome {
-        try loadLog()
         let image = try Image(path: timeline.imagePath(start))
+        try loadLog(image)
         Signals.block([SIGCHLD])
         var options = restoreOptions
         options.silenceOutput = true
@@ -144,7 +143,7 @@ public final class Replayer {
         let maps = try ProcFS.maps(tracee.pid, withFlags: false)
         tracee.syscallGadget = try tracee.findSyscallGadget(in: maps)
         // Every input call stops at wb, the library's included.
-        let filter = SeccompFilter(traced: (InputLog.traced + [InputLog.marker]).map { (nr: $0, data: 0) })
+        let filter = SeccompFilter(traced: InputLog.stopping)
         try tracee.withSyscalls(in: tracee.pid) { s in
             let scratch = try s.mapScratch(bytes: 4096)
             defer { _ = try? s.raw(.munmap, scratch, 4096) }
@@ -190,7 +189,7 @@ public final class Replayer {
                     try? tracee.resume(t, .continue)
                 }
             case let .interrupted(sig):
-                if [SIGSTOP, SIGTSTP, SIGTTIN, SIGTTOU].contains(sig) { tracee.listen(tid) } else { try tracee.resume(tid, .continue) }
+                try tracee.goOn(tid, afterStopWith: sig)
             case let .signal(sig):
                 guard Supervisor.isFatal(sig, pid: tracee.pid) else {
                     try tracee.resume(tid, .continue, signal: sig)
@@ -245,7 +244,7 @@ public final class Replayer {
             try tracee.setRegisters(tid, regs)
             return .resume(.continue)
         }
-        guard InputLog.names[nr] != nil, InputLog.traced.contains(nr) else { return .resume(.continue) }
+        guard wb_record_traced(UInt32(truncatingIfNeeded: nr)) != 0 else { return .resume(.continue) }
         let who = recordedTid(tid)
         let made = InputRecord(tid: who, nr: nr, args: [regs.rdi, regs.rsi, regs.rdx], result: 0, writes: [])
         let at = positions[who, default: 0]

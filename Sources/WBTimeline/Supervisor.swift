@@ -78,7 +78,7 @@ public final class Supervisor {
         let event = wb_wptrace_event(status)
         let sig = wb_wstopsig(status)
         if event == WB_PTRACE_EVENT_STOP {
-            if [SIGSTOP, SIGTSTP, SIGTTIN, SIGTTOU].contains(sig) { _ = wb_ptrace(WB_PTRACE_LISTEN, pid, 0, 0, nil); return }
+            if Signals.stopping.contains(sig) { _ = wb_ptrace(WB_PTRACE_LISTEN, pid, 0, 0, nil); return }
             _ = wb_ptrace(WB_PTRACE_CONT, pid, 0, 0, nil)
         } else if event != 0 || sig == SIGTRAP | 0x80 {
             _ = wb_ptrace(WB_PTRACE_CONT, pid, 0, 0, nil)
@@ -148,7 +148,7 @@ public final class Supervisor {
                 try? tracee.resume(tid, how)
                 resumeNewThreads()
             case let .interrupted(sig):
-                if [SIGSTOP, SIGTSTP, SIGTTIN, SIGTTOU].contains(sig) { tracee.listen(tid) } else { try? tracee.resume(tid, .continue) }
+                try? tracee.goOn(tid, afterStopWith: sig)
             }
         }
     }
@@ -246,7 +246,7 @@ public final class Supervisor {
     /// Whether `sig` would end the process now: not ignored, not caught, and its default
     /// action is to terminate.
     static func isFatal(_ sig: Int32, pid: Int32) -> Bool {
-        if [SIGCHLD, SIGCONT, SIGURG, SIGWINCH, SIGSTOP, SIGTSTP, SIGTTIN, SIGTTOU].contains(sig) { return false }
+        if [SIGCHLD, SIGCONT, SIGURG, SIGWINCH].contains(sig) || Signals.stopping.contains(sig) { return false }
         guard let status = try? ProcFS.status(pid) else { return false }
         let bit = UInt64(1) << UInt64(sig - 1)
         let ignored = UInt64(status["SigIgn"] ?? "0", radix: 16) ?? 0

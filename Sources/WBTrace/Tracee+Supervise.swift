@@ -38,7 +38,7 @@ extension Tracee {
         for tid in tids where !alreadyStopped.contains(tid) {
             _ = try settleRunning(tid)
         }
-        tids.removeAll { tid in !ProcFS_taskExists(pid, tid) }
+        tids.removeAll { tid in !Paths.exists("/proc/\(pid)/task/\(tid)") }
     }
 
     /// Lets every thread run on, each with the signal it had dequeued when it stopped. A
@@ -70,6 +70,12 @@ extension Tracee {
         _ = wb_ptrace(WB_PTRACE_LISTEN, tid, 0, 0, nil)
     }
 
+    /// Lets a thread go on from a PTRACE_EVENT_STOP wb did not ask for: a group-stop stays
+    /// stopped (listening), any other goes on.
+    public func goOn(_ tid: Int32, afterStopWith signal: Int32) throws {
+        if Signals.stopping.contains(signal) { listen(tid) } else { try resume(tid, .continue) }
+    }
+
     /// Waits for `tid` to stop after an interrupt: the interrupt's own stop, or a signal it
     /// was about to take (kept). Events (a clone, an exec) let it go on to the stop.
     private func settleRunning(_ tid: Int32) throws -> Bool {
@@ -87,8 +93,4 @@ extension Tracee {
             }
         }
     }
-}
-
-private func ProcFS_taskExists(_ pid: Int32, _ tid: Int32) -> Bool {
-    access("/proc/\(pid)/task/\(tid)", F_OK) == 0
 }
