@@ -46,8 +46,17 @@ public final class RestoredProcess {
     public func resume() { tracee.detach() }
 
     /// Lets go of the process but leaves it stopped (SIGSTOP): `kill -CONT` or a debugger
-    /// continues it.
-    public func releaseStopped() { tracee.detach(stopSignal: SIGSTOP) }
+    /// continues it. Returns once the stop has taken effect (the signal is queued before the
+    /// threads are let go, but they act on it only when next scheduled), so whoever is told
+    /// next finds it stopped; at most a second.
+    public func releaseStopped() {
+        tracee.detach(stopSignal: SIGSTOP)
+        let deadline = Clock.monotonic + 1
+        while Clock.monotonic < deadline {
+            guard let state = try? ProcFS.status(pid)["State"], state.hasPrefix("R") || state.hasPrefix("S") || state.hasPrefix("D") else { return }
+            usleep(200)
+        }
+    }
 
     /// Kills the process and waits until it is gone. While wb still traces it, its threads'
     /// ends are collected first: a pid namespace's init cannot finish before they are.
