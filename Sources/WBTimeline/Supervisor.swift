@@ -28,29 +28,29 @@ public final class Supervisor {
     /// One line per checkpoint, for the user.
     public var report: (String) -> Void = { _ in }
 
-    /// Starts `program` (its stdio is wb's) and takes hold of it. With `record`, it is held
-    /// before its exec until wb traces it, and runs with the seccomp filter and the preload
-    /// library of recording from its first instruction.
+    /// Starts `program` (its stdio is wb's) and takes hold of it before its exec. With
+    /// `record`, it runs with the seccomp filter and the preload library of recording from
+    /// its first instruction.
     public init(program: String, arguments: [String], directory: String, options: Options) throws {
         self.options = options
         // Stops of the program are waited for with sigtimedwait: SIGCHLD stays pending.
         Signals.block([SIGCHLD])
         var pid: Int32 = 0
         do {
+            // Held before its exec until wb has seized it: nothing the program does, not
+            // even an immediate exit, happens before wb is watching.
+            var environment = options.environment
+            var filter: [UInt8] = []
             if options.record {
-                var environment = options.environment
                 let library = try InputRecorder.library()
                 environment["LD_PRELOAD"] = [library, environment["LD_PRELOAD"]].compactMap { $0 }.joined(separator: ":")
                 environment[WB_RECORD_GADGET_ENV] = String(InputRecorder.gadget, radix: 16)
-                let held = try Subprocess.spawnHeld(program, arguments, environment: environment, stdin: 0, stdout: 1, stderr: 2,
-                                                    filter: InputRecorder.filter.bytes)
-                pid = held.pid
-                tracee = try Tracee.supervise(pid, recording: true)
-                try held.release(program)
-            } else {
-                pid = try Subprocess.spawn(program, arguments, environment: options.environment, stdin: 0, stdout: 1, stderr: 2)
-                tracee = try Tracee.supervise(pid)
+                filter = InputRecorder.filter.bytes
             }
+            let held = try Subprocess.spawnHeld(program, arguments, environment: environment, stdin: 0, stdout: 1, stderr: 2, filter: filter)
+            pid = held.pid
+            tracee = try Tracee.supervise(pid, recording: options.record)
+            try held.release(program)
             self.pid = pid
             timeline = try Timeline(creating: directory, program: [program] + arguments, pid: pid, every: options.every,
                                     keep: options.keep, recording: options.record)
