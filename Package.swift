@@ -93,6 +93,8 @@ let package = Package(
         // As distributions build programs: a stack overflow ends in __stack_chk_fail.
         harnessProgram("parser", flags: ["-fstack-protector-strong"]),
         harnessProgram("ledger"),
+        harnessProgram("pipeline"),
+        harnessProgram("family"),
         // Debugged after a replay: built without optimization so every local is visible.
         harnessProgram("msgserver", optimize: false),
 

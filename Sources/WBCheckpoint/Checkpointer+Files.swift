@@ -84,6 +84,7 @@ extension Checkpointer {
     func captureFiles(_ tracee: Tracee, into p: inout ProcessState, plan: Preflight, deletedContents: inout [Int32: [UInt8]]) throws {
         var pipes: [UInt64: PipeState] = [:]
         var ends: [UInt64: (read: Bool, write: Bool)] = [:]
+        var sockets: [UInt64: UnixSocketInfo]?
         for f in plan.fds {
             let info = ProcFS.parseFDInfo((try? Paths.readText("/proc/\(pid)/fdinfo/\(f.fd)")) ?? "")
             let cloexec = info.flags & O_CLOEXEC != 0
@@ -133,6 +134,14 @@ extension Checkpointer {
             case .epoll:
                 let text = (try? Paths.readText("/proc/\(pid)/fdinfo/\(f.fd)")) ?? ""
                 s.epoll = ProcFS.parseEpollWatches(text)
+            case .unixSocket:
+                let inode = Checkpointer.socketInode(f.link) ?? 0
+                if sockets == nil { sockets = try UnixSocketInfo.all() }
+                let info = sockets?[inode]
+                let copy = try SharedFiles.take(f.fd, of: pid)
+                let queued = try withContext("reading the bytes queued on fd \(f.fd) (\(f.link))") { try UnixSocketInfo.peek(copy) }
+                copy.close()
+                s.socket = SocketState(type: info?.type ?? 1, inode: inode, peer: info?.peer ?? 0, queued: Data(queued))
             case .file, .device, .tty, .placeholder:
                 break
             }
@@ -140,7 +149,7 @@ extension Checkpointer {
         }
         for (id, e) in ends { pipes[id]?.external = !(e.read && e.write) }
         p.pipes = pipes.values.sorted { $0.id < $1.id }
-        for pipe in p.pipes where pipe.external {
+        for pipe in p.pipes where pipe.external && tree == nil {
             let holders = p.fds.filter { $0.pipe == pipe.id }.map { "fd \($0.fd)" }.joined(separator: ", ")
             notes.append("pipe \(pipe.id) (\(holders)) has its other end outside the process")
         }

@@ -39,6 +39,9 @@ extension Checkpointer {
             var m = Mapping(start: e.start, end: e.end, protection: e.protection, shared: e.shared,
                             kind: .anonymous, offset: e.offset, path: nil)
             m.vmFlags = e.vmFlags
+            if e.shared && (e.path.isEmpty || e.path.hasPrefix("[anon_shmem:") || e.path.hasSuffix(" (deleted)")) {
+                m.object = "\(e.device):\(e.inode)"
+            }
             var policy = PagePolicy.present
             switch e.path {
             case "[heap]": m.kind = .heap

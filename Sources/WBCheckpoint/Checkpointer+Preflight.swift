@@ -16,6 +16,14 @@ struct Preflight {
     var fds: [FDPlan]
 }
 
+/// What a checkpoint of a process tree knows about all of it, for each member's preflight.
+struct TreeScope {
+    /// Every process of the tree.
+    var members: Set<Int32>
+    /// Unix sockets any member holds (inode).
+    var sockets: Set<UInt64>
+}
+
 extension Checkpointer {
     /// Looks at the process through /proc only and refuses, before touching it, what the
     /// image cannot hold.
@@ -39,15 +47,27 @@ extension Checkpointer {
             throw WBError.refused("pid \(pid) is a kernel thread or not accessible (no /proc/\(pid)/exe): run wb as root or as the process's owner")
         }
         var problems: [String] = []
-        let children = ProcFS.children(pid)
+        let children = ProcFS.children(pid).filter { !(tree?.members.contains($0) ?? false) }
         if !children.isEmpty {
             let list = children.prefix(5).map(String.init).joined(separator: ", ")
-            problems.append("it has child process\(children.count > 1 ? "es" : "") \(list) (process trees are not supported yet)")
+            problems.append("it has child process\(children.count > 1 ? "es" : "") \(list) (checkpoint them with it: wb checkpoint --tree \(pid))")
         }
         var fds: [FDPlan] = []
+        var links: [(Int32, String)] = []
         for fd in try ProcFS.fds(pid) {
             guard let link = try? Paths.readLink("/proc/\(pid)/fd/\(fd)") else { continue }
-            let plan = classify(fd: fd, link: link)
+            links.append((fd, link))
+        }
+        // Unix socket pairs are kept when both ends are held by the process (or its tree).
+        var sockets: [UInt64: UnixSocketInfo] = [:]
+        var held = tree?.sockets ?? []
+        let socketLinks = links.compactMap { Checkpointer.socketInode($0.1) }
+        if !socketLinks.isEmpty {
+            sockets = (try? UnixSocketInfo.all()) ?? [:]
+            held.formUnion(socketLinks)
+        }
+        for (fd, link) in links {
+            let plan = classify(fd: fd, link: link, sockets: sockets, held: held)
             if let why = plan.unsupported { problems.append("fd \(fd) is \(why)") }
             fds.append(plan)
         }
@@ -65,9 +85,26 @@ extension Checkpointer {
         return Preflight(threads: threads, fds: fds)
     }
 
-    func classify(fd: Int32, link: String) -> FDPlan {
+    /// The inode of a "socket:[N]" fd link.
+    static func socketInode(_ link: String) -> UInt64? {
+        link.hasPrefix("socket:[") ? UInt64(link.dropFirst(8).dropLast()) : nil
+    }
+
+    func classify(fd: Int32, link: String, sockets: [UInt64: UnixSocketInfo] = [:], held: Set<UInt64> = []) -> FDPlan {
         var plan = FDPlan(fd: fd, link: link)
-        if link.hasPrefix("socket:") { plan.unsupported = "a socket (\(link))"; return plan }
+        if let inode = Checkpointer.socketInode(link) {
+            guard let s = sockets[inode] else { plan.unsupported = "a socket that is not a Unix socket (\(link))"; return plan }
+            guard s.peer != 0, held.contains(s.peer) else {
+                plan.unsupported = "a Unix socket " + (s.state == 10 ? "listening for connections" : s.peer == 0 ? "with no peer" : "connected to a process outside the checkpoint") + " (\(link))"
+                return plan
+            }
+            if s.type != 1 /* SOCK_STREAM */ && s.queued > 0 {
+                plan.unsupported = "a Unix datagram socket with unread messages (\(link))"
+                return plan
+            }
+            plan.kind = .unixSocket
+            return plan
+        }
         if link.hasPrefix("pipe:") { plan.kind = .pipe; return plan }
         if link.hasPrefix("anon_inode:") {
             let what = link.dropFirst("anon_inode:".count).trimming("[]")

@@ -64,6 +64,8 @@ public final class Checkpointer {
 
     var notes: [String] = []
     var placeholders: [Int32: String] = [:]
+    /// Set when the process is one of a tree being checkpointed together.
+    var tree: TreeScope?
     /// A process wb already traces and keeps (see `checkpoint(to:stopped:)`).
     var held: Tracee?
     /// A process wb traces for its whole life and that is running (see `checkpoint(to:attached:)`).
@@ -160,30 +162,11 @@ public final class Checkpointer {
         }
         var released = held != nil
         defer { if !released { release(tracee) } }
-        try checkStop()
-        var process = try captureThreads(tracee)
-        phase("threads")
-        try checkStop()
-        try captureProcess(tracee, into: &process)
-        phase("process state")
-        try checkStop()
-        progress("copying memory")
         var deferred: [DeferredRuns] = []
-        try captureMemory(memory, into: &process, store: store, scanner: scanner, files: &files, stable: stable,
-                          removed: tracker?.takeRemoved() ?? [], deferred: &deferred)
-        phase("memory")
-        try checkStop()
         var deletedContents: [Int32: [UInt8]] = [:]
-        try captureFiles(tracee, into: &process, plan: plan, deletedContents: &deletedContents)
-        phase("files")
-        try checkStop()
-        // Signals a thread had already dequeued when it stopped are pending in the image.
-        for (i, t) in process.threads.enumerated() {
-            if let info = tracee.interceptedSignals[t.tid] {
-                let data = Data(info)
-                process.threads[i].pending.insert(PendingSignal(signal: data.withUnsafeBytes { $0.load(as: Int32.self) }, siginfo: data), at: 0)
-            }
-        }
+        var process = try capture(tracee, plan: plan, memory: memory, store: store, scanner: scanner, files: &files,
+                                  stable: stable, removed: tracker?.takeRemoved() ?? [], deferred: &deferred,
+                                  deletedContents: &deletedContents, phase: phase)
         if options.after == .leaveRunning && held == nil {
             release(tracee)
             released = true
@@ -227,6 +210,38 @@ public final class Checkpointer {
                                 storedPageBytes: stored, embeddedFiles: writer.embeddedFiles.count,
                                 imageBytes: check.fileSize, pauseSeconds: pauses.max() ?? 0, pauses: pauses, phases: phases,
                                 totalSeconds: Clock.monotonic - started, notes: notes)
+    }
+
+    /// Everything of a stopped process: its threads, process state, memory (pages go to
+    /// `store`; tracked memory's runs are put together later from `deferred`) and files
+    /// (deleted files' contents into `deletedContents`, stored once the pages are written).
+    func capture(_ tracee: Tracee, plan: Preflight, memory: ProcessMemory, store: PageStore, scanner: PageScanner,
+                 files: inout FileEmbedder, stable: [String: [PageRun]], removed: [(start: UInt64, end: UInt64)],
+                 deferred: inout [DeferredRuns], deletedContents: inout [Int32: [UInt8]],
+                 phase: (String) -> Void) throws -> ProcessState {
+        try checkStop()
+        var process = try captureThreads(tracee)
+        phase("threads")
+        try checkStop()
+        try captureProcess(tracee, into: &process)
+        phase("process state")
+        try checkStop()
+        progress("copying memory of pid \(pid)")
+        try captureMemory(memory, into: &process, store: store, scanner: scanner, files: &files, stable: stable,
+                          removed: removed, deferred: &deferred)
+        phase("memory")
+        try checkStop()
+        try captureFiles(tracee, into: &process, plan: plan, deletedContents: &deletedContents)
+        phase("files")
+        try checkStop()
+        // Signals a thread had already dequeued when it stopped are pending in the image.
+        for (i, t) in process.threads.enumerated() {
+            if let info = tracee.interceptedSignals[t.tid] {
+                let data = Data(info)
+                process.threads[i].pending.insert(PendingSignal(signal: data.withUnsafeBytes { $0.load(as: Int32.self) }, siginfo: data), at: 0)
+            }
+        }
+        return process
     }
 
     /// Copies memory while the process runs. A short stop creates a userfaultfd inside the

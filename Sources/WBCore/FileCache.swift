@@ -38,8 +38,10 @@ public struct FileCache: Sendable {
 public struct ResolvedFiles: Sendable {
     /// Mapped files by "device:inode" of the checkpoint host: the local path to map.
     public var mapped: [String: String] = [:]
-    /// The executable's local path.
+    /// The executable's local path (the root process's, in an image of a tree).
     public var exe: String?
+    /// Every process's executable, by pid.
+    public var exes: [Int32: String] = [:]
     public var notes: [String] = []
 
     public init() {}
@@ -56,16 +58,18 @@ public struct FileResolver {
 
     public func resolveAll() throws -> ResolvedFiles {
         var out = ResolvedFiles()
-        let p = image.process
-        for m in p.mappings where m.kind == .file {
-            guard let id = m.file, let path = m.path else { continue }
-            let key = "\(id.device):\(id.inode)"
-            if out.mapped[key] != nil { continue }
-            out.mapped[key] = try resolve(path: path, identity: id, deleted: m.deleted, note: &out.notes)
+        for p in image.metadata.processes {
+            for m in p.mappings where m.kind == .file {
+                guard let id = m.file, let path = m.path else { continue }
+                let key = "\(id.device):\(id.inode)"
+                if out.mapped[key] != nil { continue }
+                out.mapped[key] = try resolve(path: path, identity: id, deleted: m.deleted, note: &out.notes)
+            }
+            if let exe = p.exeFile {
+                out.exes[p.pid] = out.path(for: exe) ?? (try? resolve(path: p.exe, identity: exe, deleted: false, note: &out.notes))
+            }
         }
-        if let exe = p.exeFile {
-            out.exe = out.path(for: exe) ?? (try? resolve(path: p.exe, identity: exe, deleted: false, note: &out.notes))
-        }
+        out.exe = out.exes[image.process.pid]
         return out
     }
 

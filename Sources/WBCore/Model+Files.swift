@@ -25,6 +25,9 @@ public struct FDState: Codable, Sendable, Equatable {
         case signalfd
         /// epoll instance: its interest list in `epoll`.
         case epoll
+        /// One end of a Unix socketpair whose other end is in the same process or tree:
+        /// `socket` holds its type, the two ends and the bytes queued for this end.
+        case unixSocket
     }
 
     public var fd: Int32
@@ -47,6 +50,10 @@ public struct FDState: Codable, Sendable, Equatable {
     public var signalfdMask: UInt64?
     /// The interest list of an epoll instance.
     public var epoll: [EpollWatch]?
+    /// Open file descriptions shared between processes of a tree (or fds of one process)
+    /// have the same number here: restore gives them one description again.
+    public var description: Int?
+    public var socket: SocketState?
 
     public init(fd: Int32, kind: Kind, flags: Int32, closeOnExec: Bool, path: String, offset: UInt64) {
         self.fd = fd; self.kind = kind; self.flags = flags; self.closeOnExec = closeOnExec
@@ -68,6 +75,20 @@ public struct PipeState: Codable, Sendable, Equatable {
     public var external: Bool
     public init(id: UInt64, buffered: Data, capacity: Int32, external: Bool) {
         self.id = id; self.buffered = buffered; self.capacity = capacity; self.external = external
+    }
+}
+
+/// One end of a connected pair of Unix sockets.
+public struct SocketState: Codable, Sendable, Equatable {
+    /// SOCK_STREAM (1), SOCK_DGRAM (2) or SOCK_SEQPACKET (5).
+    public var type: Int32
+    /// The socket's inode and its peer's.
+    public var inode: UInt64
+    public var peer: UInt64
+    /// Bytes sent by the peer and not yet read from this end.
+    public var queued: Data
+    public init(type: Int32, inode: UInt64, peer: UInt64, queued: Data) {
+        self.type = type; self.inode = inode; self.peer = peer; self.queued = queued
     }
 }
 

@@ -14,6 +14,9 @@ public struct ImageMetadata: Codable, Sendable, Equatable {
     /// Files outside the image holding page data (a timeline's page store), for page runs
     /// whose `source` is k (the k-th, from 1). Absent in self-contained images.
     public var pageSources: [PageSource]?
+    /// With `wb checkpoint --tree`: the root's descendants, parents before their children.
+    /// Absent for an image of one process.
+    public var descendants: [ProcessState]?
 
     public static let currentSchema = 1
 
@@ -25,6 +28,9 @@ public struct ImageMetadata: Codable, Sendable, Equatable {
     }
 
     public func file(_ hash: ContentHash) -> EmbeddedFile? { files.first { $0.hash == hash } }
+
+    /// The root process and its descendants, parents first.
+    public var processes: [ProcessState] { [process] + (descendants ?? []) }
 
     /// Whether the image needs files beside it (format version 2).
     public var isSelfContained: Bool { (pageSources ?? []).isEmpty && !files.contains { $0.source != nil } }

@@ -31,6 +31,11 @@ public struct Mapping: Codable, Sendable, Equatable {
     public var vmFlags: [String]
     /// Page runs stored in the image; pages not listed come from the file or are zero.
     public var pages: [PageRun]
+    /// Shared memory (shared anonymous, memfd, deleted files) as "device:inode": mappings of
+    /// the same object in several processes of a tree stay one object after restore.
+    public var object: String?
+    /// Set when another process of the tree, earlier in the image, holds this object's pages.
+    public var pagesHeldBy: Int32?
 
     public init(start: UInt64, end: UInt64, protection: Int32, shared: Bool, kind: Kind, offset: UInt64, path: String?) {
         self.start = start; self.end = end; self.protection = protection; self.shared = shared

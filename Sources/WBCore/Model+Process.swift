@@ -33,6 +33,9 @@ public struct ProcessState: Codable, Sendable, Equatable {
     public var xcompPermissions: UInt64
     /// Started with `wb run --portable`: glibc chose baseline x86-64 code.
     public var portable: Bool
+    /// A process of a tree that had exited and was not yet reaped by its parent: its wait
+    /// status (as waitpid reports it). A zombie has no threads, memory or files.
+    public var zombieStatus: Int32?
 
     public init(pid: Int32) {
         self.pid = pid

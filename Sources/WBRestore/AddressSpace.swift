@@ -17,11 +17,17 @@ struct AddressSpace {
     /// the fd restore to share.
     var sharedObjects: [ContentHash: Int32] = [:]
 
-    var image: Image { restorer.image }
-    var mappings: [Mapping] { image.process.mappings }
+    let process: ProcessState
+    let shared: SharedObjects
 
-    init(restorer: Restorer, tracee: Tracee, leader: RemoteSyscalls, files: ResolvedFiles) throws {
+    var image: Image { restorer.image }
+    var mappings: [Mapping] { process.mappings }
+
+    init(restorer: Restorer, process: ProcessState, tracee: Tracee, leader: RemoteSyscalls, files: ResolvedFiles,
+         shared: SharedObjects) throws {
         self.restorer = restorer
+        self.process = process
+        self.shared = shared
         self.tracee = tracee
         self.leader = leader
         self.files = files
@@ -181,6 +187,12 @@ struct AddressSpace {
             throw WBError.failed("the image lacks the contents of shared mapping \(m.path ?? "?") at \(hex(m.start))")
         }
         if let fd = sharedObjects[hash] { return fd }
+        let base = SharedObjects.base(of: process)
+        if let fd = try shared.fetch("file:\(hash)", into: leader, above: base) {
+            // Another process of the tree made it.
+            sharedObjects[hash] = fd
+            return fd
+        }
         scratch.reset()
         let rawName = m.path.map { $0.hasPrefix("/memfd:") ? String($0.dropFirst(7)) : ($0.split(separator: "/").last.map(String.init) ?? "wb") } ?? "wb"
         let name = try scratch.put(string: String(rawName.prefix(200)))
@@ -188,7 +200,31 @@ struct AddressSpace {
         let out = try FileDescriptor.open("/proc/\(tracee.pid)/fd/\(fd)", O_RDWR, what: "filling shared memory \(m.path ?? "?")")
         try image.contents(of: file).withBytes { try out.write($0, at: 0) }
         sharedObjects[hash] = fd
+        try shared.keep("file:\(hash)", fd: fd, leader: leader, pid: process.pid, above: base)
         return fd
+    }
+
+    /// The shared anonymous memory `m` belongs to, when an earlier process of the tree made
+    /// it: an fd of it, and the offset to map it at.
+    private mutating func sharedMemory(of m: Mapping) throws -> (fd: Int32, offset: UInt64)? {
+        guard let object = m.object, let e = shared.entry("memory:\(object)"), m.offset >= e.offset else { return nil }
+        guard let fd = try shared.fetch("memory:\(object)", into: leader, above: SharedObjects.base(of: process)) else { return nil }
+        return (fd, m.offset - e.offset)
+    }
+
+    /// Keeps shared anonymous memory just made for the processes restored after this one.
+    private mutating func keepSharedMemory(_ m: Mapping) throws {
+        guard shared.tree, let object = m.object, shared.entry("memory:\(object)") == nil else { return }
+        scratch.reset()
+        let name = try scratch.put(string: "/proc/self/map_files/\(String(m.start, radix: 16))-\(String(m.end, radix: 16))")
+        let fd = try leader.raw(.openat, UInt64(bitPattern: -100), name, UInt64(O_RDWR | O_CLOEXEC), 0)
+        guard fd >= 0 else {
+            restorer.notes.append("shared memory at \(hex(m.start)) could not be opened (\(String(cString: strerror(Int32(-fd))))); other processes of the tree get their own copy")
+            return
+        }
+        try shared.keep("memory:\(object)", fd: Int32(fd), offset: m.offset, leader: leader, pid: process.pid,
+                        above: SharedObjects.base(of: process))
+        _ = try leader.raw(.close, UInt64(fd))
     }
 
     private mutating func map(_ m: Mapping) throws {
@@ -203,8 +239,15 @@ struct AddressSpace {
         switch m.kind {
         case .vdso, .vvar, .vvarVclock, .vsyscall:
             return
-        case .anonymous, .heap, .stack, .sharedAnonymous:
+        case .anonymous, .heap, .stack:
             flags |= MAP_ANONYMOUS
+        case .sharedAnonymous:
+            if let (object, at) = try sharedMemory(of: m) {
+                fd = object
+                offset = at
+            } else {
+                flags |= MAP_ANONYMOUS
+            }
         case .file:
             if m.shared && m.deleted {
                 fd = try sharedObject(for: m)
@@ -217,6 +260,9 @@ struct AddressSpace {
         let what = "mapping \(hex(m.start))-\(hex(m.end)) \(m.path ?? m.kind.rawValue)"
         let got = try leader.call(.mmap, m.start, m.size, prot, flags, UInt64(bitPattern: Int64(fd)), offset, what: what)
         guard got == m.start else { throw WBError.failed("\(what): the kernel placed it at \(hex(got))") }
+        if m.kind == .sharedAnonymous {
+            if fd >= 0 { _ = try leader.raw(.close, UInt64(fd)) } else { try keepSharedMemory(m) }
+        }
     }
 
     /// Mappings whose stored pages are mapped from the image file with --map: private

@@ -15,6 +15,8 @@ struct FDBuilder {
     let scratch: Scratch
     let files: ResolvedFiles
     var sharedObjects: [ContentHash: Int32]
+    let process: ProcessState
+    let shared: SharedObjects
 
     private var base: Int32 = 3
     private var temps: [Int32] = []
@@ -22,12 +24,10 @@ struct FDBuilder {
     private var pipeEnds: [UInt64: (read: Int32, write: Int32)] = [:]
     private var externalSources: [UInt64: Int32] = [:]
 
-    var process: ProcessState { restorer.image.process }
-
-    init(restorer: Restorer, tracee: Tracee, leader: RemoteSyscalls, scratch: Scratch, files: ResolvedFiles,
-         sharedObjects: [ContentHash: Int32]) {
-        self.restorer = restorer; self.tracee = tracee; self.leader = leader; self.scratch = scratch
-        self.files = files; self.sharedObjects = sharedObjects
+    init(restorer: Restorer, process: ProcessState, tracee: Tracee, leader: RemoteSyscalls, scratch: Scratch, files: ResolvedFiles,
+         sharedObjects: [ContentHash: Int32], shared: SharedObjects) {
+        self.restorer = restorer; self.process = process; self.tracee = tracee; self.leader = leader; self.scratch = scratch
+        self.files = files; self.sharedObjects = sharedObjects; self.shared = shared
     }
 
     mutating func build() throws {
@@ -43,12 +43,12 @@ struct FDBuilder {
         for s in fds {
             let what = "fd \(s.fd) (\(s.path))"
             let silenced = restorer.options.silenceOutput && (s.fd == 1 || s.fd == 2)
-            let source = try withContext("restoring \(what)") { silenced ? try open("/dev/null", O_WRONLY) : try self.source(for: s) }
+            let source = try withContext("restoring \(what)") { silenced ? try open("/dev/null", O_WRONLY) : try self.sharedSource(for: s) }
             try leader.call(.dup3, UInt64(source), UInt64(s.fd), s.closeOnExec ? UInt64(O_CLOEXEC) : 0, what: "placing \(what)")
             if s.kind == .file || s.kind == .deletedFile {
                 _ = try leader.raw(.lseek, UInt64(s.fd), s.offset, UInt64(SEEK_SET))
             }
-            if [.pipe, .fifo, .eventfd, .timerfd, .signalfd, .epoll].contains(s.kind) {
+            if [.pipe, .fifo, .eventfd, .timerfd, .signalfd, .epoll, .unixSocket].contains(s.kind) {
                 // Status flags (O_NONBLOCK, O_APPEND, ...) belong to the open file description.
                 try leader.call(.fcntl, UInt64(s.fd), UInt64(F_SETFL), UInt64(s.flags & ~O_ACCMODE), what: "setting the flags of \(what)")
             }
@@ -91,6 +91,17 @@ struct FDBuilder {
         return try high(Int32(fd))
     }
 
+    /// The source for `s`, shared with the fds (of this process or another of the tree) that
+    /// had the same open file description.
+    private mutating func sharedSource(for s: FDState) throws -> Int32 {
+        guard let d = s.description else { return try source(for: s) }
+        let key = "description:\(d)"
+        if let fd = try shared.fetch(key, into: leader, above: base) { return try high(fd) }
+        let fd = try source(for: s)
+        try shared.keep(key, fd: fd, leader: leader, pid: process.pid, above: base)
+        return fd
+    }
+
     /// An fd at a high number holding the open file description `s` needs.
     private mutating func source(for s: FDState) throws -> Int32 {
         switch s.kind {
@@ -127,7 +138,46 @@ struct FDBuilder {
             return try high(Int32(try leader.call(.signalfd4, UInt64(bitPattern: -1), mask, 8, 0, what: "creating a signalfd")))
         case .epoll:
             return try high(Int32(try leader.call(.epollCreate1, 0, what: "creating an epoll instance")))
+        case .unixSocket:
+            return try socket(s)
         }
+    }
+
+    /// One end of a Unix socket pair: taken from the process that made the pair, or made
+    /// here, each end given the bytes that were queued on it.
+    private mutating func socket(_ s: FDState) throws -> Int32 {
+        guard let sock = s.socket else { throw WBError.failed("fd \(s.fd): the image has no record of its socket") }
+        if let fd = try shared.fetch("socket:\(sock.inode)", into: leader, above: base) { return try high(fd) }
+        scratch.reset()
+        let pair = try scratch.reserve(8)
+        try leader.call(.socketpair, 1 /* AF_UNIX */, UInt64(UInt32(bitPattern: sock.type)) | UInt64(O_CLOEXEC), 0, pair,
+                        what: "creating the socket pair of fd \(s.fd)")
+        let (a0, b0) = try readPair(pair)
+        let a = try high(a0), b = try high(b0)
+        // Bytes queued on one end were sent from the other.
+        try send(sock.queued, via: b)
+        try send(shared.socketQueues[sock.peer] ?? Data(), via: a)
+        try shared.keep("socket:\(sock.inode)", fd: a, leader: leader, pid: process.pid, above: base)
+        try shared.keep("socket:\(sock.peer)", fd: b, leader: leader, pid: process.pid, above: base)
+        return a
+    }
+
+    private func send(_ bytes: Data, via fd: Int32) throws {
+        var at = 0
+        while at < bytes.count {
+            scratch.reset()
+            let chunk = [UInt8](bytes[bytes.startIndex + at ..< bytes.startIndex + min(bytes.count, at + 32768)])
+            let buf = try scratch.put(chunk)
+            let n = try leader.call(.sendto, UInt64(fd), buf, UInt64(chunk.count), 0x40 /* MSG_DONTWAIT */, 0, 0,
+                                    what: "putting back \(bytes.count) bytes queued on a socket")
+            at += Int(n)
+        }
+    }
+
+    private func readPair(_ at: UInt64) throws -> (Int32, Int32) {
+        let w = try tracee.read(at, count: 8)
+        return (Int32(w[0]) | Int32(w[1]) << 8 | Int32(w[2]) << 16 | Int32(w[3]) << 24,
+                Int32(w[4]) | Int32(w[5]) << 8 | Int32(w[6]) << 16 | Int32(w[7]) << 24)
     }
 
     private mutating func timerfd(_ s: FDState) throws -> Int32 {
@@ -155,9 +205,12 @@ struct FDBuilder {
         guard let hash = s.content, let file = restorer.image.metadata.file(hash) else {
             throw WBError.failed("the image lacks the contents of deleted file \(s.path)")
         }
-        if let shared = sharedObjects[hash] {
-            // The same object is mapped shared: share it.
-            return try reopen(shared, s.flags)
+        if sharedObjects[hash] == nil, let fd = try shared.fetch("file:\(hash)", into: leader, above: base) {
+            sharedObjects[hash] = try high(fd)
+        }
+        if let object = sharedObjects[hash] {
+            // The same object is mapped shared, here or in another process of the tree: share it.
+            return try reopen(object, s.flags)
         }
         var fd: Int32
         if s.path.hasPrefix("/memfd:") {
@@ -177,6 +230,7 @@ struct FDBuilder {
         let out = try FileDescriptor.open("/proc/\(tracee.pid)/fd/\(fd)", O_RDWR, what: "filling deleted file \(s.path)")
         try restorer.image.contents(of: file).withBytes { try out.write($0, at: 0) }
         sharedObjects[hash] = fd
+        try shared.keep("file:\(hash)", fd: fd, leader: leader, pid: process.pid, above: base)
         return try reopen(fd, s.flags)
     }
 
@@ -198,19 +252,25 @@ struct FDBuilder {
             }
             restorer.notes.append("fd \(s.fd) read from a pipe outside the process; it reads the \(state.buffered.count) buffered bytes, then end of file")
         }
+        if pipeEnds[id] == nil, let r = try shared.fetch("pipe:\(id):read", into: leader, above: base) {
+            // Made by another process of the tree.
+            let wr = try shared.fetch("pipe:\(id):write", into: leader, above: base)
+            pipeEnds[id] = (try high(r), try wr.map { try high($0) } ?? -1)
+        }
         if pipeEnds[id] == nil {
             scratch.reset()
             let pair = try scratch.reserve(8)
             try leader.call(.pipe2, pair, UInt64(O_CLOEXEC), what: "creating pipe \(id)")
-            let w = try tracee.read(pair, count: 8)
-            let r0 = Int32(w[0]) | Int32(w[1]) << 8 | Int32(w[2]) << 16 | Int32(w[3]) << 24
-            let w0 = Int32(w[4]) | Int32(w[5]) << 8 | Int32(w[6]) << 16 | Int32(w[7]) << 24
+            let (r0, w0) = try readPair(pair)
             let r = try high(r0), wr = try high(w0)
             try fill(pipe: wr, with: state)
+            try shared.keep("pipe:\(id):read", fd: r, leader: leader, pid: process.pid, above: base)
             if state.external {
                 // The writer is gone: the reader gets the bytes, then end of file.
                 temps.removeAll { $0 == wr }
                 _ = try leader.raw(.close, UInt64(wr))
+            } else {
+                try shared.keep("pipe:\(id):write", fd: wr, leader: leader, pid: process.pid, above: base)
             }
             pipeEnds[id] = (r, wr)
         }

@@ -24,6 +24,9 @@ public struct RestoreOptions: Sendable {
     public var silenceOutput = false
     /// Where files the image carries are unpacked when this machine lacks them.
     public var cacheDirectory = FileCache.defaultDirectory
+    /// Restore every process of an image of a process tree (wb restore); other users of a
+    /// restored process (debugging, fuzzing, replays) work on one process and refuse trees.
+    public var allowTree = false
     public init() {}
 }
 
@@ -37,19 +40,26 @@ public final class RestoredProcess {
     /// The init of the new pid namespace, if one was made.
     public let initPid: Int32?
     public let notes: [String]
+    /// The other processes of a restored tree, parents first (pids as wb sees them).
+    public let descendants: [Tracee]
 
-    init(tracee: Tracee, pid: Int32, originalPid: Int32, initPid: Int32?, notes: [String]) {
+    init(tracee: Tracee, pid: Int32, originalPid: Int32, initPid: Int32?, notes: [String], descendants: [Tracee] = []) {
         self.tracee = tracee; self.pid = pid; self.originalPid = originalPid; self.initPid = initPid; self.notes = notes
+        self.descendants = descendants
     }
 
-    /// Lets the process run.
-    public func resume() { tracee.detach() }
+    /// Lets the process (and a tree's other processes) run.
+    public func resume() {
+        for t in descendants.reversed() { t.detach() }
+        tracee.detach()
+    }
 
     /// Lets go of the process but leaves it stopped (SIGSTOP): `kill -CONT` or a debugger
     /// continues it. Returns once the stop has taken effect (the signal is queued before the
     /// threads are let go, but they act on it only when next scheduled), so whoever is told
     /// next finds it stopped; at most a second.
     public func releaseStopped() {
+        for t in descendants.reversed() { t.detach(stopSignal: SIGSTOP) }
         tracee.detach(stopSignal: SIGSTOP)
         let deadline = Clock.monotonic + 1
         while Clock.monotonic < deadline {
@@ -62,6 +72,7 @@ public final class RestoredProcess {
     /// ends are collected first: a pid namespace's init cannot finish before they are.
     @discardableResult
     public func terminate() -> Int32 {
+        for t in descendants { _ = kill(t.pid, SIGKILL) }
         _ = kill(initPid ?? pid, SIGKILL)
         if !tracee.isDetached {
             // Other threads first: a traced leader is reported only after every other thread.
@@ -110,6 +121,10 @@ public final class Restorer {
 
     public func restore() throws -> RestoredProcess {
         try withContext("restoring \(image.path)") {
+            let tree = image.metadata.descendants ?? []
+            if !tree.isEmpty && !options.allowTree {
+                throw WBError.refused("\(image.path) holds a tree of \(tree.count + 1) processes; this works on one process: restore the tree with wb restore")
+            }
             if options.verify {
                 progress("verifying \(image.path)")
                 // Mapped page data is read only as the process touches it; checking it all
@@ -124,40 +139,50 @@ public final class Restorer {
             progress("starting the process" + (newNamespace ? " in a new pid namespace" : " as pid \(process.pid)"))
             let spawned = try Stub.spawn(pid: process.pid, newPidNamespace: newNamespace,
                                          newUserNamespace: newNamespace && geteuid() != 0, keepFDs: [0, 1, 2])
-            let tracee: Tracee
+            var members: [(ProcessState, Tracee)] = []
             do {
-                tracee = try Tracee.adoptStub(spawned.pid)
+                members = [(process, try Tracee.adoptStub(spawned.pid))]
+                if !tree.isEmpty {
+                    progress("starting \(tree.count) more process\(tree.count == 1 ? "" : "es") of the tree")
+                    members = try startTree(root: members[0].1, newNamespace: newNamespace)
+                }
+                let shared = SharedObjects(image: image)
+                var built: [(ProcessState, Tracee, RemoteSyscalls, Scratch)] = []
+                for (p, t) in members where p.zombieStatus == nil {
+                    built.append(try build(p, t, files: files, shared: shared))
+                }
+                progress("restoring threads")
+                for (p, t, leader, scratch) in built {
+                    try shared.closeKept(in: leader)
+                    try ThreadBuilder(restorer: self, tracee: t, leader: leader, scratch: scratch, files: files, process: p).build()
+                }
             } catch {
+                for (_, t) in members.reversed() { t.kill() }
                 _ = kill(spawned.initPid ?? spawned.pid, SIGKILL)
-                throw error
-            }
-            do {
-                try build(tracee, files: files)
-            } catch {
-                tracee.kill()
-                if let i = spawned.initPid { _ = kill(i, SIGKILL) }
                 var st: Int32 = 0
                 _ = waitpid(spawned.initPid ?? spawned.pid, &st, 0)
                 throw error
             }
-            return RestoredProcess(tracee: tracee, pid: spawned.pid, originalPid: process.pid,
-                                   initPid: spawned.initPid, notes: notes)
+            let live = members.dropFirst().filter { $0.0.zombieStatus == nil }.map(\.1)
+            return RestoredProcess(tracee: members[0].1, pid: spawned.pid, originalPid: process.pid,
+                                   initPid: spawned.initPid, notes: notes, descendants: live)
         }
     }
 
-    private func build(_ tracee: Tracee, files: ResolvedFiles) throws {
+    /// Memory and files of one process; its threads come once every process has its files.
+    private func build(_ p: ProcessState, _ tracee: Tracee, files: ResolvedFiles,
+                       shared: SharedObjects) throws -> (ProcessState, Tracee, RemoteSyscalls, Scratch) {
         tracee.syscallGadget = Stub.syscallAddress
         let leader = try tracee.ownedSyscalls(in: tracee.pid)
         try tracee.setSignalMask(tracee.pid, ~UInt64(0))
-        progress("rebuilding memory")
-        var space = try AddressSpace(restorer: self, tracee: tracee, leader: leader, files: files)
+        progress("rebuilding memory" + (p.pid == process.pid ? "" : " of pid \(p.pid)"))
+        var space = try AddressSpace(restorer: self, process: p, tracee: tracee, leader: leader, files: files, shared: shared)
         try space.build()
-        progress("reopening files")
-        var fds = FDBuilder(restorer: self, tracee: tracee, leader: space.leader, scratch: space.scratch, files: files,
-                            sharedObjects: space.sharedObjects)
+        progress("reopening files" + (p.pid == process.pid ? "" : " of pid \(p.pid)"))
+        var fds = FDBuilder(restorer: self, process: p, tracee: tracee, leader: space.leader, scratch: space.scratch, files: files,
+                            sharedObjects: space.sharedObjects, shared: shared)
         try fds.build()
-        progress("restoring threads")
-        try ThreadBuilder(restorer: self, tracee: tracee, leader: space.leader, scratch: space.scratch, files: files).build()
+        return (p, tracee, space.leader, space.scratch)
     }
 
     /// The process may use instructions this CPU lacks (glibc chose its string functions for
@@ -168,7 +193,7 @@ public final class Restorer {
         let cpu = image.metadata.host.cpu
         let missing = process.portable ? [] : CPUCompatibility.missing(image: cpu, host: here)
         var state: UInt64 = 0
-        for t in process.threads { state |= CPUCompatibility.unsupportedState(t.xstate, xcr0: here.xcr0) }
+        for t in image.metadata.processes.flatMap(\.threads) { state |= CPUCompatibility.unsupportedState(t.xstate, xcr0: here.xcr0) }
         if missing.isEmpty && state == 0 { return }
         var what: [String] = []
         if !missing.isEmpty { what.append("instructions the process may use (\(missing.joined(separator: ", ")))") }
@@ -184,7 +209,7 @@ public final class Restorer {
     /// Whether the original pids can be had in this namespace.
     func choosePidNamespace() throws -> Bool {
         if options.pidNamespace == .new { return true }
-        let wanted = process.threads.map(\.tid)
+        let wanted = image.metadata.processes.flatMap { $0.zombieStatus == nil ? $0.threads.map(\.tid) : [$0.pid] }
         var taken = wanted.filter { ProcFS.exists($0) }
         // A process that was just killed lingers as a zombie until its parent reaps it.
         var waited = 0

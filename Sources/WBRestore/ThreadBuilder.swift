@@ -11,8 +11,7 @@ struct ThreadBuilder {
     let leader: RemoteSyscalls
     let scratch: Scratch
     let files: ResolvedFiles
-
-    var process: ProcessState { restorer.image.process }
+    let process: ProcessState
 
     func build() throws {
         try processState()
@@ -75,7 +74,7 @@ struct ThreadBuilder {
         scratch.reset()
         let auxv = try scratch.put(words: mm.auxv)
         var exeFD: Int32 = -1
-        if let exe = files.exe {
+        if let exe = files.exes[process.pid] ?? (process.pid == restorer.image.process.pid ? files.exe : nil) {
             let name = try scratch.put(string: exe)
             let r = try leader.raw(.openat, UInt64(bitPattern: -100), name, UInt64(O_RDONLY | O_CLOEXEC), 0)
             if r >= 0 { exeFD = Int32(r) }

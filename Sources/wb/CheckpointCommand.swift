@@ -13,10 +13,16 @@ struct CheckpointCommand: ParsableCommand {
         and lets it run on exactly where it was. The image is written to a temporary name next \
         to IMAGE and renamed only when complete.
 
-        wb refuses, without touching the process, what it cannot restore yet: sockets, \
-        inotify and other unusual fds, System V shared memory and child \
-        processes. --allow-unsupported stores such fds as /dev/null placeholders and leaves \
-        children out instead.
+        With --tree, the process and all its descendants go into one image: parent and \
+        child links, sessions and process groups, pipes, files and shared memory they share, \
+        Unix socket pairs between them (with the bytes queued on them), and children that \
+        exited but were not yet reaped. The whole tree is stopped while it is copied.
+
+        wb refuses, without touching the process, what it cannot restore yet: network \
+        sockets, Unix sockets connected outside the checkpoint, inotify and other unusual \
+        fds, System V shared memory and (without --tree) child processes. \
+        --allow-unsupported stores such fds as /dev/null placeholders and leaves children \
+        out instead.
         """)
 
     @Argument(help: "The process to checkpoint.")
@@ -30,6 +36,9 @@ struct CheckpointCommand: ParsableCommand {
 
     @Flag(help: "End the process once the image is complete and flushed to disk.")
     var kill = false
+
+    @Flag(help: "Checkpoint the process and all its descendants into one image.")
+    var tree = false
 
     @Flag(help: "Store unsupported fds as /dev/null placeholders and leave children out, instead of refusing.")
     var allowUnsupported = false
@@ -83,6 +92,7 @@ struct CheckpointCommand: ParsableCommand {
             var options = CheckpointOptions()
             options.after = kill ? .kill : .leaveRunning
             options.allowUnsupported = allowUnsupported
+            if tree { return try runTree(options, interrupting: interrupting) }
             let checkpointer = Checkpointer(pid: pid, options: options)
             checkpointer.progress = Output.progress(quiet: quiet || json)
             // A request to stop (or the death of the wb the user started) is honoured between
@@ -103,6 +113,40 @@ struct CheckpointCommand: ParsableCommand {
             }
         }
     }
+}
+
+extension CheckpointCommand {
+    private func runTree(_ options: CheckpointOptions, interrupting: [Int32]) throws {
+        let checkpointer = TreeCheckpointer(root: pid, options: options)
+        checkpointer.progress = Output.progress(quiet: quiet || json)
+        checkpointer.shouldStop = { Signals.pending(interrupting) != nil }
+        let result = try checkpointer.checkpoint(to: output)
+        if json {
+            try Output.json(TreeCheckpointReport(image: result.path, root: result.root, processes: result.processes,
+                                                 imageBytes: result.imageBytes, pauseSeconds: result.pauseSeconds,
+                                                 totalSeconds: result.totalSeconds, notes: result.notes))
+            return
+        }
+        if quiet { return }
+        for n in result.notes { Output.note(n) }
+        let memory = result.processes.reduce(UInt64(0)) { $0 + $1.memoryBytes }
+        let zombies = result.processes.filter { $0.zombieStatus != nil }.count
+        Output.line(String(format: "checkpointed the tree of pid %d (%d process%@%@, %@ of memory) to %@ (%@) in %.3f s; the processes were paused %.3f s%@",
+                           result.root, result.processes.count, result.processes.count == 1 ? "" : "es",
+                           zombies > 0 ? ", \(zombies) not yet reaped" : "", Output.bytes(memory), result.path,
+                           Output.bytes(result.imageBytes), result.totalSeconds, result.pauseSeconds,
+                           kill ? " and are now killed" : ""))
+        for p in result.processes {
+            let what = p.zombieStatus.map { "exited, not reaped (wait status \($0))" }
+                ?? "\(p.threads) thread\(p.threads == 1 ? "" : "s"), \(Output.bytes(p.memoryBytes))"
+            Output.line("  pid \(p.pid) (\(p.command)), parent \(p.ppid): \(what)")
+        }
+    }
+}
+
+struct TreeCheckpointReport: Encodable {
+    var image: String, root: Int32, processes: [TreeCheckpointResult.Member], imageBytes: UInt64
+    var pauseSeconds: Double, totalSeconds: Double, notes: [String]
 }
 
 struct CheckpointReport: Encodable {

@@ -18,6 +18,11 @@ struct RestoreCommand: ParsableCommand {
         and exits with the process's exit status (128 + N when signal N ended it). Files the \
         process had open on a terminal or on a pipe to another program, on fds 0-2, are \
         attached to wb's own stdin, stdout and stderr.
+
+        An image of a process tree (wb checkpoint --tree) comes back whole: every process \
+        with its pid, its parent, session and process group, the pipes, files, shared memory \
+        and socket pairs they shared, and children that had exited but were not reaped. wb \
+        waits for (and --detach prints) the root process.
         """)
 
     @Argument(help: "The image to restore.")
@@ -81,6 +86,7 @@ struct RestoreCommand: ParsableCommand {
             options.verify = !noVerify
             options.force = force
             options.mapPages = map
+            options.allowTree = !(debug || gdbPort != nil)
             let restorer = Restorer(image: opened, options: options)
             restorer.progress = Output.progress(quiet: quiet || json)
             if debug {

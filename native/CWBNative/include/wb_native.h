@@ -129,6 +129,26 @@ void wb_cpuid(uint32_t leaf, uint32_t subleaf, uint32_t out[4]);
 
 // MARK: - Dirty-page tracking (userfaultfd write-protect in async mode, PAGEMAP_SCAN)
 
+// MARK: - Process trees
+
+/// kcmp(KCMP_FILE): 0 when the two fds share an open file description, 1 or 2 when not
+/// (an order), -errno on failure.
+int wb_kcmp_file(pid_t pid1, pid_t pid2, int fd1, int fd2);
+
+typedef struct {
+    uint64_t inode;
+    uint64_t peer;
+    uint32_t queued;
+    uint8_t type;
+    uint8_t state;
+} wb_unix_socket;
+
+/// Every Unix socket of this network namespace with its peer (sock_diag). Writes up to
+/// `cap` entries, and the number there are to `count`.
+int wb_unix_sockets(wb_unix_socket *out, int cap, int *count);
+/// The bytes queued for reading on a socket, copied without taking them (MSG_PEEK).
+int wb_socket_peek(int fd, void *buf, size_t cap, size_t *got);
+
 /// pidfd_open + pidfd_getfd: a copy of fd `target_fd` of process `pid`.
 int wb_take_fd(pid_t pid, int target_fd, int *fd);
 /// UFFDIO_API asking for async write-protect and remove events; returns the features granted.

@@ -1,0 +1,239 @@
+import Foundation
+import Glibc
+import WBTrace
+
+public struct TreeCheckpointResult: Sendable {
+    public var path: String
+    public var root: Int32
+    /// Every process, parents first, with what was stored of each.
+    public var processes: [Member]
+    public var imageBytes: UInt64
+    /// How long the tree was stopped.
+    public var pauseSeconds: Double
+    public var totalSeconds: Double
+    public var notes: [String]
+
+    public struct Member: Codable, Sendable {
+        public var pid: Int32
+        public var ppid: Int32
+        public var command: String
+        public var threads: Int
+        public var memoryBytes: UInt64
+        /// The wait status of a process that had exited and was not yet reaped.
+        public var zombieStatus: Int32?
+    }
+}
+
+/// Takes a checkpoint of a process and all its descendants into one image: every process is
+/// stopped (parents before their children are listed, so none escapes), captured as
+/// `Checkpointer` captures one, and the tree's links are recorded across them: parent and
+/// child, sessions and process groups, open file descriptions and pipes they share, shared
+/// memory, Unix socket pairs between them, and children that exited but were not reaped.
+public final class TreeCheckpointer {
+    public let root: Int32
+    public let options: CheckpointOptions
+    public var progress: (String) -> Void = { _ in }
+    /// Asked between steps; when it answers true every process is let go as it was.
+    public var shouldStop: () -> Bool = { false }
+
+    public init(root: Int32, options: CheckpointOptions = CheckpointOptions()) {
+        self.root = root
+        self.options = options
+    }
+
+    private struct Member {
+        var pid: Int32
+        var tracee: Tracee?
+        var zombie: ProcessState?
+    }
+
+    public func checkpoint(to path: String) throws -> TreeCheckpointResult {
+        try withContext("checkpoint of the process tree of pid \(root)") { try run(path) }
+    }
+
+    private func run(_ path: String) throws -> TreeCheckpointResult {
+        let started = Clock.monotonic
+        guard ProcFS.exists(root) else { throw WBError.invalidArgument("no process with pid \(root)") }
+        if root == getpid() { throw WBError.invalidArgument("wb cannot checkpoint itself") }
+        if let tracer = (try? ProcFS.status(root))?["TracerPid"], tracer != "0" {
+            throw WBError.refused("pid \(root) is already being traced by pid \(tracer) (a debugger?): detach it first")
+        }
+        let writer = try ImageWriter(path: path)
+        progress("stopping the process tree of pid \(root)")
+        var members: [Member] = []
+        let stopped = Clock.monotonic
+        var let_go = false
+        defer {
+            if !let_go {
+                // Children first, so no parent runs while a child is still held.
+                for m in members.reversed() { m.tracee?.detach() }
+            }
+        }
+        do {
+            try stopAll(into: &members)
+            let scope = TreeScope(members: Set(members.map(\.pid)), sockets: socketsHeld(by: members))
+            var states: [ProcessState] = []
+            var notes: [String] = []
+            var checkpointers: [Checkpointer] = []
+            // Every process's pages first: the image's page section comes before its files.
+            var pending: [(index: Int, checkpointer: Checkpointer, files: FileEmbedder, deleted: [Int32: [UInt8]])] = []
+            for m in members {
+                if let z = m.zombie { states.append(z); continue }
+                let c = Checkpointer(pid: m.pid, options: options)
+                c.held = m.tracee
+                c.tree = scope
+                c.progress = progress
+                c.shouldStop = shouldStop
+                checkpointers.append(c)
+                let plan = try c.preflight()
+                var files = FileEmbedder(pid: m.pid, writer: writer, embedLimit: options.embedLimit,
+                                         exe: ((try? Paths.readLink("/proc/\(m.pid)/exe")) ?? "").deletedStripped.path)
+                let memory = ProcessMemory(pid: m.pid)
+                let store = PageStore(memory: memory, writer: writer, checkStop: { [unowned c] in try c.checkStop() })
+                var deferred: [DeferredRuns] = []
+                var deleted: [Int32: [UInt8]] = [:]
+                let state = try c.capture(m.tracee!, plan: plan, memory: memory, store: store, scanner: try PageScanner(pid: m.pid),
+                                          files: &files, stable: [:], removed: [], deferred: &deferred,
+                                          deletedContents: &deleted, phase: { _ in })
+                try store.writeHeld()
+                pending.append((states.count, c, files, deleted))
+                states.append(state)
+            }
+            progress("storing mapped files")
+            for var p in pending {
+                try p.checkpointer.embedDeletedFiles(p.deleted, into: &states[p.index], writer: writer)
+                try p.checkpointer.embedMappedFiles(&p.files, into: &states[p.index])
+            }
+            TreeCheckpointer.linkPipes(&states)
+            var outside: [UInt64: [String]] = [:]
+            for p in states { for f in p.fds where f.kind == .pipe && p.pipes.first(where: { $0.id == f.pipe })?.external == true {
+                outside[f.pipe!, default: []].append("pid \(p.pid) fd \(f.fd)")
+            } }
+            for (id, holders) in outside.sorted(by: { $0.key < $1.key }) {
+                notes.append("pipe \(id) (\(holders.joined(separator: ", "))) has its other end outside the tree")
+            }
+            shareDescriptions(&states, zombies: Set(members.filter { $0.zombie != nil }.map(\.pid)))
+            for (c, s) in zip(checkpointers, states.filter { $0.zombieStatus == nil }) {
+                notes += c.notes.map { s.pid == root ? $0 : "pid \(s.pid): \($0)" }
+            }
+            if shouldStop() { throw WBError.failed("checkpoint of pid \(root) interrupted: the processes run on as before and no image was written") }
+            var metadata = ImageMetadata(host: HostInfo.current(), process: states[0], files: writer.embeddedFiles, notes: notes)
+            metadata.descendants = Array(states.dropFirst())
+            progress("writing \(writer.path)")
+            try writer.complete(metadata, sync: options.after == .kill)
+            let check = try Image(path: writer.temporaryPath, displayName: writer.path)
+            if options.after == .kill { try check.verifyData() }
+            if shouldStop() { throw WBError.failed("checkpoint of pid \(root) interrupted: the processes run on as before and no image was written") }
+            try writer.commit()
+            let pause = Clock.monotonic - stopped
+            let_go = true
+            if options.after == .kill {
+                for m in members { m.tracee?.kill() }
+            } else {
+                for m in members.reversed() { m.tracee?.detach() }
+            }
+            let report = states.map { s in
+                TreeCheckpointResult.Member(pid: s.pid, ppid: s.ppid, command: s.comm, threads: s.threads.count,
+                                            memoryBytes: s.mappings.reduce(0) { $0 + UInt64($1.storedPageCount) * 4096 },
+                                            zombieStatus: s.zombieStatus)
+            }
+            return TreeCheckpointResult(path: writer.path, root: root, processes: report, imageBytes: check.fileSize,
+                                        pauseSeconds: pause, totalSeconds: Clock.monotonic - started, notes: notes)
+        } catch {
+            writer.abandon()
+            throw error
+        }
+    }
+
+    /// Stops the root, then each stopped process's children, until no new process appears:
+    /// a process can only fork while it runs, so once a parent is stopped its list of
+    /// children is final except for what its running children add, and they are next.
+    private func stopAll(into members: inout [Member]) throws {
+        var queue = [root]
+        var seen = Set<Int32>()
+        while !queue.isEmpty {
+            let pid = queue.removeFirst()
+            if seen.contains(pid) { continue }
+            seen.insert(pid)
+            if shouldStop() { throw WBError.failed("checkpoint of pid \(root) interrupted: the processes run on as before and no image was written") }
+            guard let stat = try? ProcFS.stat(pid) else { continue }   // gone meanwhile
+            if stat[3] == "Z" || stat[3] == "X" {
+                guard pid != root else { throw WBError.invalidArgument("pid \(pid) has already exited (it is a zombie)") }
+                members.append(Member(pid: pid, tracee: nil, zombie: TreeCheckpointer.zombie(pid, stat)))
+                continue
+            }
+            if let tracer = (try? ProcFS.status(pid))?["TracerPid"], tracer != "0" {
+                throw WBError.refused("pid \(pid) of the tree is being traced by pid \(tracer) (a debugger?): detach it first")
+            }
+            let tracee: Tracee
+            do {
+                tracee = try Tracee.seize(pid)
+            } catch WBError.processGone {
+                continue
+            }
+            members.append(Member(pid: pid, tracee: tracee, zombie: nil))
+            queue += ProcFS.children(pid)
+        }
+    }
+
+    private static func zombie(_ pid: Int32, _ stat: [Int: String]) -> ProcessState {
+        var p = ProcessState(pid: pid)
+        p.comm = stat[2]?.trimming("()") ?? ""
+        p.ppid = Int32(stat[4] ?? "0") ?? 0
+        p.pgid = Int32(stat[5] ?? "0") ?? 0
+        p.sid = Int32(stat[6] ?? "0") ?? 0
+        p.zombieStatus = Int32(stat[52] ?? "0") ?? 0
+        return p
+    }
+
+    private func socketsHeld(by members: [Member]) -> Set<UInt64> {
+        var out = Set<UInt64>()
+        for m in members where m.zombie == nil {
+            for fd in (try? ProcFS.fds(m.pid)) ?? [] {
+                if let link = try? Paths.readLink("/proc/\(m.pid)/fd/\(fd)"), let inode = Checkpointer.socketInode(link) { out.insert(inode) }
+            }
+        }
+        return out
+    }
+
+    /// A pipe is outside the tree only when no process of it holds one of its ends.
+    static func linkPipes(_ states: inout [ProcessState]) {
+        var reads = Set<UInt64>(), writes = Set<UInt64>()
+        for p in states {
+            for f in p.fds where f.kind == .pipe {
+                guard let id = f.pipe else { continue }
+                if f.accessMode != O_WRONLY { reads.insert(id) }
+                if f.accessMode != O_RDONLY { writes.insert(id) }
+            }
+        }
+        for i in states.indices {
+            for j in states[i].pipes.indices {
+                let id = states[i].pipes[j].id
+                states[i].pipes[j].external = !(reads.contains(id) && writes.contains(id))
+            }
+        }
+    }
+
+    /// Numbers the open file descriptions of files and devices that several fds share, in
+    /// one process or across the tree (a log file a shell opened before forking): restore
+    /// makes each one description again, with one offset.
+    private func shareDescriptions(_ states: inout [ProcessState], zombies: Set<Int32>) {
+        var groups: [String: [(pid: Int32, fd: Int32, id: Int)]] = [:]
+        var next = 1
+        for i in states.indices where !zombies.contains(states[i].pid) {
+            let pid = states[i].pid
+            for j in states[i].fds.indices where [.file, .deletedFile, .device].contains(states[i].fds[j].kind) {
+                let fd = states[i].fds[j].fd
+                guard let st = try? Paths.stat("/proc/\(pid)/fd/\(fd)") else { continue }
+                let key = "\(st.device):\(st.inode)"
+                var id = groups[key]?.first { SharedFiles.sameDescription($0.pid, $0.fd, pid, fd) }?.id
+                if id == nil {
+                    id = next
+                    next += 1
+                    groups[key, default: []].append((pid, fd, id!))
+                }
+                states[i].fds[j].description = id
+            }
+        }
+    }
+}

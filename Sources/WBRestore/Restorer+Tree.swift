@@ -1,0 +1,106 @@
+import Foundation
+import Glibc
+import WBTrace
+
+/// The processes of a tree, started as empty stubs before any of them is rebuilt: each
+/// child is forked by its parent's stub (clone3 with the child's original pid), so parent
+/// and child links are the kernel's own. Sessions are made before a leader's children are
+/// forked (a session is inherited only at fork), process groups once every process exists,
+/// and children that had exited but were not reaped exit again, with their status, to wait
+/// in their parent for it.
+extension Restorer {
+    func startTree(root: Tracee, newNamespace: Bool) throws -> [(ProcessState, Tracee)] {
+        var tracees: [Int32: Tracee] = [process.pid: root]
+        var members: [(ProcessState, Tracee)] = [(process, root)]
+        try openSession(process, root)
+        for p in image.metadata.descendants ?? [] {
+            guard let parent = tracees[p.ppid] else {
+                throw WBError.badImage(path: image.path, problem: "invalid metadata: process \(p.pid)'s parent \(p.ppid) comes after it or is not in the image")
+            }
+            let host = try fork(p.pid, from: parent, newNamespace: newNamespace)
+            let t = try Tracee.adoptStub(host)
+            tracees[p.pid] = t
+            members.append((p, t))
+            try openSession(p, t)
+        }
+        for (p, t) in members where p.pgid != p.pid && p.sid != p.pid {
+            guard tracees[p.pgid] != nil else {
+                if p.pid != process.pid && p.pgid != image.metadata.processes.first(where: { $0.pid == p.ppid })?.pgid {
+                    notes.append("pid \(p.pid) was in process group \(p.pgid), which was outside the tree; it joins its parent's")
+                }
+                continue
+            }
+            let s = try t.ownedSyscalls(in: t.pid)
+            try s.call(.setpgid, 0, UInt64(p.pgid), what: "joining process group \(p.pgid)")
+        }
+        for (p, t) in members {
+            if let status = p.zombieStatus { try exit(t, as: p, status: status) }
+        }
+        return members
+    }
+
+    /// A session or process group of its own, when the process led one.
+    private func openSession(_ p: ProcessState, _ t: Tracee) throws {
+        t.syscallGadget = Stub.syscallAddress
+        let s = try t.ownedSyscalls(in: t.pid)
+        if p.sid == p.pid {
+            try s.call(.setsid, what: "starting the session of pid \(p.pid)")
+        } else if p.pgid == p.pid {
+            try s.call(.setpgid, 0, 0, what: "starting the process group of pid \(p.pid)")
+        }
+    }
+
+    /// Forks a stub child with pid `pid` from the stub `parent`; returns its pid as wb sees it.
+    /// The child goes on in the stub's pause loop until wb takes it.
+    private func fork(_ pid: Int32, from parent: Tracee, newNamespace: Bool) throws -> Int32 {
+        let s = try parent.ownedSyscalls(in: parent.pid)
+        // clone_args and the pid go on the stub's stack, well below where it is.
+        let at = (s.original.rsp - 1024) & ~UInt64(15)
+        var bytes: [UInt8] = []
+        let words: [UInt64] = [0, 0, 0, 0, UInt64(SIGCHLD), 0, 0, 0, at + 88, 1, 0, UInt64(UInt32(bitPattern: pid))]
+        for w in words { withUnsafeBytes(of: w.littleEndian) { bytes += $0 } }
+        try parent.write(bytes, to: at)
+        let r = try s.raw(.clone3, at, 88)
+        if r < 0 {
+            if r == -Int64(EEXIST) { throw WBError.failed("pid \(pid) is in use here; try --new-pidns") }
+            throw WBError.system(call: "remote clone3", errno: Int32(-r), what: "starting pid \(pid) of the tree")
+        }
+        guard newNamespace else { return Int32(r) }
+        for child in ProcFS.children(parent.pid) {
+            let ids = (try? ProcFS.status(child))?["NSpid"]?.split(whereSeparator: { $0 == " " || $0 == "\t" }) ?? []
+            if ids.last.flatMap({ Int32($0) }) == pid { return child }
+        }
+        throw WBError.failed("pid \(pid) of the tree was started but cannot be found from here")
+    }
+
+    /// Ends a stub as the process it stands for ended: exit_group with its code, or the
+    /// signal that killed it (no core file). wb collects the end as its tracer; the zombie
+    /// then waits for its parent.
+    private func exit(_ t: Tracee, as p: ProcessState, status: Int32) throws {
+        // Its name, as ps shows the zombie.
+        let s = try t.ownedSyscalls(in: t.pid)
+        let name = (s.original.rsp - 2048) & ~UInt64(15)
+        try t.write(Array(p.comm.utf8.prefix(15)) + [0], to: name)
+        _ = try s.raw(.prctl, 15 /* PR_SET_NAME */, name)
+        let signal = status & 0x7f
+        if signal == 0 {
+            var r = try t.registers(t.pid)
+            r.rax = UInt64(SyscallNumber.exitGroup.rawValue)
+            r.rdi = UInt64((status >> 8) & 0xff)
+            r.rip = Stub.syscallAddress
+            r.origRax = UInt64.max
+            try t.setRegisters(t.pid, r)
+        } else {
+            try? ResourceLimits.set(pid: t.pid, resource: 4 /* RLIMIT_CORE */, soft: 0, hard: 0)
+            _ = kill(t.pid, signal)
+        }
+        try t.resume(t.pid, .continue)
+        while true {
+            switch try t.wait(t.pid) {
+            case .exited, .killed: return
+            case let .signal(sig): try t.resume(t.pid, .continue, signal: sig)
+            case .interrupted, .event: try t.resume(t.pid, .continue)
+            }
+        }
+    }
+}

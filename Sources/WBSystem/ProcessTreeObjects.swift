@@ -1,0 +1,58 @@
+import CWBNative
+import Glibc
+
+/// What processes of a tree share, seen from outside: open file descriptions, Unix socket
+/// pairs, and the bytes waiting on a socket.
+public enum SharedFiles {
+    /// Whether fd `fd1` of `pid1` and fd `fd2` of `pid2` are one open file description
+    /// (kcmp KCMP_FILE).
+    public static func sameDescription(_ pid1: Int32, _ fd1: Int32, _ pid2: Int32, _ fd2: Int32) -> Bool {
+        wb_kcmp_file(pid1, pid2, fd1, fd2) == 0
+    }
+
+    /// A copy, in wb, of fd `fd` of process `pid` (pidfd_getfd).
+    public static func take(_ fd: Int32, of pid: Int32) throws -> FileDescriptor {
+        var out: Int32 = -1
+        try check(wb_take_fd(pid, fd, &out), "pidfd_getfd", "copying fd \(fd) of pid \(pid)", pid: pid)
+        return FileDescriptor(owning: out)
+    }
+}
+
+/// One Unix socket as sock_diag reports it.
+public struct UnixSocketInfo: Sendable, Equatable {
+    public var inode: UInt64
+    /// The connected peer's inode (0: none).
+    public var peer: UInt64
+    /// SOCK_STREAM (1), SOCK_DGRAM (2), SOCK_SEQPACKET (5).
+    public var type: Int32
+    /// TCP-style state: 1 established, 10 listening, 7 unconnected.
+    public var state: Int32
+    /// Bytes queued for reading.
+    public var queued: UInt32
+
+    /// Every Unix socket of this network namespace, by inode.
+    public static func all() throws -> [UInt64: UnixSocketInfo] {
+        var cap = 4096
+        while true {
+            var buffer = [wb_unix_socket](repeating: wb_unix_socket(), count: cap)
+            var count: Int32 = 0
+            try check(wb_unix_sockets(&buffer, Int32(cap), &count), "sock_diag", "listing Unix sockets")
+            if Int(count) > cap { cap = Int(count) + 256; continue }
+            var out: [UInt64: UnixSocketInfo] = [:]
+            for s in buffer.prefix(Int(count)) {
+                out[s.inode] = UnixSocketInfo(inode: s.inode, peer: s.peer, type: Int32(s.type), state: Int32(s.state), queued: s.queued)
+            }
+            return out
+        }
+    }
+
+    /// The bytes queued for reading on `socket`, left where they are.
+    public static func peek(_ socket: FileDescriptor, limit: Int = 16 << 20) throws -> [UInt8] {
+        var buffer = [UInt8](repeating: 0, count: limit)
+        var got = 0
+        try buffer.withUnsafeMutableBytes { b in
+            try check(wb_socket_peek(socket.rawValue, b.baseAddress, b.count, &got), "recv(MSG_PEEK)", "reading the bytes queued on a socket")
+        }
+        return Array(buffer.prefix(got))
+    }
+}
