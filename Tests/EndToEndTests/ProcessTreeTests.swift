@@ -1,0 +1,93 @@
+import Foundation
+import Glibc
+import Testing
+import WBCore
+import WBTrace
+
+/// `wb checkpoint --tree` on real process trees, killed and restored whole.
+@Suite(.serialized) struct ProcessTreeTests {
+    @Test func aShellPipelineComesBackWithItsDataFlowing() throws {
+        let dir = scratchDirectory()
+        let stage = Products.harness("pipeline")
+        let shell = try Child("/bin/sh", ["-c", "\(stage) produce | \(stage) filter | \(stage) consume"])
+        let first = try #require(shell.line(startingWith: "ok"))
+        let image = "\(dir)/pipeline.wbimg"
+        let run = try wb("checkpoint", "--tree", "\(shell.pid)", "-o", image, "--kill", "--json")
+        try #require(run.code == 0, "\(run.stderr)")
+        let report = try #require(try JSONSerialization.jsonObject(with: Data(run.stdout.utf8)) as? [String: Any])
+        let processes = try #require(report["processes"] as? [[String: Any]])
+        #expect(processes.count == 4)
+        #expect(processes.dropFirst().allSatisfy { ($0["ppid"] as? Int) == Int(shell.pid) })
+        #expect(shell.wait() & 0x7f == SIGKILL)
+        // The last line the consumer had checked when the tree was stopped.
+        var last = Int(first.dropFirst(3)) ?? 0
+        while let l = shell.line(timeout: 2) { if l.hasPrefix("ok ") { last = Int(l.dropFirst(3)) ?? last } }
+        try #require(last > 0)
+
+        let restored = try Restored.detach(image)
+        defer { killTree(restored.pid) }
+        #expect(ProcFS.children(restored.pid).count == 3)
+        // The consumer checks every line follows the one before with the right hash: it goes
+        // on from exactly where it was, through both restored pipes, nothing lost or repeated.
+        for k in 1...3 {
+            let line = restored.wb.line(timeout: 30)
+            #expect(line == "ok \(last + 100 * k)", "\(line ?? "no line"): \(restored.wb.stderrText)")
+        }
+    }
+
+    @Test func parentAndChildrenKeepSharedMemoryASocketPairAZombieAndTheirGroups() throws {
+        let dir = scratchDirectory()
+        let family = try Child(Products.harness("family"), [])
+        let ready = try #require(family.line(startingWith: "ready"))
+        _ = try #require(family.line(startingWith: "counter="))
+        let image = "\(dir)/family.wbimg"
+        let run = try wb("checkpoint", "--tree", "\(family.pid)", "-o", image, "--kill", "--json")
+        try #require(run.code == 0, "\(run.stderr)")
+        let report = try #require(try JSONSerialization.jsonObject(with: Data(run.stdout.utf8)) as? [String: Any])
+        let processes = try #require(report["processes"] as? [[String: Any]])
+        #expect(processes.count == 4)
+        let zombie = processes.first { $0["zombieStatus"] != nil }
+        #expect(zombie?["pid"] as? Int == Int(field(ready, "b") ?? ""))
+        #expect(zombie?["zombieStatus"] as? Int == 7 << 8)
+        family.wait()
+        var last = 0
+        while let l = family.line(timeout: 2) { if l.hasPrefix("counter=") { last = Int(l.dropFirst(8)) ?? last } }
+
+        let restored = try Restored.detach(image)
+        defer { killTree(restored.pid) }
+        // Only child A adds to the counter; the parent sees it grow only if the page is
+        // still one page shared by both.
+        var grown = false
+        for _ in 0..<200 where !grown {
+            guard let l = restored.line(startingWith: "counter=", timeout: 10) else { break }
+            grown = (Int(l.dropFirst(8)) ?? 0) > last + 100
+        }
+        #expect(grown, "the shared counter stopped at \(last): \(restored.wb.stderrText)")
+        kill(restored.pid, SIGUSR1)
+        let reaped = restored.line(startingWith: "reaped")
+        #expect(field(reaped, "pid") == field(ready, "b"), "\(reaped ?? "no answer")")
+        #expect(field(reaped, "status") == "\(7 << 8)")
+        #expect(restored.line(startingWith: "queued") == "queued ok")
+        let groups = restored.line(startingWith: "groups")
+        #expect(field(groups, "a") == field(ready, "a"), "\(groups ?? "no answer")")
+        #expect(field(groups, "c") == field(ready, "c"))
+    }
+
+    @Test func withoutTreeAProcessWithChildrenIsRefusedNamingTheFlag() throws {
+        let dir = scratchDirectory()
+        let family = try Child(Products.harness("family"), [])
+        _ = try #require(family.line(startingWith: "ready"))
+        let run = try wb("checkpoint", "\(family.pid)", "-o", "\(dir)/one.wbimg")
+        #expect(run.code != 0)
+        #expect(run.stderr.contains("wb checkpoint --tree \(family.pid)"), "\(run.stderr)")
+        #expect(!Paths.exists("\(dir)/one.wbimg"))
+        #expect(family.line(startingWith: "counter=") != nil)
+        killTree(family.pid)
+    }
+}
+
+/// Kills a process and all its descendants, children first.
+func killTree(_ pid: Int32) {
+    for child in ProcFS.children(pid) { killTree(child) }
+    kill(pid, SIGKILL)
+}
