@@ -33,10 +33,24 @@ public struct ImageReport: Encodable {
     var signals: [SignalRow], sharedPending: [Int32], itimers: [IntervalTimer], posixTimers: [PosixTimer], rlimits: [ResourceLimit]
     var files: [FileRow], notes: [String]
     var memoryBytes: UInt64
+    /// Every process of an image of a tree (the rest of the report is about the root).
+    var tree: [TreeRow]?
+
+    public struct TreeRow: Encodable {
+        var pid: Int32, ppid: Int32, pgid: Int32, sid: Int32, command: [String], threads: Int, memoryBytes: UInt64
+        var zombieStatus: Int32?
+    }
 
     /// `backtraces` (by thread id) are shown with each thread when given.
     public init(_ image: Image, backtraces: [Int32: [Frame]] = [:]) {
         let m = image.metadata, p = m.process
+        if m.descendants?.isEmpty == false {
+            tree = m.processes.map { q in
+                TreeRow(pid: q.pid, ppid: q.ppid, pgid: q.pgid, sid: q.sid, command: q.zombieStatus == nil ? q.cmdline : [q.comm],
+                        threads: q.threads.count, memoryBytes: q.mappings.reduce(0) { $0 + UInt64($1.storedPageCount) * 4096 },
+                        zombieStatus: q.zombieStatus)
+            }
+        }
         self.image = image.path; format = image.header.version; createdAt = m.createdAt; tool = m.tool
         imageBytes = image.fileSize; host = m.host
         pid = p.pid; ppid = p.ppid; pgid = p.pgid; sid = p.sid; command = p.cmdline; exe = p.exe; cwd = p.cwd
@@ -92,6 +106,14 @@ public struct ImageReport: Encodable {
         out.append("cwd        \(cwd)")
         out.append("memory     \(size(memoryBytes)) stored in \(mappings.count) mappings")
         out.append("")
+        if let tree {
+            out.append("TREE (\(tree.count) processes; what follows is about the root, pid \(pid))")
+            for q in tree {
+                let what = q.zombieStatus.map { "exited, not reaped (wait status \($0))" } ?? "\(q.threads) thread\(q.threads == 1 ? "" : "s"), \(size(q.memoryBytes))"
+                out.append("  \(q.pid) parent \(q.ppid) group \(q.pgid) session \(q.sid): \(q.command.joined(separator: " ")) - \(what)")
+            }
+            out.append("")
+        }
         out.append("THREADS (\(threads.count))")
         for t in threads {
             let r = t.registers
