@@ -82,7 +82,8 @@ extension Checkpointer {
                 let whole = [PageScanner.Range(start: e.start, end: e.end, file: false, written: true)]
                 let (tracked, untrackedSpan) = store.split(whole)
                 for t in tracked {
-                    try store.store(try scanner.scan(start: t.start, end: t.end, writtenOnly: true), hold: true)
+                    // The process is stopped: every CPU can walk its page tables.
+                    try store.store(try scanner.scanInParallel(start: t.start, end: t.end, writtenOnly: true), hold: true)
                 }
                 var untracked: [PageScanner.Range] = []
                 for u in untrackedSpan {

@@ -84,9 +84,11 @@ public struct PageScanner: @unchecked Sendable {
 
     /// `scan` of a large range split over the CPUs: the kernel's page-table walk is the whole
     /// cost of scanning gigabytes, and it parallelizes.
-    public func scanInParallel(start: UInt64, end: UInt64, fileInfo: Bool = false) throws -> [Range] {
+    public func scanInParallel(start: UInt64, end: UInt64, writtenOnly: Bool = false, fileInfo: Bool = false) throws -> [Range] {
         let parts = min(ProcessInfo.processInfo.activeProcessorCount, 8)
-        guard parts > 1, ranged, end - start >= 256 << 20 else { return try scan(start: start, end: end, fileInfo: fileInfo) }
+        guard parts > 1, ranged, end - start >= 256 << 20 else {
+            return try scan(start: start, end: end, writtenOnly: writtenOnly, fileInfo: fileInfo)
+        }
         let step = ((end - start) / UInt64(parts) + 0x1FFFFF) & ~0x1FFFFF
         let results = UnsafeMutableBufferPointer<Result<[Range], Error>>.allocate(capacity: parts)
         results.initialize(repeating: .success([]))
@@ -95,7 +97,7 @@ public struct PageScanner: @unchecked Sendable {
         nonisolated(unsafe) let out = results
         DispatchQueue.concurrentPerform(iterations: parts) { i in
             let a = start + UInt64(i) * step, b = min(end, a + step)
-            out[i] = a < b ? Result { try this.scan(start: a, end: b, fileInfo: fileInfo) } : .success([])
+            out[i] = a < b ? Result { try this.scan(start: a, end: b, writtenOnly: writtenOnly, fileInfo: fileInfo) } : .success([])
         }
         var all: [Range] = []
         for r in results { all += try r.get() }
