@@ -123,7 +123,7 @@ public final class Restorer {
         try withContext("restoring \(image.path)") {
             let tree = image.metadata.descendants ?? []
             if !tree.isEmpty && !options.allowTree {
-                throw WBError.refused("\(image.path) holds a tree of \(tree.count + 1) processes; this works on one process: restore the tree with wb restore")
+                throw WBError.refused("\(image.path) holds a tree of \(tree.count + 1) processes, and debugging, fuzzing and replays work on one: restore the tree with wb restore (without --debug or --gdb-port) and attach gdb to one of its processes (gdb -p PID)")
             }
             if options.verify {
                 progress("verifying \(image.path)")
