@@ -84,6 +84,16 @@ static inline int wb_record_iovecs(uint64_t iov, uint64_t count, uint64_t bytes,
     return n;
 }
 
+/// A socket address a call returned (accept, recvfrom): its length word, then up to 128
+/// bytes of the address.
+static inline int wb_record_sockaddr(uint64_t sa, uint64_t salen, wb_record_reader read, void *ctx,
+                                     uint64_t *addr, uint64_t *len, int n, int max) {
+    uint32_t alen = 0;
+    if (sa == 0 || salen == 0 || read(ctx, salen, &alen, 4) != 0) return n;
+    n = wb_record_add(addr, len, n, max, salen, 4);
+    return wb_record_add(addr, len, n, max, sa, alen > 128 ? 128 : alen);
+}
+
 /// The memory call `nr` with arguments `a` wrote in the process, having returned `result`:
 /// up to `max` (address, length) pairs. Structures the kernel filled (iovecs, msghdr) are
 /// read through `read`.
@@ -98,26 +108,11 @@ static inline int wb_record_regions(uint32_t nr, const uint64_t a[6], int64_t re
         return wb_record_add(addr, len, n, max, a[1], r);
     case 19: case 295: case 327: /* readv, preadv, preadv2 */
         return wb_record_iovecs(a[1], a[2], r, read, ctx, addr, len, n, max);
-    case 45: { /* recvfrom: buf, len, flags, src_addr, addrlen */
+    case 45: /* recvfrom: buf, len, flags, src_addr, addrlen */
         n = wb_record_add(addr, len, n, max, a[1], r);
-        if (a[4] && a[5]) {
-            uint32_t alen = 0;
-            if (read(ctx, a[5], &alen, 4) == 0) {
-                n = wb_record_add(addr, len, n, max, a[5], 4);
-                n = wb_record_add(addr, len, n, max, a[4], alen > 128 ? 128 : alen);
-            }
-        }
-        return n;
-    }
+        return wb_record_sockaddr(a[4], a[5], read, ctx, addr, len, n, max);
     case 43: case 288: /* accept, accept4: addr, addrlen */
-        if (a[1] && a[2]) {
-            uint32_t alen = 0;
-            if (read(ctx, a[2], &alen, 4) == 0) {
-                n = wb_record_add(addr, len, n, max, a[2], 4);
-                n = wb_record_add(addr, len, n, max, a[1], alen > 128 ? 128 : alen);
-            }
-        }
-        return n;
+        return wb_record_sockaddr(a[1], a[2], read, ctx, addr, len, n, max);
     case 47: { /* recvmsg: struct msghdr at a[1] */
         uint64_t m[7];
         if (read(ctx, a[1], m, sizeof m) != 0) return 0;
