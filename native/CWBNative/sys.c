@@ -171,6 +171,13 @@ static void child_close_fds_but(int keep) {
     syscall(SYS_close_range, keep + 1, ~0U, 0);
 }
 
+/// In a child that could not exec: errno to the parent through `status_w`, then exit.
+__attribute__((noreturn)) static void child_fail(int status_w) {
+    int e = errno;
+    if (write(status_w, &e, sizeof e) < 0) { /* parent sees EOF */ }
+    _exit(127);
+}
+
 int wb_spawn_process(const char *path, char *const argv[], char *const envp[], int fd0, int fd1, int fd2, pid_t *pid) {
     int status_pipe[2];
     if (pipe2(status_pipe, O_CLOEXEC) != 0) return errno;
@@ -181,10 +188,8 @@ int wb_spawn_process(const char *path, char *const argv[], char *const envp[], i
         if (child_stdio(fd0, fd1, fd2) != 0) goto fail;
         child_close_fds_but(status_pipe[1]);
         execve(path, argv, envp);
-    fail:;
-        int e = errno;
-        if (write(status_pipe[1], &e, sizeof e) < 0) { /* parent sees EOF */ }
-        _exit(127);
+    fail:
+        child_fail(status_pipe[1]);
     }
     close(status_pipe[1]);
     int err = 0;
@@ -223,10 +228,8 @@ int wb_spawn_held(const char *path, char *const argv[], char *const envp[], int 
             if (syscall(SYS_seccomp, 1 /* SECCOMP_SET_MODE_FILTER */, 0, &prog) != 0) goto fail;
         }
         execve(path, argv, envp);
-    fail:;
-        int e = errno;
-        if (write(status_pipe[1], &e, sizeof e) < 0) { /* parent sees EOF */ }
-        _exit(127);
+    fail:
+        child_fail(status_pipe[1]);
     }
     close(status_pipe[1]);
     close(go_pipe[0]);
