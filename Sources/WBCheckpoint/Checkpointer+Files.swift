@@ -84,7 +84,6 @@ extension Checkpointer {
     func captureFiles(_ tracee: Tracee, into p: inout ProcessState, plan: Preflight, deletedContents: inout [Int32: [UInt8]]) throws {
         var pipes: [UInt64: PipeState] = [:]
         var ends: [UInt64: (read: Bool, write: Bool)] = [:]
-        var sockets: [UInt64: UnixSocketInfo]?
         for f in plan.fds {
             let info = ProcFS.parseFDInfo((try? Paths.readText("/proc/\(pid)/fdinfo/\(f.fd)")) ?? "")
             let cloexec = info.flags & O_CLOEXEC != 0
@@ -136,8 +135,7 @@ extension Checkpointer {
                 s.epoll = ProcFS.parseEpollWatches(text)
             case .unixSocket:
                 let inode = Checkpointer.socketInode(f.link) ?? 0
-                if sockets == nil { sockets = try UnixSocketInfo.all() }
-                let info = sockets?[inode]
+                let info = f.socket
                 let copy = try SharedFiles.take(f.fd, of: pid)
                 let queued = try withContext("reading the bytes queued on fd \(f.fd) (\(f.link))") { try UnixSocketInfo.peek(copy) }
                 copy.close()

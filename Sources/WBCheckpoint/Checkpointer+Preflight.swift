@@ -9,6 +9,8 @@ struct FDPlan {
     var kind: FDState.Kind?
     /// Why wb cannot restore it, when it cannot.
     var unsupported: String?
+    /// For a Unix socket: what sock_diag told of it (type, peer).
+    var socket: UnixSocketInfo?
 }
 
 struct Preflight {
@@ -103,6 +105,7 @@ extension Checkpointer {
                 return plan
             }
             plan.kind = .unixSocket
+            plan.socket = s
             return plan
         }
         if link.hasPrefix("pipe:") { plan.kind = .pipe; return plan }
