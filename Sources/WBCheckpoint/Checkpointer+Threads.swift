@@ -94,10 +94,7 @@ extension Checkpointer {
 
         let status = try ProcFS.status(pid)
         let stat = try ProcFS.stat(pid)
-        p.comm = stat[2] ?? ""
-        p.ppid = Int32(stat[4] ?? "0") ?? 0
-        p.pgid = Int32(stat[5] ?? "0") ?? 0
-        p.sid = Int32(stat[6] ?? "0") ?? 0
+        Checkpointer.takeIdentity(&p, from: stat)
         p.umask = UInt32(status["Umask"] ?? "22", radix: 8) ?? 0o022
         func ids(_ key: String) -> [UInt32] { (status[key] ?? "").split(whereSeparator: { $0 == "\t" || $0 == " " }).compactMap { UInt32($0) } }
         p.credentials = Credentials(uid: ids("Uid"), gid: ids("Gid"), groups: ids("Groups"))
@@ -130,3 +127,12 @@ extension [UInt8] {
     }
 }
 
+extension Checkpointer {
+    /// Name, parent, process group and session from /proc/PID/stat fields.
+    static func takeIdentity(_ p: inout ProcessState, from stat: [Int: String]) {
+        p.comm = stat[2] ?? ""
+        p.ppid = Int32(stat[4] ?? "0") ?? 0
+        p.pgid = Int32(stat[5] ?? "0") ?? 0
+        p.sid = Int32(stat[6] ?? "0") ?? 0
+    }
+}

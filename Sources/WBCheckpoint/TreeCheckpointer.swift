@@ -116,14 +116,14 @@ public final class TreeCheckpointer {
             for (c, s) in zip(checkpointers, states.filter { $0.zombieStatus == nil }) {
                 notes += c.notes.map { s.pid == root ? $0 : "pid \(s.pid): \($0)" }
             }
-            if shouldStop() { throw WBError.failed("checkpoint of pid \(root) interrupted: the processes run on as before and no image was written") }
+            try checkStop()
             var metadata = ImageMetadata(host: HostInfo.current(), process: states[0], files: writer.embeddedFiles, notes: notes)
             metadata.descendants = Array(states.dropFirst())
             progress("writing \(writer.path)")
             try writer.complete(metadata, sync: options.after == .kill)
             let check = try Image(path: writer.temporaryPath, displayName: writer.path)
             if options.after == .kill { try check.verifyData() }
-            if shouldStop() { throw WBError.failed("checkpoint of pid \(root) interrupted: the processes run on as before and no image was written") }
+            try checkStop()
             try writer.commit()
             let pause = Clock.monotonic - stopped
             let_go = true
@@ -155,7 +155,7 @@ public final class TreeCheckpointer {
             let pid = queue.removeFirst()
             if seen.contains(pid) { continue }
             seen.insert(pid)
-            if shouldStop() { throw WBError.failed("checkpoint of pid \(root) interrupted: the processes run on as before and no image was written") }
+            try checkStop()
             guard let stat = try? ProcFS.stat(pid) else { continue }   // gone meanwhile
             if stat[3] == "Z" || stat[3] == "X" {
                 guard pid != root else { throw WBError.invalidArgument("pid \(pid) has already exited (it is a zombie)") }
@@ -176,12 +176,13 @@ public final class TreeCheckpointer {
         }
     }
 
+    private func checkStop() throws {
+        if shouldStop() { throw WBError.failed("checkpoint of pid \(root) interrupted: the processes run on as before and no image was written") }
+    }
+
     private static func zombie(_ pid: Int32, _ stat: [Int: String]) -> ProcessState {
         var p = ProcessState(pid: pid)
-        p.comm = stat[2]?.trimming("()") ?? ""
-        p.ppid = Int32(stat[4] ?? "0") ?? 0
-        p.pgid = Int32(stat[5] ?? "0") ?? 0
-        p.sid = Int32(stat[6] ?? "0") ?? 0
+        Checkpointer.takeIdentity(&p, from: stat)
         p.zombieStatus = Int32(stat[52] ?? "0") ?? 0
         return p
     }
