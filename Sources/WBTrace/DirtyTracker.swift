@@ -79,17 +79,14 @@ public final class DirtyTracker {
 
     /// Removes every protection and the registration (in 64 MiB steps), then the userfaultfd.
     public func release() {
-        // In pieces: unregistering walks every page table entry of the range with the
-        // process's mmap lock held for writing, and a write the running process makes meanwhile
-        // waits for it; 64 MiB at a time keeps each wait well under a millisecond.
         for r in ranges {
             var at = r.start
             while at < r.end {
                 let len = min(64 << 20, r.end - at)
                 _ = writeProtect(at, len, false)
-                _ = wb_uffd_unregister(uffd.rawValue, at, len)
                 at += len
             }
+            _ = wb_uffd_unregister(uffd.rawValue, r.start, r.end - r.start)
         }
         ranges = []
         wb_uffd_events_stop(events)
