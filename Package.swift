@@ -95,6 +95,7 @@ let package = Package(
         harnessProgram("ledger"),
         harnessProgram("pipeline"),
         harnessProgram("family"),
+        harnessProgram("segments"),
         // Debugged after a replay: built without optimization so every local is visible.
         harnessProgram("msgserver", optimize: false),
 

@@ -10,6 +10,9 @@ enum PagePolicy {
     case present
     /// Only pages the process wrote (private copies), not those still backed by the file.
     case privateCopies
+    /// Every page of a System V segment that holds data, whether or not this process has
+    /// touched it (another process may have written it).
+    case segmentData
 }
 
 /// A tracked mapping whose page runs are put together after the process runs again.
@@ -60,6 +63,12 @@ extension Checkpointer {
                     m.anonName = String(e.path.dropFirst(12).dropLast())
                 } else if e.shared && e.path == "/dev/zero (deleted)" {
                     m.kind = .sharedAnonymous
+                } else if Checkpointer.isSegment(e) {
+                    m.kind = .sysvShm
+                    m.path = e.path.deletedStripped.path
+                    m.shmid = Int32(truncatingIfNeeded: e.inode)
+                    m.object = nil
+                    policy = .segmentData
                 } else if e.path.hasPrefix("/") {
                     m.kind = .file
                     let (path, deleted) = e.path.deletedStripped
@@ -72,7 +81,9 @@ extension Checkpointer {
                     notes.append("mapping \(hex(e.start))-\(hex(e.end)) \(e.path) stored as anonymous memory")
                 }
             }
-            if let runs = stable[Checkpointer.stableKey(e)] {
+            if policy == .segmentData {
+                m.pages = try store.store(try segmentData(e), base: e.start)
+            } else if let runs = stable[Checkpointer.stableKey(e)] {
                 // A read-only file mapping stored while the process ran, unchanged since.
                 m.pages = runs
             } else if policy != .none && ((e.rssKB ?? 1) > 0 || (e.swapKB ?? 1) > 0) {
@@ -104,6 +115,29 @@ extension Checkpointer {
         notes += files.notes
         files.notes = []
         if let exe = files.identity(ofPath: p.exe) { p.exeFile = exe }
+    }
+
+    /// The address ranges of an attached System V segment whose pages hold data: the
+    /// segment's file is read for its data extents (SEEK_DATA/SEEK_HOLE), so pages another
+    /// process wrote count even if this one never touched them.
+    func segmentData(_ e: ProcFS.MapsEntry) throws -> [PageScanner.Range] {
+        let name = "/proc/\(pid)/map_files/\(String(e.start, radix: 16))-\(String(e.end, radix: 16))"
+        let fd = try FileDescriptor.open(name, O_RDONLY, what: "reading System V segment \(e.inode) of pid \(pid)")
+        let SEEK_DATA: Int32 = 3, SEEK_HOLE: Int32 = 4   // not exported without _GNU_SOURCE
+        let first = Int(e.offset), last = Int(e.offset + (e.end - e.start))
+        var ranges: [PageScanner.Range] = []
+        var at = first
+        while at < last {
+            let data = lseek(fd.rawValue, at, SEEK_DATA)
+            if data < 0 || data >= last { break }   // ENXIO: no data past `at`
+            var hole = lseek(fd.rawValue, data, SEEK_HOLE)
+            if hole < 0 || hole > last { hole = last }
+            let from = UInt64(data) & ~4095, to = (UInt64(hole) + 4095) & ~4095
+            ranges.append(PageScanner.Range(start: e.start + from - e.offset, end: e.start + min(to, UInt64(last)) - e.offset,
+                                            file: false, written: true))
+            at = Int(to)
+        }
+        return ranges
     }
 
     /// Identifies a mapping for `stable`: the same range, permissions, file and offset.

@@ -73,8 +73,6 @@ extension Checkpointer {
             if let why = plan.unsupported { problems.append("fd \(fd) is \(why)") }
             fds.append(plan)
         }
-        let sysvShm = ((try? ProcFS.maps(pid, withFlags: false)) ?? []).filter { $0.path.hasPrefix("/SYSV") }
-        if !sysvShm.isEmpty { problems.append("it maps System V shared memory (\(sysvShm[0].path)), which is not supported yet") }
         if !problems.isEmpty {
             if options.allowUnsupported {
                 for p in problems { notes.append("left out: \(p)") }

@@ -90,6 +90,7 @@ extension Checkpointer {
                 p.threads[i].clearChildTid = clearChildTid
                 p.threads[i].altStack = altStack
             }
+            p.sysvSegments = try captureSegments(maps, leader: leader, code: scratch, table: table, out: out)
         }
 
         let status = try ProcFS.status(pid)
@@ -116,6 +117,50 @@ extension Checkpointer {
             p.rlimits.append(ResourceLimit(resource: Int32(r), name: name, soft: limit.soft, hard: limit.hard))
         }
     }
+}
+
+extension Checkpointer {
+    /// The System V shared memory segments the process has attached, described by
+    /// shmctl(IPC_STAT) run inside it (so in its own IPC namespace). Nil when there are none.
+    func captureSegments(_ maps: [ProcFS.MapsEntry], leader: RemoteSyscalls, code: UInt64, table: UInt64,
+                         out: UInt64) throws -> [SysVSegment]? {
+        var ids: [Int32] = []
+        var names: [Int32: String] = [:]
+        for e in maps where Checkpointer.isSegment(e) {
+            let id = Int32(truncatingIfNeeded: e.inode)
+            if names[id] == nil { ids.append(id); names[id] = e.path }
+        }
+        if ids.isEmpty { return nil }
+        var segments: [SysVSegment] = []
+        let size = 112   // struct shmid64_ds
+        for chunk in stride(from: 0, to: ids.count, by: 200) {
+            let part = Array(ids[chunk..<min(ids.count, chunk + 200)])
+            let calls: [(SyscallNumber, [UInt64])] = part.enumerated().map {
+                (.shmctl, [UInt64(UInt32(bitPattern: $0.element)), 2 /* IPC_STAT */, out + UInt64($0.offset * size)])
+            }
+            let results = try leader.batch(calls, code: code, table: table)
+            if let bad = results.firstIndex(where: { $0 < 0 }) {
+                throw WBError.system(call: "remote shmctl(IPC_STAT)", errno: Int32(-results[bad]),
+                                     what: "describing System V segment \(part[bad]) of pid \(pid)")
+            }
+            let bytes = try leader.tracee.read(out, count: part.count * size)
+            for (i, id) in part.enumerated() {
+                func u32(_ at: Int) -> UInt32 { (0..<4).reduce(UInt32(0)) { $0 | UInt32(bytes[i * size + at + $1]) << (8 * UInt32($1)) } }
+                let mode = u32(20)
+                var key = Int32(bitPattern: u32(0))
+                let removed = mode & 0o1000 != 0
+                // Marked for removal, a segment loses its key; its name (/SYSV%08x) keeps it.
+                if removed, let name = names[id], let k = UInt32(name.dropFirst(5).prefix(8), radix: 16) { key = Int32(bitPattern: k) }
+                let segsz = (0..<8).reduce(UInt64(0)) { $0 | UInt64(bytes[i * size + 48 + $1]) << (8 * UInt64($1)) }
+                segments.append(SysVSegment(id: id, key: key, size: segsz, mode: mode & 0o777, uid: u32(4), gid: u32(8),
+                                            removed: removed, locked: mode & 0o2000 != 0))
+            }
+        }
+        return segments
+    }
+
+    /// An attached System V shared memory segment in /proc/PID/maps (its inode is the id).
+    static func isSegment(_ e: ProcFS.MapsEntry) -> Bool { e.shared && e.path.hasPrefix("/SYSV") }
 }
 
 extension [UInt8] {

@@ -161,9 +161,15 @@ public final class Image: @unchecked Sendable {
             if p.zombieStatus != nil { continue }
             guard !p.threads.isEmpty else { throw bad("process \(p.pid) has no threads") }
             guard p.threads.contains(where: { $0.tid == p.pid }) else { throw bad("no thread has the process's pid \(p.pid)") }
+            let segments = Set((p.sysvSegments ?? []).map(\.id))
             for (i, m) in p.mappings.enumerated() {
                 guard m.end > m.start, m.start % 4096 == 0, m.end % 4096 == 0 else {
                     throw bad("mappings[\(i)] has a bad range \(hex(m.start))-\(hex(m.end))")
+                }
+                if m.kind == .sysvShm {
+                    guard let id = m.shmid, segments.contains(id) else {
+                        throw bad("mappings[\(i)] (\(hex(m.start))-\(hex(m.end))) attaches System V segment \(m.shmid.map(String.init) ?? "(no id)"), which process \(p.pid) does not list")
+                    }
                 }
                 var next: UInt64 = 0
                 for run in m.pages {

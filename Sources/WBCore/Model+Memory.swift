@@ -9,6 +9,8 @@ public struct Mapping: Codable, Sendable, Equatable {
         case sharedAnonymous
         /// A mapping of a file.
         case file
+        /// An attached System V shared memory segment (shmat), shown as /SYSV<key> (deleted).
+        case sysvShm
         case heap, stack, vdso, vvar, vvarVclock, vsyscall
     }
 
@@ -34,8 +36,8 @@ public struct Mapping: Codable, Sendable, Equatable {
     /// Shared memory (shared anonymous, memfd, deleted files) as "device:inode": mappings of
     /// the same object in several processes of a tree stay one object after restore.
     public var object: String?
-    /// Set when another process of the tree, earlier in the image, holds this object's pages.
-    public var pagesHeldBy: Int32?
+    /// For System V shared memory: the segment's id (see ProcessState.sysvSegments).
+    public var shmid: Int32?
 
     public init(start: UInt64, end: UInt64, protection: Int32, shared: Bool, kind: Kind, offset: UInt64, path: String?) {
         self.start = start; self.end = end; self.protection = protection; self.shared = shared

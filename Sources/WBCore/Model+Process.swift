@@ -36,6 +36,8 @@ public struct ProcessState: Codable, Sendable, Equatable {
     /// A process of a tree that had exited and was not yet reaped by its parent: its wait
     /// status (as waitpid reports it). A zombie has no threads, memory or files.
     public var zombieStatus: Int32?
+    /// The System V shared memory segments the process has attached (each once).
+    public var sysvSegments: [SysVSegment]?
 
     public init(pid: Int32) {
         self.pid = pid
@@ -44,6 +46,30 @@ public struct ProcessState: Codable, Sendable, Equatable {
         credentials = Credentials(uid: [0, 0, 0, 0], gid: [0, 0, 0, 0], groups: [])
         rlimits = []; mm = MMState(); itimers = []; posixTimers = []; sigactions = []; sharedPending = []
         threads = []; mappings = []; fds = []; pipes = []; xcompPermissions = 0; portable = false
+    }
+}
+
+/// A System V shared memory segment (shmget), as shmctl(IPC_STAT) describes it. Its pages
+/// are stored with the mappings that attach it.
+public struct SysVSegment: Codable, Sendable, Equatable {
+    /// The id shmget returned (the process may hold it in a variable).
+    public var id: Int32
+    /// The key it was created with (for a segment marked for removal, the key its name kept).
+    public var key: Int32
+    /// Size in bytes, as created.
+    public var size: UInt64
+    /// Permission bits (the low 9 bits of shm_perm.mode).
+    public var mode: UInt32
+    public var uid: UInt32
+    public var gid: UInt32
+    /// Marked for removal with IPC_RMID: gone once the last process detaches it.
+    public var removed: Bool
+    /// Locked in memory with SHM_LOCK.
+    public var locked: Bool
+
+    public init(id: Int32, key: Int32, size: UInt64, mode: UInt32, uid: UInt32, gid: UInt32, removed: Bool, locked: Bool) {
+        self.id = id; self.key = key; self.size = size; self.mode = mode; self.uid = uid; self.gid = gid
+        self.removed = removed; self.locked = locked
     }
 }
 

@@ -239,6 +239,9 @@ struct AddressSpace {
         switch m.kind {
         case .vdso, .vvar, .vvarVclock, .vsyscall:
             return
+        case .sysvShm:
+            try attach(m)
+            return
         case .anonymous, .heap, .stack:
             flags |= MAP_ANONYMOUS
         case .sharedAnonymous:
@@ -262,6 +265,82 @@ struct AddressSpace {
         guard got == m.start else { throw WBError.failed("\(what): the kernel placed it at \(hex(got))") }
         if m.kind == .sharedAnonymous {
             if fd >= 0 { _ = try leader.raw(.close, UInt64(fd)) } else { try keepSharedMemory(m) }
+        }
+    }
+
+    /// Attaches the System V segment `m` shows, making it first if no process has yet. The
+    /// segment is attached whole at a free place, the part `m` covers moved onto `m`'s
+    /// addresses and the rest detached, unless `m` is the whole segment (attached in place).
+    private mutating func attach(_ m: Mapping) throws {
+        guard let id = m.shmid, let segment = process.sysvSegments?.first(where: { $0.id == id }) else {
+            throw WBError.badImage(path: image.path, problem: "mapping \(hex(m.start)) attaches a System V segment the image does not describe")
+        }
+        let made = !shared.segments.contains(id)
+        if made {
+            try make(segment)
+            shared.segments.insert(id)
+        }
+        let size = (segment.size + 4095) & ~4095
+        let what = "attaching System V segment \(id) at \(hex(m.start))"
+        if m.offset == 0 && m.size == size {
+            let got = try leader.call(.shmat, UInt64(UInt32(bitPattern: id)), m.start, 0, what: what)
+            guard got == m.start else { throw WBError.failed("\(what): the kernel placed it at \(hex(got))") }
+        } else {
+            let hole = try findHole(bytes: size, avoiding: try ProcFS.maps(tracee.pid, withFlags: false))
+            let at = try leader.call(.shmat, UInt64(UInt32(bitPattern: id)), hole, 0, what: what)
+            try leader.call(.mremap, at + m.offset, m.size, m.size, 3 /* MAYMOVE|FIXED */, m.start, what: what)
+            try leader.call(.munmap, at, size, what: "detaching the rest of System V segment \(id)")
+        }
+        // Marked for removal, it is removed once attached (Linux lets the other processes of
+        // the tree still attach it by id).
+        if made && segment.removed {
+            try leader.call(.shmctl, UInt64(UInt32(bitPattern: id)), 0 /* IPC_RMID */, 0, what: "marking System V segment \(id) for removal")
+        }
+    }
+
+    /// Creates System V segment `s` with its own id (written to shm_next_id, which the next
+    /// shmget of this IPC namespace takes), key, size, owner and permissions.
+    private mutating func make(_ s: SysVSegment) throws {
+        let id = UInt64(UInt32(bitPattern: s.id))
+        scratch.reset()
+        let sysctl = try scratch.put(string: "/proc/sys/kernel/shm_next_id")
+        let text = "\(s.id)"
+        let value = try scratch.put(string: text)
+        let leader = self.leader
+        func nextID() throws {
+            let fd = try leader.call(.openat, UInt64(bitPattern: -100), sysctl, UInt64(O_WRONLY | O_CLOEXEC), 0,
+                                     what: "opening /proc/sys/kernel/shm_next_id to give System V segment \(s.id) its id")
+            let wrote = try leader.raw(.write, fd, value, UInt64(text.utf8.count))
+            _ = try leader.raw(.close, fd)
+            guard wrote == text.utf8.count else {
+                throw WBError.system(call: "remote write(shm_next_id)", errno: Int32(-min(wrote, 0)), what: "giving System V segment \(s.id) its id")
+            }
+        }
+        let create: UInt64 = 0o1000 | 0o2000 | 0o600   // IPC_CREAT | IPC_EXCL
+        try nextID()
+        var got = try leader.raw(.shmget, UInt64(UInt32(bitPattern: s.key)), s.size, create)
+        if got == -Int64(EEXIST) && s.removed {
+            // A live segment took its old key; a removed one has no key anyway.
+            try nextID()
+            got = try leader.raw(.shmget, 0 /* IPC_PRIVATE */, s.size, create)
+        }
+        guard got >= 0 else {
+            throw WBError.system(call: "remote shmget", errno: Int32(-got), what: "making System V segment \(s.id) (key \(String(format: "0x%08x", UInt32(bitPattern: s.key))), \(s.size) bytes)")
+        }
+        guard UInt64(got) == id else {
+            throw WBError.failed("making System V segment \(s.id): the kernel gave it id \(got), so the process would not find it")
+        }
+        // Owner and permissions (struct shmid64_ds: uid at 4, gid at 8, mode at 20).
+        var ds = [UInt8](repeating: 0, count: 112)
+        for (at, v) in [(4, s.uid), (8, s.gid), (20, s.mode)] {
+            for b in 0..<4 { ds[at + b] = UInt8(truncatingIfNeeded: v >> (8 * UInt32(b))) }
+        }
+        scratch.reset()
+        let buffer = try scratch.put(ds)
+        try leader.call(.shmctl, id, 1 /* IPC_SET */, buffer, what: "setting the owner and permissions of System V segment \(s.id)")
+        if s.locked {
+            let r = try leader.raw(.shmctl, id, 11 /* SHM_LOCK */, 0)
+            if r < 0 { restorer.notes.append("System V segment \(s.id) was locked in memory; locking it here failed (\(String(cString: strerror(Int32(-r)))))") }
         }
     }
 

@@ -142,6 +142,9 @@ public final class Restorer {
             var members: [(ProcessState, Tracee)] = []
             do {
                 members = [(process, try Tracee.adoptStub(spawned.pid))]
+                if image.metadata.processes.contains(where: { $0.sysvSegments?.isEmpty == false }) {
+                    try isolateIPC(members[0].1)
+                }
                 if !tree.isEmpty {
                     progress("starting \(tree.count) more process\(tree.count == 1 ? "" : "es") of the tree")
                     members = try startTree(root: members[0].1, newNamespace: newNamespace)
@@ -183,6 +186,20 @@ public final class Restorer {
                             sharedObjects: space.sharedObjects, shared: shared)
         try fds.build()
         return (p, tracee, space.leader, space.scratch)
+    }
+
+    /// Gives the restored processes an IPC namespace of their own (before any is forked), in
+    /// which their System V segments can have their original ids whatever this machine's
+    /// namespace holds, and where they cannot touch the segments of processes here.
+    private func isolateIPC(_ root: Tracee) throws {
+        root.syscallGadget = Stub.syscallAddress
+        let s = try root.ownedSyscalls(in: root.pid)
+        let r = try s.raw(.unshare, 0x0800_0000 /* CLONE_NEWIPC */)
+        if r < 0 {
+            throw WBError.system(call: "remote unshare(CLONE_NEWIPC)", errno: Int32(-r),
+                                 what: "giving the restored process an IPC namespace for its System V shared memory (needs CAP_SYS_ADMIN: run wb restore as root)")
+        }
+        notes.append("the process uses System V shared memory: it runs in an IPC namespace of its own, where its segments keep their ids")
     }
 
     /// The process may use instructions this CPU lacks (glibc chose its string functions for

@@ -21,6 +21,9 @@ final class SharedObjects {
     }
 
     private var entries: [String: Entry] = [:]
+    /// System V segments made so far (by id): they live in the restored processes' IPC
+    /// namespace, so every process reaches them by id, with no fd to pass.
+    var segments = Set<Int32>()
     private var kept: [Int32: [Int32]] = [:]
     /// Bytes queued on every socket of the image, by inode (a pair is made, and filled, by
     /// whichever process needs one of its ends first).

@@ -12,4 +12,5 @@ public enum SyscallNumber: Int64, Sendable {
     case epollCtl = 233, timerfdCreate = 283, timerfdSettime = 286, signalfd4 = 289, eventfd2 = 290
     case epollCreate1 = 291, userfaultfd = 323, seccomp = 317
     case sendto = 44, socketpair = 53, kill = 62, setpgid = 109, setsid = 112, pidfdOpen = 434, pidfdGetfd = 438
+    case shmget = 29, shmat = 30, shmctl = 31, unshare = 272
 }

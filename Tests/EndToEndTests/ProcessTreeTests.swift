@@ -73,6 +73,41 @@ import WBTrace
         #expect(field(groups, "c") == field(ready, "c"))
     }
 
+    /// System V segments come back with their ids, key, size, permissions and contents, in
+    /// an IPC namespace of the restored processes' own: one process alone, and a parent and
+    /// child that share the segment (only the child adds to its counter).
+    @Test(arguments: [false, true])
+    func systemVSharedMemoryKeepsItsIdsAndStaysShared(withChild: Bool) throws {
+        let dir = scratchDirectory()
+        let program = try Child(Products.harness("segments"), withChild ? ["--child"] : [])
+        let ready = try #require(program.line(startingWith: "ready"))
+        _ = try #require(program.line(startingWith: "counter="))
+        let image = "\(dir)/segments.wbimg"
+        let run = try wb(["checkpoint"] + (withChild ? ["--tree"] : []) + ["\(program.pid)", "-o", image, "--kill"])
+        try #require(run.code == 0, "\(run.stderr)")
+        program.wait()
+        var last = 0
+        while let l = program.line(timeout: 2) { if l.hasPrefix("counter=") { last = Int(l.dropFirst(8)) ?? last } }
+        // The segment outlives the killed process here; the restored one must not need it.
+        let id = try #require(Int32(field(ready, "a") ?? ""))
+        #expect(shmctl(id, IPC_RMID, nil) == 0)
+
+        let restored = try Restored.detach(image)
+        defer { killTree(restored.pid) }
+        #expect(try Paths.readLink("/proc/\(restored.pid)/ns/ipc") != Paths.readLink("/proc/self/ns/ipc"))
+        var grown = false
+        for _ in 0..<200 where !grown {
+            guard let l = restored.line(startingWith: "counter=", timeout: 10) else { break }
+            grown = (Int(l.dropFirst(8)) ?? 0) > last + 100
+        }
+        #expect(grown, "the counter stopped at \(last): \(restored.wb.stderrText)")
+        kill(restored.pid, SIGUSR1)
+        // Key, size, mode, lookup by key, the removed segment, the pages a helper wrote and
+        // a second attach by id seeing the same memory.
+        let check = restored.line(startingWith: "check")
+        #expect(check == "check ok", "\(check ?? "no answer"): \(restored.wb.stderrText)")
+    }
+
     @Test func withoutTreeAProcessWithChildrenIsRefusedNamingTheFlag() throws {
         let dir = scratchDirectory()
         let family = try Child(Products.harness("family"), [])

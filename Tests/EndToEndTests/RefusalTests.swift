@@ -5,8 +5,7 @@ import WBCore
 
 /// What wb cannot restore yet it refuses before touching the process, naming the fd or task.
 @Suite struct RefusalTests {
-    @Test(arguments: [("socket", "is a socket"), ("inotify", "is an inotify instance"), ("child", "it has child process"),
-                      ("sysv-shm", "System V shared memory")])
+    @Test(arguments: [("socket", "is a socket"), ("inotify", "is an inotify instance"), ("child", "it has child process")])
     func refusesWithoutTouchingTheProcess(kind: String, phrase: String) throws {
         let dir = scratchDirectory("refuse\(kind)")
         let program = try Child(Products.harness("holder"), [kind])

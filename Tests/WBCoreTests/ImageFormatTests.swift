@@ -150,6 +150,23 @@ func corrupt(_ path: String, at offset: UInt64, xor: UInt8 = 0xFF) throws {
         }
     }
 
+    @Test func aSystemVMappingWithoutItsSegmentIsRejected() throws {
+        let dir = temporaryDirectory()
+        let path = "\(dir)/shm.wbimg"
+        let writer = try ImageWriter(path: path)
+        var process = ProcessState(pid: 7)
+        process.threads = [ThreadState(tid: 7, comm: "t", registers: Registers(), xstate: Data(), sigmask: 0)]
+        var m = Mapping(start: 0x10000, end: 0x11000, protection: 3, shared: true, kind: .sysvShm, offset: 0, path: "/SYSV00001234")
+        m.shmid = 5
+        process.mappings = [m]
+        process.sysvSegments = [SysVSegment(id: 6, key: 0x1234, size: 4096, mode: 0o600, uid: 0, gid: 0, removed: false, locked: false)]
+        try writer.finish(ImageMetadata(host: HostInfo(hostname: "", kernel: "", cpu: CPUFeatures(vendor: "", model: "", flags: [], xcr0: 0, xsaveSize: 0)),
+                                        process: process, files: [], notes: []), sync: false)
+        do { _ = try Image(path: path); Issue.record("accepted a mapping of a segment the process does not list") } catch {
+            #expect("\(error)".contains("System V segment 5"), "\(error)")
+        }
+    }
+
     @Test func interruptedSyscallIsRestartedAtTheSyscallInstruction() {
         var r = Registers()
         r.origRax = 35   // nanosleep

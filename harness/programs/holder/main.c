@@ -1,13 +1,12 @@
 // harness-holder KIND
 //
-// Holds one kernel object wb cannot restore yet (KIND: socket, inotify, child, sysv-shm),
+// Holds one kernel object wb cannot restore yet (KIND: socket, inotify, child),
 // prints "READY pid=N fd=F", and answers each SIGUSR1 with
 // "ALIVE n" so a test can see it still runs normally after wb refused to checkpoint it.
 #define _GNU_SOURCE
 #include "harness.h"
 #include <stdio.h>
 #include <string.h>
-#include <sys/shm.h>
 #include <sys/inotify.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
@@ -15,7 +14,7 @@
 #include <unistd.h>
 
 int main(int argc, char **argv) {
-    if (argc < 2) { fprintf(stderr, "usage: harness-holder socket|inotify|child|sysv-shm\n"); return 2; }
+    if (argc < 2) { fprintf(stderr, "usage: harness-holder socket|inotify|child\n"); return 2; }
     int fd = -1;
     if (!strcmp(argv[1], "socket")) fd = socket(AF_INET, SOCK_STREAM, 0);
     else if (!strcmp(argv[1], "inotify")) fd = inotify_init1(0);
@@ -23,11 +22,6 @@ int main(int argc, char **argv) {
         pid_t c = fork();
         if (c == 0) { for (;;) pause(); }
         fd = (int)c;
-    } else if (!strcmp(argv[1], "sysv-shm")) {
-        int id = shmget(IPC_PRIVATE, 65536, IPC_CREAT | 0600);
-        harness_require(id >= 0 && shmat(id, NULL, 0) != (void *)-1, "shmget/shmat");
-        shmctl(id, IPC_RMID, NULL);
-        fd = 0;
     }
     harness_require(fd >= 0, argv[1]);
     harness_verify_requests();
