@@ -148,10 +148,12 @@ func wb(_ args: [String], timeout: Double = 300) throws -> Run {
     return Run(code: code, stdout: out, stderr: child.stderrText)
 }
 
-/// A fresh directory for one test.
+/// A fresh directory for one test, under $WB_TEST_DIR (which harness/test makes and removes
+/// afterwards) or /tmp.
 func scratchDirectory(_ name: String = #function) -> String {
     let clean = name.filter { $0.isLetter || $0.isNumber }
-    var template = Array("/tmp/wb-e2e-\(clean)-XXXXXX".utf8CString)
+    let root = ProcessInfo.processInfo.environment["WB_TEST_DIR"] ?? "/tmp"
+    var template = Array("\(root)/wb-e2e-\(clean)-XXXXXX".utf8CString)
     return template.withUnsafeMutableBufferPointer { String(cString: mkdtemp($0.baseAddress!)!) }
 }
 

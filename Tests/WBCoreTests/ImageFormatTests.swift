@@ -28,7 +28,8 @@ func makeImage(in dir: String, name: String = "test.wbimg") throws -> (path: Str
 }
 
 func temporaryDirectory() -> String {
-    var template = Array("/tmp/wb-test-XXXXXX".utf8CString)
+    let root = ProcessInfo.processInfo.environment["WB_TEST_DIR"] ?? "/tmp"
+    var template = Array("\(root)/wb-test-XXXXXX".utf8CString)
     let p = template.withUnsafeMutableBufferPointer { mkdtemp($0.baseAddress!) }!
     return String(cString: p)
 }
