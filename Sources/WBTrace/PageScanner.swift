@@ -70,14 +70,30 @@ public struct PageScanner: @unchecked Sendable {
             if e == ESRCH { throw WBError.processGone(pid: pid, what: "scanning memory") }
             if e == EAGAIN { usleep(100); continue }   // mappings changing: the event reader catches up
             try check(e, "ioctl(PAGEMAP_SCAN)", "scanning the memory of pid \(pid) at \(hex(at))")
-            // When the vector fills up the last region can reach past walk_end, where the next
-            // call starts: it is cut there so no page is reported twice.
-            for r in vector.regions.prefix(Int(count)) where r.start < min(r.end, walkEnd) {
-                out.append(Range(start: r.start, end: min(r.end, walkEnd), file: r.categories & file != 0 && r.categories & UInt64(WB_PAGE_IS_SWAPPED) == 0,
+            // The kernel can report regions past walk_end (where the next call starts), and
+            // when protecting it has protected them already: every region reported is kept,
+            // and pages a later call reports again are dropped below.
+            for r in vector.regions.prefix(Int(count)) {
+                out.append(Range(start: r.start, end: r.end, file: r.categories & file != 0 && r.categories & UInt64(WB_PAGE_IS_SWAPPED) == 0,
                                  written: r.categories & written != 0))
             }
             if walkEnd <= at || walkEnd >= end { break }
             at = walkEnd
+        }
+        return PageScanner.disjoint(out)
+    }
+
+    /// Ranges in address order with no page in two of them.
+    static func disjoint(_ ranges: [Range]) -> [Range] {
+        var sorted = ranges
+        if !zip(sorted, sorted.dropFirst()).allSatisfy({ $0.end <= $1.start }) { sorted.sort { $0.start < $1.start } } else { return ranges }
+        var out: [Range] = []
+        for var r in sorted {
+            if let last = out.last, r.start < last.end {
+                guard r.end > last.end else { continue }
+                r.start = last.end
+            }
+            out.append(r)
         }
         return out
     }

@@ -2,6 +2,15 @@ import Testing
 @testable import WBTrace
 
 @Suite struct ProcFSTests {
+    /// Regions of several PAGEMAP_SCAN calls, which may report a page twice (one past
+    /// walk_end, again from the next call), come out in order, each page once, none lost.
+    @Test func scanRegionsFromSeveralCallsBecomeDisjoint() {
+        func r(_ a: UInt64, _ b: UInt64) -> PageScanner.Range { .init(start: a << 12, end: b << 12, file: false, written: true) }
+        let got = PageScanner.disjoint([r(1, 3), r(10, 12), r(5, 6), r(11, 14), r(2, 4), r(20, 21)])
+        #expect(got.map { [$0.start >> 12, $0.end >> 12] } == [[1, 3], [3, 4], [5, 6], [10, 12], [12, 14], [20, 21]])
+        #expect(PageScanner.disjoint([r(1, 2), r(4, 5)]) == [r(1, 2), r(4, 5)])
+    }
+
     @Test func parsesSmapsWithFlagsAndPathsWithSpaces() {
         let text = """
         55d0c8a00000-55d0c8a02000 r--p 00000000 fe:00 1234                       /usr/bin/my prog
