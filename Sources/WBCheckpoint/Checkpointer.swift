@@ -275,11 +275,13 @@ public final class Checkpointer {
             try store.store(try scanner.scan(start: r.start, end: r.end))
         }
         for _ in 0..<options.precopyPasses {
-            store.forget(tracker.takeRemoved())
             var written: UInt64 = 0
             for r in tracker.ranges {
                 let dirty = try scanner.scan(start: r.start, end: r.end, writtenOnly: true, reprotect: true)
                 written += dirty.reduce(0) { $0 + $1.end - $1.start }
+                // Discards the scan may have found rewritten are forgotten before the pages
+                // are stored: forgotten later, they would drop what was stored after them.
+                store.forget(tracker.takeRemoved())
                 try store.store(dirty)
             }
             stamp("pass: \(written) bytes written")
