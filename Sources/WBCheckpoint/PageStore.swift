@@ -11,7 +11,11 @@ final class PageStore {
     let writer: ImageWriter
     let checkStop: () throws -> Void
     private let capacity = 8 << 20
-    private let buffer: UnsafeMutableRawBufferPointer
+    /// Two buffers: pages are read into one while the other's are written to the image (each
+    /// buffer's group is done once its writes are).
+    private let buffers: [UnsafeMutableRawBufferPointer]
+    private let writes = [DispatchGroup(), DispatchGroup()]
+    private var next = 0
     /// Tracked ranges and the data offset of each of their pages (UInt64.max: not stored).
     private var tables: [(start: UInt64, end: UInt64, offsets: [UInt64])] = []
     private(set) var storedBytes: UInt64 = 0
@@ -21,11 +25,12 @@ final class PageStore {
         self.memory = memory
         self.writer = writer
         self.checkStop = checkStop
-        buffer = .allocate(byteCount: capacity, alignment: 4096)
+        buffers = (0..<2).map { _ in .allocate(byteCount: 8 << 20, alignment: 4096) }
     }
 
     deinit {
-        buffer.deallocate()
+        for g in writes { g.wait() }
+        for b in buffers { b.deallocate() }
         for h in held { h.data.deallocate() }
     }
 
@@ -82,9 +87,17 @@ final class PageStore {
         var batch: [UInt64] = []
         func flush() throws {
             try checkStop()
-            let data = hold ? UnsafeMutableRawBufferPointer.allocate(byteCount: batch.count * 4096, alignment: 4096) : buffer
-            try read(batch, into: data)
-            if hold { held.append((batch, data)) } else { try place(batch, from: data, base: base, runs: &runs) }
+            if hold {
+                let data = UnsafeMutableRawBufferPointer.allocate(byteCount: batch.count * 4096, alignment: 4096)
+                try read(batch, into: data)
+                held.append((batch, data))
+            } else {
+                let i = next
+                next ^= 1
+                writes[i].wait()
+                try read(batch, into: buffers[i])
+                try place(batch, from: buffers[i], base: base, runs: &runs, group: writes[i])
+            }
             batch.removeAll(keepingCapacity: true)
         }
         for r in ranges {
@@ -102,11 +115,15 @@ final class PageStore {
     /// Writes the pages `store(hold:)` read.
     func writeHeld() throws {
         var ignored: [PageRun] = []
-        for (pages, data) in held {
-            try place(pages, from: data, base: 0, runs: &ignored)
-            data.deallocate()
+        let group = DispatchGroup()
+        defer {
+            group.wait()
+            for h in held { h.data.deallocate() }
+            held = []
         }
-        held = []
+        for (pages, data) in held {
+            try place(pages, from: data, base: 0, runs: &ignored, group: group)
+        }
     }
 
     private func read(_ pages: [UInt64], into data: UnsafeMutableRawBufferPointer) throws {
@@ -122,7 +139,9 @@ final class PageStore {
     }
 
     /// Puts read pages into the image: back in place when stored before, else appended.
-    private func place(_ pages: [UInt64], from buffer: UnsafeMutableRawBufferPointer, base: UInt64, runs: inout [PageRun]) throws {
+    /// The writes go to the background under `group`; `buffer` is left alone until it is done.
+    private func place(_ pages: [UInt64], from buffer: UnsafeMutableRawBufferPointer, base: UInt64, runs: inout [PageRun],
+                       group: DispatchGroup) throws {
         // Pages stored before go back to their place, in groups that lie together.
         var k = 0
         var fresh: [Int] = []
@@ -134,12 +153,14 @@ final class PageStore {
             var n = 1
             while k + n < pages.count, pages[k + n] == pages[k] + UInt64(n) * 4096, index + n < tables[t].offsets.count,
                   tables[t].offsets[index + n] == offset + UInt64(n) * 4096 { n += 1 }
-            try writer.rewritePages(UnsafeRawBufferPointer(rebasing: buffer[(k * 4096)..<((k + n) * 4096)]), at: offset)
+            try writer.rewritePages(UnsafeRawBufferPointer(rebasing: buffer[(k * 4096)..<((k + n) * 4096)]), at: offset, group: group)
             rewrittenBytes += UInt64(n) * 4096
             k += n
         }
         // New non-zero pages are packed to the front and appended in one write.
         var kept: [Int] = []
+        // Packing moves pages over others: rewrites of this buffer must be out first.
+        if !fresh.isEmpty && fresh.count < pages.count { group.wait() }
         for k in fresh {
             let src = buffer.baseAddress! + k * 4096
             if MemoryCompare.isZero(src, count: 4096) { continue }
@@ -148,7 +169,7 @@ final class PageStore {
             kept.append(k)
         }
         guard !kept.isEmpty else { return }
-        let at = try writer.appendPages(UnsafeRawBufferPointer(rebasing: buffer[0..<(kept.count * 4096)]))
+        let at = try writer.appendPages(UnsafeRawBufferPointer(rebasing: buffer[0..<(kept.count * 4096)]), group: group)
         storedBytes += UInt64(kept.count) * 4096
         for (n, k) in kept.enumerated() {
             let offset = at + UInt64(n) * 4096

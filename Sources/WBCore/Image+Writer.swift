@@ -37,6 +37,34 @@ public final class ImageWriter {
     /// Not exported by Glibc's module without _GNU_SOURCE (x86-64 value).
     static let O_DIRECT: Int32 = 0o40000
 
+    /// Page writes run in order on one background thread (even the ones a caller waits for,
+    /// so they keep their order): reading the next pages out of a process overlaps writing
+    /// these. A write's first error is kept and thrown by the next page call.
+    private let pageQueue = DispatchQueue(label: "wb.image.pages")
+    private let pageFailure = PageWriteFailure()
+
+    /// Writes `bytes` at `offset` in the file: at once, or with `group` in the background
+    /// (the caller leaves the bytes alone until the group is done).
+    private func submitPages(_ bytes: UnsafeRawBufferPointer, at offset: UInt64, group: DispatchGroup?) throws {
+        try pageFailure.check()
+        guard let group else {
+            try pageQueue.sync { try writePages(bytes, at: offset) }
+            return
+        }
+        let job = PageWrite(writer: self, bytes: bytes, offset: offset)
+        group.enter()
+        pageQueue.async {
+            do { try job.writer.writePages(job.bytes, at: job.offset) } catch { job.writer.pageFailure.keep(error) }
+            group.leave()
+        }
+    }
+
+    /// Waits for every page write handed to the background; throws the first that failed.
+    public func waitForPages() throws {
+        pageQueue.sync {}
+        try pageFailure.check()
+    }
+
     /// Writes whole pages at `offset` in the file: through O_DIRECT when the memory is
     /// page-aligned, else (or if the file system refuses) through the page cache.
     private func writePages(_ bytes: UnsafeRawBufferPointer, at offset: UInt64) throws {
@@ -56,6 +84,7 @@ public final class ImageWriter {
     /// Removes the partial file.
     public func abandon() {
         finished = true
+        pageQueue.sync {}
         direct?.close()
         fd.close()
         Paths.remove(temporaryPath)
@@ -71,6 +100,7 @@ public final class ImageWriter {
 
     private func end() throws {
         guard let c = current else { return }
+        if c.kind == .pages { try waitForPages() }
         try pad()
         let sum = c.kind == .pages ? pageChecksum.digest : c.checksum.finish()
         sections.append(.init(kind: c.kind, offset: c.start, length: cursor - c.start, checksum: sum))
@@ -93,22 +123,23 @@ public final class ImageWriter {
 
     // MARK: Pages
 
-    /// Appends whole pages; returns their offset within the page section.
-    public func appendPages(_ bytes: UnsafeRawBufferPointer) throws -> UInt64 {
+    /// Appends whole pages; returns their offset within the page section. With `group` the
+    /// bytes are written in the background (see `submitPages`).
+    public func appendPages(_ bytes: UnsafeRawBufferPointer, group: DispatchGroup? = nil) throws -> UInt64 {
         precondition(current?.kind == .pages && UInt64(bytes.count) % ImageFormat.pageSize == 0)
         let offset = cursor - current!.start
-        try writePages(bytes, at: cursor)
-        cursor += UInt64(bytes.count)
         pageChecksum.set(first: Int(offset / 4096), bytes)
+        try submitPages(bytes, at: cursor, group: group)
+        cursor += UInt64(bytes.count)
         return offset
     }
 
     /// Writes pages again at `offset` within the page section (a page that changed since it
     /// was first stored).
-    public func rewritePages(_ bytes: UnsafeRawBufferPointer, at offset: UInt64) throws {
+    public func rewritePages(_ bytes: UnsafeRawBufferPointer, at offset: UInt64, group: DispatchGroup? = nil) throws {
         precondition(current?.kind == .pages && offset + UInt64(bytes.count) <= cursor - current!.start)
-        try writePages(bytes, at: current!.start + offset)
         pageChecksum.set(first: Int(offset / 4096), bytes)
+        try submitPages(bytes, at: current!.start + offset, group: group)
     }
 
     /// Offset within the page section where the next pages will go.
@@ -165,6 +196,7 @@ public final class ImageWriter {
     /// Writes the metadata and the header, and flushes the file to disk when `sync` is set.
     /// The image is then whole at `temporaryPath`, not yet under its name.
     public func complete(_ metadata: ImageMetadata, sync: Bool) throws {
+        try waitForPages()
         if current?.kind == .pages { try end(); try begin(.files) }
         try end()
         try begin(.metadata)
@@ -218,5 +250,24 @@ extension Image {
         cursor += UInt64(meta.count)
         try out.write(ImageHeader(version: header.version, fileSize: cursor, sections: sections).encoded(), at: 0)
         try out.truncate(to: cursor)
+    }
+}
+
+/// A page write for the background thread: the writer and the caller's bytes, which the
+/// caller keeps alive and untouched until the write's group is done.
+private struct PageWrite: @unchecked Sendable {
+    let writer: ImageWriter
+    let bytes: UnsafeRawBufferPointer
+    let offset: UInt64
+}
+
+/// The first error of a background page write.
+private final class PageWriteFailure: @unchecked Sendable {
+    private let lock = NSLock()
+    private var error: Error?
+    func keep(_ e: Error) { lock.lock(); if error == nil { error = e }; lock.unlock() }
+    func check() throws {
+        lock.lock(); let e = error; lock.unlock()
+        if let e { throw e }
     }
 }
