@@ -57,12 +57,7 @@ import WBTrace
         defer { killTree(restored.pid) }
         // Only child A adds to the counter; the parent sees it grow only if the page is
         // still one page shared by both.
-        var grown = false
-        for _ in 0..<200 where !grown {
-            guard let l = restored.line(startingWith: "counter=", timeout: 10) else { break }
-            grown = (Int(l.dropFirst(8)) ?? 0) > last + 100
-        }
-        #expect(grown, "the shared counter stopped at \(last): \(restored.wb.stderrText)")
+        #expect(counterGrows(restored, past: last), "the shared counter stopped at \(last): \(restored.wb.stderrText)")
         kill(restored.pid, SIGUSR1)
         let reaped = restored.line(startingWith: "reaped")
         #expect(field(reaped, "pid") == field(ready, "b"), "\(reaped ?? "no answer")")
@@ -95,12 +90,7 @@ import WBTrace
         let restored = try Restored.detach(image)
         defer { killTree(restored.pid) }
         #expect(try Paths.readLink("/proc/\(restored.pid)/ns/ipc") != Paths.readLink("/proc/self/ns/ipc"))
-        var grown = false
-        for _ in 0..<200 where !grown {
-            guard let l = restored.line(startingWith: "counter=", timeout: 10) else { break }
-            grown = (Int(l.dropFirst(8)) ?? 0) > last + 100
-        }
-        #expect(grown, "the counter stopped at \(last): \(restored.wb.stderrText)")
+        #expect(counterGrows(restored, past: last), "the counter stopped at \(last): \(restored.wb.stderrText)")
         kill(restored.pid, SIGUSR1)
         // Key, size, mode, lookup by key, the removed segment, the pages a helper wrote and
         // a second attach by id seeing the same memory.
@@ -119,6 +109,15 @@ import WBTrace
         #expect(family.line(startingWith: "counter=") != nil)
         killTree(family.pid)
     }
+}
+
+/// Whether a restored program's "counter=N" lines go past `last` by more than 100.
+func counterGrows(_ restored: Restored, past last: Int) -> Bool {
+    for _ in 0..<200 {
+        guard let l = restored.line(startingWith: "counter=", timeout: 10) else { return false }
+        if (Int(l.dropFirst(8)) ?? 0) > last + 100 { return true }
+    }
+    return false
 }
 
 /// Kills a process and all its descendants, children first.
