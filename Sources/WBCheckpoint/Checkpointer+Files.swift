@@ -11,6 +11,9 @@ struct FileEmbedder {
     private var known: [String: FileIdentity] = [:]          // "device:inode"
     private var byPath: [String: String] = [:]
     private var pending: [(key: String, fd: FileDescriptor, path: String, code: Bool)] = []
+    /// Contents of shared memory files (memfds, deleted files mapped shared), read while the
+    /// process is stopped: it may change them as soon as it runs again.
+    private var pendingBytes: [(key: String, bytes: [UInt8], path: String)] = []
     var notes: [String] = []
 
     init(pid: Int32, writer: ImageWriter, embedLimit: UInt64, exe: String) {
@@ -32,7 +35,18 @@ struct FileEmbedder {
         let id = FileIdentity(size: st.size, mtimeSeconds: st.mtimeSeconds, mtimeNanoseconds: st.mtimeNanoseconds,
                               device: st.device, inode: st.inode, content: nil)
         let embed = code || deleted || path == exe || (!e.shared && st.size <= embedLimit)
-        if embed {
+        if embed && e.shared && deleted {
+            var bytes = [UInt8](repeating: 0, count: Int(st.size))
+            var done = 0
+            while done < bytes.count {
+                let n = try withContext("reading shared memory \(path)") {
+                    try bytes.withUnsafeMutableBytes { try fd.read(into: UnsafeMutableRawBufferPointer(rebasing: $0[done...]), at: UInt64(done)) }
+                }
+                if n == 0 { break }
+                done += n
+            }
+            pendingBytes.append((FileEmbedder.key(id), bytes, path))
+        } else if embed {
             pending.append((FileEmbedder.key(id), fd, path, code))
         } else {
             notes.append("\(path) (\(st.size) bytes) is mapped but not stored: restore needs it at the same path, unchanged")
@@ -53,6 +67,10 @@ struct FileEmbedder {
             let entry = try withContext("storing \(p.path)") { try writer.embed(file: p.fd, path: p.path, code: p.code) }
             out[p.key] = entry.hash
         }
+        for p in pendingBytes {
+            out[p.key] = try withContext("storing \(p.path)") { try writer.embed(bytes: p.bytes, path: p.path) }.hash
+        }
+        pendingBytes.removeAll()
         for k in known.keys { if let h = known[k].flatMap({ out[FileEmbedder.key($0)] }) { known[k]?.content = h } }
         pending.removeAll()
         return out

@@ -72,14 +72,17 @@ import WBTrace
     /// an IPC namespace of the restored processes' own: one process alone, and a parent and
     /// child that share the segment (only the child adds to its counter).
     @Test(arguments: [false, true])
-    func systemVSharedMemoryKeepsItsIdsAndStaysShared(withChild: Bool) throws {
+    func systemVAndMemfdSharedMemoryComeBackExactAndStayShared(withChild: Bool) throws {
         let dir = scratchDirectory()
         let program = try Child(Products.harness("segments"), withChild ? ["--child"] : [])
         let ready = try #require(program.line(startingWith: "ready"))
         _ = try #require(program.line(startingWith: "counter="))
         let image = "\(dir)/segments.wbimg"
-        let run = try wb(["checkpoint"] + (withChild ? ["--tree"] : []) + ["\(program.pid)", "-o", image, "--kill"])
+        // One process alone is left running (its memfd's contents must still be those of the
+        // moment it was stopped), then killed; a tree is killed by wb.
+        let run = try wb(["checkpoint"] + (withChild ? ["--tree", "--kill"] : []) + ["\(program.pid)", "-o", image])
         try #require(run.code == 0, "\(run.stderr)")
+        if !withChild { program.signal(SIGKILL) }
         program.wait()
         var last = 0
         while let l = program.line(timeout: 2) { if l.hasPrefix("counter=") { last = Int(l.dropFirst(8)) ?? last } }
@@ -92,8 +95,9 @@ import WBTrace
         #expect(try Paths.readLink("/proc/\(restored.pid)/ns/ipc") != Paths.readLink("/proc/self/ns/ipc"))
         #expect(counterGrows(restored, past: last), "the counter stopped at \(last): \(restored.wb.stderrText)")
         kill(restored.pid, SIGUSR1)
-        // Key, size, mode, lookup by key, the removed segment, the pages a helper wrote and
-        // a second attach by id seeing the same memory.
+        // Key, size, mode, lookup by key, the removed segment, the pages a helper wrote, a
+        // second attach by id seeing the same memory, and the memfd counter equal to its
+        // private twin.
         let check = restored.line(startingWith: "check")
         #expect(check == "check ok", "\(check ?? "no answer"): \(restored.wb.stderrText)")
     }

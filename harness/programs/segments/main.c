@@ -6,6 +6,9 @@
 //     by a helper process that detached and exited before "ready" (this process never
 //     touched those pages); its first word is a counter
 //   - segment B (IPC_PRIVATE, 64 KiB), attached and then marked for removal
+//   - a memfd mapped shared (its fd closed), holding a second counter this process adds to
+//     at every tick together with one in its private memory: the two must be equal after a
+//     restore (the memfd's contents taken at the moment of the checkpoint, not later)
 // The counter grows by 1 every millisecond: this process adds to it, or with --child a
 // forked child does (and the parent sees it grow only while the memory is shared).
 // Prints "ready a=ID b=ID", then "counter=N" every 20 ms. On SIGUSR1 it checks everything
@@ -70,6 +73,13 @@ int main(int argc, char **argv) {
     pb[100] = 'b';
     harness_require(shmctl(b, IPC_RMID, NULL) == 0, "removing B");
 
+    int mfd = memfd_create("wb-shared", 0);
+    harness_require(mfd >= 0 && ftruncate(mfd, 65536) == 0, "memfd");
+    _Atomic long *in_memfd = mmap(NULL, 65536, PROT_READ | PROT_WRITE, MAP_SHARED, mfd, 0);
+    harness_require(in_memfd != MAP_FAILED, "mmap memfd");
+    close(mfd);
+    static long in_private;
+
     _Atomic long *counter = (_Atomic long *)pa;
     struct sigaction sa = { 0 };
     sa.sa_handler = on_usr1;
@@ -85,6 +95,8 @@ int main(int argc, char **argv) {
     harness_say("ready a=%d b=%d", a, b);
     for (int tick = 0;; tick++) {
         if (!with_child) atomic_fetch_add(counter, 1);
+        atomic_fetch_add(in_memfd, 1);
+        in_private++;
         nap(1);
         if (tick % 20 == 0) harness_say("counter=%ld", atomic_load(counter));
         if (!asked) continue;
@@ -101,6 +113,7 @@ int main(int argc, char **argv) {
         if (shmget(KEY_A, 0, 0) != a) strcat(bad, " by-key");
         if (shmctl(b, IPC_STAT, &ds) != 0 || !(ds.shm_perm.mode & SHM_DEST)) strcat(bad, " removed-b");
         if (pb[100] != 'b') strcat(bad, " data-b");
+        if (atomic_load(in_memfd) != in_private) strcat(bad, " memfd-torn");
         if (!pattern_ok(pa + MIB)) strcat(bad, " pattern");
         // Attached again by id: the same memory.
         unsigned char *again = shmat(a, NULL, SHM_RDONLY);
