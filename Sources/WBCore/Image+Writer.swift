@@ -70,7 +70,7 @@ public final class ImageWriter {
     private func writePages(_ bytes: UnsafeRawBufferPointer, at offset: UInt64) throws {
         if let d = direct, Int(bitPattern: bytes.baseAddress) % 4096 == 0, bytes.count % 4096 == 0, offset % 4096 == 0 {
             do {
-                try d.write(bytes, at: offset)
+                try withContext("writing image \(path)") { try d.write(bytes, at: offset) }
                 return
             } catch WBError.system(_, let errno, _) where errno == EINVAL {
                 direct = nil
