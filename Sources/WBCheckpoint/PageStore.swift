@@ -10,7 +10,7 @@ final class PageStore {
     let memory: ProcessMemory
     let writer: ImageWriter
     let checkStop: () throws -> Void
-    private let capacity = 8 << 20
+    private static let capacity = 8 << 20
     /// Two buffers: pages are read into one while the other's are written to the image (each
     /// buffer's group is done once its writes are).
     private let buffers: [UnsafeMutableRawBufferPointer]
@@ -25,7 +25,7 @@ final class PageStore {
         self.memory = memory
         self.writer = writer
         self.checkStop = checkStop
-        buffers = (0..<2).map { _ in .allocate(byteCount: 8 << 20, alignment: 4096) }
+        buffers = (0..<2).map { _ in .allocate(byteCount: PageStore.capacity, alignment: 4096) }
     }
 
     deinit {
@@ -104,7 +104,7 @@ final class PageStore {
             var a = r.start
             while a < r.end {
                 batch.append(a)
-                if batch.count * 4096 == capacity { try flush() }
+                if batch.count * 4096 == PageStore.capacity { try flush() }
                 a += 4096
             }
         }
