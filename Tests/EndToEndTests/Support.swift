@@ -141,8 +141,8 @@ func wb(_ args: String..., timeout: Double = 300) throws -> Run {
     try wb(args, timeout: timeout)
 }
 
-func wb(_ args: [String], timeout: Double = 300) throws -> Run {
-    let child = try Child(Products.wb, args)
+func wb(_ args: [String], env: [String: String] = [:], timeout: Double = 300) throws -> Run {
+    let child = try Child(Products.wb, args, env: env)
     let out = child.rest(timeout: timeout)
     let code = child.exitCode
     return Run(code: code, stdout: out, stderr: child.stderrText)
