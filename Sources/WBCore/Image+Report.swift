@@ -35,6 +35,8 @@ public struct ImageReport: Encodable {
     var memoryBytes: UInt64
     /// Every process of an image of a tree (the rest of the report is about the root).
     var tree: [TreeRow]?
+    /// The System V shared memory segments the process had attached.
+    var sysvSegments: [SysVSegment]?
 
     public struct TreeRow: Encodable {
         var pid: Int32, ppid: Int32, pgid: Int32, sid: Int32, command: [String], threads: Int, memoryBytes: UInt64
@@ -51,6 +53,7 @@ public struct ImageReport: Encodable {
                         zombieStatus: q.zombieStatus)
             }
         }
+        sysvSegments = p.sysvSegments
         self.image = image.path; format = image.header.version; createdAt = m.createdAt; tool = m.tool
         imageBytes = image.fileSize; host = m.host
         pid = p.pid; ppid = p.ppid; pgid = p.pgid; sid = p.sid; command = p.cmdline; exe = p.exe; cwd = p.cwd
@@ -132,6 +135,16 @@ public struct ImageReport: Encodable {
         for m in mappings {
             let stored = m.storedBytes > 0 ? " stored \(size(m.storedBytes))" : ""
             out.append("  \(m.start)-\(m.end) \(m.perms) \(m.kind.padding(toLength: 15, withPad: " ", startingAt: 0)) \(m.path ?? "")\(stored)")
+        }
+        if let segments = sysvSegments, !segments.isEmpty {
+            out.append("")
+            out.append("SYSTEM V SHARED MEMORY (\(segments.count))")
+            for g in segments {
+                var line = "  id \(g.id) key \(String(format: "0x%08x", UInt32(bitPattern: g.key))) \(size(g.size)) mode \(String(format: "%03o", g.mode)) uid \(g.uid) gid \(g.gid)"
+                if g.removed { line += ", marked for removal" }
+                if g.locked { line += ", locked" }
+                out.append(line)
+            }
         }
         out.append("")
         out.append("FILE DESCRIPTORS (\(fds.count))")

@@ -84,6 +84,10 @@ import WBTrace
         try #require(run.code == 0, "\(run.stderr)")
         if !withChild { program.signal(SIGKILL) }
         program.wait()
+        let inspect = try wb("inspect", image, "--no-backtrace")
+        #expect(inspect.stdout.contains("SYSTEM V SHARED MEMORY (2)"), "\(inspect.stdout)")
+        #expect(inspect.stdout.contains("key 0x57420001 3.0 MiB mode 640"), "\(inspect.stdout)")
+        #expect(inspect.stdout.contains("key 0x00000000 64.0 KiB mode 600 uid 0 gid 0, marked for removal"))
         var last = 0
         while let l = program.line(timeout: 2) { if l.hasPrefix("counter=") { last = Int(l.dropFirst(8)) ?? last } }
         // The segment outlives the killed process here; the restored one must not need it.
