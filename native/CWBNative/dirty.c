@@ -13,6 +13,7 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 #include <poll.h>
+#include <sched.h>
 #include <pthread.h>
 #include <stdlib.h>
 
@@ -96,6 +97,10 @@ struct wb_uffd_events {
     pthread_mutex_t lock;
     uint64_t *ranges;
     int count, capacity;
+    // Set from just before an event is read until it is recorded: a process's discard goes
+    // on once its event is read, so a stopped process may have discarded memory whose event
+    // is read but not yet recorded; taking the events waits for that.
+    int busy;
 };
 
 static void *event_loop(void *arg) {
@@ -105,14 +110,26 @@ static void *event_loop(void *arg) {
         if (poll(fds, 2, -1) < 0) { if (errno == EINTR) continue; return NULL; }
         if (fds[1].revents) return NULL;
         struct uffd_msg msg;
+        pthread_mutex_lock(&ev->lock);
+        ev->busy = 1;
+        pthread_mutex_unlock(&ev->lock);
         ssize_t n = read(ev->uffd, &msg, sizeof msg);
-        if (n != (ssize_t)sizeof msg) { if (n < 0 && (errno == EAGAIN || errno == EINTR)) continue; return NULL; }
+        if (n != (ssize_t)sizeof msg) {
+            pthread_mutex_lock(&ev->lock);
+            ev->busy = 0;
+            pthread_mutex_unlock(&ev->lock);
+            if (n < 0 && (errno == EAGAIN || errno == EINTR)) continue;
+            return NULL;
+        }
         uint64_t start, end;
         if (msg.event == UFFD_EVENT_REMOVE || msg.event == UFFD_EVENT_UNMAP) {
             start = msg.arg.remove.start; end = msg.arg.remove.end;
         } else if (msg.event == UFFD_EVENT_REMAP) {
             start = msg.arg.remap.from; end = msg.arg.remap.from + msg.arg.remap.len;
         } else {
+            pthread_mutex_lock(&ev->lock);
+            ev->busy = 0;
+            pthread_mutex_unlock(&ev->lock);
             continue;
         }
         pthread_mutex_lock(&ev->lock);
@@ -126,6 +143,7 @@ static void *event_loop(void *arg) {
             ev->ranges[2 * ev->count + 1] = end;
             ev->count++;
         }
+        ev->busy = 0;
         pthread_mutex_unlock(&ev->lock);
     }
 }
@@ -146,6 +164,11 @@ int wb_uffd_events_take(void *p, uint64_t *ranges, int max) {
     struct wb_uffd_events *ev = p;
     if (!ev) return 0;
     pthread_mutex_lock(&ev->lock);
+    while (ev->busy) {
+        pthread_mutex_unlock(&ev->lock);
+        sched_yield();
+        pthread_mutex_lock(&ev->lock);
+    }
     int n = ev->count < max ? ev->count : max;
     memcpy(ranges, ev->ranges, (size_t)n * 2 * sizeof *ranges);
     memmove(ev->ranges, ev->ranges + 2 * n, (size_t)(ev->count - n) * 2 * sizeof *ranges);
