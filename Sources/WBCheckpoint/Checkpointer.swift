@@ -179,15 +179,7 @@ public final class Checkpointer {
         }
 
         // The rest needs no stopped process: page runs, mapped files, flags, the image itself.
-        try store.writeHeld()
-        for d in deferred {
-            process.mappings[d.mapping].pages = PageStore.merge(store.runs(start: d.start, end: d.end, present: d.present), d.untracked)
-        }
-        if store.tracking, let flags = try? ProcFS.maps(pid, withFlags: true) {
-            for i in process.mappings.indices {
-                if let e = flags.first(where: { $0.start == process.mappings[i].start }) { process.mappings[i].vmFlags = e.vmFlags }
-            }
-        }
+        try finishPages(&process, store: store, deferred: deferred)
         progress("storing mapped files")
         try embedDeletedFiles(deletedContents, into: &process, writer: writer)
         try embedMappedFiles(&files, into: &process)
@@ -248,7 +240,7 @@ public final class Checkpointer {
     /// process; its anonymous writable memory is write-protected (async: writes go on, the
     /// kernel only marks the pages), stored, and the pages written meanwhile are stored
     /// again in passes, until what is left is small enough to store while it is stopped.
-    private func precopy(store: PageStore, scanner: PageScanner, pauses: inout [Double]) throws -> DirtyTracker? {
+    func precopy(store: PageStore, scanner: PageScanner, pauses: inout [Double]) throws -> DirtyTracker? {
         let t0 = Clock.monotonic
         stamp("first stop")
         let tracee = try acquire()
@@ -275,23 +267,45 @@ public final class Checkpointer {
             try store.store(try scanner.scan(start: r.start, end: r.end))
         }
         for _ in 0..<options.precopyPasses {
-            var written: UInt64 = 0
-            for r in tracker.ranges {
-                let dirty = try scanner.scan(start: r.start, end: r.end, writtenOnly: true, reprotect: true)
-                written += dirty.reduce(0) { $0 + $1.end - $1.start }
-                // Discards the scan may have found rewritten are forgotten before the pages
-                // are stored: forgotten later, they would drop what was stored after them.
-                store.forget(tracker.takeRemoved())
-                try store.store(dirty)
-            }
-            stamp("pass: \(written) bytes written")
-            if written <= options.stopCopyBytes { break }
+            if try pass(store: store, scanner: scanner, tracker: tracker) <= options.stopCopyBytes { break }
         }
         return tracker
+    }
+
+    /// Stores again the pages written since the last pass (protecting them again in the same
+    /// walk); returns how many bytes that was.
+    @discardableResult
+    func pass(store: PageStore, scanner: PageScanner, tracker: DirtyTracker) throws -> UInt64 {
+        var written: UInt64 = 0
+        for r in tracker.ranges {
+            let dirty = try scanner.scan(start: r.start, end: r.end, writtenOnly: true, reprotect: true)
+            written += dirty.reduce(0) { $0 + $1.end - $1.start }
+            // Discards the scan may have found rewritten are forgotten before the pages
+            // are stored: forgotten later, they would drop what was stored after them.
+            store.forget(tracker.takeRemoved())
+            try store.store(dirty)
+        }
+        stamp("pass: \(written) bytes written")
+        return written
     }
 }
 
 extension Checkpointer {
+    /// Once the process runs again (and its tracker is released): writes the pages read at
+    /// the final stop, puts together the page runs of tracked memory, and reads the mappings'
+    /// flags again, without the tracker's.
+    func finishPages(_ process: inout ProcessState, store: PageStore, deferred: [DeferredRuns]) throws {
+        try store.writeHeld()
+        for d in deferred {
+            process.mappings[d.mapping].pages = PageStore.merge(store.runs(start: d.start, end: d.end, present: d.present), d.untracked)
+        }
+        if store.tracking, let flags = try? ProcFS.maps(pid, withFlags: true) {
+            for i in process.mappings.indices {
+                if let e = flags.first(where: { $0.start == process.mappings[i].start }) { process.mappings[i].vmFlags = e.vmFlags }
+            }
+        }
+    }
+
     func checkStop() throws {
         if shouldStop() {
             throw WBError.failed("checkpoint of pid \(pid) interrupted: the process runs on as before and no image was written")

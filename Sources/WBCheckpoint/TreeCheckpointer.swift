@@ -51,6 +51,16 @@ public final class TreeCheckpointer {
         try withContext("checkpoint of the process tree of pid \(root)") { try run(path) }
     }
 
+    /// A member's memory copied while the tree ran, for its final stop to finish.
+    private struct Early {
+        var checkpointer: Checkpointer
+        var store: PageStore
+        var scanner: PageScanner
+        var files: FileEmbedder
+        var tracker: DirtyTracker
+        var stable: [String: [PageRun]]
+    }
+
     private func run(_ path: String) throws -> TreeCheckpointResult {
         let started = Clock.monotonic
         guard ProcFS.exists(root) else { throw WBError.invalidArgument("no process with pid \(root)") }
@@ -59,50 +69,69 @@ public final class TreeCheckpointer {
             throw WBError.refused("pid \(root) is already being traced by pid \(tracer) (a debugger?): detach it first")
         }
         let writer = try ImageWriter(path: path)
-        progress("stopping the process tree of pid \(root)")
         var members: [Member] = []
-        let stopped = Clock.monotonic
+        var early: [Int32: Early] = [:]
+        var stopped = Clock.monotonic
         var let_go = false
         defer {
             if !let_go {
                 // Children first, so no parent runs while a child is still held.
                 for m in members.reversed() { m.tracee?.detach() }
             }
+            for e in early.values { e.tracker.release() }
         }
         do {
+            // Leaving the tree running, each process's memory is copied while it runs (as for
+            // one process), after every process passed its preflight; the tree is stopped
+            // only for what they wrote meanwhile.
+            if options.after == .leaveRunning && options.incremental && DirtyTracker.supported {
+                early = try precopy(writer: writer)
+            }
+            progress("stopping the process tree of pid \(root)")
+            stopped = Clock.monotonic
             try stopAll(into: &members)
             let scope = TreeScope(members: Set(members.map(\.pid)), sockets: socketsHeld(by: members))
             var states: [ProcessState] = []
             var notes: [String] = []
-            var checkpointers: [Checkpointer] = []
             // Every process's pages first: the image's page section comes before its files.
-            var pending: [(index: Int, checkpointer: Checkpointer, files: FileEmbedder, deleted: [Int32: [UInt8]])] = []
+            var captured: [(index: Int, checkpointer: Checkpointer, store: PageStore, files: FileEmbedder,
+                            deleted: [Int32: [UInt8]], deferred: [DeferredRuns])] = []
             for m in members {
                 if let z = m.zombie { states.append(z); continue }
-                let c = Checkpointer(pid: m.pid, options: options)
+                let e = early[m.pid]
+                let c = e?.checkpointer ?? Checkpointer(pid: m.pid, options: options)
                 c.held = m.tracee
                 c.tree = scope
                 c.progress = progress
                 c.shouldStop = shouldStop
-                checkpointers.append(c)
                 let plan = try c.preflight()
-                var files = FileEmbedder(pid: m.pid, writer: writer, embedLimit: options.embedLimit,
-                                         exe: ((try? Paths.readLink("/proc/\(m.pid)/exe")) ?? "").deletedStripped.path)
-                let memory = ProcessMemory(pid: m.pid)
-                let store = PageStore(memory: memory, writer: writer, checkStop: { [unowned c] in try c.checkStop() })
+                var files = e?.files ?? FileEmbedder(pid: m.pid, writer: writer, embedLimit: options.embedLimit,
+                                                     exe: ((try? Paths.readLink("/proc/\(m.pid)/exe")) ?? "").deletedStripped.path)
+                let store = e?.store ?? PageStore(memory: ProcessMemory(pid: m.pid), writer: writer, checkStop: { [unowned c] in try c.checkStop() })
                 var deferred: [DeferredRuns] = []
                 var deleted: [Int32: [UInt8]] = [:]
-                let state = try c.capture(m.tracee!, plan: plan, memory: memory, store: store, scanner: try PageScanner(pid: m.pid),
-                                          files: &files, stable: [:], removed: [], deferred: &deferred,
-                                          deletedContents: &deleted, phase: { _ in })
-                try store.writeHeld()
-                pending.append((states.count, c, files, deleted))
+                let state = try c.capture(m.tracee!, plan: plan, memory: store.memory, store: store, scanner: try e?.scanner ?? PageScanner(pid: m.pid),
+                                          files: &files, stable: e?.stable ?? [:], removed: e?.tracker.takeRemoved() ?? [],
+                                          deferred: &deferred, deletedContents: &deleted, phase: { _ in })
+                captured.append((states.count, c, store, files, deleted, deferred))
                 states.append(state)
             }
+            // Open file descriptions are compared while every process still holds its fds.
+            shareDescriptions(&states, zombies: Set(members.filter { $0.zombie != nil }.map(\.pid)))
+            var pause = Clock.monotonic - stopped
+            if options.after == .leaveRunning {
+                // The rest needs no stopped process.
+                let_go = true
+                for m in members.reversed() { m.tracee?.detach() }
+                pause = Clock.monotonic - stopped
+                for e in early.values { e.tracker.release() }
+                early = [:]
+            }
+            for c in captured { try c.checkpointer.finishPages(&states[c.index], store: c.store, deferred: c.deferred) }
             progress("storing mapped files")
-            for var p in pending {
-                try p.checkpointer.embedDeletedFiles(p.deleted, into: &states[p.index], writer: writer)
-                try p.checkpointer.embedMappedFiles(&p.files, into: &states[p.index])
+            for var c in captured {
+                try c.checkpointer.embedDeletedFiles(c.deleted, into: &states[c.index], writer: writer)
+                try c.checkpointer.embedMappedFiles(&c.files, into: &states[c.index])
             }
             TreeCheckpointer.linkPipes(&states)
             var outside: [UInt64: [String]] = [:]
@@ -112,9 +141,9 @@ public final class TreeCheckpointer {
             for (id, holders) in outside.sorted(by: { $0.key < $1.key }) {
                 notes.append("pipe \(id) (\(holders.joined(separator: ", "))) has its other end outside the tree")
             }
-            shareDescriptions(&states, zombies: Set(members.filter { $0.zombie != nil }.map(\.pid)))
-            for (c, s) in zip(checkpointers, states.filter { $0.zombieStatus == nil }) {
-                notes += c.notes.map { s.pid == root ? $0 : "pid \(s.pid): \($0)" }
+            for c in captured {
+                let pid = states[c.index].pid
+                notes += c.checkpointer.notes.map { pid == root ? $0 : "pid \(pid): \($0)" }
             }
             try checkStop()
             var metadata = ImageMetadata(host: HostInfo.current(), process: states[0], files: writer.embeddedFiles, notes: notes)
@@ -125,12 +154,10 @@ public final class TreeCheckpointer {
             if options.after == .kill { try check.verifyData() }
             try checkStop()
             try writer.commit()
-            let pause = Clock.monotonic - stopped
-            let_go = true
             if options.after == .kill {
+                pause = Clock.monotonic - stopped
+                let_go = true
                 for m in members { m.tracee?.kill() }
-            } else {
-                for m in members.reversed() { m.tracee?.detach() }
             }
             let report = states.map { s in
                 TreeCheckpointResult.Member(pid: s.pid, ppid: s.ppid, command: s.comm, threads: s.threads.count,
@@ -143,6 +170,61 @@ public final class TreeCheckpointer {
             writer.abandon()
             throw error
         }
+    }
+
+    /// Copies the memory of every process of the running tree while it runs: each passes its
+    /// preflight first (so a refusal touches nothing), then gets a dirty tracker and a copy.
+    /// A process that cannot be tracked, or that appears later, is copied at the final stop.
+    private func precopy(writer: ImageWriter) throws -> [Int32: Early] {
+        var pids: [Int32] = []
+        var queue = [root]
+        while !queue.isEmpty {
+            let pid = queue.removeFirst()
+            guard !pids.contains(pid), let stat = try? ProcFS.stat(pid), stat[3] != "Z", stat[3] != "X" else { continue }
+            pids.append(pid)
+            queue += ProcFS.children(pid)
+        }
+        let scope = TreeScope(members: Set(pids), sockets: socketsHeld(by: pids.map { Member(pid: $0, tracee: nil, zombie: nil) }))
+        var checkpointers: [Checkpointer] = []
+        for pid in pids {
+            let c = Checkpointer(pid: pid, options: options)
+            c.tree = scope
+            c.progress = progress
+            c.shouldStop = shouldStop
+            _ = try c.preflight()
+            checkpointers.append(c)
+        }
+        var out: [Int32: Early] = [:]
+        do {
+            for c in checkpointers {
+                try checkStop()
+                let store = PageStore(memory: ProcessMemory(pid: c.pid), writer: writer, checkStop: { [unowned c] in try c.checkStop() })
+                let scanner = try PageScanner(pid: c.pid)
+                var files = FileEmbedder(pid: c.pid, writer: writer, embedLimit: options.embedLimit,
+                                         exe: ((try? Paths.readLink("/proc/\(c.pid)/exe")) ?? "").deletedStripped.path)
+                var pauses: [Double] = []
+                let tracker: DirtyTracker?
+                do {
+                    tracker = try c.precopy(store: store, scanner: scanner, pauses: &pauses)
+                } catch WBError.processGone {
+                    continue   // exited meanwhile: the final stop will not find it
+                }
+                guard let tracker else { continue }
+                // Registered before anything can fail, so it is released whatever happens.
+                out[c.pid] = Early(checkpointer: c, store: store, scanner: scanner, files: files, tracker: tracker, stable: [:])
+                out[c.pid]?.stable = try c.storeStableMappings(store: store, scanner: scanner, files: &files)
+                out[c.pid]?.files = files
+            }
+            // What each wrote while the others were copied, just before the tree is stopped.
+            for c in checkpointers {
+                guard let e = out[c.pid] else { continue }
+                do { try c.pass(store: e.store, scanner: e.scanner, tracker: e.tracker) } catch WBError.processGone { continue }
+            }
+        } catch {
+            for e in out.values { e.tracker.release() }
+            throw error
+        }
+        return out
     }
 
     /// Stops the root, then each stopped process's children, until no new process appears:

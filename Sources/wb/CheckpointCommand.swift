@@ -16,7 +16,8 @@ struct CheckpointCommand: ParsableCommand {
         With --tree, the process and all its descendants go into one image: parent and \
         child links, sessions and process groups, pipes, files and shared memory they share, \
         Unix socket pairs between them (with the bytes queued on them), and children that \
-        exited but were not yet reaped. The whole tree is stopped while it is copied. \
+        exited but were not yet reaped. Its memory is copied while it runs, as for one \
+        process. \
         System V shared memory segments are stored with their ids, keys and contents.
 
         wb refuses, without touching the process, what it cannot restore yet: network \

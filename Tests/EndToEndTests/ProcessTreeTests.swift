@@ -106,6 +106,39 @@ import WBTrace
         #expect(check == "check ok", "\(check ?? "no answer"): \(restored.wb.stderrText)")
     }
 
+    /// Left running, a tree is copied while it runs and stopped only for what it wrote
+    /// meanwhile: the processes run on unharmed, and the image restores each one's memory as
+    /// it was at the final stop (both heaps check every block against their checksums).
+    @Test func aTreeLeftRunningIsCopiedWhileItRunsAndRestoresExactly() throws {
+        let dir = scratchDirectory()
+        let heap = Products.harness("heap")
+        let shell = try Child("/bin/sh", ["-c", "\(heap) 128 --busy --seed 1 & \(heap) 128 --busy --seed 2 & wait"])
+        defer { killTree(shell.pid) }
+        for _ in 0..<2 { _ = try #require(shell.line(startingWith: "READY")) }
+        let image = "\(dir)/running.wbimg"
+        let run = try wb("checkpoint", "--tree", "\(shell.pid)", "-o", image, "--json")
+        try #require(run.code == 0, "\(run.stderr)")
+        let report = try #require(try JSONSerialization.jsonObject(with: Data(run.stdout.utf8)) as? [String: Any])
+        #expect((report["processes"] as? [[String: Any]])?.count == 3)
+        let heaps = ProcFS.children(shell.pid)
+        #expect(heaps.count == 2 && heaps.allSatisfy { tracerOf($0) == "0" })
+        for h in heaps { kill(h, SIGUSR1) }
+        for _ in 0..<2 {
+            let verify = shell.line(startingWith: "VERIFY")
+            #expect(verify?.hasPrefix("VERIFY OK") == true, "the original: \(verify ?? "no answer")")
+        }
+
+        let restored = try Restored.detach(image, ["--new-pidns"])
+        defer { killTree(restored.pid) }
+        let children = ProcFS.children(restored.pid)
+        #expect(children.count == 2)
+        for c in children { kill(c, SIGUSR1) }
+        for _ in 0..<2 {
+            let verify = restored.line(startingWith: "VERIFY")
+            #expect(verify?.hasPrefix("VERIFY OK") == true, "restored: \(verify ?? "no answer"): \(restored.wb.stderrText)")
+        }
+    }
+
     @Test func withoutTreeAProcessWithChildrenIsRefusedNamingTheFlag() throws {
         let dir = scratchDirectory()
         let family = try Child(Products.harness("family"), [])
