@@ -160,7 +160,19 @@ public final class Restorer {
                     try ThreadBuilder(restorer: self, tracee: t, leader: leader, scratch: scratch, files: files, process: p).build()
                 }
             } catch {
-                for (_, t) in members.reversed() { t.kill() }
+                for (_, t) in members.reversed() {
+                    let tids = t.tids
+                    t.kill()
+                    // Their ends go to wb, their tracer, first: a pid namespace's init (and so
+                    // the wait below) cannot finish until wb has collected them.
+                    for tid in tids.filter({ $0 != t.pid }) + [t.pid] {
+                        while true {
+                            guard let stop = try? t.wait(tid) else { break }
+                            if case .exited = stop { break }
+                            if case .killed = stop { break }
+                        }
+                    }
+                }
                 _ = kill(spawned.initPid ?? spawned.pid, SIGKILL)
                 var st: Int32 = 0
                 _ = waitpid(spawned.initPid ?? spawned.pid, &st, 0)
