@@ -96,6 +96,7 @@ let package = Package(
         harnessProgram("pipeline"),
         harnessProgram("family"),
         harnessProgram("segments"),
+        harnessProgram("switcher"),
         // Debugged after a replay: built without optimization so every local is visible.
         harnessProgram("msgserver", optimize: false),
 

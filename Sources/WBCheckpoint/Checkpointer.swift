@@ -66,6 +66,9 @@ public final class Checkpointer {
     var placeholders: [Int32: String] = [:]
     /// Set when the process is one of a tree being checkpointed together.
     var tree: TreeScope?
+    /// Where the process's arguments and environment were when its memory copy began: an
+    /// exec moves them, and the copy then belongs to another program.
+    var programAtPrecopy: [String]?
     /// A process wb already traces and keeps (see `checkpoint(to:stopped:)`).
     var held: Tracee?
     /// A process wb traces for its whole life and that is running (see `checkpoint(to:attached:)`).
@@ -133,9 +136,10 @@ public final class Checkpointer {
     }
 
     private func run(plan: Preflight, writer: ImageWriter, started: Double) throws -> CheckpointResult {
+        var plan = plan
         let memory = ProcessMemory(pid: pid)
-        let store = PageStore(memory: memory, writer: writer, checkStop: { [unowned self] in try self.checkStop() })
-        let scanner = try PageScanner(pid: pid)
+        var store = PageStore(memory: memory, writer: writer, checkStop: { [unowned self] in try self.checkStop() })
+        var scanner = try PageScanner(pid: pid)
         var pauses: [Double] = []
         // Leaving it running, the process is stopped only at the end, for the pages it wrote
         // while the rest was copied (see docs/architecture.md).
@@ -144,8 +148,15 @@ public final class Checkpointer {
         var tracker: DirtyTracker?
         var stable: [String: [PageRun]] = [:]
         if held == nil && options.after == .leaveRunning && options.incremental && DirtyTracker.supported {
-            tracker = try precopy(store: store, scanner: scanner, pauses: &pauses)
-            if tracker != nil { stable = try storeStableMappings(store: store, scanner: scanner, files: &files) }
+            do {
+                tracker = try precopy(store: store, scanner: scanner, pauses: &pauses)
+                if tracker != nil { stable = try storeStableMappings(store: store, scanner: scanner, files: &files) }
+            } catch where !sameProgram() {
+                // It ran another program (exec) while its memory was copied: the final stop
+                // copies the new one's (below).
+                tracker?.release()
+                tracker = nil
+            }
         }
         defer { tracker?.release() }
 
@@ -162,6 +173,25 @@ public final class Checkpointer {
         }
         var released = held != nil
         defer { if !released { release(tracee) } }
+        if programAtPrecopy != nil && !sameProgram() {
+            // It ran another program meanwhile: what was copied belongs to the old one.
+            notes.append("pid \(pid) started another program while its memory was copied; its memory was copied again with it stopped")
+            tracker?.release()
+            tracker = nil
+            stable = [:]
+            store = PageStore(memory: memory, writer: writer, checkStop: { [unowned self] in try self.checkStop() })
+            scanner = try PageScanner(pid: pid)
+        }
+        if programAtPrecopy != nil {
+            // It ran since its preflight, and may have opened or closed fds meanwhile: they
+            // are looked at again now that it is stopped (a refusal still lets it go as it was).
+            placeholders = [:]
+            notes.removeAll { $0.hasPrefix("left out: ") }
+            let outer = held
+            held = tracee
+            defer { held = outer }
+            plan = try withContext("checkpoint of pid \(pid)") { try preflight() }
+        }
         var deferred: [DeferredRuns] = []
         var deletedContents: [Int32: [UInt8]] = [:]
         var process = try capture(tracee, plan: plan, memory: memory, store: store, scanner: scanner, files: &files,
@@ -244,6 +274,7 @@ public final class Checkpointer {
         let t0 = Clock.monotonic
         stamp("first stop")
         let tracee = try acquire()
+        programAtPrecopy = programIdentity()
         let maps = try ProcFS.maps(pid, withFlags: false)
         let tracker: DirtyTracker
         do {
@@ -257,17 +288,22 @@ public final class Checkpointer {
         release(tracee)
         pauses.append(Clock.monotonic - t0)
         stamp("first resume")
-        for e in maps where !e.shared && e.protection & 2 != 0 && (e.path.isEmpty || e.path == "[heap]" || e.path == "[stack]" || e.path.hasPrefix("[anon:")) {
-            if tracker.register(start: e.start, end: e.end) { store.track(start: e.start, end: e.end) }
-        }
-        try tracker.protectAll()
-        stamp("protected")
-        progress("copying memory while pid \(pid) runs")
-        for r in tracker.ranges {
-            try store.store(try scanner.scan(start: r.start, end: r.end))
-        }
-        for _ in 0..<options.precopyPasses {
-            if try pass(store: store, scanner: scanner, tracker: tracker) <= options.stopCopyBytes { break }
+        do {
+            for e in maps where !e.shared && e.protection & 2 != 0 && (e.path.isEmpty || e.path == "[heap]" || e.path == "[stack]" || e.path.hasPrefix("[anon:")) {
+                if tracker.register(start: e.start, end: e.end) { store.track(start: e.start, end: e.end) }
+            }
+            try tracker.protectAll()
+            stamp("protected")
+            progress("copying memory while pid \(pid) runs")
+            for r in tracker.ranges {
+                try store.store(try scanner.scan(start: r.start, end: r.end))
+            }
+            for _ in 0..<options.precopyPasses {
+                if try pass(store: store, scanner: scanner, tracker: tracker) <= options.stopCopyBytes { break }
+            }
+        } catch {
+            tracker.release()
+            throw error
         }
         return tracker
     }
@@ -305,6 +341,15 @@ extension Checkpointer {
             }
         }
     }
+
+    /// The addresses of the process's arguments and environment, and its executable.
+    func programIdentity() -> [String] {
+        let stat = (try? ProcFS.stat(pid)) ?? [:]
+        return (48...51).map { stat[$0] ?? "" } + [(try? Paths.readLink("/proc/\(pid)/exe")) ?? ""]
+    }
+
+    /// Whether the process still runs the program whose memory the copy began with.
+    func sameProgram() -> Bool { programAtPrecopy == nil || programAtPrecopy == programIdentity() }
 
     func checkStop() throws {
         if shouldStop() {

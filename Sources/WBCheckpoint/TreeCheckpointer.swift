@@ -98,6 +98,12 @@ public final class TreeCheckpointer {
                             deleted: [Int32: [UInt8]], deferred: [DeferredRuns])] = []
             for m in members {
                 if let z = m.zombie { states.append(z); continue }
+                if let e = early[m.pid], !e.checkpointer.sameProgram() {
+                    // It ran another program meanwhile: it is copied whole now.
+                    notes.append("pid \(m.pid) started another program while its memory was copied; its memory was copied again with it stopped")
+                    e.tracker.release()
+                    early[m.pid] = nil
+                }
                 let e = early[m.pid]
                 let c = e?.checkpointer ?? Checkpointer(pid: m.pid, options: options)
                 c.held = m.tracee
@@ -208,17 +214,31 @@ public final class TreeCheckpointer {
                     tracker = try c.precopy(store: store, scanner: scanner, pauses: &pauses)
                 } catch WBError.processGone {
                     continue   // exited meanwhile: the final stop will not find it
+                } catch where !c.sameProgram() {
+                    continue   // ran another program meanwhile: copied whole at the final stop
                 }
                 guard let tracker else { continue }
                 // Registered before anything can fail, so it is released whatever happens.
                 out[c.pid] = Early(checkpointer: c, store: store, scanner: scanner, files: files, tracker: tracker, stable: [:])
-                out[c.pid]?.stable = try c.storeStableMappings(store: store, scanner: scanner, files: &files)
+                do {
+                    out[c.pid]?.stable = try c.storeStableMappings(store: store, scanner: scanner, files: &files)
+                } catch where !c.sameProgram() {
+                    tracker.release()
+                    out[c.pid] = nil
+                    continue
+                }
                 out[c.pid]?.files = files
             }
             // What each wrote while the others were copied, just before the tree is stopped.
             for c in checkpointers {
                 guard let e = out[c.pid] else { continue }
-                do { try c.pass(store: e.store, scanner: e.scanner, tracker: e.tracker) } catch WBError.processGone { continue }
+                do {
+                    try c.pass(store: e.store, scanner: e.scanner, tracker: e.tracker)
+                } catch WBError.processGone {
+                    continue
+                } catch where !c.sameProgram() {
+                    continue   // its tracker goes at the final stop, which copies it whole
+                }
             }
         } catch {
             for e in out.values { e.tracker.release() }

@@ -227,6 +227,36 @@ import WBTrace
         #expect(program.line(startingWith: "VERIFY")?.hasPrefix("VERIFY OK") == true)
     }
 
+    /// A process that runs another program (exec) while its memory is being copied is copied
+    /// again, whole, at the final stop: the image is the new program's, and says so.
+    @Test func aProcessThatExecsDuringTheCopyIsCheckpointedAsItsNewProgram() throws {
+        let dir = scratchDirectory()
+        let program = try Child(Products.harness("switcher"), [Products.harness("heap"), "16"])
+        defer { program.signal(SIGKILL) }
+        _ = try #require(program.line(startingWith: "ready"))
+        let image = "\(dir)/switched.wbimg"
+        let run = try wb("checkpoint", "\(program.pid)", "-o", image)
+        try #require(run.code == 0, "\(run.stderr)")
+        #expect(run.stderr.contains("started another program while its memory was copied"), "\(run.stderr)")
+        let cmdline = try Image(path: image).process.cmdline
+        #expect(cmdline == [Products.harness("heap"), "16"], "\(cmdline)")
+        program.signal(SIGKILL)
+        program.wait()
+        // Caught anywhere in its start-up, it gets on once restored: once it handles SIGUSR1
+        // (SigCgt bit 9), it is asked to verify its memory.
+        let restored = try Restored.detach(image, ["--new-pidns"])
+        defer { restored.kill() }
+        var handles = false
+        for _ in 0..<200 where !handles {
+            let mask = (try? ProcFS.status(restored.pid))?["SigCgt"].flatMap { UInt64($0, radix: 16) } ?? 0
+            handles = mask & (1 << (UInt64(SIGUSR1) - 1)) != 0
+            if !handles { usleep(50_000) }
+        }
+        try #require(handles, "the restored program never got to its SIGUSR1 handler: \(restored.wb.stderrText)")
+        kill(restored.pid, SIGUSR1)
+        #expect(restored.line(startingWith: "VERIFY")?.hasPrefix("VERIFY OK") == true, "\(restored.wb.stderrText)")
+    }
+
     @Test func interruptingWbAtRandomMomentsNeverHarmsTheProcess() throws {
         let dir = scratchDirectory()
         let program = try Child(Products.harness("heap"), ["96", "--busy"])
