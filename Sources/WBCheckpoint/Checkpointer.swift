@@ -214,14 +214,7 @@ public final class Checkpointer {
         try embedDeletedFiles(deletedContents, into: &process, writer: writer)
         try embedMappedFiles(&files, into: &process)
         let metadata = ImageMetadata(host: HostInfo.current(), process: process, files: writer.embeddedFiles, notes: notes)
-        progress("writing \(writer.path)")
-        try writer.complete(metadata, sync: options.after == .kill)
-        // Read back what was written before it gets its name and before anything
-        // irreversible happens.
-        let check = try Image(path: writer.temporaryPath, displayName: writer.path)
-        if options.after == .kill { try check.verifyData() }
-        try checkStop()
-        try writer.commit()
+        let check = try Checkpointer.write(metadata, with: writer, options: options, progress: progress, checkStop: checkStop)
         if options.after == .kill && held == nil {
             tracee.kill()
             released = true
@@ -327,6 +320,19 @@ public final class Checkpointer {
 }
 
 extension Checkpointer {
+    /// Completes the image and reads it back before it gets its name and before anything
+    /// irreversible happens; with `--kill` it is flushed and every checksum verified first.
+    static func write(_ metadata: ImageMetadata, with writer: ImageWriter, options: CheckpointOptions,
+                      progress: (String) -> Void, checkStop: () throws -> Void) throws -> Image {
+        progress("writing \(writer.path)")
+        try writer.complete(metadata, sync: options.after == .kill)
+        let check = try Image(path: writer.temporaryPath, displayName: writer.path)
+        if options.after == .kill { try check.verifyData() }
+        try checkStop()
+        try writer.commit()
+        return check
+    }
+
     /// Once the process runs again (and its tracker is released): writes the pages read at
     /// the final stop, puts together the page runs of tracked memory, and reads the mappings'
     /// flags again, without the tracker's.

@@ -154,12 +154,7 @@ public final class TreeCheckpointer {
             try checkStop()
             var metadata = ImageMetadata(host: HostInfo.current(), process: states[0], files: writer.embeddedFiles, notes: notes)
             metadata.descendants = Array(states.dropFirst())
-            progress("writing \(writer.path)")
-            try writer.complete(metadata, sync: options.after == .kill)
-            let check = try Image(path: writer.temporaryPath, displayName: writer.path)
-            if options.after == .kill { try check.verifyData() }
-            try checkStop()
-            try writer.commit()
+            let check = try Checkpointer.write(metadata, with: writer, options: options, progress: progress, checkStop: checkStop)
             if options.after == .kill {
                 pause = Clock.monotonic - stopped
                 let_go = true
