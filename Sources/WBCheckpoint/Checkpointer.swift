@@ -173,16 +173,16 @@ public final class Checkpointer {
         }
         var released = held != nil
         defer { if !released { release(tracee) } }
-        if programAtPrecopy != nil && !sameProgram() {
-            // It ran another program meanwhile: what was copied belongs to the old one.
-            notes.append("pid \(pid) started another program while its memory was copied; its memory was copied again with it stopped")
-            tracker?.release()
-            tracker = nil
-            stable = [:]
-            store = PageStore(memory: memory, writer: writer, checkStop: { [unowned self] in try self.checkStop() })
-            scanner = try PageScanner(pid: pid)
-        }
         if programAtPrecopy != nil {
+            if !sameProgram() {
+                // It ran another program meanwhile: what was copied belongs to the old one.
+                notes.append(Checkpointer.programChanged(pid))
+                tracker?.release()
+                tracker = nil
+                stable = [:]
+                store = PageStore(memory: memory, writer: writer, checkStop: { [unowned self] in try self.checkStop() })
+                scanner = try PageScanner(pid: pid)
+            }
             // It ran since its preflight, and may have opened or closed fds meanwhile: they
             // are looked at again now that it is stopped (a refusal still lets it go as it was).
             placeholders = [:]
@@ -356,6 +356,11 @@ extension Checkpointer {
 
     /// Whether the process still runs the program whose memory the copy began with.
     func sameProgram() -> Bool { programAtPrecopy == nil || programAtPrecopy == programIdentity() }
+
+    /// The note for a process that ran another program while its memory was copied.
+    static func programChanged(_ pid: Int32) -> String {
+        "pid \(pid) started another program while its memory was copied; its memory was copied again with it stopped"
+    }
 
     func checkStop() throws {
         if shouldStop() {

@@ -90,7 +90,7 @@ public final class TreeCheckpointer {
             progress("stopping the process tree of pid \(root)")
             stopped = Clock.monotonic
             try stopAll(into: &members)
-            let scope = TreeScope(members: Set(members.map(\.pid)), sockets: socketsHeld(by: members))
+            let scope = TreeScope(members: Set(members.map(\.pid)), sockets: socketsHeld(by: members.filter { $0.zombie == nil }.map(\.pid)))
             var states: [ProcessState] = []
             var notes: [String] = []
             // Every process's pages first: the image's page section comes before its files.
@@ -100,7 +100,7 @@ public final class TreeCheckpointer {
                 if let z = m.zombie { states.append(z); continue }
                 if let e = early[m.pid], !e.checkpointer.sameProgram() {
                     // It ran another program meanwhile: it is copied whole now.
-                    notes.append("pid \(m.pid) started another program while its memory was copied; its memory was copied again with it stopped")
+                    notes.append(Checkpointer.programChanged(m.pid))
                     e.tracker.release()
                     early[m.pid] = nil
                 }
@@ -185,7 +185,7 @@ public final class TreeCheckpointer {
             pids.append(pid)
             queue += ProcFS.children(pid)
         }
-        let scope = TreeScope(members: Set(pids), sockets: socketsHeld(by: pids.map { Member(pid: $0, tracee: nil, zombie: nil) }))
+        let scope = TreeScope(members: Set(pids), sockets: socketsHeld(by: pids))
         var checkpointers: [Checkpointer] = []
         for pid in pids {
             let c = Checkpointer(pid: pid, options: options)
@@ -284,11 +284,12 @@ public final class TreeCheckpointer {
         return p
     }
 
-    private func socketsHeld(by members: [Member]) -> Set<UInt64> {
+    /// The Unix sockets (inodes) the processes `pids` hold.
+    private func socketsHeld(by pids: [Int32]) -> Set<UInt64> {
         var out = Set<UInt64>()
-        for m in members where m.zombie == nil {
-            for fd in (try? ProcFS.fds(m.pid)) ?? [] {
-                if let link = try? Paths.readLink("/proc/\(m.pid)/fd/\(fd)"), let inode = Checkpointer.socketInode(link) { out.insert(inode) }
+        for pid in pids {
+            for fd in (try? ProcFS.fds(pid)) ?? [] {
+                if let link = try? Paths.readLink("/proc/\(pid)/fd/\(fd)"), let inode = Checkpointer.socketInode(link) { out.insert(inode) }
             }
         }
         return out
