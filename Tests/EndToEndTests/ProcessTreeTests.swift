@@ -12,10 +12,7 @@ import WBTrace
         let shell = try Child("/bin/sh", ["-c", "\(stage) produce | \(stage) filter | \(stage) consume"])
         let first = try #require(shell.line(startingWith: "ok"))
         let image = "\(dir)/pipeline.wbimg"
-        let run = try wb("checkpoint", "--tree", "\(shell.pid)", "-o", image, "--kill", "--json")
-        try #require(run.code == 0, "\(run.stderr)")
-        let report = try #require(try JSONSerialization.jsonObject(with: Data(run.stdout.utf8)) as? [String: Any])
-        let processes = try #require(report["processes"] as? [[String: Any]])
+        let processes = try checkpointTree(shell.pid, to: image, kill: true)
         #expect(processes.count == 4)
         #expect(processes.dropFirst().allSatisfy { ($0["ppid"] as? Int) == Int(shell.pid) })
         #expect(shell.wait() & 0x7f == SIGKILL)
@@ -41,10 +38,7 @@ import WBTrace
         let ready = try #require(family.line(startingWith: "ready"))
         _ = try #require(family.line(startingWith: "counter="))
         let image = "\(dir)/family.wbimg"
-        let run = try wb("checkpoint", "--tree", "\(family.pid)", "-o", image, "--kill", "--json")
-        try #require(run.code == 0, "\(run.stderr)")
-        let report = try #require(try JSONSerialization.jsonObject(with: Data(run.stdout.utf8)) as? [String: Any])
-        let processes = try #require(report["processes"] as? [[String: Any]])
+        let processes = try checkpointTree(family.pid, to: image, kill: true)
         #expect(processes.count == 4)
         let zombie = processes.first { $0["zombieStatus"] != nil }
         #expect(zombie?["pid"] as? Int == Int(field(ready, "b") ?? ""))
@@ -116,10 +110,7 @@ import WBTrace
         defer { killTree(shell.pid) }
         for _ in 0..<2 { _ = try #require(shell.line(startingWith: "READY")) }
         let image = "\(dir)/running.wbimg"
-        let run = try wb("checkpoint", "--tree", "\(shell.pid)", "-o", image, "--json")
-        try #require(run.code == 0, "\(run.stderr)")
-        let report = try #require(try JSONSerialization.jsonObject(with: Data(run.stdout.utf8)) as? [String: Any])
-        #expect((report["processes"] as? [[String: Any]])?.count == 3)
+        #expect(try checkpointTree(shell.pid, to: image, kill: false).count == 3)
         let heaps = ProcFS.children(shell.pid)
         #expect(heaps.count == 2 && heaps.allSatisfy { tracerOf($0) == "0" })
         for h in heaps { kill(h, SIGUSR1) }
@@ -150,6 +141,15 @@ import WBTrace
         #expect(family.line(startingWith: "counter=") != nil)
         killTree(family.pid)
     }
+}
+
+/// `wb checkpoint --tree PID -o IMAGE --json`, killing the tree or leaving it running: the
+/// processes its report lists.
+func checkpointTree(_ pid: Int32, to image: String, kill: Bool) throws -> [[String: Any]] {
+    let run = try wb(["checkpoint", "--tree", "\(pid)", "-o", image, "--json"] + (kill ? ["--kill"] : []))
+    try #require(run.code == 0, "\(run.stderr)")
+    let report = try #require(try JSONSerialization.jsonObject(with: Data(run.stdout.utf8)) as? [String: Any])
+    return try #require(report["processes"] as? [[String: Any]])
 }
 
 /// Whether a restored program's "counter=N" lines go past `last` by more than 100.
