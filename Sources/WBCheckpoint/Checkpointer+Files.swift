@@ -37,15 +37,8 @@ struct FileEmbedder {
         let embed = code || deleted || path == exe || (!e.shared && st.size <= embedLimit)
         if embed && e.shared && deleted {
             var bytes = [UInt8](repeating: 0, count: Int(st.size))
-            var done = 0
-            while done < bytes.count {
-                let n = try withContext("reading shared memory \(path)") {
-                    try bytes.withUnsafeMutableBytes { try fd.read(into: UnsafeMutableRawBufferPointer(rebasing: $0[done...]), at: UInt64(done)) }
-                }
-                if n == 0 { break }
-                done += n
-            }
-            pendingBytes.append((FileEmbedder.key(id), bytes, path))
+            let got = try withContext("reading shared memory \(path)") { try bytes.withUnsafeMutableBytes { try fd.read(into: $0, at: 0) } }
+            pendingBytes.append((FileEmbedder.key(id), Array(bytes.prefix(got)), path))
         } else if embed {
             pending.append((FileEmbedder.key(id), fd, path, code))
         } else {
