@@ -91,6 +91,7 @@ public final class Checkpointer {
     public func checkpoint(to path: String, stopped: Tracee?) throws -> CheckpointResult {
         let started = Clock.monotonic
         held = stopped
+        stamp("preflight")
         let plan = try withContext("checkpoint of pid \(pid)") { try preflight() }
         try checkStop()
         // The image file exists before the process is touched: a bad path costs it nothing.
@@ -131,7 +132,8 @@ public final class Checkpointer {
     /// WB_TIMING=1 prints each step's moment (CLOCK_MONOTONIC, ns) on stderr, to line up
     /// with what a workload measured.
     static let timing = ProcessInfo.processInfo.environment["WB_TIMING"] != nil
-    func stamp(_ what: String) {
+    func stamp(_ what: String) { Checkpointer.stamp(what) }
+    static func stamp(_ what: String) {
         if Checkpointer.timing { FileHandle.standardError.write(Data(String(format: "wb-timing %.0f %@\n", Clock.monotonic * 1e9, what).utf8)) }
     }
 
@@ -197,24 +199,34 @@ public final class Checkpointer {
         var process = try capture(tracee, plan: plan, memory: memory, store: store, scanner: scanner, files: &files,
                                   stable: stable, removed: tracker?.takeRemoved() ?? [], deferred: &deferred,
                                   deletedContents: &deletedContents, phase: phase)
+        // The userfaultfd is let go on another thread while the rest is done here (both walk
+        // the page tables; the process runs meanwhile).
+        let letGo = DispatchGroup()
+        defer { letGo.wait() }
         if options.after == .leaveRunning && held == nil {
             release(tracee)
             released = true
             phase("resume")
             pauses.append(Clock.monotonic - stopped)
             stamp("resumed")
-            tracker?.release()
-            stamp("released")
-            tracker = nil
+            if let t = tracker {
+                tracker = nil
+                DispatchQueue.global().async(group: letGo) {
+                    t.release()
+                    Checkpointer.stamp("released")
+                }
+            }
         }
 
         // The rest needs no stopped process: page runs, mapped files, flags, the image itself.
         try finishPages(&process, store: store, deferred: deferred)
+        stamp("pages written")
         progress("storing mapped files")
         try embedDeletedFiles(deletedContents, into: &process, writer: writer)
         try embedMappedFiles(&files, into: &process)
         let metadata = ImageMetadata(host: HostInfo.current(), process: process, files: writer.embeddedFiles, notes: notes)
         let check = try Checkpointer.write(metadata, with: writer, options: options, progress: progress, checkStop: checkStop)
+        stamp("image written")
         if options.after == .kill && held == nil {
             tracee.kill()
             released = true
@@ -285,12 +297,23 @@ public final class Checkpointer {
             for e in maps where !e.shared && e.protection & 2 != 0 && (e.path.isEmpty || e.path == "[heap]" || e.path == "[stack]" || e.path.hasPrefix("[anon:")) {
                 if tracker.register(start: e.start, end: e.end) { store.track(start: e.start, end: e.end) }
             }
-            try tracker.protectAll()
-            stamp("protected")
             progress("copying memory while pid \(pid) runs")
+            // Each 64 MiB is write-protected just before it is copied, so protecting the
+            // next part overlaps writing the last one to the image. A page is copied only
+            // after it is protected: a write after its copy is found by the passes. Discards
+            // recorded so far are taken before the copy: they may be of pages not copied yet
+            // and written again since, whose copy a later forget would drop.
             for r in tracker.ranges {
-                try store.store(try scanner.scan(start: r.start, end: r.end))
+                var at = r.start
+                while at < r.end {
+                    let end = min(r.end, at + DirtyTracker.step)
+                    try tracker.protect(start: at, end: end)
+                    store.forget(tracker.takeRemoved())
+                    try store.store(try scanner.scan(start: at, end: end))
+                    at = end
+                }
             }
+            stamp("copied")
             for _ in 0..<options.precopyPasses {
                 if try pass(store: store, scanner: scanner, tracker: tracker) <= options.stopCopyBytes { break }
             }
@@ -314,6 +337,9 @@ public final class Checkpointer {
             store.forget(tracker.takeRemoved())
             try store.store(dirty)
         }
+        // A small pass is followed by the final stop, which reads about as much again: into
+        // memory made ready now.
+        if written <= options.stopCopyBytes { store.reserveHold(written) }
         stamp("pass: \(written) bytes written")
         return written
     }
@@ -333,9 +359,10 @@ extension Checkpointer {
         return check
     }
 
-    /// Once the process runs again (and its tracker is released): writes the pages read at
-    /// the final stop, puts together the page runs of tracked memory, and reads the mappings'
-    /// flags again, without the tracker's.
+    /// Once the process runs again: writes the pages read at the final stop, puts together
+    /// the page runs of tracked memory, and reads the mappings' flags (not read at the stop:
+    /// it would walk every page table), without the tracker's own ("uw", write-protect
+    /// registration, still there while the tracker is let go).
     func finishPages(_ process: inout ProcessState, store: PageStore, deferred: [DeferredRuns]) throws {
         try store.writeHeld()
         for d in deferred {
@@ -343,7 +370,8 @@ extension Checkpointer {
         }
         if store.tracking, let flags = try? ProcFS.maps(pid, withFlags: true) {
             for i in process.mappings.indices {
-                if let e = flags.first(where: { $0.start == process.mappings[i].start }) { process.mappings[i].vmFlags = e.vmFlags }
+                guard let e = flags.first(where: { $0.start == process.mappings[i].start }) else { continue }
+                process.mappings[i].vmFlags = store.tracks(e.start) ? e.vmFlags.filter { $0 != "uw" } : e.vmFlags
             }
         }
     }

@@ -31,7 +31,8 @@ final class PageStore {
     deinit {
         for g in writes { g.wait() }
         for b in buffers { b.deallocate() }
-        for h in held { h.data.deallocate() }
+        for h in held where h.owned { h.data.deallocate() }
+        holdSpace?.deallocate()
     }
 
     /// Starts remembering the pages of [start, end).
@@ -50,6 +51,9 @@ final class PageStore {
     }
 
     var tracking: Bool { !tables.isEmpty }
+
+    /// Whether the page at `address` is in a tracked range.
+    func tracks(_ address: UInt64) -> Bool { table(for: address) != nil }
 
 
     /// `ranges` cut into the parts inside tracked ranges and the parts outside.
@@ -74,8 +78,24 @@ final class PageStore {
         return (tracked, untracked)
     }
 
-    /// Pages of tracked memory read with `hold` and not written to the image yet.
-    private var held: [(pages: [UInt64], data: UnsafeMutableRawBufferPointer)] = []
+    /// Pages of tracked memory read with `hold` and not written to the image yet (`owned`:
+    /// memory of their own, not part of `holdSpace`).
+    private var held: [(pages: [UInt64], data: UnsafeMutableRawBufferPointer, owned: Bool)] = []
+    /// Memory for `store(hold:)`, made ready while the process runs (see `reserveHold`).
+    private var holdSpace: UnsafeMutableRawBufferPointer?
+    private var holdUsed = 0
+
+    /// Makes room for about `bytes` of pages to be read with `hold`, every page of it touched
+    /// now: a stopped process then waits for no page faults of wb's own (on a machine that
+    /// hands its free memory back to the host, new memory costs more than the reads).
+    func reserveHold(_ bytes: UInt64) {
+        let want = min(32 << 20, max(2 << 20, (Int(bytes) * 2 + 4095) & ~4095))
+        guard held.isEmpty, (holdSpace?.count ?? 0) < want else { return }
+        holdSpace?.deallocate()
+        let space = UnsafeMutableRawBufferPointer.allocate(byteCount: want, alignment: 4096)
+        space.initializeMemory(as: UInt8.self, repeating: 0)
+        holdSpace = space
+    }
 
     /// Stores the pages of `ranges` (stored again in place when they were stored before).
     /// Returns the page runs for the pages of untracked memory, relative to `base`. With
@@ -88,9 +108,19 @@ final class PageStore {
         func flush() throws {
             try checkStop()
             if hold {
-                let data = UnsafeMutableRawBufferPointer.allocate(byteCount: batch.count * 4096, alignment: 4096)
+                let bytes = batch.count * 4096
+                let data: UnsafeMutableRawBufferPointer
+                let owned: Bool
+                if let space = holdSpace, holdUsed + bytes <= space.count {
+                    data = UnsafeMutableRawBufferPointer(rebasing: space[holdUsed..<(holdUsed + bytes)])
+                    holdUsed += bytes
+                    owned = false
+                } else {
+                    data = .allocate(byteCount: bytes, alignment: 4096)
+                    owned = true
+                }
+                held.append((batch, data, owned))
                 try read(batch, into: data)
-                held.append((batch, data))
             } else {
                 let i = next
                 next ^= 1
@@ -118,10 +148,13 @@ final class PageStore {
         let group = DispatchGroup()
         defer {
             group.wait()
-            for h in held { h.data.deallocate() }
+            for h in held where h.owned { h.data.deallocate() }
             held = []
+            holdSpace?.deallocate()
+            holdSpace = nil
+            holdUsed = 0
         }
-        for (pages, data) in held {
+        for (pages, data, _) in held {
             try place(pages, from: data, base: 0, runs: &ignored, group: group)
         }
     }

@@ -5,8 +5,9 @@ import Glibc
 /// is write-protected with a userfaultfd in async mode (the kernel resolves each first write
 /// by itself and marks the page written), and `PageScanner` reports, and re-protects, the
 /// written pages. The process is never stopped for it, and if wb dies the protection goes
-/// with the userfaultfd: the process does not notice.
-public final class DirtyTracker {
+/// with the userfaultfd: the process does not notice. One thread uses it at a time (it may
+/// be handed to another to be released).
+public final class DirtyTracker: @unchecked Sendable {
     public let pid: Int32
     private let uffd: FileDescriptor
     private var events: UnsafeMutableRawPointer?
@@ -36,20 +37,23 @@ public final class DirtyTracker {
         return true
     }
 
-    /// Write-protects every registered range, 64 MiB at a time so the process's own page
+    /// How much memory one protect or unprotect call covers, so the process's own page
     /// faults are never held up for long.
+    public static let step: UInt64 = 64 << 20
+
+    /// Write-protects every registered range, `step` at a time.
     public func protectAll() throws {
         for r in ranges {
             var at = r.start
             while at < r.end {
-                let len = min(64 << 20, r.end - at)
-                try check(writeProtect(at, len, true), "ioctl(UFFDIO_WRITEPROTECT)", "write-protecting \(hex(at))")
-                at += len
+                let end = min(r.end, at + DirtyTracker.step)
+                try protect(start: at, end: end)
+                at = end
             }
         }
     }
 
-    /// Write-protects [start, end) again (pages wb has just put back).
+    /// Write-protects [start, end): at most `step` long, or pages wb has just put back.
     public func protect(start: UInt64, end: UInt64) throws {
         try check(writeProtect(start, end - start, true), "ioctl(UFFDIO_WRITEPROTECT)", "write-protecting \(hex(start))")
     }
@@ -77,16 +81,17 @@ public final class DirtyTracker {
         }
     }
 
-    /// Removes every protection and the registration (in 64 MiB steps), then the userfaultfd.
+    /// Removes the registration, and with it every protection, `step` at a time (each step
+    /// holds the process's mappings still while it walks them), then the userfaultfd (which
+    /// also clears whatever a step left, such as a range the process has remapped since).
     public func release() {
         for r in ranges {
             var at = r.start
             while at < r.end {
-                let len = min(64 << 20, r.end - at)
-                _ = writeProtect(at, len, false)
+                let len = min(DirtyTracker.step, r.end - at)
+                _ = wb_uffd_unregister(uffd.rawValue, at, len)
                 at += len
             }
-            _ = wb_uffd_unregister(uffd.rawValue, r.start, r.end - r.start)
         }
         ranges = []
         wb_uffd_events_stop(events)
