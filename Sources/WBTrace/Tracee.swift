@@ -93,8 +93,11 @@ public final class Tracee {
                 let ie = wb_ptrace(WB_PTRACE_INTERRUPT, tid, 0, 0, nil)
                 if ie != 0 && ie != ESRCH { try check(ie, "ptrace(PTRACE_INTERRUPT)", "stopping thread \(tid)", pid: tid) }
             }
+            // A process of one thread may exec as it is stopped: it stops again as its new
+            // program (with more threads, their tids would no longer hold).
+            let single = seen.count == 1 && tids.isEmpty
             for tid in seized {
-                if try settle(tid) { tids.append(tid) }
+                if try settle(tid, execOK: single) { tids.append(tid) }
             }
             // Threads auto-attached through clone events are in `tids` already.
             for tid in tids { seen.insert(tid) }
@@ -104,7 +107,7 @@ public final class Tracee {
     }
 
     /// Waits until `tid` sits in a clean stop. Returns false if it exited.
-    private func settle(_ tid: Int32) throws -> Bool {
+    private func settle(_ tid: Int32, execOK: Bool) throws -> Bool {
         while true {
             switch try wait(tid) {
             case .interrupted:
@@ -116,7 +119,7 @@ public final class Tracee {
                 interceptSignal(tid)
                 return true
             case let .event(ev):
-                if ev == WB_PTRACE_EVENT_EXEC {
+                if ev == WB_PTRACE_EVENT_EXEC && !execOK {
                     throw WBError.failed("pid \(pid) called exec while being checkpointed; try again")
                 }
                 // Not a state to capture a thread in: let it finish and stop again.
@@ -160,7 +163,7 @@ public final class Tracee {
             if child > 0 && !tids.contains(child) {
                 tids.append(child)
                 // A new thread starts in PTRACE_EVENT_STOP; collect that stop now.
-                _ = try settle(child)
+                _ = try settle(child, execOK: false)
             }
             return .event(event)
         }
