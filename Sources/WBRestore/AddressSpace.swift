@@ -128,7 +128,7 @@ struct AddressSpace {
                         what: "mapping the image's vdso at \(hex(imageVdso.start))")
         try tracee.write(code, to: imageVdso.start)
         try leader.call(.mprotect, imageVdso.start, size, 5, what: "protecting the redirected vdso")
-        restorer.notes.append("this kernel's vdso differs from the image's: its entry points at \(hex(imageVdso.start)) now jump to the vdso at \(hex(newVdso))")
+        restorer.note("this kernel's vdso differs from the image's: its entry points at \(hex(imageVdso.start)) now jump to the vdso at \(hex(newVdso))", about: process)
     }
 
     /// System calls that stand in for vdso functions this kernel does not offer.
@@ -219,7 +219,7 @@ struct AddressSpace {
         let name = try scratch.put(string: "/proc/self/map_files/\(String(m.start, radix: 16))-\(String(m.end, radix: 16))")
         let fd = try leader.raw(.openat, UInt64(bitPattern: -100), name, UInt64(O_RDWR | O_CLOEXEC), 0)
         guard fd >= 0 else {
-            restorer.notes.append("shared memory at \(hex(m.start)) could not be opened (\(String(cString: strerror(Int32(-fd))))); other processes of the tree get their own copy")
+            restorer.note("shared memory at \(hex(m.start)) could not be opened (\(String(cString: strerror(Int32(-fd))))); other processes of the tree get their own copy", about: process)
             return
         }
         try shared.keep("memory:\(object)", fd: Int32(fd), offset: m.offset, leader: leader, pid: process.pid,
@@ -340,7 +340,7 @@ struct AddressSpace {
         try leader.call(.shmctl, id, 1 /* IPC_SET */, buffer, what: "setting the owner and permissions of System V segment \(s.id)")
         if s.locked {
             let r = try leader.raw(.shmctl, id, 11 /* SHM_LOCK */, 0)
-            if r < 0 { restorer.notes.append("System V segment \(s.id) was locked in memory; locking it here failed (\(String(cString: strerror(Int32(-r)))))") }
+            if r < 0 { restorer.note("System V segment \(s.id) was locked in memory; locking it here failed (\(String(cString: strerror(Int32(-r)))))", about: process) }
         }
     }
 

@@ -61,7 +61,7 @@ struct FDBuilder {
     private func watch(_ s: FDState, placed: Set<Int32>) throws {
         for w in s.epoll ?? [] {
             guard placed.contains(w.fd) else {
-                restorer.notes.append("epoll fd \(s.fd) watched fd \(w.fd), which was closed after it was added; that watch is gone")
+                restorer.note("epoll fd \(s.fd) watched fd \(w.fd), which was closed after it was added; that watch is gone", about: process)
                 continue
             }
             scratch.reset()
@@ -123,7 +123,7 @@ struct FDBuilder {
         case .tty:
             if let fd = inherited[s.fd] { return fd }
             for k: Int32 in 0...2 where isatty(k) == 1 { if let fd = inherited[k] { return fd } }
-            restorer.notes.append("fd \(s.fd) was the terminal \(s.path); there is no terminal here, so it is /dev/null")
+            restorer.note("fd \(s.fd) was the terminal \(s.path); there is no terminal here, so it is /dev/null", about: process)
             return try open("/dev/null", O_RDWR)
         case .placeholder:
             return try open("/dev/null", O_RDWR)
@@ -247,10 +247,10 @@ struct FDBuilder {
         if state.external {
             if let src = externalSources[id] { return src }
             if !wantsRead {
-                restorer.notes.append("fd \(s.fd) wrote to a pipe outside the process; it writes to /dev/null now")
+                restorer.note("fd \(s.fd) wrote to a pipe outside the process; it writes to /dev/null now", about: process)
                 return try open("/dev/null", O_WRONLY)
             }
-            restorer.notes.append("fd \(s.fd) read from a pipe outside the process; it reads the \(state.buffered.count) buffered bytes, then end of file")
+            restorer.note("fd \(s.fd) read from a pipe outside the process; it reads the \(state.buffered.count) buffered bytes, then end of file", about: process)
         }
         if pipeEnds[id] == nil, let r = try shared.fetch("pipe:\(id):read", into: leader, above: base) {
             // Made by another process of the tree.

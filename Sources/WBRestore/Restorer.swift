@@ -119,6 +119,13 @@ public final class Restorer {
 
     var process: ProcessState { image.process }
 
+    /// Adds a note about process `p`: prefixed with its pid when the image holds a tree, so the
+    /// user knows which process it is about.
+    func note(_ text: String, about p: ProcessState) {
+        let line = (image.metadata.descendants ?? []).isEmpty ? text : "pid \(p.pid): \(text)"
+        if !notes.contains(line) { notes.append(line) }
+    }
+
     public func restore() throws -> RestoredProcess {
         try withContext("restoring \(image.path)") {
             let tree = image.metadata.descendants ?? []

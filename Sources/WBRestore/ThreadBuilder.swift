@@ -39,10 +39,10 @@ struct ThreadBuilder {
         scratch.reset()
         let cwd = try scratch.put(string: p.cwd)
         if try leader.raw(.chdir, cwd) != 0 {
-            restorer.notes.append("the working directory \(p.cwd) does not exist here; it is / instead")
+            restorer.note("the working directory \(p.cwd) does not exist here; it is / instead", about: process)
             _ = try leader.raw(.chdir, try scratch.put(string: "/"))
         }
-        if p.root != "/" { restorer.notes.append("the process had root directory \(p.root); it is / here") }
+        if p.root != "/" { restorer.note("the process had root directory \(p.root); it is / here", about: process) }
         try leader.call(.umask, UInt64(p.umask), what: "setting the umask")
         if p.personality != 0 { _ = try leader.raw(.personality, UInt64(p.personality)) }
         for l in p.rlimits {
@@ -52,7 +52,7 @@ struct ThreadBuilder {
                 // Raising a hard limit needs CAP_SYS_RESOURCE: keep this host's.
                 if let here = try? ResourceLimits.get(pid: tracee.pid, resource: l.resource) {
                     try? ResourceLimits.set(pid: tracee.pid, resource: l.resource, soft: min(l.soft, here.hard), hard: here.hard)
-                    restorer.notes.append("resource limit \(l.name) kept at this host's hard limit \(here.hard) (the image had \(l.hard))")
+                    restorer.note("resource limit \(l.name) kept at this host's hard limit \(here.hard) (the image had \(l.hard))", about: process)
                 }
             }
         }
@@ -202,7 +202,7 @@ struct ThreadBuilder {
         let same = c.uid.allSatisfy { $0 == getuid() } && c.gid.allSatisfy { $0 == getgid() }
         if same { return }
         guard geteuid() == 0 else {
-            restorer.notes.append("the process ran as uid \(c.uid[1]); it runs as uid \(geteuid()) here (restore as root to keep it)")
+            restorer.note("the process ran as uid \(c.uid[1]); it runs as uid \(geteuid()) here (restore as root to keep it)", about: process)
             return
         }
         scratch.reset()

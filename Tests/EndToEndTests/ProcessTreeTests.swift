@@ -9,7 +9,10 @@ import WBTrace
     @Test func aShellPipelineComesBackWithItsDataFlowing() throws {
         let dir = scratchDirectory()
         let stage = Products.harness("pipeline")
-        let shell = try Child("/bin/sh", ["-c", "\(stage) produce | \(stage) filter | \(stage) consume"])
+        // Every process works in a directory that is gone when the tree is restored.
+        let work = "\(dir)/work"
+        try #require(mkdir(work, 0o755) == 0)
+        let shell = try Child("/bin/sh", ["-c", "cd '\(work)' && \(stage) produce | \(stage) filter | \(stage) consume"])
         let first = try #require(shell.line(startingWith: "ok"))
         let image = "\(dir)/pipeline.wbimg"
         let processes = try checkpointTree(shell.pid, to: image, kill: true)
@@ -21,9 +24,15 @@ import WBTrace
         while let l = shell.line(timeout: 2) { if l.hasPrefix("ok ") { last = Int(l.dropFirst(3)) ?? last } }
         try #require(last > 0)
 
+        rmdir(work)
         let restored = try Restored.detach(image)
         defer { killTree(restored.pid) }
         #expect(ProcFS.children(restored.pid).count == 3)
+        // Each process's note about its working directory says which process it is.
+        let notes = restored.wb.stderrText.split(separator: "\n").filter { $0.hasPrefix("wb: note: ") }
+        let pids = processes.compactMap { $0["pid"] as? Int }
+        #expect(pids.allSatisfy { pid in notes.contains { $0 == "wb: note: pid \(pid): the working directory \(work) does not exist here; it is / instead" } }, "\(notes)")
+        #expect(notes.allSatisfy { n in pids.contains { n.hasPrefix("wb: note: pid \($0): ") } }, "\(notes)")
         // The consumer checks every line follows the one before with the right hash: it goes
         // on from exactly where it was, through both restored pipes, nothing lost or repeated.
         for k in 1...3 {
