@@ -199,23 +199,17 @@ public final class Checkpointer {
         var process = try capture(tracee, plan: plan, memory: memory, store: store, scanner: scanner, files: &files,
                                   stable: stable, removed: tracker?.takeRemoved() ?? [], deferred: &deferred,
                                   deletedContents: &deletedContents, phase: phase)
-        // The userfaultfd is let go on another thread while the rest is done here (both walk
-        // the page tables; the process runs meanwhile).
-        let letGo = DispatchGroup()
-        defer { letGo.wait() }
         if options.after == .leaveRunning && held == nil {
             release(tracee)
             released = true
             phase("resume")
             pauses.append(Clock.monotonic - stopped)
             stamp("resumed")
-            if let t = tracker {
-                tracker = nil
-                DispatchQueue.global().async(group: letGo) {
-                    t.release()
-                    Checkpointer.stamp("released")
-                }
-            }
+            // Before the flags are read below: both walk the page tables under the process's
+            // mapping lock, and side by side they only wait for each other.
+            tracker?.release()
+            stamp("released")
+            tracker = nil
         }
 
         // The rest needs no stopped process: page runs, mapped files, flags, the image itself.
@@ -359,10 +353,9 @@ extension Checkpointer {
         return check
     }
 
-    /// Once the process runs again: writes the pages read at the final stop, puts together
-    /// the page runs of tracked memory, and reads the mappings' flags (not read at the stop:
-    /// it would walk every page table), without the tracker's own ("uw", write-protect
-    /// registration, still there while the tracker is let go).
+    /// Once the process runs again (and its tracker is released): writes the pages read at
+    /// the final stop, puts together the page runs of tracked memory, and reads the mappings'
+    /// flags (not read at the stop: it would walk every page table).
     func finishPages(_ process: inout ProcessState, store: PageStore, deferred: [DeferredRuns]) throws {
         try store.writeHeld()
         for d in deferred {
@@ -370,8 +363,7 @@ extension Checkpointer {
         }
         if store.tracking, let flags = try? ProcFS.maps(pid, withFlags: true) {
             for i in process.mappings.indices {
-                guard let e = flags.first(where: { $0.start == process.mappings[i].start }) else { continue }
-                process.mappings[i].vmFlags = store.tracks(e.start) ? e.vmFlags.filter { $0 != "uw" } : e.vmFlags
+                if let e = flags.first(where: { $0.start == process.mappings[i].start }) { process.mappings[i].vmFlags = e.vmFlags }
             }
         }
     }
