@@ -52,9 +52,6 @@ final class PageStore {
 
     var tracking: Bool { !tables.isEmpty }
 
-    /// Whether the page at `address` is in a tracked range.
-    func tracks(_ address: UInt64) -> Bool { table(for: address) != nil }
-
 
     /// `ranges` cut into the parts inside tracked ranges and the parts outside.
     func split(_ ranges: [PageScanner.Range]) -> (tracked: [PageScanner.Range], untracked: [PageScanner.Range]) {
@@ -178,6 +175,7 @@ final class PageStore {
         // Pages stored before go back to their place, in groups that lie together.
         var k = 0
         var fresh: [Int] = []
+        var rewrites: [(bytes: UnsafeRawBufferPointer, offset: UInt64)] = []
         while k < pages.count {
             guard let t = table(for: pages[k]) else { fresh.append(k); k += 1; continue }
             let index = Int((pages[k] - tables[t].start) / 4096)
@@ -186,10 +184,11 @@ final class PageStore {
             var n = 1
             while k + n < pages.count, pages[k + n] == pages[k] + UInt64(n) * 4096, index + n < tables[t].offsets.count,
                   tables[t].offsets[index + n] == offset + UInt64(n) * 4096 { n += 1 }
-            try writer.rewritePages(UnsafeRawBufferPointer(rebasing: buffer[(k * 4096)..<((k + n) * 4096)]), at: offset, group: group)
+            rewrites.append((UnsafeRawBufferPointer(rebasing: buffer[(k * 4096)..<((k + n) * 4096)]), offset))
             rewrittenBytes += UInt64(n) * 4096
             k += n
         }
+        if !rewrites.isEmpty { try writer.rewritePages(rewrites, group: group) }
         // New non-zero pages are packed to the front and appended in one write.
         var kept: [Int] = []
         // Packing moves pages over others: rewrites of this buffer must be out first.

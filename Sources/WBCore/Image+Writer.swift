@@ -65,6 +65,19 @@ public final class ImageWriter {
         try pageFailure.check()
     }
 
+    /// Writes pages again in several places at once (see `rewritePages(_:group:)`).
+    private func writePages(many writes: [(bytes: UnsafeRawBufferPointer, offset: UInt64)]) throws {
+        if writes.count > 1, let d = direct, writes.allSatisfy({ Int(bitPattern: $0.bytes.baseAddress) % 4096 == 0 && $0.bytes.count % 4096 == 0 && $0.offset % 4096 == 0 }) {
+            do {
+                try withContext("writing image \(path)") { try d.write(many: writes) }
+                return
+            } catch WBError.system(_, let errno, _) where errno == EINVAL {
+                direct = nil
+            }
+        }
+        for w in writes { try writePages(w.bytes, at: w.offset) }
+    }
+
     /// Writes whole pages at `offset` in the file: through O_DIRECT when the memory is
     /// page-aligned, else (or if the file system refuses) through the page cache.
     private func writePages(_ bytes: UnsafeRawBufferPointer, at offset: UInt64) throws {
@@ -134,12 +147,24 @@ public final class ImageWriter {
         return offset
     }
 
-    /// Writes pages again at `offset` within the page section (a page that changed since it
-    /// was first stored).
-    public func rewritePages(_ bytes: UnsafeRawBufferPointer, at offset: UInt64, group: DispatchGroup? = nil) throws {
-        precondition(current?.kind == .pages && offset + UInt64(bytes.count) <= cursor - current!.start)
-        pageChecksum.set(first: Int(offset / 4096), bytes)
-        try submitPages(bytes, at: current!.start + offset, group: group)
+    /// Writes pages that changed since they were stored again, each at its offset within the
+    /// page section, in one background job (with `group`) whose writes are in flight together:
+    /// pages a pass found rewritten lie scattered over the image.
+    public func rewritePages(_ runs: [(bytes: UnsafeRawBufferPointer, offset: UInt64)], group: DispatchGroup) throws {
+        guard let start = current?.start, current?.kind == .pages else { preconditionFailure("not in the page section") }
+        try pageFailure.check()
+        var writes: [(bytes: UnsafeRawBufferPointer, offset: UInt64)] = []
+        for r in runs {
+            precondition(r.offset + UInt64(r.bytes.count) <= cursor - start)
+            pageChecksum.set(first: Int(r.offset / 4096), r.bytes)
+            writes.append((r.bytes, start + r.offset))
+        }
+        let job = PageWrites(writer: self, writes: writes)
+        group.enter()
+        pageQueue.async {
+            do { try job.writer.writePages(many: job.writes) } catch { job.writer.pageFailure.keep(error) }
+            group.leave()
+        }
     }
 
     /// Offset within the page section where the next pages will go.
@@ -259,6 +284,12 @@ private struct PageWrite: @unchecked Sendable {
     let writer: ImageWriter
     let bytes: UnsafeRawBufferPointer
     let offset: UInt64
+}
+
+/// Scattered page writes for the background thread (see `PageWrite`).
+private struct PageWrites: @unchecked Sendable {
+    let writer: ImageWriter
+    let writes: [(bytes: UnsafeRawBufferPointer, offset: UInt64)]
 }
 
 /// The first error of a background page write.

@@ -83,6 +83,18 @@ public final class FileDescriptor: @unchecked Sendable {
         }
     }
 
+    /// Writes each buffer at its offset, up to `together` of them in flight at once (with
+    /// O_DIRECT each write waits for the disk: scattered writes then overlap their waits).
+    public func write(many writes: [(bytes: UnsafeRawBufferPointer, offset: UInt64)], together: Int = 4) throws {
+        var triples: [UInt64] = []
+        triples.reserveCapacity(writes.count * 3)
+        for w in writes { triples += [UInt64(UInt(bitPattern: w.bytes.baseAddress)), UInt64(w.bytes.count), w.offset] }
+        let e = triples.withUnsafeBufferPointer { wb_pwrite_many(rawValue, $0.baseAddress, Int32(writes.count), Int32(together)) }
+        if e != 0 {
+            throw WBError.system(call: "pwrite", errno: e, what: "writing \(writes.count) blocks from offset \(writes[0].offset)")
+        }
+    }
+
     public func write(_ bytes: [UInt8], at offset: UInt64) throws {
         try bytes.withUnsafeBytes { try write($0, at: offset) }
     }

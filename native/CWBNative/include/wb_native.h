@@ -115,6 +115,10 @@ int wb_process_vm_writev(pid_t pid, const void *local, uint64_t remote, size_t l
 int wb_process_vm_readv_many(pid_t pid, void *local, const uint64_t *remote, int count, size_t *done);
 int wb_process_vm_writev_many(pid_t pid, const void *local, const uint64_t *remote, int count, size_t *done);
 int wb_process_vm_writev_scatter(pid_t pid, const uint64_t *triples, int count, size_t *done);
+/// pwrite of `count` buffers, `triples` holding (address, length, file offset) for each, on up
+/// to `threads` threads (the caller's and helpers) so that they are in flight together.
+/// Returns 0 or the first errno.
+int wb_pwrite_many(int fd, const uint64_t *triples, int count, int threads);
 /// tee(2): duplicate up to `len` bytes from pipe `in` into pipe `out` without consuming them.
 int wb_tee(int in, int out, size_t len, unsigned flags, ssize_t *copied);
 /// Block (or unblock) signals in the calling thread.
