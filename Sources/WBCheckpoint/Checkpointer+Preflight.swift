@@ -73,17 +73,27 @@ extension Checkpointer {
             if let why = plan.unsupported { problems.append("fd \(fd) is \(why)") }
             fds.append(plan)
         }
+        let ipc = SysVIPC.lastUsed(by: pid)
+        for s in ipc.semaphores {
+            problems.append("it uses System V semaphore set \(s.id) (key \(Checkpointer.ipcKey(s.key))), which wb does not save")
+        }
+        for q in ipc.queues {
+            problems.append("it uses System V message queue \(q.id) (key \(Checkpointer.ipcKey(q.key)), \(q.messages ?? 0) message\(q.messages == 1 ? "" : "s") queued), which wb does not save")
+        }
         if !problems.isEmpty {
             if options.allowUnsupported {
                 for p in problems { notes.append("left out: \(p)") }
                 for plan in fds where plan.unsupported != nil { placeholders[plan.fd] = plan.unsupported! }
             } else {
-                throw WBError.refused("pid \(pid) cannot be checkpointed: \(problems.joined(separator: "; ")). Nothing was changed; --allow-unsupported stores such fds as /dev/null and leaves children out")
+                throw WBError.refused("pid \(pid) cannot be checkpointed: \(problems.joined(separator: "; ")). Nothing was changed; --allow-unsupported stores such fds as /dev/null and leaves children, semaphores and message queues out")
             }
         }
         let threads = (try? ProcFS.tasks(pid).count) ?? 1
         return Preflight(threads: threads, fds: fds)
     }
+
+    /// A System V key as ipcs shows it.
+    static func ipcKey(_ key: Int32) -> String { String(format: "0x%08x", UInt32(bitPattern: key)) }
 
     /// The inode of a "socket:[N]" fd link.
     static func socketInode(_ link: String) -> UInt64? {

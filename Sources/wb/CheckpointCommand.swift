@@ -22,8 +22,9 @@ struct CheckpointCommand: ParsableCommand {
 
         wb refuses, without touching the process, what it cannot restore yet: network \
         sockets, Unix sockets connected outside the checkpoint, inotify and other unusual \
-        fds and (without --tree) child processes. \
-        --allow-unsupported stores such fds as /dev/null placeholders and leaves children \
+        fds, System V semaphore sets and message queues it was the last to use, and \
+        (without --tree) child processes. \
+        --allow-unsupported stores such fds as /dev/null placeholders and leaves the rest \
         out instead.
         """)
 
@@ -42,7 +43,7 @@ struct CheckpointCommand: ParsableCommand {
     @Flag(help: "Checkpoint the process and all its descendants into one image.")
     var tree = false
 
-    @Flag(help: "Store unsupported fds as /dev/null placeholders and leave children out, instead of refusing.")
+    @Flag(help: "Store unsupported fds as /dev/null placeholders and leave children, System V semaphores and message queues out, instead of refusing.")
     var allowUnsupported = false
 
     @Flag(help: "Print the result as JSON.")

@@ -28,6 +28,34 @@ import WBCore
         if kind == "child" { kill(Int32(field(ready, "fd")!)!, SIGKILL) }
     }
 
+    /// wb saves neither System V semaphores nor message queues: one the process was the last
+    /// to use is refused by name, or left out with a note.
+    @Test func systemVSemaphoresAndMessageQueuesAreRefusedOrLeftOut() throws {
+        let dir = scratchDirectory()
+        let program = try Child(Products.harness("holder"), ["sysvipc"])
+        let ready = try #require(program.line(startingWith: "READY"))
+        let sem = try #require(field(ready, "sem")), msg = try #require(field(ready, "msg"))
+        defer {
+            program.signal(SIGKILL)
+            if let rm = try? Child("/usr/bin/ipcrm", ["-s", sem, "-q", msg]) { rm.wait() }
+        }
+        let image = "\(dir)/ipc.wbimg"
+        let refused = try wb("checkpoint", "\(program.pid)", "-o", image)
+        #expect(refused.code == 1)
+        #expect(refused.stderr.contains("it uses System V semaphore set \(sem) (key 0x00000000), which wb does not save"), "\(refused.stderr)")
+        #expect(refused.stderr.contains("it uses System V message queue \(msg) (key 0x00000000, 1 message queued), which wb does not save"), "\(refused.stderr)")
+        #expect(!Paths.exists(image))
+        #expect(tracerOf(program.pid) == "0")
+
+        let allowed = try wb("checkpoint", "\(program.pid)", "-o", image, "--allow-unsupported")
+        try #require(allowed.code == 0, "\(allowed.stderr)")
+        #expect(allowed.stderr.contains("left out: it uses System V semaphore set \(sem)"), "\(allowed.stderr)")
+        #expect(allowed.stderr.contains("left out: it uses System V message queue \(msg)"), "\(allowed.stderr)")
+        #expect(try Image(path: image).metadata.notes.contains { $0.hasPrefix("left out: it uses System V message queue \(msg)") })
+        program.signal(SIGUSR1)
+        #expect(program.line(startingWith: "ALIVE") == "ALIVE 1")
+    }
+
     @Test func allowUnsupportedStoresAPlaceholder() throws {
         let dir = scratchDirectory()
         let program = try Child(Products.harness("holder"), ["socket"])

@@ -8,6 +8,7 @@
 #include <cpuid.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
+#include <sys/sem.h>
 #include <sys/syscall.h>
 #include <sys/uio.h>
 #include <unistd.h>
@@ -325,3 +326,5 @@ int wb_pwrite_many(int fd, const uint64_t *triples, int count, int threads) {
     for (int i = 0; i < started; i++) pthread_join(helpers[i], NULL);
     return atomic_load(&w.err);
 }
+
+int wb_semctl_getpid(int semid, int semnum) { return semctl(semid, semnum, GETPID); }

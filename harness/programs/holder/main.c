@@ -1,21 +1,40 @@
 // harness-holder KIND
 //
-// Holds one kernel object wb cannot restore yet (KIND: socket, inotify, child),
-// prints "READY pid=N fd=F", and answers each SIGUSR1 with
+// Holds one kernel object wb cannot restore yet (KIND: socket, inotify, child, or sysvipc: a
+// System V semaphore set it has operated on and a message queue it sent a message to, both
+// IPC_PRIVATE), prints "READY pid=N fd=F" (for sysvipc "READY pid=N sem=ID msg=ID"; the
+// caller removes them: ipcrm -s ID -q ID), and answers each SIGUSR1 with
 // "ALIVE n" so a test can see it still runs normally after wb refused to checkpoint it.
 #define _GNU_SOURCE
 #include "harness.h"
 #include <stdio.h>
 #include <string.h>
 #include <sys/inotify.h>
+#include <sys/ipc.h>
+#include <sys/msg.h>
+#include <sys/sem.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
 int main(int argc, char **argv) {
-    if (argc < 2) { fprintf(stderr, "usage: harness-holder socket|inotify|child\n"); return 2; }
+    if (argc < 2) { fprintf(stderr, "usage: harness-holder socket|inotify|child|sysvipc\n"); return 2; }
     int fd = -1;
+    if (!strcmp(argv[1], "sysvipc")) {
+        int sem = semget(IPC_PRIVATE, 2, 0600), msg = msgget(IPC_PRIVATE, 0600);
+        harness_require(sem >= 0 && msg >= 0, "semget/msgget");
+        struct sembuf up = { .sem_num = 1, .sem_op = 1, .sem_flg = SEM_UNDO };
+        harness_require(semop(sem, &up, 1) == 0, "semop");
+        struct { long type; char text[8]; } m = { 1, "hello" };
+        harness_require(msgsnd(msg, &m, sizeof m.text, 0) == 0, "msgsnd");
+        harness_verify_requests();
+        harness_say("READY pid=%d sem=%d msg=%d", getpid(), sem, msg);
+        for (int n = 1;; n++) {
+            harness_wait_for_request();
+            harness_say("ALIVE %d", n);
+        }
+    }
     if (!strcmp(argv[1], "socket")) fd = socket(AF_INET, SOCK_STREAM, 0);
     else if (!strcmp(argv[1], "inotify")) fd = inotify_init1(0);
     else if (!strcmp(argv[1], "child")) {

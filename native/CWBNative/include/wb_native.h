@@ -119,6 +119,8 @@ int wb_process_vm_writev_scatter(pid_t pid, const uint64_t *triples, int count, 
 /// to `threads` threads (the caller's and helpers) so that they are in flight together.
 /// Returns 0 or the first errno.
 int wb_pwrite_many(int fd, const uint64_t *triples, int count, int threads);
+/// semctl(GETPID): the pid of the last semop on semaphore `semnum` of set `semid`, or -1.
+int wb_semctl_getpid(int semid, int semnum);
 /// tee(2): duplicate up to `len` bytes from pipe `in` into pipe `out` without consuming them.
 int wb_tee(int in, int out, size_t len, unsigned flags, ssize_t *copied);
 /// Block (or unblock) signals in the calling thread.
