@@ -132,8 +132,7 @@ public final class Checkpointer {
     /// WB_TIMING=1 prints each step's moment (CLOCK_MONOTONIC, ns) on stderr, to line up
     /// with what a workload measured.
     static let timing = ProcessInfo.processInfo.environment["WB_TIMING"] != nil
-    func stamp(_ what: String) { Checkpointer.stamp(what) }
-    static func stamp(_ what: String) {
+    func stamp(_ what: String) {
         if Checkpointer.timing { FileHandle.standardError.write(Data(String(format: "wb-timing %.0f %@\n", Clock.monotonic * 1e9, what).utf8)) }
     }
 
