@@ -65,9 +65,14 @@ public final class ImageWriter {
         try pageFailure.check()
     }
 
+    /// Whether O_DIRECT can write `bytes` at `offset`: memory, length and offset page-aligned.
+    private static func directOK(_ bytes: UnsafeRawBufferPointer, at offset: UInt64) -> Bool {
+        Int(bitPattern: bytes.baseAddress) % 4096 == 0 && bytes.count % 4096 == 0 && offset % 4096 == 0
+    }
+
     /// Writes pages again in several places at once (see `rewritePages(_:group:)`).
     private func writePages(many writes: [(bytes: UnsafeRawBufferPointer, offset: UInt64)]) throws {
-        if writes.count > 1, let d = direct, writes.allSatisfy({ Int(bitPattern: $0.bytes.baseAddress) % 4096 == 0 && $0.bytes.count % 4096 == 0 && $0.offset % 4096 == 0 }) {
+        if writes.count > 1, let d = direct, writes.allSatisfy({ ImageWriter.directOK($0.bytes, at: $0.offset) }) {
             do {
                 try withContext("writing image \(path)") { try d.write(many: writes) }
                 return
@@ -81,7 +86,7 @@ public final class ImageWriter {
     /// Writes whole pages at `offset` in the file: through O_DIRECT when the memory is
     /// page-aligned, else (or if the file system refuses) through the page cache.
     private func writePages(_ bytes: UnsafeRawBufferPointer, at offset: UInt64) throws {
-        if let d = direct, Int(bitPattern: bytes.baseAddress) % 4096 == 0, bytes.count % 4096 == 0, offset % 4096 == 0 {
+        if let d = direct, ImageWriter.directOK(bytes, at: offset) {
             do {
                 try withContext("writing image \(path)") { try d.write(bytes, at: offset) }
                 return
