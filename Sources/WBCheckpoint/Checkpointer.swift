@@ -296,15 +296,10 @@ public final class Checkpointer {
             // after it is protected: a write after its copy is found by the passes. Discards
             // recorded so far are taken before the copy: they may be of pages not copied yet
             // and written again since, whose copy a later forget would drop.
-            for r in tracker.ranges {
-                var at = r.start
-                while at < r.end {
-                    let end = min(r.end, at + DirtyTracker.step)
-                    try tracker.protect(start: at, end: end)
-                    store.forget(tracker.takeRemoved())
-                    try store.store(try scanner.scan(start: at, end: end))
-                    at = end
-                }
+            for s in tracker.steps {
+                try tracker.protect(start: s.start, end: s.end)
+                store.forget(tracker.takeRemoved())
+                try store.store(try scanner.scan(start: s.start, end: s.end))
             }
             stamp("copied")
             for _ in 0..<options.precopyPasses {

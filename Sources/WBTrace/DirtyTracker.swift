@@ -40,16 +40,16 @@ public final class DirtyTracker {
     /// faults are never held up for long.
     public static let step: UInt64 = 64 << 20
 
+    /// The registered ranges cut into parts of at most `step`, in address order.
+    public var steps: [(start: UInt64, end: UInt64)] {
+        ranges.flatMap { r in
+            stride(from: r.start, to: r.end, by: Int(DirtyTracker.step)).map { ($0, min(r.end, $0 + DirtyTracker.step)) }
+        }
+    }
+
     /// Write-protects every registered range, `step` at a time.
     public func protectAll() throws {
-        for r in ranges {
-            var at = r.start
-            while at < r.end {
-                let end = min(r.end, at + DirtyTracker.step)
-                try protect(start: at, end: end)
-                at = end
-            }
-        }
+        for s in steps { try protect(start: s.start, end: s.end) }
     }
 
     /// Write-protects [start, end): at most `step` long, or pages wb has just put back.
@@ -84,14 +84,7 @@ public final class DirtyTracker {
     /// holds the process's mappings still while it walks them), then the userfaultfd (which
     /// also clears whatever a step left, such as a range the process has remapped since).
     public func release() {
-        for r in ranges {
-            var at = r.start
-            while at < r.end {
-                let len = min(DirtyTracker.step, r.end - at)
-                _ = wb_uffd_unregister(uffd.rawValue, at, len)
-                at += len
-            }
-        }
+        for s in steps { _ = wb_uffd_unregister(uffd.rawValue, s.start, s.end - s.start) }
         ranges = []
         wb_uffd_events_stop(events)
         events = nil
