@@ -73,13 +73,7 @@ extension Checkpointer {
             if let why = plan.unsupported { problems.append("fd \(fd) is \(why)") }
             fds.append(plan)
         }
-        let ipc = SysVIPC.lastUsed(by: pid)
-        for s in ipc.semaphores {
-            problems.append("it uses System V semaphore set \(s.id) (key \(Checkpointer.ipcKey(s.key))), which wb does not save")
-        }
-        for q in ipc.queues {
-            problems.append("it uses System V message queue \(q.id) (key \(Checkpointer.ipcKey(q.key)), \(q.messages ?? 0) message\(q.messages == 1 ? "" : "s") queued), which wb does not save")
-        }
+        problems += ipcProblems
         if !problems.isEmpty {
             if options.allowUnsupported {
                 for p in problems { notes.append("left out: \(p)") }

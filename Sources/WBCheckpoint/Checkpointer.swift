@@ -69,6 +69,17 @@ public final class Checkpointer {
     /// Where the process's arguments and environment were when its memory copy began: an
     /// exec moves them, and the copy then belongs to another program.
     var programAtPrecopy: [String]?
+    /// System V semaphore sets and message queues the process was the last to use, looked
+    /// up by the first preflight only: the one at the final stop, which looks at the fds
+    /// again, does not read /proc/sysvipc and semctl every semaphore while the process waits.
+    lazy var ipcProblems: [String] = {
+        let ipc = SysVIPC.lastUsed(by: pid)
+        return ipc.semaphores.map {
+            "it uses System V semaphore set \($0.id) (key \(Checkpointer.ipcKey($0.key))), which wb does not save"
+        } + ipc.queues.map {
+            "it uses System V message queue \($0.id) (key \(Checkpointer.ipcKey($0.key)), \($0.messages ?? 0) message\($0.messages == 1 ? "" : "s") queued), which wb does not save"
+        }
+    }()
     /// A process wb already traces and keeps (see `checkpoint(to:stopped:)`).
     var held: Tracee?
     /// A process wb traces for its whole life and that is running (see `checkpoint(to:attached:)`).
