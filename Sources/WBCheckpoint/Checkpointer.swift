@@ -209,17 +209,27 @@ public final class Checkpointer {
         var process = try capture(tracee, plan: plan, memory: memory, store: store, scanner: scanner, files: &files,
                                   stable: stable, removed: tracker?.takeRemoved() ?? [], deferred: &deferred,
                                   deletedContents: &deletedContents, phase: phase)
+        // The userfaultfd is let go, and then the mappings' flags read, on another thread
+        // while the pages and files are written here: the two walk the process's page tables
+        // under its mapping lock (one after the other: side by side they only wait for each
+        // other); the writes do not touch the process.
+        let letGo = DispatchGroup()
+        let flags = MappingFlags()
+        defer { letGo.wait() }
         if options.after == .leaveRunning && held == nil {
             release(tracee)
             released = true
             phase("resume")
             pauses.append(Clock.monotonic - stopped)
             stamp("resumed")
-            // Before the flags are read below: both walk the page tables under the process's
-            // mapping lock, and side by side they only wait for each other.
-            tracker?.release()
-            stamp("released")
-            tracker = nil
+            if let t = tracker {
+                tracker = nil
+                let pid = self.pid
+                DispatchQueue.global().async(group: letGo) {
+                    t.release()
+                    flags.entries = try? ProcFS.maps(pid, withFlags: true)
+                }
+            }
         }
 
         // The rest needs no stopped process: page runs, mapped files, flags, the image itself.
@@ -228,6 +238,10 @@ public final class Checkpointer {
         progress("storing mapped files")
         try embedDeletedFiles(deletedContents, into: &process, writer: writer)
         try embedMappedFiles(&files, into: &process)
+        stamp("files written")
+        letGo.wait()
+        stamp("released")
+        if store.tracking { applyFlags(flags.entries ?? (try? ProcFS.maps(pid, withFlags: true)), to: &process) }
         let metadata = ImageMetadata(host: HostInfo.current(), process: process, files: writer.embeddedFiles, notes: notes)
         let check = try Checkpointer.write(metadata, with: writer, options: options, progress: progress, checkStop: checkStop)
         stamp("image written")
@@ -358,18 +372,22 @@ extension Checkpointer {
         return check
     }
 
-    /// Once the process runs again (and its tracker is released): writes the pages read at
-    /// the final stop, puts together the page runs of tracked memory, and reads the mappings'
-    /// flags (not read at the stop: it would walk every page table).
+    /// Once the process runs again: writes the pages read at the final stop and puts
+    /// together the page runs of tracked memory.
     func finishPages(_ process: inout ProcessState, store: PageStore, deferred: [DeferredRuns]) throws {
         try store.writeHeld()
         for d in deferred {
             process.mappings[d.mapping].pages = PageStore.merge(store.runs(start: d.start, end: d.end, present: d.present), d.untracked)
         }
-        if store.tracking, let flags = try? ProcFS.maps(pid, withFlags: true) {
-            for i in process.mappings.indices {
-                if let e = flags.first(where: { $0.start == process.mappings[i].start }) { process.mappings[i].vmFlags = e.vmFlags }
-            }
+    }
+
+    /// The mappings' flags, read once the tracker was let go (not at the stop, where
+    /// `capture` reads maps without them: smaps walks every page table).
+    func applyFlags(_ entries: [ProcFS.MapsEntry]?, to process: inout ProcessState) {
+        guard let entries else { return }
+        let byStart = Dictionary(entries.map { ($0.start, $0.vmFlags) }, uniquingKeysWith: { a, _ in a })
+        for i in process.mappings.indices {
+            if let f = byStart[process.mappings[i].start] { process.mappings[i].vmFlags = f }
         }
     }
 
@@ -394,3 +412,8 @@ extension Checkpointer {
     }
 }
 
+
+/// The mappings' flags as read on another thread (see `run`).
+private final class MappingFlags: @unchecked Sendable {
+    var entries: [ProcFS.MapsEntry]?
+}

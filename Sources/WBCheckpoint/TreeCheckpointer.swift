@@ -133,7 +133,10 @@ public final class TreeCheckpointer {
                 for e in early.values { e.tracker.release() }
                 early = [:]
             }
-            for c in captured { try c.checkpointer.finishPages(&states[c.index], store: c.store, deferred: c.deferred) }
+            for c in captured {
+                try c.checkpointer.finishPages(&states[c.index], store: c.store, deferred: c.deferred)
+                if c.store.tracking { c.checkpointer.applyFlags(try? ProcFS.maps(c.checkpointer.pid, withFlags: true), to: &states[c.index]) }
+            }
             progress("storing mapped files")
             for var c in captured {
                 try c.checkpointer.embedDeletedFiles(c.deleted, into: &states[c.index], writer: writer)

@@ -5,8 +5,9 @@ import Glibc
 /// is write-protected with a userfaultfd in async mode (the kernel resolves each first write
 /// by itself and marks the page written), and `PageScanner` reports, and re-protects, the
 /// written pages. The process is never stopped for it, and if wb dies the protection goes
-/// with the userfaultfd: the process does not notice.
-public final class DirtyTracker {
+/// with the userfaultfd: the process does not notice. One thread uses it at a time (it may
+/// be handed to another to be released).
+public final class DirtyTracker: @unchecked Sendable {
     public let pid: Int32
     private let uffd: FileDescriptor
     private var events: UnsafeMutableRawPointer?
