@@ -87,6 +87,8 @@ extension Tracee {
                 interceptSignal(tid)
                 return true
             case let .event(ev):
+                // The event's stop dropped the interrupt: asked for again (see `settle`).
+                try interruptAgain(tid)
                 try resume(tid, try eventHandler?(tid, ev) ?? .continue)
             case .exited, .killed:
                 return false

@@ -122,12 +122,21 @@ public final class Tracee {
                 if ev == WB_PTRACE_EVENT_EXEC && !execOK {
                     throw WBError.failed("pid \(pid) called exec while being checkpointed; try again")
                 }
-                // Not a state to capture a thread in: let it finish and stop again.
+                // Not a state to capture a thread in: let it finish and stop again. Any
+                // ptrace stop (this event's too) drops the interrupt asked for before it,
+                // so it is asked for again, or the thread would run on.
+                try interruptAgain(tid)
                 try resume(tid, .continue)
             case .exited, .killed:
                 return false
             }
         }
+    }
+
+    /// Asks a thread that sits in an event stop for a PTRACE_EVENT_STOP once it goes on.
+    func interruptAgain(_ tid: Int32) throws {
+        let e = wb_ptrace(WB_PTRACE_INTERRUPT, tid, 0, 0, nil)
+        if e != 0 && e != ESRCH { try check(e, "ptrace(PTRACE_INTERRUPT)", "stopping thread \(tid)", pid: tid) }
     }
 
     // MARK: The wait loop
