@@ -12,6 +12,8 @@ public struct ImageReport: Encodable {
     public struct MappingRow: Encodable {
         var start: String, end: String, perms: String, offset: String, kind: String, path: String?
         var sizeBytes: UInt64, storedBytes: UInt64, embedded: String?
+        /// The kernel's VmFlags for the mapping (as /proc/PID/smaps showed them).
+        var vmFlags: [String]
     }
     public struct FDRow: Encodable {
         var fd: Int32, kind: String, path: String, flags: String, offset: UInt64, closeOnExec: Bool
@@ -74,7 +76,7 @@ public struct ImageReport: Encodable {
             MappingRow(start: hex(x.start), end: hex(x.end), perms: x.permissions, offset: hex(x.offset),
                        kind: x.kind.rawValue, path: x.path.map { x.deleted ? "\($0) (deleted)" : $0 } ?? x.anonName.map { "[anon:\($0)]" },
                        sizeBytes: x.size, storedBytes: UInt64(x.storedPageCount) * 4096,
-                       embedded: x.file?.content?.description)
+                       embedded: x.file?.content?.description, vmFlags: x.vmFlags)
         }
         fds = p.fds.map { f in
             FDRow(fd: f.fd, kind: f.kind.rawValue, path: f.path, flags: ImageReport.openFlags(f.flags),

@@ -66,6 +66,16 @@ import WBTrace
         // Earlier checkpoints leave threads in restart_syscall and timers between expiry and
         // signal: the last image must still restore all of it.
         for _ in 0..<3 { try #require(try wb("checkpoint", "\(program.pid)", "-o", image).code == 0) }
+        // Taken while the process ran (its memory tracked by wb meanwhile): each advised
+        // mapping keeps its flag, and none has wb's own write-protect flag ("uw").
+        let running = try TimelineTests.json(try wb("inspect", image, "--json", "--no-backtrace").stdout)
+        let mappings = try #require(running["mappings"] as? [[String: Any]])
+        let advised = try #require(field(ready, "advised")).split(separator: ",").map { "0x" + $0 }
+        for (address, flag) in zip(advised, ["dc", "wf", "dd", "hg"]) {
+            let m = mappings.first { $0["start"] as? String == address }
+            #expect((m?["vmFlags"] as? [String])?.contains(flag) == true, "\(address): \(m ?? [:])")
+        }
+        #expect(!mappings.contains { ($0["vmFlags"] as? [String])?.contains("uw") == true })
         let run = try wb("checkpoint", "\(program.pid)", "-o", image, "--kill")
         try #require(run.code == 0, "\(run.stderr)")
         program.wait()

@@ -12,6 +12,9 @@
 //   - umask 027 and a cwd of DIR/work; /dev/null open on fd 20
 //   - a thread asleep in nanosleep (10 minutes) and one blocked in pthread_cond_wait (a
 //     futex wait); each verification wakes the second and checks the first still sleeps
+//   - four anonymous mappings given advice (MADV_DONTFORK, MADV_WIPEONFORK, MADV_DONTDUMP,
+//     MADV_HUGEPAGE), whose flags ("dc", "wf", "dd", "hg" in /proc/self/smaps) and bytes
+//     must stay; READY prints their addresses (advised=A,B,C,D)
 #define _GNU_SOURCE
 #include "harness.h"
 #include <errno.h>
@@ -21,6 +24,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <sys/sysmacros.h>
 #include <sys/syscall.h>
@@ -96,9 +100,43 @@ static void sleep_ms(int ms) {
     while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {}
 }
 
+// Mappings given advice, the flag smaps shows for each, and the byte filling each.
+static const struct { int advice; const char *flag; } advice[] = {
+    { MADV_DONTFORK, "dc" }, { MADV_WIPEONFORK, "wf" }, { MADV_DONTDUMP, "dd" }, { MADV_HUGEPAGE, "hg" },
+};
+#define ADVISED (sizeof advice / sizeof advice[0])
+#define ADVISED_BYTES (4 * 4096)
+static char *advised[ADVISED];
+
+// Whether the smaps entry starting at `at` lists VmFlags `flag`.
+static int has_vmflag(void *at, const char *flag) {
+    FILE *f = fopen("/proc/self/smaps", "r");
+    if (!f) return 0;
+    char line[512];
+    int in = 0, found = 0;
+    while (fgets(line, sizeof line, f)) {
+        unsigned long start;
+        if (strchr(line, '-') && sscanf(line, "%lx-", &start) == 1 && line[0] != 'V') { in = start == (unsigned long)at; continue; }
+        if (in && !strncmp(line, "VmFlags:", 8)) {
+            char want[8];
+            snprintf(want, sizeof want, " %s", flag);
+            for (char *p = line + 8; (p = strstr(p, want)); p += strlen(want))
+                if (p[strlen(want)] == ' ' || p[strlen(want)] == '\n') { found = 1; break; }
+            break;
+        }
+    }
+    fclose(f);
+    return found;
+}
+
 static void verify(int round) {
     failures[0] = 0;
     char buf[256];
+    for (size_t i = 0; i < ADVISED; i++) {
+        if (!has_vmflag(advised[i], advice[i].flag)) { snprintf(buf, sizeof buf, "mapping lost its advice (%s)", advice[i].flag); failed(buf); }
+        for (size_t k = 0; k < ADVISED_BYTES; k++)
+            if (advised[i][k] != (char)('a' + i)) { failed("advised mapping's bytes changed"); break; }
+    }
     // umask and cwd
     mode_t old = umask(027);
     if (old != 027) failed("umask is not 027");
@@ -237,9 +275,17 @@ int main(int argc, char **argv) {
     while (reader_tid == 0 || !sleeper_started || !waiter_started) sleep_ms(1);
     sleep_ms(20);
 
+    for (size_t i = 0; i < ADVISED; i++) {
+        advised[i] = mmap(NULL, ADVISED_BYTES, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        harness_require(advised[i] != MAP_FAILED, "mmap");
+        memset(advised[i], 'a' + (int)i, ADVISED_BYTES);
+        harness_require(madvise(advised[i], ADVISED_BYTES, advice[i].advice) == 0, "madvise");
+    }
+
     struct itimerval it = { { 0, 20000 }, { 0, 20000 } };
     setitimer(ITIMER_REAL, &it, NULL);
-    harness_say("READY pid=%d reader=%d", getpid(), reader_tid);
+    harness_say("READY pid=%d reader=%d advised=%lx,%lx,%lx,%lx", getpid(), reader_tid, (unsigned long)advised[0],
+                (unsigned long)advised[1], (unsigned long)advised[2], (unsigned long)advised[3]);
     for (int round = 1;; round++) {
         harness_wait_for_request();
         verify(round);
