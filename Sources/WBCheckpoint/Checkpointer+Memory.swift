@@ -36,7 +36,6 @@ extension Checkpointer {
                        deferred: inout [DeferredRuns]) throws {
         store.forget(removed)
         let entries = try ProcFS.maps(pid, withFlags: !store.tracking)
-        mapsAtStop = entries
         stamp("maps")
         let executableFiles = Set(entries.filter { $0.protection & 4 != 0 && $0.inode != 0 }.map { "\($0.device):\($0.inode)" })
         for e in entries {

@@ -69,10 +69,6 @@ public final class Checkpointer {
     /// Where the process's arguments and environment were when its memory copy began: an
     /// exec moves them, and the copy then belongs to another program.
     var programAtPrecopy: [String]?
-    /// The mappings with their flags, read beside the copy while the process runs, and the
-    /// mappings as they were at the final stop (see `flagsAtStop`).
-    var flagsDuringCopy: MappingFlags?
-    var mapsAtStop: [ProcFS.MapsEntry] = []
     /// System V semaphore sets and message queues the process was the last to use, looked
     /// up by the first preflight only: the one at the final stop, which looks at the fds
     /// again, does not read /proc/sysvipc and semctl every semaphore while the process waits.
@@ -196,7 +192,6 @@ public final class Checkpointer {
                 tracker?.release()
                 tracker = nil
                 stable = [:]
-                flagsDuringCopy = nil
                 store = PageStore(memory: memory, writer: writer, checkStop: { [unowned self] in try self.checkStop() })
                 scanner = try PageScanner(pid: pid)
             }
@@ -214,11 +209,10 @@ public final class Checkpointer {
         var process = try capture(tracee, plan: plan, memory: memory, store: store, scanner: scanner, files: &files,
                                   stable: stable, removed: tracker?.takeRemoved() ?? [], deferred: &deferred,
                                   deletedContents: &deletedContents, phase: phase)
-        // The userfaultfd is let go on another thread while the pages and files are written
-        // here (they do not touch the process). The mappings' flags read during the copy
-        // serve if the mappings are the same; else that thread reads them again after the
-        // release (both walk the process's page tables under its mapping lock: side by side
-        // they only wait for each other).
+        // The userfaultfd is let go, and then the mappings' flags read, on another thread
+        // while the pages and files are written here: the two walk the process's page tables
+        // under its mapping lock (one after the other: side by side they only wait for each
+        // other); the writes do not touch the process.
         let letGo = DispatchGroup()
         let flags = MappingFlags()
         defer { letGo.wait() }
@@ -230,12 +224,10 @@ public final class Checkpointer {
             stamp("resumed")
             if let t = tracker {
                 tracker = nil
-                flags.entries = flagsAtStop()
                 let pid = self.pid
-                let known = flags.entries != nil
                 DispatchQueue.global().async(group: letGo) {
                     t.release()
-                    if !known { flags.entries = try? ProcFS.maps(pid, withFlags: true) }
+                    flags.entries = try? ProcFS.maps(pid, withFlags: true)
                 }
             }
         }
@@ -324,12 +316,6 @@ public final class Checkpointer {
                 if tracker.register(start: e.start, end: e.end) { store.track(start: e.start, end: e.end) }
             }
             progress("copying memory while pid \(pid) runs")
-            // The mappings' flags are read beside the copy (smaps walks every page table:
-            // 13 ms a GiB), and used if the mappings are the same at the final stop.
-            let flags = MappingFlags()
-            let pid = self.pid
-            DispatchQueue.global().async(group: flags.reading) { flags.entries = try? ProcFS.maps(pid, withFlags: true) }
-            flagsDuringCopy = flags
             // Each 64 MiB is write-protected just before it is copied, so protecting the
             // next part overlaps writing the last one to the image. A page is copied only
             // after it is protected: a write after its copy is found by the passes. Discards
@@ -395,25 +381,6 @@ extension Checkpointer {
         }
     }
 
-    /// The mappings at the final stop with the flags read during the copy, if every one of
-    /// them is the same mapping as then (else nil: they are read again once the tracker is
-    /// let go). Not read at the stop, where `capture` reads maps without them: smaps walks
-    /// every page table. The tracker's own flag ("uw", write-protect registration) is left out.
-    func flagsAtStop() -> [ProcFS.MapsEntry]? {
-        guard let early = flagsDuringCopy else { return nil }
-        early.reading.wait()
-        guard let entries = early.entries else { return nil }
-        let byStart = Dictionary(entries.map { ($0.start, $0) }, uniquingKeysWith: { a, _ in a })
-        var out: [ProcFS.MapsEntry] = []
-        for var e in mapsAtStop {
-            guard let then = byStart[e.start], then.end == e.end, then.perms == e.perms, then.offset == e.offset,
-                  then.device == e.device, then.inode == e.inode, then.path == e.path else { return nil }
-            e.vmFlags = then.vmFlags.filter { $0 != "uw" }
-            out.append(e)
-        }
-        return out
-    }
-
     /// The mappings' flags, read once the tracker was let go (not at the stop, where
     /// `capture` reads maps without them: smaps walks every page table).
     func applyFlags(_ entries: [ProcFS.MapsEntry]?, to process: inout ProcessState) {
@@ -446,8 +413,7 @@ extension Checkpointer {
 }
 
 
-/// The mappings with their flags, as read on another thread.
-final class MappingFlags: @unchecked Sendable {
+/// The mappings' flags as read on another thread (see `run`).
+private final class MappingFlags: @unchecked Sendable {
     var entries: [ProcFS.MapsEntry]?
-    let reading = DispatchGroup()
 }

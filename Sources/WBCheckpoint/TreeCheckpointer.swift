@@ -135,9 +135,7 @@ public final class TreeCheckpointer {
             }
             for c in captured {
                 try c.checkpointer.finishPages(&states[c.index], store: c.store, deferred: c.deferred)
-                if c.store.tracking {
-                    c.checkpointer.applyFlags(c.checkpointer.flagsAtStop() ?? (try? ProcFS.maps(c.checkpointer.pid, withFlags: true)), to: &states[c.index])
-                }
+                if c.store.tracking { c.checkpointer.applyFlags(try? ProcFS.maps(c.checkpointer.pid, withFlags: true), to: &states[c.index]) }
             }
             progress("storing mapped files")
             for var c in captured {
