@@ -18,7 +18,8 @@ extension Tracee {
                   "ptrace(PTRACE_POKEUSER)", "setting debug register \(n) of thread \(tid)", pid: tid)
     }
 
-    /// Asks a running thread to stop (PTRACE_INTERRUPT); `wait` then sees the stop.
+    /// Asks a thread to stop (PTRACE_INTERRUPT): at once if it runs, as soon as it goes on if
+    /// it sits in another ptrace stop; `wait` then sees the stop. An exited thread is no error.
     public func interrupt(_ tid: Int32) throws {
         let e = wb_ptrace(WB_PTRACE_INTERRUPT, tid, 0, 0, nil)
         if e != 0 && e != ESRCH { try check(e, "ptrace(PTRACE_INTERRUPT)", "stopping thread \(tid)", pid: tid) }

@@ -31,10 +31,7 @@ extension Tracee {
     /// signal a thread had dequeued is kept, to be delivered by `resumeAll`.
     /// Threads in `alreadyStopped` are in a stop wb has seen already (a signal it is holding).
     public func stopAll(alreadyStopped: Set<Int32> = []) throws {
-        for tid in tids where !alreadyStopped.contains(tid) {
-            let e = wb_ptrace(WB_PTRACE_INTERRUPT, tid, 0, 0, nil)
-            if e != 0 && e != ESRCH { try check(e, "ptrace(PTRACE_INTERRUPT)", "stopping thread \(tid)", pid: tid) }
-        }
+        for tid in tids where !alreadyStopped.contains(tid) { try interrupt(tid) }
         for tid in tids where !alreadyStopped.contains(tid) {
             _ = try settleRunning(tid)
         }
@@ -88,7 +85,7 @@ extension Tracee {
                 return true
             case let .event(ev):
                 // The event's stop dropped the interrupt: asked for again (see `settle`).
-                try interruptAgain(tid)
+                try interrupt(tid)
                 try resume(tid, try eventHandler?(tid, ev) ?? .continue)
             case .exited, .killed:
                 return false

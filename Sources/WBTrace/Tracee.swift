@@ -90,8 +90,7 @@ public final class Tracee {
                 }
                 try check(e, "ptrace(PTRACE_SEIZE)", "attaching to thread \(tid) of pid \(pid)", pid: tid)
                 seized.append(tid)
-                let ie = wb_ptrace(WB_PTRACE_INTERRUPT, tid, 0, 0, nil)
-                if ie != 0 && ie != ESRCH { try check(ie, "ptrace(PTRACE_INTERRUPT)", "stopping thread \(tid)", pid: tid) }
+                try interrupt(tid)
             }
             // A process of one thread may exec as it is stopped: it stops again as its new
             // program (with more threads, their tids would no longer hold).
@@ -125,18 +124,12 @@ public final class Tracee {
                 // Not a state to capture a thread in: let it finish and stop again. Any
                 // ptrace stop (this event's too) drops the interrupt asked for before it,
                 // so it is asked for again, or the thread would run on.
-                try interruptAgain(tid)
+                try interrupt(tid)
                 try resume(tid, .continue)
             case .exited, .killed:
                 return false
             }
         }
-    }
-
-    /// Asks a thread that sits in an event stop for a PTRACE_EVENT_STOP once it goes on.
-    func interruptAgain(_ tid: Int32) throws {
-        let e = wb_ptrace(WB_PTRACE_INTERRUPT, tid, 0, 0, nil)
-        if e != 0 && e != ESRCH { try check(e, "ptrace(PTRACE_INTERRUPT)", "stopping thread \(tid)", pid: tid) }
     }
 
     // MARK: The wait loop
