@@ -412,7 +412,6 @@ extension Checkpointer {
     }
 }
 
-
 /// The mappings' flags as read on another thread (see `run`).
 private final class MappingFlags: @unchecked Sendable {
     var entries: [ProcFS.MapsEntry]?

@@ -192,21 +192,12 @@ public final class ImageWriter {
         try pad()
         let offset = cursor - current!.start
         try region.withBytes { bytes in
-            // Whole pages go straight to the disk, like page data (the mapping reads zeros
-            // past the end of the file: they are the padding before what comes next).
-            let whole = Int(ImageFormat.align(UInt64(bytes.count)))
-            let pages = UnsafeRawBufferPointer(start: bytes.baseAddress, count: whole)
-            if let d = direct, bytes.count > 0, ImageWriter.directOK(pages, at: cursor) {
-                do {
-                    try withContext("writing image \(path)") { try d.write(pages, at: cursor) }
-                    current?.checksum.update(pages)
-                    cursor += UInt64(whole)
-                    return
-                } catch WBError.system(_, let errno, _) where errno == EINVAL {
-                    direct = nil
-                }
-            }
-            try write(bytes)
+            // Whole pages, written as page data is (the mapping reads zeros past the end of
+            // the file: they are the padding before what comes next).
+            let pages = UnsafeRawBufferPointer(start: bytes.baseAddress, count: Int(ImageFormat.align(UInt64(bytes.count))))
+            try submitPages(pages, at: cursor, group: nil)
+            current?.checksum.update(pages)
+            cursor += UInt64(pages.count)
         }
         let entry = EmbeddedFile(hash: hash, size: size, dataOffset: offset, paths: [path], code: code)
         embedded[hash] = entry
