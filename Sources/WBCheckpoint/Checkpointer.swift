@@ -24,6 +24,10 @@ public struct CheckpointOptions: Sendable {
     public var precopyPasses = 4
     /// Stop early once a pass finds no more than this many written bytes.
     public var stopCopyBytes: UInt64 = 8 << 20
+    /// How long a thread may take to stop once asked (nil: as long as it takes). A thread
+    /// stays running while it is in the kernel: a vfork parent until its child calls exec,
+    /// a read of a hung network file system until it returns.
+    public var stopTimeout: Double? = 5
     public init() {}
 }
 
@@ -132,7 +136,18 @@ public final class Checkpointer {
             try attached.stopAll(alreadyStopped: Set(attached.heldStops.keys))
             return attached
         }
-        return try Tracee.seize(pid)
+        return try Checkpointer.seize(pid, options: options, checkStop: checkStop)
+    }
+
+    /// Seizes and stops `pid` within `options.stopTimeout`; a thread that does not stop in
+    /// time ends the checkpoint with the process let go (the thread itself is let go when
+    /// wb exits: a running thread cannot be detached).
+    static func seize(_ pid: Int32, options: CheckpointOptions, checkStop: @escaping () throws -> Void) throws -> Tracee {
+        do {
+            return try Tracee.seize(pid, stopTimeout: options.stopTimeout, whileStopping: checkStop)
+        } catch WBError.failed(let text) where text.contains(Tracee.notStoppedMarker) {
+            throw WBError.failed("\(text): nothing was changed and no image was written; try again once it is back from the kernel, or allow it longer with --stop-timeout")
+        }
     }
 
     /// Lets the process run on: detaching, or resuming the threads of one wb holds.

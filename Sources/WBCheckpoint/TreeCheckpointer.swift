@@ -267,7 +267,7 @@ public final class TreeCheckpointer {
             }
             let tracee: Tracee
             do {
-                tracee = try Tracee.seize(pid)
+                tracee = try Checkpointer.seize(pid, options: options, checkStop: checkStop)
             } catch WBError.processGone {
                 continue
             }

@@ -37,8 +37,10 @@ public enum WBError: Error, CustomStringConvertible, Equatable, Sendable {
         return text
     }
 
-    /// The same error with `prefix` put in front of what was being done.
+    /// The same error with `prefix` put in front of what was being done (once: a message
+    /// that starts with it already stays as it is).
     public func prefixed(_ prefix: String) -> WBError {
+        if description.hasPrefix(prefix + " ") || description.hasPrefix(prefix + ":") { return self }
         switch self {
         case let .system(call, errno, what): return .system(call: call, errno: errno, what: "\(prefix): \(what)")
         case let .processGone(pid, what): return .processGone(pid: pid, what: "\(prefix): \(what)")

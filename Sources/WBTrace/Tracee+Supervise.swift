@@ -77,7 +77,7 @@ extension Tracee {
     /// was about to take (kept). Events (a clone, an exec) let it go on to the stop.
     private func settleRunning(_ tid: Int32) throws -> Bool {
         while true {
-            switch try wait(tid) {
+            switch try waitForStop(tid) {
             case .interrupted:
                 return true
             case .signal:

@@ -22,6 +22,11 @@ public final class Tracee {
     /// Stops and exits of processes that are not this one but report to wb (children a
     /// recorded program started); without it they are ignored.
     public var otherStop: ((Int32, Int32) -> Void)?
+    /// How long a thread may take to stop once asked, while seizing or stopping all (nil: as
+    /// long as it takes), and a check run about every 0.1 s meanwhile that throws to give up
+    /// (a request to stop). A timed wait needs SIGCHLD blocked in every thread of wb.
+    public var stopTimeout: Double?
+    public var whileStopping: (() throws -> Void)?
     /// Address of a `syscall` instruction used for remote syscalls.
     public var syscallGadget: UInt64 = 0
     let options: UInt32
@@ -51,8 +56,12 @@ public final class Tracee {
 
     /// Seizes every thread of `pid` and stops them all. Threads created meanwhile are caught
     /// too. The process keeps all its state; `detach()` lets it run on untouched.
-    public static func seize(_ pid: Int32) throws -> Tracee {
+    /// With `stopTimeout`, a thread that does not stop in time (or `whileStopping` throwing)
+    /// ends the seizing with an error; see `stopTimeout`.
+    public static func seize(_ pid: Int32, stopTimeout: Double? = nil, whileStopping: (() throws -> Void)? = nil) throws -> Tracee {
         let t = Tracee(pid: pid, options: UInt32(WB_PTRACE_O_TRACECLONE | WB_PTRACE_O_TRACEEXEC))
+        t.stopTimeout = stopTimeout
+        t.whileStopping = whileStopping
         do {
             try t.seizeAll()
         } catch {
@@ -108,7 +117,7 @@ public final class Tracee {
     /// Waits until `tid` sits in a clean stop. Returns false if it exited.
     private func settle(_ tid: Int32, execOK: Bool) throws -> Bool {
         while true {
-            switch try wait(tid) {
+            switch try waitForStop(tid) {
             case .interrupted:
                 return true
             case let .signal(sig):
@@ -140,6 +149,42 @@ public final class Tracee {
         var waited: pid_t = 0
         try check(wb_waitpid(tid, &status, 0, &waited), "waitpid", "waiting for thread \(tid)", pid: tid)
         return try decode(tid, status)
+    }
+
+    /// Waits for the next stop or exit of `tid`, which was asked to stop: within
+    /// `stopTimeout` if set, checking `whileStopping` as it waits.
+    func waitForStop(_ tid: Int32) throws -> Stop {
+        guard let limit = stopTimeout else { return try wait(tid) }
+        let deadline = Clock.monotonic + limit
+        while true {
+            var status: Int32 = 0
+            let slice = min(0.1, max(0.001, deadline - Clock.monotonic))
+            let e = wb_wait_tid(tid, Int32(slice * 1000), &status)
+            if e == 0 { return try decode(tid, status) }
+            if e != ETIMEDOUT { try check(e, "waitpid", "waiting for thread \(tid)", pid: tid) }
+            try whileStopping?()
+            if Clock.monotonic >= deadline {
+                throw WBError.failed("thread \(tid) of pid \(pid)\(Tracee.notStoppedMarker)\(Tracee.seconds(limit)) (\(whyRunning(tid)))")
+            }
+        }
+    }
+
+    /// In the message of a thread that did not stop in time, for callers to add their advice.
+    public static let notStoppedMarker = " did not stop within "
+
+    static func seconds(_ s: Double) -> String { s == s.rounded() ? "\(Int(s)) s" : "\(s) s" }
+
+    /// Why a thread asked to stop may not have: it has not come back from the kernel. Its
+    /// state and where it waits, and a vfork child it waits for (one that shares its memory).
+    func whyRunning(_ tid: Int32) -> String {
+        let stat = (try? Paths.readText("/proc/\(pid)/task/\(tid)/stat")) ?? ""
+        let state = stat.split(separator: ")").last?.split(separator: " ").first.map(String.init) ?? "?"
+        let wchan = ((try? Paths.readText("/proc/\(pid)/task/\(tid)/wchan")) ?? "").trimming("\n ")
+        var why = "state \(state)" + (wchan.isEmpty || wchan == "0" ? "" : ", in the kernel at \(wchan)")
+        if let child = ProcFS.children(pid).first(where: { wb_kcmp_vm(pid, $0) == 0 }) {
+            why = "it waits for its vfork child \(child) to call exec or exit; " + why
+        }
+        return why
     }
 
     /// What a wait status says about thread `tid` (new threads from clone events are added).

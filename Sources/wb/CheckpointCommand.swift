@@ -26,6 +26,11 @@ struct CheckpointCommand: ParsableCommand {
         (without --tree) child processes. \
         --allow-unsupported stores such fds as /dev/null placeholders and leaves the rest \
         out instead.
+
+        A thread stops only when it comes back from the kernel: one waiting for its vfork \
+        child to call exec, or for a hung network file system, may not. If a thread has not \
+        stopped within --stop-timeout seconds, wb gives up, leaves the process as it was and \
+        says what the thread waits for.
         """)
 
     @Argument(help: "The process to checkpoint.")
@@ -46,6 +51,9 @@ struct CheckpointCommand: ParsableCommand {
     @Flag(help: "Store unsupported fds as /dev/null placeholders and leave children, System V semaphores and message queues out, instead of refusing.")
     var allowUnsupported = false
 
+    @Option(help: ArgumentHelp("How long a thread may take to stop before wb gives up, in seconds.", valueName: "seconds"))
+    var stopTimeout: Double = 5
+
     @Flag(help: "Print the result as JSON.")
     var json = false
 
@@ -60,6 +68,7 @@ struct CheckpointCommand: ParsableCommand {
         if leaveRunning && kill { throw ValidationError("--leave-running and --kill exclude each other") }
         if pid <= 0 { throw ValidationError("PID must be a positive process id") }
         if output.isEmpty { throw ValidationError("IMAGE must not be empty") }
+        if !(stopTimeout > 0 && stopTimeout <= 86400) { throw ValidationError("--stop-timeout must be a number of seconds above 0 (up to 86400)") }
     }
 
     /// The work happens in a helper process in its own session: if this process is killed,
@@ -95,6 +104,7 @@ struct CheckpointCommand: ParsableCommand {
             var options = CheckpointOptions()
             options.after = kill ? .kill : .leaveRunning
             options.allowUnsupported = allowUnsupported
+            options.stopTimeout = stopTimeout
             if tree { return try runTree(options, interrupting: interrupting) }
             let checkpointer = Checkpointer(pid: pid, options: options)
             checkpointer.progress = Output.progress(quiet: quiet || json)

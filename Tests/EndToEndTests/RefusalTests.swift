@@ -56,6 +56,61 @@ import WBCore
         #expect(program.line(startingWith: "ALIVE") == "ALIVE 1")
     }
 
+    /// A thread held in the kernel (a vfork parent whose child neither calls exec nor exits)
+    /// cannot be stopped: wb gives up after --stop-timeout, names what the thread waits for,
+    /// leaves no image and lets the process go; a SIGTERM ends such a wait at once. Once its
+    /// child is gone the process runs on normally.
+    @Test func aThreadThatDoesNotStopEndsTheCheckpointWithTheProcessLetGo() throws {
+        let dir = scratchDirectory()
+        let program = try Child(Products.harness("holder"), ["vfork"])
+        let ready = try #require(program.line(startingWith: "READY"))
+        let child = try #require(field(ready, "fd").flatMap { Int32($0) })
+        var childKilled = false
+        defer {
+            if !childKilled { kill(child, SIGKILL) }
+            program.signal(SIGKILL)
+        }
+        let image = "\(dir)/x.wbimg"
+        let started = Clock.monotonic
+        let run = try wb("checkpoint", "\(program.pid)", "-o", image, "--stop-timeout", "1", "--allow-unsupported")
+        #expect(run.code == 1)
+        #expect(Clock.monotonic - started < 20)
+        #expect(run.stderr.split(separator: "\n").count == 1, "\(run.stderr)")
+        #expect(run.stderr.contains("thread \(program.pid) of pid \(program.pid) did not stop within 1 s"), "\(run.stderr)")
+        #expect(run.stderr.contains("it waits for its vfork child \(child) to call exec or exit"), "\(run.stderr)")
+        #expect(run.stderr.contains("--stop-timeout"), "\(run.stderr)")
+        #expect(try Paths.list(dir).isEmpty)
+        #expect(tracerOf(program.pid) == "0")
+
+        // Interrupted while it waits for the stop.
+        let waiting = try Child(Products.wb, ["checkpoint", "\(program.pid)", "-o", image, "--stop-timeout", "600", "--allow-unsupported"])
+        usleep(500_000)
+        let asked = Clock.monotonic
+        waiting.signal(SIGTERM)
+        #expect(waiting.exitCode == 1)
+        #expect(Clock.monotonic - asked < 10)
+        #expect(waiting.stderrText.contains("interrupted: the process runs on as before"), "\(waiting.stderrText)")
+        #expect(!waiting.stderrText.contains("checkpoint of pid \(program.pid): checkpoint of pid"), "\(waiting.stderrText)")
+        var untraced = false
+        for _ in 0..<200 where !untraced {
+            untraced = tracerOf(program.pid) == "0"
+            if !untraced { usleep(25_000) }
+        }
+        #expect(untraced)
+        #expect(try Paths.list(dir).isEmpty)
+
+        // Its child gone, the process comes back from vfork and runs as before.
+        kill(child, SIGKILL)
+        childKilled = true
+        #expect(program.line(startingWith: "BACK") == "BACK")
+        program.signal(SIGUSR1)
+        #expect(program.line(startingWith: "ALIVE") == "ALIVE 1")
+        // And can be checkpointed now.
+        let done = try wb("checkpoint", "\(program.pid)", "-o", image, "--stop-timeout", "1")
+        #expect(done.code == 0, "\(done.stderr)")
+        #expect(throws: Never.self) { try Image(path: image).verifyData() }
+    }
+
     @Test func allowUnsupportedStoresAPlaceholder() throws {
         let dir = scratchDirectory()
         let program = try Child(Products.harness("holder"), ["socket"])

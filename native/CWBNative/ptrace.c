@@ -98,25 +98,45 @@ int wb_wifstopped(int s) { return WIFSTOPPED(s); }
 int wb_wstopsig(int s) { return WSTOPSIG(s); }
 int wb_wptrace_event(int s) { return (s >> 16) & 0xff; }
 
-int wb_wait_any(int timeout_ms, pid_t *pid, int *status) {
+static int wait_timed_blocked(pid_t pid, int timeout_ms, pid_t *waited, int *status, const sigset_t *chld) {
     struct timespec deadline, now;
     clock_gettime(CLOCK_MONOTONIC, &deadline);
     deadline.tv_sec += timeout_ms / 1000;
     deadline.tv_nsec += (long)(timeout_ms % 1000) * 1000000L;
     if (deadline.tv_nsec >= 1000000000L) { deadline.tv_sec++; deadline.tv_nsec -= 1000000000L; }
-    sigset_t chld;
-    sigemptyset(&chld);
-    sigaddset(&chld, SIGCHLD);
     for (;;) {
-        pid_t r = waitpid(-1, status, WNOHANG | __WALL);
-        if (r > 0) { *pid = r; return 0; }
+        pid_t r = waitpid(pid, status, WNOHANG | __WALL);
+        if (r > 0) { *waited = r; return 0; }
         if (r < 0 && errno != EINTR) return errno;
         clock_gettime(CLOCK_MONOTONIC, &now);
         long left_ns = (deadline.tv_sec - now.tv_sec) * 1000000000L + (deadline.tv_nsec - now.tv_nsec);
         if (left_ns <= 0) return ETIMEDOUT;
         struct timespec wait = { left_ns / 1000000000L, left_ns % 1000000000L };
-        sigtimedwait(&chld, NULL, &wait);
+        sigtimedwait(chld, NULL, &wait);
     }
+}
+
+/// Waits up to `timeout_ms` for `pid` (-1: any child or tracee) to change state, sleeping in
+/// sigtimedwait for SIGCHLD in between. SIGCHLD is blocked in the calling thread meanwhile,
+/// so it stays pending until the wait takes it: a tracee's stop is reported to the thread
+/// that traces it, which takes it at once while it waits (another thread of the process
+/// that does not block SIGCHLD could take it between the waitpid and the sigtimedwait; the
+/// wait then sees the change at its timeout).
+static int wait_timed(pid_t pid, int timeout_ms, pid_t *waited, int *status) {
+    sigset_t chld, old;
+    sigemptyset(&chld);
+    sigaddset(&chld, SIGCHLD);
+    pthread_sigmask(SIG_BLOCK, &chld, &old);
+    int e = wait_timed_blocked(pid, timeout_ms, waited, status, &chld);
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    return e;
+}
+
+int wb_wait_any(int timeout_ms, pid_t *pid, int *status) { return wait_timed(-1, timeout_ms, pid, status); }
+
+int wb_wait_tid(pid_t tid, int timeout_ms, int *status) {
+    pid_t waited = 0;
+    return wait_timed(tid, timeout_ms, &waited, status);
 }
 
 int wb_pin_cpu(pid_t pid, int cpu) {

@@ -20,6 +20,11 @@ int wb_kcmp_file(pid_t pid1, pid_t pid2, int fd1, int fd2) {
     return r < 0 ? -errno : (int)r;
 }
 
+int wb_kcmp_vm(pid_t pid1, pid_t pid2) {
+    long r = syscall(SYS_kcmp, pid1, pid2, KCMP_VM, 0, 0);
+    return r < 0 ? -errno : (int)r;
+}
+
 int wb_unix_sockets(wb_unix_socket *out, int cap, int *count) {
     *count = 0;
     int nl = socket(AF_NETLINK, SOCK_DGRAM | SOCK_CLOEXEC, NETLINK_SOCK_DIAG);

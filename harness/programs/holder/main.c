@@ -5,6 +5,9 @@
 // IPC_PRIVATE), prints "READY pid=N fd=F" (for sysvipc "READY pid=N sem=ID msg=ID"; the
 // caller removes them: ipcrm -s ID -q ID), and answers each SIGUSR1 with
 // "ALIVE n" so a test can see it still runs normally after wb refused to checkpoint it.
+// KIND vfork: a thread that cannot be stopped for a while. The process calls vfork and its
+// child, which prints "READY pid=PARENT fd=CHILD", waits without calling exec until it is
+// killed; the parent, held in the kernel until then, prints "BACK" and answers SIGUSR1.
 #define _GNU_SOURCE
 #include "harness.h"
 #include <stdio.h>
@@ -19,7 +22,7 @@
 #include <unistd.h>
 
 int main(int argc, char **argv) {
-    if (argc < 2) { fprintf(stderr, "usage: harness-holder socket|inotify|child|sysvipc\n"); return 2; }
+    if (argc < 2) { fprintf(stderr, "usage: harness-holder socket|inotify|child|sysvipc|vfork\n"); return 2; }
     int fd = -1;
     if (!strcmp(argv[1], "sysvipc")) {
         int sem = semget(IPC_PRIVATE, 2, 0600), msg = msgget(IPC_PRIVATE, 0600);
@@ -30,6 +33,24 @@ int main(int argc, char **argv) {
         harness_require(msgsnd(msg, &m, sizeof m.text, 0) == 0, "msgsnd");
         harness_verify_requests();
         harness_say("READY pid=%d sem=%d msg=%d", getpid(), sem, msg);
+        for (int n = 1;; n++) {
+            harness_wait_for_request();
+            harness_say("ALIVE %d", n);
+        }
+    }
+    if (!strcmp(argv[1], "vfork")) {
+        harness_verify_requests();
+        pid_t c = vfork();
+        if (c == 0) {
+            // Shares the parent's memory: only its own stack, write and pause.
+            char line[64];
+            int n = snprintf(line, sizeof line, "READY pid=%d fd=%d\n", getppid(), getpid());
+            if (write(1, line, (size_t)n) != n) _exit(2);
+            for (;;) pause();
+        }
+        harness_require(c > 0, "vfork");
+        waitpid(c, NULL, 0);
+        harness_say("BACK");
         for (int n = 1;; n++) {
             harness_wait_for_request();
             harness_say("ALIVE %d", n);

@@ -93,9 +93,12 @@ int wb_wstopsig(int status);
 /// The PTRACE_EVENT_* number of a ptrace stop (status >> 16), 0 for none.
 int wb_wptrace_event(int status);
 /// Waits up to `timeout_ms` for any traced thread or child to change state (waitpid with
-/// WNOHANG between sigtimedwait on SIGCHLD, which must be blocked by the caller). Returns 0
-/// with `pid` and `status` set, ETIMEDOUT, or an errno.
+/// WNOHANG between sigtimedwait on SIGCHLD, blocked in the calling thread meanwhile; other
+/// threads should block it too). Returns 0 with `pid` and `status` set, ETIMEDOUT, or an errno.
 int wb_wait_any(int timeout_ms, pid_t *pid, int *status);
+/// Waits up to `timeout_ms` for thread `tid` to stop or exit (as `wb_wait_any`): 0, ETIMEDOUT
+/// or the errno of waitpid.
+int wb_wait_tid(pid_t tid, int timeout_ms, int *status);
 /// Pins a thread or process to one CPU (sched_setaffinity).
 int wb_pin_cpu(pid_t pid, int cpu);
 enum { WB_WNOHANG = 1, WB_WALL = 0x40000000 };
@@ -140,6 +143,9 @@ void wb_cpuid(uint32_t leaf, uint32_t subleaf, uint32_t out[4]);
 /// kcmp(KCMP_FILE): 0 when the two fds share an open file description, 1 or 2 when not
 /// (an order), -errno on failure.
 int wb_kcmp_file(pid_t pid1, pid_t pid2, int fd1, int fd2);
+/// kcmp(KCMP_VM): 0 when the two processes share one address space (a vfork child and its
+/// parent), 1 or 2 when not, -errno on failure.
+int wb_kcmp_vm(pid_t pid1, pid_t pid2);
 
 typedef struct {
     uint64_t inode;
