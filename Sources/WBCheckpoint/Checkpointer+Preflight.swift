@@ -49,7 +49,9 @@ extension Checkpointer {
             throw WBError.refused("pid \(pid) is a kernel thread or not accessible (no /proc/\(pid)/exe): run wb as root or as the process's owner")
         }
         var problems: [String] = []
-        let children = ProcFS.children(pid).filter { !(tree?.members.contains($0) ?? false) }
+        // In a tree still running (its memory copied before the final stop), a child born
+        // since the tree was listed is not refused: the final stop takes it in.
+        let children = tree != nil && held == nil ? [] : ProcFS.children(pid).filter { !(tree?.members.contains($0) ?? false) }
         if !children.isEmpty {
             let list = children.prefix(5).map(String.init).joined(separator: ", ")
             problems.append("it has child process\(children.count > 1 ? "es" : "") \(list) (checkpoint them with it: wb checkpoint --tree \(pid))")

@@ -195,7 +195,11 @@ public final class TreeCheckpointer {
             c.tree = scope
             c.progress = progress
             c.shouldStop = shouldStop
-            _ = try c.preflight()
+            do {
+                _ = try c.preflight()
+            } catch where pid != root && ProcFS.exiting(pid) {
+                continue   // exited meanwhile: the final stop will not find it
+            }
             checkpointers.append(c)
         }
         var out: [Int32: Early] = [:]
@@ -203,15 +207,18 @@ public final class TreeCheckpointer {
             for c in checkpointers {
                 try checkStop()
                 let store = PageStore(memory: ProcessMemory(pid: c.pid), writer: writer, checkStop: { [unowned c] in try c.checkStop() })
-                let scanner = try PageScanner(pid: c.pid)
                 var files = FileEmbedder(pid: c.pid, writer: writer, embedLimit: options.embedLimit,
                                          exe: ((try? Paths.readLink("/proc/\(c.pid)/exe")) ?? "").deletedStripped.path)
                 var pauses: [Double] = []
+                let scanner: PageScanner
                 let tracker: DirtyTracker?
                 do {
+                    scanner = try PageScanner(pid: c.pid)
                     tracker = try c.precopy(store: store, scanner: scanner, pauses: &pauses)
                 } catch WBError.processGone {
                     continue   // exited meanwhile: the final stop will not find it
+                } catch where c.pid != root && ProcFS.exiting(c.pid) {
+                    continue
                 } catch where !c.sameProgram() {
                     continue   // ran another program meanwhile: copied whole at the final stop
                 }
@@ -220,7 +227,7 @@ public final class TreeCheckpointer {
                 out[c.pid] = Early(checkpointer: c, store: store, scanner: scanner, files: files, tracker: tracker, stable: [:])
                 do {
                     out[c.pid]?.stable = try c.storeStableMappings(store: store, scanner: scanner, files: &files)
-                } catch where !c.sameProgram() {
+                } catch where !c.sameProgram() || (c.pid != root && ProcFS.exiting(c.pid)) {
                     tracker.release()
                     out[c.pid] = nil
                     continue
@@ -234,6 +241,8 @@ public final class TreeCheckpointer {
                     try c.pass(store: e.store, scanner: e.scanner, tracker: e.tracker)
                 } catch WBError.processGone {
                     continue
+                } catch where c.pid != root && ProcFS.exiting(c.pid) {
+                    continue   // exited meanwhile: its tracker goes with the others
                 } catch where !c.sameProgram() {
                     continue   // its tracker goes at the final stop, which copies it whole
                 }
@@ -268,7 +277,11 @@ public final class TreeCheckpointer {
             let tracee: Tracee
             do {
                 tracee = try Checkpointer.seize(pid, options: options, checkStop: checkStop)
-            } catch WBError.processGone {
+            } catch WBError.processGone where pid != root {
+                // It was exiting: once a zombie it is one (its parent, stopped, cannot reap it).
+                if let stat = TreeCheckpointer.zombie(after: pid) {
+                    members.append(Member(pid: pid, tracee: nil, zombie: TreeCheckpointer.zombie(pid, stat)))
+                }
                 continue
             }
             members.append(Member(pid: pid, tracee: tracee, zombie: nil))
@@ -278,6 +291,18 @@ public final class TreeCheckpointer {
 
     private func checkStop() throws {
         if shouldStop() { throw WBError.failed("checkpoint of pid \(root) interrupted: the processes run on as before and no image was written") }
+    }
+
+    /// The stat of `pid` once it is a zombie, waiting up to 0.5 s for an exiting process to
+    /// become one; nil if it is gone (reaped, or its parent ignores SIGCHLD).
+    private static func zombie(after pid: Int32) -> [Int: String]? {
+        let deadline = Clock.monotonic + 0.5
+        while Clock.monotonic < deadline {
+            guard let stat = try? ProcFS.stat(pid) else { return nil }
+            if stat[3] == "Z" { return stat }
+            usleep(1000)
+        }
+        return nil
     }
 
     private static func zombie(_ pid: Int32, _ stat: [Int: String]) -> ProcessState {

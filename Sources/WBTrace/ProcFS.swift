@@ -102,6 +102,16 @@ public enum ProcFS {
         parseStat(try Paths.readText("/proc/\(pid)/stat"))
     }
 
+    /// Whether a process (or one thread: `thread`) has ended or is ending: gone, a zombie, or
+    /// on its way out (PF_EXITING in its flags: no longer seizable, its memory maybe gone).
+    public static func exiting(_ pid: Int32, thread: Int32? = nil) -> Bool {
+        let path = thread.map { "/proc/\(pid)/task/\($0)/stat" } ?? "/proc/\(pid)/stat"
+        guard let text = try? Paths.readText(path) else { return true }
+        let stat = parseStat(text)
+        let PF_EXITING: UInt = 0x4
+        return stat[3] == "Z" || stat[3] == "X" || (UInt(stat[9] ?? "") ?? 0) & PF_EXITING != 0
+    }
+
     // MARK: fds
 
     public struct FDInfo: Equatable, Sendable {

@@ -91,6 +91,8 @@ public final class Tracee {
                 seen.insert(tid)
                 let e = wb_ptrace(WB_PTRACE_SEIZE, tid, 0, UInt64(options), nil)
                 if e == ESRCH { continue }    // the thread exited meanwhile
+                // One exiting (a zombie, or on its way) cannot be seized either.
+                if e == EPERM && ProcFS.exiting(pid, thread: tid) { continue }
                 if e == EPERM {
                     let tracer = (try? ProcFS.status(pid))?["TracerPid"] ?? "0"
                     if tracer != "0" {

@@ -139,6 +139,48 @@ import WBTrace
         }
     }
 
+    /// A shell that starts a short-lived child all the time: children born after the tree was
+    /// listed, and children exiting while they are seized, belong to the tree or not, but
+    /// never fail the checkpoint. The last image, taken with --kill, restores to a shell that
+    /// goes on counting.
+    @Test func aTreeWhoseChildrenComeAndGoIsCheckpointedEveryTime() throws {
+        let dir = scratchDirectory()
+        let shell = try Child("/bin/sh", ["-c", "cd '\(dir)' && i=0; while :; do i=$((i+1)); /bin/true; echo $i > count; done"])
+        defer { killTree(shell.pid) }
+        // The shell truncates the file before it writes: an empty read is tried again.
+        func count() -> Int {
+            for _ in 0..<200 {
+                if let n = Int(((try? Paths.readText("\(dir)/count")) ?? "").trimming("\n")) { return n }
+                usleep(1000)
+            }
+            return 0
+        }
+        while count() < 10 { usleep(10_000) }
+        for round in 0..<10 {
+            let last = round == 9
+            let image = "\(dir)/round\(round).wbimg"
+            let members = try checkpointTree(shell.pid, to: image, kill: last)
+            #expect(members.first?["pid"] as? Int == Int(shell.pid))
+            #expect(throws: Never.self) { try Image(path: image).verifyData() }
+            if !last {
+                #expect(tracerOf(shell.pid) == "0")
+                let before = count()
+                usleep(50_000)
+                #expect(count() > before, "round \(round): the shell stopped counting")
+            }
+        }
+        #expect(shell.wait() != 0)
+        let restored = try Restored.detach("\(dir)/round9.wbimg", ["--new-pidns"])
+        defer { killTree(restored.pid) }
+        let before = count()
+        var counting = false
+        for _ in 0..<100 where !counting {
+            usleep(20_000)
+            counting = count() > before + 5
+        }
+        #expect(counting, "the restored shell does not count on: \(restored.wb.stderrText)")
+    }
+
     @Test func withoutTreeAProcessWithChildrenIsRefusedNamingTheFlag() throws {
         let dir = scratchDirectory()
         let family = try Child(Products.harness("family"), [])
