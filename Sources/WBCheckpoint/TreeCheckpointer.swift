@@ -181,12 +181,13 @@ public final class TreeCheckpointer {
     /// A process that cannot be tracked, or that appears later, is copied at the final stop.
     private func precopy(writer: ImageWriter) throws -> [Int32: Early] {
         var pids: [Int32] = []
-        var queue = [root]
+        var queue: [(pid: Int32, parent: Int32?)] = [(root, nil)]
         while !queue.isEmpty {
-            let pid = queue.removeFirst()
+            let (pid, parent) = queue.removeFirst()
             guard !pids.contains(pid), let stat = try? ProcFS.stat(pid), stat[3] != "Z", stat[3] != "X" else { continue }
+            if let parent { try TreeCheckpointer.refuseSharedMemory(pid, parent) }
             pids.append(pid)
-            queue += ProcFS.children(pid)
+            queue += ProcFS.children(pid).map { ($0, pid) }
         }
         let scope = TreeScope(members: Set(pids), sockets: socketsHeld(by: pids))
         var checkpointers: [Checkpointer] = []
@@ -258,10 +259,10 @@ public final class TreeCheckpointer {
     /// a process can only fork while it runs, so once a parent is stopped its list of
     /// children is final except for what its running children add, and they are next.
     private func stopAll(into members: inout [Member]) throws {
-        var queue = [root]
+        var queue: [(pid: Int32, parent: Int32?)] = [(root, nil)]
         var seen = Set<Int32>()
         while !queue.isEmpty {
-            let pid = queue.removeFirst()
+            let (pid, parent) = queue.removeFirst()
             if seen.contains(pid) { continue }
             seen.insert(pid)
             try checkStop()
@@ -285,7 +286,15 @@ public final class TreeCheckpointer {
                 continue
             }
             members.append(Member(pid: pid, tracee: tracee, zombie: nil))
-            queue += ProcFS.children(pid)
+            if let parent { try TreeCheckpointer.refuseSharedMemory(pid, parent) }
+            queue += ProcFS.children(pid).map { ($0, pid) }
+        }
+    }
+
+    /// Two processes of one address space would come back with two: refused.
+    private static func refuseSharedMemory(_ pid: Int32, _ parent: Int32) throws {
+        if Tracee.shareMemory(parent, pid) {
+            throw WBError.refused("pid \(pid) shares its memory with its parent \(parent) (a child cloned with CLONE_VM, or a vfork child before its exec): wb cannot restore them sharing it. Nothing was changed; try again once it has called exec")
         }
     }
 

@@ -171,6 +171,10 @@ public final class Tracee {
         }
     }
 
+    /// Whether two processes share one address space (kcmp KCMP_VM): a vfork child before its
+    /// exec and its parent, or a child cloned with CLONE_VM.
+    public static func shareMemory(_ a: Int32, _ b: Int32) -> Bool { wb_kcmp_vm(a, b) == 0 }
+
     /// In the message of a thread that did not stop in time, for callers to add their advice.
     public static let notStoppedMarker = " did not stop within "
 
@@ -183,7 +187,7 @@ public final class Tracee {
         let state = stat.split(separator: ")").last?.split(separator: " ").first.map(String.init) ?? "?"
         let wchan = ((try? Paths.readText("/proc/\(pid)/task/\(tid)/wchan")) ?? "").trimming("\n ")
         var why = "state \(state)" + (wchan.isEmpty || wchan == "0" ? "" : ", in the kernel at \(wchan)")
-        if let child = ProcFS.children(pid).first(where: { wb_kcmp_vm(pid, $0) == 0 }) {
+        if let child = ProcFS.children(pid).first(where: { Tracee.shareMemory(pid, $0) }) {
             why = "it waits for its vfork child \(child) to call exec or exit; " + why
         }
         return why

@@ -181,6 +181,25 @@ import WBTrace
         #expect(counting, "the restored shell does not count on: \(restored.wb.stderrText)")
     }
 
+    /// Two processes of one address space (a child cloned with CLONE_VM) would come back as
+    /// two: refused before anything is touched, leaving the tree running, left running or not.
+    @Test(arguments: [false, true])
+    func aChildSharingItsParentsMemoryIsRefused(kill: Bool) throws {
+        let dir = scratchDirectory("sharedvm\(kill)")
+        let program = try Child(Products.harness("holder"), ["clonevm"])
+        let ready = try #require(program.line(startingWith: "READY"))
+        let child = try #require(field(ready, "fd").flatMap { Int32($0) })
+        defer { killTree(program.pid) }
+        let run = try wb(["checkpoint", "--tree", "\(program.pid)", "-o", "\(dir)/x.wbimg"] + (kill ? ["--kill"] : []))
+        #expect(run.code == 1)
+        #expect(run.stderr.split(separator: "\n").count == 1, "\(run.stderr)")
+        #expect(run.stderr.contains("pid \(child) shares its memory with its parent \(program.pid)"), "\(run.stderr)")
+        #expect(try Paths.list(dir).isEmpty)
+        #expect(tracerOf(program.pid) == "0" && tracerOf(child) == "0")
+        program.signal(SIGUSR1)
+        #expect(program.line(startingWith: "ALIVE") == "ALIVE 1")
+    }
+
     @Test func withoutTreeAProcessWithChildrenIsRefusedNamingTheFlag() throws {
         let dir = scratchDirectory()
         let family = try Child(Products.harness("family"), [])

@@ -8,8 +8,11 @@
 // KIND vfork: a thread that cannot be stopped for a while. The process calls vfork and its
 // child, which prints "READY pid=PARENT fd=CHILD", waits without calling exec until it is
 // killed; the parent, held in the kernel until then, prints "BACK" and answers SIGUSR1.
+// KIND clonevm: a child cloned with CLONE_VM (one address space, two processes) that waits;
+// "READY pid=N fd=CHILD".
 #define _GNU_SOURCE
 #include "harness.h"
+#include <sched.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/inotify.h>
@@ -21,8 +24,14 @@
 #include <time.h>
 #include <unistd.h>
 
+static int wait_forever(void *arg) {
+    (void)arg;
+    for (;;) pause();
+    return 0;
+}
+
 int main(int argc, char **argv) {
-    if (argc < 2) { fprintf(stderr, "usage: harness-holder socket|inotify|child|sysvipc|vfork\n"); return 2; }
+    if (argc < 2) { fprintf(stderr, "usage: harness-holder socket|inotify|child|sysvipc|vfork|clonevm\n"); return 2; }
     int fd = -1;
     if (!strcmp(argv[1], "sysvipc")) {
         int sem = semget(IPC_PRIVATE, 2, 0600), msg = msgget(IPC_PRIVATE, 0600);
@@ -55,6 +64,10 @@ int main(int argc, char **argv) {
             harness_wait_for_request();
             harness_say("ALIVE %d", n);
         }
+    }
+    if (!strcmp(argv[1], "clonevm")) {
+        static char stack[64 << 10] __attribute__((aligned(16)));
+        fd = clone(wait_forever, stack + sizeof stack, CLONE_VM | SIGCHLD, NULL);
     }
     if (!strcmp(argv[1], "socket")) fd = socket(AF_INET, SOCK_STREAM, 0);
     else if (!strcmp(argv[1], "inotify")) fd = inotify_init1(0);
