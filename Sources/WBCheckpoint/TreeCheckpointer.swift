@@ -185,7 +185,7 @@ public final class TreeCheckpointer {
         while !queue.isEmpty {
             let (pid, parent) = queue.removeFirst()
             guard !pids.contains(pid), let stat = try? ProcFS.stat(pid), stat[3] != "Z", stat[3] != "X" else { continue }
-            if let parent { try TreeCheckpointer.refuseSharedMemory(pid, parent) }
+            if let parent { try TreeCheckpointer.refuseSharedMemory(pid, parent, patience: 0.5) }
             pids.append(pid)
             queue += ProcFS.children(pid).map { ($0, pid) }
         }
@@ -291,8 +291,13 @@ public final class TreeCheckpointer {
         }
     }
 
-    /// Two processes of one address space would come back with two: refused.
-    private static func refuseSharedMemory(_ pid: Int32, _ parent: Int32) throws {
+    /// Two processes of one address space would come back with two: refused. With
+    /// `patience`, a child that may be a vfork child about to call exec (its parent runs) is
+    /// given that long to stop sharing; a stopped parent has no vfork child left before its
+    /// exec (a vfork parent stops only after it), so sharing then means CLONE_VM.
+    private static func refuseSharedMemory(_ pid: Int32, _ parent: Int32, patience: Double = 0) throws {
+        let deadline = Clock.monotonic + patience
+        while Tracee.shareMemory(parent, pid) && Clock.monotonic < deadline { usleep(1000) }
         if Tracee.shareMemory(parent, pid) {
             throw WBError.refused("pid \(pid) shares its memory with its parent \(parent) (a child cloned with CLONE_VM, or a vfork child before its exec): wb cannot restore them sharing it. Nothing was changed; try again once it has called exec")
         }
