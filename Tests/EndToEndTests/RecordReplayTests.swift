@@ -71,7 +71,9 @@ import WBCore
     @Test func aLogThatEndsTooSoonIsADivergence() throws {
         let dir = scratchDirectory()
         let timeline = try RecordReplayTests.recordCrash(dir)
-        let list = try TimelineTests.json(try wb("timeline", timeline, "--json").stdout)
+        let listing = try wb("timeline", timeline, "--json")
+        try #require(listing.code == 0, "\(listing.stderr)")
+        let list = try TimelineTests.json(listing.stdout)
         let checkpoints = try #require(list["checkpoints"] as? [[String: Any]])
         let before = try #require(checkpoints.dropLast().last?["number"] as? Int)
         // Half of the log after the last checkpoint before the crash is lost.
@@ -87,6 +89,8 @@ import WBCore
         #expect(truncate(log, off_t(cut)) == 0)
         let replay = try wb("replay", timeline, "--json")
         #expect(replay.code == 1)
+        // A divergence is a report, not an error.
+        try #require(replay.stdout.hasPrefix("{"), "\(replay.stderr)")
         let r = try TimelineTests.json(replay.stdout)
         #expect(r["reproduced"] as? Bool == false)
         #expect((r["divergence"] as? String)?.contains("after the end of its log") == true, "\(replay.stdout)")
