@@ -24,7 +24,7 @@ public final class Tracee {
     public var otherStop: ((Int32, Int32) -> Void)?
     /// How long a thread may take to stop once asked, while seizing or stopping all (nil: as
     /// long as it takes), and a check run about every 0.1 s meanwhile that throws to give up
-    /// (a request to stop). A timed wait needs SIGCHLD blocked in every thread of wb.
+    /// (a request to stop). The timed wait sleeps on SIGCHLD (see `wb_wait_tid`).
     public var stopTimeout: Double?
     public var whileStopping: (() throws -> Void)?
     /// Address of a `syscall` instruction used for remote syscalls.
@@ -183,8 +183,7 @@ public final class Tracee {
     /// Why a thread asked to stop may not have: it has not come back from the kernel. Its
     /// state and where it waits, and a vfork child it waits for (one that shares its memory).
     func whyRunning(_ tid: Int32) -> String {
-        let stat = (try? Paths.readText("/proc/\(pid)/task/\(tid)/stat")) ?? ""
-        let state = stat.split(separator: ")").last?.split(separator: " ").first.map(String.init) ?? "?"
+        let state = ProcFS.parseStat((try? Paths.readText("/proc/\(pid)/task/\(tid)/stat")) ?? "")[3] ?? "?"
         let wchan = ((try? Paths.readText("/proc/\(pid)/task/\(tid)/wchan")) ?? "").trimming("\n ")
         var why = "state \(state)" + (wchan.isEmpty || wchan == "0" ? "" : ", in the kernel at \(wchan)")
         if let child = ProcFS.children(pid).first(where: { Tracee.shareMemory(pid, $0) }) {
