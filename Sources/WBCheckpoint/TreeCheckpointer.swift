@@ -198,7 +198,7 @@ public final class TreeCheckpointer {
             c.shouldStop = shouldStop
             do {
                 _ = try c.preflight()
-            } catch where pid != root && ProcFS.exiting(pid) {
+            } catch where movedOn(c) {
                 continue   // exited meanwhile: the final stop will not find it
             }
             checkpointers.append(c)
@@ -218,17 +218,15 @@ public final class TreeCheckpointer {
                     tracker = try c.precopy(store: store, scanner: scanner, pauses: &pauses)
                 } catch WBError.processGone {
                     continue   // exited meanwhile: the final stop will not find it
-                } catch where c.pid != root && ProcFS.exiting(c.pid) {
-                    continue
-                } catch where !c.sameProgram() {
-                    continue   // ran another program meanwhile: copied whole at the final stop
+                } catch where movedOn(c) {
+                    continue   // exited, or ran another program (copied whole at the final stop)
                 }
                 guard let tracker else { continue }
                 // Registered before anything can fail, so it is released whatever happens.
                 out[c.pid] = Early(checkpointer: c, store: store, scanner: scanner, files: files, tracker: tracker, stable: [:])
                 do {
                     out[c.pid]?.stable = try c.storeStableMappings(store: store, scanner: scanner, files: &files)
-                } catch where !c.sameProgram() || (c.pid != root && ProcFS.exiting(c.pid)) {
+                } catch where movedOn(c) {
                     tracker.release()
                     out[c.pid] = nil
                     continue
@@ -242,10 +240,8 @@ public final class TreeCheckpointer {
                     try c.pass(store: e.store, scanner: e.scanner, tracker: e.tracker)
                 } catch WBError.processGone {
                     continue
-                } catch where c.pid != root && ProcFS.exiting(c.pid) {
-                    continue   // exited meanwhile: its tracker goes with the others
-                } catch where !c.sameProgram() {
-                    continue   // its tracker goes at the final stop, which copies it whole
+                } catch where movedOn(c) {
+                    continue   // its tracker goes with the others, or at the final stop
                 }
             }
         } catch {
@@ -296,11 +292,15 @@ public final class TreeCheckpointer {
     /// given that long to stop sharing; a stopped parent has no vfork child left before its
     /// exec (a vfork parent stops only after it), so sharing then means CLONE_VM.
     private static func refuseSharedMemory(_ pid: Int32, _ parent: Int32, patience: Double = 0) throws {
-        let deadline = Clock.monotonic + patience
-        while Tracee.shareMemory(parent, pid) && Clock.monotonic < deadline { usleep(1000) }
-        if Tracee.shareMemory(parent, pid) {
+        if !eventually(within: patience, { !Tracee.shareMemory(parent, pid) }) {
             throw WBError.refused("pid \(pid) shares its memory with its parent \(parent) (a child cloned with CLONE_VM, or a vfork child before its exec): wb cannot restore them sharing it. Nothing was changed; try again once it has called exec")
         }
+    }
+
+    /// Whether a member's copy was overtaken by events: it exited (the root's exit is an
+    /// error), or it ran another program.
+    private func movedOn(_ c: Checkpointer) -> Bool {
+        (c.pid != root && ProcFS.exiting(c.pid)) || !c.sameProgram()
     }
 
     private func checkStop() throws {
@@ -310,13 +310,22 @@ public final class TreeCheckpointer {
     /// The stat of `pid` once it is a zombie, waiting up to 0.5 s for an exiting process to
     /// become one; nil if it is gone (reaped, or its parent ignores SIGCHLD).
     private static func zombie(after pid: Int32) -> [Int: String]? {
-        let deadline = Clock.monotonic + 0.5
-        while Clock.monotonic < deadline {
-            guard let stat = try? ProcFS.stat(pid) else { return nil }
-            if stat[3] == "Z" { return stat }
+        var stat: [Int: String]?
+        _ = eventually(within: 0.5) {
+            stat = try? ProcFS.stat(pid)
+            return stat == nil || stat?[3] == "Z"
+        }
+        return stat?[3] == "Z" ? stat : nil
+    }
+
+    /// Asks `done` every millisecond, at least once, for up to `seconds`: whether it said yes.
+    private static func eventually(within seconds: Double, _ done: () -> Bool) -> Bool {
+        let deadline = Clock.monotonic + seconds
+        while !done() {
+            if Clock.monotonic >= deadline { return false }
             usleep(1000)
         }
-        return nil
+        return true
     }
 
     private static func zombie(_ pid: Int32, _ stat: [Int: String]) -> ProcessState {
