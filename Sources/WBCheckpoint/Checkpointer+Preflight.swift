@@ -48,6 +48,13 @@ extension Checkpointer {
         if (try? Paths.readLink("/proc/\(pid)/exe")) == nil {
             throw WBError.refused("pid \(pid) is a kernel thread or not accessible (no /proc/\(pid)/exe): run wb as root or as the process's owner")
         }
+        // Memory shared with a parent outside the checkpoint (a vfork child before its exec,
+        // a child cloned with CLONE_VM) comes back as this process's own.
+        if let parent = status["PPid"].flatMap({ Int32($0) }), parent > 1, !(tree?.members.contains(parent) ?? false),
+           Tracee.shareMemory(pid, parent) {
+            let note = "pid \(pid) shares its memory with its parent \(parent) (a vfork child before its exec, or a child cloned with CLONE_VM): the image holds that memory as its own, and the restored process does not share it"
+            if !notes.contains(note) { notes.append(note) }
+        }
         var problems: [String] = []
         // In a tree still running (its memory copied before the final stop), a child born
         // since the tree was listed is not refused: the final stop takes it in.

@@ -200,6 +200,26 @@ import WBTrace
         #expect(program.line(startingWith: "ALIVE") == "ALIVE 1")
     }
 
+    /// The CLONE_VM child alone: taken, with a note that its memory is no longer shared once
+    /// restored; the two processes run on.
+    @Test func aChildSharingItsParentsMemoryCheckpointedAloneIsNoted() throws {
+        let dir = scratchDirectory()
+        let program = try Child(Products.harness("holder"), ["clonevm"])
+        let ready = try #require(program.line(startingWith: "READY"))
+        let child = try #require(field(ready, "fd").flatMap { Int32($0) })
+        defer { killTree(program.pid) }
+        let run = try wb(["checkpoint", "\(child)", "-o", "\(dir)/x.wbimg", "--json"])
+        try #require(run.code == 0, "\(run.stderr)")
+        let report = try #require(try JSONSerialization.jsonObject(with: Data(run.stdout.utf8)) as? [String: Any])
+        let notes = report["notes"] as? [String] ?? []
+        #expect(notes.contains { $0.contains("pid \(child) shares its memory with its parent \(program.pid)") }, "\(notes)")
+        #expect(Paths.exists("\(dir)/x.wbimg"))
+        #expect(tracerOf(program.pid) == "0" && tracerOf(child) == "0")
+        #expect(ProcFS.exists(child))
+        program.signal(SIGUSR1)
+        #expect(program.line(startingWith: "ALIVE") == "ALIVE 1")
+    }
+
     @Test func withoutTreeAProcessWithChildrenIsRefusedNamingTheFlag() throws {
         let dir = scratchDirectory()
         let family = try Child(Products.harness("family"), [])
