@@ -145,8 +145,9 @@ public final class Checkpointer {
     static func seize(_ pid: Int32, options: CheckpointOptions, checkStop: @escaping () throws -> Void) throws -> Tracee {
         do {
             return try Tracee.seize(pid, stopTimeout: options.stopTimeout, whileStopping: checkStop)
-        } catch WBError.failed(let text) where text.contains(Tracee.notStoppedMarker) {
-            throw WBError.failed("\(text): nothing was changed and no image was written; try again once it is back from the kernel, or allow it longer with --stop-timeout")
+        } catch let error as WBError {
+            guard case .notStopped = error else { throw error }
+            throw WBError.failed("\(error): nothing was changed and no image was written; try again once it is back from the kernel, or allow it longer with --stop-timeout")
         }
     }
 

@@ -16,6 +16,9 @@ public enum WBError: Error, CustomStringConvertible, Equatable, Sendable {
     case invalidArgument(String)
     /// Anything else, already phrased for the user.
     case failed(String)
+    /// A thread asked to stop did not within `seconds`: it has not come back from the kernel
+    /// (`why`: its state, where it waits).
+    case notStopped(pid: Int32, tid: Int32, seconds: Double, why: String)
 
     public var description: String {
         switch self {
@@ -27,6 +30,8 @@ public enum WBError: Error, CustomStringConvertible, Equatable, Sendable {
             return "\(path): \(problem)"
         case let .refused(text), let .invalidArgument(text), let .failed(text):
             return text
+        case let .notStopped(pid, tid, seconds, why):
+            return "thread \(tid) of pid \(pid) did not stop within \(seconds == seconds.rounded() ? "\(Int(seconds))" : "\(seconds)") s (\(why))"
         }
     }
 
@@ -48,6 +53,7 @@ public enum WBError: Error, CustomStringConvertible, Equatable, Sendable {
         case let .refused(text): return .refused("\(prefix): \(text)")
         case let .invalidArgument(text): return .invalidArgument("\(prefix): \(text)")
         case let .failed(text): return .failed("\(prefix): \(text)")
+        case .notStopped: return .failed("\(prefix): \(description)")
         }
     }
 

@@ -166,7 +166,7 @@ public final class Tracee {
             if e != ETIMEDOUT { try check(e, "waitpid", "waiting for thread \(tid)", pid: tid) }
             try whileStopping?()
             if Clock.monotonic >= deadline {
-                throw WBError.failed("thread \(tid) of pid \(pid)\(Tracee.notStoppedMarker)\(Tracee.seconds(limit)) (\(whyRunning(tid)))")
+                throw WBError.notStopped(pid: pid, tid: tid, seconds: limit, why: whyRunning(tid))
             }
         }
     }
@@ -174,11 +174,6 @@ public final class Tracee {
     /// Whether two processes share one address space (kcmp KCMP_VM): a vfork child before its
     /// exec and its parent, or a child cloned with CLONE_VM.
     public static func shareMemory(_ a: Int32, _ b: Int32) -> Bool { wb_kcmp_vm(a, b) == 0 }
-
-    /// In the message of a thread that did not stop in time, for callers to add their advice.
-    public static let notStoppedMarker = " did not stop within "
-
-    static func seconds(_ s: Double) -> String { s == s.rounded() ? "\(Int(s)) s" : "\(s) s" }
 
     /// Why a thread asked to stop may not have: it has not come back from the kernel. Its
     /// state and where it waits, and a vfork child it waits for (one that shares its memory).
