@@ -132,8 +132,15 @@ public final class Checkpointer {
     /// Stops the process: seizing it, or stopping the threads of one wb holds.
     func acquire() throws -> Tracee {
         if let attached {
-            // Threads held at a signal by an earlier let-go are stopped already.
-            try attached.stopAll(alreadyStopped: Set(attached.heldStops.keys))
+            // Threads held at a signal by an earlier let-go are stopped already. If one does
+            // not stop in time, those that did run on (the late one stops later, and its
+            // supervisor lets it go).
+            do {
+                try attached.stopAll(alreadyStopped: Set(attached.heldStops.keys))
+            } catch {
+                attached.resumeAll(hold: holdSignals)
+                throw error
+            }
             return attached
         }
         return try Checkpointer.seize(pid, options: options, checkStop: checkStop)

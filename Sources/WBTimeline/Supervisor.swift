@@ -14,6 +14,10 @@ public final class Supervisor {
         public var every: Double?
         public var keep: Int?
         public var record = false
+        /// How long a checkpoint waits for each thread to stop (nil: without end). A thread
+        /// that does not come back from the kernel in time (a vfork parent, a hung file
+        /// system) costs that checkpoint, not the program's other threads their run.
+        public var stopTimeout: Double? = 5
         public var environment: [String: String]
         public init(environment: [String: String]) { self.environment = environment }
     }
@@ -27,6 +31,9 @@ public final class Supervisor {
     let started = Clock.monotonic
     /// One line per checkpoint, for the user.
     public var report: (String) -> Void = { _ in }
+    /// Why a scheduled checkpoint was not taken (said once until the reason changes).
+    public var warn: (String) -> Void = { _ in }
+    private var lastWarning: String?
 
     /// Starts `program` (its stdio is wb's) and takes hold of it before its exec. With
     /// `record`, it runs with the seccomp filter and the preload library of recording from
@@ -50,6 +57,7 @@ public final class Supervisor {
             let held = try Subprocess.spawnHeld(program, arguments, environment: environment, stdin: 0, stdout: 1, stderr: 2, filter: filter)
             pid = held.pid
             tracee = try Tracee.supervise(pid, recording: options.record)
+            tracee.stopTimeout = options.stopTimeout
             try held.release(program)
             self.pid = pid
             timeline = try Timeline(creating: directory, program: [program] + arguments, pid: pid, every: options.every,
@@ -103,7 +111,16 @@ public final class Supervisor {
                 throw error
             }
             guard let (tid, stop) = got else {
-                try? checkpoint(reason: "scheduled", signal: nil)
+                do {
+                    try checkpoint(reason: "scheduled", signal: nil)
+                    lastWarning = nil
+                } catch {
+                    let text = "no checkpoint at \(String(format: "%.2f", Clock.monotonic - started)) s: \(error)"
+                    // The same reason again (a child the program keeps) is not said again.
+                    let reason = "\(error)"
+                    if lastWarning != reason { warn(text) }
+                    lastWarning = reason
+                }
                 if let every = options.every {
                     while next <= Clock.monotonic { next += every }
                 }
@@ -160,12 +177,19 @@ public final class Supervisor {
     /// last moment the process is whole. Every thread is stopped, the checkpoint taken, and
     /// then the signal does its work.
     private func fatal(_ tid: Int32, _ sig: Int32) {
-        try? tracee.stopAll(alreadyStopped: [tid])
+        do {
+            try tracee.stopAll(alreadyStopped: [tid])
+        } catch {
+            // A thread that did not stop: the process cannot be taken whole.
+            warn("no checkpoint at \(SignalNames.name(sig)): \(error)")
+            tracee.resumeAll()
+            return
+        }
         let fault = [SIGSEGV, SIGBUS, SIGILL, SIGFPE, SIGABRT, SIGTRAP, SIGSYS].contains(sig)
         do {
             try checkpoint(reason: fault ? "fault" : "signal", signal: sig, stopped: true)
         } catch {
-            report("no checkpoint at \(SignalNames.name(sig)): \(error)")
+            warn("no checkpoint at \(SignalNames.name(sig)): \(error)")
         }
         tracee.resumeAll()
     }

@@ -55,6 +55,9 @@ struct RunCommand: ParsableCommand {
     @Flag(help: "Log what the program reads from outside, for wb replay (with --timeline).")
     var record = false
 
+    @Option(help: ArgumentHelp("How long a checkpoint waits for a thread to stop before it is skipped, in seconds (with --timeline).", valueName: "seconds"))
+    var stopTimeout: Double?
+
     @Flag(name: .shortAndLong, help: "Print nothing about checkpoints (errors still).")
     var quiet = false
 
@@ -66,6 +69,8 @@ struct RunCommand: ParsableCommand {
         if timeline == nil && (every != nil || keep != nil || record) { throw ValidationError("--every, --keep and --record need --timeline DIR") }
         if let e = every, RunCommand.seconds(e) == nil { throw ValidationError("--every \(e): expected seconds, or a number with ms, s, m or h (500ms, 30s, 5m)") }
         if let k = keep, k < 1 { throw ValidationError("--keep must be at least 1") }
+        if timeline == nil && stopTimeout != nil { throw ValidationError("--stop-timeout needs --timeline DIR") }
+        if let t = stopTimeout, !(t > 0 && t <= 86400) { throw ValidationError("--stop-timeout must be a number of seconds above 0 (up to 86400)") }
     }
 
     static func seconds(_ text: String) -> Double? {
@@ -96,7 +101,9 @@ struct RunCommand: ParsableCommand {
                 options.every = every.flatMap(RunCommand.seconds)
                 options.keep = keep
                 options.record = record
+                if let stopTimeout { options.stopTimeout = stopTimeout }
                 let supervisor = try Supervisor(program: path, arguments: Array(argv.dropFirst()), directory: timeline, options: options)
+                supervisor.warn = { FileHandle.standardError.write(Data("wb: warning: \($0)\n".utf8)) }
                 if !quiet {
                     supervisor.report = { FileHandle.standardError.write(Data("wb: \($0)\n".utf8)) }
                     FileHandle.standardError.write(Data("wb: started \(program) as pid \(supervisor.pid); timeline in \(timeline)\n".utf8))

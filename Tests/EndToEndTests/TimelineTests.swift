@@ -129,4 +129,38 @@ import WBCore
             #expect(run.stderr.contains(message), "\(args): \(run.stderr)")
         }
     }
+
+    /// A thread that does not come back from the kernel (a vfork parent whose child waits)
+    /// costs the scheduled checkpoints meanwhile, with one warning, not the program its run:
+    /// once it is back, the program answers and checkpoints go on.
+    @Test func aThreadThatDoesNotStopSkipsScheduledCheckpointsOnly() throws {
+        let dir = scratchDirectory()
+        let run = try Child(Products.wb, ["run", "--timeline", "\(dir)/t", "--every", "100ms", "--stop-timeout", "0.3", "--record", "--",
+                                          Products.harness("holder"), "vfork"])
+        let ready = try #require(run.line(startingWith: "READY"))
+        let program = try #require(field(ready, "pid").flatMap { Int32($0) })
+        let child = try #require(field(ready, "fd").flatMap { Int32($0) })
+        defer { kill(child, SIGKILL); kill(program, SIGKILL) }
+        let warning = "thread \(program) of pid \(program) did not stop within 0.3 s (it waits for its vfork child \(child)"
+        var text = ""
+        for _ in 0..<200 where !text.contains(warning) {
+            usleep(50_000)
+            text = run.stderrText
+        }
+        #expect(text.contains("wb: warning: no checkpoint at ") && text.contains(warning), "\(text)")
+        // Said once, however many checkpoints it costs.
+        usleep(600_000)
+        #expect(run.stderrText.components(separatedBy: warning).count == 2, "\(run.stderrText)")
+        #expect(tracerOf(program) != "0")
+        kill(child, SIGKILL)
+        #expect(run.line(startingWith: "BACK") == "BACK")
+        kill(program, SIGUSR1)
+        #expect(run.line(startingWith: "ALIVE") == "ALIVE 1")
+        usleep(500_000)
+        kill(program, SIGTERM)
+        #expect(run.exitCode == 128 + SIGTERM, "\(run.stderrText)")
+        let lines = run.stderrText.split(separator: "\n")
+        let warned = try #require(lines.firstIndex { $0.contains(warning) })
+        #expect(lines[warned...].contains { $0.contains("(scheduled)") }, "\(lines)")
+    }
 }
