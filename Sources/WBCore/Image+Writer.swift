@@ -194,8 +194,11 @@ public final class ImageWriter {
         try region.withBytes { bytes in
             // Whole pages, written as page data is (the mapping reads zeros past the end of
             // the file: they are the padding before what comes next).
+            // Written in the background, the next file hashed meanwhile: the mapping stays
+            // until the writes are done (`complete`).
             let pages = UnsafeRawBufferPointer(start: bytes.baseAddress, count: Int(ImageFormat.align(UInt64(bytes.count))))
-            try submitPages(pages, at: cursor, group: nil)
+            try submitPages(pages, at: cursor, group: fileWrites)
+            writtenRegions.append(region)
             current?.checksum.update(pages)
             cursor += UInt64(pages.count)
         }
@@ -221,6 +224,10 @@ public final class ImageWriter {
 
     public var embeddedFiles: [EmbeddedFile] { embeddedOrder.map { embedded[$0]! } }
 
+    /// Embedded files' mappings whose background writes may not be done yet.
+    private var writtenRegions: [MappedRegion] = []
+    private let fileWrites = DispatchGroup()
+
     // MARK: Finish
 
     /// Writes the metadata and the header and renames the file into place (see `complete`
@@ -234,6 +241,7 @@ public final class ImageWriter {
     /// The image is then whole at `temporaryPath`, not yet under its name.
     public func complete(_ metadata: ImageMetadata, sync: Bool) throws {
         try waitForPages()
+        writtenRegions = []
         if current?.kind == .pages { try end(); try begin(.files) }
         try end()
         try begin(.metadata)
