@@ -186,9 +186,7 @@ import WBTrace
     @Test(arguments: [false, true])
     func aChildSharingItsParentsMemoryIsRefused(kill: Bool) throws {
         let dir = scratchDirectory("sharedvm\(kill)")
-        let program = try Child(Products.harness("holder"), ["clonevm"])
-        let ready = try #require(program.line(startingWith: "READY"))
-        let child = try #require(field(ready, "fd").flatMap { Int32($0) })
+        let (program, child) = try holderWithChild("clonevm")
         defer { killTree(program.pid) }
         let run = try wb(["checkpoint", "--tree", "\(program.pid)", "-o", "\(dir)/x.wbimg"] + (kill ? ["--kill"] : []))
         #expect(run.code == 1)
@@ -204,9 +202,7 @@ import WBTrace
     /// restored; the two processes run on.
     @Test func aChildSharingItsParentsMemoryCheckpointedAloneIsNoted() throws {
         let dir = scratchDirectory()
-        let program = try Child(Products.harness("holder"), ["clonevm"])
-        let ready = try #require(program.line(startingWith: "READY"))
-        let child = try #require(field(ready, "fd").flatMap { Int32($0) })
+        let (program, child) = try holderWithChild("clonevm")
         defer { killTree(program.pid) }
         let run = try wb(["checkpoint", "\(child)", "-o", "\(dir)/x.wbimg", "--json"])
         try #require(run.code == 0, "\(run.stderr)")

@@ -62,9 +62,7 @@ import WBCore
     /// child is gone the process runs on normally.
     @Test func aThreadThatDoesNotStopEndsTheCheckpointWithTheProcessLetGo() throws {
         let dir = scratchDirectory()
-        let program = try Child(Products.harness("holder"), ["vfork"])
-        let ready = try #require(program.line(startingWith: "READY"))
-        let child = try #require(field(ready, "fd").flatMap { Int32($0) })
+        let (program, child) = try holderWithChild("vfork")
         var childKilled = false
         defer {
             if !childKilled { kill(child, SIGKILL) }

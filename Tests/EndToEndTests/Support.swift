@@ -166,6 +166,14 @@ func field(_ line: String?, _ key: String) -> String? {
     return nil
 }
 
+/// harness-holder KIND (vfork, clonevm) started, with the second process its READY line
+/// names (fd=N).
+func holderWithChild(_ kind: String) throws -> (program: Child, child: Int32) {
+    let program = try Child(Products.harness("holder"), [kind])
+    let ready = try #require(program.line(startingWith: "READY"))
+    return (program, try #require(field(ready, "fd").flatMap { Int32($0) }))
+}
+
 /// A restore run with --detach: its first stdout line is the pid; after that, the restored
 /// process writes to the same pipe (it inherited wb's stdout).
 struct Restored {
