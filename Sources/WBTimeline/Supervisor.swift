@@ -177,16 +177,11 @@ public final class Supervisor {
     /// last moment the process is whole. Every thread is stopped, the checkpoint taken, and
     /// then the signal does its work.
     private func fatal(_ tid: Int32, _ sig: Int32) {
-        do {
-            try tracee.stopAll(alreadyStopped: [tid])
-        } catch {
-            // A thread that did not stop: the process cannot be taken whole.
-            warn("no checkpoint at \(SignalNames.name(sig)): \(error)")
-            tracee.resumeAll()
-            return
-        }
         let fault = [SIGSEGV, SIGBUS, SIGILL, SIGFPE, SIGABRT, SIGTRAP, SIGSYS].contains(sig)
         do {
+            // A thread that does not stop in time costs the checkpoint: the process cannot be
+            // taken whole.
+            try tracee.stopAll(alreadyStopped: [tid])
             try checkpoint(reason: fault ? "fault" : "signal", signal: sig, stopped: true)
         } catch {
             warn("no checkpoint at \(SignalNames.name(sig)): \(error)")

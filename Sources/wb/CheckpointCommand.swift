@@ -68,6 +68,11 @@ struct CheckpointCommand: ParsableCommand {
         if leaveRunning && kill { throw ValidationError("--leave-running and --kill exclude each other") }
         if pid <= 0 { throw ValidationError("PID must be a positive process id") }
         if output.isEmpty { throw ValidationError("IMAGE must not be empty") }
+        try CheckpointCommand.validate(stopTimeout: stopTimeout)
+    }
+
+    /// The check of `--stop-timeout`, here and on `wb run`.
+    static func validate(stopTimeout: Double) throws {
         if !(stopTimeout > 0 && stopTimeout <= 86400) { throw ValidationError("--stop-timeout must be a number of seconds above 0 (up to 86400)") }
     }
 

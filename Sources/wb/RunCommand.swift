@@ -70,7 +70,7 @@ struct RunCommand: ParsableCommand {
         if let e = every, RunCommand.seconds(e) == nil { throw ValidationError("--every \(e): expected seconds, or a number with ms, s, m or h (500ms, 30s, 5m)") }
         if let k = keep, k < 1 { throw ValidationError("--keep must be at least 1") }
         if timeline == nil && stopTimeout != nil { throw ValidationError("--stop-timeout needs --timeline DIR") }
-        if let t = stopTimeout, !(t > 0 && t <= 86400) { throw ValidationError("--stop-timeout must be a number of seconds above 0 (up to 86400)") }
+        if let stopTimeout { try CheckpointCommand.validate(stopTimeout: stopTimeout) }
     }
 
     static func seconds(_ text: String) -> Double? {
