@@ -114,6 +114,7 @@ extension Checkpointer {
                 let fd = try FileDescriptor.open(procPath, O_RDONLY, what: "reading deleted file \(path) (fd \(f.fd))")
                 let st = try fd.stat()
                 s.mode = st.mode & 0o7777
+                s.object = "\(st.device):\(st.inode)"
                 deletedContents[f.fd] = try withContext("reading deleted file \(path)") { try fd.readAll() }
             case .pipe, .fifo:
                 let id: UInt64

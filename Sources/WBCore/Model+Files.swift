@@ -41,6 +41,11 @@ public struct FDState: Codable, Sendable, Equatable {
     public var pipe: UInt64?
     /// Embedded content of a deleted file.
     public var content: ContentHash?
+    /// For deleted files and memfds, the file's identity ("device:inode") on the checkpoint
+    /// host: fds and shared mappings with the same identity are one object after restore, and
+    /// two objects with the same contents stay two. (Older images lack it: their objects
+    /// are told apart by content alone.)
+    public var object: String?
     /// For deleted files, the file's mode bits; for placeholders, what the fd really was.
     public var mode: UInt32
     public var note: String?

@@ -13,9 +13,9 @@ struct AddressSpace {
     var scratch: Scratch!
     /// fds inside the process for files being mapped, closed when memory is done.
     private var mappedFDs: [String: Int32] = [:]
-    /// Shared objects (memfds, deleted files mapped shared) by content hash, left open for
-    /// the fd restore to share.
-    var sharedObjects: [ContentHash: Int32] = [:]
+    /// Shared objects (memfds, deleted files mapped shared) by `SharedObjects.fileKey`, left
+    /// open for the fd restore to share.
+    var sharedObjects: [String: Int32] = [:]
 
     let process: ProcessState
     let shared: SharedObjects
@@ -186,11 +186,12 @@ struct AddressSpace {
         guard let hash = m.file?.content, let file = image.metadata.file(hash) else {
             throw WBError.failed("the image lacks the contents of shared mapping \(m.path ?? "?") at \(hex(m.start))")
         }
-        if let fd = sharedObjects[hash] { return fd }
+        let key = shared.fileKey(of: m, content: hash)
+        if let fd = sharedObjects[key] { return fd }
         let base = SharedObjects.base(of: process)
-        if let fd = try shared.fetch("file:\(hash)", into: leader, above: base) {
+        if let fd = try shared.fetch(key, into: leader, above: base) {
             // Another process of the tree made it.
-            sharedObjects[hash] = fd
+            sharedObjects[key] = fd
             return fd
         }
         scratch.reset()
@@ -199,8 +200,8 @@ struct AddressSpace {
         let fd = Int32(try leader.call(.memfdCreate, name, 1 /* MFD_CLOEXEC */, what: "creating shared memory for \(m.path ?? "?")"))
         let out = try FileDescriptor.open("/proc/\(tracee.pid)/fd/\(fd)", O_RDWR, what: "filling shared memory \(m.path ?? "?")")
         try image.contents(of: file).withBytes { try out.write($0, at: 0) }
-        sharedObjects[hash] = fd
-        try shared.keep("file:\(hash)", fd: fd, leader: leader, pid: process.pid, above: base)
+        sharedObjects[key] = fd
+        try shared.keep(key, fd: fd, leader: leader, pid: process.pid, above: base)
         return fd
     }
 

@@ -14,7 +14,7 @@ struct FDBuilder {
     let leader: RemoteSyscalls
     let scratch: Scratch
     let files: ResolvedFiles
-    var sharedObjects: [ContentHash: Int32]
+    var sharedObjects: [String: Int32]
     let process: ProcessState
     let shared: SharedObjects
 
@@ -25,7 +25,7 @@ struct FDBuilder {
     private var externalSources: [UInt64: Int32] = [:]
 
     init(restorer: Restorer, process: ProcessState, tracee: Tracee, leader: RemoteSyscalls, scratch: Scratch, files: ResolvedFiles,
-         sharedObjects: [ContentHash: Int32], shared: SharedObjects) {
+         sharedObjects: [String: Int32], shared: SharedObjects) {
         self.restorer = restorer; self.process = process; self.tracee = tracee; self.leader = leader; self.scratch = scratch
         self.files = files; self.sharedObjects = sharedObjects; self.shared = shared
     }
@@ -36,7 +36,7 @@ struct FDBuilder {
         for s: Int32 in 0...2 {
             inherited[s] = try high(s)
         }
-        for (hash, fd) in sharedObjects { sharedObjects[hash] = try high(fd) }
+        for (key, fd) in sharedObjects { sharedObjects[key] = try high(fd) }
         for s in fds where s.fd <= 2 && (s.kind == .pipe || s.kind == .tty) {
             if let id = s.pipe, process.pipes.first(where: { $0.id == id })?.external == true { externalSources[id] = inherited[s.fd] }
         }
@@ -205,10 +205,11 @@ struct FDBuilder {
         guard let hash = s.content, let file = restorer.image.metadata.file(hash) else {
             throw WBError.failed("the image lacks the contents of deleted file \(s.path)")
         }
-        if sharedObjects[hash] == nil, let fd = try shared.fetch("file:\(hash)", into: leader, above: base) {
-            sharedObjects[hash] = try high(fd)
+        let key = shared.fileKey(identity: s.object, content: hash)
+        if sharedObjects[key] == nil, let fd = try shared.fetch(key, into: leader, above: base) {
+            sharedObjects[key] = try high(fd)
         }
-        if let object = sharedObjects[hash] {
+        if let object = sharedObjects[key] {
             // The same object is mapped shared, here or in another process of the tree: share it.
             return try reopen(object, s.flags)
         }
@@ -229,8 +230,8 @@ struct FDBuilder {
         }
         let out = try FileDescriptor.open("/proc/\(tracee.pid)/fd/\(fd)", O_RDWR, what: "filling deleted file \(s.path)")
         try restorer.image.contents(of: file).withBytes { try out.write($0, at: 0) }
-        sharedObjects[hash] = fd
-        try shared.keep("file:\(hash)", fd: fd, leader: leader, pid: process.pid, above: base)
+        sharedObjects[key] = fd
+        try shared.keep(key, fd: fd, leader: leader, pid: process.pid, above: base)
         return try reopen(fd, s.flags)
     }
 

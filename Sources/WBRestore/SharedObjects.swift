@@ -31,8 +31,24 @@ final class SharedObjects {
     /// The image holds a process tree.
     let tree: Bool
 
+    /// Images written before fds of deleted files and memfds recorded their identity.
+    private let objectsByContent: Bool
+
+    /// The key of a deleted file or memfd, mapped shared or open as an fd: its identity on
+    /// the checkpoint host, so two objects that happen to hold the same bytes (two empty
+    /// memfds) stay two; older images have only the contents to go by.
+    func fileKey(identity: String?, content: ContentHash) -> String {
+        if objectsByContent { return "file:\(content)" }
+        return identity.map { "file:\($0)" } ?? "file:\(content)"
+    }
+
+    func fileKey(of m: Mapping, content: ContentHash) -> String {
+        fileKey(identity: m.file.map { "\($0.device):\($0.inode)" }, content: content)
+    }
+
     init(image: Image) {
         tree = !(image.metadata.descendants ?? []).isEmpty
+        objectsByContent = image.metadata.processes.contains { $0.fds.contains { $0.kind == .deletedFile && $0.object == nil } }
         var queues: [UInt64: Data] = [:]
         for p in image.metadata.processes {
             for f in p.fds { if let s = f.socket { queues[s.inode] = s.queued } }

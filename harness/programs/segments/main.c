@@ -9,6 +9,10 @@
 //   - a memfd mapped shared (its fd closed), holding a second counter this process adds to
 //     at every tick together with one in its private memory: the two must be equal after a
 //     restore (the memfd's contents taken at the moment of the checkpoint, not later)
+//   - twin memfds with the same contents, one mapped with its fd closed, one mapped and
+//     open as an fd, and two empty memfds open as fds: each must stay an object of its own
+//     (a write through one must not show in its twin), and the open twin's fd and mapping
+//     one object
 // The counter grows by 1 every millisecond: this process adds to it, or with --child a
 // forked child does (and the parent sees it grow only while the memory is shared).
 // Prints "ready a=ID b=ID", then "counter=N" every 20 ms. On SIGUSR1 it checks everything
@@ -23,6 +27,7 @@
 #include <sys/ipc.h>
 #include <sys/mman.h>
 #include <sys/shm.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -80,6 +85,19 @@ int main(int argc, char **argv) {
     close(mfd);
     static long in_private;
 
+    int twin_fds[2], empty_fds[2];
+    char *twins[2];
+    for (int i = 0; i < 2; i++) {
+        twin_fds[i] = memfd_create("wb-twin", 0);
+        harness_require(twin_fds[i] >= 0 && ftruncate(twin_fds[i], 4096) == 0, "twin memfd");
+        twins[i] = mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_SHARED, twin_fds[i], 0);
+        harness_require(twins[i] != MAP_FAILED, "mmap twin memfd");
+        strcpy(twins[i], "twin");
+        empty_fds[i] = memfd_create("wb-empty", 0);
+        harness_require(empty_fds[i] >= 0, "empty memfd");
+    }
+    close(twin_fds[0]);
+
     _Atomic long *counter = (_Atomic long *)pa;
     struct sigaction sa = { 0 };
     sa.sa_handler = on_usr1;
@@ -115,6 +133,16 @@ int main(int argc, char **argv) {
         if (pb[100] != 'b') strcat(bad, " data-b");
         if (atomic_load(in_memfd) != in_private) strcat(bad, " memfd-torn");
         if (!pattern_ok(pa + MIB)) strcat(bad, " pattern");
+        // Twins: a write to one shows in it alone; the open twin's fd writes its mapping.
+        if (strcmp(twins[0], "twin") != 0 || strcmp(twins[1], "twin") != 0) strcat(bad, " twin-data");
+        twins[0][8] = 1;
+        if (twins[1][8] != 0) strcat(bad, " twins-one");
+        twins[0][8] = 0;
+        if (pwrite(twin_fds[1], "X", 1, 16) != 1 || twins[1][16] != 'X' || twins[0][16] != 0) strcat(bad, " twin-fd");
+        twins[1][16] = 0;
+        struct stat est;
+        if (pwrite(empty_fds[0], "1", 1, 0) != 1 || fstat(empty_fds[1], &est) != 0 || est.st_size != 0) strcat(bad, " empties-one");
+        if (ftruncate(empty_fds[0], 0) != 0) strcat(bad, " empty-truncate");
         // Attached again by id: the same memory.
         unsigned char *again = shmat(a, NULL, SHM_RDONLY);
         if (again == (void *)-1) {
