@@ -103,8 +103,8 @@ import WBTrace
         #expect(counterGrows(restored, past: last), "the counter stopped at \(last): \(restored.wb.stderrText)")
         kill(restored.pid, SIGUSR1)
         // Key, size, mode, lookup by key, the removed segment, the pages a helper wrote, a
-        // second attach by id seeing the same memory, and the memfd counter equal to its
-        // private twin.
+        // second attach by id seeing the same memory, the memfd counter equal to its private
+        // twin, and memfds holding the same bytes still objects of their own.
         let check = restored.line(startingWith: "check")
         #expect(check == "check ok", "\(check ?? "no answer"): \(restored.wb.stderrText)")
     }
