@@ -63,6 +63,23 @@ public enum ThisProcess {
     /// The executable wb runs from.
     public static var executable: String { (try? Paths.readLink("/proc/self/exe")) ?? CommandLine.arguments[0] }
 
+    /// The number of threads of this process.
+    public static var threadCount: Int {
+        let status = (try? String(contentsOfFile: "/proc/self/status", encoding: .utf8)) ?? ""
+        let line = status.split(separator: "\n").first { $0.hasPrefix("Threads:") }
+        return line.flatMap { Int($0.dropFirst(8).trimmingCharacters(in: .whitespaces)) } ?? 0
+    }
+
+    /// Forks this process when it has one thread (a child of a process with more could
+    /// inherit a lock another thread held): the pid in the parent, 0 in the child, nil when
+    /// the process has other threads and did not fork.
+    public static func forkIfSingleThreaded() throws -> Int32? {
+        guard threadCount == 1 else { return nil }
+        let pid = fork()
+        if pid < 0 { throw WBError.system(call: "fork", errno: errno, what: "starting a helper process") }
+        return pid
+    }
+
     /// Asks the kernel to send `signal` when the parent process dies.
     public static func setParentDeathSignal(_ signal: Int32) throws {
         try check(wb_set_parent_death_signal(signal), "prctl(PR_SET_PDEATHSIG)", "watching the parent process")

@@ -78,16 +78,37 @@ struct CheckpointCommand: ParsableCommand {
 
     /// The work happens in a helper process in its own session: if this process is killed,
     /// even with SIGKILL, the helper notices, puts the target back as it was and removes the
-    /// partial image, so an interrupted checkpoint never harms the process.
+    /// partial image, so an interrupted checkpoint never harms the process. The helper is a
+    /// fork of this process (wb starting again would cost about 10 ms), or, when this process
+    /// already has other threads, wb started again with --as-agent.
     func run() throws {
-        if asAgent { return try runAsAgent() }
+        if asAgent {
+            return try runAsAgent(parent: ProcessInfo.processInfo.environment["WB_AGENT_PARENT"].flatMap { Int32($0) })
+        }
         let interrupting = [SIGINT, SIGTERM, SIGHUP]
         Signals.block(interrupting)
         let out = try Pipes.make()
-        var environment = ProcessInfo.processInfo.environment
-        environment["WB_AGENT_PARENT"] = "\(getpid())"
-        let agent = try Subprocess.spawn(ThisProcess.executable, Array(CommandLine.arguments.dropFirst()) + ["--as-agent"],
+        let parent = getpid()
+        let agent: Int32
+        if let forked = try ThisProcess.forkIfSingleThreaded() {
+            if forked == 0 {
+                dup2(out.write.rawValue, 1)
+                out.read.close()
+                out.write.close()
+                do {
+                    try runAsAgent(parent: parent)
+                    Glibc.exit(0)
+                } catch {
+                    CheckpointCommand.exit(withError: error)
+                }
+            }
+            agent = forked
+        } else {
+            var environment = ProcessInfo.processInfo.environment
+            environment["WB_AGENT_PARENT"] = "\(parent)"
+            agent = try Subprocess.spawn(ThisProcess.executable, Array(CommandLine.arguments.dropFirst()) + ["--as-agent"],
                                          environment: environment, stdout: out.write.rawValue, stderr: 2)
+        }
         out.write.close()
         Signals.forward(interrupting, to: agent, includingTerminal: true)
         let result = try out.read.readAll()
@@ -97,13 +118,14 @@ struct CheckpointCommand: ParsableCommand {
         throw ExitCode(status & 0x7f == 0 ? (status >> 8) & 0xff : 128 + (status & 0x7f))
     }
 
-    private func runAsAgent() throws {
+    /// `parent`: the wb the user started, which must still be there once the helper watches it.
+    private func runAsAgent(parent: Int32?) throws {
         try runReportingErrors {
             let interrupting = [SIGINT, SIGTERM, SIGHUP]
             Signals.block(interrupting)
             setsid()
             try ThisProcess.setParentDeathSignal(SIGTERM)
-            if let parent = ProcessInfo.processInfo.environment["WB_AGENT_PARENT"], Int32(parent) != getppid() {
+            if let parent, parent != getppid() {
                 throw WBError.failed("checkpoint of pid \(pid) interrupted before it started")
             }
             var options = CheckpointOptions()
