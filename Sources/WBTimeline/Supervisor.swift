@@ -241,7 +241,8 @@ public final class Supervisor {
             }
         } catch {
             Paths.remove(temporary)
-            if recorder != nil && !stopped { tracee.resumeAll() }
+            timeline.giveBack(number)
+            if recorder != nil && !stopped { tracee.resumeAll(hold: checkpointer.holdSignals) }
             throw error
         }
         let interned = try store.intern(temporary, as: name, pack: number)

@@ -106,6 +106,11 @@ public final class Timeline {
         return (n, String(format: "%06d.wbimg", n))
     }
 
+    /// Gives back the number of a checkpoint that was not taken, so numbers have no gaps.
+    func giveBack(_ n: Int) {
+        if manifest.nextNumber == n + 1 { manifest.nextNumber = n }
+    }
+
     func append(_ c: Checkpoint, packs: [Pack]) throws {
         manifest.checkpoints.append(c)
         manifest.packs += packs

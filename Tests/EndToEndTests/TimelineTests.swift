@@ -162,5 +162,13 @@ import WBCore
         let lines = run.stderrText.split(separator: "\n")
         let warned = try #require(lines.firstIndex { $0.contains(warning) })
         #expect(lines[warned...].contains { $0.contains("(scheduled)") }, "\(lines)")
+        // Skipped checkpoints take no number: the timeline's are 1, 2, 3...
+        let numbers = lines.compactMap { line -> Int? in
+            guard let r = line.range(of: "checkpoint ") else { return nil }
+            let rest = line[r.upperBound...]
+            guard let n = Int(rest.prefix { $0.isNumber }), rest.dropFirst(String(n).count).hasPrefix(" (") else { return nil }
+            return n
+        }
+        #expect(numbers.count >= 2 && numbers == Array(1...numbers.count), "\(lines)")
     }
 }
