@@ -64,18 +64,14 @@ public final class Image: @unchecked Sendable {
             let region = try MappedRegion(file: fd, offset: s.offset, count: Int(s.length))
             region.adviseSequential()
             let sum = region.withBytes { s.kind == .pages ? PageChecksum.of($0) : Checksum.of($0) }
-            guard sum == s.checksum else {
-                throw WBError.badImage(path: path, problem: "corrupted data: checksum mismatch in section \(s.kind.name) (bytes \(s.offset)-\(s.end - 1))")
-            }
+            guard sum == s.checksum else { throw sectionMismatch(s) }
         }
         // Page data and files kept beside the image (a timeline's store).
         if only == nil || only!.contains(.pages) {
-            for (i, source) in (metadata.pageSources ?? []).enumerated() {
-                guard let region = try pageRegion(UInt32(i + 1)) else { continue }
+            for source in pageSourceNumbers.dropFirst() {
+                guard let region = try pageRegion(source) else { continue }
                 region.adviseSequential()
-                guard region.withBytes({ PageChecksum.of($0) }) == source.checksum else {
-                    throw WBError.badImage(path: path, problem: "corrupted data: checksum mismatch in page store file \(source.path)")
-                }
+                guard region.withBytes({ PageChecksum.of($0) }) == recordedPageChecksum(source) else { throw pageMismatch(source) }
             }
         }
         if only == nil || only!.contains(.files) {

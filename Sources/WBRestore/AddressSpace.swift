@@ -372,22 +372,45 @@ struct AddressSpace {
         for fd in fds.values { _ = try leader.raw(.close, fd) }
     }
 
-    /// Copies every stored page into place, one process_vm_writev batch per mapping.
+    /// Copies every stored page into place, 1 MiB of data per process_vm_writev: runs whose
+    /// data lie back to back in one source go out together, and each slice is checked
+    /// (`Restorer.pageVerifier`) just before it is written, while it is in the CPU's cache.
     private func copyPages() throws {
+        let slice = 1 << 20
         for m in mappings where !m.pages.isEmpty && m.kind != .vdso && !mappedFromImage(m) {
             var i = 0
             while i < m.pages.count {
-                // Runs whose data lie back to back in one source go out in one call.
                 var j = i
                 while j + 1 < m.pages.count && m.pages[j + 1].source == m.pages[i].source
                         && m.pages[j + 1].dataOffset == m.pages[j].dataOffset + m.pages[j].byteCount { j += 1 }
-                guard let region = try image.pageRegion(m.pages[i].source) else { i = j + 1; continue }
-                var ranges: [UInt64] = []
-                for r in m.pages[i...j] { ranges += [m.start + UInt64(r.page) * 4096, r.byteCount] }
-                let from = Int(m.pages[i].dataOffset)
-                let to = Int(m.pages[j].dataOffset + m.pages[j].byteCount)
+                let source = m.pages[i].source
+                guard let region = try image.pageRegion(source) else { i = j + 1; continue }
                 try withContext("copying memory into \(hex(m.start))-\(hex(m.end))") {
-                    try region.withBytes { try tracee.write(ranges: ranges, from: UnsafeRawBufferPointer(rebasing: $0[from..<to])) }
+                    try region.withBytes { data in
+                        var ranges: [UInt64] = []
+                        var from = Int(m.pages[i].dataOffset), count = 0
+                        func flush() throws {
+                            let piece = UnsafeRawBufferPointer(rebasing: data[from..<(from + count)])
+                            restorer.pageVerifier?.note(source: source, offset: from, piece)
+                            try tracee.write(ranges: ranges, from: piece)
+                            from += count
+                            count = 0
+                            ranges.removeAll(keepingCapacity: true)
+                        }
+                        for r in m.pages[i...j] {
+                            var remote = m.start + UInt64(r.page) * 4096
+                            var left = Int(r.byteCount)
+                            while left > 0 {
+                                let n = min(left, slice - count)
+                                ranges += [remote, UInt64(n)]
+                                count += n
+                                remote += UInt64(n)
+                                left -= n
+                                if count == slice { try flush() }
+                            }
+                        }
+                        if count > 0 { try flush() }
+                    }
                 }
                 i = j + 1
             }

@@ -109,6 +109,9 @@ public final class Restorer {
     public let options: RestoreOptions
     public var progress: (String) -> Void = { _ in }
     var notes: [String] = []
+    /// Checks the page data as memory is copied (copying restores); nil when pages are not
+    /// checked or are mapped.
+    var pageVerifier: PageVerifier?
     /// Where each mapped file came from on this machine (after `restore`).
     public private(set) var files: ResolvedFiles?
 
@@ -134,9 +137,10 @@ public final class Restorer {
             }
             if options.verify {
                 progress("verifying \(image.path)")
-                // Mapped page data is read only as the process touches it; checking it all
-                // first would read it all.
-                try image.verifyData(only: options.mapPages ? [.files] : nil)
+                // Page data is checked as it is copied, not in a pass of its own (mapped page
+                // data is read only as the process touches it: checking it would read it all).
+                try image.verifyData(only: [.files])
+                if !options.mapPages { pageVerifier = PageVerifier(image: image) }
             }
             try checkCPU()
             progress("preparing files")
@@ -161,6 +165,7 @@ public final class Restorer {
                 for (p, t) in members where p.zombieStatus == nil {
                     built.append(try build(p, t, files: files, shared: shared))
                 }
+                try pageVerifier?.finish()
                 progress("restoring threads")
                 for (p, t, leader, scratch) in built {
                     try shared.closeKept(in: leader)
