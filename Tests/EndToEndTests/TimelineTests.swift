@@ -55,6 +55,20 @@ import WBCore
         #expect(step > 0 && step < 3000)
         let text = try Paths.readText("\(timeline)/timeline.json")
         #expect(text.contains("\"recording\" : false"))
+        // A flipped bit in the page store is caught by the restore, which copies and checks
+        // the pages in one pass, before the process runs.
+        let packs = try FileManager.default.contentsOfDirectory(atPath: "\(timeline)/store").filter { $0.hasPrefix("pages-") }
+        #expect(!packs.isEmpty)
+        for pack in packs {
+            let f = try FileDescriptor.open("\(timeline)/store/\(pack)", O_RDWR, what: "flipping a bit")
+            var byte: UInt8 = 0
+            _ = withUnsafeMutableBytes(of: &byte) { pread(f.rawValue, $0.baseAddress, 1, 100) }
+            byte ^= 0x10
+            _ = withUnsafeBytes(of: &byte) { pwrite(f.rawValue, $0.baseAddress, 1, 100) }
+        }
+        let broken = try wb("restore", middle, "--detach")
+        #expect(broken.code == 1 && broken.stderr.contains("checksum mismatch in page store file store/pages-"), "\(broken.stderr)")
+        #expect(broken.stdout.isEmpty)
     }
 
     @Test func bisectFindsTheStepThatBrokeTheBooks() throws {
