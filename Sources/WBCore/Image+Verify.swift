@@ -48,22 +48,24 @@ public final class PageVerifier {
         for k in first..<(first + pages) { p.seen[k] = true }
     }
 
-    /// Hashes the pages not copied and compares each source's checksum; throws the same
-    /// error as `Image.verifyData` on a mismatch.
+    /// Hashes the pages not copied and compares each source's checksum with the recorded
+    /// one (a source without data has the checksum of no pages).
     public func finish() throws {
         for source in image.pageSourceNumbers {
-            guard let region = try image.pageRegion(source) else { continue }
             var sum = sources[source]?.sum ?? PageChecksum()
             let marks = sources[source]?.seen ?? []
-            region.withBytes { bytes in
-                let pages = bytes.count / 4096
-                var k = 0
-                while k < pages {
-                    if k < marks.count && marks[k] { k += 1; continue }
-                    var end = k + 1
-                    while end < pages && !(end < marks.count && marks[end]) { end += 1 }
-                    sum.set(first: k, UnsafeRawBufferPointer(rebasing: bytes[(k * 4096)..<(end * 4096)]))
-                    k = end
+            if let region = try image.pageRegion(source) {
+                region.adviseSequential()
+                region.withBytes { bytes in
+                    let pages = bytes.count / 4096
+                    var k = 0
+                    while k < pages {
+                        if k < marks.count && marks[k] { k += 1; continue }
+                        var end = k + 1
+                        while end < pages && !(end < marks.count && marks[end]) { end += 1 }
+                        sum.set(first: k, UnsafeRawBufferPointer(rebasing: bytes[(k * 4096)..<(end * 4096)]))
+                        k = end
+                    }
                 }
             }
             guard sum.digest == image.recordedPageChecksum(source) else { throw image.pageMismatch(source) }

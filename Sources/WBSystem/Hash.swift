@@ -93,11 +93,4 @@ public struct PageChecksum {
     }
 
     public var digest: UInt64 { hashes.withUnsafeBytes { Checksum.of($0) } }
-
-    /// The checksum of a whole page section.
-    public static func of(_ bytes: UnsafeRawBufferPointer) -> UInt64 {
-        var c = PageChecksum()
-        c.set(first: 0, bytes)
-        return c.digest
-    }
 }
