@@ -27,6 +27,20 @@ struct TreeScope {
 }
 
 extension Checkpointer {
+    /// Refuses a kernel thread (no program to checkpoint) and a process wb may not look at.
+    static func refuseUnreadable(_ pid: Int32) throws {
+        do {
+            _ = try Paths.readLink("/proc/\(pid)/exe")
+        } catch WBError.system(_, let e, _) where e == EACCES || e == EPERM {
+            let fix = getuid() == 0
+                ? "it is in a user namespace above wb's, or a security module (Yama, SELinux, AppArmor) denies it"
+                : "run wb as root or as the process's owner"
+            throw WBError.refused("pid \(pid) does not let wb look at it (reading /proc/\(pid)/exe: permission denied): \(fix)")
+        } catch {
+            throw WBError.refused("pid \(pid) is a kernel thread (it has no program, no /proc/\(pid)/exe): there is nothing of it to checkpoint")
+        }
+    }
+
     /// Looks at the process through /proc only and refuses, before touching it, what the
     /// image cannot hold.
     func preflight() throws -> Preflight {
@@ -45,9 +59,7 @@ extension Checkpointer {
             throw WBError.refused("pid \(pid) is already being traced by pid \(tracer) (a debugger?): detach it first")
         }
         if pid == getpid() { throw WBError.invalidArgument("wb cannot checkpoint itself") }
-        if (try? Paths.readLink("/proc/\(pid)/exe")) == nil {
-            throw WBError.refused("pid \(pid) is a kernel thread or not accessible (no /proc/\(pid)/exe): run wb as root or as the process's owner")
-        }
+        try Checkpointer.refuseUnreadable(pid)
         // Memory shared with a parent outside the checkpoint (a vfork child before its exec,
         // a child cloned with CLONE_VM) comes back as this process's own.
         if let parent = status["PPid"].flatMap({ Int32($0) }), parent > 1, !(tree?.members.contains(parent) ?? false),

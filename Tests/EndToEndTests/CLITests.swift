@@ -28,6 +28,9 @@ import WBCore
             (["restore", "\(dir)/nothing.wbimg"], "wb: error: \(dir)/nothing.wbimg: no such image file"),
             (["checkpoint", "999999999", "-o", "\(dir)/x.wbimg"], "wb: error: checkpoint of pid 999999999: no process with pid 999999999"),
             (["checkpoint", "1", "-o", "\(dir)/x.wbimg", "--kill", "--leave-running"], "Error: --leave-running and --kill exclude each other"),
+            // pid 2 is kthreadd on every Linux.
+            (["checkpoint", "2", "-o", "\(dir)/x.wbimg"], "wb: error: checkpoint of pid 2: pid 2 is a kernel thread (it has no program"),
+            (["checkpoint", "--tree", "2", "-o", "\(dir)/x.wbimg"], "wb: error: checkpoint of the process tree of pid 2: pid 2 is a kernel thread (it has no program"),
         ]
         let program = try Child(Products.harness("heap"), ["1"])
         _ = try #require(program.line(startingWith: "READY"))
