@@ -27,8 +27,31 @@ struct TreeScope {
 }
 
 extension Checkpointer {
+    /// Refuses what no checkpoint can take, whatever the process holds: no such process, a
+    /// thread, a zombie, a process another tracer has (unless `tracedByWB`), wb itself, a kernel
+    /// thread or a process wb may not look at. Returns its /proc status.
+    static func refuseOutright(_ pid: Int32, tracedByWB: Bool) throws -> [String: String] {
+        guard ProcFS.exists(pid) else {
+            throw WBError.invalidArgument("no process with pid \(pid)")
+        }
+        let status = try ProcFS.status(pid)
+        if let tgid = status["Tgid"], tgid != "\(pid)" {
+            throw WBError.invalidArgument("\(pid) is a thread of process \(tgid); checkpoint the process: wb checkpoint \(tgid)")
+        }
+        let state = status["State"] ?? ""
+        if state.hasPrefix("Z") || state.hasPrefix("X") {
+            throw WBError.invalidArgument("pid \(pid) has already exited (it is a zombie)")
+        }
+        if let tracer = status["TracerPid"], tracer != "0", !tracedByWB {
+            throw WBError.refused("pid \(pid) is already being traced by pid \(tracer) (a debugger?): detach it first")
+        }
+        if pid == getpid() { throw WBError.invalidArgument("wb cannot checkpoint itself") }
+        try refuseUnreadable(pid)
+        return status
+    }
+
     /// Refuses a kernel thread (no program to checkpoint) and a process wb may not look at.
-    static func refuseUnreadable(_ pid: Int32) throws {
+    private static func refuseUnreadable(_ pid: Int32) throws {
         do {
             _ = try Paths.readLink("/proc/\(pid)/exe")
         } catch WBError.system(_, let e, _) where e == EACCES || e == EPERM {
@@ -44,22 +67,7 @@ extension Checkpointer {
     /// Looks at the process through /proc only and refuses, before touching it, what the
     /// image cannot hold.
     func preflight() throws -> Preflight {
-        guard ProcFS.exists(pid) else {
-            throw WBError.invalidArgument("no process with pid \(pid)")
-        }
-        let status = try ProcFS.status(pid)
-        if let tgid = status["Tgid"], tgid != "\(pid)" {
-            throw WBError.invalidArgument("\(pid) is a thread of process \(tgid); checkpoint the process: wb checkpoint \(tgid)")
-        }
-        let state = status["State"] ?? ""
-        if state.hasPrefix("Z") || state.hasPrefix("X") {
-            throw WBError.invalidArgument("pid \(pid) has already exited (it is a zombie)")
-        }
-        if let tracer = status["TracerPid"], tracer != "0", held == nil, attached == nil {
-            throw WBError.refused("pid \(pid) is already being traced by pid \(tracer) (a debugger?): detach it first")
-        }
-        if pid == getpid() { throw WBError.invalidArgument("wb cannot checkpoint itself") }
-        try Checkpointer.refuseUnreadable(pid)
+        let status = try Checkpointer.refuseOutright(pid, tracedByWB: held != nil || attached != nil)
         // Memory shared with a parent outside the checkpoint (a vfork child before its exec,
         // a child cloned with CLONE_VM) comes back as this process's own.
         if let parent = status["PPid"].flatMap({ Int32($0) }), parent > 1, !(tree?.members.contains(parent) ?? false),

@@ -63,12 +63,7 @@ public final class TreeCheckpointer {
 
     private func run(_ path: String) throws -> TreeCheckpointResult {
         let started = Clock.monotonic
-        guard ProcFS.exists(root) else { throw WBError.invalidArgument("no process with pid \(root)") }
-        if root == getpid() { throw WBError.invalidArgument("wb cannot checkpoint itself") }
-        try Checkpointer.refuseUnreadable(root)
-        if let tracer = (try? ProcFS.status(root))?["TracerPid"], tracer != "0" {
-            throw WBError.refused("pid \(root) is already being traced by pid \(tracer) (a debugger?): detach it first")
-        }
+        _ = try Checkpointer.refuseOutright(root, tracedByWB: false)
         let writer = try ImageWriter(path: path)
         var members: [Member] = []
         var early: [Int32: Early] = [:]
