@@ -64,6 +64,14 @@ public final class TreeCheckpointer {
     private func run(_ path: String) throws -> TreeCheckpointResult {
         let started = Clock.monotonic
         _ = try Checkpointer.refuseOutright(root, tracedByWB: false)
+        var ancestor = getppid()
+        while ancestor > 1 {
+            if ancestor == root {
+                throw WBError.invalidArgument("wb itself runs in the tree of pid \(root) (it is one of its descendants): checkpoint the tree from outside it, e.g. from another terminal")
+            }
+            guard let parent = (try? ProcFS.status(ancestor))?["PPid"].flatMap({ Int32($0) }) else { break }
+            ancestor = parent
+        }
         let writer = try ImageWriter(path: path)
         var members: [Member] = []
         var early: [Int32: Early] = [:]

@@ -31,6 +31,8 @@ import WBCore
             // pid 2 is kthreadd on every Linux.
             (["checkpoint", "2", "-o", "\(dir)/x.wbimg"], "wb: error: checkpoint of pid 2: pid 2 is a kernel thread (it has no program"),
             (["checkpoint", "--tree", "2", "-o", "\(dir)/x.wbimg"], "wb: error: checkpoint of the process tree of pid 2: pid 2 is a kernel thread (it has no program"),
+            // The test process is an ancestor of the wb it starts.
+            (["checkpoint", "--tree", "\(getpid())", "-o", "\(dir)/x.wbimg"], "wb: error: checkpoint of the process tree of pid \(getpid()): wb itself runs in the tree of pid \(getpid())"),
         ]
         let program = try Child(Products.harness("heap"), ["1"])
         _ = try #require(program.line(startingWith: "READY"))
