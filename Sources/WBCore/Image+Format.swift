@@ -110,12 +110,27 @@ public struct ImageHeader: Sendable, Equatable {
             throw bad("corrupted header: checksum mismatch in bytes 0-\(tableEnd - 1)")
         }
         let declared = get64(page, 24)
+        if let stray = page[(tableEnd + 8)..<ImageFormat.headerSize].firstIndex(where: { $0 != 0 }) {
+            throw bad("corrupted header: byte \(stray) after the section table is not zero")
+        }
+        guard get32(page, 12) == UInt32(ImageFormat.headerSize) else {
+            throw bad("corrupted header at byte 12: a header size of \(get32(page, 12)) (the format's is \(ImageFormat.headerSize))")
+        }
+        guard get32(page, 20) == 0 else {
+            throw bad("corrupted header at byte 20: flags 0x\(String(get32(page, 20), radix: 16)) (this format defines none)")
+        }
         var sections: [ImageFormat.Section] = []
         for i in 0..<count {
             let at = ImageFormat.fixedHeaderBytes + i * ImageFormat.sectionEntryBytes
             let raw = get32(page, at)
             guard let kind = ImageFormat.SectionKind(rawValue: raw) else {
                 throw bad("corrupted header: unknown section kind 0x\(String(raw, radix: 16)) at byte \(at)")
+            }
+            guard get32(page, at + 4) == 0, get64(page, at + 32) == 0 else {
+                throw bad("corrupted header: the reserved fields of section \(kind.name) at byte \(at) are not zero")
+            }
+            guard !sections.contains(where: { $0.kind == kind }) else {
+                throw bad("corrupted header: section \(kind.name) appears twice")
             }
             let s = ImageFormat.Section(kind: kind, offset: get64(page, at + 8), length: get64(page, at + 16),
                                         checksum: get64(page, at + 24))
@@ -130,6 +145,16 @@ public struct ImageHeader: Sendable, Equatable {
         }
         for s in sections where s.end > fileSize {
             throw bad("truncated: section \(s.kind.name) (bytes \(s.offset)-\(s.end - 1)) extends past the end of the file (\(fileSize) bytes)")
+        }
+        if fileSize > declared {
+            throw bad("\(fileSize - declared) bytes follow the end of the image (it is \(declared) bytes): appended data is refused; was the file joined with another?")
+        }
+        for s in sections where s.end > declared {
+            throw bad("corrupted header: section \(s.kind.name) (bytes \(s.offset)-\(s.end - 1)) extends past the image's size (\(declared) bytes)")
+        }
+        let ordered = sections.sorted { $0.offset < $1.offset }
+        for (a, b) in zip(ordered, ordered.dropFirst()) where a.end > b.offset {
+            throw bad("corrupted header: sections \(a.kind.name) and \(b.kind.name) overlap")
         }
         for kind in ImageFormat.SectionKind.allCases where !sections.contains(where: { $0.kind == kind }) {
             throw bad("corrupted header: the \(kind.name) section is missing")

@@ -121,7 +121,10 @@ public final class Image: @unchecked Sendable {
     /// Maps `length` bytes at `offset` within a section.
     public func map(_ kind: ImageFormat.SectionKind, offset: UInt64, length: UInt64) throws -> MappedRegion {
         let s = header.section(kind)!
-        precondition(offset + length <= s.length)
+        let (end, overflow) = offset.addingReportingOverflow(length)
+        guard !overflow, end <= s.length else {
+            throw WBError.badImage(path: path, problem: "bytes \(offset)-\(offset &+ length) lie outside section \(kind.name)")
+        }
         return try MappedRegion(file: fd, offset: s.offset + offset, count: Int(length))
     }
 
@@ -144,48 +147,8 @@ public final class Image: @unchecked Sendable {
     public var descriptor: Int32 { fd.rawValue }
 
     private func validateStructure() throws {
-        func bad(_ problem: String) -> WBError { .badImage(path: path, problem: "invalid metadata: \(problem)") }
-        let pages = header.section(.pages)!.length
-        let sources = metadata.pageSources ?? []
-        for p in metadata.processes {
-            guard p.pid > 0 else { throw bad("process pid is \(p.pid)") }
-            if p.zombieStatus != nil { continue }
-            guard !p.threads.isEmpty else { throw bad("process \(p.pid) has no threads") }
-            guard p.threads.contains(where: { $0.tid == p.pid }) else { throw bad("no thread has the process's pid \(p.pid)") }
-            let segments = Set((p.sysvSegments ?? []).map(\.id))
-            for (i, m) in p.mappings.enumerated() {
-                guard m.end > m.start, m.start % 4096 == 0, m.end % 4096 == 0 else {
-                    throw bad("mappings[\(i)] has a bad range \(hex(m.start))-\(hex(m.end))")
-                }
-                if m.kind == .sysvShm {
-                    guard let id = m.shmid, segments.contains(id) else {
-                        throw bad("mappings[\(i)] (\(hex(m.start))-\(hex(m.end))) attaches System V segment \(m.shmid.map(String.init) ?? "(no id)"), which process \(p.pid) does not list")
-                    }
-                }
-                var next: UInt64 = 0
-                for run in m.pages {
-                    guard UInt64(run.page) >= next else {
-                        throw bad("mappings[\(i)] (\(hex(m.start))-\(hex(m.end))) has page runs out of order or overlapping")
-                    }
-                    next = UInt64(run.page) + UInt64(run.count)
-                    guard run.source <= UInt32(sources.count) else {
-                        throw bad("mappings[\(i)] (\(hex(m.start))-\(hex(m.end))) has a page run from page source \(run.source), which the image does not list")
-                    }
-                    let limit = run.source == 0 ? pages : sources[Int(run.source) - 1].length
-                    guard UInt64(run.page) + UInt64(run.count) <= UInt64(m.pageCount),
-                          run.dataOffset + run.byteCount <= limit, run.dataOffset % 4096 == 0 else {
-                        throw bad("mappings[\(i)] (\(hex(m.start))-\(hex(m.end))) has a page run outside the mapping or the PAGE section")
-                    }
-                }
-            }
-        }
-        let files = header.section(.files)!.length
-        for f in metadata.files where f.source == nil && f.dataOffset + f.size > files {
-            throw bad("embedded file \(f.hash) (\(f.paths.first ?? "?")) lies outside the FILE section")
-        }
-        for p in metadata.processes { for t in p.threads where t.xstate.count > 1 << 20 {
-            throw bad("thread \(t.tid) has an XSAVE area of \(t.xstate.count) bytes")
-        } }
+        try MetadataValidator(path: path, metadata: metadata, pageBytes: header.section(.pages)!.length,
+                              fileBytes: header.section(.files)!.length).validate()
     }
 
     static func describe(_ error: DecodingError) -> String {

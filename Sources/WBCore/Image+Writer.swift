@@ -278,6 +278,13 @@ extension Image {
     public func copy(to path: String, changingMetadata change: (inout ImageMetadata) -> Void) throws {
         var metadata = self.metadata
         change(&metadata)
+        try copy(to: path, metadataJSON: [UInt8](try JSONEncoder().encode(metadata)))
+    }
+
+    /// Writes a copy of this image to `path` whose metadata section holds `meta` as it is,
+    /// with every checksum and the header made to match: tests and the decoder's fuzzer forge
+    /// images with it, as someone handing wb an image could.
+    public func copy(to path: String, metadataJSON meta: [UInt8]) throws {
         let out = try FileDescriptor.open(path, O_RDWR | O_CREAT | O_TRUNC, mode: 0o600, what: "creating \(path)")
         var sections: [ImageFormat.Section] = []
         var cursor = UInt64(ImageFormat.headerSize)
@@ -288,8 +295,6 @@ extension Image {
             sections.append(.init(kind: kind, offset: cursor, length: s.length, checksum: s.checksum))
             cursor += s.length
         }
-        let json = try JSONEncoder().encode(metadata)
-        let meta = [UInt8](json)
         try out.write(meta, at: cursor)
         sections.append(.init(kind: .metadata, offset: cursor, length: UInt64(meta.count), checksum: Checksum.of(meta)))
         cursor += UInt64(meta.count)

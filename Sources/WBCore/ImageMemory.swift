@@ -41,7 +41,7 @@ public final class ImageMemory: @unchecked Sendable {
 
     /// Reads `count` bytes at `address` (within one page); nil where nothing is mapped.
     public func read(_ address: UInt64, count: Int) -> [UInt8]? {
-        guard let m = mapping(at: address), address + UInt64(count) <= m.end else { return nil }
+        guard count >= 0, let m = mapping(at: address), UInt64(count) <= m.end - address else { return nil }
         let page = UInt32((address - m.start) / 4096)
         let within = Int(address % 4096)
         guard within + count <= 4096 else {

@@ -24,12 +24,14 @@ public enum LinkMap {
             if auxv[i] == 5 { phnum = auxv[i + 1] }
             i += 2
         }
+        // The words come from the process's memory, which it controls: all address
+        // arithmetic wraps instead of trapping, and reads outside its mappings fail.
         guard phdr != 0, phnum > 0, phnum < 256 else { return nil }
         // Program headers: find PT_PHDR (for the load bias) and PT_DYNAMIC.
         var bias: UInt64 = 0, dynamic: UInt64 = 0
         for n in 0..<phnum {
-            let at = phdr + n * 56
-            guard let typeFlags = word(at), let vaddr = word(at + 16) else { return nil }
+            let at = phdr &+ n &* 56
+            guard let typeFlags = word(at), let vaddr = word(at &+ 16) else { return nil }
             let type = typeFlags & 0xFFFF_FFFF
             if type == 6 { bias = phdr &- vaddr }           // PT_PHDR
             if type == 2 { dynamic = vaddr }                // PT_DYNAMIC
@@ -38,14 +40,14 @@ public enum LinkMap {
         dynamic = dynamic &+ bias
         var rDebug: UInt64 = 0
         for n in 0..<UInt64(512) {
-            guard let tag = word(dynamic + n * 16), let value = word(dynamic + n * 16 + 8) else { break }
+            guard let tag = word(dynamic &+ n &* 16), let value = word(dynamic &+ n &* 16 &+ 8) else { break }
             if tag == 0 { break }
             if tag == 21 { rDebug = value; break }          // DT_DEBUG
         }
-        guard rDebug != 0, var map = word(rDebug + 8) else { return nil }
+        guard rDebug != 0, var map = word(rDebug &+ 8) else { return nil }
         var entries: [Entry] = []
         while map != 0 && entries.count < 4096 {
-            guard let base = word(map), let namePtr = word(map + 8), let ld = word(map + 16), let next = word(map + 24) else { break }
+            guard let base = word(map), let namePtr = word(map &+ 8), let ld = word(map &+ 16), let next = word(map &+ 24) else { break }
             entries.append(Entry(name: namePtr == 0 ? "" : (string(namePtr) ?? ""), base: base, dynamic: ld, address: map))
             map = next
         }
@@ -63,7 +65,7 @@ extension ImageMemory {
             guard let bytes = read(at, count: min(chunk, 256)) else { return nil }
             if let nul = bytes.firstIndex(of: 0) { out += bytes[..<nul]; return String(decoding: out, as: UTF8.self) }
             out += bytes
-            at += UInt64(bytes.count)
+            at &+= UInt64(bytes.count)
         }
         return String(decoding: out, as: UTF8.self)
     }

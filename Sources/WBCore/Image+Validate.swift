@@ -1,0 +1,237 @@
+import Foundation
+
+/// The trust boundary: an image is input from someone else (it travels from a cluster to a
+/// laptop and is restored there, often by root), so every value the metadata holds is checked
+/// here, once, where it is decoded, before any other module sees it. After `validate` passes,
+/// restore and inspect code may convert and add image values without trapping: every integer
+/// is in range for its use, every table reference is in bounds, every offset stays inside the
+/// file it names, and every path is well formed (paths relative to the image's directory stay
+/// beneath it).
+struct MetadataValidator {
+    let path: String
+    let metadata: ImageMetadata
+    /// Bytes in the PAGE and FILE sections.
+    let pageBytes: UInt64
+    let fileBytes: UInt64
+
+    /// Linux limits the values are checked against.
+    static let maxPid: Int32 = 4_194_304                 // PID_MAX_LIMIT
+    static let maxFD: Int32 = 1 << 20                   // the default fs.nr_open
+    static let maxSignal: Int32 = 64
+    static let userSpaceEnd: UInt64 = 0x0000_8000_0000_0000
+    static let vsyscallStart: UInt64 = 0xFFFF_FFFF_FF60_0000
+    static let maxPath = 4096                          // PATH_MAX
+    static let maxGroups = 65_536                      // NGROUPS_MAX
+    static let maxClock: Int32 = 11                    // CLOCK_TAI
+    static let maxXstate = 1 << 20
+
+    func bad(_ problem: String) -> WBError { .badImage(path: path, problem: "invalid metadata: \(problem)") }
+
+    func validate() throws {
+        guard metadata.schema >= 1, metadata.schema <= ImageMetadata.currentSchema else {
+            throw bad("schema \(metadata.schema) is not one this wb reads (it reads \(ImageMetadata.currentSchema))")
+        }
+        try sourcesAndFiles()
+        var pids = Set<Int32>(), tids = Set<Int32>()
+        for (i, p) in metadata.processes.enumerated() {
+            let at = i == 0 ? "process" : "descendants[\(i - 1)]"
+            guard pids.insert(p.pid).inserted else { throw bad("\(at): pid \(p.pid) appears twice") }
+            try process(p, at: at, tids: &tids)
+        }
+        for (i, p) in (metadata.descendants ?? []).enumerated() where !pids.contains(p.ppid) {
+            throw bad("descendants[\(i)] (pid \(p.pid)): its parent \(p.ppid) is not in the image")
+        }
+    }
+
+    // MARK: Files beside the image and in it
+
+    private func sourcesAndFiles() throws {
+        for (i, s) in (metadata.pageSources ?? []).enumerated() {
+            try relativePath(s.path, "pageSources[\(i)].path")
+            guard s.length % 4096 == 0, s.length <= UInt64(Int.max) / 2 else {
+                throw bad("pageSources[\(i)] (\(s.path)) has a length of \(s.length) bytes, not a whole number of pages")
+            }
+        }
+        for (i, f) in metadata.files.enumerated() {
+            let at = "files[\(i)] (\(f.paths.first ?? "?"))"
+            for (k, p) in f.paths.enumerated() { try absolutePath(p, "files[\(i)].paths[\(k)]") }
+            guard f.size <= UInt64(Int.max) / 2 else { throw bad("\(at) has a size of \(f.size) bytes") }
+            if let source = f.source {
+                try relativePath(source, "files[\(i)].source")
+            } else {
+                let (end, overflow) = f.dataOffset.addingReportingOverflow(f.size)
+                guard !overflow, end <= fileBytes, f.dataOffset % 4096 == 0 else {
+                    throw bad("embedded file \(f.hash) (\(f.paths.first ?? "?")) lies outside the FILE section")
+                }
+            }
+        }
+    }
+
+    // MARK: One process
+
+    private func process(_ p: ProcessState, at: String, tids: inout Set<Int32>) throws {
+        guard p.pid > 0, p.pid <= Self.maxPid else { throw bad("\(at): pid is \(p.pid)") }
+        let at = "\(at) (pid \(p.pid))"
+        for (name, v) in [("ppid", p.ppid), ("pgid", p.pgid), ("sid", p.sid)] where v < 0 || v > Self.maxPid {
+            throw bad("\(at): \(name) is \(v)")
+        }
+        try text(p.comm, "\(at).comm", limit: 64)
+        if p.zombieStatus != nil { return }
+        try absolutePath(p.exe, "\(at).exe", allowEmpty: true)
+        try absolutePath(p.cwd, "\(at).cwd")
+        try absolutePath(p.root, "\(at).root")
+        guard p.umask <= 0o777 else { throw bad("\(at): umask \(String(p.umask, radix: 8))") }
+        let c = p.credentials
+        guard (3...4).contains(c.uid.count), (3...4).contains(c.gid.count), c.groups.count <= Self.maxGroups else {
+            throw bad("\(at): credentials need 3 or 4 user and group ids (it has \(c.uid.count) and \(c.gid.count)) and at most \(Self.maxGroups) groups")
+        }
+        for l in p.rlimits where !(0..<16).contains(l.resource) {
+            throw bad("\(at): resource limit \(l.resource) does not exist")
+        }
+        guard p.mm.auxv.count % 2 == 0, p.mm.auxv.count <= 1024 else { throw bad("\(at): auxv has \(p.mm.auxv.count) words") }
+        for t in p.itimers where !(0...2).contains(t.which) { throw bad("\(at): interval timer \(t.which) does not exist") }
+        for t in p.posixTimers {
+            guard t.id >= 0, (0...Self.maxClock).contains(t.clock), (0...Self.maxSignal).contains(t.signal) else {
+                throw bad("\(at): POSIX timer \(t.id) (clock \(t.clock), signal \(t.signal)) is out of range")
+            }
+        }
+        guard p.sigactions.count <= 64 else { throw bad("\(at): \(p.sigactions.count) signal actions (there are 64 signals)") }
+        var signals = Set<Int32>()
+        for a in p.sigactions {
+            guard (1...Self.maxSignal).contains(a.signal), signals.insert(a.signal).inserted else {
+                throw bad("\(at): the action of signal \(a.signal) (signals are 1-64, each once)")
+            }
+        }
+        try pending(p.sharedPending, "\(at).sharedPending")
+        guard !p.threads.isEmpty else { throw bad("process \(p.pid) has no threads") }
+        guard p.threads.contains(where: { $0.tid == p.pid }) else { throw bad("no thread has the process's pid \(p.pid)") }
+        for t in p.threads {
+            guard t.tid > 0, t.tid <= Self.maxPid, tids.insert(t.tid).inserted else {
+                throw bad("\(at): thread id \(t.tid) is out of range or appears twice")
+            }
+            try text(t.comm, "\(at) thread \(t.tid).comm", limit: 64)
+            guard t.xstate.count <= Self.maxXstate else { throw bad("thread \(t.tid) has an XSAVE area of \(t.xstate.count) bytes") }
+            try pending(t.pending, "\(at) thread \(t.tid).pending")
+        }
+        try mappings(p, at: at)
+        try fds(p, at: at)
+        for s in p.sysvSegments ?? [] where s.id < 0 || s.mode > 0o777 || s.size == 0 || s.size > Self.userSpaceEnd {
+            throw bad("\(at): System V segment \(s.id) (size \(s.size), mode \(String(s.mode, radix: 8))) is out of range")
+        }
+    }
+
+    private func pending(_ signals: [PendingSignal], _ at: String) throws {
+        for s in signals {
+            guard (1...Self.maxSignal).contains(s.signal), s.siginfo.count == 128 else {
+                throw bad("\(at): a pending signal \(s.signal) with \(s.siginfo.count) bytes of siginfo (signals are 1-64, siginfo 128 bytes)")
+            }
+        }
+    }
+
+    private func mappings(_ p: ProcessState, at: String) throws {
+        let sources = metadata.pageSources ?? []
+        let segments = Set((p.sysvSegments ?? []).map(\.id))
+        var previousEnd: UInt64 = 0
+        for (i, m) in p.mappings.enumerated() {
+            let name = "mappings[\(i)] (\(hex(m.start))-\(hex(m.end)))"
+            guard m.end > m.start, m.start % 4096 == 0, m.end % 4096 == 0 else {
+                throw bad("mappings[\(i)] has a bad range \(hex(m.start))-\(hex(m.end))")
+            }
+            let inUserSpace = m.end <= Self.userSpaceEnd
+            guard inUserSpace || (m.kind == .vsyscall && m.start >= Self.vsyscallStart) else {
+                throw bad("\(name) lies outside user space")
+            }
+            guard m.start >= previousEnd else { throw bad("\(name) overlaps the mapping before it or is out of order") }
+            previousEnd = m.end
+            guard (0...7).contains(m.protection) else { throw bad("\(name) has protection \(m.protection) (PROT_READ|PROT_WRITE|PROT_EXEC is 7)") }
+            guard m.offset % 4096 == 0, !m.offset.addingReportingOverflow(m.size).overflow, m.offset < UInt64(Int64.max) else {
+                throw bad("\(name) has a file offset \(m.offset) that is not a page boundary or runs past 2^63")
+            }
+            if let path = m.path { try text(path, "\(name).path", limit: Self.maxPath) }
+            if let name = m.anonName { try text(name, "mappings[\(i)].anonName", limit: 256) }
+            if m.kind == .sysvShm {
+                guard let id = m.shmid, segments.contains(id) else {
+                    throw bad("\(name) attaches System V segment \(m.shmid.map(String.init) ?? "(no id)"), which process \(p.pid) does not list")
+                }
+            }
+            var next: UInt64 = 0
+            for run in m.pages {
+                guard run.count > 0, UInt64(run.page) >= next else {
+                    throw bad("\(name) has page runs out of order, overlapping or empty")
+                }
+                next = UInt64(run.page) + UInt64(run.count)
+                guard run.source <= UInt32(sources.count) else {
+                    throw bad("\(name) has a page run from page source \(run.source), which the image does not list")
+                }
+                let limit = run.source == 0 ? pageBytes : sources[Int(run.source) - 1].length
+                let (end, overflow) = run.dataOffset.addingReportingOverflow(run.byteCount)
+                guard next <= UInt64(m.pageCount), !overflow, end <= limit, run.dataOffset % 4096 == 0 else {
+                    throw bad("\(name) has a page run outside the mapping or the PAGE section")
+                }
+            }
+        }
+    }
+
+    private func fds(_ p: ProcessState, at: String) throws {
+        var numbers = Set<Int32>()
+        let pipes = Set(p.pipes.map(\.id))
+        for pipe in p.pipes where pipe.capacity < 0 || pipe.buffered.count > max(Int(pipe.capacity), 65536) {
+            throw bad("\(at): pipe \(pipe.id) holds \(pipe.buffered.count) bytes in a buffer of \(pipe.capacity)")
+        }
+        for s in p.fds {
+            let name = "\(at) fd \(s.fd)"
+            guard s.fd >= 0, s.fd < Self.maxFD, numbers.insert(s.fd).inserted else {
+                throw bad("\(at): fd \(s.fd) is out of range (0-\(Self.maxFD - 1)) or appears twice")
+            }
+            // Open flags are the low bits O_ACCMODE..O_TMPFILE; access mode 3 does not exist.
+            guard s.flags >= 0, s.flags < 1 << 23, s.accessMode != 3 else {
+                throw bad("\(name) has open flags 0x\(String(UInt32(bitPattern: s.flags), radix: 16))")
+            }
+            try text(s.path, "\(name).path", limit: Self.maxPath)
+            if let d = s.description, d < 0 { throw bad("\(name) has description \(d)") }
+            switch s.kind {
+            case .file, .fifo, .device:
+                try absolutePath(s.path, "\(name).path")
+            case .pipe:
+                guard let id = s.pipe, pipes.contains(id) else { throw bad("\(name) is a pipe the image does not describe") }
+            case .timerfd:
+                guard let t = s.timerfd, (0...Self.maxClock).contains(t.clock) else { throw bad("\(name) is a timerfd without a valid clock") }
+            case .eventfd:
+                guard s.eventfd != nil else { throw bad("\(name) is an eventfd without its state") }
+            case .epoll:
+                for w in s.epoll ?? [] where w.fd < 0 || w.fd >= Self.maxFD {
+                    throw bad("\(name) watches fd \(w.fd)")
+                }
+            case .unixSocket:
+                guard let sock = s.socket, [1, 2, 5].contains(sock.type) else {
+                    throw bad("\(name) is a socket of unknown type \(s.socket.map { String($0.type) } ?? "(none)")")
+                }
+            default:
+                break
+            }
+        }
+    }
+
+    // MARK: Strings and paths
+
+    private func text(_ s: String, _ field: String, limit: Int) throws {
+        guard s.utf8.count <= limit, !s.utf8.contains(0) else {
+            throw bad("\(field) is longer than \(limit) bytes or holds a NUL byte")
+        }
+    }
+
+    /// A path the process knew: absolute, no NUL, at most PATH_MAX.
+    private func absolutePath(_ s: String, _ field: String, allowEmpty: Bool = false) throws {
+        if allowEmpty && s.isEmpty { return }
+        try text(s, field, limit: Self.maxPath)
+        guard s.hasPrefix("/") else { throw bad("\(field) '\(s)' is not an absolute path") }
+    }
+
+    /// A path relative to the image's directory: it must stay beneath it.
+    private func relativePath(_ s: String, _ field: String) throws {
+        try text(s, field, limit: Self.maxPath)
+        guard !s.isEmpty, !s.hasPrefix("/"), !s.split(separator: "/").contains("..") else {
+            throw bad("\(field) '\(s)' leaves the image's directory (it must be a relative path without '..')")
+        }
+    }
+}
