@@ -58,6 +58,7 @@ public final class GDBServer {
             switch incoming {
             case .closed: return .disconnected
             case .interrupt: continue
+            case .oversized: reply("E01")
             case let .packet(p):
                 if let ending = handle(p) { return ending }
             }
@@ -116,6 +117,8 @@ public final class GDBServer {
                 try store(file, selected)
                 reply("OK")
             case "m", "x":
+                // 1 MiB at most: gdb asks for far less (PacketSize), and nothing else should
+                // make wb allocate what a packet says.
                 guard let (address, length) = addressLength(text.dropFirst()), length <= 1 << 20 else { reply("E01"); break }
                 guard let bytes = readMemory(address, length) else { reply("E01"); break }
                 if first == "m" { reply(Hex.encode(bytes)) } else { connection.send([UInt8(ascii: "b")] + RemoteConnection.escape(bytes)) }
@@ -131,8 +134,16 @@ public final class GDBServer {
             case "Z", "z": reply(try breakpoint(text, insert: first == "Z"))
             case "v": return try verbose(text)
             case "c", "s", "C", "S":
+                // c[ADDR], s[ADDR], Csig[;ADDR], Ssig[;ADDR]; the address (where to resume) is
+                // not supported and ignored, but a malformed one is an error, not a resume.
                 var signal: Int32 = 0
-                if first == "C" || first == "S" { signal = GDBSignals.linux(Int32(text.dropFirst().prefix { $0 != ";" }, radix: 16) ?? 0) }
+                var rest = text.dropFirst()
+                if first == "C" || first == "S" {
+                    guard let n = Hex.number(rest.prefix { $0 != ";" }), let gdb = Int32(exactly: n) else { reply("E01"); break }
+                    signal = GDBSignals.linux(gdb)
+                    rest = rest.drop { $0 != ";" }.dropFirst()
+                }
+                guard rest.isEmpty || Hex.number(rest) != nil else { reply("E01"); break }
                 return try resume([(first == "s" || first == "S" ? "s" : "c", signal, nil)])
             case "k":
                 kill()
@@ -155,9 +166,10 @@ public final class GDBServer {
         return nil
     }
 
+    /// ADDR,LENGTH of m, x, M, X and qXfer: both hex, the length one an Int can hold.
     private func addressLength(_ s: Substring) -> (UInt64, Int)? {
-        let parts = s.split(separator: ",")
-        guard parts.count == 2, let a = UInt64(parts[0], radix: 16), let l = Int(parts[1], radix: 16), l >= 0 else { return nil }
+        let parts = s.split(separator: ",", omittingEmptySubsequences: false)
+        guard parts.count == 2, let a = Hex.number(parts[0]), let l = Hex.number(parts[1]).flatMap({ Int(exactly: $0) }) else { return nil }
         return (a, l)
     }
 
@@ -209,8 +221,9 @@ public final class GDBServer {
             return []
         }
         guard offset <= UInt64(data.count) else { return Array("l".utf8) }
-        let end = min(data.count, Int(offset) + length)
-        let chunk = Array(data[Int(offset)..<end])
+        let start = Int(offset)
+        let end = start + min(length, data.count - start)     // length may be up to Int.max
+        let chunk = Array(data[start..<end])
         return [UInt8(ascii: end >= data.count ? "l" : "m")] + RemoteConnection.escape(chunk)
     }
 
@@ -241,37 +254,59 @@ public final class GDBServer {
         try tracee.setXstate(tid, Data(file.xstate))
     }
 
-    /// Memory as gdb should see it: with the original bytes where breakpoints sit.
+    /// Memory as gdb should see it: with the original bytes where breakpoints sit. When only
+    /// the start of the range is readable, that start (gdb accepts short reads, and gdbserver
+    /// answers so); nil when none of it is.
     private func readMemory(_ address: UInt64, _ length: Int) -> [UInt8]? {
-        guard length > 0 else { return [] }
-        guard var bytes = try? tracee.read(address, count: length) else {
-            // Part of the range may be readable: return what is, as gdb accepts short reads.
-            var out: [UInt8] = []
-            for a in stride(from: address, to: address + UInt64(length), by: 1) {
-                guard let b = try? tracee.read(a, count: 1) else { break }
-                out += b
+        // Nothing lies past 2^64: a range that runs beyond it ends there.
+        let room = 0 &- address                                   // 0: all of 2^64 (address 0)
+        let count = room == 0 ? length : Int(min(UInt64(length), room))
+        guard count > 0 else { return [] }
+        var bytes: [UInt8]
+        if let all = try? tracee.read(address, count: count) {
+            bytes = all
+        } else {
+            // What can be read changes only at page boundaries: read page by page up to the
+            // first page that fails.
+            bytes = []
+            var at = address
+            while bytes.count < count {
+                let chunk = min(count - bytes.count, GDBServer.pageSize - Int(at % UInt64(GDBServer.pageSize)))
+                guard let b = try? tracee.read(at, count: chunk) else { break }
+                bytes += b
+                at &+= UInt64(chunk)
             }
-            return out.isEmpty ? nil : out
+            if bytes.isEmpty { return nil }
         }
-        for (a, original) in breakpoints where a >= address && a < address + UInt64(length) { bytes[Int(a - address)] = original }
+        for (a, original) in breakpoints where a >= address && a - address < UInt64(bytes.count) { bytes[Int(a - address)] = original }
         return bytes
     }
 
+    /// x86-64 base pages; larger pages are made of them, so their boundaries are these too.
+    static let pageSize = 4096
+
+    /// Writes `bytes` at `address`; a range past 2^64 is refused whole. Where breakpoints sit,
+    /// memory keeps int3 and their saved bytes take the new values, once the write succeeded.
     private func writeMemory(_ address: UInt64, _ bytes: [UInt8]) -> Bool {
+        guard !bytes.isEmpty else { return true }                 // gdb's probe for X support
+        guard !address.addingReportingOverflow(UInt64(bytes.count - 1)).overflow else { return false }
         var out = bytes
-        for (a, _) in breakpoints where a >= address && a < address + UInt64(bytes.count) {
-            breakpoints[a] = bytes[Int(a - address)]
+        var originals: [UInt64: UInt8] = [:]
+        for (a, _) in breakpoints where a >= address && a - address < UInt64(bytes.count) {
+            originals[a] = bytes[Int(a - address)]
             out[Int(a - address)] = 0xCC
         }
-        return (try? tracee.write(out, to: address)) != nil
+        guard (try? tracee.write(out, to: address)) != nil else { return false }
+        breakpoints.merge(originals) { $1 }
+        return true
     }
 
     // MARK: Breakpoints and watchpoints
 
     private func breakpoint(_ text: String, insert: Bool) throws -> String {
-        let parts = text.dropFirst().split(separator: ",")
-        guard parts.count >= 3, let type = Int(parts[0]), let address = UInt64(parts[1], radix: 16),
-              let kind = Int(parts[2].prefix { $0 != ";" }, radix: 16) else { return "E01" }
+        let parts = text.dropFirst().split(separator: ",", omittingEmptySubsequences: false)
+        guard parts.count >= 3, parts[0].count == 1, let type = Int(parts[0]), let address = Hex.number(parts[1]),
+              let kind = Hex.number(parts[2].prefix { $0 != ";" }).flatMap({ Int(exactly: $0) }) else { return "E01" }
         switch type {
         case 0:
             if insert {
@@ -288,8 +323,22 @@ public final class GDBServer {
         case 2, 3, 4:
             if insert {
                 guard [1, 2, 4, 8].contains(kind), address % UInt64(kind) == 0 else { return "E01" }
+                if watchpoints.values.contains(where: { $0 == (address, kind, type) }) { return "OK" }
                 guard let slot = (0..<4).first(where: { watchpoints[$0] == nil }) else { return "E01" }
                 watchpoints[slot] = (address, kind, type)
+                // Set at once (all threads are stopped), so that an address the kernel refuses
+                // (kernel space) is refused here rather than failing every later continue.
+                debugRegistersSet = []
+                do {
+                    try applyDebugRegisters()
+                } catch {
+                    watchpoints[slot] = nil
+                    debugRegistersSet = []
+                    if case WBError.processGone = error { throw error }
+                    try? applyDebugRegisters()
+                    return "E01"
+                }
+                return "OK"
             } else {
                 guard let slot = watchpoints.first(where: { $0.value.address == address && $0.value.kind == type })?.key else { return "OK" }
                 watchpoints[slot] = nil
@@ -323,14 +372,26 @@ public final class GDBServer {
     private func verbose(_ text: String) throws -> Ending? {
         if text == "vCont?" { reply("vCont;c;C;s;S;t"); return nil }
         if text.hasPrefix("vCont;") {
+            // ACTION[:THREAD] items; one that does not parse, or names no thread of ours, makes
+            // the whole packet an error, and nothing runs.
             var actions: [(Character, Int32, Int32?)] = []
-            for item in text.dropFirst(6).split(separator: ";") {
-                let parts = item.split(separator: ":")
-                guard let kind = parts.first?.first else { continue }
-                let thread = parts.count > 1 ? Int32(parts[1], radix: 16) : nil
-                let signal = parts[0].count > 1 ? GDBSignals.linux(Int32(parts[0].dropFirst(), radix: 16) ?? 0) : 0
+            for item in text.dropFirst(6).split(separator: ";", omittingEmptySubsequences: false) {
+                let parts = item.split(separator: ":", omittingEmptySubsequences: false)
+                guard parts.count <= 2, let kind = parts[0].first, "cCsSt".contains(kind) else { reply("E01"); return nil }
+                var signal: Int32 = 0
+                if kind == "C" || kind == "S" {
+                    guard let n = Hex.number(parts[0].dropFirst()), let gdb = Int32(exactly: n) else { reply("E01"); return nil }
+                    signal = GDBSignals.linux(gdb)
+                } else if parts[0].count != 1 {
+                    reply("E01"); return nil
+                }
+                var thread: Int32?
+                if parts.count == 2 && parts[1] != "-1" {
+                    guard let n = Hex.number(parts[1]), let tid = Int32(exactly: n), tid == 0 || tracee.tids.contains(tid) else { reply("E01"); return nil }
+                    thread = tid == 0 ? selected : tid                   // 0: any thread
+                }
                 let k: Character = kind == "S" ? "s" : kind == "C" ? "c" : kind
-                actions.append((k, signal, thread == -1 ? nil : thread))
+                actions.append((k, signal, thread))
             }
             if actions.isEmpty { reply("E01"); return nil }
             return try resume(actions)

@@ -5,12 +5,27 @@ import WBCore
 /// The gdb remote serial protocol's framing over a connected socket: `$payload#cs` packets,
 /// `+`/`-` acknowledgements until no-ack mode, `}`-escaping of binary data, and the 0x03
 /// byte gdb sends to interrupt a running target.
+///
+/// Whatever arrives, memory stays bounded: bytes are parsed as they come (one read's worth is
+/// held), and a packet longer than `maxPayload` is dropped on the way and reported as
+/// `.oversized` once its end has gone by, so that the server can answer it with an error.
 public final class RemoteConnection {
-    public enum Incoming: Equatable { case packet([UInt8]), interrupt, closed }
+    public enum Incoming: Equatable { case packet([UInt8]), interrupt, closed, oversized }
+
+    /// The longest payload taken. qSupported advertises less (PacketSize), so gdb never comes
+    /// near it; only a client that ignores PacketSize does.
+    public static let maxPayload = 1 << 20
 
     public let fd: Int32
     public var noAck = false
-    private var buffer: [UInt8] = []
+
+    /// Bytes read and not parsed yet: input[inputAt...].
+    private var input: [UInt8] = []
+    private var inputAt = 0
+    private enum State { case between, payload, checksum, discarding, discardedChecksum }
+    private var state = State.between
+    private var payload: [UInt8] = []
+    private var checksumText: [UInt8] = []
 
     public init(fd: Int32) { self.fd = fd }
 
@@ -24,33 +39,83 @@ public final class RemoteConnection {
             let r = poll(&p, 1, timeout)
             if r == 0 { return nil }
             if r < 0 { if errno == EINTR { continue }; throw WBError.system(call: "poll", errno: errno, what: "waiting for gdb") }
-            var chunk = [UInt8](repeating: 0, count: 65536)
-            let n = read(fd, &chunk, chunk.count)
-            if n <= 0 { return .closed }
-            buffer += chunk[0..<n]
+            input = [UInt8](repeating: 0, count: 65536)
+            inputAt = 0
+            let n = input.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
+            if n < 0 && (errno == EINTR || errno == EAGAIN) { input = []; continue }
+            if n <= 0 { input = []; return .closed }
+            input.removeSubrange(n...)
         }
     }
 
+    /// The next complete item in `input`, consuming what it parses; nil when `input` is used up.
     private func parse() -> Incoming? {
-        while let first = buffer.first {
-            switch first {
-            case 0x03:
-                buffer.removeFirst()
-                return .interrupt
-            case UInt8(ascii: "$"):
-                guard let hash = buffer.firstIndex(of: UInt8(ascii: "#")), buffer.count >= hash + 3 else { return nil }
-                let payload = Array(buffer[1..<hash])
-                let sum = String(decoding: buffer[(hash + 1)...(hash + 2)], as: UTF8.self)
-                buffer.removeSubrange(0...(hash + 2))
-                let good = UInt8(sum, radix: 16) == RemoteConnection.checksum(payload)
+        let hash = UInt8(ascii: "#")
+        while inputAt < input.count {
+            switch state {
+            case .between:
+                let b = input[inputAt]
+                inputAt += 1
+                if b == 0x03 { return .interrupt }
+                if b == UInt8(ascii: "$") { state = .payload; payload = [] }
+                // Anything else is an acknowledgement or noise between packets.
+            case .payload, .discarding:
+                // Up to the '#' at once: payloads are long, noise is not.
+                let end = index(of: hash, from: inputAt)
+                if state == .payload {
+                    if payload.count + (end - inputAt) > RemoteConnection.maxPayload {
+                        state = .discarding
+                        payload = []
+                    } else {
+                        payload += input[inputAt..<end]
+                    }
+                }
+                inputAt = end
+                if end < input.count {
+                    inputAt += 1
+                    checksumText = []
+                    state = state == .payload ? .checksum : .discardedChecksum
+                }
+            case .checksum, .discardedChecksum:
+                checksumText.append(input[inputAt])
+                inputAt += 1
+                guard checksumText.count == 2 else { continue }
+                let oversized = state == .discardedChecksum
+                state = .between
+                if oversized {
+                    // Taken (a '-' would have gdb send it again) and answered with an error.
+                    if !noAck { sendRaw([UInt8(ascii: "+")]) }
+                    return .oversized
+                }
+                let good = RemoteConnection.hexByte(checksumText) == RemoteConnection.checksum(payload)
                 if !noAck { sendRaw(good ? [UInt8(ascii: "+")] : [UInt8(ascii: "-")]) }
                 if good || noAck { return .packet(payload) }
-            default:
-                // Acknowledgements and noise between packets.
-                buffer.removeFirst()
             }
         }
         return nil
+    }
+
+    /// Where `byte` next is in `input` from `from` on (memchr: a 16 MiB packet is scanned at
+    /// memory speed, also in debug builds); input.count when it is not there.
+    private func index(of byte: UInt8, from: Int) -> Int {
+        input.withUnsafeBufferPointer { b in
+            guard from < b.count, let base = b.baseAddress, let p = memchr(base + from, Int32(byte), b.count - from) else { return b.count }
+            return base.distance(to: p.assumingMemoryBound(to: UInt8.self))
+        }
+    }
+
+    /// Two hex digits as a byte; nil for anything else (no sign, no space).
+    private static func hexByte(_ digits: [UInt8]) -> UInt8? {
+        func nibble(_ c: UInt8) -> UInt8? {
+            switch c {
+            case UInt8(ascii: "0")...UInt8(ascii: "9"): return c - UInt8(ascii: "0")
+            case UInt8(ascii: "a")...UInt8(ascii: "f"): return c - UInt8(ascii: "a") + 10
+            case UInt8(ascii: "A")...UInt8(ascii: "F"): return c - UInt8(ascii: "A") + 10
+            default: return nil
+            }
+        }
+        guard digits.count == 2, let high = nibble(digits[0]), let low = nibble(digits[1]) else { return nil }
+        return high << 4 | low
     }
 
     public func send(_ payload: [UInt8]) {
@@ -110,6 +175,12 @@ public enum Hex {
             i = j
         }
         return out
+    }
+    /// A number as the protocol writes it: hex digits only (no sign, no 0x), at most 64 bits;
+    /// nil for anything else, so that a malformed field is an error reply, not a guess.
+    public static func number(_ text: Substring) -> UInt64? {
+        guard !text.isEmpty, text.utf8.allSatisfy({ ($0 >= 0x30 && $0 <= 0x39) || ($0 | 0x20 >= 0x61 && $0 | 0x20 <= 0x66) }) else { return nil }
+        return UInt64(text, radix: 16)
     }
     /// A little-endian value of `bytes` bytes, as hex.
     public static func littleEndian(_ value: UInt64, bytes: Int) -> String {

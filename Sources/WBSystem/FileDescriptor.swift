@@ -45,18 +45,31 @@ public final class FileDescriptor: @unchecked Sendable {
         return Status(st)
     }
 
-    /// Reads exactly `count` bytes at `offset` into `buffer` (fewer only at end of file).
+    /// Reads exactly `count` bytes at `offset` into `buffer` (fewer only at end of file), with
+    /// pread(2).
     @discardableResult
     public func read(into buffer: UnsafeMutableRawBufferPointer, at offset: UInt64) throws -> Int {
         var done = 0
         while done < buffer.count {
-            let n = try syscallValue("pread", "reading at offset \(offset + UInt64(done))") {
-                pread(rawValue, buffer.baseAddress! + done, buffer.count - done, off_t(offset) + off_t(done))
+            let at = try FileDescriptor.fileOffset(offset, done, "pread", "reading")
+            let n = try syscallValue("pread", "reading at offset \(at)") {
+                pread(rawValue, buffer.baseAddress! + done, buffer.count - done, at)
             }
             if n == 0 { break }
             done += n
         }
         return done
+    }
+
+    /// `offset + done` as the off_t pread/pwrite take. The kernel's offsets are signed: one at
+    /// or past 2^63 (a kernel address in /proc/PID/mem, say) is EINVAL, as the kernel would
+    /// say for a negative one, rather than a trap in the conversion.
+    static func fileOffset(_ offset: UInt64, _ done: Int, _ call: String, _ doing: String) throws -> off_t {
+        let (sum, overflow) = offset.addingReportingOverflow(UInt64(done))
+        guard !overflow, let at = off_t(exactly: sum) else {
+            throw WBError.system(call: call, errno: EINVAL, what: "\(doing) at offset \(offset) + \(done) (past the largest file offset, 2^63 - 1)")
+        }
+        return at
     }
 
     /// Reads from the current position until end of file or `limit` bytes.
@@ -73,12 +86,16 @@ public final class FileDescriptor: @unchecked Sendable {
         return out
     }
 
+    /// Writes all of `buffer` at `offset`, with pwrite(2).
     public func write(_ buffer: UnsafeRawBufferPointer, at offset: UInt64) throws {
         var done = 0
         while done < buffer.count {
-            let n = try syscallValue("pwrite", "writing at offset \(offset + UInt64(done))") {
-                pwrite(rawValue, buffer.baseAddress! + done, buffer.count - done, off_t(offset) + off_t(done))
+            let at = try FileDescriptor.fileOffset(offset, done, "pwrite", "writing")
+            let n = try syscallValue("pwrite", "writing at offset \(at)") {
+                pwrite(rawValue, buffer.baseAddress! + done, buffer.count - done, at)
             }
+            // A write of nothing would loop forever; pwrite makes none but at a file's limit.
+            if n == 0 { throw WBError.system(call: "pwrite", errno: EIO, what: "writing at offset \(at): nothing was written") }
             done += n
         }
     }
@@ -86,12 +103,19 @@ public final class FileDescriptor: @unchecked Sendable {
     /// Writes each buffer at its offset, up to `together` of them in flight at once (with
     /// O_DIRECT each write waits for the disk: scattered writes then overlap their waits).
     public func write(many writes: [(bytes: UnsafeRawBufferPointer, offset: UInt64)], together: Int = 4) throws {
+        guard let first = writes.first else { return }
+        guard let count = Int32(exactly: writes.count), let inFlight = Int32(exactly: max(1, together)) else {
+            throw WBError.system(call: "pwrite", errno: EINVAL, what: "writing \(writes.count) blocks \(together) at a time (too many for one call)")
+        }
         var triples: [UInt64] = []
         triples.reserveCapacity(writes.count * 3)
-        for w in writes { triples += [UInt64(UInt(bitPattern: w.bytes.baseAddress)), UInt64(w.bytes.count), w.offset] }
-        let e = triples.withUnsafeBufferPointer { wb_pwrite_many(rawValue, $0.baseAddress, Int32(writes.count), Int32(together)) }
+        for w in writes {
+            _ = try FileDescriptor.fileOffset(w.offset, w.bytes.count, "pwrite", "writing \(w.bytes.count) bytes")
+            triples += [UInt64(UInt(bitPattern: w.bytes.baseAddress)), UInt64(w.bytes.count), w.offset]
+        }
+        let e = triples.withUnsafeBufferPointer { wb_pwrite_many(rawValue, $0.baseAddress, count, inFlight) }
         if e != 0 {
-            throw WBError.system(call: "pwrite", errno: e, what: "writing \(writes.count) blocks from offset \(writes[0].offset)")
+            throw WBError.system(call: "pwrite", errno: e, what: "writing \(writes.count) blocks from offset \(first.offset)")
         }
     }
 
@@ -111,7 +135,8 @@ public final class FileDescriptor: @unchecked Sendable {
     }
 
     public func truncate(to size: UInt64) throws {
-        try syscallValue("ftruncate", "setting the file size") { ftruncate(rawValue, off_t(size)) }
+        let length = try FileDescriptor.fileOffset(size, 0, "ftruncate", "setting the file size")
+        try syscallValue("ftruncate", "setting the file size to \(size)") { ftruncate(rawValue, length) }
     }
 
     public func sync() throws {
@@ -121,7 +146,8 @@ public final class FileDescriptor: @unchecked Sendable {
 
 extension FileDescriptor.Status {
     init(_ st: Glibc.stat) {
-        device = UInt64(st.st_dev); inode = UInt64(st.st_ino); size = UInt64(st.st_size)
+        // st_size is an off_t: never negative for a file, but a bad driver should not trap us.
+        device = UInt64(st.st_dev); inode = UInt64(st.st_ino); size = UInt64(clamping: st.st_size)
         mode = st.st_mode
         mtimeSeconds = Int64(st.st_mtim.tv_sec); mtimeNanoseconds = Int64(st.st_mtim.tv_nsec)
     }

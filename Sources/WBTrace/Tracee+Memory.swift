@@ -12,6 +12,7 @@ public final class ProcessMemory {
     /// Reads tracee memory with process_vm_readv, falling back to /proc/PID/mem for pages the
     /// process itself may not read (PROT_NONE), which the kernel lets a tracer read.
     public func read(_ address: UInt64, into buffer: UnsafeMutableRawBufferPointer) throws {
+        try ProcessMemory.checkRange(address, buffer.count, "process_vm_readv", "reading")
         var done = 0
         let e = wb_process_vm_readv(pid, buffer.baseAddress, address, buffer.count, &done)
         if e == 0 && done == buffer.count { return }
@@ -58,6 +59,7 @@ public final class ProcessMemory {
     /// Writes tracee memory. process_vm_writev respects page protections, so for read-only
     /// pages this goes through /proc/PID/mem, which a tracer may write.
     public func write(_ bytes: UnsafeRawBufferPointer, to address: UInt64) throws {
+        try ProcessMemory.checkRange(address, bytes.count, "process_vm_writev", "writing")
         var done = 0
         let e = wb_process_vm_writev(pid, bytes.baseAddress, address, bytes.count, &done)
         if e == 0 && done == bytes.count { return }
@@ -85,6 +87,7 @@ public final class ProcessMemory {
 
     /// Writes read-only memory (code: breakpoints) through /proc/PID/mem directly.
     public func writeCode(_ bytes: [UInt8], to address: UInt64) throws {
+        try ProcessMemory.checkRange(address, bytes.count, "pwrite(/proc/\(pid)/mem)", "writing code")
         let mem = try memFile()
         try withContext("writing code of pid \(pid) at \(hex(address))") { try mem.write(bytes, at: address) }
     }
@@ -103,6 +106,15 @@ public final class ProcessMemory {
             try write(UnsafeRawBufferPointer(rebasing: buffer[at..<(at + len)]), to: ranges[i])
             at += len
         }
+    }
+
+    /// A range that runs past 2^64 (a debugger asking for bytes beyond the top of the address
+    /// space) is no memory at all: EFAULT, as the kernel says for unmapped addresses, before
+    /// any call sees a wrapped end.
+    static func checkRange(_ address: UInt64, _ count: Int, _ call: String, _ doing: String) throws {
+        guard count > 1, address.addingReportingOverflow(UInt64(count - 1)).overflow else { return }
+        throw WBError.system(call: call, errno: EFAULT,
+                             what: "\(doing) \(count) bytes at \(hex(address)): the range runs past the end of the address space")
     }
 
     func memFile() throws -> FileDescriptor {
