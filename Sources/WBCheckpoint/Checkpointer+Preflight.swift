@@ -43,7 +43,7 @@ extension Checkpointer {
             throw WBError.invalidArgument("pid \(pid) has already exited (it is a zombie)")
         }
         if let tracer = status["TracerPid"], tracer != "0", !tracedByWB {
-            throw WBError.refused("pid \(pid) is already being traced by pid \(tracer) (a debugger?): detach it first")
+            throw ProcFS.tracedRefusal(pid, tracer: tracer)
         }
         if pid == getpid() { throw WBError.invalidArgument("wb cannot checkpoint itself") }
         try refuseUnreadable(pid)

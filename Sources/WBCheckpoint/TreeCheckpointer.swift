@@ -273,7 +273,7 @@ public final class TreeCheckpointer {
                 continue
             }
             if let tracer = (try? ProcFS.status(pid))?["TracerPid"], tracer != "0" {
-                throw WBError.refused("pid \(pid) of the tree is being traced by pid \(tracer) (a debugger?): detach it first")
+                throw ProcFS.tracedRefusal(pid, tracer: tracer, ofTree: true)
             }
             let tracee: Tracee
             do {

@@ -96,7 +96,7 @@ public final class Tracee {
                 if e == EPERM {
                     let tracer = (try? ProcFS.status(pid))?["TracerPid"] ?? "0"
                     if tracer != "0" {
-                        throw WBError.refused("pid \(pid) is already being traced by pid \(tracer) (a debugger?): detach it first")
+                        throw ProcFS.tracedRefusal(pid, tracer: tracer)
                     }
                 }
                 try check(e, "ptrace(PTRACE_SEIZE)", "attaching to thread \(tid) of pid \(pid)", pid: tid)

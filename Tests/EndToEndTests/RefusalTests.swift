@@ -2,6 +2,7 @@ import Foundation
 import Glibc
 import Testing
 import WBCore
+import WBTrace
 
 /// What wb cannot restore yet it refuses before touching the process, naming the fd or task.
 @Suite struct RefusalTests {
@@ -107,6 +108,52 @@ import WBCore
         let done = try wb("checkpoint", "\(program.pid)", "-o", image, "--stop-timeout", "1")
         #expect(done.code == 0, "\(done.stderr)")
         #expect(throws: Never.self) { try Image(path: image).verifyData() }
+    }
+
+    /// Two checkpoints of one process at once: the second is refused as one another wb has
+    /// in hand, not as one a debugger holds. The first one is made to hold the process (a vfork
+    /// parent never stops, and --stop-timeout 600 keeps wb waiting) until the test ends it; a
+    /// tracer that is not wb (this test) keeps the debugger wording.
+    @Test func aSecondCheckpointMeanwhileNamesTheOtherWB() throws {
+        let dir = scratchDirectory()
+        let (program, child) = try holderWithChild("vfork")
+        defer {
+            kill(child, SIGKILL)
+            program.signal(SIGKILL)
+        }
+        let first = try Child(Products.wb, ["checkpoint", "\(program.pid)", "-o", "\(dir)/first.wbimg", "--stop-timeout", "600", "--allow-unsupported"])
+        // The first wb has seized the process once its TracerPid is set.
+        let deadline = Clock.monotonic + 60
+        while tracerOf(program.pid) == "0" && Clock.monotonic < deadline { usleep(10_000) }
+        try #require(tracerOf(program.pid) != "0", "the first checkpoint never attached: \(first.stderrText)")
+
+        let second = try wb("checkpoint", "\(program.pid)", "-o", "\(dir)/second.wbimg")
+        #expect(second.code == 1)
+        #expect(second.stderr.split(separator: "\n").count == 1, "\(second.stderr)")
+        #expect(second.stderr.contains("pid \(program.pid) is being checkpointed (or restored/debugged) by another wb (pid \(first.pid)): wait for it to finish"),
+                "\(second.stderr)")
+        #expect(!second.stderr.contains("a debugger"), "\(second.stderr)")
+        #expect(!Paths.exists("\(dir)/second.wbimg"))
+
+        // The first one, ended, lets the process go and leaves nothing behind either.
+        first.signal(SIGTERM)
+        #expect(first.exitCode == 1)
+        let untraced = Clock.monotonic + 30
+        while tracerOf(program.pid) != "0" && Clock.monotonic < untraced { usleep(10_000) }
+        #expect(tracerOf(program.pid) == "0")
+        #expect(try Paths.list(dir).isEmpty)
+
+        // Held by a tracer that is not wb, a process is refused as one a debugger has.
+        let other = try Child(Products.harness("holder"), ["socket"])
+        _ = try #require(other.line(startingWith: "READY"))
+        let tracee = try Tracee.seize(other.pid)
+        let tracer = try #require(tracerOf(other.pid))
+        let held = try wb("checkpoint", "\(other.pid)", "-o", "\(dir)/held.wbimg")
+        tracee.detach()
+        #expect(held.code == 1)
+        #expect(held.stderr.contains("pid \(other.pid) is already being traced by pid \(tracer) (a debugger?): detach it first"), "\(held.stderr)")
+        other.signal(SIGUSR1)
+        #expect(other.line(startingWith: "ALIVE") == "ALIVE 1")
     }
 
     @Test func allowUnsupportedStoresAPlaceholder() throws {
