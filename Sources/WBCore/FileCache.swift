@@ -8,7 +8,8 @@ public struct FileCache: Sendable {
 
     public init(directory: String) { self.directory = directory }
 
-    /// $WB_CACHE_DIR, else $XDG_CACHE_HOME/wb, else ~/.cache/wb, else /tmp/wb-cache-UID.
+    /// $WB_CACHE_DIR, else $XDG_CACHE_HOME/wb, else ~/.cache/wb, else /tmp/wb-cache-UID
+    /// (which anyone could have made first: `open()` refuses it unless it is ours).
     public static var defaultDirectory: String {
         let env = ProcessInfo.processInfo.environment
         if let d = env["WB_CACHE_DIR"], !d.isEmpty { return d }
@@ -17,20 +18,59 @@ public struct FileCache: Sendable {
         return "/tmp/wb-cache-\(getuid())"
     }
 
-    /// The unpacked copy of an embedded file, written on first use.
+    /// The cache directory, created 0700 when missing. Refused when it is a symbolic link or
+    /// belongs to someone else: wb unpacks files there that restored processes map and
+    /// builds gdb's sysroot there, often as root.
+    public func open() throws -> ConfinedDirectory {
+        try FileCache.withHint { try ConfinedDirectory(opening: directory) }
+    }
+
+    /// A directory inside the cache ("files", "sysroots/ID"), made 0700 when missing.
+    public func open(subdirectory: String) throws -> ConfinedDirectory {
+        try FileCache.withHint { try ConfinedDirectory(opening: directory).subdirectory(subdirectory) }
+    }
+
+    /// A refusal of the cache says what to do about it.
+    private static func withHint<T>(_ body: () throws -> T) throws -> T {
+        do {
+            return try body()
+        } catch WBError.refused(let why) {
+            throw WBError.refused("\(why); set WB_CACHE_DIR to a directory of your own for wb's cache")
+        }
+    }
+
+    /// The unpacked copy of an embedded file, written on first use. An entry already there
+    /// counts only as a regular file of ours of the right size; anything else (a link, say)
+    /// is replaced by a new copy, written to a file made for it and renamed into place.
     public func path(for file: EmbeddedFile, from image: Image) throws -> String {
-        let dir = "\(directory)/files"
-        let path = "\(dir)/\(file.hash)"
-        if let st = try? Paths.stat(path), st.size == file.size { return path }
-        try Paths.makeDirectories(dir)
-        let temp = "\(path).partial-\(getpid())"
-        let out = try FileDescriptor.open(temp, O_WRONLY | O_CREAT | O_TRUNC, mode: file.code ? 0o755 : 0o644,
-                                          what: "unpacking \(file.paths.first ?? "a file") into \(dir)")
+        let name = "\(file.hash)"
+        let files = try open(subdirectory: "files")
+        let what = "unpacking \(file.paths.first ?? "a file") into \(files.path)"
+        if let e = try files.status(of: name), e.kind == .regular, e.size == file.size, e.owner == geteuid() {
+            return try files.path(of: name)
+        }
         let data = try image.contents(of: file)
-        try withContext("unpacking \(file.paths.first ?? "a file") into \(dir)") { try data.withBytes { try out.write($0, at: 0) } }
-        out.close()
-        try Paths.rename(temp, to: path)
-        return path
+        // A name of our own, made exclusively: one left behind (or planted) is never reused.
+        var temp = "", out: FileDescriptor?
+        for attempt in 0..<8 {
+            temp = "\(name).partial-\(getpid())-\(UInt32.random(in: 0 ... .max))"
+            do {
+                out = try files.createFile(temp, mode: file.code ? 0o755 : 0o644)
+                break
+            } catch WBError.system(_, EEXIST, _) where attempt < 7 {
+                continue
+            }
+        }
+        guard let out else { throw WBError.failed("\(what): no free temporary name") }
+        do {
+            try withContext(what) { try data.withBytes { try out.write($0, at: 0) } }
+            out.close()
+            try withContext(what) { try files.rename(temp, to: name) }
+        } catch {
+            try? files.remove(temp)
+            throw error
+        }
+        return try files.path(of: name)
     }
 }
 

@@ -13,7 +13,9 @@ public enum GDBCheck {
             throw WBError.failed("gdb is not installed: apt-get install gdb (or check with --predicate instead)")
         }
         let listener = try GDBListener(port: 0)
-        let sysroot = try Sysroot.build(for: image, files: files, cache: cache)
+        // Paths the sysroot leaves out cost gdb some symbols at most; the answer is all a
+        // check reports.
+        let sysroot = try Sysroot.build(for: image, files: files, cache: cache).directory
         let marker = "WB-CHECK"
         let args = GDB.commandLine(port: listener.port, executable: image.process.exe, sysroot: sysroot, debugDirectories: [],
                                    arguments: ["-batch", "-ex", "printf \"\(marker) %d\\n\", (\(expression)) ? 1 : 0"])

@@ -6,11 +6,22 @@ import WBCore
 /// the process had mapped appears at its original path, as a link to the copy on this
 /// machine (the original when it is the same file, else the one the image carries). gdb's
 /// `set sysroot` then finds the executable and every shared library with their symbols.
-public enum Sysroot {
-    /// Builds (or refreshes) the sysroot of `image`; returns its directory.
-    public static func build(for image: Image, files: ResolvedFiles, cache: FileCache) throws -> String {
+///
+/// The paths come from the image (mappings, the executable, the loader's link map in the
+/// image's memory, embedded files' names), and `wb restore --debug` often runs as root: the
+/// directory is built through `ConfinedDirectory`, so no path, however it was forged, and no
+/// link planted in the cache creates, removes or replaces anything outside it. Paths it
+/// refuses (a `..`, a link in the way) are left out and listed in `skipped`.
+public struct Sysroot: Sendable {
+    /// The sysroot, for gdb's `set sysroot`.
+    public let directory: String
+    /// Each path left out, with why: one line each, for the caller to show as notes.
+    public let skipped: [String]
+
+    /// Builds (or refreshes) the sysroot of `image` in the cache.
+    public static func build(for image: Image, files: ResolvedFiles, cache: FileCache) throws -> Sysroot {
         let id = String(image.header.section(.metadata)!.checksum, radix: 16)
-        let root = "\(cache.directory)/sysroots/\(id)"
+        let root = try cache.open(subdirectory: "sysroots/\(id)")
         var links: [(String, String)] = []
         for m in image.process.mappings where m.kind == .file {
             guard let path = m.path, let id = m.file, let local = files.path(for: id) else { continue }
@@ -30,26 +41,41 @@ public enum Sysroot {
             guard let local = links.first(where: { l in f.paths.contains(l.0) })?.1 else { continue }
             for p in f.paths { links.append((p, local)) }
         }
+        var skipped: [String] = []
         // The loader names libraries by the paths it searched (/lib/... on a merged-/usr
         // system, where maps show /usr/lib/...): the sysroot gets this machine's top-level
-        // links, and each file also appears under its own local path.
-        for dir in ["/lib", "/lib64", "/lib32", "/libx32", "/bin", "/sbin"] {
-            if let target = try? Paths.readLink(dir) {
-                _ = unlink(root + dir)
-                try Paths.makeDirectories(target.hasPrefix("/") ? root + target : root + "/" + target)
-                _ = symlink(target, root + dir)
+        // links, and each file also appears under its own local path. The confined directory
+        // follows no link, these included, so paths under them are placed where the link
+        // leads by rewriting their first component.
+        var aliases: [String: [String]] = [:]
+        for dir in ["lib", "lib64", "lib32", "libx32", "bin", "sbin"] {
+            guard let target = try? Paths.readLink("/" + dir) else { continue }
+            do {
+                let leadsTo = try ConfinedDirectory.components(of: target)
+                try root.makeDirectories(leadsTo.joined(separator: "/"))
+                try root.symlink(target: target, at: dir)
+                aliases[dir] = leadsTo
+            } catch let WBError.refused(why) {
+                skipped.append("/\(dir) (a link to \(target) here): \(why)")
             }
         }
         for (_, local) in links { links.append((local, local)) }
+        // A file's own local path does not replace a link this build made for an image path.
+        var made = Set<[String]>()
         for (path, local) in links where path.hasPrefix("/") {
-            let target = root + path
-            if path == local && Paths.exists(target) { continue }
-            try Paths.makeDirectories(Paths.directory(of: target))
-            _ = unlink(target)
-            guard symlink(local, target) == 0 else {
-                throw WBError.system(call: "symlink(\(target))", errno: errno, what: "building the debugger's sysroot")
+            do {
+                var at = try ConfinedDirectory.components(of: path)
+                if let first = at.first, let leadsTo = aliases[first] { at = leadsTo + at.dropFirst() }
+                guard !at.isEmpty else { continue }
+                if path == local && made.contains(at) { continue }
+                try root.makeDirectories(at.dropLast().joined(separator: "/"))
+                try root.symlink(target: local, at: at.joined(separator: "/"))
+                made.insert(at)
+            } catch let WBError.refused(why) {
+                // A file has several mappings, each naming its path: one line per path.
+                if !skipped.contains(why) { skipped.append(why) }
             }
         }
-        return root
+        return Sysroot(directory: root.path, skipped: skipped)
     }
 }

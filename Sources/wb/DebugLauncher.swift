@@ -25,7 +25,8 @@ struct DebugLauncher {
         var gdb: Int32?
         if startGDB {
             let sysroot = try Sysroot.build(for: image, files: files, cache: FileCache(directory: options.cacheDirectory))
-            gdb = try GDB.start(port: listener.port, executable: exe, sysroot: sysroot,
+            if !quiet { for why in sysroot.skipped { Output.note("gdb's sysroot leaves out a path from the image: \(why)") } }
+            gdb = try GDB.start(port: listener.port, executable: exe, sysroot: sysroot.directory,
                                 debugDirectories: debugDirectories, arguments: gdbArguments)
         } else if !quiet {
             FileHandle.standardError.write(Data("wb: restored pid \(restored.pid), stopped; in gdb: target remote 127.0.0.1:\(listener.port)\n".utf8))

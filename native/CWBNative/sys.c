@@ -328,3 +328,32 @@ int wb_pwrite_many(int fd, const uint64_t *triples, int count, int threads) {
 }
 
 int wb_semctl_getpid(int semid, int semnum) { return semctl(semid, semnum, GETPID); }
+
+// openat2(2) has no glibc wrapper (before 2.38, and Debian's headers may lack SYS_openat2).
+// Paths inside a directory of untrusted names are opened with it: RESOLVE_BENEATH and
+// RESOLVE_NO_SYMLINKS make the kernel refuse `..` out of the directory and every symlink,
+// with no window between a check and the open.
+#ifndef SYS_openat2
+#define SYS_openat2 437
+#endif
+struct wb_open_how { uint64_t flags, mode, resolve; };
+_Static_assert(sizeof(struct wb_open_how) == 24, "struct open_how is three u64s");
+#if __has_include(<linux/openat2.h>)
+#include <linux/openat2.h>
+#include <stddef.h>
+_Static_assert(sizeof(struct open_how) == sizeof(struct wb_open_how), "open_how size");
+_Static_assert(offsetof(struct open_how, resolve) == offsetof(struct wb_open_how, resolve), "open_how layout");
+_Static_assert(RESOLVE_BENEATH == WB_RESOLVE_BENEATH && RESOLVE_NO_SYMLINKS == WB_RESOLVE_NO_SYMLINKS
+               && RESOLVE_NO_MAGICLINKS == WB_RESOLVE_NO_MAGICLINKS && RESOLVE_NO_XDEV == WB_RESOLVE_NO_XDEV,
+               "RESOLVE_* values");
+#endif
+_Static_assert(O_PATH == WB_O_PATH, "O_PATH value");
+
+int wb_openat2(int dirfd, const char *path, uint64_t flags, uint64_t mode, uint64_t resolve, int *fd) {
+    struct wb_open_how how = { flags, mode, resolve };
+    long r;
+    do { r = syscall(SYS_openat2, dirfd, path, &how, sizeof how); } while (r < 0 && errno == EINTR);
+    if (r < 0) return errno;
+    *fd = (int)r;
+    return 0;
+}

@@ -136,6 +136,18 @@ uint64_t wb_xgetbv0(void);
 /// CPUID leaf/subleaf.
 void wb_cpuid(uint32_t leaf, uint32_t subleaf, uint32_t out[4]);
 
+/// openat2(2), which glibc does not wrap: `how` is struct open_how {flags, mode, resolve}
+/// (checked against <linux/openat2.h> in sys.c). The new fd goes to `fd`.
+int wb_openat2(int dirfd, const char *path, uint64_t flags, uint64_t mode, uint64_t resolve, int *fd);
+// RESOLVE_* from <linux/openat2.h>, and O_PATH, which Swift's Glibc does not show (_GNU_SOURCE).
+enum {
+    WB_RESOLVE_NO_XDEV = 0x01,
+    WB_RESOLVE_NO_MAGICLINKS = 0x02,
+    WB_RESOLVE_NO_SYMLINKS = 0x04,
+    WB_RESOLVE_BENEATH = 0x08,
+    WB_O_PATH = 010000000,
+};
+
 // MARK: - Dirty-page tracking (userfaultfd write-protect in async mode, PAGEMAP_SCAN)
 
 // MARK: - Process trees
