@@ -75,6 +75,11 @@ extension Checkpointer {
             let note = "pid \(pid) shares its memory with its parent \(parent) (a vfork child before its exec, or a child cloned with CLONE_VM): the image holds that memory as its own, and the restored process does not share it"
             if !notes.contains(note) { notes.append(note) }
         }
+        // A thread in seccomp strict mode is killed by the first system call wb would make
+        // in it: refuse before touching anything.
+        for tid in (try? ProcFS.tasks(pid)) ?? [] where (try? ProcFS.status(pid, thread: tid))?["Seccomp"] == "1" {
+            throw WBError.refused("pid \(pid) cannot be checkpointed: thread \(tid) is in seccomp strict mode (it may only read, write and exit; any other call, such as those wb makes to read its state, kills it). Nothing was changed")
+        }
         var problems: [String] = []
         // In a tree still running (its memory copied before the final stop), a child born
         // since the tree was listed is not refused: the final stop takes it in.

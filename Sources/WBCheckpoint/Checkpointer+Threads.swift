@@ -23,6 +23,7 @@ extension Checkpointer {
             t.rseq = try tracee.rseq(tid)
             t.robustList = try tracee.robustList(tid)
             t.pending = try tracee.pendingSignals(tid, shared: false)
+            t.security = try security(of: tid, tracee)
             process.threads.append(t)
         }
         process.sharedPending = try tracee.pendingSignals(pid, shared: true)
@@ -76,25 +77,28 @@ extension Checkpointer {
             // Per thread: clear_child_tid and the alternate signal stack.
             for i in p.threads.indices {
                 let tid = p.threads[i].tid
-                let capture = { (s: RemoteSyscalls) throws -> (UInt64, AltStack) in
-                    let r = try s.batch([(.prctl, [40 /* PR_GET_TID_ADDRESS */, out]), (.sigaltstack, [0, out + 64])],
+                let capture = { (s: RemoteSyscalls) throws -> (UInt64, AltStack, Int64) in
+                    let r = try s.batch([(.prctl, [40 /* PR_GET_TID_ADDRESS */, out]), (.sigaltstack, [0, out + 64]),
+                                         (.prctl, [27 /* PR_GET_SECUREBITS */])],
                                         code: scratch, table: table)
                     if let bad = r.firstIndex(where: { $0 < 0 }) {
-                        throw WBError.system(call: bad == 0 ? "remote prctl(PR_GET_TID_ADDRESS)" : "remote sigaltstack", errno: Int32(-r[bad]),
-                                             what: "reading the state of thread \(tid)")
+                        let call = ["remote prctl(PR_GET_TID_ADDRESS)", "remote sigaltstack", "remote prctl(PR_GET_SECUREBITS)"][bad]
+                        throw WBError.system(call: call, errno: Int32(-r[bad]), what: "reading the state of thread \(tid)")
                     }
                     let v = try tracee.read(out, count: 88).words
-                    return (v[0], AltStack(base: v[8], size: v[10], flags: Int32(truncatingIfNeeded: v[9])))
+                    return (v[0], AltStack(base: v[8], size: v[10], flags: Int32(truncatingIfNeeded: v[9])), r[2])
                 }
-                let (clearChildTid, altStack) = tid == pid ? try capture(leader) : try tracee.withSyscalls(in: tid, capture)
+                let (clearChildTid, altStack, securebits) = tid == pid ? try capture(leader) : try tracee.withSyscalls(in: tid, capture)
                 p.threads[i].clearChildTid = clearChildTid
                 p.threads[i].altStack = altStack
+                p.threads[i].security?.securebits = UInt32(truncatingIfNeeded: securebits)
             }
             p.sysvSegments = try captureSegments(maps, leader: leader, code: scratch, table: table, out: out)
         }
 
         let status = try ProcFS.status(pid)
         let stat = try ProcFS.stat(pid)
+        p.loginuid = (try? Paths.readText("/proc/\(pid)/loginuid")).flatMap { UInt32($0.trimming("\n")) }
         Checkpointer.takeIdentity(&p, from: stat)
         p.umask = UInt32(status["Umask"] ?? "22", radix: 8) ?? 0o022
         func ids(_ key: String) -> [UInt32] { (status[key] ?? "").split(whereSeparator: { $0 == "\t" || $0 == " " }).compactMap { UInt32($0) } }
@@ -169,6 +173,22 @@ extension [UInt8] {
         stride(from: 0, to: count - 7, by: 8).map { i in
             (0..<8).reduce(UInt64(0)) { $0 | UInt64(self[i + $1]) << (8 * UInt64($1)) }
         }
+    }
+}
+
+extension Checkpointer {
+    /// A thread's capability sets, no_new_privs and seccomp filters (securebits are read
+    /// inside the process, with the other per-thread calls).
+    func security(of tid: Int32, _ tracee: Tracee) throws -> ThreadSecurity {
+        let status = try ProcFS.status(pid, thread: tid)
+        func caps(_ key: String) -> UInt64 { UInt64(status[key] ?? "0", radix: 16) ?? 0 }
+        let sets = CapabilitySets(inheritable: caps("CapInh"), permitted: caps("CapPrm"), effective: caps("CapEff"),
+                                  bounding: caps("CapBnd"), ambient: caps("CapAmb"))
+        let mode = Int32(status["Seccomp"] ?? "0") ?? 0
+        let count = Int(status["Seccomp_filters"] ?? "0") ?? 0
+        let filters = mode == 2 ? try tracee.seccompFilters(tid, count: count) : []
+        return ThreadSecurity(capabilities: sets, securebits: 0, noNewPrivs: status["NoNewPrivs"] == "1",
+                              seccompMode: mode, seccompFilters: filters)
     }
 }
 

@@ -38,6 +38,9 @@ public struct ProcessState: Codable, Sendable, Equatable {
     public var zombieStatus: Int32?
     /// The System V shared memory segments the process has attached (each once).
     public var sysvSegments: [SysVSegment]?
+    /// The audit login uid (/proc/PID/loginuid; 4294967295 when unset). Absent in images of
+    /// older wb.
+    public var loginuid: UInt32?
 
     public init(pid: Int32) {
         self.pid = pid

@@ -14,6 +14,9 @@ public struct ThreadState: Codable, Sendable, Equatable {
     public var rseq: RseqRegistration?
     public var altStack: AltStack
     public var pending: [PendingSignal]
+    /// Capabilities, securebits, no_new_privs and seccomp filters (absent in images of
+    /// older wb, which did not record them).
+    public var security: ThreadSecurity?
 
     public init(tid: Int32, comm: String, registers: Registers, xstate: Data, sigmask: UInt64) {
         self.tid = tid; self.comm = comm; self.registers = registers; self.xstate = xstate; self.sigmask = sigmask
@@ -23,6 +26,36 @@ public struct ThreadState: Codable, Sendable, Equatable {
 
     /// The syscall this thread was stopped in, if any, and how it will resume.
     public var interruptedSyscall: InterruptedSyscall? { InterruptedSyscall(registers) }
+}
+
+/// What a thread may do: its capability sets, securebits, no_new_privs and seccomp state, as
+/// /proc/PID/task/TID/status, prctl(PR_GET_SECUREBITS) and PTRACE_SECCOMP_GET_FILTER report them.
+public struct ThreadSecurity: Codable, Sendable, Equatable {
+    public var capabilities: CapabilitySets
+    public var securebits: UInt32
+    public var noNewPrivs: Bool
+    /// 0: none, 1: strict (never in an image: refused at checkpoint), 2: filters.
+    public var seccompMode: Int32
+    /// The classic BPF programs (struct sock_filter arrays), oldest first: the order they
+    /// were installed in, and so the order restore installs them in.
+    public var seccompFilters: [Data]
+    public init(capabilities: CapabilitySets, securebits: UInt32, noNewPrivs: Bool, seccompMode: Int32, seccompFilters: [Data]) {
+        self.capabilities = capabilities; self.securebits = securebits; self.noNewPrivs = noNewPrivs
+        self.seccompMode = seccompMode; self.seccompFilters = seccompFilters
+    }
+}
+
+/// The five capability sets, bit n for capability n.
+public struct CapabilitySets: Codable, Sendable, Equatable {
+    public var inheritable: UInt64
+    public var permitted: UInt64
+    public var effective: UInt64
+    public var bounding: UInt64
+    public var ambient: UInt64
+    public init(inheritable: UInt64, permitted: UInt64, effective: UInt64, bounding: UInt64, ambient: UInt64) {
+        self.inheritable = inheritable; self.permitted = permitted; self.effective = effective
+        self.bounding = bounding; self.ambient = ambient
+    }
 }
 
 public struct RobustList: Codable, Sendable, Equatable {

@@ -11,6 +11,8 @@ struct AddressSpace {
     var leader: RemoteSyscalls
     let files: ResolvedFiles
     var scratch: Scratch!
+    /// Opens the files the image names with the process's privilege, not wb's.
+    var access: FileAccess!
     /// fds inside the process for files being mapped, closed when memory is done.
     private var mappedFDs: [String: Int32] = [:]
     /// Shared objects (memfds, deleted files mapped shared) by `SharedObjects.fileKey`, left
@@ -40,6 +42,8 @@ struct AddressSpace {
         try tracee.write([0x0F, 0x05, 0xCC], to: base)
         tracee.syscallGadget = base
         scratch = Scratch(tracee: tracee, base: base)
+        access = try FileAccess(process: process, tracee: tracee, leader: leader, scratch: scratch,
+                                cacheDirectory: restorer.options.cacheDirectory)
         for e in stubMaps where !e.path.hasPrefix("[vdso") && !e.path.hasPrefix("[vvar") && e.path != "[vsyscall]" {
             try leader.call(.munmap, e.start, e.end - e.start, what: "clearing the stub's mapping \(e.path)")
         }
@@ -176,7 +180,9 @@ struct AddressSpace {
         scratch.reset()
         let name = try scratch.put(string: path)
         let flags = UInt64(writable ? O_RDWR : O_RDONLY) | UInt64(O_CLOEXEC)
-        let fd = Int32(try leader.call(.openat, UInt64(bitPattern: -100), name, flags, 0, what: "opening \(path) to map it"))
+        let fd = Int32(try access.asProcess(path: path) {
+            try leader.call(.openat, UInt64(bitPattern: -100), name, flags, 0, what: "opening \(path) to map it")
+        })
         mappedFDs[key] = fd
         return fd
     }

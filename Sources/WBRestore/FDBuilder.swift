@@ -17,6 +17,7 @@ struct FDBuilder {
     var sharedObjects: [String: Int32]
     let process: ProcessState
     let shared: SharedObjects
+    let access: FileAccess
 
     private var base: Int32 = 3
     private var temps: [Int32] = []
@@ -25,9 +26,9 @@ struct FDBuilder {
     private var externalSources: [UInt64: Int32] = [:]
 
     init(restorer: Restorer, process: ProcessState, tracee: Tracee, leader: RemoteSyscalls, scratch: Scratch, files: ResolvedFiles,
-         sharedObjects: [String: Int32], shared: SharedObjects) {
+         sharedObjects: [String: Int32], shared: SharedObjects, access: FileAccess) {
         self.restorer = restorer; self.process = process; self.tracee = tracee; self.leader = leader; self.scratch = scratch
-        self.files = files; self.sharedObjects = sharedObjects; self.shared = shared
+        self.files = files; self.sharedObjects = sharedObjects; self.shared = shared; self.access = access
     }
 
     mutating func build() throws {
@@ -86,9 +87,20 @@ struct FDBuilder {
     private mutating func open(_ path: String, _ flags: Int32, mode: UInt32 = 0) throws -> Int32 {
         scratch.reset()
         let name = try scratch.put(string: path)
-        let fd = try leader.call(.openat, UInt64(bitPattern: -100), name, UInt64(UInt32(bitPattern: flags | O_CLOEXEC)), UInt64(mode),
-                                 what: "opening \(path)")
+        let fd = try access.asProcess(path: path) {
+            try leader.call(.openat, UInt64(bitPattern: -100), name, UInt64(UInt32(bitPattern: flags | O_CLOEXEC)), UInt64(mode),
+                            what: "opening \(path)")
+        }
         return try high(Int32(fd))
+    }
+
+    /// `fd` (just opened for `s`) if the file it names is of the kind the image says `s` was:
+    /// an image that calls a file a device (or a FIFO) cannot make wb treat it as one.
+    private func checked(_ fd: Int32, _ s: FDState, _ kind: String, _ ok: (FileDescriptor.Status) -> Bool) throws -> Int32 {
+        guard let st = try? Paths.stat("/proc/\(tracee.pid)/fd/\(fd)"), ok(st) else {
+            throw WBError.refused("fd \(s.fd) was \(kind) at \(s.path), and what is there now is not")
+        }
+        return fd
     }
 
     /// The source for `s`, shared with the fds (of this process or another of the tree) that
@@ -108,7 +120,7 @@ struct FDBuilder {
         case .file:
             let flags = s.flags & ~(O_CREAT | O_TRUNC | O_EXCL)
             do {
-                return try open(s.path, flags)
+                return try checked(try open(s.path, flags), s, "a regular file or directory") { $0.isRegular || $0.mode & S_IFMT == S_IFDIR }
             } catch let WBError.system(_, code, _) where code == ENOENT {
                 throw WBError.failed("\(s.path) no longer exists; restore needs it (it was open on fd \(s.fd))")
             }
@@ -119,7 +131,7 @@ struct FDBuilder {
         case .fifo:
             return try fifo(s)
         case .device:
-            return try open(s.path, s.flags & ~(O_CREAT | O_TRUNC | O_EXCL))
+            return try checked(try open(s.path, s.flags & ~(O_CREAT | O_TRUNC | O_EXCL)), s, "a character device") { $0.isCharDevice }
         case .tty:
             if let fd = inherited[s.fd] { return fd }
             for k: Int32 in 0...2 where isatty(k) == 1 { if let fd = inherited[k] { return fd } }
@@ -290,7 +302,7 @@ struct FDBuilder {
         guard let id = s.pipe else { return try open(s.path, s.flags) }
         if pipeEnds[id] == nil {
             // Holding both ends first means neither open blocks and the buffer has a home.
-            let holder = try open(s.path, O_RDWR | O_NONBLOCK)
+            let holder = try checked(try open(s.path, O_RDWR | O_NONBLOCK), s, "a FIFO") { $0.isFIFO }
             if let state = process.pipes.first(where: { $0.id == id }) { try fill(pipe: holder, with: state) }
             pipeEnds[id] = (holder, holder)
         }

@@ -137,10 +137,12 @@ public final class Restorer {
             }
             if options.verify {
                 progress("verifying \(image.path)")
-                // Page data is checked as it is copied, not in a pass of its own (mapped page
-                // data is read only as the process touches it: checking it would read it all).
+                // Copied page data is checked as it is copied, not in a pass of its own. Mapped
+                // page data would be read only as the process touches it, so it is checked
+                // here, in one read of the mapping (about 0.05 s per GiB from the page cache),
+                // before any process is started: a forged page must never run.
                 try image.verifyData(only: [.files])
-                if !options.mapPages { pageVerifier = PageVerifier(image: image) }
+                if options.mapPages { try PageVerifier(image: image).finish() } else { pageVerifier = PageVerifier(image: image) }
             }
             try checkCPU()
             progress("preparing files")
@@ -161,15 +163,16 @@ public final class Restorer {
                     members = try startTree(root: members[0].1, newNamespace: newNamespace)
                 }
                 let shared = SharedObjects(image: image)
-                var built: [(ProcessState, Tracee, RemoteSyscalls, Scratch)] = []
+                var built: [(ProcessState, Tracee, RemoteSyscalls, Scratch, FileAccess)] = []
                 for (p, t) in members where p.zombieStatus == nil {
                     built.append(try build(p, t, files: files, shared: shared))
                 }
                 try pageVerifier?.finish()
                 progress("restoring threads")
-                for (p, t, leader, scratch) in built {
+                for (p, t, leader, scratch, access) in built {
                     try shared.closeKept(in: leader)
-                    try ThreadBuilder(restorer: self, tracee: t, leader: leader, scratch: scratch, files: files, process: p).build()
+                    try ThreadBuilder(restorer: self, tracee: t, leader: leader, scratch: scratch, files: files, process: p,
+                                      access: access).build()
                 }
             } catch {
                 for (_, t) in members.reversed() {
@@ -198,7 +201,7 @@ public final class Restorer {
 
     /// Memory and files of one process; its threads come once every process has its files.
     private func build(_ p: ProcessState, _ tracee: Tracee, files: ResolvedFiles,
-                       shared: SharedObjects) throws -> (ProcessState, Tracee, RemoteSyscalls, Scratch) {
+                       shared: SharedObjects) throws -> (ProcessState, Tracee, RemoteSyscalls, Scratch, FileAccess) {
         tracee.syscallGadget = Stub.syscallAddress
         let leader = try tracee.ownedSyscalls(in: tracee.pid)
         try tracee.setSignalMask(tracee.pid, ~UInt64(0))
@@ -207,9 +210,9 @@ public final class Restorer {
         try space.build()
         progress("reopening files" + (p.pid == process.pid ? "" : " of pid \(p.pid)"))
         var fds = FDBuilder(restorer: self, process: p, tracee: tracee, leader: space.leader, scratch: space.scratch, files: files,
-                            sharedObjects: space.sharedObjects, shared: shared)
+                            sharedObjects: space.sharedObjects, shared: shared, access: space.access)
         try fds.build()
-        return (p, tracee, space.leader, space.scratch)
+        return (p, tracee, space.leader, space.scratch, space.access)
     }
 
     /// Gives the restored processes an IPC namespace of their own (before any is forked), in

@@ -8,7 +8,8 @@ final class Scratch {
     let size: UInt64
     private var cursor: UInt64
 
-    static let bytes: UInt64 = 16 * 4096
+    /// Room for the largest argument an image can ask for (65,536 supplementary groups).
+    static let bytes: UInt64 = 80 * 4096
 
     init(tracee: Tracee, base: UInt64) {
         self.tracee = tracee
@@ -23,7 +24,9 @@ final class Scratch {
     /// Copies bytes into the area (16-byte aligned) and returns their address.
     func put(_ bytes: [UInt8]) throws -> UInt64 {
         let at = (cursor + 15) & ~15
-        precondition(at + UInt64(bytes.count) <= base + size, "scratch area exhausted")
+        guard at + UInt64(bytes.count) <= base + size else {
+            throw WBError.failed("an argument of \(bytes.count) bytes does not fit in the restore's work area of \(size) bytes")
+        }
         try tracee.write(bytes, to: at)
         cursor = at + UInt64(max(bytes.count, 1))
         return at

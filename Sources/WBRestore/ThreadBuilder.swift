@@ -12,6 +12,7 @@ struct ThreadBuilder {
     let scratch: Scratch
     let files: ResolvedFiles
     let process: ProcessState
+    let access: FileAccess
 
     func build() throws {
         try processState()
@@ -27,10 +28,18 @@ struct ThreadBuilder {
         try queueSharedSignals()
         try timers()
         try posixTimers()
-        try credentials()
+        // Identity and confinement last: they may take away what the steps above need.
+        let security = SecurityBuilder(restorer: restorer, tracee: tracee, scratch: scratch, process: process)
+        var threads: [(ThreadState, RemoteSyscalls)] = []
+        for (t, tid) in placed { threads.append((t, try tracee.ownedSyscalls(in: tid))) }
+        try security.build(threads + [(leaderImage, leader)])
+        try security.audit(placed + [(leaderImage, tracee.pid)])
         for (t, tid) in placed { try finalRegisters(t, tid) }
         // The work area goes; the leader's registers are set after it.
-        _ = try leader.raw(.munmap, scratch.base, scratch.size)
+        let unmapped = try leader.raw(.munmap, scratch.base, scratch.size)
+        if unmapped != 0 {
+            restorer.note("the process's seccomp filters refuse munmap: wb's work area at \(hex(scratch.base)) stays mapped", about: process)
+        }
         try finalRegisters(leaderImage, tracee.pid)
     }
 
@@ -38,11 +47,15 @@ struct ThreadBuilder {
         let p = process
         scratch.reset()
         let cwd = try scratch.put(string: p.cwd)
-        if try leader.raw(.chdir, cwd) != 0 {
+        let changed = try access.asProcess(path: p.cwd) { try leader.raw(.chdir, cwd) }
+        if changed == -Int64(EACCES) || changed == -Int64(EPERM) {
+            throw WBError.refused("\(p.cwd): the restored process may not enter its working directory here (\(WBError.errnoText(Int32(-changed))))")
+        }
+        if changed != 0 {
             restorer.note("the working directory \(p.cwd) does not exist here; it is / instead", about: process)
             _ = try leader.raw(.chdir, try scratch.put(string: "/"))
         }
-        if p.root != "/" { restorer.note("the process had root directory \(p.root); it is / here", about: process) }
+        try loginuid()
         try leader.call(.umask, UInt64(p.umask), what: "setting the umask")
         if p.personality != 0 { _ = try leader.raw(.personality, UInt64(p.personality)) }
         for l in p.rlimits {
@@ -65,6 +78,41 @@ struct ThreadBuilder {
             try leader.call(.archPrctl, 0x1023 /* ARCH_REQ_XCOMP_PERM */, 18, what: "requesting AMX state permission")
         }
         try memoryLayout()
+        try changeRoot()
+    }
+
+    /// The root directory (chroot), after everything that opens files by this host's paths.
+    private func changeRoot() throws {
+        let p = process
+        guard p.root != "/" else { return }
+        guard geteuid() == 0 else {
+            restorer.note("the process had root directory \(p.root); it is / here (chroot needs root)", about: process)
+            return
+        }
+        scratch.reset()
+        let dir = try scratch.put(string: p.root)
+        let r = try access.asProcess(path: p.root) { try leader.raw(.chroot, dir) }
+        if r != 0 {
+            throw WBError.system(call: "remote chroot(\(p.root))", errno: Int32(-r), what: "giving the process its root directory")
+        }
+    }
+
+    /// The audit login uid: the kernel lets only the process itself set it.
+    private func loginuid() throws {
+        guard let want = process.loginuid,
+              let here = (try? Paths.readText("/proc/\(tracee.pid)/loginuid")).flatMap({ UInt32($0.trimming("\n")) }), here != want else { return }
+        scratch.reset()
+        let path = try scratch.put(string: "/proc/self/loginuid")
+        let text = try scratch.put(Array("\(want)".utf8))
+        let fd = try leader.raw(.openat, UInt64(bitPattern: -100), path, UInt64(O_WRONLY | O_CLOEXEC), 0)
+        var r = fd
+        if fd >= 0 {
+            r = try leader.raw(.write, UInt64(fd), text, UInt64("\(want)".utf8.count))
+            _ = try leader.raw(.close, UInt64(fd))
+        }
+        if r < 0 {
+            restorer.note("the process's login uid was \(want == UInt32.max ? "unset" : "\(want)"); this host kept it at \(here == UInt32.max ? "unset" : "\(here)") (\(WBError.errnoText(Int32(-r))))", about: process)
+        }
     }
 
     /// prctl(PR_SET_MM, PR_SET_MM_MAP): code/data/brk/stack/arg/env ranges, auxv and the
@@ -76,7 +124,7 @@ struct ThreadBuilder {
         var exeFD: Int32 = -1
         if let exe = files.exes[process.pid] ?? (process.pid == restorer.image.process.pid ? files.exe : nil) {
             let name = try scratch.put(string: exe)
-            let r = try leader.raw(.openat, UInt64(bitPattern: -100), name, UInt64(O_RDONLY | O_CLOEXEC), 0)
+            let r = try access.asProcess(path: exe) { try leader.raw(.openat, UInt64(bitPattern: -100), name, UInt64(O_RDONLY | O_CLOEXEC), 0) }
             if r >= 0 { exeFD = Int32(r) }
         }
         var words = [mm.startCode, mm.endCode, mm.startData, mm.endData, mm.startBrk, mm.brk, mm.startStack,
@@ -193,23 +241,6 @@ struct ThreadBuilder {
         }
         for f in fillers { _ = try leader.raw(.timerDelete, f) }
         if exact { _ = try leader.raw(.prctl, 77, 0) }
-    }
-
-    /// The original user and groups, when wb may set them (running as root).
-    private func credentials() throws {
-        let c = process.credentials
-        guard c.uid.count >= 3, c.gid.count >= 3 else { return }
-        let same = c.uid.allSatisfy { $0 == getuid() } && c.gid.allSatisfy { $0 == getgid() }
-        if same { return }
-        guard geteuid() == 0 else {
-            restorer.note("the process ran as uid \(c.uid[1]); it runs as uid \(geteuid()) here (restore as root to keep it)", about: process)
-            return
-        }
-        scratch.reset()
-        let groups = try scratch.put(c.groups.flatMap { g in withUnsafeBytes(of: g.littleEndian) { Array($0) } })
-        try leader.call(.setgroups, UInt64(c.groups.count), groups, what: "setting supplementary groups")
-        try leader.call(.setresgid, UInt64(c.gid[0]), UInt64(c.gid[1]), UInt64(c.gid[2]), what: "setting the group ids")
-        try leader.call(.setresuid, UInt64(c.uid[0]), UInt64(c.uid[1]), UInt64(c.uid[2]), what: "setting the user ids")
     }
 
     private func finalRegisters(_ t: ThreadState, _ tid: Int32) throws {

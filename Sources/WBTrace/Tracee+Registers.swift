@@ -87,3 +87,31 @@ extension Tracee {
         return RobustList(head: head, length: len)
     }
 }
+
+extension Tracee {
+    /// The seccomp filters of a stopped thread, oldest first, each as its struct sock_filter
+    /// array (PTRACE_SECCOMP_GET_FILTER: index 0 is the first installed; the kernel needs
+    /// CAP_SYS_ADMIN for it). `count` is Seccomp_filters from the thread's /proc status.
+    public func seccompFilters(_ tid: Int32, count: Int) throws -> [Data] {
+        var out: [Data] = []
+        for index in 0..<count {
+            var instructions = 0
+            var e = wb_ptrace(0x420C /* PTRACE_SECCOMP_GET_FILTER */, tid, UInt64(index), 0, &instructions)
+            if e == ENOENT { break }
+            if e == EACCES || e == EPERM {
+                throw WBError.refused("thread \(tid) has seccomp filters, and wb may not read them (PTRACE_SECCOMP_GET_FILTER needs CAP_SYS_ADMIN): run wb checkpoint as root")
+            }
+            try check(e, "ptrace(PTRACE_SECCOMP_GET_FILTER)", "reading seccomp filter \(index) of thread \(tid)", pid: tid)
+            guard instructions > 0, instructions <= 4096 else {
+                throw WBError.failed("seccomp filter \(index) of thread \(tid) has \(instructions) instructions")
+            }
+            var program = [UInt8](repeating: 0, count: instructions * 8)
+            e = program.withUnsafeMutableBytes { buf in
+                wb_ptrace(0x420C, tid, UInt64(index), UInt64(UInt(bitPattern: buf.baseAddress!)), &instructions)
+            }
+            try check(e, "ptrace(PTRACE_SECCOMP_GET_FILTER)", "reading seccomp filter \(index) of thread \(tid)", pid: tid)
+            out.append(Data(program))
+        }
+        return out
+    }
+}
