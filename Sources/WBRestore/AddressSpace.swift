@@ -433,9 +433,17 @@ struct AddressSpace {
         if !(m.kind == .file && m.shared) && m.protection != 3 {
             try leader.call(.mprotect, m.start, m.size, UInt64(m.protection), what: "protecting \(what)")
         }
-        let advice: [(String, UInt64)] = [("dc", 10), ("wf", 18), ("hg", 14), ("nh", 15), ("dd", 16)]
+        // MADV_DONTFORK, WIPEONFORK, HUGEPAGE, NOHUGEPAGE, DONTDUMP, SEQUENTIAL, RANDOM.
+        let advice: [(String, UInt64)] = [("dc", 10), ("wf", 18), ("hg", 14), ("nh", 15), ("dd", 16), ("sr", 2), ("rr", 1)]
         for (flag, adv) in advice where m.vmFlags.contains(flag) {
             _ = try leader.raw(.madvise, m.start, m.size, adv)
+        }
+        if m.vmFlags.contains("lo") {
+            // mlock2(MLOCK_ONFAULT) keeps "lf" (locked as pages are touched); plain mlock faults all in.
+            let r = try leader.raw(.mlock2, m.start, m.size, m.vmFlags.contains("lf") ? 1 : 0)
+            if r < 0 {
+                restorer.note("memory at \(what) was locked (mlock); locking it here failed (\(WBError.errnoText(Int32(-r))))", about: process)
+            }
         }
         if let name = m.anonName {
             scratch.reset()

@@ -174,6 +174,8 @@ public final class Restorer {
                     try ThreadBuilder(restorer: self, tracee: t, leader: leader, scratch: scratch, files: files, process: p,
                                       access: access).build()
                 }
+                progress("checking what was restored")
+                for (p, t, _, _, _) in built { try audit(p, t.pid) }
             } catch {
                 for (_, t) in members.reversed() {
                     let tids = t.tids
@@ -213,6 +215,19 @@ public final class Restorer {
                             sharedObjects: space.sharedObjects, shared: shared, access: space.access)
         try fds.build()
         return (p, tracee, space.leader, space.scratch, space.access)
+    }
+
+    /// Compares what was built with the image (RestoreAudit): a difference no note told of
+    /// ends the restore, or, with `force`, becomes a note.
+    private func audit(_ p: ProcessState, _ pid: Int32) throws {
+        let found = try RestoreAudit(process: p, pid: pid, noted: notes).differences()
+        guard !found.isEmpty else { return }
+        let text = "pid \(p.pid) came back different from the image: \(found.joined(separator: "; "))"
+        if options.force {
+            note(text + " (restored anyway: --force)", about: p)
+        } else {
+            throw WBError.failed(text + ". Nothing was left running; --force restores it anyway, with this as a note")
+        }
     }
 
     /// Gives the restored processes an IPC namespace of their own (before any is forked), in

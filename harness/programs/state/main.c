@@ -103,7 +103,10 @@ static void sleep_ms(int ms) {
 // Mappings given advice, the flag smaps shows for each, and the byte filling each.
 static const struct { int advice; const char *flag; } advice[] = {
     { MADV_DONTFORK, "dc" }, { MADV_WIPEONFORK, "wf" }, { MADV_DONTDUMP, "dd" }, { MADV_HUGEPAGE, "hg" },
+    { MADV_RANDOM, "rr" }, { MADV_SEQUENTIAL, "sr" },
 };
+// A mapping locked in memory with mlock (VmFlags "lo").
+static char *locked;
 #define ADVISED (sizeof advice / sizeof advice[0])
 #define ADVISED_BYTES (4 * 4096)
 static char *advised[ADVISED];
@@ -132,6 +135,7 @@ static int has_vmflag(void *at, const char *flag) {
 static void verify(int round) {
     failures[0] = 0;
     char buf[256];
+    if (!has_vmflag(locked, "lo")) failed("locked mapping is no longer locked (mlock)");
     for (size_t i = 0; i < ADVISED; i++) {
         if (!has_vmflag(advised[i], advice[i].flag)) { snprintf(buf, sizeof buf, "mapping lost its advice (%s)", advice[i].flag); failed(buf); }
         for (size_t k = 0; k < ADVISED_BYTES; k++)
@@ -281,6 +285,9 @@ int main(int argc, char **argv) {
         memset(advised[i], 'a' + (int)i, ADVISED_BYTES);
         harness_require(madvise(advised[i], ADVISED_BYTES, advice[i].advice) == 0, "madvise");
     }
+
+    locked = mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    harness_require(locked != MAP_FAILED && mlock(locked, 4096) == 0, "mlock");
 
     struct itimerval it = { { 0, 20000 }, { 0, 20000 } };
     setitimer(ITIMER_REAL, &it, NULL);

@@ -1,0 +1,149 @@
+import Foundation
+import Glibc
+import WBTrace
+
+/// Reads back what a restore built, before the process runs, and compares it with the image:
+/// the memory map with each mapping's protections and kernel flags, every fd's kind, target,
+/// flags, offset and close-on-exec, the threads, signal dispositions, masks and pending
+/// signals, umask and working directory. Every difference is named (process, field, what the
+/// image has and what came back): the restore ends with it, or runs with it as a note when the
+/// user forces it. So a restored process is the one the image holds, or the user is told how it
+/// is not. (Credentials and the rest of the security state are audited by SecurityBuilder.)
+struct RestoreAudit {
+    let process: ProcessState
+    /// The restored process as wb sees it.
+    let pid: Int32
+    /// Differences already told to the user as notes (so not differences any more).
+    let noted: [String]
+
+    /// VmFlags whose loss or gain changes what the process can do: access (rd wr ex sh),
+    /// what mprotect may later allow (mr mw me ms), growth (gd), locking (lo), madvise
+    /// advice (dc don't-fork, dd don't-dump, wf wipe-on-fork, hg/nh huge pages, sr/rr
+    /// access patterns).
+    static let auditedFlags: Set<String> = ["rd", "wr", "ex", "sh", "mr", "mw", "me", "ms", "gd", "lo", "lf", "dc", "dd", "wf", "hg", "nh", "sr", "rr"]
+
+    /// Everything found different, each named.
+    func differences() throws -> [String] {
+        var out: [String] = []
+        try memory(&out)
+        try files(&out)
+        try signals(&out)
+        let status = try ProcFS.status(pid)
+        if let umask = status["Umask"].flatMap({ UInt32($0, radix: 8) }), umask != process.umask {
+            out.append("umask \(String(umask, radix: 8)) (the image has \(String(process.umask, radix: 8)))")
+        }
+        if let n = status["Threads"].flatMap({ Int($0) }), n != process.threads.count {
+            out.append("\(n) threads (the image has \(process.threads.count))")
+        }
+        if let cwd = try? Paths.readLink("/proc/\(pid)/cwd"), cwd != process.cwd, !noted.contains(where: { $0.contains(process.cwd) }),
+           process.root == "/" {
+            out.append("working directory \(cwd) (the image has \(process.cwd))")
+        }
+        return out
+    }
+
+    private func memory(_ out: inout [String]) throws {
+        let here = try ProcFS.maps(pid, withFlags: true)
+        let skipped: Set<Mapping.Kind> = [.vdso, .vvar, .vvarVclock, .vsyscall]
+        for m in process.mappings where !skipped.contains(m.kind) {
+            let name = "mapping \(hex(m.start))-\(hex(m.end)) (\(m.path ?? m.kind.rawValue))"
+            let parts = here.filter { $0.end > m.start && $0.start < m.end }
+            var covered = m.start
+            for e in parts.sorted(by: { $0.start < $1.start }) {
+                guard e.start <= covered else { break }
+                covered = max(covered, e.end)
+            }
+            guard covered >= m.end else {
+                out.append("\(name) is not mapped whole")
+                continue
+            }
+            for e in parts {
+                if e.perms != m.permissions {
+                    out.append("\(name) is \(e.perms) at \(hex(max(e.start, m.start))) (the image has \(m.permissions))")
+                    break
+                }
+                let want = Set(m.vmFlags).intersection(Self.auditedFlags), got = Set(e.vmFlags).intersection(Self.auditedFlags)
+                if !m.vmFlags.isEmpty && want != got {
+                    let lost = want.subtracting(got).sorted(), gained = got.subtracting(want).sorted()
+                    out.append("\(name) has kernel flags " + [lost.isEmpty ? nil : "without \(lost.joined(separator: " "))",
+                                                            gained.isEmpty ? nil : "with \(gained.joined(separator: " "))"]
+                        .compactMap { $0 }.joined(separator: " and ") + " that the image's had not")
+                    break
+                }
+            }
+        }
+        for e in here {
+            let known = process.mappings.contains { $0.end > e.start && $0.start < e.end }
+            if !known && !e.path.hasPrefix("[vdso") && !e.path.hasPrefix("[vvar") && e.path != "[vsyscall]" {
+                out.append("an extra mapping \(hex(e.start))-\(hex(e.end)) \(e.perms) \(e.path) that the image does not have")
+            }
+        }
+    }
+
+    private func files(_ out: inout [String]) throws {
+        let here = Set(try ProcFS.fds(pid))
+        let wanted = Set(process.fds.map(\.fd))
+        for fd in here.subtracting(wanted).sorted() {
+            let link = (try? Paths.readLink("/proc/\(pid)/fd/\(fd)")) ?? "?"
+            out.append("an extra fd \(fd) (\(link)) that the image does not have")
+        }
+        // Status flags the kernel keeps per open file description; O_LARGEFILE is added by
+        // the kernel on 64-bit and says nothing.
+        let statusFlags = O_ACCMODE | O_APPEND | O_NONBLOCK | 0o40000 /* O_DIRECT */ | 0o1000000 /* O_NOATIME */ | O_SYNC | O_DSYNC | O_ASYNC | 0o10000000 /* O_PATH */
+        for s in process.fds {
+            let name = "fd \(s.fd) (\(s.path))"
+            guard here.contains(s.fd) else {
+                out.append("\(name) is missing")
+                continue
+            }
+            guard let text = try? Paths.readText("/proc/\(pid)/fdinfo/\(s.fd)") else { continue }
+            let info = ProcFS.parseFDInfo(text)
+            if (info.flags & O_CLOEXEC != 0) != s.closeOnExec {
+                out.append("\(name) is \(s.closeOnExec ? "not " : "")close-on-exec (the image's was\(s.closeOnExec ? "" : " not"))")
+            }
+            // Terminals, placeholders and pipes to something outside the process on 0-2 are
+            // attached to what this host has (wb's own stdin, stdout, stderr): their flags
+            // are those of the fd wb gives them.
+            let external = s.kind == .pipe && process.pipes.first { $0.id == s.pipe }?.external == true
+            if s.kind == .tty || s.kind == .placeholder || (s.fd <= 2 && external) { continue }
+            if info.flags & statusFlags != s.flags & statusFlags {
+                out.append("\(name) has open flags 0\(String(info.flags & statusFlags, radix: 8)) (the image has 0\(String(s.flags & statusFlags, radix: 8)))")
+            }
+            if (s.kind == .file || s.kind == .deletedFile), info.position != s.offset {
+                out.append("\(name) is at offset \(info.position) (the image has \(s.offset))")
+            }
+            if s.kind == .file || s.kind == .fifo || s.kind == .device, let link = try? Paths.readLink("/proc/\(pid)/fd/\(s.fd)"),
+               link != s.path {
+                out.append("\(name) names \(link)")
+            }
+        }
+    }
+
+    private func signals(_ out: inout [String]) throws {
+        let status = try ProcFS.status(pid)
+        var ignored: UInt64 = 0, caught: UInt64 = 0
+        for a in process.sigactions where a.signal != SIGKILL && a.signal != SIGSTOP {
+            let bit = UInt64(1) << UInt64(a.signal - 1)
+            if a.handler == 1 { ignored |= bit } else if a.handler > 1 { caught |= bit }
+        }
+        func mask(_ text: String?) -> UInt64 { UInt64(text ?? "0", radix: 16) ?? 0 }
+        if !process.sigactions.isEmpty {
+            if mask(status["SigIgn"]) != ignored { out.append("ignored signals \(hex(mask(status["SigIgn"]))) (the image has \(hex(ignored)))") }
+            if mask(status["SigCgt"]) != caught { out.append("caught signals \(hex(mask(status["SigCgt"]))) (the image has \(hex(caught)))") }
+        }
+        var shared: UInt64 = 0
+        for p in process.sharedPending { shared |= UInt64(1) << UInt64(p.signal - 1) }
+        // Armed timers go on during the restore and may add their signals.
+        var timers: UInt64 = 0
+        for t in process.itimers where t.valueMicroseconds > 0 || t.intervalMicroseconds > 0 {
+            timers |= UInt64(1) << UInt64([SIGALRM, SIGVTALRM, SIGPROF][Int(t.which)] - 1)
+        }
+        for t in process.posixTimers where t.notify != .none && t.signal > 0 && (t.valueNanoseconds > 0 || t.intervalNanoseconds > 0) {
+            timers |= UInt64(1) << UInt64(t.signal - 1)
+        }
+        let pending = mask(status["ShdPnd"])
+        if pending & shared != shared || pending & ~shared & ~timers != 0 {
+            out.append("signals pending for the process \(hex(pending)) (the image has \(hex(shared)))")
+        }
+    }
+}
