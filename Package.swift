@@ -97,6 +97,7 @@ let package = Package(
         harnessProgram("family"),
         harnessProgram("segments"),
         harnessProgram("switcher"),
+        harnessProgram("fifo"),
         // Debugged after a replay: built without optimization so every local is visible.
         harnessProgram("msgserver", optimize: false),
 

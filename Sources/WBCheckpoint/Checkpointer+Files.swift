@@ -122,6 +122,12 @@ extension Checkpointer {
                     id = UInt64(f.link.dropFirst("pipe:[".count).dropLast()) ?? 0
                 } else {
                     id = try Paths.stat(procPath).inode
+                    let (path, deleted) = f.link.deletedStripped
+                    if deleted {
+                        s.path = path
+                        s.deleted = true
+                        s.mode = try Paths.stat(procPath).mode & 0o7777
+                    }
                 }
                 s.pipe = id
                 var e = ends[id] ?? (false, false)

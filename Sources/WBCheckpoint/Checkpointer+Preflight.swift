@@ -156,7 +156,20 @@ extension Checkpointer {
             return plan
         }
         if link.hasPrefix("/memfd:") { plan.kind = .deletedFile; return plan }
-        if link.hasSuffix(" (deleted)") { plan.kind = .deletedFile; return plan }
+        if link.hasSuffix(" (deleted)") {
+            // What was deleted decides how it is read: a FIFO's buffer is peeked (reading it
+            // to its end would wait for a writer that may never come), a device or directory
+            // has no contents to store.
+            let st = try? Paths.stat("/proc/\(pid)/fd/\(fd)")
+            if st?.isFIFO == true { plan.kind = .fifo; return plan }
+            if st?.isCharDevice == true || st.map({ $0.mode & S_IFMT == S_IFBLK }) == true {
+                plan.unsupported = "a device node that was deleted (\(link))"
+                return plan
+            }
+            if st?.isDirectory == true { plan.unsupported = "a directory that was deleted (\(link))"; return plan }
+            plan.kind = .deletedFile
+            return plan
+        }
         guard link.hasPrefix("/") else { plan.unsupported = "of an unknown kind (\(link))"; return plan }
         guard let st = try? Paths.stat("/proc/\(pid)/fd/\(fd)") else { plan.kind = .file; return plan }
         if st.isFIFO { plan.kind = .fifo; return plan }

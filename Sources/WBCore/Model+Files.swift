@@ -59,6 +59,9 @@ public struct FDState: Codable, Sendable, Equatable {
     /// have the same number here: restore gives them one description again.
     public var description: Int?
     public var socket: SocketState?
+    /// A FIFO whose name was unlinked while it was open: restore makes one, opens it and
+    /// unlinks it again. (Absent: not deleted.)
+    public var deleted: Bool?
 
     public init(fd: Int32, kind: Kind, flags: Int32, closeOnExec: Bool, path: String, offset: UInt64) {
         self.fd = fd; self.kind = kind; self.flags = flags; self.closeOnExec = closeOnExec

@@ -300,6 +300,7 @@ struct FDBuilder {
 
     private mutating func fifo(_ s: FDState) throws -> Int32 {
         guard let id = s.pipe else { return try open(s.path, s.flags) }
+        if s.deleted == true { return try deletedFIFO(s, id) }
         if pipeEnds[id] == nil {
             // Holding both ends first means neither open blocks and the buffer has a home.
             let holder = try checked(try open(s.path, O_RDWR | O_NONBLOCK), s, "a FIFO") { $0.isFIFO }
@@ -307,5 +308,49 @@ struct FDBuilder {
             pipeEnds[id] = (holder, holder)
         }
         return try open(s.path, (s.flags & ~(O_CREAT | O_TRUNC | O_EXCL)) | O_NONBLOCK)
+    }
+
+    /// A FIFO whose name was gone: made again at its name (or, where that is taken or its
+    /// directory is gone, under /tmp, with a note), opened by every fd that had it, and
+    /// unlinked once they all have it.
+    private mutating func deletedFIFO(_ s: FDState, _ id: UInt64) throws -> Int32 {
+        let key = "deleted-fifo:\(id)"
+        if let fd = try shared.fetch(key, into: leader, above: base) {
+            // Another fd or process already made it: reopen that FIFO through it.
+            let end = try high(fd)
+            return try reopen(end, s)
+        }
+        if pipeEnds[id] == nil {
+            var path = s.path
+            scratch.reset()
+            let mode = UInt64(S_IFIFO) | UInt64(s.mode & 0o777 == 0 ? 0o600 : s.mode & 0o777)
+            var made = try access.asProcess(path: path) {
+                try leader.raw(.mknodat, UInt64(bitPattern: -100), try scratch.put(string: path), mode, 0)
+            }
+            if made < 0 {
+                path = "/tmp/.wb-fifo-\(tracee.pid)-\(s.fd)"
+                scratch.reset()
+                made = try leader.raw(.mknodat, UInt64(bitPattern: -100), try scratch.put(string: path), mode, 0)
+                restorer.note("fd \(s.fd) was the deleted FIFO \(s.path); that name is taken here, so it is a FIFO made (and deleted) at \(path)", about: process)
+            }
+            if made < 0 { throw WBError.system(call: "remote mknodat(\(path))", errno: Int32(-made), what: "making the deleted FIFO of fd \(s.fd) again") }
+            let holder = try open(path, O_RDWR | O_NONBLOCK)
+            scratch.reset()
+            _ = try leader.raw(.unlinkat, UInt64(bitPattern: -100), try scratch.put(string: path), 0)
+            if let state = process.pipes.first(where: { $0.id == id }) { try fill(pipe: holder, with: state) }
+            try shared.keep(key, fd: holder, leader: leader, pid: process.pid, above: base)
+            pipeEnds[id] = (holder, holder)
+        }
+        return try reopen(pipeEnds[id]!.read, s)
+    }
+
+    /// A new open file description of the FIFO `fd` holds, with `s`'s access and flags
+    /// (through /proc/self/fd, as the FIFO has no name).
+    private mutating func reopen(_ fd: Int32, _ s: FDState) throws -> Int32 {
+        scratch.reset()
+        let name = try scratch.put(string: "/proc/self/fd/\(fd)")
+        let flags = UInt64(UInt32(bitPattern: (s.flags & ~(O_CREAT | O_TRUNC | O_EXCL)) | O_NONBLOCK | O_CLOEXEC))
+        let r = try leader.call(.openat, UInt64(bitPattern: -100), name, flags, 0, what: "reopening the deleted FIFO of fd \(s.fd)")
+        return try high(Int32(r))
     }
 }

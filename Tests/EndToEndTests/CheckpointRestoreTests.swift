@@ -123,6 +123,30 @@ import WBTrace
         }
     }
 
+    /// A FIFO whose name was unlinked: its buffer is peeked, never read to an end that does
+    /// not come (the checkpoint used to hang here), and it comes back as one FIFO with its
+    /// bytes, shown as deleted, both fds with their flags.
+    @Test func aDeletedFIFOIsCheckpointedAtOnceAndComesBackWithItsBytes() throws {
+        let dir = scratchDirectory()
+        let program = try Child(Products.harness("fifo"), [dir])
+        _ = try #require(program.line(startingWith: "READY"))
+        let image = "\(dir)/fifo.wbimg"
+        let started = Date()
+        let run = try wb(["checkpoint", "\(program.pid)", "-o", image, "--kill"], timeout: 20)
+        try #require(run.code == 0, "\(run.stderr)")
+        #expect(Date().timeIntervalSince(started) < 10)
+        program.wait()
+        let restored = try Restored.detach(image)
+        defer { restored.kill() }
+        #expect(try Paths.readLink("/proc/\(restored.pid)/fd/3") == "\(dir)/fifo (deleted)")
+        #expect(!Paths.exists("\(dir)/fifo"))
+        for _ in 0..<2 {
+            kill(restored.pid, SIGUSR1)
+            let verify = restored.line(startingWith: "VERIFY")
+            #expect(verify == "VERIFY OK", "\(verify ?? "no answer")")
+        }
+    }
+
     @Test func aVdsoThatMovedIsReachedThroughTheOldEntryPoints() throws {
         let dir = scratchDirectory()
         let program = try Child(Products.harness("events"), [])
