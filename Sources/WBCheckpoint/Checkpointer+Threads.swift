@@ -24,6 +24,10 @@ extension Checkpointer {
             t.robustList = try tracee.robustList(tid)
             t.pending = try tracee.pendingSignals(tid, shared: false)
             t.security = try security(of: tid, tracee)
+            if let stat = try? Paths.readText("/proc/\(pid)/task/\(tid)/stat") {
+                let f = ProcFS.parseStat(stat)
+                t.scheduling = Scheduling(policy: Int32(f[41] ?? "0") ?? 0, priority: Int32(f[40] ?? "0") ?? 0, nice: Int32(f[19] ?? "0") ?? 0)
+            }
             process.threads.append(t)
         }
         process.sharedPending = try tracee.pendingSignals(pid, shared: true)
@@ -51,8 +55,13 @@ extension Checkpointer {
             calls.append((.brk, [0]))
             calls.append((.archPrctl, [0x1022 /* ARCH_GET_XCOMP_PERM */, out + 2200]))
             calls += p.posixTimers.enumerated().map { (.timerGettime, [UInt64($0.element.id), out + 2304 + UInt64($0.offset) * 32]) }
+            // Process settings: parent-death signal and subreaper (ints written to memory),
+            // THP disabled, timer slack and dumpable (returned).
+            let knobsAt = out + 2304 + UInt64(p.posixTimers.count) * 32, first = calls.count
+            calls += [(.prctl, [2 /* PR_GET_PDEATHSIG */, knobsAt]), (.prctl, [37 /* PR_GET_CHILD_SUBREAPER */, knobsAt + 8]),
+                      (.prctl, [42 /* PR_GET_THP_DISABLE */]), (.prctl, [30 /* PR_GET_TIMERSLACK */]), (.prctl, [3 /* PR_GET_DUMPABLE */])]
             let results = try leader.batch(calls, code: scratch, table: table)
-            for (i, r) in results.enumerated() where r < 0 && calls[i].0 != .archPrctl {
+            for (i, r) in results.enumerated() where r < 0 && calls[i].0 != .archPrctl && i < first {
                 throw WBError.system(call: "remote \(calls[i].0)", errno: Int32(-r), what: "reading process state of pid \(pid)")
             }
             let w = try tracee.read(out, count: 2304 + p.posixTimers.count * 32).words
@@ -67,6 +76,12 @@ extension Checkpointer {
                     p.itimers.append(IntervalTimer(which: Int32(which), intervalMicroseconds: interval, valueMicroseconds: value))
                 }
             }
+            let knobWords = try tracee.read(knobsAt, count: 16).words
+            p.knobs = ProcessKnobs(
+                oomScoreAdj: Int32(((try? Paths.readText("/proc/\(pid)/oom_score_adj")) ?? "0").trimming("\n")) ?? 0,
+                parentDeathSignal: Int32(truncatingIfNeeded: knobWords[0]), childSubreaper: knobWords[1] & 0xffff_ffff != 0,
+                thpDisabled: results[first + 2] > 0, timerSlackNanoseconds: UInt64(max(results[first + 3], 0)),
+                dumpable: Int32(truncatingIfNeeded: max(results[first + 4], 0)))
             p.mm.brk = UInt64(bitPattern: results[67])
             if results[68] == 0 { p.xcompPermissions = w[275] }
             for i in p.posixTimers.indices {

@@ -113,6 +113,14 @@ struct MetadataValidator {
             guard t.xstate.count <= Self.maxXstate else { throw bad("thread \(t.tid) has an XSAVE area of \(t.xstate.count) bytes") }
             try pending(t.pending, "\(at) thread \(t.tid).pending")
         }
+        for t in p.threads {
+            if let sch = t.scheduling, !(0...6).contains(sch.policy) || !(0...99).contains(sch.priority) || !(-20...19).contains(sch.nice) {
+                throw bad("\(at) thread \(t.tid): scheduling policy \(sch.policy), priority \(sch.priority), nice \(sch.nice) is out of range")
+            }
+        }
+        if let k = p.knobs, !(-1000...1000).contains(k.oomScoreAdj) || !(0...Self.maxSignal).contains(k.parentDeathSignal) || !(0...2).contains(k.dumpable) {
+            throw bad("\(at): oom_score_adj \(k.oomScoreAdj), parent-death signal \(k.parentDeathSignal) or dumpable \(k.dumpable) is out of range")
+        }
         try mappings(p, at: at)
         try fds(p, at: at)
         for s in p.sysvSegments ?? [] where s.id < 0 || s.mode > 0o777 || s.size == 0 || s.size > Self.userSpaceEnd {

@@ -41,6 +41,8 @@ public struct ProcessState: Codable, Sendable, Equatable {
     /// The audit login uid (/proc/PID/loginuid; 4294967295 when unset). Absent in images of
     /// older wb.
     public var loginuid: UInt32?
+    /// Process settings of prctl(2) and /proc (absent in older images).
+    public var knobs: ProcessKnobs?
 
     public init(pid: Int32) {
         self.pid = pid
@@ -49,6 +51,24 @@ public struct ProcessState: Codable, Sendable, Equatable {
         credentials = Credentials(uid: [0, 0, 0, 0], gid: [0, 0, 0, 0], groups: [])
         rlimits = []; mm = MMState(); itimers = []; posixTimers = []; sigactions = []; sharedPending = []
         threads = []; mappings = []; fds = []; pipes = []; xcompPermissions = 0; portable = false
+    }
+}
+
+/// Settings a process makes about itself that wb restores: the OOM killer's adjustment,
+/// the signal it gets when its parent dies, whether it reaps orphans (subreaper), whether
+/// transparent huge pages are off for it, its timer slack and whether it is dumpable.
+public struct ProcessKnobs: Codable, Sendable, Equatable {
+    public var oomScoreAdj: Int32
+    public var parentDeathSignal: Int32
+    public var childSubreaper: Bool
+    public var thpDisabled: Bool
+    public var timerSlackNanoseconds: UInt64
+    /// 0, 1 or 2 (PR_GET_DUMPABLE).
+    public var dumpable: Int32
+    public init(oomScoreAdj: Int32, parentDeathSignal: Int32, childSubreaper: Bool, thpDisabled: Bool,
+                timerSlackNanoseconds: UInt64, dumpable: Int32) {
+        self.oomScoreAdj = oomScoreAdj; self.parentDeathSignal = parentDeathSignal; self.childSubreaper = childSubreaper
+        self.thpDisabled = thpDisabled; self.timerSlackNanoseconds = timerSlackNanoseconds; self.dumpable = dumpable
     }
 }
 

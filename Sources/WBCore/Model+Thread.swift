@@ -17,6 +17,8 @@ public struct ThreadState: Codable, Sendable, Equatable {
     /// Capabilities, securebits, no_new_privs and seccomp filters (absent in images of
     /// older wb, which did not record them).
     public var security: ThreadSecurity?
+    /// Scheduling policy, real-time priority and nice value (absent in older images).
+    public var scheduling: Scheduling?
 
     public init(tid: Int32, comm: String, registers: Registers, xstate: Data, sigmask: UInt64) {
         self.tid = tid; self.comm = comm; self.registers = registers; self.xstate = xstate; self.sigmask = sigmask
@@ -43,6 +45,17 @@ public struct ThreadSecurity: Codable, Sendable, Equatable {
         self.capabilities = capabilities; self.securebits = securebits; self.noNewPrivs = noNewPrivs
         self.seccompMode = seccompMode; self.seccompFilters = seccompFilters
     }
+}
+
+/// A thread's scheduling, as /proc/PID/task/TID/stat shows it.
+public struct Scheduling: Codable, Sendable, Equatable {
+    /// SCHED_OTHER (0), FIFO (1), RR (2), BATCH (3), IDLE (5), DEADLINE (6).
+    public var policy: Int32
+    /// The real-time priority (1-99 for FIFO and RR, else 0).
+    public var priority: Int32
+    /// -20 to 19.
+    public var nice: Int32
+    public init(policy: Int32, priority: Int32, nice: Int32) { self.policy = policy; self.priority = priority; self.nice = nice }
 }
 
 /// The five capability sets, bit n for capability n.

@@ -32,6 +32,10 @@ struct RestoreAudit {
         if let umask = status["Umask"].flatMap({ UInt32($0, radix: 8) }), umask != process.umask {
             out.append("umask \(String(umask, radix: 8)) (the image has \(String(process.umask, radix: 8)))")
         }
+        if let k = process.knobs, let adj = Int32(((try? Paths.readText("/proc/\(pid)/oom_score_adj")) ?? "").trimming("\n")),
+           adj != k.oomScoreAdj, !noted.contains(where: { $0.contains("oom_score_adj") }) {
+            out.append("oom_score_adj \(adj) (the image has \(k.oomScoreAdj))")
+        }
         if let n = status["Threads"].flatMap({ Int($0) }), n != process.threads.count {
             out.append("\(n) threads (the image has \(process.threads.count))")
         }

@@ -62,6 +62,20 @@ struct SecurityBuilder {
             }
             try s.call(.prctl, 28 /* PR_SET_SECUREBITS */, UInt64(sec.securebits), what: "setting the securebits of thread \(t.tid)")
         }
+        // Changing credentials cleared dumpable and the parent-death signal: set them now,
+        // in the leader. The parent-death signal only where the parent is restored too (a
+        // tree's member): the parent of a single restored process is wb.
+        if let k = process.knobs, let (_, leader) = threads.last {
+            scratch.reset()
+            if k.dumpable <= 1 { _ = try leader.raw(.prctl, 4 /* PR_SET_DUMPABLE */, UInt64(k.dumpable)) }
+            if k.parentDeathSignal != 0 {
+                if process.pid != restorer.image.process.pid {
+                    try leader.call(.prctl, 1 /* PR_SET_PDEATHSIG */, UInt64(k.parentDeathSignal), what: "setting the parent-death signal")
+                } else {
+                    restorer.note("the process asked for signal \(k.parentDeathSignal) when its parent dies (PR_SET_PDEATHSIG); its parent is not restored with it, so that is not set", about: process)
+                }
+            }
+        }
         // Phase two: no_new_privs and the final capability sets where the filters that follow
         // need no privilege; the filters every thread shares; each thread's own; the rest.
         var late: [Int32] = []

@@ -28,12 +28,14 @@ struct ThreadBuilder {
         try queueSharedSignals()
         try timers()
         try posixTimers()
+        try knobs()
         // Identity and confinement last: they may take away what the steps above need.
         let security = SecurityBuilder(restorer: restorer, tracee: tracee, scratch: scratch, process: process)
         var threads: [(ThreadState, RemoteSyscalls)] = []
         for (t, tid) in placed { threads.append((t, try tracee.ownedSyscalls(in: tid))) }
         try security.build(threads + [(leaderImage, leader)])
         try security.audit(placed + [(leaderImage, tracee.pid)])
+        for (t, tid) in placed + [(leaderImage, tracee.pid)] { scheduling(t, tid) }
         for (t, tid) in placed { try finalRegisters(t, tid) }
         // The work area goes; the leader's registers are set after it.
         let unmapped = try leader.raw(.munmap, scratch.base, scratch.size)
@@ -79,6 +81,45 @@ struct ThreadBuilder {
         }
         try memoryLayout()
         try changeRoot()
+    }
+
+    /// Subreaper, transparent huge pages and timer slack (prctl, in the process); the
+    /// OOM adjustment (/proc, from wb). Dumpable and the parent-death signal come after the
+    /// credentials, which clear them (SecurityBuilder).
+    private func knobs() throws {
+        guard let k = process.knobs else { return }
+        if k.childSubreaper { try leader.call(.prctl, 36 /* PR_SET_CHILD_SUBREAPER */, 1, what: "making the process a child subreaper") }
+        if k.thpDisabled { try leader.call(.prctl, 41 /* PR_SET_THP_DISABLE */, 1, 0, 0, 0, what: "turning transparent huge pages off") }
+        if k.timerSlackNanoseconds > 0 {
+            _ = try leader.raw(.prctl, 29 /* PR_SET_TIMERSLACK */, k.timerSlackNanoseconds)
+        }
+        let path = "/proc/\(tracee.pid)/oom_score_adj"
+        let here = Int32(((try? Paths.readText(path)) ?? "0").trimming("\n")) ?? 0
+        if here != k.oomScoreAdj {
+            do {
+                let fd = try FileDescriptor.open(path, O_WRONLY, what: "setting the OOM score adjustment")
+                try fd.writeAll(Array("\(k.oomScoreAdj)\n".utf8))
+            } catch {
+                restorer.note("the process's oom_score_adj was \(k.oomScoreAdj); it is \(here) here (lowering it needs CAP_SYS_RESOURCE)", about: process)
+            }
+        }
+    }
+
+    /// Policy, real-time priority and nice value of a thread, set from wb.
+    private func scheduling(_ t: ThreadState, _ tid: Int32) {
+        guard let sch = t.scheduling else { return }
+        var param = sched_param(sched_priority: sch.priority)
+        let current = sched_getscheduler(tid)
+        if current != sch.policy || sch.priority != 0 {
+            if sched_setscheduler(tid, sch.policy, &param) != 0 {
+                restorer.note("thread \(t.tid) had scheduling policy \(sch.policy) priority \(sch.priority); setting it here failed (\(WBError.errnoText(errno)))", about: process)
+            }
+        }
+        if sch.policy != 6 && getpriority(__priority_which_t(PRIO_PROCESS.rawValue), id_t(tid)) != sch.nice {
+            if setpriority(__priority_which_t(PRIO_PROCESS.rawValue), id_t(tid), sch.nice) != 0 {
+                restorer.note("thread \(t.tid) had nice \(sch.nice); setting it here failed (\(WBError.errnoText(errno)))", about: process)
+            }
+        }
     }
 
     /// The root directory (chroot), after everything that opens files by this host's paths.

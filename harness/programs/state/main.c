@@ -25,6 +25,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/prctl.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/sysmacros.h>
 #include <sys/syscall.h>
@@ -136,6 +138,17 @@ static void verify(int round) {
     failures[0] = 0;
     char buf[256];
     if (!has_vmflag(locked, "lo")) failed("locked mapping is no longer locked (mlock)");
+    // Process settings made at start-up.
+    errno = 0;
+    if (getpriority(PRIO_PROCESS, 0) != 5 || errno) failed("nice value changed");
+    int subreaper = 0;
+    if (prctl(PR_GET_CHILD_SUBREAPER, &subreaper) != 0 || !subreaper) failed("no longer a child subreaper");
+    if (prctl(PR_GET_TIMERSLACK) != 77777) failed("timer slack changed");
+    if (prctl(PR_GET_THP_DISABLE, 0, 0, 0, 0) != 1) failed("transparent huge pages back on");
+    char adj[16] = "";
+    int afd = open("/proc/self/oom_score_adj", O_RDONLY);
+    if (afd < 0 || read(afd, adj, sizeof adj - 1) <= 0 || atoi(adj) != 123) failed("oom_score_adj changed");
+    if (afd >= 0) close(afd);
     for (size_t i = 0; i < ADVISED; i++) {
         if (!has_vmflag(advised[i], advice[i].flag)) { snprintf(buf, sizeof buf, "mapping lost its advice (%s)", advice[i].flag); failed(buf); }
         for (size_t k = 0; k < ADVISED_BYTES; k++)
@@ -286,6 +299,12 @@ int main(int argc, char **argv) {
         harness_require(madvise(advised[i], ADVISED_BYTES, advice[i].advice) == 0, "madvise");
     }
 
+    harness_require(setpriority(PRIO_PROCESS, 0, 5) == 0, "setpriority");
+    harness_require(prctl(PR_SET_CHILD_SUBREAPER, 1) == 0 && prctl(PR_SET_TIMERSLACK, 77777) == 0 &&
+                    prctl(PR_SET_THP_DISABLE, 1, 0, 0, 0) == 0, "prctl");
+    int adj_fd = open("/proc/self/oom_score_adj", O_WRONLY);
+    harness_require(adj_fd >= 0 && write(adj_fd, "123", 3) == 3, "oom_score_adj");
+    close(adj_fd);
     locked = mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     harness_require(locked != MAP_FAILED && mlock(locked, 4096) == 0, "mlock");
 
