@@ -68,6 +68,7 @@ extension Checkpointer {
     /// image cannot hold.
     func preflight() throws -> Preflight {
         let status = try Checkpointer.refuseOutright(pid, tracedByWB: held != nil || attached != nil)
+        if jobStopped == nil { jobStopped = status["State"]?.hasPrefix("T") == true }
         // Memory shared with a parent outside the checkpoint (a vfork child before its exec,
         // a child cloned with CLONE_VM) comes back as this process's own.
         if let parent = status["PPid"].flatMap({ Int32($0) }), parent > 1, !(tree?.members.contains(parent) ?? false),

@@ -124,6 +124,7 @@ extension Checkpointer {
         p.mm.argStart = field(48); p.mm.argEnd = field(49); p.mm.envStart = field(50); p.mm.envEnd = field(51)
         p.mm.auxv = try ProcFS.auxv(pid)
         p.cmdline = ProcFS.strings(pid, "cmdline")
+        if jobStopped == true { p.stopped = true }
         p.portable = ProcFS.strings(pid, "environ").contains(CPUCompatibility.portableMarker)
         p.exe = ((try? Paths.readLink("/proc/\(pid)/exe")) ?? "").deletedStripped.path
         p.cwd = try Paths.readLink("/proc/\(pid)/cwd")

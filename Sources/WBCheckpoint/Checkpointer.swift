@@ -68,6 +68,9 @@ public final class Checkpointer {
 
     var notes: [String] = []
     var placeholders: [Int32: String] = [:]
+    /// The process was stopped by a signal (job control) before wb attached: seen by the
+    /// first preflight, while /proc still shows the stop as the process's own.
+    var jobStopped: Bool?
     /// Set when the process is one of a tree being checkpointed together.
     var tree: TreeScope?
     /// Where the process's arguments and environment were when its memory copy began: an

@@ -43,6 +43,9 @@ public struct ProcessState: Codable, Sendable, Equatable {
     public var loginuid: UInt32?
     /// Process settings of prctl(2) and /proc (absent in older images).
     public var knobs: ProcessKnobs?
+    /// Stopped by a signal (SIGSTOP, SIGTSTP: job control) at the checkpoint: restored, it
+    /// is let go stopped, for SIGCONT to wake. (Absent: running.)
+    public var stopped: Bool?
 
     public init(pid: Int32) {
         self.pid = pid

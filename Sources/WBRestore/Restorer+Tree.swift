@@ -40,13 +40,26 @@ extension Restorer {
     }
 
     /// A session or process group of its own, when the process led one.
-    private func openSession(_ p: ProcessState, _ t: Tracee) throws {
+    func openSession(_ p: ProcessState, _ t: Tracee) throws {
         t.syscallGadget = Stub.syscallAddress
         let s = try t.ownedSyscalls(in: t.pid)
         if p.sid == p.pid {
             try s.call(.setsid, what: "starting the session of pid \(p.pid)")
         } else if p.pgid == p.pid {
             try s.call(.setpgid, 0, 0, what: "starting the process group of pid \(p.pid)")
+        }
+    }
+
+    /// A single process keeps a session it led (a daemon's, which has no controlling
+    /// terminal), as openSession gives a tree's; a process group it led without its session,
+    /// or a session with a terminal, it cannot have in wb's terminal without taking it from
+    /// wb, so it joins wb's, with a note.
+    func ownSessionOrGroup(_ p: ProcessState, _ t: Tracee) throws {
+        let terminal = p.fds.contains { $0.kind == .tty }
+        if p.sid == p.pid && !terminal {
+            try openSession(p, t)
+        } else if p.sid == p.pid || p.pgid == p.pid {
+            notes.append("the process led its own \(p.sid == p.pid ? "session" : "process group") (\(p.pid)); restored, it is in wb's (\(getpgrp())), where the terminal's job control reaches it")
         }
     }
 

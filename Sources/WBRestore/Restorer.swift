@@ -48,10 +48,14 @@ public final class RestoredProcess {
         self.descendants = descendants
     }
 
-    /// Lets the process (and a tree's other processes) run.
+    /// Processes (as wb sees them) that were stopped by a signal at the checkpoint.
+    var jobStopped: Set<Int32> = []
+
+    /// Lets the process (and a tree's other processes) run; those that were stopped by a
+    /// signal at the checkpoint are let go stopped, as they were.
     public func resume() {
-        for t in descendants.reversed() { t.detach() }
-        tracee.detach()
+        for t in descendants.reversed() { jobStopped.contains(t.pid) ? t.detach(stopSignal: SIGSTOP) : t.detach() }
+        jobStopped.contains(tracee.pid) ? tracee.detach(stopSignal: SIGSTOP) : tracee.detach()
     }
 
     /// Lets go of the process but leaves it stopped (SIGSTOP): `kill -CONT` or a debugger
@@ -161,6 +165,8 @@ public final class Restorer {
                 if !tree.isEmpty {
                     progress("starting \(tree.count) more process\(tree.count == 1 ? "" : "es") of the tree")
                     members = try startTree(root: members[0].1, newNamespace: newNamespace)
+                } else {
+                    try ownSessionOrGroup(process, members[0].1)
                 }
                 let shared = SharedObjects(image: image)
                 var built: [(ProcessState, Tracee, RemoteSyscalls, Scratch, FileAccess)] = []
@@ -196,8 +202,10 @@ public final class Restorer {
                 throw error
             }
             let live = members.dropFirst().filter { $0.0.zombieStatus == nil }.map(\.1)
-            return RestoredProcess(tracee: members[0].1, pid: spawned.pid, originalPid: process.pid,
-                                   initPid: spawned.initPid, notes: notes, descendants: live)
+            let restored = RestoredProcess(tracee: members[0].1, pid: spawned.pid, originalPid: process.pid,
+                                           initPid: spawned.initPid, notes: notes, descendants: live)
+            restored.jobStopped = Set(members.filter { $0.0.stopped == true && $0.0.zombieStatus == nil }.map { $0.1.pid })
+            return restored
         }
     }
 
