@@ -147,6 +147,25 @@ import WBTrace
         }
     }
 
+    /// A process stopped by job control comes back stopped, and SIGCONT wakes it.
+    @Test func aStoppedProcessComesBackStopped() throws {
+        let dir = scratchDirectory()
+        let program = try Child(Products.harness("fifo"), [dir])
+        _ = try #require(program.line(startingWith: "READY"))
+        kill(program.pid, SIGSTOP)
+        var state = ""
+        for _ in 0..<200 where !state.hasPrefix("T") { state = (try? ProcFS.status(program.pid)["State"]) ?? ""; usleep(5000) }
+        let image = "\(dir)/stopped.wbimg"
+        try #require(try wb("checkpoint", "\(program.pid)", "-o", image, "--kill").code == 0)
+        program.wait()
+        let restored = try Restored.detach(image)
+        defer { restored.kill() }
+        #expect((try ProcFS.status(restored.pid)["State"])?.hasPrefix("T (stopped)") == true)
+        kill(restored.pid, SIGCONT)
+        kill(restored.pid, SIGUSR1)
+        #expect(restored.line(startingWith: "VERIFY") == "VERIFY OK")
+    }
+
     @Test func aVdsoThatMovedIsReachedThroughTheOldEntryPoints() throws {
         let dir = scratchDirectory()
         let program = try Child(Products.harness("events"), [])
