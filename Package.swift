@@ -98,6 +98,7 @@ let package = Package(
         harnessProgram("segments"),
         harnessProgram("switcher"),
         harnessProgram("fifo"),
+        harnessProgram("locks"),
         harnessProgram("security"),
         // Debugged after a replay: built without optimization so every local is visible.
         harnessProgram("msgserver", optimize: false),

@@ -96,10 +96,20 @@ extension Checkpointer {
         var pipes: [UInt64: PipeState] = [:]
         var ends: [UInt64: (read: Bool, write: Bool)] = [:]
         for f in plan.fds {
-            let info = ProcFS.parseFDInfo((try? Paths.readText("/proc/\(pid)/fdinfo/\(f.fd)")) ?? "")
+            let infoText = (try? Paths.readText("/proc/\(pid)/fdinfo/\(f.fd)")) ?? ""
+            let info = ProcFS.parseFDInfo(infoText)
             let cloexec = info.flags & O_CLOEXEC != 0
             var s = FDState(fd: f.fd, kind: f.kind ?? .placeholder, flags: info.flags & ~O_CLOEXEC,
                             closeOnExec: cloexec, path: f.link, offset: info.position)
+            var locks: [FileLock] = []
+            for line in infoText.split(separator: "\n") where line.hasPrefix("lock:") {
+                let (lock, other) = FileLock.parse(String(line))
+                if let lock { locks.append(lock) } else {
+                    let note = "fd \(f.fd) (\(f.link)) holds \(other), which wb does not restore"
+                    if !notes.contains(note) { notes.append(note) }
+                }
+            }
+            if !locks.isEmpty { s.locks = locks }
             if let why = placeholders[f.fd] {
                 s.kind = .placeholder
                 s.note = why

@@ -62,6 +62,9 @@ public struct FDState: Codable, Sendable, Equatable {
     /// A FIFO whose name was unlinked while it was open: restore makes one, opens it and
     /// unlinks it again. (Absent: not deleted.)
     public var deleted: Bool?
+    /// The locks this fd holds (POSIX record locks of the process on this file, OFD and
+    /// flock locks of this open file description, a lease), from /proc/PID/fdinfo.
+    public var locks: [FileLock]?
 
     public init(fd: Int32, kind: Kind, flags: Int32, closeOnExec: Bool, path: String, offset: UInt64) {
         self.fd = fd; self.kind = kind; self.flags = flags; self.closeOnExec = closeOnExec
@@ -70,6 +73,34 @@ public struct FDState: Codable, Sendable, Equatable {
 
     /// O_RDONLY, O_WRONLY or O_RDWR.
     public var accessMode: Int32 { flags & 3 }
+}
+
+/// A lock as /proc/PID/fdinfo lists it ("lock: 1: POSIX  ADVISORY  WRITE 1234 fe:00:56 0 EOF").
+public struct FileLock: Codable, Sendable, Equatable {
+    public enum Kind: String, Codable, Sendable { case posix, ofd, flock, lease }
+    public var kind: Kind
+    /// A write (exclusive) lock, else a read (shared) one.
+    public var write: Bool
+    /// The first byte and the last one (nil: to the end of the file, however long it grows).
+    public var start: UInt64
+    public var end: UInt64?
+    public init(kind: Kind, write: Bool, start: UInt64, end: UInt64?) {
+        self.kind = kind; self.write = write; self.start = start; self.end = end
+    }
+
+    /// Parses one "lock:" line of fdinfo; nil for what is not a lock wb restores.
+    public static func parse(_ line: String) -> (FileLock?, String) {
+        let f = line.split(whereSeparator: { $0 == " " || $0 == "\t" }).map(String.init)
+        // "lock:" "1:" KIND MODE TYPE PID DEV:INO START END
+        guard f.count >= 9 else { return (nil, line) }
+        let kinds: [String: Kind] = ["POSIX": .posix, "OFDLCK": .ofd, "FLOCK": .flock, "LEASE": .lease]
+        guard let kind = kinds[f[2]] else { return (nil, "a \(f[2]) lock") }
+        guard f[3] == "ADVISORY" || kind == .lease else { return (nil, "a mandatory lock") }
+        let type = kind == .lease ? f[4] : f[4]
+        guard let start = UInt64(f[7]) else { return (nil, line) }
+        let end = f[8] == "EOF" ? nil : UInt64(f[8])
+        return (FileLock(kind: kind, write: type.hasPrefix("WRITE"), start: start, end: end), "")
+    }
 }
 
 /// A pipe (or FIFO) buffer and who holds its ends.

@@ -58,6 +58,41 @@ struct FDBuilder {
         for t in temps { _ = try leader.raw(.close, UInt64(t)) }
     }
 
+    /// Takes the locks the process's fds held again, without waiting: a lock someone here
+    /// holds now is an error naming it (the restored process must not believe it has a lock
+    /// it has not). Called once no fd of wb's own is closed in the process any more: closing
+    /// any fd of a file drops the process's POSIX locks on it.
+    static func takeLocks(of process: ProcessState, leader: RemoteSyscalls, scratch: Scratch) throws {
+        for s in process.fds { try lock(s, leader: leader, scratch: scratch) }
+    }
+
+    private static func lock(_ s: FDState, leader: RemoteSyscalls, scratch: Scratch) throws {
+        for l in s.locks ?? [] {
+            let what = "\(l.write ? "write" : "read") \(l.kind.rawValue) lock on fd \(s.fd) (\(s.path)) " +
+                (l.kind == .flock || l.kind == .lease ? "" : "bytes \(l.start)-\(l.end.map(String.init) ?? "end")")
+            let r: Int64
+            switch l.kind {
+            case .posix, .ofd:
+                scratch.reset()
+                // struct flock: l_type, l_whence (shorts), l_start, l_len, l_pid.
+                var b = [UInt8](repeating: 0, count: 32)
+                b[0] = l.write ? 1 : 0   // F_WRLCK : F_RDLCK
+                let length = l.end.map { $0 &- l.start &+ 1 } ?? 0
+                for k in 0..<8 { b[8 + k] = UInt8(truncatingIfNeeded: l.start >> (8 * UInt64(k))); b[16 + k] = UInt8(truncatingIfNeeded: length >> (8 * UInt64(k))) }
+                let at = try scratch.put(b)
+                r = try leader.raw(.fcntl, UInt64(s.fd), l.kind == .posix ? 6 /* F_SETLK */ : 37 /* F_OFD_SETLK */, at)
+            case .flock:
+                r = try leader.raw(.flock, UInt64(s.fd), (l.write ? 2 : 1) | 4 /* LOCK_NB */)
+            case .lease:
+                r = try leader.raw(.fcntl, UInt64(s.fd), 1024 /* F_SETLEASE */, l.write ? 1 : 0)
+            }
+            if r == -Int64(EAGAIN) || r == -Int64(EACCES) || r == -Int64(EWOULDBLOCK) {
+                throw WBError.refused("the process held a \(what), and another process holds a lock there now; restore once it lets go")
+            }
+            if r < 0 { throw WBError.system(call: "remote fcntl/flock", errno: Int32(-r), what: "taking the \(what) again") }
+        }
+    }
+
     /// Adds an epoll instance's interest list once every fd it watches is in place.
     private func watch(_ s: FDState, placed: Set<Int32>) throws {
         for w in s.epoll ?? [] {

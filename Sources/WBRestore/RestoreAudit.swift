@@ -102,6 +102,10 @@ struct RestoreAudit {
             }
             guard let text = try? Paths.readText("/proc/\(pid)/fdinfo/\(s.fd)") else { continue }
             let info = ProcFS.parseFDInfo(text)
+            let locks = text.split(separator: "\n").filter { $0.hasPrefix("lock:") }.compactMap { FileLock.parse(String($0)).0 }
+            for l in s.locks ?? [] where !locks.contains(l) {
+                out.append("\(name) does not hold its \(l.write ? "write" : "read") \(l.kind.rawValue) lock")
+            }
             if (info.flags & O_CLOEXEC != 0) != s.closeOnExec {
                 out.append("\(name) is \(s.closeOnExec ? "not " : "")close-on-exec (the image's was\(s.closeOnExec ? "" : " not"))")
             }

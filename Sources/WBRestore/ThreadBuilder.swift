@@ -15,6 +15,7 @@ struct ThreadBuilder {
     let access: FileAccess
 
     func build() throws {
+        try FDBuilder.takeLocks(of: process, leader: leader, scratch: scratch)
         try processState()
         let leaderImage = process.threads.first { $0.tid == process.pid }!
         var placed: [(ThreadState, Int32)] = []

@@ -147,6 +147,38 @@ import WBTrace
         }
     }
 
+    /// POSIX, OFD and flock locks come back held (a child of the restored process sees each),
+    /// and a lock someone else took meanwhile stops the restore, naming it.
+    @Test func fileLocksComeBackHeld() throws {
+        let dir = scratchDirectory()
+        let program = try Child(Products.harness("locks"), [dir])
+        _ = try #require(program.line(startingWith: "READY"))
+        kill(program.pid, SIGUSR1)
+        #expect(program.line(startingWith: "VERIFY") == "VERIFY OK")
+        let image = "\(dir)/locks.wbimg"
+        try #require(try wb("checkpoint", "\(program.pid)", "-o", image, "--kill").code == 0)
+        program.wait()
+        do {
+            let restored = try Restored.detach(image)
+            defer { restored.kill() }
+            for _ in 0..<2 {
+                kill(restored.pid, SIGUSR1)
+                let verify = restored.line(startingWith: "VERIFY")
+                #expect(verify == "VERIFY OK", "\(verify ?? "no answer")")
+            }
+        }
+        // Another process takes the flock while the image waits: the restore says so.
+        let holder = try Child("/usr/bin/flock", ["-x", "\(dir)/flock", "sleep", "30"])
+        defer { holder.signal(SIGKILL) }
+        var held = false
+        for _ in 0..<200 where !held { held = ((try? Paths.readText("/proc/locks")) ?? "").contains("FLOCK  ADVISORY  WRITE"); usleep(10_000) }
+        try #require(held)
+        usleep(300_000)
+        let refused = try wb("restore", image, "--detach")
+        #expect(refused.code == 1)
+        #expect(refused.stderr.contains("read flock lock on fd") && refused.stderr.contains("another process holds a lock there now"), "\(refused.stderr)")
+    }
+
     /// A process stopped by job control comes back stopped, and SIGCONT wakes it.
     @Test func aStoppedProcessComesBackStopped() throws {
         let dir = scratchDirectory()
