@@ -1,7 +1,7 @@
 # Shared by harness/test, harness/demo and the benchmarks: install what is missing on a
 # fresh Debian machine. Sourced, not run.
 wb_need_packages() {
-    local wanted=(libunwind-dev libdw-dev libcapstone-dev libibverbs-dev libxxhash-dev liblzma-dev pkg-config gdb)
+    local wanted=(libunwind-dev libdw-dev libcapstone-dev libibverbs-dev libxxhash-dev liblzma-dev pkg-config gdb sqlite3)
     local missing=()
     for p in "${wanted[@]}" "$@"; do
         dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
