@@ -99,6 +99,7 @@ let package = Package(
         harnessProgram("switcher"),
         harnessProgram("fifo"),
         harnessProgram("locks"),
+        harnessProgram("deleted"),
         harnessProgram("security"),
         // Debugged after a replay: built without optimization so every local is visible.
         harnessProgram("msgserver", optimize: false),

@@ -125,7 +125,18 @@ extension Checkpointer {
                 let st = try fd.stat()
                 s.mode = st.mode & 0o7777
                 s.object = "\(st.device):\(st.inode)"
-                deletedContents[f.fd] = try withContext("reading deleted file \(path)") { try fd.readAll() }
+                s.owner = [st.uid, st.gid]
+                s.mtime = [st.mtimeSeconds, st.mtimeNanoseconds]
+                s.seals = path.hasPrefix("/memfd:") ? fd.seals : nil
+                let extents = fd.dataExtents(size: st.size)
+                if extents != [[0, st.size]] && st.size > 0 { s.extents = extents }
+                // From byte 0 whatever the position of this open: /proc/PID/fd of a memfd
+                // or a tmpfs file may share the process's.
+                deletedContents[f.fd] = try withContext("reading deleted file \(path)") {
+                    var bytes = [UInt8](repeating: 0, count: Int(st.size))
+                    let got = try bytes.withUnsafeMutableBytes { try fd.read(into: $0, at: 0) }
+                    return Array(bytes[0..<got])
+                }
             case .pipe, .fifo:
                 let id: UInt64
                 if s.kind == .pipe {

@@ -65,6 +65,13 @@ public struct FDState: Codable, Sendable, Equatable {
     /// The locks this fd holds (POSIX record locks of the process on this file, OFD and
     /// flock locks of this open file description, a lease), from /proc/PID/fdinfo.
     public var locks: [FileLock]?
+    /// For deleted files and memfds: owner and group, modification time (seconds,
+    /// nanoseconds), memfd seals (F_GET_SEALS), and the ranges holding data as [start, end)
+    /// pairs when the file has holes (absent: all data).
+    public var owner: [UInt32]?
+    public var mtime: [Int64]?
+    public var seals: UInt32?
+    public var extents: [[UInt64]]?
 
     public init(fd: Int32, kind: Kind, flags: Int32, closeOnExec: Bool, path: String, offset: UInt64) {
         self.fd = fd; self.kind = kind; self.flags = flags; self.closeOnExec = closeOnExec

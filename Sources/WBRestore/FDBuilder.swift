@@ -264,7 +264,8 @@ struct FDBuilder {
         if s.path.hasPrefix("/memfd:") {
             scratch.reset()
             let name = try scratch.put(string: String(s.path.dropFirst(7).prefix(200)))
-            fd = try high(Int32(try leader.call(.memfdCreate, name, 1, what: "creating memfd \(s.path)")))
+            let flags: UInt64 = s.seals != nil ? 1 | 2 : 1   // MFD_CLOEXEC, MFD_ALLOW_SEALING
+            fd = try high(Int32(try leader.call(.memfdCreate, name, flags, what: "creating memfd \(s.path)")))
         } else {
             // An unnamed file in the original directory (or /tmp): deleted, as it was.
             let dir = Paths.directory(of: s.path)
@@ -276,10 +277,37 @@ struct FDBuilder {
             }
         }
         let out = try FileDescriptor.open("/proc/\(tracee.pid)/fd/\(fd)", O_RDWR, what: "filling deleted file \(s.path)")
-        try restorer.image.contents(of: file).withBytes { try out.write($0, at: 0) }
+        try restorer.image.contents(of: file).withBytes { bytes in
+            guard let extents = s.extents else { return try out.write(bytes, at: 0) }
+            // Only the data: the rest stays holes, as it was.
+            try out.truncate(to: UInt64(bytes.count))
+            for e in extents where e.count == 2 && e[0] < e[1] && e[1] <= UInt64(bytes.count) {
+                try out.write(UnsafeRawBufferPointer(rebasing: bytes[Int(e[0])..<Int(e[1])]), at: e[0])
+            }
+        }
+        try attributes(of: s, fd: fd, out: out)
         sharedObjects[key] = fd
         try shared.keep(key, fd: fd, leader: leader, pid: process.pid, above: base)
         return try reopen(fd, s.flags)
+    }
+
+    /// A deleted file's mode, owner, modification time and seals, once its bytes are in.
+    private func attributes(of s: FDState, fd: Int32, out: FileDescriptor) throws {
+        _ = try leader.raw(.fchmod, UInt64(fd), UInt64(s.mode & 0o7777))
+        if let owner = s.owner, owner.count == 2 {
+            let r = try leader.raw(.fchown, UInt64(fd), UInt64(owner[0]), UInt64(owner[1]))
+            if r < 0 && (owner[0] != geteuid() || owner[1] != getegid()) {
+                restorer.note("deleted file \(s.path) belonged to uid \(owner[0]) gid \(owner[1]); here it is wb's user's (\(WBError.errnoText(Int32(-r))))", about: process)
+            }
+        }
+        if let m = s.mtime, m.count == 2 {
+            var times = [timespec(tv_sec: 0, tv_nsec: (1 << 30) - 2 /* UTIME_OMIT */), timespec(tv_sec: Int(m[0]), tv_nsec: Int(m[1]))]
+            _ = futimens(out.rawValue, &times)
+        }
+        if let seals = s.seals, seals != 0 {
+            let r = try leader.raw(.fcntl, UInt64(fd), 1033 /* F_ADD_SEALS */, UInt64(seals))
+            if r < 0 { restorer.note("memfd \(s.path) had seals 0x\(String(seals, radix: 16)); adding them here failed (\(WBError.errnoText(Int32(-r))))", about: process) }
+        }
     }
 
     /// A new open file description of the same file with `flags` (access mode, O_APPEND...).

@@ -33,6 +33,7 @@ public final class FileDescriptor: @unchecked Sendable {
     public struct Status: Sendable, Equatable {
         public var device: UInt64, inode: UInt64, size: UInt64, mode: UInt32
         public var mtimeSeconds: Int64, mtimeNanoseconds: Int64
+        public var uid: UInt32 = 0, gid: UInt32 = 0
         public var isRegular: Bool { mode & S_IFMT == S_IFREG }
         public var isFIFO: Bool { mode & S_IFMT == S_IFIFO }
         public var isCharDevice: Bool { mode & S_IFMT == S_IFCHR }
@@ -150,6 +151,32 @@ extension FileDescriptor.Status {
         device = UInt64(st.st_dev); inode = UInt64(st.st_ino); size = UInt64(clamping: st.st_size)
         mode = st.st_mode
         mtimeSeconds = Int64(st.st_mtim.tv_sec); mtimeNanoseconds = Int64(st.st_mtim.tv_nsec)
+        uid = st.st_uid; gid = st.st_gid
+    }
+}
+
+extension FileDescriptor {
+    /// The ranges of a file that hold data (lseek SEEK_DATA / SEEK_HOLE), as [start, end)
+    /// pairs; the rest of its `size` bytes are holes.
+    public func dataExtents(size: UInt64) -> [[UInt64]] {
+        var out: [[UInt64]] = []
+        var at: off_t = 0
+        let end = off_t(clamping: size)
+        while at < end {
+            let data = lseek(rawValue, at, 3 /* SEEK_DATA */)
+            if data < 0 { break }
+            let hole = lseek(rawValue, data, 4 /* SEEK_HOLE */)
+            if hole <= data { out.append([UInt64(data), size]); break }
+            out.append([UInt64(data), UInt64(min(hole, end))])
+            at = hole
+        }
+        return out
+    }
+
+    /// The seals of a memfd (F_GET_SEALS), nil for a file that takes none.
+    public var seals: UInt32? {
+        var r: Int32 = 0
+        return wb_fcntl_int(rawValue, 1034 /* F_GET_SEALS */, 0, &r) == 0 ? UInt32(bitPattern: r) : nil
     }
 }
 

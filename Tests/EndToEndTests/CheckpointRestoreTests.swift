@@ -179,6 +179,24 @@ import WBTrace
         #expect(refused.stderr.contains("read flock lock on fd") && refused.stderr.contains("another process holds a lock there now"), "\(refused.stderr)")
     }
 
+    /// Files whose names are gone keep their attributes: a memfd's mode and seals, a deleted
+    /// file's holes, mode and modification time, and both their offsets.
+    @Test func deletedFilesAndMemfdsKeepModeSealsHolesAndTimes() throws {
+        let dir = scratchDirectory()
+        let program = try Child(Products.harness("deleted"), [dir])
+        _ = try #require(program.line(startingWith: "READY"))
+        kill(program.pid, SIGUSR1)
+        #expect(program.line(startingWith: "VERIFY") == "VERIFY OK")
+        let image = "\(dir)/deleted.wbimg"
+        try #require(try wb("checkpoint", "\(program.pid)", "-o", image, "--kill").code == 0)
+        program.wait()
+        let restored = try Restored.detach(image)
+        defer { restored.kill() }
+        kill(restored.pid, SIGUSR1)
+        let verify = restored.line(startingWith: "VERIFY")
+        #expect(verify == "VERIFY OK", "\(verify ?? "no answer")")
+    }
+
     /// A process stopped by job control comes back stopped, and SIGCONT wakes it.
     @Test func aStoppedProcessComesBackStopped() throws {
         let dir = scratchDirectory()
