@@ -174,7 +174,9 @@ struct AddressSpace {
         guard let id = m.file, let path = files.path(for: id) else {
             throw WBError.failed("no file to map at \(hex(m.start)) (\(m.path ?? "?"))")
         }
-        let writable = m.shared && m.protection & 2 != 0
+        // A shared mapping of a file opened for writing may be made writable later (VmFlags
+        // "mw", may-write), whatever its protection now: mprotect then needs an fd opened so.
+        let writable = m.shared && (m.protection & 2 != 0 || m.vmFlags.contains("mw"))
         let key = "\(path)|\(writable)"
         if let fd = mappedFDs[key] { return fd }
         scratch.reset()

@@ -109,6 +109,9 @@ static const struct { int advice; const char *flag; } advice[] = {
 };
 // A mapping locked in memory with mlock (VmFlags "lo").
 static char *locked;
+// A read-only shared mapping of a file opened read-write (its fd closed): mprotect may make it
+// writable, as the kernel keeps "may write" for it.
+static char *maywrite;
 #define ADVISED (sizeof advice / sizeof advice[0])
 #define ADVISED_BYTES (4 * 4096)
 static char *advised[ADVISED];
@@ -138,6 +141,8 @@ static void verify(int round) {
     failures[0] = 0;
     char buf[256];
     if (!has_vmflag(locked, "lo")) failed("locked mapping is no longer locked (mlock)");
+    if (mprotect(maywrite, 4096, PROT_READ | PROT_WRITE) != 0) failed("a read-write file's shared mapping can no longer be made writable");
+    else { maywrite[0] = 'w'; mprotect(maywrite, 4096, PROT_READ); }
     // Process settings made at start-up.
     errno = 0;
     if (getpriority(PRIO_PROCESS, 0) != 5 || errno) failed("nice value changed");
@@ -305,6 +310,13 @@ int main(int argc, char **argv) {
     int adj_fd = open("/proc/self/oom_score_adj", O_WRONLY);
     harness_require(adj_fd >= 0 && write(adj_fd, "123", 3) == 3, "oom_score_adj");
     close(adj_fd);
+    char mw_path[4200];
+    snprintf(mw_path, sizeof mw_path, "%s/maywrite", argv[1]);
+    int mw = open(mw_path, O_RDWR | O_CREAT | O_TRUNC, 0644);
+    harness_require(mw >= 0 && ftruncate(mw, 4096) == 0, "maywrite file");
+    maywrite = mmap(NULL, 4096, PROT_READ, MAP_SHARED, mw, 0);
+    harness_require(maywrite != MAP_FAILED, "mmap maywrite");
+    close(mw);
     locked = mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     harness_require(locked != MAP_FAILED && mlock(locked, 4096) == 0, "mlock");
 
