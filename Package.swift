@@ -100,6 +100,7 @@ let package = Package(
         harnessProgram("fifo"),
         harnessProgram("locks"),
         harnessProgram("deleted"),
+        harnessProgram("pidfds"),
         harnessProgram("security"),
         // Debugged after a replay: built without optimization so every local is visible.
         harnessProgram("msgserver", optimize: false),

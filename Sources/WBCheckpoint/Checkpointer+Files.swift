@@ -179,6 +179,8 @@ extension Checkpointer {
                 let queued = try withContext("reading the bytes queued on fd \(f.fd) (\(f.link))") { try UnixSocketInfo.peek(copy) }
                 copy.close()
                 s.socket = SocketState(type: info?.type ?? 1, inode: inode, peer: info?.peer ?? 0, queued: Data(queued))
+            case .pidfd:
+                s.pidfdTarget = Int32(info.extra["Pid"] ?? "")
             case .file, .device, .tty, .placeholder:
                 break
             }

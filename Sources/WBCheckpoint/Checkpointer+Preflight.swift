@@ -150,6 +150,18 @@ extension Checkpointer {
             let what = link.dropFirst("anon_inode:".count).trimming("[]")
             let supported: [String: FDState.Kind] = ["eventfd": .eventfd, "timerfd": .timerfd, "signalfd": .signalfd, "eventpoll": .epoll]
             if let kind = supported[what] { plan.kind = kind; return plan }
+            if what == "pidfd" {
+                // A pidfd comes back pointing at the same process only if that one comes back too.
+                let info = ProcFS.parseFDInfo((try? Paths.readText("/proc/\(pid)/fdinfo/\(fd)")) ?? "")
+                let target = Int32(info.extra["Pid"] ?? "") ?? -1
+                if target <= 0 { plan.unsupported = "a pidfd of a process that has exited (\(link))"; return plan }
+                if target != pid && !(tree?.members.contains(target) ?? false) {
+                    plan.unsupported = "a pidfd of pid \(target), which is not part of the checkpoint (\(link))"
+                    return plan
+                }
+                plan.kind = .pidfd
+                return plan
+            }
             let names = ["eventpoll": "an epoll instance", "inotify": "an inotify instance", "eventfd": "an eventfd",
                          "timerfd": "a timerfd", "signalfd": "a signalfd", "pidfd": "a pidfd",
                          "io_uring": "an io_uring instance", "userfaultfd": "a userfaultfd", "fanotify": "a fanotify instance"]

@@ -210,6 +210,8 @@ struct MetadataValidator {
                 for w in s.epoll ?? [] where w.fd < 0 || w.fd >= Self.maxFD {
                     throw bad("\(name) watches fd \(w.fd)")
                 }
+            case .pidfd:
+                guard let t = s.pidfdTarget, t > 0, t <= Self.maxPid else { throw bad("\(name) is a pidfd without a valid target pid") }
             case .unixSocket:
                 guard let sock = s.socket, [1, 2, 5].contains(sock.type) else {
                     throw bad("\(name) is a socket of unknown type \(s.socket.map { String($0.type) } ?? "(none)")")

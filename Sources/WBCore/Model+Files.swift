@@ -28,6 +28,9 @@ public struct FDState: Codable, Sendable, Equatable {
         /// One end of a Unix socketpair whose other end is in the same process or tree:
         /// `socket` holds its type, the two ends and the bytes queued for this end.
         case unixSocket
+        /// A pidfd (pidfd_open) of the process itself or of another process of the tree:
+        /// `pidfdTarget` is that process's pid.
+        case pidfd
     }
 
     public var fd: Int32
@@ -72,6 +75,8 @@ public struct FDState: Codable, Sendable, Equatable {
     public var mtime: [Int64]?
     public var seals: UInt32?
     public var extents: [[UInt64]]?
+    /// For a pidfd: the pid it refers to.
+    public var pidfdTarget: Int32?
 
     public init(fd: Int32, kind: Kind, flags: Int32, closeOnExec: Bool, path: String, offset: UInt64) {
         self.fd = fd; self.kind = kind; self.flags = flags; self.closeOnExec = closeOnExec

@@ -49,7 +49,7 @@ struct FDBuilder {
             if s.kind == .file || s.kind == .deletedFile {
                 _ = try leader.raw(.lseek, UInt64(s.fd), s.offset, UInt64(SEEK_SET))
             }
-            if [.pipe, .fifo, .eventfd, .timerfd, .signalfd, .epoll, .unixSocket].contains(s.kind) {
+            if [.pipe, .fifo, .eventfd, .timerfd, .signalfd, .epoll, .unixSocket, .pidfd].contains(s.kind) {
                 // Status flags (O_NONBLOCK, O_APPEND, ...) belong to the open file description.
                 try leader.call(.fcntl, UInt64(s.fd), UInt64(F_SETFL), UInt64(s.flags & ~O_ACCMODE), what: "setting the flags of \(what)")
             }
@@ -187,6 +187,12 @@ struct FDBuilder {
             return try high(Int32(try leader.call(.epollCreate1, 0, what: "creating an epoll instance")))
         case .unixSocket:
             return try socket(s)
+        case .pidfd:
+            // The process and the rest of its tree keep their pids: the same number names
+            // the same process in the restored process's pid namespace.
+            let target = s.pidfdTarget ?? 0
+            let flags = UInt64(UInt32(bitPattern: s.flags & (O_NONBLOCK | O_EXCL /* PIDFD_THREAD */)))
+            return try high(Int32(try leader.call(.pidfdOpen, UInt64(UInt32(bitPattern: target)), flags, what: "opening a pidfd of pid \(target)")))
         }
     }
 

@@ -197,6 +197,31 @@ import WBTrace
         #expect(verify == "VERIFY OK", "\(verify ?? "no answer")")
     }
 
+    /// pidfds come back naming the same process: the process itself, or a child restored
+    /// with it (--tree); one of a process that is gone is refused by name, untouched.
+    @Test(arguments: ["self", "child", "dead"]) func pidfdsNameTheSameProcess(kind: String) throws {
+        let dir = scratchDirectory("pidfd\(kind)")
+        let program = try Child(Products.harness("pidfds"), [kind])
+        let ready = try #require(program.line(startingWith: "READY"))
+        let child = Int32(field(ready, "child") ?? "0") ?? 0
+        defer { if kind == "child" { kill(child, SIGKILL) } }
+        let image = "\(dir)/pidfd.wbimg"
+        let run = try wb(["checkpoint", "\(program.pid)", "-o", image, "--kill"] + (kind == "child" ? ["--tree"] : []))
+        if kind == "dead" {
+            #expect(run.code == 1 && run.stderr.contains("is a pidfd of a process that has exited"), "\(run.stderr)")
+            kill(program.pid, SIGUSR1)
+            #expect(program.line(startingWith: "VERIFY")?.hasPrefix("VERIFY FAIL") == true)   // its target is gone, as it was
+            return
+        }
+        try #require(run.code == 0, "\(run.stderr)")
+        program.wait()
+        let restored = try Restored.detach(image)
+        defer { restored.kill() }
+        kill(restored.pid, SIGUSR1)
+        let verify = restored.line(startingWith: "VERIFY")
+        #expect(verify == "VERIFY OK", "\(verify ?? "no answer")")
+    }
+
     /// A process stopped by job control comes back stopped, and SIGCONT wakes it.
     @Test func aStoppedProcessComesBackStopped() throws {
         let dir = scratchDirectory()
