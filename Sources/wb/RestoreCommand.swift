@@ -40,10 +40,10 @@ struct RestoreCommand: ParsableCommand {
     @Flag(help: "Skip checking the checksums of the image's page data before restoring.")
     var noVerify = false
 
-    @Flag(help: "Restore even if this CPU lacks instructions or register state the process may use.")
+    @Flag(help: "Restore even if this CPU lacks instructions or register state the process may use, or the check of what was restored finds a difference (it becomes a note).")
     var force = false
 
-    @Flag(help: "Map memory straight from the image instead of copying it (fast; keep the image in place, see docs).")
+    @Flag(help: "Map memory straight from the image instead of copying it (fast; page checksums are still checked first; keep the image in place, see docs).")
     var map = false
 
     @Flag(help: "Print the restored pid and notes as JSON (with --detach).")
