@@ -72,6 +72,15 @@ public final class RestoredProcess {
         }
     }
 
+    /// What the process is doing now, from /proc: "running" (or sleeping), "stopped", or
+    /// "exited" (gone, or a zombie: it ended right after it was let go).
+    public var state: String {
+        guard let s = try? ProcFS.status(pid)["State"] else { return "exited" }
+        if s.hasPrefix("T") || s.hasPrefix("t") { return "stopped" }
+        if s.hasPrefix("Z") || s.hasPrefix("X") { return "exited" }
+        return "running"
+    }
+
     /// Kills the process and waits until it is gone. While wb still traces it, its threads'
     /// ends are collected first: a pid namespace's init cannot finish before they are.
     @discardableResult

@@ -105,9 +105,17 @@ struct RestoreCommand: ParsableCommand {
             }
             if stopped { restored.releaseStopped() } else { restored.resume() }
             if detach {
+                // Said as it is: a process that died as it was let go is not "stopped". One
+                // with signals pending may act on them as soon as it runs: give it a moment.
+                var state = restored.state
+                let pending = opened.metadata.processes.contains { !$0.sharedPending.isEmpty || $0.threads.contains { !$0.pending.isEmpty } }
+                let until = Date().addingTimeInterval(pending ? 0.2 : 0)
+                while state == "running" && Date() < until { usleep(2000); state = restored.state }
+                if state == "exited" && !quiet { Output.note("the restored process \(restored.pid) has already exited") }
                 if json {
                     try Output.json(RestoreReport(pid: restored.pid, originalPid: restored.originalPid,
-                                                  namespaceInit: restored.initPid, stopped: stopped, notes: restored.notes))
+                                                  namespaceInit: restored.initPid, stopped: state == "stopped", state: state,
+                                                  notes: restored.notes))
                 } else {
                     Output.line("\(restored.pid)")
                 }
@@ -128,5 +136,7 @@ struct RestoreReport: Encodable {
     var originalPid: Int32
     var namespaceInit: Int32?
     var stopped: Bool
+    /// "running", "stopped" or "exited", read after the process was let go.
+    var state: String
     var notes: [String]
 }

@@ -500,6 +500,25 @@ import WBTrace
         kill(restored.pid, SIGUSR1)
         #expect(restored.line(startingWith: "VERIFY")?.hasPrefix("VERIFY OK") == true)
     }
+
+    /// --json says what the process is doing once let go: one that ends at once (a SIGTERM
+    /// was pending for it) is "exited", not running or stopped.
+    @Test func detachJSONSaysAProcessThatEndedAtOnceHasExited() throws {
+        let dir = scratchDirectory()
+        let program = try Child(Products.harness("heap"), ["4"])
+        _ = try #require(program.line(startingWith: "READY"))
+        let image = "\(dir)/heap.wbimg", doomed = "\(dir)/doomed.wbimg"
+        try #require(try wb("checkpoint", "\(program.pid)", "-o", image, "--kill").code == 0)
+        program.wait()
+        var info = Data(count: 128)
+        info[0] = UInt8(SIGTERM)
+        try Image(path: image).copy(to: doomed) { $0.process.sharedPending = [PendingSignal(signal: SIGTERM, siginfo: info)] }
+        let run = try wb("restore", doomed, "--detach", "--json")
+        #expect(run.code == 0, "\(run.stderr)")
+        let report = try #require(try JSONSerialization.jsonObject(with: Data(run.stdout.utf8)) as? [String: Any])
+        #expect(report["state"] as? String == "exited", "\(run.stdout)")
+        #expect(report["stopped"] as? Bool == false)
+    }
 }
 
 /// The one-letter state from /proc/PID/stat.
