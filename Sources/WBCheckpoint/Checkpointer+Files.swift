@@ -100,7 +100,7 @@ extension Checkpointer {
             let info = ProcFS.parseFDInfo(infoText)
             let cloexec = info.flags & O_CLOEXEC != 0
             var s = FDState(fd: f.fd, kind: f.kind ?? .placeholder, flags: info.flags & ~O_CLOEXEC,
-                            closeOnExec: cloexec, path: f.link, offset: info.position)
+                            closeOnExec: cloexec, path: options.renamedFiles[f.link] ?? f.link, offset: info.position)
             var locks: [FileLock] = []
             for line in infoText.split(separator: "\n") where line.hasPrefix("lock:") {
                 let (lock, other) = FileLock.parse(String(line))

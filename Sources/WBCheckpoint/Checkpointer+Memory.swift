@@ -72,7 +72,7 @@ extension Checkpointer {
                 } else if e.path.hasPrefix("/") {
                     m.kind = .file
                     let (path, deleted) = e.path.deletedStripped
-                    m.path = path
+                    m.path = options.renamedFiles[path] ?? path
                     m.deleted = deleted
                     let code = executableFiles.contains("\(e.device):\(e.inode)")
                     m.file = try files.identify(e, path: path, deleted: deleted, code: code)

@@ -28,6 +28,9 @@ public struct CheckpointOptions: Sendable {
     /// stays running while it is in the kernel: a vfork parent until its child calls exec,
     /// a read of a hung network file system until it returns.
     public var stopTimeout: Double? = 5
+    /// Paths to record under another name: a process restored with copies of its files
+    /// (bisect's runs) is checkpointed as holding the originals, copy path → original path.
+    public var renamedFiles: [String: String] = [:]
     public init() {}
 }
 

@@ -179,8 +179,13 @@ struct AddressSpace {
         let writable = m.shared && (m.protection & 2 != 0 || m.vmFlags.contains("mw"))
         let key = "\(path)|\(writable)"
         if let fd = mappedFDs[key] { return fd }
+        var target = path
+        if writable, let copies = restorer.privateCopies {
+            // Shared and writable: its writes would reach the file. The run gets a copy.
+            target = try copies.copy(of: path) ?? copies.copy(of: path, from: try FileDescriptor.open(path, O_RDONLY, what: "copying \(path)"))
+        }
         scratch.reset()
-        let name = try scratch.put(string: path)
+        let name = try scratch.put(string: target)
         let flags = UInt64(writable ? O_RDWR : O_RDONLY) | UInt64(O_CLOEXEC)
         let fd = Int32(try access.asProcess(path: path) {
             try leader.call(.openat, UInt64(bitPattern: -100), name, flags, 0, what: "opening \(path) to map it")

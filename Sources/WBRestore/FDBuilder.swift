@@ -155,7 +155,13 @@ struct FDBuilder {
         case .file:
             let flags = s.flags & ~(O_CREAT | O_TRUNC | O_EXCL)
             do {
-                return try checked(try open(s.path, flags), s, "a regular file or directory") { $0.isRegular || $0.mode & S_IFMT == S_IFDIR }
+                let fd = try checked(try open(s.path, flags), s, "a regular file or directory") { $0.isRegular || $0.mode & S_IFMT == S_IFDIR }
+                // A run that must not write the user's files gets a copy of one it may write
+                // (opened above as the process would, so only what it may open is copied).
+                guard let copies = restorer.privateCopies, s.accessMode != O_RDONLY,
+                      (try? Paths.stat(s.path))?.isRegular == true else { return fd }
+                let copy = try copies.copy(of: s.path) ?? copies.copy(of: s.path, from: try FileDescriptor.open(s.path, O_RDONLY, what: "copying \(s.path)"))
+                return try open(copy, flags)
             } catch let WBError.system(_, code, _) where code == ENOENT {
                 throw WBError.failed("\(s.path) no longer exists; restore needs it (it was open on fd \(s.fd))")
             }

@@ -15,6 +15,8 @@ struct RestoreAudit {
     let pid: Int32
     /// Differences already told to the user as notes (so not differences any more).
     let noted: [String]
+    /// Files the process was given copies of (bisect, replays).
+    let copies: PrivateFiles?
 
     /// VmFlags whose loss or gain changes what the process can do: access (rd wr ex sh),
     /// what mprotect may later allow (mr mw me ms), growth (gd), locking (lo), madvise
@@ -120,7 +122,7 @@ struct RestoreAudit {
             if (s.kind == .file || s.kind == .deletedFile), info.position != s.offset {
                 out.append("\(name) is at offset \(info.position) (the image has \(s.offset))")
             }
-            let expected = s.deleted == true ? s.path + " (deleted)" : s.path
+            let expected = s.deleted == true ? s.path + " (deleted)" : copies?.copy(of: s.path) ?? s.path
             if s.kind == .file || s.kind == .fifo || s.kind == .device, let link = try? Paths.readLink("/proc/\(pid)/fd/\(s.fd)"),
                link != expected, !noted.contains(where: { $0.hasPrefix("fd \(s.fd) was the deleted FIFO") }) {
                 out.append("\(name) names \(link)")

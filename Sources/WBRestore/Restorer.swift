@@ -22,6 +22,10 @@ public struct RestoreOptions: Sendable {
     /// fds 1 and 2 go to /dev/null, whatever they were (copies restored to be examined,
     /// which must not write into the user's terminal or files).
     public var silenceOutput = false
+    /// For runs that take the process forward only to look at it (bisect, replays): a
+    /// directory (of wb's) where the files it may write are copied; it gets the copies, so
+    /// the user's real files are never written (PrivateFiles). Nil: the real files.
+    public var privateFiles: String?
     /// Where files the image carries are unpacked when this machine lacks them.
     public var cacheDirectory = FileCache.defaultDirectory
     /// Restore every process of an image of a process tree (wb restore); other users of a
@@ -125,6 +129,8 @@ public final class Restorer {
     /// Checks the page data as memory is copied (copying restores); nil when pages are not
     /// checked or are mapped.
     var pageVerifier: PageVerifier?
+    /// The copies of the files the process may write, with `options.privateFiles`.
+    private(set) var privateCopies: PrivateFiles?
     /// Where each mapped file came from on this machine (after `restore`).
     public private(set) var files: ResolvedFiles?
 
@@ -134,6 +140,12 @@ public final class Restorer {
     }
 
     var process: ProcessState { image.process }
+
+    /// The copies the process was given, copy path → original path.
+    public var privateFileNames: [String: String] { privateCopies?.names ?? [:] }
+
+    /// Removes the copies of the process's files (`options.privateFiles`) once it has ended.
+    public func removePrivateFiles() { privateCopies?.remove() }
 
     /// Adds a note about process `p`: prefixed with its pid when the image holds a tree, so the
     /// user knows which process it is about.
@@ -158,6 +170,7 @@ public final class Restorer {
                 if options.mapPages { try PageVerifier(image: image).finish() } else { pageVerifier = PageVerifier(image: image) }
             }
             try checkCPU()
+            if let base = options.privateFiles { privateCopies = try PrivateFiles(base: base) }
             progress("preparing files")
             let files = try FileResolver(image: image, cache: FileCache(directory: options.cacheDirectory)).resolveAll()
             self.files = files
@@ -237,7 +250,7 @@ public final class Restorer {
     /// Compares what was built with the image (RestoreAudit): a difference no note told of
     /// ends the restore, or, with `force`, becomes a note.
     private func audit(_ p: ProcessState, _ pid: Int32) throws {
-        let found = try RestoreAudit(process: p, pid: pid, noted: notes).differences()
+        let found = try RestoreAudit(process: p, pid: pid, noted: notes, copies: privateCopies).differences()
         guard !found.isEmpty else { return }
         let text = "pid \(p.pid) came back different from the image: \(found.joined(separator: "; "))"
         if options.force {

@@ -54,10 +54,29 @@ public final class Bisector {
     let store: TimelineStore
     private var taken: [Point] = []
 
-    static var restoreOptions: RestoreOptions {
+    /// Files the process may write are copies (in this directory), unless `liveFiles`: a
+    /// bisect runs processes forward and must not write the user's files.
+    public var liveFiles = false
+    /// Made at the first restore, removed when the bisect ends: the checkpoints a narrowing
+    /// round takes name the copies, and are restored (copied again) after that run.
+    private var copiesDirectory: String?
+
+    var restoreOptions: RestoreOptions {
         var o = RestoreOptions()
         o.silenceOutput = true
+        if !liveFiles {
+            if copiesDirectory == nil {
+                var template = Array("\(ProcessInfo.processInfo.environment["TMPDIR"] ?? "/tmp")/wb-bisect-XXXXXX".utf8CString)
+                copiesDirectory = template.withUnsafeMutableBufferPointer { mkdtemp($0.baseAddress!) }.map { String(cString: $0) }
+                if let d = copiesDirectory { _ = chmod(d, 0o711) }
+            }
+            o.privateFiles = copiesDirectory
+        }
         return o
+    }
+
+    deinit {
+        if let d = copiesDirectory { try? FileManager.default.removeItem(atPath: d) }
     }
 
     public init(timeline: Timeline, check: Check) throws {
@@ -112,7 +131,7 @@ public final class Bisector {
     func evaluate(_ point: Point) throws -> Bool {
         if let known = evaluations.first(where: { $0.point.image == point.image }) { return known.good }
         let image = try Image(path: point.image)
-        let restorer = Restorer(image: image, options: Bisector.restoreOptions)
+        let restorer = Restorer(image: image, options: restoreOptions)
         let restored = try restorer.restore()
         let good: Bool
         switch check {
@@ -141,7 +160,8 @@ public final class Bisector {
     private func runForward(from start: Point, step: Double, count: Int) throws -> [Point] {
         Signals.block([SIGCHLD])
         let image = try Image(path: start.image)
-        let restored = try Restorer(image: image, options: Bisector.restoreOptions).restore()
+        let restorer = Restorer(image: image, options: restoreOptions)
+        let restored = try restorer.restore()
         let tracee = restored.tracee
         defer { restored.terminate() }
         var out: [Point] = []
@@ -162,7 +182,7 @@ public final class Bisector {
                     tracee.holdSignal(tid)
                     try tracee.stopAll(alreadyStopped: [tid])
                     elapsed += step - max(0, until - Clock.monotonic)
-                    out.append(try take(restored, label: "round \(round), \(SignalNames.name(sig))", seconds: start.seconds + elapsed, signal: sig))
+                    out.append(try take(restored, renamed: restorer.privateFileNames, label: "round \(round), \(SignalNames.name(sig))", seconds: start.seconds + elapsed, signal: sig))
                     break runs
                 case let .signal(sig):
                     try tracee.resume(tid, .continue, signal: sig)
@@ -172,7 +192,7 @@ public final class Bisector {
             }
             elapsed += step
             try tracee.stopAll()
-            out.append(try take(restored, label: "round \(round)", seconds: start.seconds + elapsed))
+            out.append(try take(restored, renamed: restorer.privateFileNames, label: "round \(round)", seconds: start.seconds + elapsed))
             tracee.resumeAll()
         }
         return out
@@ -180,10 +200,13 @@ public final class Bisector {
 
     /// A checkpoint of the copy running forward, into the timeline (reason "bisect"), its
     /// pages shared with the others through the store.
-    private func take(_ restored: RestoredProcess, label: String, seconds: Double, signal: Int32? = nil) throws -> Point {
+    private func take(_ restored: RestoredProcess, renamed: [String: String], label: String, seconds: Double,
+                      signal: Int32? = nil) throws -> Point {
         let (number, name) = timeline.takeNumber()
         let temporary = "\(timeline.directory)/.\(name).partial-image"
-        let result = try Checkpointer(pid: restored.pid).checkpoint(to: temporary, stopped: restored.tracee)
+        var options = CheckpointOptions()
+        options.renamedFiles = renamed
+        let result = try Checkpointer(pid: restored.pid, options: options).checkpoint(to: temporary, stopped: restored.tracee)
         let interned = try store.intern(temporary, as: name, pack: number)
         let entry = Timeline.Checkpoint(number: number, image: name, seconds: seconds, time: ISO8601DateFormatter().string(from: Date()),
                                         reason: "bisect", signal: signal, storedBytes: interned.storedBytes, newBytes: interned.newBytes,

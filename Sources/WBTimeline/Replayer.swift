@@ -43,10 +43,18 @@ public final class Replayer {
     public var report: (String) -> Void = { _ in }
     /// After `run(keepAtCrash: true)` reproduced the crash: the process, stopped at it.
     public private(set) var restored: RestoredProcess?
+    private var restorer: Restorer?
+
+    /// Removes the copies of the files the process was given, once the process kept at the
+    /// crash (for gdb) is done with.
+    public func removePrivateFiles() { restorer?.removePrivateFiles() }
     /// The image and files of the recorded crash (for gdb: the process has the same maps).
     public private(set) var crashImage: Image
     public private(set) var crashFiles: ResolvedFiles
     public var restoreOptions = RestoreOptions()
+    /// The replayed process writes copies of the files it may write (which are removed when
+    /// it ends), unless `liveFiles`.
+    public var liveFiles = false
 
     private var queues: [Int32: [InputRecord]] = [:]
     private var positions: [Int32: Int] = [:]
@@ -134,11 +142,14 @@ public final class Replayer {
         Signals.block([SIGCHLD])
         var options = restoreOptions
         options.silenceOutput = true
-        let restored = try Restorer(image: image, options: options).restore()
+        if !liveFiles { options.privateFiles = ProcessInfo.processInfo.environment["TMPDIR"] ?? "/tmp" }
+        let restorer = Restorer(image: image, options: options)
+        self.restorer = restorer
+        let restored = try restorer.restore()
         let tracee = restored.tracee
         self.tracee = tracee
         var kept = false
-        defer { if !kept { _ = restored.terminate() } }
+        defer { if !kept { _ = restored.terminate(); restorer.removePrivateFiles() } }
         try tracee.addOptions(Tracee.traceSeccompOption | Tracee.exitKillOption | UInt32(WB_PTRACE_O_TRACESYSGOOD))
         let maps = try ProcFS.maps(tracee.pid, withFlags: false)
         tracee.syscallGadget = try tracee.findSyscallGadget(in: maps)

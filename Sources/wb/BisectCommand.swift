@@ -39,6 +39,9 @@ struct BisectCommand: ParsableCommand {
     @Flag(help: "Print the result as JSON (last_good and first_bad are image paths).")
     var json = false
 
+    @Flag(help: "Let the restored processes write the real files they had open (by default they get copies, removed after each run).")
+    var liveFiles = false
+
     @Flag(name: .shortAndLong, help: "Print only the result.")
     var quiet = false
 
@@ -60,6 +63,7 @@ struct BisectCommand: ParsableCommand {
             let check: Bisector.Check = predicate.map { .predicate($0) } ?? .gdb(gdbCheck!)
             let bisector = try Bisector(timeline: opened, check: check)
             bisector.resolution = BisectCommand.seconds(resolution) ?? 0.001
+            bisector.liveFiles = liveFiles
             if !quiet && !json { bisector.report = { FileHandle.standardError.write(Data("wb: \($0)\n".utf8)) } }
             let r = try bisector.run()
             if json {

@@ -61,6 +61,9 @@ struct ReplayCommand: ParsableCommand {
     @Argument(parsing: .postTerminator, help: "With --debug: arguments for gdb, after --.")
     var gdbArguments: [String] = []
 
+    @Flag(help: "Let a replayed timeline write the real files it had open (by default it gets copies, removed afterwards).")
+    var liveFiles = false
+
     @Flag(help: "Print the outcome as JSON.")
     var json = false
 
@@ -131,6 +134,7 @@ extension ReplayCommand {
         }
         let replayer = try Replayer(timeline: try Timeline(opening: crash), from: from)
         replayer.restoreOptions.force = force
+        replayer.liveFiles = liveFiles
         if let t = timeout { replayer.timeout = Double(t) / 1000 }
         if !json { replayer.report = { FileHandle.standardError.write(Data("wb: \($0)\n".utf8)) } }
         let debugging = debug || gdbPort != nil
@@ -147,7 +151,9 @@ extension ReplayCommand {
             let launcher = DebugLauncher(startGDB: debug, port: gdbPort, snapshots: "\(crash)/replay.snapshots",
                                          debugDirectories: debugDirectories, gdbArguments: gdbArguments, quiet: false,
                                          initialStop: (tid, outcome.signalNumber ?? SIGSEGV))
-            throw ExitCode(try launcher.run(restored, image: replayer.crashImage, files: replayer.crashFiles, options: replayer.restoreOptions))
+            let code = try launcher.run(restored, image: replayer.crashImage, files: replayer.crashFiles, options: replayer.restoreOptions)
+            replayer.removePrivateFiles()
+            throw ExitCode(code)
         }
         if json {
             try Output.json(outcome)

@@ -22,7 +22,8 @@ import WBCore
         let timeline = "\(dir)/job.tl"
         var args = ["run", "--timeline", timeline, "--every", "40ms"]
         if let keep { args += ["--keep", "\(keep)"] }
-        args += ["--", Products.harness("ledger"), "--steps", "3000", "--break-at", "\(breakAt)", "--step-us", "250"]
+        args += ["--", Products.harness("ledger"), "--steps", "3000", "--break-at", "\(breakAt)", "--step-us", "250",
+                 "--log", "\(dir)/job.log"]
         return (timeline, try wb(args, timeout: 120))
     }
 
@@ -109,7 +110,10 @@ import WBCore
         }
         // A predicate sees the stopped process by its pid: gdb attaches and checks the books.
         let predicate = "gdb -q -batch -p \"$WB_PID\" -ex 'print ledger.sum - ledger.expected' 2>/dev/null | grep -q '= 0$'"
+        let logBefore = try Paths.readText("\(dir)/job.log")
         let bisect = try wb(["bisect", timeline, "--predicate", predicate, "--resolution", "0", "--json"], timeout: 600)
+        // The processes bisect ran wrote copies of the log, never the log itself.
+        #expect(try Paths.readText("\(dir)/job.log") == logBefore, "bisect's runs wrote the job's real log")
         // The books broke long before the oldest checkpoint kept: the search says so.
         #expect(bisect.code == 1)
         #expect(bisect.stderr.contains("already fails the check"), "\(bisect.stderr)")
@@ -117,7 +121,9 @@ import WBCore
         let full = scratchDirectory(#function + "full")
         let (fullTimeline, fullRun) = try TimelineTests.record(full, breakAt: 1200)
         #expect(fullRun.code == 128 + SIGABRT)
+        let fullLog = try Paths.readText("\(full)/job.log")
         let found = try wb(["bisect", fullTimeline, "--predicate", predicate, "--resolution", "0", "--json"], timeout: 600)
+        #expect(try Paths.readText("\(full)/job.log") == fullLog, "bisect's runs wrote the job's real log")
         #expect(found.code == 0, "\(found.stderr)")
         let r = try TimelineTests.json(found.stdout)
         let good = try #require(r["last_good"] as? String), bad = try #require(r["first_bad"] as? String)
