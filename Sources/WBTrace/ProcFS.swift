@@ -164,10 +164,17 @@ public enum ProcFS {
                 current?.signal = Int32(p.first ?? "0") ?? 0
                 current?.value = p.count > 1 ? UInt64(p[1], radix: 16) ?? 0 : 0
             case "notify":
-                // "signal/pid.N", "thread/tid.N" or "none/..."
+                // KIND/pid.N or KIND/tid.N: KIND is signal, thread or none; "tid" marks a
+                // signal sent to one thread (SIGEV_THREAD_ID, as glibc's SIGEV_THREAD timers
+                // use for their helper thread), "pid" one sent to the process.
                 let p = kv[1].split(separator: "/")
-                current?.notify = PosixTimer.Notify(rawValue: String(p.first ?? "signal")) ?? .signal
-                if current?.notify == .thread, p.count > 1 { current?.thread = Int32(p[1].split(separator: ".").last ?? "") }
+                let kind = PosixTimer.Notify(rawValue: String(p.first ?? "signal")) ?? .signal
+                if kind != .none, p.count > 1, p[1].hasPrefix("tid.") {
+                    current?.notify = .thread
+                    current?.thread = Int32(p[1].dropFirst(4))
+                } else {
+                    current?.notify = kind == .none ? .none : .signal
+                }
             case "ClockID":
                 current?.clock = Int32(kv[1]) ?? 0
             default:

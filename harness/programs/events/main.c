@@ -72,10 +72,15 @@ static void loop_for(uint64_t ms) {
     }
 }
 
+// A SIGEV_THREAD timer: glibc runs its function on a helper thread the kernel signals
+// (SIGEV_THREAD_ID, signal 32); restored wrongly, that signal kills the process.
+static atomic_int thread_timer_runs;
+static void on_thread_timer(union sigval v) { (void)v; thread_timer_runs++; }
+
 static void verify(void) {
     failures[0] = 0;
     uint64_t t0 = timerfd_ticks, e0 = eventfd_total, s0 = signalfd_count;
-    int f0 = timer_fires;
+    int f0 = timer_fires, r0 = thread_timer_runs;
     uint64_t five = 5;
     if (write(efd, &five, 8) != 8) failed("eventfd write failed");
     kill(getpid(), SIGUSR2);
@@ -86,6 +91,7 @@ static void verify(void) {
     if (timer_fires < f0 + 3) failed("POSIX timer stopped firing");
     if (timer_off_stack) failed("POSIX timer handler ran off the alternate stack");
     if (timer_bad_value) failed("POSIX timer signal lost its value or code");
+    if (thread_timer_runs < r0 + 2) failed("SIGEV_THREAD timer stopped running its function");
     uint64_t count;
     if (read(held, &count, 8) != 8 || count != HELD_COUNT) failed("held eventfd count changed");
     count = HELD_COUNT;
@@ -151,6 +157,14 @@ int main(void) {
     harness_require(timer_create(CLOCK_MONOTONIC, &sev, &posix_timer) == 0, "timer_create");
     struct itimerspec pspec = { { 0, 15000000 }, { 0, 15000000 } };
     timer_settime(posix_timer, 0, &pspec, NULL);
+    struct sigevent tev;
+    memset(&tev, 0, sizeof tev);
+    tev.sigev_notify = SIGEV_THREAD;
+    tev.sigev_notify_function = on_thread_timer;
+    timer_t thread_timer;
+    harness_require(timer_create(CLOCK_MONOTONIC, &tev, &thread_timer) == 0, "timer_create SIGEV_THREAD");
+    struct itimerspec thread_spec = { { 0, 10000000 }, { 0, 10000000 } };
+    timer_settime(thread_timer, 0, &thread_spec, NULL);
 
     loop_for(50);
     harness_say("READY pid=%d", getpid());
