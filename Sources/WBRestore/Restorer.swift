@@ -236,7 +236,10 @@ public final class Restorer {
                        shared: SharedObjects) throws -> (ProcessState, Tracee, RemoteSyscalls, Scratch, FileAccess) {
         tracee.syscallGadget = Stub.syscallAddress
         let leader = try tracee.ownedSyscalls(in: tracee.pid)
-        try tracee.setSignalMask(tracee.pid, ~UInt64(0))
+        // Every signal blocked while it is rebuilt but SIGTRAP: wb's single steps raise
+        // SIGTRAPs, and the kernel resets the action of a SIGTRAP it forces on a thread that
+        // blocks it (the process's own handler would be lost). wb takes those SIGTRAPs itself.
+        try tracee.setSignalMask(tracee.pid, Tracee.injectionMask)
         progress("rebuilding memory" + (p.pid == process.pid ? "" : " of pid \(p.pid)"))
         var space = try AddressSpace(restorer: self, process: p, tracee: tracee, leader: leader, files: files, shared: shared)
         try space.build()

@@ -28,6 +28,9 @@ public struct RemoteSyscalls {
         while true {
             switch try tracee.wait(tid) {
             case .signal(SIGTRAP):
+                // A SIGTRAP someone sent (raise, kill) stands in for the step's own (they merge):
+                // the process gets it back on detach.
+                if tracee.stopSiginfoCode(tid).map({ $0 <= 0 }) == true { tracee.interceptSignal(tid) }
                 let after = try tracee.registers(tid)
                 if after.rip == gadget + 2 { return Int64(bitPattern: after.rax) }
                 try tracee.resume(tid, .singleStep)
@@ -134,7 +137,10 @@ extension Tracee {
     public func withSyscalls<T>(in tid: Int32, _ body: (RemoteSyscalls) throws -> T) throws -> T {
         let regs = try registers(tid)
         let mask = try signalMask(tid)
-        try setSignalMask(tid, ~UInt64(0))
+        // Everything blocked but SIGTRAP: the kernel resets the action of a SIGTRAP it forces
+        // (each single step raises one) on a thread that blocks it, so with SIGTRAP blocked a
+        // checkpoint would take the process's SIGTRAP handler away. wb takes those itself.
+        try setSignalMask(tid, Tracee.injectionMask)
         defer {
             _ = try? setRegisters(tid, regs)
             _ = try? setSignalMask(tid, mask)

@@ -264,6 +264,17 @@ public final class Tracee {
 
     public var isDetached: Bool { detached }
 
+    /// The signal mask threads have while wb runs system calls in them: all blocked but
+    /// SIGTRAP (see withSyscalls).
+    public static let injectionMask: UInt64 = ~UInt64(0) & ~(UInt64(1) << UInt64(SIGTRAP - 1))
+
+    /// si_code of the signal `tid` is stopped for (<= 0: sent by a process, > 0: by the kernel).
+    func stopSiginfoCode(_ tid: Int32) -> Int32? {
+        var info = [UInt8](repeating: 0, count: 128)
+        guard info.withUnsafeMutableBytes({ wb_ptrace_getsiginfo(tid, $0.baseAddress) }) == 0 else { return nil }
+        return info.withUnsafeBytes { $0.load(fromByteOffset: 8, as: Int32.self) }
+    }
+
     /// Records the siginfo of the signal `tid` is stopped for, to deliver it on detach.
     func interceptSignal(_ tid: Int32) {
         if interceptedSignals[tid] != nil { return }

@@ -75,6 +75,10 @@ static void *waiter(void *arg) {
 
 static void on_alarm(int s) { (void)s; alarm_ticks++; }
 static void on_usr2(int s) { (void)s; usr2_count++; }
+// SIGTRAP: handled, blocked in the main thread and pending there (wb's own single steps are
+// SIGTRAPs too: neither the handler nor the pending one may be lost to them).
+static volatile sig_atomic_t trap_count;
+static void on_trap(int s) { (void)s; trap_count++; }
 
 static void failed(const char *what) {
     if (strlen(failures) + strlen(what) + 3 < sizeof failures) {
@@ -141,6 +145,11 @@ static void verify(int round) {
     failures[0] = 0;
     char buf[256];
     if (!has_vmflag(locked, "lo")) failed("locked mapping is no longer locked (mlock)");
+    struct sigaction trap_action;
+    sigset_t now_pending;
+    sigpending(&now_pending);
+    if (sigaction(SIGTRAP, NULL, &trap_action) != 0 || trap_action.sa_handler != on_trap) failed("SIGTRAP handler lost");
+    if (!sigismember(&now_pending, SIGTRAP) || trap_count != 0) failed("pending SIGTRAP lost or taken");
     if (mprotect(maywrite, 4096, PROT_READ | PROT_WRITE) != 0) failed("a read-write file's shared mapping can no longer be made writable");
     else { maywrite[0] = 'w'; mprotect(maywrite, 4096, PROT_READ); }
     // Process settings made at start-up.
@@ -294,6 +303,12 @@ int main(int argc, char **argv) {
     harness_require(pthread_create(&sl, NULL, sleeper, NULL) == 0, "pthread_create");
     harness_require(pthread_create(&wt, NULL, waiter, NULL) == 0, "pthread_create");
     pthread_sigmask(SIG_UNBLOCK, &alrm, NULL);
+    signal(SIGTRAP, on_trap);
+    sigset_t trap;
+    sigemptyset(&trap);
+    sigaddset(&trap, SIGTRAP);
+    pthread_sigmask(SIG_BLOCK, &trap, NULL);
+    raise(SIGTRAP);
     while (reader_tid == 0 || !sleeper_started || !waiter_started) sleep_ms(1);
     sleep_ms(20);
 
