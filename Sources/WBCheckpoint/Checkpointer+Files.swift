@@ -92,6 +92,18 @@ extension Checkpointer {
     /// Every fd: what it is, its flags and offset; deleted files' contents (read now, into
     /// `deletedContents` by fd, and stored with `embedDeletedFiles` once the page data is
     /// complete); pipe buffers.
+    /// A watch whose fd number no longer holds the watched file (closed, or reused) gets the
+    /// number of another fd that holds it, if one does.
+    func twinned(_ w: EpollWatch, epoll: Int32, among fds: [Int32]) -> EpollWatch {
+        // The kernel tells whether an fd is the very open file description watched (both
+        // ends of a pipe have one inode).
+        func holds(_ fd: Int32) -> Bool { SharedFiles.isEpollTarget(pid, fd: fd, epoll: epoll, watch: w.fd) }
+        if fds.contains(w.fd) && holds(w.fd) { return w }
+        var out = w
+        out.twin = fds.first { $0 != w.fd && holds($0) }
+        return out
+    }
+
     func captureFiles(_ tracee: Tracee, into p: inout ProcessState, plan: Preflight, deletedContents: inout [Int32: [UInt8]]) throws {
         var pipes: [UInt64: PipeState] = [:]
         var ends: [UInt64: (read: Bool, write: Bool)] = [:]
@@ -171,7 +183,7 @@ extension Checkpointer {
                 s.signalfdMask = UInt64(info.extra["sigmask"] ?? "0", radix: 16) ?? 0
             case .epoll:
                 let text = (try? Paths.readText("/proc/\(pid)/fdinfo/\(f.fd)")) ?? ""
-                s.epoll = ProcFS.parseEpollWatches(text)
+                s.epoll = ProcFS.parseEpollWatches(text).map { twinned($0, epoll: f.fd, among: plan.fds.map(\.fd)) }
             case .unixSocket:
                 let inode = Checkpointer.socketInode(f.link) ?? 0
                 let info = f.socket

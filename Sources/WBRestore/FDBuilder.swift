@@ -96,8 +96,12 @@ struct FDBuilder {
     /// Adds an epoll instance's interest list once every fd it watches is in place.
     private func watch(_ s: FDState, placed: Set<Int32>) throws {
         for w in s.epoll ?? [] {
+            if let twin = w.twin, placed.contains(twin) {
+                try watchThroughTwin(s, w, twin: twin, occupied: placed.contains(w.fd))
+                continue
+            }
             guard placed.contains(w.fd) else {
-                restorer.note("epoll fd \(s.fd) watched fd \(w.fd), which was closed after it was added; that watch is gone", about: process)
+                restorer.note("epoll fd \(s.fd) watched fd \(w.fd), which was closed after it was added and whose file no other fd holds; that watch is gone", about: process)
                 continue
             }
             scratch.reset()
@@ -107,6 +111,30 @@ struct FDBuilder {
             let at = try scratch.put(ev)
             try leader.call(.epollCtl, UInt64(s.fd), 1 /* EPOLL_CTL_ADD */, UInt64(w.fd), at,
                             what: "adding fd \(w.fd) to epoll fd \(s.fd)")
+        }
+    }
+
+    /// A watch added through fd `w.fd`, which was then closed (or given to another file)
+    /// while `twin` kept the file: the watch is added through a copy of `twin` numbered
+    /// `w.fd` (the kernel keys watches by file and fd number), and the number is given back.
+    private func watchThroughTwin(_ s: FDState, _ w: EpollWatch, twin: Int32, occupied: Bool) throws {
+        var saved: Int64 = -1
+        if occupied {
+            saved = try Int64(leader.call(.fcntl, UInt64(w.fd), 1030 /* F_DUPFD_CLOEXEC */, UInt64(base), what: "moving fd \(w.fd) aside"))
+        }
+        try leader.call(.dup3, UInt64(twin), UInt64(w.fd), 0, what: "numbering fd \(twin)'s file \(w.fd) for epoll fd \(s.fd)")
+        scratch.reset()
+        var ev: [UInt8] = []
+        withUnsafeBytes(of: w.events.littleEndian) { ev += $0 }
+        withUnsafeBytes(of: w.data.littleEndian) { ev += $0 }
+        let at = try scratch.put(ev)
+        try leader.call(.epollCtl, UInt64(s.fd), 1 /* EPOLL_CTL_ADD */, UInt64(w.fd), at, what: "adding fd \(w.fd) to epoll fd \(s.fd)")
+        if occupied {
+            let cloexec = process.fds.first { $0.fd == w.fd }?.closeOnExec == true
+            try leader.call(.dup3, UInt64(saved), UInt64(w.fd), cloexec ? UInt64(O_CLOEXEC) : 0, what: "putting fd \(w.fd) back")
+            _ = try leader.raw(.close, UInt64(saved))
+        } else {
+            _ = try leader.raw(.close, UInt64(w.fd))
         }
     }
 

@@ -10,6 +10,12 @@ public enum SharedFiles {
         wb_kcmp_file(pid1, pid2, fd1, fd2) == 0
     }
 
+    /// Whether fd `fd` of `pid` is the open file description epoll fd `epfd` watches as
+    /// `tfd` (kcmp KCMP_EPOLL_TFD).
+    public static func isEpollTarget(_ pid: Int32, fd: Int32, epoll epfd: Int32, watch tfd: Int32) -> Bool {
+        wb_kcmp_epoll_target(pid, fd, epfd, tfd) == 0
+    }
+
     /// A copy, in wb, of fd `fd` of process `pid` (pidfd_getfd).
     public static func take(_ fd: Int32, of pid: Int32) throws -> FileDescriptor {
         var out: Int32 = -1

@@ -20,6 +20,13 @@ int wb_kcmp_file(pid_t pid1, pid_t pid2, int fd1, int fd2) {
     return r < 0 ? -errno : (int)r;
 }
 
+int wb_kcmp_epoll_target(pid_t pid, int fd, int epfd, int tfd) {
+    // struct kcmp_epoll_slot { __u32 efd, tfd, toff; }: toff 0 is the first watch of tfd.
+    struct kcmp_epoll_slot slot = { .efd = (__u32)epfd, .tfd = (__u32)tfd, .toff = 0 };
+    long r = syscall(SYS_kcmp, pid, pid, KCMP_EPOLL_TFD, fd, (unsigned long)&slot);
+    return r < 0 ? -errno : (int)r;
+}
+
 int wb_kcmp_vm(pid_t pid1, pid_t pid2) {
     long r = syscall(SYS_kcmp, pid1, pid2, KCMP_VM, 0, 0);
     return r < 0 ? -errno : (int)r;

@@ -10,6 +10,7 @@
 #define _GNU_SOURCE
 #include "harness.h"
 #include <errno.h>
+#include <fcntl.h>
 #include <signal.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -52,6 +53,11 @@ static void on_timer(int sig, siginfo_t *info, void *ctx) {
 }
 
 /// Runs the loop until `until_ns`, collecting events.
+// A pipe watched through an fd that was then closed: the watch lives on (the kernel keys it
+// by file and fd number) while the duplicate `watched_twin` keeps the pipe open.
+static int watched_twin = -1, watched_writer = -1;
+static int closed_watch_bytes;
+
 static void loop_for(uint64_t ms) {
     uint64_t until = harness_now_ns() + ms * 1000000ULL;
     while (harness_now_ns() < until) {
@@ -64,6 +70,9 @@ static void loop_for(uint64_t ms) {
             } else if (evs[i].data.u64 == 2) {
                 uint64_t v;
                 if (read(efd, &v, 8) == 8) eventfd_total += v;
+            } else if (evs[i].data.u64 == 4) {
+                char c;
+                if (read(watched_twin, &c, 1) == 1) closed_watch_bytes++;
             } else if (evs[i].data.u64 == 3) {
                 struct signalfd_siginfo si;
                 if (read(sfd, &si, sizeof si) == sizeof si && si.ssi_signo == SIGUSR2) signalfd_count++;
@@ -92,6 +101,10 @@ static void verify(void) {
     if (timer_off_stack) failed("POSIX timer handler ran off the alternate stack");
     if (timer_bad_value) failed("POSIX timer signal lost its value or code");
     if (thread_timer_runs < r0 + 2) failed("SIGEV_THREAD timer stopped running its function");
+    int c0 = closed_watch_bytes;
+    if (write(watched_writer, "x", 1) != 1) failed("write to the watched pipe failed");
+    loop_for(50);
+    if (closed_watch_bytes != c0 + 1) failed("epoll watch through a closed fd was lost");
     uint64_t count;
     if (read(held, &count, 8) != 8 || count != HELD_COUNT) failed("held eventfd count changed");
     count = HELD_COUNT;
@@ -148,6 +161,15 @@ int main(void) {
     ev.data.u64 = 3;
     ev.events = EPOLLIN;
     epoll_ctl(ep, EPOLL_CTL_ADD, sfd, &ev);
+
+    int watched[2];
+    harness_require(pipe2(watched, O_NONBLOCK) == 0, "pipe2");
+    watched_writer = watched[1];
+    watched_twin = dup(watched[0]);
+    ev.data.u64 = 4;
+    ev.events = EPOLLIN;
+    harness_require(epoll_ctl(ep, EPOLL_CTL_ADD, watched[0], &ev) == 0, "epoll_ctl watched pipe");
+    close(watched[0]);
 
     struct sigevent sev;
     memset(&sev, 0, sizeof sev);

@@ -155,6 +155,9 @@ enum {
 /// kcmp(KCMP_FILE): 0 when the two fds share an open file description, 1 or 2 when not
 /// (an order), -errno on failure.
 int wb_kcmp_file(pid_t pid1, pid_t pid2, int fd1, int fd2);
+/// kcmp(KCMP_EPOLL_TFD): 0 when fd `fd` of `pid` is the open file description epoll fd
+/// `epfd` watches as its fd number `tfd` (the watch may outlive that fd), else 1, 2 or -errno.
+int wb_kcmp_epoll_target(pid_t pid, int fd, int epfd, int tfd);
 /// kcmp(KCMP_VM): 0 when the two processes share one address space (a vfork child and its
 /// parent), 1 or 2 when not, -errno on failure.
 int wb_kcmp_vm(pid_t pid1, pid_t pid2);
