@@ -107,8 +107,7 @@ import WBTrace
         let program = try Child(Products.harness("events"), [])
         _ = try #require(program.line(startingWith: "READY"))
         let image = "\(dir)/events.wbimg"
-        try #require(try wb("checkpoint", "\(program.pid)", "-o", image, "--kill").code == 0)
-        program.wait()
+        try checkpointKilled(program, to: image)
         let inspect = try wb("inspect", image)
         #expect(inspect.stdout.contains("eventfd anon_inode:[eventfd] [O_RDWR,O_NONBLOCK] count 41"), "\(inspect.stdout)")
         #expect(inspect.stdout.contains("every 10000000 ns"))
@@ -140,11 +139,7 @@ import WBTrace
         defer { restored.kill() }
         #expect(try Paths.readLink("/proc/\(restored.pid)/fd/3") == "\(dir)/fifo (deleted)")
         #expect(!Paths.exists("\(dir)/fifo"))
-        for _ in 0..<2 {
-            kill(restored.pid, SIGUSR1)
-            let verify = restored.line(startingWith: "VERIFY")
-            #expect(verify == "VERIFY OK", "\(verify ?? "no answer")")
-        }
+        for v in restored.verify(rounds: 2) { #expect(v == "VERIFY OK", "\(v)") }
     }
 
     /// POSIX, OFD and flock locks come back held (a child of the restored process sees each),
@@ -156,16 +151,11 @@ import WBTrace
         kill(program.pid, SIGUSR1)
         #expect(program.line(startingWith: "VERIFY") == "VERIFY OK")
         let image = "\(dir)/locks.wbimg"
-        try #require(try wb("checkpoint", "\(program.pid)", "-o", image, "--kill").code == 0)
-        program.wait()
+        try checkpointKilled(program, to: image)
         do {
             let restored = try Restored.detach(image)
             defer { restored.kill() }
-            for _ in 0..<2 {
-                kill(restored.pid, SIGUSR1)
-                let verify = restored.line(startingWith: "VERIFY")
-                #expect(verify == "VERIFY OK", "\(verify ?? "no answer")")
-            }
+            for v in restored.verify(rounds: 2) { #expect(v == "VERIFY OK", "\(v)") }
         }
         // Another process takes the flock while the image waits: the restore says so.
         let holder = try Child("/usr/bin/flock", ["-x", "\(dir)/flock", "sleep", "30"])
@@ -188,13 +178,10 @@ import WBTrace
         kill(program.pid, SIGUSR1)
         #expect(program.line(startingWith: "VERIFY") == "VERIFY OK")
         let image = "\(dir)/deleted.wbimg"
-        try #require(try wb("checkpoint", "\(program.pid)", "-o", image, "--kill").code == 0)
-        program.wait()
+        try checkpointKilled(program, to: image)
         let restored = try Restored.detach(image)
         defer { restored.kill() }
-        kill(restored.pid, SIGUSR1)
-        let verify = restored.line(startingWith: "VERIFY")
-        #expect(verify == "VERIFY OK", "\(verify ?? "no answer")")
+        #expect(restored.verify() == ["VERIFY OK"])
     }
 
     /// pidfds come back naming the same process: the process itself, or a child restored
@@ -217,9 +204,7 @@ import WBTrace
         program.wait()
         let restored = try Restored.detach(image)
         defer { restored.kill() }
-        kill(restored.pid, SIGUSR1)
-        let verify = restored.line(startingWith: "VERIFY")
-        #expect(verify == "VERIFY OK", "\(verify ?? "no answer")")
+        #expect(restored.verify() == ["VERIFY OK"])
     }
 
     /// A process stopped by job control comes back stopped, and SIGCONT wakes it.
@@ -231,8 +216,7 @@ import WBTrace
         var state = ""
         for _ in 0..<200 where !state.hasPrefix("T") { state = (try? ProcFS.status(program.pid)["State"]) ?? ""; usleep(5000) }
         let image = "\(dir)/stopped.wbimg"
-        try #require(try wb("checkpoint", "\(program.pid)", "-o", image, "--kill").code == 0)
-        program.wait()
+        try checkpointKilled(program, to: image)
         let restored = try Restored.detach(image)
         defer { restored.kill() }
         #expect((try ProcFS.status(restored.pid)["State"])?.hasPrefix("T (stopped)") == true)
@@ -246,8 +230,7 @@ import WBTrace
         let program = try Child(Products.harness("events"), [])
         _ = try #require(program.line(startingWith: "READY"))
         let image = "\(dir)/vdso.wbimg"
-        try #require(try wb("checkpoint", "\(program.pid)", "-o", image, "--kill").code == 0)
-        program.wait()
+        try checkpointKilled(program, to: image)
         let imageVdso = try Image(path: image).process.mappings.first { $0.kind == .vdso }!
         let restored = try Restored.detach(image, env: ["WB_RESTORE_VDSO": "redirect"])
         defer { restored.kill() }
@@ -267,8 +250,7 @@ import WBTrace
         let program = try Child(Products.harness("heap"), ["4"])
         _ = try #require(program.line(startingWith: "READY"))
         let image = "\(dir)/cpu.wbimg"
-        try #require(try wb("checkpoint", "\(program.pid)", "-o", image, "--kill").code == 0)
-        program.wait()
+        try checkpointKilled(program, to: image)
         // The same image, as if taken on a CPU with features this one lacks.
         let foreign = "\(dir)/foreign.wbimg"
         try Image(path: image).copy(to: foreign) { m in
@@ -424,8 +406,7 @@ import WBTrace
         let program = try Child(Products.harness("heap"), ["64"])
         let ready = program.line(startingWith: "READY")
         let image = "\(dir)/mapped.wbimg"
-        try #require(try wb("checkpoint", "\(program.pid)", "-o", image, "--kill").code == 0)
-        program.wait()
+        try checkpointKilled(program, to: image)
         let restored = try Restored.detach(image, ["--map"])
         defer { restored.kill() }
         let maps = try ProcFS.maps(restored.pid, withFlags: false)
@@ -442,8 +423,7 @@ import WBTrace
         let program = try Child(Products.harness("heap"), ["8"])
         _ = try #require(program.line(startingWith: "READY"))
         let image = "\(dir)/fg.wbimg"
-        try #require(try wb("checkpoint", "\(program.pid)", "-o", image, "--kill").code == 0)
-        program.wait()
+        try checkpointKilled(program, to: image)
         let wbRestore = try Child(Products.wb, ["restore", image])
         // The restored process exists once wb has rebuilt it.
         var up = false
@@ -466,8 +446,7 @@ import WBTrace
         let program = try Child(Products.harness("heap"), ["4"])
         let ready = try #require(program.line(startingWith: "READY"))
         let image = "\(dir)/user.wbimg"
-        try #require(try wb("checkpoint", "\(program.pid)", "-o", image, "--kill").code == 0)
-        program.wait()
+        try checkpointKilled(program, to: image)
         chmod(image, 0o644)
         let restore = try Child("/usr/bin/setpriv", ["--reuid=65534", "--regid=65534", "--clear-groups",
                                                     Products.wb, "restore", image, "--detach", "--new-pidns"],
@@ -490,8 +469,7 @@ import WBTrace
         let program = try Child(Products.harness("heap"), ["4"])
         _ = try #require(program.line(startingWith: "READY"))
         let image = "\(dir)/stopped.wbimg"
-        try #require(try wb("checkpoint", "\(program.pid)", "-o", image, "--kill").code == 0)
-        program.wait()
+        try checkpointKilled(program, to: image)
         let restored = try Restored.detach(image, ["--stopped"])
         defer { restored.kill() }
         let state = try ProcFS_state(restored.pid)
@@ -508,8 +486,7 @@ import WBTrace
         let program = try Child(Products.harness("heap"), ["4"])
         _ = try #require(program.line(startingWith: "READY"))
         let image = "\(dir)/heap.wbimg", doomed = "\(dir)/doomed.wbimg"
-        try #require(try wb("checkpoint", "\(program.pid)", "-o", image, "--kill").code == 0)
-        program.wait()
+        try checkpointKilled(program, to: image)
         var info = Data(count: 128)
         info[0] = UInt8(SIGTERM)
         try Image(path: image).copy(to: doomed) { $0.process.sharedPending = [PendingSignal(signal: SIGTERM, siginfo: info)] }

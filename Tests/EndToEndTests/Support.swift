@@ -194,6 +194,22 @@ struct Restored {
     func kill() {
         Glibc.kill(pid, SIGKILL)
     }
+
+    /// Asks the restored harness program to check itself (SIGUSR1), `rounds` times; its
+    /// answers ("VERIFY OK", "VERIFY FAIL ...", or "no answer").
+    func verify(rounds: Int = 1) -> [String] {
+        (0..<rounds).map { _ in
+            Glibc.kill(pid, SIGUSR1)
+            return line(startingWith: "VERIFY") ?? "no answer"
+        }
+    }
+}
+
+/// `wb checkpoint PID -o IMAGE --kill` of a harness program, waiting for it to be gone.
+func checkpointKilled(_ program: Child, to image: String, _ extra: [String] = []) throws {
+    let run = try wb(["checkpoint", "\(program.pid)", "-o", image, "--kill"] + extra)
+    guard run.code == 0 else { throw WBError.failed("checkpoint of pid \(program.pid) failed: \(run.stderr)") }
+    program.wait()
 }
 
 /// Whether `pid` is currently traced by anyone.
