@@ -83,9 +83,13 @@ public final class Image: @unchecked Sendable {
     public var directory: String { Paths.directory(of: Paths.absolute(filePath)) }
 
     /// Where runs with `source` have their bytes: a file and the offset of the data in it.
-    public func pageLocation(_ source: UInt32) -> (path: String, base: UInt64) {
+    /// The restored process opens the file by this path itself (`wb restore --map`), so for
+    /// a file beside the image it is the file as wb finds it beneath the image's directory,
+    /// with the links inside resolved (`resolvedBeside`): it has none left to follow. A file
+    /// that cannot be had that way is refused, as `pageRegion` refuses it.
+    public func pageLocation(_ source: UInt32) throws -> (path: String, base: UInt64) {
         if source == 0 { return (Paths.absolute(filePath), header.section(.pages)!.offset) }
-        return ("\(directory)/\(metadata.pageSources![Int(source) - 1].path)", 0)
+        return (try resolvedBeside(source), 0)
     }
 
     /// All the page data of `source` (0: the PAGE section), mapped once and kept; nil when
@@ -101,13 +105,8 @@ public final class Image: @unchecked Sendable {
             region = try MappedRegion(file: fd, offset: s.offset, count: Int(s.length))
         } else {
             let info = metadata.pageSources![Int(source) - 1]
-            let (file, _) = pageLocation(source)
-            let f: FileDescriptor
-            do {
-                f = try FileDescriptor.open(file, O_RDONLY, what: "opening \(file)")
-            } catch {
-                throw WBError.badImage(path: path, problem: "its page data \(info.path) is missing beside it (\(file)); copy the whole timeline directory")
-            }
+            let f = try openBeside(info.path, what: "its page store file",
+                                   missing: "its page data \(info.path) is missing beside it (\(directory)/\(info.path)); copy the whole timeline directory")
             guard (try f.size) >= info.length else {
                 throw WBError.badImage(path: path, problem: "truncated page store file \(info.path): \((try? f.size) ?? 0) bytes of \(info.length)")
             }
@@ -137,9 +136,9 @@ public final class Image: @unchecked Sendable {
     public func contents(of file: EmbeddedFile) throws -> MappedRegion {
         guard let source = file.source else { return try map(.files, offset: file.dataOffset, length: file.size) }
         let at = "\(directory)/\(source)"
-        guard let f = try? FileDescriptor.open(at, O_RDONLY), (try? f.size) == file.size else {
-            throw WBError.badImage(path: path, problem: "the file it keeps beside it, \(source), is missing or changed (\(at)); copy the whole timeline directory")
-        }
+        let missing = "the file it keeps beside it, \(source), is missing or changed (\(at)); copy the whole timeline directory"
+        let f = try openBeside(source, what: "its stored file", missing: missing)
+        guard (try? f.size) == file.size else { throw WBError.badImage(path: path, problem: missing) }
         return try MappedRegion(file: f, offset: 0, count: Int(file.size))
     }
 

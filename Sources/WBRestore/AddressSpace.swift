@@ -370,11 +370,16 @@ struct AddressSpace {
         var fds: [UInt32: UInt64] = [:]
         for m in mappings where mappedFromImage(m) {
             for r in m.pages {
-                let (file, base) = image.pageLocation(r.source)
+                let (file, base) = try image.pageLocation(r.source)
                 if fds[r.source] == nil {
                     scratch.reset()
                     let name = try scratch.put(string: file)
-                    fds[r.source] = try leader.call(.openat, UInt64(bitPattern: -100), name, UInt64(O_RDONLY | O_CLOEXEC), 0,
+                    // The path has no link left in it (pageLocation): openat2 with
+                    // RESOLVE_NO_SYMLINKS keeps it so, should one be planted meanwhile.
+                    var how: [UInt64] = [UInt64(O_RDONLY | O_CLOEXEC), 0, 0x04 /* RESOLVE_NO_SYMLINKS */]
+                    if r.source == 0 { how[2] = 0 }
+                    let howAt = try scratch.put(words: how)
+                    fds[r.source] = try leader.call(.openat2, UInt64(bitPattern: -100), name, howAt, 24,
                                                     what: "opening \(file) to map its pages")
                 }
                 let at = m.start + UInt64(r.page) * 4096

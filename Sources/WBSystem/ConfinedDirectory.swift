@@ -5,6 +5,8 @@ import Glibc
 private let oPath = Int32(WB_O_PATH)
 /// Every lookup inside: no step out, no symlink followed (nor /proc's magic links).
 private let beneath = UInt64(WB_RESOLVE_BENEATH | WB_RESOLVE_NO_SYMLINKS | WB_RESOLVE_NO_MAGICLINKS)
+/// Lookups for reading (`openForReading`): links are followed while they stay inside.
+private let beneathFollowing = UInt64(WB_RESOLVE_BENEATH | WB_RESOLVE_NO_MAGICLINKS)
 
 /// A directory wb writes into under names it did not choose (paths read from an image) or
 /// that someone else could have prepared (a cache in /tmp): nothing it creates, replaces or
@@ -241,6 +243,48 @@ public final class ConfinedDirectory: @unchecked Sendable {
         }
     }
 
+    // MARK: - Reading beneath a directory of someone else's
+
+    /// Opens the file `relative` for reading beneath `directory`, for names wb does not trust
+    /// in a directory it neither made nor owns (a timeline's store beside an image that came
+    /// from elsewhere). openat2(RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS) from the directory's
+    /// descriptor: symbolic links inside are followed, one (or a `..` in one) that leads out
+    /// is refused by the kernel, with no window between a check and the open. Only a regular
+    /// file is opened, and it is looked at first through an O_PATH descriptor, so that a FIFO
+    /// or a device node planted there is never opened (a FIFO would block, some devices act on
+    /// open). `relative` is split like every name here (`..` or a NUL refuses it). `directory`
+    /// itself is the caller's and is followed as usual. Kernels without openat2 get the walk,
+    /// which refuses every link on the way.
+    public static func openForReading(beneath directory: String, path relative: String) throws -> FileDescriptor {
+        try openForReading(beneath: directory, path: relative, resolution: .kernel)
+    }
+
+    static func openForReading(beneath directory: String, path relative: String,
+                               resolution: Resolution) throws -> FileDescriptor {
+        let components = try ConfinedDirectory.components(of: relative)
+        guard !components.isEmpty else {
+            throw WBError.invalidArgument("\(quoted(relative)) names the directory \(directory) itself, not a file in it")
+        }
+        let opened = try FileDescriptor.open(directory, oPath | O_DIRECTORY, what: "opening \(directory)")
+        let dir = ConfinedDirectory(path: directory, fd: opened, resolution: resolution)
+        let name = dir.shown(components)
+        let found = try dir.open(components, from: dir.fd.rawValue, flags: oPath, mode: 0, shown: components,
+                                 what: "opening \(name)", followingLinks: true)
+        var st = stat()
+        try syscallValue("fstat(\(name))", "checking \(name)") { fstat(found.rawValue, &st) }
+        guard st.st_mode & S_IFMT == S_IFREG else {
+            throw WBError.refused("refusing \(name): it is \(Entry(st).kind == .directory ? "a directory" : "not a regular file")")
+        }
+        // The O_PATH descriptor pins the file: opening it again through /proc/self/fd reaches
+        // that file, whatever the names inside are changed to meanwhile.
+        let raw = try withExtendedLifetime(found) {
+            try syscallValue("open(\(name))", "opening \(name)") {
+                Glibc.open("/proc/self/fd/\(found.rawValue)", O_RDONLY | O_NOCTTY | O_CLOEXEC)
+            }
+        }
+        return FileDescriptor(owning: raw)
+    }
+
     // MARK: - Resolution
 
     /// Runs `body` with the descriptor of the directory holding the last of `components`
@@ -277,18 +321,24 @@ public final class ConfinedDirectory: @unchecked Sendable {
 
     /// Opens `components` below the directory `base` with `flags`, refusing any symlink on
     /// the way (and at the end: O_NOFOLLOW, or RESOLVE_NO_SYMLINKS for O_PATH) and any step
-    /// outside. `here` names the same path from this directory, for errors.
+    /// outside. `here` names the same path from this directory, for errors. `followingLinks`
+    /// (for readers, with openat2 only) follows links that stay inside instead.
     private func open(_ components: [String], from base: Int32, flags: Int32, mode: mode_t,
-                      shown here: [String], what: String) throws -> FileDescriptor {
+                      shown here: [String], what: String, followingLinks: Bool = false) throws -> FileDescriptor {
         // With O_PATH, O_NOFOLLOW would open a final symlink itself instead of refusing it.
-        let finalFlags = flags | O_CLOEXEC | (flags & oPath != 0 ? 0 : O_NOFOLLOW)
+        let finalFlags = flags | O_CLOEXEC | (flags & oPath != 0 || followingLinks ? 0 : O_NOFOLLOW)
         switch resolution {
         case .openat2:
             var out: Int32 = -1
-            let e = wb_openat2(base, components.joined(separator: "/"), UInt64(finalFlags), UInt64(mode), beneath, &out)
+            var e: Int32 = EAGAIN
+            // EAGAIN: a rename elsewhere raced a `..` on the way, and the kernel asks again.
+            for _ in 0..<8 where e == EAGAIN {
+                e = wb_openat2(base, components.joined(separator: "/"), UInt64(finalFlags), UInt64(mode),
+                               followingLinks ? beneathFollowing : beneath, &out)
+            }
             if e != 0 {
                 throw openFailure(e, in: base, name: components.count == 1 ? components[0] : nil, shown: here,
-                                  call: "openat2", what: what)
+                                  call: "openat2", what: what, followingLinks: followingLinks)
             }
             return FileDescriptor(owning: out)
         case .walk:
@@ -317,8 +367,10 @@ public final class ConfinedDirectory: @unchecked Sendable {
     /// non-directory in the way is a refusal naming it; anything else is the call's errno.
     /// `name` is the single component opened, when it was one.
     private func openFailure(_ e: Int32, in dir: Int32, name: String?, shown here: [String], call: String,
-                             what: String) -> WBError {
+                             what: String, followingLinks: Bool = false) -> WBError {
         switch e {
+        case ELOOP where followingLinks:
+            return .refused("refusing \(shown(here)): its links go round in a loop, or through one of /proc's magic links")
         case ELOOP:
             return .refused("refusing \(shown(here)): a symbolic link is in the way, and wb does not follow links inside \(path)")
         case EXDEV:
