@@ -142,7 +142,15 @@ import WBCore
             (["run", "--record", "--", "/bin/true"], "--every, --keep and --record need --timeline DIR"),
             (["replay", dir, "--from", "2"], "--from is for a timeline"),
             (["run", "--timeline", "\(dir)/t", "--every", "soon", "--", "/bin/true"], "--every soon"),
+            (["bisect", "\(dir)/forged", "--gdb-check", "1"], "names image '../../victim.wbimg', which is not a file of the timeline's directory"),
         ]
+        // A timeline copied from elsewhere whose manifest names an image outside it.
+        try Paths.makeDirectories("\(dir)/forged")
+        try Data("""
+            {"version": 1, "program": ["x"], "pid": 1, "started": "now", "recording": false, "nextNumber": 2, "packs": [],
+             "checkpoints": [{"number": 1, "image": "../../victim.wbimg", "seconds": 0, "time": "now", "reason": "scheduled",
+                              "storedBytes": 0, "newBytes": 0, "fullBytes": 0, "pauseSeconds": 0}]}
+            """.utf8).write(to: URL(fileURLWithPath: "\(dir)/forged/timeline.json"))
         for (args, message) in cases {
             let run = try wb(args)
             #expect(run.code != 0, "\(args)")
