@@ -39,6 +39,8 @@ extension Checkpointer {
     func captureProcess(_ tracee: Tracee, into p: inout ProcessState) throws {
         let maps = try ProcFS.maps(pid, withFlags: false)
         tracee.syscallGadget = try tracee.findSyscallGadget(in: maps)
+        // Read before wb's single steps, which reset an ignored SIGTRAP until wb sets it back.
+        let ignoresTrap = Tracee.ignoresSIGTRAP(pid)
         try tracee.withSyscalls(in: pid) { leader in
             // One executable scratch area: the batch code, a call table, and the outputs.
             let size: UInt64 = 64 * 1024
@@ -67,7 +69,8 @@ extension Checkpointer {
             let w = try tracee.read(out, count: 2304 + p.posixTimers.count * 32).words
             for sig in 1...64 {
                 let b = (sig - 1) * 4
-                p.sigactions.append(SignalAction(signal: Int32(sig), handler: w[b], flags: w[b + 1], restorer: w[b + 2], mask: w[b + 3]))
+                let handler = sig == SIGTRAP && ignoresTrap ? 1 : w[b]
+                p.sigactions.append(SignalAction(signal: Int32(sig), handler: handler, flags: w[b + 1], restorer: w[b + 2], mask: w[b + 3]))
             }
             for which in 0...2 {
                 let b = 256 + which * 4

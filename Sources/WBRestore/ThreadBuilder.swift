@@ -38,8 +38,13 @@ struct ThreadBuilder {
         try security.audit(placed + [(leaderImage, tracee.pid)])
         for (t, tid) in placed + [(leaderImage, tracee.pid)] { scheduling(t, tid) }
         for (t, tid) in placed { try finalRegisters(t, tid) }
-        // The work area goes; the leader's registers are set after it.
-        let unmapped = try leader.raw(.munmap, scratch.base, scratch.size)
+        // The work area goes; the leader's registers are set after it. A SIGTRAP the process
+        // ignores is set back to ignored first (wb's single steps reset it), and the last call
+        // makes no single step.
+        if process.sigactions.contains(where: { $0.signal == SIGTRAP && $0.handler == 1 }) {
+            try leader.keepSIGTRAPIgnored(scratch: scratch.base + 4096)
+        }
+        let unmapped = try leader.rawWithoutTrap(.munmap, scratch.base, scratch.size)
         if unmapped != 0 {
             restorer.note("the process's seccomp filters refuse munmap: wb's work area at \(hex(scratch.base)) stays mapped", about: process)
         }

@@ -50,6 +50,54 @@ public struct RemoteSyscalls {
     }
 
     /// Executes a system call and throws if it fails.
+    /// `raw`, run through the syscall-entry and -exit stops (PTRACE_SYSCALL) instead of a
+    /// single step, so that it raises no SIGTRAP: the kernel resets the action of a SIGTRAP it
+    /// forces on a thread that ignores it, so a SIGTRAP the process ignores is set back with
+    /// this, as the last call.
+    public func rawWithoutTrap(_ nr: SyscallNumber, _ a0: UInt64 = 0, _ a1: UInt64 = 0, _ a2: UInt64 = 0,
+                               _ a3: UInt64 = 0) throws -> Int64 {
+        let gadget = tracee.syscallGadget
+        precondition(gadget != 0, "no syscall instruction known in the tracee")
+        var r = original
+        r.rax = UInt64(nr.rawValue)
+        r.rdi = a0; r.rsi = a1; r.rdx = a2; r.r10 = a3
+        r.rip = gadget
+        r.origRax = UInt64.max
+        r.eflags &= ~UInt64(0x100)
+        try tracee.setRegisters(tid, r)
+        try tracee.resume(tid, .syscall)
+        var entered = false
+        while true {
+            let stop = try tracee.wait(tid)
+            switch stop {
+            case .signal(SIGTRAP), .event(Tracee.syscallStopEvent):
+                if entered { return Int64(bitPattern: try tracee.registers(tid).rax) }
+                entered = true
+                try tracee.resume(tid, .syscall)
+            case .signal:
+                tracee.interceptSignal(tid)
+                try tracee.resume(tid, .syscall)
+            case .interrupted, .event:
+                try tracee.resume(tid, .syscall)
+            case let .exited(code):
+                throw WBError.failed("thread \(tid) exited with status \(code) during a remote \(nr) call")
+            case let .killed(sig):
+                throw WBError.failed("thread \(tid) was killed by signal \(sig) during a remote \(nr) call")
+            }
+        }
+    }
+
+    /// Sets SIGTRAP back to ignored after injected calls (see `rawWithoutTrap`), keeping its
+    /// flags, restorer and mask; `at` is 32 bytes of the process's memory wb may use.
+    public func keepSIGTRAPIgnored(scratch at: UInt64) throws {
+        _ = try raw(.rtSigaction, UInt64(SIGTRAP), 0, at, 8)
+        var action = try tracee.read(at, count: 32)
+        for k in 0..<8 { action[k] = k == 0 ? 1 : 0 }   // SIG_IGN
+        try tracee.write(action, to: at)
+        let r = try rawWithoutTrap(.rtSigaction, UInt64(SIGTRAP), at, 0, 8)
+        if r < 0 { throw WBError.system(call: "remote rt_sigaction(SIGTRAP)", errno: Int32(-r), what: "keeping SIGTRAP ignored in pid \(tracee.pid)") }
+    }
+
     @discardableResult
     public func call(_ nr: SyscallNumber, _ a0: UInt64 = 0, _ a1: UInt64 = 0, _ a2: UInt64 = 0,
                      _ a3: UInt64 = 0, _ a4: UInt64 = 0, _ a5: UInt64 = 0, what: @autoclosure () -> String) throws -> UInt64 {
@@ -141,11 +189,22 @@ extension Tracee {
         // (each single step raises one) on a thread that blocks it, so with SIGTRAP blocked a
         // checkpoint would take the process's SIGTRAP handler away. wb takes those itself.
         try setSignalMask(tid, Tracee.injectionMask)
+        let syscalls = RemoteSyscalls(tracee: self, tid: tid, original: regs)
+        // A SIGTRAP the process ignores is set back to ignored when wb is done (each single
+        // step resets it), through 32 bytes well below its stack pointer, kept as they were.
+        let ignoresTrap = Tracee.ignoresSIGTRAP(pid)
         defer {
+            if ignoresTrap, !isDetached {
+                let at = (regs.rsp &- 4096) & ~UInt64(15)
+                if let saved = try? read(at, count: 32) {
+                    try? syscalls.keepSIGTRAPIgnored(scratch: at)
+                    try? write(saved, to: at)
+                }
+            }
             _ = try? setRegisters(tid, regs)
             _ = try? setSignalMask(tid, mask)
         }
-        return try body(RemoteSyscalls(tracee: self, tid: tid, original: regs))
+        return try body(syscalls)
     }
 
     /// Finds a `syscall` instruction (0f 05) in the tracee's vdso to inject through. Using the

@@ -268,6 +268,12 @@ public final class Tracee {
     /// SIGTRAP (see withSyscalls).
     public static let injectionMask: UInt64 = ~UInt64(0) & ~(UInt64(1) << UInt64(SIGTRAP - 1))
 
+    /// Whether process `pid` ignores SIGTRAP (SigIgn in /proc/PID/status).
+    public static func ignoresSIGTRAP(_ pid: Int32) -> Bool {
+        guard let ign = (try? ProcFS.status(pid))?["SigIgn"].flatMap({ UInt64($0, radix: 16) }) else { return false }
+        return ign & (UInt64(1) << UInt64(SIGTRAP - 1)) != 0
+    }
+
     /// si_code of the signal `tid` is stopped for (<= 0: sent by a process, > 0: by the kernel).
     func stopSiginfoCode(_ tid: Int32) -> Int32? {
         var info = [UInt8](repeating: 0, count: 128)

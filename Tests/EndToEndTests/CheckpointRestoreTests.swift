@@ -225,6 +225,26 @@ import WBTrace
         #expect(restored.line(startingWith: "VERIFY") == "VERIFY OK")
     }
 
+    /// A checkpoint that leaves the process running leaves it as it was: harness-events
+    /// (which ignores SIGTRAP, the signal of wb's own single steps) still verifies itself,
+    /// and so does its restored copy.
+    @Test func leavingTheProcessRunningLeavesItsSignalsAsTheyWere() throws {
+        let dir = scratchDirectory()
+        let program = try Child(Products.harness("events"), [])
+        _ = try #require(program.line(startingWith: "READY"))
+        let image = "\(dir)/running.wbimg"
+        let run = try wb("checkpoint", "\(program.pid)", "-o", image, "--leave-running")
+        try #require(run.code == 0, "\(run.stderr)")
+        kill(program.pid, SIGUSR1)
+        let original = program.line(startingWith: "VERIFY")
+        #expect(original?.hasPrefix("VERIFY OK") == true, "\(original ?? "no answer")")
+        program.signal(SIGKILL)
+        program.wait()
+        let restored = try Restored.detach(image)
+        defer { restored.kill() }
+        #expect(restored.verify().first?.hasPrefix("VERIFY OK") == true)
+    }
+
     @Test func aVdsoThatMovedIsReachedThroughTheOldEntryPoints() throws {
         let dir = scratchDirectory()
         let program = try Child(Products.harness("events"), [])

@@ -101,6 +101,8 @@ static void verify(void) {
     if (timer_off_stack) failed("POSIX timer handler ran off the alternate stack");
     if (timer_bad_value) failed("POSIX timer signal lost its value or code");
     if (thread_timer_runs < r0 + 2) failed("SIGEV_THREAD timer stopped running its function");
+    struct sigaction trap;
+    if (sigaction(SIGTRAP, NULL, &trap) != 0 || trap.sa_handler != SIG_IGN) failed("SIGTRAP is no longer ignored");
     int c0 = closed_watch_bytes;
     if (write(watched_writer, "x", 1) != 1) failed("write to the watched pipe failed");
     loop_for(50);
@@ -162,6 +164,7 @@ int main(void) {
     ev.events = EPOLLIN;
     epoll_ctl(ep, EPOLL_CTL_ADD, sfd, &ev);
 
+    signal(SIGTRAP, SIG_IGN);   // wb's single steps are SIGTRAPs: this must stay ignored
     int watched[2];
     harness_require(pipe2(watched, O_NONBLOCK) == 0, "pipe2");
     watched_writer = watched[1];
