@@ -101,6 +101,7 @@ let package = Package(
         harnessProgram("locks"),
         harnessProgram("deleted"),
         harnessProgram("pidfds"),
+        harnessProgram("novdso"),
         harnessProgram("security"),
         // Debugged after a replay: built without optimization so every local is visible.
         harnessProgram("msgserver", optimize: false),

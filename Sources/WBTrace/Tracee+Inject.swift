@@ -209,14 +209,30 @@ extension Tracee {
 
     /// Finds a `syscall` instruction (0f 05) in the tracee's vdso to inject through. Using the
     /// vdso's own instruction means checkpointing never writes to the target's code.
+    /// A process without a vdso (it unmapped it, or the kernel gives none) is entered through
+    /// a `syscall` in its other executable code (the C library has many), still without
+    /// writing to it.
     public func findSyscallGadget(in maps: [ProcFS.MapsEntry]) throws -> UInt64 {
-        guard let vdso = maps.first(where: { $0.path == "[vdso]" }) else {
-            throw WBError.refused("pid \(pid) has no [vdso] mapping, which wb needs to run system calls inside it")
+        if let vdso = maps.first(where: { $0.path == "[vdso]" }) {
+            // Read whole: this also faults every vdso page in, so the checkpoint finds them
+            // present and stores the vdso's code, which restore compares with this kernel's.
+            let bytes = try read(vdso.start, count: Int(vdso.end - vdso.start))
+            for i in 0..<(bytes.count - 1) where bytes[i] == 0x0F && bytes[i + 1] == 0x05 {
+                return vdso.start + UInt64(i)
+            }
         }
-        let bytes = try read(vdso.start, count: Int(vdso.end - vdso.start))
-        for i in 0..<(bytes.count - 1) where bytes[i] == 0x0F && bytes[i + 1] == 0x05 {
-            return vdso.start + UInt64(i)
+        let code = maps.filter { $0.path != "[vdso]" && $0.protection & 5 == 5 && $0.path.hasPrefix("/") }
+        for m in code {
+            // Up to 4 MiB of each, one page at a time: a gadget is found in the first few.
+            var at = m.start
+            while at < min(m.end, m.start + (4 << 20)) {
+                guard let bytes = try? read(at, count: 4096) else { break }
+                for i in 0..<(bytes.count - 1) where bytes[i] == 0x0F && bytes[i + 1] == 0x05 {
+                    return at + UInt64(i)
+                }
+                at += 4096
+            }
         }
-        throw WBError.refused("pid \(pid): no syscall instruction found in its vdso")
+        throw WBError.refused("pid \(pid) has no syscall instruction wb can use in its vdso or its code, which wb needs to run system calls inside it")
     }
 }

@@ -245,6 +245,19 @@ import WBTrace
         #expect(restored.verify().first?.hasPrefix("VERIFY OK") == true)
     }
 
+    /// A process that unmapped its vdso is checkpointed through a syscall instruction of its
+    /// own code and comes back without one.
+    @Test func aProcessWithoutAVdsoComesBackWithoutOne() throws {
+        let dir = scratchDirectory()
+        let program = try Child(Products.harness("novdso"), [])
+        _ = try #require(program.line(startingWith: "READY"))
+        let image = "\(dir)/novdso.wbimg"
+        try checkpointKilled(program, to: image)
+        let restored = try Restored.detach(image)
+        defer { restored.kill() }
+        #expect(restored.verify(rounds: 2) == ["VERIFY OK", "VERIFY OK"])
+    }
+
     @Test func aVdsoThatMovedIsReachedThroughTheOldEntryPoints() throws {
         let dir = scratchDirectory()
         let program = try Child(Products.harness("events"), [])
