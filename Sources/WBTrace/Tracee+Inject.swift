@@ -15,22 +15,14 @@ public struct RemoteSyscalls {
     /// Returns the raw result (negative errno on failure).
     public func raw(_ nr: SyscallNumber, _ a0: UInt64 = 0, _ a1: UInt64 = 0, _ a2: UInt64 = 0,
                     _ a3: UInt64 = 0, _ a4: UInt64 = 0, _ a5: UInt64 = 0) throws -> Int64 {
-        let gadget = tracee.syscallGadget
-        precondition(gadget != 0, "no syscall instruction known in the tracee")
-        var r = original
-        r.rax = UInt64(nr.rawValue)
-        r.rdi = a0; r.rsi = a1; r.rdx = a2; r.r10 = a3; r.r8 = a4; r.r9 = a5
-        r.rip = gadget
-        r.origRax = UInt64.max   // not in a syscall: no restart logic on resume
-        r.eflags &= ~UInt64(0x100)
-        try tracee.setRegisters(tid, r)
+        let gadget = try place(nr, a0, a1, a2, a3, a4, a5)
         try tracee.resume(tid, .singleStep)
         while true {
             switch try tracee.wait(tid) {
             case .signal(SIGTRAP):
                 // A SIGTRAP someone sent (raise, kill) stands in for the step's own (they merge):
                 // the process gets it back on detach.
-                if tracee.stopSiginfoCode(tid).map({ $0 <= 0 }) == true { tracee.interceptSignal(tid) }
+                tracee.interceptSignal(tid, onlyIfSent: true)
                 let after = try tracee.registers(tid)
                 if after.rip == gadget + 2 { return Int64(bitPattern: after.rax) }
                 try tracee.resume(tid, .singleStep)
@@ -42,29 +34,40 @@ public struct RemoteSyscalls {
                 // A pending interrupt or event stop came first; the call has not run yet.
                 try tracee.resume(tid, .singleStep)
             case let .exited(code):
-                throw WBError.failed("thread \(tid) exited with status \(code) during a remote \(nr) call")
+                throw ended("exited with status \(code)", during: nr)
             case let .killed(sig):
-                throw WBError.failed("thread \(tid) was killed by signal \(sig) during a remote \(nr) call")
+                throw ended("was killed by signal \(sig)", during: nr)
             }
         }
     }
 
-    /// Executes a system call and throws if it fails.
+    /// Sets the thread's registers for call `nr` at the tracee's `syscall` instruction;
+    /// returns that instruction's address.
+    private func place(_ nr: SyscallNumber, _ a0: UInt64, _ a1: UInt64, _ a2: UInt64,
+                       _ a3: UInt64, _ a4: UInt64, _ a5: UInt64) throws -> UInt64 {
+        let gadget = tracee.syscallGadget
+        precondition(gadget != 0, "no syscall instruction known in the tracee")
+        var r = original
+        r.rax = UInt64(nr.rawValue)
+        r.rdi = a0; r.rsi = a1; r.rdx = a2; r.r10 = a3; r.r8 = a4; r.r9 = a5
+        r.rip = gadget
+        r.origRax = UInt64.max   // not in a syscall: no restart logic on resume
+        r.eflags &= ~UInt64(0x100)
+        try tracee.setRegisters(tid, r)
+        return gadget
+    }
+
+    private func ended(_ how: String, during nr: SyscallNumber) -> WBError {
+        .failed("thread \(tid) \(how) during a remote \(nr) call")
+    }
+
     /// `raw`, run through the syscall-entry and -exit stops (PTRACE_SYSCALL) instead of a
     /// single step, so that it raises no SIGTRAP: the kernel resets the action of a SIGTRAP it
     /// forces on a thread that ignores it, so a SIGTRAP the process ignores is set back with
     /// this, as the last call.
     public func rawWithoutTrap(_ nr: SyscallNumber, _ a0: UInt64 = 0, _ a1: UInt64 = 0, _ a2: UInt64 = 0,
                                _ a3: UInt64 = 0) throws -> Int64 {
-        let gadget = tracee.syscallGadget
-        precondition(gadget != 0, "no syscall instruction known in the tracee")
-        var r = original
-        r.rax = UInt64(nr.rawValue)
-        r.rdi = a0; r.rsi = a1; r.rdx = a2; r.r10 = a3
-        r.rip = gadget
-        r.origRax = UInt64.max
-        r.eflags &= ~UInt64(0x100)
-        try tracee.setRegisters(tid, r)
+        _ = try place(nr, a0, a1, a2, a3, 0, 0)
         try tracee.resume(tid, .syscall)
         var entered = false
         while true {
@@ -80,9 +83,9 @@ public struct RemoteSyscalls {
             case .interrupted, .event:
                 try tracee.resume(tid, .syscall)
             case let .exited(code):
-                throw WBError.failed("thread \(tid) exited with status \(code) during a remote \(nr) call")
+                throw ended("exited with status \(code)", during: nr)
             case let .killed(sig):
-                throw WBError.failed("thread \(tid) was killed by signal \(sig) during a remote \(nr) call")
+                throw ended("was killed by signal \(sig)", during: nr)
             }
         }
     }
@@ -98,6 +101,7 @@ public struct RemoteSyscalls {
         if r < 0 { throw WBError.system(call: "remote rt_sigaction(SIGTRAP)", errno: Int32(-r), what: "keeping SIGTRAP ignored in pid \(tracee.pid)") }
     }
 
+    /// Executes a system call and throws if it fails.
     @discardableResult
     public func call(_ nr: SyscallNumber, _ a0: UInt64 = 0, _ a1: UInt64 = 0, _ a2: UInt64 = 0,
                      _ a3: UInt64 = 0, _ a4: UInt64 = 0, _ a5: UInt64 = 0, what: @autoclosure () -> String) throws -> UInt64 {

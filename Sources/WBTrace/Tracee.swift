@@ -274,20 +274,14 @@ public final class Tracee {
         return ign & (UInt64(1) << UInt64(SIGTRAP - 1)) != 0
     }
 
-    /// si_code of the signal `tid` is stopped for (<= 0: sent by a process, > 0: by the kernel).
-    func stopSiginfoCode(_ tid: Int32) -> Int32? {
-        var info = [UInt8](repeating: 0, count: 128)
-        guard info.withUnsafeMutableBytes({ wb_ptrace_getsiginfo(tid, $0.baseAddress) }) == 0 else { return nil }
-        return info.withUnsafeBytes { $0.load(fromByteOffset: 8, as: Int32.self) }
-    }
-
-    /// Records the siginfo of the signal `tid` is stopped for, to deliver it on detach.
-    func interceptSignal(_ tid: Int32) {
+    /// Records the siginfo of the signal `tid` is stopped for, to deliver it on detach;
+    /// `onlyIfSent` records it only if a process sent it (si_code <= 0), not the kernel.
+    func interceptSignal(_ tid: Int32, onlyIfSent: Bool = false) {
         if interceptedSignals[tid] != nil { return }
         var info = [UInt8](repeating: 0, count: 128)
-        if info.withUnsafeMutableBytes({ wb_ptrace_getsiginfo(tid, $0.baseAddress) }) == 0 {
-            interceptedSignals[tid] = info
-        }
+        guard info.withUnsafeMutableBytes({ wb_ptrace_getsiginfo(tid, $0.baseAddress) }) == 0 else { return }
+        if onlyIfSent && info.withUnsafeBytes({ $0.load(fromByteOffset: 8, as: Int32.self) }) > 0 { return }
+        interceptedSignals[tid] = info
     }
 
     /// Forgets a signal that was intercepted (it is in the image as pending, or was consumed).
