@@ -200,9 +200,7 @@ extension Checkpointer {
     /// inside the process, with the other per-thread calls).
     func security(of tid: Int32, _ tracee: Tracee) throws -> ThreadSecurity {
         let status = try ProcFS.status(pid, thread: tid)
-        func caps(_ key: String) -> UInt64 { UInt64(status[key] ?? "0", radix: 16) ?? 0 }
-        let sets = CapabilitySets(inheritable: caps("CapInh"), permitted: caps("CapPrm"), effective: caps("CapEff"),
-                                  bounding: caps("CapBnd"), ambient: caps("CapAmb"))
+        let sets = ProcFS.capabilities(status)
         let mode = Int32(status["Seccomp"] ?? "0") ?? 0
         let count = Int(status["Seccomp_filters"] ?? "0") ?? 0
         let filters = mode == 2 ? try tracee.seccompFilters(tid, count: count) : []

@@ -23,8 +23,8 @@ final class FileAccess {
         self.scratch = scratch
         self.cacheDirectory = Paths.absolute(cacheDirectory)
         let status = try ProcFS.status(tracee.pid)
-        func caps(_ key: String) -> UInt64 { UInt64(status[key] ?? "0", radix: 16) ?? 0 }
-        stubCaps = (caps("CapEff"), caps("CapPrm"), caps("CapInh"))
+        let caps = ProcFS.capabilities(status)
+        stubCaps = (caps.effective, caps.permitted, caps.inheritable)
         var groups = [gid_t](repeating: 0, count: 65536)
         let n = getgroups(Int32(groups.count), &groups)
         stubGroups = n > 0 ? Array(groups[0..<Int(n)]) : []
@@ -34,9 +34,6 @@ final class FileAccess {
         let same = fsuid == 0 && fsgid == 0 && effective & stubCaps.effective == stubCaps.effective
         image = geteuid() == 0 && !same ? (fsuid, fsgid, c.groups, effective & stubCaps.permitted) : nil
     }
-
-    /// Whether opens switch identity (root restoring another user's process).
-    var switches: Bool { image != nil }
 
     /// Runs `body` (a remote call looking up `path`) with the process's file identity.
     func asProcess<T>(path: String, _ body: () throws -> T) throws -> T {
@@ -61,7 +58,7 @@ final class FileAccess {
     private func set(groups: [UInt32], fsgid: UInt32, fsuid: UInt32, effective: UInt64) throws {
         let leaving = fsuid == 0
         if leaving { try capset(effective) }
-        let list = try scratch.put(groups.flatMap { g in withUnsafeBytes(of: g.littleEndian) { Array($0) } })
+        let list = try scratch.put(words32: groups)
         try leader.call(.setgroups, UInt64(groups.count), list, what: "setting the groups files are opened with")
         _ = try leader.raw(.setfsgid, UInt64(fsgid))
         _ = try leader.raw(.setfsuid, UInt64(fsuid))
@@ -82,12 +79,14 @@ enum Capabilities {
         func hi(_ v: UInt64) -> UInt32 { UInt32(truncatingIfNeeded: v >> 32) }
         let words: [UInt32] = [0x2008_0522, 0,   // _LINUX_CAPABILITY_VERSION_3, pid 0 (this thread)
                                lo(effective), lo(permitted), lo(inheritable), hi(effective), hi(permitted), hi(inheritable)]
-        let at = try scratch.put(words.flatMap { w in withUnsafeBytes(of: w.littleEndian) { Array($0) } })
+        let at = try scratch.put(words32: words)
         try s.call(.capset, at, at + 8, what: what)
     }
 
-    /// The highest capability number this kernel knows.
-    static var last: Int {
-        Int(((try? Paths.readText("/proc/sys/kernel/cap_last_cap")) ?? "40").trimming("\n")) ?? 40
-    }
+    /// The highest capability number this kernel knows (read once).
+    static let last: Int = Int(((try? Paths.readText("/proc/sys/kernel/cap_last_cap")) ?? "40").trimming("\n")) ?? 40
+
+    /// The capabilities this kernel knows, bit n for capability n: image bits beyond them
+    /// are none the kernel could hold.
+    static let known: UInt64 = last >= 63 ? ~0 : (UInt64(1) << UInt64(last + 1)) - 1
 }

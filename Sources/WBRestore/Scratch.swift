@@ -41,6 +41,14 @@ final class Scratch {
         return try put(out)
     }
 
+    /// Little-endian 32-bit words (gid_t lists, capability data).
+    func put(words32: [UInt32]) throws -> UInt64 {
+        var out: [UInt8] = []
+        out.reserveCapacity(words32.count * 4)
+        for w in words32 { withUnsafeBytes(of: w.littleEndian) { out.append(contentsOf: $0) } }
+        return try put(out)
+    }
+
     /// Reserves `count` zeroed bytes for a call to fill in.
     func reserve(_ count: Int) throws -> UInt64 { try put([UInt8](repeating: 0, count: count)) }
 }

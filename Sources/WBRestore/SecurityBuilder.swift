@@ -25,14 +25,13 @@ struct SecurityBuilder {
         let c = process.credentials
         let root = geteuid() == 0
         let stub = try ProcFS.status(tracee.pid)
-        let stubPermitted = UInt64(stub["CapPrm"] ?? "0", radix: 16) ?? 0
-        let stubBounding = UInt64(stub["CapBnd"] ?? "0", radix: 16) ?? 0
+        let stubCaps = ProcFS.capabilities(stub)
+        let stubPermitted = stubCaps.permitted, stubBounding = stubCaps.bounding
         let sameIds = c.uid.allSatisfy { $0 == getuid() } && c.gid.allSatisfy { $0 == getgid() }
         if !root && !sameIds {
             restorer.note("the process ran as uid \(c.uid[1]); it runs as uid \(geteuid()) here (restore as root to keep it)", about: process)
         }
-        let last = Capabilities.last
-        let known: UInt64 = last >= 63 ? ~0 : (UInt64(1) << UInt64(last + 1)) - 1
+        let last = Capabilities.last, known = Capabilities.known
         // Phase one: ids and capabilities, with every permitted capability still effective.
         for (t, s) in threads {
             scratch.reset()
@@ -46,7 +45,7 @@ struct SecurityBuilder {
                     restorer.note("thread \(t.tid) had capabilities in its bounding set that wb's own lacks (0x\(String(b & known & ~stubBounding, radix: 16))); they stay out", about: process)
                 }
             }
-            let groups = try scratch.put(c.groups.flatMap { g in withUnsafeBytes(of: g.littleEndian) { Array($0) } })
+            let groups = try scratch.put(words32: c.groups)
             try s.call(.setgroups, UInt64(c.groups.count), groups, what: "setting the supplementary groups of thread \(t.tid)")
             try s.call(.setresgid, UInt64(c.gid[0]), UInt64(c.gid[1]), UInt64(c.gid[2]), what: "setting the group ids of thread \(t.tid)")
             if sec != nil { try s.call(.prctl, 8 /* PR_SET_KEEPCAPS */, 1, what: "keeping the capabilities of thread \(t.tid)") }
@@ -89,7 +88,7 @@ struct SecurityBuilder {
             if sec.noNewPrivs || (!sec.seccompFilters.isEmpty && !root) {
                 try s.call(.prctl, 38 /* PR_SET_NO_NEW_PRIVS */, 1, 0, 0, 0, what: "setting no_new_privs of thread \(t.tid)")
             }
-            if canFilterAfter { try finalCapabilities(t, s, known: known, root: root) } else { late.append(t.tid) }
+            if canFilterAfter { try finalCapabilities(t, s, root: root) } else { late.append(t.tid) }
         }
         let filters = threads.map { $0.0.security?.seccompFilters ?? [] }
         var shared = 0
@@ -109,15 +108,16 @@ struct SecurityBuilder {
             }
             if late.contains(t.tid) {
                 scratch.reset()
-                do { try finalCapabilities(t, s, known: known, root: root) } catch {
+                do { try finalCapabilities(t, s, root: root) } catch {
                     throw WBError.failed("thread \(t.tid)'s seccomp filters refuse the capset wb makes after them to give it its capabilities: \(error)")
                 }
             }
         }
     }
 
-    private func finalCapabilities(_ t: ThreadState, _ s: RemoteSyscalls, known: UInt64, root: Bool) throws {
+    private func finalCapabilities(_ t: ThreadState, _ s: RemoteSyscalls, root: Bool) throws {
         guard root, let caps = t.security?.capabilities else { return }
+        let known = Capabilities.known
         try Capabilities.set(s, scratch, effective: caps.effective & known, permitted: caps.permitted & known,
                              inheritable: caps.inheritable & known, what: "setting the capabilities of thread \(t.tid)")
     }
@@ -148,16 +148,15 @@ struct SecurityBuilder {
                 if Set(ids("Groups")) != Set(c.groups) { wrong.append("Groups \(ids("Groups")) (the image has \(c.groups))") }
             }
             if let sec = t.security {
-                let known: UInt64 = Capabilities.last >= 63 ? ~0 : (UInt64(1) << UInt64(Capabilities.last + 1)) - 1
-                func caps(_ key: String) -> UInt64 { UInt64(status[key] ?? "0", radix: 16) ?? 0 }
+                let known = Capabilities.known, here = ProcFS.capabilities(status), want = sec.capabilities
                 if root {
-                    for (key, want) in [("CapInh", sec.capabilities.inheritable), ("CapPrm", sec.capabilities.permitted),
-                                        ("CapEff", sec.capabilities.effective), ("CapAmb", sec.capabilities.ambient)]
-                    where caps(key) != want & known {
-                        wrong.append("\(key) \(String(caps(key), radix: 16)) (the image has \(String(want, radix: 16)))")
+                    for (key, got, wanted) in [("CapInh", here.inheritable, want.inheritable), ("CapPrm", here.permitted, want.permitted),
+                                               ("CapEff", here.effective, want.effective), ("CapAmb", here.ambient, want.ambient)]
+                    where got != wanted & known {
+                        wrong.append("\(key) \(String(got, radix: 16)) (the image has \(String(wanted, radix: 16)))")
                     }
-                    if caps("CapBnd") & ~(sec.capabilities.bounding & known) != 0 {
-                        wrong.append("CapBnd \(String(caps("CapBnd"), radix: 16)) (the image has \(String(sec.capabilities.bounding, radix: 16)))")
+                    if here.bounding & ~(want.bounding & known) != 0 {
+                        wrong.append("CapBnd \(String(here.bounding, radix: 16)) (the image has \(String(want.bounding, radix: 16)))")
                     }
                 }
                 if sec.noNewPrivs && status["NoNewPrivs"] != "1" { wrong.append("NoNewPrivs \(status["NoNewPrivs"] ?? "?")") }

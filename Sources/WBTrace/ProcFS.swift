@@ -88,6 +88,14 @@ public enum ProcFS {
         return parseStatus(try Paths.readText(path))
     }
 
+    /// The five capability sets of a parsed /proc status (CapInh, CapPrm, CapEff, CapBnd,
+    /// CapAmb, hexadecimal).
+    public static func capabilities(_ status: [String: String]) -> CapabilitySets {
+        func caps(_ key: String) -> UInt64 { UInt64(status[key] ?? "0", radix: 16) ?? 0 }
+        return CapabilitySets(inheritable: caps("CapInh"), permitted: caps("CapPrm"), effective: caps("CapEff"),
+                              bounding: caps("CapBnd"), ambient: caps("CapAmb"))
+    }
+
     /// /proc/PID/stat fields, numbered as in proc(5) (1 = pid, 2 = comm, 3 = state, ...).
     public static func parseStat(_ text: String) -> [Int: String] {
         guard let open = text.firstIndex(of: "("), let close = text.lastIndex(of: ")") else { return [:] }
