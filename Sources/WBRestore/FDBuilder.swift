@@ -74,12 +74,10 @@ struct FDBuilder {
             switch l.kind {
             case .posix, .ofd:
                 scratch.reset()
-                // struct flock: l_type, l_whence (shorts), l_start, l_len, l_pid.
-                var b = [UInt8](repeating: 0, count: 32)
-                b[0] = l.write ? 1 : 0   // F_WRLCK : F_RDLCK
+                // struct flock: l_type (F_WRLCK 1, F_RDLCK 0) and l_whence (SEEK_SET) as shorts,
+                // l_start, l_len (0: to the end), l_pid.
                 let length = l.end.map { $0 &- l.start &+ 1 } ?? 0
-                for k in 0..<8 { b[8 + k] = UInt8(truncatingIfNeeded: l.start >> (8 * UInt64(k))); b[16 + k] = UInt8(truncatingIfNeeded: length >> (8 * UInt64(k))) }
-                let at = try scratch.put(b)
+                let at = try scratch.put(words: [l.write ? 1 : 0, l.start, length, 0])
                 r = try leader.raw(.fcntl, UInt64(s.fd), l.kind == .posix ? 6 /* F_SETLK */ : 37 /* F_OFD_SETLK */, at)
             case .flock:
                 r = try leader.raw(.flock, UInt64(s.fd), (l.write ? 2 : 1) | 4 /* LOCK_NB */)
@@ -104,14 +102,18 @@ struct FDBuilder {
                 restorer.note("epoll fd \(s.fd) watched fd \(w.fd), which was closed after it was added and whose file no other fd holds; that watch is gone", about: process)
                 continue
             }
-            scratch.reset()
-            var ev: [UInt8] = []
-            withUnsafeBytes(of: w.events.littleEndian) { ev += $0 }
-            withUnsafeBytes(of: w.data.littleEndian) { ev += $0 }
-            let at = try scratch.put(ev)
-            try leader.call(.epollCtl, UInt64(s.fd), 1 /* EPOLL_CTL_ADD */, UInt64(w.fd), at,
-                            what: "adding fd \(w.fd) to epoll fd \(s.fd)")
+            try add(w, to: s)
         }
+    }
+
+    /// EPOLL_CTL_ADD of watch `w` to epoll fd `s` (struct epoll_event: the mask, then the data).
+    private func add(_ w: EpollWatch, to s: FDState) throws {
+        scratch.reset()
+        var ev: [UInt8] = []
+        withUnsafeBytes(of: w.events.littleEndian) { ev += $0 }
+        withUnsafeBytes(of: w.data.littleEndian) { ev += $0 }
+        let at = try scratch.put(ev)
+        try leader.call(.epollCtl, UInt64(s.fd), 1 /* EPOLL_CTL_ADD */, UInt64(w.fd), at, what: "adding fd \(w.fd) to epoll fd \(s.fd)")
     }
 
     /// A watch added through fd `w.fd`, which was then closed (or given to another file)
@@ -123,12 +125,7 @@ struct FDBuilder {
             saved = try Int64(leader.call(.fcntl, UInt64(w.fd), 1030 /* F_DUPFD_CLOEXEC */, UInt64(base), what: "moving fd \(w.fd) aside"))
         }
         try leader.call(.dup3, UInt64(twin), UInt64(w.fd), 0, what: "numbering fd \(twin)'s file \(w.fd) for epoll fd \(s.fd)")
-        scratch.reset()
-        var ev: [UInt8] = []
-        withUnsafeBytes(of: w.events.littleEndian) { ev += $0 }
-        withUnsafeBytes(of: w.data.littleEndian) { ev += $0 }
-        let at = try scratch.put(ev)
-        try leader.call(.epollCtl, UInt64(s.fd), 1 /* EPOLL_CTL_ADD */, UInt64(w.fd), at, what: "adding fd \(w.fd) to epoll fd \(s.fd)")
+        try add(w, to: s)
         if occupied {
             let cloexec = process.fds.first { $0.fd == w.fd }?.closeOnExec == true
             try leader.call(.dup3, UInt64(saved), UInt64(w.fd), cloexec ? UInt64(O_CLOEXEC) : 0, what: "putting fd \(w.fd) back")
@@ -420,8 +417,7 @@ struct FDBuilder {
         let key = "deleted-fifo:\(id)"
         if let fd = try shared.fetch(key, into: leader, above: base) {
             // Another fd or process already made it: reopen that FIFO through it.
-            let end = try high(fd)
-            return try reopen(end, s)
+            return try reopen(try high(fd), s.flags | O_NONBLOCK)
         }
         if pipeEnds[id] == nil {
             var path = s.path
@@ -433,7 +429,9 @@ struct FDBuilder {
             if made < 0 {
                 path = "/tmp/.wb-fifo-\(tracee.pid)-\(s.fd)"
                 scratch.reset()
-                made = try leader.raw(.mknodat, UInt64(bitPattern: -100), try scratch.put(string: path), mode, 0)
+                made = try access.asProcess(path: path) {
+                    try leader.raw(.mknodat, UInt64(bitPattern: -100), try scratch.put(string: path), mode, 0)
+                }
                 restorer.note("fd \(s.fd) was the deleted FIFO \(s.path); that name is taken here, so it is a FIFO made (and deleted) at \(path)", about: process)
             }
             if made < 0 { throw WBError.system(call: "remote mknodat(\(path))", errno: Int32(-made), what: "making the deleted FIFO of fd \(s.fd) again") }
@@ -444,16 +442,8 @@ struct FDBuilder {
             try shared.keep(key, fd: holder, leader: leader, pid: process.pid, above: base)
             pipeEnds[id] = (holder, holder)
         }
-        return try reopen(pipeEnds[id]!.read, s)
-    }
-
-    /// A new open file description of the FIFO `fd` holds, with `s`'s access and flags
-    /// (through /proc/self/fd, as the FIFO has no name).
-    private mutating func reopen(_ fd: Int32, _ s: FDState) throws -> Int32 {
-        scratch.reset()
-        let name = try scratch.put(string: "/proc/self/fd/\(fd)")
-        let flags = UInt64(UInt32(bitPattern: (s.flags & ~(O_CREAT | O_TRUNC | O_EXCL)) | O_NONBLOCK | O_CLOEXEC))
-        let r = try leader.call(.openat, UInt64(bitPattern: -100), name, flags, 0, what: "reopening the deleted FIFO of fd \(s.fd)")
-        return try high(Int32(r))
+        // A new open file description of it with `s`'s access (it has no name: through
+        // /proc/self/fd), not blocking on a missing other end.
+        return try reopen(pipeEnds[id]!.read, s.flags | O_NONBLOCK)
     }
 }
