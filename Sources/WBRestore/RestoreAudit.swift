@@ -49,13 +49,17 @@ struct RestoreAudit {
     }
 
     private func memory(_ out: inout [String]) throws {
+        // Both lists are in address order (the image's is checked to be when it is decoded):
+        // one pass over each finds the entries a mapping overlaps.
         let here = try ProcFS.maps(pid, withFlags: true)
         let skipped: Set<Mapping.Kind> = [.vdso, .vvar, .vvarVclock, .vsyscall]
+        var first = 0
         for m in process.mappings where !skipped.contains(m.kind) {
             let name = "mapping \(hex(m.start))-\(hex(m.end)) (\(m.path ?? m.kind.rawValue))"
-            let parts = here.filter { $0.end > m.start && $0.start < m.end }
+            while first < here.count && here[first].end <= m.start { first += 1 }
+            let parts = here[first...].prefix { $0.start < m.end }
             var covered = m.start
-            for e in parts.sorted(by: { $0.start < $1.start }) {
+            for e in parts {
                 guard e.start <= covered else { break }
                 covered = max(covered, e.end)
             }
@@ -71,15 +75,17 @@ struct RestoreAudit {
                 let want = Set(m.vmFlags).intersection(Self.auditedFlags), got = Set(e.vmFlags).intersection(Self.auditedFlags)
                 if !m.vmFlags.isEmpty && want != got {
                     let lost = want.subtracting(got).sorted(), gained = got.subtracting(want).sorted()
-                    out.append("\(name) has kernel flags " + [lost.isEmpty ? nil : "without \(lost.joined(separator: " "))",
-                                                            gained.isEmpty ? nil : "with \(gained.joined(separator: " "))"]
-                        .compactMap { $0 }.joined(separator: " and ") + " that the image's had not")
+                    out.append("\(name) " + [lost.isEmpty ? nil : "lacks kernel flags \(lost.joined(separator: " ")) the image's had",
+                                               gained.isEmpty ? nil : "has kernel flags \(gained.joined(separator: " ")) the image's had not"]
+                        .compactMap { $0 }.joined(separator: " and "))
                     break
                 }
             }
         }
+        var next = 0
         for e in here {
-            let known = process.mappings.contains { $0.end > e.start && $0.start < e.end }
+            while next < process.mappings.count && process.mappings[next].end <= e.start { next += 1 }
+            let known = next < process.mappings.count && process.mappings[next].start < e.end
             if !known && !e.path.hasPrefix("[vdso") && !e.path.hasPrefix("[vvar") && e.path != "[vsyscall]" {
                 out.append("an extra mapping \(hex(e.start))-\(hex(e.end)) \(e.perms) \(e.path) that the image does not have")
             }
