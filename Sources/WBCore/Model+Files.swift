@@ -185,10 +185,6 @@ public struct EpollWatch: Codable, Sendable, Equatable {
     public var fd: Int32
     public var events: UInt32
     public var data: UInt64
-    /// The watched file's inode and device as fdinfo shows them (ino, sdev: the kernel's
-    /// encoding), to find it when `fd` no longer holds it.
-    public var inode: UInt64?
-    public var device: UInt64?
     /// When `fd` was closed (or reused) after the watch was added: another fd of the process
     /// holding the watched file. Restore adds the watch through a copy of it numbered `fd`.
     public var twin: Int32?

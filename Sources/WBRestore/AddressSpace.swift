@@ -182,7 +182,7 @@ struct AddressSpace {
         var target = path
         if writable, let copies = restorer.privateCopies {
             // Shared and writable: its writes would reach the file. The run gets a copy.
-            target = try copies.copy(of: path) ?? copies.copy(of: path, from: try FileDescriptor.open(path, O_RDONLY, what: "copying \(path)"))
+            target = try copies.make(path)
         }
         scratch.reset()
         let name = try scratch.put(string: target)

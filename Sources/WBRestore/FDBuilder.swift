@@ -185,8 +185,7 @@ struct FDBuilder {
                 // (opened above as the process would, so only what it may open is copied).
                 guard let copies = restorer.privateCopies, s.accessMode != O_RDONLY,
                       (try? Paths.stat(s.path))?.isRegular == true else { return fd }
-                let copy = try copies.copy(of: s.path) ?? copies.copy(of: s.path, from: try FileDescriptor.open(s.path, O_RDONLY, what: "copying \(s.path)"))
-                return try open(copy, flags)
+                return try open(try copies.make(s.path), flags)
             } catch let WBError.system(_, code, _) where code == ENOENT {
                 throw WBError.failed("\(s.path) no longer exists; restore needs it (it was open on fd \(s.fd))")
             }

@@ -29,10 +29,12 @@ final class PrivateFiles {
     /// Whether the process gets a copy of `path`, and which.
     func copy(of path: String) -> String? { copies[path] }
 
-    /// The copy of `path` (made now, from `source`, an fd of the original the restored process
-    /// opened with its own rights, so nothing it could not read is copied).
-    func copy(of path: String, from source: FileDescriptor) throws -> String {
+    /// The copy of `path`, made on first use. Callers have opened the original in the
+    /// restored process with its own rights first, so only a file it may open is copied; the
+    /// copy keeps the original's mode and owner.
+    func make(_ path: String) throws -> String {
         if let c = copies[path] { return c }
+        let source = try FileDescriptor.open(path, O_RDONLY, what: "copying \(path)")
         let name = "\(directory)/\(copies.count)-\(path.split(separator: "/").last.map(String.init) ?? "file")"
         let st = try source.stat()
         let out = try FileDescriptor.open(name, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW, mode: st.mode & 0o7777,

@@ -164,7 +164,7 @@ public final class Restorer {
                 progress("verifying \(image.path)")
                 // Copied page data is checked as it is copied, not in a pass of its own. Mapped
                 // page data would be read only as the process touches it, so it is checked
-                // here, in one read of the mapping (about 0.05 s per GiB from the page cache),
+                // here, in one read of the mapping (0.15 s per GiB from the page cache here),
                 // before any process is started: a forged page must never run.
                 try image.verifyData(only: [.files])
                 if options.mapPages { try PageVerifier(image: image).finish() } else { pageVerifier = PageVerifier(image: image) }

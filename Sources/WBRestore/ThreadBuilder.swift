@@ -103,8 +103,7 @@ struct ThreadBuilder {
         let here = Int32(((try? Paths.readText(path)) ?? "0").trimming("\n")) ?? 0
         if here != k.oomScoreAdj {
             do {
-                let fd = try FileDescriptor.open(path, O_WRONLY, what: "setting the OOM score adjustment")
-                try fd.writeAll(Array("\(k.oomScoreAdj)\n".utf8))
+                try Paths.writeText(path, "\(k.oomScoreAdj)\n")
             } catch {
                 restorer.note("the process's oom_score_adj was \(k.oomScoreAdj); it is \(here) here (lowering it needs CAP_SYS_RESOURCE)", about: process)
             }

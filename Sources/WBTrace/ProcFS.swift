@@ -143,10 +143,7 @@ public enum ProcFS {
             let t = line.split(separator: " ", omittingEmptySubsequences: true)
             guard t.count >= 6, let fd = Int32(t[1]), let events = UInt32(t[3], radix: 16),
                   let data = UInt64(t[5], radix: 16) else { return nil }
-            var w = EpollWatch(fd: fd, events: events, data: data)
-            for part in t where part.hasPrefix("ino:") { w.inode = UInt64(part.dropFirst(4), radix: 16) }
-            for part in t where part.hasPrefix("sdev:") { w.device = UInt64(part.dropFirst(5), radix: 16) }
-            return w
+            return EpollWatch(fd: fd, events: events, data: data)
         }
     }
 
