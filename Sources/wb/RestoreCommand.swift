@@ -105,6 +105,8 @@ struct RestoreCommand: ParsableCommand {
             }
             if stopped { restored.releaseStopped() } else { restored.resume() }
             if detach {
+                // The pid comes first, as soon as the process runs (scripts read it).
+                if !json { Output.line("\(restored.pid)") }
                 // Said as it is: a process that died as it was let go is not "stopped". One
                 // with signals pending may act on them as soon as it runs: give it a moment.
                 var state = restored.state
@@ -116,8 +118,6 @@ struct RestoreCommand: ParsableCommand {
                     try Output.json(RestoreReport(pid: restored.pid, originalPid: restored.originalPid,
                                                   namespaceInit: restored.initPid, stopped: state == "stopped", state: state,
                                                   notes: restored.notes))
-                } else {
-                    Output.line("\(restored.pid)")
                 }
                 return
             }
