@@ -63,24 +63,19 @@ import WBSystem
                     if "\(e)".contains("\n") { failures.append("image \(n) mutant \(seed) (\(what)): a multi-line error: \(e)") }
                 }
             }
-            print("image \(n): in-process mutants done at \(Int(Date().timeIntervalSince(started))) s")
             // Through the CLI: wb inspect of accepted mutants and some refused ones, and
             // wb restore --detach of accepted ones; every restored process is killed.
             for (k, (seed, what)) in accepted.prefix(60).enumerated() {
                 _ = try mutants.writeMetadataMutant(seed, to: path)
-                let t0 = Date()
                 let inspect = try wb(["inspect", path], timeout: 60)
-                if Date().timeIntervalSince(t0) > 2 { print("slow inspect \(Date().timeIntervalSince(t0)) s: \(what)") }
                 viaCLI += 1
                 if !Self.endedCleanly(inspect.code, inspect.stderr) {
                     failures.append("wb inspect of image \(n) mutant \(seed) (\(what)): exit \(inspect.code): \(inspect.stderr.prefix(400))")
                 }
                 guard k < 40 else { continue }
-                let t1 = Date()
                 let child = try Child(Products.wb, ["restore", path, "--detach", "--new-pidns"])
                 let first = child.line(timeout: 60)
                 let code = child.exitCode
-                if Date().timeIntervalSince(t1) > 2 { print("slow restore \(Date().timeIntervalSince(t1)) s: \(what) \(child.stderrText.prefix(200))") }
                 if let pid = first.flatMap({ Int32($0) }), code == 0 {
                     restored += 1
                     kill(pid, SIGKILL)
