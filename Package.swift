@@ -103,6 +103,8 @@ let package = Package(
         harnessProgram("pidfds"),
         harnessProgram("novdso"),
         harnessProgram("security"),
+        harnessProgram("sysvipc"),
+        harnessProgram("guards"),
         // Debugged after a replay: built without optimization so every local is visible.
         harnessProgram("msgserver", optimize: false),
 

@@ -38,6 +38,7 @@ extension Checkpointer {
         let entries = try ProcFS.maps(pid, withFlags: !store.tracking)
         stamp("maps")
         let executableFiles = Set(entries.filter { $0.protection & 4 != 0 && $0.inode != 0 }.map { "\($0.device):\($0.inode)" })
+        let guards = try guardRanges(entries, scanner: scanner)
         for e in entries {
             var m = Mapping(start: e.start, end: e.end, protection: e.protection, shared: e.shared,
                             kind: .anonymous, offset: e.offset, path: nil)
@@ -81,11 +82,14 @@ extension Checkpointer {
                     notes.append("mapping \(hex(e.start))-\(hex(e.end)) \(e.path) stored as anonymous memory")
                 }
             }
+            // Guard pages hold nothing: pages stored before a guard went on are forgotten.
+            m.guards = guards[e.start]
+            if let g = m.guards { store.forget(g.map { ($0[0], $0[1]) }) }
             if policy == .segmentData {
-                m.pages = try store.store(try segmentData(e), base: e.start)
+                m.pages = try store.store(Checkpointer.unguarded(try segmentData(e), m.guards), base: e.start)
             } else if let runs = stable[Checkpointer.stableKey(e)] {
                 // A read-only file mapping stored while the process ran, unchanged since.
-                m.pages = runs
+                m.pages = Checkpointer.unguarded(runs, base: e.start, m.guards)
             } else if policy != .none && ((e.rssKB ?? 1) > 0 || (e.swapKB ?? 1) > 0) {
                 // Tracked memory was stored while the process ran: only the pages written since
                 // are stored again now (a fast scan: written pages only); pages it discarded are

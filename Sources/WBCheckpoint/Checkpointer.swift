@@ -82,14 +82,16 @@ public final class Checkpointer {
     /// System V semaphore sets and message queues the process was the last to use, looked
     /// up by the first preflight only: the one at the final stop, which looks at the fds
     /// again, does not read /proc/sysvipc and semctl every semaphore while the process waits.
+    /// Their state is read at the final stop (`captureIPC`).
+    lazy var ipcObjects: (semaphores: [SysVIPC.Object], queues: [SysVIPC.Object]) = SysVIPC.lastUsed(by: pid)
+    /// What of them cannot be saved: a queue holding messages on a kernel that cannot copy
+    /// them without taking them (msgrcv MSG_COPY needs CONFIG_CHECKPOINT_RESTORE).
     lazy var ipcProblems: [String] = {
-        let ipc = SysVIPC.lastUsed(by: pid)
-        return ipc.semaphores.map {
-            "it uses System V semaphore set \($0.id) (key \(Checkpointer.ipcKey($0.key))), which wb does not save"
-        } + ipc.queues.map {
-            "it uses System V message queue \($0.id) (key \(Checkpointer.ipcKey($0.key)), \($0.messages ?? 0) message\($0.messages == 1 ? "" : "s") queued), which wb does not save"
+        unreadableQueues.map {
+            "it uses System V message queue \($0.id) (key \(Checkpointer.ipcKey($0.key)), \($0.messages ?? 0) message\($0.messages == 1 ? "" : "s") queued), whose messages this kernel cannot copy without taking them (msgrcv MSG_COPY needs CONFIG_CHECKPOINT_RESTORE)"
         }
     }()
+    lazy var unreadableQueues: [SysVIPC.Object] = ipcObjects.queues.filter { ($0.messages ?? 0) > 0 && !SysVIPC.copiesMessages($0.id) }
     /// A process wb already traces and keeps (see `checkpoint(to:stopped:)`).
     var held: Tracee?
     /// A process wb traces for its whole life and that is running (see `checkpoint(to:attached:)`).
@@ -307,6 +309,7 @@ public final class Checkpointer {
         try checkStop()
         try captureFiles(tracee, into: &process, plan: plan, deletedContents: &deletedContents)
         phase("files")
+        try captureIPC(into: &process)
         try checkStop()
         // Signals a thread had already dequeued when it stopped are pending in the image.
         for (i, t) in process.threads.enumerated() {

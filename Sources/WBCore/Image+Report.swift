@@ -14,6 +14,8 @@ public struct ImageReport: Encodable {
         var sizeBytes: UInt64, storedBytes: UInt64, embedded: String?
         /// The kernel's VmFlags for the mapping (as /proc/PID/smaps showed them).
         var vmFlags: [String]
+        /// Guard page ranges ([start, end), hex), absent when there are none.
+        var guards: [[String]]?
     }
     public struct FDRow: Encodable {
         var fd: Int32, kind: String, path: String, flags: String, offset: UInt64, closeOnExec: Bool
@@ -76,7 +78,8 @@ public struct ImageReport: Encodable {
             MappingRow(start: hex(x.start), end: hex(x.end), perms: x.permissions, offset: hex(x.offset),
                        kind: x.kind.rawValue, path: x.path.map { x.deleted ? "\($0) (deleted)" : $0 } ?? x.anonName.map { "[anon:\($0)]" },
                        sizeBytes: x.size, storedBytes: UInt64(x.storedPageCount) * 4096,
-                       embedded: x.file?.content?.description, vmFlags: x.vmFlags)
+                       embedded: x.file?.content?.description, vmFlags: x.vmFlags,
+                       guards: x.guards.map { $0.map { $0.map(hex) } })
         }
         fds = p.fds.map { f in
             FDRow(fd: f.fd, kind: f.kind.rawValue, path: f.path, flags: ImageReport.openFlags(f.flags),
@@ -136,7 +139,12 @@ public struct ImageReport: Encodable {
         out.append("MAPPINGS (\(mappings.count))")
         for m in mappings {
             let stored = m.storedBytes > 0 ? " stored \(size(m.storedBytes))" : ""
-            out.append("  \(m.start)-\(m.end) \(m.perms) \(m.kind.padding(toLength: 15, withPad: " ", startingAt: 0)) \(m.path ?? "")\(stored)")
+            var guarded = ""
+            if let g = m.guards, !g.isEmpty {
+                let shown = g.prefix(4).map { $0.joined(separator: "-") }.joined(separator: " ")
+                guarded = " guard pages \(shown)\(g.count > 4 ? " and \(g.count - 4) more ranges" : "")"
+            }
+            out.append("  \(m.start)-\(m.end) \(m.perms) \(m.kind.padding(toLength: 15, withPad: " ", startingAt: 0)) \(m.path ?? "")\(stored)\(guarded)")
         }
         if let segments = sysvSegments, !segments.isEmpty {
             out.append("")

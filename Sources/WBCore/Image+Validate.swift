@@ -24,6 +24,10 @@ struct MetadataValidator {
     static let maxGroups = 65_536                      // NGROUPS_MAX
     static let maxClock: Int32 = 11                    // CLOCK_TAI
     static let maxXstate = 1 << 20
+    static let maxSemaphores = 32_000                  // SEMMSL: the most semget makes in a new IPC namespace
+    static let maxSemaphoreValue: UInt16 = 32_767      // SEMVMX
+    static let maxQueueBytes = UInt64(Int32.max)       // msg_qbytes and msgmnb are ints
+    static let maxMessages = 1 << 20
 
     func bad(_ problem: String) -> WBError { .badImage(path: path, problem: "invalid metadata: \(problem)") }
 
@@ -126,6 +130,32 @@ struct MetadataValidator {
         for s in p.sysvSegments ?? [] where s.id < 0 || s.mode > 0o777 || s.size == 0 || s.size > Self.userSpaceEnd {
             throw bad("\(at): System V segment \(s.id) (size \(s.size), mode \(String(s.mode, radix: 8))) is out of range")
         }
+        try semaphoresAndQueues(p, at: at)
+    }
+
+    /// Sets of 1 to SEMMSL semaphores, each value at most SEMVMX; queues whose messages have
+    /// a type above 0 and fit the queue (msgsnd takes none longer than msg_qbytes); ids
+    /// unique within the process.
+    private func semaphoresAndQueues(_ p: ProcessState, at: String) throws {
+        var ids = Set<Int32>()
+        for s in p.sysvSemaphores ?? [] {
+            guard s.id >= 0, ids.insert(s.id).inserted, s.mode <= 0o777, (1...Self.maxSemaphores).contains(s.values.count) else {
+                throw bad("\(at): System V semaphore set \(s.id) (\(s.values.count) semaphores, mode \(String(s.mode, radix: 8))) is out of range or appears twice")
+            }
+            if let v = s.values.first(where: { $0 > Self.maxSemaphoreValue }) {
+                throw bad("\(at): System V semaphore set \(s.id) holds the value \(v) (at most \(Self.maxSemaphoreValue))")
+            }
+        }
+        ids = []
+        for q in p.sysvQueues ?? [] {
+            guard q.id >= 0, ids.insert(q.id).inserted, q.mode <= 0o777, q.qbytes <= Self.maxQueueBytes,
+                  q.messages.count <= Self.maxMessages else {
+                throw bad("\(at): System V message queue \(q.id) (\(q.messages.count) messages, \(q.qbytes) bytes, mode \(String(q.mode, radix: 8))) is out of range or appears twice")
+            }
+            for (i, m) in q.messages.enumerated() where m.type <= 0 || UInt64(m.bytes.count) > q.qbytes {
+                throw bad("\(at): message \(i) of System V message queue \(q.id) has type \(m.type) and \(m.bytes.count) bytes (types are above 0, and no message is longer than the queue's \(q.qbytes) bytes)")
+            }
+        }
     }
 
     private func pending(_ signals: [PendingSignal], _ at: String) throws {
@@ -176,6 +206,29 @@ struct MetadataValidator {
                 guard next <= UInt64(m.pageCount), !overflow, end <= limit, run.dataOffset % 4096 == 0 else {
                     throw bad("\(name) has a page run outside the mapping or the PAGE section")
                 }
+            }
+            try guards(m, name: name)
+        }
+    }
+
+    /// Guard ranges: [start, end) pairs of page boundaries inside the mapping, in order and
+    /// apart, on none of the stored pages (a guard page holds no data) and not on the kernel's
+    /// own mappings (which take no guards).
+    private func guards(_ m: Mapping, name: String) throws {
+        guard let guards = m.guards else { return }
+        guard ![.vdso, .vvar, .vvarVclock, .vsyscall].contains(m.kind) || guards.isEmpty else {
+            throw bad("\(name) is a \(m.kind.rawValue) mapping with guard pages (the kernel puts none there)")
+        }
+        var previousEnd = m.start, run = 0
+        for (k, g) in guards.enumerated() {
+            guard g.count == 2, g[0] < g[1], g[0] % 4096 == 0, g[1] % 4096 == 0, g[0] >= previousEnd, g[1] <= m.end else {
+                throw bad("\(name) has guards[\(k)] \(g.map { hex($0) }) that is not a page-aligned range inside the mapping after the one before it")
+            }
+            previousEnd = g[1]
+            let first = (g[0] - m.start) / 4096, last = (g[1] - m.start) / 4096
+            while run < m.pages.count && UInt64(m.pages[run].page) + UInt64(m.pages[run].count) <= first { run += 1 }
+            if run < m.pages.count && UInt64(m.pages[run].page) < last {
+                throw bad("\(name) has stored pages under guards[\(k)] (\(hex(g[0]))-\(hex(g[1]))): a guard page holds no data")
             }
         }
     }

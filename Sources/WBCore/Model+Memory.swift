@@ -38,6 +38,10 @@ public struct Mapping: Codable, Sendable, Equatable {
     public var object: String?
     /// For System V shared memory: the segment's id (see ProcessState.sysvSegments).
     public var shmid: Int32?
+    /// Guard pages (madvise MADV_GUARD_INSTALL): [start, end) address pairs inside the
+    /// mapping, page aligned, in order and apart, where a touch faults and nothing is stored;
+    /// restore installs them again after the pages are written. nil when there are none.
+    public var guards: [[UInt64]]?
 
     public init(start: UInt64, end: UInt64, protection: Int32, shared: Bool, kind: Kind, offset: UInt64, path: String?) {
         self.start = start; self.end = end; self.protection = protection; self.shared = shared
@@ -48,6 +52,10 @@ public struct Mapping: Codable, Sendable, Equatable {
     public var size: UInt64 { end - start }
     public var pageCount: Int { Int(size / 4096) }
     public var storedPageCount: Int { pages.reduce(0) { $0 + Int($1.count) } }
+    /// Pages under guard markers (`guards`).
+    public var guardPageCount: Int {
+        (guards ?? []).reduce(0) { $0 + ($1.count == 2 && $1[1] > $1[0] ? Int(($1[1] - $1[0]) / 4096) : 0) }
+    }
 
     /// "r-xp" as in /proc/PID/maps.
     public var permissions: String {

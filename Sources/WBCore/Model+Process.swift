@@ -38,6 +38,10 @@ public struct ProcessState: Codable, Sendable, Equatable {
     public var zombieStatus: Int32?
     /// The System V shared memory segments the process has attached (each once).
     public var sysvSegments: [SysVSegment]?
+    /// The System V semaphore sets and message queues the process was the last to use (in
+    /// wb's IPC namespace); absent when there are none, and in images of older wb.
+    public var sysvSemaphores: [SysVSemaphoreSet]?
+    public var sysvQueues: [SysVMessageQueue]?
     /// The audit login uid (/proc/PID/loginuid; 4294967295 when unset). Absent in images of
     /// older wb.
     public var loginuid: UInt32?

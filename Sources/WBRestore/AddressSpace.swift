@@ -435,6 +435,26 @@ struct AddressSpace {
         }
     }
 
+    /// Puts the mapping's guard pages back: madvise(MADV_GUARD_INSTALL) over each range.
+    private func installGuards(_ m: Mapping) throws {
+        let MADV_GUARD_INSTALL: UInt64 = 102
+        for g in m.guards ?? [] {
+            var r = try leader.raw(.madvise, g[0], g[1] - g[0], MADV_GUARD_INSTALL)
+            // The kernel asks for a retry when page faults raced the install.
+            var tries = 0
+            while (r == -Int64(EINTR) || r == -513 /* ERESTARTNOINTR */) && tries < 8 {
+                r = try leader.raw(.madvise, g[0], g[1] - g[0], MADV_GUARD_INSTALL)
+                tries += 1
+            }
+            guard r >= 0 else {
+                let e = Int32(-r)
+                let why = e == EINVAL ? "this kernel puts no guard pages on such a mapping (anonymous memory: Linux 6.13+, file mappings: 6.15+)"
+                                      : "madvise(MADV_GUARD_INSTALL) failed: \(WBError.errnoText(e))"
+                throw WBError.refused("mapping \(hex(m.start))-\(hex(m.end)) (\(m.path ?? m.kind.rawValue)) has guard pages at \(hex(g[0]))-\(hex(g[1])): \(why)")
+            }
+        }
+    }
+
     /// Final protection, madvise flags and anonymous VMA names.
     private func finish(_ m: Mapping) throws {
         switch m.kind {
@@ -442,6 +462,9 @@ struct AddressSpace {
         default: break
         }
         let what = "\(hex(m.start))-\(hex(m.end))"
+        // After the pages are in (a guard drops whatever page is under it) and before mlock
+        // (the kernel puts no guards on locked memory).
+        try installGuards(m)
         if !(m.kind == .file && m.shared) && m.protection != 3 {
             try leader.call(.mprotect, m.start, m.size, UInt64(m.protection), what: "protecting \(what)")
         }

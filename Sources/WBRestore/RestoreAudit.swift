@@ -3,9 +3,9 @@ import Glibc
 import WBTrace
 
 /// Reads back what a restore built, before the process runs, and compares it with the image:
-/// the memory map with each mapping's protections and kernel flags, every fd's kind, target,
-/// flags, offset and close-on-exec, the threads, signal dispositions, masks and pending
-/// signals, umask and working directory. Every difference is named (process, field, what the
+/// the memory map with each mapping's protections, kernel flags and guard pages, every fd's
+/// kind, target, flags, offset and close-on-exec, the threads, signal dispositions, masks and
+/// pending signals, umask and working directory. Every difference is named (process, field, what the
 /// image has and what came back): the restore ends with it, or runs with it as a note when the
 /// user forces it. So a restored process is the one the image holds, or the user is told how it
 /// is not. (Credentials and the rest of the security state are audited by SecurityBuilder.)
@@ -82,12 +82,28 @@ struct RestoreAudit {
                 }
             }
         }
+        try guards(&out)
         var next = 0
         for e in here {
             while next < process.mappings.count && process.mappings[next].end <= e.start { next += 1 }
             let known = next < process.mappings.count && process.mappings[next].start < e.end
             if !known && !e.path.hasPrefix("[vdso") && !e.path.hasPrefix("[vvar") && e.path != "[vsyscall]" {
                 out.append("an extra mapping \(hex(e.start))-\(hex(e.end)) \(e.perms) \(e.path) that the image does not have")
+            }
+        }
+    }
+
+    /// Guard pages are page-table markers, not VmFlags (nothing above sees them): each
+    /// mapping's are read back with PAGEMAP_SCAN, where the kernel tells them (Linux 6.14+).
+    private func guards(_ out: inout [String]) throws {
+        let guarded = process.mappings.filter { !($0.guards ?? []).isEmpty }
+        guard !guarded.isEmpty, PageScanner.knowsGuards else { return }
+        let scanner = try PageScanner(pid: pid)
+        for m in guarded {
+            let got = try scanner.guards(start: m.start, end: m.end).map { [$0.start, $0.end] }
+            if got != m.guards! {
+                func text(_ g: [[UInt64]]) -> String { g.isEmpty ? "none" : g.map { "\(hex($0[0]))-\(hex($0[1]))" }.joined(separator: " ") }
+                out.append("mapping \(hex(m.start))-\(hex(m.end)) (\(m.path ?? m.kind.rawValue)) has guard pages \(text(got)) (the image has \(text(m.guards!)))")
             }
         }
     }

@@ -181,8 +181,10 @@ public final class Restorer {
             var members: [(ProcessState, Tracee)] = []
             do {
                 members = [(process, try Tracee.adoptStub(spawned.pid))]
-                if image.metadata.processes.contains(where: { $0.sysvSegments?.isEmpty == false }) {
-                    try isolateIPC(members[0].1)
+                let kinds = systemVKinds
+                if !kinds.isEmpty {
+                    try isolateIPC(members[0].1, kinds: kinds)
+                    try makeSemaphoresAndQueues(in: members[0].1)
                 }
                 if !tree.isEmpty {
                     progress("starting \(tree.count) more process\(tree.count == 1 ? "" : "es") of the tree")
@@ -263,18 +265,30 @@ public final class Restorer {
         }
     }
 
+    /// The kinds of System V object the image's processes use, as the restore note names them.
+    private var systemVKinds: [String] {
+        let ps = image.metadata.processes
+        return [("shared memory", ps.contains { $0.sysvSegments?.isEmpty == false }),
+                ("semaphore sets", ps.contains { $0.sysvSemaphores?.isEmpty == false }),
+                ("message queues", ps.contains { $0.sysvQueues?.isEmpty == false })].filter(\.1).map(\.0)
+    }
+
     /// Gives the restored processes an IPC namespace of their own (before any is forked), in
-    /// which their System V segments can have their original ids whatever this machine's
-    /// namespace holds, and where they cannot touch the segments of processes here.
-    private func isolateIPC(_ root: Tracee) throws {
+    /// which their System V segments, semaphore sets and message queues can have their
+    /// original ids whatever this machine's namespace holds, and where they cannot touch
+    /// those of processes here.
+    private func isolateIPC(_ root: Tracee, kinds: [String]) throws {
         root.syscallGadget = Stub.syscallAddress
         let s = try root.ownedSyscalls(in: root.pid)
         let r = try s.raw(.unshare, 0x0800_0000 /* CLONE_NEWIPC */)
+        let list = kinds.count == 1 ? kinds[0] : kinds.dropLast().joined(separator: ", ") + " and " + kinds.last!
         if r < 0 {
             throw WBError.system(call: "remote unshare(CLONE_NEWIPC)", errno: Int32(-r),
-                                 what: "giving the restored process an IPC namespace for its System V shared memory (needs CAP_SYS_ADMIN: run wb restore as root)")
+                                 what: "giving the restored process an IPC namespace for its System V \(list) (needs CAP_SYS_ADMIN: run wb restore as root)")
         }
-        notes.append("the process uses System V shared memory: it runs in an IPC namespace of its own, where its segments keep their ids")
+        notes.append(kinds == ["shared memory"]
+            ? "the process uses System V shared memory: it runs in an IPC namespace of its own, where its segments keep their ids"
+            : "the process uses System V \(list): it runs in an IPC namespace of its own, where they keep their ids and keys")
     }
 
     /// The process may use instructions this CPU lacks (glibc chose its string functions for

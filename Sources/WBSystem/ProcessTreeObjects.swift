@@ -33,8 +33,12 @@ public struct UnixSocketInfo: Sendable, Equatable {
     public var type: Int32
     /// TCP-style state: 1 established, 10 listening, 7 unconnected.
     public var state: Int32
-    /// Bytes queued for reading.
+    /// Bytes queued for reading; for a listener, connections waiting to be accepted.
     public var queued: UInt32
+    /// A listener's backlog.
+    public var backlog: UInt32 = 0
+    /// shutdown() directions taken: 1 reading, 2 writing.
+    public var shutdown: UInt8 = 0
 
     /// Every Unix socket of this network namespace, by inode.
     public static func all() throws -> [UInt64: UnixSocketInfo] {
@@ -46,7 +50,8 @@ public struct UnixSocketInfo: Sendable, Equatable {
             if Int(count) > cap { cap = Int(count) + 256; continue }
             var out: [UInt64: UnixSocketInfo] = [:]
             for s in buffer.prefix(Int(count)) {
-                out[s.inode] = UnixSocketInfo(inode: s.inode, peer: s.peer, type: Int32(s.type), state: Int32(s.state), queued: s.queued)
+                out[s.inode] = UnixSocketInfo(inode: s.inode, peer: s.peer, type: Int32(s.type), state: Int32(s.state), queued: s.queued,
+                                              backlog: s.backlog, shutdown: s.shutdown)
             }
             return out
         }

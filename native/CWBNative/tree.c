@@ -62,7 +62,11 @@ int wb_unix_sockets(wb_unix_socket *out, int cap, int *count) {
             int len = (int)(h->nlmsg_len - NLMSG_LENGTH(sizeof *d));
             for (struct rtattr *a = (struct rtattr *)(d + 1); RTA_OK(a, len); a = RTA_NEXT(a, len)) {
                 if (a->rta_type == UNIX_DIAG_PEER) s.peer = *(uint32_t *)RTA_DATA(a);
-                if (a->rta_type == UNIX_DIAG_RQLEN) s.queued = ((struct unix_diag_rqlen *)RTA_DATA(a))->udiag_rqueue;
+                if (a->rta_type == UNIX_DIAG_RQLEN) {
+                    s.queued = ((struct unix_diag_rqlen *)RTA_DATA(a))->udiag_rqueue;
+                    s.backlog = ((struct unix_diag_rqlen *)RTA_DATA(a))->udiag_wqueue;
+                }
+                if (a->rta_type == UNIX_DIAG_SHUTDOWN) s.shutdown = *(uint8_t *)RTA_DATA(a);
             }
             if (*count < cap) out[*count] = s;
             (*count)++;

@@ -165,9 +165,11 @@ int wb_kcmp_vm(pid_t pid1, pid_t pid2);
 typedef struct {
     uint64_t inode;
     uint64_t peer;
-    uint32_t queued;
+    uint32_t queued;        // listener: connections waiting to be accepted; else bytes to read
+    uint32_t backlog;       // listener: its backlog
     uint8_t type;
     uint8_t state;
+    uint8_t shutdown;       // 1 reading, 2 writing
 } wb_unix_socket;
 
 /// Every Unix socket of this network namespace with its peer (sock_diag). Writes up to
@@ -196,6 +198,10 @@ typedef struct wb_page_region { uint64_t start, end, categories; } wb_page_regio
 enum {
     WB_PAGE_IS_WPALLOWED = 1 << 0, WB_PAGE_IS_WRITTEN = 1 << 1, WB_PAGE_IS_FILE = 1 << 2,
     WB_PAGE_IS_PRESENT = 1 << 3, WB_PAGE_IS_SWAPPED = 1 << 4, WB_PAGE_IS_PFNZERO = 1 << 5,
+    // A guard marker (madvise MADV_GUARD_INSTALL): no page, a read or write faults. The
+    // kernel reports it SWAPPED as well; Linux 6.14+ knows the bit, older kernels refuse it
+    // with EINVAL.
+    WB_PAGE_IS_GUARD = 1 << 8,
     WB_PM_SCAN_WP_MATCHING = 1 << 0, WB_PM_SCAN_CHECK_WPASYNC = 1 << 1,
 };
 /// PAGEMAP_SCAN on an open /proc/PID/pagemap (Linux 6.7+; the ioctl is defined here because
