@@ -67,15 +67,16 @@ let package = Package(
         .target(name: "WBCore", dependencies: ["WBSystem"]),
         .target(name: "WBTrace", dependencies: ["WBCore", "WBSystem", "CWBNative"]),
         .target(name: "WBSymbols", dependencies: ["WBCore", "CWBSymbols"]),
-        .target(name: "WBCheckpoint", dependencies: ["WBTrace", "WBCore"]),
+        .target(name: "WBNet", dependencies: ["WBCore", "WBSystem", "CWBNative"]),
+        .target(name: "WBCheckpoint", dependencies: ["WBTrace", "WBCore", "WBNet"]),
         .target(name: "WBFuzz", dependencies: ["WBCore", "WBTrace", "WBRestore", "WBSymbols"]),
-        .target(name: "WBRestore", dependencies: ["WBTrace", "WBCore"]),
+        .target(name: "WBRestore", dependencies: ["WBTrace", "WBCore", "WBNet"]),
         .target(name: "WBTimeline", dependencies: ["CWBRecord", "WBCore", "WBTrace", "WBCheckpoint", "WBRestore", "WBDebug", "WBSymbols"]),
         .target(name: "WBDebug", dependencies: ["WBCore", "WBTrace", "WBRestore", "WBCheckpoint"]),
         .executableTarget(
             name: "wb",
             dependencies: [
-                "WBCore", "WBCheckpoint", "WBRestore", "WBSymbols", "WBDebug", "WBFuzz", "WBTimeline",
+                "WBCore", "WBCheckpoint", "WBRestore", "WBNet", "WBSymbols", "WBDebug", "WBFuzz", "WBTimeline",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]),
 

@@ -1,5 +1,6 @@
 import Foundation
 import Glibc
+import WBNet
 import WBTrace
 
 /// Decides which mapped files the image embeds, and embeds them once the pages are written.
@@ -107,6 +108,16 @@ extension Checkpointer {
     func captureFiles(_ tracee: Tracee, into p: inout ProcessState, plan: Preflight, deletedContents: inout [Int32: [UInt8]]) throws {
         var pipes: [UInt64: PipeState] = [:]
         var ends: [UInt64: (read: Bool, write: Bool)] = [:]
+        // Sockets are read as they are now, with the process stopped: their TCP connections
+        // held still first.
+        var table = SocketTable()
+        var embryos: [UInt64: UInt64] = [:]
+        let socketFDs = plan.fds.filter { ($0.kind == .socket || $0.kind == .unixSocket) && placeholders[$0.fd] == nil }
+        if !socketFDs.isEmpty {
+            table = try withContext("listing sockets (sock_diag)") { try SocketTable.read() }
+            embryos = SocketProbe.embryos(of: tree?.sockets ?? Set(socketFDs.compactMap { Checkpointer.socketInode($0.link) }), table: table)
+            try holdConnections(plan, table: table)
+        }
         for f in plan.fds {
             let infoText = (try? Paths.readText("/proc/\(pid)/fdinfo/\(f.fd)")) ?? ""
             let info = ProcFS.parseFDInfo(infoText)
@@ -125,6 +136,11 @@ extension Checkpointer {
             if let why = placeholders[f.fd] {
                 s.kind = .placeholder
                 s.note = why
+                // A socket's placeholder is a socket of its type (see FDBuilder).
+                if Checkpointer.socketInode(f.link) != nil, let copy = try? SharedFiles.take(f.fd, of: pid) {
+                    let id = SocketProbe.identity(copy.rawValue)
+                    s.net = NetSocketState(family: id.family, type: id.type, proto: id.proto, state: .unbound)
+                }
                 p.fds.append(s)
                 continue
             }
@@ -188,9 +204,21 @@ extension Checkpointer {
                 let inode = Checkpointer.socketInode(f.link) ?? 0
                 let info = f.socket
                 let copy = try SharedFiles.take(f.fd, of: pid)
-                let queued = try withContext("reading the bytes queued on fd \(f.fd) (\(f.link))") { try UnixSocketInfo.peek(copy) }
-                copy.close()
-                s.socket = SocketState(type: info?.type ?? 1, inode: inode, peer: info?.peer ?? 0, queued: Data(queued))
+                var state = SocketState(type: info?.type ?? 1, inode: inode, peer: info?.peer ?? 0, queued: Data())
+                var net = try withContext("reading fd \(f.fd) (\(f.link))") {
+                    try SocketProbe.capture(copy.rawValue, inode: inode, table: table, peerInside: true)
+                }
+                if state.type == Int32(SOCK_STREAM.rawValue) {
+                    state.queued = Data(try withContext("reading the bytes queued on fd \(f.fd) (\(f.link))") { try UnixSocketInfo.peek(copy) })
+                } else if let messages = net.datagrams {
+                    state.messages = messages.map(\.bytes)
+                }
+                net.datagrams = nil
+                net.queued = nil
+                s.socket = state
+                s.net = net
+            case .socket:
+                try captureSocket(f.fd, link: f.link, table: table, embryos: embryos, into: &s)
             case .pidfd:
                 s.pidfdTarget = Int32(info.extra["Pid"] ?? "")
             case .file, .device, .tty, .placeholder:

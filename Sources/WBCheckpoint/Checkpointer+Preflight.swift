@@ -1,5 +1,6 @@
 import Foundation
 import Glibc
+import WBNet
 import WBTrace
 
 /// What an fd is, decided from /proc before the process is touched.
@@ -16,6 +17,8 @@ struct FDPlan {
 struct Preflight {
     var threads: Int
     var fds: [FDPlan]
+    /// TCP connections among the fds (held while they are read).
+    var connections = 0
 }
 
 /// What a checkpoint of a process tree knows about all of it, for each member's preflight.
@@ -95,16 +98,16 @@ extension Checkpointer {
             guard let link = try? Paths.readLink("/proc/\(pid)/fd/\(fd)") else { continue }
             links.append((fd, link))
         }
-        // Unix socket pairs are kept when both ends are held by the process (or its tree).
-        var sockets: [UInt64: UnixSocketInfo] = [:]
-        var held = tree?.sockets ?? []
+        // Unix socket pairs are kept as pairs when both ends are held by the process (or its
+        // tree); every other socket is looked at through sock_diag and a copy of it.
+        var scope = SocketProbe.Scope(held: tree?.sockets ?? [], table: SocketTable())
         let socketLinks = links.compactMap { Checkpointer.socketInode($0.1) }
         if !socketLinks.isEmpty {
-            sockets = (try? UnixSocketInfo.all()) ?? [:]
-            held.formUnion(socketLinks)
+            scope.table = try withContext("listing sockets (sock_diag)") { try SocketTable.read() }
+            scope.held.formUnion(socketLinks)
         }
         for (fd, link) in links {
-            let plan = classify(fd: fd, link: link, sockets: sockets, held: held)
+            let plan = classify(fd: fd, link: link, scope: scope)
             if let why = plan.unsupported { problems.append("fd \(fd) is \(why)") }
             fds.append(plan)
         }
@@ -118,7 +121,10 @@ extension Checkpointer {
             }
         }
         let threads = (try? ProcFS.tasks(pid).count) ?? 1
-        return Preflight(threads: threads, fds: fds)
+        let connections = fds.filter { f in
+            f.kind == .socket && Checkpointer.socketInode(f.link).flatMap { scope.table.inet[$0] }.map { [1, 4, 5, 8, 9, 11].contains($0.state) } == true
+        }.count
+        return Preflight(threads: threads, fds: fds, connections: connections)
     }
 
     /// A System V key as ipcs shows it.
@@ -129,20 +135,10 @@ extension Checkpointer {
         link.hasPrefix("socket:[") ? UInt64(link.dropFirst(8).dropLast()) : nil
     }
 
-    func classify(fd: Int32, link: String, sockets: [UInt64: UnixSocketInfo] = [:], held: Set<UInt64> = []) -> FDPlan {
+    func classify(fd: Int32, link: String, scope: SocketProbe.Scope = SocketProbe.Scope(held: [], table: SocketTable())) -> FDPlan {
         var plan = FDPlan(fd: fd, link: link)
         if let inode = Checkpointer.socketInode(link) {
-            guard let s = sockets[inode] else { plan.unsupported = "a socket that is not a Unix socket (\(link))"; return plan }
-            guard s.peer != 0, held.contains(s.peer) else {
-                plan.unsupported = "a Unix socket " + (s.state == 10 ? "listening for connections" : s.peer == 0 ? "with no peer" : "connected to a process outside the checkpoint") + " (\(link))"
-                return plan
-            }
-            if s.type != 1 /* SOCK_STREAM */ && s.queued > 0 {
-                plan.unsupported = "a Unix datagram socket with unread messages (\(link))"
-                return plan
-            }
-            plan.kind = .unixSocket
-            plan.socket = s
+            classifySocket(&plan, inode: inode, scope: scope)
             return plan
         }
         if link.hasPrefix("pipe:") { plan.kind = .pipe; return plan }

@@ -76,6 +76,8 @@ public final class Checkpointer {
     var jobStopped: Bool?
     /// Set when the process is one of a tree being checkpointed together.
     var tree: TreeScope?
+    /// The TCP connections held while they are read (shared by a tree's members).
+    var connections: HeldConnections?
     /// Where the process's arguments and environment were when its memory copy began: an
     /// exec moves them, and the copy then belongs to another program.
     var programAtPrecopy: [String]?
@@ -203,6 +205,10 @@ public final class Checkpointer {
         }
         defer { tracker?.release() }
 
+        if plan.connections > 0 && tree == nil {
+            if connections == nil { connections = HeldConnections(targets: [pid]) }
+            try withContext("checkpoint of pid \(pid)") { try connections!.prepare() }
+        }
         progress("stopping \(plan.threads) thread(s) of pid \(pid)")
         stamp("final stop")
         let tracee = try held ?? acquire()
@@ -216,6 +222,9 @@ public final class Checkpointer {
         }
         var released = held != nil
         defer { if !released { release(tracee) } }
+        // Before the process runs again (declared after the release above, so run before
+        // it): connections held for the capture are let go, unless kept for a restore.
+        defer { if !released && connections?.settled == false { try? connections?.letGo() } }
         if programAtPrecopy != nil {
             if !sameProgram() {
                 // It ran another program meanwhile: what was copied belongs to the old one.
@@ -248,6 +257,7 @@ public final class Checkpointer {
         let flags = MappingFlags()
         defer { letGo.wait() }
         if options.after == .leaveRunning && held == nil {
+            try connections?.letGo()
             release(tracee)
             released = true
             phase("resume")
@@ -273,11 +283,13 @@ public final class Checkpointer {
         letGo.wait()
         stamp("released")
         if store.tracking { applyFlags(flags.entries ?? (try? ProcFS.maps(pid, withFlags: true)), to: &process) }
-        let metadata = ImageMetadata(host: HostInfo.current(), process: process, files: writer.embeddedFiles, notes: notes)
+        var metadata = ImageMetadata(host: HostInfo.current(), process: process, files: writer.embeddedFiles, notes: notes)
+        if options.after == .kill { metadata.networkLock = connections?.lock?.table }
         let check = try Checkpointer.write(metadata, with: writer, options: options, progress: progress, checkStop: checkStop)
         stamp("image written")
         if options.after == .kill && held == nil {
             tracee.kill()
+            connections?.keep()
             released = true
             pauses.append(Clock.monotonic - stopped)
         }

@@ -31,6 +31,9 @@ public struct FDState: Codable, Sendable, Equatable {
         /// A pidfd (pidfd_open) of the process itself or of another process of the tree:
         /// `pidfdTarget` is that process's pid.
         case pidfd
+        /// Any other socket: TCP, UDP, a named, listening or unconnected Unix socket, one
+        /// connected to a process outside the image (`net` holds it).
+        case socket
     }
 
     public var fd: Int32
@@ -77,6 +80,8 @@ public struct FDState: Codable, Sendable, Equatable {
     public var extents: [[UInt64]]?
     /// For a pidfd: the pid it refers to.
     public var pidfdTarget: Int32?
+    /// For a socket of kind `socket`: its family, addresses, options and queues.
+    public var net: NetSocketState?
 
     public init(fd: Int32, kind: Kind, flags: Int32, closeOnExec: Bool, path: String, offset: UInt64) {
         self.fd = fd; self.kind = kind; self.flags = flags; self.closeOnExec = closeOnExec
@@ -138,6 +143,9 @@ public struct SocketState: Codable, Sendable, Equatable {
     public var peer: UInt64
     /// Bytes sent by the peer and not yet read from this end.
     public var queued: Data
+    /// For a datagram or seqpacket pair: the messages queued on this end, oldest first
+    /// (`queued` is then empty; their boundaries are kept).
+    public var messages: [Data]?
     public init(type: Int32, inode: UInt64, peer: UInt64, queued: Data) {
         self.type = type; self.inode = inode; self.peer = peer; self.queued = queued
     }

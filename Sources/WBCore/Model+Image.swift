@@ -17,6 +17,10 @@ public struct ImageMetadata: Codable, Sendable, Equatable {
     /// With `wb checkpoint --tree`: the root's descendants, parents before their children.
     /// Absent for an image of one process.
     public var descendants: [ProcessState]?
+    /// The nftables table (family inet) that holds the TCP connections of a checkpoint taken
+    /// with --kill: their peers see a pause until a restore has rebuilt them and deletes it.
+    /// Absent when the image holds no connection, or the process was left running.
+    public var networkLock: String?
 
     public static let currentSchema = 1
 

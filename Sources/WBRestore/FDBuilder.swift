@@ -1,6 +1,9 @@
 import Foundation
 import Glibc
+import WBNet
 import WBTrace
+
+private let stream = Int32(SOCK_STREAM.rawValue), dgram = Int32(SOCK_DGRAM.rawValue), seqpacket = Int32(SOCK_SEQPACKET.rawValue)
 
 /// Re-creates the image's fds inside the process at their original numbers.
 ///
@@ -41,15 +44,21 @@ struct FDBuilder {
         for s in fds where s.fd <= 2 && (s.kind == .pipe || s.kind == .tty) {
             if let id = s.pipe, process.pipes.first(where: { $0.id == id })?.external == true { externalSources[id] = inherited[s.fd] }
         }
+        // Listening sockets first: a client of the image waiting in one's accept queue
+        // connects to it again.
+        var prepared: [Int32: Int32] = [:]
+        for s in fds where s.kind == .socket && s.net?.state == .listening {
+            prepared[s.fd] = try withContext("restoring fd \(s.fd) (\(s.path))") { try self.sharedSource(for: s) }
+        }
         for s in fds {
             let what = "fd \(s.fd) (\(s.path))"
             let silenced = restorer.options.silenceOutput && (s.fd == 1 || s.fd == 2)
-            let source = try withContext("restoring \(what)") { silenced ? try open("/dev/null", O_WRONLY) : try self.sharedSource(for: s) }
+            let source = try prepared[s.fd] ?? withContext("restoring \(what)") { silenced ? try open("/dev/null", O_WRONLY) : try self.sharedSource(for: s) }
             try leader.call(.dup3, UInt64(source), UInt64(s.fd), s.closeOnExec ? UInt64(O_CLOEXEC) : 0, what: "placing \(what)")
             if s.kind == .file || s.kind == .deletedFile {
                 _ = try leader.raw(.lseek, UInt64(s.fd), s.offset, UInt64(SEEK_SET))
             }
-            if [.pipe, .fifo, .eventfd, .timerfd, .signalfd, .epoll, .unixSocket, .pidfd].contains(s.kind) {
+            if [.pipe, .fifo, .eventfd, .timerfd, .signalfd, .epoll, .unixSocket, .socket, .pidfd].contains(s.kind) {
                 // Status flags (O_NONBLOCK, O_APPEND, ...) belong to the open file description.
                 try leader.call(.fcntl, UInt64(s.fd), UInt64(F_SETFL), UInt64(s.flags & ~O_ACCMODE), what: "setting the flags of \(what)")
             }
@@ -203,7 +212,7 @@ struct FDBuilder {
             restorer.note("fd \(s.fd) was the terminal \(s.path); there is no terminal here, so it is /dev/null", about: process)
             return try open("/dev/null", O_RDWR)
         case .placeholder:
-            return try open("/dev/null", O_RDWR)
+            return try placeholder(s)
         case .eventfd:
             let e = s.eventfd ?? EventFDState(count: 0, semaphore: false)
             return try high(Int32(try leader.call(.eventfd2, e.count, e.semaphore ? 1 : 0, what: "creating an eventfd")))
@@ -217,6 +226,8 @@ struct FDBuilder {
             return try high(Int32(try leader.call(.epollCreate1, 0, what: "creating an epoll instance")))
         case .unixSocket:
             return try socket(s)
+        case .socket:
+            return try netSocket(s)
         case .pidfd:
             // The process and the rest of its tree keep their pids: the same number names
             // the same process in the restored process's pid namespace.
@@ -227,34 +238,87 @@ struct FDBuilder {
     }
 
     /// One end of a Unix socket pair: taken from the process that made the pair, or made
-    /// here, each end given the bytes that were queued on it.
+    /// here, each end given the bytes (or messages) that were queued on it, then what else
+    /// the end held (options, a filter, directions shut down).
     private mutating func socket(_ s: FDState) throws -> Int32 {
         guard let sock = s.socket else { throw WBError.failed("fd \(s.fd): the image has no record of its socket") }
-        if let fd = try shared.fetch("socket:\(sock.inode)", into: leader, above: base) { return try high(fd) }
-        scratch.reset()
-        let pair = try scratch.reserve(8)
-        try leader.call(.socketpair, 1 /* AF_UNIX */, UInt64(UInt32(bitPattern: sock.type)) | UInt64(O_CLOEXEC), 0, pair,
-                        what: "creating the socket pair of fd \(s.fd)")
-        let (a0, b0) = try readPair(pair)
-        let a = try high(a0), b = try high(b0)
-        // Bytes queued on one end were sent from the other.
-        try send(sock.queued, via: b)
-        try send(shared.socketQueues[sock.peer] ?? Data(), via: a)
-        try shared.keep("socket:\(sock.inode)", fd: a, leader: leader, pid: process.pid, above: base)
-        try shared.keep("socket:\(sock.peer)", fd: b, leader: leader, pid: process.pid, above: base)
+        let a: Int32
+        if let fd = try shared.fetch("socket:\(sock.inode)", into: leader, above: base) {
+            a = try high(fd)
+        } else {
+            scratch.reset()
+            let pair = try scratch.reserve(8)
+            try leader.call(.socketpair, 1 /* AF_UNIX */, UInt64(UInt32(bitPattern: sock.type)) | UInt64(O_CLOEXEC), 0, pair,
+                            what: "creating the socket pair of fd \(s.fd)")
+            let (a0, b0) = try readPair(pair)
+            a = try high(a0)
+            let b = try high(b0)
+            // Bytes queued on one end were sent from the other.
+            try SocketBuilder.refill(try take(b), bytes: sock.queued, messages: sock.messages ?? [])
+            let peer = shared.socketQueues[sock.peer]
+            try SocketBuilder.refill(try take(a), bytes: peer?.bytes ?? Data(), messages: peer?.messages ?? [])
+            try shared.keep("socket:\(sock.inode)", fd: a, leader: leader, pid: process.pid, above: base)
+            try shared.keep("socket:\(sock.peer)", fd: b, leader: leader, pid: process.pid, above: base)
+        }
+        if let net = s.net { try restorer.sockets.finishPairEnd(try take(a), net) }
         return a
     }
 
-    private func send(_ bytes: Data, via fd: Int32) throws {
-        var at = 0
-        while at < bytes.count {
-            scratch.reset()
-            let chunk = [UInt8](bytes[bytes.startIndex + at ..< bytes.startIndex + min(bytes.count, at + 32768)])
-            let buf = try scratch.put(chunk)
-            let n = try leader.call(.sendto, UInt64(fd), buf, UInt64(chunk.count), 0x40 /* MSG_DONTWAIT */, 0, 0,
-                                    what: "putting back \(bytes.count) bytes queued on a socket")
-            at += Int(n)
+    /// An fd wb could not save (`--allow-unsupported`) is one the program can still hold,
+    /// watch and close: a socket's is an unconnected Unix socket of its type (socket calls
+    /// work on it, epoll can watch it, a stream one reports a hang-up); another watched by an
+    /// epoll set is an eventfd that never becomes ready; the rest are /dev/null.
+    private mutating func placeholder(_ s: FDState) throws -> Int32 {
+        if let net = s.net {
+            let type = [stream, dgram, seqpacket].contains(net.type) ? net.type : dgram
+            return try high(Int32(try leader.call(.socket, 1 /* AF_UNIX */, UInt64(UInt32(bitPattern: type)) | UInt64(O_CLOEXEC), 0,
+                                                  what: "creating the placeholder of fd \(s.fd)")))
         }
+        if process.fds.contains(where: { $0.epoll?.contains { $0.fd == s.fd || $0.twin == s.fd } == true }) {
+            return try high(Int32(try leader.call(.eventfd2, 0, 0, what: "creating the placeholder of fd \(s.fd)")))
+        }
+        return try open("/dev/null", O_RDWR)
+    }
+
+    /// A copy, in wb, of the process's fd `fd` (pidfd_getfd).
+    private func take(_ fd: Int32) throws -> FileDescriptor { try SharedFiles.take(fd, of: tracee.pid) }
+
+    /// Any other socket: made by the process (so it is in its network namespace and its
+    /// own), then given its state from wb's side (SocketBuilder). A TCP connection stays in
+    /// repair mode until the restore is done (Restorer.finishConnections).
+    private mutating func netSocket(_ s: FDState) throws -> Int32 {
+        guard let net = s.net else { throw WBError.failed("fd \(s.fd): the image has no record of its socket") }
+        if net.family == AF_UNIX && net.state == .peerClosed { return try closedUnixSocket(s, net) }
+        let name = SocketBuilder.name(net)
+        let fd = try high(Int32(try leader.call(.socket, UInt64(UInt32(bitPattern: net.family)),
+                                                UInt64(UInt32(bitPattern: net.type)) | UInt64(O_CLOEXEC), UInt64(UInt32(bitPattern: net.proto)),
+                                                what: "creating \(name)")))
+        let policy = try restorer.tcpPolicy(for: net, name: name)
+        let (notes, pending) = try withContext("restoring fd \(s.fd) (\(name))") { try restorer.sockets.build(try take(fd), net, tcp: policy) }
+        for n in notes { restorer.note(n, about: process) }
+        if let pending { restorer.pendingConnections.append(pending) }
+        return fd
+    }
+
+    /// A Unix stream or seqpacket socket whose peer was outside the image: one end of a new
+    /// pair whose other end wb fills with the bytes that were queued and closes, so the
+    /// process reads them and then end of file, as after the peer's exit.
+    private mutating func closedUnixSocket(_ s: FDState, _ net: NetSocketState) throws -> Int32 {
+        scratch.reset()
+        let pair = try scratch.reserve(8)
+        try leader.call(.socketpair, 1 /* AF_UNIX */, UInt64(UInt32(bitPattern: net.type)) | UInt64(O_CLOEXEC), 0, pair,
+                        what: "creating the socket of fd \(s.fd)")
+        let (a0, b0) = try readPair(pair)
+        let a = try high(a0), b = try high(b0)
+        let other = try take(b)
+        _ = try leader.raw(.close, UInt64(b))
+        temps.removeAll { $0 == b }
+        try SocketBuilder.refill(other, bytes: net.queued ?? Data(), messages: (net.datagrams ?? []).map(\.bytes))
+        other.close()
+        try restorer.sockets.finishPairEnd(try take(a), net)
+        let queued = net.queued?.count ?? net.datagrams?.reduce(0) { $0 + $1.bytes.count } ?? 0
+        restorer.note("fd \(s.fd) (\(SocketBuilder.name(net))) was connected to a process outside the image: restored with that peer gone (the process reads \(queued) queued byte\(queued == 1 ? "" : "s"), then end of file)", about: process)
+        return a
     }
 
     private func readPair(_ at: UInt64) throws -> (Int32, Int32) {

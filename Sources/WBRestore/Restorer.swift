@@ -1,5 +1,6 @@
 import Foundation
 import Glibc
+import WBNet
 import WBTrace
 
 public struct RestoreOptions: Sendable {
@@ -31,6 +32,12 @@ public struct RestoreOptions: Sendable {
     /// Restore every process of an image of a process tree (wb restore); other users of a
     /// restored process (debugging, fuzzing, replays) work on one process and refuse trees.
     public var allowTree = false
+    /// TCP connections to peers outside the image: rebuilt (the peer sees a pause) or reset.
+    public var tcp = TCPPolicy.restore
+    /// Restore into a network namespace of the process's own, holding the addresses its
+    /// sockets were bound to (a copy beside a running original keeps its ports). Its
+    /// connections to peers outside the image are reset.
+    public var newNetworkNamespace = false
     public init() {}
 }
 
@@ -133,6 +140,12 @@ public final class Restorer {
     private(set) var privateCopies: PrivateFiles?
     /// Where each mapped file came from on this machine (after `restore`).
     public private(set) var files: ResolvedFiles?
+    /// Sockets are built from wb's side, in the restored processes' network namespace.
+    var sockets = SocketBuilder(namespace: .current)
+    /// TCP connections rebuilt in repair mode, finished once the restore has succeeded.
+    var pendingConnections: [SocketBuilder.Pending] = []
+    /// The sockets of wb's network namespace, read when the first connection is rebuilt in it.
+    var socketTable: SocketTable?
 
     public init(image: Image, options: RestoreOptions = RestoreOptions()) {
         self.image = image
@@ -181,6 +194,11 @@ public final class Restorer {
             var members: [(ProcessState, Tracee)] = []
             do {
                 members = [(process, try Tracee.adoptStub(spawned.pid))]
+                if options.newNetworkNamespace {
+                    try isolateNetwork(members[0].1)
+                } else {
+                    sockets = SocketBuilder(namespace: try NetNamespace.of(spawned.pid))
+                }
                 let kinds = systemVKinds
                 if !kinds.isEmpty {
                     try isolateIPC(members[0].1, kinds: kinds)
@@ -206,6 +224,7 @@ public final class Restorer {
                 }
                 progress("checking what was restored")
                 for (p, t, _, _, _) in built { try audit(p, t.pid) }
+                try finishConnections()
             } catch {
                 for (_, t) in members.reversed() {
                     let tids = t.tids

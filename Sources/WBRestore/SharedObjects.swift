@@ -25,9 +25,9 @@ final class SharedObjects {
     /// namespace, so every process reaches them by id, with no fd to pass.
     var segments = Set<Int32>()
     private var kept: [Int32: [Int32]] = [:]
-    /// Bytes queued on every socket of the image, by inode (a pair is made, and filled, by
-    /// whichever process needs one of its ends first).
-    let socketQueues: [UInt64: Data]
+    /// Bytes (or messages) queued on every socket pair end of the image, by inode (a pair is
+    /// made, and filled, by whichever process needs one of its ends first).
+    let socketQueues: [UInt64: (bytes: Data, messages: [Data])]
     /// The image holds a process tree.
     let tree: Bool
 
@@ -49,9 +49,9 @@ final class SharedObjects {
     init(image: Image) {
         tree = !(image.metadata.descendants ?? []).isEmpty
         objectsByContent = image.metadata.processes.contains { $0.fds.contains { $0.kind == .deletedFile && $0.object == nil } }
-        var queues: [UInt64: Data] = [:]
+        var queues: [UInt64: (bytes: Data, messages: [Data])] = [:]
         for p in image.metadata.processes {
-            for f in p.fds { if let s = f.socket { queues[s.inode] = s.queued } }
+            for f in p.fds { if let s = f.socket { queues[s.inode] = (s.queued, s.messages ?? []) } }
         }
         socketQueues = queues
     }

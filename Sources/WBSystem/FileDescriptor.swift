@@ -23,6 +23,14 @@ public final class FileDescriptor: @unchecked Sendable {
         if !closed { _ = Glibc.close(rawValue); closed = true }
     }
 
+    /// A second descriptor of the same open file (fcntl F_DUPFD_CLOEXEC).
+    public func duplicate() throws -> FileDescriptor {
+        var out: Int32 = -1
+        let e = wb_fcntl_int(rawValue, F_DUPFD_CLOEXEC, 3, &out)
+        if e != 0 { throw WBError.system(call: "fcntl(F_DUPFD_CLOEXEC)", errno: e, what: "copying fd \(rawValue)") }
+        return FileDescriptor(owning: out)
+    }
+
     /// Hands the descriptor over: this object no longer closes it.
     public func release() -> Int32 { closed = true; return rawValue }
 

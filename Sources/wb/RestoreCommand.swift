@@ -3,6 +3,7 @@ import Foundation
 import Glibc
 import WBCore
 import WBDebug
+import WBNet
 import WBRestore
 
 struct RestoreCommand: ParsableCommand {
@@ -23,6 +24,13 @@ struct RestoreCommand: ParsableCommand {
         with its pid, its parent, session and process group, the pipes, files, shared memory \
         and socket pairs they shared, and children that had exited but were not reaped. wb \
         waits for (and --detach prints) the root process.
+
+        Sockets come back with their addresses, options and queued data. TCP connections are \
+        rebuilt in repair mode with their sequence numbers and queues: a peer that is still \
+        there (a checkpoint taken with --kill held its packets) sees a pause, then the \
+        conversation goes on; --tcp=close resets connections to peers outside the image \
+        instead. A port taken here is an error naming it: --new-netns restores the process \
+        into a network namespace of its own, with its addresses, beside the original.
         """)
 
     @Argument(help: "The image to restore.")
@@ -36,6 +44,12 @@ struct RestoreCommand: ParsableCommand {
 
     @Flag(name: .customLong("new-pidns"), help: "Restore in a new pid namespace even if the original pids are free.")
     var newPidNamespace = false
+
+    @Option(help: "TCP connections to peers outside the image: restore (rebuild them; the peer sees a pause) or close (the process finds them reset).")
+    var tcp: TCPPolicyArgument = .restore
+
+    @Flag(name: .customLong("new-netns"), help: "Restore into a network namespace of its own holding the process's addresses (loopback, and those its sockets were bound to); its connections to peers outside the image are reset.")
+    var newNetworkNamespace = false
 
     @Flag(help: "Skip checking the checksums of the image's page data before restoring.")
     var noVerify = false
@@ -87,6 +101,8 @@ struct RestoreCommand: ParsableCommand {
             options.force = force
             options.mapPages = map
             options.allowTree = !(debug || gdbPort != nil)
+            options.tcp = tcp.policy
+            options.newNetworkNamespace = newNetworkNamespace
             let restorer = Restorer(image: opened, options: options)
             restorer.progress = Output.progress(quiet: quiet || json)
             if debug {
@@ -139,4 +155,10 @@ struct RestoreReport: Encodable {
     /// "running", "stopped" or "exited", read after the process was let go.
     var state: String
     var notes: [String]
+}
+
+/// --tcp's values.
+enum TCPPolicyArgument: String, ExpressibleByArgument, CaseIterable {
+    case restore, close
+    var policy: TCPPolicy { self == .restore ? .restore : .close }
 }

@@ -1,6 +1,7 @@
 // harness-holder KIND
 //
-// Holds one kernel object wb cannot restore yet (KIND: socket, inotify, child, or sysvipc: a
+// Holds one kernel object wb cannot restore yet (KIND: socket (vsock, which an epoll set
+// watches), inotify, child, or sysvipc: a
 // System V semaphore set it has operated on and a message queue it sent a message to, both
 // IPC_PRIVATE), prints "READY pid=N fd=F" (for sysvipc "READY pid=N sem=ID msg=ID"; the
 // caller removes them: ipcrm -s ID -q ID), and answers each SIGUSR1 with
@@ -15,7 +16,9 @@
 #include <sched.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/epoll.h>
 #include <sys/inotify.h>
+#include <linux/vm_sockets.h>
 #include <sys/ipc.h>
 #include <sys/msg.h>
 #include <sys/sem.h>
@@ -69,7 +72,13 @@ int main(int argc, char **argv) {
         static char stack[64 << 10] __attribute__((aligned(16)));
         fd = clone(wait_forever, stack + sizeof stack, CLONE_VM | SIGCHLD, NULL);
     }
-    if (!strcmp(argv[1], "socket")) fd = socket(AF_INET, SOCK_STREAM, 0);
+    if (!strcmp(argv[1], "socket")) {
+        // A vsock socket (a family wb does not save), watched by an epoll set.
+        fd = socket(AF_VSOCK, SOCK_STREAM, 0);
+        int ep = epoll_create1(EPOLL_CLOEXEC);
+        struct epoll_event ev = { .events = EPOLLIN, .data.fd = fd };
+        harness_require(ep >= 0 && epoll_ctl(ep, EPOLL_CTL_ADD, fd, &ev) == 0, "epoll");
+    }
     else if (!strcmp(argv[1], "inotify")) fd = inotify_init1(0);
     else if (!strcmp(argv[1], "child")) {
         pid_t c = fork();

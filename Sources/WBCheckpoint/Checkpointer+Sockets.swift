@@ -1,0 +1,105 @@
+import Foundation
+import Glibc
+import WBNet
+import WBTrace
+
+/// The TCP connections of one checkpoint (one process, or a tree) held still while they are
+/// read: one lock for all of them (NetworkLock), made when the first connection is met.
+final class HeldConnections {
+    let targets: [Int32]
+    private(set) var lock: NetworkLock?
+    /// Let go or kept: nothing left to do.
+    private(set) var settled = false
+
+    init(targets: [Int32]) { self.targets = targets }
+
+    /// Makes the (empty) lock and its guard: done before the process is stopped, when its
+    /// preflight saw connections, so the stop pays only for adding them.
+    func prepare() throws {
+        if lock == nil {
+            let name = "wb_hold_\(targets.first ?? 0)_\(UInt32.random(in: 0...UInt32.max) & 0xffffff)"
+            lock = try NetworkLock(name: name, targets: targets)
+        }
+    }
+
+    func hold(_ sockets: [(socket: FileDescriptor, flow: NetworkLock.Flow)]) throws {
+        guard !sockets.isEmpty else { return }
+        try prepare()
+        try lock!.hold(sockets)
+    }
+
+    /// The connections go on (the process runs again): repair mode off, the lock lifted.
+    func letGo() throws {
+        guard !settled else { return }
+        settled = true
+        try lock?.letGo()
+    }
+
+    /// The process was killed: the connections stay held for the restore.
+    func keep() {
+        guard !settled else { return }
+        settled = true
+        lock?.keep()
+    }
+}
+
+extension Checkpointer {
+    /// The sockets the process holds, looked at before it is touched: a pair whose other
+    /// end the image holds too is `.unixSocket`; any other socket wb can save is `.socket`
+    /// (its state read at the final stop); the rest is refused by name.
+    func classifySocket(_ plan: inout FDPlan, inode: UInt64, scope: SocketProbe.Scope) {
+        if let s = scope.table.unix[inode], s.peer != 0, scope.held.contains(s.peer) {
+            plan.kind = .unixSocket
+            plan.socket = s
+            if let why = inFlight(plan.fd) { plan.unsupported = "\(why) (\(plan.link))" }
+            return
+        }
+        plan.kind = .socket
+        guard let copy = try? SharedFiles.take(plan.fd, of: pid) else {
+            plan.unsupported = "a socket wb cannot read (\(plan.link))"
+            return
+        }
+        if let why = SocketProbe.unsupported(copy.rawValue, inode: inode, scope: scope, inFlightFDs: inFlightCount(plan.fd)) {
+            plan.unsupported = "\(why) (\(plan.link))"
+        }
+    }
+
+    /// fds waiting in a Unix socket's queue (SCM_RIGHTS), from fdinfo's scm_fds.
+    private func inFlightCount(_ fd: Int32) -> Int {
+        let text = (try? Paths.readText("/proc/\(pid)/fdinfo/\(fd)")) ?? ""
+        return Int(ProcFS.parseFDInfo(text).extra["scm_fds"] ?? "0") ?? 0
+    }
+
+    private func inFlight(_ fd: Int32) -> String? {
+        let n = inFlightCount(fd)
+        return n > 0 ? "a Unix socket with \(n) fd\(n == 1 ? "" : "s") in flight in its queue (SCM_RIGHTS), which wb does not restore" : nil
+    }
+
+    /// Puts the process's TCP connections on hold (packets dropped, sockets in repair mode)
+    /// before any of them is read.
+    func holdConnections(_ plan: Preflight, table: SocketTable) throws {
+        var sockets: [(socket: FileDescriptor, flow: NetworkLock.Flow)] = []
+        for f in plan.fds where f.kind == .socket && placeholders[f.fd] == nil {
+            guard let inode = Checkpointer.socketInode(f.link), let diag = table.inet[inode],
+                  [1, 4, 5, 8, 9, 11].contains(diag.state) else { continue }
+            let copy = try SharedFiles.take(f.fd, of: pid)
+            guard SocketProbe.identity(copy.rawValue).type == Int32(SOCK_STREAM.rawValue) else { continue }
+            sockets.append((copy, NetworkLock.Flow(local: diag.local, peer: diag.peer)))
+        }
+        guard !sockets.isEmpty else { return }
+        if connections == nil { connections = HeldConnections(targets: [pid]) }
+        try withContext("holding the TCP connections of pid \(pid)") { try connections!.hold(sockets) }
+    }
+
+    /// One socket's state for the image (`.socket`); its TCP connection is on hold already.
+    /// `embryos`: connections waiting in the accept queue of a Unix listener the image holds
+    /// (a client of the image connected to one connects to it again on restore).
+    func captureSocket(_ fd: Int32, link: String, table: SocketTable, embryos: [UInt64: UInt64], into s: inout FDState) throws {
+        let inode = Checkpointer.socketInode(link) ?? 0
+        let copy = try SharedFiles.take(fd, of: pid)
+        let inside = table.unix[inode].map { $0.peer != 0 && embryos[$0.peer] != nil } ?? false
+        s.net = try withContext("reading fd \(fd) (\(link))") {
+            try SocketProbe.capture(copy.rawValue, inode: inode, table: table, peerInside: inside)
+        }
+    }
+}

@@ -1,0 +1,161 @@
+import Foundation
+
+/// A socket other than a Unix socket pair both of whose ends are in the image: a TCP or UDP
+/// socket of IPv4 or IPv6, or a Unix socket that is named, listening, unconnected or connected
+/// to a process outside the image.
+public struct NetSocketState: Codable, Sendable, Equatable {
+    public enum State: String, Codable, Sendable {
+        /// Never bound nor connected.
+        case unbound
+        /// Bound to `local`, not connected (a UDP or Unix datagram socket, a TCP socket that
+        /// never listened nor connected).
+        case bound
+        /// Listening on `local` with `backlog`.
+        case listening
+        /// Connected to `peer` (a TCP connection in `tcp`, a connected datagram socket).
+        case connected
+        /// A Unix stream or seqpacket socket whose peer is outside the image: restore gives the
+        /// process a socket whose peer has closed (end of file after the bytes it had received).
+        case peerClosed
+    }
+
+    /// AF_UNIX (1), AF_INET (2), AF_INET6 (10).
+    public var family: Int32
+    /// SOCK_STREAM (1), SOCK_DGRAM (2), SOCK_SEQPACKET (5).
+    public var type: Int32
+    public var proto: Int32
+    public var state: State
+    public var local: SocketAddress?
+    public var peer: SocketAddress?
+    public var backlog: Int32?
+    /// Options whose values differ from a new socket's, in the order they are set again.
+    public var options: [SocketOption]?
+    /// A classic BPF program attached with SO_ATTACH_FILTER: 8-byte instructions.
+    public var filter: [UInt64]?
+    /// shutdown() directions taken on this end: 1 reading, 2 writing.
+    public var shutdown: Int32?
+    /// An established TCP connection as repair mode showed it.
+    public var tcp: TCPConnection?
+    /// Datagrams waiting to be read, oldest first.
+    public var datagrams: [Datagram]?
+    /// Bytes waiting to be read on a Unix stream or seqpacket socket whose peer is outside.
+    public var queued: Data?
+    /// The peer is a process of the image (a connection within a tree).
+    public var peerInside: Bool?
+    /// A netlink socket's port id and multicast groups; a packet socket's protocol and
+    /// interface.
+    public var netlink: NetlinkBinding?
+    public var packet: PacketBinding?
+    /// Datagrams or packets that were waiting and are not restored (raw, packet sockets:
+    /// traffic the kernel delivered, which cannot be delivered again): their number.
+    public var droppedPackets: Int?
+
+    public init(family: Int32, type: Int32, proto: Int32, state: State) {
+        self.family = family; self.type = type; self.proto = proto; self.state = state
+    }
+
+    /// "TCP", "UDP", "Unix stream", ... for messages.
+    public var kindName: String {
+        switch family {
+        case 2, 10:
+            let v = family == 2 ? "" : "v6"
+            return (type == 1 ? "TCP" : type == 2 ? "UDP" : "raw IP") + v
+        case 1: return "Unix " + (type == 1 ? "stream" : type == 2 ? "datagram" : type == 5 ? "seqpacket" : "type-\(type)")
+        default: return "family-\(family)"
+        }
+    }
+}
+
+/// What a netlink socket is bound to.
+public struct NetlinkBinding: Codable, Sendable, Equatable {
+    /// nl_pid: the port id (0: not bound).
+    public var portid: UInt32
+    /// Multicast groups joined (numbers from 1).
+    public var groups: [UInt32]
+    public init(portid: UInt32, groups: [UInt32]) { self.portid = portid; self.groups = groups }
+}
+
+/// What a packet socket is bound to.
+public struct PacketBinding: Codable, Sendable, Equatable {
+    /// The Ethernet protocol (network byte order, as socket() and bind() take it).
+    public var proto: UInt16
+    /// The interface's name (empty: all), found again by name on restore.
+    public var interface: String
+    public init(proto: UInt16, interface: String) { self.proto = proto; self.interface = interface }
+}
+
+/// An address as a socket holds it.
+public struct SocketAddress: Codable, Sendable, Equatable, CustomStringConvertible {
+    /// For IP: the address as text ("127.0.0.1", "::1"); for Unix: the path, or the abstract
+    /// name without its leading NUL; "" for an unnamed Unix socket.
+    public var host: String
+    public var port: UInt16
+    /// A Unix name in the abstract namespace.
+    public var abstract: Bool?
+    /// A Unix path that was unlinked after the bind: restore binds it and unlinks it again.
+    public var unlinked: Bool?
+    /// IPv6 scope id.
+    public var scope: UInt32?
+
+    public init(host: String, port: UInt16 = 0) { self.host = host; self.port = port }
+
+    public var description: String {
+        if abstract == true { return "@\(host)" }
+        if port == 0 && !host.contains(".") && !host.contains(":") { return host.isEmpty ? "(unnamed)" : host + (unlinked == true ? " (unlinked)" : "") }
+        return host.contains(":") ? "[\(host)]:\(port)" : "\(host):\(port)"
+    }
+}
+
+/// One socket option: level, name and value as getsockopt gave it.
+public struct SocketOption: Codable, Sendable, Equatable {
+    public var level: Int32
+    public var name: Int32
+    public var value: Data
+    public init(level: Int32, name: Int32, value: Data) { self.level = level; self.name = name; self.value = value }
+}
+
+/// A datagram waiting on a socket and who sent it.
+public struct Datagram: Codable, Sendable, Equatable {
+    public var from: SocketAddress?
+    public var bytes: Data
+    public init(from: SocketAddress?, bytes: Data) { self.from = from; self.bytes = bytes }
+}
+
+/// An established TCP connection, read in repair mode.
+public struct TCPConnection: Codable, Sendable, Equatable {
+    /// TCP state: 1 established, 4 FIN-WAIT-1, 5 FIN-WAIT-2, 8 CLOSE-WAIT, 9 LAST-ACK,
+    /// 11 CLOSING (a FIN sent, received, or both: see `finSent`, `finReceived`).
+    public var state: UInt32
+    /// Sequence numbers after the last data byte of the send queue and of the receive queue
+    /// (a FIN's own sequence number is not counted).
+    public var sendSeq: UInt32
+    public var receiveSeq: UInt32
+    /// Bytes sent and not acknowledged, then bytes not sent yet.
+    public var sendQueue: Data
+    public var unsent: UInt32
+    /// Bytes received and not read by the process.
+    public var receiveQueue: Data
+    public var mss: UInt32
+    /// TCPI_OPT_* the connection negotiated (timestamps 1, SACK 2, window scaling 4).
+    public var options: UInt32
+    public var sendWindowScale: UInt32
+    public var receiveWindowScale: UInt32
+    public var timestamp: UInt32
+    /// snd_wl1, snd_wnd, max_window, rcv_wnd, rcv_wup (TCP_REPAIR_WINDOW).
+    public var window: [UInt32]
+
+    /// This end had shut down writing: its FIN is queued or sent (and acknowledged in
+    /// FIN-WAIT-2).
+    public var finSent: Bool { [4, 5, 9, 11].contains(state) }
+    /// The peer's FIN had arrived: the process reads the queued bytes, then end of file.
+    public var finReceived: Bool { [8, 9, 11].contains(state) }
+    /// Whether the state is one repair mode can rebuild.
+    public var rebuildable: Bool { [1, 4, 5, 8, 9, 11].contains(state) }
+
+    public init(state: UInt32, sendSeq: UInt32, receiveSeq: UInt32, sendQueue: Data, unsent: UInt32, receiveQueue: Data,
+                mss: UInt32, options: UInt32, sendWindowScale: UInt32, receiveWindowScale: UInt32, timestamp: UInt32, window: [UInt32]) {
+        self.state = state; self.sendSeq = sendSeq; self.receiveSeq = receiveSeq; self.sendQueue = sendQueue; self.unsent = unsent
+        self.receiveQueue = receiveQueue; self.mss = mss; self.options = options; self.sendWindowScale = sendWindowScale
+        self.receiveWindowScale = receiveWindowScale; self.timestamp = timestamp; self.window = window
+    }
+}

@@ -1,0 +1,364 @@
+import CWBNative
+import Foundation
+import Glibc
+import WBCore
+import WBSystem
+
+/// What to do with a TCP connection to a peer outside the image.
+public enum TCPPolicy: String, Sendable, CaseIterable {
+    /// Rebuilt in repair mode: a peer that is still there sees a pause, then the conversation
+    /// goes on.
+    case restore
+    /// The process gets the connection reset (ECONNRESET), as after a peer's crash.
+    case close
+}
+
+/// Makes a new socket what the image says one was, through a copy of it wb holds: the
+/// restored process creates the socket (so it belongs to the process's network namespace)
+/// and wb sets options, binds, listens, connects, rebuilds TCP connections in repair mode and
+/// puts waiting datagrams back.
+///
+/// A rebuilt TCP connection stays in repair mode (`Pending`) until `finish`, once the whole
+/// restore has succeeded: a restore that fails later kills the process, and a socket closed
+/// in repair mode sends nothing, so the peer still sees only a pause.
+public struct SocketBuilder {
+    public let namespace: NetNamespace
+
+    public init(namespace: NetNamespace) { self.namespace = namespace }
+
+    /// A connection in repair mode, waiting for `finish`.
+    public struct Pending {
+        let socket: FileDescriptor
+        let unsent: Data
+        let name: String
+        let reset: (from: [UInt8], to: [UInt8], seq: UInt32)?
+    }
+
+    /// Builds `s` on `fd` (wb's copy of a new socket of its family, type and protocol).
+    /// Returns notes for the user, and a connection left in repair mode.
+    public func build(_ fd: FileDescriptor, _ s: NetSocketState, tcp policy: TCPPolicy) throws -> (notes: [String], pending: Pending?) {
+        var notes: [String] = []
+        let name = SocketBuilder.name(s)
+        if let tcp = s.tcp {
+            return (notes, try connection(fd, s, tcp, name: name, policy: policy, notes: &notes))
+        }
+        for o in s.options ?? [] { try withContext("restoring \(name)") { try SocketOptions.set(fd.rawValue, o) } }
+        try attachFilter(fd, s, name: name)
+        if let n = s.netlink {
+            try netlink(fd, n, s, name: name)
+            return (notes, nil)
+        }
+        if let p = s.packet {
+            try packet(fd, p, name: name)
+            if let n = s.droppedPackets { notes.append("\(name): \(n) packet\(n == 1 ? "" : "s") waiting to be read were not restored (traffic already delivered)") }
+            return (notes, nil)
+        }
+        switch s.state {
+        case .unbound, .peerClosed:
+            break
+        case .bound, .listening, .connected:
+            if let local = s.local, !(s.family == AF_UNIX && local.host.isEmpty),
+               !(s.family != AF_UNIX && local.port == 0 && s.state == .connected && s.type != Int32(SOCK_RAW.rawValue)) {
+                try bind(fd, local, s, name: name)
+            }
+        }
+        if s.state == .listening, Glibc.listen(fd.rawValue, s.backlog ?? 128) != 0 {
+            throw WBError.system(call: "listen", errno: errno, what: "listening on \(name)")
+        }
+        if s.state == .connected, let peer = s.peer, !(s.family == AF_UNIX && peer.host.isEmpty) {
+            do {
+                try SocketName.connect(fd.rawValue, peer, family: s.family)
+            } catch WBError.system(_, let e, _) where s.family == AF_UNIX && (e == ENOENT || e == ECONNREFUSED) {
+                notes.append("\(name) was connected to \(peer), which is not there now: it is not connected")
+            }
+        }
+        for d in s.datagrams ?? [] {
+            try putBack(d, on: fd, s, name: name, notes: &notes)
+        }
+        if let n = s.droppedPackets { notes.append("\(name): \(n) packet\(n == 1 ? "" : "s") waiting to be read were not restored (traffic already delivered)") }
+        if let how = s.shutdown, how != 0 { try SocketBuilder.shutdown(fd.rawValue, how, name: name) }
+        return (notes, nil)
+    }
+
+    /// "TCP socket 127.0.0.1:6379 -> 127.0.0.1:40000" and the like, for messages.
+    public static func name(_ s: NetSocketState) -> String {
+        var text = "\(s.kindName) socket"
+        if let n = s.netlink { text += " (protocol \(s.proto), port id \(n.portid))" }
+        if let p = s.packet { text += " (\(p.interface.isEmpty ? "all interfaces" : p.interface))" }
+        if let l = s.local, s.family == AF_UNIX ? !l.host.isEmpty : true { text += " \(l)" }
+        if let p = s.peer, s.state == .connected || s.state == .peerClosed { text += " -> \(p)" }
+        return text
+    }
+
+    /// shutdown(2) of the directions `how` (1 reading, 2 writing, 3 both).
+    static func shutdown(_ fd: Int32, _ how: Int32, name: String) throws {
+        let mode = how == 3 ? Int32(SHUT_RDWR) : how == 1 ? Int32(SHUT_RD) : Int32(SHUT_WR)
+        if Glibc.shutdown(fd, mode) != 0 && errno != ENOTCONN {
+            throw WBError.system(call: "shutdown", errno: errno, what: "shutting down \(name) again")
+        }
+    }
+
+    /// Applies what a Unix socket pair end held besides its bytes: options, a filter, the
+    /// directions shut down. Called once its queued bytes are back.
+    public func finishPairEnd(_ fd: FileDescriptor, _ s: NetSocketState) throws {
+        let name = SocketBuilder.name(s)
+        for o in s.options ?? [] { try withContext("restoring \(name)") { try SocketOptions.set(fd.rawValue, o) } }
+        try attachFilter(fd, s, name: name)
+        if let how = s.shutdown, how != 0 { try SocketBuilder.shutdown(fd.rawValue, how, name: name) }
+    }
+
+    private func attachFilter(_ fd: FileDescriptor, _ s: NetSocketState, name: String) throws {
+        guard let code = s.filter else { return }
+        try code.withUnsafeBufferPointer { b in
+            try check(wb_socket_attach_filter(fd.rawValue, b.baseAddress, Int32(b.count)), "setsockopt(SO_ATTACH_FILTER)", "attaching the BPF filter of \(name)")
+        }
+    }
+
+    /// An established (or half-closed) TCP connection, rebuilt in repair mode with its
+    /// sequence numbers, queues, options and window; FINs sent or received are put back as
+    /// CRIU's soccr does (shutdown for ours, an injected segment for the peer's).
+    private func connection(_ fd: FileDescriptor, _ s: NetSocketState, _ t: TCPConnection, name: String, policy: TCPPolicy,
+                            notes: inout [String]) throws -> Pending {
+        guard let local = s.local, let peer = s.peer else { throw WBError.failed("\(name): the image has a TCP connection without its addresses") }
+        guard t.rebuildable else { throw WBError.failed("\(name): the image has a TCP connection in state \(t.state), which cannot be rebuilt") }
+        // Options first: SO_REUSEADDR would undo the forced reuse repair mode sets up.
+        for o in s.options ?? [] { try withContext("restoring \(name)") { try SocketOptions.set(fd.rawValue, o) } }
+        try attachFilter(fd, s, name: name)
+        try check(wb_tcp_repair(fd.rawValue, 1), "setsockopt(TCP_REPAIR)", "putting a new TCP socket in repair mode")
+        var c = wb_tcp_conn()
+        c.state = t.state; c.snd_seq = t.sendSeq; c.rcv_seq = t.receiveSeq
+        c.outq = UInt32(t.sendQueue.count); c.unsent = t.unsent; c.inq = UInt32(t.receiveQueue.count)
+        c.mss = t.mss; c.options = t.options; c.snd_wscale = t.sendWindowScale; c.rcv_wscale = t.receiveWindowScale
+        c.timestamp = t.timestamp
+        var w = t.window + [UInt32](repeating: 0, count: max(0, 5 - t.window.count))
+        if t.finReceived { w[4] &-= 1; w[3] &+= 1 }
+        c.snd_wl1 = w[0]; c.snd_wnd = w[1]; c.max_window = w[2]; c.rcv_wnd = w[3]; c.rcv_wup = w[4]
+        try check(wb_tcp_prepare(fd.rawValue, &c), "setsockopt(TCP_QUEUE_SEQ)", "restoring the sequence numbers of \(name)")
+        // Repair mode binds over anything (SK_FORCE_REUSE): a listener on the same port, or a
+        // connection of a process still running here with the same addresses. The latter
+        // would take this one's packets: it is looked for first.
+        try bind(fd, local, s, name: name)
+        try SocketName.connect(fd.rawValue, peer, family: s.family)
+        try t.sendQueue.withUnsafeBytes { sq in
+            try t.receiveQueue.withUnsafeBytes { rq in
+                try check(wb_tcp_finish(fd.rawValue, &c, sq.baseAddress, rq.baseAddress), "setsockopt(TCP_REPAIR_*)", "restoring the connection of \(name)")
+            }
+        }
+        let (from, to) = try injectionAddresses(peer: peer, local: local, family: s.family)
+        let una = t.sendSeq &- UInt32(t.sendQueue.count)
+        let window = UInt16(clamping: t.window.count > 3 ? t.window[3] >> min(t.receiveWindowScale, 14) : 65535)
+        if [4, 5, 11].contains(t.state) { try sendFin(fd, acknowledged: t.state == 5, name: name) }
+        if t.finReceived { try inject(from, to, seq: t.receiveSeq, ack: una, window: window, flags: 0x11, name: name) }
+        if t.state == 9 { try sendFin(fd, acknowledged: false, name: name) }
+        if t.state == 5 { try inject(from, to, seq: t.receiveSeq, ack: t.sendSeq &+ 1, window: window, flags: 0x10, name: name) }
+        let unsent = t.unsent > 0 ? t.sendQueue.suffix(Int(t.unsent)) : Data()
+        var reset: (from: [UInt8], to: [UInt8], seq: UInt32)?
+        if policy == .close && s.peerInside != true {
+            reset = (from, to, t.receiveSeq &+ (t.finReceived ? 1 : 0))
+            notes.append("\(name): reset (--tcp=close); the process sees its peer gone")
+        }
+        return Pending(socket: fd, unsent: Data(unsent), name: name, reset: reset)
+    }
+
+    /// Our FIN, queued (FIN-WAIT-1, LAST-ACK, CLOSING) or counted as sent (FIN-WAIT-2),
+    /// with shutdown(SHUT_WR) in repair mode.
+    private func sendFin(_ fd: FileDescriptor, acknowledged: Bool, name: String) throws {
+        let sendQueue: Int32 = 2, noQueue: Int32 = 0
+        func queue(_ q: Int32) throws {
+            var v = q
+            if setsockopt(fd.rawValue, Int32(IPPROTO_TCP), 20 /* TCP_REPAIR_QUEUE */, &v, 4) != 0 {
+                throw WBError.system(call: "setsockopt(TCP_REPAIR_QUEUE)", errno: errno, what: "putting back the FIN of \(name)")
+            }
+        }
+        if acknowledged { try queue(sendQueue) }
+        if Glibc.shutdown(fd.rawValue, Int32(SHUT_WR)) != 0 {
+            throw WBError.system(call: "shutdown", errno: errno, what: "putting back the FIN of \(name)")
+        }
+        if acknowledged { try queue(noQueue) }
+    }
+
+    /// The peer's and our addresses as struct sockaddr of one family (an IPv6 socket talking
+    /// IPv4 to a ::ffff: address sends IPv4 packets).
+    private func injectionAddresses(peer: SocketAddress, local: SocketAddress, family: Int32) throws -> ([UInt8], [UInt8]) {
+        func plain(_ a: SocketAddress) -> SocketAddress {
+            var a = a
+            if a.host.hasPrefix("::ffff:") && a.host.contains(".") { a.host = String(a.host.dropFirst(7)); a.scope = nil }
+            return a
+        }
+        if family == AF_INET6 && peer.host.hasPrefix("::ffff:") && peer.host.contains(".") {
+            return (try plain(peer).encode(family: AF_INET), try plain(local).encode(family: AF_INET))
+        }
+        return (try peer.encode(family: family), try local.encode(family: family))
+    }
+
+    private func inject(_ from: [UInt8], _ to: [UInt8], seq: UInt32, ack: UInt32, window: UInt16, flags: UInt8, name: String) throws {
+        let e = try namespace.perform { wb_tcp_inject(from, to, seq, ack, window, flags, NetworkLock.passMark) }
+        if e != 0 { throw WBError.system(call: "sendto(raw)", errno: e, what: "putting back a segment of \(name)'s peer") }
+    }
+
+    /// Takes a rebuilt connection out of repair mode: it talks again (the peer's
+    /// retransmissions arrive once the lock is lifted), and the bytes the process had written
+    /// and the kernel had not sent yet go out; with --tcp=close it is reset instead.
+    public func finish(_ p: Pending) throws {
+        defer { p.socket.close() }
+        try check(wb_tcp_repair(p.socket.rawValue, 0), "setsockopt(TCP_REPAIR)", "ending repair mode of \(p.name)")
+        if let r = p.reset {
+            try inject(r.from, r.to, seq: r.seq, ack: 0, window: 0, flags: 0x04, name: p.name)
+            return
+        }
+        if !p.unsent.isEmpty { try SocketBuilder.sendAll(p.socket.rawValue, p.unsent, what: "sending the \(p.unsent.count) bytes \(p.name) had not sent yet") }
+    }
+
+    private func netlink(_ fd: FileDescriptor, _ n: NetlinkBinding, _ s: NetSocketState, name: String) throws {
+        guard n.portid != 0 || !n.groups.isEmpty else { return }
+        // struct sockaddr_nl: family, pad, pid, groups (the first 32).
+        var raw = [UInt8](repeating: 0, count: 12)
+        raw[0] = 16
+        withUnsafeBytes(of: n.portid) { for (i, b) in $0.enumerated() { raw[4 + i] = b } }
+        let r = raw.withUnsafeBytes { b in b.baseAddress!.withMemoryRebound(to: sockaddr.self, capacity: 1) { Glibc.bind(fd.rawValue, $0, 12) } }
+        if r != 0 {
+            if errno == EADDRINUSE { throw WBError.refused("\(name): its port id \(n.portid) is taken here (by the original process?); stop it, or restore with --new-netns") }
+            throw WBError.system(call: "bind", errno: errno, what: "binding \(name)")
+        }
+        for g in n.groups {
+            var v = g
+            if setsockopt(fd.rawValue, 270 /* SOL_NETLINK */, 1 /* NETLINK_ADD_MEMBERSHIP */, &v, 4) != 0 {
+                throw WBError.system(call: "setsockopt(NETLINK_ADD_MEMBERSHIP)", errno: errno, what: "joining group \(g) with \(name)")
+            }
+        }
+    }
+
+    private func packet(_ fd: FileDescriptor, _ p: PacketBinding, name: String) throws {
+        guard !p.interface.isEmpty else { return }
+        let index = if_nametoindex(p.interface)
+        guard index > 0 else {
+            throw WBError.refused("\(name): there is no interface \(p.interface) here; restore with --new-netns, or where it exists")
+        }
+        // struct sockaddr_ll: family, protocol, ifindex, hatype, pkttype, halen, addr[8].
+        var raw = [UInt8](repeating: 0, count: 20)
+        raw[0] = 17
+        withUnsafeBytes(of: p.proto) { raw[2] = $0[0]; raw[3] = $0[1] }
+        withUnsafeBytes(of: Int32(index)) { for (i, b) in $0.enumerated() { raw[4 + i] = b } }
+        let r = raw.withUnsafeBytes { b in b.baseAddress!.withMemoryRebound(to: sockaddr.self, capacity: 1) { Glibc.bind(fd.rawValue, $0, 20) } }
+        if r != 0 { throw WBError.system(call: "bind", errno: errno, what: "binding \(name) to \(p.interface)") }
+    }
+
+    /// bind(), with the errors a user can act on: a port taken here, a Unix path in use.
+    func bind(_ fd: FileDescriptor, _ local: SocketAddress, _ s: NetSocketState, name: String) throws {
+        if s.family == AF_UNIX && local.abstract != true && !local.host.isEmpty {
+            // A socket file left by the checkpointed process (nobody listens there) is removed;
+            // one a live process listens on is not taken from it.
+            if let st = try? Paths.stat(local.host) {
+                guard st.mode & S_IFMT == S_IFSOCK else {
+                    throw WBError.refused("\(name): \(local.host) exists and is not a socket; move it away to restore")
+                }
+                if try inUse(local.host) {
+                    throw WBError.refused("\(name): a running process listens on \(local.host) (the original?); stop it to restore this one")
+                }
+                unlink(local.host)
+            }
+        }
+        do {
+            try SocketName.bind(fd.rawValue, local, family: s.family)
+        } catch WBError.system(_, let e, _) where e == EADDRINUSE {
+            let what = s.family == AF_UNIX ? "\(local)" : "port \(local.port) (\(s.kindName))"
+            throw WBError.refused("\(what) is taken here, so \(name) cannot be bound again; stop what holds it, or restore with --new-netns")
+        } catch WBError.system(_, let e, _) where e == EADDRNOTAVAIL {
+            throw WBError.refused("\(name): address \(local.host) does not exist here; restore with --new-netns, which gives the process its addresses")
+        }
+        if local.unlinked == true { unlink(local.host) }
+    }
+
+    /// A process accepts connections (or datagrams) on the Unix socket at `path`.
+    func inUse(_ path: String) throws -> Bool {
+        let probe = try namespace.socket(AF_UNIX, stream, 0)
+        do {
+            try SocketName.connect(probe.rawValue, SocketAddress(host: path), family: AF_UNIX)
+            return true
+        } catch WBError.system(_, let e, _) where e == EPROTOTYPE {
+            return true
+        } catch {
+            // A datagram socket bound there answers connect for its type only.
+            let d = try namespace.socket(AF_UNIX, dgram, 0)
+            return (try? SocketName.connect(d.rawValue, SocketAddress(host: path), family: AF_UNIX)) != nil
+        }
+    }
+
+    /// Puts bytes (a stream's) or messages (a datagram or seqpacket socket's, each its own)
+    /// into `sender`'s peer, from wb's copy of the sender. The peer once held them all; the
+    /// sender's buffer may be smaller than that, so it is raised as needed (SO_SNDBUFFORCE)
+    /// and set back after.
+    public static func refill(_ sender: FileDescriptor, bytes: Data, messages: [Data]) throws {
+        guard !bytes.isEmpty || !messages.isEmpty else { return }
+        let total = bytes.count + messages.reduce(0) { $0 + $1.count + 64 }
+        let before = SocketProbe.int(sender.rawValue, SOL_SOCKET, SO_SNDBUF)
+        var raised = false
+        func raise() throws {
+            guard !raised else { throw WBError.failed("the bytes queued on a socket do not fit in it again") }
+            raised = true
+            var size = Int32(clamping: total * 2 + 65536)
+            if setsockopt(sender.rawValue, SOL_SOCKET, 32 /* SO_SNDBUFFORCE */, &size, 4) != 0 {
+                throw WBError.system(call: "setsockopt(SO_SNDBUFFORCE)", errno: errno, what: "making room for the \(total) bytes queued on a socket")
+            }
+        }
+        func put(_ chunk: Data) throws {
+            var at = 0
+            while at < chunk.count || (chunk.isEmpty && at == 0) {
+                let n = chunk.withUnsafeBytes { send(sender.rawValue, $0.baseAddress.map { $0 + at }, $0.count - at, Int32(MSG_DONTWAIT | MSG_NOSIGNAL)) }
+                if n < 0 {
+                    if errno == EINTR { continue }
+                    if errno == EAGAIN || errno == ENOBUFS { try raise(); continue }
+                    throw WBError.system(call: "send", errno: errno, what: "putting back the \(total) bytes queued on a socket")
+                }
+                at += n
+                if chunk.isEmpty { break }
+            }
+        }
+        if !bytes.isEmpty { try put(bytes) }
+        for m in messages { try put(m) }
+        if raised && before > 0 {
+            var size = before / 2
+            _ = setsockopt(sender.rawValue, SOL_SOCKET, 32 /* SO_SNDBUFFORCE */, &size, 4)
+        }
+    }
+
+    static func sendAll(_ fd: Int32, _ bytes: Data, what: String) throws {
+        var at = 0
+        while at < bytes.count {
+            let n = bytes.withUnsafeBytes { send(fd, $0.baseAddress! + at, $0.count - at, Int32(MSG_DONTWAIT | MSG_NOSIGNAL)) }
+            if n < 0 {
+                if errno == EINTR { continue }
+                throw WBError.system(call: "send", errno: errno, what: what)
+            }
+            at += n
+        }
+    }
+
+    /// A datagram that was waiting on the socket, sent to it again as if from its sender.
+    func putBack(_ d: Datagram, on fd: FileDescriptor, _ s: NetSocketState, name: String, notes: inout [String]) throws {
+        guard var to = SocketName.local(fd.rawValue) else { return }
+        if s.family == AF_UNIX {
+            // From an unnamed socket of the same namespace (abstract names are per namespace):
+            // a named sender's name is not given again.
+            let sender = try namespace.socket(AF_UNIX, s.type == seqpacket ? dgram : s.type, 0)
+            let raw = try to.encode(family: AF_UNIX)
+            let n = d.bytes.withUnsafeBytes { b in
+                raw.withUnsafeBytes { a in
+                    a.baseAddress!.withMemoryRebound(to: sockaddr.self, capacity: 1) { sendto(sender.rawValue, b.baseAddress, b.count, Int32(MSG_DONTWAIT), $0, socklen_t(raw.count)) }
+                }
+            }
+            if n < 0 { throw WBError.system(call: "sendto", errno: errno, what: "putting a datagram back on \(name)") }
+            if let from = d.from, !from.host.isEmpty {
+                let note = "\(name): datagrams waiting from \(from) come back from an unnamed sender"
+                if !notes.contains(note) { notes.append(note) }
+            }
+            return
+        }
+        guard let from = d.from else { return }
+        if to.host == "0.0.0.0" { to.host = "127.0.0.1" }
+        if to.host == "::" { to.host = "::1" }
+        let a = try from.encode(family: s.family), b = try to.encode(family: s.family)
+        let e = try namespace.perform { d.bytes.withUnsafeBytes { wb_udp_inject(a, UInt32(a.count), b, UInt32(b.count), $0.baseAddress, $0.count) } }
+        if e != 0 { throw WBError.system(call: "sendto(raw)", errno: e, what: "putting a datagram from \(from) back on \(name)") }
+    }
+}

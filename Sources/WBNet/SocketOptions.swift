@@ -1,0 +1,131 @@
+import Foundation
+import Glibc
+import WBCore
+import WBSystem
+
+/// The socket options wb saves and sets again, in the order they are set (before bind: the
+/// ones bind depends on come first). Only options whose value differs from a new socket's of
+/// the same family, type and protocol go into the image.
+enum SocketOptions {
+    struct Option {
+        var level: Int32
+        var name: Int32
+        var label: String
+        /// Bytes of the value (4 for an int; 16 for a timeval; a string's room).
+        var size: Int
+        /// Families it applies to (empty: all).
+        var families: Set<Int32> = []
+        /// Types it applies to (empty: all).
+        var types: Set<Int32> = []
+        /// Left alone on a connected TCP socket, where the kernel tunes it itself.
+        var tunedOnConnections = false
+    }
+
+    static let sol = SOL_SOCKET, ip = Int32(IPPROTO_IP), ip6 = Int32(IPPROTO_IPV6), tcp = Int32(IPPROTO_TCP)
+    static let inet: Set<Int32> = [AF_INET, AF_INET6]
+
+    static let all: [Option] = [
+        Option(level: sol, name: SO_REUSEADDR, label: "SO_REUSEADDR", size: 4),
+        Option(level: sol, name: SO_REUSEPORT, label: "SO_REUSEPORT", size: 4),
+        Option(level: ip6, name: 26 /* IPV6_V6ONLY */, label: "IPV6_V6ONLY", size: 4, families: [AF_INET6]),
+        Option(level: ip, name: 15 /* IP_FREEBIND */, label: "IP_FREEBIND", size: 4, families: inet),
+        Option(level: ip, name: 19 /* IP_TRANSPARENT */, label: "IP_TRANSPARENT", size: 4, families: inet),
+        Option(level: sol, name: SO_BINDTODEVICE, label: "SO_BINDTODEVICE", size: 16),
+        Option(level: sol, name: SO_KEEPALIVE, label: "SO_KEEPALIVE", size: 4),
+        Option(level: sol, name: SO_BROADCAST, label: "SO_BROADCAST", size: 4),
+        Option(level: sol, name: 32 /* SO_SNDBUFFORCE via SO_SNDBUF */, label: "SO_SNDBUF", size: 4, tunedOnConnections: true),
+        Option(level: sol, name: 33 /* SO_RCVBUFFORCE via SO_RCVBUF */, label: "SO_RCVBUF", size: 4, tunedOnConnections: true),
+        Option(level: sol, name: SO_OOBINLINE, label: "SO_OOBINLINE", size: 4),
+        Option(level: sol, name: SO_PRIORITY, label: "SO_PRIORITY", size: 4),
+        Option(level: sol, name: SO_LINGER, label: "SO_LINGER", size: 8),
+        Option(level: sol, name: SO_PASSCRED, label: "SO_PASSCRED", size: 4),
+        Option(level: sol, name: SO_RCVLOWAT, label: "SO_RCVLOWAT", size: 4),
+        Option(level: sol, name: SO_RCVTIMEO, label: "SO_RCVTIMEO", size: 16),
+        Option(level: sol, name: SO_SNDTIMEO, label: "SO_SNDTIMEO", size: 16),
+        Option(level: sol, name: SO_TIMESTAMP, label: "SO_TIMESTAMP", size: 4),
+        Option(level: sol, name: 35 /* SO_TIMESTAMPNS */, label: "SO_TIMESTAMPNS", size: 4),
+        Option(level: sol, name: 36 /* SO_MARK */, label: "SO_MARK", size: 4),
+        Option(level: sol, name: 40 /* SO_RXQ_OVFL */, label: "SO_RXQ_OVFL", size: 4),
+        Option(level: sol, name: 42 /* SO_PEEK_OFF */, label: "SO_PEEK_OFF", size: 4),
+        Option(level: sol, name: 34 /* SO_PASSSEC */, label: "SO_PASSSEC", size: 4),
+        Option(level: ip, name: 1 /* IP_TOS */, label: "IP_TOS", size: 4, families: [AF_INET]),
+        Option(level: ip, name: 2 /* IP_TTL */, label: "IP_TTL", size: 4, families: [AF_INET]),
+        Option(level: ip, name: 8 /* IP_PKTINFO */, label: "IP_PKTINFO", size: 4, families: [AF_INET]),
+        Option(level: ip, name: 10 /* IP_MTU_DISCOVER */, label: "IP_MTU_DISCOVER", size: 4, families: [AF_INET]),
+        Option(level: ip, name: 11 /* IP_RECVERR */, label: "IP_RECVERR", size: 4, families: [AF_INET]),
+        Option(level: ip, name: 12 /* IP_RECVTTL */, label: "IP_RECVTTL", size: 4, families: [AF_INET]),
+        Option(level: ip, name: 13 /* IP_RECVTOS */, label: "IP_RECVTOS", size: 4, families: [AF_INET]),
+        Option(level: ip, name: 20 /* IP_RECVORIGDSTADDR */, label: "IP_RECVORIGDSTADDR", size: 4, families: [AF_INET]),
+        Option(level: ip, name: 24 /* IP_BIND_ADDRESS_NO_PORT */, label: "IP_BIND_ADDRESS_NO_PORT", size: 4, families: inet),
+        Option(level: ip, name: 33 /* IP_MULTICAST_TTL */, label: "IP_MULTICAST_TTL", size: 4, families: [AF_INET], types: [dgram]),
+        Option(level: ip, name: 34 /* IP_MULTICAST_LOOP */, label: "IP_MULTICAST_LOOP", size: 4, families: [AF_INET], types: [dgram]),
+        Option(level: ip6, name: 16 /* IPV6_UNICAST_HOPS */, label: "IPV6_UNICAST_HOPS", size: 4, families: [AF_INET6]),
+        Option(level: ip6, name: 18 /* IPV6_MULTICAST_HOPS */, label: "IPV6_MULTICAST_HOPS", size: 4, families: [AF_INET6], types: [dgram]),
+        Option(level: ip6, name: 19 /* IPV6_MULTICAST_LOOP */, label: "IPV6_MULTICAST_LOOP", size: 4, families: [AF_INET6], types: [dgram]),
+        Option(level: ip6, name: 23 /* IPV6_MTU_DISCOVER */, label: "IPV6_MTU_DISCOVER", size: 4, families: [AF_INET6]),
+        Option(level: ip6, name: 25 /* IPV6_RECVERR */, label: "IPV6_RECVERR", size: 4, families: [AF_INET6]),
+        Option(level: ip6, name: 49 /* IPV6_RECVPKTINFO */, label: "IPV6_RECVPKTINFO", size: 4, families: [AF_INET6]),
+        Option(level: ip6, name: 67 /* IPV6_TCLASS */, label: "IPV6_TCLASS", size: 4, families: [AF_INET6]),
+        Option(level: tcp, name: 1 /* TCP_NODELAY */, label: "TCP_NODELAY", size: 4, families: inet, types: [stream]),
+        Option(level: tcp, name: 3 /* TCP_CORK */, label: "TCP_CORK", size: 4, families: inet, types: [stream]),
+        Option(level: tcp, name: 4 /* TCP_KEEPIDLE */, label: "TCP_KEEPIDLE", size: 4, families: inet, types: [stream]),
+        Option(level: tcp, name: 5 /* TCP_KEEPINTVL */, label: "TCP_KEEPINTVL", size: 4, families: inet, types: [stream]),
+        Option(level: tcp, name: 6 /* TCP_KEEPCNT */, label: "TCP_KEEPCNT", size: 4, families: inet, types: [stream]),
+        Option(level: tcp, name: 7 /* TCP_SYNCNT */, label: "TCP_SYNCNT", size: 4, families: inet, types: [stream]),
+        Option(level: tcp, name: 8 /* TCP_LINGER2 */, label: "TCP_LINGER2", size: 4, families: inet, types: [stream]),
+        Option(level: tcp, name: 9 /* TCP_DEFER_ACCEPT */, label: "TCP_DEFER_ACCEPT", size: 4, families: inet, types: [stream]),
+        Option(level: tcp, name: 13 /* TCP_CONGESTION */, label: "TCP_CONGESTION", size: 16, families: inet, types: [stream]),
+        Option(level: tcp, name: 18 /* TCP_USER_TIMEOUT */, label: "TCP_USER_TIMEOUT", size: 4, families: inet, types: [stream]),
+        Option(level: tcp, name: 23 /* TCP_FASTOPEN */, label: "TCP_FASTOPEN", size: 4, families: inet, types: [stream]),
+        Option(level: tcp, name: 25 /* TCP_NOTSENT_LOWAT */, label: "TCP_NOTSENT_LOWAT", size: 4, families: inet, types: [stream]),
+    ]
+
+    /// The get side of an option (SO_SNDBUFFORCE is read as SO_SNDBUF).
+    static func readName(_ o: Option) -> Int32 {
+        o.level == sol && o.name == 32 ? SO_SNDBUF : o.level == sol && o.name == 33 ? SO_RCVBUF : o.name
+    }
+
+    static func label(level: Int32, name: Int32) -> String {
+        all.first { $0.level == level && $0.name == name }?.label ?? "option \(level)/\(name)"
+    }
+
+    static func applies(_ o: Option, family: Int32, type: Int32) -> Bool {
+        (o.families.isEmpty || o.families.contains(family)) && (o.types.isEmpty || o.types.contains(type))
+    }
+
+    static func read(_ fd: Int32, _ o: Option) -> Data? {
+        var buffer = [UInt8](repeating: 0, count: o.size)
+        var length = socklen_t(o.size)
+        guard getsockopt(fd, o.level, readName(o), &buffer, &length) == 0 else { return nil }
+        return Data(buffer.prefix(Int(length)))
+    }
+
+    /// The options of `fd` that differ from those of a new socket like it.
+    static func differing(_ fd: Int32, family: Int32, type: Int32, proto: Int32, connectedTCP: Bool) -> [SocketOption] {
+        let fresh = socket(family, type | cloexec, proto)
+        defer { if fresh >= 0 { close(fresh) } }
+        var out: [SocketOption] = []
+        for o in all where applies(o, family: family, type: type) && !(connectedTCP && o.tunedOnConnections) {
+            guard let value = read(fd, o) else { continue }
+            if fresh >= 0, let base = read(fresh, o), base == value { continue }
+            out.append(SocketOption(level: o.level, name: o.name, value: value))
+        }
+        return out
+    }
+
+    /// Sets `option` on `fd` again.
+    static func set(_ fd: Int32, _ option: SocketOption) throws {
+        var value = [UInt8](option.value)
+        // The kernel doubles the buffer sizes it is given and reports the doubled value.
+        if option.level == sol && (option.name == 32 || option.name == 33) && value.count == 4 {
+            let v = value.withUnsafeBytes { $0.load(as: Int32.self) } / 2
+            value = withUnsafeBytes(of: v) { Array($0) }
+        }
+        if option.level == tcp && option.name == 13 { value = Array(value.prefix { $0 != 0 }) }
+        if option.level == sol && option.name == SO_BINDTODEVICE { value = Array(value.prefix { $0 != 0 }) }
+        let r = value.withUnsafeBytes { setsockopt(fd, option.level, option.name, $0.baseAddress, socklen_t($0.count)) }
+        if r != 0 {
+            throw WBError.system(call: "setsockopt", errno: errno, what: "setting \(label(level: option.level, name: option.name))")
+        }
+    }
+}

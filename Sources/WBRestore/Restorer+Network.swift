@@ -1,0 +1,84 @@
+import Foundation
+import Glibc
+import WBNet
+import WBTrace
+
+/// Sockets in a restore: the network namespace they are made in, the policy for connections
+/// to peers outside the image, and the end of the restore, where rebuilt TCP connections
+/// leave repair mode and the lock a `--kill` checkpoint left on them is lifted.
+extension Restorer {
+    /// What to do with the connection of `net` (a TCP socket).
+    func tcpPolicy(for net: NetSocketState, name: String) throws -> TCPPolicy {
+        guard net.tcp != nil else { return .restore }
+        if net.peerInside == true { return .restore }
+        if options.newNetworkNamespace {
+            note("\(name): its peer is outside the image and outside the process's network namespace: the connection is reset", about: process)
+            return .close
+        }
+        if sockets.namespace.isCurrent, let local = net.local, let peer = net.peer {
+            if socketTable == nil { socketTable = try SocketTable.read() }
+            if !socketTable!.connections(local: local, peer: peer).isEmpty {
+                throw WBError.refused("\(name) is open here already (the process the image was taken from still runs?): its packets would go to one of the two; restore with --new-netns for a copy beside it, or stop the original")
+            }
+        }
+        return options.tcp
+    }
+
+    /// Takes every rebuilt connection out of repair mode and lifts the lock that held them
+    /// since a `--kill` checkpoint: their peers' retransmissions arrive, and the conversation
+    /// goes on (or, with --tcp=close, each is reset).
+    func finishConnections() throws {
+        let pending = pendingConnections
+        pendingConnections = []
+        for p in pending { try sockets.finish(p) }
+        if let table = image.metadata.networkLock {
+            if try NetworkLock.release(table: table) {
+                notes.append("the packets of the connections held since the checkpoint flow again (nftables table \(table) removed)")
+            }
+        }
+    }
+
+    /// A network namespace of the restored processes' own (before any is forked), with
+    /// loopback up and every other address their sockets were bound to on a dummy device:
+    /// a copy of a running server keeps its ports beside the original.
+    func isolateNetwork(_ root: Tracee) throws {
+        root.syscallGadget = Stub.syscallAddress
+        let s = try root.ownedSyscalls(in: root.pid)
+        let r = try s.raw(.unshare, 0x4000_0000 /* CLONE_NEWNET */)
+        if r < 0 {
+            throw WBError.system(call: "remote unshare(CLONE_NEWNET)", errno: Int32(-r),
+                                 what: "giving the restored process a network namespace of its own (needs CAP_SYS_ADMIN: run wb restore as root)")
+        }
+        let namespace = try NetNamespace.of(root.pid)
+        var addresses = Set<String>()
+        for p in image.metadata.processes {
+            for f in p.fds {
+                guard let net = f.net, net.family == AF_INET || net.family == AF_INET6, let local = net.local else { continue }
+                var host = local.host
+                if host.hasPrefix("::ffff:") && host.contains(".") { host = String(host.dropFirst(7)) }
+                if ["0.0.0.0", "::", "127.0.0.1", "::1", ""].contains(host) || host.hasPrefix("127.") || host.hasPrefix("fe80:") { continue }
+                addresses.insert(host)
+            }
+        }
+        let commands = [["link", "set", "lo", "up"]] + (addresses.isEmpty ? [] : [["link", "add", "wb0", "type", "dummy"], ["link", "set", "wb0", "up"]])
+            + addresses.sorted().map { $0.contains(":") ? ["-6", "addr", "add", "\($0)/128", "dev", "wb0", "nodad"] : ["addr", "add", "\($0)/32", "dev", "wb0"] }
+        guard let ip = Subprocess.find("ip") ?? ["/usr/sbin/ip", "/sbin/ip", "/usr/bin/ip"].first(where: { access($0, X_OK) == 0 }) else {
+            throw WBError.refused("restoring into a network namespace of its own needs the ip command (apt-get install iproute2)")
+        }
+        let null = try FileDescriptor.open("/dev/null", O_WRONLY)
+        let quiet = null.rawValue
+        for c in commands {
+            // A process started from the thread that joined the namespace is in it.
+            let status = try namespace.perform { () throws -> Int32 in
+                let pid = try Subprocess.spawn(ip, c, stdout: quiet, stderr: quiet)
+                var st: Int32 = 0
+                while waitpid(pid, &st, 0) < 0 && errno == EINTR {}
+                return st
+            }
+            if status != 0 { throw WBError.failed("setting up the restored process's network namespace: ip \(c.joined(separator: " ")) failed") }
+        }
+        sockets = SocketBuilder(namespace: namespace)
+        let list = (["127.0.0.1", "::1"] + addresses.sorted()).joined(separator: ", ")
+        notes.append("the process runs in a network namespace of its own (\(list)); reach it with nsenter --net=/proc/PID/ns/net")
+    }
+}

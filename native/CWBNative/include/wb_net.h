@@ -1,0 +1,109 @@
+// Sockets seen from wb's side: a copy of a process's socket (pidfd_getfd) is the same socket,
+// so wb reads and sets its state with ordinary calls on the copy. TCP connections are read and
+// rebuilt in repair mode (TCP_REPAIR), which keeps the kernel from sending anything for them.
+#ifndef WB_NET_H
+#define WB_NET_H
+
+#include <stdint.h>
+#include <stddef.h>
+#include <sys/types.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/// What repair mode tells of an established connection. Sequence numbers are those of the
+/// byte after the last one queued: `snd_seq` after the send queue (sent or not), `rcv_seq`
+/// after the receive queue (the next byte expected).
+typedef struct {
+    uint32_t state;                 // TCP_ESTABLISHED (1), ...
+    uint32_t snd_seq, rcv_seq;
+    uint32_t outq, unsent, inq;     // send queue bytes (not acknowledged), of them not sent, receive queue bytes
+    uint32_t mss;
+    uint32_t options;               // TCPI_OPT_TIMESTAMPS 1, _SACK 2, _WSCALE 4
+    uint32_t snd_wscale, rcv_wscale;
+    uint32_t timestamp;
+    uint32_t snd_wl1, snd_wnd, max_window, rcv_wnd, rcv_wup;
+} wb_tcp_conn;
+
+/// setsockopt(TCP_REPAIR): 1 on, 0 off, -1 off without a window probe. 0 or an errno.
+int wb_tcp_repair(int fd, int mode);
+/// Reads an established connection's numbers; the socket is in repair mode. 0 or an errno.
+int wb_tcp_read(int fd, wb_tcp_conn *c);
+/// Copies `len` bytes of a queue (1: receive, 2: send) without taking them; the socket is in
+/// repair mode. 0 or an errno (EAGAIN when fewer bytes were there).
+int wb_tcp_peek(int fd, int queue, void *buf, size_t len);
+/// Before bind and connect of a socket in repair mode: the queues' first sequence numbers.
+int wb_tcp_prepare(int fd, const wb_tcp_conn *c);
+/// After connect in repair mode: options, timestamp, the queues' bytes (the sent part of the
+/// send queue; the unsent part is sent after repair mode ends) and the window.
+int wb_tcp_finish(int fd, const wb_tcp_conn *c, const void *sendq, const void *recvq);
+
+/// SIOCINQ/SIOCOUTQ/SIOCOUTQNSD and the like: an int out of a socket ioctl.
+int wb_socket_ioctl_int(int fd, unsigned long request, int *value);
+
+/// One TCP/UDP socket of this network namespace as inet_diag reports it.
+typedef struct {
+    uint64_t inode;
+    uint32_t state;         // TCP state (UDP: 7 unconnected, 1 connected)
+    uint32_t rqueue;        // listener: connections waiting to be accepted; else bytes to read
+    uint32_t wqueue;        // listener: backlog; else bytes to send
+    uint32_t shutdown;      // 1 reading, 2 writing
+    uint8_t src[16], dst[16];   // addresses (IPv4 in the first 4 bytes), network order
+    uint16_t sport, dport;      // ports, host order
+    uint8_t family;
+} wb_inet_socket;
+
+/// Every socket of `family` (AF_INET, AF_INET6) and `protocol` (IPPROTO_TCP, IPPROTO_UDP) in
+/// wb's network namespace. Writes up to `cap`, the number there are to `count`.
+int wb_inet_sockets(int family, int protocol, wb_inet_socket *out, int cap, int *count);
+
+/// One datagram peeked at `offset` bytes into a socket's queue (SO_PEEK_OFF): its bytes (up
+/// to `cap`; `*len` is its real length), and the sender's address. 0, EAGAIN at the end.
+int wb_peek_datagram(int fd, int offset, void *buf, size_t cap, size_t *len, void *from, uint32_t *fromlen);
+
+/// Sends a UDP datagram that looks as if it came from `from` (an IPv4 or IPv6 address and
+/// port) to `to`, through a raw socket of wb's network namespace. 0 or an errno.
+int wb_udp_inject(const void *from, uint32_t fromlen, const void *to, uint32_t tolen, const void *data, size_t len);
+
+/// The classic BPF program attached to a socket (SO_GET_FILTER): up to `cap` 8-byte
+/// instructions into `out`, their number into `count` (0: none). 0 or an errno.
+int wb_socket_filter(int fd, uint64_t *out, int cap, int *count);
+/// Attaches a classic BPF program (SO_ATTACH_FILTER).
+int wb_socket_attach_filter(int fd, const uint64_t *code, int count);
+
+/// Whether libnftables can be loaded (dlopen "libnftables.so.1", the library nft is built on).
+int wb_nft_available(void);
+/// Runs nft commands (as `nft -f` reads them) in this process: 0, ENOSYS without libnftables,
+/// or EINVAL with nft's message in `error`.
+int wb_nft_run(const char *commands, char *error, size_t cap);
+
+/// setns(fd, CLONE_NEWNET) of the calling thread: it joins the network namespace `fd` names.
+/// 0 or -1 with errno.
+int wb_setns_net(int fd);
+
+/// Starts the guard of held connections: a process of its own session that receives copies
+/// of sockets in repair mode over `*control` (wb_net_guard_send) and, when wb goes away
+/// without saying it is done, turns repair mode off on each and deletes the nftables table
+/// `table` (inet) with `nft` -- unless every process of `targets` has ended (a checkpoint with
+/// --kill: the connections stay held for the restore). Returns its pid, or -errno.
+pid_t wb_net_guard_start(const char *nft, const char *table, const pid_t *targets, int ntargets, int *control);
+/// Sends the guard `fds` (copies it keeps) and then `what`: 'a' more to come, 'd' done (it
+/// exits and leaves everything), 'l' let go now (as if wb were gone with its targets alive).
+int wb_net_guard_send(int control, char what, const int *fds, int n);
+
+/// Sends one TCP segment with no data from `from` to `to` (struct sockaddr_in or _in6, the
+/// same family) with `flags` (FIN 0x01, RST 0x04, ACK 0x10), through a raw socket of wb's
+/// network namespace marked `mark` (the held connections' packet filter lets marked packets
+/// through): a FIN the peer had sent, put back into a socket rebuilt in repair mode, or the
+/// reset of --tcp=close. 0 or an errno.
+int wb_tcp_inject(const void *from, const void *to, uint32_t seq, uint32_t ack, uint16_t window, uint8_t flags, uint32_t mark);
+
+/// The inodes of the connections waiting in the accept queue of Unix listener `inode`
+/// (sock_diag UDIAG_SHOW_ICONS). Writes up to `cap`, the number there are to `count`.
+int wb_unix_listener_queue(uint64_t inode, uint64_t *out, int cap, int *count);
+
+#ifdef __cplusplus
+}
+#endif
+#endif
