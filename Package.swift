@@ -106,6 +106,9 @@ let package = Package(
         harnessProgram("security"),
         harnessProgram("sysvipc"),
         harnessProgram("guards"),
+        harnessProgram("unixzoo"),
+        harnessProgram("netzoo"),
+        harnessProgram("transfer"),
         // Debugged after a replay: built without optimization so every local is visible.
         harnessProgram("msgserver", optimize: false),
 

@@ -105,6 +105,7 @@ extension Checkpointer {
         if !socketLinks.isEmpty {
             scope.table = try withContext("listing sockets (sock_diag)") { try SocketTable.read() }
             scope.held.formUnion(socketLinks)
+            scope.embryos = SocketProbe.embryos(of: scope.held, table: scope.table)
         }
         for (fd, link) in links {
             let plan = classify(fd: fd, link: link, scope: scope)

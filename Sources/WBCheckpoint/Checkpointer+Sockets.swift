@@ -48,7 +48,9 @@ extension Checkpointer {
     /// end the image holds too is `.unixSocket`; any other socket wb can save is `.socket`
     /// (its state read at the final stop); the rest is refused by name.
     func classifySocket(_ plan: inout FDPlan, inode: UInt64, scope: SocketProbe.Scope) {
-        if let s = scope.table.unix[inode], s.peer != 0, scope.held.contains(s.peer) {
+        // A pair: each end's peer is the other (a datagram socket connected to a bound one
+        // that takes datagrams from anyone is not one).
+        if let s = scope.table.unix[inode], s.peer != 0, scope.held.contains(s.peer), scope.table.unix[s.peer]?.peer == inode {
             plan.kind = .unixSocket
             plan.socket = s
             if let why = inFlight(plan.fd) { plan.unsupported = "\(why) (\(plan.link))" }
@@ -97,9 +99,43 @@ extension Checkpointer {
     func captureSocket(_ fd: Int32, link: String, table: SocketTable, embryos: [UInt64: UInt64], into s: inout FDState) throws {
         let inode = Checkpointer.socketInode(link) ?? 0
         let copy = try SharedFiles.take(fd, of: pid)
-        let inside = table.unix[inode].map { $0.peer != 0 && embryos[$0.peer] != nil } ?? false
+        let inside = embryos[inode] != nil
         s.net = try withContext("reading fd \(fd) (\(link))") {
             try SocketProbe.capture(copy.rawValue, inode: inode, table: table, peerInside: inside)
+        }
+    }
+
+    /// Marks the TCP connections both of whose ends the image holds (in one process or two
+    /// of a tree): they come back connected to each other whatever the restore's policy for
+    /// peers outside.
+    static func linkConnections(_ states: inout [ProcessState]) {
+        func key(_ a: SocketAddress?, _ b: SocketAddress?) -> String? {
+            guard let a, let b else { return nil }
+            return "\(a.host)|\(a.port)|\(b.host)|\(b.port)"
+        }
+        var ends = Set<String>()
+        for p in states {
+            for f in p.fds where f.net?.tcp != nil { if let k = key(f.net?.local, f.net?.peer) { ends.insert(k) } }
+        }
+        // A datagram socket connected to one the image holds bound.
+        var bound = Set<String>()
+        for p in states {
+            for f in p.fds where f.kind == .socket && f.net?.tcp == nil {
+                if let n = f.net, let l = n.local, !l.host.isEmpty, l.port != 0 || n.family == AF_UNIX {
+                    bound.insert("\(n.family)|\(l.host)|\(l.port)|\(l.abstract == true)")
+                }
+            }
+        }
+        for i in states.indices {
+            for j in states[i].fds.indices {
+                guard let n = states[i].fds[j].net, n.state == .connected, n.peerInside != true else { continue }
+                if n.tcp != nil {
+                    if let back = key(n.peer, n.local), ends.contains(back) { states[i].fds[j].net?.peerInside = true }
+                } else if n.type == Int32(SOCK_DGRAM.rawValue), let peer = n.peer,
+                          bound.contains("\(n.family)|\(peer.host)|\(peer.port)|\(peer.abstract == true)") {
+                    states[i].fds[j].net?.peerInside = true
+                }
+            }
         }
     }
 }

@@ -249,6 +249,11 @@ public final class Checkpointer {
         var process = try capture(tracee, plan: plan, memory: memory, store: store, scanner: scanner, files: &files,
                                   stable: stable, removed: tracker?.takeRemoved() ?? [], deferred: &deferred,
                                   deletedContents: &deletedContents, phase: phase)
+        if tree == nil {
+            var one = [process]
+            Checkpointer.linkConnections(&one)
+            process = one[0]
+        }
         // The userfaultfd is let go, and then the mappings' flags read, on another thread
         // while the pages and files are written here: the two walk the process's page tables
         // under its mapping lock (one after the other: side by side they only wait for each

@@ -95,6 +95,10 @@ public final class TreeCheckpointer {
             stopped = Clock.monotonic
             try stopAll(into: &members)
             let scope = TreeScope(members: Set(members.map(\.pid)), sockets: socketsHeld(by: members.filter { $0.zombie == nil }.map(\.pid)))
+            // One hold for every member's TCP connections: a connection between two of them is
+            // held once, and all of them go on (or stay held for the restore) together.
+            let connections = HeldConnections(targets: members.filter { $0.zombie == nil }.map(\.pid))
+            defer { if connections.settled == false { try? connections.letGo() } }
             var states: [ProcessState] = []
             var notes: [String] = []
             // Every process's pages first: the image's page section comes before its files.
@@ -112,6 +116,7 @@ public final class TreeCheckpointer {
                 let c = e?.checkpointer ?? Checkpointer(pid: m.pid, options: options)
                 c.held = m.tracee
                 c.tree = scope
+                c.connections = connections
                 c.progress = progress
                 c.shouldStop = shouldStop
                 let plan = try c.preflight()
@@ -131,6 +136,7 @@ public final class TreeCheckpointer {
             var pause = Clock.monotonic - stopped
             if options.after == .leaveRunning {
                 // The rest needs no stopped process.
+                try connections.letGo()
                 let_go = true
                 for m in members.reversed() { m.tracee?.detach() }
                 pause = Clock.monotonic - stopped
@@ -147,6 +153,7 @@ public final class TreeCheckpointer {
                 try c.checkpointer.embedMappedFiles(&c.files, into: &states[c.index])
             }
             TreeCheckpointer.linkPipes(&states)
+            Checkpointer.linkConnections(&states)
             var outside: [UInt64: [String]] = [:]
             for p in states { for f in p.fds where f.kind == .pipe && p.pipes.first(where: { $0.id == f.pipe })?.external == true {
                 outside[f.pipe!, default: []].append("pid \(p.pid) fd \(f.fd)")
@@ -161,11 +168,13 @@ public final class TreeCheckpointer {
             try checkStop()
             var metadata = ImageMetadata(host: HostInfo.current(), process: states[0], files: writer.embeddedFiles, notes: notes)
             metadata.descendants = Array(states.dropFirst())
+            if options.after == .kill { metadata.networkLock = connections.lock?.table }
             let check = try Checkpointer.write(metadata, with: writer, options: options, progress: progress, checkStop: checkStop)
             if options.after == .kill {
                 pause = Clock.monotonic - stopped
                 let_go = true
                 for m in members { m.tracee?.kill() }
+                connections.keep()
             }
             let report = states.map { s in
                 TreeCheckpointResult.Member(pid: s.pid, ppid: s.ppid, command: s.comm, threads: s.threads.count,

@@ -41,6 +41,8 @@ public struct ImageReport: Encodable {
     var tree: [TreeRow]?
     /// The System V shared memory segments the process had attached.
     var sysvSegments: [SysVSegment]?
+    /// Every socket of every process (ImageReport+Sockets.swift).
+    var sockets: [SocketRow] = []
 
     public struct TreeRow: Encodable {
         var pid: Int32, ppid: Int32, pgid: Int32, sid: Int32, command: [String], threads: Int, memoryBytes: UInt64
@@ -58,6 +60,7 @@ public struct ImageReport: Encodable {
             }
         }
         sysvSegments = p.sysvSegments
+        sockets = ImageReport.socketRows(m)
         self.image = image.path; format = image.header.version; createdAt = m.createdAt; tool = m.tool
         imageBytes = image.fileSize; host = m.host
         pid = p.pid; ppid = p.ppid; pgid = p.pgid; sid = p.sid; command = p.cmdline; exe = p.exe; cwd = p.cwd
@@ -174,6 +177,7 @@ public struct ImageReport: Encodable {
             if let n = f.note { line += " (\(n))" }
             out.append(line)
         }
+        out += socketLines()
         out.append("")
         out.append("SIGNALS")
         for s in signals { out.append("  \(s.name) handler \(s.handler) flags \(s.flags)") }

@@ -36,6 +36,7 @@ struct MetadataValidator {
             throw bad("schema \(metadata.schema) is not one this wb reads (it reads \(ImageMetadata.currentSchema))")
         }
         try sourcesAndFiles()
+        try networkLock()
         var pids = Set<Int32>(), tids = Set<Int32>()
         for (i, p) in metadata.processes.enumerated() {
             let at = i == 0 ? "process" : "descendants[\(i - 1)]"
@@ -265,10 +266,8 @@ struct MetadataValidator {
                 }
             case .pidfd:
                 guard let t = s.pidfdTarget, t > 0, t <= Self.maxPid else { throw bad("\(name) is a pidfd without a valid target pid") }
-            case .unixSocket:
-                guard let sock = s.socket, [1, 2, 5].contains(sock.type) else {
-                    throw bad("\(name) is a socket of unknown type \(s.socket.map { String($0.type) } ?? "(none)")")
-                }
+            case .unixSocket, .socket, .placeholder:
+                try socket(s, name: name)
             default:
                 break
             }
@@ -277,7 +276,7 @@ struct MetadataValidator {
 
     // MARK: Strings and paths
 
-    private func text(_ s: String, _ field: String, limit: Int) throws {
+    func text(_ s: String, _ field: String, limit: Int) throws {
         guard s.utf8.count <= limit, !s.utf8.contains(0) else {
             throw bad("\(field) is longer than \(limit) bytes or holds a NUL byte")
         }

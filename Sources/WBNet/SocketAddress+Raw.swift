@@ -40,7 +40,7 @@ extension SocketAddress {
     }
 
     /// The struct sockaddr for this address in `family`.
-    func encode(family: Int32) throws -> [UInt8] {
+    public func encode(family: Int32) throws -> [UInt8] {
         func le16(_ v: Int32) -> [UInt8] { [UInt8(v & 0xff), UInt8(v >> 8 & 0xff)] }
         switch family {
         case AF_INET:

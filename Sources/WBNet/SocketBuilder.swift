@@ -34,9 +34,27 @@ public struct SocketBuilder {
         let reset: (from: [UInt8], to: [UInt8], seq: UInt32)?
     }
 
+    /// How a Unix socket is bound to a path and a path unlinked: these make and remove files,
+    /// which the restore does as the process, with its rights (FDBuilder), not as wb.
+    public struct PathCalls {
+        public var bind: (SocketAddress) throws -> Int32
+        public var unlink: (String) throws -> Void
+        /// A path that was unlinked after the bind: removed once every socket is built (others
+        /// of the image may connect or send to it first).
+        public var unlinkLater: (String) -> Void
+        public init(bind: @escaping (SocketAddress) throws -> Int32, unlink: @escaping (String) throws -> Void,
+                    unlinkLater: @escaping (String) -> Void) {
+            self.bind = bind; self.unlink = unlink; self.unlinkLater = unlinkLater
+        }
+    }
+
     /// Builds `s` on `fd` (wb's copy of a new socket of its family, type and protocol).
-    /// Returns notes for the user, and a connection left in repair mode.
-    public func build(_ fd: FileDescriptor, _ s: NetSocketState, tcp policy: TCPPolicy) throws -> (notes: [String], pending: Pending?) {
+    /// Returns notes for the user, and a connection left in repair mode. `paths` binds and
+    /// unlinks Unix socket paths (by default from wb's side).
+    public func build(_ fd: FileDescriptor, _ s: NetSocketState, tcp policy: TCPPolicy, paths: PathCalls? = nil) throws -> (notes: [String], pending: Pending?) {
+        let paths = paths ?? PathCalls(bind: { a in
+            do { try SocketName.bind(fd.rawValue, a, family: AF_UNIX); return 0 } catch WBError.system(_, let e, _) { return e }
+        }, unlink: { _ = Glibc.unlink($0) }, unlinkLater: { _ = Glibc.unlink($0) })
         var notes: [String] = []
         let name = SocketBuilder.name(s)
         if let tcp = s.tcp {
@@ -59,7 +77,7 @@ public struct SocketBuilder {
         case .bound, .listening, .connected:
             if let local = s.local, !(s.family == AF_UNIX && local.host.isEmpty),
                !(s.family != AF_UNIX && local.port == 0 && s.state == .connected && s.type != Int32(SOCK_RAW.rawValue)) {
-                try bind(fd, local, s, name: name)
+                try bind(fd, local, s, name: name, paths: paths)
             }
         }
         if s.state == .listening, Glibc.listen(fd.rawValue, s.backlog ?? 128) != 0 {
@@ -137,7 +155,7 @@ public struct SocketBuilder {
         // Repair mode binds over anything (SK_FORCE_REUSE): a listener on the same port, or a
         // connection of a process still running here with the same addresses. The latter
         // would take this one's packets: it is looked for first.
-        try bind(fd, local, s, name: name)
+        try bind(fd, local, s, name: name, paths: nil)
         try SocketName.connect(fd.rawValue, peer, family: s.family)
         try t.sendQueue.withUnsafeBytes { sq in
             try t.receiveQueue.withUnsafeBytes { rq in
@@ -244,8 +262,8 @@ public struct SocketBuilder {
     }
 
     /// bind(), with the errors a user can act on: a port taken here, a Unix path in use.
-    func bind(_ fd: FileDescriptor, _ local: SocketAddress, _ s: NetSocketState, name: String) throws {
-        if s.family == AF_UNIX && local.abstract != true && !local.host.isEmpty {
+    func bind(_ fd: FileDescriptor, _ local: SocketAddress, _ s: NetSocketState, name: String, paths: PathCalls?) throws {
+        if s.family == AF_UNIX && local.abstract != true && !local.host.isEmpty, let paths {
             // A socket file left by the checkpointed process (nobody listens there) is removed;
             // one a live process listens on is not taken from it.
             if let st = try? Paths.stat(local.host) {
@@ -255,8 +273,13 @@ public struct SocketBuilder {
                 if try inUse(local.host) {
                     throw WBError.refused("\(name): a running process listens on \(local.host) (the original?); stop it to restore this one")
                 }
-                unlink(local.host)
+                try paths.unlink(local.host)
             }
+            let e = try paths.bind(local)
+            if e == EADDRINUSE { throw WBError.refused("\(local) is taken here, so \(name) cannot be bound again; stop what holds it") }
+            if e != 0 { throw WBError.system(call: "bind", errno: e, what: "binding \(name)") }
+            if local.unlinked == true { paths.unlinkLater(local.host) }
+            return
         }
         do {
             try SocketName.bind(fd.rawValue, local, family: s.family)
@@ -266,7 +289,6 @@ public struct SocketBuilder {
         } catch WBError.system(_, let e, _) where e == EADDRNOTAVAIL {
             throw WBError.refused("\(name): address \(local.host) does not exist here; restore with --new-netns, which gives the process its addresses")
         }
-        if local.unlinked == true { unlink(local.host) }
     }
 
     /// A process accepts connections (or datagrams) on the Unix socket at `path`.

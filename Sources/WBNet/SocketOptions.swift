@@ -36,7 +36,6 @@ enum SocketOptions {
         Option(level: sol, name: 32 /* SO_SNDBUFFORCE via SO_SNDBUF */, label: "SO_SNDBUF", size: 4, tunedOnConnections: true),
         Option(level: sol, name: 33 /* SO_RCVBUFFORCE via SO_RCVBUF */, label: "SO_RCVBUF", size: 4, tunedOnConnections: true),
         Option(level: sol, name: SO_OOBINLINE, label: "SO_OOBINLINE", size: 4),
-        Option(level: sol, name: SO_PRIORITY, label: "SO_PRIORITY", size: 4),
         Option(level: sol, name: SO_LINGER, label: "SO_LINGER", size: 8),
         Option(level: sol, name: SO_PASSCRED, label: "SO_PASSCRED", size: 4),
         Option(level: sol, name: SO_RCVLOWAT, label: "SO_RCVLOWAT", size: 4),
@@ -78,6 +77,8 @@ enum SocketOptions {
         Option(level: tcp, name: 18 /* TCP_USER_TIMEOUT */, label: "TCP_USER_TIMEOUT", size: 4, families: inet, types: [stream]),
         Option(level: tcp, name: 23 /* TCP_FASTOPEN */, label: "TCP_FASTOPEN", size: 4, families: inet, types: [stream]),
         Option(level: tcp, name: 25 /* TCP_NOTSENT_LOWAT */, label: "TCP_NOTSENT_LOWAT", size: 4, families: inet, types: [stream]),
+        // Last: IP_TOS sets the priority too.
+        Option(level: sol, name: SO_PRIORITY, label: "SO_PRIORITY", size: 4),
     ]
 
     /// The get side of an option (SO_SNDBUFFORCE is read as SO_SNDBUF).

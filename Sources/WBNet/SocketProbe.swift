@@ -26,6 +26,8 @@ public enum SocketProbe {
     public struct Scope: Sendable {
         public var held: Set<UInt64>
         public var table: SocketTable
+        /// Clients of the checkpoint waiting in the accept queue of a listener it holds.
+        public var embryos: [UInt64: UInt64] = [:]
         public init(held: Set<UInt64>, table: SocketTable) { self.held = held; self.table = table }
     }
 
@@ -42,13 +44,17 @@ public enum SocketProbe {
         case AF_UNIX:
             guard let diag = table.unix[inode] else { return "a Unix socket sock_diag does not list (in another network namespace than wb's)" }
             if diag.state == 10 && diag.queued > 0 {
-                let waiting = listenerQueue(inode)
-                let outside = waiting.filter { e in !table.unix.values.contains { $0.peer == e && scope.held.contains($0.inode) } }
+                // The queue lists the connecting clients (sock_diag shows the peer of each
+                // connection waiting): those of the checkpoint connect again on restore.
+                let outside = listenerQueue(inode).filter { !scope.held.contains($0) }
                 if !outside.isEmpty {
                     return "a Unix socket listening with \(outside.count) connection\(outside.count == 1 ? "" : "s") from outside the checkpoint waiting to be accepted (checkpoint again once it has accepted them)"
                 }
-                if let full = waiting.first(where: { (table.unix[$0]?.queued ?? 0) > 0 }) {
-                    return "a Unix socket listening with a connection waiting to be accepted that holds \(table.unix[full]?.queued ?? 0) bytes already (checkpoint again once it has accepted it)"
+            }
+            if diag.state == 1 && diag.peer == 0 && type != dgram, scope.embryos[inode] != nil {
+                var sent: Int32 = 0
+                if wb_socket_ioctl_int(fd, 0x5411 /* SIOCOUTQ */, &sent) == 0 && sent > 0 {
+                    return "a Unix socket whose connection waits to be accepted by a listener of the checkpoint and holds \(sent) bytes it sent (checkpoint again once it is accepted)"
                 }
             }
             return nil
@@ -57,17 +63,18 @@ public enum SocketProbe {
             guard type == stream || type == dgram else { return "an IP socket of type \(type)" }
             if type == stream && proto != 0 && proto != Int32(IPPROTO_TCP) { return "an IP stream socket of protocol \(proto) (SCTP, MPTCP)" }
             if type == dgram && proto != 0 && proto != Int32(IPPROTO_UDP) { return "an IP datagram socket of protocol \(proto) (ICMP, UDP-Lite)" }
-            guard let diag = table.inet[inode] else {
-                return "a TCP or UDP socket sock_diag does not list (in another network namespace than wb's)"
-            }
             if type == stream {
-                switch diag.state {
+                let (state, waiting, _) = tcpState(fd)
+                switch state {
                 case 1, 4, 5, 7, 8, 9, 11: break
-                case 10 where diag.waiting > 0:
-                    return "a TCP listener with \(diag.waiting) connection\(diag.waiting == 1 ? "" : "s") waiting to be accepted (checkpoint again once it has accepted them)"
+                case 10 where waiting > 0:
+                    return "a TCP listener with \(waiting) connection\(waiting == 1 ? "" : "s") waiting to be accepted (checkpoint again once it has accepted them)"
                 case 10: break
-                case 2, 3: return "a TCP socket in the middle of a connect (\(tcpStates[Int(diag.state)])): checkpoint again once it is connected"
-                default: return "a TCP connection in state \(tcpStates[min(Int(diag.state), tcpStates.count - 1)])"
+                case 2, 3: return "a TCP socket in the middle of a connect (\(tcpStates[Int(state)])): checkpoint again once it is connected"
+                default: return "a TCP connection in state \(tcpStates[min(Int(state), tcpStates.count - 1)])"
+                }
+                if [1, 4, 5, 8, 9, 11].contains(state) && table.inet[inode] == nil {
+                    return "a TCP connection sock_diag does not list (in another network namespace than wb's)"
                 }
             }
             return nil
@@ -84,8 +91,8 @@ public enum SocketProbe {
         }
     }
 
-    /// The connections waiting in the accept queue of the Unix listeners among `held`
-    /// (inodes), each mapped to its listener.
+    /// The clients (inodes) waiting in the accept queue of the Unix listeners among `held`,
+    /// each mapped to its listener.
     public static func embryos(of held: Set<UInt64>, table: SocketTable) -> [UInt64: UInt64] {
         var out: [UInt64: UInt64] = [:]
         for inode in held {
@@ -95,7 +102,7 @@ public enum SocketProbe {
         return out
     }
 
-    /// The connections (inodes of the server ends) waiting in Unix listener `inode`'s queue.
+    /// The clients (inodes) whose connections wait in Unix listener `inode`'s accept queue.
     static func listenerQueue(_ inode: UInt64) -> [UInt64] {
         var cap = 256
         while true {
@@ -105,6 +112,13 @@ public enum SocketProbe {
             if Int(count) > cap { cap = Int(count) + 16; continue }
             return Array(out.prefix(Int(count)))
         }
+    }
+
+    /// TCP state, and for a listener its waiting connections and backlog (TCP_INFO).
+    static func tcpState(_ fd: Int32) -> (state: UInt32, waiting: UInt32, backlog: UInt32) {
+        var state: UInt32 = 7, waiting: UInt32 = 0, backlog: UInt32 = 0
+        _ = wb_tcp_state(fd, &state, &waiting, &backlog)
+        return (state, waiting, backlog)
     }
 
     static func pending(_ fd: Int32) -> Bool {
@@ -136,15 +150,15 @@ public enum SocketProbe {
         }
         let listening = int(fd, SOL_SOCKET, SO_ACCEPTCONN) == 1
         let inet = family == AF_INET || family == AF_INET6
-        let tcpState = inet && type == stream ? table.inet[inode]?.state ?? 7 : 0
-        let connectedTCP = inet && type == stream && [1, 4, 5, 8, 9, 11].contains(tcpState)
+        let info = inet && type == stream ? tcpState(fd) : (state: 0, waiting: 0, backlog: 0)
+        let connectedTCP = inet && type == stream && [1, 4, 5, 8, 9, 11].contains(info.state)
         s.options = SocketOptions.differing(fd, family: family, type: type, proto: proto, connectedTCP: connectedTCP).nilIfEmpty
         s.filter = try filter(fd)
         let shutdown = family == AF_UNIX ? Int32(table.unix[inode]?.shutdown ?? 0) : Int32(table.inet[inode]?.shutdown ?? 0)
         if shutdown != 0 && !connectedTCP { s.shutdown = shutdown }
         if listening {
             s.state = .listening
-            let backlog = family == AF_UNIX ? table.unix[inode]?.backlog : table.inet[inode]?.backlog
+            let backlog = family == AF_UNIX ? table.unix[inode]?.backlog : type == stream ? info.backlog : table.inet[inode]?.backlog
             s.backlog = Int32(clamping: backlog ?? 128)
         } else if connectedTCP || (s.peer != nil && !(inet && type == stream)) || (family == AF_UNIX && table.unix[inode]?.peer ?? 0 != 0) {
             s.state = .connected

@@ -44,10 +44,10 @@ struct FDBuilder {
         for s in fds where s.fd <= 2 && (s.kind == .pipe || s.kind == .tty) {
             if let id = s.pipe, process.pipes.first(where: { $0.id == id })?.external == true { externalSources[id] = inherited[s.fd] }
         }
-        // Listening sockets first: a client of the image waiting in one's accept queue
-        // connects to it again.
+        // Listening and bound Unix sockets first: a client of the image waiting in one's
+        // accept queue, or a datagram socket connected to one, connects to it again.
         var prepared: [Int32: Int32] = [:]
-        for s in fds where s.kind == .socket && s.net?.state == .listening {
+        for s in fds where s.kind == .socket && (s.net?.state == .listening || (s.net?.state == .bound && s.net?.family == AF_UNIX)) {
             prepared[s.fd] = try withContext("restoring fd \(s.fd) (\(s.path))") { try self.sharedSource(for: s) }
         }
         for s in fds {
@@ -260,7 +260,13 @@ struct FDBuilder {
             try shared.keep("socket:\(sock.inode)", fd: a, leader: leader, pid: process.pid, above: base)
             try shared.keep("socket:\(sock.peer)", fd: b, leader: leader, pid: process.pid, above: base)
         }
-        if let net = s.net { try restorer.sockets.finishPairEnd(try take(a), net) }
+        if let net = s.net {
+            try restorer.sockets.finishPairEnd(try take(a), net)
+            let names = [net.local, net.peer].compactMap { $0 }.filter { !$0.host.isEmpty }
+            if !names.isEmpty {
+                restorer.note("fd \(s.fd) (\(SocketBuilder.name(net))) comes back as one end of a socket pair: its connection and queued bytes are kept, its name\(names.count == 1 ? "" : "s") (\(names.map(\.description).joined(separator: ", "))) no longer show in getsockname/getpeername", about: process)
+            }
+        }
         return a
     }
 
@@ -280,6 +286,26 @@ struct FDBuilder {
         return try open("/dev/null", O_RDWR)
     }
 
+    /// Binding a Unix socket to a path makes a file, and unlinking one removes it: both are
+    /// done by the process, with its rights (an image cannot make wb create or remove files
+    /// where its process could not).
+    private func pathCalls(_ fd: Int32) -> SocketBuilder.PathCalls {
+        SocketBuilder.PathCalls(bind: { [leader, scratch, access] address in
+            scratch.reset()
+            let raw = try scratch.put(try address.encode(family: AF_UNIX))
+            let size = UInt64(try address.encode(family: AF_UNIX).count)
+            let r = try access.asProcess(path: address.host) { try leader.raw(.bind, UInt64(fd), raw, size) }
+            return r < 0 ? Int32(-r) : 0
+        }, unlink: { [leader, scratch, access] path in
+            scratch.reset()
+            let name = try scratch.put(string: path)
+            let r = try access.asProcess(path: path) { try leader.raw(.unlinkat, UInt64(bitPattern: -100), name, 0) }
+            if r < 0 && r != -Int64(ENOENT) { throw WBError.system(call: "remote unlink", errno: Int32(-r), what: "removing \(path)") }
+        }, unlinkLater: { [restorer, leader, scratch, access] path in
+            restorer.unlinkLater.append((path, leader, scratch, access))
+        })
+    }
+
     /// A copy, in wb, of the process's fd `fd` (pidfd_getfd).
     private func take(_ fd: Int32) throws -> FileDescriptor { try SharedFiles.take(fd, of: tracee.pid) }
 
@@ -294,7 +320,9 @@ struct FDBuilder {
                                                 UInt64(UInt32(bitPattern: net.type)) | UInt64(O_CLOEXEC), UInt64(UInt32(bitPattern: net.proto)),
                                                 what: "creating \(name)")))
         let policy = try restorer.tcpPolicy(for: net, name: name)
-        let (notes, pending) = try withContext("restoring fd \(s.fd) (\(name))") { try restorer.sockets.build(try take(fd), net, tcp: policy) }
+        let (notes, pending) = try withContext("restoring fd \(s.fd) (\(name))") {
+            try restorer.sockets.build(try take(fd), net, tcp: policy, paths: pathCalls(fd))
+        }
         for n in notes { restorer.note(n, about: process) }
         if let pending { restorer.pendingConnections.append(pending) }
         return fd

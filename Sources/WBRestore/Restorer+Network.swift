@@ -38,6 +38,17 @@ extension Restorer {
         }
     }
 
+    /// Removes the Unix socket paths their processes had unlinked after binding them.
+    func unlinkSocketPaths() throws {
+        for (path, leader, scratch, access) in unlinkLater {
+            scratch.reset()
+            let name = try scratch.put(string: path)
+            let r = try access.asProcess(path: path) { try leader.raw(.unlinkat, UInt64(bitPattern: -100), name, 0) }
+            if r < 0 && r != -Int64(ENOENT) { throw WBError.system(call: "remote unlink", errno: Int32(-r), what: "removing \(path) again") }
+        }
+        unlinkLater = []
+    }
+
     /// A network namespace of the restored processes' own (before any is forked), with
     /// loopback up and every other address their sockets were bound to on a dummy device:
     /// a copy of a running server keeps its ports beside the original.

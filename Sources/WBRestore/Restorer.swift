@@ -142,6 +142,9 @@ public final class Restorer {
     public private(set) var files: ResolvedFiles?
     /// Sockets are built from wb's side, in the restored processes' network namespace.
     var sockets = SocketBuilder(namespace: .current)
+    /// Unix socket paths that were unlinked after their bind: removed (as the process that
+    /// bound them) once every process has its fds.
+    var unlinkLater: [(path: String, leader: RemoteSyscalls, scratch: Scratch, access: FileAccess)] = []
     /// TCP connections rebuilt in repair mode, finished once the restore has succeeded.
     var pendingConnections: [SocketBuilder.Pending] = []
     /// The sockets of wb's network namespace, read when the first connection is rebuilt in it.
@@ -216,6 +219,7 @@ public final class Restorer {
                     built.append(try build(p, t, files: files, shared: shared))
                 }
                 try pageVerifier?.finish()
+                try unlinkSocketPaths()
                 progress("restoring threads")
                 for (p, t, leader, scratch, access) in built {
                     try shared.closeKept(in: leader)

@@ -27,6 +27,18 @@
 
 int wb_setns_net(int fd) { return setns(fd, CLONE_NEWNET); }
 
+int wb_tcp_state(int fd, uint32_t *state, uint32_t *waiting, uint32_t *backlog) {
+    struct tcp_info info;
+    socklen_t len = sizeof info;
+    memset(&info, 0, sizeof info);
+    if (getsockopt(fd, IPPROTO_TCP, TCP_INFO, &info, &len) != 0) return errno;
+    *state = info.tcpi_state;
+    // For a listener, tcp_info carries its accept queue: its length and its limit.
+    *waiting = info.tcpi_unacked;
+    *backlog = info.tcpi_sacked;
+    return 0;
+}
+
 int wb_tcp_repair(int fd, int mode) {
     return setsockopt(fd, IPPROTO_TCP, TCP_REPAIR, &mode, sizeof mode) == 0 ? 0 : errno;
 }

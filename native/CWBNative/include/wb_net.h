@@ -26,6 +26,9 @@ typedef struct {
     uint32_t snd_wl1, snd_wnd, max_window, rcv_wnd, rcv_wup;
 } wb_tcp_conn;
 
+/// A TCP socket's state from TCP_INFO (any socket, bound or not, which sock_diag may not
+/// list); for a listener, the connections waiting to be accepted and the backlog. 0 or errno.
+int wb_tcp_state(int fd, uint32_t *state, uint32_t *waiting, uint32_t *backlog);
 /// setsockopt(TCP_REPAIR): 1 on, 0 off, -1 off without a window probe. 0 or an errno.
 int wb_tcp_repair(int fd, int mode);
 /// Reads an established connection's numbers; the socket is in repair mode. 0 or an errno.
