@@ -1,7 +1,10 @@
 # Shared by harness/test, harness/demo and the benchmarks: install what is missing on a
 # fresh Debian machine. Sourced, not run.
 wb_need_packages() {
-    local wanted=(libunwind-dev libdw-dev libcapstone-dev libibverbs-dev libxxhash-dev liblzma-dev pkg-config gdb sqlite3)
+    # nftables and iproute2: wb holds TCP connections with an nftables table and sets up the
+    # network namespace of `restore --new-netns`; the servers are the sockets tests' targets.
+    local wanted=(libunwind-dev libdw-dev libcapstone-dev libibverbs-dev libxxhash-dev liblzma-dev pkg-config gdb sqlite3
+                  nftables iproute2 redis-server redis-tools memcached nginx-light curl)
     local missing=()
     for p in "${wanted[@]}" "$@"; do
         dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

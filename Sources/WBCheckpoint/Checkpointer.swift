@@ -251,6 +251,7 @@ public final class Checkpointer {
                                   deletedContents: &deletedContents, phase: phase)
         if tree == nil {
             var one = [process]
+            TreeCheckpointer.shareDescriptions(&one)
             Checkpointer.linkConnections(&one)
             process = one[0]
         }

@@ -132,7 +132,7 @@ public final class TreeCheckpointer {
                 states.append(state)
             }
             // Open file descriptions are compared while every process still holds its fds.
-            shareDescriptions(&states, zombies: Set(members.filter { $0.zombie != nil }.map(\.pid)))
+            TreeCheckpointer.shareDescriptions(&states, zombies: Set(members.filter { $0.zombie != nil }.map(\.pid)))
             var pause = Clock.monotonic - stopped
             if options.after == .leaveRunning {
                 // The rest needs no stopped process.
@@ -377,15 +377,16 @@ public final class TreeCheckpointer {
         }
     }
 
-    /// Numbers the open file descriptions of files and devices that several fds share, in
-    /// one process or across the tree (a log file a shell opened before forking): restore
-    /// makes each one description again, with one offset.
-    private func shareDescriptions(_ states: inout [ProcessState], zombies: Set<Int32>) {
+    /// Numbers the open file descriptions of files, devices and sockets that several fds
+    /// share, in one process or across the tree (a log file a shell opened before forking, a
+    /// listener a server's workers inherited): restore makes each one description again,
+    /// with one offset (one socket).
+    static func shareDescriptions(_ states: inout [ProcessState], zombies: Set<Int32> = []) {
         var groups: [String: [(pid: Int32, fd: Int32, id: Int)]] = [:]
         var next = 1
         for i in states.indices where !zombies.contains(states[i].pid) {
             let pid = states[i].pid
-            for j in states[i].fds.indices where [.file, .deletedFile, .device].contains(states[i].fds[j].kind) {
+            for j in states[i].fds.indices where [.file, .deletedFile, .device, .socket].contains(states[i].fds[j].kind) {
                 let fd = states[i].fds[j].fd
                 guard let st = try? Paths.stat("/proc/\(pid)/fd/\(fd)") else { continue }
                 let key = "\(st.device):\(st.inode)"

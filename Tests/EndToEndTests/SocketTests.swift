@@ -141,8 +141,8 @@ final class TCPClient {
         return Glibc.send(fd, bytes, bytes.count, Int32(MSG_NOSIGNAL)) == bytes.count
     }
 
-    /// What arrives within `timeout` seconds until `until` is seen (nil on end of file or a
-    /// reset: the error is in `failure`).
+    /// What arrives within `timeout` seconds until `until` is seen, or until the end of the
+    /// connection (nil when it ended with nothing received: the error is in `failure`).
     func receive(until: String, timeout: Double = 30) -> String? {
         var got = [UInt8]()
         let deadline = Date().addingTimeInterval(timeout)
@@ -152,7 +152,10 @@ final class TCPClient {
             guard p.revents != 0 else { continue }
             var buf = [UInt8](repeating: 0, count: 65536)
             let n = recv(fd, &buf, buf.count, Int32(MSG_DONTWAIT))
-            if n <= 0 { failure = n == 0 ? 0 : errno; return nil }
+            if n <= 0 {
+                failure = n == 0 ? 0 : errno
+                return got.isEmpty ? nil : String(decoding: got, as: UTF8.self)
+            }
             got += buf.prefix(n)
             let text = String(decoding: got, as: UTF8.self)
             if text.contains(until) { return text }
