@@ -7,18 +7,20 @@ import WBTrace
 /// read: one lock for all of them (NetworkLock), made when the first connection is met.
 final class HeldConnections {
     let targets: [Int32]
+    /// The checkpoint kills the processes: if wb dies once they are gone, the hold stays.
+    let killing: Bool
     private(set) var lock: NetworkLock?
     /// Let go or kept: nothing left to do.
     private(set) var settled = false
 
-    init(targets: [Int32]) { self.targets = targets }
+    init(targets: [Int32], killing: Bool) { self.targets = targets; self.killing = killing }
 
     /// Makes the (empty) lock and its guard: done before the process is stopped, when its
     /// preflight saw connections, so the stop pays only for adding them.
     func prepare() throws {
         if lock == nil {
             let name = "wb_hold_\(targets.first ?? 0)_\(UInt32.random(in: 0...UInt32.max) & 0xffffff)"
-            lock = try NetworkLock(name: name, targets: targets)
+            lock = try NetworkLock(name: name, targets: targets, keepIfGone: killing)
         }
     }
 
@@ -89,7 +91,7 @@ extension Checkpointer {
             sockets.append((copy, NetworkLock.Flow(local: diag.local, peer: diag.peer)))
         }
         guard !sockets.isEmpty else { return }
-        if connections == nil { connections = HeldConnections(targets: [pid]) }
+        if connections == nil { connections = HeldConnections(targets: [pid], killing: options.after == .kill) }
         try withContext("holding the TCP connections of pid \(pid)") { try connections!.hold(sockets) }
     }
 

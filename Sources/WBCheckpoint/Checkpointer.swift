@@ -206,7 +206,7 @@ public final class Checkpointer {
         defer { tracker?.release() }
 
         if plan.connections > 0 && tree == nil {
-            if connections == nil { connections = HeldConnections(targets: [pid]) }
+            if connections == nil { connections = HeldConnections(targets: [pid], killing: options.after == .kill) }
             try withContext("checkpoint of pid \(pid)") { try connections!.prepare() }
         }
         progress("stopping \(plan.threads) thread(s) of pid \(pid)")

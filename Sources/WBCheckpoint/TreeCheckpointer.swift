@@ -97,7 +97,7 @@ public final class TreeCheckpointer {
             let scope = TreeScope(members: Set(members.map(\.pid)), sockets: socketsHeld(by: members.filter { $0.zombie == nil }.map(\.pid)))
             // One hold for every member's TCP connections: a connection between two of them is
             // held once, and all of them go on (or stay held for the restore) together.
-            let connections = HeldConnections(targets: members.filter { $0.zombie == nil }.map(\.pid))
+            let connections = HeldConnections(targets: members.filter { $0.zombie == nil }.map(\.pid), killing: options.after == .kill)
             defer { if connections.settled == false { try? connections.letGo() } }
             var states: [ProcessState] = []
             var notes: [String] = []

@@ -35,8 +35,9 @@ public final class NetworkLock {
     }
 
     /// Makes the (empty) table and starts the guard, which lifts it if wb dies while
-    /// `targets` (the checkpointed processes) still run.
-    public init(name: String, targets: [Int32]) throws {
+    /// `targets` (the checkpointed processes) still run, or whatever became of them unless
+    /// `keepIfGone` (a checkpoint that kills them keeps their connections held).
+    public init(name: String, targets: [Int32], keepIfGone: Bool) throws {
         guard let nft = NetworkLock.nftPath() else {
             throw WBError.refused("checkpointing established TCP connections needs nftables, to hold their packets while they are read (apt-get install nftables)")
         }
@@ -62,7 +63,7 @@ public final class NetworkLock {
         try NetworkLock.run(nft, ["-f", "-"], input: script, what: "making the lock that holds TCP connections' packets (nft)")
         var c: Int32 = -1
         let pid = targets.withUnsafeBufferPointer { t in
-            nft.withCString { n in name.withCString { wb_net_guard_start(n, $0, t.baseAddress, Int32(t.count), &c) } }
+            nft.withCString { n in name.withCString { wb_net_guard_start(n, $0, t.baseAddress, Int32(t.count), keepIfGone ? 1 : 0, &c) } }
         }
         guard pid > 0 else {
             _ = try? NetworkLock.release(table: name)

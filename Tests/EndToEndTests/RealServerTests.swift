@@ -48,6 +48,40 @@ import WBTrace
         #expect(client.receive(until: "value-7\r\n") == "$7\r\nvalue-7\r\n", "the original still serves its client")
     }
 
+    /// wb killed (SIGKILL) at 20 random moments of a checkpoint of redis-server while a client
+    /// holds a connection: the server and its client go on talking, nothing stays in repair
+    /// mode and no hold of wb's stays behind.
+    @Test(.enabled(if: Paths.exists(redis), "redis-server is not installed (harness/test installs it)"))
+    func killingWbAtRandomMomentsLeavesTheServerAndItsClientTalking() throws {
+        let dir = scratchDirectory()
+        let port = freePort()
+        let server = try Child(Self.redis, ["--port", "\(port)", "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+                                            "--dir", dir, "--daemonize", "no"])
+        _ = try #require(server.waitFor("Ready to accept connections"))
+        let client = try #require(TCPClient(port: port))
+        var generator = SplitMix(seed: 20261206)
+        for round in 0..<20 {
+            #expect(client.send("INCR rounds\r\n"))
+            #expect(client.receive(until: "\r\n", timeout: 10) == ":\(round + 1)\r\n", "round \(round) before")
+            let image = "\(dir)/round\(round).wbimg"
+            let checkpoint = try Child(Products.wb, ["checkpoint", "\(server.pid)", "-o", image, "--quiet"])
+            usleep(UInt32(generator.next() % 150_000))
+            kill(checkpoint.pid, SIGKILL)
+            _ = checkpoint.exitCode
+            var settled = false
+            for _ in 0..<200 where !settled {
+                settled = tracerOf(server.pid) == "0" && ((try? wbTables()) ?? []).allSatisfy { !$0.contains("wb_hold_\(server.pid)_") }
+                if !settled { usleep(25_000) }
+            }
+            #expect(settled, "round \(round): the server is still traced or its connections still held")
+            // The conversation goes on (a packet dropped while held is sent again).
+            #expect(client.send("GET rounds\r\n"))
+            let expected = "$\(String(round + 1).count)\r\n\(round + 1)\r\n"
+            #expect(client.receive(until: expected, timeout: 10) == expected, "round \(round) after")
+        }
+        server.signal(SIGKILL)
+    }
+
     /// With --tcp=close the client's connection is reset on restore, and new clients are served.
     @Test(.enabled(if: Paths.exists(redis), "redis-server is not installed (harness/test installs it)"))
     func tcpCloseResetsTheClientsConnection() throws {

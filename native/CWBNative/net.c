@@ -338,7 +338,7 @@ static int target_alive(pid_t pid) {
     return p && p[1] == ' ' && p[2] != 'Z' && p[2] != 'X';
 }
 
-pid_t wb_net_guard_start(const char *nft, const char *table, const pid_t *targets, int ntargets, int *control) {
+pid_t wb_net_guard_start(const char *nft, const char *table, const pid_t *targets, int ntargets, int keep_if_gone, int *control) {
     int sv[2];
     if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) != 0) return -errno;
     // Everything the child needs is copied before the fork: it calls no allocator.
@@ -370,7 +370,7 @@ pid_t wb_net_guard_start(const char *nft, const char *table, const pid_t *target
         // --kill) leaves both for the restore.
         int alive = 0;
         for (int i = 0; i < nwatched; i++) alive |= target_alive(watched[i]);
-        if (!alive && what != 'l') _exit(0);
+        if (keep_if_gone && !alive && what != 'l') _exit(0);
         for (int i = 0; i < n; i++) {
             int off = 0;
             setsockopt(held[i], IPPROTO_TCP, TCP_REPAIR, &off, sizeof off);

@@ -88,9 +88,10 @@ int wb_setns_net(int fd);
 /// Starts the guard of held connections: a process of its own session that receives copies
 /// of sockets in repair mode over `*control` (wb_net_guard_send) and, when wb goes away
 /// without saying it is done, turns repair mode off on each and deletes the nftables table
-/// `table` (inet) with `nft` -- unless every process of `targets` has ended (a checkpoint with
-/// --kill: the connections stay held for the restore). Returns its pid, or -errno.
-pid_t wb_net_guard_start(const char *nft, const char *table, const pid_t *targets, int ntargets, int *control);
+/// `table` (inet) with `nft` -- unless `keep_if_gone` (a checkpoint with --kill) and every
+/// process of `targets` has ended: the connections then stay held for the restore. Returns
+/// its pid, or -errno.
+pid_t wb_net_guard_start(const char *nft, const char *table, const pid_t *targets, int ntargets, int keep_if_gone, int *control);
 /// Sends the guard `fds` (copies it keeps) and then `what`: 'a' more to come, 'd' done (it
 /// exits and leaves everything), 'l' let go now (as if wb were gone with its targets alive).
 int wb_net_guard_send(int control, char what, const int *fds, int n);
