@@ -109,6 +109,7 @@ let package = Package(
         harnessProgram("unixzoo"),
         harnessProgram("netzoo"),
         harnessProgram("transfer"),
+        harnessProgram("conns"),
         // Debugged after a replay: built without optimization so every local is visible.
         harnessProgram("msgserver", optimize: false),
 

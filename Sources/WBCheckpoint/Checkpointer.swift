@@ -223,8 +223,9 @@ public final class Checkpointer {
         var released = held != nil
         defer { if !released { release(tracee) } }
         // Before the process runs again (declared after the release above, so run before
-        // it): connections held for the capture are let go, unless kept for a restore.
-        defer { if !released && connections?.settled == false { try? connections?.letGo() } }
+        // it): connections held for the capture are let go, unless kept for a restore. A
+        // process wb holds (a debugger's, a timeline's) is let go by its caller.
+        defer { if connections?.settled == false { try? connections?.letGo() } }
         if programAtPrecopy != nil {
             if !sameProgram() {
                 // It ran another program meanwhile: what was copied belongs to the old one.
@@ -255,6 +256,8 @@ public final class Checkpointer {
             Checkpointer.linkConnections(&one)
             process = one[0]
         }
+        // Read: the connections go on as soon as the process does.
+        if options.after == .leaveRunning { try connections?.letGo() }
         // The userfaultfd is let go, and then the mappings' flags read, on another thread
         // while the pages and files are written here: the two walk the process's page tables
         // under its mapping lock (one after the other: side by side they only wait for each
@@ -263,7 +266,6 @@ public final class Checkpointer {
         let flags = MappingFlags()
         defer { letGo.wait() }
         if options.after == .leaveRunning && held == nil {
-            try connections?.letGo()
             release(tracee)
             released = true
             phase("resume")

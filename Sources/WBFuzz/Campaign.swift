@@ -22,7 +22,11 @@ public struct CampaignOptions: Sendable {
     public var dictionary: [[UInt8]] = []
     public var seed: UInt64 = 1
     public var cover = "exe"
-    public var restore = RestoreOptions()
+    public var restore: RestoreOptions = {
+        var o = RestoreOptions()
+        o.isolateSockets = true
+        return o
+    }()
     /// Which worker this process is (0: the first, which also reports).
     public var worker = 0
 

@@ -11,7 +11,7 @@ extension Restorer {
     func tcpPolicy(for net: NetSocketState, name: String) throws -> TCPPolicy {
         guard net.tcp != nil else { return .restore }
         if net.peerInside == true { return .restore }
-        if options.newNetworkNamespace {
+        if !sockets.namespace.isCurrent {
             note("\(name): its peer is outside the image and outside the process's network namespace: the connection is reset", about: process)
             return .close
         }

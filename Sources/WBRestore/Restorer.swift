@@ -38,6 +38,11 @@ public struct RestoreOptions: Sendable {
     /// sockets were bound to (a copy beside a running original keeps its ports). Its
     /// connections to peers outside the image are reset.
     public var newNetworkNamespace = false
+    /// For copies restored to be examined (replays, bisect, fuzzing): when the image holds
+    /// network sockets, restore into a network namespace of their own, as `newNetworkNamespace`
+    /// does, so the copy never takes the original's ports or talks to its peers (as root;
+    /// others restore in wb's namespace).
+    public var isolateSockets = false
     public init() {}
 }
 
@@ -197,7 +202,8 @@ public final class Restorer {
             var members: [(ProcessState, Tracee)] = []
             do {
                 members = [(process, try Tracee.adoptStub(spawned.pid))]
-                if options.newNetworkNamespace {
+                if options.newNetworkNamespace || (options.isolateSockets && geteuid() == 0
+                    && image.metadata.processes.contains { $0.fds.contains { $0.kind == .socket } }) {
                     try isolateNetwork(members[0].1)
                 } else {
                     sockets = SocketBuilder(namespace: try NetNamespace.of(spawned.pid))

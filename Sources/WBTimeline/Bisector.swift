@@ -64,6 +64,7 @@ public final class Bisector {
     var restoreOptions: RestoreOptions {
         var o = RestoreOptions()
         o.silenceOutput = true
+        o.isolateSockets = true
         if !liveFiles {
             if copiesDirectory == nil {
                 var template = Array("\(ProcessInfo.processInfo.environment["TMPDIR"] ?? "/tmp")/wb-bisect-XXXXXX".utf8CString)

@@ -51,7 +51,11 @@ public final class Replayer {
     /// The image and files of the recorded crash (for gdb: the process has the same maps).
     public private(set) var crashImage: Image
     public private(set) var crashFiles: ResolvedFiles
-    public var restoreOptions = RestoreOptions()
+    public var restoreOptions: RestoreOptions = {
+        var o = RestoreOptions()
+        o.isolateSockets = true
+        return o
+    }()
     /// The replayed process writes copies of the files it may write (which are removed when
     /// it ends), unless `liveFiles`.
     public var liveFiles = false

@@ -99,6 +99,7 @@ struct ReplayCommand: ParsableCommand {
             let opened = try Image(path: imagePath)
             var options = RestoreOptions()
             options.force = force
+            options.isolateSockets = true
             let debugging = debug || gdbPort != nil
             if debugging {
                 signal(SIGINT, SIG_IGN)

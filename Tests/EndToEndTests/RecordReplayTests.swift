@@ -20,7 +20,7 @@ import WBCore
         let client = try Child(Products.harness("msgserver"), ["--client", port, "--messages", "1000"])
         // The client sees the server go at the 700th message.
         #expect(client.wait(timeout: 120) == 2 << 8)
-        #expect(server.wait(timeout: 120) == (128 + SIGSEGV) << 8)
+        #expect(server.wait(timeout: 120) == (128 + SIGSEGV) << 8, "\(server.stderrText)")
         // The client is gone for good: the replay cannot lean on it.
         #expect(kill(client.pid, 0) != 0)
         return timeline
