@@ -118,7 +118,7 @@ extension Checkpointer {
                 for p in problems { notes.append("left out: \(p)") }
                 for plan in fds where plan.unsupported != nil { placeholders[plan.fd] = plan.unsupported! }
             } else {
-                throw WBError.refused("pid \(pid) cannot be checkpointed: \(problems.joined(separator: "; ")). Nothing was changed; --allow-unsupported stores such fds as /dev/null and leaves children, semaphores and message queues out")
+                throw WBError.refused("pid \(pid) cannot be checkpointed: \(problems.joined(separator: "; ")). Nothing was changed; --allow-unsupported stores such fds as placeholders and leaves children out")
             }
         }
         let threads = (try? ProcFS.tasks(pid).count) ?? 1

@@ -13,19 +13,23 @@ struct CheckpointCommand: ParsableCommand {
         and lets it run on exactly where it was. The image is written to a temporary name next \
         to IMAGE and renamed only when complete.
 
-        With --tree, the process and all its descendants go into one image: parent and \
-        child links, sessions and process groups, pipes, files and shared memory they share, \
-        Unix socket pairs between them (with the bytes queued on them), and children that \
-        exited but were not yet reaped. Its memory is copied while it runs, as for one \
-        process. \
-        System V shared memory segments are stored with their ids, keys and contents.
+        Sockets are saved with their state: Unix sockets of every type, TCP listeners and \
+        connections (read in TCP repair mode while an nftables rule of wb's holds their \
+        packets; peers see a pause), UDP, raw, netlink and packet sockets. With --kill the \
+        connections stay held until wb restore rebuilds them, so peers never see a reset.
 
-        wb refuses, without touching the process, what it cannot restore yet: network \
-        sockets, Unix sockets connected outside the checkpoint, inotify and other unusual \
-        fds, System V semaphore sets and message queues it was the last to use, and \
-        (without --tree) child processes. \
-        --allow-unsupported stores such fds as /dev/null placeholders and leaves the rest \
-        out instead.
+        With --tree, the process and all its descendants go into one image: parent and \
+        child links, sessions and process groups, pipes, files, sockets and shared memory \
+        they share, connections between them, and children that exited but were not yet \
+        reaped. Its memory is copied while it runs, as for one process. \
+        System V shared memory segments, semaphore sets and message queues are stored with \
+        their ids, keys and contents.
+
+        wb refuses, without touching the process, what it cannot restore yet, naming it: \
+        inotify and other unusual fds, a listener with connections from outside waiting to \
+        be accepted, a connect in progress, fds in flight over a Unix socket, and (without \
+        --tree) child processes. --allow-unsupported stores such fds as placeholders (a \
+        program can still hold, watch and close them) and leaves the rest out instead.
 
         A thread stops only when it comes back from the kernel: one waiting for its vfork \
         child to call exec, or for a hung network file system, may not. If a thread has not \
@@ -48,7 +52,7 @@ struct CheckpointCommand: ParsableCommand {
     @Flag(help: "Checkpoint the process and all its descendants into one image.")
     var tree = false
 
-    @Flag(help: "Store unsupported fds as /dev/null placeholders and leave children, System V semaphores and message queues out, instead of refusing.")
+    @Flag(help: "Store unsupported fds as placeholders (a socket of its type, an eventfd, /dev/null) and leave children out, instead of refusing.")
     var allowUnsupported = false
 
     @Option(help: ArgumentHelp("How long a thread may take to stop before wb gives up, in seconds.", valueName: "seconds"))
