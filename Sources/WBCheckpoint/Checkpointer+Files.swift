@@ -95,9 +95,12 @@ extension Checkpointer {
     /// complete); pipe buffers.
     /// A watch whose fd number no longer holds the watched file (closed, or reused) gets the
     /// number of another fd that holds it, if one does.
-    func twinned(_ w: EpollWatch, epoll: Int32, among fds: [Int32]) -> EpollWatch {
-        // The kernel tells whether an fd is the very open file description watched (both
-        // ends of a pipe have one inode).
+    func twinned(_ w: EpollWatch, inode: UInt64?, epoll: Int32, among fds: [Int32], links: [Int32: String]) -> EpollWatch {
+        // A socket has one open file description, so its inode names it: the fd still holds
+        // the watched socket. Otherwise the kernel tells whether an fd is the very open file
+        // description watched (both ends of a pipe have one inode; so have all eventfds),
+        // a walk of the epoll's watches each time.
+        if let inode, links[w.fd] == "socket:[\(inode)]" { return w }
         func holds(_ fd: Int32) -> Bool { SharedFiles.isEpollTarget(pid, fd: fd, epoll: epoll, watch: w.fd) }
         if fds.contains(w.fd) && holds(w.fd) { return w }
         var out = w
@@ -112,9 +115,11 @@ extension Checkpointer {
         // held still first.
         var table = SocketTable()
         var embryos: [UInt64: UInt64] = [:]
+        let allFDs = plan.fds.map(\.fd)
+        let links = Dictionary(plan.fds.map { ($0.fd, $0.link) }, uniquingKeysWith: { a, _ in a })
         let socketFDs = plan.fds.filter { ($0.kind == .socket || $0.kind == .unixSocket) && placeholders[$0.fd] == nil }
         if !socketFDs.isEmpty {
-            table = try withContext("listing sockets (sock_diag)") { try SocketTable.read() }
+            table = try plan.socketTable ?? withContext("listing sockets (sock_diag)") { try SocketTable.read() }
             embryos = SocketProbe.embryos(of: tree?.sockets ?? Set(socketFDs.compactMap { Checkpointer.socketInode($0.link) }), table: table)
             try holdConnections(plan, table: table)
         }
@@ -199,11 +204,13 @@ extension Checkpointer {
                 s.signalfdMask = UInt64(info.extra["sigmask"] ?? "0", radix: 16) ?? 0
             case .epoll:
                 let text = (try? Paths.readText("/proc/\(pid)/fdinfo/\(f.fd)")) ?? ""
-                s.epoll = ProcFS.parseEpollWatches(text).map { twinned($0, epoll: f.fd, among: plan.fds.map(\.fd)) }
+                s.epoll = ProcFS.parseEpollWatchesWithInodes(text).map {
+                    twinned($0.watch, inode: $0.inode, epoll: f.fd, among: allFDs, links: links)
+                }
             case .unixSocket:
                 let inode = Checkpointer.socketInode(f.link) ?? 0
                 let info = f.socket
-                let copy = try SharedFiles.take(f.fd, of: pid)
+                let copy = try socketCopy(f.fd)
                 var state = SocketState(type: info?.type ?? 1, inode: inode, peer: info?.peer ?? 0, queued: Data())
                 var net = try withContext("reading fd \(f.fd) (\(f.link))") {
                     try SocketProbe.capture(copy.rawValue, inode: inode, table: table, peerInside: true)

@@ -19,6 +19,9 @@ struct Preflight {
     var fds: [FDPlan]
     /// TCP connections among the fds (held while they are read).
     var connections = 0
+    /// The sockets as sock_diag showed them, when the preflight ran with the process
+    /// stopped (the capture uses them rather than asking again).
+    var socketTable: SocketTable?
 }
 
 /// What a checkpoint of a process tree knows about all of it, for each member's preflight.
@@ -102,6 +105,9 @@ extension Checkpointer {
         // tree); every other socket is looked at through sock_diag and a copy of it.
         var scope = SocketProbe.Scope(held: tree?.sockets ?? [], table: SocketTable())
         let socketLinks = links.compactMap { Checkpointer.socketInode($0.1) }
+        // A copy taken while the process ran may be of an fd it has closed and reused since.
+        socketCopies = [:]
+        let stopped = held != nil
         if !socketLinks.isEmpty {
             scope.table = try withContext("listing sockets (sock_diag)") { try SocketTable.read() }
             scope.held.formUnion(socketLinks)
@@ -125,7 +131,7 @@ extension Checkpointer {
         let connections = fds.filter { f in
             f.kind == .socket && Checkpointer.socketInode(f.link).flatMap { scope.table.inet[$0] }.map { [1, 4, 5, 8, 9, 11].contains($0.state) } == true
         }.count
-        return Preflight(threads: threads, fds: fds, connections: connections)
+        return Preflight(threads: threads, fds: fds, connections: connections, socketTable: stopped && !socketLinks.isEmpty ? scope.table : nil)
     }
 
     /// A System V key as ipcs shows it.

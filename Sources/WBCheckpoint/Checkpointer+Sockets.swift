@@ -59,13 +59,24 @@ extension Checkpointer {
             return
         }
         plan.kind = .socket
-        guard let copy = try? SharedFiles.take(plan.fd, of: pid) else {
+        guard let copy = try? socketCopy(plan.fd) else {
             plan.unsupported = "a socket wb cannot read (\(plan.link))"
             return
         }
-        if let why = SocketProbe.unsupported(copy.rawValue, inode: inode, scope: scope, inFlightFDs: inFlightCount(plan.fd)) {
+        // Only a Unix socket carries fds (its fdinfo counts them).
+        let inFlight = scope.table.unix[inode] != nil ? inFlightCount(plan.fd) : 0
+        if let why = SocketProbe.unsupported(copy.rawValue, inode: inode, scope: scope, inFlightFDs: inFlight) {
             plan.unsupported = "\(why) (\(plan.link))"
         }
+    }
+
+    /// wb's copy of the process's socket `fd` (pidfd_getfd), taken once per checkpoint and
+    /// kept while the process is stopped (`socketCopies` is emptied when it runs again).
+    func socketCopy(_ fd: Int32) throws -> FileDescriptor {
+        if let c = socketCopies[fd] { return c }
+        let c = try SharedFiles.take(fd, of: pid)
+        socketCopies[fd] = c
+        return c
     }
 
     /// fds waiting in a Unix socket's queue (SCM_RIGHTS), from fdinfo's scm_fds.
@@ -86,7 +97,7 @@ extension Checkpointer {
         for f in plan.fds where f.kind == .socket && placeholders[f.fd] == nil {
             guard let inode = Checkpointer.socketInode(f.link), let diag = table.inet[inode],
                   [1, 4, 5, 8, 9, 11].contains(diag.state) else { continue }
-            let copy = try SharedFiles.take(f.fd, of: pid)
+            let copy = try socketCopy(f.fd)
             guard SocketProbe.identity(copy.rawValue).type == Int32(SOCK_STREAM.rawValue) else { continue }
             sockets.append((copy, NetworkLock.Flow(local: diag.local, peer: diag.peer)))
         }
@@ -100,7 +111,7 @@ extension Checkpointer {
     /// (a client of the image connected to one connects to it again on restore).
     func captureSocket(_ fd: Int32, link: String, table: SocketTable, embryos: [UInt64: UInt64], into s: inout FDState) throws {
         let inode = Checkpointer.socketInode(link) ?? 0
-        let copy = try SharedFiles.take(fd, of: pid)
+        let copy = try socketCopy(fd)
         let inside = embryos[inode] != nil
         s.net = try withContext("reading fd \(fd) (\(link))") {
             try SocketProbe.capture(copy.rawValue, inode: inode, table: table, peerInside: inside)

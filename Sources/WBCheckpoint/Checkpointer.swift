@@ -78,6 +78,8 @@ public final class Checkpointer {
     var tree: TreeScope?
     /// The TCP connections held while they are read (shared by a tree's members).
     var connections: HeldConnections?
+    /// Copies of the process's sockets taken at its final stop (Checkpointer+Sockets.swift).
+    var socketCopies: [Int32: FileDescriptor] = [:]
     /// Where the process's arguments and environment were when its memory copy began: an
     /// exec moves them, and the copy then belongs to another program.
     var programAtPrecopy: [String]?
@@ -245,6 +247,8 @@ public final class Checkpointer {
             defer { held = outer }
             plan = try withContext("checkpoint of pid \(pid)") { try preflight() }
         }
+        // Sockets are read through copies taken now that it is stopped.
+        if programAtPrecopy == nil { socketCopies = [:] }
         var deferred: [DeferredRuns] = []
         var deletedContents: [Int32: [UInt8]] = [:]
         var process = try capture(tracee, plan: plan, memory: memory, store: store, scanner: scanner, files: &files,

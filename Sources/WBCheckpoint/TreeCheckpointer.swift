@@ -399,5 +399,14 @@ public final class TreeCheckpointer {
                 states[i].fds[j].description = id
             }
         }
+        // A description only one fd has needs no number (restore keeps a copy of each
+        // numbered one for the fds after it).
+        var uses: [Int: Int] = [:]
+        for p in states { for f in p.fds { if let d = f.description { uses[d, default: 0] += 1 } } }
+        for i in states.indices {
+            for j in states[i].fds.indices where states[i].fds[j].description.map({ uses[$0] == 1 }) == true {
+                states[i].fds[j].description = nil
+            }
+        }
     }
 }

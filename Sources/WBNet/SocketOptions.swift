@@ -103,16 +103,35 @@ enum SocketOptions {
 
     /// The options of `fd` that differ from those of a new socket like it.
     static func differing(_ fd: Int32, family: Int32, type: Int32, proto: Int32, connectedTCP: Bool) -> [SocketOption] {
-        let fresh = socket(family, type | cloexec, proto)
-        defer { if fresh >= 0 { close(fresh) } }
+        let baseline = defaults(family: family, type: type, proto: proto)
         var out: [SocketOption] = []
-        for o in all where applies(o, family: family, type: type) && !(connectedTCP && o.tunedOnConnections) {
+        for (i, o) in all.enumerated() where applies(o, family: family, type: type) && !(connectedTCP && o.tunedOnConnections) {
             guard let value = read(fd, o) else { continue }
-            if fresh >= 0, let base = read(fresh, o), base == value { continue }
+            if let base = baseline[i], base == value { continue }
             out.append(SocketOption(level: o.level, name: o.name, value: value))
         }
         return out
     }
+
+    /// A new socket's option values (by index in `all`), read once per family, type and
+    /// protocol: they are the kernel's defaults.
+    private static func defaults(family: Int32, type: Int32, proto: Int32) -> [Int: Data] {
+        let key = "\(family)/\(type)/\(proto)"
+        baselineLock.lock()
+        defer { baselineLock.unlock() }
+        if let known = baselines[key] { return known }
+        var values: [Int: Data] = [:]
+        let fresh = socket(family, type | cloexec, proto)
+        if fresh >= 0 {
+            for (i, o) in all.enumerated() where applies(o, family: family, type: type) { values[i] = read(fresh, o) }
+            close(fresh)
+        }
+        baselines[key] = values
+        return values
+    }
+
+    nonisolated(unsafe) private static var baselines: [String: [Int: Data]] = [:]
+    private static let baselineLock = NSLock()
 
     /// Sets `option` on `fd` again.
     static func set(_ fd: Int32, _ option: SocketOption) throws {

@@ -40,6 +40,7 @@ struct AddressSpace {
         let hole = try findHole(bytes: 4 << 20, avoiding: stubMaps)
         let base = try leader.mapScratch(bytes: Scratch.bytes, at: hole, executable: true)
         try tracee.write([0x0F, 0x05, 0xCC], to: base)
+        try tracee.write(RemoteSyscalls.batchCode, to: base + Scratch.batchCodeOffset)
         tracee.syscallGadget = base
         scratch = Scratch(tracee: tracee, base: base)
         access = try FileAccess(process: process, tracee: tracee, leader: leader, scratch: scratch,

@@ -24,6 +24,8 @@ struct FDBuilder {
 
     private var base: Int32 = 3
     private var temps: [Int32] = []
+    /// Sockets made for image fds in one batch, not yet built (by image fd number).
+    private var premade: [Int32: Int32] = [:]
     private var inherited: [Int32: Int32] = [:]
     private var pipeEnds: [UInt64: (read: Int32, write: Int32)] = [:]
     private var externalSources: [UInt64: Int32] = [:]
@@ -44,27 +46,74 @@ struct FDBuilder {
         for s in fds where s.fd <= 2 && (s.kind == .pipe || s.kind == .tty) {
             if let id = s.pipe, process.pipes.first(where: { $0.id == id })?.external == true { externalSources[id] = inherited[s.fd] }
         }
-        // Listening and bound Unix sockets first: a client of the image waiting in one's
-        // accept queue, or a datagram socket connected to one, connects to it again.
+        // Sockets are made in the process a few round trips for all of them (makeSockets);
+        // listening and bound Unix sockets are built first: a client of the image waiting in
+        // one's accept queue, or a datagram socket connected to one, connects to it again.
+        try makeSockets(fds)
         var prepared: [Int32: Int32] = [:]
         for s in fds where s.kind == .socket && (s.net?.state == .listening || (s.net?.state == .bound && s.net?.family == AF_UNIX)) {
             prepared[s.fd] = try withContext("restoring fd \(s.fd) (\(s.path))") { try self.sharedSource(for: s) }
         }
+        // Every fd's object first (at a high number), then all of them put at their numbers
+        // with their offsets and status flags in one batch.
+        var placing: [(SyscallNumber, [UInt64])] = []
+        var what: [String] = []
         for s in fds {
-            let what = "fd \(s.fd) (\(s.path))"
+            let name = "fd \(s.fd) (\(s.path))"
             let silenced = restorer.options.silenceOutput && (s.fd == 1 || s.fd == 2)
-            let source = try prepared[s.fd] ?? withContext("restoring \(what)") { silenced ? try open("/dev/null", O_WRONLY) : try self.sharedSource(for: s) }
-            try leader.call(.dup3, UInt64(source), UInt64(s.fd), s.closeOnExec ? UInt64(O_CLOEXEC) : 0, what: "placing \(what)")
+            let source = try prepared[s.fd] ?? withContext("restoring \(name)") { silenced ? try open("/dev/null", O_WRONLY) : try self.sharedSource(for: s) }
+            placing.append((.dup3, [UInt64(source), UInt64(s.fd), s.closeOnExec ? UInt64(O_CLOEXEC) : 0]))
+            what.append("placing \(name)")
             if s.kind == .file || s.kind == .deletedFile {
-                _ = try leader.raw(.lseek, UInt64(s.fd), s.offset, UInt64(SEEK_SET))
+                // A position past what lseek allows is the file's business: not checked.
+                placing.append((.lseek, [UInt64(s.fd), s.offset, UInt64(SEEK_SET)]))
+                what.append("")
             }
             if [.pipe, .fifo, .eventfd, .timerfd, .signalfd, .epoll, .unixSocket, .socket, .pidfd].contains(s.kind) {
                 // Status flags (O_NONBLOCK, O_APPEND, ...) belong to the open file description.
-                try leader.call(.fcntl, UInt64(s.fd), UInt64(F_SETFL), UInt64(s.flags & ~O_ACCMODE), what: "setting the flags of \(what)")
+                placing.append((.fcntl, [UInt64(s.fd), UInt64(F_SETFL), UInt64(s.flags & ~O_ACCMODE)]))
+                what.append("setting the flags of \(name)")
             }
         }
+        for (i, r) in try scratch.batch(placing, leader: leader).enumerated() where r < 0 && !what[i].isEmpty {
+            throw WBError.system(call: "remote \(placing[i].0)", errno: Int32(-r), what: what[i])
+        }
         for s in fds where s.kind == .epoll { try watch(s, placed: Set(fds.map(\.fd))) }
-        for t in temps { _ = try leader.raw(.close, UInt64(t)) }
+        _ = try scratch.batch(temps.map { (.close, [UInt64($0)]) }, leader: leader)
+    }
+
+    /// The image's sockets, made in the process in three round trips for all of them
+    /// (socket(), then F_DUPFD above the image's fd numbers, then close of the first
+    /// numbers), each built later from wb's side (`netSocket`). One per open file
+    /// description (another fd of it, here or in a process restored before, shares it).
+    private mutating func makeSockets(_ fds: [FDState]) throws {
+        var wanted: [FDState] = []
+        var descriptions = Set<Int>()
+        for s in fds where s.kind == .socket {
+            guard let n = s.net, !(n.family == AF_UNIX && n.state == .peerClosed) else { continue }
+            if let d = s.description, shared.entry("description:\(d)") != nil || !descriptions.insert(d).inserted { continue }
+            wanted.append(s)
+        }
+        guard !wanted.isEmpty else { return }
+        let made = try scratch.batch(wanted.map { s in
+            (.socket, [UInt64(UInt32(bitPattern: s.net!.family)), UInt64(UInt32(bitPattern: s.net!.type)) | UInt64(O_CLOEXEC),
+                       UInt64(UInt32(bitPattern: s.net!.proto))])
+        }, leader: leader)
+        if let bad = made.firstIndex(where: { $0 < 0 }) {
+            let ok = made.filter { $0 >= 0 }
+            _ = try? scratch.batch(ok.map { (.close, [UInt64($0)]) }, leader: leader)
+            throw WBError.system(call: "remote socket", errno: Int32(-made[bad]),
+                                 what: "creating fd \(wanted[bad].fd) (\(SocketBuilder.name(wanted[bad].net!)))")
+        }
+        let moved = try scratch.batch(made.map { (.fcntl, [UInt64($0), 1030 /* F_DUPFD_CLOEXEC */, UInt64(base)]) }, leader: leader)
+        _ = try scratch.batch(made.map { (.close, [UInt64($0)]) }, leader: leader)
+        if let bad = moved.firstIndex(where: { $0 < 0 }) {
+            throw WBError.system(call: "remote fcntl(F_DUPFD_CLOEXEC)", errno: Int32(-moved[bad]), what: "moving fd \(wanted[bad].fd)'s new socket")
+        }
+        for (i, s) in wanted.enumerated() {
+            premade[s.fd] = Int32(moved[i])
+            temps.append(Int32(moved[i]))
+        }
     }
 
     /// Takes the locks the process's fds held again, without waiting: a lock someone here
@@ -100,8 +149,11 @@ struct FDBuilder {
         }
     }
 
-    /// Adds an epoll instance's interest list once every fd it watches is in place.
+    /// Adds an epoll instance's interest list once every fd it watches is in place: the
+    /// plain watches in batches (a server's thousand connections in a round trip or two),
+    /// those through a twin one by one.
     private func watch(_ s: FDState, placed: Set<Int32>) throws {
+        var plain: [EpollWatch] = []
         for w in s.epoll ?? [] {
             if let twin = w.twin, placed.contains(twin) {
                 try watchThroughTwin(s, w, twin: twin, occupied: placed.contains(w.fd))
@@ -111,17 +163,34 @@ struct FDBuilder {
                 restorer.note("epoll fd \(s.fd) watched fd \(w.fd), which was closed after it was added and whose file no other fd holds; that watch is gone", about: process)
                 continue
             }
-            try add(w, to: s)
+            plain.append(w)
         }
+        for start in stride(from: 0, to: plain.count, by: 4096) {
+            let chunk = plain[start..<min(plain.count, start + 4096)]
+            scratch.reset()
+            var calls: [(SyscallNumber, [UInt64])] = []
+            for w in chunk {
+                let at = try scratch.put(FDBuilder.event(w))
+                calls.append((.epollCtl, [UInt64(s.fd), 1 /* EPOLL_CTL_ADD */, UInt64(w.fd), at]))
+            }
+            for (i, r) in try scratch.batch(calls, leader: leader).enumerated() where r < 0 {
+                throw WBError.system(call: "remote epoll_ctl", errno: Int32(-r), what: "adding fd \(chunk[chunk.startIndex + i].fd) to epoll fd \(s.fd)")
+            }
+        }
+    }
+
+    /// struct epoll_event: the mask, then the data (packed).
+    static func event(_ w: EpollWatch) -> [UInt8] {
+        var ev: [UInt8] = []
+        withUnsafeBytes(of: w.events.littleEndian) { ev += $0 }
+        withUnsafeBytes(of: w.data.littleEndian) { ev += $0 }
+        return ev
     }
 
     /// EPOLL_CTL_ADD of watch `w` to epoll fd `s` (struct epoll_event: the mask, then the data).
     private func add(_ w: EpollWatch, to s: FDState) throws {
         scratch.reset()
-        var ev: [UInt8] = []
-        withUnsafeBytes(of: w.events.littleEndian) { ev += $0 }
-        withUnsafeBytes(of: w.data.littleEndian) { ev += $0 }
-        let at = try scratch.put(ev)
+        let at = try scratch.put(FDBuilder.event(w))
         try leader.call(.epollCtl, UInt64(s.fd), 1 /* EPOLL_CTL_ADD */, UInt64(w.fd), at, what: "adding fd \(w.fd) to epoll fd \(s.fd)")
     }
 
@@ -316,9 +385,10 @@ struct FDBuilder {
         guard let net = s.net else { throw WBError.failed("fd \(s.fd): the image has no record of its socket") }
         if net.family == AF_UNIX && net.state == .peerClosed { return try closedUnixSocket(s, net) }
         let name = SocketBuilder.name(net)
-        let fd = try high(Int32(try leader.call(.socket, UInt64(UInt32(bitPattern: net.family)),
-                                                UInt64(UInt32(bitPattern: net.type)) | UInt64(O_CLOEXEC), UInt64(UInt32(bitPattern: net.proto)),
-                                                what: "creating \(name)")))
+        let fd = try premade.removeValue(forKey: s.fd)
+            ?? high(Int32(try leader.call(.socket, UInt64(UInt32(bitPattern: net.family)),
+                                          UInt64(UInt32(bitPattern: net.type)) | UInt64(O_CLOEXEC), UInt64(UInt32(bitPattern: net.proto)),
+                                          what: "creating \(name)")))
         let policy = try restorer.tcpPolicy(for: net, name: name)
         let (notes, pending) = try withContext("restoring fd \(s.fd) (\(name))") {
             try restorer.sockets.build(try take(fd), net, tcp: policy, paths: pathCalls(fd))

@@ -51,4 +51,24 @@ final class Scratch {
 
     /// Reserves `count` zeroed bytes for a call to fill in.
     func reserve(_ count: Int) throws -> UInt64 { try put([UInt8](repeating: 0, count: count)) }
+
+    /// Where RemoteSyscalls.batchCode sits (written with the syscall gadget at `base`).
+    static let batchCodeOffset: UInt64 = 64
+    /// Calls a batch round trip lays out at once, at the end of the area (arguments grow from
+    /// its start).
+    static let batchChunk = 1024
+
+    /// Runs `calls` in the process a round trip per 1,024 (RemoteSyscalls.batch): a thousand
+    /// sockets are made, moved and placed in a few round trips instead of thousands. Returns
+    /// each call's raw result.
+    func batch(_ calls: [(SyscallNumber, [UInt64])], leader: RemoteSyscalls) throws -> [Int64] {
+        var out: [Int64] = []
+        out.reserveCapacity(calls.count)
+        let table = base + size - UInt64(Scratch.batchChunk * 64)
+        for start in stride(from: 0, to: calls.count, by: Scratch.batchChunk) {
+            out += try leader.batch(Array(calls[start..<min(calls.count, start + Scratch.batchChunk)]),
+                                    code: base + Scratch.batchCodeOffset, table: table)
+        }
+        return out
+    }
 }

@@ -138,12 +138,18 @@ public enum ProcFS {
 
     /// The interest list in an epoll fd's fdinfo ("tfd: 5 events: 19 data: 5 ...").
     public static func parseEpollWatches(_ text: String) -> [EpollWatch] {
-        text.split(separator: "\n").compactMap { line -> EpollWatch? in
+        parseEpollWatchesWithInodes(text).map(\.watch)
+    }
+
+    /// The watches with the inode of each watched file ("ino:" in hex).
+    public static func parseEpollWatchesWithInodes(_ text: String) -> [(watch: EpollWatch, inode: UInt64?)] {
+        text.split(separator: "\n").compactMap { line -> (EpollWatch, UInt64?)? in
             guard line.hasPrefix("tfd:") else { return nil }
             let t = line.split(separator: " ", omittingEmptySubsequences: true)
             guard t.count >= 6, let fd = Int32(t[1]), let events = UInt32(t[3], radix: 16),
                   let data = UInt64(t[5], radix: 16) else { return nil }
-            return EpollWatch(fd: fd, events: events, data: data)
+            let inode = t.first { $0.hasPrefix("ino:") }.flatMap { UInt64($0.dropFirst(4), radix: 16) }
+            return (EpollWatch(fd: fd, events: events, data: data), inode)
         }
     }
 
