@@ -119,18 +119,30 @@ extension Checkpointer {
         let links = Dictionary(plan.fds.map { ($0.fd, $0.link) }, uniquingKeysWith: { a, _ in a })
         let socketFDs = plan.fds.filter { ($0.kind == .socket || $0.kind == .unixSocket) && placeholders[$0.fd] == nil }
         if !socketFDs.isEmpty {
-            table = try plan.socketTable ?? withContext("listing sockets (sock_diag)") { try SocketTable.read() }
+            table = try plan.socketTable ?? withContext("listing sockets (sock_diag)") { try SocketTable.read(inet: false) }
             embryos = SocketProbe.embryos(of: tree?.sockets ?? Set(socketFDs.compactMap { Checkpointer.socketInode($0.link) }), table: table)
-            try holdConnections(plan, table: table)
+            stamp("files: sockets listed")
+            try holdConnections(plan)
+            stamp("files: connections held")
         }
-        for f in plan.fds {
-            let infoText = (try? Paths.readText("/proc/\(pid)/fdinfo/\(f.fd)")) ?? ""
-            let info = ProcFS.parseFDInfo(infoText)
+        // What only the kernel's files tell (fdinfo: flags, offset, locks) and each socket's
+        // state are read for all fds at once, on every core (the process waits meanwhile).
+        let pid = self.pid
+        let infos = try Parallel.map(plan.fds.count) { i -> (String, ProcFS.FDInfo) in
+            let text = (try? Paths.readText("/proc/\(pid)/fdinfo/\(plan.fds[i].fd)")) ?? ""
+            return (text, ProcFS.parseFDInfo(text))
+        }
+        stamp("files: fdinfo read")
+        let nets = try captureSockets(plan, table: table, embryos: embryos)
+        stamp("files: sockets read")
+        for (index, f) in plan.fds.enumerated() {
+            let (infoText, info) = infos[index]
             let cloexec = info.flags & O_CLOEXEC != 0
             var s = FDState(fd: f.fd, kind: f.kind ?? .placeholder, flags: info.flags & ~O_CLOEXEC,
                             closeOnExec: cloexec, path: options.renamedFiles[f.link] ?? f.link, offset: info.position)
             var locks: [FileLock] = []
-            for line in infoText.split(separator: "\n") where line.hasPrefix("lock:") {
+            let lockLines = infoText.contains("lock:") ? infoText.split(separator: "\n").filter { $0.hasPrefix("lock:") } : []
+            for line in lockLines {
                 let (lock, other) = FileLock.parse(String(line))
                 if let lock { locks.append(lock) } else {
                     let note = "fd \(f.fd) (\(f.link)) holds \(other), which wb does not restore"
@@ -203,8 +215,7 @@ extension Checkpointer {
             case .signalfd:
                 s.signalfdMask = UInt64(info.extra["sigmask"] ?? "0", radix: 16) ?? 0
             case .epoll:
-                let text = (try? Paths.readText("/proc/\(pid)/fdinfo/\(f.fd)")) ?? ""
-                s.epoll = ProcFS.parseEpollWatchesWithInodes(text).map {
+                s.epoll = ProcFS.parseEpollWatchesWithInodes(infoText).map {
                     twinned($0.watch, inode: $0.inode, epoll: f.fd, among: allFDs, links: links)
                 }
             case .unixSocket:
@@ -212,8 +223,9 @@ extension Checkpointer {
                 let info = f.socket
                 let copy = try socketCopy(f.fd)
                 var state = SocketState(type: info?.type ?? 1, inode: inode, peer: info?.peer ?? 0, queued: Data())
+                socketDefaults.prepare(for: copy.rawValue)
                 var net = try withContext("reading fd \(f.fd) (\(f.link))") {
-                    try SocketProbe.capture(copy.rawValue, inode: inode, table: table, peerInside: true)
+                    try SocketProbe.capture(copy.rawValue, inode: inode, table: table, peerInside: true, defaults: socketDefaults)
                 }
                 if state.type == Int32(SOCK_STREAM.rawValue) {
                     state.queued = Data(try withContext("reading the bytes queued on fd \(f.fd) (\(f.link))") { try UnixSocketInfo.peek(copy) })
@@ -225,7 +237,7 @@ extension Checkpointer {
                 s.socket = state
                 s.net = net
             case .socket:
-                try captureSocket(f.fd, link: f.link, table: table, embryos: embryos, into: &s)
+                s.net = nets[f.fd]
             case .pidfd:
                 s.pidfdTarget = Int32(info.extra["Pid"] ?? "")
             case .file, .device, .tty, .placeholder:

@@ -96,26 +96,46 @@ extension Checkpointer {
             problems.append("it has child process\(children.count > 1 ? "es" : "") \(list) (checkpoint them with it: wb checkpoint --tree \(pid))")
         }
         var fds: [FDPlan] = []
-        var links: [(Int32, String)] = []
-        for fd in try ProcFS.fds(pid) {
-            guard let link = try? Paths.readLink("/proc/\(pid)/fd/\(fd)") else { continue }
-            links.append((fd, link))
-        }
+        let pid = self.pid
+        let numbers = try ProcFS.fds(pid)
+        // Each fd's link and (for a socket) a copy of it, on every core: a server's thousand
+        // connections are looked at while it is stopped.
+        let links: [(Int32, String)] = try Parallel.map(numbers.count) { i in
+            (numbers[i], (try? Paths.readLink("/proc/\(pid)/fd/\(numbers[i])")) ?? "")
+        }.filter { !$0.1.isEmpty }
+        stamp("preflight: fds listed")
         // Unix socket pairs are kept as pairs when both ends are held by the process (or its
         // tree); every other socket is looked at through sock_diag and a copy of it.
         var scope = SocketProbe.Scope(held: tree?.sockets ?? [], table: SocketTable())
         let socketLinks = links.compactMap { Checkpointer.socketInode($0.1) }
-        // A copy taken while the process ran may be of an fd it has closed and reused since.
-        socketCopies = [:]
         let stopped = held != nil
         if !socketLinks.isEmpty {
-            scope.table = try withContext("listing sockets (sock_diag)") { try SocketTable.read() }
+            // Stopped, only Unix sockets are listed again: TCP and UDP sockets are read one by
+            // one through their copies (listing a busy host's takes longer).
+            scope.table = try withContext("listing sockets (sock_diag)") { try SocketTable.read(inet: !stopped) }
             scope.held.formUnion(socketLinks)
             scope.embryos = SocketProbe.embryos(of: scope.held, table: scope.table)
+            stamp("preflight: sockets listed")
         }
-        for (fd, link) in links {
-            let plan = classify(fd: fd, link: link, scope: scope)
-            if let why = plan.unsupported { problems.append("fd \(fd) is \(why)") }
+        if processHandle == nil && !socketLinks.isEmpty { processHandle = try ProcessHandle(pid: pid) }
+        let handle = processHandle
+        // Stopped after a preflight that ran, a socket other than a Unix one that the same
+        // fd still holds (same inode) is what it was then: what may have changed (a connect
+        // begun, a connection come in) is checked as it is read.
+        let earlier = stopped ? earlierPlans : [:]
+        let classified = try Parallel.map(links.count) { i -> (FDPlan, FileDescriptor?) in
+            let (fd, link) = links[i]
+            if let inode = Checkpointer.socketInode(link), let e = earlier[fd], e.link == link, e.kind == .socket,
+               e.unsupported == nil, scope.table.unix[inode] == nil {
+                return (e, nil)
+            }
+            let copy = Checkpointer.socketInode(link) != nil ? try? handle?.take(fd) : nil
+            return (classify(fd: fd, link: link, scope: scope, copy: copy), copy)
+        }
+        stamp("preflight: fds classified")
+        for (plan, copy) in classified {
+            if let why = plan.unsupported { problems.append("fd \(plan.fd) is \(why)") }
+            if let copy, stopped { socketCopies[plan.fd] = (copy, plan.link) }
             fds.append(plan)
         }
         problems += ipcProblems
@@ -127,9 +147,16 @@ extension Checkpointer {
                 throw WBError.refused("pid \(pid) cannot be checkpointed: \(problems.joined(separator: "; ")). Nothing was changed; --allow-unsupported stores such fds as placeholders and leaves children out")
             }
         }
+        // A copy held while the process runs would keep a socket it closes open (a listener
+        // it closes and binds again): copies live only while it is stopped.
+        if !stopped {
+            socketCopies = [:]
+            earlierPlans = Dictionary(fds.map { ($0.fd, $0) }, uniquingKeysWith: { a, _ in a })
+        }
         let threads = (try? ProcFS.tasks(pid).count) ?? 1
         let connections = fds.filter { f in
-            f.kind == .socket && Checkpointer.socketInode(f.link).flatMap { scope.table.inet[$0] }.map { [1, 4, 5, 8, 9, 11].contains($0.state) } == true
+            f.kind == .socket && Checkpointer.socketInode(f.link).flatMap { scope.table.inet[$0] }.map {
+                $0.proto == Int32(IPPROTO_TCP) && [1, 4, 5, 8, 9, 11].contains($0.state) } == true
         }.count
         return Preflight(threads: threads, fds: fds, connections: connections, socketTable: stopped && !socketLinks.isEmpty ? scope.table : nil)
     }
@@ -142,10 +169,13 @@ extension Checkpointer {
         link.hasPrefix("socket:[") ? UInt64(link.dropFirst(8).dropLast()) : nil
     }
 
-    func classify(fd: Int32, link: String, scope: SocketProbe.Scope = SocketProbe.Scope(held: [], table: SocketTable())) -> FDPlan {
+    /// What fd `fd` (linking to `link`) is; `copy` is wb's copy of it when it is a socket.
+    /// Looks only: called for many fds at once.
+    func classify(fd: Int32, link: String, scope: SocketProbe.Scope = SocketProbe.Scope(held: [], table: SocketTable()),
+                  copy: FileDescriptor? = nil) -> FDPlan {
         var plan = FDPlan(fd: fd, link: link)
         if let inode = Checkpointer.socketInode(link) {
-            classifySocket(&plan, inode: inode, scope: scope)
+            classifySocket(&plan, inode: inode, scope: scope, copy: copy)
             return plan
         }
         if link.hasPrefix("pipe:") { plan.kind = .pipe; return plan }

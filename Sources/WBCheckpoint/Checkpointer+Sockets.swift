@@ -24,7 +24,7 @@ final class HeldConnections {
         }
     }
 
-    func hold(_ sockets: [(socket: FileDescriptor, flow: NetworkLock.Flow)]) throws {
+    func hold(_ sockets: [(socket: FileDescriptor, pid: Int32, fd: Int32, flow: NetworkLock.Flow)]) throws {
         guard !sockets.isEmpty else { return }
         try prepare()
         try lock!.hold(sockets)
@@ -49,7 +49,7 @@ extension Checkpointer {
     /// The sockets the process holds, looked at before it is touched: a pair whose other
     /// end the image holds too is `.unixSocket`; any other socket wb can save is `.socket`
     /// (its state read at the final stop); the rest is refused by name.
-    func classifySocket(_ plan: inout FDPlan, inode: UInt64, scope: SocketProbe.Scope) {
+    func classifySocket(_ plan: inout FDPlan, inode: UInt64, scope: SocketProbe.Scope, copy: FileDescriptor?) {
         // A pair: each end's peer is the other (a datagram socket connected to a bound one
         // that takes datagrams from anyone is not one).
         if let s = scope.table.unix[inode], s.peer != 0, scope.held.contains(s.peer), scope.table.unix[s.peer]?.peer == inode {
@@ -59,7 +59,7 @@ extension Checkpointer {
             return
         }
         plan.kind = .socket
-        guard let copy = try? socketCopy(plan.fd) else {
+        guard let copy else {
             plan.unsupported = "a socket wb cannot read (\(plan.link))"
             return
         }
@@ -70,12 +70,30 @@ extension Checkpointer {
         }
     }
 
-    /// wb's copy of the process's socket `fd` (pidfd_getfd), taken once per checkpoint and
-    /// kept while the process is stopped (`socketCopies` is emptied when it runs again).
-    func socketCopy(_ fd: Int32) throws -> FileDescriptor {
-        if let c = socketCopies[fd] { return c }
-        let c = try SharedFiles.take(fd, of: pid)
-        socketCopies[fd] = c
+    /// wb's copy of the process's socket `fd` (pidfd_getfd), taken once per checkpoint. A
+    /// copy taken earlier (while the process ran) is still that fd's socket when the fd
+    /// links to the same socket inode: the copy keeps the socket, and so its inode, alive.
+    /// Copies of many sockets at once (taken on every core): `socketCopy` of each.
+    func socketCopies(_ plans: [FDPlan]) throws -> [FileDescriptor] {
+        if processHandle == nil { processHandle = try ProcessHandle(pid: pid) }
+        let handle = processHandle!
+        let missing = plans.filter { p in socketCopies[p.fd].map { $0.link != p.link } ?? true }
+        let taken = try Parallel.map(missing.count) { i in try handle.take(missing[i].fd) }
+        for (p, c) in zip(missing, taken) { socketCopies[p.fd] = (c, p.link) }
+        return try plans.map { try socketCopy($0.fd, link: $0.link) }
+    }
+
+    func socketCopy(_ fd: Int32, link: String? = nil) throws -> FileDescriptor {
+        if let c = socketCopies[fd] {
+            if let link, link != c.link {
+                socketCopies[fd] = nil
+            } else {
+                return c.copy
+            }
+        }
+        if processHandle == nil { processHandle = try ProcessHandle(pid: pid) }
+        let c = try processHandle!.take(fd)
+        socketCopies[fd] = (c, link ?? ((try? Paths.readLink("/proc/\(pid)/fd/\(fd)")) ?? ""))
         return c
     }
 
@@ -91,31 +109,39 @@ extension Checkpointer {
     }
 
     /// Puts the process's TCP connections on hold (packets dropped, sockets in repair mode)
-    /// before any of them is read.
-    func holdConnections(_ plan: Preflight, table: SocketTable) throws {
-        var sockets: [(socket: FileDescriptor, flow: NetworkLock.Flow)] = []
-        for f in plan.fds where f.kind == .socket && placeholders[f.fd] == nil {
-            guard let inode = Checkpointer.socketInode(f.link), let diag = table.inet[inode],
-                  [1, 4, 5, 8, 9, 11].contains(diag.state) else { continue }
-            let copy = try socketCopy(f.fd)
-            guard SocketProbe.identity(copy.rawValue).type == Int32(SOCK_STREAM.rawValue) else { continue }
-            sockets.append((copy, NetworkLock.Flow(local: diag.local, peer: diag.peer)))
+    /// before any of them is read. Each is found from its copy (TCP_INFO, its two names).
+    func holdConnections(_ plan: Preflight) throws {
+        let candidates = plan.fds.filter { $0.kind == .socket && placeholders[$0.fd] == nil }
+        let copies = try socketCopies(candidates)
+        let flows = try Parallel.map(copies.count) { i -> NetworkLock.Flow? in
+            SocketProbe.connection(copies[i].rawValue)
+        }
+        var sockets: [(socket: FileDescriptor, pid: Int32, fd: Int32, flow: NetworkLock.Flow)] = []
+        for (i, flow) in flows.enumerated() {
+            if let flow { sockets.append((copies[i], pid, candidates[i].fd, flow)) }
         }
         guard !sockets.isEmpty else { return }
         if connections == nil { connections = HeldConnections(targets: [pid], killing: options.after == .kill) }
         try withContext("holding the TCP connections of pid \(pid)") { try connections!.hold(sockets) }
     }
 
-    /// One socket's state for the image (`.socket`); its TCP connection is on hold already.
-    /// `embryos`: connections waiting in the accept queue of a Unix listener the image holds
-    /// (a client of the image connected to one connects to it again on restore).
-    func captureSocket(_ fd: Int32, link: String, table: SocketTable, embryos: [UInt64: UInt64], into s: inout FDState) throws {
-        let inode = Checkpointer.socketInode(link) ?? 0
-        let copy = try socketCopy(fd)
-        let inside = embryos[inode] != nil
-        s.net = try withContext("reading fd \(fd) (\(link))") {
-            try SocketProbe.capture(copy.rawValue, inode: inode, table: table, peerInside: inside)
+    /// The state of every `.socket` fd for the image, by fd, read on every core (each from a
+    /// copy of its own); their TCP connections are on hold already. `embryos`: clients
+    /// waiting in the accept queue of a Unix listener the image holds (a client of the image
+    /// connected to one connects to it again on restore).
+    func captureSockets(_ plan: Preflight, table: SocketTable, embryos: [UInt64: UInt64]) throws -> [Int32: NetSocketState] {
+        let wanted = plan.fds.filter { $0.kind == .socket && placeholders[$0.fd] == nil }
+        let copies = try socketCopies(wanted).map(\.rawValue)
+        // Everything the threads share is made here first, on this thread.
+        for c in copies { socketDefaults.prepare(for: c) }
+        let defaults = socketDefaults
+        let states = try Parallel.map(wanted.count) { i in
+            let f = wanted[i], inode = Checkpointer.socketInode(f.link) ?? 0
+            return try withContext("reading fd \(f.fd) (\(f.link))") {
+                try SocketProbe.capture(copies[i], inode: inode, table: table, peerInside: embryos[inode] != nil, defaults: defaults)
+            }
         }
+        return Dictionary(uniqueKeysWithValues: zip(wanted.map(\.fd), states))
     }
 
     /// Marks the TCP connections both of whose ends the image holds (in one process or two

@@ -1,5 +1,6 @@
 import Foundation
 import Glibc
+import WBNet
 import WBTrace
 
 /// What `wb checkpoint` does after writing the image.
@@ -78,8 +79,15 @@ public final class Checkpointer {
     var tree: TreeScope?
     /// The TCP connections held while they are read (shared by a tree's members).
     var connections: HeldConnections?
-    /// Copies of the process's sockets taken at its final stop (Checkpointer+Sockets.swift).
-    var socketCopies: [Int32: FileDescriptor] = [:]
+    /// Copies of the process's sockets, with the fd link they were taken for
+    /// (Checkpointer+Sockets.swift).
+    var socketCopies: [Int32: (copy: FileDescriptor, link: String)] = [:]
+    /// A pidfd of the process, for taking copies of its fds.
+    var processHandle: ProcessHandle?
+    /// The fds as the last preflight that ran with the process running found them.
+    var earlierPlans: [Int32: FDPlan] = [:]
+    /// New sockets' option values, read once per kind of socket.
+    let socketDefaults = SocketOptions.Defaults()
     /// Where the process's arguments and environment were when its memory copy began: an
     /// exec moves them, and the copy then belongs to another program.
     var programAtPrecopy: [String]?
@@ -214,6 +222,7 @@ public final class Checkpointer {
         progress("stopping \(plan.threads) thread(s) of pid \(pid)")
         stamp("final stop")
         let tracee = try held ?? acquire()
+        stamp("stopped")
         let stopped = Clock.monotonic
         var phases: [CheckpointResult.Phase] = []
         var lap = stopped
@@ -247,21 +256,24 @@ public final class Checkpointer {
             defer { held = outer }
             plan = try withContext("checkpoint of pid \(pid)") { try preflight() }
         }
-        // Sockets are read through copies taken now that it is stopped.
-        if programAtPrecopy == nil { socketCopies = [:] }
         var deferred: [DeferredRuns] = []
         var deletedContents: [Int32: [UInt8]] = [:]
         var process = try capture(tracee, plan: plan, memory: memory, store: store, scanner: scanner, files: &files,
                                   stable: stable, removed: tracker?.takeRemoved() ?? [], deferred: &deferred,
                                   deletedContents: &deletedContents, phase: phase)
+        stamp("captured")
         if tree == nil {
             var one = [process]
             TreeCheckpointer.shareDescriptions(&one)
             Checkpointer.linkConnections(&one)
             process = one[0]
         }
-        // Read: the connections go on as soon as the process does.
+        // Read: the connections go on as soon as the process does, and wb keeps no socket of
+        // its open (a copy would keep one it closes from closing).
+        socketCopies = [:]
+        stamp("linked")
         if options.after == .leaveRunning { try connections?.letGo() }
+        stamp("connections let go")
         // The userfaultfd is let go, and then the mappings' flags read, on another thread
         // while the pages and files are written here: the two walk the process's page tables
         // under its mapping lock (one after the other: side by side they only wait for each

@@ -134,6 +134,7 @@ public final class TreeCheckpointer {
             // Open file descriptions are compared while every process still holds its fds.
             TreeCheckpointer.shareDescriptions(&states, zombies: Set(members.filter { $0.zombie != nil }.map(\.pid)))
             var pause = Clock.monotonic - stopped
+            for c in captured { c.checkpointer.socketCopies = [:] }
             if options.after == .leaveRunning {
                 // The rest needs no stopped process.
                 try connections.letGo()
@@ -388,8 +389,13 @@ public final class TreeCheckpointer {
             let pid = states[i].pid
             for j in states[i].fds.indices where [.file, .deletedFile, .device, .socket].contains(states[i].fds[j].kind) {
                 let fd = states[i].fds[j].fd
-                guard let st = try? Paths.stat("/proc/\(pid)/fd/\(fd)") else { continue }
-                let key = "\(st.device):\(st.inode)"
+                let key: String
+                if states[i].fds[j].kind == .socket, let inode = Checkpointer.socketInode(states[i].fds[j].path) {
+                    key = "socket:\(inode)"
+                } else {
+                    guard let st = try? Paths.stat("/proc/\(pid)/fd/\(fd)") else { continue }
+                    key = "\(st.device):\(st.inode)"
+                }
                 var id = groups[key]?.first { SharedFiles.sameDescription($0.pid, $0.fd, pid, fd) }?.id
                 if id == nil {
                     id = next

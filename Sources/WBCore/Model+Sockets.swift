@@ -159,3 +159,124 @@ public struct TCPConnection: Codable, Sendable, Equatable {
         self.receiveWindowScale = receiveWindowScale; self.timestamp = timestamp; self.window = window
     }
 }
+
+// MARK: Compact coding
+//
+// A server's image holds thousands of sockets; decoding each one's options and TCP numbers as
+// JSON objects cost a restore about 40 us per connection. They are stored as one base64
+// string each instead (layouts in docs/image-format.md), read and bounds-checked here.
+
+/// Little-endian reading of a binary record, failing (never trapping) on a short one.
+struct RecordReader {
+    let bytes: [UInt8]
+    var at = 0
+    init(_ data: Data) { bytes = [UInt8](data) }
+
+    mutating func u16() throws -> UInt16 {
+        guard at + 2 <= bytes.count else { throw RecordReader.short }
+        defer { at += 2 }
+        return UInt16(bytes[at]) | UInt16(bytes[at + 1]) << 8
+    }
+
+    mutating func u32() throws -> UInt32 {
+        guard at + 4 <= bytes.count else { throw RecordReader.short }
+        defer { at += 4 }
+        return UInt32(bytes[at]) | UInt32(bytes[at + 1]) << 8 | UInt32(bytes[at + 2]) << 16 | UInt32(bytes[at + 3]) << 24
+    }
+
+    mutating func data(_ count: Int) throws -> Data {
+        guard count >= 0, at + count <= bytes.count else { throw RecordReader.short }
+        defer { at += count }
+        return Data(bytes[at..<at + count])
+    }
+
+    var atEnd: Bool { at == bytes.count }
+
+    static let short = DecodingError.dataCorrupted(.init(codingPath: [], debugDescription: "a socket record ends too soon"))
+}
+
+extension Array where Element == UInt8 {
+    mutating func append16(_ v: UInt16) { append(UInt8(v & 0xff)); append(UInt8(v >> 8)) }
+    mutating func append32(_ v: UInt32) { for i in 0..<4 { append(UInt8((v >> (8 * UInt32(i))) & 0xff)) } }
+}
+
+extension TCPConnection {
+    /// Version 1: state, sendSeq, receiveSeq, unsent, mss, options, sendWindowScale,
+    /// receiveWindowScale, timestamp, the 5 window words (u32 each, little-endian), then the
+    /// send queue and the receive queue, each a u32 length and its bytes.
+    public init(from decoder: Decoder) throws {
+        var r = RecordReader(try decoder.singleValueContainer().decode(Data.self))
+        guard try r.u32() == 1 else { throw DecodingError.dataCorrupted(.init(codingPath: decoder.codingPath, debugDescription: "unknown TCP record version")) }
+        let n = try (0..<14).map { _ in try r.u32() }
+        let send = try r.data(Int(try r.u32())), receive = try r.data(Int(try r.u32()))
+        guard r.atEnd else { throw DecodingError.dataCorrupted(.init(codingPath: decoder.codingPath, debugDescription: "a TCP record has bytes after its end")) }
+        self.init(state: n[0], sendSeq: n[1], receiveSeq: n[2], sendQueue: send, unsent: n[3], receiveQueue: receive, mss: n[4],
+                  options: n[5], sendWindowScale: n[6], receiveWindowScale: n[7], timestamp: n[8], window: Array(n[9..<14]))
+    }
+
+    public func encode(to encoder: Encoder) throws {
+        var b: [UInt8] = []
+        b.reserveCapacity(64 + sendQueue.count + receiveQueue.count)
+        let w = window + [UInt32](repeating: 0, count: max(0, 5 - window.count))
+        for v in [1, state, sendSeq, receiveSeq, unsent, mss, options, sendWindowScale, receiveWindowScale, timestamp] + w.prefix(5) { b.append32(v) }
+        b.append32(UInt32(sendQueue.count)); b += sendQueue
+        b.append32(UInt32(receiveQueue.count)); b += receiveQueue
+        var c = encoder.singleValueContainer()
+        try c.encode(Data(b))
+    }
+}
+
+extension NetSocketState {
+    enum CodingKeys: String, CodingKey {
+        case family, type, proto, state, local, peer, backlog, options, filter, shutdown, tcp, datagrams, queued, peerInside, netlink, packet, droppedPackets
+    }
+
+    /// `options` is one base64 string: for each option its level, name and value length (u16
+    /// each, little-endian), then the value.
+    public init(from decoder: Decoder) throws {
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        self.init(family: try c.decode(Int32.self, forKey: .family), type: try c.decode(Int32.self, forKey: .type),
+                  proto: try c.decode(Int32.self, forKey: .proto), state: try c.decode(State.self, forKey: .state))
+        local = try c.decodeIfPresent(SocketAddress.self, forKey: .local)
+        peer = try c.decodeIfPresent(SocketAddress.self, forKey: .peer)
+        backlog = try c.decodeIfPresent(Int32.self, forKey: .backlog)
+        if let blob = try c.decodeIfPresent(Data.self, forKey: .options) {
+            var r = RecordReader(blob), list: [SocketOption] = []
+            while !r.atEnd {
+                let level = Int32(try r.u16()), name = Int32(try r.u16())
+                list.append(SocketOption(level: level, name: name, value: try r.data(Int(try r.u16()))))
+            }
+            options = list
+        }
+        filter = try c.decodeIfPresent([UInt64].self, forKey: .filter)
+        shutdown = try c.decodeIfPresent(Int32.self, forKey: .shutdown)
+        tcp = try c.decodeIfPresent(TCPConnection.self, forKey: .tcp)
+        datagrams = try c.decodeIfPresent([Datagram].self, forKey: .datagrams)
+        queued = try c.decodeIfPresent(Data.self, forKey: .queued)
+        peerInside = try c.decodeIfPresent(Bool.self, forKey: .peerInside)
+        netlink = try c.decodeIfPresent(NetlinkBinding.self, forKey: .netlink)
+        packet = try c.decodeIfPresent(PacketBinding.self, forKey: .packet)
+        droppedPackets = try c.decodeIfPresent(Int.self, forKey: .droppedPackets)
+    }
+
+    public func encode(to encoder: Encoder) throws {
+        var c = encoder.container(keyedBy: CodingKeys.self)
+        try c.encode(family, forKey: .family); try c.encode(type, forKey: .type); try c.encode(proto, forKey: .proto)
+        try c.encode(state, forKey: .state)
+        try c.encodeIfPresent(local, forKey: .local); try c.encodeIfPresent(peer, forKey: .peer)
+        try c.encodeIfPresent(backlog, forKey: .backlog)
+        if let options {
+            var b: [UInt8] = []
+            for o in options {
+                b.append16(UInt16(truncatingIfNeeded: o.level)); b.append16(UInt16(truncatingIfNeeded: o.name))
+                b.append16(UInt16(truncatingIfNeeded: o.value.count)); b += o.value
+            }
+            try c.encode(Data(b), forKey: .options)
+        }
+        try c.encodeIfPresent(filter, forKey: .filter); try c.encodeIfPresent(shutdown, forKey: .shutdown)
+        try c.encodeIfPresent(tcp, forKey: .tcp); try c.encodeIfPresent(datagrams, forKey: .datagrams)
+        try c.encodeIfPresent(queued, forKey: .queued); try c.encodeIfPresent(peerInside, forKey: .peerInside)
+        try c.encodeIfPresent(netlink, forKey: .netlink); try c.encodeIfPresent(packet, forKey: .packet)
+        try c.encodeIfPresent(droppedPackets, forKey: .droppedPackets)
+    }
+}

@@ -23,8 +23,9 @@ public final class NetworkLock {
     private let nft: String
     private var guardPid: pid_t = 0
     private var control: Int32 = -1
-    /// wb's copies of the held sockets (in repair mode until `letGo`).
-    private var held: [FileDescriptor] = []
+    /// wb's copies of the held sockets (in repair mode until `letGo`; the caller's, kept), each
+    /// with its SO_REUSEADDR (repair mode forces reuse on, and taking it off sets it off).
+    private var held: [(socket: FileDescriptor, reuse: Int32)] = []
     private var flows = Set<String>()
 
     /// A connection as the lock matches it: the process's end and its peer's.
@@ -44,12 +45,16 @@ public final class NetworkLock {
         self.nft = nft
         table = name
         let m = NetworkLock.passMark
+        // One element per connection, the process's end first: packets it sends match it in
+        // the output hook, packets to it in the input hook (fields read the other way round).
         func chain(_ hook: String) -> String {
-            """
+            let (ours, theirs) = hook == "output" ? ("saddr", "daddr") : ("daddr", "saddr")
+            let (ourPort, theirPort) = hook == "output" ? ("sport", "dport") : ("dport", "sport")
+            return """
             add chain inet \(name) \(hook) { type filter hook \(hook) priority -400; policy accept; }
             add rule inet \(name) \(hook) meta mark \(m) accept
-            add rule inet \(name) \(hook) ip saddr . tcp sport . ip daddr . tcp dport @v4 drop
-            add rule inet \(name) \(hook) ip6 saddr . tcp sport . ip6 daddr . tcp dport @v6 drop
+            add rule inet \(name) \(hook) ip \(ours) . tcp \(ourPort) . ip \(theirs) . tcp \(theirPort) @v4 drop
+            add rule inet \(name) \(hook) ip6 \(ours) . tcp \(ourPort) . ip6 \(theirs) . tcp \(theirPort) @v6 drop
             """
         }
         let script = """
@@ -74,43 +79,49 @@ public final class NetworkLock {
     }
 
     /// Drops the packets of `sockets`' connections from now on and puts the sockets in repair
-    /// mode (each a copy wb holds, `local` and `peer` its addresses). The lock goes on before
-    /// repair mode, so nothing arrives between the two.
-    public func hold(_ sockets: [(socket: FileDescriptor, flow: Flow)]) throws {
+    /// mode (each a copy wb holds of fd `fd` of process `pid`, `flow` its addresses). The lock
+    /// goes on before repair mode, so nothing arrives between the two.
+    public func hold(_ sockets: [(socket: FileDescriptor, pid: Int32, fd: Int32, flow: Flow)]) throws {
         var v4: [String] = [], v6: [String] = []
-        for (_, f) in sockets {
+        var keys4: [UInt8] = [], keys6: [UInt8] = []
+        for (_, _, _, f) in sockets {
             // An IPv6 socket talking to an IPv4 peer (::ffff:a.b.c.d) sends IPv4 packets.
             func plain(_ h: String) -> String { h.hasPrefix("::ffff:") && h.contains(".") ? String(h.dropFirst(7)) : h }
             let (l, p) = (plain(f.local.host), plain(f.peer.host))
-            for (a, b) in [((l, f.local.port), (p, f.peer.port)), ((p, f.peer.port), (l, f.local.port))] {
-                let element = "\(a.0) . \(a.1) . \(b.0) . \(b.1)"
-                guard flows.insert(element).inserted else { continue }
-                if l.contains(":") { v6.append(element) } else { v4.append(element) }
+            let element = "\(l) . \(f.local.port) . \(p) . \(f.peer.port)"
+            guard flows.insert(element).inserted else { continue }
+            let six = l.contains(":")
+            if six { v6.append(element) } else { v4.append(element) }
+            // The same element as the key nftables keeps: each field padded to 4 bytes.
+            let family = six ? AF_INET6 : AF_INET
+            var key: [UInt8] = []
+            for (host, port) in [(l, f.local.port), (p, f.peer.port)] {
+                var address = [UInt8](repeating: 0, count: six ? 16 : 4)
+                _ = inet_pton(family, host, &address)
+                key += address + [UInt8(port >> 8), UInt8(port & 0xff), 0, 0]
             }
+            if six { keys6 += key } else { keys4 += key }
         }
-        var script = ""
-        if !v4.isEmpty { script += "add element inet \(table) v4 { \(v4.joined(separator: ", ")) }\n" }
-        if !v6.isEmpty { script += "add element inet \(table) v6 { \(v6.joined(separator: ", ")) }\n" }
-        if !script.isEmpty {
-            try NetworkLock.run(nft, ["-f", "-"], input: script, what: "holding the packets of \(sockets.count) TCP connection\(sockets.count == 1 ? "" : "s") (nft)")
+        // One netlink batch per set; the text form through libnftables (or nft) when that fails.
+        let what = "holding the packets of \(sockets.count) TCP connection\(sockets.count == 1 ? "" : "s") (nft)"
+        for (set, elements, keys, size) in [("v4", v4, keys4, 16), ("v6", v6, keys6, 40)] where !elements.isEmpty {
+            if wb_nft_add_elements(table, set, keys, size, Int32(elements.count)) == 0 { continue }
+            try NetworkLock.run(nft, ["-f", "-"], input: "add element inet \(table) \(set) { \(elements.joined(separator: ", ")) }\n", what: what)
         }
-        let copies = try sockets.map { try $0.socket.duplicate() }
-        // The guard gets its copies before repair mode goes on: it can always take it off.
-        let e = copies.map(\.rawValue).withUnsafeBufferPointer { wb_net_guard_send(control, 0x61 /* a */, $0.baseAddress, Int32($0.count)) }
-        guard e == 0 else {
-            for c in copies { c.close() }
-            throw WBError.system(call: "sendmsg", errno: e, what: "handing the held connections to their guard")
-        }
-        for c in copies {
-            held.append(c)
-            let r = wb_tcp_repair(c.rawValue, 1)
+        // The guard knows of them before repair mode goes on: it can always take it off.
+        let pairs = sockets.flatMap { [$0.pid, $0.fd] }
+        let e = pairs.withUnsafeBufferPointer { wb_net_guard_send(control, 0x61 /* a */, $0.baseAddress, Int32(sockets.count)) }
+        guard e == 0 else { throw WBError.system(call: "send", errno: e, what: "telling the held connections' guard of them") }
+        for s in sockets {
+            held.append((s.socket, SocketProbe.int(s.socket.rawValue, SOL_SOCKET, SO_REUSEADDR)))
+            let r = wb_tcp_repair(s.socket.rawValue, 1)
             if r != 0 { throw WBError.system(call: "setsockopt(TCP_REPAIR)", errno: r, what: "putting a TCP connection in repair mode") }
         }
     }
 
     /// Takes repair mode off every held socket and lifts the lock: the connections go on.
     public func letGo() throws {
-        for c in held { _ = wb_tcp_repair(c.rawValue, 0); c.close() }
+        for c in held { NetworkLock.endRepair(c.socket.rawValue, reuse: c.reuse); c.socket.close() }
         held = []
         try NetworkLock.release(table: table)
         endGuard(wait: false)
@@ -119,7 +130,7 @@ public final class NetworkLock {
     /// Leaves the connections held after wb exits (a `--kill` checkpoint: the process is gone
     /// and its sockets were closed in repair mode; `wb restore` lifts the lock).
     public func keep() {
-        for c in held { c.close() }
+        for c in held { c.socket.close() }
         held = []
         endGuard()
     }
@@ -144,11 +155,21 @@ public final class NetworkLock {
     deinit {
         // Neither let go nor kept (an error on the way): as if wb had died.
         if control >= 0 {
-            for c in held { _ = wb_tcp_repair(c.rawValue, 0); c.close() }
+            for c in held { NetworkLock.endRepair(c.socket.rawValue, reuse: c.reuse); c.socket.close() }
             _ = try? NetworkLock.release(table: table)
             endGuard()
         }
         reapGuard()
+    }
+
+    /// Takes a socket out of repair mode without a window probe (the lock would drop it; the
+    /// peer's own retransmissions take the conversation up) and gives it back its SO_REUSEADDR.
+    static func endRepair(_ fd: Int32, reuse: Int32) {
+        _ = wb_tcp_repair(fd, -1)
+        if reuse > 0 {
+            var v = reuse
+            _ = setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &v, 4)
+        }
     }
 
     static func nftPath() -> String? {

@@ -32,6 +32,7 @@ public struct SocketBuilder {
         let unsent: Data
         let name: String
         let reset: (from: [UInt8], to: [UInt8], seq: UInt32)?
+        let reuse: Int32
     }
 
     /// How a Unix socket is bound to a path and a path unlinked: these make and remove files,
@@ -175,7 +176,9 @@ public struct SocketBuilder {
             reset = (from, to, t.receiveSeq &+ (t.finReceived ? 1 : 0))
             notes.append("\(name): reset (--tcp=close); the process sees its peer gone")
         }
-        return Pending(socket: fd, unsent: Data(unsent), name: name, reset: reset)
+        let reuse = (s.options ?? []).first { $0.level == SOL_SOCKET && $0.name == SO_REUSEADDR }
+            .map { $0.value.count >= 4 ? $0.value.withUnsafeBytes { $0.loadUnaligned(as: Int32.self) } : 0 } ?? 0
+        return Pending(socket: fd, unsent: Data(unsent), name: name, reset: reset, reuse: reuse)
     }
 
     /// Our FIN, queued (FIN-WAIT-1, LAST-ACK, CLOSING) or counted as sent (FIN-WAIT-2),
@@ -219,7 +222,12 @@ public struct SocketBuilder {
     /// and the kernel had not sent yet go out; with --tcp=close it is reset instead.
     public func finish(_ p: Pending) throws {
         defer { p.socket.close() }
-        try check(wb_tcp_repair(p.socket.rawValue, 0), "setsockopt(TCP_REPAIR)", "ending repair mode of \(p.name)")
+        try check(wb_tcp_repair(p.socket.rawValue, -1), "setsockopt(TCP_REPAIR)", "ending repair mode of \(p.name)")
+        // Taking repair mode off turns SO_REUSEADDR off: the image's value goes back.
+        if p.reuse > 0 {
+            var v = p.reuse
+            _ = setsockopt(p.socket.rawValue, SOL_SOCKET, SO_REUSEADDR, &v, 4)
+        }
         if let r = p.reset {
             try inject(r.from, r.to, seq: r.seq, ack: 0, window: 0, flags: 0x04, name: p.name)
             return

@@ -6,7 +6,7 @@ import WBSystem
 /// The socket options wb saves and sets again, in the order they are set (before bind: the
 /// ones bind depends on come first). Only options whose value differs from a new socket's of
 /// the same family, type and protocol go into the image.
-enum SocketOptions {
+public enum SocketOptions {
     struct Option {
         var level: Int32
         var name: Int32
@@ -19,6 +19,11 @@ enum SocketOptions {
         var types: Set<Int32> = []
         /// Left alone on a connected TCP socket, where the kernel tunes it itself.
         var tunedOnConnections = false
+        /// Acts only before a socket is connected or listens (bind, connect): not read from
+        /// a TCP connection.
+        var boundOnly = false
+        /// Not on TCP (the kernel has no such state for it).
+        var notTCP = false
     }
 
     static let sol = SOL_SOCKET, ip = Int32(IPPROTO_IP), ip6 = Int32(IPPROTO_IPV6), tcp = Int32(IPPROTO_TCP)
@@ -26,36 +31,36 @@ enum SocketOptions {
 
     static let all: [Option] = [
         Option(level: sol, name: SO_REUSEADDR, label: "SO_REUSEADDR", size: 4),
-        Option(level: sol, name: SO_REUSEPORT, label: "SO_REUSEPORT", size: 4),
-        Option(level: ip6, name: 26 /* IPV6_V6ONLY */, label: "IPV6_V6ONLY", size: 4, families: [AF_INET6]),
-        Option(level: ip, name: 15 /* IP_FREEBIND */, label: "IP_FREEBIND", size: 4, families: inet),
+        Option(level: sol, name: SO_REUSEPORT, label: "SO_REUSEPORT", size: 4, boundOnly: true),
+        Option(level: ip6, name: 26 /* IPV6_V6ONLY */, label: "IPV6_V6ONLY", size: 4, families: [AF_INET6], boundOnly: true),
+        Option(level: ip, name: 15 /* IP_FREEBIND */, label: "IP_FREEBIND", size: 4, families: inet, boundOnly: true),
         Option(level: ip, name: 19 /* IP_TRANSPARENT */, label: "IP_TRANSPARENT", size: 4, families: inet),
         Option(level: sol, name: SO_BINDTODEVICE, label: "SO_BINDTODEVICE", size: 16),
         Option(level: sol, name: SO_KEEPALIVE, label: "SO_KEEPALIVE", size: 4),
-        Option(level: sol, name: SO_BROADCAST, label: "SO_BROADCAST", size: 4),
+        Option(level: sol, name: SO_BROADCAST, label: "SO_BROADCAST", size: 4, types: [dgram, raw]),
         Option(level: sol, name: 32 /* SO_SNDBUFFORCE via SO_SNDBUF */, label: "SO_SNDBUF", size: 4, tunedOnConnections: true),
         Option(level: sol, name: 33 /* SO_RCVBUFFORCE via SO_RCVBUF */, label: "SO_RCVBUF", size: 4, tunedOnConnections: true),
         Option(level: sol, name: SO_OOBINLINE, label: "SO_OOBINLINE", size: 4),
         Option(level: sol, name: SO_LINGER, label: "SO_LINGER", size: 8),
-        Option(level: sol, name: SO_PASSCRED, label: "SO_PASSCRED", size: 4),
+        Option(level: sol, name: SO_PASSCRED, label: "SO_PASSCRED", size: 4, families: [AF_UNIX, 16]),
         Option(level: sol, name: SO_RCVLOWAT, label: "SO_RCVLOWAT", size: 4),
         Option(level: sol, name: SO_RCVTIMEO, label: "SO_RCVTIMEO", size: 16),
         Option(level: sol, name: SO_SNDTIMEO, label: "SO_SNDTIMEO", size: 16),
         Option(level: sol, name: SO_TIMESTAMP, label: "SO_TIMESTAMP", size: 4),
         Option(level: sol, name: 35 /* SO_TIMESTAMPNS */, label: "SO_TIMESTAMPNS", size: 4),
         Option(level: sol, name: 36 /* SO_MARK */, label: "SO_MARK", size: 4),
-        Option(level: sol, name: 40 /* SO_RXQ_OVFL */, label: "SO_RXQ_OVFL", size: 4),
-        Option(level: sol, name: 42 /* SO_PEEK_OFF */, label: "SO_PEEK_OFF", size: 4),
-        Option(level: sol, name: 34 /* SO_PASSSEC */, label: "SO_PASSSEC", size: 4),
+        Option(level: sol, name: 40 /* SO_RXQ_OVFL */, label: "SO_RXQ_OVFL", size: 4, types: [dgram, raw, seqpacket]),
+        Option(level: sol, name: 42 /* SO_PEEK_OFF */, label: "SO_PEEK_OFF", size: 4, families: [AF_UNIX, AF_INET, AF_INET6], types: [stream, dgram, seqpacket], notTCP: true),
+        Option(level: sol, name: 34 /* SO_PASSSEC */, label: "SO_PASSSEC", size: 4, families: [AF_UNIX, 16]),
         Option(level: ip, name: 1 /* IP_TOS */, label: "IP_TOS", size: 4, families: [AF_INET]),
         Option(level: ip, name: 2 /* IP_TTL */, label: "IP_TTL", size: 4, families: [AF_INET]),
-        Option(level: ip, name: 8 /* IP_PKTINFO */, label: "IP_PKTINFO", size: 4, families: [AF_INET]),
+        Option(level: ip, name: 8 /* IP_PKTINFO */, label: "IP_PKTINFO", size: 4, families: [AF_INET], types: [dgram, raw]),
         Option(level: ip, name: 10 /* IP_MTU_DISCOVER */, label: "IP_MTU_DISCOVER", size: 4, families: [AF_INET]),
         Option(level: ip, name: 11 /* IP_RECVERR */, label: "IP_RECVERR", size: 4, families: [AF_INET]),
-        Option(level: ip, name: 12 /* IP_RECVTTL */, label: "IP_RECVTTL", size: 4, families: [AF_INET]),
-        Option(level: ip, name: 13 /* IP_RECVTOS */, label: "IP_RECVTOS", size: 4, families: [AF_INET]),
-        Option(level: ip, name: 20 /* IP_RECVORIGDSTADDR */, label: "IP_RECVORIGDSTADDR", size: 4, families: [AF_INET]),
-        Option(level: ip, name: 24 /* IP_BIND_ADDRESS_NO_PORT */, label: "IP_BIND_ADDRESS_NO_PORT", size: 4, families: inet),
+        Option(level: ip, name: 12 /* IP_RECVTTL */, label: "IP_RECVTTL", size: 4, families: [AF_INET], types: [dgram, raw]),
+        Option(level: ip, name: 13 /* IP_RECVTOS */, label: "IP_RECVTOS", size: 4, families: [AF_INET], types: [dgram, raw]),
+        Option(level: ip, name: 20 /* IP_RECVORIGDSTADDR */, label: "IP_RECVORIGDSTADDR", size: 4, families: [AF_INET], types: [dgram, raw]),
+        Option(level: ip, name: 24 /* IP_BIND_ADDRESS_NO_PORT */, label: "IP_BIND_ADDRESS_NO_PORT", size: 4, families: inet, boundOnly: true),
         Option(level: ip, name: 33 /* IP_MULTICAST_TTL */, label: "IP_MULTICAST_TTL", size: 4, families: [AF_INET], types: [dgram]),
         Option(level: ip, name: 34 /* IP_MULTICAST_LOOP */, label: "IP_MULTICAST_LOOP", size: 4, families: [AF_INET], types: [dgram]),
         Option(level: ip6, name: 16 /* IPV6_UNICAST_HOPS */, label: "IPV6_UNICAST_HOPS", size: 4, families: [AF_INET6]),
@@ -63,19 +68,19 @@ enum SocketOptions {
         Option(level: ip6, name: 19 /* IPV6_MULTICAST_LOOP */, label: "IPV6_MULTICAST_LOOP", size: 4, families: [AF_INET6], types: [dgram]),
         Option(level: ip6, name: 23 /* IPV6_MTU_DISCOVER */, label: "IPV6_MTU_DISCOVER", size: 4, families: [AF_INET6]),
         Option(level: ip6, name: 25 /* IPV6_RECVERR */, label: "IPV6_RECVERR", size: 4, families: [AF_INET6]),
-        Option(level: ip6, name: 49 /* IPV6_RECVPKTINFO */, label: "IPV6_RECVPKTINFO", size: 4, families: [AF_INET6]),
+        Option(level: ip6, name: 49 /* IPV6_RECVPKTINFO */, label: "IPV6_RECVPKTINFO", size: 4, families: [AF_INET6], types: [dgram, raw]),
         Option(level: ip6, name: 67 /* IPV6_TCLASS */, label: "IPV6_TCLASS", size: 4, families: [AF_INET6]),
         Option(level: tcp, name: 1 /* TCP_NODELAY */, label: "TCP_NODELAY", size: 4, families: inet, types: [stream]),
         Option(level: tcp, name: 3 /* TCP_CORK */, label: "TCP_CORK", size: 4, families: inet, types: [stream]),
         Option(level: tcp, name: 4 /* TCP_KEEPIDLE */, label: "TCP_KEEPIDLE", size: 4, families: inet, types: [stream]),
         Option(level: tcp, name: 5 /* TCP_KEEPINTVL */, label: "TCP_KEEPINTVL", size: 4, families: inet, types: [stream]),
         Option(level: tcp, name: 6 /* TCP_KEEPCNT */, label: "TCP_KEEPCNT", size: 4, families: inet, types: [stream]),
-        Option(level: tcp, name: 7 /* TCP_SYNCNT */, label: "TCP_SYNCNT", size: 4, families: inet, types: [stream]),
+        Option(level: tcp, name: 7 /* TCP_SYNCNT */, label: "TCP_SYNCNT", size: 4, families: inet, types: [stream], boundOnly: true),
         Option(level: tcp, name: 8 /* TCP_LINGER2 */, label: "TCP_LINGER2", size: 4, families: inet, types: [stream]),
-        Option(level: tcp, name: 9 /* TCP_DEFER_ACCEPT */, label: "TCP_DEFER_ACCEPT", size: 4, families: inet, types: [stream]),
+        Option(level: tcp, name: 9 /* TCP_DEFER_ACCEPT */, label: "TCP_DEFER_ACCEPT", size: 4, families: inet, types: [stream], boundOnly: true),
         Option(level: tcp, name: 13 /* TCP_CONGESTION */, label: "TCP_CONGESTION", size: 16, families: inet, types: [stream]),
         Option(level: tcp, name: 18 /* TCP_USER_TIMEOUT */, label: "TCP_USER_TIMEOUT", size: 4, families: inet, types: [stream]),
-        Option(level: tcp, name: 23 /* TCP_FASTOPEN */, label: "TCP_FASTOPEN", size: 4, families: inet, types: [stream]),
+        Option(level: tcp, name: 23 /* TCP_FASTOPEN */, label: "TCP_FASTOPEN", size: 4, families: inet, types: [stream], boundOnly: true),
         Option(level: tcp, name: 25 /* TCP_NOTSENT_LOWAT */, label: "TCP_NOTSENT_LOWAT", size: 4, families: inet, types: [stream]),
         // Last: IP_TOS sets the priority too.
         Option(level: sol, name: SO_PRIORITY, label: "SO_PRIORITY", size: 4),
@@ -101,11 +106,13 @@ enum SocketOptions {
         return Data(buffer.prefix(Int(length)))
     }
 
-    /// The options of `fd` that differ from those of a new socket like it.
-    static func differing(_ fd: Int32, family: Int32, type: Int32, proto: Int32, connectedTCP: Bool) -> [SocketOption] {
-        let baseline = defaults(family: family, type: type, proto: proto)
+    /// The options of `fd` that differ from those of a new socket like it (`defaults`).
+    static func differing(_ fd: Int32, family: Int32, type: Int32, proto: Int32, connectedTCP: Bool, defaults: Defaults) -> [SocketOption] {
+        let baseline = defaults.values(family: family, type: type, proto: proto)
         var out: [SocketOption] = []
-        for (i, o) in all.enumerated() where applies(o, family: family, type: type) && !(connectedTCP && o.tunedOnConnections) {
+        let tcp = (family == AF_INET || family == AF_INET6) && type == stream
+        for (i, o) in all.enumerated() where applies(o, family: family, type: type) && !(connectedTCP && (o.tunedOnConnections || o.boundOnly))
+            && !(tcp && o.notTCP) {
             guard let value = read(fd, o) else { continue }
             if let base = baseline[i], base == value { continue }
             out.append(SocketOption(level: o.level, name: o.name, value: value))
@@ -113,25 +120,30 @@ enum SocketOptions {
         return out
     }
 
-    /// A new socket's option values (by index in `all`), read once per family, type and
-    /// protocol: they are the kernel's defaults.
-    private static func defaults(family: Int32, type: Int32, proto: Int32) -> [Int: Data] {
-        let key = "\(family)/\(type)/\(proto)"
-        baselineLock.lock()
-        defer { baselineLock.unlock() }
-        if let known = baselines[key] { return known }
-        var values: [Int: Data] = [:]
-        let fresh = socket(family, type | cloexec, proto)
-        if fresh >= 0 {
-            for (i, o) in all.enumerated() where applies(o, family: family, type: type) { values[i] = read(fresh, o) }
-            close(fresh)
-        }
-        baselines[key] = values
-        return values
-    }
+    /// A new socket's option values (by index in `all`) for each kind of socket a capture
+    /// meets: the kernel's defaults, read once per family, type and protocol. Filled on one
+    /// thread (`prepare`) before sockets are read on several (which only look values up).
+    public final class Defaults: @unchecked Sendable {
+        private var known: [String: [Int: Data]] = [:]
 
-    nonisolated(unsafe) private static var baselines: [String: [Int: Data]] = [:]
-    private static let baselineLock = NSLock()
+        public init() {}
+
+        /// Reads the defaults for the kind of socket `fd` is, if not read yet.
+        public func prepare(for fd: Int32) {
+            let (family, type, proto) = SocketProbe.identity(fd)
+            let key = "\(family)/\(type)/\(proto)"
+            guard known[key] == nil else { return }
+            var values: [Int: Data] = [:]
+            let fresh = socket(family, type | cloexec, proto)
+            if fresh >= 0 {
+                for (i, o) in all.enumerated() where applies(o, family: family, type: type) { values[i] = read(fresh, o) }
+                close(fresh)
+            }
+            known[key] = values
+        }
+
+        func values(family: Int32, type: Int32, proto: Int32) -> [Int: Data] { known["\(family)/\(type)/\(proto)"] ?? [:] }
+    }
 
     /// Sets `option` on `fd` again.
     static func set(_ fd: Int32, _ option: SocketOption) throws {

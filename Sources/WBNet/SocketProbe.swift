@@ -64,16 +64,9 @@ public enum SocketProbe {
             if type == stream && proto != 0 && proto != Int32(IPPROTO_TCP) { return "an IP stream socket of protocol \(proto) (SCTP, MPTCP)" }
             if type == dgram && proto != 0 && proto != Int32(IPPROTO_UDP) { return "an IP datagram socket of protocol \(proto) (ICMP, UDP-Lite)" }
             if type == stream {
-                let (state, waiting, _) = tcpState(fd)
-                switch state {
-                case 1, 4, 5, 7, 8, 9, 11: break
-                case 10 where waiting > 0:
-                    return "a TCP listener with \(waiting) connection\(waiting == 1 ? "" : "s") waiting to be accepted (checkpoint again once it has accepted them)"
-                case 10: break
-                case 2, 3: return "a TCP socket in the middle of a connect (\(tcpStates[Int(state)])): checkpoint again once it is connected"
-                default: return "a TCP connection in state \(tcpStates[min(Int(state), tcpStates.count - 1)])"
-                }
-                if [1, 4, 5, 8, 9, 11].contains(state) && table.inet[inode] == nil {
+                let info = tcpState(fd)
+                if let why = tcpProblem(info) { return why }
+                if [1, 4, 5, 8, 9, 11].contains(info.state) && table.inetListed && table.inet[inode] == nil {
                     return "a TCP connection sock_diag does not list (in another network namespace than wb's)"
                 }
             }
@@ -88,6 +81,18 @@ public enum SocketProbe {
             let families: [Int32: String] = [40: "a vsock socket", 38: "an AF_ALG socket", 31: "a Bluetooth socket", 44: "an XDP socket",
                                              30: "a TIPC socket", 21: "an RDS socket", 29: "a CAN socket", 41: "a KCM socket"]
             return families[family] ?? "a socket of family \(family)"
+        }
+    }
+
+    /// Why a TCP socket in this state cannot be saved now, or nil.
+    static func tcpProblem(_ info: (state: UInt32, waiting: UInt32, backlog: UInt32)) -> String? {
+        switch info.state {
+        case 1, 4, 5, 7, 8, 9, 11: return nil
+        case 10 where info.waiting > 0:
+            return "a TCP listener with \(info.waiting) connection\(info.waiting == 1 ? "" : "s") waiting to be accepted (checkpoint again once it has accepted them)"
+        case 10: return nil
+        case 2, 3: return "a TCP socket in the middle of a connect (\(tcpStates[Int(info.state)])): checkpoint again once it is connected"
+        default: return "a TCP connection in state \(tcpStates[min(Int(info.state), tcpStates.count - 1)])"
         }
     }
 
@@ -114,6 +119,16 @@ public enum SocketProbe {
         }
     }
 
+    /// The two ends of the TCP connection (established or half-closed) `fd` is, or nil when it
+    /// is none.
+    public static func connection(_ fd: Int32) -> NetworkLock.Flow? {
+        guard int(fd, SOL_SOCKET, SO_TYPE) == stream else { return nil }
+        let state = tcpState(fd).state
+        guard [1, 4, 5, 8, 9, 11].contains(state), let local = SocketName.local(fd), let peer = SocketName.peer(fd),
+              local.port != 0 || peer.port != 0 else { return nil }
+        return NetworkLock.Flow(local: local, peer: peer)
+    }
+
     /// TCP state, and for a listener its waiting connections and backlog (TCP_INFO).
     static func tcpState(_ fd: Int32) -> (state: UInt32, waiting: UInt32, backlog: UInt32) {
         var state: UInt32 = 7, waiting: UInt32 = 0, backlog: UInt32 = 0
@@ -130,12 +145,14 @@ public enum SocketProbe {
     /// caller turns on first (NetworkLock.hold). `peerInside`: the peer is a socket of the
     /// image (a Unix client waiting in a listener the image holds, a TCP connection between
     /// its processes).
-    public static func capture(_ fd: Int32, inode: UInt64, table: SocketTable, peerInside: Bool) throws -> NetSocketState {
+    /// `defaults` holds the option defaults of the socket's kind (`Defaults.prepare`).
+    public static func capture(_ fd: Int32, inode: UInt64, table: SocketTable, peerInside: Bool,
+                               defaults: SocketOptions.Defaults) throws -> NetSocketState {
         let (family, type, proto) = identity(fd)
         var s = NetSocketState(family: family, type: type, proto: proto, state: .unbound)
         switch family {
-        case 16: return try netlink(fd, s)
-        case 17: return try packet(fd, s)
+        case 16: return try netlink(fd, s, defaults: defaults)
+        case 17: return try packet(fd, s, defaults: defaults)
         default: break
         }
         s.local = SocketName.local(fd)
@@ -151,8 +168,11 @@ public enum SocketProbe {
         let listening = int(fd, SOL_SOCKET, SO_ACCEPTCONN) == 1
         let inet = family == AF_INET || family == AF_INET6
         let info = inet && type == stream ? tcpState(fd) : (state: 0, waiting: 0, backlog: 0)
+        // Checked again now that the process is stopped: a connect may have begun or a
+        // connection come in since its preflight.
+        if inet && type == stream, let why = tcpProblem(info) { throw WBError.refused("it holds \(why)") }
         let connectedTCP = inet && type == stream && [1, 4, 5, 8, 9, 11].contains(info.state)
-        s.options = SocketOptions.differing(fd, family: family, type: type, proto: proto, connectedTCP: connectedTCP).nilIfEmpty
+        s.options = SocketOptions.differing(fd, family: family, type: type, proto: proto, connectedTCP: connectedTCP, defaults: defaults).nilIfEmpty
         s.filter = try filter(fd)
         let shutdown = family == AF_UNIX ? Int32(table.unix[inode]?.shutdown ?? 0) : Int32(table.inet[inode]?.shutdown ?? 0)
         if shutdown != 0 && !connectedTCP { s.shutdown = shutdown }
@@ -191,7 +211,7 @@ public enum SocketProbe {
     }
 
     /// A netlink socket: its protocol, port id and groups.
-    static func netlink(_ fd: Int32, _ base: NetSocketState) throws -> NetSocketState {
+    static func netlink(_ fd: Int32, _ base: NetSocketState, defaults: SocketOptions.Defaults) throws -> NetSocketState {
         var s = base
         var raw = [UInt8](repeating: 0, count: 16)
         var length = socklen_t(raw.count)
@@ -209,12 +229,12 @@ public enum SocketProbe {
         }
         s.netlink = NetlinkBinding(portid: portid, groups: groups)
         s.state = portid != 0 ? .bound : .unbound
-        s.options = SocketOptions.differing(fd, family: s.family, type: s.type, proto: s.proto, connectedTCP: false).nilIfEmpty
+        s.options = SocketOptions.differing(fd, family: s.family, type: s.type, proto: s.proto, connectedTCP: false, defaults: defaults).nilIfEmpty
         return s
     }
 
     /// A packet socket: its protocol and the interface it is bound to.
-    static func packet(_ fd: Int32, _ base: NetSocketState) throws -> NetSocketState {
+    static func packet(_ fd: Int32, _ base: NetSocketState, defaults: SocketOptions.Defaults) throws -> NetSocketState {
         var s = base
         var raw = [UInt8](repeating: 0, count: 32)
         var length = socklen_t(raw.count)
@@ -227,7 +247,7 @@ public enum SocketProbe {
         let interface = index > 0 && if_indextoname(UInt32(index), &name) != nil ? String(decoding: name.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self) : ""
         s.packet = PacketBinding(proto: proto, interface: interface)
         s.state = index > 0 ? .bound : .unbound
-        s.options = SocketOptions.differing(fd, family: s.family, type: s.type, proto: s.proto, connectedTCP: false).nilIfEmpty
+        s.options = SocketOptions.differing(fd, family: s.family, type: s.type, proto: s.proto, connectedTCP: false, defaults: defaults).nilIfEmpty
         s.filter = try filter(fd)
         let n = try datagrams(fd).count
         if n > 0 { s.droppedPackets = n }

@@ -26,6 +26,10 @@ struct FDBuilder {
     private var temps: [Int32] = []
     /// Sockets made for image fds in one batch, not yet built (by image fd number).
     private var premade: [Int32: Int32] = [:]
+    /// TCP and UDP sockets built in one go (by image fd number): the outcome of each.
+    private var prebuilt: [Int32: Result<(notes: [String], pending: SocketBuilder.Pending?), Error>] = [:]
+    /// A pidfd of the process, for taking copies of its fds.
+    private var handle: ProcessHandle?
     private var inherited: [Int32: Int32] = [:]
     private var pipeEnds: [UInt64: (read: Int32, write: Int32)] = [:]
     private var externalSources: [UInt64: Int32] = [:]
@@ -114,6 +118,21 @@ struct FDBuilder {
             premade[s.fd] = Int32(moved[i])
             temps.append(Int32(moved[i]))
         }
+        // TCP and UDP sockets are built from wb's side alone (Unix ones bind paths through
+        // the process): all of them at once, on every core.
+        let ip = wanted.filter { $0.net!.family == AF_INET || $0.net!.family == AF_INET6 }
+        guard !ip.isEmpty else { return }
+        let policies = try ip.map { try restorer.tcpPolicy(for: $0.net!, name: SocketBuilder.name($0.net!)) }
+        let copies = try ip.map { try take(premade[$0.fd]!) }
+        let builder = restorer.sockets
+        let results = try Parallel.map(ip.count) { i -> Result<(notes: [String], pending: SocketBuilder.Pending?), Error> in
+            Result {
+                try withContext("restoring fd \(ip[i].fd) (\(SocketBuilder.name(ip[i].net!)))") {
+                    try builder.build(copies[i], ip[i].net!, tcp: policies[i])
+                }
+            }
+        }
+        for (s, r) in zip(ip, results) { prebuilt[s.fd] = r }
     }
 
     /// Takes the locks the process's fds held again, without waiting: a lock someone here
@@ -376,7 +395,10 @@ struct FDBuilder {
     }
 
     /// A copy, in wb, of the process's fd `fd` (pidfd_getfd).
-    private func take(_ fd: Int32) throws -> FileDescriptor { try SharedFiles.take(fd, of: tracee.pid) }
+    private mutating func take(_ fd: Int32) throws -> FileDescriptor {
+        if handle == nil { handle = try ProcessHandle(pid: tracee.pid) }
+        return try handle!.take(fd)
+    }
 
     /// Any other socket: made by the process (so it is in its network namespace and its
     /// own), then given its state from wb's side (SocketBuilder). A TCP connection stays in
@@ -384,15 +406,21 @@ struct FDBuilder {
     private mutating func netSocket(_ s: FDState) throws -> Int32 {
         guard let net = s.net else { throw WBError.failed("fd \(s.fd): the image has no record of its socket") }
         if net.family == AF_UNIX && net.state == .peerClosed { return try closedUnixSocket(s, net) }
-        let name = SocketBuilder.name(net)
         let fd = try premade.removeValue(forKey: s.fd)
             ?? high(Int32(try leader.call(.socket, UInt64(UInt32(bitPattern: net.family)),
                                           UInt64(UInt32(bitPattern: net.type)) | UInt64(O_CLOEXEC), UInt64(UInt32(bitPattern: net.proto)),
-                                          what: "creating \(name)")))
-        let policy = try restorer.tcpPolicy(for: net, name: name)
-        let (notes, pending) = try withContext("restoring fd \(s.fd) (\(name))") {
-            try restorer.sockets.build(try take(fd), net, tcp: policy, paths: pathCalls(fd))
+                                          what: "creating \(SocketBuilder.name(net))")))
+        let built: (notes: [String], pending: SocketBuilder.Pending?)
+        if let done = prebuilt.removeValue(forKey: s.fd) {
+            built = try done.get()
+        } else {
+            let policy = try restorer.tcpPolicy(for: net, name: SocketBuilder.name(net))
+            let copy = try take(fd)
+            built = try withContext("restoring fd \(s.fd) (\(SocketBuilder.name(net)))") {
+                try restorer.sockets.build(copy, net, tcp: policy, paths: pathCalls(fd))
+            }
         }
+        let (notes, pending) = built
         for n in notes { restorer.note(n, about: process) }
         if let pending { restorer.pendingConnections.append(pending) }
         return fd

@@ -8,17 +8,20 @@ import WBTrace
 /// leave repair mode and the lock a `--kill` checkpoint left on them is lifted.
 extension Restorer {
     /// What to do with the connection of `net` (a TCP socket).
-    func tcpPolicy(for net: NetSocketState, name: String) throws -> TCPPolicy {
+    func tcpPolicy(for net: NetSocketState, name: @autoclosure () -> String) throws -> TCPPolicy {
         guard net.tcp != nil else { return .restore }
         if net.peerInside == true { return .restore }
         if !sockets.namespace.isCurrent {
-            note("\(name): its peer is outside the image and outside the process's network namespace: the connection is reset", about: process)
+            note("\(name()): its peer is outside the image and outside the process's network namespace: the connection is reset", about: process)
             return .close
         }
-        if sockets.namespace.isCurrent, let local = net.local, let peer = net.peer {
-            if socketTable == nil { socketTable = try SocketTable.read() }
-            if !socketTable!.connections(local: local, peer: peer).isEmpty {
-                throw WBError.refused("\(name) is open here already (the process the image was taken from still runs?): its packets would go to one of the two; restore with --new-netns for a copy beside it, or stop the original")
+        // The connection may be open here still if the process it was taken from runs on;
+        // not so when that process was killed with its connections held (the hold is still
+        // there), and then the host's connections need not be listed.
+        if sockets.namespace.isCurrent, let local = net.local, let peer = net.peer, !originalConnectionsHeld {
+            if openConnections == nil { openConnections = try SocketTable.read().connectionKeys }
+            if openConnections!.contains(SocketTable.connectionKey(local: local, peer: peer)) {
+                throw WBError.refused("\(name()) is open here already (the process the image was taken from still runs?): its packets would go to one of the two; restore with --new-netns for a copy beside it, or stop the original")
             }
         }
         return options.tcp

@@ -152,13 +152,25 @@ public final class Restorer {
     var unlinkLater: [(path: String, leader: RemoteSyscalls, scratch: Scratch, access: FileAccess)] = []
     /// TCP connections rebuilt in repair mode, finished once the restore has succeeded.
     var pendingConnections: [SocketBuilder.Pending] = []
-    /// The sockets of wb's network namespace, read when the first connection is rebuilt in it.
-    var socketTable: SocketTable?
+    /// The TCP connections open in wb's network namespace (SocketTable.connectionKey), read
+    /// when the first connection is rebuilt in it.
+    var openConnections: Set<String>?
+    /// The image was taken with --kill and its connections are still held (its hold exists).
+    lazy var originalConnectionsHeld: Bool = image.metadata.networkLock.map { NetworkLock.exists(table: $0) } ?? false
 
     public init(image: Image, options: RestoreOptions = RestoreOptions()) {
         self.image = image
         self.options = options
     }
+
+    /// Reports a step (`progress`), and with WB_TIMING its moment.
+    func step(_ line: String) {
+        if Restorer.timing { FileHandle.standardError.write(Data(String(format: "wb-timing %.0f %@\n", Clock.monotonic * 1e9, line).utf8)) }
+        progress(line)
+    }
+
+    /// WB_TIMING=1 prints each step's moment (CLOCK_MONOTONIC, ns) on stderr.
+    static let timing = ProcessInfo.processInfo.environment["WB_TIMING"] != nil
 
     var process: ProcessState { image.process }
 
@@ -182,7 +194,7 @@ public final class Restorer {
                 throw WBError.refused("\(image.path) holds a tree of \(tree.count + 1) processes, and debugging, fuzzing and replays work on one: restore the tree with wb restore (without --debug or --gdb-port) and attach gdb to one of its processes (gdb -p PID)")
             }
             if options.verify {
-                progress("verifying \(image.path)")
+                step("verifying \(image.path)")
                 // Copied page data is checked as it is copied, not in a pass of its own. Mapped
                 // page data would be read only as the process touches it, so it is checked
                 // here, in one read of the mapping (0.15 s per GiB from the page cache here),
@@ -192,11 +204,11 @@ public final class Restorer {
             }
             try checkCPU()
             if let base = options.privateFiles { privateCopies = try PrivateFiles(base: base) }
-            progress("preparing files")
+            step("preparing files")
             let files = try FileResolver(image: image, cache: FileCache(directory: options.cacheDirectory)).resolveAll()
             self.files = files
             let newNamespace = try choosePidNamespace()
-            progress("starting the process" + (newNamespace ? " in a new pid namespace" : " as pid \(process.pid)"))
+            step("starting the process" + (newNamespace ? " in a new pid namespace" : " as pid \(process.pid)"))
             let spawned = try Stub.spawn(pid: process.pid, newPidNamespace: newNamespace,
                                          newUserNamespace: newNamespace && geteuid() != 0, keepFDs: [0, 1, 2])
             var members: [(ProcessState, Tracee)] = []
@@ -214,7 +226,7 @@ public final class Restorer {
                     try makeSemaphoresAndQueues(in: members[0].1)
                 }
                 if !tree.isEmpty {
-                    progress("starting \(tree.count) more process\(tree.count == 1 ? "" : "es") of the tree")
+                    step("starting \(tree.count) more process\(tree.count == 1 ? "" : "es") of the tree")
                     members = try startTree(root: members[0].1, newNamespace: newNamespace)
                 } else {
                     try ownSessionOrGroup(process, members[0].1)
@@ -226,15 +238,17 @@ public final class Restorer {
                 }
                 try pageVerifier?.finish()
                 try unlinkSocketPaths()
-                progress("restoring threads")
+                step("restoring threads")
                 for (p, t, leader, scratch, access) in built {
                     try shared.closeKept(in: leader)
                     try ThreadBuilder(restorer: self, tracee: t, leader: leader, scratch: scratch, files: files, process: p,
                                       access: access).build()
                 }
-                progress("checking what was restored")
+                step("checking what was restored")
                 for (p, t, _, _, _) in built { try audit(p, t.pid) }
+                step("finishing connections")
                 try finishConnections()
+                step("restored")
             } catch {
                 for (_, t) in members.reversed() {
                     let tids = t.tids
@@ -271,10 +285,10 @@ public final class Restorer {
         // SIGTRAPs, and the kernel resets the action of a SIGTRAP it forces on a thread that
         // blocks it (the process's own handler would be lost). wb takes those SIGTRAPs itself.
         try tracee.setSignalMask(tracee.pid, Tracee.injectionMask)
-        progress("rebuilding memory" + (p.pid == process.pid ? "" : " of pid \(p.pid)"))
+        step("rebuilding memory" + (p.pid == process.pid ? "" : " of pid \(p.pid)"))
         var space = try AddressSpace(restorer: self, process: p, tracee: tracee, leader: leader, files: files, shared: shared)
         try space.build()
-        progress("reopening files" + (p.pid == process.pid ? "" : " of pid \(p.pid)"))
+        step("reopening files" + (p.pid == process.pid ? "" : " of pid \(p.pid)"))
         var fds = FDBuilder(restorer: self, process: p, tracee: tracee, leader: space.leader, scratch: space.scratch, files: files,
                             sharedObjects: space.sharedObjects, shared: shared, access: space.access)
         try fds.build()

@@ -24,6 +24,26 @@ public enum SharedFiles {
     }
 }
 
+/// A pidfd of a process (pidfd_open), for taking copies of its fds one call each.
+public final class ProcessHandle {
+    public let pid: Int32
+    private let pidfd: FileDescriptor
+
+    public init(pid: Int32) throws {
+        var fd: Int32 = -1
+        try check(wb_pidfd_open(pid, &fd), "pidfd_open", "opening pid \(pid)", pid: pid)
+        self.pid = pid
+        pidfd = FileDescriptor(owning: fd)
+    }
+
+    /// A copy, in wb, of the process's fd `fd` (pidfd_getfd): the same open file description.
+    public func take(_ fd: Int32) throws -> FileDescriptor {
+        var out: Int32 = -1
+        try check(wb_pidfd_getfd(pidfd.rawValue, fd, &out), "pidfd_getfd", "copying fd \(fd) of pid \(pid)", pid: pid)
+        return FileDescriptor(owning: out)
+    }
+}
+
 /// One Unix socket as sock_diag reports it.
 public struct UnixSocketInfo: Sendable, Equatable {
     public var inode: UInt64
@@ -59,7 +79,11 @@ public struct UnixSocketInfo: Sendable, Equatable {
 
     /// The bytes queued for reading on `socket`, left where they are.
     public static func peek(_ socket: FileDescriptor, limit: Int = 16 << 20) throws -> [UInt8] {
-        var buffer = [UInt8](repeating: 0, count: limit)
+        // Room for what is queued (SIOCINQ), not for the most that could be.
+        var queued: Int32 = 0
+        guard wb_socket_ioctl_int(socket.rawValue, 0x541B /* SIOCINQ */, &queued) == 0 else { return [] }
+        if queued <= 0 { return [] }
+        var buffer = [UInt8](repeating: 0, count: min(limit, Int(queued) * 2 + 65536))
         var got = 0
         try buffer.withUnsafeMutableBytes { b in
             try check(wb_socket_peek(socket.rawValue, b.baseAddress, b.count, &got), "recv(MSG_PEEK)", "reading the bytes queued on a socket")

@@ -63,6 +63,23 @@ public enum ThisProcess {
     /// The executable wb runs from.
     public static var executable: String { (try? Paths.readLink("/proc/self/exe")) ?? CommandLine.arguments[0] }
 
+    /// Lets wb hold many files at once (a copy of each socket of a server with thousands of
+    /// connections): the soft limit on open files goes up to the hard one, and the fd table
+    /// is grown now, while wb has one thread (growing a table threads share waits for an RCU
+    /// grace period, milliseconds each time). Not for wb's run, whose programs would inherit it.
+    public static func allowManyFiles() {
+        var limit = rlimit()
+        guard getrlimit(RLIMIT_NOFILE_VALUE, &limit) == 0 else { return }
+        let want = min(limit.rlim_max, 1 << 20)
+        if limit.rlim_cur < want {
+            limit.rlim_cur = want
+            _ = setrlimit(RLIMIT_NOFILE_VALUE, &limit)
+        }
+        guard threadCount == 1 else { return }
+        let top = Int32(min(getrlimit(RLIMIT_NOFILE_VALUE, &limit) == 0 ? limit.rlim_cur : 1024, 1 << 16)) - 1
+        if top > 1024 && dup2(2, top) == top { close(top) }
+    }
+
     /// The number of threads of this process.
     public static var threadCount: Int {
         let status = (try? String(contentsOfFile: "/proc/self/status", encoding: .utf8)) ?? ""
@@ -94,3 +111,5 @@ public enum Clock {
         return Double(ts.tv_sec) + Double(ts.tv_nsec) / 1e9
     }
 }
+
+private let RLIMIT_NOFILE_VALUE = __rlimit_resource_t(UInt32(RLIMIT_NOFILE.rawValue))

@@ -127,6 +127,7 @@ struct CheckpointCommand: ParsableCommand {
         try runReportingErrors {
             let interrupting = [SIGINT, SIGTERM, SIGHUP]
             Signals.block(interrupting)
+            ThisProcess.allowManyFiles()
             setsid()
             try ThisProcess.setParentDeathSignal(SIGTERM)
             if let parent, parent != getppid() {

@@ -47,3 +47,12 @@ func runReportingErrors(_ body: () throws -> Void) throws {
         throw ExitCode(1)
     }
 }
+
+extension Output {
+    /// With WB_TIMING set, a moment (CLOCK_MONOTONIC, ns) on stderr, to line up with the
+    /// library's own (Checkpointer, Restorer).
+    static func timing(_ what: String) {
+        guard ProcessInfo.processInfo.environment["WB_TIMING"] != nil else { return }
+        FileHandle.standardError.write(Data(String(format: "wb-timing %.0f %@\n", Clock.monotonic * 1e9, what).utf8))
+    }
+}

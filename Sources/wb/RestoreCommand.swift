@@ -94,7 +94,9 @@ struct RestoreCommand: ParsableCommand {
             // Signals for the restored process are blocked before any thread starts, so the
             // forwarding thread can take them.
             if !detach { Signals.block(Signals.forwarded) }
+            Output.timing("opening the image")
             let opened = try Image(path: image)
+            Output.timing("image opened")
             var options = RestoreOptions()
             options.pidNamespace = newPidNamespace ? .new : .automatic
             options.verify = !noVerify

@@ -30,6 +30,21 @@ _Static_assert(sizeof(struct wb_pm_scan_arg) == 96, "struct pm_scan_arg is 96 by
 _Static_assert(sizeof(wb_page_region) == 24, "struct page_region is 24 bytes");
 #define WB_PAGEMAP_SCAN _IOWR('f', 16, struct wb_pm_scan_arg)
 
+int wb_pidfd_open(pid_t pid, int *fd) {
+    int pidfd = (int)syscall(SYS_pidfd_open, pid, 0);
+    if (pidfd < 0) return errno;
+    if (fcntl(pidfd, F_SETFD, FD_CLOEXEC) != 0) { int e = errno; close(pidfd); return e; }
+    *fd = pidfd;
+    return 0;
+}
+
+int wb_pidfd_getfd(int pidfd, int target_fd, int *fd) {
+    int got = (int)syscall(SYS_pidfd_getfd, pidfd, target_fd, 0);
+    if (got < 0) return errno;
+    *fd = got;
+    return 0;
+}
+
 int wb_take_fd(pid_t pid, int target_fd, int *fd) {
     int pidfd = (int)syscall(SYS_pidfd_open, pid, 0);
     if (pidfd < 0) return errno;

@@ -180,6 +180,10 @@ int wb_socket_peek(int fd, void *buf, size_t cap, size_t *got);
 
 /// pidfd_open + pidfd_getfd: a copy of fd `target_fd` of process `pid`.
 int wb_take_fd(pid_t pid, int target_fd, int *fd);
+/// pidfd_open(pid) with close-on-exec; 0 or an errno.
+int wb_pidfd_open(pid_t pid, int *fd);
+/// pidfd_getfd(pidfd, target_fd): a copy of another process's fd (close-on-exec); 0 or an errno.
+int wb_pidfd_getfd(int pidfd, int target_fd, int *fd);
 /// UFFDIO_API asking for async write-protect and remove events; returns the features granted.
 int wb_uffd_api_wp_async(int uffd, uint64_t *features);
 /// Starts a thread that reads the userfaultfd's events as they come (a process's

@@ -81,20 +81,26 @@ int wb_nft_available(void);
 /// or EINVAL with nft's message in `error`.
 int wb_nft_run(const char *commands, char *error, size_t cap);
 
+/// Adds `count` elements (`key_len` bytes each, at `keys`) to set `set` of nftables table
+/// `table` (family inet) in one netlink batch. 0 or an errno (the caller falls back to nft
+/// text).
+int wb_nft_add_elements(const char *table, const char *set, const uint8_t *keys, size_t key_len, int count);
+
 /// setns(fd, CLONE_NEWNET) of the calling thread: it joins the network namespace `fd` names.
 /// 0 or -1 with errno.
 int wb_setns_net(int fd);
 
-/// Starts the guard of held connections: a process of its own session that receives copies
-/// of sockets in repair mode over `*control` (wb_net_guard_send) and, when wb goes away
-/// without saying it is done, turns repair mode off on each and deletes the nftables table
-/// `table` (inet) with `nft` -- unless `keep_if_gone` (a checkpoint with --kill) and every
-/// process of `targets` has ended: the connections then stay held for the restore. Returns
-/// its pid, or -errno.
+/// Starts the guard of held connections: a process of its own session that is told, over
+/// `*control` (wb_net_guard_send), which sockets are in repair mode, as (pid, fd) pairs, and
+/// when wb goes away without saying it is done, takes each from its process (pidfd_getfd),
+/// turns repair mode off and deletes the nftables table `table` (inet) with `nft` -- unless
+/// `keep_if_gone` (a checkpoint with --kill) and every process of `targets` has ended: the
+/// connections then stay held for the restore. Returns its pid, or -errno.
 pid_t wb_net_guard_start(const char *nft, const char *table, const pid_t *targets, int ntargets, int keep_if_gone, int *control);
-/// Sends the guard `fds` (copies it keeps) and then `what`: 'a' more to come, 'd' done (it
-/// exits and leaves everything), 'l' let go now (as if wb were gone with its targets alive).
-int wb_net_guard_send(int control, char what, const int *fds, int n);
+/// Tells the guard of `n` more held sockets (`pairs`: pid, fd, ...) and then `what`: 'a' more
+/// to come, 'd' done (it exits and leaves everything), 'l' let go now (as if wb were gone with
+/// its targets alive).
+int wb_net_guard_send(int control, char what, const int32_t *pairs, int n);
 
 /// Sends one TCP segment with no data from `from` to `to` (struct sockaddr_in or _in6, the
 /// same family) with `flags` (FIN 0x01, RST 0x04, ACK 0x10), through a raw socket of wb's
