@@ -22,6 +22,8 @@ struct Preflight {
     /// The sockets as sock_diag showed them, when the preflight ran with the process
     /// stopped (the capture uses them rather than asking again).
     var socketTable: SocketTable?
+    /// Its TCP listeners: fd and port.
+    var listeners: [(fd: Int32, port: UInt16)] = []
 }
 
 /// What a checkpoint of a process tree knows about all of it, for each member's preflight.
@@ -158,7 +160,13 @@ extension Checkpointer {
             f.kind == .socket && Checkpointer.socketInode(f.link).flatMap { scope.table.inet[$0] }.map {
                 $0.proto == Int32(IPPROTO_TCP) && [1, 4, 5, 8, 9, 11].contains($0.state) } == true
         }.count
-        return Preflight(threads: threads, fds: fds, connections: connections, socketTable: stopped && !socketLinks.isEmpty ? scope.table : nil)
+        let listeners = fds.compactMap { f -> (fd: Int32, port: UInt16)? in
+            guard f.kind == .socket, let d = Checkpointer.socketInode(f.link).flatMap({ scope.table.inet[$0] }),
+                  d.proto == Int32(IPPROTO_TCP), d.state == 10 else { return nil }
+            return (f.fd, d.local.port)
+        }
+        return Preflight(threads: threads, fds: fds, connections: connections, socketTable: stopped && !socketLinks.isEmpty ? scope.table : nil,
+                         listeners: listeners)
     }
 
     /// A System V key as ipcs shows it.

@@ -30,6 +30,12 @@ final class HeldConnections {
         try lock!.hold(sockets)
     }
 
+    /// New connections to these TCP ports are held from now on.
+    func holdNewConnections(ports: [UInt16]) throws {
+        try prepare()
+        try lock!.holdNewConnections(ports: ports)
+    }
+
     /// The connections go on (the process runs again): repair mode off, the lock lifted.
     func letGo() throws {
         guard !settled else { return }
@@ -132,6 +138,15 @@ extension Checkpointer {
     func captureSockets(_ plan: Preflight, table: SocketTable, embryos: [UInt64: UInt64]) throws -> [Int32: NetSocketState] {
         let wanted = plan.fds.filter { $0.kind == .socket && placeholders[$0.fd] == nil }
         let copies = try socketCopies(wanted).map(\.rawValue)
+        // A connection still waiting to be accepted cannot be put back in the queue.
+        let waiting = zip(wanted, copies).compactMap { f, c -> String? in
+            guard SocketProbe.int(c, SOL_SOCKET, SO_ACCEPTCONN) == 1, SocketProbe.int(c, SOL_SOCKET, SO_TYPE) == Int32(SOCK_STREAM.rawValue) else { return nil }
+            let n = SocketProbe.tcpState(c).waiting
+            return n > 0 ? "fd \(f.fd) is a TCP listener with \(n) connection\(n == 1 ? "" : "s") waiting to be accepted (\(f.link))" : nil
+        }
+        if !waiting.isEmpty {
+            throw WBError.refused("pid \(pid) cannot be checkpointed: \(waiting.joined(separator: "; ")), still after new connections were held for 2 s: it does not accept them (checkpoint again once it has). Nothing was changed")
+        }
         // Everything the threads share is made here first, on this thread.
         for c in copies { socketDefaults.prepare(for: c) }
         let defaults = socketDefaults
@@ -175,6 +190,29 @@ extension Checkpointer {
                     states[i].fds[j].net?.peerInside = true
                 }
             }
+        }
+    }
+
+    /// Before the final stop, with the process running: new connections to its TCP listeners
+    /// are held (their SYNs dropped), and those already waiting in an accept queue are given
+    /// up to `patience` seconds to be accepted, as a server does. A connection still waiting at
+    /// the stop is refused by name (the kernel cannot put it back in a queue).
+    func drainListeners(_ plan: Preflight, patience: Double = 2) throws {
+        guard !plan.listeners.isEmpty, held == nil, attached == nil, tree == nil else { return }
+        if connections == nil { connections = HeldConnections(targets: [pid], killing: options.after == .kill) }
+        try withContext("checkpoint of pid \(pid)") { try connections!.holdNewConnections(ports: Array(Set(plan.listeners.map(\.port))).sorted()) }
+        let listeners = plan.listeners.map(\.fd)
+        let deadline = Clock.monotonic + patience
+        while Clock.monotonic < deadline {
+            try checkStop()
+            // Copies are taken for each look and closed at once: the process runs meanwhile.
+            if processHandle == nil { processHandle = try ProcessHandle(pid: pid) }
+            let waiting = listeners.reduce(0) { sum, fd in
+                guard let copy = try? processHandle!.take(fd), SocketProbe.int(copy.rawValue, SOL_SOCKET, SO_ACCEPTCONN) == 1 else { return sum }
+                return sum + Int(SocketProbe.tcpState(copy.rawValue).waiting)
+            }
+            if waiting == 0 { return }
+            usleep(5_000)
         }
     }
 }

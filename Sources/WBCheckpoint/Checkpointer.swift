@@ -219,6 +219,13 @@ public final class Checkpointer {
             if connections == nil { connections = HeldConnections(targets: [pid], killing: options.after == .kill) }
             try withContext("checkpoint of pid \(pid)") { try connections!.prepare() }
         }
+        // Let go if anything below fails before the stop: nothing of the hold stays.
+        do {
+            try drainListeners(plan)
+        } catch {
+            try? connections?.letGo()
+            throw error
+        }
         progress("stopping \(plan.threads) thread(s) of pid \(pid)")
         stamp("final stop")
         let tracee = try held ?? acquire()
@@ -237,8 +244,10 @@ public final class Checkpointer {
         // it): connections held for the capture are let go, unless kept for a restore. A
         // process wb holds (a debugger's, a timeline's) is let go by its caller.
         defer { if connections?.settled == false { try? connections?.letGo() } }
-        if programAtPrecopy != nil {
-            if !sameProgram() {
+        // Stopped by this checkpoint after its preflight (the process ran in between: an fd
+        // it opened since, a connection it accepted, must not be missed).
+        if held == nil {
+            if programAtPrecopy != nil && !sameProgram() {
                 // It ran another program meanwhile: what was copied belongs to the old one.
                 notes.append(Checkpointer.programChanged(pid))
                 tracker?.release()

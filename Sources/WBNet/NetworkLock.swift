@@ -27,6 +27,7 @@ public final class NetworkLock {
     /// with its SO_REUSEADDR (repair mode forces reuse on, and taking it off sets it off).
     private var held: [(socket: FileDescriptor, reuse: Int32)] = []
     private var flows = Set<String>()
+    private var listenerPorts = Set<UInt16>()
 
     /// A connection as the lock matches it: the process's end and its peer's.
     public struct Flow: Sendable {
@@ -61,7 +62,9 @@ public final class NetworkLock {
             add table inet \(name)
             add set inet \(name) v4 { type ipv4_addr . inet_service . ipv4_addr . inet_service; }
             add set inet \(name) v6 { type ipv6_addr . inet_service . ipv6_addr . inet_service; }
+            add set inet \(name) listeners { type inet_service; }
             \(chain("input"))
+            add rule inet \(name) input tcp dport @listeners tcp flags & (syn | ack) == syn drop
             \(chain("output"))
 
             """
@@ -117,6 +120,15 @@ public final class NetworkLock {
             let r = wb_tcp_repair(s.socket.rawValue, 1)
             if r != 0 { throw WBError.system(call: "setsockopt(TCP_REPAIR)", errno: r, what: "putting a TCP connection in repair mode") }
         }
+    }
+
+    /// Drops new connections to these TCP ports (their first SYN; the clients send it again a
+    /// second later) from now on: a listener's accept queue can then only empty.
+    public func holdNewConnections(ports: [UInt16]) throws {
+        let fresh = ports.filter { listenerPorts.insert($0).inserted }
+        guard !fresh.isEmpty else { return }
+        try NetworkLock.run(nft, ["-f", "-"], input: "add element inet \(table) listeners { \(fresh.map(String.init).joined(separator: ", ")) }\n",
+                            what: "holding new connections to port\(fresh.count == 1 ? "" : "s") \(fresh.map(String.init).joined(separator: ", ")) (nft)")
     }
 
     /// Takes repair mode off every held socket and lifts the lock: the connections go on.

@@ -10,7 +10,7 @@ public enum SocketProbe {
     static let tcpStates = ["", "established", "SYN-SENT", "SYN-RECV", "FIN-WAIT-1", "FIN-WAIT-2", "TIME-WAIT", "closed",
                             "CLOSE-WAIT", "LAST-ACK", "listening", "CLOSING"]
 
-    static func int(_ fd: Int32, _ level: Int32, _ name: Int32) -> Int32 {
+    public static func int(_ fd: Int32, _ level: Int32, _ name: Int32) -> Int32 {
         var v: Int32 = 0
         var len = socklen_t(4)
         return getsockopt(fd, level, name, &v, &len) == 0 ? v : -1
@@ -64,7 +64,10 @@ public enum SocketProbe {
             if type == stream && proto != 0 && proto != Int32(IPPROTO_TCP) { return "an IP stream socket of protocol \(proto) (SCTP, MPTCP)" }
             if type == dgram && proto != 0 && proto != Int32(IPPROTO_UDP) { return "an IP datagram socket of protocol \(proto) (ICMP, UDP-Lite)" }
             if type == stream {
-                let info = tcpState(fd)
+                // Connections waiting in a listener's queue are given time to be accepted
+                // before the stop (Checkpointer.drainListeners); the stop checks again.
+                var info = tcpState(fd)
+                info.waiting = 0
                 if let why = tcpProblem(info) { return why }
                 if [1, 4, 5, 8, 9, 11].contains(info.state) && table.inetListed && table.inet[inode] == nil {
                     return "a TCP connection sock_diag does not list (in another network namespace than wb's)"
@@ -130,7 +133,7 @@ public enum SocketProbe {
     }
 
     /// TCP state, and for a listener its waiting connections and backlog (TCP_INFO).
-    static func tcpState(_ fd: Int32) -> (state: UInt32, waiting: UInt32, backlog: UInt32) {
+    public static func tcpState(_ fd: Int32) -> (state: UInt32, waiting: UInt32, backlog: UInt32) {
         var state: UInt32 = 7, waiting: UInt32 = 0, backlog: UInt32 = 0
         _ = wb_tcp_state(fd, &state, &waiting, &backlog)
         return (state, waiting, backlog)

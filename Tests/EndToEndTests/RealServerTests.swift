@@ -82,6 +82,54 @@ import WBTrace
         server.signal(SIGKILL)
     }
 
+    /// Clients that connect while redis-server is checkpointed with --kill are all served:
+    /// those accepted before the stop are in the image, and one whose SYN came once new
+    /// connections were held waits (its SYN is dropped, not refused) and is served by the
+    /// restored server.
+    @Test(.enabled(if: Paths.exists(redis), "redis-server is not installed (harness/test installs it)"))
+    func clientsConnectingDuringTheCheckpointAreServedByTheRestoredServer() throws {
+        let dir = scratchDirectory()
+        let port = freePort()
+        let server = try Child(Self.redis, ["--port", "\(port)", "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+                                            "--dir", dir, "--daemonize", "no"])
+        _ = try #require(server.waitFor("Ready to accept connections"))
+        let image = "\(dir)/redis.wbimg"
+        // A client connects every few milliseconds until the checkpoint is over (a connect
+        // made while connections are held waits for the restored server).
+        final class Clients: @unchecked Sendable {
+            let lock = NSLock()
+            var list: [TCPClient] = []
+            var failed = 0
+            var stop = false
+            var done = false
+        }
+        let clients = Clients()
+        let connector = Thread {
+            while !clients.lock.withLock({ clients.stop }) {
+                if let c = TCPClient(port: port) { clients.lock.withLock { clients.list.append(c) } } else { clients.lock.withLock { clients.failed += 1 } }
+                usleep(3_000)
+            }
+            clients.lock.withLock { clients.done = true }
+        }
+        connector.start()
+        usleep(30_000)
+        let checkpoint = try wb("checkpoint", "\(server.pid)", "-o", image, "--kill", "-q")
+        clients.lock.withLock { clients.stop = true }
+        try #require(checkpoint.code == 0, "\(checkpoint.stderr)")
+        server.wait()
+        let restored = try Restored.detach(image, ["-q"])
+        defer { restored.kill() }
+        let deadline = Date().addingTimeInterval(30)
+        while !clients.lock.withLock({ clients.done }) && Date() < deadline { usleep(20_000) }
+        let list = clients.lock.withLock { clients.list }
+        #expect(clients.lock.withLock { clients.failed } == 0, "a connect was refused")
+        #expect(list.count >= 3)
+        for (i, c) in list.enumerated() {
+            #expect(c.send("PING\r\n"))
+            #expect(c.receive(until: "\r\n", timeout: 10) == "+PONG\r\n", "client \(i) of \(list.count): errno \(c.failure)")
+        }
+    }
+
     /// With --tcp=close the client's connection is reset on restore, and new clients are served.
     @Test(.enabled(if: Paths.exists(redis), "redis-server is not installed (harness/test installs it)"))
     func tcpCloseResetsTheClientsConnection() throws {

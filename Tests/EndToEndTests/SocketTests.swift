@@ -103,8 +103,9 @@ import WBCore
         #expect(done.sorted() == ["DONE side=child ok=1 received=67108864", "DONE side=parent ok=1 received=67108864"], "\(done)")
     }
 
-    /// What cannot be saved is refused before the process is touched, naming the socket:
-    /// a TCP listener with connections waiting to be accepted from outside.
+    /// A connection waiting in a listener's accept queue cannot be put back in one: new
+    /// connections are held and the waiting ones given time to be accepted; one a process
+    /// does not accept is refused by name, and the process is let go unharmed.
     @Test func aListenerWithConnectionsWaitingIsRefusedUntouched() throws {
         let dir = scratchDirectory()
         let program = try Child(Products.harness("netzoo"), [])
@@ -115,6 +116,9 @@ import WBCore
         let run = try wb("checkpoint", "\(program.pid)", "-o", "\(dir)/x.wbimg")
         #expect(run.code == 1)
         #expect(run.stderr.contains("fd 3 is a TCP listener with 1 connection waiting to be accepted"), "\(run.stderr)")
+        #expect(run.stderr.contains("Nothing was changed"), "\(run.stderr)")
+        program.signal(SIGUSR1)
+        #expect(program.line(startingWith: "VERIFY") == "VERIFY OK", "new connections are not held any more")
         #expect(tracerOf(program.pid) == "0")
         #expect(try wbTables().filter { $0.contains("wb_hold_\(program.pid)_") }.isEmpty)
     }
