@@ -110,6 +110,7 @@ let package = Package(
         harnessProgram("netzoo"),
         harnessProgram("transfer"),
         harnessProgram("conns"),
+        harnessProgram("rawzoo"),
         // Debugged after a replay: built without optimization so every local is visible.
         harnessProgram("msgserver", optimize: false),
 

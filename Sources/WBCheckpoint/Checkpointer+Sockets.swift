@@ -150,10 +150,17 @@ extension Checkpointer {
         // Everything the threads share is made here first, on this thread.
         for c in copies { socketDefaults.prepare(for: c) }
         let defaults = socketDefaults
+        // The multicast groups joined here, each socket then asked about each.
+        let datagramIP = copies.contains { c in
+            let (family, type, _) = SocketProbe.identity(c)
+            return (family == AF_INET || family == AF_INET6) && type != Int32(SOCK_STREAM.rawValue)
+        }
+        let multicast = datagramIP ? Multicast.candidates() : []
         let states = try Parallel.map(wanted.count) { i in
             let f = wanted[i], inode = Checkpointer.socketInode(f.link) ?? 0
             return try withContext("reading fd \(f.fd) (\(f.link))") {
-                try SocketProbe.capture(copies[i], inode: inode, table: table, peerInside: embryos[inode] != nil, defaults: defaults)
+                try SocketProbe.capture(copies[i], inode: inode, table: table, peerInside: embryos[inode] != nil, defaults: defaults,
+                                        multicast: multicast)
             }
         }
         return Dictionary(uniqueKeysWithValues: zip(wanted.map(\.fd), states))

@@ -16,6 +16,8 @@ extension ImageReport {
         /// The other end is a socket of the image (comes back connected whatever --tcp says).
         var peerInside: Bool
         var backlog: Int32?, options: [String]?, filterInstructions: Int?, shutdown: String?
+        /// Multicast groups joined: "group on interface" (with its source filter).
+        var multicast: [String]?
         var note: String?
     }
 
@@ -57,6 +59,10 @@ extension ImageReport {
                 if let pk = n.packet { row.local = (pk.interface.isEmpty ? "all interfaces" : pk.interface) + String(format: ", protocol 0x%04x", UInt16(bigEndian: pk.proto)) }
                 if let o = n.options, !o.isEmpty { row.options = o.map { "\($0.level)/\($0.name)" } }
                 if let how = n.shutdown, how != 0 { row.shutdown = how == 3 ? "both" : how == 1 ? "reading" : "writing" }
+                if let m = n.memberships, !m.isEmpty {
+                    row.multicast = m.map { g in "\(g.group) on \(g.interface)" + (g.sources.map { (g.exclude ? " except " : " from ") + $0.joined(separator: ",") } ?? "") }
+                }
+                if n.type == 3, let l = n.local { row.local = l.host + " (protocol \(n.proto))" }
                 rows.append(row)
             }
         }
@@ -78,6 +84,7 @@ extension ImageReport {
             if let sh = s.shutdown { line += ", shut down for \(sh)" }
             if let f = s.filterInstructions { line += ", BPF filter of \(f)" }
             if let o = s.options { line += ", \(o.count) option\(o.count == 1 ? "" : "s") set" }
+            if let m = s.multicast { line += ", member of \(m.joined(separator: "; "))" }
             if let n = s.note { line += " (\(n))" }
             out.append(line)
         }

@@ -61,6 +61,14 @@ extension MetadataValidator {
         if let nl = n.netlink, n.family != 16 || nl.groups.count > 4096 || nl.groups.contains(where: { $0 == 0 || $0 > 1 << 16 }) {
             throw bad("\(name) has a netlink binding it cannot have")
         }
+        for m in n.memberships ?? [] {
+            var group = [UInt8](repeating: 0, count: 16)
+            guard n.family == 2 || n.family == 10, inet_pton(n.family, m.group, &group) == 1, (m.sources ?? []).count <= 64,
+                  (m.sources ?? []).allSatisfy({ inet_pton(n.family, $0, &group) == 1 }) else {
+                throw bad("\(name) has a multicast membership (\(m.group)) that is not one of its family's")
+            }
+            try text(m.interface, "\(name) multicast interface", limit: 15)
+        }
         if let p = n.packet {
             guard n.family == 17 else { throw bad("\(name) has a packet binding but is of family \(n.family)") }
             try text(p.interface, "\(name) interface", limit: 15)

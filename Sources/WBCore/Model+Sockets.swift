@@ -49,6 +49,8 @@ public struct NetSocketState: Codable, Sendable, Equatable {
     /// Datagrams or packets that were waiting and are not restored (raw, packet sockets:
     /// traffic the kernel delivered, which cannot be delivered again): their number.
     public var droppedPackets: Int?
+    /// Multicast groups the socket joined (UDP, raw IP).
+    public var memberships: [MulticastMembership]?
 
     public init(family: Int32, type: Int32, proto: Int32, state: State) {
         self.family = family; self.type = type; self.proto = proto; self.state = state
@@ -61,8 +63,24 @@ public struct NetSocketState: Codable, Sendable, Equatable {
             let v = family == 2 ? "" : "v6"
             return (type == 1 ? "TCP" : type == 2 ? "UDP" : "raw IP") + v
         case 1: return "Unix " + (type == 1 ? "stream" : type == 2 ? "datagram" : type == 5 ? "seqpacket" : "type-\(type)")
+        case 16: return "netlink"
+        case 17: return "packet"
         default: return "family-\(family)"
         }
+    }
+}
+
+/// A multicast group a socket joined, with its source filter.
+public struct MulticastMembership: Codable, Sendable, Equatable {
+    /// The group's address (IP text) and the interface's name.
+    public var group: String
+    public var interface: String
+    /// Filter mode: every source but `sources` (exclude, a plain join when empty), or only
+    /// `sources` (include).
+    public var exclude: Bool
+    public var sources: [String]?
+    public init(group: String, interface: String, exclude: Bool, sources: [String]?) {
+        self.group = group; self.interface = interface; self.exclude = exclude; self.sources = sources
     }
 }
 
@@ -228,7 +246,7 @@ extension TCPConnection {
 
 extension NetSocketState {
     enum CodingKeys: String, CodingKey {
-        case family, type, proto, state, local, peer, backlog, options, filter, shutdown, tcp, datagrams, queued, peerInside, netlink, packet, droppedPackets
+        case family, type, proto, state, local, peer, backlog, options, filter, shutdown, tcp, datagrams, queued, peerInside, netlink, packet, droppedPackets, memberships
     }
 
     /// `options` is one base64 string: for each option its level, name and value length (u16
@@ -257,6 +275,7 @@ extension NetSocketState {
         netlink = try c.decodeIfPresent(NetlinkBinding.self, forKey: .netlink)
         packet = try c.decodeIfPresent(PacketBinding.self, forKey: .packet)
         droppedPackets = try c.decodeIfPresent(Int.self, forKey: .droppedPackets)
+        memberships = try c.decodeIfPresent([MulticastMembership].self, forKey: .memberships)
     }
 
     public func encode(to encoder: Encoder) throws {
@@ -278,5 +297,6 @@ extension NetSocketState {
         try c.encodeIfPresent(queued, forKey: .queued); try c.encodeIfPresent(peerInside, forKey: .peerInside)
         try c.encodeIfPresent(netlink, forKey: .netlink); try c.encodeIfPresent(packet, forKey: .packet)
         try c.encodeIfPresent(droppedPackets, forKey: .droppedPackets)
+        try c.encodeIfPresent(memberships, forKey: .memberships)
     }
 }

@@ -69,7 +69,7 @@ public struct SocketBuilder {
         }
         if let p = s.packet {
             try packet(fd, p, name: name)
-            if let n = s.droppedPackets { notes.append("\(name): \(n) packet\(n == 1 ? "" : "s") waiting to be read were not restored (traffic already delivered)") }
+            if s.droppedPackets != nil { notes.append("\(name): the packets that were waiting to be read are not restored (traffic the kernel had delivered)") }
             return (notes, nil)
         }
         switch s.state {
@@ -80,6 +80,10 @@ public struct SocketBuilder {
                !(s.family != AF_UNIX && local.port == 0 && s.state == .connected && s.type != Int32(SOCK_RAW.rawValue)) {
                 try bind(fd, local, s, name: name, paths: paths)
             }
+        }
+        for m in s.memberships ?? [] {
+            let raw = fd.rawValue, family = s.family
+            try namespace.perform { try Multicast.join(raw, family: family, m, name: name) }
         }
         if s.state == .listening, Glibc.listen(fd.rawValue, s.backlog ?? 128) != 0 {
             throw WBError.system(call: "listen", errno: errno, what: "listening on \(name)")
@@ -94,7 +98,7 @@ public struct SocketBuilder {
         for d in s.datagrams ?? [] {
             try putBack(d, on: fd, s, name: name, notes: &notes)
         }
-        if let n = s.droppedPackets { notes.append("\(name): \(n) packet\(n == 1 ? "" : "s") waiting to be read were not restored (traffic already delivered)") }
+        if s.droppedPackets != nil { notes.append("\(name): the packets that were waiting to be read are not restored (traffic the kernel had delivered)") }
         if let how = s.shutdown, how != 0 { try SocketBuilder.shutdown(fd.rawValue, how, name: name) }
         return (notes, nil)
     }

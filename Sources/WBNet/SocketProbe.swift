@@ -150,7 +150,7 @@ public enum SocketProbe {
     /// its processes).
     /// `defaults` holds the option defaults of the socket's kind (`Defaults.prepare`).
     public static func capture(_ fd: Int32, inode: UInt64, table: SocketTable, peerInside: Bool,
-                               defaults: SocketOptions.Defaults) throws -> NetSocketState {
+                               defaults: SocketOptions.Defaults, multicast: [Multicast.Candidate] = []) throws -> NetSocketState {
         let (family, type, proto) = identity(fd)
         var s = NetSocketState(family: family, type: type, proto: proto, state: .unbound)
         switch family {
@@ -191,8 +191,12 @@ public enum SocketProbe {
         if connectedTCP {
             s.tcp = try tcp(fd)
         }
+        if inet && type != stream && !multicast.isEmpty {
+            let joined = Multicast.memberships(fd, family: family, candidates: multicast)
+            if !joined.isEmpty { s.memberships = joined }
+        }
         if type == Int32(SOCK_RAW.rawValue) {
-            let n = try datagrams(fd).count
+            let n = waitingPackets(fd)
             if n > 0 { s.droppedPackets = n }
         } else if type == dgram || type == seqpacket {
             let d = try datagrams(fd)
@@ -252,7 +256,7 @@ public enum SocketProbe {
         s.state = index > 0 ? .bound : .unbound
         s.options = SocketOptions.differing(fd, family: s.family, type: s.type, proto: s.proto, connectedTCP: false, defaults: defaults).nilIfEmpty
         s.filter = try filter(fd)
-        let n = try datagrams(fd).count
+        let n = waitingPackets(fd)
         if n > 0 { s.droppedPackets = n }
         return s
     }
@@ -283,6 +287,14 @@ public enum SocketProbe {
         t.sendQueue = try peek(2, outq)
         t.receiveQueue = try peek(1, c.inq)
         return t
+    }
+
+    /// How many packets wait on a raw or packet socket (which are not restored): counted by
+    /// peeking at each where the socket lets a peek start past the first (SO_PEEK_OFF), else
+    /// 1 when any waits.
+    static func waitingPackets(_ fd: Int32) -> Int {
+        if let all = try? datagrams(fd) { return all.count }
+        return pending(fd) ? 1 : 0
     }
 
     /// Datagrams (or seqpacket messages) waiting, with their senders, left where they are.

@@ -165,8 +165,13 @@ public final class Restorer {
 
     /// Reports a step (`progress`), and with WB_TIMING its moment.
     func step(_ line: String) {
-        if Restorer.timing { FileHandle.standardError.write(Data(String(format: "wb-timing %.0f %@\n", Clock.monotonic * 1e9, line).utf8)) }
+        stamp(line)
         progress(line)
+    }
+
+    /// With WB_TIMING, a moment (CLOCK_MONOTONIC, ns) on stderr.
+    func stamp(_ what: String) {
+        if Restorer.timing { FileHandle.standardError.write(Data(String(format: "wb-timing %.0f %@\n", Clock.monotonic * 1e9, what).utf8)) }
     }
 
     /// WB_TIMING=1 prints each step's moment (CLOCK_MONOTONIC, ns) on stderr.
@@ -246,9 +251,9 @@ public final class Restorer {
                 }
                 step("checking what was restored")
                 for (p, t, _, _, _) in built { try audit(p, t.pid) }
-                step("finishing connections")
+                stamp("finishing connections")
                 try finishConnections()
-                step("restored")
+                stamp("restored")
             } catch {
                 for (_, t) in members.reversed() {
                     let tids = t.tids

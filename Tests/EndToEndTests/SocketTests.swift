@@ -48,6 +48,23 @@ import WBCore
         #expect(sockets.contains { ($0["tcpState"] as? String) == "CLOSE-WAIT" && ($0["peerInside"] as? Bool) == true }, "\(sockets)")
     }
 
+    /// Below the transport layer: netlink sockets keep their port ids and groups and still
+    /// talk to the kernel, a raw ICMP socket gets its echo replies, a packet socket sees
+    /// loopback traffic, and a UDP socket's multicast membership is joined again.
+    @Test func netlinkRawPacketSocketsAndMulticastMembershipsComeBack() throws {
+        let dir = scratchDirectory()
+        let program = try Child(Products.harness("rawzoo"), [])
+        _ = try #require(program.line(startingWith: "READY"))
+        let image = "\(dir)/raw.wbimg"
+        try checkpointKilled(program, to: image)
+        let restored = try Restored.detach(image)
+        defer { restored.kill() }
+        #expect(restored.verify() == ["VERIFY OK"])
+        let inspect = try wb("inspect", image)
+        #expect(inspect.stdout.contains("member of 239.7.7.7 on lo"), "\(inspect.stdout)")
+        #expect(inspect.stdout.contains("netlink bound port id"), "\(inspect.stdout)")
+    }
+
     /// A checkpoint that leaves the process running never harms it: its connections are let
     /// go and its packets flow at once. Its copy cannot take the ports beside it (one line
     /// naming the port and the flag), and with --new-netns it runs beside it, whole.

@@ -646,3 +646,68 @@ int wb_nft_add_elements(const char *table, const char *set, const uint8_t *keys,
     close(nl);
     return e;
 }
+
+// ---- Multicast memberships -----------------------------------------------------------------
+
+static void group_address(struct sockaddr_storage *ss, int family, const uint8_t *addr) {
+    memset(ss, 0, sizeof *ss);
+    if (family == AF_INET) {
+        struct sockaddr_in *a = (struct sockaddr_in *)ss;
+        a->sin_family = AF_INET;
+        memcpy(&a->sin_addr, addr, 4);
+    } else {
+        struct sockaddr_in6 *a = (struct sockaddr_in6 *)ss;
+        a->sin6_family = AF_INET6;
+        memcpy(&a->sin6_addr, addr, 16);
+    }
+}
+
+static void source_bytes(const struct sockaddr_storage *ss, uint8_t *out) {
+    if (ss->ss_family == AF_INET) memcpy(out, &((const struct sockaddr_in *)ss)->sin_addr, 4);
+    else memcpy(out, &((const struct sockaddr_in6 *)ss)->sin6_addr, 16);
+}
+
+int wb_mcast_filter(int fd, int family, uint32_t ifindex, const uint8_t *group, int *exclude, uint8_t *sources, int cap, int *count) {
+    // struct group_filter with room for `cap` sources.
+    size_t size = sizeof(struct group_filter) + (size_t)(cap > 1 ? cap - 1 : 0) * sizeof(struct sockaddr_storage);
+    struct group_filter *gf = calloc(1, size);
+    if (!gf) return ENOMEM;
+    gf->gf_interface = ifindex;
+    group_address(&gf->gf_group, family, group);
+    gf->gf_numsrc = (uint32_t)cap;
+    socklen_t len = (socklen_t)size;
+    int level = family == AF_INET ? IPPROTO_IP : IPPROTO_IPV6;
+    if (getsockopt(fd, level, MCAST_MSFILTER, gf, &len) != 0) { int e = errno; free(gf); return e; }
+    *exclude = gf->gf_fmode == MCAST_EXCLUDE;
+    int n = (int)gf->gf_numsrc;
+    if (n > cap) n = cap;
+    size_t step = family == AF_INET ? 4 : 16;
+    for (int i = 0; i < n; i++) source_bytes(&gf->gf_slist[i], sources + (size_t)i * step);
+    *count = (int)gf->gf_numsrc;
+    free(gf);
+    return 0;
+}
+
+int wb_mcast_join(int fd, int family, uint32_t ifindex, const uint8_t *group, int exclude, const uint8_t *sources, int count) {
+    int level = family == AF_INET ? IPPROTO_IP : IPPROTO_IPV6;
+    size_t step = family == AF_INET ? 4 : 16;
+    if (exclude) {
+        struct group_req r = { .gr_interface = ifindex };
+        group_address(&r.gr_group, family, group);
+        if (setsockopt(fd, level, MCAST_JOIN_GROUP, &r, sizeof r) != 0) return errno;
+        for (int i = 0; i < count; i++) {
+            struct group_source_req g = { .gsr_interface = ifindex };
+            group_address(&g.gsr_group, family, group);
+            group_address(&g.gsr_source, family, sources + (size_t)i * step);
+            if (setsockopt(fd, level, MCAST_BLOCK_SOURCE, &g, sizeof g) != 0) return errno;
+        }
+        return 0;
+    }
+    for (int i = 0; i < count; i++) {
+        struct group_source_req g = { .gsr_interface = ifindex };
+        group_address(&g.gsr_group, family, group);
+        group_address(&g.gsr_source, family, sources + (size_t)i * step);
+        if (setsockopt(fd, level, MCAST_JOIN_SOURCE_GROUP, &g, sizeof g) != 0) return errno;
+    }
+    return 0;
+}

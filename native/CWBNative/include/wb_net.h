@@ -86,6 +86,15 @@ int wb_nft_run(const char *commands, char *error, size_t cap);
 /// text).
 int wb_nft_add_elements(const char *table, const char *set, const uint8_t *keys, size_t key_len, int count);
 
+/// Whether socket `fd` (of `family`) has joined multicast `group` (4 or 16 bytes, network
+/// order) on interface `ifindex` (getsockopt MCAST_MSFILTER): 0 and its filter (`exclude`:
+/// every source but those listed, else only those), up to `cap` sources into `sources`
+/// (4 or 16 bytes each) and their number into `count`; EADDRNOTAVAIL when it has not.
+int wb_mcast_filter(int fd, int family, uint32_t ifindex, const uint8_t *group, int *exclude, uint8_t *sources, int cap, int *count);
+/// Joins `group` on `ifindex` again with that filter (MCAST_JOIN_GROUP and MCAST_BLOCK_SOURCE,
+/// or MCAST_JOIN_SOURCE_GROUP for each source). 0 or an errno.
+int wb_mcast_join(int fd, int family, uint32_t ifindex, const uint8_t *group, int exclude, const uint8_t *sources, int count);
+
 /// setns(fd, CLONE_NEWNET) of the calling thread: it joins the network namespace `fd` names.
 /// 0 or -1 with errno.
 int wb_setns_net(int fd);
