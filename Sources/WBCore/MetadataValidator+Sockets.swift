@@ -69,6 +69,9 @@ extension MetadataValidator {
             }
             try text(m.interface, "\(name) multicast interface", limit: 15)
         }
+        if let c = n.peerCredentials, c.count != 3 || c[0] <= 0 || c[0] > Self.maxPid {
+            throw bad("\(name) has peer credentials \(c) (a pid, a uid and a gid)")
+        }
         if let p = n.packet {
             guard n.family == 17 else { throw bad("\(name) has a packet binding but is of family \(n.family)") }
             try text(p.interface, "\(name) interface", limit: 15)

@@ -51,6 +51,9 @@ public struct NetSocketState: Codable, Sendable, Equatable {
     public var droppedPackets: Int?
     /// Multicast groups the socket joined (UDP, raw IP).
     public var memberships: [MulticastMembership]?
+    /// A connected Unix socket's SO_PEERCRED: the pid, uid and gid of the process that made
+    /// the connection (or the pair) as it was then.
+    public var peerCredentials: [Int32]?
 
     public init(family: Int32, type: Int32, proto: Int32, state: State) {
         self.family = family; self.type = type; self.proto = proto; self.state = state
@@ -246,7 +249,7 @@ extension TCPConnection {
 
 extension NetSocketState {
     enum CodingKeys: String, CodingKey {
-        case family, type, proto, state, local, peer, backlog, options, filter, shutdown, tcp, datagrams, queued, peerInside, netlink, packet, droppedPackets, memberships
+        case family, type, proto, state, local, peer, backlog, options, filter, shutdown, tcp, datagrams, queued, peerInside, netlink, packet, droppedPackets, memberships, peerCredentials
     }
 
     /// `options` is one base64 string: for each option its level, name and value length (u16
@@ -276,6 +279,7 @@ extension NetSocketState {
         packet = try c.decodeIfPresent(PacketBinding.self, forKey: .packet)
         droppedPackets = try c.decodeIfPresent(Int.self, forKey: .droppedPackets)
         memberships = try c.decodeIfPresent([MulticastMembership].self, forKey: .memberships)
+        peerCredentials = try c.decodeIfPresent([Int32].self, forKey: .peerCredentials)
     }
 
     public func encode(to encoder: Encoder) throws {
@@ -298,5 +302,6 @@ extension NetSocketState {
         try c.encodeIfPresent(netlink, forKey: .netlink); try c.encodeIfPresent(packet, forKey: .packet)
         try c.encodeIfPresent(droppedPackets, forKey: .droppedPackets)
         try c.encodeIfPresent(memberships, forKey: .memberships)
+        try c.encodeIfPresent(peerCredentials, forKey: .peerCredentials)
     }
 }

@@ -37,15 +37,21 @@ public struct SocketBuilder {
 
     /// How a Unix socket is bound to a path and a path unlinked: these make and remove files,
     /// which the restore does as the process, with its rights (FDBuilder), not as wb.
+    /// Listening and connecting set a Unix socket's peer credentials (SO_PEERCRED) from the
+    /// process that calls them: they are made by the process too, as itself. Each returns
+    /// 0 or an errno.
     public struct PathCalls {
         public var bind: (SocketAddress) throws -> Int32
         public var unlink: (String) throws -> Void
         /// A path that was unlinked after the bind: removed once every socket is built (others
         /// of the image may connect or send to it first).
         public var unlinkLater: (String) -> Void
+        public var listen: (Int32) throws -> Int32
+        public var connect: (SocketAddress) throws -> Int32
         public init(bind: @escaping (SocketAddress) throws -> Int32, unlink: @escaping (String) throws -> Void,
-                    unlinkLater: @escaping (String) -> Void) {
-            self.bind = bind; self.unlink = unlink; self.unlinkLater = unlinkLater
+                    unlinkLater: @escaping (String) -> Void, listen: @escaping (Int32) throws -> Int32,
+                    connect: @escaping (SocketAddress) throws -> Int32) {
+            self.bind = bind; self.unlink = unlink; self.unlinkLater = unlinkLater; self.listen = listen; self.connect = connect
         }
     }
 
@@ -55,7 +61,11 @@ public struct SocketBuilder {
     public func build(_ fd: FileDescriptor, _ s: NetSocketState, tcp policy: TCPPolicy, paths: PathCalls? = nil) throws -> (notes: [String], pending: Pending?) {
         let paths = paths ?? PathCalls(bind: { a in
             do { try SocketName.bind(fd.rawValue, a, family: AF_UNIX); return 0 } catch WBError.system(_, let e, _) { return e }
-        }, unlink: { _ = Glibc.unlink($0) }, unlinkLater: { _ = Glibc.unlink($0) })
+        }, unlink: { _ = Glibc.unlink($0) }, unlinkLater: { _ = Glibc.unlink($0) }, listen: { backlog in
+            Glibc.listen(fd.rawValue, backlog) == 0 ? 0 : errno
+        }, connect: { a in
+            do { try SocketName.connect(fd.rawValue, a, family: AF_UNIX); return 0 } catch WBError.system(_, let e, _) { return e }
+        })
         var notes: [String] = []
         let name = SocketBuilder.name(s)
         if let tcp = s.tcp {
@@ -85,14 +95,20 @@ public struct SocketBuilder {
             let raw = fd.rawValue, family = s.family
             try namespace.perform { try Multicast.join(raw, family: family, m, name: name) }
         }
-        if s.state == .listening, Glibc.listen(fd.rawValue, s.backlog ?? 128) != 0 {
-            throw WBError.system(call: "listen", errno: errno, what: "listening on \(name)")
+        if s.state == .listening {
+            let e = s.family == AF_UNIX ? try paths.listen(s.backlog ?? 128) : (Glibc.listen(fd.rawValue, s.backlog ?? 128) == 0 ? 0 : errno)
+            if e != 0 { throw WBError.system(call: "listen", errno: e, what: "listening on \(name)") }
         }
         if s.state == .connected, let peer = s.peer, !(s.family == AF_UNIX && peer.host.isEmpty) {
-            do {
+            if s.family == AF_UNIX {
+                let e = try paths.connect(peer)
+                if e == ENOENT || e == ECONNREFUSED {
+                    notes.append("\(name) was connected to \(peer), which is not there now: it is not connected")
+                } else if e != 0 {
+                    throw WBError.system(call: "connect", errno: e, what: "connecting \(name) to \(peer)")
+                }
+            } else {
                 try SocketName.connect(fd.rawValue, peer, family: s.family)
-            } catch WBError.system(_, let e, _) where s.family == AF_UNIX && (e == ENOENT || e == ECONNREFUSED) {
-                notes.append("\(name) was connected to \(peer), which is not there now: it is not connected")
             }
         }
         for d in s.datagrams ?? [] {

@@ -214,7 +214,16 @@ public enum SocketProbe {
             if type != dgram || s.peer?.host.isEmpty != false { s.state = .peerClosed }
         }
         if peerInside { s.peerInside = true }
+        if family == AF_UNIX && type != dgram, let cred = peerCredentials(fd) { s.peerCredentials = cred }
         return s
+    }
+
+    /// SO_PEERCRED: pid, uid, gid of whoever made the connection; nil when there is none.
+    public static func peerCredentials(_ fd: Int32) -> [Int32]? {
+        var cred = [Int32](repeating: 0, count: 3)
+        var length = socklen_t(12)
+        guard getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &length) == 0, length == 12, cred[0] > 0 else { return nil }
+        return cred
     }
 
     /// A netlink socket: its protocol, port id and groups.

@@ -30,6 +30,10 @@ struct FDBuilder {
     private var prebuilt: [Int32: Result<(notes: [String], pending: SocketBuilder.Pending?), Error>] = [:]
     /// A pidfd of the process, for taking copies of its fds.
     private var handle: ProcessHandle?
+    /// The process's Unix listeners with a name, made already (their fds at high numbers).
+    private var listeners: [(name: SocketAddress, fd: Int32)] = []
+    /// Pair ends (inodes) made by connect and accept on such a listener: their names are kept.
+    private var namedPairs = Set<UInt64>()
     private var inherited: [Int32: Int32] = [:]
     private var pipeEnds: [UInt64: (read: Int32, write: Int32)] = [:]
     private var externalSources: [UInt64: Int32] = [:]
@@ -56,6 +60,14 @@ struct FDBuilder {
         try makeSockets(fds)
         var prepared: [Int32: Int32] = [:]
         for s in fds where s.kind == .socket && (s.net?.state == .listening || (s.net?.state == .bound && s.net?.family == AF_UNIX)) {
+            prepared[s.fd] = try withContext("restoring fd \(s.fd) (\(s.path))") { try self.sharedSource(for: s) }
+            if let net = s.net, net.family == AF_UNIX, net.state == .listening, let name = net.local, !name.host.isEmpty {
+                listeners.append((name, prepared[s.fd]!))
+            }
+        }
+        // Connections accepted on those listeners before any client waiting in one connects
+        // (the accept must take this very connection).
+        for s in fds where s.kind == .unixSocket && !listeners.isEmpty && prepared[s.fd] == nil {
             prepared[s.fd] = try withContext("restoring fd \(s.fd) (\(s.path))") { try self.sharedSource(for: s) }
         }
         // Every fd's object first (at a high number), then all of them put at their numbers
@@ -99,10 +111,13 @@ struct FDBuilder {
             wanted.append(s)
         }
         guard !wanted.isEmpty else { return }
-        let made = try scratch.batch(wanted.map { s in
-            (.socket, [UInt64(UInt32(bitPattern: s.net!.family)), UInt64(UInt32(bitPattern: s.net!.type)) | UInt64(O_CLOEXEC),
-                       UInt64(UInt32(bitPattern: s.net!.proto))])
-        }, leader: leader)
+        // Made as the process (a socket belongs to its maker's uid).
+        let made = try access.asProcessIdentity {
+            try scratch.batch(wanted.map { s in
+                (.socket, [UInt64(UInt32(bitPattern: s.net!.family)), UInt64(UInt32(bitPattern: s.net!.type)) | UInt64(O_CLOEXEC),
+                           UInt64(UInt32(bitPattern: s.net!.proto))])
+            }, leader: leader)
+        }
         if let bad = made.firstIndex(where: { $0 < 0 }) {
             let ok = made.filter { $0 >= 0 }
             _ = try? scratch.batch(ok.map { (.close, [UInt64($0)]) }, leader: leader)
@@ -334,11 +349,7 @@ struct FDBuilder {
         if let fd = try shared.fetch("socket:\(sock.inode)", into: leader, above: base) {
             a = try high(fd)
         } else {
-            scratch.reset()
-            let pair = try scratch.reserve(8)
-            try leader.call(.socketpair, 1 /* AF_UNIX */, UInt64(UInt32(bitPattern: sock.type)) | UInt64(O_CLOEXEC), 0, pair,
-                            what: "creating the socket pair of fd \(s.fd)")
-            let (a0, b0) = try readPair(pair)
+            let (a0, b0) = try makePair(s, sock)
             a = try high(a0)
             let b = try high(b0)
             // Bytes queued on one end were sent from the other.
@@ -349,13 +360,46 @@ struct FDBuilder {
             try shared.keep("socket:\(sock.peer)", fd: b, leader: leader, pid: process.pid, above: base)
         }
         if let net = s.net {
-            try restorer.sockets.finishPairEnd(try take(a), net)
+            let copy = try take(a)
+            try restorer.sockets.finishPairEnd(copy, net)
+            notePeerCredentials(s, net, copy)
             let names = [net.local, net.peer].compactMap { $0 }.filter { !$0.host.isEmpty }
-            if !names.isEmpty {
+            if !names.isEmpty && !namedPairs.contains(sock.inode) {
                 restorer.note("fd \(s.fd) (\(SocketBuilder.name(net))) comes back as one end of a socket pair: its connection and queued bytes are kept, its name\(names.count == 1 ? "" : "s") (\(names.map(\.description).joined(separator: ", "))) no longer show in getsockname/getpeername", about: process)
             }
         }
         return a
+    }
+
+    /// The two ends of a pair, `s`'s first. A connection the image's process accepted on a
+    /// listener it still has (names on both ends: the listener's path) is made again the same
+    /// way, connect and accept, so getsockname and getpeername tell what they told; any other
+    /// is a socketpair. Made as the process: each end's peer credentials are its maker's.
+    private mutating func makePair(_ s: FDState, _ sock: SocketState) throws -> (Int32, Int32) {
+        let listenerName = [s.net?.local, s.net?.peer].compactMap { $0 }.first { !$0.host.isEmpty }
+        func same(_ a: SocketAddress?, _ b: SocketAddress) -> Bool { a.map { $0.host == b.host && ($0.abstract == true) == (b.abstract == true) } ?? false }
+        if let name = listenerName, let listener = listeners.first(where: { same($0.name, name) }), sock.type != Int32(SOCK_DGRAM.rawValue) {
+            let accepted = same(s.net?.local, name)
+            let raw = try name.encode(family: AF_UNIX)
+            let (client, server): (Int64, Int64) = try access.asProcessIdentity {
+                let c = try Int64(leader.call(.socket, 1, UInt64(UInt32(bitPattern: sock.type)) | UInt64(O_CLOEXEC), 0, what: "creating the client end of fd \(s.fd)"))
+                scratch.reset()
+                let at = try scratch.put(raw)
+                try leader.call(.connect, UInt64(c), at, UInt64(raw.count), what: "connecting fd \(s.fd)'s client end to \(name)")
+                let a = try Int64(leader.call(.accept4, UInt64(listener.fd), 0, 0, UInt64(O_CLOEXEC), what: "accepting fd \(s.fd)'s connection on \(name)"))
+                return (c, a)
+            }
+            namedPairs.insert(sock.inode)
+            namedPairs.insert(sock.peer)
+            return accepted ? (Int32(server), Int32(client)) : (Int32(client), Int32(server))
+        }
+        scratch.reset()
+        let pair = try scratch.reserve(8)
+        try access.asProcessIdentity {
+            try leader.call(.socketpair, 1 /* AF_UNIX */, UInt64(UInt32(bitPattern: sock.type)) | UInt64(O_CLOEXEC), 0, pair,
+                            what: "creating the socket pair of fd \(s.fd)")
+        }
+        return try readPair(pair)
     }
 
     /// An fd wb could not save (`--allow-unsupported`) is one the program can still hold,
@@ -391,7 +435,25 @@ struct FDBuilder {
             if r < 0 && r != -Int64(ENOENT) { throw WBError.system(call: "remote unlink", errno: Int32(-r), what: "removing \(path)") }
         }, unlinkLater: { [restorer, leader, scratch, access] path in
             restorer.unlinkLater.append((path, leader, scratch, access))
+        }, listen: { [leader, access] backlog in
+            let r = try access.asProcessIdentity { try leader.raw(.listen, UInt64(fd), UInt64(UInt32(bitPattern: backlog))) }
+            return r < 0 ? Int32(-r) : 0
+        }, connect: { [leader, scratch, access] address in
+            scratch.reset()
+            let raw = try address.encode(family: AF_UNIX)
+            let at = try scratch.put(raw)
+            let r = try access.asProcessIdentity { try access.asProcess(path: address.host) { try leader.raw(.connect, UInt64(fd), at, UInt64(raw.count)) } }
+            return r < 0 ? Int32(-r) : 0
         })
+    }
+
+    /// A Unix connection's peer credentials (SO_PEERCRED) are its maker's, as of when it was
+    /// made: one the image's process made itself comes back as it was; one made by a process
+    /// not restored with it (a parent outside the image, wb connecting a client) cannot, and
+    /// is noted.
+    private func notePeerCredentials(_ s: FDState, _ net: NetSocketState, _ copy: FileDescriptor) {
+        guard let was = net.peerCredentials, let now = SocketProbe.peerCredentials(copy.rawValue), was != now else { return }
+        restorer.note("fd \(s.fd) (\(SocketBuilder.name(net))): its peer credentials (SO_PEERCRED) are pid \(now[0]), uid \(now[1]), gid \(now[2]); the image's were pid \(was[0]), uid \(was[1]), gid \(was[2])", about: process)
     }
 
     /// A copy, in wb, of the process's fd `fd` (pidfd_getfd).
@@ -422,6 +484,7 @@ struct FDBuilder {
         }
         let (notes, pending) = built
         for n in notes { restorer.note(n, about: process) }
+        if net.family == AF_UNIX, net.peerCredentials != nil { notePeerCredentials(s, net, try take(fd)) }
         if let pending { restorer.pendingConnections.append(pending) }
         return fd
     }

@@ -17,6 +17,8 @@ final class FileAccess {
     private let stubGroups: [UInt32]
     /// The image's, for opens; nil when they are the stub's already.
     private let image: (fsuid: UInt32, fsgid: UInt32, groups: [UInt32], effective: UInt64)?
+    /// The process's effective user and group ids, for making its sockets (as root).
+    private let identity: (uid: UInt32, gid: UInt32)?
 
     init(process p: ProcessState, tracee: Tracee, leader: RemoteSyscalls, scratch: Scratch, cacheDirectory: String) throws {
         self.leader = leader
@@ -33,6 +35,25 @@ final class FileAccess {
         let effective = p.threads.first { $0.tid == p.pid }?.security?.capabilities.effective ?? (fsuid == 0 ? stubCaps.effective : 0)
         let same = fsuid == 0 && fsgid == 0 && effective & stubCaps.effective == stubCaps.effective
         image = geteuid() == 0 && !same ? (fsuid, fsgid, c.groups, effective & stubCaps.permitted) : nil
+        identity = geteuid() == 0 ? (c.uid[1], c.gid[1]) : nil
+    }
+
+    /// Runs `body` (remote calls making, connecting or listening on sockets) with the
+    /// process's effective user and group ids: a Unix socket's peer sees its maker's as its
+    /// credentials (SO_PEERCRED), and a socket belongs to its maker's uid.
+    @discardableResult
+    func asProcessIdentity<T>(_ body: () throws -> T) throws -> T {
+        guard let (uid, gid) = identity, uid != 0 || gid != 0 else { return try body() }
+        let none = UInt64(UInt32.max)
+        try leader.call(.setresgid, none, UInt64(gid), none, what: "taking the process's group id to make its sockets")
+        try leader.call(.setresuid, none, UInt64(uid), none, what: "taking the process's user id to make its sockets")
+        defer {
+            // Back to root's (the saved ids are 0): uid first, which gives the capabilities
+            // setresgid needs back.
+            _ = try? leader.raw(.setresuid, none, 0, none)
+            _ = try? leader.raw(.setresgid, none, 0, none)
+        }
+        return try body()
     }
 
     /// Runs `body` (a remote call looking up `path`) with the process's file identity.

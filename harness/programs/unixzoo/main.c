@@ -154,6 +154,7 @@ int main(int argc, char **argv) {
         }
         // The listener: the waiting connection is accepted now, the accepted one has its bytes.
         expect_read(server1, "hello-server", "accepted-bytes");
+        if (!name_is(server1, listen_path, 0, 0) || !name_is(client1, listen_path, 0, 1)) fail("accepted-names");
         if (write(server1, "hi", 2) != 2) fail("accepted-write");
         expect_read(client1, "hi", "accepted-reply");
         if (!name_is(listener, listen_path, 0, 0)) fail("listener-name");
