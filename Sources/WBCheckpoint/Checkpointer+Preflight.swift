@@ -24,6 +24,8 @@ struct Preflight {
     var socketTable: SocketTable?
     /// Its TCP listeners: fd and port.
     var listeners: [(fd: Int32, port: UInt16)] = []
+    /// Its TCP sockets in the middle of a connect.
+    var connecting: [Int32] = []
 }
 
 /// What a checkpoint of a process tree knows about all of it, for each member's preflight.
@@ -165,8 +167,12 @@ extension Checkpointer {
                   d.proto == Int32(IPPROTO_TCP), d.state == 10 else { return nil }
             return (f.fd, d.local.port)
         }
+        let connecting = fds.filter { f in
+            f.kind == .socket && Checkpointer.socketInode(f.link).flatMap { scope.table.inet[$0] }.map {
+                $0.proto == Int32(IPPROTO_TCP) && ($0.state == 2 || $0.state == 3) } == true
+        }.map(\.fd)
         return Preflight(threads: threads, fds: fds, connections: connections, socketTable: stopped && !socketLinks.isEmpty ? scope.table : nil,
-                         listeners: listeners)
+                         listeners: listeners, connecting: connecting)
     }
 
     /// A System V key as ipcs shows it.

@@ -201,24 +201,28 @@ extension Checkpointer {
     }
 
     /// Before the final stop, with the process running: new connections to its TCP listeners
-    /// are held (their SYNs dropped), and those already waiting in an accept queue are given
-    /// up to `patience` seconds to be accepted, as a server does. A connection still waiting at
-    /// the stop is refused by name (the kernel cannot put it back in a queue).
-    func drainListeners(_ plan: Preflight, patience: Double = 2) throws {
-        guard !plan.listeners.isEmpty, held == nil, attached == nil, tree == nil else { return }
-        if connections == nil { connections = HeldConnections(targets: [pid], killing: options.after == .kill) }
-        try withContext("checkpoint of pid \(pid)") { try connections!.holdNewConnections(ports: Array(Set(plan.listeners.map(\.port))).sorted()) }
-        let listeners = plan.listeners.map(\.fd)
+    /// are held (their SYNs dropped), connections already waiting in an accept queue are
+    /// given up to `patience` seconds to be accepted, as a server does, and connects in
+    /// progress as long to finish. What is still so at the stop is refused by name (the
+    /// kernel cannot put a connection back in a queue, nor rebuild one half made).
+    func settleSockets(_ plan: Preflight, patience: Double = 2) throws {
+        guard !plan.listeners.isEmpty || !plan.connecting.isEmpty, held == nil, attached == nil, tree == nil else { return }
+        if !plan.listeners.isEmpty {
+            if connections == nil { connections = HeldConnections(targets: [pid], killing: options.after == .kill) }
+            try withContext("checkpoint of pid \(pid)") { try connections!.holdNewConnections(ports: Array(Set(plan.listeners.map(\.port))).sorted()) }
+        }
+        let watched = plan.listeners.map(\.fd) + plan.connecting
         let deadline = Clock.monotonic + patience
         while Clock.monotonic < deadline {
             try checkStop()
             // Copies are taken for each look and closed at once: the process runs meanwhile.
             if processHandle == nil { processHandle = try ProcessHandle(pid: pid) }
-            let waiting = listeners.reduce(0) { sum, fd in
-                guard let copy = try? processHandle!.take(fd), SocketProbe.int(copy.rawValue, SOL_SOCKET, SO_ACCEPTCONN) == 1 else { return sum }
-                return sum + Int(SocketProbe.tcpState(copy.rawValue).waiting)
+            let unsettled = watched.contains { fd in
+                guard let copy = try? processHandle!.take(fd), SocketProbe.int(copy.rawValue, SOL_SOCKET, SO_TYPE) == Int32(SOCK_STREAM.rawValue) else { return false }
+                let info = SocketProbe.tcpState(copy.rawValue)
+                return (info.state == 10 && info.waiting > 0) || info.state == 2 || info.state == 3
             }
-            if waiting == 0 { return }
+            if !unsettled { return }
             usleep(5_000)
         }
     }

@@ -221,7 +221,7 @@ public final class Checkpointer {
         }
         // Let go if anything below fails before the stop: nothing of the hold stays.
         do {
-            try drainListeners(plan)
+            try settleSockets(plan)
         } catch {
             try? connections?.letGo()
             throw error

@@ -64,10 +64,12 @@ public enum SocketProbe {
             if type == stream && proto != 0 && proto != Int32(IPPROTO_TCP) { return "an IP stream socket of protocol \(proto) (SCTP, MPTCP)" }
             if type == dgram && proto != 0 && proto != Int32(IPPROTO_UDP) { return "an IP datagram socket of protocol \(proto) (ICMP, UDP-Lite)" }
             if type == stream {
-                // Connections waiting in a listener's queue are given time to be accepted
-                // before the stop (Checkpointer.drainListeners); the stop checks again.
+                // Connections waiting in a listener's queue are given time to be accepted, and
+                // a connect in progress time to finish, before the stop
+                // (Checkpointer.settleSockets); the stop checks again.
                 var info = tcpState(fd)
                 info.waiting = 0
+                if info.state == 2 || info.state == 3 { info.state = 1 }
                 if let why = tcpProblem(info) { return why }
                 if [1, 4, 5, 8, 9, 11].contains(info.state) && table.inetListed && table.inet[inode] == nil {
                     return "a TCP connection sock_diag does not list (in another network namespace than wb's)"

@@ -65,6 +65,35 @@ import WBCore
         #expect(inspect.stdout.contains("netlink bound port id"), "\(inspect.stdout)")
     }
 
+    /// A connect in progress is given time to finish; one that does not is refused by name,
+    /// and the process is let go as it was (its connect still going on).
+    @Test func aConnectInProgressIsWaitedForThenRefusedUntouched() throws {
+        let dir = scratchDirectory()
+        // A listener whose accept queue is full: a new connect's SYNs go unanswered.
+        let port = freePort()
+        let listener = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        defer { close(listener) }
+        var a = sockaddr_in()
+        a.sin_family = sa_family_t(AF_INET)
+        a.sin_port = port.bigEndian
+        a.sin_addr.s_addr = UInt32(0x7f00_0001).bigEndian
+        let bound = withUnsafePointer(to: &a) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(listener, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
+        try #require(bound == 0 && listen(listener, 0) == 0)
+        let fillers = (0..<1).compactMap { _ in TCPClient(port: port) }
+        _ = fillers
+        let program = try Child(Products.harness("holder"), ["connect", "\(port)"])
+        let ready = try #require(program.line(startingWith: "READY"))
+        let fd = try #require(field(ready, "fd"))
+        let started = Date()
+        let run = try wb("checkpoint", "\(program.pid)", "-o", "\(dir)/x.wbimg")
+        #expect(run.code == 1)
+        #expect(run.stderr.contains("fd \(fd)") && run.stderr.contains("in the middle of a connect"), "\(run.stderr)")
+        #expect(Date().timeIntervalSince(started) > 1.5, "it was given time to connect")
+        #expect(tracerOf(program.pid) == "0")
+        program.signal(SIGUSR1)
+        #expect(program.line(startingWith: "ALIVE") == "ALIVE 1")
+    }
+
     /// A checkpoint that leaves the process running never harms it: its connections are let
     /// go and its packets flow at once. Its copy cannot take the ports beside it (one line
     /// naming the port and the flag), and with --new-netns it runs beside it, whole.
@@ -94,7 +123,11 @@ import WBCore
         // The copy answers on its own stdout (wb's, the pipe read here).
         kill(pid, SIGUSR1)
         #expect(copy.line(startingWith: "VERIFY") == "VERIFY OK")
-        // The original, checked after its copy, is as it was.
+        // gdb on another copy, in its own namespace too, while the original keeps its ports.
+        let debug = try wb("restore", image, "--new-netns", "--new-pidns", "--debug", "--", "-batch", "-ex", "info threads", "-ex", "bt")
+        #expect(debug.code == 0, "\(debug.stderr)")
+        #expect(debug.stdout.contains("harness-netzoo") || debug.stdout.contains("main"), "\(debug.stdout)")
+        // The original, checked after its copies, is as it was.
         program.signal(SIGUSR1)
         #expect(program.line(startingWith: "VERIFY") == "VERIFY OK")
     }

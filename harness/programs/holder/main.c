@@ -9,6 +9,7 @@
 // KIND vfork: a thread that cannot be stopped for a while. The process calls vfork and its
 // child, which prints "READY pid=PARENT fd=CHILD", waits without calling exec until it is
 // killed; the parent, held in the kernel until then, prints "BACK" and answers SIGUSR1.
+// KIND connect PORT: a TCP socket whose connect to 127.0.0.1:PORT is in progress.
 // KIND clonevm: a child cloned with CLONE_VM (one address space, two processes) that waits;
 // "READY pid=N fd=CHILD".
 #define _GNU_SOURCE
@@ -16,6 +17,10 @@
 #include <sched.h>
 #include <stdio.h>
 #include <string.h>
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <stdlib.h>
 #include <sys/epoll.h>
 #include <sys/inotify.h>
 #include <linux/vm_sockets.h>
@@ -72,7 +77,13 @@ int main(int argc, char **argv) {
         static char stack[64 << 10] __attribute__((aligned(16)));
         fd = clone(wait_forever, stack + sizeof stack, CLONE_VM | SIGCHLD, NULL);
     }
-    if (!strcmp(argv[1], "socket")) {
+    if (!strcmp(argv[1], "connect") && argc > 2) {
+        // A TCP connect to 127.0.0.1:PORT left in progress (the caller's listener does not
+        // answer it).
+        fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0);
+        struct sockaddr_in to = { .sin_family = AF_INET, .sin_port = htons((uint16_t)atoi(argv[2])), .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+        harness_require(connect(fd, (struct sockaddr *)&to, sizeof to) != 0 && errno == EINPROGRESS, "connect in progress");
+    } else if (!strcmp(argv[1], "socket")) {
         // A vsock socket (a family wb does not save), watched by an epoll set.
         fd = socket(AF_VSOCK, SOCK_STREAM, 0);
         int ep = epoll_create1(EPOLL_CLOEXEC);
