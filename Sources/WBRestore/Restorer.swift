@@ -72,6 +72,15 @@ public final class RestoredProcess {
     public func resume() {
         for t in descendants.reversed() { jobStopped.contains(t.pid) ? t.detach(stopSignal: SIGSTOP) : t.detach() }
         jobStopped.contains(tracee.pid) ? tracee.detach(stopSignal: SIGSTOP) : tracee.detach()
+        // The stop takes effect when each is next scheduled: whoever is told next finds them
+        // stopped (at most a second).
+        let deadline = Clock.monotonic + 1
+        for pid in jobStopped {
+            while Clock.monotonic < deadline {
+                guard let state = try? ProcFS.status(pid)["State"], state.hasPrefix("R") || state.hasPrefix("S") || state.hasPrefix("D") else { break }
+                usleep(200)
+            }
+        }
     }
 
     /// Lets go of the process but leaves it stopped (SIGSTOP): `kill -CONT` or a debugger
