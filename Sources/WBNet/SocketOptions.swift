@@ -111,11 +111,17 @@ public enum SocketOptions {
         let baseline = defaults.values(family: family, type: type, proto: proto)
         var out: [SocketOption] = []
         let tcp = (family == AF_INET || family == AF_INET6) && type == stream
-        for (i, o) in all.enumerated() where applies(o, family: family, type: type) && !(connectedTCP && (o.tunedOnConnections || o.boundOnly))
-            && !(tcp && o.notTCP) {
-            guard let value = read(fd, o) else { continue }
-            if let base = baseline[i], base == value { continue }
-            out.append(SocketOption(level: o.level, name: o.name, value: value))
+        // Read into one buffer; only a value that differs becomes Data (a thousand sockets'
+        // thirty options each are read while the process waits).
+        withUnsafeTemporaryAllocation(of: UInt8.self, capacity: 64) { buffer in
+            for (i, o) in all.enumerated() where applies(o, family: family, type: type) && !(connectedTCP && (o.tunedOnConnections || o.boundOnly))
+                && !(tcp && o.notTCP) {
+                var length = socklen_t(o.size)
+                guard getsockopt(fd, o.level, readName(o), buffer.baseAddress, &length) == 0 else { continue }
+                let value = UnsafeRawBufferPointer(start: buffer.baseAddress, count: Int(length))
+                if let base = baseline[i], base.elementsEqual(value) { continue }
+                out.append(SocketOption(level: o.level, name: o.name, value: Data(value)))
+            }
         }
         return out
     }
