@@ -111,6 +111,7 @@ let package = Package(
         harnessProgram("transfer"),
         harnessProgram("conns"),
         harnessProgram("rawzoo"),
+        harnessProgram("inotify"),
         // Debugged after a replay: built without optimization so every local is visible.
         harnessProgram("msgserver", optimize: false),
 

@@ -108,6 +108,24 @@ extension Checkpointer {
         return out
     }
 
+    /// An inotify instance's watches, each with the path of its file (found by the handle
+    /// fdinfo shows); a watch whose file cannot be named (deleted, on a filesystem wb sees
+    /// no mount of) is refused by name. Events waiting to be read are not kept: noted.
+    func inotifyWatches(_ f: FDPlan, _ fdinfo: String) throws -> [InotifyWatch] {
+        let mounts = Inotify.mounts()
+        var out: [InotifyWatch] = []
+        for m in Inotify.marks(fdinfo) {
+            guard let path = Inotify.path(of: m, mounts: mounts) else {
+                throw WBError.refused("pid \(pid) cannot be checkpointed: fd \(f.fd) is an inotify instance whose watch \(m.wd) is of a file wb cannot find by path (deleted, or on a filesystem mounted nowhere wb sees). Nothing was changed")
+            }
+            out.append(InotifyWatch(wd: m.wd, mask: m.mask, path: path))
+        }
+        if let copy = try? SharedFiles.take(f.fd, of: pid), copy.queuedBytes > 0 {
+            notes.append("fd \(f.fd) (inotify): \(copy.queuedBytes) bytes of events waiting to be read are not kept; the restored process will not see them")
+        }
+        return out
+    }
+
     func captureFiles(_ tracee: Tracee, into p: inout ProcessState, plan: Preflight, deletedContents: inout [Int32: [UInt8]]) throws {
         var pipes: [UInt64: PipeState] = [:]
         var ends: [UInt64: (read: Bool, write: Bool)] = [:]
@@ -240,6 +258,8 @@ extension Checkpointer {
                 s.net = nets[f.fd]
             case .pidfd:
                 s.pidfdTarget = Int32(info.extra["Pid"] ?? "")
+            case .inotify:
+                s.inotify = try inotifyWatches(f, infoText)
             case .file, .device, .tty, .placeholder:
                 break
             }

@@ -264,6 +264,13 @@ struct MetadataValidator {
                 for w in s.epoll ?? [] where w.fd < 0 || w.fd >= Self.maxFD {
                     throw bad("\(name) watches fd \(w.fd)")
                 }
+            case .inotify:
+                var wds = Set<Int32>()
+                for w in s.inotify ?? [] {
+                    guard w.wd > 0, wds.insert(w.wd).inserted else { throw bad("\(name) has inotify watch descriptor \(w.wd) (above 0, each once)") }
+                    try absolutePath(w.path, "\(name) inotify watch \(w.wd)")
+                }
+                if (s.inotify ?? []).count > 1 << 16 { throw bad("\(name) has more inotify watches than wb restores (65,536)") }
             case .pidfd:
                 guard let t = s.pidfdTarget, t > 0, t <= Self.maxPid else { throw bad("\(name) is a pidfd without a valid target pid") }
             case .unixSocket, .socket, .placeholder:

@@ -34,6 +34,8 @@ public struct FDState: Codable, Sendable, Equatable {
         /// Any other socket: TCP, UDP, a named, listening or unconnected Unix socket, one
         /// connected to a process outside the image (`net` holds it).
         case socket
+        /// An inotify instance (`inotify` holds its watches).
+        case inotify
     }
 
     public var fd: Int32
@@ -82,6 +84,8 @@ public struct FDState: Codable, Sendable, Equatable {
     public var pidfdTarget: Int32?
     /// For a socket of kind `socket`: its family, addresses, options and queues.
     public var net: NetSocketState?
+    /// For an inotify instance: its watches, by watch descriptor.
+    public var inotify: [InotifyWatch]?
 
     public init(fd: Int32, kind: Kind, flags: Int32, closeOnExec: Bool, path: String, offset: UInt64) {
         self.fd = fd; self.kind = kind; self.flags = flags; self.closeOnExec = closeOnExec
@@ -217,4 +221,13 @@ public struct PosixTimer: Codable, Sendable, Equatable {
         self.id = id; self.clock = clock; self.notify = notify; self.signal = signal; self.value = value
         self.thread = thread; self.valueNanoseconds = valueNanoseconds; self.intervalNanoseconds = intervalNanoseconds
     }
+}
+
+/// One watch of an inotify instance: the descriptor the process knows it by, the events it
+/// asks for (with IN_ONESHOT, IN_EXCL_UNLINK and the like), and the watched file's path.
+public struct InotifyWatch: Codable, Sendable, Equatable {
+    public var wd: Int32
+    public var mask: UInt32
+    public var path: String
+    public init(wd: Int32, mask: UInt32, path: String) { self.wd = wd; self.mask = mask; self.path = path }
 }

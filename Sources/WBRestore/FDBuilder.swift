@@ -85,7 +85,7 @@ struct FDBuilder {
                 placing.append((.lseek, [UInt64(s.fd), s.offset, UInt64(SEEK_SET)]))
                 what.append("")
             }
-            if [.pipe, .fifo, .eventfd, .timerfd, .signalfd, .epoll, .unixSocket, .socket, .pidfd].contains(s.kind) {
+            if [.pipe, .fifo, .eventfd, .timerfd, .signalfd, .epoll, .unixSocket, .socket, .pidfd, .inotify].contains(s.kind) {
                 // Status flags (O_NONBLOCK, O_APPEND, ...) belong to the open file description.
                 placing.append((.fcntl, [UInt64(s.fd), UInt64(F_SETFL), UInt64(s.flags & ~O_ACCMODE)]))
                 what.append("setting the flags of \(name)")
@@ -331,6 +331,8 @@ struct FDBuilder {
             return try socket(s)
         case .socket:
             return try netSocket(s)
+        case .inotify:
+            return try inotify(s)
         case .pidfd:
             // The process and the rest of its tree keep their pids: the same number names
             // the same process in the restored process's pid namespace.
@@ -454,6 +456,46 @@ struct FDBuilder {
     private func notePeerCredentials(_ s: FDState, _ net: NetSocketState, _ copy: FileDescriptor) {
         guard let was = net.peerCredentials, let now = SocketProbe.peerCredentials(copy.rawValue), was != now else { return }
         restorer.note("fd \(s.fd) (\(SocketBuilder.name(net))): its peer credentials (SO_PEERCRED) are pid \(now[0]), uid \(now[1]), gid \(now[2]); the image's were pid \(was[0]), uid \(was[1]), gid \(was[2])", about: process)
+    }
+
+    /// An inotify instance with its watches under the descriptors the process knows them
+    /// by: the kernel numbers a new instance's watches 1, 2, ... and never reuses a number,
+    /// so each number before one that was taken is used up by a watch added and removed
+    /// again. Paths are looked up as the process would (FileAccess).
+    private mutating func inotify(_ s: FDState) throws -> Int32 {
+        let fd = try high(Int32(try leader.call(.inotifyInit1, UInt64(O_CLOEXEC), what: "creating the inotify instance of fd \(s.fd)")))
+        var next: Int32 = 1
+        for w in (s.inotify ?? []).sorted(by: { $0.wd < $1.wd }) {
+            scratch.reset()
+            let name = try scratch.put(string: w.path)
+            var skipped: [(SyscallNumber, [UInt64])] = []
+            for wd in next..<max(next, w.wd) {
+                skipped.append((.inotifyAddWatch, [UInt64(fd), name, UInt64(w.mask)]))
+                skipped.append((.inotifyRmWatch, [UInt64(fd), UInt64(wd)]))
+            }
+            if !skipped.isEmpty {
+                let results = try access.asProcess(path: w.path) { try scratch.batch(skipped, leader: leader) }
+                if let bad = results.first(where: { $0 < 0 }) {
+                    throw WBError.system(call: "remote inotify_add_watch", errno: Int32(-bad), what: "numbering the watches of fd \(s.fd)")
+                }
+                // Each removal queued an IN_IGNORED event the process never had: read away.
+                let copy = try take(fd)
+                if copy.queuedBytes > 0 {
+                    var sink = [UInt8](repeating: 0, count: copy.queuedBytes)
+                    _ = Glibc.read(copy.rawValue, &sink, sink.count)
+                }
+            }
+            let r = try access.asProcess(path: w.path) { try leader.raw(.inotifyAddWatch, UInt64(fd), name, UInt64(w.mask)) }
+            if r < 0 {
+                if r == -Int64(ENOENT) { throw WBError.failed("\(w.path) no longer exists; restore needs it (inotify fd \(s.fd) watches it as \(w.wd))") }
+                throw WBError.system(call: "remote inotify_add_watch", errno: Int32(-r), what: "watching \(w.path) with fd \(s.fd)")
+            }
+            guard Int32(r) == w.wd else {
+                throw WBError.failed("inotify fd \(s.fd): \(w.path) was given watch \(r) instead of \(w.wd) (is it the same file as another watch's?)")
+            }
+            next = Int32(r) + 1
+        }
+        return fd
     }
 
     /// A copy, in wb, of the process's fd `fd` (pidfd_getfd).

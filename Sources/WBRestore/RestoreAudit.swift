@@ -120,10 +120,10 @@ struct RestoreAudit {
         let statusFlags = O_ACCMODE | O_APPEND | O_NONBLOCK | 0o40000 /* O_DIRECT */ | 0o1000000 /* O_NOATIME */ | O_SYNC | O_DSYNC | O_ASYNC | 0o10000000 /* O_PATH */
         // Every fd's fdinfo, read on every core (a server's thousand connections).
         let pid = self.pid, fds = process.fds
-        let infos = try Parallel.map(fds.count) { i -> (ProcFS.FDInfo, [FileLock])? in
+        let infos = try Parallel.map(fds.count) { i -> (ProcFS.FDInfo, [FileLock], [Inotify.Mark])? in
             guard let text = try? Paths.readText("/proc/\(pid)/fdinfo/\(fds[i].fd)") else { return nil }
             let locks = text.contains("lock:") ? text.split(separator: "\n").filter { $0.hasPrefix("lock:") }.compactMap { FileLock.parse(String($0)).0 } : []
-            return (ProcFS.parseFDInfo(text), locks)
+            return (ProcFS.parseFDInfo(text), locks, fds[i].kind == .inotify ? Inotify.marks(text) : [])
         }
         for (index, s) in process.fds.enumerated() {
             var name: String { "fd \(s.fd) (\(s.path))" }
@@ -131,7 +131,12 @@ struct RestoreAudit {
                 out.append("\(name) is missing")
                 continue
             }
-            guard let (info, locks) = infos[index] else { continue }
+            guard let (info, locks, marks) = infos[index] else { continue }
+            if s.kind == .inotify {
+                let want = (s.inotify ?? []).map { "\($0.wd)/\(String($0.mask, radix: 16))" }.sorted()
+                let have = marks.map { "\($0.wd)/\(String($0.mask, radix: 16))" }.sorted()
+                if want != have { out.append("\(name) has inotify watches \(have) (the image has \(want))") }
+            }
             for l in s.locks ?? [] where !locks.contains(l) {
                 out.append("\(name) does not hold its \(l.write ? "write" : "read") \(l.kind.rawValue) lock")
             }

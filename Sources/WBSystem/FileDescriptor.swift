@@ -31,6 +31,13 @@ public final class FileDescriptor: @unchecked Sendable {
         return FileDescriptor(owning: out)
     }
 
+    /// Bytes waiting to be read (ioctl FIONREAD: a socket's, a pipe's, an inotify instance's
+    /// events); 0 when the file cannot tell.
+    public var queuedBytes: Int {
+        var n: Int32 = 0
+        return wb_socket_ioctl_int(rawValue, 0x541B /* FIONREAD */, &n) == 0 ? Int(max(n, 0)) : 0
+    }
+
     /// Hands the descriptor over: this object no longer closes it.
     public func release() -> Int32 { closed = true; return rawValue }
 

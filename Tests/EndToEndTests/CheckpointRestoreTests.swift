@@ -142,6 +142,20 @@ import WBTrace
         for v in restored.verify(rounds: 2) { #expect(v == "VERIFY OK", "\(v)") }
     }
 
+    /// An inotify instance comes back with each watch under the descriptor the process knows
+    /// (a gap left by a removed watch included), and events arrive on them; no event the
+    /// restore itself caused waits in its queue.
+    @Test func inotifyWatchesComeBackWithTheirDescriptors() throws {
+        let dir = scratchDirectory()
+        let program = try Child(Products.harness("inotify"), [dir])
+        _ = try #require(program.line(startingWith: "READY"))
+        let image = "\(dir)/inotify.wbimg"
+        try checkpointKilled(program, to: image)
+        let restored = try Restored.detach(image)
+        defer { restored.kill() }
+        for v in restored.verify(rounds: 2) { #expect(v == "VERIFY OK", "\(v)") }
+    }
+
     /// POSIX, OFD and flock locks come back held (a child of the restored process sees each),
     /// and a lock someone else took meanwhile stops the restore, naming it.
     @Test func fileLocksComeBackHeld() throws {

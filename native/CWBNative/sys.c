@@ -357,3 +357,15 @@ int wb_openat2(int dirfd, const char *path, uint64_t flags, uint64_t mode, uint6
     *fd = (int)r;
     return 0;
 }
+
+int wb_open_by_handle(int mount_fd, int type, const uint8_t *bytes, unsigned len, int *fd) {
+    if (len > MAX_HANDLE_SZ) return EINVAL;
+    struct { struct file_handle h; unsigned char room[MAX_HANDLE_SZ]; } buf;
+    buf.h.handle_bytes = len;
+    buf.h.handle_type = type;
+    memcpy(buf.h.f_handle, bytes, len);
+    int r = open_by_handle_at(mount_fd, &buf.h, O_PATH | O_CLOEXEC);
+    if (r < 0) return errno;
+    *fd = r;
+    return 0;
+}

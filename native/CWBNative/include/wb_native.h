@@ -180,6 +180,10 @@ int wb_socket_peek(int fd, void *buf, size_t cap, size_t *got);
 
 /// pidfd_open + pidfd_getfd: a copy of fd `target_fd` of process `pid`.
 int wb_take_fd(pid_t pid, int target_fd, int *fd);
+/// open_by_handle_at(mount_fd, handle, O_PATH): the file a handle (of `type`, `len` bytes at
+/// `bytes`, as fdinfo shows an inotify watch's) names, on the filesystem `mount_fd` is on.
+/// Needs CAP_DAC_READ_SEARCH. 0 or an errno.
+int wb_open_by_handle(int mount_fd, int type, const uint8_t *bytes, unsigned len, int *fd);
 /// pidfd_open(pid) with close-on-exec; 0 or an errno.
 int wb_pidfd_open(pid_t pid, int *fd);
 /// pidfd_getfd(pidfd, target_fd): a copy of another process's fd (close-on-exec); 0 or an errno.
