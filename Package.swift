@@ -112,6 +112,7 @@ let package = Package(
         harnessProgram("conns"),
         harnessProgram("rawzoo"),
         harnessProgram("inotify"),
+        harnessProgram("resetzoo"),
         // Debugged after a replay: built without optimization so every local is visible.
         harnessProgram("msgserver", optimize: false),
 

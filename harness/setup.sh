@@ -4,7 +4,7 @@ wb_need_packages() {
     # nftables and iproute2: wb holds TCP connections with an nftables table and sets up the
     # network namespace of `restore --new-netns`; the servers are the sockets tests' targets.
     local wanted=(libunwind-dev libdw-dev libcapstone-dev libibverbs-dev libxxhash-dev liblzma-dev pkg-config gdb sqlite3
-                  nftables iproute2 redis-server redis-tools memcached nginx-light curl)
+                  nftables iproute2 redis-server redis-tools memcached nginx-light curl jq libxml2-utils python3)
     local missing=()
     for p in "${wanted[@]}" "$@"; do
         dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

@@ -378,7 +378,8 @@ public final class TreeCheckpointer {
         }
     }
 
-    /// Numbers the open file descriptions of files, devices and sockets that several fds
+    /// Numbers the open file descriptions of files, devices, sockets, pipes, FIFOs and
+    /// anonymous-inode objects (eventfd, timerfd, ...) that several fds
     /// share, in one process or across the tree (a log file a shell opened before forking, a
     /// listener a server's workers inherited): restore makes each one description again,
     /// with one offset (one socket).
@@ -387,7 +388,7 @@ public final class TreeCheckpointer {
         var next = 1
         for i in states.indices where !zombies.contains(states[i].pid) {
             let pid = states[i].pid
-            for j in states[i].fds.indices where [.file, .deletedFile, .device, .socket].contains(states[i].fds[j].kind) {
+            for j in states[i].fds.indices where [.file, .deletedFile, .device, .socket, .pipe, .fifo, .eventfd, .timerfd, .signalfd, .inotify, .pidfd].contains(states[i].fds[j].kind) {
                 let fd = states[i].fds[j].fd
                 let key: String
                 if states[i].fds[j].kind == .socket, let inode = Checkpointer.socketInode(states[i].fds[j].path) {

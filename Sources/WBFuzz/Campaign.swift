@@ -21,7 +21,7 @@ public struct CampaignOptions: Sendable {
     public var timeout: Double?
     public var dictionary: [[UInt8]] = []
     public var seed: UInt64 = 1
-    public var cover = "exe"
+    public var cover = "auto"
     public var restore: RestoreOptions = {
         var o = RestoreOptions()
         o.isolateSockets = true
@@ -65,6 +65,9 @@ public final class Worker {
     private var nextTick = 0.0, nextStats = 0.0, nextImport = 0.0, nextReport = 0.0
     private var rateWindow: (time: Double, executions: Int) = (0, 0)
     private var hangKeys: Set<CrashBucket> = []
+    /// Buckets whose crash did not reproduce in a fresh restore, with how often that was tried.
+    private var unconfirmed: [String: Int] = [:]
+    private var warnedUnread = false
     private var coveredWritten = 0
     private var stopping = false
     private let parent = getppid()
@@ -82,6 +85,7 @@ public final class Worker {
         stats = WorkerStats(worker: options.worker, pid: getpid(), target: executor.restored.pid)
         stats.blocks = executor.blockCount
         stats.reset = executor.reset
+        stats.covers = executor.coveredObjects
         mutator = Mutator(seed: options.seed &+ UInt64(options.worker) &* 0x9E37_79B9,
                           dictionary: options.dictionary + executor.constants.prefix(256))
     }
@@ -252,9 +256,44 @@ public final class Worker {
         stats.corpus = queue.count
     }
 
+    /// Runs `data` once in a fresh restore of the image, as `wb replay` does: whether it
+    /// crashes into `bucket` again (or, for a hang, runs past the timeout again). A finding
+    /// that does not is the fuzzing copy's doing, not the input's, and is dropped. Nil when
+    /// the fresh restore itself failed (the finding is kept, unconfirmed).
+    private func reproduces(_ data: [UInt8], bucket: CrashBucket?) -> Bool? {
+        let saved = stats.stage
+        stats.stage = "confirming"
+        defer { stats.stage = saved }
+        var restore = options.restore
+        restore.pidNamespace = .new
+        let fresh: Executor
+        do {
+            fresh = try Executor(image: executor.image, input: options.input, cover: nil, options: restore, mode: .once)
+        } catch {
+            stats.error = "confirming a finding: \(error)"
+            return nil
+        }
+        defer { fresh.terminate() }
+        fresh.timeout = bucket == nil ? executor.timeout : max(1, executor.timeout * 10)
+        guard let r = try? fresh.run(data) else { return nil }
+        stats.confirmations += 1
+        guard let bucket else { return r.outcome == .hang }
+        guard case .crashed = r.outcome, let s = r.crash else { return false }
+        return CrashBucket(signal: s.signal, frames: s.frames, exe: executor.image.process.exe) == bucket
+    }
+
     private func crash(_ r: RunResult, data: [UInt8]) throws {
         guard let state = r.crash else { return }
         let bucket = CrashBucket(signal: state.signal, frames: state.frames, exe: executor.image.process.exe)
+        if stats.crashes[bucket.name] == nil {
+            // A new bucket counts once a fresh restore crashes the same way.
+            if unconfirmed[bucket.name, default: 0] >= 3 || reproduces(data, bucket: bucket) == false {
+                unconfirmed[bucket.name, default: 0] += 1
+                stats.dropped += 1
+                stats.droppedBuckets[bucket.name, default: 0] += 1
+                return
+            }
+        }
         stats.crashes[bucket.name, default: 0] += 1
         stats.lastCrash = elapsed
         if stats.firstCrash == nil { stats.firstCrash = elapsed }
@@ -270,12 +309,13 @@ public final class Worker {
         try OutputDirectory.write(Array(try Worker.encoder.encode(recipe)), to: "\(dir)/replay.json", replacing: true)
         try writeReport(report, to: dir)
         stats.stage = "minimizing"
-        let small = try Minimizer.minimize(data, budget: 1000) { candidate in
+        var small = try Minimizer.minimize(data, budget: 1000) { candidate in
             let again = try executor.run(candidate)
             stats.executions += 1
             guard let s = again.crash, case .crashed = again.outcome else { return false }
             return CrashBucket(signal: s.signal, frames: s.frames, exe: executor.image.process.exe) == bucket
         }
+        if small != data && reproduces(small, bucket: bucket) == false { small = data }
         try OutputDirectory.write(small, to: "\(dir)/input.min", replacing: true)
         report.minimizedBytes = small.count
         try writeReport(report, to: dir)
@@ -290,7 +330,14 @@ public final class Worker {
     private func hang(_ r: RunResult, data: [UInt8], source: Int?) throws {
         stats.lastHang = elapsed
         let key = CrashBucket(signal: 0, frames: r.crash?.frames ?? [], exe: executor.image.process.exe)
-        guard hangKeys.insert(key).inserted, hangKeys.count <= 100 else { return }
+        guard !hangKeys.contains(key), hangKeys.count < 100 else { return }
+        if unconfirmed[key.name, default: 0] >= 3 { stats.droppedHangs += 1; return }
+        if reproduces(data, bucket: nil) == false {
+            unconfirmed[key.name, default: 0] += 1
+            stats.droppedHangs += 1
+            return
+        }
+        hangKeys.insert(key)
         stats.hangs += 1
         let src = source.map { ",src:\(OutputDirectory.idText($0))" } ?? ""
         let at = key.function.map { ",in:\(Worker.safe($0))" } ?? ""
@@ -304,6 +351,10 @@ public final class Worker {
 
     private func tick(_ now: Double) {
         nextTick = now + 0.25
+        if !warnedUnread, options.input.isRead, elapsed > 2, stats.executions >= 10, executor.inputReads == 0 {
+            warnedUnread = true
+            stats.warnings.append(unreadWarning())
+        }
         if Clock.monotonic - start >= (options.duration ?? .infinity) || shouldStop()
             || Paths.exists(output.stopFile) || getppid() != parent {
             stopping = true
@@ -327,6 +378,24 @@ public final class Worker {
             nextReport = now + 0.5
             report(status(), false)
         }
+    }
+
+    /// No run read the input: say which fds the process does read, so the user can point
+    /// --input at the right one.
+    private func unreadWarning() -> String {
+        let pid = executor.restored.pid
+        let read = executor.readsByFD.sorted { $0.value > $1.value }.prefix(5).map { fd, n in
+            let target = (try? Paths.readLink("/proc/\(pid)/fd/\(fd)")) ?? "closed"
+            return "fd \(fd) (\(target), \(n) read\(n == 1 ? "" : "s"))"
+        }
+        let channel: String
+        switch options.input {
+        case .fd: channel = "--input \(options.input) (fd \(executor.inputFDs.sorted().map(String.init).joined(separator: ", ")))"
+        default: channel = "--input \(options.input)"
+        }
+        return "no run has read the input given with \(channel) in \(stats.executions) runs; "
+            + (read.isEmpty ? "the process read no fd at all (is it blocked elsewhere, or does the input go to memory: --input mem:SYMBOL?)"
+               : "the process reads \(read.joined(separator: ", ")): give --input fd:N for the one that carries the input")
     }
 
     /// Queue entries other workers found, run here so this worker's coverage catches up.

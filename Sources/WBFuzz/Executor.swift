@@ -3,6 +3,7 @@ import Glibc
 import WBCore
 import WBRestore
 import WBSymbols
+import WBSystem
 import WBTrace
 
 /// One run's outcome.
@@ -70,9 +71,16 @@ public final class Executor {
     private var scanner: PageScanner!
     private var trackedSpan: (UInt64, UInt64) = (0, 0)
     private var copied: [(start: UInt64, bytes: [UInt8])] = []
-    private var snapshotMaps: [String] = []
+    private var layout: SnapshotLayout!
     private var snapshotFDs: [Int32] = []
+    /// Ranges of the snapshot's mappings the current run unmapped, moved or mapped over.
+    private var touched: [(start: UInt64, end: UInt64)] = []
     private var inputFD: FileDescriptor?
+    /// The fds that hold the input (fd N and its duplicates).
+    public private(set) var inputFDs: Set<Int32> = []
+    /// Reads seen, by fd, and how many of them were of the input.
+    public private(set) var readsByFD: [Int32: Int] = [:]
+    public private(set) var inputReads = 0
     private var inputSize = -1
     private var pageCache: [UInt64: UnsafeMutableRawPointer] = [:]
     private let scanVector = ScanVector()
@@ -90,6 +98,10 @@ public final class Executor {
     public private(set) var covered: Set<UInt64> = []
     /// The covered blocks in the order they were reached.
     public private(set) var coveredInOrder: [UInt64] = []
+    /// How often one compare instruction reports its operands in a traced run.
+    static let compareHitsPerRun = 8
+    /// The files whose code gets coverage breakpoints (names only).
+    public private(set) var coveredObjects: [String] = []
     /// Compare instructions, for comparison-tracing runs.
     private var compares: [UInt64: Disassembler.Instruction] = [:]
     private var compareBytes: [UInt64: UInt8] = [:]
@@ -178,8 +190,8 @@ public final class Executor {
             FileHandle.standardError.write(Data("wb-trace: tracked \(tracker.ranges.map { "\(hex($0.start))-\(hex($0.end))" }) copied \(copied.map { "\(hex($0.start))+\($0.bytes.count)" })\n".utf8))
         }
         try tracker.protectAll()
-        snapshotMaps = try Paths.readText("/proc/\(tracee.pid)/maps").split(separator: "\n").map(String.init)
         snapshotFDs = try ProcFS.fds(tracee.pid)
+        layout = try SnapshotLayout(pid: tracee.pid, brk: image.process.mm.brk, skipFDs: []) { try self.tracee.takeFD($0) }
         if let cover { try placeBreakpoints(cover: cover, maps: now) }
     }
 
@@ -188,10 +200,19 @@ public final class Executor {
     private func setUpInput(_ s: RemoteSyscalls, scratch: UInt64) throws {
         switch input {
         case let .fd(n):
+            // The input follows the open file, not the number: every fd that shares fd n's
+            // open file description (a dup of stdin) gets the input too.
+            let all = try ProcFS.fds(tracee.pid)
+            var targets = all.filter { $0 == n || (all.contains(n) && SharedFiles.sameDescription(tracee.pid, $0, tracee.pid, n)) }
+            if targets.isEmpty { targets = [n] }
             try tracee.write(Array("wb-input".utf8) + [0], to: scratch)
             let m = try s.call(.memfdCreate, scratch, 0, what: "creating the input file")
-            try s.call(.dup2, m, UInt64(n), what: "putting the input on fd \(n)")
+            for fd in targets {
+                let closeOnExec = (try? Paths.readText("/proc/\(tracee.pid)/fdinfo/\(fd)")).flatMap(SnapshotLayout.fdinfoFlags).map { $0 & Int32(O_CLOEXEC) != 0 } ?? false
+                try s.call(.dup3, m, UInt64(fd), closeOnExec ? UInt64(O_CLOEXEC) : 0, what: "putting the input on fd \(fd)")
+            }
             try s.call(.close, m, what: "closing a spare fd")
+            inputFDs = Set(targets)
             inputFD = try tracee.takeFD(n)
         case let .file(path):
             // A relative path is the process's: relative to its working directory.
@@ -249,7 +270,8 @@ public final class Executor {
     static let traced: [(Int, UInt32)] = [(231, 1), (60, 1), (12, 2), (9, 2), (11, 2), (25, 2), (10, 2),
                                        (2, 4), (257, 4), (3, 4), (32, 4), (33, 4), (292, 4), (22, 4), (293, 4),
                                        (41, 4), (319, 4), (290, 4), (291, 4), (43, 4), (288, 4), (56, 8), (435, 8), (59, 8), (322, 8),
-                                       (0, 16), (19, 16), (45, 16), (47, 16)]
+                                       (0, 16), (19, 16), (45, 16), (47, 16), (17, 16), (295, 16), (327, 16),
+                                       (329, 2)]
     static let filterData = Dictionary(uniqueKeysWithValues: traced)
 
     private func installFilter(_ s: RemoteSyscalls, scratch: UInt64) throws {
@@ -263,16 +285,21 @@ public final class Executor {
         // Chosen by the paths the process had (a file restored from the image's own copy
         // shows another path here), then found here by address.
         let exe = image.process.exe
-        let chosen = Set(image.process.mappings.filter { m in
+        let picked = image.process.mappings.filter { m in
             guard m.protection & 4 != 0, m.kind == .file, let path = m.path, path.hasPrefix("/") else { return false }
+            let name = String(path.split(separator: "/").last ?? "")
             switch cover {
             case "exe": return path == exe
             case "all": return true
-            default: return path.split(separator: "/").last.map { $0.hasPrefix(cover) } ?? false
+            case "auto": return path == exe || !Executor.isRuntime(name)
+            default:
+                return cover.split(separator: ",").contains { c in c == "exe" ? path == exe : name.hasPrefix(c) }
             }
-        }.map(\.start))
+        }
+        let chosen = Set(picked.map(\.start))
+        coveredObjects = Array(Set(picked.compactMap { $0.path?.split(separator: "/").last.map(String.init) })).sorted()
         let code = maps.filter { $0.protection & 4 != 0 && chosen.contains($0.start) }
-        if code.isEmpty { throw WBError.invalidArgument("--cover \(cover): no executable mapping of the process matches") }
+        if code.isEmpty { throw WBError.invalidArgument("--cover \(cover): no executable mapping of the process matches; give exe, all, auto or a library's name") }
         var constants = Set<[UInt8]>()
         for e in code {
             var text = [UInt8](repeating: 0, count: Int(e.end - e.start))
@@ -301,6 +328,16 @@ public final class Executor {
         self.constants = Array(constants).sorted { $0.lexicographicallyPrecedes($1) }
     }
 
+    /// Libraries `--cover auto` leaves out: the C library and dynamic loader, and the C++,
+    /// Swift and compiler runtimes. Input rarely decides their paths, and their code is large.
+    static func isRuntime(_ name: String) -> Bool {
+        let runtime = ["libc.so", "ld-linux", "ld64.so", "libm.so", "libpthread.so", "libdl.so", "librt.so", "libresolv.so",
+                       "libutil.so", "libanl.so", "libmvec.so", "libnss_", "libthread_db", "libstdc++.so", "libgcc_s.so",
+                       "libc++.so", "libc++abi.so", "libunwind.so", "libswift", "libFoundation", "lib_Foundation", "libdispatch.so",
+                       "libBlocksRuntime.so", "libatomic.so", "libgomp.so", "libasan.so", "libubsan.so", "linux-vdso"]
+        return runtime.contains { name.hasPrefix($0) }
+    }
+
     // MARK: Running
 
     /// Runs the process once on `data`. With `traceComparisons`, compare instructions also
@@ -308,6 +345,7 @@ public final class Executor {
     public func run(_ data: [UInt8], traceComparisons: Bool = false) throws -> RunResult {
         executions += 1
         endOfInputRead = false
+        if mode == .branching { layout.rewindFiles() }
         try deliver(data)
         if traceComparisons { try setCompareBreakpoints(true) }
         defer { if traceComparisons { try? setCompareBreakpoints(false) } }
@@ -320,6 +358,7 @@ public final class Executor {
         var running = Set(snapshot.keys)
         var result = RunResult(outcome: .hang, newBlocks: [], comparisons: [], crash: nil)
         var stepping: [Int32: UInt64] = [:]
+        var compareHits: [UInt64: Int] = [:]
         let deadline = Clock.monotonic + timeout
         runLoop: while true {
             guard let (tid, stop) = try tracee.waitAny(timeout: max(0.001, deadline - Clock.monotonic)) else {
@@ -333,7 +372,7 @@ public final class Executor {
                 }
                 break runLoop
             }
-            if debugTrace && ProcessInfo.processInfo.environment["WB_FUZZ_TRACE"] == "2" { FileHandle.standardError.write(Data("wb-trace: \(tid) \(stop) rip=\(hex((try? tracee.registers(tid))?.rip ?? 0))\n".utf8)) }
+            if debugTrace && ProcessInfo.processInfo.environment["WB_FUZZ_TRACE"] == "2" { FileHandle.standardError.write(Data("wb-trace: \(tid) \(stop) rip=\(hex((try? tracee.registers(tid))?.rip ?? 0)) nr=\((try? tracee.registers(tid))?.origRax ?? 0) rdi=\((try? tracee.registers(tid))?.rdi ?? 0)\n".utf8)) }
             switch stop {
             case let .event(ev) where ev == Tracee.seccompEvent:
                 // The filter's data says what the call is; it follows from the call's number.
@@ -346,9 +385,12 @@ public final class Executor {
                     running.remove(tid)
                     break runLoop
                 }
-                if data & 2 != 0 { layoutChanged = true }
+                if data & 2 != 0 {
+                    layoutChanged = true
+                    touched += layout.removedBy(regs)
+                }
                 if data & 4 != 0 { fdsChanged = true }
-                if data & 16 != 0, try wouldWaitForInput(tid, fd: Int32(truncatingIfNeeded: regs.rdi)) {
+                if data & 16 != 0, try wouldWaitForInput(tid, fd: Int32(truncatingIfNeeded: regs.rdi), call: Int(truncatingIfNeeded: regs.origRax)) {
                     result.outcome = .waiting
                     running.remove(tid)
                     break runLoop
@@ -359,15 +401,19 @@ public final class Executor {
                     running.remove(tid)
                     break runLoop
                 }
-                try tracee.resume(tid, .continue)
+                try tracee.resume(tid, stepping[tid] != nil ? .singleStep : .continue)
             case .event:
-                try tracee.resume(tid, .continue)
+                try tracee.resume(tid, stepping[tid] != nil ? .singleStep : .continue)
             case let .signal(sig):
                 if sig == SIGTRAP {
                     var regs = try tracee.registers(tid)
-                    if let original = stepping.removeValue(forKey: tid) {
-                        // Stepped over a compare: put its breakpoint back.
-                        try tracee.memory.writeCode([0xCC], to: original)
+                    let code = (try? tracee.signalInfo(tid)).map { $0.withUnsafeBytes { $0.loadUnaligned(fromByteOffset: 8, as: Int32.self) } } ?? 0
+                    if code == 2 /* TRAP_TRACE */, let original = stepping.removeValue(forKey: tid) {
+                        // Stepped over a compare: put its breakpoint back, unless it has
+                        // reported enough for this run (a compare in a loop would trap on
+                        // every iteration).
+                        compareHits[original, default: 0] += 1
+                        if compareHits[original]! < Executor.compareHitsPerRun { try tracee.memory.writeCode([0xCC], to: original) }
                         try tracee.resume(tid, .continue)
                         continue
                     }
@@ -393,6 +439,20 @@ public final class Executor {
                         continue
                     }
                     if handled { try tracee.resume(tid, .continue); continue }
+                    // A breakpoint another thread reached first and wb has already taken
+                    // away: the instruction is whole again, run it.
+                    if code == 0x80 /* SI_KERNEL: int3 */, covered.contains(at) || compares[at] != nil,
+                       let b = try? tracee.read(at, count: 1), b[0] != 0xCC {
+                        regs.rip = at
+                        try tracee.setRegisters(tid, regs)
+                        try tracee.resume(tid, .continue)
+                        continue
+                    }
+                    // A single-step trap left over from a step a signal cut short.
+                    if code == 2 /* TRAP_TRACE */ && stepping[tid] == nil {
+                        try tracee.resume(tid, .continue)
+                        continue
+                    }
                 }
                 if sig == SIGTRAP || defaultTerminates.contains(sig) || [SIGSEGV, SIGBUS, SIGILL, SIGFPE, SIGABRT, SIGSYS].contains(sig) {
                     let info = (try? tracee.signalInfo(tid)) ?? [UInt8](repeating: 0, count: 128)
@@ -404,9 +464,9 @@ public final class Executor {
                     running.remove(tid)
                     break runLoop
                 }
-                try tracee.resume(tid, .continue, signal: sig)
+                try tracee.resume(tid, stepping[tid] != nil ? .singleStep : .continue, signal: sig)
             case .interrupted:
-                try tracee.resume(tid, .continue)
+                try tracee.resume(tid, stepping[tid] != nil ? .singleStep : .continue)
             case let .exited(code) where mode == .once && tid == tracee.pid:
                 result.outcome = .exited(code)
                 return result
@@ -448,8 +508,16 @@ public final class Executor {
     /// At a read: whether the process has come back for more input. Reading the input fd
     /// after its end was read once, or any other fd with nothing to read, is the end of
     /// the iteration (the read would block, or see the end of input again).
-    private func wouldWaitForInput(_ tid: Int32, fd: Int32) throws -> Bool {
-        if case let .fd(n) = input, fd == n, let f = inputFD {
+    private func wouldWaitForInput(_ tid: Int32, fd: Int32, call: Int) throws -> Bool {
+        if readsByFD.count < 64 || readsByFD[fd] != nil { readsByFD[fd, default: 0] += 1 }
+        if inputFDs.contains(fd) { inputReads += 1 }
+        if case .file = input, inputReads == 0, executions < 100, let f = inputFD,
+           SharedFiles.sameFile(tracee.pid, fd, as: f.rawValue) {
+            inputReads += 1
+        }
+        // pread and preadv read at an offset of their own: they never mean "more input".
+        if call == 17 || call == 295 || call == 327 { return false }
+        if case .fd = input, inputFDs.contains(fd), let f = inputFD {
             guard lseek(f.rawValue, 0, SEEK_CUR) >= inputSize else { return false }
             if endOfInputRead { return true }
             endOfInputRead = true
@@ -497,19 +565,24 @@ public final class Executor {
         }
     }
 
+    /// Puts breakpoints on every compare instruction (on) or takes them away again, a page
+    /// at a time: one read and one write per page of code, not per instruction.
     private func setCompareBreakpoints(_ on: Bool) throws {
-        if on {
-            for (address, _) in compares where compareBytes[address] == nil {
-                guard let b = try? tracee.read(address, count: 1) else { continue }
-                compareBytes[address] = b[0] == 0xCC ? (blocks[address] ?? b[0]) : b[0]
-                try tracee.memory.writeCode([0xCC], to: address)
+        let addresses = on ? compares.keys.filter { compareBytes[$0] == nil } : Array(compareBytes.keys)
+        for (page, here) in Dictionary(grouping: addresses, by: { $0 & ~4095 }) {
+            guard var bytes = try? tracee.read(page, count: 4096) else { continue }
+            for a in here {
+                let i = Int(a - page)
+                if on {
+                    compareBytes[a] = bytes[i] == 0xCC ? (blocks[a] ?? bytes[i]) : bytes[i]
+                    bytes[i] = 0xCC
+                } else {
+                    bytes[i] = blocks[a] != nil ? 0xCC : compareBytes[a]!
+                }
             }
-        } else {
-            for (address, original) in compareBytes {
-                try tracee.memory.writeCode([blocks[address] != nil ? 0xCC : original], to: address)
-            }
-            compareBytes = [:]
+            try tracee.memory.writeCode(bytes, to: page)
         }
+        if !on { compareBytes = [:] }
     }
 
     private func stopAll(_ running: Set<Int32>) throws {
@@ -526,7 +599,11 @@ public final class Executor {
 
     /// Puts back every page the run wrote, and repairs mappings and fds if it changed them.
     private func resetMemory() throws {
-        guard trackedSpan.0 < trackedSpan.1 else { return }
+        guard trackedSpan.0 < trackedSpan.1 else {
+            if layoutChanged || fdsChanged { try repair() }
+            for c in copied { try tracee.write(c.bytes, to: c.start) }
+            return
+        }
         // Two ways to find the written pages, picked per snapshot. A large one is scanned on
         // the kernel's fast path, which only works while protecting what it finds; putting
         // the contents back then faults on those pages and they are protected once more
@@ -534,9 +611,9 @@ public final class Executor {
         // so putting the contents back costs no faults.
         let written = try scanner.scan(start: trackedSpan.0, end: trackedSpan.1, writtenOnly: true, reprotect: protectWhileScanning,
                                        trackedOnly: true, vector: scanVector)
+        if layoutChanged || fdsChanged { try repair() }
         guard !written.isEmpty else {
             for c in copied { try tracee.write(c.bytes, to: c.start) }
-            if layoutChanged || fdsChanged { try repair() }
             return
         }
         // Straight from the mapped image where it holds the page; other pages (file
@@ -570,7 +647,6 @@ public final class Executor {
             _ = try scanner.scan(start: cluster.start, end: cluster.end, writtenOnly: true, reprotect: true, trackedOnly: true, vector: scanVector)
         }
         for c in copied { try tracee.write(c.bytes, to: c.start) }
-        if layoutChanged || fdsChanged { try repair() }
     }
 
     /// The snapshot's contents of the page at `address`: in the mapped image, or read once
@@ -586,30 +662,78 @@ public final class Executor {
     }
 
     /// After a run that mapped, unmapped or opened things: back to the snapshot's layout.
+    /// Mappings the run made go; the parts of the snapshot's mappings it unmapped, moved,
+    /// mapped over, shrank or discarded come back with the snapshot's contents, protection
+    /// and breakpoints; protections it changed are put back; fds it opened are closed and
+    /// fds of the snapshot it closed or replaced come back as the same open files.
     private func repair() throws {
         let pid = tracee.pid
-        try tracee.withSyscalls(in: pid) { s in
-            if layoutChanged {
-                let now = try Paths.readText("/proc/\(pid)/maps").split(separator: "\n").map(String.init)
-                if now != snapshotMaps {
-                    let before = ProcFS.parseMaps(snapshotMaps.joined(separator: "\n"))
-                    for e in ProcFS.parseMaps(now.joined(separator: "\n")) where !before.contains(where: { $0.start == e.start && $0.end == e.end }) {
-                        // A mapping the run made, or a grown heap: the part beyond the snapshot goes.
-                        if let old = before.first(where: { $0.start == e.start }), e.end > old.end {
-                            _ = try s.raw(.munmap, old.end, e.end - old.end)
-                        } else if !before.contains(where: { $0.start < e.end && e.start < $0.end }) {
-                            _ = try s.raw(.munmap, e.start, e.end - e.start)
-                        }
-                    }
-                    _ = try s.raw(.brk, image.process.mm.brk)
-                }
-            }
-            if fdsChanged {
-                for fd in try ProcFS.fds(pid) where !snapshotFDs.contains(fd) { _ = try s.raw(.close, UInt64(fd)) }
-            }
-        }
+        let removed = touched + tracker.takeRemoved()
+        let checkFDs = fdsChanged
+        touched = []
         layoutChanged = false
         fdsChanged = false
+        try tracee.withSyscalls(in: pid) { s in
+            let text = try Paths.readText("/proc/\(pid)/maps")
+            if !removed.isEmpty || text.split(separator: "\n").map(String.init) != layout.lines {
+                for r in layout.madeByRun(ProcFS.parseMaps(text)) { _ = try s.raw(.munmap, r.start, r.end - r.start) }
+                _ = try s.raw(.brk, layout.brk)
+                let pieces = layout.lostPieces(lost: removed, now: try ProcFS.maps(pid, withFlags: false))
+                if debugTrace { FileHandle.standardError.write(Data("wb-trace: rebuilding \(pieces.map { "\(hex($0.start))-\(hex($0.end)) \($0.entry.path)" })\n".utf8)) }
+                for p in pieces { try rebuild(p, s) }
+                // What the rebuilding itself unmapped (MAP_FIXED over tracked memory) is not the next run's doing.
+                _ = tracker.takeRemoved()
+                for c in layout.protectionChanges(try ProcFS.maps(pid, withFlags: false)) {
+                    _ = try s.raw(.mprotect, c.start, c.end - c.start, UInt64(c.protection))
+                }
+            }
+            if checkFDs {
+                let now = try ProcFS.fds(pid)
+                for fd in now where !snapshotFDs.contains(fd) { _ = try s.raw(.close, UInt64(fd)) }
+                var scratch: UInt64 = 0
+                defer { if scratch != 0 { _ = try? s.raw(.munmap, scratch, 4096) } }
+                for (n, held) in layout.fds.sorted(by: { $0.key < $1.key })
+                where !now.contains(n) || !SharedFiles.sameDescription(pid, n, getpid(), held.copy.rawValue) {
+                    if scratch == 0 { scratch = try s.mapScratch(bytes: 4096) }
+                    try s.install(held, as: n, tracee: tracee, scratch: scratch)
+                }
+            }
+        }
+    }
+
+    /// Builds a piece of a snapshot mapping again: fresh private memory with the snapshot's
+    /// contents (stored pages, the file's for file mappings), protection and coverage
+    /// breakpoints, tracked for writes again.
+    private func rebuild(_ p: LostPiece, _ s: RemoteSyscalls) throws {
+        let e = p.entry, length = p.end - p.start
+        let name = e.path.isEmpty ? "anonymous memory" : e.path
+        if e.shared || e.path.hasPrefix("[v") {
+            throw WBError.failed("a run unmapped \(name) at \(hex(p.start))-\(hex(p.end)) (a \(e.shared ? "shared" : "kernel") mapping); wb cannot put it back between runs: take the snapshot where the program no longer unmaps it")
+        }
+        let r = try s.raw(.mmap, p.start, length, UInt64(PROT_READ | PROT_WRITE), UInt64(MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED), UInt64.max, 0)
+        guard UInt64(bitPattern: r) == p.start else {
+            throw WBError.system(call: "remote mmap", errno: Int32(truncatingIfNeeded: -r), what: "putting \(name) back at \(hex(p.start))")
+        }
+        var triples: [UInt64] = []
+        for a in stride(from: p.start, to: p.end, by: 4096) {
+            guard let page = e.inode == 0 ? memory.storedPage(a) : snapshotPage(a) else { continue }
+            let local = UInt64(UInt(bitPattern: page))
+            if triples.count >= 3, triples[triples.count - 3] + triples[triples.count - 1] == local,
+               triples[triples.count - 2] + triples[triples.count - 1] == a {
+                triples[triples.count - 1] += 4096
+            } else {
+                triples += [local, a, 4096]
+            }
+        }
+        try tracee.memory.write(scatter: triples)
+        if e.protection & 4 != 0 {
+            for (address, _) in blocks where address >= p.start && address < p.end { try tracee.memory.writeCode([0xCC], to: address) }
+        }
+        if e.protection != PROT_READ | PROT_WRITE { _ = try s.raw(.mprotect, p.start, length, UInt64(e.protection)) }
+        if e.protection & PROT_WRITE != 0 && !copied.contains(where: { $0.start < p.end && p.start < $0.start + UInt64($0.bytes.count) }),
+           tracker.register(start: p.start, end: p.end) {
+            try tracker.protect(start: p.start, end: p.end)
+        }
     }
 
     /// Pins the process's threads and the calling thread to one CPU: ptrace round trips

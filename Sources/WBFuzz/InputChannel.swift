@@ -24,6 +24,12 @@ public enum InputChannel: Equatable, Sendable, CustomStringConvertible {
         throw WBError.invalidArgument("--input \(text): expected stdin, fd:N, file:PATH or mem:SYMBOL[:LENGTH_SYMBOL]")
     }
 
+    /// Whether the process reads the input through fds (not from memory).
+    public var isRead: Bool {
+        if case .memory = self { return false }
+        return true
+    }
+
     public var description: String {
         switch self {
         case .fd(0): return "stdin"

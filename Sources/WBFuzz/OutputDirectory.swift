@@ -97,6 +97,13 @@ public struct WorkerStats: Codable, Sendable {
     public var covered = 0
     public var crashes: [String: Int] = [:]
     public var hangs = 0
+    /// Crashes and hangs that did not happen again in a fresh restore (dropped), and how
+    /// many fresh restores were run to check.
+    public var dropped = 0
+    public var droppedHangs = 0
+    /// The buckets of the dropped crashes (a reset wb got wrong shows here).
+    public var droppedBuckets: [String: Int] = [:]
+    public var confirmations = 0
     public var cycles = 0
     public var lastNew: Double?
     public var lastCrash: Double?
@@ -108,6 +115,10 @@ public struct WorkerStats: Codable, Sendable {
     public var timeoutMilliseconds = 0
     public var reset = ""
     public var error: String?
+    /// The files whose code is measured.
+    public var covers: [String] = []
+    /// Things the user should know about the campaign (the input is never read, ...).
+    public var warnings: [String] = []
 
     public init(worker: Int, pid: Int32, target: Int32) {
         self.worker = worker; self.pid = pid; self.target = target
@@ -128,6 +139,9 @@ public struct CampaignStatus: Codable, Sendable {
     public var uniqueCrashes: Int
     public var crashes: Int
     public var hangs: Int
+    /// Crashes and hangs dropped because they did not happen again in a fresh restore.
+    public var dropped: Int
+    public var droppedHangs: Int
     public var cycles: Int
     public var lastNew: Double?
     public var lastCrash: Double?
@@ -136,6 +150,9 @@ public struct CampaignStatus: Codable, Sendable {
     public var stage: String
     public var timeoutMilliseconds: Int
     public var buckets: [String: Int]
+    /// The files whose code is measured (`--cover`).
+    public var covers: [String]
+    public var warnings: [String]
 
     public init(workers stats: [WorkerStats], covered: Int) {
         let main = stats.first
@@ -154,6 +171,8 @@ public struct CampaignStatus: Codable, Sendable {
         uniqueCrashes = buckets.count
         crashes = buckets.values.reduce(0, +)
         hangs = stats.reduce(0) { $0 + $1.hangs }
+        dropped = stats.reduce(0) { $0 + $1.dropped }
+        droppedHangs = stats.reduce(0) { $0 + $1.droppedHangs }
         cycles = main?.cycles ?? 0
         lastNew = stats.compactMap(\.lastNew).max()
         lastCrash = stats.compactMap(\.lastCrash).max()
@@ -161,5 +180,8 @@ public struct CampaignStatus: Codable, Sendable {
         reset = main?.reset ?? ""
         stage = main.map { $0.current.isEmpty ? $0.stage : "\($0.stage) on \($0.current)" } ?? ""
         timeoutMilliseconds = main?.timeoutMilliseconds ?? 0
+        covers = main?.covers ?? []
+        var seen = Set<String>()
+        warnings = stats.flatMap(\.warnings).filter { seen.insert($0).inserted }
     }
 }

@@ -55,7 +55,7 @@ public final class Recorder {
             ("fuzzer_pid", "\(getpid())"), ("cycles_done", "\(s.cycles)"), ("execs_done", "\(s.executions)"),
             ("execs_per_sec", String(format: "%.2f", s.executionsPerSecond)), ("corpus_count", "\(s.corpus)"),
             ("corpus_found", "\(s.found)"), ("corpus_seeds", "\(s.seeds)"), ("saved_crashes", "\(s.uniqueCrashes)"),
-            ("total_crashes", "\(s.crashes)"), ("saved_hangs", "\(s.hangs)"), ("last_find", "\(at(s.lastNew))"),
+            ("total_crashes", "\(s.crashes)"), ("saved_hangs", "\(s.hangs)"), ("dropped_crashes", "\(s.dropped)"), ("dropped_hangs", "\(s.droppedHangs)"), ("last_find", "\(at(s.lastNew))"),
             ("last_crash", "\(at(s.lastCrash))"), ("exec_timeout", "\(s.timeoutMilliseconds)"),
             ("bitmap_cvg", percent(s)), ("edges_found", "\(s.covered)"), ("total_edges", "\(s.blocks)"),
             ("coverage_unit", "basic blocks"), ("workers", "\(s.workers)"), ("reset", s.reset),

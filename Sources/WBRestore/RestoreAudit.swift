@@ -143,11 +143,12 @@ struct RestoreAudit {
             if (info.flags & O_CLOEXEC != 0) != s.closeOnExec {
                 out.append("\(name) is \(s.closeOnExec ? "not " : "")close-on-exec (the image's was\(s.closeOnExec ? "" : " not"))")
             }
-            // Terminals, placeholders and pipes to something outside the process on 0-2 are
-            // attached to what this host has (wb's own stdin, stdout, stderr): their flags
-            // are those of the fd wb gives them.
+            // Terminals, placeholders and pipes to something outside the process on 0-2 (and
+            // their duplicates) are attached to what this host has (wb's own stdin, stdout,
+            // stderr): their flags are those of the fd wb gives them.
             let external = s.kind == .pipe && process.pipes.first { $0.id == s.pipe }?.external == true
-            if s.kind == .tty || s.kind == .placeholder || (s.fd <= 2 && external) { continue }
+            let onStandardFD = process.fds.contains { $0.fd <= 2 && $0.kind == .pipe && $0.pipe == s.pipe }
+            if s.kind == .tty || s.kind == .placeholder || (external && onStandardFD) { continue }
             if info.flags & statusFlags != s.flags & statusFlags {
                 out.append("\(name) has open flags 0\(String(info.flags & statusFlags, radix: 8)) (the image has 0\(String(s.flags & statusFlags, radix: 8)))")
             }

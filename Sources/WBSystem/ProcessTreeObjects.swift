@@ -16,6 +16,20 @@ public enum SharedFiles {
         wb_kcmp_epoll_target(pid, fd, epfd, tfd) == 0
     }
 
+    /// Whether fd `fd` of `pid` is the file (device and inode) wb's fd `local` is.
+    public static func sameFile(_ pid: Int32, _ fd: Int32, as local: Int32) -> Bool {
+        var a = stat(), b = stat()
+        guard stat("/proc/\(pid)/fd/\(fd)", &a) == 0, fstat(local, &b) == 0 else { return false }
+        return a.st_dev == b.st_dev && a.st_ino == b.st_ino
+    }
+
+    /// Sends `fd` over the Unix datagram or stream socket `socket` (SCM_RIGHTS): the
+    /// receiver gets the same open file description.
+    public static func send(_ fd: Int32, over socket: Int32, what: @autoclosure () -> String) throws {
+        let e = wb_send_fd(socket, fd)
+        if e != 0 { throw WBError.system(call: "sendmsg(SCM_RIGHTS)", errno: e, what: what()) }
+    }
+
     /// A copy, in wb, of fd `fd` of process `pid` (pidfd_getfd).
     public static func take(_ fd: Int32, of pid: Int32) throws -> FileDescriptor {
         var out: Int32 = -1

@@ -33,7 +33,7 @@ public final class DirtyTracker: @unchecked Sendable {
     @discardableResult
     public func register(start: UInt64, end: UInt64) -> Bool {
         guard wb_uffd_register_wp(uffd.rawValue, start, end - start) == 0 else { return false }
-        ranges.append((start, end))
+        if !ranges.contains(where: { $0.start <= start && end <= $0.end }) { ranges.append((start, end)) }
         return true
     }
 

@@ -13,13 +13,18 @@ struct FuzzCommand: ParsableCommand {
         The image is restored once (per worker), stopped, and every run starts from exactly \
         the checkpointed state: the input goes where --input says, the process runs until it \
         exits, crashes, times out or comes back for more input, and then the pages it wrote \
-        are put back (userfaultfd write-protect and PAGEMAP_SCAN find them). No \
-        recompilation and no source code: coverage comes from one-shot breakpoints on the \
-        basic blocks of the executable's code, found with capstone, and compare instructions \
-        are traced to get past magic values, checksums and keys the process computed itself.
+        are put back (userfaultfd write-protect and PAGEMAP_SCAN find them), with any \
+        memory it unmapped, files it closed and positions it moved. No recompilation and no \
+        source code: coverage comes from one-shot breakpoints on the basic blocks of the \
+        executable's code and the libraries it loads (--cover), found with capstone, and \
+        compare instructions are traced to get past magic values, checksums and keys the \
+        process computed itself.
+
+        Every crash and hang is run again in a fresh restore before it is kept; one that \
+        does not happen again is dropped and counted (dropped_crashes in fuzzer_stats).
 
         --input says where the input goes:
-          stdin, fd:N             the fd is replaced by a file holding the input, then end of file
+          stdin, fd:N             the fd (and every duplicate of it) is replaced by a file holding the input, then end of file
           file:PATH               the file is rewritten before each run (the process opens it)
           mem:SYM[:LENSYM]        the bytes are written into the buffer SYM (and their count into LENSYM)
 
@@ -66,8 +71,8 @@ struct FuzzCommand: ParsableCommand {
     @Option(help: "Seed of the mutations (default: from the clock); the same seed makes the same mutations.")
     var seed: UInt64?
 
-    @Option(help: "The code to measure coverage in: exe, all, or a library name (e.g. libxml2).")
-    var cover = "exe"
+    @Option(help: "The code to measure coverage in: auto (the executable and the libraries it loads, but not the C library, the loader or the C++/Swift runtimes), exe, all, or library names, comma-separated (e.g. libxml2).")
+    var cover = "auto"
 
     @Flag(help: "Restore even if this CPU lacks instructions or register state the process may use.")
     var force = false
@@ -155,6 +160,7 @@ final class StatusScreen {
     let terminal = isatty(2) != 0
     private var drawn = 0
     private var lastLine = -10.0
+    private var warned: Set<String> = []
 
     init(image: String, seed: UInt64, quiet: Bool) {
         self.image = image; self.seed = seed; self.quiet = quiet
@@ -170,22 +176,32 @@ final class StatusScreen {
         return "\(Int(now - t)) s ago"
     }
 
+    static func list(_ names: [String]) -> String {
+        names.count <= 4 ? names.joined(separator: ", ") : names.prefix(3).joined(separator: ", ") + " and \(names.count - 3) more"
+    }
+
     func lines(_ s: CampaignStatus) -> [String] {
         let pct = s.blocks > 0 ? String(format: " (%.1f%%)", 100 * Double(s.covered) / Double(s.blocks)) : ""
         return [
             "wb fuzz  \(image)   run time \(StatusScreen.duration(s.seconds))   seed \(seed)",
             "  reset      \(s.reset), \(s.workers) worker\(s.workers == 1 ? "" : "s")",
             "  runs       \(s.executions) total, \(Int(s.executionsPerSecond))/s, timeout \(s.timeoutMilliseconds) ms",
-            "  coverage   \(s.covered) of \(s.blocks) basic blocks\(pct)",
+            "  coverage   \(s.covered) of \(s.blocks) basic blocks\(pct) in \(StatusScreen.list(s.covers))",
             "  corpus     \(s.corpus) entries (\(s.seeds) seeds, \(s.found) found), last new \(StatusScreen.ago(s.seconds, s.lastNew))",
             "  crashes    \(s.uniqueCrashes) unique (\(s.crashes) in all), last \(StatusScreen.ago(s.seconds, s.lastCrash))",
             "  hangs      \(s.hangs)",
+            "  dropped    \(s.dropped) crashes, \(s.droppedHangs) hangs that did not happen again in a fresh restore",
             "  stage      \(s.stage)",
         ]
     }
 
     func show(_ s: CampaignStatus) {
         if quiet { return }
+        for w in s.warnings where !warned.contains(w) {
+            warned.insert(w)
+            FileHandle.standardError.write(Data("wb: warning: \(w)\n".utf8))
+            drawn = 0
+        }
         if terminal {
             var text = drawn > 0 ? "\u{1b}[\(drawn)A" : ""
             let l = lines(s)
@@ -196,7 +212,7 @@ final class StatusScreen {
             lastLine = s.seconds
             FileHandle.standardError.write(Data(("wb: fuzz \(StatusScreen.duration(s.seconds)) runs \(s.executions) (\(Int(s.executionsPerSecond))/s) "
                 + "cover \(s.covered)/\(s.blocks) corpus \(s.corpus) crashes \(s.uniqueCrashes) (\(s.crashes)) hangs \(s.hangs) "
-                + "last-new \(s.lastNew.map { "\(Int(s.seconds - $0))s" } ?? "-") reset dirty-pages\n").utf8))
+                + (s.dropped + s.droppedHangs > 0 ? "dropped \(s.dropped + s.droppedHangs) " : "") + "last-new \(s.lastNew.map { "\(Int(s.seconds - $0))s" } ?? "-") reset dirty-pages\n").utf8))
         }
     }
 

@@ -188,6 +188,33 @@ import WBCore
         #expect(again.code == 1)
         #expect(again.stderr.contains("already holds a campaign"))
     }
+
+    /// Each run of harness-resetzoo unmaps, shrinks, discards, maps over and reprotects its
+    /// memory, and closes, replaces and moves its fds; the next run checks all of it is
+    /// back (and crashes in a function named for what is not).
+    @Test func everyRunFindsWhatThePreviousRunUndidPutBack() throws {
+        let dir = scratchDirectory()
+        var fds: [Int32] = [0, 0]
+        try #require(pipe(&fds) == 0)
+        defer { close(fds[1]) }
+        let child = try Child(Products.harness("resetzoo"), ["\(dir)/scratch"], stdin: fds[0])
+        close(fds[0])
+        try #require(child.line(startingWith: "READY") != nil)
+        let image = "\(dir)/resetzoo.wbimg"
+        let checkpoint = try wb("checkpoint", "\(child.pid)", "-o", image, "--kill", "-q")
+        try #require(checkpoint.code == 0, "\(checkpoint.stderr)")
+        let corpus = "\(dir)/seeds"
+        try Paths.makeDirectories(corpus)
+        try writeFile(Array("x".utf8), "\(corpus)/x")
+        try writeFile(Array("abc".utf8), "\(corpus)/abc")
+        let run = try wb("fuzz", image, "--corpus", corpus, "--out", "\(dir)/out", "--runs", "300", "--seed", "5", "--json")
+        try #require(run.code == 0, "\(run.stderr)")
+        let summary = try FuzzTests.summary(run)
+        #expect(FuzzTests.buckets(summary).isEmpty, "a run found its state missing: \(FuzzTests.buckets(summary))")
+        let status = try #require(summary["status"] as? [String: Any])
+        #expect(status["dropped"] as? Int == 0 && status["hangs"] as? Int == 0, "\(status)")
+        #expect((status["executions"] as? Int ?? 0) >= 300)
+    }
 }
 
 /// Writes a small file.

@@ -184,6 +184,8 @@ int wb_take_fd(pid_t pid, int target_fd, int *fd);
 /// `bytes`, as fdinfo shows an inotify watch's) names, on the filesystem `mount_fd` is on.
 /// Needs CAP_DAC_READ_SEARCH. 0 or an errno.
 int wb_open_by_handle(int mount_fd, int type, const uint8_t *bytes, unsigned len, int *fd);
+/* Sends fd over the Unix socket sock (SCM_RIGHTS, one byte of data); 0 or an errno. */
+int wb_send_fd(int sock, int fd);
 /// pidfd_open(pid) with close-on-exec; 0 or an errno.
 int wb_pidfd_open(pid_t pid, int *fd);
 /// pidfd_getfd(pidfd, target_fd): a copy of another process's fd (close-on-exec); 0 or an errno.
