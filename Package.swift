@@ -113,6 +113,8 @@ let package = Package(
         harnessProgram("rawzoo"),
         harnessProgram("inotify"),
         harnessProgram("resetzoo"),
+        harnessProgram("pool"),
+        harnessProgram("sums"),
         // Debugged after a replay: built without optimization so every local is visible.
         harnessProgram("msgserver", optimize: false),
 

@@ -209,6 +209,28 @@ public final class Worker {
                 _ = try execute(repaired, source: queue[index].id, op: "cmp")
             }
         }
+        if !stopping { try dependencyStage(index, comparisons: traced.comparisons) }
+    }
+
+    /// Comparisons of values computed from the input: the bytes each depends on, found by
+    /// perturbing them, then solved over those bytes (`Solver`).
+    private func dependencyStage(_ index: Int, comparisons: [Comparison]) throws {
+        stats.stage = "dependencies"
+        let data = queue[index].data
+        let solver = Solver()
+        let source = queue[index].id
+        let dependents = try solver.dependencies(of: data, base: comparisons) { candidate in
+            let r = try executor.run(candidate, traceComparisons: true)
+            stats.executions += 1
+            try handle(r, data: candidate, source: source, op: "dep", enqueue: true)
+            return stopping ? [] : r.comparisons
+        }
+        if ProcessInfo.processInfo.environment["WB_FUZZ_TRACE"] != nil {
+            FileHandle.standardError.write(Data("wb-trace: \(queue[index].name): dependent comparisons \(dependents.map { "\(hex($0.base.address))#\($0.base.hit): \($0.effects.map { "[\($0.position)] \($0.left)/\($0.right)" })" })\n".utf8))
+        }
+        for candidate in solver.candidates(for: data, dependents) where !stopping {
+            _ = try execute(candidate, source: source, op: "solve")
+        }
     }
 
     /// Stacked random mutations of one entry.
@@ -239,6 +261,13 @@ public final class Worker {
         case .hang:
             try hang(r, data: data, source: source)
         case .exited, .waiting:
+            if enqueue && !r.newBlocks.isEmpty { try add(data, source: source, op: op) }
+        case .forked:
+            stats.forked += 1
+            if stats.forked == 1 {
+                stats.warnings.append("runs fork or exec (first with input \(data.prefix(32).map { String(format: "%02x", $0) }.joined())); "
+                                      + "a snapshot cannot be branched over a new process, so such runs end there")
+            }
             if enqueue && !r.newBlocks.isEmpty { try add(data, source: source, op: op) }
         }
         if !r.newBlocks.isEmpty { stats.lastNew = elapsed; stats.covered = executor.covered.count }

@@ -15,6 +15,9 @@ public enum Outcome: Equatable, Sendable {
     /// A fatal signal, with the faulting address (si_addr) where there is one.
     case crashed(signal: Int32, address: UInt64)
     case hang
+    /// The process forked or exec'd: a snapshot cannot be branched over a new process, so
+    /// the run ends there (not a finding).
+    case forked
 }
 
 /// What a run found.
@@ -32,6 +35,16 @@ public struct Comparison: Hashable, Sendable {
     public var left: UInt64
     public var right: UInt64
     public var width: Int
+    /// The compare instruction, and which of its executions in the run this was (from 0).
+    public var address: UInt64 = 0
+    public var hit = 0
+    /// Where the comparison is, in runs of different inputs.
+    public var site: Site { Site(address: address, hit: hit) }
+    public struct Site: Hashable, Sendable { public var address: UInt64; public var hit: Int }
+
+    public init(left: UInt64, right: UInt64, width: Int, address: UInt64 = 0, hit: Int = 0) {
+        self.left = left; self.right = right; self.width = width; self.address = address; self.hit = hit
+    }
 }
 
 public struct CrashState: Sendable {
@@ -359,6 +372,8 @@ public final class Executor {
         var result = RunResult(outcome: .hang, newBlocks: [], comparisons: [], crash: nil)
         var stepping: [Int32: UInt64] = [:]
         var compareHits: [UInt64: Int] = [:]
+        /// Threads the run made: ended with it.
+        var born: [Int32] = []
         let deadline = Clock.monotonic + timeout
         runLoop: while true {
             guard let (tid, stop) = try tracee.waitAny(timeout: max(0.001, deadline - Clock.monotonic)) else {
@@ -378,6 +393,11 @@ public final class Executor {
                 // The filter's data says what the call is; it follows from the call's number.
                 let regs = try tracee.registers(tid)
                 let data = Executor.filterData[Int(truncatingIfNeeded: regs.origRax)] ?? 0
+                if data & 1 != 0 && born.contains(tid) && regs.origRax == 60 {
+                    // A thread of the run's own ending itself.
+                    try tracee.resume(tid, .continue)
+                    continue
+                }
                 if data & 1 != 0 {
                     // exit or exit_group: the run is over. The thread stays in this stop; the
                     // next run gives it the snapshot's registers, which skip the call.
@@ -396,13 +416,25 @@ public final class Executor {
                     break runLoop
                 }
                 if data & 8 != 0 {
-                    // clone, fork, exec: not something a snapshot can be branched over.
-                    result.outcome = .crashed(signal: SIGSYS, address: 0)
+                    if try makesThread(tid, regs) {
+                        // Followed (PTRACE_O_TRACECLONE) and ended with the run.
+                        try tracee.resume(tid, .continue)
+                        continue
+                    }
+                    // fork, vfork, exec: not something a snapshot can be branched over.
+                    result.outcome = .forked
                     running.remove(tid)
                     break runLoop
                 }
                 try tracee.resume(tid, stepping[tid] != nil ? .singleStep : .continue)
-            case .event:
+            case let .event(ev):
+                if ev == Tracee.cloneEvent {
+                    for t in tracee.tids where snapshot[t] == nil && !born.contains(t) {
+                        born.append(t)
+                        running.insert(t)
+                        try tracee.resume(t, .continue)
+                    }
+                }
                 try tracee.resume(tid, stepping[tid] != nil ? .singleStep : .continue)
             case let .signal(sig):
                 if sig == SIGTRAP {
@@ -432,7 +464,11 @@ public final class Executor {
                     if let original = compareBytes[at], let insn = compares[at] {
                         regs.rip = at
                         try tracee.setRegisters(tid, regs)
-                        if let c = compared(insn, regs) { result.comparisons.append(c) }
+                        if var c = compared(insn, regs) {
+                            c.address = at
+                            c.hit = compareHits[at, default: 0]
+                            result.comparisons.append(c)
+                        }
                         try tracee.memory.writeCode([original], to: at)
                         stepping[tid] = at
                         try tracee.resume(tid, .singleStep)
@@ -471,12 +507,17 @@ public final class Executor {
                 result.outcome = .exited(code)
                 return result
             case .exited, .killed:
-                if mode == .once && tid != tracee.pid { running.remove(tid); continue }
+                if (mode == .once && tid != tracee.pid) || born.contains(tid) {
+                    running.remove(tid)
+                    born.removeAll { $0 == tid }
+                    continue
+                }
                 throw WBError.failed("the process being fuzzed ended despite wb (thread \(tid)); it cannot go on")
             }
         }
         if mode == .once { return result }
         try stopAll(running)
+        for t in born where tracee.tids.contains(t) { try tracee.endThread(t) }
         try resetMemory()
         return result
     }
@@ -526,6 +567,16 @@ public final class Executor {
         guard let copy = try? tracee.takeFD(fd) else { return false }
         var p = pollfd(fd: copy.rawValue, events: Int16(POLLIN), revents: 0)
         return poll(&p, 1, 0) == 0
+    }
+
+    /// Whether a clone or clone3 about to run makes a thread (CLONE_THREAD), not a process.
+    private func makesThread(_ tid: Int32, _ r: Registers) throws -> Bool {
+        let cloneThread: UInt64 = 0x10000
+        switch r.origRax {
+        case 56: return r.rdi & cloneThread != 0
+        case 435: return (try? tracee.memory.readWord(r.rdi)).map { $0 & cloneThread != 0 } ?? false
+        default: return false
+        }
     }
 
     /// The values a compare instruction is about to compare.

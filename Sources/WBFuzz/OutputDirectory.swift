@@ -104,6 +104,8 @@ public struct WorkerStats: Codable, Sendable {
     /// The buckets of the dropped crashes (a reset wb got wrong shows here).
     public var droppedBuckets: [String: Int] = [:]
     public var confirmations = 0
+    /// Runs that ended because the process forked or exec'd.
+    public var forked = 0
     public var cycles = 0
     public var lastNew: Double?
     public var lastCrash: Double?

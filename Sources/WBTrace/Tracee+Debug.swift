@@ -36,9 +36,20 @@ extension Tracee {
             try check(e, "waitpid", "waiting for pid \(pid)")
             if waited == 0 { return nil }
             if tids.contains(waited) || waited == pid { break }
+            if newThreadStopped(waited, status) { continue }
             // Not one of ours (an init, another child): it is of no concern here.
         }
         return (waited, try decode(waited, status))
+    }
+
+    /// The first stop of a thread the process just made, seen before its maker's clone
+    /// event (the kernel may report either first): the thread joins `tids`, stopped, and the
+    /// clone event finds it there.
+    func newThreadStopped(_ tid: Int32, _ status: Int32) -> Bool {
+        guard options & UInt32(WB_PTRACE_O_TRACECLONE) != 0, wb_wptrace_event(status) == WB_PTRACE_EVENT_STOP,
+              Paths.exists("/proc/\(pid)/task/\(tid)") else { return false }
+        tids.append(tid)
+        return true
     }
 
     /// Ends tracing for good: the process is killed and reaped by its parent.
@@ -76,12 +87,15 @@ extension Tracee {
             if e == ETIMEDOUT { return nil }
             try check(e, "waitpid", "waiting for pid \(self.pid)")
             if tids.contains(pid) || pid == self.pid { return (pid, try decode(pid, status)) }
+            if newThreadStopped(pid, status) { continue }
             otherStop?(pid, status)
         }
     }
 
     /// The ptrace event of a stop for a seccomp filter's SECCOMP_RET_TRACE.
     public static let seccompEvent = Int32(WB_PTRACE_EVENT_SECCOMP)
+    /// The ptrace event of a stop for a new thread (PTRACE_O_TRACECLONE).
+    public static let cloneEvent = Int32(WB_PTRACE_EVENT_CLONE)
     public static let traceSeccompOption = UInt32(WB_PTRACE_O_TRACESECCOMP)
     public static let exitKillOption = UInt32(WB_PTRACE_O_EXITKILL)
 }
@@ -103,5 +117,26 @@ extension Tracee {
         try check(info.withUnsafeMutableBytes { wb_ptrace_getsiginfo(tid, $0.baseAddress) },
                   "ptrace(PTRACE_GETSIGINFO)", "reading the signal of thread \(tid)", pid: tid)
         return info
+    }
+}
+
+extension Tracee {
+    /// Ends the stopped thread `tid` alone, with exit(0) run at the process's syscall
+    /// instruction (a thread the process made during a fuzzing run, at the run's end).
+    public func endThread(_ tid: Int32) throws {
+        var r = try registers(tid)
+        r.rax = 60
+        r.rdi = 0
+        r.rip = syscallGadget
+        r.origRax = UInt64.max
+        r.eflags &= ~UInt64(0x100)
+        try setRegisters(tid, r)
+        try resume(tid, .continue)
+        while true {
+            switch try wait(tid) {
+            case .exited, .killed: return
+            case .signal, .interrupted, .event: try resume(tid, .continue)
+            }
+        }
     }
 }

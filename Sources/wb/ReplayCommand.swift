@@ -200,6 +200,9 @@ struct ReplayOutcome: Encodable {
         case .waiting:
             what = "read all of its input and waited for more"
             reproduced = false
+        case .forked:
+            what = "forked or exec'd a new program"
+            reproduced = false
         case .hang:
             what = "still running at the timeout"
             reproduced = expected == nil ? false : expected!.hasPrefix("hang")

@@ -189,6 +189,60 @@ import WBCore
         #expect(again.stderr.contains("already holds a campaign"))
     }
 
+    /// A snapshot of `program` (a harness program that prints READY) blocked reading stdin.
+    static func checkpointHarness(_ program: String, _ dir: String, _ arguments: [String] = []) throws -> String {
+        var fds: [Int32] = [0, 0]
+        try #require(pipe(&fds) == 0)
+        defer { close(fds[1]) }
+        let child = try Child(Products.harness(program), arguments, stdin: fds[0])
+        close(fds[0])
+        try #require(child.line(startingWith: "READY") != nil)
+        let image = "\(dir)/\(program).wbimg"
+        let checkpoint = try wb("checkpoint", "\(child.pid)", "-o", image, "--kill", "-q")
+        try #require(checkpoint.code == 0, "\(checkpoint.stderr)")
+        return image
+    }
+
+    /// harness-sums crashes behind d[6] + d[7] == 0x100, a masked and xor'ed key byte and a
+    /// big-endian field with an offset: operands computed from the input, solved through the
+    /// bytes they depend on.
+    @Test func comparisonsOfComputedValuesAreSolved() throws {
+        let dir = scratchDirectory()
+        let image = try FuzzTests.checkpointHarness("sums", dir)
+        let corpus = "\(dir)/seeds"
+        try Paths.makeDirectories(corpus)
+        try writeFile(Array("SUMS".utf8) + [1, 0, 0x41, 0x42, 0, 0, 0, 0], "\(corpus)/seed")
+        let run = try wb(["fuzz", image, "--corpus", corpus, "--out", "\(dir)/out", "--duration", "60", "--until-crashes", "1",
+                          "--seed", "11", "--json"], timeout: 300)
+        try #require(run.code == 0, "\(run.stderr)")
+        let summary = try FuzzTests.summary(run)
+        let buckets = FuzzTests.buckets(summary)
+        #expect(buckets.map(\.function) == ["crash_behind_sums"], "\(buckets)")
+        let input = try Paths.readBytes("\(buckets.first?.directory ?? dir)/input")
+        #expect(input.count >= 11 && Int(input[6]) + Int(input[7]) == 0x100 && (Int(input[9]) << 8 | Int(input[10])) == 0x1234 + 7)
+    }
+
+    /// harness-pool: three worker threads in the snapshot, and a helper thread each run
+    /// makes and joins. Runs reset every thread and end the ones they made (each run checks
+    /// it starts with the snapshot's threads); the planted bug in a worker is found.
+    @Test func threadPoolRunsEndTheThreadsTheyMake() throws {
+        let dir = scratchDirectory()
+        let image = try FuzzTests.checkpointHarness("pool", dir)
+        let corpus = "\(dir)/seeds"
+        try Paths.makeDirectories(corpus)
+        try writeFile(Array("hello\nworld\n".utf8), "\(corpus)/a")
+        try writeFile(Array("GET x\nKILL\n".utf8), "\(corpus)/b")
+        let run = try wb(["fuzz", image, "--corpus", corpus, "--out", "\(dir)/out", "--duration", "60", "--until-crashes", "1",
+                          "--seed", "4", "--json"], timeout: 300)
+        try #require(run.code == 0, "\(run.stderr)")
+        let summary = try FuzzTests.summary(run)
+        #expect(FuzzTests.buckets(summary).map(\.function) == ["handle_line"], "\(FuzzTests.buckets(summary))")
+        let status = try #require(summary["status"] as? [String: Any])
+        #expect(status["dropped"] as? Int == 0, "runs found threads left over, or crashed where a fresh restore does not: \(status)")
+        let replay = try wb("replay", FuzzTests.buckets(summary).first?.directory ?? dir)
+        #expect(replay.code == 0, "\(replay.stdout) \(replay.stderr)")
+    }
+
     /// Each run of harness-resetzoo unmaps, shrinks, discards, maps over and reprotects its
     /// memory, and closes, replaces and moves its fds; the next run checks all of it is
     /// back (and crashes in a function named for what is not).
