@@ -80,3 +80,54 @@ extension ELFSymbols {
         return out
     }
 }
+
+extension ELFSymbols {
+    /// The GOT slots of the functions the ELF file at `path` imports (R_X86_64_JUMP_SLOT and
+    /// R_X86_64_GLOB_DAT relocations against .dynsym): name → the slot's address relative to
+    /// where the file's first loadable segment is mapped (its page-aligned p_vaddr
+    /// subtracted). Nil when the file cannot be read as ELF64.
+    public static func importSlots(of path: String) -> [String: UInt64]? {
+        guard let fd = try? FileDescriptor.open(path, O_RDONLY) else { return nil }
+        func read(_ offset: Int, _ count: Int) -> [UInt8]? {
+            guard count > 0, count < 1 << 26 else { return nil }
+            var out = [UInt8](repeating: 0, count: count)
+            let got = (try? out.withUnsafeMutableBytes { try fd.read(into: $0, at: UInt64(offset)) }) ?? 0
+            return got == count ? out : nil
+        }
+        guard let h = read(0, 64), h[0] == 0x7F, h[1] == 0x45, h[2] == 0x4C, h[3] == 0x46, h[4] == 2, h[5] == 1 else { return nil }
+        func u16(_ b: [UInt8], _ at: Int) -> Int { Int(b[at]) | Int(b[at + 1]) << 8 }
+        func u32(_ b: [UInt8], _ at: Int) -> Int { (0..<4).reduce(0) { $0 | Int(b[at + $1]) << (8 * $1) } }
+        func u64(_ b: [UInt8], _ at: Int) -> UInt64 { (0..<8).reduce(UInt64(0)) { $0 | UInt64(b[at + $1]) << (8 * UInt64($1)) } }
+        // The first PT_LOAD's page-aligned p_vaddr: what the load base is relative to.
+        let phoff = Int(u64(h, 0x20)), phentsize = u16(h, 0x36), phnum = u16(h, 0x38)
+        guard phentsize >= 56, let ph = read(phoff, phnum * phentsize) else { return nil }
+        guard let firstLoad = (0..<phnum).first(where: { u32(ph, $0 * phentsize) == 1 }) else { return nil }
+        let base = u64(ph, firstLoad * phentsize + 0x10) & ~0xFFF
+        let shoff = Int(u64(h, 0x28)), shentsize = u16(h, 0x3A), shnum = u16(h, 0x3C)
+        guard shoff > 0, shentsize >= 64, shnum > 0, let table = read(shoff, shnum * shentsize) else { return nil }
+        func section(_ i: Int) -> (type: Int, offset: Int, size: Int, link: Int) {
+            let at = i * shentsize
+            return (u32(table, at + 4), Int(u64(table, at + 0x18)), Int(u64(table, at + 0x20)), u32(table, at + 0x28))
+        }
+        var out: [String: UInt64] = [:]
+        for i in 0..<shnum where section(i).type == 4 /* SHT_RELA */ {
+            let rela = section(i)
+            guard rela.link < shnum, section(rela.link).type == 11 /* SHT_DYNSYM */ else { continue }
+            let dynsym = section(rela.link)
+            guard dynsym.link < shnum, let symbols = read(dynsym.offset, dynsym.size),
+                  let strings = read(section(dynsym.link).offset, section(dynsym.link).size),
+                  let entries = read(rela.offset, rela.size) else { continue }
+            for at in stride(from: 0, to: entries.count - 23, by: 24) {
+                let info = u64(entries, at + 8)
+                let type = info & 0xFFFF_FFFF, symbol = Int(info >> 32)
+                guard type == 7 || type == 6, symbol > 0, symbol * 24 + 24 <= symbols.count else { continue }
+                let nameAt = u32(symbols, symbol * 24)
+                guard nameAt < strings.count else { continue }
+                var end = nameAt
+                while end < strings.count && strings[end] != 0 { end += 1 }
+                out[String(decoding: strings[nameAt..<end], as: UTF8.self)] = u64(entries, at) &- base
+            }
+        }
+        return out
+    }
+}

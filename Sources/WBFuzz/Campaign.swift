@@ -194,6 +194,10 @@ public final class Worker {
             FileHandle.standardError.write(Data("wb-trace: \(queue[index].name): \(traced.comparisons.map { "\(hex($0.left))/\(hex($0.right))/\($0.width)" }), \(Mutator.solutions(for: data, comparisons: traced.comparisons).count) candidates\n".utf8))
         }
         var tracedFollowUps = 0
+        mutator.learn(traced.stringComparisons.flatMap { [$0.left, $0.right] })
+        for candidate in Mutator.stringSolutions(for: data, comparisons: traced.stringComparisons) where !stopping {
+            _ = try execute(candidate, source: queue[index].id, op: "cmp")
+        }
         for candidate in Mutator.solutions(for: data, comparisons: traced.comparisons) where !stopping {
             let r = try execute(candidate, source: queue[index].id, op: "cmp")
             guard r.newBlocks.isEmpty, case .exited = r.outcome, tracedFollowUps < 64 else { continue }

@@ -29,6 +29,16 @@ public struct RunResult: Sendable {
     public var comparisons: [Comparison]
     /// For crashes: the crashing thread, its registers and its frames.
     public var crash: CrashState?
+    /// Byte strings compared by the C library's memcmp, strcmp and kin (comparison-tracing
+    /// runs only).
+    public var stringComparisons: [StringComparison] = []
+}
+
+/// The two byte strings a memcmp, strcmp, strncmp, strcasecmp or strncasecmp call compared
+/// (up to the length it was given, or to the first NUL).
+public struct StringComparison: Hashable, Sendable {
+    public var left: [UInt8]
+    public var right: [UInt8]
 }
 
 public struct Comparison: Hashable, Sendable {
@@ -115,6 +125,11 @@ public final class Executor {
     static let compareHitsPerRun = 8
     /// The files whose code gets coverage breakpoints (names only).
     public private(set) var coveredObjects: [String] = []
+    /// Entry points of the C library's comparison functions the covered code calls through
+    /// its GOT, for comparison-tracing runs: whether the length is in rdx.
+    private var stringCompares: [UInt64: Bool] = [:]
+    static let stringCompareFunctions: [String: Bool] = ["memcmp": true, "bcmp": true, "strncmp": true, "strncasecmp": true,
+                                                         "strcmp": false, "strcasecmp": false]
     /// Compare instructions, for comparison-tracing runs.
     private var compares: [UInt64: Disassembler.Instruction] = [:]
     private var compareBytes: [UInt64: UInt8] = [:]
@@ -339,6 +354,18 @@ public final class Executor {
         }
         blockCount = blocks.count
         self.constants = Array(constants).sorted { $0.lexicographicallyPrecedes($1) }
+        // The comparison functions the covered files import: where their GOT slots point.
+        for path in Set(picked.compactMap(\.path)) {
+            guard let first = image.process.mappings.filter({ $0.path == path && $0.offset == 0 }).map(\.start).min(),
+                  let file = picked.first(where: { $0.path == path })?.file, let local = files.path(for: file),
+                  let slots = ELFSymbols.importSlots(of: local) else { continue }
+            for (name, slot) in slots {
+                guard let counted = Executor.stringCompareFunctions[name],
+                      let target = try? tracee.memory.readWord(first &+ slot), target != 0,
+                      maps.contains(where: { $0.protection & 4 != 0 && target >= $0.start && target < $0.end }) else { continue }
+                stringCompares[target] = counted
+            }
+        }
     }
 
     /// Libraries `--cover auto` leaves out: the C library and dynamic loader, and the C++,
@@ -461,13 +488,16 @@ public final class Executor {
                         try tracee.setRegisters(tid, regs)
                         handled = true
                     }
-                    if let original = compareBytes[at], let insn = compares[at] {
+                    if let original = compareBytes[at], compares[at] != nil || stringCompares[at] != nil {
                         regs.rip = at
                         try tracee.setRegisters(tid, regs)
-                        if var c = compared(insn, regs) {
+                        if let insn = compares[at], var c = compared(insn, regs) {
                             c.address = at
                             c.hit = compareHits[at, default: 0]
                             result.comparisons.append(c)
+                        }
+                        if let counted = stringCompares[at], let c = comparedStrings(regs, counted: counted) {
+                            result.stringComparisons.append(c)
                         }
                         try tracee.memory.writeCode([original], to: at)
                         stepping[tid] = at
@@ -477,7 +507,7 @@ public final class Executor {
                     if handled { try tracee.resume(tid, .continue); continue }
                     // A breakpoint another thread reached first and wb has already taken
                     // away: the instruction is whole again, run it.
-                    if code == 0x80 /* SI_KERNEL: int3 */, covered.contains(at) || compares[at] != nil,
+                    if code == 0x80 /* SI_KERNEL: int3 */, covered.contains(at) || compares[at] != nil || stringCompares[at] != nil,
                        let b = try? tracee.read(at, count: 1), b[0] != 0xCC {
                         regs.rip = at
                         try tracee.setRegisters(tid, regs)
@@ -579,6 +609,25 @@ public final class Executor {
         }
     }
 
+    /// The strings a comparison function is about to compare: `counted` ones up to rdx
+    /// bytes, the others up to their first NUL (64 bytes at most either way).
+    private func comparedStrings(_ r: Registers, counted: Bool) -> StringComparison? {
+        let limit = counted ? Int(min(r.rdx, 64)) : 64
+        guard limit > 0 else { return nil }
+        func string(_ address: UInt64) -> [UInt8]? {
+            // Up to the end of the page first: the rest may not be mapped.
+            let inPage = Int(4096 - address % 4096)
+            guard var bytes = try? tracee.read(address, count: min(limit, inPage)) else { return nil }
+            if bytes.count < limit, !counted && !bytes.contains(0) || counted, let more = try? tracee.read(address + UInt64(bytes.count), count: limit - bytes.count) {
+                bytes += more
+            }
+            if !counted, let nul = bytes.firstIndex(of: 0) { bytes = Array(bytes[..<nul]) }
+            return bytes
+        }
+        guard let a = string(r.rdi), let b = string(r.rsi), a != b, !a.isEmpty || !b.isEmpty else { return nil }
+        return StringComparison(left: a, right: b)
+    }
+
     /// The values a compare instruction is about to compare.
     private func compared(_ insn: Disassembler.Instruction, _ r: Registers) -> Comparison? {
         let general: [UInt64] = [r.r15, r.r14, r.r13, r.r12, r.rbp, r.rbx, r.r11, r.r10, r.r9, r.r8, r.rax, r.rcx, r.rdx,
@@ -619,7 +668,7 @@ public final class Executor {
     /// Puts breakpoints on every compare instruction (on) or takes them away again, a page
     /// at a time: one read and one write per page of code, not per instruction.
     private func setCompareBreakpoints(_ on: Bool) throws {
-        let addresses = on ? compares.keys.filter { compareBytes[$0] == nil } : Array(compareBytes.keys)
+        let addresses = on ? (Array(compares.keys) + Array(stringCompares.keys)).filter { compareBytes[$0] == nil } : Array(compareBytes.keys)
         for (page, here) in Dictionary(grouping: addresses, by: { $0 & ~4095 }) {
             guard var bytes = try? tracee.read(page, count: 4096) else { continue }
             for a in here {

@@ -151,6 +151,37 @@ public struct Mutator {
     }
 }
 
+extension Mutator {
+    /// Candidates from the byte strings comparison functions compared: wherever one string
+    /// occurs in the input, a copy with the other in its place.
+    public static func stringSolutions(for input: [UInt8], comparisons: [StringComparison], limit: Int = 128) -> [[UInt8]] {
+        var out: [[UInt8]] = []
+        var seen = Set<[UInt8]>([input])
+        for c in comparisons {
+            for (from, to) in [(c.left, c.right), (c.right, c.left)] where from.count >= 2 && from.count <= input.count {
+                var i = 0
+                while i + from.count <= input.count {
+                    if input[i..<(i + from.count)].elementsEqual(from) {
+                        var candidate = input
+                        candidate.replaceSubrange(i..<(i + from.count), with: to)
+                        if seen.insert(candidate).inserted { out.append(candidate) }
+                        if out.count >= limit { return out }
+                        i += from.count
+                    } else {
+                        i += 1
+                    }
+                }
+            }
+        }
+        return out
+    }
+
+    /// Learns tokens for havoc's dictionary (strings the program compared input against).
+    public mutating func learn(_ tokens: [[UInt8]]) {
+        for t in tokens where !t.isEmpty && t.count <= 64 && dictionary.count < 1024 && !dictionary.contains(t) { dictionary.append(t) }
+    }
+}
+
 /// A dictionary file in AFL's format: one token per line, `"..."` with \xNN escapes, or
 /// `name="..."`; # starts a comment.
 public enum TokenDictionary {
