@@ -69,7 +69,7 @@ let package = Package(
         .target(name: "WBSymbols", dependencies: ["WBCore", "CWBSymbols"]),
         .target(name: "WBNet", dependencies: ["WBCore", "WBSystem", "CWBNative"]),
         .target(name: "WBCheckpoint", dependencies: ["WBTrace", "WBCore", "WBNet"]),
-        .target(name: "WBFuzz", dependencies: ["WBCore", "WBTrace", "WBRestore", "WBSymbols"]),
+        .target(name: "WBFuzz", dependencies: ["WBCore", "WBTrace", "WBRestore", "WBSymbols", "WBNet", "CWBNative"]),
         .target(name: "WBRestore", dependencies: ["WBTrace", "WBCore", "WBNet"]),
         .target(name: "WBTimeline", dependencies: ["CWBRecord", "WBCore", "WBTrace", "WBCheckpoint", "WBRestore", "WBDebug", "WBSymbols"]),
         .target(name: "WBDebug", dependencies: ["WBCore", "WBTrace", "WBRestore", "WBCheckpoint"]),
@@ -115,6 +115,7 @@ let package = Package(
         harnessProgram("resetzoo"),
         harnessProgram("pool"),
         harnessProgram("sums"),
+        harnessProgram("kvserver", optimize: false),
         // Debugged after a replay: built without optimization so every local is visible.
         harnessProgram("msgserver", optimize: false),
 

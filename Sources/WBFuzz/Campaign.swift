@@ -22,6 +22,8 @@ public struct CampaignOptions: Sendable {
     public var dictionary: [[UInt8]] = []
     public var seed: UInt64 = 1
     public var cover = "auto"
+    /// Where a server's input is cut into messages (`--input-split`).
+    public var inputSplit: [UInt8]?
     public var restore: RestoreOptions = {
         var o = RestoreOptions()
         o.isolateSockets = true
@@ -79,7 +81,7 @@ public final class Worker {
         let image = try Image(path: options.imagePath)
         var restore = options.restore
         if options.worker > 0 { restore.pidNamespace = .new }
-        executor = try Executor(image: image, input: options.input, cover: options.cover, options: restore)
+        executor = try Executor(image: image, input: options.input, split: options.inputSplit, cover: options.cover, options: restore)
         let cpus = max(1, sysconf(Int32(_SC_NPROCESSORS_ONLN)))
         executor.pin(cpu: options.worker % cpus)
         stats = WorkerStats(worker: options.worker, pid: getpid(), target: executor.restored.pid)
@@ -301,7 +303,10 @@ public final class Worker {
         restore.pidNamespace = .new
         let fresh: Executor
         do {
-            fresh = try Executor(image: executor.image, input: options.input, cover: nil, options: restore, mode: .once)
+            // A server never exits: its run ends when it waits for the next connection,
+            // which only a branching copy sees (its first run is from a fresh restore too).
+            fresh = try Executor(image: executor.image, input: options.input, split: options.inputSplit, cover: nil, options: restore,
+                                 mode: options.input.isSocket ? .branching : .once)
         } catch {
             stats.error = "confirming a finding: \(error)"
             return nil
@@ -337,8 +342,9 @@ public final class Worker {
         var report = CrashReport(bucket: bucket, crash: state, input: data, runs: stats.executions, seconds: elapsed,
                                  worker: options.worker, image: Paths.absolute(options.imagePath), channel: options.input)
         try OutputDirectory.write(data, to: "\(dir)/input", replacing: true)
-        let recipe = ReplayRecipe(image: Paths.absolute(options.imagePath), input: options.input.description,
+        var recipe = ReplayRecipe(image: Paths.absolute(options.imagePath), input: options.input.description,
                                   timeoutMilliseconds: Int(executor.timeout * 1000), signal: state.signal, bucket: bucket.name)
+        recipe.inputSplit = options.inputSplit.map(ReplayRecipe.escape)
         try OutputDirectory.write(Array(try Worker.encoder.encode(recipe)), to: "\(dir)/replay.json", replacing: true)
         try writeReport(report, to: dir)
         stats.stage = "minimizing"
@@ -513,6 +519,10 @@ public final class Campaign {
 
     public func run() throws -> CampaignSummary {
         let output = OutputDirectory(path: options.out)
+        try output.checkUnused()
+        // The first worker restores before anything is written: a restore that fails (a
+        // wrong --input, an image that cannot come back here) leaves no campaign behind.
+        let worker = try Worker(options: options)
         try output.create()
         var children: [Int32] = []
         defer { stop(children, output) }
@@ -524,7 +534,6 @@ public final class Campaign {
                 children.append(try Subprocess.spawn(program, arguments, stdout: log, stderr: log))
             }
         }
-        let worker = try Worker(options: options)
         let recorder = try Recorder(output: output, commandLine: commandLine)
         var bucketsFound = 0
         var interrupted = false

@@ -76,6 +76,10 @@ public final class Executor {
     public var tracee: Tracee { restored.tracee }
     public let image: Image
     public let input: InputChannel
+    /// Where a server's input is cut into messages (`--input-split`).
+    public let split: [UInt8]?
+    /// For a server's input: the connection of each run.
+    private var socketInput: SocketInput?
     public let symbols: Backtracer
     /// The image's files as this machine has them (for a debugger's sysroot).
     public let files: ResolvedFiles
@@ -140,9 +144,10 @@ public final class Executor {
 
     /// Restores `image` stopped and prepares it for runs. `cover` chooses the code that gets
     /// coverage breakpoints: "exe", "all", or a library name.
-    public init(image: Image, input: InputChannel, cover: String?, options: RestoreOptions, mode: Mode = .branching) throws {
+    public init(image: Image, input: InputChannel, split: [UInt8]? = nil, cover: String?, options: RestoreOptions, mode: Mode = .branching) throws {
         self.image = image
         self.input = input
+        self.split = split
         self.mode = mode
         reset = mode == .branching ? "dirty pages (userfaultfd write-protect + PAGEMAP_SCAN)" : "none (one run)"
         // Runs wait for the process's stops with sigtimedwait: SIGCHLD must stay pending.
@@ -242,6 +247,8 @@ public final class Executor {
             try s.call(.close, m, what: "closing a spare fd")
             inputFDs = Set(targets)
             inputFD = try tracee.takeFD(n)
+        case .tcp, .unix:
+            socketInput = try SocketInput(channel: input, split: split, tracee: tracee)
         case let .file(path):
             // A relative path is the process's: relative to its working directory.
             let full = path.hasPrefix("/") ? path : image.process.cwd + "/" + path
@@ -279,6 +286,8 @@ public final class Executor {
             if data.count != inputSize { try inputFD!.truncate(to: UInt64(data.count)) }
             inputSize = data.count
             if case .fd = input { _ = lseek(inputFD!.rawValue, 0, SEEK_SET) }
+        case .tcp, .unix:
+            try socketInput!.begin(data)
         case .memory:
             let b = inputBuffer!
             let n = min(UInt64(data.count), b.size == 0 ? UInt64(data.count) : b.size)
@@ -294,11 +303,13 @@ public final class Executor {
 
     /// exit and exit_group stop at wb (data 1); calls that change mappings (2) or fds (4)
     /// are noted so the reset after the run repairs them; clone, fork and exec (8) end the
-    /// run; reads (16) let wb see the process going back for more input.
+    /// run; calls that wait for input (16: reads, accept, poll, epoll_wait) let wb see the
+    /// process going back for more.
     static let traced: [(Int, UInt32)] = [(231, 1), (60, 1), (12, 2), (9, 2), (11, 2), (25, 2), (10, 2),
                                        (2, 4), (257, 4), (3, 4), (32, 4), (33, 4), (292, 4), (22, 4), (293, 4),
-                                       (41, 4), (319, 4), (290, 4), (291, 4), (43, 4), (288, 4), (56, 8), (435, 8), (59, 8), (322, 8),
-                                       (0, 16), (19, 16), (45, 16), (47, 16), (17, 16), (295, 16), (327, 16),
+                                       (41, 4), (319, 4), (290, 4), (291, 4), (43, 20), (288, 20), (56, 8), (435, 8), (59, 8), (322, 8),
+                                       (0, 16), (19, 16), (45, 16), (47, 16), (17, 16), (295, 16), (327, 16), (299, 16),
+                                       (7, 16), (271, 16), (23, 16), (270, 16), (232, 16), (281, 16), (441, 16),
                                        (329, 2)]
     static let filterData = Dictionary(uniqueKeysWithValues: traced)
 
@@ -329,6 +340,7 @@ public final class Executor {
         let code = maps.filter { $0.protection & 4 != 0 && chosen.contains($0.start) }
         if code.isEmpty { throw WBError.invalidArgument("--cover \(cover): no executable mapping of the process matches; give exe, all, auto or a library's name") }
         var constants = Set<[UInt8]>()
+        var texts: [(start: UInt64, bytes: [UInt8])] = []
         for e in code {
             var text = [UInt8](repeating: 0, count: Int(e.end - e.start))
             for page in stride(from: 0, to: text.count, by: 4096) {
@@ -351,21 +363,53 @@ public final class Executor {
                 }
             }
             try tracee.write(changed, to: e.start)
+            texts.append((e.start, text))
         }
         blockCount = blocks.count
         self.constants = Array(constants).sorted { $0.lexicographicallyPrecedes($1) }
         // The comparison functions the covered files import: where their GOT slots point.
+        var jumps: [UInt64: UInt64]?
         for path in Set(picked.compactMap(\.path)) {
             guard let first = image.process.mappings.filter({ $0.path == path && $0.offset == 0 }).map(\.start).min(),
                   let file = picked.first(where: { $0.path == path })?.file, let local = files.path(for: file),
                   let slots = ELFSymbols.importSlots(of: local) else { continue }
             for (name, slot) in slots {
-                guard let counted = Executor.stringCompareFunctions[name],
-                      let target = try? tracee.memory.readWord(first &+ slot), target != 0,
+                guard let counted = Executor.stringCompareFunctions[name] else { continue }
+                // The PLT's jump through the slot is taken on every call, bound yet or not
+                // (a lazily bound slot points back into the PLT until the first call, and
+                // every run starts before it); a slot without one (bound at load, called
+                // through the GOT) is caught where it points.
+                if jumps == nil { jumps = Executor.pltJumps(in: texts) }
+                if let jump = jumps?[first &+ slot] {
+                    stringCompares[jump] = counted
+                    continue
+                }
+                guard let target = try? tracee.memory.readWord(first &+ slot), target != 0,
                       maps.contains(where: { $0.protection & 4 != 0 && target >= $0.start && target < $0.end }) else { continue }
                 stringCompares[target] = counted
             }
         }
+    }
+
+    /// Every `jmp *slot(%rip)` (ff 25, or f2 ff 25 with a bnd prefix) in `texts`, by the slot
+    /// it jumps through: a PLT entry's jump through a GOT slot.
+    static func pltJumps(in texts: [(start: UInt64, bytes: [UInt8])]) -> [UInt64: UInt64] {
+        var out: [UInt64: UInt64] = [:]
+        for t in texts {
+            t.bytes.withUnsafeBufferPointer { b in
+                var i = 0
+                while i + 6 <= b.count {
+                    if b[i] == 0xFF && b[i + 1] == 0x25 {
+                        let disp = Int32(bitPattern: UInt32(b[i + 2]) | UInt32(b[i + 3]) << 8 | UInt32(b[i + 4]) << 16 | UInt32(b[i + 5]) << 24)
+                        let at = t.start + UInt64(i)
+                        let slot = at &+ 6 &+ UInt64(bitPattern: Int64(disp))
+                        if out[slot] == nil { out[slot] = i > 0 && b[i - 1] == 0xF2 ? at - 1 : at }
+                    }
+                    i += 1
+                }
+            }
+        }
+        return out
     }
 
     /// Libraries `--cover auto` leaves out: the C library and dynamic loader, and the C++,
@@ -403,7 +447,14 @@ public final class Executor {
         var born: [Int32] = []
         let deadline = Clock.monotonic + timeout
         runLoop: while true {
-            guard let (tid, stop) = try tracee.waitAny(timeout: max(0.001, deadline - Clock.monotonic)) else {
+            // A run wb does not stop at each wait sends a server's messages as it reads them.
+            let pacing = mode == .once && socketInput?.hasMore == true
+            let wait = max(0.001, deadline - Clock.monotonic)
+            guard let (tid, stop) = try tracee.waitAny(timeout: pacing ? min(wait, 0.005) : wait) else {
+                if pacing && Clock.monotonic < deadline {
+                    socketInput!.pace(tracee: tracee)
+                    continue
+                }
                 result.outcome = .hang
                 try stopAll(running)
                 running = []
@@ -437,7 +488,7 @@ public final class Executor {
                     touched += layout.removedBy(regs)
                 }
                 if data & 4 != 0 { fdsChanged = true }
-                if data & 16 != 0, try wouldWaitForInput(tid, fd: Int32(truncatingIfNeeded: regs.rdi), call: Int(truncatingIfNeeded: regs.origRax)) {
+                if data & 16 != 0, try wouldWaitForInput(regs) {
                     result.outcome = .waiting
                     running.remove(tid)
                     break runLoop
@@ -547,6 +598,7 @@ public final class Executor {
         }
         if mode == .once { return result }
         try stopAll(running)
+        socketInput?.end()
         for t in born where tracee.tids.contains(t) { try tracee.endThread(t) }
         try resetMemory()
         return result
@@ -576,15 +628,24 @@ public final class Executor {
         return CrashState(tid: tid, signal: signal, address: address, registers: regs, frames: frames)
     }
 
-    /// At a read: whether the process has come back for more input. Reading the input fd
-    /// after its end was read once, or any other fd with nothing to read, is the end of
-    /// the iteration (the read would block, or see the end of input again).
-    private func wouldWaitForInput(_ tid: Int32, fd: Int32, call: Int) throws -> Bool {
-        if readsByFD.count < 64 || readsByFD[fd] != nil { readsByFD[fd, default: 0] += 1 }
-        if inputFDs.contains(fd) { inputReads += 1 }
-        if case .file = input, inputReads == 0, executions < 100, let f = inputFD,
-           SharedFiles.sameFile(tracee.pid, fd, as: f.rawValue) {
-            inputReads += 1
+    /// Calls that read from an fd (for the count of reads by fd).
+    static let readCalls: Set<Int> = [0, 19, 45, 47, 17, 295, 327, 299]
+
+    /// At a call that may wait for input (a read, accept, poll, epoll_wait): whether the
+    /// process has come back for more. Reading the input fd after its end was read once, or
+    /// waiting on anything with nothing ready, is the end of the iteration. A server's next
+    /// message (or the end of its connection) is sent here first, when one is left.
+    private func wouldWaitForInput(_ r: Registers) throws -> Bool {
+        let call = Int(truncatingIfNeeded: r.origRax)
+        let fd = Int32(truncatingIfNeeded: r.rdi)
+        if Executor.readCalls.contains(call) {
+            if readsByFD.count < 64 || readsByFD[fd] != nil { readsByFD[fd, default: 0] += 1 }
+            if inputFDs.contains(fd) { inputReads += 1 }
+            if case .file = input, inputReads == 0, executions < 100, let f = inputFD,
+               SharedFiles.sameFile(tracee.pid, fd, as: f.rawValue) {
+                inputReads += 1
+            }
+            if let socket = socketInput, socket.isConnection(fd, tracee: tracee) { inputReads += 1 }
         }
         // pread and preadv read at an offset of their own: they never mean "more input".
         if call == 17 || call == 295 || call == 327 { return false }
@@ -594,9 +655,67 @@ public final class Executor {
             endOfInputRead = true
             return false
         }
-        guard let copy = try? tracee.takeFD(fd) else { return false }
-        var p = pollfd(fd: copy.rawValue, events: Int16(POLLIN), revents: 0)
-        return poll(&p, 1, 0) == 0
+        while try wouldBlock(r, call: call) {
+            guard let socket = socketInput, socket.feed() else { return true }
+        }
+        return false
+    }
+
+    /// Whether the call would wait: nothing to read or accept on its fd, nothing ready for a
+    /// poll or epoll_wait with a timeout. A non-blocking fd, MSG_DONTWAIT or a zero timeout
+    /// never waits.
+    private func wouldBlock(_ r: Registers, call: Int) throws -> Bool {
+        func ready(_ fds: [(Int32, Int16)]) -> Bool {
+            var copies: [FileDescriptor] = []
+            var set: [pollfd] = []
+            for (fd, events) in fds where fd >= 0 {
+                guard let c = try? tracee.takeFD(fd) else { continue }
+                copies.append(c)
+                set.append(pollfd(fd: c.rawValue, events: events, revents: 0))
+            }
+            if set.isEmpty { return false }
+            return poll(&set, nfds_t(set.count), 0) != 0
+        }
+        func zeroTimespec(_ address: UInt64) -> Bool {
+            guard address != 0, let t = try? tracee.read(address, count: 16) else { return false }
+            return t.allSatisfy { $0 == 0 }
+        }
+        let fd = Int32(truncatingIfNeeded: r.rdi)
+        switch call {
+        case 232, 281:
+            if Int32(truncatingIfNeeded: r.r10) == 0 { return false }
+            return !ready([(fd, Int16(POLLIN))])
+        case 441:
+            if zeroTimespec(r.r10) { return false }
+            return !ready([(fd, Int16(POLLIN))])
+        case 7, 271:
+            if call == 7 ? Int32(truncatingIfNeeded: r.rdx) == 0 : zeroTimespec(r.rdx) { return false }
+            let count = Int(r.rsi)
+            guard count > 0, count <= 1024, let bytes = try? tracee.read(r.rdi, count: count * 8) else { return false }
+            let fds = (0..<count).map { i -> (Int32, Int16) in
+                let b = bytes[(i * 8)..<(i * 8 + 8)].map { $0 }
+                return (Int32(b[0]) | Int32(b[1]) << 8 | Int32(b[2]) << 16 | Int32(b[3]) << 24, Int16(b[4]) | Int16(b[5]) << 8)
+            }
+            return !ready(fds)
+        case 23, 270:
+            // select and pselect6: the read and write sets, nfds bits each.
+            if call == 23 ? r.r8 != 0 && (try? tracee.read(r.r8, count: 16))?.allSatisfy({ $0 == 0 }) == true : zeroTimespec(r.r8) { return false }
+            let count = Int(r.rdi)
+            guard count > 0, count <= 1024 else { return false }
+            var fds: [(Int32, Int16)] = []
+            for (set, events) in [(r.rsi, Int16(POLLIN)), (r.rdx, Int16(POLLOUT))] where set != 0 {
+                guard let bits = try? tracee.read(set, count: (count + 7) / 8) else { return false }
+                for fd in 0..<count where bits[fd / 8] & (1 << (fd % 8)) != 0 { fds.append((Int32(fd), events)) }
+            }
+            return !ready(fds)
+        default:
+            let dontWait = UInt64(MSG_DONTWAIT)
+            if call == 45 && r.r10 & dontWait != 0 || call == 47 && r.rdx & dontWait != 0 || call == 299 && r.rdx & dontWait != 0 { return false }
+            guard let copy = try? tracee.takeFD(fd) else { return false }
+            if fcntl(copy.rawValue, F_GETFL) & O_NONBLOCK != 0 { return false }
+            var p = pollfd(fd: copy.rawValue, events: Int16(POLLIN), revents: 0)
+            return poll(&p, 1, 0) == 0
+        }
     }
 
     /// Whether a clone or clone3 about to run makes a thread (CLONE_THREAD), not a process.

@@ -190,24 +190,36 @@ public enum TokenDictionary {
         for line in text.split(separator: "\n") {
             let l = line.trimming(" \t\r")
             guard !l.hasPrefix("#"), let open = l.firstIndex(of: "\""), let close = l.lastIndex(of: "\""), open < close else { continue }
-            var token: [UInt8] = []
-            var chars = Array(l[l.index(after: open)..<close].utf8)[...]
-            while let c = chars.first {
-                chars = chars.dropFirst()
-                if c == UInt8(ascii: "\\"), let n = chars.first {
-                    chars = chars.dropFirst()
-                    if n == UInt8(ascii: "x"), chars.count >= 2, let v = UInt8(String(decoding: chars.prefix(2), as: UTF8.self), radix: 16) {
-                        token.append(v)
-                        chars = chars.dropFirst(2)
-                    } else {
-                        token.append(n)
-                    }
-                } else {
-                    token.append(c)
-                }
-            }
+            let token = unescape(l[l.index(after: open)..<close])
             if !token.isEmpty { out.append(token) }
         }
         return out
+    }
+
+    /// Text with C-style escapes (\xNN, \n, \r, \t, \0, and a backslash before any other
+    /// character for that character) as bytes.
+    public static func unescape<S: StringProtocol>(_ text: S) -> [UInt8] {
+        var token: [UInt8] = []
+        var chars = Array(text.utf8)[...]
+        while let c = chars.first {
+            chars = chars.dropFirst()
+            guard c == UInt8(ascii: "\\"), let n = chars.first else { token.append(c); continue }
+            chars = chars.dropFirst()
+            switch n {
+            case UInt8(ascii: "x") where chars.count >= 2:
+                if let v = UInt8(String(decoding: chars.prefix(2), as: UTF8.self), radix: 16) {
+                    token.append(v)
+                    chars = chars.dropFirst(2)
+                } else {
+                    token.append(n)
+                }
+            case UInt8(ascii: "n"): token.append(10)
+            case UInt8(ascii: "r"): token.append(13)
+            case UInt8(ascii: "t"): token.append(9)
+            case UInt8(ascii: "0"): token.append(0)
+            default: token.append(n)
+            }
+        }
+        return token
     }
 }

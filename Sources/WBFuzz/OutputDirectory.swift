@@ -23,11 +23,16 @@ public struct OutputDirectory: Sendable {
 
     public init(path: String) { self.path = path }
 
-    /// Makes the directory for a new campaign; refuses one that holds another campaign.
-    public func create() throws {
+    /// Refuses a directory that holds another campaign.
+    public func checkUnused() throws {
         if Paths.exists("\(path)/fuzzer_stats") || Paths.exists(queue) {
             throw WBError.invalidArgument("--out \(path) already holds a campaign: pick another directory, or remove it first")
         }
+    }
+
+    /// Makes the directory for a new campaign; refuses one that holds another campaign.
+    public func create() throws {
+        try checkUnused()
         for d in [path, queue, crashes, hangs, state] { try Paths.makeDirectories(d) }
         Paths.remove(stopFile)
     }

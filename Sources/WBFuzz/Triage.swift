@@ -119,6 +119,8 @@ public struct ReplayRecipe: Codable, Sendable {
     public var timeoutMilliseconds: Int
     public var signal: Int32
     public var bucket: String
+    /// A server's message separator (`--input-split`), escaped as on the command line.
+    public var inputSplit: String?
 
     public init(image: String, input: String, timeoutMilliseconds: Int, signal: Int32, bucket: String) {
         self.image = image; self.input = input; self.timeoutMilliseconds = timeoutMilliseconds; self.signal = signal; self.bucket = bucket
@@ -127,6 +129,13 @@ public struct ReplayRecipe: Codable, Sendable {
 
 /// Shrinks a crashing input while it still crashes in the same bucket: blocks deleted,
 /// halving the block size down to one byte (as afl-tmin does), within a budget of runs.
+extension ReplayRecipe {
+    /// Bytes as `--input-split` takes them: printable ASCII as is, the rest as \\xNN.
+    public static func escape(_ bytes: [UInt8]) -> String {
+        bytes.map { b in b >= 0x20 && b < 0x7F && b != UInt8(ascii: "\\") ? String(UnicodeScalar(b)) : String(format: "\\x%02x", b) }.joined()
+    }
+}
+
 public enum Minimizer {
     public static func minimize(_ input: [UInt8], budget: Int = 2000, stillCrashes: ([UInt8]) throws -> Bool) rethrows -> [UInt8] {
         var best = input

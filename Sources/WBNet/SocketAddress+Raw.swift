@@ -7,7 +7,7 @@ import WBSystem
 extension SocketAddress {
     /// The address in `raw` (`length` bytes of a struct sockaddr), nil for a family wb does
     /// not know.
-    static func decode(_ raw: [UInt8], length: Int) -> SocketAddress? {
+    public static func decode(_ raw: [UInt8], length: Int) -> SocketAddress? {
         guard length >= 2 else { return length == 0 ? nil : SocketAddress(host: "") }
         let family = Int32(raw[0]) | Int32(raw[1]) << 8
         func port(_ at: Int) -> UInt16 { UInt16(raw[at]) << 8 | UInt16(raw[at + 1]) }

@@ -27,6 +27,16 @@ struct FuzzCommand: ParsableCommand {
           stdin, fd:N             the fd (and every duplicate of it) is replaced by a file holding the input, then end of file
           file:PATH               the file is rewritten before each run (the process opens it)
           mem:SYM[:LENSYM]        the bytes are written into the buffer SYM (and their count into LENSYM)
+          tcp:[HOST:]PORT         a server listening there gets one connection per run, made by wb
+          unix:PATH               the same for a server's Unix stream socket
+
+        A server's input is one connection per run: the image is taken while the server \
+        waits (in accept, poll or epoll_wait), the run's input is sent on a new connection \
+        (cut into several messages at each --input-split token, each sent when the server \
+        waits for more), then the connection is half-closed; the run ends when the server \
+        waits again with nothing left to send. Responses are discarded, and the connection \
+        is reset at the end of the run. The copy runs in a network namespace of its own \
+        (as root), so the original server keeps its port.
 
         The output directory is laid out as AFL's (queue/, crashes/, hangs/, fuzzer_stats, \
         plot_data) with coverage.svg and campaign.json; each crash bucket in crashes/ holds the \
@@ -35,6 +45,7 @@ struct FuzzCommand: ParsableCommand {
         Examples:
           wb fuzz parser.wbimg --corpus seeds --out findings --duration 60s
           wb fuzz server.wbimg --input fd:5 --corpus seeds --out findings --jobs 2 --dict http.dict
+          wb fuzz kv.wbimg --input tcp:6380 --input-split '\\n' --corpus seeds --out findings
           wb replay findings/crashes/SIGSEGV-parse_header-handle-main --debug
         """)
 
@@ -43,6 +54,9 @@ struct FuzzCommand: ParsableCommand {
 
     @Option(help: "Where the input goes: stdin, fd:N, file:PATH or mem:SYMBOL[:LENGTH_SYMBOL].")
     var input = "stdin"
+
+    @Option(help: ArgumentHelp("With --input tcp: or unix:, cut each input into messages at this token (escapes: \\n, \\r, \\t, \\xNN); each message is sent when the server waits for more.", valueName: "token"))
+    var inputSplit: String?
 
     @Option(help: "A directory of seed inputs.")
     var corpus: String
@@ -92,7 +106,14 @@ struct FuzzCommand: ParsableCommand {
         if let r = runs, r < 1 { throw ValidationError("--runs must be at least 1") }
         if let c = untilCrashes, c < 1 { throw ValidationError("--until-crashes must be at least 1") }
         if let d = duration, FuzzCommand.seconds(d) == nil { throw ValidationError("--duration \(d): expected seconds, or a number with s, m or h (90, 90s, 10m, 2h)") }
-        _ = try channel()
+        let c = try channel()
+        if case let .unix(path) = c, jobs > 1, !path.hasPrefix("@") {
+            throw ValidationError("--input unix:\(path) with --jobs \(jobs): every worker's copy would listen on that one path; fuzz a Unix socket server with one job")
+        }
+        if let t = inputSplit {
+            if !c.isSocket { throw ValidationError("--input-split is for a server's input (--input tcp:PORT or unix:PATH)") }
+            if TokenDictionary.unescape(t).isEmpty { throw ValidationError("--input-split must not be empty") }
+        }
     }
 
     static func seconds(_ text: String) -> Double? {
@@ -116,6 +137,7 @@ struct FuzzCommand: ParsableCommand {
             options.timeout = timeout.map { Double($0) / 1000 }
             options.seed = seed ?? UInt64(Clock.monotonic * 1e9) ^ UInt64(getpid())
             options.cover = cover
+            options.inputSplit = inputSplit.map(TokenDictionary.unescape)
             options.restore.force = force
             for path in dictionaries {
                 let tokens = TokenDictionary.parse(try Paths.readText(path))

@@ -43,8 +43,11 @@ struct ReplayCommand: ParsableCommand {
     @Option(help: "The image to replay against (default: the one replay.json names).")
     var image: String?
 
-    @Option(help: "Where the input goes (default: as in replay.json): stdin, fd:N, file:PATH, mem:SYMBOL[:LENGTH_SYMBOL].")
+    @Option(help: "Where the input goes (default: as in replay.json): stdin, fd:N, file:PATH, mem:SYMBOL[:LENGTH_SYMBOL], tcp:[HOST:]PORT, unix:PATH.")
     var input: String?
+
+    @Option(help: ArgumentHelp("With a server's input: where it is cut into messages (default: as in replay.json).", valueName: "token"))
+    var inputSplit: String?
 
     @Option(help: "Milliseconds to wait for the crash (default: ten times the campaign's timeout, at least 5 s; 60 s for a timeline).")
     var timeout: Int?
@@ -105,7 +108,11 @@ struct ReplayCommand: ParsableCommand {
                 signal(SIGINT, SIG_IGN)
                 signal(SIGQUIT, SIG_IGN)
             }
-            let executor = try Executor(image: opened, input: channel, cover: nil, options: options, mode: .once)
+            let split = (inputSplit ?? recipe?.inputSplit).map(TokenDictionary.unescape)
+            // A server never exits: its run ends when it waits for the next connection, which
+            // only a run under wb's filter sees (with --debug, the server just goes on).
+            let executor = try Executor(image: opened, input: channel, split: split, cover: nil, options: options,
+                                        mode: channel.isSocket && !debugging ? .branching : .once)
             executor.timeout = timeout.map { Double($0) / 1000 } ?? max(5, Double(recipe?.timeoutMilliseconds ?? 1000) * 10 / 1000)
             let result = try executor.run(data)
             let outcome = ReplayOutcome(result, exe: opened.process.exe, expected: recipe?.bucket)

@@ -166,7 +166,11 @@ import WBCore
         let dir = scratchDirectory()
         let (image, _) = try FuzzTests.checkpointParser(dir)
         let cases: [([String], String)] = [
-            (["fuzz", image, "--corpus", FuzzTests.corpus, "--out", "\(dir)/o", "--input", "pipe"], "expected stdin, fd:N, file:PATH or mem:SYMBOL"),
+            (["fuzz", image, "--corpus", FuzzTests.corpus, "--out", "\(dir)/o", "--input", "pipe"], "expected stdin, fd:N, file:PATH, mem:SYMBOL"),
+            (["fuzz", image, "--corpus", FuzzTests.corpus, "--out", "\(dir)/o", "--input", "tcp:http"], "expected tcp:PORT or tcp:HOST:PORT"),
+            (["fuzz", image, "--corpus", FuzzTests.corpus, "--out", "\(dir)/o", "--input", "tcp:8080"], "has no socket listening there (it holds no listening socket)"),
+            (["fuzz", image, "--corpus", FuzzTests.corpus, "--out", "\(dir)/o", "--input-split", "@@"], "--input-split is for a server's input"),
+            (["fuzz", image, "--corpus", FuzzTests.corpus, "--out", "\(dir)/o", "--input", "unix:/tmp/s", "--jobs", "2"], "fuzz a Unix socket server with one job"),
             (["fuzz", image, "--corpus", "\(dir)/nowhere", "--out", "\(dir)/o"], "--corpus \(dir)/nowhere: no such directory"),
             (["fuzz", image, "--corpus", FuzzTests.corpus, "--out", "\(dir)/o", "--duration", "soon"], "--duration soon"),
             (["fuzz", "\(dir)/missing.wbimg", "--corpus", FuzzTests.corpus, "--out", "\(dir)/o"], "missing.wbimg"),
@@ -269,6 +273,46 @@ import WBCore
         let status = try #require(summary["status"] as? [String: Any])
         #expect(status["dropped"] as? Int == 0 && status["hangs"] as? Int == 0, "\(status)")
         #expect((status["executions"] as? Int ?? 0) >= 300)
+    }
+
+    /// harness-kvserver snapshotted in accept (blocking) or in epoll_wait (non-blocking
+    /// sockets): each run is one connection, cut into messages at "@@", and the bug behind
+    /// the second message (DEL of a key not there, after HELLO) is found, replays, and
+    /// replays in gdb with the messages paced as the server reads them.
+    @Test(arguments: [["--port", "0"], ["--epoll", "--unix", "SOCKET"]])
+    func serversAreFuzzedOneConnectionPerRun(_ arguments: [String]) throws {
+        let dir = scratchDirectory()
+        let path = "\(dir)/kv.sock"
+        var fds: [Int32] = [0, 0]
+        try #require(pipe(&fds) == 0)
+        defer { close(fds[1]) }
+        let child = try Child(Products.harness("kvserver"), arguments.map { $0 == "SOCKET" ? path : $0 }, stdin: fds[0])
+        close(fds[0])
+        let ready = try #require(child.line(startingWith: "READY"))
+        let port = try #require(ready.split(separator: " ").first { $0.hasPrefix("port=") }.map { String($0.dropFirst(5)) })
+        let image = "\(dir)/kv.wbimg"
+        let checkpoint = try wb("checkpoint", "\(child.pid)", "-o", image, "--kill", "-q")
+        try #require(checkpoint.code == 0, "\(checkpoint.stderr)")
+        let corpus = "\(dir)/seeds"
+        try Paths.makeDirectories(corpus)
+        try writeFile(Array("HELLO bob\n@@GET a\n".utf8), "\(corpus)/get")
+        try writeFile(Array("HELLO x\n@@SET b 1\n@@GET b\n".utf8), "\(corpus)/set")
+        let input = arguments.contains("--unix") ? "unix:\(path)" : "tcp:\(port)"
+        let run = try wb(["fuzz", image, "--input", input, "--input-split", "@@", "--corpus", corpus, "--out", "\(dir)/out",
+                          "--duration", "60", "--until-crashes", "1", "--seed", "3", "--json"], timeout: 300)
+        try #require(run.code == 0, "\(run.stderr)")
+        let summary = try FuzzTests.summary(run)
+        let buckets = FuzzTests.buckets(summary)
+        #expect(buckets.map(\.function) == ["delete_entry"], "\(buckets)")
+        let status = try #require(summary["status"] as? [String: Any])
+        #expect(status["dropped"] as? Int == 0 && status["hangs"] as? Int == 0, "\(status)")
+        let bucket = try #require(buckets.first?.directory)
+        let crashing = String(decoding: try Paths.readBytes("\(bucket)/input"), as: UTF8.self)
+        #expect(crashing.hasPrefix("HELLO ") && crashing.contains("@@DEL "), "\(crashing)")
+        let replay = try wb("replay", bucket)
+        #expect(replay.code == 0 && replay.stdout.contains("delete_entry"), "\(replay.stdout) \(replay.stderr)")
+        let debug = try wb("replay", bucket, "--debug", "--", "-batch", "-ex", "bt")
+        #expect(debug.stdout.contains("delete_entry (e=0x0)") && debug.stdout.contains("DEL "), "\(debug.stdout) \(debug.stderr)")
     }
 }
 

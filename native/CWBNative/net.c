@@ -3,6 +3,7 @@
 #include "wb_net.h"
 #include <dlfcn.h>
 #include <errno.h>
+#include <poll.h>
 #include <fcntl.h>
 #include <linux/filter.h>
 #include <linux/unix_diag.h>
@@ -710,4 +711,41 @@ int wb_mcast_join(int fd, int family, uint32_t ifindex, const uint8_t *group, in
         if (setsockopt(fd, level, MCAST_JOIN_SOURCE_GROUP, &g, sizeof g) != 0) return errno;
     }
     return 0;
+}
+
+int wb_sock_name(int fd, int peer, uint8_t *buf, uint32_t *len) {
+    socklen_t l = *len;
+    int r = peer ? getpeername(fd, (struct sockaddr *)buf, &l) : getsockname(fd, (struct sockaddr *)buf, &l);
+    if (r != 0) return errno;
+    *len = l;
+    return 0;
+}
+
+int wb_sock_listening(int fd) {
+    int v = 0;
+    socklen_t l = sizeof v;
+    return getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &v, &l) == 0 && v;
+}
+
+int wb_connect_raw(int fd, const uint8_t *addr, uint32_t len) {
+    return connect(fd, (const struct sockaddr *)addr, len) == 0 ? 0 : errno;
+}
+
+int wb_close_reset(int fd) {
+    struct linger l = { .l_onoff = 1, .l_linger = 0 };
+    setsockopt(fd, SOL_SOCKET, SO_LINGER, &l, sizeof l);
+    return close(fd) == 0 ? 0 : errno;
+}
+
+int wb_accept_drop(int listener) {
+    int n = 0;
+    for (;;) {
+        /* The copy shares the server's open file description: no O_NONBLOCK on it. */
+        struct pollfd p = { .fd = listener, .events = POLLIN };
+        if (poll(&p, 1, 0) != 1) return n;
+        int c = accept4(listener, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        if (c < 0) return n;
+        wb_close_reset(c);
+        n++;
+    }
 }

@@ -99,6 +99,17 @@ int wb_mcast_join(int fd, int family, uint32_t ifindex, const uint8_t *group, in
 /// 0 or -1 with errno.
 int wb_setns_net(int fd);
 
+/// getsockname (peer 0) or getpeername (peer 1) into buf (*len: its size in, the name's out).
+int wb_sock_name(int fd, int peer, uint8_t *buf, uint32_t *len);
+/// Whether fd is a listening socket (SO_ACCEPTCONN).
+int wb_sock_listening(int fd);
+/// connect(2) to a raw sockaddr; 0 or an errno (EINPROGRESS for a non-blocking socket).
+int wb_connect_raw(int fd, const uint8_t *addr, uint32_t len);
+/// Closes a socket with a reset (SO_LINGER 0).
+int wb_close_reset(int fd);
+/// Accepts and resets every connection waiting on listener (a non-blocking copy); how many.
+int wb_accept_drop(int listener);
+
 /// Starts the guard of held connections: a process of its own session that is told, over
 /// `*control` (wb_net_guard_send), which sockets are in repair mode, as (pid, fd) pairs, and
 /// when wb goes away without saying it is done, takes each from its process (pidfd_getfd),
