@@ -224,7 +224,9 @@ public final class Executor {
         }
         try tracker.protectAll()
         snapshotFDs = try ProcFS.fds(tracee.pid)
-        layout = try SnapshotLayout(pid: tracee.pid, brk: image.process.mm.brk, skipFDs: []) { try self.tracee.takeFD($0) }
+        // A client connection each run replaces is not the snapshot's to put back.
+        let skip = socketInput?.replaced.map { Set([$0.fd]) } ?? []
+        layout = try SnapshotLayout(pid: tracee.pid, brk: image.process.mm.brk, skipFDs: skip) { try self.tracee.takeFD($0) }
         if let cover { try placeBreakpoints(cover: cover, maps: now) }
     }
 
@@ -248,7 +250,8 @@ public final class Executor {
             inputFDs = Set(targets)
             inputFD = try tracee.takeFD(n)
         case .tcp, .unix:
-            socketInput = try SocketInput(channel: input, split: split, tracee: tracee)
+            socketInput = try SocketInput(channel: input, split: split, tracee: tracee, threads: snapshot.values.map(\.0),
+                                      fds: image.process.fds)
         case let .file(path):
             // A relative path is the process's: relative to its working directory.
             let full = path.hasPrefix("/") ? path : image.process.cwd + "/" + path
@@ -287,7 +290,14 @@ public final class Executor {
             inputSize = data.count
             if case .fd = input { _ = lseek(inputFD!.rawValue, 0, SEEK_SET) }
         case .tcp, .unix:
-            try socketInput!.begin(data)
+            if let end = try socketInput!.begin(data), let r = socketInput!.replaced {
+                // The run's connection in place of the client's the snapshot was reading.
+                try tracee.withSyscalls(in: tracee.pid) { s in
+                    let scratch = try s.mapScratch(bytes: 4096)
+                    defer { _ = try? s.raw(.munmap, scratch, 4096) }
+                    try s.install(SnapshotLayout.HeldFD(copy: end, closeOnExec: r.closeOnExec, offset: nil), as: r.fd, tracee: tracee, scratch: scratch)
+                }
+            }
         case .memory:
             let b = inputBuffer!
             let n = min(UInt64(data.count), b.size == 0 ? UInt64(data.count) : b.size)

@@ -7,18 +7,23 @@ import WBSystem
 import WBTrace
 
 /// A server's input (`--input tcp:PORT` or `unix:PATH`): each run is one connection to the
-/// listening socket the process holds, made by wb in the process's network namespace. The
+/// listening socket the process holds, made by wb in the process's network namespace; or,
+/// for a snapshot blocked reading a client's connection (no listener there), a connection of
+/// wb's own put in that connection's place (the same fd number and file flags). The
 /// run's input is split into messages (`--input-split`); the first is sent with the
 /// connection, each next one when the server would otherwise wait (for a read, an accept,
 /// a poll or an epoll_wait), and after the last the connection is half-closed so the server
 /// sees its end. Responses are read and thrown away; at the end of the run the connection is
 /// reset and any connection the server did not accept is taken off its queue.
 final class SocketInput {
-    /// The listening socket's fd in the process, and wb's copy of it.
-    let listenerFD: Int32
+    /// The listening socket wb connects to: the process's (a copy), or for a connection put in
+    /// place, one of wb's own in the process's namespace.
     private let listener: FileDescriptor
     /// Where wb connects: the listener's address (loopback for a wildcard address).
     private let address: [UInt8]
+    /// For a snapshot blocked on a client's connection: its fd, close-on-exec flag and file
+    /// status flags, which the server's end of each run's connection gets.
+    let replaced: (fd: Int32, closeOnExec: Bool, flags: Int32)?
     private let family: Int32
     private let namespace: NetNamespace
     private let split: [UInt8]?
@@ -35,19 +40,35 @@ final class SocketInput {
     private var endLinks: [Int32: String] = [:]
 
     /// Finds the listening socket `channel` names among the process's fds.
-    init(channel: InputChannel, split: [UInt8]?, tracee: Tracee) throws {
+    /// `threads`: the snapshot's registers of each thread (which call each is in).
+    /// `fds`: the image's fds of the process.
+    init(channel: InputChannel, split: [UInt8]?, tracee: Tracee, threads: [Registers], fds: [FDState]) throws {
         self.split = split
         namespace = try NetNamespace.of(tracee.pid)
         var found: (Int32, FileDescriptor, [UInt8], Int32)?
         var listening: [String] = []
+        // Clients' connections the server accepted, as the image has them (a restored copy
+        // has them reset): their own address is the listener's.
+        let connections: [(fd: Int32, family: Int32)] = fds.compactMap { f in
+            guard let net = f.net, net.type == Int32(SOCK_STREAM.rawValue), net.state != .listening, let d = net.local else { return nil }
+            switch channel {
+            case let .tcp(host, port) where (net.family == AF_INET || net.family == AF_INET6) && d.port == port && (host == nil || host == d.host):
+                return (f.fd, net.family)
+            case let .unix(path) where net.family == AF_UNIX && (d.abstract == true ? "@" + d.host : d.host) == path:
+                return (f.fd, net.family)
+            default:
+                return nil
+            }
+        }
         for fd in try ProcFS.fds(tracee.pid) {
             guard (try? Paths.readLink("/proc/\(tracee.pid)/fd/\(fd)"))?.hasPrefix("socket:") == true,
-                  let copy = try? tracee.takeFD(fd), wb_sock_listening(copy.rawValue) != 0 else { continue }
+                  let copy = try? tracee.takeFD(fd) else { continue }
             var raw = [UInt8](repeating: 0, count: 128)
             var length = UInt32(raw.count)
             guard wb_sock_name(copy.rawValue, 0, &raw, &length) == 0, length >= 2 else { continue }
             let fam = Int32(raw[0]) | Int32(raw[1]) << 8
             let decoded = SocketAddress.decode(raw, length: Int(length))
+            guard wb_sock_listening(copy.rawValue) != 0 else { continue }
             listening.append(decoded.map { fam == AF_UNIX ? "unix:\($0.abstract == true ? "@" : "")\($0.host)" : "tcp:\($0.port)" } ?? "fd \(fd)")
             switch channel {
             case let .tcp(host, port) where (fam == AF_INET || fam == AF_INET6) && decoded?.port == port:
@@ -62,16 +83,58 @@ final class SocketInput {
             }
             if found != nil { break }
         }
-        guard let found else {
-            let have = listening.isEmpty ? "it holds no listening socket" : "it listens on \(listening.joined(separator: ", "))"
-            throw WBError.invalidArgument("--input \(channel): the process has no socket listening there (\(have)); take the snapshot of the server while it listens, and name its port or path")
-        }
-        (listenerFD, listener, address, family) = found
         name = channel.description
+        // A thread blocked reading a client's connection: the input takes that client's
+        // place (the server would otherwise see it reset, and the session's state go).
+        let blocked = SocketInput.blockedOn(connections, threads: threads)
+        if let found, blocked == nil {
+            (_, listener, address, family) = found
+            replaced = nil
+            return
+        }
+        guard let connection = blocked ?? (connections.count == 1 ? connections[0] : nil) else {
+            let have = listening.isEmpty ? "it holds no listening socket" : "it listens on \(listening.joined(separator: ", "))"
+            throw WBError.invalidArgument("--input \(channel): the process has no socket listening there and no client connection to it (\(have)); take the snapshot of the server while it listens, and name its port or path")
+        }
+        // A listener of wb's own in the process's namespace, on loopback (an abstract
+        // name the kernel picks for a Unix socket), stands in for the server's.
+        family = connection.family
+        let mine = try namespace.socket(family, Int32(SOCK_STREAM.rawValue), 0)
+        var local: [UInt8]
+        switch family {
+        case AF_INET: local = try SocketAddress(host: "127.0.0.1").encode(family: AF_INET)
+        case AF_INET6: local = try SocketAddress(host: "::1").encode(family: AF_INET6)
+        default: local = [UInt8(AF_UNIX & 0xFF), 0]
+        }
+        let bound = local.withUnsafeBytes { p in
+            p.baseAddress!.withMemoryRebound(to: sockaddr.self, capacity: 1) { Glibc.bind(mine.rawValue, $0, UInt32(local.count)) }
+        }
+        if bound != 0 || Glibc.listen(mine.rawValue, 8) != 0 {
+            throw WBError.system(call: "bind", errno: errno, what: "making a listener to connect the process's fd \(connection.fd) to")
+        }
+        var raw = [UInt8](repeating: 0, count: 128)
+        var length = UInt32(raw.count)
+        _ = wb_sock_name(mine.rawValue, 0, &raw, &length)
+        listener = mine
+        address = Array(raw.prefix(Int(length)))
+        let original = fds.first { $0.fd == connection.fd }
+        replaced = (connection.fd, original?.closeOnExec ?? false, original?.flags ?? 0)
     }
 
-    /// The start of a run: the input as messages, the first sent on a new connection.
-    func begin(_ data: [UInt8]) throws {
+    /// Of the client connections to the port or path, the one a thread of the snapshot is
+    /// blocked reading (its registers restart a read, recv or kin on that fd).
+    private static func blockedOn(_ connections: [(fd: Int32, family: Int32)], threads: [Registers]) -> (fd: Int32, family: Int32)? {
+        for r in threads {
+            let calls = [r.origRax, r.rax].compactMap { Int(exactly: $0) }
+            guard calls.contains(where: { Executor.readCalls.contains($0) }) else { continue }
+            if let c = connections.first(where: { $0.fd == Int32(truncatingIfNeeded: r.rdi) }) { return c }
+        }
+        return nil
+    }
+
+    /// The start of a run: the input as messages, the first sent on a new connection. For a
+    /// connection put in place, the server's end is returned, to become fd `replaced.fd`.
+    func begin(_ data: [UInt8]) throws -> FileDescriptor? {
         end()
         pending = SocketInput.messages(data, split: split)
         finished = false
@@ -92,7 +155,16 @@ final class SocketInput {
         clientName = Array(raw.prefix(Int(length)))
         _ = fcntl(s.rawValue, F_SETFL, fcntl(s.rawValue, F_GETFL) | O_NONBLOCK)
         client = s
+        var serverEnd: FileDescriptor?
+        if let replaced {
+            let accepted = Glibc.accept(listener.rawValue, nil, nil)
+            if accepted < 0 { throw WBError.system(call: "accept", errno: errno, what: "making the connection that replaces fd \(replaced.fd)") }
+            _ = fcntl(accepted, F_SETFD, FD_CLOEXEC)
+            serverEnd = FileDescriptor(owning: accepted)
+            _ = fcntl(accepted, F_SETFL, replaced.flags & (O_NONBLOCK | O_APPEND | O_ASYNC))
+        }
         _ = feed()
+        return serverEnd
     }
 
     /// For a run wb does not stop at each wait (a replay handed to a debugger): the next

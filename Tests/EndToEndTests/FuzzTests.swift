@@ -314,6 +314,48 @@ import WBCore
         let debug = try wb("replay", bucket, "--debug", "--", "-batch", "-ex", "bt")
         #expect(debug.stdout.contains("delete_entry (e=0x0)") && debug.stdout.contains("DEL "), "\(debug.stdout) \(debug.stderr)")
     }
+
+    /// harness-kvserver snapshotted in the middle of a client's session (blocked reading
+    /// the connection, after the client's HELLO): each run's connection takes that client's
+    /// place, so one message reaches the bug.
+    @Test func aServerMidSessionGetsTheInputOnItsClientsConnection() throws {
+        let dir = scratchDirectory()
+        var fds: [Int32] = [0, 0]
+        try #require(pipe(&fds) == 0)
+        defer { close(fds[1]) }
+        let child = try Child(Products.harness("kvserver"), [], stdin: fds[0])
+        close(fds[0])
+        let ready = try #require(child.line(startingWith: "READY"))
+        let port = try #require(ready.split(separator: " ").first { $0.hasPrefix("port=") }.flatMap { UInt16($0.dropFirst(5)) })
+        let client = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        defer { close(client) }
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_port = port.bigEndian
+        address.sin_addr.s_addr = UInt32(0x7F00_0001).bigEndian
+        let connected = withUnsafePointer(to: &address) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(client, $0, 16) } }
+        try #require(connected == 0)
+        #expect(write(client, "HELLO bob\n", 10) == 10)
+        var reply = [UInt8](repeating: 0, count: 64)
+        #expect(read(client, &reply, 64) > 0 && String(decoding: reply.prefix(7), as: UTF8.self) == "WELCOME")
+        let image = "\(dir)/kv.wbimg"
+        let checkpoint = try wb("checkpoint", "\(child.pid)", "-o", image, "--kill", "-q")
+        try #require(checkpoint.code == 0, "\(checkpoint.stderr)")
+        let corpus = "\(dir)/seeds"
+        try Paths.makeDirectories(corpus)
+        try writeFile(Array("GET a\n".utf8), "\(corpus)/get")
+        let run = try wb(["fuzz", image, "--input", "tcp:\(port)", "--corpus", corpus, "--out", "\(dir)/out",
+                          "--duration", "60", "--until-crashes", "1", "--seed", "3", "--json"], timeout: 300)
+        try #require(run.code == 0, "\(run.stderr)")
+        let summary = try FuzzTests.summary(run)
+        let buckets = FuzzTests.buckets(summary)
+        #expect(buckets.map(\.function) == ["delete_entry"], "\(buckets)")
+        let bucket = try #require(buckets.first?.directory)
+        let crashing = String(decoding: try Paths.readBytes("\(bucket)/input"), as: UTF8.self)
+        #expect(crashing.hasPrefix("DEL "), "the run did not continue the client's session: \(crashing)")
+        let replay = try wb("replay", bucket)
+        #expect(replay.code == 0 && replay.stdout.contains("delete_entry"), "\(replay.stdout) \(replay.stderr)")
+    }
 }
 
 /// Writes a small file.
