@@ -24,6 +24,10 @@ public struct CampaignOptions: Sendable {
     public var cover = "auto"
     /// Where a server's input is cut into messages (`--input-split`).
     public var inputSplit: [UInt8]?
+    /// As one instance of a sync directory (`--sync-name`, and every Slurm worker): the
+    /// directory and this instance's name. `out` is then the sync directory's NAME.
+    public var syncDirectory: String?
+    public var syncName: String?
     public var restore: RestoreOptions = {
         var o = RestoreOptions()
         o.isolateSockets = true
@@ -64,7 +68,9 @@ public final class Worker {
     private var mutator: Mutator
     private var cursor = -1
     private let start = Clock.monotonic
-    private var nextTick = 0.0, nextStats = 0.0, nextImport = 0.0, nextReport = 0.0
+    private var nextTick = 0.0, nextStats = 0.0, nextImport = 0.0, nextReport = 0.0, nextSync = 0.0
+    /// Queue entries of the other instances of the sync directory already run, by instance.
+    private var synced: [String: Set<String>] = [:]
     private var rateWindow: (time: Double, executions: Int) = (0, 0)
     private var hangKeys: Set<CrashBucket> = []
     /// Buckets whose crash did not reproduce in a fresh restore, with how often that was tried.
@@ -80,7 +86,9 @@ public final class Worker {
         output = OutputDirectory(path: options.out)
         let image = try Image(path: options.imagePath)
         var restore = options.restore
-        if options.worker > 0 { restore.pidNamespace = .new }
+        // Other workers, and instances of a sync directory (several may share a node),
+        // restore in pid namespaces of their own: the image's pids are taken already.
+        if options.worker > 0 || options.syncName != nil { restore.pidNamespace = .new }
         executor = try Executor(image: image, input: options.input, split: options.inputSplit, cover: options.cover, options: restore)
         let cpus = max(1, sysconf(Int32(_SC_NPROCESSORS_ONLN)))
         executor.pin(cpu: options.worker % cpus)
@@ -279,7 +287,7 @@ public final class Worker {
         if !r.newBlocks.isEmpty { stats.lastNew = elapsed; stats.covered = executor.covered.count }
         if options.maxRuns.map({ stats.executions >= $0 }) == true { stopping = true }
         let now = Clock.monotonic
-        if now >= nextTick { tick(now) }
+        if now >= nextTick { try tick(now) }
     }
 
     private func add(_ data: [UInt8], source: Int?, op: String) throws {
@@ -301,6 +309,8 @@ public final class Worker {
         defer { stats.stage = saved }
         var restore = options.restore
         restore.pidNamespace = .new
+        // What the target prints (a crash's own message) is not the campaign's output.
+        restore.silenceOutput = true
         let fresh: Executor
         do {
             // A server never exits: its run ends when it waits for the next connection,
@@ -388,7 +398,7 @@ public final class Worker {
 
     // MARK: Housekeeping
 
-    private func tick(_ now: Double) {
+    private func tick(_ now: Double) throws {
         nextTick = now + 0.25
         if !warnedUnread, options.input.isRead, elapsed > 2, stats.executions >= 10, executor.inputReads == 0 {
             warnedUnread = true
@@ -412,6 +422,10 @@ public final class Worker {
         if options.jobs > 1 && now >= nextImport {
             nextImport = now + 2
             try? importOthers()
+        }
+        if options.syncDirectory != nil && options.worker == 0 && now >= nextSync {
+            nextSync = now + 5
+            try importSynced()
         }
         if let report, now >= nextReport {
             nextReport = now + 0.5
@@ -449,6 +463,40 @@ public final class Worker {
             queue.append(Entry(name: name, id: OutputDirectory.id(of: name), data: data))
             stats.imported += 1
             stats.corpus = queue.count
+        }
+    }
+
+    /// Queue entries of the sync directory's other instances (wb's or AFL++'s), run here;
+    /// those that reach code this instance had not are saved to its queue as AFL++ does
+    /// (`id:N,sync:INSTANCE,src:ID`), and crashes and hangs are findings of this instance.
+    private func importSynced() throws {
+        guard let sync = options.syncDirectory, let me = options.syncName else { return }
+        for other in SyncDirectory.instances(sync) where other != me {
+            let dir = "\(sync)/\(other)/queue"
+            var seen = synced[other, default: []]
+            defer { synced[other] = seen }
+            let fresh = ((try? Paths.list(dir)) ?? []).filter { $0.hasPrefix("id:") && !seen.contains($0) }.sorted()
+            for name in fresh where !stopping {
+                seen.insert(name)
+                guard let st = try? Paths.stat("\(dir)/\(name)"), st.isRegular,
+                      let data = try? Paths.readBytes("\(dir)/\(name)", limit: 1 << 20) else { continue }
+                let r = try executor.run(data)
+                stats.executions += 1
+                stats.imported += 1
+                switch r.outcome {
+                case .crashed, .hang:
+                    try handle(r, data: data, source: nil, op: "sync", enqueue: false)
+                default:
+                    guard !r.newBlocks.isEmpty else { continue }
+                    let src = OutputDirectory.id(of: name).map { ",src:\(OutputDirectory.idText($0))" } ?? ""
+                    let saved = try output.enqueue(data) { "id:\(OutputDirectory.idText($0)),sync:\(Worker.safe(other))\(src)" }
+                    known.insert(saved)
+                    queue.append(Entry(name: saved, id: OutputDirectory.id(of: saved), data: data))
+                    stats.lastNew = elapsed
+                    stats.covered = executor.covered.count
+                    stats.corpus = queue.count
+                }
+            }
         }
     }
 
@@ -535,6 +583,7 @@ public final class Campaign {
             }
         }
         let recorder = try Recorder(output: output, commandLine: commandLine)
+        recorder.banner = options.syncName ?? "wb"
         var bucketsFound = 0
         var interrupted = false
         worker.report = { [weak self] status, _ in

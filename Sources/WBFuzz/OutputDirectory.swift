@@ -152,6 +152,7 @@ public struct CampaignStatus: Codable, Sendable {
     public var cycles: Int
     public var lastNew: Double?
     public var lastCrash: Double?
+    public var lastHang: Double?
     public var firstCrash: Double?
     public var reset: String
     public var stage: String
@@ -183,6 +184,7 @@ public struct CampaignStatus: Codable, Sendable {
         cycles = main?.cycles ?? 0
         lastNew = stats.compactMap(\.lastNew).max()
         lastCrash = stats.compactMap(\.lastCrash).max()
+        lastHang = stats.compactMap(\.lastHang).max()
         firstCrash = stats.compactMap(\.firstCrash).min()
         reset = main?.reset ?? ""
         stage = main.map { $0.current.isEmpty ? $0.stage : "\($0.stage) on \($0.current)" } ?? ""

@@ -17,6 +17,8 @@ public final class Recorder {
 
     let output: OutputDirectory
     let commandLine: String
+    /// The campaign's name in fuzzer_stats (afl_banner): its instance name in a sync directory.
+    public var banner = "wb"
     let startTime = time(nil)
     public private(set) var samples: [Sample] = []
     private var nextSample = 0.0
@@ -52,11 +54,13 @@ public final class Recorder {
         func at(_ t: Double?) -> Int { t.map { startTime + Int($0) } ?? 0 }
         let rows: [(String, String)] = [
             ("start_time", "\(startTime)"), ("last_update", "\(now)"), ("run_time", "\(Int(s.seconds))"),
-            ("fuzzer_pid", "\(getpid())"), ("cycles_done", "\(s.cycles)"), ("execs_done", "\(s.executions)"),
+            ("fuzzer_pid", "\(getpid())"), ("hostname", SyncDirectory.host), ("afl_banner", banner),
+            ("cycles_done", "\(s.cycles)"), ("cur_item", "0"), ("pending_favs", "0"), ("pending_total", "0"),
+            ("execs_done", "\(s.executions)"),
             ("execs_per_sec", String(format: "%.2f", s.executionsPerSecond)), ("corpus_count", "\(s.corpus)"),
             ("corpus_found", "\(s.found)"), ("corpus_seeds", "\(s.seeds)"), ("saved_crashes", "\(s.uniqueCrashes)"),
             ("total_crashes", "\(s.crashes)"), ("saved_hangs", "\(s.hangs)"), ("dropped_crashes", "\(s.dropped)"), ("dropped_hangs", "\(s.droppedHangs)"), ("last_find", "\(at(s.lastNew))"),
-            ("last_crash", "\(at(s.lastCrash))"), ("exec_timeout", "\(s.timeoutMilliseconds)"),
+            ("last_crash", "\(at(s.lastCrash))"), ("last_hang", "\(at(s.lastHang))"), ("exec_timeout", "\(s.timeoutMilliseconds)"),
             ("bitmap_cvg", percent(s)), ("edges_found", "\(s.covered)"), ("total_edges", "\(s.blocks)"),
             ("coverage_unit", "basic blocks"), ("workers", "\(s.workers)"), ("reset", s.reset),
             ("target_mode", "snapshot (wb)"), ("command_line", commandLine),

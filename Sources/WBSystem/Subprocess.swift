@@ -113,3 +113,38 @@ public enum Clock {
 }
 
 private let RLIMIT_NOFILE_VALUE = __rlimit_resource_t(UInt32(RLIMIT_NOFILE.rawValue))
+
+extension Subprocess {
+    /// What a finished program printed, and how it ended.
+    public struct Output {
+        public var status: Int32
+        public var stdout: [UInt8]
+        public var stderr: [UInt8]
+    }
+
+    /// Runs `path` to its end (a short-lived tool: sbatch, squeue), its stdout and stderr
+    /// caught in unlinked temporary files.
+    public static func output(_ path: String, _ arguments: [String], environment: [String: String]? = nil) throws -> Output {
+        func temporary() throws -> FileDescriptor {
+            let fd = open("/tmp", 0o20200000 /* O_TMPFILE */ | O_RDWR | O_CLOEXEC, 0o600)
+            if fd < 0 { throw WBError.system(call: "open(O_TMPFILE)", errno: errno, what: "catching the output of \(path)") }
+            return FileDescriptor(owning: fd)
+        }
+        let out = try temporary(), err = try temporary()
+        let pid = try spawn(path, arguments, environment: environment, stdout: out.rawValue, stderr: err.rawValue)
+        var st: Int32 = 0
+        while waitpid(pid, &st, 0) < 0 && errno == EINTR {}
+        func contents(_ f: FileDescriptor) -> [UInt8] {
+            var bytes: [UInt8] = []
+            var buffer = [UInt8](repeating: 0, count: 65536)
+            var offset: UInt64 = 0
+            while let n = try? buffer.withUnsafeMutableBytes({ try f.read(into: $0, at: offset) }), n > 0 {
+                bytes += buffer.prefix(n)
+                offset += UInt64(n)
+            }
+            return bytes
+        }
+        let status = (st & 0x7F) == 0 ? (st >> 8) & 0xFF : 128 + (st & 0x7F)
+        return Output(status: status, stdout: contents(out), stderr: contents(err))
+    }
+}

@@ -38,6 +38,11 @@ struct FuzzCommand: ParsableCommand {
         is reset at the end of the run. The copy runs in a network namespace of its own \
         (as root), so the original server keeps its port.
 
+        --slurm N submits the campaign to Slurm as a job array of N workers, each restoring \
+        the image on its node and fuzzing as instance wb-K of the sync directory --out (AFL++'s \
+        layout, on a shared file system; afl-fuzz -S instances can join it). wb fuzz --status \
+        DIR sums a campaign's instances while it runs or after.
+
         The output directory is laid out as AFL's (queue/, crashes/, hangs/, fuzzer_stats, \
         plot_data) with coverage.svg and campaign.json; each crash bucket in crashes/ holds the \
         input, a minimized input, report.txt and report.json. Replay one with wb replay.
@@ -46,11 +51,13 @@ struct FuzzCommand: ParsableCommand {
           wb fuzz parser.wbimg --corpus seeds --out findings --duration 60s
           wb fuzz server.wbimg --input fd:5 --corpus seeds --out findings --jobs 2 --dict http.dict
           wb fuzz kv.wbimg --input tcp:6380 --input-split '\\n' --corpus seeds --out findings
+          wb fuzz server.wbimg --corpus seeds --out /shared/findings --slurm 16 --time 4:00:00
+          wb fuzz --status /shared/findings
           wb replay findings/crashes/SIGSEGV-parse_header-handle-main --debug
         """)
 
     @Argument(help: "The image to fuzz (checkpointed where it waits for input).")
-    var image: String
+    var image: String?
 
     @Option(help: "Where the input goes: stdin, fd:N, file:PATH or mem:SYMBOL[:LENGTH_SYMBOL].")
     var input = "stdin"
@@ -59,10 +66,10 @@ struct FuzzCommand: ParsableCommand {
     var inputSplit: String?
 
     @Option(help: "A directory of seed inputs.")
-    var corpus: String
+    var corpus: String?
 
-    @Option(help: "The output directory (created; must not hold another campaign).")
-    var out: String
+    @Option(help: "The output directory (created; must not hold another campaign). With --slurm or --sync-name: the sync directory the instances share.")
+    var out: String?
 
     @Option(help: "How long to fuzz: seconds, or a number with s, m or h (default: until Ctrl-C).")
     var duration: String?
@@ -97,10 +104,40 @@ struct FuzzCommand: ParsableCommand {
     @Flag(name: .shortAndLong, help: "Print nothing but errors (and the --json summary).")
     var quiet = false
 
+    @Option(help: "Submit the campaign to Slurm as a job array of this many workers, each restoring the image on its node and fuzzing as instance wb-K of the sync directory --out (on a file system the nodes share).")
+    var slurm: Int?
+
+    @Option(help: "With --slurm: the partition to submit to.")
+    var partition: String?
+
+    @Option(help: "With --slurm: the job's time limit, as sbatch takes it (e.g. 2:00:00); the workers stop at it.")
+    var time: String?
+
+    @Option(help: ArgumentHelp("Fuzz as instance NAME of the sync directory --out (AFL++'s layout: OUT/NAME holds this instance's queue, crashes and stats; entries of the other instances, wb's or AFL++'s, are picked up).", valueName: "name"))
+    var syncName: String?
+
+    @Option(help: ArgumentHelp("Show the state of a campaign (an output directory, or a sync directory's instances) and exit.", valueName: "dir"))
+    var status: String?
+
     @Option(name: .customLong("worker-index"), help: .hidden)
     var workerIndex: Int?
 
     func validate() throws {
+        if status != nil {
+            if image != nil || corpus != nil || out != nil || slurm != nil {
+                throw ValidationError("--status DIR shows a campaign; it takes no image, --corpus, --out or --slurm")
+            }
+            return
+        }
+        if image == nil { throw ValidationError("missing the image to fuzz (or --status DIR to look at a campaign)") }
+        if corpus == nil { throw ValidationError("missing --corpus DIR (seed inputs, one per file)") }
+        if out == nil { throw ValidationError("missing --out DIR (where the campaign writes its findings)") }
+        if let n = slurm, n < 1 || n > 10000 { throw ValidationError("--slurm takes the number of workers, 1 to 10000") }
+        if slurm == nil && (partition != nil || time != nil) { throw ValidationError("--partition and --time are for --slurm") }
+        if slurm != nil && syncName != nil { throw ValidationError("--slurm names its instances wb-0, wb-1, ...; leave out --sync-name") }
+        if let n = syncName, !SyncDirectory.isValidName(n) {
+            throw ValidationError("--sync-name \(n): use letters, digits, - and _ (it names a directory of the sync directory)")
+        }
         if jobs < 1 || jobs > 64 { throw ValidationError("--jobs must be between 1 and 64") }
         if let t = timeout, t < 1 { throw ValidationError("--timeout is in milliseconds and must be at least 1") }
         if let r = runs, r < 1 { throw ValidationError("--runs must be at least 1") }
@@ -129,6 +166,12 @@ struct FuzzCommand: ParsableCommand {
 
     func run() throws {
         try runReportingErrors {
+            if let status {
+                let report = try SyncDirectory.status(status)
+                if json { try Output.json(report) } else { Output.line(report.text) }
+                return
+            }
+            guard let image, let corpus, let out else { return }
             var options = CampaignOptions(imagePath: image, input: try channel(), corpus: corpus, out: out)
             options.duration = duration.flatMap(FuzzCommand.seconds)
             options.maxRuns = runs
@@ -145,6 +188,16 @@ struct FuzzCommand: ParsableCommand {
                 options.dictionary += tokens
             }
             if !Paths.exists(corpus) { throw WBError.invalidArgument("--corpus \(corpus): no such directory") }
+            if let n = slurm { return try submit(n, options) }
+            if let name = syncName {
+                // One instance of a sync directory: its own output directory inside it.
+                if Paths.exists("\(out)/queue") {
+                    throw WBError.invalidArgument("--out \(out) is a campaign's own output directory, not a sync directory; give the directory its instances share")
+                }
+                options.syncDirectory = out
+                options.syncName = name
+                options.out = "\(out)/\(name)"
+            }
             if let k = workerIndex { return try runWorker(k, options) }
             Signals.block([SIGINT, SIGTERM, SIGHUP])
             let campaign = Campaign(options: options)
@@ -161,6 +214,34 @@ struct FuzzCommand: ParsableCommand {
             let summary = try campaign.run()
             screen.finish(summary)
             if json { try Output.json(summary) }
+        }
+    }
+
+    /// Submits the campaign to Slurm: each array task runs this command as one instance.
+    private func submit(_ workers: Int, _ options: CampaignOptions) throws {
+        guard let image, let corpus, let out else { return }
+        if Paths.exists("\(out)/queue") || !SyncDirectory.instances(out).isEmpty {
+            throw WBError.invalidArgument("--out \(out) already holds a campaign: pick another directory, or remove it first")
+        }
+        var args = [ThisProcess.executable, "fuzz", Paths.absolute(image), "--input", input, "--corpus", Paths.absolute(corpus),
+                    "--out", Paths.absolute(out), "--jobs", "\(jobs)", "--cover", cover, "--quiet"]
+        if let inputSplit { args += ["--input-split", inputSplit] }
+        if let duration { args += ["--duration", duration] }
+        if let runs { args += ["--runs", "\(runs)"] }
+        if let untilCrashes { args += ["--until-crashes", "\(untilCrashes)"] }
+        if let timeout { args += ["--timeout", "\(timeout)"] }
+        for d in dictionaries { args += ["--dict", Paths.absolute(d)] }
+        if force { args.append("--force") }
+        var job = SlurmSubmission(workers: workers, out: Paths.absolute(out), command: args, seed: options.seed)
+        job.partition = partition
+        job.time = time
+        job.cpusPerTask = jobs
+        let id = try job.submit()
+        if json {
+            try Output.json(SlurmReceipt(job: id, workers: workers, out: job.out, script: "\(job.out)/.wb/slurm.sh"))
+        } else if !quiet {
+            Output.line("wb: submitted Slurm job \(id): \(workers) worker\(workers == 1 ? "" : "s") fuzzing into \(job.out)")
+            Output.line("wb: watch it with: wb fuzz --status \(job.out)   (or afl-whatsup \(job.out)); stop it with: scancel \(id)")
         }
     }
 
@@ -248,4 +329,12 @@ final class StatusScreen {
         out += "  output: \(summary.out)\n"
         FileHandle.standardError.write(Data(out.utf8))
     }
+}
+
+/// What `wb fuzz --slurm --json` prints.
+struct SlurmReceipt: Codable {
+    var job: String
+    var workers: Int
+    var out: String
+    var script: String
 }
