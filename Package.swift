@@ -69,6 +69,8 @@ let package = Package(
         .target(name: "WBSymbols", dependencies: ["WBCore", "CWBSymbols"]),
         .target(name: "WBNet", dependencies: ["WBCore", "WBSystem", "CWBNative"]),
         .target(name: "WBCheckpoint", dependencies: ["WBTrace", "WBCore", "WBNet"]),
+        .target(name: "WBSet", dependencies: ["WBCore", "WBSystem", "WBRestore", "WBNet", "WBTrace"]),
+        .target(name: "WBCoordinator", dependencies: ["WBCore", "WBSystem", "WBCheckpoint", "WBNet", "WBTrace", "WBSet"]),
         .target(name: "WBFuzz", dependencies: ["WBCore", "WBTrace", "WBRestore", "WBSymbols", "WBNet", "CWBNative"]),
         .target(name: "WBRestore", dependencies: ["WBTrace", "WBCore", "WBNet"]),
         .target(name: "WBTimeline", dependencies: ["CWBRecord", "WBCore", "WBTrace", "WBCheckpoint", "WBRestore", "WBDebug", "WBSymbols"]),
@@ -76,7 +78,7 @@ let package = Package(
         .executableTarget(
             name: "wb",
             dependencies: [
-                "WBCore", "WBCheckpoint", "WBRestore", "WBNet", "WBSymbols", "WBDebug", "WBFuzz", "WBTimeline",
+                "WBCore", "WBCheckpoint", "WBRestore", "WBNet", "WBSymbols", "WBDebug", "WBFuzz", "WBTimeline", "WBSet", "WBCoordinator",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]),
 
@@ -116,6 +118,7 @@ let package = Package(
         harnessProgram("pool"),
         harnessProgram("sums"),
         harnessProgram("kvserver", optimize: false),
+        harnessProgram("ring"),
         // Debugged after a replay: built without optimization so every local is visible.
         harnessProgram("msgserver", optimize: false),
 

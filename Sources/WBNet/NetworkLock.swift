@@ -85,9 +85,25 @@ public final class NetworkLock {
     /// mode (each a copy wb holds of fd `fd` of process `pid`, `flow` its addresses). The lock
     /// goes on before repair mode, so nothing arrives between the two.
     public func hold(_ sockets: [(socket: FileDescriptor, pid: Int32, fd: Int32, flow: Flow)]) throws {
+        try drop(sockets.map(\.flow))
+        // The guard knows of them before repair mode goes on: it can always take it off.
+        let pairs = sockets.flatMap { [$0.pid, $0.fd] }
+        let e = pairs.withUnsafeBufferPointer { wb_net_guard_send(control, 0x61 /* a */, $0.baseAddress, Int32(sockets.count)) }
+        guard e == 0 else { throw WBError.system(call: "send", errno: e, what: "telling the held connections' guard of them") }
+        for s in sockets {
+            held.append((s.socket, SocketProbe.int(s.socket.rawValue, SOL_SOCKET, SO_REUSEADDR)))
+            let r = wb_tcp_repair(s.socket.rawValue, 1)
+            if r != 0 { throw WBError.system(call: "setsockopt(TCP_REPAIR)", errno: r, what: "putting a TCP connection in repair mode") }
+        }
+    }
+
+    /// Drops the packets of these connections both ways from now on, without touching their
+    /// sockets (a set checkpoint's barrier: no message between members moves while they are
+    /// captured one by one; each side retransmits once the lock is lifted).
+    public func drop(_ connections: [Flow]) throws {
         var v4: [String] = [], v6: [String] = []
         var keys4: [UInt8] = [], keys6: [UInt8] = []
-        for (_, _, _, f) in sockets {
+        for f in connections {
             // An IPv6 socket talking to an IPv4 peer (::ffff:a.b.c.d) sends IPv4 packets.
             func plain(_ h: String) -> String { h.hasPrefix("::ffff:") && h.contains(".") ? String(h.dropFirst(7)) : h }
             let (l, p) = (plain(f.local.host), plain(f.peer.host))
@@ -106,19 +122,10 @@ public final class NetworkLock {
             if six { keys6 += key } else { keys4 += key }
         }
         // One netlink batch per set; the text form through libnftables (or nft) when that fails.
-        let what = "holding the packets of \(sockets.count) TCP connection\(sockets.count == 1 ? "" : "s") (nft)"
+        let what = "holding the packets of \(connections.count) TCP connection\(connections.count == 1 ? "" : "s") (nft)"
         for (set, elements, keys, size) in [("v4", v4, keys4, 16), ("v6", v6, keys6, 40)] where !elements.isEmpty {
             if wb_nft_add_elements(table, set, keys, size, Int32(elements.count)) == 0 { continue }
             try NetworkLock.run(nft, ["-f", "-"], input: "add element inet \(table) \(set) { \(elements.joined(separator: ", ")) }\n", what: what)
-        }
-        // The guard knows of them before repair mode goes on: it can always take it off.
-        let pairs = sockets.flatMap { [$0.pid, $0.fd] }
-        let e = pairs.withUnsafeBufferPointer { wb_net_guard_send(control, 0x61 /* a */, $0.baseAddress, Int32(sockets.count)) }
-        guard e == 0 else { throw WBError.system(call: "send", errno: e, what: "telling the held connections' guard of them") }
-        for s in sockets {
-            held.append((s.socket, SocketProbe.int(s.socket.rawValue, SOL_SOCKET, SO_REUSEADDR)))
-            let r = wb_tcp_repair(s.socket.rawValue, 1)
-            if r != 0 { throw WBError.system(call: "setsockopt(TCP_REPAIR)", errno: r, what: "putting a TCP connection in repair mode") }
         }
     }
 

@@ -252,7 +252,23 @@ public struct SocketBuilder {
             try inject(r.from, r.to, seq: r.seq, ack: 0, window: 0, flags: 0x04, name: p.name)
             return
         }
-        if !p.unsent.isEmpty { try SocketBuilder.sendAll(p.socket.rawValue, p.unsent, what: "sending the \(p.unsent.count) bytes \(p.name) had not sent yet") }
+        if !p.unsent.isEmpty {
+            // The kernel had taken these bytes into a send buffer it had grown (autotuning);
+            // a new socket's is smaller: it gets room for them (as root, past wmem_max).
+            var size: Int32 = 0
+            var length = socklen_t(4)
+            getsockopt(p.socket.rawValue, SOL_SOCKET, SO_SNDBUF, &size, &length)
+            var outq: Int32 = 0
+            _ = wb_socket_ioctl_int(p.socket.rawValue, 0x5411 /* SIOCOUTQ */, &outq)
+            let need = Int(outq) + p.unsent.count + 65536
+            if Int(size) < 2 * need {
+                var want = Int32(min(2 * need, Int(Int32.max)))
+                if setsockopt(p.socket.rawValue, SOL_SOCKET, 32 /* SO_SNDBUFFORCE */, &want, 4) != 0 {
+                    _ = setsockopt(p.socket.rawValue, SOL_SOCKET, SO_SNDBUF, &want, 4)
+                }
+            }
+            try SocketBuilder.sendAll(p.socket.rawValue, p.unsent, what: "sending the \(p.unsent.count) bytes \(p.name) had not sent yet")
+        }
     }
 
     private func netlink(_ fd: FileDescriptor, _ n: NetlinkBinding, _ s: NetSocketState, name: String) throws {

@@ -11,6 +11,7 @@ extension Restorer {
     func tcpPolicy(for net: NetSocketState, name: @autoclosure () -> String) throws -> TCPPolicy {
         guard net.tcp != nil else { return .restore }
         if net.peerInside == true { return .restore }
+        if let local = net.local, let peer = net.peer, options.setChannels.contains("\(local)->\(peer)") { return .restore }
         if !sockets.namespace.isCurrent {
             note("\(name()): its peer is outside the image and outside the process's network namespace: the connection is reset", about: process)
             return .close
@@ -50,6 +51,21 @@ extension Restorer {
             if r < 0 && r != -Int64(ENOENT) { throw WBError.system(call: "remote unlink", errno: Int32(-r), what: "removing \(path) again") }
         }
         unlinkLater = []
+    }
+
+    /// Puts the restored processes in the network namespace at `path` (before any is forked):
+    /// a host of a set image, made by the set's restore.
+    func joinNetwork(_ root: Tracee, path: String) throws {
+        root.syscallGadget = Stub.syscallAddress
+        let s = try root.ownedSyscalls(in: root.pid)
+        let scratch = try s.mapScratch(bytes: 4096)
+        defer { _ = try? s.raw(.munmap, scratch, 4096) }
+        try root.write(Array(path.utf8) + [0], to: scratch)
+        let fd = try s.call(.openat, UInt64(bitPattern: Int64(AT_FDCWD)), scratch, UInt64(O_RDONLY | O_CLOEXEC), what: "opening the network namespace \(path)")
+        let r = try s.raw(.setns, fd, 0x4000_0000 /* CLONE_NEWNET */)
+        _ = try s.raw(.close, fd)
+        if r < 0 { throw WBError.system(call: "remote setns", errno: Int32(-r), what: "entering the network namespace \(path)") }
+        sockets = SocketBuilder(namespace: try NetNamespace.of(root.pid))
     }
 
     /// A network namespace of the restored processes' own (before any is forked), with

@@ -43,6 +43,13 @@ public struct RestoreOptions: Sendable {
     /// does, so the copy never takes the original's ports or talks to its peers (as root;
     /// others restore in wb's namespace).
     public var isolateSockets = false
+    /// Restore into this network namespace (a file such as /run/netns/NAME: a host of a set
+    /// image restored on one box).
+    public var networkNamespace: String?
+    /// Connections to other members of a set ("LOCAL->PEER", addresses as the image has
+    /// them): rebuilt with repair mode like connections inside the image, whatever the
+    /// namespace.
+    public var setChannels: Set<String> = []
     public init() {}
 }
 
@@ -228,7 +235,9 @@ public final class Restorer {
             var members: [(ProcessState, Tracee)] = []
             do {
                 members = [(process, try Tracee.adoptStub(spawned.pid))]
-                if options.newNetworkNamespace || (options.isolateSockets && geteuid() == 0
+                if let path = options.networkNamespace {
+                    try joinNetwork(members[0].1, path: path)
+                } else if options.newNetworkNamespace || (options.isolateSockets && geteuid() == 0
                     && image.metadata.processes.contains { $0.fds.contains { $0.kind == .socket } }) {
                     try isolateNetwork(members[0].1)
                 } else {

@@ -2,6 +2,7 @@ import ArgumentParser
 import Foundation
 import Glibc
 import WBCheckpoint
+import WBCoordinator
 import WBCore
 
 struct CheckpointCommand: ParsableCommand {
@@ -38,7 +39,13 @@ struct CheckpointCommand: ParsableCommand {
         """)
 
     @Argument(help: "The process to checkpoint.")
-    var pid: Int32
+    var pid: Int32?
+
+    @Option(help: ArgumentHelp("Take a set checkpoint of a whole distributed job through its coordinator (HOST:PORT) instead: -o names the set directory.", valueName: "address"))
+    var coordinator: String?
+
+    @Option(help: "With --coordinator: the job token (default: WB_TOKEN).")
+    var token: String?
 
     @Option(name: .shortAndLong, help: "The image file to write.")
     var output: String
@@ -70,6 +77,11 @@ struct CheckpointCommand: ParsableCommand {
 
     func validate() throws {
         if leaveRunning && kill { throw ValidationError("--leave-running and --kill exclude each other") }
+        if coordinator != nil {
+            if pid != nil || tree || allowUnsupported { throw ValidationError("--coordinator checkpoints the job's members: it takes no PID, --tree or --allow-unsupported") }
+            return
+        }
+        guard let pid else { throw ValidationError("give the PID of the process to checkpoint (or --coordinator ADDRESS for a distributed job)") }
         if pid <= 0 { throw ValidationError("PID must be a positive process id") }
         if output.isEmpty { throw ValidationError("IMAGE must not be empty") }
         try CheckpointCommand.validate(stopTimeout: stopTimeout)
@@ -86,6 +98,7 @@ struct CheckpointCommand: ParsableCommand {
     /// fork of this process (wb starting again would cost about 10 ms), or, when this process
     /// already has other threads, wb started again with --as-agent.
     func run() throws {
+        if let coordinator { return try runSet(coordinator) }
         if asAgent {
             return try runAsAgent(parent: ProcessInfo.processInfo.environment["WB_AGENT_PARENT"].flatMap { Int32($0) })
         }
@@ -131,14 +144,14 @@ struct CheckpointCommand: ParsableCommand {
             setsid()
             try ThisProcess.setParentDeathSignal(SIGTERM)
             if let parent, parent != getppid() {
-                throw WBError.failed("checkpoint of pid \(pid) interrupted before it started")
+                throw WBError.failed("checkpoint of pid \(pid ?? 0) interrupted before it started")
             }
             var options = CheckpointOptions()
             options.after = kill ? .kill : .leaveRunning
             options.allowUnsupported = allowUnsupported
             options.stopTimeout = stopTimeout
             if tree { return try runTree(options, interrupting: interrupting) }
-            let checkpointer = Checkpointer(pid: pid, options: options)
+            let checkpointer = Checkpointer(pid: pid ?? 0, options: options)
             checkpointer.progress = Output.progress(quiet: quiet || json)
             // A request to stop (or the death of the wb the user started) is honoured between
             // steps, with the process put back as it was.
@@ -162,7 +175,7 @@ struct CheckpointCommand: ParsableCommand {
 
 extension CheckpointCommand {
     private func runTree(_ options: CheckpointOptions, interrupting: [Int32]) throws {
-        let checkpointer = TreeCheckpointer(root: pid, options: options)
+        let checkpointer = TreeCheckpointer(root: pid ?? 0, options: options)
         checkpointer.progress = Output.progress(quiet: quiet || json)
         checkpointer.shouldStop = { Signals.pending(interrupting) != nil }
         let result = try checkpointer.checkpoint(to: output)
@@ -187,6 +200,33 @@ extension CheckpointCommand {
             Output.line("  pid \(p.pid) (\(p.command)), parent \(p.ppid): \(what)")
         }
     }
+}
+
+extension CheckpointCommand {
+    /// A set checkpoint of a distributed job, asked of its coordinator.
+    private func runSet(_ address: String) throws {
+        try runReportingErrors {
+            guard let token = jobToken(token) else {
+                throw WBError.invalidArgument("no job token: give the coordinator's with --token or WB_TOKEN")
+            }
+            let dir = Paths.absolute(output)
+            let started = Clock.monotonic
+            let result = try CoordinatorClient.checkpoint(address, token: token, dir: dir, kill: kill)
+            let members = result.members ?? []
+            if json {
+                try Output.json(SetCheckpointReport(set: dir, members: members.map { "\($0.pid)" }, pauseSeconds: result.pauseSeconds ?? 0,
+                                                    totalSeconds: Clock.monotonic - started))
+            } else if !quiet {
+                Output.line(String(format: "checkpointed %d member%@ of the job into %@ in %.3f s; the longest pause was %.3f s%@",
+                                   members.count, members.count == 1 ? "" : "s", dir, Clock.monotonic - started, result.pauseSeconds ?? 0,
+                                   kill ? "; the members are ended" : ""))
+            }
+        }
+    }
+}
+
+struct SetCheckpointReport: Encodable {
+    var set: String, members: [String], pauseSeconds: Double, totalSeconds: Double
 }
 
 struct TreeCheckpointReport: Encodable {

@@ -1,5 +1,6 @@
 import ArgumentParser
 import WBCore
+import WBSet
 import WBSymbols
 
 struct InspectCommand: ParsableCommand {
@@ -9,9 +10,13 @@ struct InspectCommand: ParsableCommand {
         discussion: """
         inspect checks every checksum in the image first, so it also tells whether an image is \
         intact: a truncated or damaged image gets a one-line error naming the section.
+
+        Given a set image (the directory wb checkpoint --coordinator writes), it shows the \
+        job's hosts with their addresses, its members with their images, and the channels \
+        (TCP connections between members) with the bytes in flight on each.
         """)
 
-    @Argument(help: "The image to show.")
+    @Argument(help: "The image (or set image directory) to show.")
     var image: String
 
     @Flag(help: "Print a JSON document instead of text.")
@@ -28,6 +33,11 @@ struct InspectCommand: ParsableCommand {
 
     func run() throws {
         try runReportingErrors {
+            if SetManifest.isSet(image) {
+                let report = try SetReport(dir: image, verify: !noVerify)
+                if json { try Output.json(report) } else { Output.line(report.text) }
+                return
+            }
             let opened = try Image(path: image)
             if !noVerify { try opened.verifyData() }
             var backtraces: [Int32: [Frame]] = [:]

@@ -2,6 +2,7 @@ import ArgumentParser
 import Foundation
 import Glibc
 import WBCore
+import WBSet
 import WBDebug
 import WBNet
 import WBRestore
@@ -89,7 +90,12 @@ struct RestoreCommand: ParsableCommand {
         }
     }
 
+    @Option(help: ArgumentHelp("With a set image and --debug or --gdb-port: the member to debug, HOST:PID (the others run, or wait stopped with --stopped).", valueName: "member"))
+    var member: String?
+
     func run() throws {
+        if SetManifest.isSet(image) { return try restoreSet() }
+        if member != nil { throw ValidationError("--member is for a set image (a directory written by wb checkpoint --coordinator)") }
         try runReportingErrors {
             // Signals for the restored process are blocked before any thread starts, so the
             // forwarding thread can take them.
@@ -147,6 +153,79 @@ struct RestoreCommand: ParsableCommand {
             throw ExitCode(status)
         }
     }
+}
+
+extension RestoreCommand {
+    /// A set image: every member in a network namespace of its host's, on one box.
+    func restoreSet() throws {
+        try runReportingErrors {
+            if newNetworkNamespace || map { throw WBError.invalidArgument("--new-netns and --map are for a single image; a set's hosts get namespaces of their own") }
+            if (debug || gdbPort != nil) && member == nil { throw WBError.invalidArgument("--debug on a set: name the member with --member HOST:PID") }
+            if !detach && !(debug || gdbPort != nil) { Signals.block(Signals.forwarded) }
+            let set = try SetRestorer(dir: image)
+            if let member, !set.manifest.members.contains(where: { $0.name == member }) {
+                throw WBError.invalidArgument("--member \(member): the set has \(set.manifest.members.map(\.name).joined(separator: ", "))")
+            }
+            set.options.pidNamespace = newPidNamespace ? .new : .automatic
+            set.options.verify = !noVerify
+            set.options.force = force
+            set.options.tcp = tcp.policy
+            if !quiet && !json { set.progress = { FileHandle.standardError.write(Data("wb: \($0)\n".utf8)) } }
+            let restored = try set.restore()
+            if !quiet && !json {
+                for r in restored { for n in r.notes { Output.note("\(r.member.name): \(n)") } }
+            }
+            let debugged = restored.first { $0.member.name == member }
+            var held = stopped ? Set(restored.map(\.member.name)) : []
+            if let debugged { held.remove(debugged.member.name) }
+            do {
+                try set.resume(restored.filter { $0.member.name != debugged?.member.name }, stopped: held)
+            } catch {
+                for r in restored { r.process.terminate() }
+                set.removeHosts()
+                throw error
+            }
+            if let debugged {
+                signal(SIGINT, SIG_IGN)
+                signal(SIGQUIT, SIG_IGN)
+                let launcher = DebugLauncher(startGDB: debug, port: gdbPort, snapshots: snapshots ?? "\(image)/\(debugged.member.image).snapshots",
+                                             debugDirectories: debugDirectories, gdbArguments: gdbArguments, quiet: quiet)
+                var options = set.options
+                options.networkNamespace = "/run/netns/\(debugged.namespace)"
+                let code = try launcher.run(debugged.process, image: debugged.image, files: debugged.files, options: options)
+                for r in restored where r.member.name != debugged.member.name { r.process.terminate() }
+                set.removeHosts()
+                throw ExitCode(code)
+            }
+            if detach {
+                if json {
+                    try Output.json(restored.map { SetMemberReport(member: $0.member.name, pid: $0.process.pid, namespace: $0.namespace, state: $0.process.state) })
+                } else {
+                    for r in restored { Output.line("\(r.process.pid)") }
+                    if !quiet {
+                        Output.note("the hosts are network namespaces \(restored.map(\.namespace).sorted().joined(separator: ", ")) on bridge \(set.bridge); remove them with ip netns delete NAME and ip link delete \(set.bridge) once the members are done")
+                    }
+                }
+                return
+            }
+            // In the foreground: until every member has ended; the first failure is the exit status.
+            var status: Int32 = 0
+            for r in restored {
+                let s = (try? r.process.waitForExit()) ?? 1
+                if !quiet { FileHandle.standardError.write(Data("wb: \(r.member.name) (\(r.member.command)) ended with status \(s)\n".utf8)) }
+                if status == 0 { status = s }
+            }
+            set.removeHosts()
+            throw ExitCode(status)
+        }
+    }
+}
+
+struct SetMemberReport: Encodable {
+    var member: String
+    var pid: Int32
+    var namespace: String
+    var state: String
 }
 
 struct RestoreReport: Encodable {

@@ -29,5 +29,6 @@ struct WB: ParsableCommand {
         See docs/ for the image format and how restore works.
         """,
         version: WBVersion.string,
-        subcommands: [CheckpointCommand.self, RestoreCommand.self, InspectCommand.self, RunCommand.self, TimelineCommand.self, BisectCommand.self, FuzzCommand.self, ReplayCommand.self])
+        subcommands: [CheckpointCommand.self, RestoreCommand.self, InspectCommand.self, RunCommand.self, TimelineCommand.self, BisectCommand.self, FuzzCommand.self, ReplayCommand.self,
+                      CoordinatorCommand.self, AgentCommand.self])
 }

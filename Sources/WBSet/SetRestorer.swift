@@ -1,0 +1,152 @@
+import Foundation
+import Glibc
+import WBCore
+import WBNet
+import WBRestore
+import WBSystem
+
+/// Restores a set image on this box: one network namespace per original host, holding that
+/// host's addresses on a veth into one bridge (so the hosts reach each other at their
+/// original addresses, and nothing leaves the machine), every member restored in its host's
+/// namespace, and the connections between members rebuilt with repair mode on both ends.
+/// Traffic in the hosts is held (an nftables table in each) until every member is back, so
+/// no end is reset by a peer not restored yet.
+public final class SetRestorer {
+    public let dir: String
+    public let manifest: SetManifest
+    public var progress: (String) -> Void = { _ in }
+    public var options = RestoreOptions()
+    /// Names of what this restore made on the box: the bridge, and a network namespace per host.
+    public private(set) var bridge: String
+    public private(set) var namespaces: [String: String] = [:]
+
+    public struct Restored {
+        public var member: SetManifest.Member
+        public var process: RestoredProcess
+        /// The network namespace of the member's host (ip netns name).
+        public var namespace: String
+        public var notes: [String]
+        /// The member's files as this machine has them (for a debugger).
+        public var files: ResolvedFiles
+        public var image: Image
+    }
+
+    public init(dir: String) throws {
+        self.dir = dir
+        manifest = try SetManifest.read(dir)
+        bridge = "wbb\(getpid() % 10_000_000)"
+    }
+
+    /// Restores every member stopped (not yet running); `resume` lets them go.
+    public func restore() throws -> [Restored] {
+        guard let ip = Subprocess.find("ip") ?? ["/usr/sbin/ip", "/sbin/ip"].first(where: { access($0, X_OK) == 0 }) else {
+            throw WBError.refused("restoring a set needs the ip command (apt-get install iproute2)")
+        }
+        guard let nft = Subprocess.find("nft") ?? ["/usr/sbin/nft", "/sbin/nft"].first(where: { access($0, X_OK) == 0 }) else {
+            throw WBError.refused("restoring a set needs nftables, to hold the hosts' traffic until every member is back (apt-get install nftables)")
+        }
+        var restored: [Restored] = []
+        do {
+            try makeHosts(ip: ip, nft: nft)
+            for member in manifest.members {
+                progress("restoring \(member.name) (\(member.command))")
+                let image = try Image(path: "\(dir)/\(member.image)")
+                var o = options
+                o.networkNamespace = "/run/netns/\(namespaces[member.host]!)"
+                o.allowTree = true
+                o.setChannels = channelKeys(of: member)
+                let restorer = Restorer(image: image, options: o)
+                let r = try restorer.restore()
+                restored.append(Restored(member: member, process: r, namespace: namespaces[member.host]!, notes: r.notes,
+                                         files: restorer.files ?? ResolvedFiles(), image: image))
+            }
+        } catch {
+            for r in restored.reversed() { r.process.terminate() }
+            removeHosts()
+            throw error
+        }
+        return restored
+    }
+
+    /// Lets every member run, and lifts the hold on the hosts' traffic.
+    public func resume(_ restored: [Restored], stopped: Set<String> = []) throws {
+        for r in restored {
+            if stopped.contains(r.member.name) { r.process.releaseStopped() } else { r.process.resume() }
+        }
+        for ns in namespaces.values { try run(nftPath, ["delete", "table", "inet", "wb_set_hold"], in: ns) }
+    }
+
+    /// The set's "LOCAL->PEER" keys of `member`'s ends of channels.
+    private func channelKeys(of member: SetManifest.Member) -> Set<String> {
+        var keys = Set<String>()
+        for c in manifest.channels {
+            if c.a.host == member.host { keys.insert("\(c.a.address)->\(c.b.address)") }
+            if c.b.host == member.host { keys.insert("\(c.b.address)->\(c.a.address)") }
+        }
+        return keys
+    }
+
+    private var ipPath = "ip", nftPath = "nft"
+
+    private func makeHosts(ip: String, nft: String) throws {
+        ipPath = ip
+        nftPath = nft
+        try run(ip, ["link", "add", bridge, "type", "bridge"])
+        try run(ip, ["link", "set", bridge, "up"])
+        for (i, host) in manifest.hosts.enumerated() {
+            let ns = "\(bridge)-\(i)"
+            let outside = "\(bridge)h\(i)"
+            try run(ip, ["netns", "add", ns])
+            namespaces[host.name] = ns
+            try run(ip, ["link", "add", outside, "type", "veth", "peer", "name", "eth0", "netns", ns])
+            try run(ip, ["link", "set", outside, "master", bridge, "up"])
+            try run(ip, ["-n", ns, "link", "set", "lo", "up"])
+            for a in host.addresses.compactMap(SetManifest.Address.init) {
+                try run(ip, ["-n", ns] + (a.isIPv6 ? ["-6", "addr", "add", "\(a.host)/\(a.prefix)", "dev", "eth0", "nodad"]
+                                                    : ["addr", "add", "\(a.host)/\(a.prefix)", "dev", "eth0"]))
+            }
+            try run(ip, ["-n", ns, "link", "set", "eth0", "up"])
+            // Every other host is on the bridge: reached directly, whatever its subnet.
+            try run(ip, ["-n", ns, "route", "add", "default", "dev", "eth0"])
+            if host.addresses.contains(where: { $0.contains(":") }) {
+                try run(ip, ["-n", ns, "-6", "route", "add", "default", "dev", "eth0"])
+            }
+            try run(nft, ["-f", "-"], in: ns, input: """
+                add table inet wb_set_hold
+                add chain inet wb_set_hold input { type filter hook input priority -400; policy drop; }
+                add chain inet wb_set_hold output { type filter hook output priority -400; policy drop; }
+
+                """)
+        }
+    }
+
+    /// Removes the hosts' namespaces and the bridge (their veths go with them).
+    public func removeHosts() {
+        for ns in namespaces.values { try? run(ipPath, ["netns", "delete", ns]) }
+        namespaces = [:]
+        try? run(ipPath, ["link", "delete", bridge])
+    }
+
+    private func run(_ tool: String, _ args: [String], in namespace: String? = nil, input: String? = nil) throws {
+        var program = tool, arguments = args
+        if let namespace {
+            program = ipPath
+            arguments = ["netns", "exec", namespace, tool] + args
+        }
+        let result: Subprocess.Output
+        if let input {
+            let path = "/tmp/wb-set-\(getpid()).nft"
+            let fd = try FileDescriptor.open(path, O_WRONLY | O_CREAT | O_TRUNC, mode: 0o600, what: "writing \(path)")
+            try fd.writeAll(Array(input.utf8))
+            fd.close()
+            defer { Paths.remove(path) }
+            result = try Subprocess.output(program, arguments.map { $0 == "-" ? path : $0 })
+        } else {
+            result = try Subprocess.output(program, arguments)
+        }
+        if result.status != 0 {
+            let why = String(decoding: result.stderr, as: UTF8.self).split(separator: "\n").first.map(String.init) ?? "exit status \(result.status)"
+            throw WBError.failed("setting up the set's hosts: \(([tool] + args).joined(separator: " ")) failed: \(why)")
+        }
+    }
+}
