@@ -178,6 +178,10 @@ public struct SocketBuilder {
         // would take this one's packets: it is looked for first.
         try bind(fd, local, s, name: name, paths: nil)
         try SocketName.connect(fd.rawValue, peer, family: s.family)
+        // The queues go back into buffers the kernel had grown for them (autotuning); a new
+        // socket's are smaller: they get room (as root, past wmem_max and rmem_max).
+        SocketBuilder.makeRoom(fd.rawValue, SO_SNDBUF, 32 /* SO_SNDBUFFORCE */, bytes: t.sendQueue.count + Int(t.unsent))
+        SocketBuilder.makeRoom(fd.rawValue, SO_RCVBUF, 33 /* SO_RCVBUFFORCE */, bytes: t.receiveQueue.count)
         try t.sendQueue.withUnsafeBytes { sq in
             try t.receiveQueue.withUnsafeBytes { rq in
                 try check(wb_tcp_finish(fd.rawValue, &c, sq.baseAddress, rq.baseAddress), "setsockopt(TCP_REPAIR_*)", "restoring the connection of \(name)")
@@ -253,20 +257,9 @@ public struct SocketBuilder {
             return
         }
         if !p.unsent.isEmpty {
-            // The kernel had taken these bytes into a send buffer it had grown (autotuning);
-            // a new socket's is smaller: it gets room for them (as root, past wmem_max).
-            var size: Int32 = 0
-            var length = socklen_t(4)
-            getsockopt(p.socket.rawValue, SOL_SOCKET, SO_SNDBUF, &size, &length)
             var outq: Int32 = 0
             _ = wb_socket_ioctl_int(p.socket.rawValue, 0x5411 /* SIOCOUTQ */, &outq)
-            let need = Int(outq) + p.unsent.count + 65536
-            if Int(size) < 2 * need {
-                var want = Int32(min(2 * need, Int(Int32.max)))
-                if setsockopt(p.socket.rawValue, SOL_SOCKET, 32 /* SO_SNDBUFFORCE */, &want, 4) != 0 {
-                    _ = setsockopt(p.socket.rawValue, SOL_SOCKET, SO_SNDBUF, &want, 4)
-                }
-            }
+            SocketBuilder.makeRoom(p.socket.rawValue, SO_SNDBUF, 32 /* SO_SNDBUFFORCE */, bytes: Int(outq) + p.unsent.count)
             try SocketBuilder.sendAll(p.socket.rawValue, p.unsent, what: "sending the \(p.unsent.count) bytes \(p.name) had not sent yet")
         }
     }
@@ -386,6 +379,19 @@ public struct SocketBuilder {
             var size = before / 2
             _ = setsockopt(sender.rawValue, SOL_SOCKET, 32 /* SO_SNDBUFFORCE */, &size, 4)
         }
+    }
+
+    /// Grows a socket's send or receive buffer to hold `bytes` queued (the kernel counts
+    /// about twice the payload), when it is smaller.
+    static func makeRoom(_ fd: Int32, _ option: Int32, _ force: Int32, bytes: Int) {
+        guard bytes > 0 else { return }
+        var size: Int32 = 0
+        var length = socklen_t(4)
+        getsockopt(fd, SOL_SOCKET, option, &size, &length)
+        let need = 2 * (bytes + 65536)
+        guard Int(size) < need else { return }
+        var want = Int32(min(need, Int(Int32.max / 2)))
+        if setsockopt(fd, SOL_SOCKET, force, &want, 4) != 0 { _ = setsockopt(fd, SOL_SOCKET, option, &want, 4) }
     }
 
     static func sendAll(_ fd: Int32, _ bytes: Data, what: String) throws {

@@ -124,7 +124,7 @@ struct AgentCommand: ParsableCommand {
             }
             let name = host ?? HostName.short
             let agent = Agent(coordinator: join, token: token, host: name, members: try Agent.describe(pids, tree: tree))
-            if !quiet { agent.progress = { FileHandle.standardError.write(Data("wb: \($0)\n".utf8)) } }
+            if !quiet { agent.progress = { Output.line("wb: \($0)") } }
             signal(SIGPIPE, SIG_IGN)
             try agent.run()
         }

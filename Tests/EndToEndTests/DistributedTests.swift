@@ -1,0 +1,199 @@
+import Foundation
+import Glibc
+import Testing
+import WBCore
+import WBSystem
+
+/// Hosts for a distributed test: network namespaces with addresses of their own on veth
+/// pairs into one bridge (which holds `gateway`, where the coordinator listens). Nothing
+/// leaves the machine; `remove` takes it all away.
+final class TestHosts {
+    let prefix: String
+    let subnet: String
+    var names: [String] = []
+    var bridge: String { "\(prefix)br" }
+    var gateway: String { "\(subnet).254" }
+
+    /// `count` hosts named PREFIX0..., with addresses SUBNET.1...
+    init(count: Int, subnet: String) throws {
+        prefix = "wbt\(getpid() % 100_000)"
+        self.subnet = subnet
+        try TestHosts.ip(["link", "add", bridge, "type", "bridge"])
+        try TestHosts.ip(["addr", "add", "\(gateway)/24", "dev", bridge])
+        try TestHosts.ip(["link", "set", bridge, "up"])
+        for i in 0..<count {
+            let ns = "\(prefix)h\(i)"
+            try TestHosts.ip(["netns", "add", ns])
+            names.append(ns)
+            try TestHosts.ip(["link", "add", "\(prefix)v\(i)", "type", "veth", "peer", "name", "eth0", "netns", ns])
+            try TestHosts.ip(["link", "set", "\(prefix)v\(i)", "master", bridge, "up"])
+            try TestHosts.ip(["-n", ns, "addr", "add", "\(address(i))/24", "dev", "eth0"])
+            try TestHosts.ip(["-n", ns, "link", "set", "eth0", "up"])
+            try TestHosts.ip(["-n", ns, "link", "set", "lo", "up"])
+        }
+    }
+
+    func address(_ i: Int) -> String { "\(subnet).\(i + 1)" }
+
+    /// `program` run in host `i`'s namespace.
+    func start(_ i: Int, _ program: String, _ args: [String], env: [String: String] = [:]) throws -> Child {
+        try Child(TestHosts.ipPath, ["netns", "exec", names[i], program] + args, env: env)
+    }
+
+    /// The nftables tables in host `i`.
+    func tables(_ i: Int) -> String {
+        (try? Subprocess.output(TestHosts.ipPath, ["netns", "exec", names[i], "nft", "list", "tables"]))
+            .map { String(decoding: $0.stdout, as: UTF8.self) } ?? ""
+    }
+
+    func remove() {
+        for ns in names { _ = try? TestHosts.ip(["netns", "delete", ns]) }
+        _ = try? TestHosts.ip(["link", "delete", bridge])
+    }
+
+    static let ipPath = Subprocess.find("ip") ?? "/usr/sbin/ip"
+
+    @discardableResult
+    static func ip(_ args: [String]) throws -> String {
+        let o = try Subprocess.output(ipPath, args)
+        if o.status != 0 { throw WBError.failed("ip \(args.joined(separator: " ")): \(String(decoding: o.stderr, as: UTF8.self))") }
+        return String(decoding: o.stdout, as: UTF8.self)
+    }
+}
+
+/// wb coordinator, agents and set checkpoints on a job spread over three hosts (network
+/// namespaces), restored on one box.
+@Suite(.serialized) struct DistributedTests {
+    /// A ring of 4 harness-ring processes on 3 hosts, its members' agents joined to a
+    /// coordinator in the job's network.
+    struct Ring {
+        let hosts: TestHosts
+        let members: [Child]
+        let pids: [Int32]
+        let coordinator: Child
+        let address: String
+        let agents: [Child]
+        let dir: String
+        let token = "ring-token"
+
+        func results() -> [String] {
+            (0..<4).map { ((try? Paths.readText("\(dir)/rank\($0)")) ?? "none").trimming("\n") }
+        }
+
+        func stop() {
+            for m in members { m.signal(SIGKILL) }
+            coordinator.signal(SIGKILL)
+            for a in agents { a.signal(SIGKILL) }
+            for c in members + [coordinator] + agents { c.wait(timeout: 30) }
+            hosts.remove()
+        }
+    }
+
+    static func startRing(_ dir: String, subnet: String, messages: Int, coordinatorArgs: [String] = []) throws -> Ring {
+        let hosts = try TestHosts(count: 3, subnet: subnet)
+        // Ranks 0 and 1 on host 0, rank 2 on host 1, rank 3 on host 2.
+        let placement = [0, 0, 1, 2]
+        let listen = ["\(hosts.address(0)):7001", "\(hosts.address(0)):7002", "\(hosts.address(1)):7003", "\(hosts.address(2)):7004"]
+        var members: [Child] = []
+        for r in 0..<4 {
+            members.append(try hosts.start(placement[r], Products.harness("ring"),
+                                           ["--rank", "\(r)", "--listen", listen[r], "--next", listen[(r + 1) % 4],
+                                            "--messages", "\(messages)", "--out", "\(dir)/rank\(r)"]))
+        }
+        var pids: [Int32] = []
+        for m in members {
+            let ready = try #require(m.line(startingWith: "READY"), "a ring member did not start: \(m.stderrText)" as Comment)
+            pids.append(try #require(Int32(String(ready.split(separator: " ").last ?? ""))))
+        }
+        let coordinator = try Child(Products.wb, ["coordinator", "--listen", "\(hosts.gateway):0", "--token", "ring-token"] + coordinatorArgs)
+        let listening = try #require(coordinator.line(startingWith: "wb: coordinator listening on"), "\(coordinator.stderrText)")
+        let address = String(listening.split(separator: " ").last ?? "")
+        var agents: [Child] = []
+        for (h, ranks) in [(0, [0, 1]), (1, [2]), (2, [3])] {
+            let a = try hosts.start(h, Products.wb, ["agent", "--join", address, "--host", "host\(h)"] + ranks.flatMap { ["--pid", "\(pids[$0])"] },
+                                    env: ["WB_TOKEN": "ring-token"])
+            try #require(a.line(startingWith: "wb: joined") != nil, "agent of host \(h): \(a.stderrText)")
+            agents.append(a)
+        }
+        return Ring(hosts: hosts, members: members, pids: pids, coordinator: coordinator, address: address, agents: agents, dir: dir)
+    }
+
+    static func manifest(_ set: String) throws -> [String: Any] {
+        let run = try wb("inspect", set, "--json", "--no-verify")
+        try #require(run.code == 0, "\(run.stderr)")
+        return try #require(try JSONSerialization.jsonObject(with: Data(run.stdout.utf8)) as? [String: Any])
+    }
+
+    /// Checkpointed every 200 ms by the coordinator, then with --kill; the last set, and an
+    /// earlier one, each restored on one box: the ring finishes with every message seen once.
+    @Test func aRingOverThreeHostsIsCheckpointedConsistentlyAndRestoredOnOneBox() throws {
+        let dir = scratchDirectory()
+        let ring = try DistributedTests.startRing(dir, subnet: "10.214.0", messages: 1500,
+                                                  coordinatorArgs: ["--every", "200ms", "--set-dir", "\(dir)/sets"])
+        defer { ring.stop() }
+        usleep(1_200_000)
+        let final = try wb(["checkpoint", "--coordinator", ring.address, "-o", "\(dir)/final", "--kill", "--json"], env: ["WB_TOKEN": ring.token])
+        try #require(final.code == 0, "\(final.stderr)")
+        for m in ring.members { #expect(m.exitCode == 128 + SIGKILL, "a member outlived the --kill checkpoint") }
+        #expect(ring.results().allSatisfy { $0 == "none" }, "the ring finished before the checkpoint: \(ring.results())")
+
+        // The periodic sets: each a whole job, its four channels found.
+        let periodic = ((try? Paths.list("\(dir)/sets")) ?? []).filter { $0.hasPrefix("set-") }.sorted()
+        #expect(periodic.count >= 2, "the coordinator took \(periodic.count) sets in 1.2 s at --every 200ms")
+        let report = try DistributedTests.manifest("\(dir)/final")
+        #expect((report["members"] as? [Any])?.count == 4 && (report["hosts"] as? [Any])?.count == 3, "\(report)")
+        #expect((report["channels"] as? [Any])?.count == 4, "\(report)")
+        let text = try wb("inspect", "\(dir)/final", "--no-verify")
+        #expect(text.stdout.contains("HOSTS (3)") && text.stdout.contains("CHANNELS (4"), "\(text.stdout)")
+
+        // Restored on one box, twice: from the --kill set, and from an earlier periodic one.
+        for set in ["\(dir)/final"] + periodic.prefix(1).map({ "\(dir)/sets/\($0)" }) {
+            for r in 0..<4 { Paths.remove("\(dir)/rank\(r)") }
+            let restore = try wb(["restore", set], timeout: 180)
+            #expect(restore.code == 0, "restoring \(set): \(restore.stderr)")
+            let results = ring.results()
+            for (r, line) in results.enumerated() {
+                #expect(line == "OK rank \(r) cw=1500 ccw=1500 bad=0/0", "restored from \(set): \(results)")
+            }
+        }
+        #expect(!((try? TestHosts.ip(["netns", "list"])) ?? "").contains("wbb"), "the restore left its hosts behind")
+    }
+
+    /// A member that is gone, and a coordinator killed during a checkpoint: the checkpoint
+    /// fails (naming the member), and every other member runs on, untraced, with no lock left.
+    @Test func failuresDuringASetCheckpointLeaveTheOtherMembersRunning() throws {
+        let dir = scratchDirectory()
+        let ring = try DistributedTests.startRing(dir, subnet: "10.215.0", messages: 1200)
+        defer { ring.stop() }
+        // The coordinator killed while a checkpoint runs: the members go on and finish.
+        let client = try Child(Products.wb, ["checkpoint", "--coordinator", ring.address, "-o", "\(dir)/never"], env: ["WB_TOKEN": ring.token])
+        usleep(60_000)
+        ring.coordinator.signal(SIGKILL)
+        #expect(client.exitCode != 0)
+        for m in ring.members { #expect(m.exitCode == 0, "a member did not finish after the coordinator died: \(m.stderrText)") }
+        let results = ring.results()
+        for (r, line) in results.enumerated() { #expect(line == "OK rank \(r) cw=1200 ccw=1200 bad=0/0", "\(results)") }
+        for h in 0..<3 { #expect(!ring.hosts.tables(h).contains("wb_set"), "host \(h) kept a lock: \(ring.hosts.tables(h))") }
+    }
+
+    @Test func aMemberGoneBeforeTheCheckpointIsNamedAndTheOthersAreLeftAlone() throws {
+        let dir = scratchDirectory()
+        let ring = try DistributedTests.startRing(dir, subnet: "10.216.0", messages: 100_000)
+        defer { ring.stop() }
+        ring.members[2].signal(SIGKILL)
+        ring.members[2].wait()
+        let run = try wb(["checkpoint", "--coordinator", ring.address, "-o", "\(dir)/set"], env: ["WB_TOKEN": ring.token])
+        #expect(run.code != 0)
+        #expect(run.stderr.contains("host1:\(ring.pids[2])"), "the error does not name the member: \(run.stderr)")
+        #expect(run.stderr.split(separator: "\n").count <= 2, "\(run.stderr)")
+        #expect(!Paths.exists("\(dir)/set/manifest.json"))
+        for r in [0, 1, 3] {
+            let status = (try? Paths.readText("/proc/\(ring.pids[r])/status")) ?? ""
+            #expect(status.contains("TracerPid:\t0") && !status.contains("State:\tT"), "rank \(r) was left traced or stopped")
+        }
+        for h in 0..<3 { #expect(!ring.hosts.tables(h).contains("wb_set"), "host \(h) kept a lock: \(ring.hosts.tables(h))") }
+        // A wrong token is refused.
+        let wrong = try wb(["checkpoint", "--coordinator", ring.address, "-o", "\(dir)/set2"], env: ["WB_TOKEN": "other-job"])
+        #expect(wrong.code != 0 && wrong.stderr.contains("wrong job token"), "\(wrong.stderr)")
+    }
+}
