@@ -17,6 +17,9 @@ public final class Agent {
     public let members: [Message.Member]
     /// Lines for the user.
     public var progress: (String) -> Void = { _ in }
+    /// Asked twice a second between requests: false once the members are gone (the agent
+    /// then leaves the job).
+    public var stillThere: () -> Bool = { true }
     private var lock: NetworkLock?
 
     public init(coordinator: String, token: String, host: String, members: [Message.Member]) {
@@ -81,7 +84,12 @@ public final class Agent {
         if answer.op != "welcome" { throw WBError.refused("the coordinator at \(coordinator) refused this agent: \(answer.error ?? answer.op)") }
         progress("joined \(coordinator) as host \(answer.host ?? host) with \(members.count) member\(members.count == 1 ? "" : "s")")
         defer { lift() }
-        while let m = try c.receive() {
+        while true {
+            guard let m = try c.receive(timeout: 0.5) else {
+                if c.closed { break }
+                if !stillThere() { progress("the members are gone; leaving the job"); return }
+                continue
+            }
             var reply = Message(op: "done")
             reply.id = m.id
             do {

@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import Glibc
+import WBCoordinator
 import WBCore
 import WBTimeline
 
@@ -61,6 +62,15 @@ struct RunCommand: ParsableCommand {
     @Flag(name: .shortAndLong, help: "Print nothing about checkpoints (errors still).")
     var quiet = false
 
+    @Option(help: ArgumentHelp("Join a distributed job's coordinator (HOST:PORT): the program and all its descendants are members, checkpointed with the job.", valueName: "address"))
+    var join: String?
+
+    @Option(help: "With --join: the job token (default: WB_TOKEN).")
+    var token: String?
+
+    @Option(help: "With --join: this host's name in the job (default: the hostname).")
+    var host: String?
+
     @Argument(parsing: .postTerminator, help: "The program and its arguments (after --).")
     var command: [String] = []
 
@@ -70,6 +80,8 @@ struct RunCommand: ParsableCommand {
         if let e = every, RunCommand.seconds(e) == nil { throw ValidationError("--every \(e): expected seconds, or a number with ms, s, m or h (500ms, 30s, 5m)") }
         if let k = keep, k < 1 { throw ValidationError("--keep must be at least 1") }
         if timeline == nil && stopTimeout != nil { throw ValidationError("--stop-timeout needs --timeline DIR") }
+        if join != nil && timeline != nil { throw ValidationError("--join and --timeline exclude each other (the coordinator takes the job's checkpoints)") }
+        if join == nil && (token != nil || host != nil) { throw ValidationError("--token and --host are for --join") }
         if let stopTimeout { try CheckpointCommand.validate(stopTimeout: stopTimeout) }
     }
 
@@ -111,6 +123,7 @@ struct RunCommand: ParsableCommand {
                 Signals.forward(Signals.forwarded, to: supervisor.pid)
                 throw ExitCode(try supervisor.run())
             }
+            if let join { return try runJoined(join, path: path, argv: argv, environment: environment) }
             let pid = try Subprocess.spawn(path, Array(argv.dropFirst()), environment: environment, stdin: 0, stdout: 1, stderr: 2)
             FileHandle.standardError.write(Data("wb: started \(program) as pid \(pid)\(portable ? " (portable)" : "")\n".utf8))
             Signals.forward(Signals.forwarded, to: pid)
@@ -118,5 +131,36 @@ struct RunCommand: ParsableCommand {
             while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
             throw ExitCode(status & 0x7f == 0 ? (status >> 8) & 0xff : 128 + (status & 0x7f))
         }
+    }
+}
+
+extension RunCommand {
+    /// The program as a member of a distributed job: this wb is its host's agent for it and
+    /// its descendants until it exits (with its exit status).
+    func runJoined(_ address: String, path: String, argv: [String], environment: [String: String]) throws {
+        guard let token = jobToken(token) else {
+            throw WBError.invalidArgument("no job token: give the coordinator's with --token or WB_TOKEN")
+        }
+        let pid = try Subprocess.spawn(path, Array(argv.dropFirst()), environment: environment, stdin: 0, stdout: 1, stderr: 2)
+        Signals.forward(Signals.forwarded, to: pid)
+        var status: Int32 = 0
+        var ended = false
+        let agent = Agent(coordinator: address, token: token, host: host ?? HostName.short,
+                          members: [Message.Member(pid: pid, parent: getpid(), command: String(path.split(separator: "/").last ?? ""), tree: true)])
+        if !quiet { agent.progress = { FileHandle.standardError.write(Data("wb: \($0)\n".utf8)) } }
+        agent.stillThere = {
+            if !ended && waitpid(pid, &status, WNOHANG) == pid { ended = true }
+            return !ended
+        }
+        signal(SIGPIPE, SIG_IGN)
+        do {
+            try agent.run()
+        } catch {
+            // The job could not be joined: the program does not run outside it.
+            if !ended { kill(pid, SIGKILL); while waitpid(pid, &status, 0) < 0 && errno == EINTR {} }
+            throw error
+        }
+        if !ended { while waitpid(pid, &status, 0) < 0 && errno == EINTR {} }
+        throw ExitCode(status & 0x7f == 0 ? (status >> 8) & 0xff : 128 + (status & 0x7f))
     }
 }

@@ -25,6 +25,10 @@ struct WB: ParsableCommand {
           wb bisect job.tl --gdb-check 'books.sum == books.expected'   # last good moment
           wb run --timeline srv.tl --record -- ./server   # ... logging what it reads
           wb replay srv.tl --debug                      # its crash again, in gdb
+          wb coordinator --listen 10.0.0.1:7717         # a distributed job's coordinator
+          wb agent --join 10.0.0.1:7717 --pid 4242      # add a host's processes to the job
+          wb checkpoint --coordinator 10.0.0.1:7717 -o set1   # the whole job, consistently
+          wb restore set1                               # the whole job, on this one box
 
         See docs/ for the image format and how restore works.
         """,

@@ -89,32 +89,45 @@ final class TestHosts {
         }
     }
 
+    /// Ranks 0 and 1 on host 0 and rank 2 on host 1 join through `wb agent`; rank 3 on host 2
+    /// is started by `wb run --join` (it and its descendants are a member).
     static func startRing(_ dir: String, subnet: String, messages: Int, coordinatorArgs: [String] = []) throws -> Ring {
         let hosts = try TestHosts(count: 3, subnet: subnet)
-        // Ranks 0 and 1 on host 0, rank 2 on host 1, rank 3 on host 2.
+        let coordinator = try Child(Products.wb, ["coordinator", "--listen", "\(hosts.gateway):0", "--token", "ring-token"] + coordinatorArgs)
+        let listening = try #require(coordinator.line(startingWith: "wb: coordinator listening on"), "\(coordinator.stderrText)")
+        let address = String(listening.split(separator: " ").last ?? "")
         let placement = [0, 0, 1, 2]
         let listen = ["\(hosts.address(0)):7001", "\(hosts.address(0)):7002", "\(hosts.address(1)):7003", "\(hosts.address(2)):7004"]
         var members: [Child] = []
         for r in 0..<4 {
-            members.append(try hosts.start(placement[r], Products.harness("ring"),
-                                           ["--rank", "\(r)", "--listen", listen[r], "--next", listen[(r + 1) % 4],
-                                            "--messages", "\(messages)", "--out", "\(dir)/rank\(r)"]))
+            let ring = [Products.harness("ring"), "--rank", "\(r)", "--listen", listen[r], "--next", listen[(r + 1) % 4],
+                        "--messages", "\(messages)", "--out", "\(dir)/rank\(r)"]
+            if r == 3 {
+                members.append(try hosts.start(placement[r], Products.wb, ["run", "--join", address, "--host", "host2", "--"] + ring,
+                                               env: ["WB_TOKEN": "ring-token"]))
+            } else {
+                members.append(try hosts.start(placement[r], ring[0], Array(ring.dropFirst())))
+            }
         }
         var pids: [Int32] = []
         for m in members {
             let ready = try #require(m.line(startingWith: "READY"), "a ring member did not start: \(m.stderrText)" as Comment)
             pids.append(try #require(Int32(String(ready.split(separator: " ").last ?? ""))))
         }
-        let coordinator = try Child(Products.wb, ["coordinator", "--listen", "\(hosts.gateway):0", "--token", "ring-token"] + coordinatorArgs)
-        let listening = try #require(coordinator.line(startingWith: "wb: coordinator listening on"), "\(coordinator.stderrText)")
-        let address = String(listening.split(separator: " ").last ?? "")
         var agents: [Child] = []
-        for (h, ranks) in [(0, [0, 1]), (1, [2]), (2, [3])] {
+        for (h, ranks) in [(0, [0, 1]), (1, [2])] {
             let a = try hosts.start(h, Products.wb, ["agent", "--join", address, "--host", "host\(h)"] + ranks.flatMap { ["--pid", "\(pids[$0])"] },
                                     env: ["WB_TOKEN": "ring-token"])
             try #require(a.line(startingWith: "wb: joined") != nil, "agent of host \(h): \(a.stderrText)")
             agents.append(a)
         }
+        var log = ""
+        let deadline = Clock.monotonic + 30
+        while Clock.monotonic < deadline && !log.contains("host host2 joined") {
+            usleep(50_000)
+            log = coordinator.stderrText
+        }
+        try #require(log.contains("host host2 joined"), "wb run --join did not join: \(log) \(members[3].stderrText)")
         return Ring(hosts: hosts, members: members, pids: pids, coordinator: coordinator, address: address, agents: agents, dir: dir)
     }
 
@@ -134,7 +147,7 @@ final class TestHosts {
         usleep(1_200_000)
         let final = try wb(["checkpoint", "--coordinator", ring.address, "-o", "\(dir)/final", "--kill", "--json"], env: ["WB_TOKEN": ring.token])
         try #require(final.code == 0, "\(final.stderr)")
-        for m in ring.members { #expect(m.exitCode == 128 + SIGKILL, "a member outlived the --kill checkpoint") }
+        for m in ring.members { #expect(m.exitCode == 128 + SIGKILL, "a member outlived the --kill checkpoint (wb run --join ends as its program)") }
         #expect(ring.results().allSatisfy { $0 == "none" }, "the ring finished before the checkpoint: \(ring.results())")
 
         // The periodic sets: each a whole job, its four channels found.
