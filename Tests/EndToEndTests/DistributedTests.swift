@@ -209,4 +209,96 @@ final class TestHosts {
         let wrong = try wb(["checkpoint", "--coordinator", ring.address, "-o", "\(dir)/set2"], env: ["WB_TOKEN": "other-job"])
         #expect(wrong.code != 0 && wrong.stderr.contains("wrong job token"), "\(wrong.stderr)")
     }
+
+    /// redis-server primary and replica on two hosts with the replication link up, and a
+    /// writer on a third: checkpointed with --kill and restored on one box, the writer
+    /// finishes, every key is on both, and a new write reaches the replica.
+    @Test(.enabled(if: Paths.exists("/usr/bin/redis-server"), "redis-server is not installed (harness/test installs it)"))
+    func redisReplicationGoesOnAfterASetRestore() throws {
+        let dir = scratchDirectory()
+        let hosts = try TestHosts(count: 3, subnet: "10.217.0")
+        defer { hosts.remove() }
+        let primary = hosts.address(0), replica = hosts.address(1)
+        func redis(_ h: Int, _ extra: [String]) throws -> Child {
+            try Paths.makeDirectories("\(dir)/redis\(h)")
+            return try hosts.start(h, "/usr/bin/redis-server", ["--port", "6379", "--bind", hosts.address(h), "--save", "", "--appendonly", "no",
+                                                           "--protected-mode", "no", "--dir", "\(dir)/redis\(h)", "--logfile", "\(dir)/redis\(h).log"] + extra)
+        }
+        let p = try redis(0, [])
+        let r = try redis(1, ["--replicaof", primary, "6379"])
+        defer { p.signal(SIGKILL); r.signal(SIGKILL); p.wait(timeout: 30); r.wait(timeout: 30) }
+        func cli(_ ns: String, _ host: String, _ args: [String]) -> String {
+            let o = try? Subprocess.output(TestHosts.ipPath, ["netns", "exec", ns, "/usr/bin/redis-cli", "-h", host] + args)
+            return o.map { String(decoding: $0.stdout, as: UTF8.self).trimming("\n") } ?? ""
+        }
+        let linked = DistributedTests.waitFor(20) { cli(hosts.names[1], replica, ["INFO", "replication"]).contains("master_link_status:up") }
+        try #require(linked, "the replica did not link up: \((try? Paths.readText("\(dir)/redis1.log")) ?? "")")
+        // The writer: one connection, SET key:i for i below 3000, 2 ms apart, then DONE in a file.
+        let script = """
+        import socket, sys, time
+        s = socket.create_connection((sys.argv[1], 6379))
+        f = s.makefile('rb')
+        for i in range(3000):
+            k = b'key:%d' % i
+            v = b'%d' % i
+            s.sendall(b'*3\\r\\n$3\\r\\nSET\\r\\n$%d\\r\\n%s\\r\\n$%d\\r\\n%s\\r\\n' % (len(k), k, len(v), v))
+            if f.readline() != b'+OK\\r\\n': sys.exit(1)
+            time.sleep(0.002)
+        open(sys.argv[2], 'w').write('DONE 3000\\n')
+        """
+        try Data(script.utf8).write(to: URL(fileURLWithPath: "\(dir)/writer.py"))
+        let writer = try hosts.start(2, "/usr/bin/python3", ["\(dir)/writer.py", primary, "\(dir)/writer.done"])
+        defer { writer.signal(SIGKILL); writer.wait(timeout: 30) }
+        usleep(300_000)
+
+        let coordinator = try Child(Products.wb, ["coordinator", "--listen", "\(hosts.gateway):0", "--token", "redis-job"])
+        defer { coordinator.signal(SIGKILL); coordinator.wait(timeout: 30) }
+        let address = String(try #require(coordinator.line(startingWith: "wb: coordinator listening on")).split(separator: " ").last ?? "")
+        var agents: [Child] = []
+        for (h, child) in [(0, p), (1, r), (2, writer)] {
+            let a = try hosts.start(h, Products.wb, ["agent", "--join", address, "--host", "host\(h)", "--pid", "\(child.pid)"], env: ["WB_TOKEN": "redis-job"])
+            try #require(a.line(startingWith: "wb: joined") != nil, "\(a.stderrText)")
+            agents.append(a)
+        }
+        defer { for a in agents { a.signal(SIGKILL); a.wait(timeout: 30) } }
+        usleep(500_000)
+        let set = "\(dir)/set"
+        let run = try wb(["checkpoint", "--coordinator", address, "-o", set, "--kill"], env: ["WB_TOKEN": "redis-job"])
+        try #require(run.code == 0, "\(run.stderr)")
+        #expect(!Paths.exists("\(dir)/writer.done"), "the writer finished before the checkpoint")
+        let report = try DistributedTests.manifest(set)
+        #expect((report["channels"] as? [Any])?.count == 2, "replication link and writer connection: \(report)")
+
+        // Caught in files: the restored members run on with whatever wb's stdio was.
+        let restore = try Subprocess.output(Products.wb, ["restore", set, "--detach", "--json"])
+        try #require(restore.status == 0, "\(String(decoding: restore.stderr, as: UTF8.self))")
+        let members = try #require(try JSONSerialization.jsonObject(with: Data(restore.stdout)) as? [[String: Any]])
+        let namespaces = Dictionary(uniqueKeysWithValues: members.compactMap { m in
+            (m["member"] as? String).flatMap { name in (m["namespace"] as? String).map { (String(name.split(separator: ":")[0]), $0) } }
+        })
+        defer {
+            for m in members { if let pid = m["pid"] as? Int { kill(Int32(pid), SIGKILL) } }
+            usleep(200_000)
+            for ns in Set(namespaces.values) { _ = try? TestHosts.ip(["netns", "delete", ns]) }
+            if let ns = namespaces.values.first, let bridge = ns.split(separator: "-").first { _ = try? TestHosts.ip(["link", "delete", String(bridge)]) }
+        }
+        let done = DistributedTests.waitFor(60) { Paths.exists("\(dir)/writer.done") }
+        #expect(done, "the restored writer did not finish")
+        let p0 = try #require(namespaces["host0"]), r1 = try #require(namespaces["host1"])
+        let replicated = DistributedTests.waitFor(20) { cli(r1, replica, ["DBSIZE"]) == "3000" }
+        #expect(cli(p0, primary, ["DBSIZE"]) == "3000" && replicated, "primary \(cli(p0, primary, ["DBSIZE"])), replica \(cli(r1, replica, ["DBSIZE"])) keys")
+        #expect(cli(r1, replica, ["GET", "key:2999"]) == "2999" && cli(r1, replica, ["GET", "key:0"]) == "0")
+        #expect(cli(p0, primary, ["SET", "after", "restore"]) == "OK")
+        #expect(DistributedTests.waitFor(10) { cli(r1, replica, ["GET", "after"]) == "restore" }, "a new write did not replicate")
+        #expect(cli(r1, replica, ["INFO", "replication"]).contains("master_link_status:up"))
+    }
+
+    static func waitFor(_ seconds: Double, _ what: () -> Bool) -> Bool {
+        let deadline = Clock.monotonic + seconds
+        while Clock.monotonic < deadline {
+            if what() { return true }
+            usleep(100_000)
+        }
+        return what()
+    }
 }
