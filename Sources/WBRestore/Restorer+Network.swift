@@ -69,7 +69,7 @@ extension Restorer {
     }
 
     /// A network namespace of the restored processes' own (before any is forked), with
-    /// loopback up and every other address their sockets were bound to on a dummy device:
+    /// loopback up and every other address their sockets were bound to on it:
     /// a copy of a running server keeps its ports beside the original.
     func isolateNetwork(_ root: Tracee) throws {
         root.syscallGadget = Stub.syscallAddress
@@ -90,8 +90,10 @@ extension Restorer {
                 addresses.insert(host)
             }
         }
-        let commands = [["link", "set", "lo", "up"]] + (addresses.isEmpty ? [] : [["link", "add", "wb0", "type", "dummy"], ["link", "set", "wb0", "up"]])
-            + addresses.sorted().map { $0.contains(":") ? ["-6", "addr", "add", "\($0)/128", "dev", "wb0", "nodad"] : ["addr", "add", "\($0)/32", "dev", "wb0"] }
+        // On loopback: bound to, reachable from inside, and no device driver needed (the
+        // dummy module is not loadable everywhere).
+        let commands = [["link", "set", "lo", "up"]]
+            + addresses.sorted().map { $0.contains(":") ? ["-6", "addr", "add", "\($0)/128", "dev", "lo", "nodad"] : ["addr", "add", "\($0)/32", "dev", "lo"] }
         guard let ip = Subprocess.find("ip") ?? ["/usr/sbin/ip", "/sbin/ip", "/usr/bin/ip"].first(where: { access($0, X_OK) == 0 }) else {
             throw WBError.refused("restoring into a network namespace of its own needs the ip command (apt-get install iproute2)")
         }

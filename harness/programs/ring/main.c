@@ -1,4 +1,4 @@
-// harness-ring --rank R --listen HOST:PORT --next HOST:PORT --messages M --out FILE
+// harness-ring --rank R --listen HOST:PORT --next HOST:PORT --messages M --out FILE [--ballast MiB]
 //
 // One process of a ring of TCP connections, a target for distributed checkpoints. Each rank
 // listens, connects to the next rank and accepts the previous one. Rank 0 sends M numbered
@@ -7,7 +7,8 @@
 // checksum; every other rank passes each message on in its direction, and rank 0 takes
 // them back. Each rank checks it saw every sequence number exactly once each way, with an
 // intact payload, then writes "OK rank R cw=M ccw=M" (or "FAIL ...") to FILE and exits 0
-// (or 1). It prints "READY rank R pid N" once its two connections are up.
+// (or 1). It prints "READY rank R pid N" once its two connections are up. --ballast: that
+// many MiB of touched memory besides (for benchmarks).
 #define _GNU_SOURCE
 #include <arpa/inet.h>
 #include <errno.h>
@@ -142,6 +143,7 @@ static void parse(const char *text, struct sockaddr_in *a) {
 
 int main(int argc, char **argv) {
     const char *listen_at = NULL, *next_at = NULL, *out = NULL;
+    long ballast = 0;
     messages = 200;
     for (int i = 1; i + 1 < argc; i += 2) {
         if (!strcmp(argv[i], "--rank")) rank = atoi(argv[i + 1]);
@@ -149,10 +151,16 @@ int main(int argc, char **argv) {
         else if (!strcmp(argv[i], "--next")) next_at = argv[i + 1];
         else if (!strcmp(argv[i], "--messages")) messages = atoi(argv[i + 1]);
         else if (!strcmp(argv[i], "--out")) out = argv[i + 1];
+        else if (!strcmp(argv[i], "--ballast")) ballast = atol(argv[i + 1]);
     }
     if (!listen_at || !next_at || !out || messages < 1) {
         fprintf(stderr, "usage: harness-ring --rank R --listen HOST:PORT --next HOST:PORT --messages M --out FILE\n");
         return 2;
+    }
+    if (ballast > 0) {
+        size_t n = (size_t)ballast << 20;
+        unsigned char *b = malloc(n);
+        for (size_t i = 0; i < n; i += 4096) b[i] = (unsigned char)(i >> 12);
     }
     seen[CW] = calloc((size_t)messages, 1);
     seen[CCW] = calloc((size_t)messages, 1);
