@@ -170,6 +170,13 @@ final class TestHosts {
             }
         }
         #expect(!((try? TestHosts.ip(["netns", "list"])) ?? "").contains("wbb"), "the restore left its hosts behind")
+
+        // One member in gdb while the others run: its threads are where the ring left them.
+        let member = "host1:\(ring.pids[2])"
+        let debug = try wb(["restore", "\(dir)/final", "--debug", "--member", member, "--", "-batch", "-ex", "thread apply all bt"], timeout: 120)
+        #expect(debug.stdout.contains("harness-ring") || debug.stdout.contains("main.c"), "gdb on \(member): \(debug.stdout) \(debug.stderr)")
+        #expect(debug.stdout.contains("pass") || debug.stdout.contains("take"), "\(debug.stdout)")
+        #expect(!((try? TestHosts.ip(["netns", "list"])) ?? "").contains("wbb"), "the debug restore left its hosts behind")
     }
 
     /// A member that is gone, and a coordinator killed during a checkpoint: the checkpoint
