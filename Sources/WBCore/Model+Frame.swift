@@ -8,6 +8,8 @@ public struct Frame: Codable, Sendable, Equatable {
 
     public var pc: UInt64
     public var function: String?
+    /// From the function's start; without a function (no symbol covers the address), from
+    /// the start of the module.
     public var offset: UInt64
     public var module: String?
     public var file: String?
@@ -18,7 +20,11 @@ public struct Frame: Codable, Sendable, Equatable {
         var s = hex(pc)
         if let f = function { s += " in \(f)" + (offset > 0 ? "+0x\(String(offset, radix: 16))" : "") }
         if let file, let line { s += " at \(file):\(line)" }
-        if let m = module { s += " (\(m.split(separator: "/").last.map(String.init) ?? m))" }
+        if let m = module {
+            let name = m.split(separator: "/").last.map(String.init) ?? m
+            // Without a symbol, where in the file: module+offset.
+            s += function == nil && offset > 0 ? " (\(name)+0x\(String(offset, radix: 16)))" : " (\(name))"
+        }
         return s
     }
 }

@@ -56,6 +56,21 @@ import WBCore
         return status
     }
 
+    /// jq blocked in fgets (stripped jq and libjq, which name only their exported functions):
+    /// a frame that no symbol covers is placed by its offset in its file, never "+0x0", and
+    /// one an exported symbol covers gets that name.
+    @Test func framesInStrippedFilesAreNamedOrPlacedInTheirFile() throws {
+        let dir = scratchDirectory()
+        let image = try RealFuzzTests.snapshot("/usr/bin/jq", ["."], in: dir)
+        let run = try wb("inspect", image, "--no-verify")
+        try #require(run.code == 0, "\(run.stderr)")
+        let frames = run.stdout.split(separator: "\n").filter { $0.trimming(" ").hasPrefix("#") }
+        #expect(frames.contains { $0.contains(" in read") && $0.contains("libc.so") }, "\(frames)")
+        #expect(frames.contains { $0.contains("in jq_util_input_next_input") }, "an exported libjq function: \(frames)")
+        #expect(frames.contains { $0.contains("(libjq.so") && $0.contains("+0x") && !$0.contains(" in ") }, "a static libjq function, by offset: \(frames)")
+        #expect(!frames.contains { $0.hasSuffix("+0x0)") }, "\(frames)")
+    }
+
     @Test func jqFindingsAreTrueAndCoverageGrowsInLibjq() throws {
         let dir = scratchDirectory()
         let image = try RealFuzzTests.snapshot("/usr/bin/jq", ["."], in: dir)

@@ -126,6 +126,13 @@ void wb_unwinder_symbolize(wb_unwinder *u, uint64_t pc, int exact, wb_frame *f) 
     if (name) {
         snprintf(f->function, sizeof f->function, "%s", name);
         f->function_offset = offset + (exact ? 0 : 1);
+    } else {
+        // No symbol covers it (a static function of a stripped file, whose .dynsym names
+        // only the exported ones, and no .gnu_debugdata): the offset in the module instead,
+        // which addr2line or objdump of the file (or its debug info) turns into a place.
+        Dwarf_Addr start = 0;
+        dwfl_module_info(mod, NULL, &start, NULL, NULL, NULL, NULL, NULL);
+        f->function_offset = pc - start;
     }
     Dwfl_Line *line = dwfl_module_getsrc(mod, at);
     if (line) {
