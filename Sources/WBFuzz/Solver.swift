@@ -101,19 +101,27 @@ struct Solver {
         var out: [[UInt8]] = []
         var seen = Set<[UInt8]>([input])
         func add(_ c: [UInt8]) { if out.count < candidateBudget, seen.insert(c).inserted { out.append(c) } }
-        var bytes: [Int] = []
+        var bytes: [Int] = [], vanishing: [Int] = []
         for d in dependents.sorted(by: { $0.effects.count < $1.effects.count }) {
+            // A perturbation after which the site was not reported looks like one that made
+            // the operands equal; usually it took the run elsewhere (a byte an earlier check
+            // reads). Those effects count only when there is nothing else.
+            let gap = Solver.difference(d.base.left, d.base.right, width: d.base.width)
+            let real = d.effects.filter { !($0.right == 0 && $0.left == gap) }
+            let effects = real.isEmpty ? d.effects : real
             // The side the input moves, and the value it must reach.
-            let movesLeft = d.effects.contains { $0.left != 0 }
+            let movesLeft = effects.contains { $0.left != 0 }
             let (moving, target) = movesLeft ? (d.base.left, d.base.right) : (d.base.right, d.base.left)
-            let slopes = d.effects.map { (position: $0.position, slope: movesLeft ? $0.left : $0.right) }.filter { $0.slope != 0 }
+            let slopes = effects.map { (position: $0.position, slope: movesLeft ? $0.left : $0.right) }.filter { $0.slope != 0 }
             guard !slopes.isEmpty else { continue }
             for offset: Int64 in [0, 1, -1] {
                 let need = Solver.difference(moving, target, width: d.base.width) + offset
                 if let c = Solver.linear(input, need: need, slopes: slopes) { add(c) }
             }
             if slopes.count <= 8 { bytes.append(contentsOf: slopes.map(\.position)) }
+            vanishing += d.effects.filter { !real.isEmpty && $0.right == 0 && $0.left == gap }.map(\.position)
         }
+        bytes += vanishing
         // Bytes that are not simply added (masked, xor'ed, looked up), one at a time: every
         // value, after every linear guess; the bytes of sites that depend on fewer first.
         var single: [Int] = []
