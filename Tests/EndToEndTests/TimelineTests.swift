@@ -88,8 +88,11 @@ import WBCore
         #expect(try TimelineTests.gdbPrint(good, "ledger.sum - ledger.expected") == 0)
         #expect(try TimelineTests.gdbPrint(bad, "ledger.sum - ledger.expected") != 0)
         // Narrowing made the window far smaller than the 40 ms between scheduled checkpoints.
-        #expect(badStep - goodStep <= 80, "window of \(badStep - goodStep) steps (160 between scheduled checkpoints)")
-        #expect((r["window_seconds"] as? Double ?? 1) < 0.01)
+        // It narrows in the process's time: how many steps fit in the window depends on how
+        // much CPU the process got (about 80 on an idle machine; over a thousand were seen with
+        // the whole suite running beside it), so the bound is on time and on rounds.
+        #expect((r["window_seconds"] as? Double ?? 1) < 0.01, "window of \(badStep - goodStep) steps")
+        #expect((r["rounds"] as? Int ?? 0) >= 1)
         let frames = try #require(r["backtrace"] as? [[String: Any]])
         #expect(frames.contains { $0["function"] as? String == "main" })
     }
