@@ -311,6 +311,9 @@ public final class Worker {
         restore.pidNamespace = .new
         // What the target prints (a crash's own message) is not the campaign's output.
         restore.silenceOutput = true
+        // Its memory mapped from the image, not copied: one run does not need it all, and
+        // copying a large snapshot for every finding costs seconds.
+        restore.mapPages = true
         let fresh: Executor
         do {
             // A server never exits: its run ends when it waits for the next connection,
