@@ -111,10 +111,15 @@ public final class SetRestorer {
             if host.addresses.contains(where: { $0.contains(":") }) {
                 try run(ip, ["-n", ns, "-6", "route", "add", "default", "dev", "eth0"])
             }
+            // Segments wb puts back into rebuilt connections carry NetworkLock.passMark and
+            // must get through.
+            let mark = NetworkLock.passMark
             try run(nft, ["-f", "-"], in: ns, input: """
                 add table inet wb_set_hold
                 add chain inet wb_set_hold input { type filter hook input priority -400; policy drop; }
                 add chain inet wb_set_hold output { type filter hook output priority -400; policy drop; }
+                add rule inet wb_set_hold input meta mark \(mark) accept
+                add rule inet wb_set_hold output meta mark \(mark) accept
 
                 """)
         }
