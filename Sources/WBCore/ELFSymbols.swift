@@ -48,17 +48,10 @@ extension ELFSymbols {
     /// where the code is, as opposed to the headers, symbol tables and relocations that
     /// share its executable segment. Nil when the file has no section headers.
     public static func codeSections(of path: String) -> [CodeSection]? {
-        guard let fd = try? FileDescriptor.open(path, O_RDONLY) else { return nil }
-        func read(_ offset: Int, _ count: Int) -> [UInt8]? {
-            guard count > 0, count < 1 << 26 else { return nil }
-            var out = [UInt8](repeating: 0, count: count)
-            let got = (try? out.withUnsafeMutableBytes { try fd.read(into: $0, at: UInt64(offset)) }) ?? 0
-            return got == count ? out : nil
-        }
-        guard let h = read(0, 64), h[0] == 0x7F, h[1] == 0x45, h[2] == 0x4C, h[3] == 0x46, h[4] == 2, h[5] == 1 else { return nil }
-        func u16(_ b: [UInt8], _ at: Int) -> Int { Int(b[at]) | Int(b[at + 1]) << 8 }
-        func u32(_ b: [UInt8], _ at: Int) -> Int { (0..<4).reduce(0) { $0 | Int(b[at + $1]) << (8 * $1) } }
-        func u64(_ b: [UInt8], _ at: Int) -> UInt64 { (0..<8).reduce(UInt64(0)) { $0 | UInt64(b[at + $1]) << (8 * UInt64($1)) } }
+        guard let elf = ELFFile(path) else { return nil }
+        let h = elf.header
+        func read(_ offset: Int, _ count: Int) -> [UInt8]? { elf.read(offset, count) }
+        let (u16, u32, u64) = (ELFFile.u16, ELFFile.u32, ELFFile.u64)
         let shoff = Int(u64(h, 0x28)), shentsize = u16(h, 0x3A), shnum = u16(h, 0x3C), shstrndx = u16(h, 0x3E)
         guard shoff > 0, shentsize >= 64, shnum > 0, let table = read(shoff, shnum * shentsize) else { return nil }
         var names: [UInt8] = []
@@ -71,10 +64,7 @@ extension ELFSymbols {
             let at = i * shentsize
             let type = u32(table, at + 4), flags = u64(table, at + 8)
             guard type == 1 /* PROGBITS */, flags & 0x4 /* EXECINSTR */ != 0, flags & 0x2 /* ALLOC */ != 0 else { continue }
-            let nameAt = u32(table, at)
-            var end = nameAt
-            while end < names.count && names[end] != 0 { end += 1 }
-            let name = nameAt < names.count ? String(decoding: names[nameAt..<end], as: UTF8.self) : ""
+            let name = ELFFile.string(names, at: u32(table, at)) ?? ""
             out.append(CodeSection(name: name, fileOffset: u64(table, at + 0x18), size: u64(table, at + 0x20)))
         }
         return out
@@ -87,17 +77,10 @@ extension ELFSymbols {
     /// where the file's first loadable segment is mapped (its page-aligned p_vaddr
     /// subtracted). Nil when the file cannot be read as ELF64.
     public static func importSlots(of path: String) -> [String: UInt64]? {
-        guard let fd = try? FileDescriptor.open(path, O_RDONLY) else { return nil }
-        func read(_ offset: Int, _ count: Int) -> [UInt8]? {
-            guard count > 0, count < 1 << 26 else { return nil }
-            var out = [UInt8](repeating: 0, count: count)
-            let got = (try? out.withUnsafeMutableBytes { try fd.read(into: $0, at: UInt64(offset)) }) ?? 0
-            return got == count ? out : nil
-        }
-        guard let h = read(0, 64), h[0] == 0x7F, h[1] == 0x45, h[2] == 0x4C, h[3] == 0x46, h[4] == 2, h[5] == 1 else { return nil }
-        func u16(_ b: [UInt8], _ at: Int) -> Int { Int(b[at]) | Int(b[at + 1]) << 8 }
-        func u32(_ b: [UInt8], _ at: Int) -> Int { (0..<4).reduce(0) { $0 | Int(b[at + $1]) << (8 * $1) } }
-        func u64(_ b: [UInt8], _ at: Int) -> UInt64 { (0..<8).reduce(UInt64(0)) { $0 | UInt64(b[at + $1]) << (8 * UInt64($1)) } }
+        guard let elf = ELFFile(path) else { return nil }
+        let h = elf.header
+        func read(_ offset: Int, _ count: Int) -> [UInt8]? { elf.read(offset, count) }
+        let (u16, u32, u64) = (ELFFile.u16, ELFFile.u32, ELFFile.u64)
         // The first PT_LOAD's page-aligned p_vaddr: what the load base is relative to.
         let phoff = Int(u64(h, 0x20)), phentsize = u16(h, 0x36), phnum = u16(h, 0x38)
         guard phentsize >= 56, let ph = read(phoff, phnum * phentsize) else { return nil }
@@ -121,13 +104,47 @@ extension ELFSymbols {
                 let info = u64(entries, at + 8)
                 let type = info & 0xFFFF_FFFF, symbol = Int(info >> 32)
                 guard type == 7 || type == 6, symbol > 0, symbol * 24 + 24 <= symbols.count else { continue }
-                let nameAt = u32(symbols, symbol * 24)
-                guard nameAt < strings.count else { continue }
-                var end = nameAt
-                while end < strings.count && strings[end] != 0 { end += 1 }
-                out[String(decoding: strings[nameAt..<end], as: UTF8.self)] = u64(entries, at) &- base
+                guard let name = ELFFile.string(strings, at: u32(symbols, symbol * 24)) else { continue }
+                out[name] = u64(entries, at) &- base
             }
         }
         return out
+    }
+}
+
+/// An ELF64 little-endian file opened for the readers above: bounded reads, its header, and
+/// the little-endian fields and NUL-terminated strings they take apart.
+private struct ELFFile {
+    let fd: FileDescriptor
+    /// The first 64 bytes (the ELF header).
+    let header: [UInt8]
+
+    init?(_ path: String) {
+        guard let fd = try? FileDescriptor.open(path, O_RDONLY) else { return nil }
+        guard let h = ELFFile.read(fd, 0, 64), h[0] == 0x7F, h[1] == 0x45, h[2] == 0x4C, h[3] == 0x46, h[4] == 2, h[5] == 1 else { return nil }
+        self.fd = fd
+        header = h
+    }
+
+    /// `count` bytes at `offset` (at most 64 MiB), nil when the file is shorter.
+    func read(_ offset: Int, _ count: Int) -> [UInt8]? { ELFFile.read(fd, offset, count) }
+
+    private static func read(_ fd: FileDescriptor, _ offset: Int, _ count: Int) -> [UInt8]? {
+        guard count > 0, count < 1 << 26 else { return nil }
+        var out = [UInt8](repeating: 0, count: count)
+        let got = (try? out.withUnsafeMutableBytes { try fd.read(into: $0, at: UInt64(offset)) }) ?? 0
+        return got == count ? out : nil
+    }
+
+    static func u16(_ b: [UInt8], _ at: Int) -> Int { Int(b[at]) | Int(b[at + 1]) << 8 }
+    static func u32(_ b: [UInt8], _ at: Int) -> Int { (0..<4).reduce(0) { $0 | Int(b[at + $1]) << (8 * $1) } }
+    static func u64(_ b: [UInt8], _ at: Int) -> UInt64 { (0..<8).reduce(UInt64(0)) { $0 | UInt64(b[at + $1]) << (8 * UInt64($1)) } }
+
+    /// The NUL-terminated string at `at` in a string table; nil past its end.
+    static func string(_ table: [UInt8], at: Int) -> String? {
+        guard at < table.count else { return nil }
+        var end = at
+        while end < table.count && table[end] != 0 { end += 1 }
+        return String(decoding: table[at..<end], as: UTF8.self)
     }
 }
