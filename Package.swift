@@ -18,6 +18,8 @@ let package = Package(
         .executable(name: "wb", targets: ["wb"]),
         // Preloaded into programs `wb run --record` starts; it sits beside wb.
         .library(name: "wbrecord", type: .dynamic, targets: ["WBRecordPreload"]),
+        // Preloaded into programs `wb run --ib` starts (the verbs layer and its emulated HCA).
+        .library(name: "wbverbs", type: .dynamic, targets: ["WBVerbsPreload"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
@@ -42,6 +44,13 @@ let package = Package(
             publicHeadersPath: ".",
             cSettings: [.unsafeFlags(["-O2", "-mno-red-zone", "-fvisibility=hidden"])],
             linkerSettings: [.unsafeFlags(["-static-stdlib"])]),
+        // libwbverbs.so: plain C over <infiniband/verbs.h>; it stands in front of libibverbs.
+        .target(
+            name: "WBVerbsPreload",
+            path: "native/verbs",
+            publicHeadersPath: ".",
+            cSettings: [.unsafeFlags(["-O2", "-fvisibility=hidden"])],
+            linkerSettings: [.linkedLibrary("pthread"), .unsafeFlags(["-static-stdlib"])]),
         // Unwinding and symbolization over libdwfl; disassembly over capstone.
         .target(
             name: "CWBSymbols",
@@ -69,6 +78,7 @@ let package = Package(
         .target(name: "WBSymbols", dependencies: ["WBCore", "CWBSymbols"]),
         .target(name: "WBNet", dependencies: ["WBCore", "WBSystem", "CWBNative"]),
         .target(name: "WBCheckpoint", dependencies: ["WBTrace", "WBCore", "WBNet"]),
+        .target(name: "WBVerbs", dependencies: ["WBCore", "WBSystem"]),
         .target(name: "WBSet", dependencies: ["WBCore", "WBSystem", "WBRestore", "WBNet", "WBTrace"]),
         .target(name: "WBCoordinator", dependencies: ["WBCore", "WBSystem", "WBCheckpoint", "WBNet", "WBTrace", "WBSet"]),
         .target(name: "WBFuzz", dependencies: ["WBCore", "WBTrace", "WBRestore", "WBSymbols", "WBNet", "CWBNative"]),
@@ -78,7 +88,7 @@ let package = Package(
         .executableTarget(
             name: "wb",
             dependencies: [
-                "WBCore", "WBCheckpoint", "WBRestore", "WBNet", "WBSymbols", "WBDebug", "WBFuzz", "WBTimeline", "WBSet", "WBCoordinator",
+                "WBCore", "WBCheckpoint", "WBRestore", "WBNet", "WBSymbols", "WBDebug", "WBFuzz", "WBTimeline", "WBSet", "WBCoordinator", "WBVerbs",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]),
 

@@ -4,6 +4,7 @@ import Glibc
 import WBCoordinator
 import WBCore
 import WBTimeline
+import WBVerbs
 
 struct RunCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
@@ -26,6 +27,14 @@ struct RunCommand: ParsableCommand {
         segfault, an abort), wb takes a last checkpoint at that moment, then lets it die. \
         List a timeline with wb timeline DIR; find where things went wrong with wb bisect.
 
+        --ib preloads wb's verbs layer (libwbverbs.so, beside wb): the program's InfiniBand \
+        verbs calls go to wbsoft0, an emulated HCA that carries RC, UC and UD traffic over \
+        TCP and UDP, so the program runs on an Ethernet box and its checkpoints hold its verbs \
+        state (queue pairs, memory regions, completions, work in flight). The processes of \
+        one job find each other through a fabric directory (WB_IB_FABRIC, default \
+        /tmp/wbsoft-fabric), which they must share. With --join each rank is a member of \
+        the job; see docs/infiniband.md.
+
         --record (with --timeline) also logs what the program gets from outside: the data \
         of reads and receives on pipes, sockets, ttys and files, accepted connections, the \
         time and random bytes, which fds were ready, and the results of writes. A seccomp \
@@ -39,6 +48,7 @@ struct RunCommand: ParsableCommand {
           wb run --portable -- ./server --port 8080
           wb run --timeline job.tl --every 30s --keep 100 -- ./simulate input.dat
           wb run --timeline srv.tl --every 10s --keep 20 --record -- ./server --port 8080
+          wb run --ib --join 10.0.0.254:7000 -- ib_write_bw -n 100000 10.0.0.1
         """)
 
     @Flag(help: "Make glibc choose baseline x86-64 code, so checkpoints restore on any x86-64 CPU.")
@@ -70,6 +80,9 @@ struct RunCommand: ParsableCommand {
 
     @Option(help: "With --join: this host's name in the job (default: the hostname).")
     var host: String?
+
+    @Flag(help: "Run the program on wb's verbs layer: InfiniBand verbs over the emulated device wbsoft0, checkpointed with the program.")
+    var ib = false
 
     @Argument(parsing: .postTerminator, help: "The program and its arguments (after --).")
     var command: [String] = []
@@ -107,6 +120,7 @@ struct RunCommand: ParsableCommand {
                 let marker = CPUCompatibility.portableMarker.split(separator: "=")
                 environment[String(marker[0])] = String(marker[1])
             }
+            if ib { environment = try VerbsLayer.environment(environment) }
             Signals.block(Signals.forwarded)
             if let timeline {
                 var options = Supervisor.Options(environment: environment)

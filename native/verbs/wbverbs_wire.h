@@ -1,0 +1,37 @@
+// The wire protocol of wbsoft0, the emulated HCA of libwbverbs.so (host byte order: both
+// ends are x86-64). An RC or UC QP opens one TCP connection to its peer's device and says
+// which QP it is for (wb_hello); on it go the QP's requests, each a wb_hdr and its payload,
+// and back come the responder's answers (RC only), in order. UD datagrams are one wb_hdr and
+// payload in a UDP datagram to the peer device's port.
+#ifndef WBVERBS_WIRE_H
+#define WBVERBS_WIRE_H
+#include <stdint.h>
+
+#define WB_HELLO_MAGIC 0x77625631u  // "wbV1"
+
+struct wb_hello {
+    uint32_t magic;
+    uint16_t src_lid;
+    uint16_t pad;
+    uint32_t src_qpn;
+    uint32_t dst_qpn;
+};
+
+enum {
+    WB_SEND = 1, WB_SEND_IMM, WB_WRITE, WB_WRITE_IMM, WB_READ, WB_CAS, WB_FADD,
+    WB_ACK = 16, WB_READ_RESP, WB_ATOMIC_RESP,
+};
+
+struct wb_hdr {
+    uint8_t op;
+    uint8_t flags;
+    uint16_t status;   // answers: an ibv_wc_status, 0 for success
+    uint32_t imm;      // immediate data, as the application gave it
+    uint64_t addr;     // RDMA and atomics: remote address; UD: destination QP number
+    uint32_t rkey;     // RDMA and atomics: remote key; UD: Q_Key
+    uint32_t len;      // payload bytes (READ: bytes asked for)
+    uint64_t a;        // CAS: compare; FADD: add; atomic answer: the old value; UD: source LID
+    uint64_t b;        // CAS: swap; UD: source QP number
+};
+
+#endif
