@@ -430,7 +430,7 @@ public struct SocketBuilder {
         if to.host == "0.0.0.0" { to.host = "127.0.0.1" }
         if to.host == "::" { to.host = "::1" }
         let a = try from.encode(family: s.family), b = try to.encode(family: s.family)
-        let e = try namespace.perform { d.bytes.withUnsafeBytes { wb_udp_inject(a, UInt32(a.count), b, UInt32(b.count), $0.baseAddress, $0.count) } }
+        let e = try namespace.perform { d.bytes.withUnsafeBytes { wb_udp_inject(a, UInt32(a.count), b, UInt32(b.count), $0.baseAddress, $0.count, NetworkLock.passMark) } }
         if e != 0 { throw WBError.system(call: "sendto(raw)", errno: e, what: "putting a datagram from \(from) back on \(name)") }
     }
 }

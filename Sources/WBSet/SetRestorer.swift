@@ -68,12 +68,13 @@ public final class SetRestorer {
         return restored
     }
 
-    /// Lets every member run, and lifts the hold on the hosts' traffic.
+    /// Lifts the hold on the hosts' traffic, then lets every member run: no datagram a
+    /// member sends is dropped by the hold (UDP has no retransmission to make up for it).
     public func resume(_ restored: [Restored], stopped: Set<String> = []) throws {
+        for ns in namespaces.values { try run(nftPath, ["delete", "table", "inet", "wb_set_hold"], in: ns) }
         for r in restored {
             if stopped.contains(r.member.name) { r.process.releaseStopped() } else { r.process.resume() }
         }
-        for ns in namespaces.values { try run(nftPath, ["delete", "table", "inet", "wb_set_hold"], in: ns) }
     }
 
     /// The set's "LOCAL->PEER" keys of `member`'s ends of channels.

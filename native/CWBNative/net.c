@@ -237,7 +237,7 @@ static uint32_t partial(const void *data, size_t len) {
     return sum;
 }
 
-int wb_udp_inject(const void *from, uint32_t fromlen, const void *to, uint32_t tolen, const void *data, size_t len) {
+int wb_udp_inject(const void *from, uint32_t fromlen, const void *to, uint32_t tolen, const void *data, size_t len, uint32_t mark) {
     (void)fromlen; (void)tolen;
     int family = ((const struct sockaddr *)from)->sa_family;
     if (len > 65000) return EMSGSIZE;
@@ -258,6 +258,7 @@ int wb_udp_inject(const void *from, uint32_t fromlen, const void *to, uint32_t t
         udp->check = htons(c ? c : 0xffff);
         int r = socket(AF_INET, SOCK_RAW | SOCK_CLOEXEC, IPPROTO_RAW);
         if (r < 0) return errno;
+        if (mark && setsockopt(r, SOL_SOCKET, SO_MARK, &mark, sizeof mark) != 0) { int e = errno; close(r); return e; }
         ssize_t n = sendto(r, packet, sizeof *ip + udp_len, 0, to, sizeof(struct sockaddr_in));
         int e = n < 0 ? errno : 0;
         close(r);
@@ -277,6 +278,7 @@ int wb_udp_inject(const void *from, uint32_t fromlen, const void *to, uint32_t t
         udp->check = htons(c ? c : 0xffff);
         int r = socket(AF_INET6, SOCK_RAW | SOCK_CLOEXEC, IPPROTO_RAW);
         if (r < 0) return errno;
+        if (mark && setsockopt(r, SOL_SOCKET, SO_MARK, &mark, sizeof mark) != 0) { int e = errno; close(r); return e; }
         struct sockaddr_in6 dst = *d;
         dst.sin6_port = 0;
         ssize_t n = sendto(r, packet, sizeof *ip + udp_len, 0, (const struct sockaddr *)&dst, sizeof dst);

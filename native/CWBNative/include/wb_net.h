@@ -66,8 +66,9 @@ int wb_inet_sockets(int family, int protocol, wb_inet_socket *out, int cap, int 
 int wb_peek_datagram(int fd, int offset, void *buf, size_t cap, size_t *len, void *from, uint32_t *fromlen);
 
 /// Sends a UDP datagram that looks as if it came from `from` (an IPv4 or IPv6 address and
-/// port) to `to`, through a raw socket of wb's network namespace. 0 or an errno.
-int wb_udp_inject(const void *from, uint32_t fromlen, const void *to, uint32_t tolen, const void *data, size_t len);
+/// port) to `to`, through a raw socket of wb's network namespace, marked with `mark` (0: none) so that
+/// a hold on the host's traffic lets it through. 0 or an errno.
+int wb_udp_inject(const void *from, uint32_t fromlen, const void *to, uint32_t tolen, const void *data, size_t len, uint32_t mark);
 
 /// The classic BPF program attached to a socket (SO_GET_FILTER): up to `cap` 8-byte
 /// instructions into `out`, their number into `count` (0: none). 0 or an errno.
