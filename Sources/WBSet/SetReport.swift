@@ -1,5 +1,6 @@
 import Foundation
 import WBCore
+import WBVerbs
 import WBSystem
 
 /// What `wb inspect SET` shows: hosts, members, channels and the bytes in flight on them.
@@ -22,6 +23,8 @@ public struct SetReport: Codable, Sendable {
         public var processes: Int
         public var tree: Bool
         public var pauseSeconds: Double?
+        /// The member's verbs state in one line, when it ran on wb's verbs layer.
+        public var verbs: String?
     }
 
     /// Reads the set at `dir`, opening (and with `verify`, checking) every member's image.
@@ -39,7 +42,7 @@ public struct SetReport: Codable, Sendable {
             if verify { try image.verifyData() }
             return Member(host: member.host, pid: member.pid, parent: member.parent, command: member.command, image: member.image,
                           imageBytes: (try? Paths.stat(path).size) ?? 0, processes: image.metadata.processes.count, tree: member.tree,
-                          pauseSeconds: member.pauseSeconds)
+                          pauseSeconds: member.pauseSeconds, verbs: try VerbsState.read(image)?.summary)
         }
     }
 
@@ -54,6 +57,7 @@ public struct SetReport: Codable, Sendable {
         for m in members {
             let pause = m.pauseSeconds.map { String(format: ", paused %.3f s", $0) } ?? ""
             lines.append("  \(m.host):\(m.pid)  \(m.command)  \(m.image) (\(m.imageBytes) bytes, \(m.processes) process\(m.processes == 1 ? "" : "es")\(pause))")
+            if let v = m.verbs { lines.append("    verbs: \(v)") }
         }
         lines.append("CHANNELS (\(channels.count), \(bytesInFlight) bytes in flight)")
         for c in channels {

@@ -1,5 +1,6 @@
 import ArgumentParser
 import WBCore
+import WBVerbs
 import WBSet
 import WBSymbols
 
@@ -47,7 +48,12 @@ struct InspectCommand: ParsableCommand {
                 for t in opened.process.threads { backtraces[t.tid] = tracer.backtrace(t.tid) }
             }
             let report = ImageReport(opened, backtraces: backtraces)
-            if json { try Output.json(report) } else { Output.line(report.text) }
+            let verbs = try VerbsState.read(opened)
+            if json {
+                try Output.json(report, adding: verbs, as: "verbs")
+            } else {
+                Output.line(report.text + (verbs.map { "\n" + $0.text } ?? ""))
+            }
         }
     }
 }

@@ -20,6 +20,16 @@ enum Output {
         line(String(decoding: try encoder.encode(value), as: UTF8.self))
     }
 
+    /// `value`'s JSON object with `extra` added under `key` (when there is one).
+    static func json<T: Encodable, E: Encodable>(_ value: T, adding extra: E?, as key: String) throws {
+        guard let extra else { return try json(value) }
+        let encoder = JSONEncoder()
+        guard var object = try JSONSerialization.jsonObject(with: try encoder.encode(value)) as? [String: Any] else { return try json(value) }
+        object[key] = try JSONSerialization.jsonObject(with: try encoder.encode(extra))
+        let data = try JSONSerialization.data(withJSONObject: object, options: [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes])
+        line(String(decoding: data, as: UTF8.self))
+    }
+
     /// A progress reporter: quiet for work that finishes within a second, then one line per
     /// phase on stderr.
     static func progress(quiet: Bool) -> (String) -> Void {

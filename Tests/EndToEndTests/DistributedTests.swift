@@ -14,9 +14,10 @@ final class TestHosts {
     var bridge: String { "\(prefix)br" }
     var gateway: String { "\(subnet).254" }
 
-    /// `count` hosts named PREFIX0..., with addresses SUBNET.1...
-    init(count: Int, subnet: String) throws {
-        prefix = "wbt\(getpid() % 100_000)"
+    /// `count` hosts named PREFIX0..., with addresses SUBNET.1... (`tag` keeps the names of
+    /// hosts made one after another apart from those still being taken down).
+    init(count: Int, subnet: String, tag: String = "") throws {
+        prefix = "wbt\(getpid() % 100_000)\(tag)"
         self.subnet = subnet
         try TestHosts.ip(["link", "add", bridge, "type", "bridge"])
         try TestHosts.ip(["addr", "add", "\(gateway)/24", "dev", bridge])

@@ -15,6 +15,7 @@
 // WB_IB_FABRIC/lid-N ("tcp-port udp-port address..."); a QP moved to RTR with a peer's LID and
 // QP number connects to that peer's listener. The wire protocol is in wbverbs_wire.h.
 #define _GNU_SOURCE
+#include "wbverbs_state.h"
 #include "wbverbs_wire.h"
 
 #include <arpa/inet.h>
@@ -54,6 +55,7 @@ struct wb_mr {
     struct ibv_mr mr;
     uint64_t iova;
     int access;
+    struct wb_state_record *rec;
     struct wb_mr *next;
 };
 
@@ -67,6 +69,7 @@ struct wb_cq {
     struct ibv_wc *ring;
     uint32_t cap, head, count;
     int armed;
+    struct wb_state_record *rec;
     struct wb_cq *next;
 };
 
@@ -85,12 +88,19 @@ struct wb_srq {
     struct ibv_srq srq;
     struct wb_rq rq;
     uint32_t max_wr, max_sge, limit;
+    struct wb_state_record *rec;
     struct wb_srq *next;
 };
 
 struct wb_ah {
     struct ibv_ah ah;
     struct ibv_ah_attr attr;
+    struct wb_state_record *rec;
+};
+
+struct wb_pd {
+    struct ibv_pd pd;
+    struct wb_state_record *rec;
 };
 
 // A request sent and not yet answered (RC), oldest first.
@@ -127,7 +137,9 @@ struct wb_qp {
     int out_fd;                    // requests to the peer, responses from it (RC, UC)
     struct wb_conn in;             // requests from the peer, responses to it
     struct wb_held *held, *held_tail;
+    uint32_t held_count;
     int sq_sig_all;
+    struct wb_state_record *rec;
     struct wb_qp *next;
 };
 
@@ -163,6 +175,45 @@ static struct ibv_device wbsoft = {
 };
 
 static const uint64_t node_guid = 0x7762736f66740000ull; // "wbsoft"
+
+// ---- what a checkpoint sees (wbverbs_state.h) ----------------------------------------
+
+// In the library's own zero-filled data, page-aligned: wb finds it in an image by its magic
+// at a page start of a writable mapping of libwbverbs.so (pages never used cost nothing).
+static struct {
+    struct wb_state_header header;
+    struct wb_state_record records[WB_STATE_RECORDS];
+} area __attribute__((aligned(4096)));
+
+static struct wb_state_header *state;
+
+static void state_open(void) {
+    state = &area.header;
+    memcpy(state->magic, WB_STATE_MAGIC, 8);
+    state->version = 1;
+    state->capacity = WB_STATE_RECORDS;
+    snprintf(state->device, sizeof state->device, "wbsoft0");
+}
+
+static struct wb_state_record *records(void) { return (struct wb_state_record *)(state + 1); }
+
+// A record for a new object (dev.lock held); NULL when there is no room (counted).
+static struct wb_state_record *state_new(uint8_t kind, uint32_t id) {
+    if (!state) return NULL;
+    struct wb_state_record *r = NULL;
+    for (uint32_t i = 0; i < state->used; i++)
+        if (records()[i].kind == WB_REC_FREE) { r = &records()[i]; break; }
+    if (!r && state->used < state->capacity) r = &records()[state->used++];
+    if (!r) { state->overflow++; return NULL; }
+    memset(r, 0, sizeof *r);
+    r->id = id;
+    r->kind = kind;
+    return r;
+}
+
+static void state_free(struct wb_state_record *r) {
+    if (r) memset(r, 0, sizeof *r);
+}
 
 // ---- small helpers -------------------------------------------------------------------
 
@@ -222,6 +273,21 @@ static void wake_progress(void) {
     do { r = write(dev.wake[1], &c, 1); } while (r < 0 && errno == EINTR);
 }
 
+static uint32_t qp_recvs(struct wb_qp *qp);
+
+// The QP's record follows its queues (dev.lock held).
+static void qp_sync(struct wb_qp *qp) {
+    struct wb_state_record *r = qp->rec;
+    if (r) {
+        r->state = (uint8_t)qp->attr.qp_state;
+        r->sends = qp->out_count;
+        r->recvs = qp_recvs(qp);
+        r->held = qp->held_count;
+        r->peer_lid = qp->attr.ah_attr.dlid;
+        r->key = qp->qp.qp_type == IBV_QPT_UD ? qp->attr.qkey : qp->attr.dest_qp_num;
+    }
+}
+
 static struct wb_qp *find_qp(uint32_t qpn) {
     for (struct wb_qp *q = dev.qps; q; q = q->next)
         if (q->qp.qp_num == qpn) return q;
@@ -267,6 +333,7 @@ static void cq_push(struct wb_cq *cq, const struct ibv_wc *wc) {
     }
     cq->ring[(cq->head + cq->count) % cq->cap] = *wc;
     __atomic_store_n(&cq->count, cq->count + 1, __ATOMIC_RELEASE);
+    if (cq->rec) cq->rec->completions = cq->count;
     if (cq->armed && cq->cq.channel) {
         cq->armed = 0;
         struct wb_channel *ch = (struct wb_channel *)cq->cq.channel;
@@ -309,6 +376,15 @@ static int rq_push(struct wb_rq *rq, const struct ibv_recv_wr *wr) {
 
 static struct wb_rq *qp_rq(struct wb_qp *qp) {
     return qp->qp.srq ? &((struct wb_srq *)qp->qp.srq)->rq : &qp->rq;
+}
+
+static uint32_t qp_recvs(struct wb_qp *qp) {
+    if (qp->qp.srq) {
+        struct wb_srq *srq = (struct wb_srq *)qp->qp.srq;
+        if (srq->rec) srq->rec->recvs = srq->rq.count;
+        return 0;
+    }
+    return qp->rq.count;
 }
 
 static int rq_pop(struct wb_rq *rq, struct wb_recv *out) {
@@ -427,6 +503,7 @@ static void run_held(struct wb_qp *qp) {
         struct wb_held *h = qp->held;
         if (!execute(qp, &h->hdr, h->data)) return;
         qp->held = h->next;
+        qp->held_count--;
         if (!qp->held) qp->held_tail = NULL;
         free(h->data);
         free(h);
@@ -440,6 +517,7 @@ static void hold(struct wb_qp *qp, const struct wb_hdr *h, uint8_t *data) {
     e->data = data;
     if (qp->held_tail) qp->held_tail->next = e; else qp->held = e;
     qp->held_tail = e;
+    qp->held_count++;
 }
 
 static int wants_receive(const struct wb_hdr *h) {
@@ -516,6 +594,7 @@ static void to_error(struct wb_qp *qp, enum ibv_wc_status status) {
     qp->attr.qp_state = IBV_QPS_ERR;
     qp->qp.state = IBV_QPS_ERR;
     flush_qp(qp, status);
+    qp_sync(qp);
 }
 
 static int take_response(struct wb_qp *qp) {
@@ -568,6 +647,7 @@ static void take_datagram(void) {
     int bad = scatter(&r, 0, grh, 40) < 0 || scatter(&r, 40, buf + sizeof h, h.len) < 0;
     complete(qp, 1, r.wr_id, bad ? IBV_WC_LOC_LEN_ERR : IBV_WC_SUCCESS, IBV_WC_RECV, h.len + 40, h.imm,
              (h.op == WB_SEND_IMM ? IBV_WC_WITH_IMM : 0), (uint32_t)h.b, (uint16_t)h.a);
+    qp_sync(qp);
 }
 
 // ---- the progress thread -------------------------------------------------------------
@@ -627,12 +707,14 @@ static void *progress(void *unused) {
                 for (struct wb_qp *x = dev.qps; x; x = x->next) if (x == q) alive = 1;
                 if (!alive) continue;
             }
+            struct wb_qp *qp_sync_later = NULL;
             switch (kinds[i]) {
             case 0: { char b[64]; ssize_t rr = read(dev.wake[0], b, sizeof b); (void)rr; break; }
             case 1: accept_connection(); break;
             case 2: take_datagram(); break;
             case 3:
                 if (q->in.fd != fds[i].fd) break;
+                qp_sync_later = q;
                 if (fds[i].revents & POLLOUT) conn_flush(&q->in);
                 if (fds[i].revents & (POLLIN | POLLHUP | POLLERR)) {
                     // Take every request already here before polling again.
@@ -645,6 +727,7 @@ static void *progress(void *unused) {
                 break;
             case 4:
                 if (q->out_fd != fds[i].fd) break;
+                qp_sync_later = q;
                 do {
                     if (take_response(q) < 0) {
                         // The peer is gone. Requests it did not answer fail as after the
@@ -659,6 +742,7 @@ static void *progress(void *unused) {
                 } while (1);
                 break;
             }
+            if (qp_sync_later) { qp_sync(qp_sync_later); qp_sync_later = NULL; }
         }
         pthread_mutex_unlock(&dev.lock);
     }
@@ -780,6 +864,13 @@ static int device_start(void) {
     dev.udp_port = ntohs(uany.sin_port);
     if (pipe2(dev.wake, O_CLOEXEC | O_NONBLOCK) < 0) return -1;
     if (publish() < 0) return -1;
+    state_open();
+    if (state) {
+        state->lid = dev.lid;
+        state->tcp_port = dev.tcp_port;
+        state->udp_port = dev.udp_port;
+        snprintf(state->fabric, sizeof state->fabric, "%s", dev.fabric);
+    }
     dev.next_qpn = 0x11;
     dev.next_key = 0x100;
     if (pthread_create(&dev.thread, NULL, progress, NULL) != 0) return -1;
@@ -802,6 +893,7 @@ static int wb_post_recv(struct ibv_qp *ibqp, struct ibv_recv_wr *wr, struct ibv_
     if (err) *bad = wr;
     if (qp->attr.qp_state == IBV_QPS_ERR) flush_qp(qp, IBV_WC_WR_FLUSH_ERR);
     else run_held(qp);
+    qp_sync(qp);
     pthread_mutex_unlock(&dev.lock);
     return err;
 }
@@ -814,7 +906,8 @@ static int wb_post_srq_recv(struct ibv_srq *ibsrq, struct ibv_recv_wr *wr, struc
         if ((err = rq_push(&srq->rq, wr))) break;
     if (err) *bad = wr;
     for (struct wb_qp *q = dev.qps; q; q = q->next)
-        if (q->qp.srq == ibsrq) run_held(q);
+        if (q->qp.srq == ibsrq) { run_held(q); qp_sync(q); }
+    if (srq->rec) srq->rec->recvs = srq->rq.count;
     pthread_mutex_unlock(&dev.lock);
     return err;
 }
@@ -928,6 +1021,7 @@ static int wb_post_send(struct ibv_qp *ibqp, struct ibv_send_wr *wr, struct ibv_
             o->num_sge = wr->num_sge;
             memcpy(o->sge, wr->sg_list, sizeof(struct ibv_sge) * (size_t)wr->num_sge);
             qp->out_count++;
+            qp_sync(qp);
         }
         // Gather the payload while the buffers are known good.
         struct iovec iov[MAX_SGE + 1];
@@ -971,6 +1065,7 @@ static int wb_poll_cq(struct ibv_cq *ibcq, int n, struct ibv_wc *wc) {
         cq->head = (cq->head + 1) % cq->cap;
         cq->count--;
     }
+    if (cq->rec) cq->rec->completions = cq->count;
     pthread_mutex_unlock(&dev.lock);
     return got;
 }
@@ -1165,16 +1260,24 @@ EXPORT void ibv_ack_async_event(struct ibv_async_event *event) { (void)event; }
 // ---- protection domains and memory regions -------------------------------------------
 
 EXPORT struct ibv_pd *ibv_alloc_pd(struct ibv_context *context) {
-    struct ibv_pd *pd = calloc(1, sizeof *pd);
+    struct wb_pd *pd = calloc(1, sizeof *pd);
     if (!pd) { errno = ENOMEM; return NULL; }
-    pd->context = context;
+    pd->pd.context = context;
     pthread_mutex_lock(&dev.lock);
-    pd->handle = ++dev.next_handle;
+    pd->pd.handle = ++dev.next_handle;
+    pd->rec = state_new(WB_REC_PD, pd->pd.handle);
     pthread_mutex_unlock(&dev.lock);
-    return pd;
+    return &pd->pd;
 }
 
-EXPORT int ibv_dealloc_pd(struct ibv_pd *pd) { free(pd); return 0; }
+EXPORT int ibv_dealloc_pd(struct ibv_pd *ibpd) {
+    struct wb_pd *pd = (struct wb_pd *)ibpd;
+    pthread_mutex_lock(&dev.lock);
+    state_free(pd->rec);
+    pthread_mutex_unlock(&dev.lock);
+    free(pd);
+    return 0;
+}
 
 EXPORT struct ibv_mr *ibv_reg_mr_iova2(struct ibv_pd *pd, void *addr, size_t length, uint64_t iova, unsigned int access) {
     if (!pd || (!addr && length)) { errno = EINVAL; return NULL; }
@@ -1190,6 +1293,13 @@ EXPORT struct ibv_mr *ibv_reg_mr_iova2(struct ibv_pd *pd, void *addr, size_t len
     pthread_mutex_lock(&dev.lock);
     m->mr.handle = ++dev.next_handle;
     m->mr.lkey = m->mr.rkey = dev.next_key++;
+    if ((m->rec = state_new(WB_REC_MR, m->mr.lkey))) {
+        m->rec->addr = (uint64_t)(uintptr_t)addr;
+        m->rec->length = length;
+        m->rec->key = m->mr.rkey;
+        m->rec->access = access;
+        m->rec->pd = pd->handle;
+    }
     m->next = dev.mrs;
     dev.mrs = m;
     pthread_mutex_unlock(&dev.lock);
@@ -1218,7 +1328,7 @@ EXPORT int ibv_rereg_mr(struct ibv_mr *mr, int flags, struct ibv_pd *pd, void *a
 EXPORT int ibv_dereg_mr(struct ibv_mr *mr) {
     pthread_mutex_lock(&dev.lock);
     for (struct wb_mr **p = &dev.mrs; *p; p = &(*p)->next)
-        if (&(*p)->mr == mr) { struct wb_mr *m = *p; *p = m->next; free(m); break; }
+        if (&(*p)->mr == mr) { struct wb_mr *m = *p; *p = m->next; state_free(m->rec); free(m); break; }
     pthread_mutex_unlock(&dev.lock);
     return 0;
 }
@@ -1261,6 +1371,7 @@ EXPORT struct ibv_cq *ibv_create_cq(struct ibv_context *context, int cqe, void *
     pthread_cond_init(&cq->cq.cond, NULL);
     pthread_mutex_lock(&dev.lock);
     cq->cq.handle = ++dev.next_handle;
+    if ((cq->rec = state_new(WB_REC_CQ, cq->cq.handle))) cq->rec->cqe = (uint32_t)cqe;
     cq->next = dev.cqs;
     dev.cqs = cq;
     pthread_mutex_unlock(&dev.lock);
@@ -1280,6 +1391,7 @@ EXPORT int ibv_destroy_cq(struct ibv_cq *ibcq) {
         if (q->qp.send_cq == ibcq || q->qp.recv_cq == ibcq) { pthread_mutex_unlock(&dev.lock); return EBUSY; }
     for (struct wb_cq **p = &dev.cqs; *p; p = &(*p)->next)
         if (*p == cq) { *p = cq->next; break; }
+    state_free(cq->rec);
     pthread_mutex_unlock(&dev.lock);
     free(cq->ring);
     free(cq);
@@ -1318,6 +1430,7 @@ EXPORT struct ibv_srq *ibv_create_srq(struct ibv_pd *pd, struct ibv_srq_init_att
     pthread_cond_init(&srq->srq.cond, NULL);
     pthread_mutex_lock(&dev.lock);
     srq->srq.handle = ++dev.next_handle;
+    if ((srq->rec = state_new(WB_REC_SRQ, srq->srq.handle))) srq->rec->pd = pd->handle;
     srq->next = dev.srqs;
     dev.srqs = srq;
     pthread_mutex_unlock(&dev.lock);
@@ -1346,6 +1459,7 @@ EXPORT int ibv_destroy_srq(struct ibv_srq *ibsrq) {
         if (q->qp.srq == ibsrq) { pthread_mutex_unlock(&dev.lock); return EBUSY; }
     for (struct wb_srq **p = &dev.srqs; *p; p = &(*p)->next)
         if (*p == srq) { *p = srq->next; break; }
+    state_free(srq->rec);
     pthread_mutex_unlock(&dev.lock);
     free(srq->rq.ring);
     free(srq);
@@ -1386,6 +1500,7 @@ EXPORT struct ibv_qp *ibv_create_qp(struct ibv_pd *pd, struct ibv_qp_init_attr *
     pthread_mutex_lock(&dev.lock);
     qp->qp.handle = ++dev.next_handle;
     qp->qp.qp_num = dev.next_qpn++ & 0xffffff;
+    if ((qp->rec = state_new(WB_REC_QP, qp->qp.qp_num))) { qp->rec->type = (uint8_t)attr->qp_type; qp->rec->pd = pd->handle; }
     qp->next = dev.qps;
     dev.qps = qp;
     pthread_mutex_unlock(&dev.lock);
@@ -1450,6 +1565,8 @@ EXPORT int ibv_modify_qp(struct ibv_qp *ibqp, struct ibv_qp_attr *attr, int mask
     }
     uint16_t lid = peer_lid(&a->ah_attr);
     uint32_t dqpn = a->dest_qp_num;
+    qp_sync(qp);
+    if (qp->rec) qp->rec->peer_lid = lid;
     pthread_mutex_unlock(&dev.lock);
     if (connect_now) {
         // RC and UC: the QP's requests go over its own connection to the peer's device.
@@ -1461,6 +1578,7 @@ EXPORT int ibv_modify_qp(struct ibv_qp *ibqp, struct ibv_qp_attr *attr, int mask
             pthread_mutex_lock(&dev.lock);
             a->qp_state = IBV_QPS_INIT;
             qp->qp.state = IBV_QPS_INIT;
+            qp_sync(qp);
             pthread_mutex_unlock(&dev.lock);
             return err;
         }
@@ -1482,6 +1600,7 @@ EXPORT int ibv_destroy_qp(struct ibv_qp *ibqp) {
     if (qp->out_fd >= 0) close(qp->out_fd);
     if (qp->in.fd >= 0) close(qp->in.fd);
     while (qp->held) { struct wb_held *h = qp->held; qp->held = h->next; free(h->data); free(h); }
+    state_free(qp->rec);
     pthread_mutex_unlock(&dev.lock);
     pthread_mutex_unlock(&qp->send_lock);
     wake_progress();
@@ -1500,10 +1619,21 @@ EXPORT struct ibv_ah *ibv_create_ah(struct ibv_pd *pd, struct ibv_ah_attr *attr)
     ah->ah.context = pd->context;
     ah->ah.pd = pd;
     ah->attr = *attr;
+    pthread_mutex_lock(&dev.lock);
+    ah->ah.handle = ++dev.next_handle;
+    if ((ah->rec = state_new(WB_REC_AH, ah->ah.handle))) { ah->rec->peer_lid = peer_lid(attr); ah->rec->pd = pd->handle; }
+    pthread_mutex_unlock(&dev.lock);
     return &ah->ah;
 }
 
-EXPORT int ibv_destroy_ah(struct ibv_ah *ah) { free(ah); return 0; }
+EXPORT int ibv_destroy_ah(struct ibv_ah *ibah) {
+    struct wb_ah *ah = (struct wb_ah *)ibah;
+    pthread_mutex_lock(&dev.lock);
+    state_free(ah->rec);
+    pthread_mutex_unlock(&dev.lock);
+    free(ah);
+    return 0;
+}
 
 EXPORT int ibv_init_ah_from_wc(struct ibv_context *context, uint8_t port, struct ibv_wc *wc,
                                struct ibv_grh *grh, struct ibv_ah_attr *attr) {
