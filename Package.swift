@@ -3,13 +3,13 @@
 import PackageDescription
 
 /// C executables built by SwiftPM are linked by swiftc; they are ordinary glibc programs.
-func harnessProgram(_ name: String, optimize: Bool = true, flags: [String] = []) -> Target {
+func harnessProgram(_ name: String, optimize: Bool = true, flags: [String] = [], libraries: [String] = []) -> Target {
     .executableTarget(
         name: "harness-\(name)",
         dependencies: ["HarnessSupport"],
         path: "harness/programs/\(name)",
         cSettings: [.unsafeFlags([optimize ? "-O2" : "-O0", "-g", "-mavx2", "-pthread"] + flags)],
-        linkerSettings: [.linkedLibrary("pthread")])
+        linkerSettings: [.linkedLibrary("pthread")] + libraries.map { .linkedLibrary($0) })
 }
 
 let package = Package(
@@ -129,6 +129,8 @@ let package = Package(
         harnessProgram("sums"),
         harnessProgram("kvserver", optimize: false),
         harnessProgram("ring"),
+        // Linked against libibverbs, run on wb's verbs layer.
+        harnessProgram("ibring", libraries: ["ibverbs"]),
         // Debugged after a replay: built without optimization so every local is visible.
         harnessProgram("msgserver", optimize: false),
 

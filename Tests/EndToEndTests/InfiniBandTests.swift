@@ -84,3 +84,49 @@ import WBSystem
         #expect(restore.stderr.components(separatedBy: "ended with status 0").count == 3, "\(restore.stderr)")
     }
 }
+
+extension InfiniBandTests {
+    /// harness-ibring: 4 ranks on 2 hosts RDMA-write checksummed blocks round a ring with
+    /// SEND credits and a shared receive queue. Checkpointed twice while it runs on, then with
+    /// --kill; the last set restored on one box finishes with every block intact, once each.
+    @Test func aVerbsRingIsCheckpointedSeveralTimesAndFinishesAfterASetRestore() throws {
+        let dir = scratchDirectory()
+        let hosts = try TestHosts(count: 2, subnet: "10.224.0", tag: "r")
+        defer { hosts.remove() }
+        let token = "ibring-job"
+        let env = ["WB_TOKEN": token, "WB_IB_FABRIC": "\(dir)/fabric"]
+        let coordinator = try Child(Products.wb, ["coordinator", "--listen", "\(hosts.gateway):0", "--token", token])
+        defer { coordinator.signal(SIGKILL); coordinator.wait(timeout: 30) }
+        let address = String(try #require(coordinator.line(startingWith: "wb: coordinator listening on")).split(separator: " ").last ?? "")
+        let placement = [0, 0, 1, 1]
+        let listen = (0..<4).map { "\(hosts.address(placement[$0])):\(7200 + $0)" }
+        var ranks: [Child] = []
+        defer { for r in ranks { r.signal(SIGKILL); r.wait(timeout: 30) } }
+        for r in 0..<4 {
+            ranks.append(try hosts.start(placement[r], Products.wb, [
+                "run", "--ib", "--join", address, "--host", "host\(placement[r])", "--", Products.harness("ibring"),
+                "--rank", "\(r)", "--listen", listen[r], "--next", listen[(r + 1) % 4], "--blocks", "5000", "--gap-us", "1000",
+                "--out", "\(dir)/rank\(r)"], env: env))
+        }
+        for r in ranks { try #require(r.line(startingWith: "READY") != nil, "a rank did not start: \(r.stderrText)") }
+        for n in 1...2 {
+            usleep(500_000)
+            let run = try wb(["checkpoint", "--coordinator", address, "-o", "\(dir)/set\(n)"], env: env)
+            try #require(run.code == 0, "checkpoint \(n): \(run.stderr)")
+        }
+        usleep(500_000)
+        let last = try wb(["checkpoint", "--coordinator", address, "-o", "\(dir)/set3", "--kill"], env: env)
+        try #require(last.code == 0, "\(last.stderr)")
+        let results = { (0..<4).map { ((try? Paths.readText("\(dir)/rank\($0)")) ?? "none").trimming("\n") } }
+        #expect(results().allSatisfy { $0 == "none" }, "the ring finished before the last checkpoint: \(results())")
+        let inspect = try wb("inspect", "\(dir)/set3")
+        #expect(inspect.stdout.components(separatedBy: "verbs: wbsoft0").count == 5 && inspect.stdout.contains("1 SRQ, 2 QP"), "\(inspect.stdout)")
+
+        let restore = try wb(["restore", "\(dir)/set3"], env: env, timeout: 180)
+        #expect(restore.code == 0, "\(restore.stderr)")
+        let done = results()
+        for r in 0..<4 {
+            #expect(done[r].hasPrefix("OK rank \(r) blocks=5000 sum="), "rank \(r): \(done[r])\n\(restore.stderr)")
+        }
+    }
+}
