@@ -108,7 +108,11 @@ extension InfiniBandTests {
                 "--rank", "\(r)", "--listen", listen[r], "--next", listen[(r + 1) % 4], "--blocks", "5000", "--gap-us", "1000",
                 "--out", "\(dir)/rank\(r)"], env: env))
         }
-        for r in ranks { try #require(r.line(startingWith: "READY") != nil, "a rank did not start: \(r.stderrText)") }
+        var pids: [String] = []
+        for r in ranks {
+            let ready = try #require(r.line(startingWith: "READY"), "a rank did not start: \(r.stderrText)")
+            pids.append(String(ready.split(separator: " ").last ?? ""))
+        }
         for n in 1...2 {
             usleep(500_000)
             let run = try wb(["checkpoint", "--coordinator", address, "-o", "\(dir)/set\(n)"], env: env)
@@ -121,6 +125,13 @@ extension InfiniBandTests {
         #expect(results().allSatisfy { $0 == "none" }, "the ring finished before the last checkpoint: \(results())")
         let inspect = try wb("inspect", "\(dir)/set3")
         #expect(inspect.stdout.components(separatedBy: "verbs: wbsoft0").count == 5 && inspect.stdout.contains("1 SRQ, 2 QP"), "\(inspect.stdout)")
+
+        // Rank 0 in gdb: the application's own verbs objects, with the IDs it was given.
+        let debug = try wb(["restore", "\(dir)/set3", "--debug", "--member", "host0:\(pids[0])", "--", "-batch",
+                            "-ex", "print to_next->qp_num", "-ex", "print to_next->context->device->name", "-ex", "print from_prev->state"],
+                           env: env, timeout: 120)
+        #expect(debug.stdout.contains("= 17") && debug.stdout.contains("\"wbsoft0\"") && debug.stdout.contains("IBV_QPS_RTS"),
+                "gdb on rank 0: \(debug.stdout) \(debug.stderr)")
 
         let restore = try wb(["restore", "\(dir)/set3"], env: env, timeout: 180)
         #expect(restore.code == 0, "\(restore.stderr)")

@@ -33,6 +33,8 @@ struct peer_info {
 };
 
 static int rank;
+// Globals, so that a debugger on a restored rank finds them.
+struct ibv_qp *to_next, *from_prev;
 
 static void die(const char *what) {
     fprintf(stderr, "harness-ibring rank %d: %s (%s)\n", rank, what, strerror(errno));
@@ -143,7 +145,8 @@ int main(int argc, char **argv) {
     if (!pd || !ring_mr || !src_mr || !cin_mr || !cout_mr || !cq || !srq) die("creating verbs objects");
     struct ibv_qp_init_attr qa = {.send_cq = cq, .recv_cq = cq, .srq = srq, .qp_type = IBV_QPT_RC,
                                   .cap = {.max_send_wr = 64, .max_recv_wr = 0, .max_send_sge = 1, .max_recv_sge = 1}};
-    struct ibv_qp *to_next = ibv_create_qp(pd, &qa), *from_prev = ibv_create_qp(pd, &qa);
+    to_next = ibv_create_qp(pd, &qa);
+    from_prev = ibv_create_qp(pd, &qa);
     if (!to_next || !from_prev) die("creating QPs");
     for (int i = 0; i < RECVS; i++) {
         struct ibv_sge sge = {.addr = (uintptr_t)&credit_in[i], .length = 4, .lkey = cin_mr->lkey};
