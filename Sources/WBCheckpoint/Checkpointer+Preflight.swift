@@ -237,6 +237,8 @@ extension Checkpointer {
         if st.isCharDevice {
             if link.hasPrefix("/dev/pts/") || link.hasPrefix("/dev/tty") || link == "/dev/console" || link == "/dev/ptmx" {
                 plan.kind = .tty
+            } else if let why = Checkpointer.kernelStateDevice(link) {
+                plan.unsupported = why
             } else {
                 plan.kind = .device
             }
@@ -245,5 +247,19 @@ extension Checkpointer {
         if st.mode & S_IFMT == S_IFBLK { plan.unsupported = "a block device (\(link))"; return plan }
         plan.kind = .file
         return plan
+    }
+
+    /// Why a device whose open file carries state in the kernel (which opening it again does
+    /// not bring back) cannot be checkpointed, or nil for a device that can be reopened.
+    static func kernelStateDevice(_ path: String) -> String? {
+        if path.hasPrefix("/dev/infiniband/") {
+            return "an InfiniBand device (\(path)) whose verbs state (queue pairs, memory regions, completions) lives in the kernel and the HCA; start the program with `wb run --ib`, whose verbs layer keeps that state in the process"
+        }
+        let stateful: [(String, String)] = [("/dev/kvm", "a KVM virtual machine"), ("/dev/vfio/", "a VFIO device"), ("/dev/fuse", "a FUSE connection"),
+                                            ("/dev/net/tun", "a TUN/TAP interface"), ("/dev/uinput", "a uinput device"), ("/dev/dri/", "a GPU (DRM) context")]
+        for (prefix, what) in stateful where path == prefix || path.hasPrefix(prefix) {
+            return "\(what) (\(path)) whose state lives in the kernel; opening it again would not bring it back"
+        }
+        return nil
     }
 }

@@ -29,6 +29,20 @@ import WBTrace
         if kind == "child" { kill(Int32(field(ready, "fd")!)!, SIGKILL) }
     }
 
+    /// A device whose open file holds kernel state (a TUN/TAP interface here; InfiniBand
+    /// verbs, KVM, VFIO, FUSE and DRM alike) is refused, naming it, not reopened empty.
+    @Test func aDeviceWithStateInTheKernelIsRefusedNotReopened() throws {
+        let dir = scratchDirectory()
+        let program = try Child("/bin/sh", ["-c", "exec 7<>/dev/net/tun; echo READY; exec sleep 60"])
+        defer { program.signal(SIGKILL); program.wait(timeout: 30) }
+        _ = try #require(program.line(startingWith: "READY"))
+        usleep(100_000)
+        let run = try wb("checkpoint", "\(program.pid)", "-o", "\(dir)/x.wbimg")
+        #expect(run.code == 1 && run.stderr.contains("fd 7") && run.stderr.contains("TUN/TAP") && run.stderr.contains("Nothing was changed"),
+                "\(run.stderr)")
+        #expect(!Paths.exists("\(dir)/x.wbimg"))
+    }
+
     /// System V semaphore sets and message queues are no longer refused: those the process
     /// was the last to use go into the image (the values; each message copied, not taken),
     /// and the process runs on with them as they were. (Only a queue whose messages the
