@@ -4,10 +4,11 @@ wb_need_packages() {
     # nftables and iproute2: wb holds TCP connections with an nftables table and sets up the
     # network namespace of `restore --new-netns`; the servers are the sockets tests' targets;
     # Slurm and munge run the `fuzz --slurm` test's private cluster, AFL++ its peer instance;
-    # rdma-core's pingpongs and perftest are the verbs programs run on wb's emulated device.
+    # rdma-core's pingpongs, perftest and Open MPI are the verbs programs run on wb's emulated
+    # device.
     local wanted=(libunwind-dev libdw-dev libcapstone-dev libibverbs-dev libxxhash-dev liblzma-dev pkg-config gdb sqlite3
                   nftables iproute2 redis-server redis-tools memcached nginx-light curl jq libxml2-utils python3
-                  slurmctld slurmd slurm-client munge afl++ ibverbs-utils perftest)
+                  slurmctld slurmd slurm-client munge afl++ ibverbs-utils perftest openmpi-bin libopenmpi-dev)
     local missing=()
     for p in "${wanted[@]}" "$@"; do
         dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

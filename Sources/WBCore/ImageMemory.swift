@@ -10,10 +10,12 @@ public final class ImageMemory: @unchecked Sendable {
     private let files: ResolvedFiles
     private var open: [String: FileDescriptor] = [:]
 
-    public init(image: Image, files: ResolvedFiles) throws {
+    /// The memory of `process` (default: the image's main process; in an image of a tree,
+    /// any of its processes).
+    public init(image: Image, files: ResolvedFiles, process: ProcessState? = nil) throws {
         self.image = image
         self.files = files
-        mappings = image.process.mappings.sorted { $0.start < $1.start }
+        mappings = (process ?? image.process).mappings.sorted { $0.start < $1.start }
         // Every page source is mapped up front: a missing one is an error here, not later.
         for s in 0...UInt32((image.metadata.pageSources ?? []).count) { _ = try image.pageRegion(s) }
     }

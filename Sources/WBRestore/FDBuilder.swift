@@ -642,8 +642,11 @@ struct FDBuilder {
     }
 
     /// A new open file description of the same file with `flags` (access mode, O_APPEND...).
+    /// O_NOFOLLOW is left out: /proc/self/fd/N is itself a link, to a file already found (the
+    /// program's own O_NOFOLLOW open had succeeded, so its path was no link), and the flag
+    /// only governs that lookup.
     private mutating func reopen(_ fd: Int32, _ flags: Int32) throws -> Int32 {
-        try open("/proc/self/fd/\(fd)", flags & ~(O_CREAT | O_TRUNC | O_EXCL))
+        try open("/proc/self/fd/\(fd)", flags & ~(O_CREAT | O_TRUNC | O_EXCL | O_NOFOLLOW))
     }
 
     private mutating func pipe(_ s: FDState) throws -> Int32 {

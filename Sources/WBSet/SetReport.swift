@@ -42,7 +42,7 @@ public struct SetReport: Codable, Sendable {
             if verify { try image.verifyData() }
             return Member(host: member.host, pid: member.pid, parent: member.parent, command: member.command, image: member.image,
                           imageBytes: (try? Paths.stat(path).size) ?? 0, processes: image.metadata.processes.count, tree: member.tree,
-                          pauseSeconds: member.pauseSeconds, verbs: try VerbsState.read(image)?.summary)
+                          pauseSeconds: member.pauseSeconds, verbs: try VerbsState.read(image).map(\.summary).joined(separator: "; ").nilIfEmpty)
         }
     }
 
@@ -65,4 +65,8 @@ public struct SetReport: Codable, Sendable {
         }
         return lines.joined(separator: "\n")
     }
+}
+
+private extension String {
+    var nilIfEmpty: String? { isEmpty ? nil : self }
 }

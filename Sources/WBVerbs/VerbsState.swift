@@ -5,6 +5,8 @@ import WBCore
 /// verbs layer keeps in its own data (native/verbs/wbverbs_state.h), read from the image's
 /// memory and checked here, where it is decoded.
 public struct VerbsState: Codable, Sendable {
+    /// The process (its pid at the checkpoint).
+    public var pid: Int32 = 0
     public var device: String
     public var lid: UInt16
     public var tcpPort: UInt16
@@ -42,11 +44,17 @@ public struct VerbsState: Codable, Sendable {
     static let magic = Array("WBVERBS1".utf8)
     static let headerBytes = 320, recordBytes = 64, maxRecords = 4096
 
-    /// The state in the image's main process, or nil when it was not run on the verbs layer.
-    public static func read(_ image: Image) throws -> VerbsState? {
-        let maps = image.process.mappings.sorted { $0.start < $1.start }
+    /// The state of every process of the image that opened the emulated device (in the
+    /// order of the image's processes); empty when none ran on the verbs layer.
+    public static func read(_ image: Image) throws -> [VerbsState] {
+        try image.metadata.processes.compactMap { try read(image, process: $0) }
+    }
+
+    /// `process`'s state, or nil when it did not open the emulated device.
+    public static func read(_ image: Image, process: ProcessState) throws -> VerbsState? {
+        let maps = process.mappings.sorted { $0.start < $1.start }
         guard let first = maps.firstIndex(where: { ($0.path ?? "").hasSuffix("/libwbverbs.so") }) else { return nil }
-        let memory = try ImageMemory(image: image, files: ResolvedFiles())
+        let memory = try ImageMemory(image: image, files: ResolvedFiles(), process: process)
         // The library's writable mappings and the zero-filled data right after them.
         var candidates: [Mapping] = []
         var previousEnd: UInt64 = 0
@@ -60,7 +68,11 @@ public struct VerbsState: Codable, Sendable {
         for m in candidates {
             var page = m.start
             while page < m.end {
-                if memory.read(page, count: 8) == magic { return try decode(memory, at: page, image: image) }
+                if memory.read(page, count: 8) == magic {
+                    var state = try decode(memory, at: page, image: image)
+                    state.pid = process.pid
+                    return state
+                }
                 page += 4096
             }
         }
@@ -121,11 +133,11 @@ public struct VerbsState: Codable, Sendable {
         let qps = objects.filter { $0.kind == "qp" }
         let outstanding = qps.reduce(0) { $0 + Int($1.sendsOutstanding ?? 0) }, posted = objects.reduce(0) { $0 + Int($1.receivesPosted ?? 0) }
         let kinds = ["pd", "mr", "cq", "srq", "qp", "ah"].compactMap { k in count[k].map { "\($0) \(k.uppercased())" } }.joined(separator: ", ")
-        return "\(device) LID 0x\(String(lid, radix: 16)): \(kinds); \(outstanding) sends outstanding, \(posted) receives posted"
+        return "pid \(pid) \(device) LID 0x\(String(lid, radix: 16)): \(kinds); \(outstanding) sends outstanding, \(posted) receives posted"
     }
 
     public var text: String {
-        var lines = ["VERBS \(device) (emulated; LID 0x\(String(lid, radix: 16)), listening on TCP \(tcpPort) and UDP \(udpPort); fabric \(fabric))"]
+        var lines = ["VERBS pid \(pid): \(device) (emulated; LID 0x\(String(lid, radix: 16)), listening on TCP \(tcpPort) and UDP \(udpPort); fabric \(fabric))"]
         let count = Dictionary(grouping: objects, by: \.kind).mapValues(\.count)
         lines.append("  " + ["pd", "mr", "cq", "srq", "qp", "ah"].compactMap { k in count[k].map { "\($0) \(k.uppercased())" } }.joined(separator: ", "))
         for o in objects {

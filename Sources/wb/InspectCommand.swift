@@ -50,9 +50,9 @@ struct InspectCommand: ParsableCommand {
             let report = ImageReport(opened, backtraces: backtraces)
             let verbs = try VerbsState.read(opened)
             if json {
-                try Output.json(report, adding: verbs, as: "verbs")
+                try Output.json(report, adding: verbs.isEmpty ? nil : verbs, as: "verbs")
             } else {
-                Output.line(report.text + (verbs.map { "\n" + $0.text } ?? ""))
+                Output.line(([report.text] + verbs.map(\.text)).joined(separator: "\n"))
             }
         }
     }

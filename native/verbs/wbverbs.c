@@ -1092,6 +1092,25 @@ EXPORT struct ibv_device **ibv_get_device_list(int *num) {
 }
 
 EXPORT void ibv_free_device_list(struct ibv_device **list) { free(list); }
+
+// Some programs look for the kernel's InfiniBand class in sysfs before they ask for devices
+// (Open MPI's openib BTL). The layer's sysfs is a directory of the fabric that holds it.
+EXPORT const char *ibv_get_sysfs_path(void) {
+    static char path[300];
+    if (!path[0]) {
+        char dir[256];
+        const char *d = getenv("WB_IB_FABRIC");
+        snprintf(dir, sizeof dir, "%s", d && *d ? d : "/tmp/wbsoft-fabric");
+        char p[400];
+        const char *parts[] = {"", "/sysfs", "/sysfs/class", "/sysfs/class/infiniband", "/sysfs/class/infiniband/wbsoft0"};
+        for (size_t i = 0; i < sizeof parts / sizeof parts[0]; i++) {
+            snprintf(p, sizeof p, "%s%s", dir, parts[i]);
+            mkdir(p, i == 0 ? 01777 : 0755);
+        }
+        snprintf(path, sizeof path, "%s/sysfs", dir);
+    }
+    return path;
+}
 EXPORT const char *ibv_get_device_name(struct ibv_device *device) { return device->name; }
 EXPORT __be64 ibv_get_device_guid(struct ibv_device *device) { (void)device; return htobe64(node_guid); }
 EXPORT int ibv_get_device_index(struct ibv_device *device) { (void)device; return 0; }
