@@ -124,6 +124,7 @@ struct wb_conn {
     int fd;
     uint8_t *outbuf;     // responses not yet written (written without blocking)
     size_t outlen, outcap;
+    size_t ack_at;       // where in outbuf the last response is a success ACK (SIZE_MAX: none)
 };
 
 struct wb_qp {
@@ -420,6 +421,12 @@ static void conn_flush(struct wb_conn *c);
 static void respond(struct wb_qp *qp, uint8_t op, uint16_t status, uint64_t value, const void *data, uint32_t len) {
     struct wb_conn *c = &qp->in;
     if (c->fd < 0 || qp->qp.qp_type != IBV_QPT_RC) return;
+    // Successive successful ACKs not yet written become one, counting the requests.
+    if (op == WB_ACK && status == 0 && c->ack_at != SIZE_MAX && c->ack_at + sizeof(struct wb_hdr) == c->outlen) {
+        ((struct wb_hdr *)(c->outbuf + c->ack_at))->a++;
+        return;
+    }
+    if (op == WB_ACK) value = 1;
     struct wb_hdr h = {.op = op, .status = status, .len = len, .a = value};
     size_t need = c->outlen + sizeof h + len;
     if (need > c->outcap) {
@@ -430,9 +437,12 @@ static void respond(struct wb_qp *qp, uint8_t op, uint16_t status, uint64_t valu
         c->outbuf = b;
         c->outcap = cap;
     }
+    c->ack_at = op == WB_ACK && status == 0 ? c->outlen : SIZE_MAX;
     memcpy(c->outbuf + c->outlen, &h, sizeof h);
     if (len) memcpy(c->outbuf + c->outlen + sizeof h, data, len);
     c->outlen += sizeof h + len;
+    // The progress thread writes a batch's answers when it has taken the batch; others now.
+    if (pthread_equal(pthread_self(), dev.thread) && c->outlen < 65536) return;
     conn_flush(c);
     if (c->outlen > 0 && !pthread_equal(pthread_self(), dev.thread)) wake_progress();
 }
@@ -446,6 +456,7 @@ static void conn_flush(struct wb_conn *c) {
         if (n <= 0) break;
         memmove(c->outbuf, c->outbuf + n, c->outlen - (size_t)n);
         c->outlen -= (size_t)n;
+        c->ack_at = SIZE_MAX;
     }
 }
 
@@ -602,7 +613,6 @@ static int take_response(struct wb_qp *qp) {
     if (read_all(qp->out_fd, &h, sizeof h) < 0) return -1;
     if (qp->out_count == 0) { discard(qp->out_fd, h.len); return 0; }
     struct wb_out *o = &qp->outq[qp->out_head];
-    uint32_t len = o->len;
     if (h.op == WB_READ_RESP && h.len) {
         uint32_t off = 0;
         for (int i = 0; i < o->num_sge && off < h.len; i++) {
@@ -621,9 +631,14 @@ static int take_response(struct wb_qp *qp) {
         if (dst) memcpy(dst, &h.a, 8); else h.status = IBV_WC_LOC_PROT_ERR;
     }
     if (h.status != 0) { to_error(qp, (enum ibv_wc_status)h.status); return 0; }
-    if (o->signaled) complete(qp, 0, o->wr_id, IBV_WC_SUCCESS, o->opcode, len, 0, 0, 0, 0);
-    qp->out_head = (qp->out_head + 1) % qp->out_cap;
-    qp->out_count--;
+    // An ACK answers h.a requests, oldest first.
+    uint64_t answered = h.op == WB_ACK && h.a > 1 ? h.a : 1;
+    for (uint64_t k = 0; k < answered && qp->out_count > 0; k++) {
+        o = &qp->outq[qp->out_head];
+        if (o->signaled) complete(qp, 0, o->wr_id, IBV_WC_SUCCESS, o->opcode, o->len, 0, 0, 0, 0);
+        qp->out_head = (qp->out_head + 1) % qp->out_cap;
+        qp->out_count--;
+    }
     return 0;
 }
 
@@ -664,6 +679,7 @@ static void accept_connection(void) {
     if (qp->in.fd >= 0) close(qp->in.fd);
     qp->in.fd = fd;
     qp->in.outlen = 0;
+    qp->in.ack_at = SIZE_MAX;
 }
 
 static void *progress(void *unused) {
@@ -723,6 +739,7 @@ static void *progress(void *unused) {
                         int avail = 0;
                         if (ioctl_fionread(q->in.fd, &avail) < 0 || avail < (int)sizeof(struct wb_hdr)) break;
                     } while (1);
+                    if (q->in.fd >= 0) conn_flush(&q->in);
                 }
                 break;
             case 4:
@@ -1513,6 +1530,7 @@ EXPORT struct ibv_qp *ibv_create_qp(struct ibv_pd *pd, struct ibv_qp_init_attr *
     qp->sq_sig_all = attr->sq_sig_all;
     qp->out_fd = -1;
     qp->in.fd = -1;
+    qp->in.ack_at = SIZE_MAX;
     pthread_mutex_init(&qp->send_lock, NULL);
     pthread_mutex_init(&qp->qp.mutex, NULL);
     pthread_cond_init(&qp->qp.cond, NULL);

@@ -30,7 +30,8 @@ struct wb_hdr {
     uint64_t addr;     // RDMA and atomics: remote address; UD: destination QP number
     uint32_t rkey;     // RDMA and atomics: remote key; UD: Q_Key
     uint32_t len;      // payload bytes (READ: bytes asked for)
-    uint64_t a;        // CAS: compare; FADD: add; atomic answer: the old value; UD: source LID
+    uint64_t a;        // CAS: compare; FADD: add; atomic answer: the old value; ACK: how many
+                       // requests it answers (successive ones are acknowledged together); UD: source LID
     uint64_t b;        // CAS: swap; UD: source QP number
 };
 
