@@ -67,7 +67,7 @@ import WBSystem
         #expect(server.wait(timeout: 30) != 0 && client.wait(timeout: 30) != 0, "the checkpointed processes were not ended")
 
         let inspect = try wb("inspect", set)
-        #expect(inspect.code == 0 && inspect.stdout.contains("verbs: pid ") && inspect.stdout.contains(" wbsoft0 LID ") && inspect.stdout.contains(" QP;"),
+        #expect(inspect.code == 0 && inspect.stdout.contains("verbs: pid ") && inspect.stdout.contains(" wbsoft0 LID ") && inspect.stdout.contains(" QP"),
                 "wb inspect shows no verbs state: \(inspect.stdout)")
         // A member's image: its verbs objects (the QP with its state and peer, the MRs).
         let images = try FileManager.default.contentsOfDirectory(atPath: set).filter { $0.hasSuffix(".wbimg") }.sorted()

@@ -125,6 +125,8 @@ struct wb_conn {
     uint8_t *outbuf;     // responses not yet written (written without blocking)
     size_t outlen, outcap;
     size_t ack_at;       // where in outbuf the last response is a success ACK (SIZE_MAX: none)
+    struct wb_hdr next;  // the next request's header, as far as it came with the last payload
+    uint32_t next_have;
 };
 
 struct wb_qp {
@@ -535,15 +537,47 @@ static int wants_receive(const struct wb_hdr *h) {
     return h->op == WB_SEND || h->op == WB_SEND_IMM || h->op == WB_WRITE_IMM;
 }
 
+// Reads `len` bytes of a request's payload, and with them whatever of the next request's header
+// has come: one system call per request while the stream is busy.
+static int conn_read(struct wb_conn *c, void *buf, size_t len) {
+    uint8_t *p = buf;
+    while (len > 0) {
+        struct iovec iov[2] = {{p, len}, {(uint8_t *)&c->next + c->next_have, sizeof(struct wb_hdr) - c->next_have}};
+        struct msghdr m = {.msg_iov = iov, .msg_iovlen = c->next_have < sizeof(struct wb_hdr) ? 2 : 1};
+        ssize_t n = recvmsg(c->fd, &m, 0);
+        if (n < 0 && errno == EINTR) continue;
+        if (n <= 0) return -1;
+        if ((size_t)n <= len) { p += n; len -= (size_t)n; }
+        else { c->next_have += (uint32_t)((size_t)n - len); len = 0; }
+    }
+    return 0;
+}
+
+static int conn_header(struct wb_conn *c, struct wb_hdr *h) {
+    if (c->next_have < sizeof *h && read_all(c->fd, (uint8_t *)&c->next + c->next_have, sizeof *h - c->next_have) < 0) return -1;
+    *h = c->next;
+    c->next_have = 0;
+    return 0;
+}
+
+static void conn_discard(struct wb_conn *c, size_t len) {
+    uint8_t scratch[4096];
+    while (len > 0) {
+        size_t n = len < sizeof scratch ? len : sizeof scratch;
+        if (conn_read(c, scratch, n) < 0) return;
+        len -= n;
+    }
+}
+
 // A request arrived on qp's inbound connection: read its payload straight into place when it
 // can run now, else keep it. Called with dev.lock held; reads block only for bytes in flight.
 static int take_request(struct wb_qp *qp) {
     struct wb_hdr h;
-    if (read_all(qp->in.fd, &h, sizeof h) < 0) return -1;
+    if (conn_header(&qp->in, &h) < 0) return -1;
     uint32_t payload = (h.op == WB_READ || h.op == WB_CAS || h.op == WB_FADD) ? 0 : h.len;
     if (qp->held || (wants_receive(&h) && qp_rq(qp)->count == 0) || qp->attr.qp_state == IBV_QPS_ERR) {
         uint8_t *data = payload ? malloc(payload) : NULL;
-        if (payload && (!data || read_all(qp->in.fd, data, payload) < 0)) { free(data); return -1; }
+        if (payload && (!data || conn_read(&qp->in, data, payload) < 0)) { free(data); return -1; }
         if (qp->attr.qp_state == IBV_QPS_ERR) { free(data); return 0; }
         hold(qp, &h, data);
         return 0;
@@ -551,7 +585,7 @@ static int take_request(struct wb_qp *qp) {
     if ((h.op == WB_WRITE || h.op == WB_WRITE_IMM) && payload) {
         uint8_t *dst = mr_translate(h.rkey, 1, h.addr, h.len, IBV_ACCESS_REMOTE_WRITE);
         if (dst) {
-            if (read_all(qp->in.fd, dst, payload) < 0) return -1;
+            if (conn_read(&qp->in, dst, payload) < 0) return -1;
             // The data is in place; what is left is the receive (with immediate) and the ACK.
             struct wb_recv r;
             if (h.op == WB_WRITE_IMM && rq_pop(qp_rq(qp), &r))
@@ -569,17 +603,17 @@ static int take_request(struct wb_qp *qp) {
             uint32_t n = r.sge[i].length < payload - off ? r.sge[i].length : payload - off;
             uint8_t *dst = mr_translate(r.sge[i].lkey, 0, r.sge[i].addr, n, 0);
             if (!dst) { bad = 1; break; }
-            if (read_all(qp->in.fd, dst, n) < 0) return -1;
+            if (conn_read(&qp->in, dst, n) < 0) return -1;
             off += n;
         }
-        if (off < payload) { bad = 1; discard(qp->in.fd, payload - off); }
+        if (off < payload) { bad = 1; conn_discard(&qp->in, payload - off); }
         complete(qp, 1, r.wr_id, bad ? IBV_WC_LOC_LEN_ERR : IBV_WC_SUCCESS, IBV_WC_RECV, h.len, h.imm,
                  h.op == WB_SEND_IMM ? IBV_WC_WITH_IMM : 0, 0, 0);
         respond(qp, WB_ACK, bad ? IBV_WC_REM_INV_REQ_ERR : 0, 0, NULL, 0);
         return 0;
     }
     uint8_t *data = payload ? malloc(payload) : NULL;
-    if (payload && (!data || read_all(qp->in.fd, data, payload) < 0)) { free(data); return -1; }
+    if (payload && (!data || conn_read(&qp->in, data, payload) < 0)) { free(data); return -1; }
     execute(qp, &h, data);
     free(data);
     return 0;
@@ -680,6 +714,7 @@ static void accept_connection(void) {
     qp->in.fd = fd;
     qp->in.outlen = 0;
     qp->in.ack_at = SIZE_MAX;
+    qp->in.next_have = 0;
 }
 
 static void *progress(void *unused) {
@@ -736,6 +771,8 @@ static void *progress(void *unused) {
                     // Take every request already here before polling again.
                     do {
                         if (take_request(q) < 0) { close(q->in.fd); q->in.fd = -1; break; }
+                        // The next request's header came along (or part of it, the rest in flight).
+                        if (q->in.next_have > 0) continue;
                         int avail = 0;
                         if (ioctl_fionread(q->in.fd, &avail) < 0 || avail < (int)sizeof(struct wb_hdr)) break;
                     } while (1);
