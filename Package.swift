@@ -131,6 +131,7 @@ let package = Package(
         harnessProgram("ring"),
         // Linked against libibverbs, run on wb's verbs layer.
         harnessProgram("ibring", libraries: ["ibverbs"]),
+        harnessProgram("ibcheck", libraries: ["ibverbs"]),
         // The TCP peer of harness/bench/verbs.
         harnessProgram("tcpperf"),
         // Debugged after a replay: built without optimization so every local is visible.

@@ -86,6 +86,19 @@ import WBSystem
 }
 
 extension InfiniBandTests {
+    /// What applications rely on, on wbsoft0: SEND/RECV with immediate data, RDMA WRITE (with
+    /// immediate) and READ, fetch-add and compare-swap, inline data, UC, an SRQ shared by an
+    /// RC and a UC QP, UD through an address handle, receiver-not-ready waits (in order) and
+    /// finite RNR retries that run out, remote access and local protection errors, flushes,
+    /// and completion channels.
+    @Test func theEmulatedDeviceKeepsTheSemanticsApplicationsRelyOn() throws {
+        let dir = scratchDirectory()
+        let run = try Child(Products.wb, ["run", "--ib", "--", Products.harness("ibcheck")], env: ["WB_IB_FABRIC": "\(dir)/fabric"])
+        let out = run.rest(timeout: 120)
+        #expect(run.wait(timeout: 30) == 0, "\(out)\n\(run.stderrText)")
+        #expect(out.contains("DONE passed=8 failed=0"), "\(out)")
+    }
+
     /// harness-ibring: 4 ranks on 2 hosts RDMA-write checksummed blocks round a ring with
     /// SEND credits and a shared receive queue. Checkpointed twice while it runs on, then with
     /// --kill; the last set restored on one box finishes with every block intact, once each.

@@ -141,6 +141,8 @@ struct wb_qp {
     struct wb_conn in;             // requests from the peer, responses to it
     struct wb_held *held, *held_tail;
     uint32_t held_count;
+    uint64_t rnr_deadline;         // when the held request's RNR retries run out (0: never)
+    int in_broken;                 // an RNR NAK ended the requester's QP: drop what still comes
     int sq_sig_all;
     struct wb_state_record *rec;
     struct wb_qp *next;
@@ -511,19 +513,60 @@ static int execute(struct wb_qp *qp, const struct wb_hdr *h, const uint8_t *data
 }
 
 // Requests held for want of a receive go on in order once receives are posted.
+static uint64_t now_ns(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (uint64_t)t.tv_sec * 1000000000u + (uint64_t)t.tv_nsec;
+}
+
+// The responder's RNR timer (its min_rnr_timer, IB's encoding) in nanoseconds.
+static uint64_t rnr_timer_ns(uint8_t code) {
+    static const uint32_t us[32] = {655360, 10, 20, 30, 40, 60, 80, 120, 160, 240, 320, 480, 640, 960, 1280, 1920,
+                                    2560, 3840, 5120, 7680, 10240, 15360, 20480, 30720, 40960, 61440, 81920, 122880,
+                                    163840, 245760, 327680, 491520};
+    return (uint64_t)us[code & 31] * 1000u;
+}
+
+// A request at the head of the held ones waits for a receive: with a finite RNR retry count
+// (sent in its flags) the requester gives up after that many of the responder's RNR timers.
+static void arm_rnr(struct wb_qp *qp) {
+    qp->rnr_deadline = 0;
+    if (!qp->held || !(qp->held->hdr.flags & WB_FLAG_RNR_FINITE)) return;
+    uint64_t tries = (uint64_t)(qp->held->hdr.flags & WB_FLAG_RNR_RETRY) + 1;
+    qp->rnr_deadline = now_ns() + tries * rnr_timer_ns(qp->attr.min_rnr_timer);
+    wake_progress();
+}
+
 static void run_held(struct wb_qp *qp) {
+    int ran = 0;
     while (qp->held) {
         struct wb_held *h = qp->held;
-        if (!execute(qp, &h->hdr, h->data)) return;
+        if (!execute(qp, &h->hdr, h->data)) break;
         qp->held = h->next;
         qp->held_count--;
         if (!qp->held) qp->held_tail = NULL;
         free(h->data);
         free(h);
+        ran = 1;
     }
+    if (ran || !qp->held) arm_rnr(qp);
+}
+
+// The RNR retries of the held request ran out: the requester's QP ends in error with
+// IBV_WC_RNR_RETRY_EXC_ERR, and what it had sent behind that request is dropped here (it
+// flushes it) until it connects again.
+static void rnr_expired(struct wb_qp *qp) {
+    respond(qp, WB_ACK, IBV_WC_RNR_RETRY_EXC_ERR, 0, NULL, 0);
+    conn_flush(&qp->in);
+    while (qp->held) { struct wb_held *h = qp->held; qp->held = h->next; free(h->data); free(h); }
+    qp->held_tail = NULL;
+    qp->held_count = 0;
+    qp->rnr_deadline = 0;
+    qp->in_broken = 1;
 }
 
 static void hold(struct wb_qp *qp, const struct wb_hdr *h, uint8_t *data) {
+    int first = qp->held == NULL;
     struct wb_held *e = calloc(1, sizeof *e);
     if (!e) { free(data); return; }
     e->hdr = *h;
@@ -531,6 +574,7 @@ static void hold(struct wb_qp *qp, const struct wb_hdr *h, uint8_t *data) {
     if (qp->held_tail) qp->held_tail->next = e; else qp->held = e;
     qp->held_tail = e;
     qp->held_count++;
+    if (first) arm_rnr(qp);
 }
 
 static int wants_receive(const struct wb_hdr *h) {
@@ -575,6 +619,7 @@ static int take_request(struct wb_qp *qp) {
     struct wb_hdr h;
     if (conn_header(&qp->in, &h) < 0) return -1;
     uint32_t payload = (h.op == WB_READ || h.op == WB_CAS || h.op == WB_FADD) ? 0 : h.len;
+    if (qp->in_broken) { conn_discard(&qp->in, payload); return 0; }
     if (qp->held || (wants_receive(&h) && qp_rq(qp)->count == 0) || qp->attr.qp_state == IBV_QPS_ERR) {
         uint8_t *data = payload ? malloc(payload) : NULL;
         if (payload && (!data || conn_read(&qp->in, data, payload) < 0)) { free(data); return -1; }
@@ -715,6 +760,7 @@ static void accept_connection(void) {
     qp->in.outlen = 0;
     qp->in.ack_at = SIZE_MAX;
     qp->in.next_have = 0;
+    qp->in_broken = 0;
 }
 
 static void *progress(void *unused) {
@@ -746,7 +792,24 @@ static void *progress(void *unused) {
             }
         }
         pthread_mutex_unlock(&dev.lock);
-        int r = poll(fds, (nfds_t)n, -1);
+        // Wake for the first RNR deadline, if a held request has one.
+        int timeout = -1;
+        pthread_mutex_lock(&dev.lock);
+        uint64_t t = now_ns();
+        for (struct wb_qp *q = dev.qps; q; q = q->next) {
+            if (!q->rnr_deadline) continue;
+            int ms = q->rnr_deadline <= t ? 0 : (int)((q->rnr_deadline - t + 999999) / 1000000);
+            if (timeout < 0 || ms < timeout) timeout = ms;
+        }
+        pthread_mutex_unlock(&dev.lock);
+        int r = poll(fds, (nfds_t)n, timeout);
+        if (timeout >= 0) {
+            pthread_mutex_lock(&dev.lock);
+            t = now_ns();
+            for (struct wb_qp *q = dev.qps; q; q = q->next)
+                if (q->rnr_deadline && q->rnr_deadline <= t) { rnr_expired(q); qp_sync(q); }
+            pthread_mutex_unlock(&dev.lock);
+        }
         if (r < 0) continue;
         pthread_mutex_lock(&dev.lock);
         for (size_t i = 0; i < n; i++) {
@@ -1041,6 +1104,7 @@ static int wb_post_send(struct ibv_qp *ibqp, struct ibv_send_wr *wr, struct ibv_
         if (inl && total > MAX_INLINE) { err = EINVAL; break; }
         int signaled = qp->sq_sig_all || (wr->send_flags & IBV_SEND_SIGNALED);
         struct wb_hdr h = {.op = (uint8_t)op, .imm = wr->imm_data, .len = (uint32_t)total};
+        if (qp->qp.qp_type == IBV_QPT_RC && qp->attr.rnr_retry < 7) h.flags = WB_FLAG_RNR_FINITE | qp->attr.rnr_retry;
         if (op == WB_WRITE || op == WB_WRITE_IMM || op == WB_READ) { h.addr = wr->wr.rdma.remote_addr; h.rkey = wr->wr.rdma.rkey; }
         if (op == WB_CAS || op == WB_FADD) {
             h.addr = wr->wr.atomic.remote_addr; h.rkey = wr->wr.atomic.rkey;

@@ -22,9 +22,13 @@ enum {
     WB_ACK = 16, WB_READ_RESP, WB_ATOMIC_RESP,
 };
 
+// Request flags: the requester's RNR retry count, when it is finite (7 means for ever).
+#define WB_FLAG_RNR_RETRY 0x07
+#define WB_FLAG_RNR_FINITE 0x08
+
 struct wb_hdr {
     uint8_t op;
-    uint8_t flags;
+    uint8_t flags;     // requests: WB_FLAG_*
     uint16_t status;   // answers: an ibv_wc_status, 0 for success
     uint32_t imm;      // immediate data, as the application gave it
     uint64_t addr;     // RDMA and atomics: remote address; UD: destination QP number
