@@ -91,9 +91,13 @@ extension InfiniBandTests {
     /// RC and a UC QP, UD through an address handle, receiver-not-ready waits (in order) and
     /// finite RNR retries that run out, remote access and local protection errors, flushes,
     /// and completion channels.
-    @Test func theEmulatedDeviceKeepsTheSemanticsApplicationsRelyOn() throws {
+    /// Both ways large payloads travel: between the processes' memory on one host, and
+    /// over TCP (WB_IB_NO_SHM=1, as between hosts).
+    @Test(arguments: ["shared memory", "TCP"])
+    func theEmulatedDeviceKeepsTheSemanticsApplicationsRelyOn(_ path: String) throws {
         let dir = scratchDirectory()
-        let run = try Child(Products.wb, ["run", "--ib", "--", Products.harness("ibcheck")], env: ["WB_IB_FABRIC": "\(dir)/fabric"])
+        let run = try Child(Products.wb, ["run", "--ib", "--", Products.harness("ibcheck")],
+                            env: ["WB_IB_FABRIC": "\(dir)/fabric", "WB_IB_NO_SHM": path == "TCP" ? "1" : "0"])
         let out = run.rest(timeout: 120)
         #expect(run.wait(timeout: 30) == 0, "\(out)\n\(run.stderrText)")
         #expect(out.contains("DONE passed=8 failed=0"), "\(out)")

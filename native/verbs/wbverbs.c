@@ -143,6 +143,8 @@ struct wb_qp {
     uint32_t held_count;
     uint64_t rnr_deadline;         // when the held request's RNR retries run out (0: never)
     int in_broken;                 // an RNR NAK ended the requester's QP: drop what still comes
+    int pull;                      // the peer is on this host and can read this process's memory:
+                                   // large payloads stay here and the responder pulls them
     int sq_sig_all;
     struct wb_state_record *rec;
     struct wb_qp *next;
@@ -492,6 +494,13 @@ static int execute(struct wb_qp *qp, const struct wb_hdr *h, const uint8_t *data
     case WB_READ: {
         uint8_t *src = h->len ? mr_translate(h->rkey, 1, h->addr, h->len, IBV_ACCESS_REMOTE_READ) : NULL;
         if (h->len && !src) { respond(qp, WB_READ_RESP, IBV_WC_REM_ACCESS_ERR, 0, NULL, 0); return 1; }
+        if (h->flags & WB_FLAG_PULL) {
+            // On one host: the data goes straight into the requester's buffer.
+            struct iovec l = {src, h->len}, r = {(void *)(uintptr_t)h->a, h->len};
+            ssize_t n = process_vm_writev((pid_t)h->b, &l, 1, &r, 1, 0);
+            respond(qp, WB_READ_RESP, n == (ssize_t)h->len ? 0 : IBV_WC_REM_OP_ERR, 0, NULL, 0);
+            return 1;
+        }
         respond(qp, WB_READ_RESP, 0, 0, src, h->len);
         return 1;
     }
@@ -613,24 +622,47 @@ static void conn_discard(struct wb_conn *c, size_t len) {
     }
 }
 
+// A payload the requester left in its own memory (WB_FLAG_PULL): read from its process.
+static int pull(const struct wb_hdr *h, uint64_t offset, void *dst, size_t len) {
+    uint8_t *d = dst;
+    uint64_t src = h->a + offset;
+    while (len > 0) {
+        struct iovec l = {d, len}, r = {(void *)(uintptr_t)src, len};
+        ssize_t n = process_vm_readv((pid_t)h->b, &l, 1, &r, 1, 0);
+        if (n < 0 && errno == EINTR) continue;
+        if (n <= 0) return -1;
+        d += n;
+        src += (uint64_t)n;
+        len -= (size_t)n;
+    }
+    return 0;
+}
+
+// A request's payload, from the stream or (pulled) from the requester's memory.
+static int payload_into(struct wb_qp *qp, const struct wb_hdr *h, uint64_t offset, void *dst, size_t len) {
+    return (h->flags & WB_FLAG_PULL) ? pull(h, offset, dst, len) : conn_read(&qp->in, dst, len);
+}
+
 // A request arrived on qp's inbound connection: read its payload straight into place when it
 // can run now, else keep it. Called with dev.lock held; reads block only for bytes in flight.
 static int take_request(struct wb_qp *qp) {
     struct wb_hdr h;
     if (conn_header(&qp->in, &h) < 0) return -1;
     uint32_t payload = (h.op == WB_READ || h.op == WB_CAS || h.op == WB_FADD) ? 0 : h.len;
-    if (qp->in_broken) { conn_discard(&qp->in, payload); return 0; }
+    uint32_t in_stream = (h.flags & WB_FLAG_PULL) ? 0 : payload;
+    if (qp->in_broken) { conn_discard(&qp->in, in_stream); return 0; }
     if (qp->held || (wants_receive(&h) && qp_rq(qp)->count == 0) || qp->attr.qp_state == IBV_QPS_ERR) {
         uint8_t *data = payload ? malloc(payload) : NULL;
-        if (payload && (!data || conn_read(&qp->in, data, payload) < 0)) { free(data); return -1; }
+        if (payload && (!data || payload_into(qp, &h, 0, data, payload) < 0)) { free(data); return -1; }
         if (qp->attr.qp_state == IBV_QPS_ERR) { free(data); return 0; }
+        h.flags &= (uint8_t)~WB_FLAG_PULL; // the payload is in `data` now
         hold(qp, &h, data);
         return 0;
     }
     if ((h.op == WB_WRITE || h.op == WB_WRITE_IMM) && payload) {
         uint8_t *dst = mr_translate(h.rkey, 1, h.addr, h.len, IBV_ACCESS_REMOTE_WRITE);
         if (dst) {
-            if (conn_read(&qp->in, dst, payload) < 0) return -1;
+            if (payload_into(qp, &h, 0, dst, payload) < 0) return -1;
             // The data is in place; what is left is the receive (with immediate) and the ACK.
             struct wb_recv r;
             if (h.op == WB_WRITE_IMM && rq_pop(qp_rq(qp), &r))
@@ -648,17 +680,17 @@ static int take_request(struct wb_qp *qp) {
             uint32_t n = r.sge[i].length < payload - off ? r.sge[i].length : payload - off;
             uint8_t *dst = mr_translate(r.sge[i].lkey, 0, r.sge[i].addr, n, 0);
             if (!dst) { bad = 1; break; }
-            if (conn_read(&qp->in, dst, n) < 0) return -1;
+            if (payload_into(qp, &h, off, dst, n) < 0) return -1;
             off += n;
         }
-        if (off < payload) { bad = 1; conn_discard(&qp->in, payload - off); }
+        if (off < payload) { bad = 1; if (in_stream) conn_discard(&qp->in, payload - off); }
         complete(qp, 1, r.wr_id, bad ? IBV_WC_LOC_LEN_ERR : IBV_WC_SUCCESS, IBV_WC_RECV, h.len, h.imm,
                  h.op == WB_SEND_IMM ? IBV_WC_WITH_IMM : 0, 0, 0);
         respond(qp, WB_ACK, bad ? IBV_WC_REM_INV_REQ_ERR : 0, 0, NULL, 0);
         return 0;
     }
     uint8_t *data = payload ? malloc(payload) : NULL;
-    if (payload && (!data || conn_read(&qp->in, data, payload) < 0)) { free(data); return -1; }
+    if (payload && (!data || payload_into(qp, &h, 0, data, payload) < 0)) { free(data); return -1; }
     execute(qp, &h, data);
     free(data);
     return 0;
@@ -875,6 +907,22 @@ static int fabric_dir(void) {
     return 0;
 }
 
+// This host and pid namespace: the kernel's boot id and the namespace's inode. Devices that
+// share it can move RDMA data between their processes' memory directly.
+static const char *host_identity(void) {
+    static char id[80];
+    if (!id[0]) {
+        char boot[40] = "";
+        FILE *f = fopen("/proc/sys/kernel/random/boot_id", "re");
+        if (f) { if (!fgets(boot, sizeof boot, f)) boot[0] = 0; fclose(f); }
+        boot[strcspn(boot, "\n")] = 0;
+        struct stat st;
+        unsigned long long ns = stat("/proc/self/ns/pid", &st) == 0 ? (unsigned long long)st.st_ino : 0;
+        snprintf(id, sizeof id, "%s:%llu", boot[0] ? boot : "none", ns);
+    }
+    return id;
+}
+
 // Publish this device: a LID no other device holds, with the ports and addresses it listens on.
 static int publish(void) {
     char addrs[1024] = "";
@@ -894,7 +942,8 @@ static int publish(void) {
         freeifaddrs(ifs);
     }
     char line[1200];
-    int len = snprintf(line, sizeof line, "%u %u%s\n", dev.tcp_port, dev.udp_port, addrs);
+    int len = snprintf(line, sizeof line, "%u %u pid=%d host=%s state=%llx%s\n", dev.tcp_port, dev.udp_port, getpid(),
+                       host_identity(), (unsigned long long)(uintptr_t)&area, addrs);
     uint16_t start = (uint16_t)(1 + (getpid() % 0xbffe));
     for (uint32_t k = 0; k < 0xbffe; k++) {
         uint16_t lid = (uint16_t)(1 + (start - 1 + k) % 0xbffe);
@@ -914,6 +963,9 @@ static int publish(void) {
 
 struct wb_where {
     uint16_t tcp_port, udp_port;
+    pid_t pid;
+    char host[80];
+    uint64_t state;
     int count;
     struct in_addr addr[8];
 };
@@ -934,9 +986,27 @@ static int lookup(uint16_t lid, struct wb_where *w) {
     tok = strtok_r(NULL, " \n", &save);
     if (!tok) return -1;
     w->udp_port = (uint16_t)atoi(tok);
-    while ((tok = strtok_r(NULL, " \n", &save)) && w->count < 8)
-        if (inet_pton(AF_INET, tok, &w->addr[w->count]) == 1) w->count++;
+    while ((tok = strtok_r(NULL, " \n", &save)) && w->count < 8) {
+        if (!strncmp(tok, "pid=", 4)) w->pid = (pid_t)atoi(tok + 4);
+        else if (!strncmp(tok, "host=", 5)) snprintf(w->host, sizeof w->host, "%s", tok + 5);
+        else if (!strncmp(tok, "state=", 6)) w->state = strtoull(tok + 6, NULL, 16);
+        else if (inet_pton(AF_INET, tok, &w->addr[w->count]) == 1) w->count++;
+    }
     return w->count > 0 ? 0 : -1;
+}
+
+// Whether the device with `lid` is a process of this host and pid namespace whose memory this
+// process can read (and so, with the same credentials, it ours): then RC payloads of
+// PULL_MIN bytes or more go by its reading them from here (one copy) instead of over TCP.
+#define PULL_MIN 8192
+static int same_host(uint16_t lid) {
+    const char *off = getenv("WB_IB_NO_SHM");
+    if (off && *off && strcmp(off, "0")) return 0;
+    struct wb_where w;
+    if (lookup(lid, &w) < 0 || !w.pid || !w.state || strcmp(w.host, host_identity())) return 0;
+    char magic[8];
+    struct iovec l = {magic, 8}, r = {(void *)(uintptr_t)w.state, 8};
+    return process_vm_readv(w.pid, &l, 1, &r, 1, 0) == 8 && !memcmp(magic, WB_STATE_MAGIC, 8);
 }
 
 static int connect_to(uint16_t lid, uint32_t src_qpn, uint32_t dst_qpn) {
@@ -1105,6 +1175,11 @@ static int wb_post_send(struct ibv_qp *ibqp, struct ibv_send_wr *wr, struct ibv_
         int signaled = qp->sq_sig_all || (wr->send_flags & IBV_SEND_SIGNALED);
         struct wb_hdr h = {.op = (uint8_t)op, .imm = wr->imm_data, .len = (uint32_t)total};
         if (qp->qp.qp_type == IBV_QPT_RC && qp->attr.rnr_retry < 7) h.flags = WB_FLAG_RNR_FINITE | qp->attr.rnr_retry;
+        // On one host, a large payload stays in this process's memory (which the application
+        // leaves alone until the completion) and the responder reads it from here.
+        int pulled = qp->pull && qp->qp.qp_type == IBV_QPT_RC && !inl && wr->num_sge == 1 && total >= PULL_MIN &&
+                     (op == WB_SEND || op == WB_SEND_IMM || op == WB_WRITE || op == WB_WRITE_IMM || op == WB_READ);
+        if (pulled) { h.flags |= WB_FLAG_PULL; h.a = wr->sg_list[0].addr; h.b = (uint64_t)getpid(); }
         if (op == WB_WRITE || op == WB_WRITE_IMM || op == WB_READ) { h.addr = wr->wr.rdma.remote_addr; h.rkey = wr->wr.rdma.rkey; }
         if (op == WB_CAS || op == WB_FADD) {
             h.addr = wr->wr.atomic.remote_addr; h.rkey = wr->wr.atomic.rkey;
@@ -1145,7 +1220,7 @@ static int wb_post_send(struct ibv_qp *ibqp, struct ibv_send_wr *wr, struct ibv_
         struct iovec iov[MAX_SGE + 1];
         int cnt = 0;
         iov[cnt++] = (struct iovec){&h, sizeof h};
-        if (op != WB_READ && op != WB_CAS && op != WB_FADD)
+        if (op != WB_READ && op != WB_CAS && op != WB_FADD && !pulled)
             for (int i = 0; i < wr->num_sge; i++) {
                 if (!wr->sg_list[i].length) continue;
                 void *src = inl ? (void *)(uintptr_t)wr->sg_list[i].addr
@@ -1709,6 +1784,7 @@ EXPORT int ibv_modify_qp(struct ibv_qp *ibqp, struct ibv_qp_attr *attr, int mask
     if (connect_now) {
         // RC and UC: the QP's requests go over its own connection to the peer's device.
         int fd = lid ? connect_to(lid, qp->qp.qp_num, dqpn) : -1;
+        int pull = lid ? same_host(lid) : 0;
         if (fd < 0) {
             err = errno ? errno : EHOSTUNREACH;
             fprintf(stderr, "wbsoft0: QP %u cannot reach LID %u QP %u through the fabric directory %s\n",
@@ -1723,6 +1799,7 @@ EXPORT int ibv_modify_qp(struct ibv_qp *ibqp, struct ibv_qp_attr *attr, int mask
         pthread_mutex_lock(&dev.lock);
         if (qp->out_fd >= 0) close(qp->out_fd);
         qp->out_fd = fd;
+        qp->pull = pull;
         pthread_mutex_unlock(&dev.lock);
         wake_progress();
     }

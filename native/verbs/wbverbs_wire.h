@@ -25,6 +25,10 @@ enum {
 // Request flags: the requester's RNR retry count, when it is finite (7 means for ever).
 #define WB_FLAG_RNR_RETRY 0x07
 #define WB_FLAG_RNR_FINITE 0x08
+// The payload is not in the stream: the responder, on the same host, reads it from the
+// requester's memory (process `b`, address `a`); for a READ, writes the data there, and
+// answers with no payload.
+#define WB_FLAG_PULL 0x10
 
 struct wb_hdr {
     uint8_t op;
