@@ -1274,6 +1274,8 @@ static int wb_req_notify_cq(struct ibv_cq *ibcq, int solicited_only) {
 
 // ---- control path: devices and contexts ----------------------------------------------
 
+static void unsupported(const char *call);
+
 static struct ibv_device *device_list[2] = {&wbsoft, NULL};
 
 EXPORT struct ibv_device **ibv_get_device_list(int *num) {
@@ -1528,12 +1530,14 @@ EXPORT struct ibv_mr *ibv_reg_mr_iova(struct ibv_pd *pd, void *addr, size_t leng
 
 EXPORT struct ibv_mr *ibv_reg_dmabuf_mr(struct ibv_pd *pd, uint64_t offset, size_t length, uint64_t iova, int fd, int access) {
     (void)pd; (void)offset; (void)length; (void)iova; (void)fd; (void)access;
+    unsupported("ibv_reg_dmabuf_mr");
     errno = EOPNOTSUPP;
     return NULL;
 }
 
 EXPORT int ibv_rereg_mr(struct ibv_mr *mr, int flags, struct ibv_pd *pd, void *addr, size_t length, int access) {
     (void)mr; (void)flags; (void)pd; (void)addr; (void)length; (void)access;
+    unsupported("ibv_rereg_mr");
     return EOPNOTSUPP;
 }
 
@@ -1681,7 +1685,11 @@ EXPORT int ibv_destroy_srq(struct ibv_srq *ibsrq) {
 // ---- queue pairs ---------------------------------------------------------------------
 
 EXPORT struct ibv_qp *ibv_create_qp(struct ibv_pd *pd, struct ibv_qp_init_attr *attr) {
-    if (attr->qp_type != IBV_QPT_RC && attr->qp_type != IBV_QPT_UC && attr->qp_type != IBV_QPT_UD) { errno = EOPNOTSUPP; return NULL; }
+    if (attr->qp_type != IBV_QPT_RC && attr->qp_type != IBV_QPT_UC && attr->qp_type != IBV_QPT_UD) {
+        unsupported("ibv_create_qp of this QP type (only RC, UC and UD)");
+        errno = EOPNOTSUPP;
+        return NULL;
+    }
     if (!attr->send_cq || !attr->recv_cq || attr->cap.max_send_sge > MAX_SGE || attr->cap.max_recv_sge > MAX_SGE ||
         attr->cap.max_inline_data > MAX_INLINE || attr->cap.max_send_wr > 16384 || attr->cap.max_recv_wr > 16384) {
         errno = EINVAL;
@@ -1722,7 +1730,8 @@ EXPORT struct ibv_qp *ibv_create_qp(struct ibv_pd *pd, struct ibv_qp_init_attr *
 
 EXPORT struct ibv_qp_ex *ibv_qp_to_qp_ex(struct ibv_qp *qp) {
     (void)qp;
-    return NULL; // the extended post-send builders are not offered (docs/infiniband.md)
+    unsupported("ibv_qp_to_qp_ex (the extended post-send builders)");
+    return NULL;
 }
 
 EXPORT int ibv_query_qp(struct ibv_qp *ibqp, struct ibv_qp_attr *attr, int mask, struct ibv_qp_init_attr *init) {
@@ -1867,8 +1876,42 @@ EXPORT struct ibv_ah *ibv_create_ah_from_wc(struct ibv_pd *pd, struct ibv_wc *wc
 
 // ---- what the emulated device does not offer -----------------------------------------
 
+// Says once, on stderr, that the program asked for something the layer does not offer, so
+// that the failure the program then reports has its cause beside it.
+static void unsupported(const char *call) {
+    static char said[32][48];
+    static int count;
+    pthread_mutex_lock(&dev.lock);
+    for (int i = 0; i < count; i++)
+        if (!strcmp(said[i], call)) { pthread_mutex_unlock(&dev.lock); return; }
+    if (count < 32) snprintf(said[count++], sizeof said[0], "%s", call);
+    pthread_mutex_unlock(&dev.lock);
+    fprintf(stderr, "wbsoft0: %s is not offered by wb's verbs layer (see docs/infiniband.md); the call fails\n", call);
+}
+
+// Direct verbs of vendors' providers take a device of theirs; wbsoft0 is none, and their
+// libraries would read this layer's objects as their own. The common entry points say so.
+EXPORT int mlx5dv_is_supported(struct ibv_device *device) { (void)device; return 0; }
+EXPORT struct ibv_context *mlx5dv_open_device(struct ibv_device *device, void *attr) {
+    (void)device; (void)attr; unsupported("mlx5dv_open_device"); errno = EOPNOTSUPP; return NULL;
+}
+EXPORT int mlx5dv_query_device(struct ibv_context *context, void *attr) {
+    (void)context; (void)attr; unsupported("mlx5dv_query_device"); return EOPNOTSUPP;
+}
+EXPORT int mlx5dv_init_obj(void *obj, uint64_t type) { (void)obj; (void)type; unsupported("mlx5dv_init_obj"); return EOPNOTSUPP; }
+EXPORT struct ibv_qp *mlx5dv_create_qp(struct ibv_context *context, void *attr, void *dv) {
+    (void)context; (void)attr; (void)dv; unsupported("mlx5dv_create_qp"); errno = EOPNOTSUPP; return NULL;
+}
+EXPORT void *mlx5dv_create_cq(struct ibv_context *context, void *attr, void *dv) {
+    (void)context; (void)attr; (void)dv; unsupported("mlx5dv_create_cq"); errno = EOPNOTSUPP; return NULL;
+}
+EXPORT int efadv_query_device(struct ibv_context *context, void *attr, uint32_t len) {
+    (void)context; (void)attr; (void)len; unsupported("efadv_query_device"); return EOPNOTSUPP;
+}
+
 EXPORT int ibv_attach_mcast(struct ibv_qp *qp, const union ibv_gid *gid, uint16_t lid) {
     (void)qp; (void)gid; (void)lid;
+    unsupported("ibv_attach_mcast (multicast)");
     return EOPNOTSUPP;
 }
 

@@ -280,6 +280,17 @@ static const char *completion_channel(void) {
     return NULL;
 }
 
+static const char *what_is_not_offered(void) {
+    struct pair p = make_pair(IBV_QPT_RC, NULL, 7);
+    struct ibv_qp_ex *x = ibv_qp_to_qp_ex(p.a);
+    if (strcmp(ibv_get_device_name(ctx->device), "wbsoft0")) return NULL; // a real device may offer them
+    CHECK(x == NULL, "the extended post-send API is there");
+    struct ibv_qp_init_attr ia = {.send_cq = p.cq_a, .recv_cq = p.cq_a, .qp_type = IBV_QPT_RAW_PACKET, .cap = {.max_send_wr = 1, .max_send_sge = 1}};
+    errno = 0;
+    CHECK(ibv_create_qp(pd, &ia) == NULL && errno == EOPNOTSUPP, "a raw packet QP was made (errno %d)", errno);
+    return NULL;
+}
+
 int main(void) {
     struct ibv_device **devs = ibv_get_device_list(NULL);
     if (!devs || !devs[0]) die("no verbs device");
@@ -298,6 +309,7 @@ int main(void) {
     result("rnr-retries-run-out", rnr_retries_run_out());
     result("errors-and-flushes", errors_and_flushes());
     result("completion-channel", completion_channel());
+    result("what-is-not-offered-fails-cleanly", what_is_not_offered());
     printf("DONE passed=%d failed=%d\n", passed, failed);
     return failed ? 1 : 0;
 }
