@@ -317,3 +317,60 @@ final class TestHosts {
         return what()
     }
 }
+
+extension DistributedTests {
+    /// A real MPI job: Debian's Open MPI (TCP transport), 4 ranks of harness/mpi/ring.c over 2
+    /// hosts. mpirun runs under `wb run --join` on the first host (it and its local ranks are a
+    /// member); it starts its daemon on the second through an rsh agent (as it would over ssh),
+    /// the daemon detaches, and `wb agent --tree` adds it and its ranks. Checkpointed mid-run
+    /// with --kill and restored on one box, the job finishes with its own check passed.
+    @Test(.enabled(if: InfiniBandTests.openMPIInstalled, "Open MPI is not installed (harness/test installs openmpi-bin and libopenmpi-dev)"))
+    func anOpenMPIJobOverTwoHostsIsCheckpointedAndRestoredOnOneBox() throws {
+        let dir = scratchDirectory()
+        let root = Paths.directory(of: #filePath) + "/../.."
+        let ring = "\(dir)/mpi-ring"
+        let build = try Subprocess.output("/usr/bin/mpicc", ["-O2", "-o", ring, "\(root)/harness/mpi/ring.c"])
+        try #require(build.status == 0, "mpicc: \(String(decoding: build.stderr, as: UTF8.self))")
+        let hosts = try TestHosts(count: 2, subnet: "10.227.0", tag: "m")
+        defer { hosts.remove() }
+        try Paths.makeDirectories("\(dir)/hosts")
+        for i in 0..<2 { try Data(hosts.names[i].utf8).write(to: URL(fileURLWithPath: "\(dir)/hosts/\(hosts.address(i))")) }
+        let token = "mpi-job"
+        let coordinator = try Child(Products.wb, ["coordinator", "--listen", "\(hosts.gateway):0", "--token", token])
+        defer { coordinator.signal(SIGKILL); coordinator.wait(timeout: 30) }
+        let address = String(try #require(coordinator.line(startingWith: "wb: coordinator listening on")).split(separator: " ").last ?? "")
+        let env = ["WB_TOKEN": token, "WB_NETNS_MAP": "\(dir)/hosts"]
+        let mpirun = [Products.wb, "run", "--join", address, "--host", "host0", "--",
+                      "/usr/bin/mpirun", "--allow-run-as-root", "--oversubscribe", "-np", "4", "--host", "\(hosts.address(0)):2,\(hosts.address(1)):2",
+                      "--mca", "plm_rsh_agent", "\(root)/harness/mpi/netns-rsh", "--mca", "plm_rsh_no_tree_spawn", "1",
+                      "--mca", "btl", "tcp,self", "--mca", "btl_tcp_if_include", "eth0", "--mca", "oob_tcp_if_include", "eth0",
+                      ring, "600", "\(dir)/result"]
+        let job = try hosts.start(0, "/bin/sh", ["-c", "exec \(mpirun.map { "'\($0)'" }.joined(separator: " ")) > \(dir)/out 2>&1"], env: env)
+        // Whatever is left of the job's daemon if the test stops early.
+        let daemon = "orte_hnp_uri.*tcp://\(hosts.address(0)):"
+        defer {
+            job.signal(SIGKILL); job.wait(timeout: 30)
+            _ = try? Subprocess.output("/usr/bin/pkill", ["-9", "-f", daemon])
+        }
+        func text(_ f: String) -> String { (try? Paths.readText("\(dir)/\(f)")) ?? "" }
+        try #require(DistributedTests.waitFor(60) { text("out").contains("READY ranks=4") }, "the job did not start:\n\(text("out"))")
+        let pgrep = try Subprocess.output("/usr/bin/pgrep", ["-f", daemon])
+        let orted = try #require(String(decoding: pgrep.stdout, as: UTF8.self).split(separator: "\n").first.flatMap { Int32($0) },
+                                 "no Open MPI daemon on host1")
+        let agent = try hosts.start(1, Products.wb, ["agent", "--join", address, "--host", "host1", "--pid", "\(orted)", "--tree"], env: env)
+        defer { agent.signal(SIGKILL); agent.wait(timeout: 30) }
+        try #require(agent.line(startingWith: "wb: joined") != nil, "\(agent.stderrText)")
+        usleep(300_000)
+
+        let set = "\(dir)/set"
+        let run = try wb(["checkpoint", "--coordinator", address, "-o", set, "--kill"], env: env)
+        try #require(run.code == 0, "\(run.stderr)")
+        #expect(!Paths.exists("\(dir)/result"), "the job finished before the checkpoint")
+        let report = try DistributedTests.manifest(set)
+        #expect((report["members"] as? [Any])?.count == 2 && (report["hosts"] as? [Any])?.count == 2, "\(report)")
+
+        let restore = try wb(["restore", set], timeout: 240)
+        #expect(restore.code == 0, "\(restore.stderr)")
+        #expect(text("result") == "OK ranks=4 iterations=600\n", "\(text("result"))\n\(text("out"))\n\(restore.stderr)")
+    }
+}
