@@ -85,8 +85,8 @@ struct RestoreCommand: ParsableCommand {
     func validate() throws {
         if json && !detach { throw ValidationError("--json needs --detach (in the foreground the process owns stdout)") }
         if !gdbArguments.isEmpty && !debug { throw ValidationError("arguments after -- are for gdb: add --debug") }
-        if (debug || gdbPort != nil) && (detach || stopped || json) {
-            throw ValidationError("--debug and --gdb-port keep wb in the foreground: they exclude --detach, --stopped and --json")
+        if (debug || gdbPort != nil) && (detach || json || (stopped && member == nil)) {
+            throw ValidationError("--debug and --gdb-port keep wb in the foreground: they exclude --detach, --json and (but for the other members of a set) --stopped")
         }
     }
 

@@ -145,8 +145,9 @@ extension InfiniBandTests {
         let inspect = try wb("inspect", "\(dir)/set3")
         #expect(inspect.stdout.components(separatedBy: "verbs: pid ").count == 5 && inspect.stdout.contains("1 SRQ, 2 QP"), "\(inspect.stdout)")
 
-        // Rank 0 in gdb: the application's own verbs objects, with the IDs it was given.
-        let debug = try wb(["restore", "\(dir)/set3", "--debug", "--member", "host0:\(pids[0])", "--", "-batch",
+        // Rank 0 in gdb (the other ranks restored and waiting, stopped): the application's own
+        // verbs objects, with the IDs it was given.
+        let debug = try wb(["restore", "\(dir)/set3", "--debug", "--member", "host0:\(pids[0])", "--stopped", "--", "-batch",
                             "-ex", "print to_next->qp_num", "-ex", "print to_next->context->device->name", "-ex", "print from_prev->state"],
                            env: env, timeout: 120)
         #expect(debug.stdout.contains("= 17") && debug.stdout.contains("\"wbsoft0\"") && debug.stdout.contains("IBV_QPS_RTS"),
