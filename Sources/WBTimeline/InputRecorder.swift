@@ -38,18 +38,7 @@ final class InputRecorder {
 
     /// The preload library: beside wb, or where WB_RECORD_LIBRARY says.
     static func library() throws -> String {
-        if let path = ProcessInfo.processInfo.environment["WB_RECORD_LIBRARY"] {
-            guard access(path, R_OK) == 0 else {
-                throw WBError.invalidArgument("WB_RECORD_LIBRARY=\(path): no such library; unset it to use the one beside wb")
-            }
-            return path
-        }
-        let exe = (try? Paths.readLink("/proc/self/exe")) ?? CommandLine.arguments[0]
-        let path = (exe as NSString).deletingLastPathComponent + "/libwbrecord.so"
-        guard access(path, R_OK) == 0 else {
-            throw WBError.failed("--record needs libwbrecord.so beside wb (\(path)): build it with `swift build`, or set WB_RECORD_LIBRARY")
-        }
-        return path
+        try PreloadLibrary.locate("libwbrecord.so", variable: "WB_RECORD_LIBRARY", neededBy: "--record")
     }
 
     /// Starts the log of what comes after checkpoint `number`.

@@ -14,18 +14,7 @@ public enum VerbsLayer {
 
     /// The preload library: beside wb, or where WB_VERBS_LIBRARY says.
     public static func library() throws -> String {
-        if let path = ProcessInfo.processInfo.environment["WB_VERBS_LIBRARY"] {
-            guard access(path, R_OK) == 0 else {
-                throw WBError.invalidArgument("WB_VERBS_LIBRARY=\(path): no such library; unset it to use the one beside wb")
-            }
-            return path
-        }
-        let exe = (try? Paths.readLink("/proc/self/exe")) ?? CommandLine.arguments[0]
-        let path = (exe as NSString).deletingLastPathComponent + "/libwbverbs.so"
-        guard access(path, R_OK) == 0 else {
-            throw WBError.failed("--ib needs libwbverbs.so beside wb (\(path)): build it with `swift build`, or set WB_VERBS_LIBRARY")
-        }
-        return path
+        try PreloadLibrary.locate("libwbverbs.so", variable: "WB_VERBS_LIBRARY", neededBy: "--ib")
     }
 
     /// `environment` with the layer preloaded (ahead of any other preload) and the fabric set.

@@ -29,7 +29,8 @@ struct RunCommand: ParsableCommand {
 
         --ib preloads wb's verbs layer (libwbverbs.so, beside wb): the program's InfiniBand \
         verbs calls go to wbsoft0, an emulated HCA that carries RC, UC and UD traffic over \
-        TCP and UDP, so the program runs on an Ethernet box and its checkpoints hold its verbs \
+        TCP (and memory, between processes of one host), so the program runs on an Ethernet \
+        box and its checkpoints hold its verbs \
         state (queue pairs, memory regions, completions, work in flight). The processes of \
         one job find each other through a fabric directory (WB_IB_FABRIC, default \
         /tmp/wbsoft-fabric), which they must share. With --join each rank is a member of \

@@ -47,6 +47,17 @@ final class TestHosts {
             .map { String(decoding: $0.stdout, as: UTF8.self) } ?? ""
     }
 
+    /// A coordinator for a job on these hosts, listening on the bridge; its address.
+    func coordinator(token: String, _ extra: [String] = []) throws -> (child: Child, address: String) {
+        let child = try Child(Products.wb, ["coordinator", "--listen", "\(gateway):0", "--token", token] + extra)
+        guard let line = child.line(startingWith: "wb: coordinator listening on"), let address = line.split(separator: " ").last else {
+            child.signal(SIGKILL)
+            child.wait(timeout: 30)
+            throw WBError.failed("the coordinator did not start: \(child.stderrText)")
+        }
+        return (child, String(address))
+    }
+
     func remove() {
         for ns in names { _ = try? TestHosts.ip(["netns", "delete", ns]) }
         _ = try? TestHosts.ip(["link", "delete", bridge])
@@ -266,9 +277,8 @@ final class TestHosts {
         defer { writer.signal(SIGKILL); writer.wait(timeout: 30) }
         usleep(300_000)
 
-        let coordinator = try Child(Products.wb, ["coordinator", "--listen", "\(hosts.gateway):0", "--token", "redis-job"])
+        let (coordinator, address) = try hosts.coordinator(token: "redis-job")
         defer { coordinator.signal(SIGKILL); coordinator.wait(timeout: 30) }
-        let address = String(try #require(coordinator.line(startingWith: "wb: coordinator listening on")).split(separator: " ").last ?? "")
         var agents: [Child] = []
         for (h, child) in [(0, p), (1, r), (2, writer)] {
             let a = try hosts.start(h, Products.wb, ["agent", "--join", address, "--host", "host\(h)", "--pid", "\(child.pid)"], env: ["WB_TOKEN": "redis-job"])
@@ -336,9 +346,8 @@ extension DistributedTests {
         try Paths.makeDirectories("\(dir)/hosts")
         for i in 0..<2 { try Data(hosts.names[i].utf8).write(to: URL(fileURLWithPath: "\(dir)/hosts/\(hosts.address(i))")) }
         let token = "mpi-job"
-        let coordinator = try Child(Products.wb, ["coordinator", "--listen", "\(hosts.gateway):0", "--token", token])
+        let (coordinator, address) = try hosts.coordinator(token: token)
         defer { coordinator.signal(SIGKILL); coordinator.wait(timeout: 30) }
-        let address = String(try #require(coordinator.line(startingWith: "wb: coordinator listening on")).split(separator: " ").last ?? "")
         let env = ["WB_TOKEN": token, "WB_NETNS_MAP": "\(dir)/hosts"]
         let mpirun = [Products.wb, "run", "--join", address, "--host", "host0", "--",
                       "/usr/bin/mpirun", "--allow-run-as-root", "--oversubscribe", "-np", "4", "--host", "\(hosts.address(0)):2,\(hosts.address(1)):2",

@@ -4,88 +4,91 @@ import Testing
 import WBCore
 import WBSystem
 
-/// Verbs programs from Debian's packages (rdma-core's pingpongs, perftest) run under
-/// `wb run --ib --join` on two hosts (network namespaces) over the emulated device wbsoft0,
-/// are checkpointed mid-run as a set with --kill, restored on one box, and finish with their
-/// own checks.
-@Suite(.serialized) struct InfiniBandTests {
-    struct Case: Sendable, CustomStringConvertible {
-        let program: String
-        let args: [String]
-        /// What the client prints once it has finished the whole run.
-        let finished: String
-        var description: String { program }
-    }
-
-    static let cases: [Case] = [
-        Case(program: "ibv_rc_pingpong", args: ["-n", "40000", "-c"], finished: "40000 iters in"),
-        Case(program: "ibv_uc_pingpong", args: ["-n", "40000", "-c"], finished: "40000 iters in"),
-        Case(program: "ibv_ud_pingpong", args: ["-n", "40000", "-c"], finished: "40000 iters in"),
-        Case(program: "ibv_srq_pingpong", args: ["-n", "100000", "-c"], finished: "100000 iters in"),
-        Case(program: "ib_send_bw", args: ["-n", "60000"], finished: " 65536      60000"),
-        Case(program: "ib_write_bw", args: ["-n", "60000"], finished: " 65536      60000"),
-        Case(program: "ib_read_bw", args: ["-n", "60000"], finished: " 65536      60000"),
-        Case(program: "ib_atomic_bw", args: ["-n", "200000"], finished: " 8          200000"),
-        Case(program: "ib_write_lat", args: ["-n", "100000"], finished: " 2       100000"),
-    ]
-
-    static var toolsInstalled: Bool { Paths.exists("/usr/bin/ibv_rc_pingpong") && Paths.exists("/usr/bin/ib_write_bw") }
-
-    @Test(.enabled(if: InfiniBandTests.toolsInstalled, "ibverbs-utils and perftest are not installed (harness/test installs them)"),
-          arguments: cases)
-    func aVerbsJobOnTheEmulatedDeviceIsCheckpointedMidRunAndFinishesAfterRestore(_ c: Case) throws {
-        let dir = scratchDirectory("ib-\(c.program)")
-        let index = InfiniBandTests.cases.firstIndex { $0.program == c.program } ?? 0
-        let hosts = try TestHosts(count: 2, subnet: "10.223.\(index)", tag: "i\(index)")
-        defer { hosts.remove() }
-        let token = "ib-job"
-        let env = ["WB_TOKEN": token, "WB_IB_FABRIC": "\(dir)/fabric"]
-        let coordinator = try Child(Products.wb, ["coordinator", "--listen", "\(hosts.gateway):0", "--token", token])
-        defer { coordinator.signal(SIGKILL); coordinator.wait(timeout: 30) }
-        let address = String(try #require(coordinator.line(startingWith: "wb: coordinator listening on")).split(separator: " ").last ?? "")
-        // Each side writes to a file of its own, which the restored processes write on to
-        // (line by line, so that the test sees when they have connected).
-        func side(_ h: Int, _ peer: [String]) throws -> Child {
-            let command = ([Products.wb, "run", "--ib", "--join", address, "--host", "host\(h)", "--", "/usr/bin/stdbuf", "-oL", c.program] + c.args + peer)
-                .map { "'\($0)'" }.joined(separator: " ")
-            return try hosts.start(h, "/bin/sh", ["-c", "exec \(command) > \(dir)/out\(h) 2>&1"], env: env)
+// Inside DistributedTests: their set restores make hosts (network namespaces) that the ring
+// test checks are all gone after its own, so they do not run beside it.
+extension DistributedTests {
+    /// Verbs programs from Debian's packages (rdma-core's pingpongs, perftest) run under
+    /// `wb run --ib --join` on two hosts (network namespaces) over the emulated device wbsoft0,
+    /// are checkpointed mid-run as a set with --kill, restored on one box, and finish with their
+    /// own checks.
+    @Suite(.serialized) struct InfiniBandTests {
+        struct Case: Sendable, CustomStringConvertible {
+            let program: String
+            let args: [String]
+            /// What the client prints once it has finished the whole run.
+            let finished: String
+            var description: String { program }
         }
-        let server = try side(0, [])
-        defer { server.signal(SIGKILL); server.wait(timeout: 30) }
-        #expect(DistributedTests.waitFor(20) { ((try? Paths.readText("\(dir)/out0")) ?? "").contains("wb: joined") })
-        let client = try side(1, [hosts.address(0)])
-        defer { client.signal(SIGKILL); client.wait(timeout: 30) }
-        func output(_ h: Int) -> String { (try? Paths.readText("\(dir)/out\(h)")) ?? "" }
-        // Mid-run: both have exchanged their QP numbers and LIDs and are moving data.
-        let running = DistributedTests.waitFor(30) { output(0).contains("remote address") && output(1).contains("remote address") }
-        try #require(running, "the two sides did not connect:\n\(output(0))\n\(output(1))")
-        usleep(600_000)
-        let set = "\(dir)/set"
-        let checkpoint = try wb(["checkpoint", "--coordinator", address, "-o", set, "--kill"], env: env)
-        try #require(checkpoint.code == 0, "\(checkpoint.stderr)")
-        #expect(!output(1).contains(c.finished), "the run ended before the checkpoint: \(output(1))")
-        #expect(server.wait(timeout: 30) != 0 && client.wait(timeout: 30) != 0, "the checkpointed processes were not ended")
 
-        let inspect = try wb("inspect", set)
-        #expect(inspect.code == 0 && inspect.stdout.contains("verbs: pid ") && inspect.stdout.contains(" wbsoft0 LID ") && inspect.stdout.contains(" QP"),
-                "wb inspect shows no verbs state: \(inspect.stdout)")
-        // A member's image: its verbs objects (the QP with its state and peer, the MRs).
-        let images = try FileManager.default.contentsOfDirectory(atPath: set).filter { $0.hasSuffix(".wbimg") }.sorted()
-        let member = try wb("inspect", "\(set)/\(try #require(images.first))", "--no-backtrace")
-        #expect(member.code == 0 && member.stdout.contains(": wbsoft0 (emulated") && member.stdout.contains("  QP 0x") && member.stdout.contains("MR lkey"),
-                "\(member.stdout)")
-        let restore = try wb(["restore", set], env: env, timeout: 180)
-        #expect(restore.code == 0, "\(restore.stderr)")
-        for h in 0..<2 {
-            let out = output(h)
-            #expect(out.contains(c.finished), "host\(h) did not finish its run after the restore:\n\(out)\n\(restore.stderr)")
-            #expect(!out.contains("invalid data") && !out.contains("Failed status") && !out.contains("Couldn't"), "host\(h):\n\(out)")
+        static let cases: [Case] = [
+            Case(program: "ibv_rc_pingpong", args: ["-n", "40000", "-c"], finished: "40000 iters in"),
+            Case(program: "ibv_uc_pingpong", args: ["-n", "40000", "-c"], finished: "40000 iters in"),
+            Case(program: "ibv_ud_pingpong", args: ["-n", "40000", "-c"], finished: "40000 iters in"),
+            Case(program: "ibv_srq_pingpong", args: ["-n", "100000", "-c"], finished: "100000 iters in"),
+            Case(program: "ib_send_bw", args: ["-n", "60000"], finished: " 65536      60000"),
+            Case(program: "ib_write_bw", args: ["-n", "60000"], finished: " 65536      60000"),
+            Case(program: "ib_read_bw", args: ["-n", "60000"], finished: " 65536      60000"),
+            Case(program: "ib_atomic_bw", args: ["-n", "200000"], finished: " 8          200000"),
+            Case(program: "ib_write_lat", args: ["-n", "100000"], finished: " 2       100000"),
+        ]
+
+        static var toolsInstalled: Bool { Paths.exists("/usr/bin/ibv_rc_pingpong") && Paths.exists("/usr/bin/ib_write_bw") }
+
+        @Test(.enabled(if: InfiniBandTests.toolsInstalled, "ibverbs-utils and perftest are not installed (harness/test installs them)"),
+              arguments: cases)
+        func aVerbsJobOnTheEmulatedDeviceIsCheckpointedMidRunAndFinishesAfterRestore(_ c: Case) throws {
+            let dir = scratchDirectory("ib-\(c.program)")
+            let index = InfiniBandTests.cases.firstIndex { $0.program == c.program } ?? 0
+            let hosts = try TestHosts(count: 2, subnet: "10.223.\(index)", tag: "i\(index)")
+            defer { hosts.remove() }
+            let token = "ib-job"
+            let env = ["WB_TOKEN": token, "WB_IB_FABRIC": "\(dir)/fabric"]
+            let (coordinator, address) = try hosts.coordinator(token: token)
+            defer { coordinator.signal(SIGKILL); coordinator.wait(timeout: 30) }
+            // Each side writes to a file of its own, which the restored processes write on to
+            // (line by line, so that the test sees when they have connected).
+            func side(_ h: Int, _ peer: [String]) throws -> Child {
+                let command = ([Products.wb, "run", "--ib", "--join", address, "--host", "host\(h)", "--", "/usr/bin/stdbuf", "-oL", c.program] + c.args + peer)
+                    .map { "'\($0)'" }.joined(separator: " ")
+                return try hosts.start(h, "/bin/sh", ["-c", "exec \(command) > \(dir)/out\(h) 2>&1"], env: env)
+            }
+            let server = try side(0, [])
+            defer { server.signal(SIGKILL); server.wait(timeout: 30) }
+            #expect(DistributedTests.waitFor(20) { ((try? Paths.readText("\(dir)/out0")) ?? "").contains("wb: joined") })
+            let client = try side(1, [hosts.address(0)])
+            defer { client.signal(SIGKILL); client.wait(timeout: 30) }
+            func output(_ h: Int) -> String { (try? Paths.readText("\(dir)/out\(h)")) ?? "" }
+            // Mid-run: both have exchanged their QP numbers and LIDs and are moving data.
+            let running = DistributedTests.waitFor(30) { output(0).contains("remote address") && output(1).contains("remote address") }
+            try #require(running, "the two sides did not connect:\n\(output(0))\n\(output(1))")
+            usleep(600_000)
+            let set = "\(dir)/set"
+            let checkpoint = try wb(["checkpoint", "--coordinator", address, "-o", set, "--kill"], env: env)
+            try #require(checkpoint.code == 0, "\(checkpoint.stderr)")
+            #expect(!output(1).contains(c.finished), "the run ended before the checkpoint: \(output(1))")
+            #expect(server.wait(timeout: 30) != 0 && client.wait(timeout: 30) != 0, "the checkpointed processes were not ended")
+
+            let inspect = try wb("inspect", set)
+            #expect(inspect.code == 0 && inspect.stdout.contains("verbs: pid ") && inspect.stdout.contains(" wbsoft0 LID ") && inspect.stdout.contains(" QP"),
+                    "wb inspect shows no verbs state: \(inspect.stdout)")
+            // A member's image: its verbs objects (the QP with its state and peer, the MRs).
+            let images = try FileManager.default.contentsOfDirectory(atPath: set).filter { $0.hasSuffix(".wbimg") }.sorted()
+            let member = try wb("inspect", "\(set)/\(try #require(images.first))", "--no-backtrace")
+            #expect(member.code == 0 && member.stdout.contains(": wbsoft0 (emulated") && member.stdout.contains("  QP 0x") && member.stdout.contains("MR lkey"),
+                    "\(member.stdout)")
+            let restore = try wb(["restore", set], env: env, timeout: 180)
+            #expect(restore.code == 0, "\(restore.stderr)")
+            for h in 0..<2 {
+                let out = output(h)
+                #expect(out.contains(c.finished), "host\(h) did not finish its run after the restore:\n\(out)\n\(restore.stderr)")
+                #expect(!out.contains("invalid data") && !out.contains("Failed status") && !out.contains("Couldn't"), "host\(h):\n\(out)")
+            }
+            #expect(restore.stderr.components(separatedBy: "ended with status 0").count == 3, "\(restore.stderr)")
         }
-        #expect(restore.stderr.components(separatedBy: "ended with status 0").count == 3, "\(restore.stderr)")
     }
 }
 
-extension InfiniBandTests {
+extension DistributedTests.InfiniBandTests {
     /// What applications rely on, on wbsoft0: SEND/RECV with immediate data, RDMA WRITE (with
     /// immediate) and READ, fetch-add and compare-swap, inline data, UC, an SRQ shared by an
     /// RC and a UC QP, UD through an address handle, receiver-not-ready waits (in order) and
@@ -114,9 +117,8 @@ extension InfiniBandTests {
         defer { hosts.remove() }
         let token = "ibring-job"
         let env = ["WB_TOKEN": token, "WB_IB_FABRIC": "\(dir)/fabric"]
-        let coordinator = try Child(Products.wb, ["coordinator", "--listen", "\(hosts.gateway):0", "--token", token])
+        let (coordinator, address) = try hosts.coordinator(token: token)
         defer { coordinator.signal(SIGKILL); coordinator.wait(timeout: 30) }
-        let address = String(try #require(coordinator.line(startingWith: "wb: coordinator listening on")).split(separator: " ").last ?? "")
         let placement = [0, 0, 1, 1]
         let listen = (0..<4).map { "\(hosts.address(placement[$0])):\(7200 + $0)" }
         var ranks: [Child] = []
@@ -162,13 +164,13 @@ extension InfiniBandTests {
     }
 }
 
-extension InfiniBandTests {
+extension DistributedTests.InfiniBandTests {
     static var openMPIInstalled: Bool { Paths.exists("/usr/bin/mpicc") && Paths.exists("/usr/bin/mpirun") }
 
     /// A 4-rank Open MPI job over its openib transport on wbsoft0, started under
     /// `wb run --ib`: mpirun and its ranks are one process tree, checkpointed with --kill in
     /// the middle of the run and restored; every block of the ring arrives intact.
-    @Test(.enabled(if: InfiniBandTests.openMPIInstalled, "Open MPI is not installed (harness/test installs openmpi-bin and libopenmpi-dev)"))
+    @Test(.enabled(if: DistributedTests.InfiniBandTests.openMPIInstalled, "Open MPI is not installed (harness/test installs openmpi-bin and libopenmpi-dev)"))
     func anOpenMPIJobOverTheEmulatedDeviceIsCheckpointedAndRestored() throws {
         let dir = scratchDirectory()
         let ring = "\(dir)/mpi-ring"

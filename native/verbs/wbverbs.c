@@ -165,12 +165,19 @@ static struct {
     int wake[2];
     pthread_t thread;
     uint32_t next_qpn, next_key, next_handle;
+    // UD: one TCP connection to each device this one sends datagrams to, and those from each
+    // device that sends here (reliable and ordered, and held and repaired by a checkpoint).
+    pthread_mutex_t ud_lock;
+    struct { uint16_t lid; int fd; } ud_out[256];
+    int ud_out_count;
+    int ud_in[256];
+    int ud_in_count;
     struct wb_qp *qps;
     struct wb_cq *cqs;
     struct wb_srq *srqs;
     struct wb_mr *mrs;
     char fabric[256];
-} dev = {.lock = PTHREAD_MUTEX_INITIALIZER, .listen_fd = -1, .udp_fd = -1, .wake = {-1, -1}};
+} dev = {.lock = PTHREAD_MUTEX_INITIALIZER, .ud_lock = PTHREAD_MUTEX_INITIALIZER, .listen_fd = -1, .udp_fd = -1, .wake = {-1, -1}};
 
 static struct ibv_device wbsoft = {
     .node_type = IBV_NODE_CA,
@@ -755,13 +762,8 @@ static int take_response(struct wb_qp *qp) {
 
 // ---- unreliable datagrams ------------------------------------------------------------
 
-static void take_datagram(void) {
-    static uint8_t buf[65536];
-    ssize_t n = recv(dev.udp_fd, buf, sizeof buf, MSG_DONTWAIT);
-    if (n < (ssize_t)sizeof(struct wb_hdr)) return;
-    struct wb_hdr h;
-    memcpy(&h, buf, sizeof h);
-    if (h.len > (uint64_t)n - sizeof h) return;
+static void deliver_datagram(const struct wb_hdr *hp, const uint8_t *payload) {
+    struct wb_hdr h = *hp;
     struct wb_qp *qp = find_qp((uint32_t)h.addr);
     if (!qp || qp->qp.qp_type != IBV_QPT_UD || qp->attr.qp_state < IBV_QPS_RTR || qp->attr.qp_state == IBV_QPS_ERR) return;
     if (h.rkey != qp->attr.qkey && !(h.rkey & 0x80000000u)) return;
@@ -770,10 +772,44 @@ static void take_datagram(void) {
     // A UD receive starts with the 40-byte GRH space.
     uint8_t grh[40] = {0};
     grh[0] = 0x60;
-    int bad = scatter(&r, 0, grh, 40) < 0 || scatter(&r, 40, buf + sizeof h, h.len) < 0;
+    int bad = scatter(&r, 0, grh, 40) < 0 || scatter(&r, 40, payload, h.len) < 0;
     complete(qp, 1, r.wr_id, bad ? IBV_WC_LOC_LEN_ERR : IBV_WC_SUCCESS, IBV_WC_RECV, h.len + 40, h.imm,
              (h.op == WB_SEND_IMM ? IBV_WC_WITH_IMM : 0), (uint32_t)h.b, (uint16_t)h.a);
     qp_sync(qp);
+}
+
+static void take_datagram(void) {
+    static uint8_t buf[65536];
+    ssize_t n = recv(dev.udp_fd, buf, sizeof buf, MSG_DONTWAIT);
+    if (n < (ssize_t)sizeof(struct wb_hdr)) return;
+    struct wb_hdr h;
+    memcpy(&h, buf, sizeof h);
+    if (h.len > (uint64_t)n - sizeof h) return;
+    deliver_datagram(&h, buf + sizeof h);
+}
+
+// A datagram from a device's UD connection; -1 when the connection ended.
+static int take_ud(int fd) {
+    static uint8_t buf[4096];
+    struct wb_hdr h;
+    if (read_all(fd, &h, sizeof h) < 0 || h.len > sizeof buf || read_all(fd, buf, h.len) < 0) return -1;
+    deliver_datagram(&h, buf);
+    return 0;
+}
+
+static int connect_to(uint16_t lid, uint32_t src_qpn, uint32_t dst_qpn);
+
+// The connection for datagrams to the device with `lid` (made on first use); -1 if unreachable.
+static int ud_path(uint16_t lid, uint32_t src_qpn) {
+    for (int i = 0; i < dev.ud_out_count; i++)
+        if (dev.ud_out[i].lid == lid && dev.ud_out[i].fd >= 0) return dev.ud_out[i].fd;
+    if (dev.ud_out_count == (int)(sizeof dev.ud_out / sizeof dev.ud_out[0])) return -1;
+    int fd = connect_to(lid, src_qpn, WB_UD_CHANNEL);
+    if (fd < 0) return -1;
+    dev.ud_out[dev.ud_out_count].lid = lid;
+    dev.ud_out[dev.ud_out_count].fd = fd;
+    dev.ud_out_count++;
+    return fd;
 }
 
 // ---- the progress thread -------------------------------------------------------------
@@ -785,6 +821,11 @@ static void accept_connection(void) {
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
     struct wb_hello hello;
     if (read_all(fd, &hello, sizeof hello) < 0 || hello.magic != WB_HELLO_MAGIC) { close(fd); return; }
+    if (hello.dst_qpn == WB_UD_CHANNEL) {
+        if (dev.ud_in_count == (int)(sizeof dev.ud_in / sizeof dev.ud_in[0])) { close(fd); return; }
+        dev.ud_in[dev.ud_in_count++] = fd;
+        return;
+    }
     struct wb_qp *qp = find_qp(hello.dst_qpn);
     if (!qp || (qp->qp.qp_type != IBV_QPT_RC && qp->qp.qp_type != IBV_QPT_UC)) { close(fd); return; }
     if (qp->in.fd >= 0) close(qp->in.fd);
@@ -803,7 +844,7 @@ static void *progress(void *unused) {
     size_t cap = 0;
     for (;;) {
         pthread_mutex_lock(&dev.lock);
-        size_t n = 0, want = 3;
+        size_t n = 0, want = 3 + (size_t)dev.ud_in_count;
         for (struct wb_qp *q = dev.qps; q; q = q->next) want += 2;
         if (want > cap) {
             cap = want * 2;
@@ -814,6 +855,7 @@ static void *progress(void *unused) {
         fds[n] = (struct pollfd){.fd = dev.wake[0], .events = POLLIN}; owners[n] = NULL; kinds[n++] = 0;
         fds[n] = (struct pollfd){.fd = dev.listen_fd, .events = POLLIN}; owners[n] = NULL; kinds[n++] = 1;
         fds[n] = (struct pollfd){.fd = dev.udp_fd, .events = POLLIN}; owners[n] = NULL; kinds[n++] = 2;
+        for (int u = 0; u < dev.ud_in_count; u++) { fds[n] = (struct pollfd){.fd = dev.ud_in[u], .events = POLLIN}; owners[n] = NULL; kinds[n++] = 5; }
         for (struct wb_qp *q = dev.qps; q; q = q->next) {
             if (q->in.fd >= 0) {
                 fds[n] = (struct pollfd){.fd = q->in.fd, .events = POLLIN | (q->in.outlen ? POLLOUT : 0)};
@@ -858,6 +900,13 @@ static void *progress(void *unused) {
             case 0: { char b[64]; ssize_t rr = read(dev.wake[0], b, sizeof b); (void)rr; break; }
             case 1: accept_connection(); break;
             case 2: take_datagram(); break;
+            case 5:
+                for (int u = 0; u < dev.ud_in_count; u++) {
+                    if (dev.ud_in[u] != fds[i].fd) continue;
+                    if (take_ud(fds[i].fd) < 0) { close(fds[i].fd); dev.ud_in[u] = dev.ud_in[--dev.ud_in_count]; }
+                    break;
+                }
+                break;
             case 3:
                 if (q->in.fd != fds[i].fd) break;
                 qp_sync_later = q;
@@ -1142,11 +1191,14 @@ static int post_ud(struct wb_qp *qp, struct ibv_send_wr *wr) {
         memcpy(buf + off, src, wr->sg_list[i].length);
         off += wr->sg_list[i].length;
     }
-    struct wb_where w;
-    if (lookup(lid, &w) == 0) {
-        struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons(w.udp_port), .sin_addr = w.addr[0]};
-        sendto(dev.udp_fd, buf, off, 0, (struct sockaddr *)&sa, sizeof sa);
+    // Over the connection to that device; one that cannot be reached drops it, as a fabric would.
+    pthread_mutex_lock(&dev.ud_lock);
+    int fd = ud_path(lid, qp->qp.qp_num);
+    if (fd >= 0 && write_all(fd, buf, off) < 0) {
+        for (int i = 0; i < dev.ud_out_count; i++)
+            if (dev.ud_out[i].fd == fd) { close(fd); dev.ud_out[i] = dev.ud_out[--dev.ud_out_count]; break; }
     }
+    pthread_mutex_unlock(&dev.ud_lock);
     // A datagram is complete once it is on the wire, delivered or not.
     if (qp->sq_sig_all || (wr->send_flags & IBV_SEND_SIGNALED)) {
         pthread_mutex_lock(&dev.lock);

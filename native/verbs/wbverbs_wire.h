@@ -1,13 +1,16 @@
 // The wire protocol of wbsoft0, the emulated HCA of libwbverbs.so (host byte order: both
 // ends are x86-64). An RC or UC QP opens one TCP connection to its peer's device and says
 // which QP it is for (wb_hello); on it go the QP's requests, each a wb_hdr and its payload,
-// and back come the responder's answers (RC only), in order. UD datagrams are one wb_hdr and
-// payload in a UDP datagram to the peer device's port.
+// and back come the responder's answers (RC only), in order. UD datagrams (a wb_hdr and its
+// payload each) go over one connection per pair of devices whose hello names WB_UD_CHANNEL:
+// reliable and ordered, so that a checkpoint holds them as it holds any TCP stream.
 #ifndef WBVERBS_WIRE_H
 #define WBVERBS_WIRE_H
 #include <stdint.h>
 
 #define WB_HELLO_MAGIC 0x77625631u  // "wbV1"
+// The hello of a device's connection for UD datagrams (to any QP of the device it reaches).
+#define WB_UD_CHANNEL 0xffffffffu
 
 struct wb_hello {
     uint32_t magic;

@@ -13,6 +13,7 @@
 // against the blocks the previous rank makes), or "FAIL ..." to FILE and exits 0 (or 1).
 // --gap-us: a pause between blocks sent; --ranks: the ring's size (4).
 #define _GNU_SOURCE
+#include "harness.h"
 #include <arpa/inet.h>
 #include <errno.h>
 #include <infiniband/verbs.h>
@@ -58,17 +59,6 @@ static void fill_block(uint8_t *b, int from, uint32_t seq) {
     memcpy(b + BLOCK - 8, &s, 8);
 }
 
-static void parse(const char *hp, struct sockaddr_in *sa) {
-    char host[64];
-    const char *colon = strrchr(hp, ':');
-    if (!colon || (size_t)(colon - hp) >= sizeof host) { fprintf(stderr, "bad address %s\n", hp); exit(2); }
-    memcpy(host, hp, (size_t)(colon - hp));
-    host[colon - hp] = 0;
-    memset(sa, 0, sizeof *sa);
-    sa->sin_family = AF_INET;
-    sa->sin_port = htons((uint16_t)atoi(colon + 1));
-    if (inet_pton(AF_INET, host, &sa->sin_addr) != 1) { fprintf(stderr, "bad address %s\n", hp); exit(2); }
-}
 
 static void full(int fd, void *buf, size_t len, int writing) {
     uint8_t *p = buf;
@@ -156,8 +146,8 @@ int main(int argc, char **argv) {
 
     // Out of band: connect to the next rank, accept the previous one, swap what each needs.
     struct sockaddr_in me, nx;
-    parse(listen_at, &me);
-    parse(next_at, &nx);
+    harness_parse_ipv4("harness-ibring", listen_at, &me);
+    harness_parse_ipv4("harness-ibring", next_at, &nx);
     int lfd = socket(AF_INET, SOCK_STREAM, 0), one = 1;
     setsockopt(lfd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
     if (bind(lfd, (struct sockaddr *)&me, sizeof me) || listen(lfd, 4)) die("listening");

@@ -10,6 +10,7 @@
 // (or 1). It prints "READY rank R pid N" once its two connections are up. --ballast: that
 // many MiB of touched memory besides (for benchmarks).
 #define _GNU_SOURCE
+#include "harness.h"
 #include <arpa/inet.h>
 #include <errno.h>
 #include <netinet/in.h>
@@ -129,17 +130,6 @@ static void *originate(void *arg) {
     return NULL;
 }
 
-static void parse(const char *text, struct sockaddr_in *a) {
-    char host[64];
-    const char *colon = strrchr(text, ':');
-    if (!colon || colon - text >= (long)sizeof host) { fprintf(stderr, "harness-ring: bad address %s\n", text); exit(2); }
-    memcpy(host, text, (size_t)(colon - text));
-    host[colon - text] = 0;
-    memset(a, 0, sizeof *a);
-    a->sin_family = AF_INET;
-    a->sin_port = htons((uint16_t)atoi(colon + 1));
-    if (inet_pton(AF_INET, host, &a->sin_addr) != 1) { fprintf(stderr, "harness-ring: bad address %s\n", text); exit(2); }
-}
 
 int main(int argc, char **argv) {
     const char *listen_at = NULL, *next_at = NULL, *out = NULL;
@@ -165,8 +155,8 @@ int main(int argc, char **argv) {
     seen[CW] = calloc((size_t)messages, 1);
     seen[CCW] = calloc((size_t)messages, 1);
     struct sockaddr_in me, next;
-    parse(listen_at, &me);
-    parse(next_at, &next);
+    harness_parse_ipv4("harness-ring", listen_at, &me);
+    harness_parse_ipv4("harness-ring", next_at, &next);
     int listener = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
     int one = 1;
     setsockopt(listener, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);

@@ -6,6 +6,8 @@
 #include <string.h>
 #include <signal.h>
 #include <time.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
 
 // The programs are plain C, but swiftc links them with the Swift runtime, which installs
 // its crash reporter on the fatal signals. Target programs crash the way C programs do:
@@ -68,4 +70,16 @@ uint64_t harness_now_ns(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (uint64_t)ts.tv_sec * 1000000000ULL + (uint64_t)ts.tv_nsec;
+}
+
+void harness_parse_ipv4(const char *program, const char *text, struct sockaddr_in *a) {
+    char host[64];
+    const char *colon = strrchr(text, ':');
+    if (!colon || colon - text >= (long)sizeof host) { fprintf(stderr, "%s: bad address %s\n", program, text); exit(2); }
+    memcpy(host, text, (size_t)(colon - text));
+    host[colon - text] = 0;
+    memset(a, 0, sizeof *a);
+    a->sin_family = AF_INET;
+    a->sin_port = htons((uint16_t)atoi(colon + 1));
+    if (inet_pton(AF_INET, host, &a->sin_addr) != 1) { fprintf(stderr, "%s: bad address %s\n", program, text); exit(2); }
 }

@@ -29,4 +29,8 @@ volatile sig_atomic_t *harness_verify_requests(void);
 void harness_wait_for_request(void);
 /// Monotonic clock in nanoseconds.
 uint64_t harness_now_ns(void);
+
+struct sockaddr_in;
+/// Parses "A.B.C.D:PORT" into `a`; exits with a message naming `program` when it is not one.
+void harness_parse_ipv4(const char *program, const char *text, struct sockaddr_in *a);
 #endif
