@@ -179,6 +179,12 @@ final class TestHosts {
             return (m["members"] as? [Any])?.count == 4 && (m["channels"] as? [Any])?.count == 4
         }
         #expect(whole != nil, "no periodic set holds all four members")
+        // The set restores' hosts: network namespaces named wbb...; none of them may stay.
+        func setHosts() -> Set<String> {
+            Set(((try? TestHosts.ip(["netns", "list"])) ?? "").split(separator: "\n").compactMap { $0.split(separator: " ").first.map(String.init) }
+                .filter { $0.hasPrefix("wbb") })
+        }
+        let hostsBefore = setHosts()
         for set in ["\(dir)/final"] + (whole.map { [$0] } ?? []) {
             for r in 0..<4 { Paths.remove("\(dir)/rank\(r)") }
             let restore = try wb(["restore", set], timeout: 180)
@@ -188,14 +194,14 @@ final class TestHosts {
                 #expect(line == "OK rank \(r) cw=1500 ccw=1500 bad=0/0", "restored from \(set): \(results)")
             }
         }
-        #expect(!((try? TestHosts.ip(["netns", "list"])) ?? "").contains("wbb"), "the restore left its hosts behind")
+        #expect(setHosts().subtracting(hostsBefore).isEmpty, "the restore left its hosts behind: \(setHosts().subtracting(hostsBefore))")
 
         // One member in gdb while the others run: its threads are where the ring left them.
         let member = "host1:\(ring.pids[2])"
         let debug = try wb(["restore", "\(dir)/final", "--debug", "--member", member, "--", "-batch", "-ex", "thread apply all bt"], timeout: 120)
         #expect(debug.stdout.contains("harness-ring") || debug.stdout.contains("main.c"), "gdb on \(member): \(debug.stdout) \(debug.stderr)")
         #expect(debug.stdout.contains("pass") || debug.stdout.contains("take"), "\(debug.stdout)")
-        #expect(!((try? TestHosts.ip(["netns", "list"])) ?? "").contains("wbb"), "the debug restore left its hosts behind")
+        #expect(setHosts().subtracting(hostsBefore).isEmpty, "the debug restore left its hosts behind: \(setHosts().subtracting(hostsBefore))")
     }
 
     /// A member that is gone, and a coordinator killed during a checkpoint: the checkpoint

@@ -25,9 +25,9 @@ extension DistributedTests {
             Case(program: "ibv_uc_pingpong", args: ["-n", "40000", "-c"], finished: "40000 iters in"),
             Case(program: "ibv_ud_pingpong", args: ["-n", "40000", "-c"], finished: "40000 iters in"),
             Case(program: "ibv_srq_pingpong", args: ["-n", "100000", "-c"], finished: "100000 iters in"),
-            Case(program: "ib_send_bw", args: ["-n", "60000"], finished: " 65536      60000"),
-            Case(program: "ib_write_bw", args: ["-n", "60000"], finished: " 65536      60000"),
-            Case(program: "ib_read_bw", args: ["-n", "60000"], finished: " 65536      60000"),
+            Case(program: "ib_send_bw", args: ["-n", "200000"], finished: " 65536      200000"),
+            Case(program: "ib_write_bw", args: ["-n", "200000"], finished: " 65536      200000"),
+            Case(program: "ib_read_bw", args: ["-n", "200000"], finished: " 65536      200000"),
             Case(program: "ib_atomic_bw", args: ["-n", "200000"], finished: " 8          200000"),
             Case(program: "ib_write_lat", args: ["-n", "100000"], finished: " 2       100000"),
         ]
