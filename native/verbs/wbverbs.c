@@ -19,6 +19,7 @@
 #include "wbverbs_wire.h"
 
 #include <arpa/inet.h>
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <ifaddrs.h>
@@ -145,6 +146,8 @@ struct wb_qp {
     int in_broken;                 // an RNR NAK ended the requester's QP: drop what still comes
     int pull;                      // the peer is on this host and can read this process's memory:
                                    // large payloads stay here and the responder pulls them
+    pid_t in_pid;                  // the process that holds the other end of `in`, when it is on
+                                   // this host and that was verified (pulls come only from it)
     int sq_sig_all;
     struct wb_state_record *rec;
     struct wb_qp *next;
@@ -502,9 +505,10 @@ static int execute(struct wb_qp *qp, const struct wb_hdr *h, const uint8_t *data
         uint8_t *src = h->len ? mr_translate(h->rkey, 1, h->addr, h->len, IBV_ACCESS_REMOTE_READ) : NULL;
         if (h->len && !src) { respond(qp, WB_READ_RESP, IBV_WC_REM_ACCESS_ERR, 0, NULL, 0); return 1; }
         if (h->flags & WB_FLAG_PULL) {
-            // On one host: the data goes straight into the requester's buffer.
+            // On one host: the data goes straight into the requester's buffer (only into the
+            // process verified to hold the other end of this connection).
             struct iovec l = {src, h->len}, r = {(void *)(uintptr_t)h->a, h->len};
-            ssize_t n = process_vm_writev((pid_t)h->b, &l, 1, &r, 1, 0);
+            ssize_t n = qp->in_pid && (pid_t)h->b == qp->in_pid ? process_vm_writev(qp->in_pid, &l, 1, &r, 1, 0) : -1;
             respond(qp, WB_READ_RESP, n == (ssize_t)h->len ? 0 : IBV_WC_REM_OP_ERR, 0, NULL, 0);
             return 1;
         }
@@ -630,7 +634,10 @@ static void conn_discard(struct wb_conn *c, size_t len) {
 }
 
 // A payload the requester left in its own memory (WB_FLAG_PULL): read from its process.
-static int pull(const struct wb_hdr *h, uint64_t offset, void *dst, size_t len) {
+static int pull(const struct wb_qp *qp, const struct wb_hdr *h, uint64_t offset, void *dst, size_t len) {
+    // Only from the process verified to hold the other end of this connection: a peer cannot
+    // make this one read (or, for READ, write) any other process's memory.
+    if (!qp->in_pid || (pid_t)h->b != qp->in_pid) return -1;
     uint8_t *d = dst;
     uint64_t src = h->a + offset;
     while (len > 0) {
@@ -647,7 +654,7 @@ static int pull(const struct wb_hdr *h, uint64_t offset, void *dst, size_t len) 
 
 // A request's payload, from the stream or (pulled) from the requester's memory.
 static int payload_into(struct wb_qp *qp, const struct wb_hdr *h, uint64_t offset, void *dst, size_t len) {
-    return (h->flags & WB_FLAG_PULL) ? pull(h, offset, dst, len) : conn_read(&qp->in, dst, len);
+    return (h->flags & WB_FLAG_PULL) ? pull(qp, h, offset, dst, len) : conn_read(&qp->in, dst, len);
 }
 
 // A request arrived on qp's inbound connection: read its payload straight into place when it
@@ -814,6 +821,56 @@ static int ud_path(uint16_t lid, uint32_t src_qpn) {
 
 // ---- the progress thread -------------------------------------------------------------
 
+struct wb_where {
+    uint16_t tcp_port, udp_port;
+    pid_t pid;
+    char host[80];
+    uint64_t state;
+    int count;
+    struct in_addr addr[8];
+};
+
+static int lookup(uint16_t lid, struct wb_where *w);
+static const char *host_identity(void);
+
+// The process that holds the other end of the TCP connection `fd`, when the fabric says the
+// connecting device (`lid`) is a process of this host and that process's own TCP table and
+// fds show it holds that end; else 0. (Its netns may differ: /proc/PID/net/tcp is its own.)
+static pid_t connection_owner(int fd, uint16_t lid) {
+    struct wb_where w;
+    if (lookup(lid, &w) < 0 || !w.pid || strcmp(w.host, host_identity())) return 0;
+    struct sockaddr_in peer, me;
+    socklen_t pl = sizeof peer, ml = sizeof me;
+    if (getpeername(fd, (struct sockaddr *)&peer, &pl) || getsockname(fd, (struct sockaddr *)&me, &ml) || peer.sin_family != AF_INET) return 0;
+    char path[64], line[512];
+    snprintf(path, sizeof path, "/proc/%d/net/tcp", w.pid);
+    FILE *f = fopen(path, "re");
+    if (!f) return 0;
+    unsigned long inode = 0;
+    while (!inode && fgets(line, sizeof line, f)) {
+        unsigned int la, lp, ra, rp;
+        unsigned long ino;
+        if (sscanf(line, " %*d: %8X:%4X %8X:%4X %*X %*X:%*X %*X:%*X %*X %*u %*u %lu", &la, &lp, &ra, &rp, &ino) != 5) continue;
+        if (la == peer.sin_addr.s_addr && lp == ntohs(peer.sin_port) && ra == me.sin_addr.s_addr && rp == ntohs(me.sin_port)) inode = ino;
+    }
+    fclose(f);
+    if (!inode) return 0;
+    char want[64], link[64];
+    snprintf(want, sizeof want, "socket:[%lu]", inode);
+    snprintf(path, sizeof path, "/proc/%d/fd", w.pid);
+    DIR *d = opendir(path);
+    if (!d) return 0;
+    pid_t owner = 0;
+    for (struct dirent *e; !owner && (e = readdir(d));) {
+        char p[300];
+        snprintf(p, sizeof p, "/proc/%d/fd/%s", w.pid, e->d_name);
+        ssize_t n = readlink(p, link, sizeof link - 1);
+        if (n > 0) { link[n] = 0; if (!strcmp(link, want)) owner = w.pid; }
+    }
+    closedir(d);
+    return owner;
+}
+
 static void accept_connection(void) {
     int fd = accept4(dev.listen_fd, NULL, NULL, SOCK_CLOEXEC);
     if (fd < 0) return;
@@ -829,6 +886,7 @@ static void accept_connection(void) {
     struct wb_qp *qp = find_qp(hello.dst_qpn);
     if (!qp || (qp->qp.qp_type != IBV_QPT_RC && qp->qp.qp_type != IBV_QPT_UC)) { close(fd); return; }
     if (qp->in.fd >= 0) close(qp->in.fd);
+    qp->in_pid = connection_owner(fd, hello.src_lid);
     qp->in.fd = fd;
     qp->in.outlen = 0;
     qp->in.ack_at = SIZE_MAX;
@@ -1010,14 +1068,6 @@ static int publish(void) {
     return -1;
 }
 
-struct wb_where {
-    uint16_t tcp_port, udp_port;
-    pid_t pid;
-    char host[80];
-    uint64_t state;
-    int count;
-    struct in_addr addr[8];
-};
 
 static int lookup(uint16_t lid, struct wb_where *w) {
     char path[300], line[1200];
