@@ -13,6 +13,13 @@
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+
+#include "../../../native/verbs/wbverbs_wire.h"
 
 static struct ibv_context *ctx;
 static struct ibv_pd *pd;
@@ -291,6 +298,69 @@ static const char *what_is_not_offered(void) {
     return NULL;
 }
 
+// A peer that forges a request asking wbsoft0 to take a WRITE's payload from another process
+// of this host (one holding a secret) is refused; asking for its own memory works, so the
+// refusal is the check's. Speaks wbsoft0's wire protocol directly, as a hostile peer would.
+static char secret[64];
+
+static int forge_write(uint16_t lid, uint32_t dst_qpn, pid_t from, const void *src, void *dst, uint32_t rkey) {
+    char path[300], line[256];
+    const char *fabric = getenv("WB_IB_FABRIC");
+    snprintf(path, sizeof path, "%s/lid-%u", fabric && *fabric ? fabric : "/tmp/wbsoft-fabric", lid);
+    FILE *f = fopen(path, "r");
+    if (!f || !fgets(line, sizeof line, f)) { if (f) fclose(f); return -1; }
+    fclose(f);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)atoi(line))};
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    if (fd < 0 || connect(fd, (struct sockaddr *)&a, sizeof a)) return -1;
+    struct wb_hello h = {.magic = WB_HELLO_MAGIC, .src_lid = lid, .src_qpn = 0x999, .dst_qpn = dst_qpn};
+    struct wb_hdr w = {.op = WB_WRITE, .flags = WB_FLAG_PULL, .addr = (uintptr_t)dst, .rkey = rkey, .len = 32,
+                       .a = (uintptr_t)src, .b = (uint64_t)from};
+    if (write(fd, &h, sizeof h) != sizeof h || write(fd, &w, sizeof w) != sizeof w) { close(fd); return -1; }
+    return fd;
+}
+
+static const char *forged_pulls_are_refused(void) {
+    if (strcmp(ibv_get_device_name(ctx->device), "wbsoft0")) return NULL;
+    struct pair p = make_pair(IBV_QPT_RC, NULL, 7);
+    snprintf(secret, sizeof secret, "SECRET-%d", getpid());
+    int ready[2];
+    CHECK(pipe(ready) == 0, "pipe");
+    pid_t holder = fork();
+    if (holder == 0) {
+        snprintf(secret, sizeof secret, "CHILD-SECRET");
+        if (write(ready[1], "r", 1) != 1) _exit(1);
+        pause();
+        _exit(0);
+    }
+    char c;
+    CHECK(read(ready[0], &c, 1) == 1, "the secret holder did not start");
+    uint8_t *dst = mem + 458752;
+    memset(dst, 0, 64);
+    // Another process's memory: refused, the connection dropped, nothing written.
+    int fd = forge_write((uint16_t)port.lid, p.b->qp_num, holder, secret, dst, mr->rkey);
+    CHECK(fd >= 0, "could not reach the device's listener");
+    struct timeval tv = {.tv_sec = 5};
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    struct wb_hdr answer;
+    ssize_t n = read(fd, &answer, sizeof answer);
+    close(fd);
+    kill(holder, SIGKILL);
+    waitpid(holder, NULL, 0);
+    CHECK(n == 0, "the device answered a pull from another process (%zd)", n);
+    CHECK(memcmp(dst, "CHILD-SECRET", 12) != 0, "the device copied another process's memory");
+    // This process's own memory (the end it holds): taken, and acknowledged.
+    fd = forge_write((uint16_t)port.lid, p.b->qp_num, getpid(), secret, dst, mr->rkey);
+    CHECK(fd >= 0, "could not reach the device's listener");
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    n = read(fd, &answer, sizeof answer);
+    close(fd);
+    CHECK(n == (ssize_t)sizeof answer && answer.op == WB_ACK && answer.status == 0, "a pull from the peer itself was not acknowledged");
+    CHECK(!strcmp((char *)dst, secret), "a pull from the peer itself did not land");
+    return NULL;
+}
+
 int main(void) {
     struct ibv_device **devs = ibv_get_device_list(NULL);
     if (!devs || !devs[0]) die("no verbs device");
@@ -310,6 +380,7 @@ int main(void) {
     result("errors-and-flushes", errors_and_flushes());
     result("completion-channel", completion_channel());
     result("what-is-not-offered-fails-cleanly", what_is_not_offered());
+    result("forged-pulls-are-refused", forged_pulls_are_refused());
     printf("DONE passed=%d failed=%d\n", passed, failed);
     return failed ? 1 : 0;
 }
