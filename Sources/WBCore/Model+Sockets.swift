@@ -188,21 +188,45 @@ public struct TCPConnection: Codable, Sendable, Equatable {
 // string each instead (layouts in docs/image-format.md), read and bounds-checked here.
 
 /// Little-endian reading of a binary record, failing (never trapping) on a short one.
-struct RecordReader {
+public struct RecordReader {
     let bytes: [UInt8]
     var at = 0
     init(_ data: Data) { bytes = [UInt8](data) }
+    public init(_ bytes: [UInt8]) { self.bytes = bytes }
 
-    mutating func u16() throws -> UInt16 {
+    public mutating func u8() throws -> UInt8 {
+        guard at + 1 <= bytes.count else { throw RecordReader.short }
+        defer { at += 1 }
+        return bytes[at]
+    }
+
+    public mutating func u16() throws -> UInt16 {
         guard at + 2 <= bytes.count else { throw RecordReader.short }
         defer { at += 2 }
         return UInt16(bytes[at]) | UInt16(bytes[at + 1]) << 8
     }
 
-    mutating func u32() throws -> UInt32 {
+    public mutating func u32() throws -> UInt32 {
         guard at + 4 <= bytes.count else { throw RecordReader.short }
         defer { at += 4 }
         return UInt32(bytes[at]) | UInt32(bytes[at + 1]) << 8 | UInt32(bytes[at + 2]) << 16 | UInt32(bytes[at + 3]) << 24
+    }
+
+    public mutating func u64() throws -> UInt64 {
+        let low = try u32()
+        return UInt64(low) | UInt64(try u32()) << 32
+    }
+
+    /// `count` bytes as text up to the first NUL (a fixed-size C string field).
+    public mutating func text(_ count: Int) throws -> String {
+        guard count >= 0, at + count <= bytes.count else { throw RecordReader.short }
+        defer { at += count }
+        return String(decoding: bytes[at..<at + count].prefix { $0 != 0 }, as: UTF8.self)
+    }
+
+    public mutating func skip(_ count: Int) throws {
+        guard count >= 0, at + count <= bytes.count else { throw RecordReader.short }
+        at += count
     }
 
     mutating func data(_ count: Int) throws -> Data {

@@ -40,9 +40,10 @@ public struct SetReport: Codable, Sendable {
             let path = "\(dir)/\(member.image)"
             let image = try Image(path: path)
             if verify { try image.verifyData() }
+            let verbs = try VerbsState.read(image).map(\.summary)
             return Member(host: member.host, pid: member.pid, parent: member.parent, command: member.command, image: member.image,
                           imageBytes: (try? Paths.stat(path).size) ?? 0, processes: image.metadata.processes.count, tree: member.tree,
-                          pauseSeconds: member.pauseSeconds, verbs: try VerbsState.read(image).map(\.summary).joined(separator: "; ").nilIfEmpty)
+                          pauseSeconds: member.pauseSeconds, verbs: verbs.isEmpty ? nil : verbs.joined(separator: "; "))
         }
     }
 
@@ -65,8 +66,4 @@ public struct SetReport: Codable, Sendable {
         }
         return lines.joined(separator: "\n")
     }
-}
-
-private extension String {
-    var nilIfEmpty: String? { isEmpty ? nil : self }
 }

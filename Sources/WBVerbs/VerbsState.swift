@@ -79,46 +79,53 @@ public struct VerbsState: Codable, Sendable {
         return nil
     }
 
+    // The layouts of wbverbs_state.h, field by field.
     private static func decode(_ memory: ImageMemory, at base: UInt64, image: Image) throws -> VerbsState {
-        guard let h = memory.read(base, count: headerBytes) else { throw WBError.badImage(path: image.path, problem: "the verbs state at 0x\(String(base, radix: 16)) is cut short") }
-        func u16(_ b: [UInt8], _ at: Int) -> UInt16 { UInt16(b[at]) | UInt16(b[at + 1]) << 8 }
-        func u32(_ b: [UInt8], _ at: Int) -> UInt32 { (0..<4).reduce(UInt32(0)) { $0 | UInt32(b[at + $1]) << (8 * UInt32($1)) } }
-        func u64(_ b: [UInt8], _ at: Int) -> UInt64 { (0..<8).reduce(UInt64(0)) { $0 | UInt64(b[at + $1]) << (8 * UInt64($1)) } }
-        func text(_ b: ArraySlice<UInt8>) -> String { String(decoding: b.prefix { $0 != 0 }, as: UTF8.self) }
-        let version = u32(h, 8), capacity = Int(u32(h, 12)), used = Int(u32(h, 16))
-        guard version == 1 else { throw WBError.badImage(path: image.path, problem: "the verbs state has version \(version); this wb reads version 1") }
-        guard capacity <= maxRecords, used <= capacity else {
-            throw WBError.badImage(path: image.path, problem: "the verbs state claims \(used) of \(capacity) records (at most \(maxRecords))")
-        }
-        var state = VerbsState(device: text(h[32..<48]), lid: u16(h, 20), tcpPort: u16(h, 22), udpPort: u16(h, 24),
-                               fabric: text(h[64..<320]), undescribed: u32(h, 28), objects: [])
-        let kinds = [1: "pd", 2: "mr", 3: "cq", 4: "qp", 5: "srq", 6: "ah"]
+        func bad(_ problem: String) -> WBError { WBError.badImage(path: image.path, problem: problem) }
+        guard let header = memory.read(base, count: headerBytes) else { throw bad("the verbs state at 0x\(String(base, radix: 16)) is cut short") }
+        var h = RecordReader(header)
+        try h.skip(8)  // magic, already matched
+        let version = try h.u32(), capacity = Int(try h.u32()), used = Int(try h.u32())
+        guard version == 1 else { throw bad("the verbs state has version \(version); this wb reads version 1") }
+        guard capacity <= maxRecords, used <= capacity else { throw bad("the verbs state claims \(used) of \(capacity) records (at most \(maxRecords))") }
+        let lid = try h.u16(), tcpPort = try h.u16(), udpPort = try h.u16()
+        try h.skip(2)
+        let undescribed = try h.u32(), device = try h.text(16)
+        try h.skip(16)
+        var state = VerbsState(device: device, lid: lid, tcpPort: tcpPort, udpPort: udpPort, fabric: try h.text(256),
+                               undescribed: undescribed, objects: [])
+        let kinds: [UInt8: String] = [1: "pd", 2: "mr", 3: "cq", 4: "qp", 5: "srq", 6: "ah"]
         let qpTypes: [UInt8: String] = [2: "RC", 3: "UC", 4: "UD"]
         let qpStates: [UInt8: String] = [0: "RESET", 1: "INIT", 2: "RTR", 3: "RTS", 4: "SQD", 5: "SQE", 6: "ERR"]
         let accessNames: [(UInt32, String)] = [(1, "local-write"), (2, "remote-write"), (4, "remote-read"), (8, "remote-atomic")]
         for i in 0..<used {
             let at = base + UInt64(headerBytes + i * recordBytes)
-            guard let r = memory.read(at, count: recordBytes) else { throw WBError.badImage(path: image.path, problem: "the verbs state's record \(i) is not in the image") }
-            guard r[0] != 0 else { continue }
-            guard let kind = kinds[Int(r[0])] else { throw WBError.badImage(path: image.path, problem: "the verbs state's record \(i) has unknown kind \(r[0])") }
-            var o = Object(kind: kind, id: u32(r, 4))
+            guard let record = memory.read(at, count: recordBytes) else { throw bad("the verbs state's record \(i) is not in the image") }
+            var r = RecordReader(record)
+            let code = try r.u8(), type = try r.u8(), qpState = try r.u8()
+            guard code != 0 else { continue }
+            guard let kind = kinds[code] else { throw bad("the verbs state's record \(i) has unknown kind \(code)") }
+            try r.skip(1)
+            var o = Object(kind: kind, id: try r.u32())
+            let address = try r.u64(), length = try r.u64(), key = try r.u32(), access = try r.u32(), peerLID = try r.u16()
+            try r.skip(2)
+            let sends = try r.u32(), recvs = try r.u32(), held = try r.u32(), completions = try r.u32(), pd = try r.u32(), cqe = try r.u32()
             switch kind {
             case "mr":
-                o.address = u64(r, 8); o.length = u64(r, 16); o.rkey = u32(r, 24); o.pd = u32(r, 52)
-                let access = u32(r, 28)
+                o.address = address; o.length = length; o.rkey = key; o.pd = pd
                 o.access = accessNames.filter { access & $0.0 != 0 }.map(\.1)
             case "cq":
-                o.entries = u32(r, 56); o.completionsWaiting = u32(r, 48)
+                o.entries = cqe; o.completionsWaiting = completions
             case "qp":
-                o.type = qpTypes[r[1]] ?? "type \(r[1])"
-                o.state = qpStates[r[2]] ?? "state \(r[2])"
-                o.pd = u32(r, 52)
-                if r[1] == 4 { o.qkey = u32(r, 24) } else { o.peerLID = u16(r, 32); o.peerQP = u32(r, 24) }
-                o.sendsOutstanding = u32(r, 36); o.receivesPosted = u32(r, 40); o.requestsHeld = u32(r, 44)
+                o.type = qpTypes[type] ?? "type \(type)"
+                o.state = qpStates[qpState] ?? "state \(qpState)"
+                o.pd = pd
+                if type == 4 { o.qkey = key } else { o.peerLID = peerLID; o.peerQP = key }
+                o.sendsOutstanding = sends; o.receivesPosted = recvs; o.requestsHeld = held
             case "srq":
-                o.receivesPosted = u32(r, 40); o.pd = u32(r, 52)
+                o.receivesPosted = recvs; o.pd = pd
             case "ah":
-                o.peerLID = u16(r, 32); o.pd = u32(r, 52)
+                o.peerLID = peerLID; o.pd = pd
             default:
                 break
             }
@@ -129,21 +136,23 @@ public struct VerbsState: Codable, Sendable {
 
     /// One line: the device and what is on it.
     public var summary: String {
+        let outstanding = objects.reduce(0) { $0 + Int($1.sendsOutstanding ?? 0) }, posted = objects.reduce(0) { $0 + Int($1.receivesPosted ?? 0) }
+        return "pid \(pid) \(device) LID 0x\(String(lid, radix: 16)): \(counts); \(outstanding) sends outstanding, \(posted) receives posted"
+    }
+
+    /// How many objects of each kind: "1 PD, 2 MR, ...".
+    private var counts: String {
         let count = Dictionary(grouping: objects, by: \.kind).mapValues(\.count)
-        let qps = objects.filter { $0.kind == "qp" }
-        let outstanding = qps.reduce(0) { $0 + Int($1.sendsOutstanding ?? 0) }, posted = objects.reduce(0) { $0 + Int($1.receivesPosted ?? 0) }
-        let kinds = ["pd", "mr", "cq", "srq", "qp", "ah"].compactMap { k in count[k].map { "\($0) \(k.uppercased())" } }.joined(separator: ", ")
-        return "pid \(pid) \(device) LID 0x\(String(lid, radix: 16)): \(kinds); \(outstanding) sends outstanding, \(posted) receives posted"
+        return ["pd", "mr", "cq", "srq", "qp", "ah"].compactMap { k in count[k].map { "\($0) \(k.uppercased())" } }.joined(separator: ", ")
     }
 
     public var text: String {
         var lines = ["VERBS pid \(pid): \(device) (emulated; LID 0x\(String(lid, radix: 16)), listening on TCP \(tcpPort) and UDP \(udpPort); fabric \(fabric))"]
-        let count = Dictionary(grouping: objects, by: \.kind).mapValues(\.count)
-        lines.append("  " + ["pd", "mr", "cq", "srq", "qp", "ah"].compactMap { k in count[k].map { "\($0) \(k.uppercased())" } }.joined(separator: ", "))
+        lines.append("  " + counts)
         for o in objects {
             switch o.kind {
             case "mr":
-                lines.append("  MR lkey 0x\(String(o.id, radix: 16)) rkey 0x\(String(o.rkey ?? 0, radix: 16))  0x\(String(o.address ?? 0, radix: 16)) \(o.length ?? 0) bytes  \((o.access ?? []).joined(separator: ",").nonEmpty ?? "local-read")")
+                lines.append("  MR lkey 0x\(String(o.id, radix: 16)) rkey 0x\(String(o.rkey ?? 0, radix: 16))  0x\(String(o.address ?? 0, radix: 16)) \(o.length ?? 0) bytes  \(o.access.flatMap { $0.isEmpty ? nil : $0.joined(separator: ",") } ?? "local-read")")
             case "cq":
                 lines.append("  CQ \(o.id)  \(o.entries ?? 0) entries, \(o.completionsWaiting ?? 0) completions waiting")
             case "qp":
@@ -158,8 +167,4 @@ public struct VerbsState: Codable, Sendable {
         if undescribed > 0 { lines.append("  (\(undescribed) more objects were not described: the layer's table was full)") }
         return lines.joined(separator: "\n")
     }
-}
-
-private extension String {
-    var nonEmpty: String? { isEmpty ? nil : self }
 }

@@ -804,23 +804,6 @@ static int take_ud(int fd) {
     return 0;
 }
 
-static int connect_to(uint16_t lid, uint32_t src_qpn, uint32_t dst_qpn);
-
-// The connection for datagrams to the device with `lid` (made on first use); -1 if unreachable.
-static int ud_path(uint16_t lid, uint32_t src_qpn) {
-    for (int i = 0; i < dev.ud_out_count; i++)
-        if (dev.ud_out[i].lid == lid && dev.ud_out[i].fd >= 0) return dev.ud_out[i].fd;
-    if (dev.ud_out_count == (int)(sizeof dev.ud_out / sizeof dev.ud_out[0])) return -1;
-    int fd = connect_to(lid, src_qpn, WB_UD_CHANNEL);
-    if (fd < 0) return -1;
-    dev.ud_out[dev.ud_out_count].lid = lid;
-    dev.ud_out[dev.ud_out_count].fd = fd;
-    dev.ud_out_count++;
-    return fd;
-}
-
-// ---- the progress thread -------------------------------------------------------------
-
 struct wb_where {
     uint16_t tcp_port, udp_port;
     pid_t pid;
@@ -832,6 +815,25 @@ struct wb_where {
 
 static int lookup(uint16_t lid, struct wb_where *w);
 static const char *host_identity(void);
+
+static int connect_to(const struct wb_where *w, uint32_t src_qpn, uint32_t dst_qpn);
+
+// The connection for datagrams to the device with `lid` (made on first use); -1 if unreachable.
+static int ud_path(uint16_t lid, uint32_t src_qpn) {
+    for (int i = 0; i < dev.ud_out_count; i++)
+        if (dev.ud_out[i].lid == lid && dev.ud_out[i].fd >= 0) return dev.ud_out[i].fd;
+    if (dev.ud_out_count == (int)(sizeof dev.ud_out / sizeof dev.ud_out[0])) return -1;
+    struct wb_where w;
+    int fd = lookup(lid, &w) == 0 ? connect_to(&w, src_qpn, WB_UD_CHANNEL) : -1;
+    if (fd < 0) return -1;
+    dev.ud_out[dev.ud_out_count].lid = lid;
+    dev.ud_out[dev.ud_out_count].fd = fd;
+    dev.ud_out_count++;
+    return fd;
+}
+
+// ---- the progress thread -------------------------------------------------------------
+
 
 // The process that holds the other end of the TCP connection `fd`, when the fabric says the
 // connecting device (`lid`) is a process of this host and that process's own TCP table and
@@ -914,6 +916,9 @@ static void *progress(void *unused) {
         fds[n] = (struct pollfd){.fd = dev.listen_fd, .events = POLLIN}; owners[n] = NULL; kinds[n++] = 1;
         fds[n] = (struct pollfd){.fd = dev.udp_fd, .events = POLLIN}; owners[n] = NULL; kinds[n++] = 2;
         for (int u = 0; u < dev.ud_in_count; u++) { fds[n] = (struct pollfd){.fd = dev.ud_in[u], .events = POLLIN}; owners[n] = NULL; kinds[n++] = 5; }
+        // The QPs' connections, and the first RNR deadline of a held request, if one has one.
+        int timeout = -1;
+        uint64_t t = 0;
         for (struct wb_qp *q = dev.qps; q; q = q->next) {
             if (q->in.fd >= 0) {
                 fds[n] = (struct pollfd){.fd = q->in.fd, .events = POLLIN | (q->in.outlen ? POLLOUT : 0)};
@@ -922,28 +927,22 @@ static void *progress(void *unused) {
             if (q->out_fd >= 0 && q->qp.qp_type == IBV_QPT_RC) {
                 fds[n] = (struct pollfd){.fd = q->out_fd, .events = POLLIN}; owners[n] = q; kinds[n++] = 4;
             }
-        }
-        pthread_mutex_unlock(&dev.lock);
-        // Wake for the first RNR deadline, if a held request has one.
-        int timeout = -1;
-        pthread_mutex_lock(&dev.lock);
-        uint64_t t = now_ns();
-        for (struct wb_qp *q = dev.qps; q; q = q->next) {
-            if (!q->rnr_deadline) continue;
-            int ms = q->rnr_deadline <= t ? 0 : (int)((q->rnr_deadline - t + 999999) / 1000000);
-            if (timeout < 0 || ms < timeout) timeout = ms;
+            if (q->rnr_deadline) {
+                if (!t) t = now_ns();
+                int ms = q->rnr_deadline <= t ? 0 : (int)((q->rnr_deadline - t + 999999) / 1000000);
+                if (timeout < 0 || ms < timeout) timeout = ms;
+            }
         }
         pthread_mutex_unlock(&dev.lock);
         int r = poll(fds, (nfds_t)n, timeout);
+        if (r < 0 && timeout < 0) continue;
+        pthread_mutex_lock(&dev.lock);
         if (timeout >= 0) {
-            pthread_mutex_lock(&dev.lock);
             t = now_ns();
             for (struct wb_qp *q = dev.qps; q; q = q->next)
                 if (q->rnr_deadline && q->rnr_deadline <= t) { rnr_expired(q); qp_sync(q); }
-            pthread_mutex_unlock(&dev.lock);
         }
-        if (r < 0) continue;
-        pthread_mutex_lock(&dev.lock);
+        if (r < 0) { pthread_mutex_unlock(&dev.lock); continue; }
         for (size_t i = 0; i < n; i++) {
             if (!fds[i].revents) continue;
             struct wb_qp *q = owners[i];
@@ -1007,9 +1006,14 @@ static void *progress(void *unused) {
 
 // ---- the device and the fabric directory ---------------------------------------------
 
-static int fabric_dir(void) {
+// The fabric directory: WB_IB_FABRIC, or the default `wb run --ib` also sets.
+static const char *fabric_path(void) {
     const char *d = getenv("WB_IB_FABRIC");
-    snprintf(dev.fabric, sizeof dev.fabric, "%s", d && *d ? d : "/tmp/wbsoft-fabric");
+    return d && *d ? d : "/tmp/wbsoft-fabric";
+}
+
+static int fabric_dir(void) {
+    snprintf(dev.fabric, sizeof dev.fabric, "%s", fabric_path());
     if (mkdir(dev.fabric, 01777) < 0 && errno != EEXIST) return -1;
     return 0;
 }
@@ -1098,23 +1102,21 @@ static int lookup(uint16_t lid, struct wb_where *w) {
 // process can read (and so, with the same credentials, it ours): then RC payloads of
 // PULL_MIN bytes or more go by its reading them from here (one copy) instead of over TCP.
 #define PULL_MIN 8192
-static int same_host(uint16_t lid) {
+static int same_host(const struct wb_where *w) {
     const char *off = getenv("WB_IB_NO_SHM");
     if (off && *off && strcmp(off, "0")) return 0;
-    struct wb_where w;
-    if (lookup(lid, &w) < 0 || !w.pid || !w.state || strcmp(w.host, host_identity())) return 0;
+    if (!w->pid || !w->state || strcmp(w->host, host_identity())) return 0;
     char magic[8];
-    struct iovec l = {magic, 8}, r = {(void *)(uintptr_t)w.state, 8};
-    return process_vm_readv(w.pid, &l, 1, &r, 1, 0) == 8 && !memcmp(magic, WB_STATE_MAGIC, 8);
+    struct iovec l = {magic, 8}, r = {(void *)(uintptr_t)w->state, 8};
+    return process_vm_readv(w->pid, &l, 1, &r, 1, 0) == 8 && !memcmp(magic, WB_STATE_MAGIC, 8);
 }
 
-static int connect_to(uint16_t lid, uint32_t src_qpn, uint32_t dst_qpn) {
-    struct wb_where w;
-    if (lookup(lid, &w) < 0) return -1;
-    for (int i = 0; i < w.count; i++) {
+// A connection to the device `w` describes, having said which QP it is for; -1 if unreachable.
+static int connect_to(const struct wb_where *w, uint32_t src_qpn, uint32_t dst_qpn) {
+    for (int i = 0; i < w->count; i++) {
         int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
         if (fd < 0) return -1;
-        struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons(w.tcp_port), .sin_addr = w.addr[i]};
+        struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons(w->tcp_port), .sin_addr = w->addr[i]};
         struct timeval tv = {.tv_sec = 2};
         setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
         if (connect(fd, (struct sockaddr *)&sa, sizeof sa) == 0) {
@@ -1395,16 +1397,14 @@ EXPORT void ibv_free_device_list(struct ibv_device **list) { free(list); }
 EXPORT const char *ibv_get_sysfs_path(void) {
     static char path[300];
     if (!path[0]) {
-        char dir[256];
-        const char *d = getenv("WB_IB_FABRIC");
-        snprintf(dir, sizeof dir, "%s", d && *d ? d : "/tmp/wbsoft-fabric");
+        const char *dir = fabric_path();
         char p[400];
         const char *parts[] = {"", "/sysfs", "/sysfs/class", "/sysfs/class/infiniband", "/sysfs/class/infiniband/wbsoft0"};
         for (size_t i = 0; i < sizeof parts / sizeof parts[0]; i++) {
-            snprintf(p, sizeof p, "%s%s", dir, parts[i]);
+            snprintf(p, sizeof p, "%.300s%s", dir, parts[i]);
             mkdir(p, i == 0 ? 01777 : 0755);
         }
-        snprintf(path, sizeof path, "%s/sysfs", dir);
+        snprintf(path, sizeof path, "%.280s/sysfs", dir);
     }
     return path;
 }
@@ -1894,8 +1894,10 @@ EXPORT int ibv_modify_qp(struct ibv_qp *ibqp, struct ibv_qp_attr *attr, int mask
     pthread_mutex_unlock(&dev.lock);
     if (connect_now) {
         // RC and UC: the QP's requests go over its own connection to the peer's device.
-        int fd = lid ? connect_to(lid, qp->qp.qp_num, dqpn) : -1;
-        int pull = lid ? same_host(lid) : 0;
+        struct wb_where w;
+        int found = lid && lookup(lid, &w) == 0;
+        int fd = found ? connect_to(&w, qp->qp.qp_num, dqpn) : -1;
+        int pull = found ? same_host(&w) : 0;
         if (fd < 0) {
             err = errno ? errno : EHOSTUNREACH;
             fprintf(stderr, "wbsoft0: QP %u cannot reach LID %u QP %u through the fabric directory %s\n",
