@@ -325,7 +325,9 @@ public final class Worker {
             return nil
         }
         defer { fresh.terminate() }
-        fresh.timeout = bucket == nil ? executor.timeout : max(1, executor.timeout * 10)
+        // A hang counts only when the input runs past a generous bound again (as AFL++'s
+        // hang timeout): a run that was merely slow on a loaded machine is not a finding.
+        fresh.timeout = max(1, executor.timeout * 10)
         guard let r = try? fresh.run(data) else { return nil }
         stats.confirmations += 1
         guard let bucket else { return r.outcome == .hang }

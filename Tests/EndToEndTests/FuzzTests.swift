@@ -100,6 +100,33 @@ import WBCore
         #expect(gdb.stdout.contains("crash_with_key") && gdb.stdout.contains("parse_record"), "\(gdb.stdout) \(gdb.stderr)")
     }
 
+    /// Hangs are kept only when true: with --hangs, harness-parser spins forever on a count
+    /// byte of 0xFE and sleeps 250 ms (slower than the campaign's timeout, but finite) on
+    /// 0xFD. Only the first is saved under hangs/; the second is dropped and counted.
+    @Test func onlyTrueHangsAreKept() throws {
+        let dir = scratchDirectory()
+        let (image, _) = try FuzzTests.checkpointParser(dir, ["--hangs"])
+        let corpus = "\(dir)/seeds"
+        try Paths.makeDirectories(corpus)
+        try writeFile(FuzzTests.records([("NOTE", 1)]), "\(corpus)/one")
+        let out = "\(dir)/findings"
+        let run = try wb(["fuzz", image, "--corpus", corpus, "--out", out, "--duration", "20", "--seed", "5", "--json"], timeout: 300)
+        try #require(run.code == 0, "\(run.stderr)")
+        let status = try #require(try FuzzTests.summary(run)["status"] as? [String: Any])
+        #expect((status["timeoutMilliseconds"] as? Int ?? 0) < 250, "\(status)")
+        #expect((status["hangs"] as? Int ?? 0) >= 1 && (status["droppedHangs"] as? Int ?? 0) >= 1, "\(status)")
+        let names = try Paths.list("\(out)/hangs")
+        #expect(!names.isEmpty)
+        for name in names {
+            let input = try Paths.readBytes("\(out)/hangs/\(name)")
+            #expect(input.count > 5 && input[5] == 0xFE, "\(name): \(input.prefix(8))")
+            #expect(name.contains("in:spin_forever"), "\(name)")
+        }
+        let first = try #require(names.sorted().first)
+        let replay = try wb("replay", "\(out)/hangs/\(first)", "--image", image, "--input", "stdin", "--timeout", "1500", "--json")
+        #expect(replay.stdout.contains("still running at the timeout"), "\(replay.stdout) \(replay.stderr)")
+    }
+
     @Test func runsStartFromTheSnapshotNotFromThePreviousRun() throws {
         let dir = scratchDirectory()
         let (image, key) = try FuzzTests.checkpointParser(dir)

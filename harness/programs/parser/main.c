@@ -1,4 +1,4 @@
-// harness-parser [--ballast MIB] [--file PATH] [--threads N]
+// harness-parser [--ballast MIB] [--file PATH] [--threads N] [--hangs]
 //
 // A fuzz target: a little record parser with planted crashes. At start-up it computes a
 // 32-bit key from the clock (different in every run of the program, fixed in a checkpoint),
@@ -18,7 +18,9 @@
 // Records: tag "KEY!" with value == the key unlocks tag "CRSH", which then writes through
 // a null pointer (crash_with_key); tag "BOOM" with a value whose bytes are "BANG" overflows
 // a stack buffer and aborts (boom). Everything else only counts. With --ballast the process
-// also holds that many MiB of touched memory (to fuzz a large snapshot).
+// also holds that many MiB of touched memory (to fuzz a large snapshot). With --hangs, a
+// count byte of 0xFE spins forever (spin_forever: a true hang) and one of 0xFD sleeps 250 ms
+// and goes on (slow_down: slow, but not a hang).
 #define _GNU_SOURCE
 #include "harness.h"
 #include <stdio.h>
@@ -33,6 +35,16 @@
 static uint32_t key;
 static int unlocked;
 static unsigned records_seen;
+static int hangs;
+
+__attribute__((noinline)) static void spin_forever(void) {
+    for (volatile unsigned long n = 0;; n++) {}
+}
+
+__attribute__((noinline)) static void slow_down(void) {
+    struct timespec t = {0, 250 * 1000 * 1000};
+    nanosleep(&t, NULL);
+}
 
 __attribute__((noinline)) static void crash_with_key(uint32_t value) {
     volatile uint32_t *nowhere = (volatile uint32_t *)(uintptr_t)(value & 0);
@@ -69,6 +81,8 @@ __attribute__((noinline)) static int parse_record(const uint8_t *r) {
 __attribute__((noinline)) static int parse(const uint8_t *in, size_t n) {
     if (n < 8 || memcmp(in, "WBFZ", 4) != 0) return 0;
     if (in[4] != 2) return 0;
+    if (hangs && in[5] == 0xFE) spin_forever();
+    if (hangs && in[5] == 0xFD) slow_down();
     unsigned count = in[5];
     uint16_t sum = 0, want;
     memcpy(&want, in + 6, 2);
@@ -107,8 +121,10 @@ int main(int argc, char **argv) {
     size_t ballast = 0;
     const char *file = NULL;
     int threads = 0;
-    for (int i = 1; i + 1 < argc; i++) {
-        if (!strcmp(argv[i], "--ballast")) ballast = strtoull(argv[++i], NULL, 10) << 20;
+    for (int i = 1; i < argc; i++) {
+        if (!strcmp(argv[i], "--hangs")) hangs = 1;
+        else if (i + 1 == argc) break;
+        else if (!strcmp(argv[i], "--ballast")) ballast = strtoull(argv[++i], NULL, 10) << 20;
         else if (!strcmp(argv[i], "--file")) file = argv[++i];
         else if (!strcmp(argv[i], "--threads")) threads = atoi(argv[++i]);
     }
