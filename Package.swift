@@ -80,6 +80,7 @@ let package = Package(
         .target(name: "WBCheckpoint", dependencies: ["WBTrace", "WBCore", "WBNet"]),
         .target(name: "WBVerbs", dependencies: ["WBCore", "WBSystem"]),
         .target(name: "WBSet", dependencies: ["WBCore", "WBSystem", "WBRestore", "WBNet", "WBTrace", "WBVerbs"]),
+        .target(name: "WBExplore", dependencies: ["WBCore", "WBSystem", "WBRestore", "WBTrace", "WBSymbols", "WBSet", "CWBNative"]),
         .target(name: "WBCoordinator", dependencies: ["WBCore", "WBSystem", "WBCheckpoint", "WBNet", "WBTrace", "WBSet"]),
         .target(name: "WBFuzz", dependencies: ["WBCore", "WBTrace", "WBRestore", "WBSymbols", "WBNet", "CWBNative"]),
         .target(name: "WBRestore", dependencies: ["WBTrace", "WBCore", "WBNet"]),
@@ -88,7 +89,7 @@ let package = Package(
         .executableTarget(
             name: "wb",
             dependencies: [
-                "WBCore", "WBCheckpoint", "WBRestore", "WBNet", "WBSymbols", "WBDebug", "WBFuzz", "WBTimeline", "WBSet", "WBCoordinator", "WBVerbs",
+                "WBCore", "WBCheckpoint", "WBRestore", "WBNet", "WBSymbols", "WBDebug", "WBFuzz", "WBTimeline", "WBSet", "WBCoordinator", "WBVerbs", "WBExplore",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]),
 
@@ -129,6 +130,7 @@ let package = Package(
         harnessProgram("sums"),
         harnessProgram("kvserver", optimize: false),
         harnessProgram("ring"),
+        harnessProgram("replica"),
         // Linked against libibverbs, run on wb's verbs layer.
         harnessProgram("ibring", libraries: ["ibverbs"]),
         harnessProgram("ibcheck", libraries: ["ibverbs"]),

@@ -31,10 +31,12 @@ public final class SetRestorer {
         public var image: Image
     }
 
-    public init(dir: String) throws {
+    /// `tag` (up to two letters) tells apart the hosts of restores one after another in one
+    /// process, each made while the last one's may still be going away.
+    public init(dir: String, tag: String = "") throws {
         self.dir = dir
         manifest = try SetManifest.read(dir)
-        bridge = "wbb\(getpid() % 10_000_000)"
+        bridge = "wbb\(getpid() % 10_000_000)\(tag.prefix(2))"
     }
 
     /// Restores every member stopped (not yet running); `resume` lets them go.
@@ -71,10 +73,16 @@ public final class SetRestorer {
     /// Lifts the hold on the hosts' traffic, then lets every member run: no datagram a
     /// member sends is dropped by the hold (UDP has no retransmission to make up for it).
     public func resume(_ restored: [Restored], stopped: Set<String> = []) throws {
-        for ns in namespaces.values { try run(nftPath, ["delete", "table", "inet", "wb_set_hold"], in: ns) }
+        try liftHold()
         for r in restored {
             if stopped.contains(r.member.name) { r.process.releaseStopped() } else { r.process.resume() }
         }
+    }
+
+    /// Lets the hosts' traffic flow (the members stay as they are): for a controller that
+    /// keeps the members under its own hand (`wb explore`).
+    public func liftHold() throws {
+        for ns in namespaces.values { try run(nftPath, ["delete", "table", "inet", "wb_set_hold"], in: ns) }
     }
 
     /// The set's "LOCAL->PEER" keys of `member`'s ends of channels.

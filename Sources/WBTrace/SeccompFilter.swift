@@ -7,10 +7,14 @@ public struct SeccompFilter {
     /// Calls made by the `syscall` instruction at this address are always let through: the
     /// preload library's own calls when recording.
     public var allowedInstruction: UInt64?
+    /// When set, the traced calls stop at wb only when their first argument is one of these
+    /// fds (the sockets `wb explore` mediates); the filter's value is then 0.
+    public var onlyFDs: [Int32]?
 
-    public init(traced: [(nr: Int, data: UInt16)], allowedInstruction: UInt64? = nil) {
+    public init(traced: [(nr: Int, data: UInt16)], allowedInstruction: UInt64? = nil, onlyFDs: [Int32]? = nil) {
         self.traced = traced
         self.allowedInstruction = allowedInstruction
+        self.onlyFDs = onlyFDs
     }
 
     private static let allow: UInt32 = 0x7FFF_0000
@@ -28,6 +32,20 @@ public struct SeccompFilter {
                      (0x06, 0, 0, Self.allow)]
         }
         prog.append((0x20, 0, 0, 0))
+        if let fds = onlyFDs {
+            // Each traced number jumps to one check of the first argument's low 32 bits.
+            for (i, (nr, _)) in traced.enumerated() {
+                prog.append((0x15, UInt8(traced.count - i), 0, UInt32(nr)))
+            }
+            prog.append((0x06, 0, 0, Self.allow))
+            prog.append((0x20, 0, 0, 16))
+            for (i, fd) in fds.enumerated() {
+                prog.append((0x15, UInt8(fds.count - i), 0, UInt32(bitPattern: fd)))
+            }
+            prog.append((0x06, 0, 0, Self.allow))
+            prog.append((0x06, 0, 0, Self.trace))
+            return prog
+        }
         for (nr, data) in traced {
             prog.append((0x15, 0, 1, UInt32(nr)))
             prog.append((0x06, 0, 0, Self.trace | UInt32(data)))

@@ -140,3 +140,23 @@ extension Tracee {
         }
     }
 }
+
+extension Tracee {
+    /// Waits up to `timeout` seconds for the next stop or end of a thread of any of `tracees`
+    /// (several processes under one controller: the members of a set). Stops of processes
+    /// none of them owns go to their `otherStop`, or are ignored.
+    public static func waitAny(among tracees: [Tracee], timeout: Double) throws -> (tracee: Tracee, tid: Int32, stop: Stop)? {
+        let deadline = Clock.monotonic + timeout
+        while true {
+            let left = deadline - Clock.monotonic
+            if left <= 0 { return nil }
+            var pid: pid_t = 0, status: Int32 = 0
+            let e = wb_wait_any(Int32(max(1, left * 1000)), &pid, &status)
+            if e == ETIMEDOUT || e == ECHILD { return nil }
+            try check(e, "waitpid", "waiting for the members")
+            if let t = tracees.first(where: { $0.tids.contains(pid) || $0.pid == pid }) { return (t, pid, try t.decode(pid, status)) }
+            if tracees.contains(where: { $0.newThreadStopped(pid, status) }) { continue }
+            tracees.first?.otherStop?(pid, status)
+        }
+    }
+}

@@ -29,10 +29,11 @@ struct WB: ParsableCommand {
           wb agent --join 10.0.0.1:7717 --pid 4242      # add a host's processes to the job
           wb checkpoint --coordinator 10.0.0.1:7717 -o set1   # the whole job, consistently
           wb restore set1                               # the whole job, on this one box
+          wb explore set1 --out found                   # its message orders, model-checked
 
         See docs/ for the image format and how restore works.
         """,
         version: WBVersion.string,
         subcommands: [CheckpointCommand.self, RestoreCommand.self, InspectCommand.self, RunCommand.self, TimelineCommand.self, BisectCommand.self, FuzzCommand.self, ReplayCommand.self,
-                      CoordinatorCommand.self, AgentCommand.self])
+                      CoordinatorCommand.self, AgentCommand.self, ExploreCommand.self])
 }

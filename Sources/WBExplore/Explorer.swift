@@ -1,0 +1,254 @@
+import Foundation
+import Glibc
+import WBCore
+import WBRestore
+import WBSystem
+import WBTrace
+
+/// What to explore and what to check.
+public struct ExploreOptions: Sendable {
+    public var strategy = StrategyKind.dpor
+    public var seed: UInt64 = 1
+    /// Deliveries per run at most: messages still in flight after that many are a liveness
+    /// violation.
+    public var depth = 100
+    public var maxRuns: Int?
+    public var duration: Double?
+    /// A shell command run at every state; a non-zero status is a violation.
+    public var invariant: String?
+    /// Every member waiting with nothing in flight ends a run normally (a service waiting
+    /// for clients), instead of being a deadlock.
+    public var idleIsEnd = false
+    /// PCT's bug depth.
+    public var bugDepth = 3
+    /// Stop at the first violation.
+    public var firstOnly = false
+    public var restore = RestoreOptions()
+    public init() {}
+}
+
+/// The explorer's figures, live and at the end (`--json`).
+public struct ExploreStats: Codable, Sendable {
+    public var runs = 0
+    public var seconds = 0.0
+    public var runsPerSecond = 0.0
+    public var deliveries = 0
+    public var maxDepth = 0
+    /// Distinct states seen at choice points (members' memory and the messages in flight).
+    public var distinctStates = 0
+    /// Branches the partial-order reduction skipped as equivalent to explored ones.
+    public var pruned = 0
+    /// Runs that did not follow the order asked of them (a member that does not behave the
+    /// same way from the same snapshot and the same deliveries).
+    public var divergences = 0
+    public var violations = 0
+    /// Every order was explored (dpor, all).
+    public var exhausted = false
+    public var stoppedBecause = ""
+    public var findings: [Finding] = []
+    /// Writes wb could not hold (passed to the network as they were made).
+    public var unmediated: [String] = []
+
+    public struct Finding: Codable, Sendable {
+        public var directory: String
+        public var kind: String
+        public var member: String?
+        public var what: String
+        public var run: Int
+        public var deliveries: Int
+    }
+}
+
+/// `wb explore`: restores a set image again and again with its channels mediated, delivers
+/// the pending messages in the orders a strategy picks, and checks every state reached.
+public final class Explorer {
+    public let setDirectory: String
+    public let options: ExploreOptions
+    public let out: String
+    public private(set) var stats = ExploreStats()
+    /// A status line now and then.
+    public var status: (ExploreStats) -> Void = { _ in }
+    /// One line for each new finding.
+    public var found: (ExploreStats.Finding) -> Void = { _ in }
+    public var shouldStop: () -> Bool = { false }
+    private var seenStates = Set<UInt64>()
+    private var checks: Schedule.Checks { Schedule.Checks(invariant: options.invariant, depth: options.depth, idleIsEnd: options.idleIsEnd) }
+    private var keys = Set<String>()
+
+    public init(set: String, out: String, options: ExploreOptions) throws {
+        setDirectory = set
+        self.out = out
+        self.options = options
+        try Paths.makeDirectories(out)
+    }
+
+    public func run() throws -> ExploreStats {
+        let start = Clock.monotonic
+        var strategy: any Strategy = switch options.strategy {
+        case .dpor: DepthFirst(reduce: true)
+        case .all: DepthFirst(reduce: false)
+        case .random: RandomWalk(seed: options.seed)
+        case .pct: PCT(seed: options.seed, bugDepth: options.bugDepth, steps: options.depth)
+        }
+        var nextStatus = start + 1
+        while true {
+            if let max = options.maxRuns, stats.runs >= max { stats.stoppedBecause = "--max-runs reached"; break }
+            if let d = options.duration, Clock.monotonic - start >= d { stats.stoppedBecause = "--duration reached"; break }
+            if shouldStop() { stats.stoppedBecause = "interrupted"; break }
+            if options.firstOnly && stats.violations > 0 { stats.stoppedBecause = "violation found"; break }
+            guard strategy.beginRun(stats.runs + 1) else {
+                stats.exhausted = true
+                stats.stoppedBecause = "every order explored"
+                break
+            }
+            stats.runs += 1
+            let result = try runOnce(&strategy, run: stats.runs)
+            stats.deliveries += result.deliveries.count
+            stats.maxDepth = max(stats.maxDepth, result.deliveries.count)
+            stats.pruned = strategy.pruned
+            if let v = result.violation, !keys.contains(v.key) {
+                keys.insert(v.key)
+                stats.violations += 1
+                let finding = try save(v, deliveries: result.deliveries, run: stats.runs)
+                stats.findings.append(finding)
+                found(finding)
+            }
+            stats.seconds = Clock.monotonic - start
+            stats.runsPerSecond = Double(stats.runs) / max(stats.seconds, 0.001)
+            stats.distinctStates = seenStates.count
+            if Clock.monotonic >= nextStatus {
+                nextStatus = Clock.monotonic + 1
+                status(stats)
+            }
+        }
+        stats.seconds = Clock.monotonic - start
+        stats.runsPerSecond = Double(stats.runs) / max(stats.seconds, 0.001)
+        stats.distinctStates = seenStates.count
+        stats.pruned = strategy.pruned
+        return stats
+    }
+
+    struct RunResult {
+        var deliveries: [Delivery]
+        var violation: Violation?
+    }
+
+    private func runOnce(_ strategy: inout any Strategy, run: Int) throws -> RunResult {
+        let set = try MediatedSet(dir: setDirectory, options: options.restore, tag: String(UnicodeScalar(UInt8(97 + run % 26))))
+        defer { set.end() }
+        var steps: [Step] = []
+        defer { strategy.endRun(steps) }
+        try set.settle()
+        while true {
+            for note in set.unmediated where !stats.unmediated.contains(note) { stats.unmediated.append(note) }
+            if let v = try Explorer.check(set, checks) { return RunResult(deliveries: set.deliveries, violation: v) }
+            let enabled = set.enabled
+            if enabled.isEmpty { break }
+            seenStates.insert(digest(set))
+            if steps.count >= options.depth {
+                return RunResult(deliveries: set.deliveries, violation: Violation(
+                    kind: .liveness, member: nil,
+                    what: "\(set.inFlight) messages still in flight after \(options.depth) deliveries (--depth)"))
+            }
+            let choices = enabled.map { Choice(id: $0.id, receiver: $0.to) }
+            guard let pick = strategy.choose(step: steps.count, enabled: choices) else { break }
+            guard let message = enabled.first(where: { $0.id == pick }) else {
+                stats.divergences += 1
+                break
+            }
+            try set.deliver(pick)
+            steps.append(Step(id: pick, receiver: message.to, cause: message.cause))
+            strategy.delivered(steps)
+            try set.settle()
+        }
+        return RunResult(deliveries: set.deliveries, violation: nil)
+    }
+
+    /// The checks of a state where every member waits: what the members did (a crash, an
+    /// exit), the invariant, and a deadlock.
+    static func check(_ set: MediatedSet, _ checks: Schedule.Checks) throws -> Violation? {
+        if let v = set.violation { return v }
+        if let v = try Explorer.invariant(checks.invariant, set) { return v }
+        if set.enabled.isEmpty && !set.allEnded && set.inFlight == 0 && !checks.idleIsEnd {
+            let waiting = set.members.filter { $0.ended == nil }.map(\.name)
+            return Violation(kind: .deadlock, member: nil,
+                             what: "every member waits and nothing is in flight (\(waiting.joined(separator: ", ")) not ended)")
+        }
+        return nil
+    }
+
+    /// Runs the invariant command: WB_MEMBERS lists "NAME=PID" of each member's top process
+    /// (pids as seen on this box), WB_HOSTS "HOST=NETNS".
+    static func invariant(_ command: String?, _ set: MediatedSet) throws -> Violation? {
+        guard let command else { return nil }
+        var env = ProcessInfo.processInfo.environment
+        env["WB_MEMBERS"] = set.members.filter { $0.ended == nil }.map { "\($0.name)=\($0.processes[0].pid)" }.joined(separator: " ")
+        env["WB_HOSTS"] = set.set.namespaces.map { "\($0.key)=\($0.value)" }.sorted().joined(separator: " ")
+        env["WB_DELIVERIES"] = "\(set.delivered.count)"
+        let result = try Subprocess.output("/bin/sh", ["-c", command], environment: env)
+        if result.status == 0 { return nil }
+        let output = String(decoding: result.stdout + result.stderr, as: UTF8.self)
+        let first = output.split(separator: "\n").first.map(String.init) ?? "exit status \(result.status)"
+        return Violation(kind: .invariant, member: nil, what: "the invariant failed: \(first)", detail: output)
+    }
+
+    /// A digest of the state: each member's writable memory and the messages in flight.
+    private func digest(_ set: MediatedSet) -> UInt64 {
+        var h = Checksum()
+        for m in set.members {
+            for t in m.processes where !t.tids.isEmpty {
+                guard let maps = try? ProcFS.maps(t.pid, withFlags: false) else { continue }
+                var total: UInt64 = 0
+                for e in maps where !e.shared && e.protection & 2 != 0 && !e.path.hasPrefix("[v") && !e.path.hasPrefix("[stack") {
+                    total += e.end - e.start
+                    if total > 64 << 20 { break }
+                    if let bytes = try? t.read(e.start, count: Int(e.end - e.start)) { bytes.withUnsafeBytes { h.update($0) } }
+                }
+            }
+        }
+        for d in set.pending.keys.sorted(by: { ($0.channel, $0.forward ? 0 : 1) < ($1.channel, $1.forward ? 0 : 1) }) {
+            for m in set.pending[d]! {
+                withUnsafeBytes(of: (m.id.channel, m.id.forward, m.bytes.count)) { h.update($0) }
+                m.bytes.withUnsafeBytes { h.update($0) }
+            }
+        }
+        return h.finish()
+    }
+
+    private func save(_ v: Violation, deliveries: [Delivery], run: Int) throws -> ExploreStats.Finding {
+        let n = stats.violations
+        let dir = "\(out)/violation-\(String(format: "%03d", n))-\(v.kind.rawValue)"
+        try Paths.makeDirectories(dir)
+        var schedule = Schedule(set: setDirectory, strategy: options.strategy.rawValue, seed: options.seed, run: run,
+                                deliveries: deliveries, violation: v)
+        schedule.checks = checks
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
+        try OutputFile.write(Array(try encoder.encode(schedule)) + [10], to: "\(dir)/schedule.json")
+        try OutputFile.write(Array(Explorer.report(v, deliveries: deliveries, run: run).utf8), to: "\(dir)/report.txt")
+        return ExploreStats.Finding(directory: dir, kind: v.kind.rawValue, member: v.member, what: v.what, run: run, deliveries: deliveries.count)
+    }
+
+    /// report.txt: what was violated, where, and the deliveries that led there.
+    public static func report(_ v: Violation, deliveries: [Delivery], run: Int) -> String {
+        var lines = ["\(v.kind.rawValue): \(v.what)"]
+        if let m = v.member { lines.append("member: \(m)") }
+        lines.append("found in run \(run), after \(deliveries.count) deliveries:")
+        for (i, d) in deliveries.enumerated() {
+            lines.append("  \(i + 1). \(d.message) \(d.from) -> \(d.to) \(d.bytes) bytes \"\(d.preview)\"")
+        }
+        if !v.detail.isEmpty {
+            lines.append(v.kind == .crash ? "backtrace:" : "output:")
+            lines += v.detail.split(separator: "\n", omittingEmptySubsequences: false).map { "  \($0)" }
+        }
+        return lines.joined(separator: "\n") + "\n"
+    }
+}
+
+/// Writes a file whole (replacing it).
+enum OutputFile {
+    static func write(_ bytes: [UInt8], to path: String) throws {
+        let fd = try FileDescriptor.open(path, O_WRONLY | O_CREAT | O_TRUNC, mode: 0o644, what: "writing \(path)")
+        try fd.writeAll(bytes)
+    }
+}

@@ -1,0 +1,416 @@
+import CWBNative
+import Foundation
+import Glibc
+import WBCore
+import WBRestore
+import WBSet
+import WBSymbols
+import WBSystem
+import WBTrace
+
+/// A set image restored on this box with every channel between its members in wb's hands:
+/// a write a member makes on such a connection does not reach the network but becomes a
+/// pending message, and reaches the peer when `deliver` sends it on the writer's own socket.
+///
+/// Writes are caught by a seccomp filter on the channel sockets' fds (write, writev, sendto,
+/// sendmsg); the call returns as if it had sent everything, so the writer runs on. A
+/// delivery writes the bytes through wb's copy of the writer's socket (pidfd_getfd), so the
+/// peer reads them from the connection it had, in order, as the kernel delivers them. Between
+/// deliveries `settle` runs the members until each waits (blocked reading, polling, in
+/// accept, on a futex, ...) with nothing of its own under way: one local step per delivery.
+public final class MediatedSet {
+    /// A restored member and the processes it holds.
+    public final class Member {
+        public let index: Int
+        public let name: String
+        public let restored: SetRestorer.Restored
+        /// The member's processes (its top process first), as wb traces them.
+        public let processes: [Tracee]
+        /// How the member ended (its top process), once it has.
+        public fileprivate(set) var ended: Int32?
+        init(index: Int, restored: SetRestorer.Restored) {
+            self.index = index
+            name = restored.member.name
+            self.restored = restored
+            processes = [restored.process.tracee] + restored.process.descendants
+        }
+    }
+
+    /// A write that wb holds, or the end of a direction (the writer closed its socket, or
+    /// shut it down for writing): held behind the writes before it, as TCP keeps that order.
+    public struct Message {
+        public enum Kind { case data, close, shutdown }
+        public var id: MessageID
+        public var kind = Kind.data
+        public var from: Int
+        public var to: Int
+        public var bytes: [UInt8]
+        /// The delivery (its index in `delivered`) during whose step the message was written;
+        /// nil: before the first delivery.
+        public var cause: Int?
+    }
+
+    /// A channel end wb mediates: writes on `fd` of process `pid` (as wb sees it).
+    struct End {
+        var channel: Int
+        var forward: Bool
+        var member: Int
+        var peer: Int
+        /// wb's copy of the socket: the connection stays open until a close the member
+        /// made is delivered.
+        var socket: FileDescriptor
+    }
+
+    public let set: SetRestorer
+    public private(set) var members: [Member] = []
+    private var ends: [Int32: [Int32: End]] = [:]
+    private var senders: [Direction: End] = [:]
+    /// Pending messages, per direction, oldest first.
+    public private(set) var pending: [Direction: [Message]] = [:]
+    private var nextSeq: [Direction: Int] = [:]
+    /// The deliveries made, in order.
+    public private(set) var delivered: [Message] = []
+    /// What went wrong, once something did; the run stops there.
+    public private(set) var violation: Violation?
+    /// Writes wb let through unmediated (file-descriptor passing, sendmmsg, an address given).
+    public private(set) var unmediated: [String] = []
+    /// How long a member may run after a delivery without waiting for anything.
+    public var stepLimit: Double = 10
+    private var lastSender: End?
+    private var all: [Tracee] { members.flatMap { $0.processes } }
+    private var backtracers: [Int: Backtracer] = [:]
+
+    /// Calls that mean "waiting for something from outside": a member whose every thread is
+    /// in one of them has finished its step.
+    static let waiting: Set<Int> = [0, 7, 17, 19, 23, 34, 43, 45, 47, 61, 128, 130, 202, 232, 247, 270, 271, 281, 288, 295, 299, 441, 449]
+    /// write, writev, sendto, sendmsg, sendmmsg; close and shutdown.
+    static let calls: [Int] = [1, 20, 44, 46, 307, 3, 48]
+
+    /// Restores the set (its hosts, every member stopped), puts a filter on each channel end,
+    /// and lets the members run until they settle. Throws, leaving nothing behind, when the
+    /// set cannot be restored.
+    public init(dir: String, options: RestoreOptions, tag: String = "", progress: @escaping (String) -> Void = { _ in }) throws {
+        Signals.block([SIGCHLD])
+        set = try SetRestorer(dir: dir, tag: tag)
+        set.options = options
+        set.progress = progress
+        let restored = try set.restore()
+        members = restored.enumerated().map { Member(index: $0.offset, restored: $0.element) }
+        do {
+            try mediate()
+            try set.liftHold()
+            for t in all { t.resumeAll() }
+        } catch {
+            end()
+            throw error
+        }
+    }
+
+    /// The original pid of a process wb traces (the last NSpid: as the process sees itself).
+    private static func originalPid(_ pid: Int32) -> Int32? {
+        guard let line = try? ProcFS.status(pid)["NSpid"] else { return nil }
+        return line.split(whereSeparator: { $0 == " " || $0 == "\t" }).last.flatMap { Int32($0) }
+    }
+
+    private func mediate() throws {
+        var byOriginal: [String: (member: Int, tracee: Tracee)] = [:]
+        for m in members {
+            for t in m.processes {
+                guard let original = MediatedSet.originalPid(t.pid) else { continue }
+                byOriginal["\(m.restored.member.host)/\(original)"] = (m.index, t)
+            }
+        }
+        var fdsOf: [Int32: [Int32]] = [:]
+        var tracees: [Int32: Tracee] = [:]
+        for (i, c) in set.manifest.channels.enumerated() {
+            guard let a = byOriginal["\(c.a.host)/\(c.a.pid)"], let b = byOriginal["\(c.b.host)/\(c.b.pid)"] else {
+                throw WBError.failed("channel \(i) of the set (\(c.a.address) - \(c.b.address)) has an end in no restored process")
+            }
+            for (me, peer, fd, forward) in [(a, b, c.a.fd, true), (b, a, c.b.fd, false)] {
+                let socket = try me.tracee.takeFD(fd)
+                let end = End(channel: i, forward: forward, member: me.member, peer: peer.member, socket: socket)
+                ends[me.tracee.pid, default: [:]][fd] = end
+                senders[Direction(channel: i, forward: forward)] = end
+                fdsOf[me.tracee.pid, default: []].append(fd)
+                tracees[me.tracee.pid] = me.tracee
+            }
+        }
+        for t in all {
+            try t.addOptions(Tracee.traceSeccompOption | Tracee.exitKillOption)
+            guard let fds = fdsOf[t.pid] else { continue }
+            t.syscallGadget = try t.findSyscallGadget(in: try ProcFS.maps(t.pid, withFlags: false))
+            let filter = SeccompFilter(traced: MediatedSet.calls.map { ($0, 0) }, onlyFDs: fds)
+            try t.withSyscalls(in: t.pid) { s in
+                let scratch = try s.mapScratch(bytes: 4096)
+                defer { _ = try? s.raw(.munmap, scratch, 4096) }
+                try filter.install(t, s, scratch: scratch)
+            }
+        }
+    }
+
+    // MARK: Running
+
+    /// The messages that can be delivered next: the oldest pending one of each direction
+    /// whose receiver has not ended.
+    public var enabled: [Message] {
+        pending.values.compactMap { $0.first }.filter { members[$0.to].ended == nil }
+            .sorted { ($0.id.channel, $0.id.forward ? 0 : 1) < ($1.id.channel, $1.id.forward ? 0 : 1) }
+    }
+
+    public var inFlight: Int { pending.values.reduce(0) { $0 + $1.count } }
+
+    /// Runs the members until every one that is alive waits, or something goes wrong.
+    public func settle() throws {
+        let started = Clock.monotonic
+        var lastEvent = Clock.monotonic
+        var quietChecks = 0
+        while violation == nil {
+            if members.allSatisfy({ $0.ended != nil }) { return }
+            if let (t, tid, stop) = try Tracee.waitAny(among: all.filter { !$0.tids.isEmpty }, timeout: 0.002) {
+                try handle(t, tid, stop)
+                lastEvent = Clock.monotonic
+                quietChecks = 0
+                continue
+            }
+            if Clock.monotonic - lastEvent >= 0.002 && delivered_arrived() && everyoneWaits() {
+                quietChecks += 1
+                if quietChecks >= 2 { return }
+                continue
+            }
+            quietChecks = 0
+            if Clock.monotonic - started > stepLimit {
+                let busy = members.filter { $0.ended == nil && !waits($0) }.map(\.name)
+                violation = Violation(kind: .liveness, member: busy.first,
+                                      what: "\(busy.joined(separator: ", ")) still running \(Int(stepLimit)) s after the last delivery without waiting for a message")
+            }
+        }
+    }
+
+    /// Whether the last delivery's bytes have all reached the receiver's socket.
+    private func delivered_arrived() -> Bool {
+        guard let end = lastSender else { return true }
+        var outq: Int32 = 0
+        if wb_socket_ioctl_int(end.socket.rawValue, 0x5411 /* SIOCOUTQ */, &outq) != 0 { return true }
+        if outq == 0 { lastSender = nil }
+        return outq == 0
+    }
+
+    private func everyoneWaits() -> Bool {
+        members.allSatisfy { $0.ended != nil || waits($0) }
+    }
+
+    private func waits(_ m: Member) -> Bool {
+        for t in m.processes where !t.tids.isEmpty {
+            for tid in t.tids {
+                guard let text = try? Paths.readText("/proc/\(t.pid)/task/\(tid)/syscall"),
+                      let nr = text.split(separator: " ").first.flatMap({ Int($0) }) else {
+                    // A thread that just ended: not a reason to wait.
+                    if !Paths.exists("/proc/\(t.pid)/task/\(tid)") { continue }
+                    return false
+                }
+                if !MediatedSet.waiting.contains(nr) { return false }
+            }
+        }
+        return true
+    }
+
+    private func member(of t: Tracee) -> Member? { members.first { $0.processes.contains { $0 === t } } }
+
+    private func handle(_ t: Tracee, _ tid: Int32, _ stop: Tracee.Stop) throws {
+        guard let m = member(of: t) else { return }
+        switch stop {
+        case let .event(ev) where ev == Tracee.seccompEvent:
+            try capture(t, tid, m)
+        case .event:
+            try t.resume(tid, .continue)
+        case let .interrupted(sig):
+            try t.goOn(tid, afterStopWith: sig)
+        case let .signal(sig):
+            if [SIGSEGV, SIGBUS, SIGILL, SIGFPE, SIGABRT, SIGSYS].contains(sig) && !catches(t.pid, sig) {
+                // Left in its signal-delivery stop: a debugger finds it at the fault.
+                violation = Violation(kind: .crash, member: m.name, what: "\(m.name) took \(SignalNames.name(sig))",
+                                      detail: backtrace(m, t, tid))
+                return
+            }
+            try t.resume(tid, .continue, signal: sig)
+        case let .exited(code):
+            if tid == t.pid && t === m.processes[0] {
+                m.ended = code
+                if code != 0 { violation = Violation(kind: .exit, member: m.name, what: "\(m.name) exited with status \(code)") }
+            }
+        case let .killed(sig):
+            if tid == t.pid && t === m.processes[0] {
+                m.ended = 128 + sig
+                violation = Violation(kind: .exit, member: m.name, what: "\(m.name) was killed by \(SignalNames.name(sig))")
+            }
+        }
+    }
+
+    /// Whether process `pid` has a handler for `sig` (SigCgt).
+    private func catches(_ pid: Int32, _ sig: Int32) -> Bool {
+        guard let mask = (try? ProcFS.status(pid)["SigCgt"]).flatMap({ UInt64($0, radix: 16) }) else { return false }
+        return mask & (1 << UInt64(sig - 1)) != 0
+    }
+
+    private func backtrace(_ m: Member, _ t: Tracee, _ tid: Int32) -> String {
+        guard t === m.processes[0], let regs = try? t.registers(tid) else { return "" }
+        if backtracers[m.index] == nil {
+            let memory = t.memory
+            backtracers[m.index] = try? Backtracer(mappings: m.restored.image.process.mappings, files: m.restored.files,
+                                                   debugDirectories: [], read: { try? memory.readWord($0) })
+        }
+        guard let b = backtracers[m.index] else { return "" }
+        b.attach(pid: t.pid, threads: [(tid, regs)])
+        return b.backtrace(tid, maxFrames: 32).enumerated().map { "#\($0.offset) \($0.element.description)" }.joined(separator: "\n")
+    }
+
+    /// A write on a channel end: its bytes become a pending message, and the call returns
+    /// their count without sending anything.
+    private func capture(_ t: Tracee, _ tid: Int32, _ m: Member) throws {
+        var regs = try t.registers(tid)
+        let nr = Int(truncatingIfNeeded: regs.origRax)
+        let fd = Int32(truncatingIfNeeded: regs.rdi)
+        guard let end = ends[t.pid]?[fd] else { return try t.resume(tid, .continue) }
+        let direction = Direction(channel: end.channel, forward: end.forward)
+        func hold(_ kind: Message.Kind, _ bytes: [UInt8]) {
+            let seq = nextSeq[direction, default: 0]
+            nextSeq[direction] = seq + 1
+            pending[direction, default: []].append(Message(id: MessageID(channel: end.channel, forward: end.forward, seq: seq), kind: kind,
+                                                           from: end.member, to: end.peer, bytes: bytes,
+                                                           cause: delivered.isEmpty ? nil : delivered.count - 1))
+        }
+        if nr == 3 {
+            // The member's fd goes now (its number may be used again); the connection ends
+            // when the close is delivered, after the writes before it.
+            ends[t.pid]?[fd] = nil
+            if !ends.values.contains(where: { $0.values.contains { $0.channel == end.channel && $0.forward == end.forward } }) {
+                hold(.close, [])
+            }
+            return try t.resume(tid, .continue)
+        }
+        if nr == 48 {
+            guard regs.rsi == UInt64(SHUT_WR) || regs.rsi == UInt64(SHUT_RDWR) else { return try t.resume(tid, .continue) }
+            hold(.shutdown, [])
+            regs.origRax = UInt64.max
+            regs.rax = 0
+            try t.setRegisters(tid, regs)
+            return try t.resume(tid, .continue)
+        }
+        var pieces: [(UInt64, UInt64)] = []
+        switch nr {
+        case 1:
+            pieces = [(regs.rsi, regs.rdx)]
+        case 44 where regs.r8 == 0:
+            pieces = [(regs.rsi, regs.rdx)]
+        case 20:
+            pieces = try vector(t, at: regs.rsi, count: regs.rdx)
+        case 46:
+            let header = try t.read(regs.rsi, count: 56)
+            let word = { (o: Int) in header.withUnsafeBytes { $0.loadUnaligned(fromByteOffset: o, as: UInt64.self) } }
+            if word(40) == 0 && word(0) == 0 { pieces = try vector(t, at: word(16), count: word(24)) }
+        default:
+            break
+        }
+        let total = pieces.reduce(0) { $0 + $1.1 }
+        if pieces.isEmpty || total > 64 << 20 {
+            let why = nr == 307 ? "sendmmsg" : nr == 46 ? "sendmsg with an address or control data" : nr == 44 ? "sendto with an address" : "a write of \(total) bytes"
+            let note = "\(m.name) fd \(fd): \(why) passed unmediated"
+            if !unmediated.contains(note) { unmediated.append(note) }
+            return try t.resume(tid, .continue)
+        }
+        var bytes: [UInt8] = []
+        bytes.reserveCapacity(Int(total))
+        for (base, length) in pieces where length > 0 { bytes += try t.read(base, count: Int(length)) }
+        if !bytes.isEmpty { hold(.data, bytes) }
+        // Skipped, with the count as its result.
+        regs.origRax = UInt64.max
+        regs.rax = total
+        try t.setRegisters(tid, regs)
+        try t.resume(tid, .continue)
+    }
+
+    private func vector(_ t: Tracee, at address: UInt64, count: UInt64) throws -> [(UInt64, UInt64)] {
+        guard count > 0, count <= 1024 else { return count == 0 ? [(0, 0)] : [] }
+        let raw = try t.read(address, count: Int(count) * 16)
+        return (0..<Int(count)).map { i in
+            raw.withUnsafeBytes { ($0.loadUnaligned(fromByteOffset: i * 16, as: UInt64.self), $0.loadUnaligned(fromByteOffset: i * 16 + 8, as: UInt64.self)) }
+        }
+    }
+
+    /// Sends the pending message `id` (the oldest of its direction) to its receiver.
+    public func deliver(_ id: MessageID) throws {
+        let direction = id.direction
+        guard let message = pending[direction]?.first, message.id == id, let end = senders[direction] else {
+            throw WBError.failed("message \(id) is not the next one on its channel")
+        }
+        pending[direction]!.removeFirst()
+        if pending[direction]!.isEmpty { pending[direction] = nil }
+        delivered.append(message)
+        switch message.kind {
+        case .close:
+            end.socket.close()
+            senders[direction] = nil
+            return
+        case .shutdown:
+            _ = shutdown(end.socket.rawValue, Int32(SHUT_WR))
+            return
+        case .data:
+            break
+        }
+        var offset = 0
+        let deadline = Clock.monotonic + 10
+        while offset < message.bytes.count {
+            let n = message.bytes[offset...].withUnsafeBytes { send(end.socket.rawValue, $0.baseAddress, $0.count, Int32(MSG_DONTWAIT | MSG_NOSIGNAL)) }
+            if n > 0 { offset += n; continue }
+            if n < 0 && errno != EAGAIN && errno != EINTR {
+                // The receiver's end is gone (it closed, or ended): the message is lost, as on
+                // a real network.
+                break
+            }
+            if Clock.monotonic > deadline {
+                violation = Violation(kind: .liveness, member: members[message.to].name,
+                                      what: "\(members[message.to].name) has not read a message of \(message.bytes.count) bytes in 10 s")
+                break
+            }
+            var p = pollfd(fd: end.socket.rawValue, events: Int16(POLLOUT), revents: 0)
+            _ = poll(&p, 1, 10)
+        }
+        lastSender = end
+    }
+
+    /// What a delivery of `m` is, for a schedule.
+    public func describe(_ m: Message) -> Delivery {
+        if m.kind != .data { return Delivery(message: m.id, from: members[m.from].name, to: members[m.to].name, bytes: 0, preview: m.kind == .close ? "<close>" : "<shutdown>") }
+        let preview = String(m.bytes.prefix(48).map { $0 >= 0x20 && $0 < 0x7F ? Character(UnicodeScalar($0)) : "." })
+        return Delivery(message: m.id, from: members[m.from].name, to: members[m.to].name, bytes: m.bytes.count, preview: preview)
+    }
+
+    /// The deliveries made so far, as a schedule holds them.
+    public var deliveries: [Delivery] { delivered.map(describe) }
+
+    /// Marks a violation found by a check outside (an invariant).
+    public func report(_ v: Violation) { if violation == nil { violation = v } }
+
+    /// Names the state every alive member waits in with nothing in flight (a deadlock) or
+    /// the run's natural end (every member exited).
+    public var allEnded: Bool { members.allSatisfy { $0.ended != nil } }
+
+    /// Stops the members where they are (for a debugger, or a check that reads them).
+    public func stop(_ m: Member) throws {
+        for t in m.processes where !t.tids.isEmpty { try t.stopAll() }
+    }
+
+    /// Lets a stopped member run on.
+    public func resume(_ m: Member) {
+        for t in m.processes where !t.tids.isEmpty { t.resumeAll() }
+    }
+
+    /// Ends every member and takes the hosts away.
+    public func end() {
+        // wb's copies of the sockets first: they would keep the hosts' namespaces alive.
+        for e in ends.values.flatMap(\.values) { e.socket.close() }
+        for e in senders.values { e.socket.close() }
+        for m in members.reversed() { m.restored.process.terminate() }
+        set.removeHosts()
+    }
+}

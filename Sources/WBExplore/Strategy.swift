@@ -1,0 +1,210 @@
+/// How the explorer picks the next delivery, run after run.
+///
+/// A run starts from the set's snapshot; at each step the members wait and some messages are
+/// deliverable (the oldest pending one of each direction). A strategy picks one; after the
+/// run it says whether there is another run worth making.
+public enum StrategyKind: String, CaseIterable, Sendable {
+    /// Depth-first over delivery orders with dynamic partial-order reduction and sleep sets.
+    case dpor
+    /// Every order, depth-first, without reduction (to measure what the reduction saves).
+    case all
+    /// A uniformly random deliverable message at each step.
+    case random
+    /// Probabilistic concurrency testing: random priorities per direction, changed at
+    /// `bugDepth - 1` random steps.
+    case pct
+}
+
+/// A deliverable message as a strategy sees it.
+public struct Choice: Sendable {
+    public var id: MessageID
+    /// The member it goes to: deliveries to different members commute.
+    public var receiver: Int
+}
+
+/// A delivery made, for the race analysis of DPOR.
+public struct Step: Sendable {
+    public var id: MessageID
+    public var receiver: Int
+    /// The step during which the message was written (nil: before the first delivery).
+    public var cause: Int?
+}
+
+/// A small, fast, seedable generator (SplitMix64): a seed gives the same runs.
+public struct SeededGenerator: RandomNumberGenerator, Sendable {
+    private var state: UInt64
+    public init(seed: UInt64) { state = seed &+ 0x9E37_79B9_7F4A_7C15 }
+    public mutating func next() -> UInt64 {
+        state &+= 0x9E37_79B9_7F4A_7C15
+        var z = state
+        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+        return z ^ (z >> 31)
+    }
+}
+
+public protocol Strategy {
+    /// Prepares the next run; false when the search is over (every order explored).
+    mutating func beginRun(_ run: Int) -> Bool
+    /// The delivery for step `step` among `enabled` (never empty); nil ends the run here
+    /// (every choice would repeat an order explored already).
+    mutating func choose(step: Int, enabled: [Choice]) -> MessageID?
+    /// After a delivery: the run's steps so far (the last one just made).
+    mutating func delivered(_ steps: [Step])
+    /// The run ended (after `steps`), or stopped early: a state explored before.
+    mutating func endRun(_ steps: [Step])
+    /// Branches not explored because the reduction showed them equivalent to explored ones.
+    var pruned: Int { get }
+}
+
+/// Depth-first search over delivery orders, re-running from the snapshot for each one
+/// (stateless, as model checkers of real programs do). With reduction: dynamic partial-order
+/// reduction (Flanagan and Godefroid) with sleep sets, where two deliveries depend on each
+/// other exactly when they go to the same member: a race between two such deliveries, the
+/// earlier not causally before the later's message was written, adds the reversed order as a
+/// branch; every other order is equivalent to one explored and is skipped.
+public struct DepthFirst: Strategy {
+    struct Node {
+        var enabled: [Choice]
+        var sleep: Set<MessageID>
+        var done: Set<MessageID> = []
+        var backtrack: Set<MessageID> = []
+        var chosen: MessageID?
+        var chosenReceiver = -1
+    }
+
+    let reduce: Bool
+    private var stack: [Node] = []
+    /// Happens-before: for each step of the current run, the earlier steps before it.
+    private var before: [Set<Int>] = []
+    private var started = false
+    public private(set) var pruned = 0
+
+    public init(reduce: Bool) { self.reduce = reduce }
+
+    public mutating func beginRun(_ run: Int) -> Bool {
+        before = []
+        if !started { started = true; return true }
+        // Back to the deepest node with a branch left.
+        while let last = stack.last {
+            let open = reduce ? last.backtrack.subtracting(last.done).subtracting(last.sleep)
+                              : Set(last.enabled.map(\.id)).subtracting(last.done)
+            if let next = last.enabled.first(where: { open.contains($0.id) }) {
+                stack[stack.count - 1].chosen = next.id
+                stack[stack.count - 1].chosenReceiver = next.receiver
+                stack[stack.count - 1].done.insert(next.id)
+                return true
+            }
+            if reduce { pruned += Set(last.enabled.map(\.id)).subtracting(last.done).count }
+            stack.removeLast()
+        }
+        return false
+    }
+
+    public mutating func choose(step: Int, enabled: [Choice]) -> MessageID? {
+        if step < stack.count {
+            // Replaying the way to the branch being explored.
+            return stack[step].chosen
+        }
+        var sleep = Set<MessageID>()
+        if reduce, let parent = stack.last, let chosen = parent.chosen {
+            let receiverOf = Dictionary(parent.enabled.map { ($0.id, $0.receiver) }, uniquingKeysWith: { a, _ in a })
+            for id in parent.sleep.union(parent.done) where id != chosen {
+                if let r = receiverOf[id], r != parent.chosenReceiver { sleep.insert(id) }
+            }
+        }
+        var node = Node(enabled: enabled, sleep: sleep)
+        guard let pick = enabled.first(where: { !sleep.contains($0.id) }) else {
+            // Every deliverable message would lead to an order explored already.
+            pruned += enabled.count
+            return nil
+        }
+        node.chosen = pick.id
+        node.chosenReceiver = pick.receiver
+        node.done = [pick.id]
+        node.backtrack = [pick.id]
+        stack.append(node)
+        return pick.id
+    }
+
+    public mutating func delivered(_ steps: [Step]) {
+        let i = steps.count - 1
+        let e = steps[i]
+        // What happens before step i: the previous delivery to the same member, the step
+        // that wrote the message, and everything before those.
+        var hb = Set<Int>()
+        if let p = (0..<i).last(where: { steps[$0].receiver == e.receiver }) { hb.insert(p); hb.formUnion(before[p]) }
+        if let c = e.cause, c < i { hb.insert(c); hb.formUnion(before[c]) }
+        before.append(hb)
+        guard reduce else { return }
+        // The last earlier delivery to the same member that did not lead to this message
+        // being written races with it: try this message's direction first there.
+        let sentAfter: Set<Int> = e.cause.map { before[$0].union([$0]) } ?? []
+        guard let j = (0..<i).last(where: { steps[$0].receiver == e.receiver }), !sentAfter.contains(j), j < stack.count else { return }
+        if let head = stack[j].enabled.first(where: { $0.id.direction == e.id.direction }) {
+            stack[j].backtrack.insert(head.id)
+        } else {
+            stack[j].backtrack.formUnion(stack[j].enabled.map(\.id))
+        }
+    }
+
+    public mutating func endRun(_ steps: [Step]) {
+        // Nodes past where the run stopped were never reached.
+        if stack.count > steps.count { stack.removeLast(stack.count - steps.count) }
+    }
+}
+
+/// A random deliverable message at every step, from a seeded generator.
+public struct RandomWalk: Strategy {
+    private var generator: SeededGenerator
+    public var pruned: Int { 0 }
+    public init(seed: UInt64) { generator = SeededGenerator(seed: seed) }
+    public mutating func beginRun(_ run: Int) -> Bool { true }
+    public mutating func choose(step: Int, enabled: [Choice]) -> MessageID? { enabled.randomElement(using: &generator)?.id }
+    public mutating func delivered(_ steps: [Step]) {}
+    public mutating func endRun(_ steps: [Step]) {}
+}
+
+/// Probabilistic concurrency testing (Burckhardt et al.), with directions of channels as
+/// its threads: each direction gets a random priority when its first message is seen, the
+/// highest deliverable one goes, and at `bugDepth - 1` random steps the direction just
+/// chosen drops below every other. A bug that needs `bugDepth` orderings is found with
+/// probability at least 1/(n k^(d-1)) per run.
+public struct PCT: Strategy {
+    private var generator: SeededGenerator
+    let bugDepth: Int
+    let steps: Int
+    private var priority: [Direction: Double] = [:]
+    private var changes: Set<Int> = []
+    private var low = 0.0
+    public var pruned: Int { 0 }
+
+    public init(seed: UInt64, bugDepth: Int, steps: Int) {
+        generator = SeededGenerator(seed: seed)
+        self.bugDepth = max(1, bugDepth)
+        self.steps = max(1, steps)
+    }
+
+    public mutating func beginRun(_ run: Int) -> Bool {
+        priority = [:]
+        low = 0
+        changes = []
+        while changes.count < min(bugDepth - 1, steps) { changes.insert(Int.random(in: 0..<steps, using: &generator)) }
+        return true
+    }
+
+    public mutating func choose(step: Int, enabled: [Choice]) -> MessageID? {
+        for c in enabled where priority[c.id.direction] == nil {
+            priority[c.id.direction] = Double.random(in: 1..<2, using: &generator)
+        }
+        guard let pick = enabled.max(by: { priority[$0.id.direction]! < priority[$1.id.direction]! }) else { return nil }
+        if changes.contains(step) {
+            low -= 1
+            priority[pick.id.direction] = low
+        }
+        return pick.id
+    }
+
+    public mutating func delivered(_ steps: [Step]) {}
+    public mutating func endRun(_ steps: [Step]) {}
+}

@@ -1,0 +1,190 @@
+// harness-replica backup --listen HOST:PORT
+// harness-replica primary --listen HOST:PORT --backup HOST:PORT [--sync]
+// harness-replica client --primary HOST:PORT --backup HOST:PORT --rounds R [--start-in MS]
+//
+// A primary-backup counter with a read-your-writes bug that only one order of messages
+// shows: a target for `wb explore`. The client sends "INC" to the primary, which counts,
+// sends "SET v" to the backup and (without --sync) answers "OK v" at once; the client then
+// asks the backup ("READ") and checks that it sees at least v. If the client's READ reaches
+// the backup before the primary's SET does, the read is stale and the client aborts in
+// check_read. With --sync the primary answers only after the backup's "ACK v": never stale.
+//
+// Every process prints "READY pid=N" once its connections are up. The client then waits
+// until --start-in milliseconds (default 2000) after that moment on the monotonic clock,
+// so a checkpoint taken in between finds the job connected and idle, and a restore later
+// than that starts the rounds at once. At the end the client prints "DONE rounds=R" and
+// closes its connections; the primary and the backup exit 0 when their peers have gone.
+#define _GNU_SOURCE
+#include "harness.h"
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+struct conn { int fd; char buf[512]; size_t len; };
+
+static int listen_on(const char *at) {
+    struct sockaddr_in a;
+    harness_parse_ipv4("harness-replica", at, &a);
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0), one = 1;
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    harness_require(bind(fd, (struct sockaddr *)&a, sizeof a) == 0 && listen(fd, 4) == 0, "listen");
+    return fd;
+}
+
+static int connect_to(const char *at) {
+    struct sockaddr_in a;
+    harness_parse_ipv4("harness-replica", at, &a);
+    for (int tries = 0;; tries++) {
+        int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0), one = 1;
+        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+        if (connect(fd, (struct sockaddr *)&a, sizeof a) == 0) return fd;
+        close(fd);
+        harness_require(tries < 3000, "connect");
+        usleep(10000);
+    }
+}
+
+static void send_line(int fd, const char *fmt, long v) {
+    char line[64];
+    int n = snprintf(line, sizeof line, fmt, v);
+    harness_require(write(fd, line, (size_t)n) == n, "write");
+}
+
+// The next line of c (without its newline) into out; 0 at end of file.
+static int next_line(struct conn *c, char *out, size_t size) {
+    for (;;) {
+        char *nl = memchr(c->buf, '\n', c->len);
+        if (nl) {
+            size_t n = (size_t)(nl - c->buf);
+            snprintf(out, size, "%.*s", (int)n, c->buf);
+            memmove(c->buf, nl + 1, c->len - n - 1);
+            c->len -= n + 1;
+            return 1;
+        }
+        ssize_t got = read(c->fd, c->buf + c->len, sizeof c->buf - c->len);
+        if (got <= 0) return 0;
+        c->len += (size_t)got;
+    }
+}
+
+static int buffered_line(struct conn *c) { return memchr(c->buf, '\n', c->len) != NULL; }
+
+static int backup(const char *at) {
+    int l = listen_on(at);
+    struct conn peers[2];
+    int primary = -1;
+    for (int i = 0; i < 2; i++) {
+        peers[i].fd = accept4(l, NULL, NULL, SOCK_CLOEXEC);
+        peers[i].len = 0;
+        char hello[64];
+        harness_require(next_line(&peers[i], hello, sizeof hello), "hello");
+        if (!strcmp(hello, "HELLO primary")) primary = i;
+    }
+    close(l);
+    harness_require(primary >= 0, "no primary");
+    harness_say("READY pid=%d", getpid());
+    long value = 0;
+    int open = 2;
+    while (open > 0) {
+        struct pollfd p[2] = {{peers[0].fd, POLLIN, 0}, {peers[1].fd, POLLIN, 0}};
+        if (!buffered_line(&peers[0]) && !buffered_line(&peers[1]) && poll(p, 2, -1) < 0 && errno == EINTR) continue;
+        for (int i = 0; i < 2; i++) {
+            if (peers[i].fd < 0 || !(buffered_line(&peers[i]) || p[i].revents)) continue;
+            char line[64];
+            if (!next_line(&peers[i], line, sizeof line)) { close(peers[i].fd); peers[i].fd = -1; open--; continue; }
+            if (i == primary && !strncmp(line, "SET ", 4)) { value = atol(line + 4); send_line(peers[i].fd, "ACK %ld\n", value); }
+            else if (!strcmp(line, "READ")) send_line(peers[i].fd, "VALUE %ld\n", value);
+        }
+    }
+    return 0;
+}
+
+static int primary(const char *at, const char *backup_at, int sync) {
+    int l = listen_on(at);
+    struct conn b = {connect_to(backup_at), {0}, 0};
+    send_line(b.fd, "HELLO primary\n", 0);
+    struct conn c = {accept4(l, NULL, NULL, SOCK_CLOEXEC), {0}, 0};
+    close(l);
+    harness_say("READY pid=%d", getpid());
+    long value = 0, owed = 0;
+    for (;;) {
+        struct pollfd p[2] = {{c.fd, POLLIN, 0}, {b.fd, POLLIN, 0}};
+        if (!buffered_line(&c) && !buffered_line(&b) && poll(p, 2, -1) < 0 && errno == EINTR) continue;
+        char line[64];
+        if (buffered_line(&c) || p[0].revents) {
+            if (!next_line(&c, line, sizeof line)) break;
+            if (!strcmp(line, "INC")) {
+                value++;
+                send_line(b.fd, "SET %ld\n", value);
+                if (sync) owed = value; else send_line(c.fd, "OK %ld\n", value);
+            }
+        }
+        if (buffered_line(&b) || p[1].revents) {
+            if (!next_line(&b, line, sizeof line)) break;
+            if (!strncmp(line, "ACK ", 4) && owed && atol(line + 4) == owed) { send_line(c.fd, "OK %ld\n", owed); owed = 0; }
+        }
+    }
+    close(b.fd);
+    return 0;
+}
+
+__attribute__((noinline)) static void check_read(long seen, long acked) {
+    if (seen < acked) {
+        fprintf(stderr, "harness-replica: stale read: the backup has %ld after the primary acknowledged %ld\n", seen, acked);
+        abort();
+    }
+}
+
+static int client(const char *primary_at, const char *backup_at, int rounds, long start_in_ms) {
+    struct conn p = {connect_to(primary_at), {0}, 0};
+    struct conn b = {connect_to(backup_at), {0}, 0};
+    send_line(b.fd, "HELLO client\n", 0);
+    struct timespec start;
+    clock_gettime(CLOCK_MONOTONIC, &start);
+    start.tv_sec += start_in_ms / 1000;
+    start.tv_nsec += (start_in_ms % 1000) * 1000000;
+    if (start.tv_nsec >= 1000000000) { start.tv_sec++; start.tv_nsec -= 1000000000; }
+    harness_say("READY pid=%d", getpid());
+    while (clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &start, NULL) == EINTR) {}
+    for (int r = 0; r < rounds; r++) {
+        char line[64];
+        send_line(p.fd, "INC\n", 0);
+        harness_require(next_line(&p, line, sizeof line) && !strncmp(line, "OK ", 3), "OK from the primary");
+        long acked = atol(line + 3);
+        send_line(b.fd, "READ\n", 0);
+        harness_require(next_line(&b, line, sizeof line) && !strncmp(line, "VALUE ", 6), "VALUE from the backup");
+        check_read(atol(line + 6), acked);
+    }
+    harness_say("DONE rounds=%d", rounds);
+    close(p.fd);
+    close(b.fd);
+    return 0;
+}
+
+int main(int argc, char **argv) {
+    const char *listen_at = NULL, *backup_at = NULL, *primary_at = NULL;
+    int rounds = 1, sync = 0;
+    long start_in = 2000;
+    for (int i = 2; i < argc; i++) {
+        if (!strcmp(argv[i], "--sync")) sync = 1;
+        else if (i + 1 == argc) break;
+        else if (!strcmp(argv[i], "--listen")) listen_at = argv[++i];
+        else if (!strcmp(argv[i], "--backup")) backup_at = argv[++i];
+        else if (!strcmp(argv[i], "--primary")) primary_at = argv[++i];
+        else if (!strcmp(argv[i], "--rounds")) rounds = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--start-in")) start_in = atol(argv[++i]);
+    }
+    if (argc > 1 && !strcmp(argv[1], "backup") && listen_at) return backup(listen_at);
+    if (argc > 1 && !strcmp(argv[1], "primary") && listen_at && backup_at) return primary(listen_at, backup_at, sync);
+    if (argc > 1 && !strcmp(argv[1], "client") && primary_at && backup_at) return client(primary_at, backup_at, rounds, start_in);
+    fprintf(stderr, "usage: harness-replica backup|primary|client ... (see the source's first lines)\n");
+    return 2;
+}
