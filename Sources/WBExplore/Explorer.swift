@@ -78,6 +78,9 @@ public final class Explorer {
     public init(set: String, out: String, options: ExploreOptions) throws {
         setDirectory = set
         self.out = out
+        var options = options
+        // The members' own output, run after run, is not the exploration's.
+        options.restore.silenceOutput = true
         self.options = options
         try Paths.makeDirectories(out)
     }

@@ -72,6 +72,8 @@ public final class MediatedSet {
     public private(set) var delivered: [Message] = []
     /// What went wrong, once something did; the run stops there.
     public private(set) var violation: Violation?
+    /// The thread of a crash, left in its signal-delivery stop.
+    public private(set) var crashStop: (member: Int, tid: Int32, signal: Int32)?
     /// Writes wb let through unmediated (file-descriptor passing, sendmmsg, an address given).
     public private(set) var unmediated: [String] = []
     /// How long a member may run after a delivery without waiting for anything.
@@ -230,6 +232,7 @@ public final class MediatedSet {
                 // Left in its signal-delivery stop: a debugger finds it at the fault.
                 violation = Violation(kind: .crash, member: m.name, what: "\(m.name) took \(SignalNames.name(sig))",
                                       detail: backtrace(m, t, tid))
+                crashStop = (m.index, tid, sig)
                 return
             }
             try t.resume(tid, .continue, signal: sig)
@@ -396,8 +399,8 @@ public final class MediatedSet {
     public var allEnded: Bool { members.allSatisfy { $0.ended != nil } }
 
     /// Stops the members where they are (for a debugger, or a check that reads them).
-    public func stop(_ m: Member) throws {
-        for t in m.processes where !t.tids.isEmpty { try t.stopAll() }
+    public func stop(_ m: Member, alreadyStopped: Set<Int32> = []) throws {
+        for t in m.processes where !t.tids.isEmpty { try t.stopAll(alreadyStopped: alreadyStopped) }
     }
 
     /// Lets a stopped member run on.

@@ -5,11 +5,13 @@ import WBCore
 import WBFuzz
 import WBRestore
 import WBTimeline
+import WBExplore
+import WBSet
 
 struct ReplayCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "replay",
-        abstract: "Run a crash again and stop at it: a recorded production crash, or one wb fuzz found.",
+        abstract: "Run a crash again and stop at it: a recorded production crash, one wb fuzz found, or a violation wb explore found.",
         discussion: """
         TIMELINE is a timeline recorded with wb run --timeline DIR --record that ended in a \
         crash. wb restores the last checkpoint before the crash (or --from N) and runs it \
@@ -23,16 +25,29 @@ struct ReplayCommand: ParsableCommand {
         replay.json names the image and where the input goes. The image is restored, fed \
         the input, and run until it crashes.
 
+        SET with --schedule FILE is a set image and a schedule.json of wb explore: the set \
+        is restored with its channels mediated, the schedule's deliveries are made in its \
+        order with the exploration's checks at every state, and wb reports whether the \
+        violation happened again; with --debug, gdb gets the member (--member, default the \
+        one the violation names) stopped there.
+
         Exit status: 0 when the crash happened again (at the same instruction, or in the \
-        same bucket), 1 otherwise.
+        same bucket; for a schedule, the same violation in the same member), 1 otherwise.
 
         Examples:
           wb replay srv.tl --debug
           wb replay out/crashes/SIGSEGV-parse_record-1a2b3c --minimized
+          wb replay set1 --schedule found/violation-001-crash/schedule.json --debug
         """)
 
-    @Argument(help: "A timeline (wb run --record), a crash directory (OUT/crashes/BUCKET), or a file holding an input (then give --image and --input).")
+    @Argument(help: "A timeline (wb run --record), a crash directory (OUT/crashes/BUCKET), a file holding an input (then give --image and --input), or a set image (with --schedule).")
     var crash: String
+
+    @Option(help: "With a set image: a schedule.json of wb explore to follow.")
+    var schedule: String?
+
+    @Option(help: ArgumentHelp("With --schedule and --debug: the member to hand to gdb, HOST:PID (default: the one the violation names).", valueName: "member"))
+    var member: String?
 
     @Option(help: "With a timeline: replay from this checkpoint (default: the last one before the crash).")
     var from: Int?
@@ -74,6 +89,7 @@ struct ReplayCommand: ParsableCommand {
     var force = false
 
     func validate() throws {
+        if member != nil && (schedule == nil || !debug) { throw ValidationError("--member goes with --schedule and --debug") }
         if !gdbArguments.isEmpty && !debug { throw ValidationError("arguments after -- are for gdb: add --debug") }
         if json && (debug || gdbPort != nil) { throw ValidationError("--json cannot go with --debug or --gdb-port") }
     }
@@ -81,6 +97,7 @@ struct ReplayCommand: ParsableCommand {
     func run() throws {
         try runReportingErrors {
             let isDirectory = (try? Paths.stat(crash))?.isDirectory ?? false
+            if let schedule { return try replaySchedule(schedule) }
             if isDirectory && Paths.exists("\(crash)/timeline.json") { return try replayTimeline() }
             if from != nil { throw WBError.invalidArgument("--from is for a timeline; \(crash) is not one (no timeline.json)") }
             var recipe: ReplayRecipe?
@@ -221,5 +238,46 @@ struct ReplayOutcome: Encodable {
         if let b = bucket { out.append("bucket: \(b)" + (expectedBucket.map { $0 == b ? " (as recorded)" : " (recorded: \($0))" } ?? "")) }
         for (i, f) in frames.enumerated() { out.append("  #\(i) \(f.description)") }
         return out.joined(separator: "\n")
+    }
+}
+
+extension ReplayCommand {
+    /// A violation wb explore found, replayed by its schedule.
+    func replaySchedule(_ path: String) throws {
+        if minimized || image != nil || input != nil || from != nil || gdbPort != nil {
+            throw WBError.invalidArgument("--minimized, --image, --input, --from and --gdb-port are not for a schedule; give SET --schedule FILE [--debug]")
+        }
+        if getuid() != 0 { throw WBError.refused("replaying a schedule makes a network namespace per host of the set: run it as root") }
+        let manifest = try SetManifest.read(crash)
+        let plan = try Schedule.read(path)
+        let target = member ?? plan.violation?.member
+        if debug {
+            guard let target else { throw WBError.invalidArgument("the schedule's violation names no member: give --member HOST:PID") }
+            if !manifest.members.contains(where: { $0.name == target }) {
+                throw WBError.invalidArgument("--member \(target): the set has \(manifest.members.map(\.name).joined(separator: ", "))")
+            }
+            signal(SIGINT, SIG_IGN)
+            signal(SIGQUIT, SIG_IGN)
+        }
+        var options = RestoreOptions()
+        options.force = force
+        options.silenceOutput = json
+        let (outcome, kept) = try ScheduleReplay.run(plan, set: crash, options: options, keep: debug)
+        if debug, let set = kept {
+            defer { set.end() }
+            guard outcome.violation != nil, let m = set.members.first(where: { $0.name == target }), m.ended == nil else {
+                Output.line(outcome.text)
+                throw WBError.failed("the replay did not stop with \(target!) alive at a violation; nothing to debug")
+            }
+            let stop = set.crashStop.flatMap { $0.member == m.index ? ($0.tid, $0.signal) : nil }
+            try set.stop(m, alreadyStopped: stop.map { [$0.0] } ?? [])
+            FileHandle.standardError.write(Data("wb replay: \(outcome.violation!.what); handing \(m.name) to gdb\n".utf8))
+            let launcher = DebugLauncher(startGDB: true, port: nil, snapshots: "\(crash)/\(m.restored.member.image).snapshots",
+                                         debugDirectories: debugDirectories, gdbArguments: gdbArguments, quiet: false,
+                                         initialStop: stop)
+            throw ExitCode(try launcher.run(m.restored.process, image: m.restored.image, files: m.restored.files, options: options))
+        }
+        if json { try Output.json(outcome) } else { Output.line(outcome.text) }
+        if !outcome.reproduced { throw ExitCode(1) }
     }
 }
