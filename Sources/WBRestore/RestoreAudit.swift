@@ -17,6 +17,8 @@ struct RestoreAudit {
     let noted: [String]
     /// Files the process was given copies of (bisect, replays).
     let copies: PrivateFiles?
+    /// Fds wb put /dev/null on by request (RestoreOptions.silenceOutput): not the image's.
+    var silenced: Set<Int32> = []
 
     /// VmFlags whose loss or gain changes what the process can do: access (rd wr ex sh),
     /// what mprotect may later allow (mr mw me ms), growth (gd), locking (lo), madvise
@@ -131,7 +133,7 @@ struct RestoreAudit {
                 out.append("\(name) is missing")
                 continue
             }
-            guard let (info, locks, marks) = infos[index] else { continue }
+            guard let (info, locks, marks) = infos[index], !silenced.contains(s.fd) else { continue }
             if s.kind == .inotify {
                 let want = (s.inotify ?? []).map { "\($0.wd)/\(String($0.mask, radix: 16))" }.sorted()
                 let have = marks.map { "\($0.wd)/\(String($0.mask, radix: 16))" }.sorted()

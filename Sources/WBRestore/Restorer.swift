@@ -321,7 +321,9 @@ public final class Restorer {
     /// Compares what was built with the image (RestoreAudit): a difference no note told of
     /// ends the restore, or, with `force`, becomes a note.
     private func audit(_ p: ProcessState, _ pid: Int32) throws {
-        let found = try RestoreAudit(process: p, pid: pid, noted: notes, copies: privateCopies).differences()
+        var audit = RestoreAudit(process: p, pid: pid, noted: notes, copies: privateCopies)
+        if options.silenceOutput { audit.silenced = [1, 2] }
+        let found = try audit.differences()
         guard !found.isEmpty else { return }
         let text = "pid \(p.pid) came back different from the image: \(found.joined(separator: "; "))"
         if options.force {

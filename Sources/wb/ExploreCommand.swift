@@ -28,7 +28,7 @@ struct ExploreCommand: ParsableCommand {
         Each violation is written under --out as a directory holding schedule.json (the \
         deliveries in order and the checks) and report.txt (what was violated, where, the \
         member's backtrace); wb replay SET --schedule FILE makes the same deliveries again \
-        and stops at the violation (with --debug MEMBER, in gdb). The invariant command \
+        and stops at the violation (with --debug, in gdb on the member it names). The invariant command \
         runs with WB_MEMBERS ("HOST:PID=PID-HERE ..."), WB_HOSTS ("HOST=NETNS ...") and \
         WB_DELIVERIES in its environment; exit status 0 means it holds.
 
@@ -38,7 +38,7 @@ struct ExploreCommand: ParsableCommand {
           wb explore set1 --out found
           wb explore set1 --strategy random --seed 7 --max-runs 500 --out found
           wb explore set1 --invariant './check-replicas "$WB_MEMBERS"' --depth 40 --out found
-          wb replay set1 --schedule found/violation-001-crash/schedule.json --debug host2:4242
+          wb replay set1 --schedule found/violation-001-crash/schedule.json --debug
         """)
 
     @Argument(help: "A set image: a directory written by wb checkpoint --coordinator.")

@@ -7,7 +7,7 @@ import WBCore
 @Suite struct CLITests {
     static let goldenDirectory = Paths.directory(of: #filePath) + "/Golden"
 
-    @Test(arguments: [["--help"], ["checkpoint", "--help"], ["restore", "--help"], ["inspect", "--help"], ["run", "--help"], ["fuzz", "--help"], ["replay", "--help"], ["timeline", "--help"], ["bisect", "--help"], ["coordinator", "--help"], ["agent", "--help"]])
+    @Test(arguments: [["--help"], ["checkpoint", "--help"], ["restore", "--help"], ["inspect", "--help"], ["run", "--help"], ["fuzz", "--help"], ["replay", "--help"], ["timeline", "--help"], ["bisect", "--help"], ["coordinator", "--help"], ["agent", "--help"], ["explore", "--help"]])
     func helpMatchesGolden(args: [String]) throws {
         let run = try wb(args)
         #expect(run.code == 0)
