@@ -7,8 +7,9 @@ import WBRestore
 /// wb's remote-protocol server, evaluates the expression as C and prints the answer, and the
 /// process is ended afterwards.
 public enum GDBCheck {
+    /// With `keepTracing`, the process stays under wb's control, stopped, after gdb is done.
     public static func evaluate(_ expression: String, in restored: RestoredProcess, image: Image, files: ResolvedFiles,
-                                cache: FileCache) throws -> Bool {
+                                cache: FileCache, keepTracing: Bool = false) throws -> Bool {
         guard let gdb = Subprocess.find("gdb") else {
             throw WBError.failed("gdb is not installed: apt-get install gdb (or check with --predicate instead)")
         }
@@ -40,6 +41,7 @@ public enum GDBCheck {
         while true {
             if let connection = try listener.accept(timeout: 200) {
                 let server = GDBServer(tracee: restored.tracee, connection: connection, execFile: image.process.exe)
+                server.detachKeepsTracing = keepTracing
                 _ = server.serve()
                 break
             }

@@ -25,6 +25,10 @@ public final class GDBServer {
 
     public enum Ending: Equatable { case detached, killed, exited(Int32), disconnected }
 
+    /// gdb's detach takes wb's breakpoints away but leaves the process under wb's ptrace,
+    /// stopped (a check that reads a process wb goes on driving).
+    public var detachKeepsTracing = false
+
     public init(tracee: Tracee, connection: RemoteConnection, execFile: String) {
         self.tracee = tracee
         self.connection = connection
@@ -506,7 +510,7 @@ public final class GDBServer {
         breakpoints = [:]
         for tid in tracee.tids { try? tracee.setDebugRegister(tid, 7, 0) }
         finished = true
-        tracee.detach()
+        if !detachKeepsTracing { tracee.detach() }
     }
 }
 

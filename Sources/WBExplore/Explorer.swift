@@ -1,6 +1,7 @@
 import Foundation
 import Glibc
 import WBCore
+import WBDebug
 import WBRestore
 import WBSystem
 import WBTrace
@@ -16,6 +17,8 @@ public struct ExploreOptions: Sendable {
     public var duration: Double?
     /// A shell command run at every state; a non-zero status is a violation.
     public var invariant: String?
+    /// "MEMBER: EXPR" checks evaluated by gdb in the member at every state.
+    public var gdbChecks: [String] = []
     /// Every member waiting with nothing in flight ends a run normally (a service waiting
     /// for clients), instead of being a deadlock.
     public var idleIsEnd = false
@@ -72,7 +75,9 @@ public final class Explorer {
     public var found: (ExploreStats.Finding) -> Void = { _ in }
     public var shouldStop: () -> Bool = { false }
     private var seenStates = Set<UInt64>()
-    private var checks: Schedule.Checks { Schedule.Checks(invariant: options.invariant, depth: options.depth, idleIsEnd: options.idleIsEnd) }
+    private var checks: Schedule.Checks {
+        Schedule.Checks(invariant: options.invariant, gdbChecks: options.gdbChecks, depth: options.depth, idleIsEnd: options.idleIsEnd)
+    }
     private var keys = Set<String>()
 
     public init(set: String, out: String, options: ExploreOptions) throws {
@@ -172,6 +177,9 @@ public final class Explorer {
     static func check(_ set: MediatedSet, _ checks: Schedule.Checks) throws -> Violation? {
         if let v = set.violation { return v }
         if let v = try Explorer.invariant(checks.invariant, set) { return v }
+        for text in checks.gdbChecks ?? [] {
+            if let v = try Explorer.gdbCheck(text, set) { return v }
+        }
         if set.enabled.isEmpty && !set.allEnded && set.inFlight == 0 && !checks.idleIsEnd {
             let waiting = set.members.filter { $0.ended == nil }.map(\.name)
             return Violation(kind: .deadlock, member: nil,
@@ -193,6 +201,25 @@ public final class Explorer {
         let output = String(decoding: result.stdout + result.stderr, as: UTF8.self)
         let first = output.split(separator: "\n").first.map(String.init) ?? "exit status \(result.status)"
         return Violation(kind: .invariant, member: nil, what: "the invariant failed: \(first)", detail: output)
+    }
+
+    /// Evaluates a --gdb-check in each live member it names: the member is stopped, gdb
+    /// reads it through wb, and it goes on.
+    static func gdbCheck(_ text: String, _ set: MediatedSet) throws -> Violation? {
+        guard let (who, expression) = Schedule.parseGDBCheck(text) else {
+            throw WBError.invalidArgument("--gdb-check \(text): expected MEMBER: EXPRESSION (MEMBER as HOST:PID, or a host)")
+        }
+        let cache = FileCache(directory: RestoreOptions().cacheDirectory)
+        for m in set.members where m.ended == nil && (m.name == who || m.restored.member.host == who) {
+            try set.stop(m)
+            defer { set.resume(m) }
+            let holds = try GDBCheck.evaluate(expression, in: m.restored.process, image: m.restored.image, files: m.restored.files,
+                                              cache: cache, keepTracing: true)
+            if !holds {
+                return Violation(kind: .gdbCheck, member: m.name, what: "\(expression) is false in \(m.name)")
+            }
+        }
+        return nil
     }
 
     /// A digest of the state: each member's writable memory and the messages in flight.

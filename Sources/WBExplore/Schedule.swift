@@ -88,11 +88,25 @@ public struct Schedule: Codable, Sendable {
 
     public struct Checks: Codable, Sendable {
         public var invariant: String?
+        /// "MEMBER: EXPRESSION" (MEMBER a member's HOST:PID, or a host: each of its members).
+        public var gdbChecks: [String]?
         public var depth = 100
         public var idleIsEnd = false
-        public init(invariant: String? = nil, depth: Int = 100, idleIsEnd: Bool = false) {
-            self.invariant = invariant; self.depth = depth; self.idleIsEnd = idleIsEnd
+        public init(invariant: String? = nil, gdbChecks: [String] = [], depth: Int = 100, idleIsEnd: Bool = false) {
+            self.invariant = invariant; self.gdbChecks = gdbChecks.isEmpty ? nil : gdbChecks
+            self.depth = depth; self.idleIsEnd = idleIsEnd
         }
+    }
+
+    /// A --gdb-check's member (or host) and expression; nil when it is not "MEMBER: EXPR".
+    public static func parseGDBCheck(_ text: String) -> (member: String, expression: String)? {
+        let parts = text.split(separator: ":", maxSplits: 2, omittingEmptySubsequences: false).map { $0.trimmingCharacters(in: .whitespaces) }
+        guard parts.count >= 2, !parts[0].isEmpty, !parts[0].contains(" ") else { return nil }
+        if parts.count == 3, !parts[1].isEmpty, parts[1].allSatisfy(\.isNumber), !parts[2].isEmpty {
+            return ("\(parts[0]):\(parts[1])", parts[2])
+        }
+        let expression = parts.dropFirst().joined(separator: ":").trimmingCharacters(in: .whitespaces)
+        return expression.isEmpty ? nil : (parts[0], expression)
     }
 
     public init(set: String, strategy: String, seed: UInt64, run: Int, deliveries: [Delivery], violation: Violation?) {

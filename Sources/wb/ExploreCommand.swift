@@ -15,7 +15,8 @@ struct ExploreCommand: ParsableCommand {
         hands: what a member writes on one is held as a pending message, and wb chooses \
         which pending message is delivered next, once every member waits. Every state \
         reached is checked: a member that crashes (a fault, an assertion's abort) or exits \
-        with a non-zero status, the --invariant command, a deadlock (every member waits, \
+        with a non-zero status, the --invariant command, the --gdb-check expressions, a \
+        deadlock (every member waits, \
         nothing is in flight, some member has not ended), and a liveness bound (messages \
         still in flight after --depth deliveries, or a member running 10 s without waiting).
 
@@ -38,6 +39,7 @@ struct ExploreCommand: ParsableCommand {
           wb explore set1 --out found
           wb explore set1 --strategy random --seed 7 --max-runs 500 --out found
           wb explore set1 --invariant './check-replicas "$WB_MEMBERS"' --depth 40 --out found
+          wb explore set1 --gdb-check 'backup: value >= 0' --out found
           wb replay set1 --schedule found/violation-001-crash/schedule.json --debug
         """)
 
@@ -68,6 +70,9 @@ struct ExploreCommand: ParsableCommand {
     @Option(help: ArgumentHelp("A shell command run at every state; a non-zero exit status is a violation.", valueName: "command"))
     var invariant: String?
 
+    @Option(name: .customLong("gdb-check"), help: ArgumentHelp("'MEMBER: EXPRESSION' (MEMBER as HOST:PID, or a host for each of its members): a C expression gdb evaluates in the member at every state; false is a violation. Repeatable; each costs a gdb start per state.", valueName: "check"))
+    var gdbChecks: [String] = []
+
     @Flag(help: "Every member waiting with nothing in flight ends a run normally (a service waiting for clients), not as a deadlock.")
     var idleOk = false
 
@@ -88,6 +93,9 @@ struct ExploreCommand: ParsableCommand {
         if let maxRuns, maxRuns < 1 { throw ValidationError("--max-runs must be at least 1") }
         if let d = duration, FuzzCommand.seconds(d) == nil { throw ValidationError("--duration \(d): expected seconds, or a number with s, m or h (90, 90s, 10m, 2h)") }
         if bugDepth < 1 { throw ValidationError("--bug-depth must be at least 1") }
+        for c in gdbChecks where Schedule.parseGDBCheck(c) == nil {
+            throw ValidationError("--gdb-check \(c): expected 'MEMBER: EXPRESSION', MEMBER as HOST:PID or a host")
+        }
     }
 
     func run() throws {
@@ -101,6 +109,14 @@ struct ExploreCommand: ParsableCommand {
             options.maxRuns = maxRuns
             options.duration = duration.flatMap(FuzzCommand.seconds)
             options.invariant = invariant
+            options.gdbChecks = gdbChecks
+            let members = try SetManifest.read(set).members
+            for c in gdbChecks {
+                let who = Schedule.parseGDBCheck(c)!.member
+                if !members.contains(where: { $0.name == who || $0.host == who }) {
+                    throw WBError.invalidArgument("--gdb-check \(c): no member or host \(who) in the set (members: \(members.map(\.name).joined(separator: ", ")))")
+                }
+            }
             options.idleIsEnd = idleOk
             options.bugDepth = bugDepth
             options.firstOnly = first

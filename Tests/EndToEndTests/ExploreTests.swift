@@ -94,6 +94,15 @@ extension DistributedTests {
             let again = try wb(["replay", set, "--schedule", "\(broken["directory"] as? String ?? "")/schedule.json", "--json"], timeout: 300)
             #expect(again.code == 0 && again.stdout.contains("\"reproduced\" : true"), "\(again.stdout) \(again.stderr)")
 
+            // A gdb expression in a member: false once the primary has counted the INC.
+            let primaryName = try #require((try DistributedTests.manifest(set)["members"] as? [[String: Any]])?
+                .first { $0["host"] as? String == "primary" }.map { "primary:\($0["pid"] as? Int ?? 0)" })
+            let gdbRun = try wb(["explore", set, "--gdb-check", "\(primaryName): primary_value < 1", "--first", "--out", "\(dir)/gdb", "--json"], timeout: 600)
+            let g = try ExploreTests.summary(gdbRun)
+            let gdbFinding = try #require((g["findings"] as? [[String: Any]])?.first, "\(g) \(gdbRun.stderr)")
+            #expect(gdbFinding["kind"] as? String == "gdb-check" && gdbFinding["member"] as? String == primaryName
+                    && gdbFinding["deliveries"] as? Int == 1, "\(gdbFinding)")
+
             let fixed = try ExploreTests.replicaSet(dir, subnet: "10.217.0", sync: true, tag: "y")
             let clean = try wb(["explore", fixed, "--out", "\(dir)/clean", "--json"], timeout: 600)
             let f = try ExploreTests.summary(clean)

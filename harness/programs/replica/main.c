@@ -9,6 +9,7 @@
 // the backup before the primary's SET does, the read is stale and the client aborts in
 // check_read. With --sync the primary answers only after the backup's "ACK v": never stale.
 //
+// The primary's count is in the global primary_value, the backup's copy in backup_value.
 // Every process prints "READY pid=N" once its connections are up. The client then waits
 // until --start-in milliseconds (default 2000) after that moment on the monotonic clock,
 // so a checkpoint taken in between finds the job connected and idle, and a restore later
@@ -29,6 +30,9 @@
 #include <unistd.h>
 
 struct conn { int fd; char buf[512]; size_t len; };
+
+// The counter as the primary and the backup hold it (for checks from gdb).
+long primary_value, backup_value;
 
 static int listen_on(const char *at) {
     struct sockaddr_in a;
@@ -100,7 +104,10 @@ static int backup(const char *at) {
             if (peers[i].fd < 0 || !(buffered_line(&peers[i]) || p[i].revents)) continue;
             char line[64];
             if (!next_line(&peers[i], line, sizeof line)) { close(peers[i].fd); peers[i].fd = -1; open--; continue; }
-            if (i == primary && !strncmp(line, "SET ", 4)) { value = atol(line + 4); send_line(peers[i].fd, "ACK %ld\n", value); }
+            if (i == primary && !strncmp(line, "SET ", 4)) {
+                value = backup_value = atol(line + 4);
+                send_line(peers[i].fd, "ACK %ld\n", value);
+            }
             else if (!strcmp(line, "READ")) send_line(peers[i].fd, "VALUE %ld\n", value);
         }
     }
@@ -122,7 +129,7 @@ static int primary(const char *at, const char *backup_at, int sync) {
         if (buffered_line(&c) || p[0].revents) {
             if (!next_line(&c, line, sizeof line)) break;
             if (!strcmp(line, "INC")) {
-                value++;
+                primary_value = ++value;
                 send_line(b.fd, "SET %ld\n", value);
                 if (sync) owed = value; else send_line(c.fd, "OK %ld\n", value);
             }
