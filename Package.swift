@@ -131,6 +131,7 @@ let package = Package(
         harnessProgram("kvserver", optimize: false),
         harnessProgram("ring"),
         harnessProgram("replica"),
+        harnessProgram("twophase"),
         // Linked against libibverbs, run on wb's verbs layer.
         harnessProgram("ibring", libraries: ["ibverbs"]),
         harnessProgram("ibcheck", libraries: ["ibverbs"]),

@@ -4,38 +4,60 @@ import Testing
 import WBCore
 import WBSystem
 
-/// wb explore and wb replay --schedule on harness-replica: a primary-backup counter over
-/// three hosts whose client aborts on a stale read, which only one order of the primary's
-/// two messages and the client's read shows (never in a run on its own here).
+/// wb explore and wb replay --schedule on protocols with a bug only a rare order of messages
+/// shows (never in a run on its own here), snapshotted mid-protocol on three hosts:
+/// harness-replica, a primary-backup log that loses an acknowledged write when a failover
+/// races it, and harness-twophase, a two-phase commit whose coordinator counts a late vote
+/// for the next transaction.
 extension DistributedTests {
     @Suite(.serialized) struct ExploreTests {
-        /// The job on three hosts (network namespaces), checkpointed with --kill once every
-        /// member is connected and the client waits to start: the set's directory.
-        static func replicaSet(_ dir: String, subnet: String, sync: Bool, tag: String) throws -> String {
+        /// A job of three members on three hosts (network namespaces), each started by `wb run
+        /// --join` in turn (host, name in the set, program and arguments), checkpointed with
+        /// --kill once every member has printed READY: the set's directory.
+        static func jobSet(_ dir: String, subnet: String, tag: String,
+                           _ programs: (TestHosts) -> [(host: Int, name: String, program: String, args: [String])]) throws -> String {
             let hosts = try TestHosts(count: 3, subnet: subnet, tag: tag)
             defer { hosts.remove() }
             let token = "explore-\(tag)"
             let (coordinator, address) = try hosts.coordinator(token: token)
             defer { coordinator.signal(SIGKILL); coordinator.wait(timeout: 30) }
-            let replica = Products.harness("replica")
-            let backup = "\(hosts.address(1)):7100", primary = "\(hosts.address(0)):7100"
-            let programs: [(Int, String, [String])] = [
-                (1, "backup", ["backup", "--listen", backup]),
-                (0, "primary", ["primary", "--listen", primary, "--backup", backup] + (sync ? ["--sync"] : [])),
-                (2, "client", ["client", "--primary", primary, "--backup", backup, "--rounds", "1", "--start-in", "4000"]),
-            ]
             var members: [Child] = []
             defer { for m in members { m.signal(SIGKILL); m.wait(timeout: 30) } }
-            for (h, name, args) in programs {
-                let m = try hosts.start(h, Products.wb, ["run", "--join", address, "--host", name, "--", replica] + args, env: ["WB_TOKEN": token])
+            for (i, p) in programs(hosts).enumerated() {
+                let m = try hosts.start(p.host, Products.wb, ["run", "--join", address, "--host", p.name, "--", p.program] + p.args, env: ["WB_TOKEN": token])
                 members.append(m)
-                if name == "backup" { usleep(200_000) }
+                if i == 0 { usleep(200_000) }
             }
             for m in members { try #require(m.line(startingWith: "READY") != nil, "a member did not start: \(m.stderrText)") }
             let set = "\(dir)/set-\(tag)"
             let run = try wb(["checkpoint", "--coordinator", address, "-o", set, "--kill"], env: ["WB_TOKEN": token])
             try #require(run.code == 0, "\(run.stderr)")
             return set
+        }
+
+        /// harness-replica: backup, primary, and a client that has made two writes and waits
+        /// to make one more and fail the primary over.
+        static func replicaSet(_ dir: String, subnet: String, sync: Bool, tag: String) throws -> String {
+            try jobSet(dir, subnet: subnet, tag: tag) { hosts in
+                let replica = Products.harness("replica")
+                let backup = "\(hosts.address(1)):7100", primary = "\(hosts.address(0)):7100"
+                return [(1, "backup", replica, ["backup", "--listen", backup]),
+                        (0, "primary", replica, ["primary", "--listen", primary, "--backup", backup] + (sync ? ["--sync"] : [])),
+                        (2, "client", replica, ["client", "--primary", primary, "--backup", backup, "--warmup", "2", "--writes", "1", "--start-in", "4000"])]
+            }
+        }
+
+        /// harness-twophase: two participants (the first votes no on transaction 3, the
+        /// second on 4) and a coordinator paused after transactions 1 and 2.
+        static func twoPhaseSet(_ dir: String, subnet: String, fixed: Bool, tag: String) throws -> String {
+            try jobSet(dir, subnet: subnet, tag: tag) { hosts in
+                let program = Products.harness("twophase")
+                let p1 = "\(hosts.address(1)):7200", p2 = "\(hosts.address(2)):7200"
+                return [(1, "p1", program, ["participant", "--listen", p1, "--no-on", "3"]),
+                        (2, "p2", program, ["participant", "--listen", p2, "--no-on", "4"]),
+                        (0, "coordinator", program, ["coordinator", "--participants", "\(p1),\(p2)", "--txns", "4", "--pause-before", "3",
+                                                     "--pause-ms", "4000"] + (fixed ? ["--fixed"] : []))]
+            }
         }
 
         static func summary(_ run: Run) throws -> [String: Any] {
@@ -47,8 +69,8 @@ extension DistributedTests {
                 .filter { $0.hasPrefix("wbb") })
         }
 
-        /// DPOR explores every order that matters, finds the stale read with the client's
-        /// backtrace, and ends; the schedule replays it, and in gdb stops in check_read.
+        /// DPOR explores every order that matters, finds the lost write with the client's
+        /// backtrace, and ends; the schedule replays it, and in gdb stops in check_log.
         /// Random and PCT find it too; with --sync (the primary answers after the backup's
         /// acknowledgement) every order is explored and nothing is violated; an invariant
         /// command sees the members and fails the run it should.
@@ -68,14 +90,15 @@ extension DistributedTests {
             #expect(finding["kind"] as? String == "crash" && (finding["member"] as? String ?? "").hasPrefix("client:"), "\(finding)")
             let found = try #require(finding["directory"] as? String)
             let report = try Paths.readText("\(found)/report.txt")
-            #expect(report.contains("check_read") && report.contains("SIGABRT"), "\(report)")
-            // The stale read: the client's READ reached the backup before the primary's SET.
-            #expect(report.contains("\"READ.\"") && report.contains("\"VALUE 0.\""), "\(report)")
+            #expect(report.contains("SIGABRT"), "\(report)")
+            // The lost write: the client's FAILOVER reached the backup before the primary's
+            // REPL of the third entry, which the primary had acknowledged.
+            #expect(report.contains("\"FAILOVER.\"") && report.contains("\"PROMOTED 2.\"") && report.contains("check_log"), "\(report)")
 
             let replay = try wb(["replay", set, "--schedule", "\(found)/schedule.json"], timeout: 300)
-            #expect(replay.code == 0 && replay.stdout.contains("(as recorded)") && replay.stdout.contains("check_read"), "\(replay.stdout) \(replay.stderr)")
+            #expect(replay.code == 0 && replay.stdout.contains("(as recorded)") && replay.stdout.contains("check_log"), "\(replay.stdout) \(replay.stderr)")
             let debug = try wb(["replay", set, "--schedule", "\(found)/schedule.json", "--debug", "--", "-batch", "-ex", "bt"], timeout: 300)
-            #expect(debug.stdout.contains("check_read (seen=") || debug.stdout.contains("in check_read"), "\(debug.stdout) \(debug.stderr)")
+            #expect(debug.stdout.contains("check_log (promoted=") || debug.stdout.contains("in check_log"), "\(debug.stdout) \(debug.stderr)")
 
             for strategy in ["random", "pct"] {
                 let sampled = try wb(["explore", set, "--strategy", strategy, "--seed", "5", "--max-runs", "60", "--first",
@@ -94,10 +117,10 @@ extension DistributedTests {
             let again = try wb(["replay", set, "--schedule", "\(broken["directory"] as? String ?? "")/schedule.json", "--json"], timeout: 300)
             #expect(again.code == 0 && again.stdout.contains("\"reproduced\" : true"), "\(again.stdout) \(again.stderr)")
 
-            // A gdb expression in a member: false once the primary has counted the INC.
+            // A gdb expression in a member: false once the primary has appended the third entry.
             let primaryName = try #require((try DistributedTests.manifest(set)["members"] as? [[String: Any]])?
                 .first { $0["host"] as? String == "primary" }.map { "primary:\($0["pid"] as? Int ?? 0)" })
-            let gdbRun = try wb(["explore", set, "--gdb-check", "\(primaryName): primary_value < 1", "--first", "--out", "\(dir)/gdb", "--json"], timeout: 600)
+            let gdbRun = try wb(["explore", set, "--gdb-check", "\(primaryName): primary_log < 3", "--first", "--out", "\(dir)/gdb", "--json"], timeout: 600)
             let g = try ExploreTests.summary(gdbRun)
             let gdbFinding = try #require((g["findings"] as? [[String: Any]])?.first, "\(g) \(gdbRun.stderr)")
             #expect(gdbFinding["kind"] as? String == "gdb-check" && gdbFinding["member"] as? String == primaryName
@@ -108,6 +131,28 @@ extension DistributedTests {
             let f = try ExploreTests.summary(clean)
             #expect(clean.code == 0 && f["exhausted"] as? Bool == true && f["violations"] as? Int == 0, "\(f) \(clean.stderr)")
             #expect(ExploreTests.setHosts().subtracting(before).isEmpty, "wb explore left hosts behind: \(ExploreTests.setHosts().subtracting(before))")
+        }
+
+        /// The coordinator's late-vote bug: found by DPOR (a participant told to commit what it
+        /// voted against), replayed in gdb; --fixed is explored to the end with no violation.
+        @Test func aLateVoteInTwoPhaseCommitIsFoundAndTheFixHolds() throws {
+            let dir = scratchDirectory()
+            let set = try ExploreTests.twoPhaseSet(dir, subnet: "10.218.0", fixed: false, tag: "t")
+            let explore = try wb(["explore", set, "--depth", "40", "--out", "\(dir)/found", "--json"], timeout: 600)
+            let s = try ExploreTests.summary(explore)
+            #expect(explore.code == 3 && s["exhausted"] as? Bool == true, "\(s) \(explore.stderr)")
+            let finding = try #require((s["findings"] as? [[String: Any]])?.first { $0["kind"] as? String == "crash" }, "\(s)")
+            #expect((finding["member"] as? String ?? "").hasPrefix("p2:"), "\(finding)")
+            let found = try #require(finding["directory"] as? String)
+            let report = try Paths.readText("\(found)/report.txt")
+            #expect(report.contains("check_decision") && report.contains("\"DECIDE 4 COMMIT.\""), "\(report)")
+            let debug = try wb(["replay", set, "--schedule", "\(found)/schedule.json", "--debug", "--", "-batch", "-ex", "bt"], timeout: 300)
+            #expect(debug.stdout.contains("check_decision"), "\(debug.stdout) \(debug.stderr)")
+
+            let fixed = try ExploreTests.twoPhaseSet(dir, subnet: "10.218.1", fixed: true, tag: "u")
+            let clean = try wb(["explore", fixed, "--depth", "40", "--out", "\(dir)/clean", "--json"], timeout: 600)
+            let f = try ExploreTests.summary(clean)
+            #expect(clean.code == 0 && f["exhausted"] as? Bool == true && f["violations"] as? Int == 0, "\(f) \(clean.stderr)")
         }
 
         @Test func badArgumentsAndBadSchedulesGetOneLineErrors() throws {

@@ -1,20 +1,24 @@
 // harness-replica backup --listen HOST:PORT
 // harness-replica primary --listen HOST:PORT --backup HOST:PORT [--sync]
-// harness-replica client --primary HOST:PORT --backup HOST:PORT --rounds R [--start-in MS]
+// harness-replica client --primary HOST:PORT --backup HOST:PORT [--warmup W] [--writes R] [--start-in MS]
 //
-// A primary-backup counter with a read-your-writes bug that only one order of messages
-// shows: a target for `wb explore`. The client sends "INC" to the primary, which counts,
-// sends "SET v" to the backup and (without --sync) answers "OK v" at once; the client then
-// asks the backup ("READ") and checks that it sees at least v. If the client's READ reaches
-// the backup before the primary's SET does, the read is stale and the client aborts in
-// check_read. With --sync the primary answers only after the backup's "ACK v": never stale.
+// A primary-backup log that loses an acknowledged write when a failover races a write: a
+// target for `wb explore`. The client appends entries to the primary's log ("APPEND"); the
+// primary appends, sends "REPL n" to the backup and (without --sync) acknowledges "ACK n" at
+// once. After its writes the client fails the primary over: it tells the backup "FAILOVER",
+// the backup takes over and answers "PROMOTED n" with the length of its log, and the client
+// checks that every write it had acknowledged is there. If the FAILOVER reaches the backup
+// before the primary's last REPL does, an acknowledged write is lost and the client aborts
+// in check_log. With --sync the primary acknowledges only after the backup's "REPLOK n":
+// never lost.
 //
-// The primary's count is in the global primary_value, the backup's copy in backup_value.
-// Every process prints "READY pid=N" once its connections are up. The client then waits
-// until --start-in milliseconds (default 2000) after that moment on the monotonic clock,
-// so a checkpoint taken in between finds the job connected and idle, and a restore later
-// than that starts the rounds at once. At the end the client prints "DONE rounds=R" and
-// closes its connections; the primary and the backup exit 0 when their peers have gone.
+// The primary's log length is in the global primary_log, the backup's in backup_log. Every
+// process prints "READY pid=N" once its connections are up. The client makes --warmup
+// writes (default 2), then waits until --start-in milliseconds (default 2000) after READY on
+// the monotonic clock, so a checkpoint taken in between finds the job mid-protocol and a
+// restore later than that goes on at once; then --writes more (default 1) and the failover.
+// At the end it prints "DONE writes=N" and closes its connections; the primary and the
+// backup exit 0 when their peers have gone.
 #define _GNU_SOURCE
 #include "harness.h"
 #include <arpa/inet.h>
@@ -31,8 +35,8 @@
 
 struct conn { int fd; char buf[512]; size_t len; };
 
-// The counter as the primary and the backup hold it (for checks from gdb).
-long primary_value, backup_value;
+// The log's length as the primary and the backup hold it (for checks from gdb).
+long primary_log, backup_log;
 
 static int listen_on(const char *at) {
     struct sockaddr_in a;
@@ -96,7 +100,7 @@ static int backup(const char *at) {
     harness_require(primary >= 0, "no primary");
     harness_say("READY pid=%d", getpid());
     long value = 0;
-    int open = 2;
+    int open = 2, promoted = 0;
     while (open > 0) {
         struct pollfd p[2] = {{peers[0].fd, POLLIN, 0}, {peers[1].fd, POLLIN, 0}};
         if (!buffered_line(&peers[0]) && !buffered_line(&peers[1]) && poll(p, 2, -1) < 0 && errno == EINTR) continue;
@@ -104,11 +108,13 @@ static int backup(const char *at) {
             if (peers[i].fd < 0 || !(buffered_line(&peers[i]) || p[i].revents)) continue;
             char line[64];
             if (!next_line(&peers[i], line, sizeof line)) { close(peers[i].fd); peers[i].fd = -1; open--; continue; }
-            if (i == primary && !strncmp(line, "SET ", 4)) {
-                value = backup_value = atol(line + 4);
-                send_line(peers[i].fd, "ACK %ld\n", value);
+            if (i == primary && !strncmp(line, "REPL ", 5)) {
+                if (!promoted) {
+                    value = backup_log = atol(line + 5);
+                    send_line(peers[i].fd, "REPLOK %ld\n", value);
+                }
             }
-            else if (!strcmp(line, "READ")) send_line(peers[i].fd, "VALUE %ld\n", value);
+            else if (!strcmp(line, "FAILOVER")) { promoted = 1; send_line(peers[i].fd, "PROMOTED %ld\n", value); }
         }
     }
     return 0;
@@ -128,32 +134,41 @@ static int primary(const char *at, const char *backup_at, int sync) {
         char line[64];
         if (buffered_line(&c) || p[0].revents) {
             if (!next_line(&c, line, sizeof line)) break;
-            if (!strcmp(line, "INC")) {
-                primary_value = ++value;
-                send_line(b.fd, "SET %ld\n", value);
-                if (sync) owed = value; else send_line(c.fd, "OK %ld\n", value);
+            if (!strcmp(line, "APPEND")) {
+                primary_log = ++value;
+                send_line(b.fd, "REPL %ld\n", value);
+                if (sync) owed = value; else send_line(c.fd, "ACK %ld\n", value);
             }
         }
         if (buffered_line(&b) || p[1].revents) {
             if (!next_line(&b, line, sizeof line)) break;
-            if (!strncmp(line, "ACK ", 4) && owed && atol(line + 4) == owed) { send_line(c.fd, "OK %ld\n", owed); owed = 0; }
+            if (!strncmp(line, "REPLOK ", 7) && owed && atol(line + 7) == owed) { send_line(c.fd, "ACK %ld\n", owed); owed = 0; }
         }
     }
     close(b.fd);
     return 0;
 }
 
-__attribute__((noinline)) static void check_read(long seen, long acked) {
-    if (seen < acked) {
-        fprintf(stderr, "harness-replica: stale read: the backup has %ld after the primary acknowledged %ld\n", seen, acked);
+__attribute__((noinline)) static void check_log(long promoted, long acked) {
+    if (promoted < acked) {
+        fprintf(stderr, "harness-replica: acknowledged write lost: the new primary's log has %ld entries, %ld were acknowledged\n", promoted, acked);
         abort();
     }
 }
 
-static int client(const char *primary_at, const char *backup_at, int rounds, long start_in_ms) {
+static long append(struct conn *p) {
+    char line[64];
+    send_line(p->fd, "APPEND\n", 0);
+    harness_require(next_line(p, line, sizeof line) && !strncmp(line, "ACK ", 4), "ACK from the primary");
+    return atol(line + 4);
+}
+
+static int client(const char *primary_at, const char *backup_at, int warmup, int writes, long start_in_ms) {
     struct conn p = {connect_to(primary_at), {0}, 0};
     struct conn b = {connect_to(backup_at), {0}, 0};
     send_line(b.fd, "HELLO client\n", 0);
+    long acked = 0;
+    for (int i = 0; i < warmup; i++) acked = append(&p);
     struct timespec start;
     clock_gettime(CLOCK_MONOTONIC, &start);
     start.tv_sec += start_in_ms / 1000;
@@ -161,16 +176,12 @@ static int client(const char *primary_at, const char *backup_at, int rounds, lon
     if (start.tv_nsec >= 1000000000) { start.tv_sec++; start.tv_nsec -= 1000000000; }
     harness_say("READY pid=%d", getpid());
     while (clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &start, NULL) == EINTR) {}
-    for (int r = 0; r < rounds; r++) {
-        char line[64];
-        send_line(p.fd, "INC\n", 0);
-        harness_require(next_line(&p, line, sizeof line) && !strncmp(line, "OK ", 3), "OK from the primary");
-        long acked = atol(line + 3);
-        send_line(b.fd, "READ\n", 0);
-        harness_require(next_line(&b, line, sizeof line) && !strncmp(line, "VALUE ", 6), "VALUE from the backup");
-        check_read(atol(line + 6), acked);
-    }
-    harness_say("DONE rounds=%d", rounds);
+    for (int i = 0; i < writes; i++) acked = append(&p);
+    char line[64];
+    send_line(b.fd, "FAILOVER\n", 0);
+    harness_require(next_line(&b, line, sizeof line) && !strncmp(line, "PROMOTED ", 9), "PROMOTED from the backup");
+    check_log(atol(line + 9), acked);
+    harness_say("DONE writes=%ld", acked);
     close(p.fd);
     close(b.fd);
     return 0;
@@ -178,7 +189,7 @@ static int client(const char *primary_at, const char *backup_at, int rounds, lon
 
 int main(int argc, char **argv) {
     const char *listen_at = NULL, *backup_at = NULL, *primary_at = NULL;
-    int rounds = 1, sync = 0;
+    int warmup = 2, writes = 1, sync = 0;
     long start_in = 2000;
     for (int i = 2; i < argc; i++) {
         if (!strcmp(argv[i], "--sync")) sync = 1;
@@ -186,12 +197,13 @@ int main(int argc, char **argv) {
         else if (!strcmp(argv[i], "--listen")) listen_at = argv[++i];
         else if (!strcmp(argv[i], "--backup")) backup_at = argv[++i];
         else if (!strcmp(argv[i], "--primary")) primary_at = argv[++i];
-        else if (!strcmp(argv[i], "--rounds")) rounds = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--warmup")) warmup = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--writes")) writes = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--start-in")) start_in = atol(argv[++i]);
     }
     if (argc > 1 && !strcmp(argv[1], "backup") && listen_at) return backup(listen_at);
     if (argc > 1 && !strcmp(argv[1], "primary") && listen_at && backup_at) return primary(listen_at, backup_at, sync);
-    if (argc > 1 && !strcmp(argv[1], "client") && primary_at && backup_at) return client(primary_at, backup_at, rounds, start_in);
+    if (argc > 1 && !strcmp(argv[1], "client") && primary_at && backup_at) return client(primary_at, backup_at, warmup, writes, start_in);
     fprintf(stderr, "usage: harness-replica backup|primary|client ... (see the source's first lines)\n");
     return 2;
 }
