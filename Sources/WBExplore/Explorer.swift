@@ -189,13 +189,15 @@ public final class Explorer {
     }
 
     /// Runs the invariant command: WB_MEMBERS lists "NAME=PID" of each member's top process
-    /// (pids as seen on this box), WB_HOSTS "HOST=NETNS".
+    /// (pids as seen on this box), WB_HOSTS "HOST=NETNS", WB_DELIVERIES the step and
+    /// WB_IN_FLIGHT the messages pending (0: the job has settled).
     static func invariant(_ command: String?, _ set: MediatedSet) throws -> Violation? {
         guard let command else { return nil }
         var env = ProcessInfo.processInfo.environment
         env["WB_MEMBERS"] = set.members.filter { $0.ended == nil }.map { "\($0.name)=\($0.processes[0].pid)" }.joined(separator: " ")
         env["WB_HOSTS"] = set.set.namespaces.map { "\($0.key)=\($0.value)" }.sorted().joined(separator: " ")
         env["WB_DELIVERIES"] = "\(set.delivered.count)"
+        env["WB_IN_FLIGHT"] = "\(set.inFlight)"
         let result = try Subprocess.output("/bin/sh", ["-c", command], environment: env)
         if result.status == 0 { return nil }
         let output = String(decoding: result.stdout + result.stderr, as: UTF8.self)

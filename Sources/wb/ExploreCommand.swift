@@ -30,8 +30,9 @@ struct ExploreCommand: ParsableCommand {
         deliveries in order and the checks) and report.txt (what was violated, where, the \
         member's backtrace); wb replay SET --schedule FILE makes the same deliveries again \
         and stops at the violation (with --debug, in gdb on the member it names). The invariant command \
-        runs with WB_MEMBERS ("HOST:PID=PID-HERE ..."), WB_HOSTS ("HOST=NETNS ...") and \
-        WB_DELIVERIES in its environment; exit status 0 means it holds.
+        runs with WB_MEMBERS ("HOST:PID=PID-HERE ..."), WB_HOSTS ("HOST=NETNS ..."), \
+        WB_DELIVERIES and WB_IN_FLIGHT (messages pending) in its environment; exit status 0 \
+        means it holds.
 
         Exit status: 0 when nothing was violated, 1 on an error, 3 when violations were found.
 
