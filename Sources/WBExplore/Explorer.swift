@@ -145,7 +145,7 @@ public final class Explorer {
         let set = try MediatedSet(dir: setDirectory, options: options.restore, tag: String(UnicodeScalar(UInt8(97 + run % 26))))
         defer { set.end() }
         var steps: [Step] = []
-        defer { strategy.endRun(steps) }
+        defer { strategy.endRun(steps, pending: set.enabled.map { Step(id: $0.id, receiver: $0.to, cause: $0.cause) }) }
         try set.settle()
         while true {
             for note in set.unmediated where !stats.unmediated.contains(note) { stats.unmediated.append(note) }

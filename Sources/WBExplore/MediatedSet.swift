@@ -78,7 +78,6 @@ public final class MediatedSet {
     public private(set) var unmediated: [String] = []
     /// How long a member may run after a delivery without waiting for anything.
     public var stepLimit: Double = 10
-    private var lastSender: End?
     private var all: [Tracee] { members.flatMap { $0.processes } }
     private var backtracers: [Int: Backtracer] = [:]
 
@@ -188,13 +187,15 @@ public final class MediatedSet {
         }
     }
 
-    /// Whether the last delivery's bytes have all reached the receiver's socket.
+    /// Whether every byte sent on a channel has reached the other end's socket (nothing
+    /// unacknowledged in any sender's queue): the last delivery, and data the snapshot held
+    /// in flight, which the rebuilt connections send again.
     private func delivered_arrived() -> Bool {
-        guard let end = lastSender else { return true }
-        var outq: Int32 = 0
-        if wb_socket_ioctl_int(end.socket.rawValue, 0x5411 /* SIOCOUTQ */, &outq) != 0 { return true }
-        if outq == 0 { lastSender = nil }
-        return outq == 0
+        for end in senders.values {
+            var outq: Int32 = 0
+            if wb_socket_ioctl_int(end.socket.rawValue, 0x5411 /* SIOCOUTQ */, &outq) == 0 && outq > 0 { return false }
+        }
+        return true
     }
 
     private func everyoneWaits() -> Bool {
@@ -378,7 +379,6 @@ public final class MediatedSet {
             var p = pollfd(fd: end.socket.rawValue, events: Int16(POLLOUT), revents: 0)
             _ = poll(&p, 1, 10)
         }
-        lastSender = end
     }
 
     /// What a delivery of `m` is, for a schedule.

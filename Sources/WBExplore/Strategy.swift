@@ -51,8 +51,9 @@ public protocol Strategy {
     mutating func choose(step: Int, enabled: [Choice]) -> MessageID?
     /// After a delivery: the run's steps so far (the last one just made).
     mutating func delivered(_ steps: [Step])
-    /// The run ended (after `steps`), or stopped early: a state explored before.
-    mutating func endRun(_ steps: [Step])
+    /// The run ended after `steps`, with `pending` still deliverable (the oldest message of
+    /// each direction): at the depth bound, at a violation, or with nothing new to try.
+    mutating func endRun(_ steps: [Step], pending: [Step])
     /// Branches not explored because the reduction showed them equivalent to explored ones.
     var pruned: Int { get }
 }
@@ -136,11 +137,14 @@ public struct DepthFirst: Strategy {
         if let p = (0..<i).last(where: { steps[$0].receiver == e.receiver }) { hb.insert(p); hb.formUnion(before[p]) }
         if let c = e.cause, c < i { hb.insert(c); hb.formUnion(before[c]) }
         before.append(hb)
-        guard reduce else { return }
-        // The last earlier delivery to the same member that did not lead to this message
-        // being written races with it: try this message's direction first there.
+        if reduce { race(e, after: Array(steps[..<i])) }
+    }
+
+    /// The last delivery in `steps` to the same member as `e` that did not lead to `e`'s
+    /// message being written races with it: `e`'s direction is tried first there.
+    private mutating func race(_ e: Step, after steps: [Step]) {
         let sentAfter: Set<Int> = e.cause.map { before[$0].union([$0]) } ?? []
-        guard let j = (0..<i).last(where: { steps[$0].receiver == e.receiver }), !sentAfter.contains(j), j < stack.count else { return }
+        guard let j = steps.indices.last(where: { steps[$0].receiver == e.receiver }), !sentAfter.contains(j), j < stack.count else { return }
         if let head = stack[j].enabled.first(where: { $0.id.direction == e.id.direction }) {
             stack[j].backtrack.insert(head.id)
         } else {
@@ -148,9 +152,13 @@ public struct DepthFirst: Strategy {
         }
     }
 
-    public mutating func endRun(_ steps: [Step]) {
+    public mutating func endRun(_ steps: [Step], pending: [Step]) {
         // Nodes past where the run stopped were never reached.
         if stack.count > steps.count { stack.removeLast(stack.count - steps.count) }
+        // The messages the run left undelivered race as if they came next: without this, a
+        // run cut by the depth bound (or a violation) would hide the orders that deliver one
+        // of them earlier.
+        if reduce { for e in pending { race(e, after: steps) } }
     }
 }
 
@@ -162,7 +170,7 @@ public struct RandomWalk: Strategy {
     public mutating func beginRun(_ run: Int) -> Bool { true }
     public mutating func choose(step: Int, enabled: [Choice]) -> MessageID? { enabled.randomElement(using: &generator)?.id }
     public mutating func delivered(_ steps: [Step]) {}
-    public mutating func endRun(_ steps: [Step]) {}
+    public mutating func endRun(_ steps: [Step], pending: [Step]) {}
 }
 
 /// Probabilistic concurrency testing (Burckhardt et al.), with directions of channels as
@@ -206,5 +214,5 @@ public struct PCT: Strategy {
     }
 
     public mutating func delivered(_ steps: [Step]) {}
-    public mutating func endRun(_ steps: [Step]) {}
+    public mutating func endRun(_ steps: [Step], pending: [Step]) {}
 }
