@@ -198,10 +198,9 @@ public final class Explorer {
         env["WB_HOSTS"] = set.set.namespaces.map { "\($0.key)=\($0.value)" }.sorted().joined(separator: " ")
         env["WB_DELIVERIES"] = "\(set.delivered.count)"
         env["WB_IN_FLIGHT"] = "\(set.inFlight)"
-        let result = try Subprocess.output("/bin/sh", ["-c", command], environment: env)
-        if result.status == 0 { return nil }
-        let output = String(decoding: result.stdout + result.stderr, as: UTF8.self)
-        let first = output.split(separator: "\n").first.map(String.init) ?? "exit status \(result.status)"
+        let (status, output) = try set.runServing(command, environment: env)
+        if status == 0 { return nil }
+        let first = output.split(separator: "\n").first.map(String.init) ?? "exit status \(status)"
         return Violation(kind: .invariant, member: nil, what: "the invariant failed: \(first)", detail: output)
     }
 

@@ -391,6 +391,36 @@ public final class MediatedSet {
     /// The deliveries made so far, as a schedule holds them.
     public var deliveries: [Delivery] { delivered.map(describe) }
 
+    /// Runs `command` with `sh -c` while the members go on being served (a member that
+    /// writes on a channel meanwhile is held as usual, so a command that talks to a member
+    /// gets its answer); returns its exit status and output.
+    public func runServing(_ command: String, environment: [String: String]) throws -> (status: Int32, output: String) {
+        let out = open("/tmp", 0o20200000 /* O_TMPFILE */ | O_RDWR | O_CLOEXEC, 0o600)
+        if out < 0 { throw WBError.system(call: "open(O_TMPFILE)", errno: errno, what: "catching the output of \(command)") }
+        let file = FileDescriptor(owning: out)
+        let null = try FileDescriptor.open("/dev/null", O_RDONLY)
+        let pid = try Subprocess.spawn("/bin/sh", ["-c", command], environment: environment, stdin: null.rawValue, stdout: out, stderr: out)
+        var status: Int32?
+        let alive = all.filter { !$0.tids.isEmpty }
+        let saved = alive.first?.otherStop
+        alive.first?.otherStop = { p, st in if p == pid { status = st } else { saved?(p, st) } }
+        defer { alive.first?.otherStop = saved }
+        while status == nil {
+            if alive.allSatisfy({ $0.tids.isEmpty }) {
+                var st: Int32 = 0
+                while waitpid(pid, &st, 0) < 0 && errno == EINTR {}
+                status = st
+                break
+            }
+            if let (t, tid, stop) = try Tracee.waitAny(among: alive.filter { !$0.tids.isEmpty }, timeout: 0.01) { try handle(t, tid, stop) }
+        }
+        // The command wrote through the same open file: read it from its start.
+        _ = lseek(out, 0, SEEK_SET)
+        let text = String(decoding: (try? file.readAll(limit: 1 << 20)) ?? [], as: UTF8.self)
+        let st = status ?? 0
+        return (st & 0x7f == 0 ? (st >> 8) & 0xff : 128 + (st & 0x7f), text)
+    }
+
     /// Marks a violation found by a check outside (an invariant).
     public func report(_ v: Violation) { if violation == nil { violation = v } }
 
