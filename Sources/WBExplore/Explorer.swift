@@ -26,6 +26,11 @@ public struct ExploreOptions: Sendable {
     public var bugDepth = 3
     /// Stop at the first violation.
     public var firstOnly = false
+    /// Faults the explorer may inject, as choices besides deliveries: "drop" (a connection),
+    /// "crash" (a member).
+    public var faults: Set<String> = []
+    /// Faults per run at most.
+    public var maxFaults = 1
     public var restore = RestoreOptions()
     public init() {}
 }
@@ -145,6 +150,7 @@ public final class Explorer {
         let set = try MediatedSet(dir: setDirectory, options: options.restore, tag: String(UnicodeScalar(UInt8(97 + run % 26))))
         defer { set.end() }
         var steps: [Step] = []
+        var faultsUsed = 0
         defer { strategy.endRun(steps, pending: set.enabled.map { Step(id: $0.id, receiver: $0.to, cause: $0.cause) }) }
         try set.settle()
         while true {
@@ -158,8 +164,21 @@ public final class Explorer {
                     kind: .liveness, member: nil,
                     what: "\(set.inFlight) messages still in flight after \(options.depth) deliveries (--depth)"))
             }
-            let choices = enabled.map { Choice(id: $0.id, receiver: $0.to) }
+            var choices = enabled.map { Choice(id: $0.id, receiver: $0.to) }
+            let faults = faultsUsed < options.maxFaults ? set.faults.filter { f in
+                options.faults.contains(f.id.isFault && f.id.crashedMember != nil ? "crash" : "drop")
+            } : []
+            choices += faults.map { Choice(id: $0.id, receiver: -1) }
             guard let pick = strategy.choose(step: steps.count, enabled: choices) else { break }
+            if pick.isFault {
+                guard faults.contains(where: { $0.id == pick }) else { stats.divergences += 1; break }
+                try set.inject(pick)
+                faultsUsed += 1
+                steps.append(Step(id: pick, receiver: -1, cause: nil))
+                strategy.delivered(steps)
+                try set.settle()
+                continue
+            }
             guard let message = enabled.first(where: { $0.id == pick }) else {
                 stats.divergences += 1
                 break

@@ -28,6 +28,8 @@ public final class MediatedSet {
         public let processes: [Tracee]
         /// How the member ended (its top process), once it has.
         public fileprivate(set) var ended: Int32?
+        /// Ended by a crash fault wb injected: not a violation.
+        public fileprivate(set) var crashed = false
         init(index: Int, restored: SetRestorer.Restored) {
             self.index = index
             name = restored.member.name
@@ -39,7 +41,7 @@ public final class MediatedSet {
     /// A write that wb holds, or the end of a direction (the writer closed its socket, or
     /// shut it down for writing): held behind the writes before it, as TCP keeps that order.
     public struct Message {
-        public enum Kind { case data, close, shutdown }
+        public enum Kind { case data, close, shutdown, drop, crash }
         public var id: MessageID
         public var kind = Kind.data
         public var from: Int
@@ -240,12 +242,12 @@ public final class MediatedSet {
         case let .exited(code):
             if tid == t.pid && t === m.processes[0] {
                 m.ended = code
-                if code != 0 { violation = Violation(kind: .exit, member: m.name, what: "\(m.name) exited with status \(code)") }
+                if code != 0 && !m.crashed { violation = Violation(kind: .exit, member: m.name, what: "\(m.name) exited with status \(code)") }
             }
         case let .killed(sig):
             if tid == t.pid && t === m.processes[0] {
                 m.ended = 128 + sig
-                violation = Violation(kind: .exit, member: m.name, what: "\(m.name) was killed by \(SignalNames.name(sig))")
+                if !m.crashed { violation = Violation(kind: .exit, member: m.name, what: "\(m.name) was killed by \(SignalNames.name(sig))") }
             }
         }
     }
@@ -274,7 +276,8 @@ public final class MediatedSet {
         var regs = try t.registers(tid)
         let nr = Int(truncatingIfNeeded: regs.origRax)
         let fd = Int32(truncatingIfNeeded: regs.rdi)
-        guard let end = ends[t.pid]?[fd] else { return try t.resume(tid, .continue) }
+        // A connection a fault dropped: the call fails as the kernel has it fail.
+        guard let end = ends[t.pid]?[fd], !dropped.contains(end.channel) else { return try t.resume(tid, .continue) }
         let direction = Direction(channel: end.channel, forward: end.forward)
         func hold(_ kind: Message.Kind, _ bytes: [UInt8]) {
             let seq = nextSeq[direction, default: 0]
@@ -358,7 +361,7 @@ public final class MediatedSet {
         case .shutdown:
             _ = shutdown(end.socket.rawValue, Int32(SHUT_WR))
             return
-        case .data:
+        case .data, .drop, .crash:
             break
         }
         var offset = 0
@@ -381,9 +384,65 @@ public final class MediatedSet {
         }
     }
 
+    // MARK: Faults
+
+    /// Channels whose connection a fault dropped.
+    public private(set) var dropped = Set<Int>()
+
+    /// The faults that can happen now: dropping each connection still up between two live
+    /// members, crashing each live member.
+    public var faults: [(id: MessageID, touches: [Int])] {
+        var out: [(MessageID, [Int])] = []
+        for (i, c) in set.manifest.channels.enumerated() where !dropped.contains(i) {
+            guard let a = senders[Direction(channel: i, forward: true)], let b = senders[Direction(channel: i, forward: false)],
+                  members[a.member].ended == nil, members[b.member].ended == nil else { continue }
+            _ = c
+            out.append((MessageID.drop(i), [a.member, b.member]))
+        }
+        for m in members where m.ended == nil { out.append((MessageID.crash(m.index), [m.index])) }
+        return out
+    }
+
+    /// Injects a fault. Dropping a connection discards what is in flight on it and shuts
+    /// it down at both ends (each member reads its end, then gets an error on writing, as
+    /// after a network failure). Crashing a member kills it (SIGKILL) with the messages it
+    /// had not yet delivered, as a crash of its machine loses them; its connections close.
+    public func inject(_ id: MessageID) throws {
+        if let index = id.crashedMember {
+            guard index < members.count, members[index].ended == nil else { throw WBError.failed("fault \(id): the member is not running") }
+            let m = members[index]
+            m.crashed = true
+            for (d, _) in pending where senders[d]?.member == index || senders[Direction(channel: d.channel, forward: !d.forward)]?.member == index {
+                pending[d] = nil
+            }
+            for (d, e) in senders where e.member == index {
+                e.socket.close()
+                senders[d] = nil
+            }
+            for t in m.processes { _ = kill(t.pid, SIGKILL) }
+            delivered.append(Message(id: id, kind: .crash, from: index, to: index, bytes: [], cause: nil))
+            return
+        }
+        guard !dropped.contains(id.channel), let a = senders[Direction(channel: id.channel, forward: true)],
+              let b = senders[Direction(channel: id.channel, forward: false)] else {
+            throw WBError.failed("fault \(id): the connection is not up")
+        }
+        dropped.insert(id.channel)
+        pending[Direction(channel: id.channel, forward: true)] = nil
+        pending[Direction(channel: id.channel, forward: false)] = nil
+        _ = shutdown(a.socket.rawValue, Int32(SHUT_RDWR))
+        _ = shutdown(b.socket.rawValue, Int32(SHUT_RDWR))
+        delivered.append(Message(id: id, kind: .drop, from: a.member, to: b.member, bytes: [], cause: nil))
+    }
+
     /// What a delivery of `m` is, for a schedule.
     public func describe(_ m: Message) -> Delivery {
-        if m.kind != .data { return Delivery(message: m.id, from: members[m.from].name, to: members[m.to].name, bytes: 0, preview: m.kind == .close ? "<close>" : "<shutdown>") }
+        if m.kind != .data {
+            let names: [Message.Kind: String] = [.close: "<close>", .shutdown: "<shutdown>", .drop: "<drop connection>", .crash: "<crash>"]
+            let what = names[m.kind] ?? ""
+
+            return Delivery(message: m.id, from: members[m.from].name, to: members[m.to].name, bytes: 0, preview: what)
+        }
         let preview = String(m.bytes.prefix(48).map { $0 >= 0x20 && $0 < 0x7F ? Character(UnicodeScalar($0)) : "." })
         return Delivery(message: m.id, from: members[m.from].name, to: members[m.to].name, bytes: m.bytes.count, preview: preview)
     }

@@ -16,7 +16,18 @@ public struct MessageID: Hashable, Codable, Sendable, CustomStringConvertible {
     }
 
     public var direction: Direction { Direction(channel: channel, forward: forward) }
-    public var description: String { "c\(channel)\(forward ? "a>b" : "b>a")#\(seq)" }
+    public var description: String {
+        if let m = crashedMember { return "crash-m\(m)" }
+        if isFault { return "drop-c\(channel)" }
+        return "c\(channel)\(forward ? "a>b" : "b>a")#\(seq)"
+    }
+
+    /// A fault instead of a message (seq -1): dropping channel `channel`'s connection, or,
+    /// with a negative channel, crashing member -channel-1.
+    public var isFault: Bool { seq == -1 }
+    public var crashedMember: Int? { isFault && channel < 0 ? -channel - 1 : nil }
+    public static func drop(_ channel: Int) -> MessageID { MessageID(channel: channel, forward: true, seq: -1) }
+    public static func crash(_ member: Int) -> MessageID { MessageID(channel: -member - 1, forward: true, seq: -1) }
 }
 
 /// One direction of a channel.
@@ -124,7 +135,7 @@ public struct Schedule: Codable, Sendable {
             throw WBError.invalidArgument("\(path): not a schedule of wb explore (\(error))")
         }
         guard s.format == 1 else { throw WBError.invalidArgument("\(path): format \(s.format); this wb reads format 1") }
-        for d in s.deliveries where d.message.channel < 0 || d.message.seq < 0 {
+        for d in s.deliveries where (d.message.channel < 0 || d.message.seq < 0) && !d.message.isFault {
             throw WBError.invalidArgument("\(path): delivery \(d.message) names no message")
         }
         return s

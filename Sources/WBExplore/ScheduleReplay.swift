@@ -42,6 +42,12 @@ public enum ScheduleReplay {
         var diverged: Int?
         for (i, d) in schedule.deliveries.enumerated() {
             if let v = try Explorer.check(set, schedule.checks) { violation = v; break }
+            if d.message.isFault {
+                guard set.faults.contains(where: { $0.id == d.message }) else { diverged = i; break }
+                try set.inject(d.message)
+                try set.settle()
+                continue
+            }
             guard set.enabled.contains(where: { $0.id == d.message }) else { diverged = i; break }
             try set.deliver(d.message)
             try set.settle()

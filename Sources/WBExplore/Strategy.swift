@@ -15,12 +15,16 @@ public enum StrategyKind: String, CaseIterable, Sendable {
     case pct
 }
 
-/// A deliverable message as a strategy sees it.
+/// A deliverable message (or a fault) as a strategy sees it.
 public struct Choice: Sendable {
     public var id: MessageID
-    /// The member it goes to: deliveries to different members commute.
+    /// The member it goes to: deliveries to different members commute. -1 for a fault,
+    /// which depends on everything.
     public var receiver: Int
 }
+
+/// Whether two steps to these receivers may not be swapped.
+func dependent(_ a: Int, _ b: Int) -> Bool { a == b || a < 0 || b < 0 }
 
 /// A delivery made, for the race analysis of DPOR.
 public struct Step: Sendable {
@@ -111,7 +115,7 @@ public struct DepthFirst: Strategy {
         if reduce, let parent = stack.last, let chosen = parent.chosen {
             let receiverOf = Dictionary(parent.enabled.map { ($0.id, $0.receiver) }, uniquingKeysWith: { a, _ in a })
             for id in parent.sleep.union(parent.done) where id != chosen {
-                if let r = receiverOf[id], r != parent.chosenReceiver { sleep.insert(id) }
+                if let r = receiverOf[id], !dependent(r, parent.chosenReceiver) { sleep.insert(id) }
             }
         }
         var node = Node(enabled: enabled, sleep: sleep)
@@ -134,7 +138,7 @@ public struct DepthFirst: Strategy {
         // What happens before step i: the previous delivery to the same member, the step
         // that wrote the message, and everything before those.
         var hb = Set<Int>()
-        if let p = (0..<i).last(where: { steps[$0].receiver == e.receiver }) { hb.insert(p); hb.formUnion(before[p]) }
+        if let p = (0..<i).last(where: { dependent(steps[$0].receiver, e.receiver) }) { hb.insert(p); hb.formUnion(before[p]) }
         if let c = e.cause, c < i { hb.insert(c); hb.formUnion(before[c]) }
         before.append(hb)
         if reduce { race(e, after: Array(steps[..<i])) }
@@ -144,8 +148,8 @@ public struct DepthFirst: Strategy {
     /// message being written races with it: `e`'s direction is tried first there.
     private mutating func race(_ e: Step, after steps: [Step]) {
         let sentAfter: Set<Int> = e.cause.map { before[$0].union([$0]) } ?? []
-        guard let j = steps.indices.last(where: { steps[$0].receiver == e.receiver }), !sentAfter.contains(j), j < stack.count else { return }
-        if let head = stack[j].enabled.first(where: { $0.id.direction == e.id.direction }) {
+        guard let j = steps.indices.last(where: { dependent(steps[$0].receiver, e.receiver) }), !sentAfter.contains(j), j < stack.count else { return }
+        if let head = stack[j].enabled.first(where: { e.id.isFault ? $0.id == e.id : $0.id.direction == e.id.direction && !$0.id.isFault }) {
             stack[j].backtrack.insert(head.id)
         } else {
             stack[j].backtrack.formUnion(stack[j].enabled.map(\.id))

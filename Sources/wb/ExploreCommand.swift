@@ -20,6 +20,10 @@ struct ExploreCommand: ParsableCommand {
         nothing is in flight, some member has not ended), and a liveness bound (messages \
         still in flight after --depth deliveries, or a member running 10 s without waiting).
 
+        With --faults, failures are choices too: a connection dropped, a member crashed \
+        (at most --max-faults per run); a member ended by an injected crash is not a \
+        violation, what the others do about it is checked.
+
         Strategies: dpor (default) explores every order that matters, depth-first, with \
         dynamic partial-order reduction and sleep sets (deliveries to different members \
         commute, so only orders of deliveries to the same member are branched); all \
@@ -40,7 +44,8 @@ struct ExploreCommand: ParsableCommand {
           wb explore set1 --out found
           wb explore set1 --strategy random --seed 7 --max-runs 500 --out found
           wb explore set1 --invariant './check-replicas "$WB_MEMBERS"' --depth 40 --out found
-          wb explore set1 --gdb-check 'backup: value >= 0' --out found
+          wb explore set1 --gdb-check 'backup: backup_log >= 0' --out found
+          wb explore set1 --faults crash,drop --out found
           wb replay set1 --schedule found/violation-001-crash/schedule.json --debug
         """)
 
@@ -77,6 +82,12 @@ struct ExploreCommand: ParsableCommand {
     @Flag(help: "Every member waiting with nothing in flight ends a run normally (a service waiting for clients), not as a deadlock.")
     var idleOk = false
 
+    @Option(help: ArgumentHelp("Faults to inject as choices besides deliveries, comma-separated: drop (a connection between two members fails: each end reads what it had, then end-of-file), crash (a member is killed, with the messages it had not delivered).", valueName: "list"))
+    var faults: String?
+
+    @Option(help: "With --faults: faults per run at most.")
+    var maxFaults = 1
+
     @Flag(help: "Stop at the first violation.")
     var first = false
 
@@ -86,6 +97,8 @@ struct ExploreCommand: ParsableCommand {
     @Flag(name: .shortAndLong, help: "Print nothing but errors, findings and the summary.")
     var quiet = false
 
+    var faultList: [String] { faults.map { $0.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) } } ?? [] }
+
     func validate() throws {
         if StrategyKind(rawValue: strategy) == nil {
             throw ValidationError("--strategy \(strategy): expected one of \(StrategyKind.allCases.map(\.rawValue).joined(separator: ", "))")
@@ -94,6 +107,10 @@ struct ExploreCommand: ParsableCommand {
         if let maxRuns, maxRuns < 1 { throw ValidationError("--max-runs must be at least 1") }
         if let d = duration, FuzzCommand.seconds(d) == nil { throw ValidationError("--duration \(d): expected seconds, or a number with s, m or h (90, 90s, 10m, 2h)") }
         if bugDepth < 1 { throw ValidationError("--bug-depth must be at least 1") }
+        for f in faultList where f != "drop" && f != "crash" {
+            throw ValidationError("--faults \(f): expected drop, crash or both (drop,crash)")
+        }
+        if maxFaults < 0 { throw ValidationError("--max-faults must be 0 or more") }
         for c in gdbChecks where Schedule.parseGDBCheck(c) == nil {
             throw ValidationError("--gdb-check \(c): expected 'MEMBER: EXPRESSION', MEMBER as HOST:PID or a host")
         }
@@ -111,6 +128,8 @@ struct ExploreCommand: ParsableCommand {
             options.duration = duration.flatMap(FuzzCommand.seconds)
             options.invariant = invariant
             options.gdbChecks = gdbChecks
+            options.faults = Set(faultList)
+            options.maxFaults = maxFaults
             let members = try SetManifest.read(set).members
             for c in gdbChecks {
                 let who = Schedule.parseGDBCheck(c)!.member

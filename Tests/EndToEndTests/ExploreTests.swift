@@ -130,6 +130,17 @@ extension DistributedTests {
             let clean = try wb(["explore", fixed, "--out", "\(dir)/clean", "--json"], timeout: 600)
             let f = try ExploreTests.summary(clean)
             #expect(clean.code == 0 && f["exhausted"] as? Bool == true && f["violations"] as? Int == 0, "\(f) \(clean.stderr)")
+
+            // Faults as choices: a crashed member is not a violation itself, but the client
+            // that loses its peer exits with an error, and that schedule replays.
+            let faulted = try wb(["explore", fixed, "--faults", "crash", "--first", "--out", "\(dir)/faults", "--json"], timeout: 600)
+            let fs = try ExploreTests.summary(faulted)
+            let exit = try #require((fs["findings"] as? [[String: Any]])?.first, "\(fs) \(faulted.stderr)")
+            #expect(exit["kind"] as? String == "exit" && (exit["member"] as? String ?? "").hasPrefix("client:"), "\(exit)")
+            let exitDir = try #require(exit["directory"] as? String)
+            #expect(((try? Paths.readText("\(exitDir)/report.txt")) ?? "").contains("<crash>"))
+            let replayed = try wb(["replay", fixed, "--schedule", "\(exitDir)/schedule.json", "--json"], timeout: 300)
+            #expect(replayed.code == 0 && replayed.stdout.contains("\"reproduced\" : true"), "\(replayed.stdout) \(replayed.stderr)")
             #expect(ExploreTests.setHosts().subtracting(before).isEmpty, "wb explore left hosts behind: \(ExploreTests.setHosts().subtracting(before))")
         }
 
