@@ -1,3 +1,4 @@
+import CWBNative
 import Foundation
 import Glibc
 import WBCore
@@ -49,6 +50,7 @@ public final class SetRestorer {
         }
         var restored: [Restored] = []
         do {
+            try startGuard(ip: ip)
             try makeHosts(ip: ip, nft: nft)
             for member in manifest.members {
                 progress("restoring \(member.name) (\(member.command))")
@@ -139,6 +141,38 @@ public final class SetRestorer {
         for ns in namespaces.values { try? run(ipPath, ["netns", "delete", ns]) }
         namespaces = [:]
         try? run(ipPath, ["link", "delete", bridge])
+        keepHosts()
+    }
+
+    /// The hosts stay when wb exits (members left running with --detach): the guard is told
+    /// so and goes.
+    public func keepHosts() {
+        guard let g = guardPipe else { return }
+        _ = try? g.writeAll(Array("keep\n".utf8))
+        g.close()
+        guardPipe = nil
+    }
+
+    /// The write end of the guard's pipe: while wb holds it, the guard waits.
+    private var guardPipe: FileDescriptor?
+
+    /// A guard process that removes the hosts if wb dies without doing it (killed, even with
+    /// SIGKILL): it waits on a pipe only wb holds, and at end-of-file deletes the namespaces
+    /// and the bridge this restore makes, unless told to keep them.
+    private func startGuard(ip: String) throws {
+        var fds: [Int32] = [0, 0]
+        guard pipe(&fds) == 0 else { throw WBError.system(call: "pipe2", errno: errno, what: "starting the hosts' guard") }
+        let read = FileDescriptor(owning: fds[0]), write = FileDescriptor(owning: fds[1])
+        // Not inherited by the members wb starts: only the guard holds the read end, only wb
+        // the write end.
+        var unused: Int32 = 0
+        _ = wb_fcntl_int(fds[1], F_SETFD, FD_CLOEXEC, &unused)
+        let names = manifest.hosts.indices.map { "\(bridge)-\($0)" }
+        let deletes = names.map { "\(ip) netns delete \($0)" } + ["\(ip) link delete \(bridge)"]
+        let script = "trap '' INT TERM HUP QUIT; read -r line; [ \"$line\" = keep ] && exit 0; " + deletes.joined(separator: "; ")
+        let null = try FileDescriptor.open("/dev/null", O_RDWR)
+        _ = try Subprocess.spawn("/bin/sh", ["-c", script], stdin: read.rawValue, stdout: null.rawValue, stderr: null.rawValue)
+        guardPipe = write
     }
 
     private func run(_ tool: String, _ args: [String], in namespace: String? = nil, input: String? = nil) throws {

@@ -198,6 +198,7 @@ extension RestoreCommand {
                 throw ExitCode(code)
             }
             if detach {
+                set.keepHosts()
                 if json {
                     try Output.json(restored.map { SetMemberReport(member: $0.member.name, pid: $0.process.pid, namespace: $0.namespace, state: $0.process.state) })
                 } else {

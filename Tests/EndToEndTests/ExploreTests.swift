@@ -164,6 +164,15 @@ extension DistributedTests {
             let clean = try wb(["explore", fixed, "--depth", "40", "--out", "\(dir)/clean", "--json"], timeout: 600)
             let f = try ExploreTests.summary(clean)
             #expect(clean.code == 0 && f["exhausted"] as? Bool == true && f["violations"] as? Int == 0, "\(f) \(clean.stderr)")
+
+            // wb killed in the middle of a run (SIGKILL): its members die with it and a guard
+            // removes the hosts it had made.
+            let killed = try Child(Products.wb, ["explore", fixed, "--strategy", "random", "--max-runs", "1000", "--out", "\(dir)/killed"])
+            let ours = { ExploreTests.setHosts().filter { $0.hasPrefix("wbb\(killed.pid % 10_000_000)") } }
+            #expect(DistributedTests.waitFor(30) { !ours().isEmpty }, "wb explore made no hosts")
+            killed.signal(SIGKILL)
+            killed.wait(timeout: 30)
+            #expect(DistributedTests.waitFor(10) { ours().isEmpty }, "hosts left after wb was killed: \(ours())")
         }
 
         /// redis-server primary and replica with two writers, checkpointed mid-stream:
