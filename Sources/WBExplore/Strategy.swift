@@ -1,3 +1,5 @@
+import WBSystem
+
 /// How the explorer picks the next delivery, run after run.
 ///
 /// A run starts from the set's snapshot; at each step the members wait and some messages are
@@ -32,19 +34,6 @@ public struct Step: Sendable {
     public var receiver: Int
     /// The step during which the message was written (nil: before the first delivery).
     public var cause: Int?
-}
-
-/// A small, fast, seedable generator (SplitMix64): a seed gives the same runs.
-public struct SeededGenerator: RandomNumberGenerator, Sendable {
-    private var state: UInt64
-    public init(seed: UInt64) { state = seed &+ 0x9E37_79B9_7F4A_7C15 }
-    public mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
 }
 
 public protocol Strategy {
@@ -168,9 +157,9 @@ public struct DepthFirst: Strategy {
 
 /// A random deliverable message at every step, from a seeded generator.
 public struct RandomWalk: Strategy {
-    private var generator: SeededGenerator
+    private var generator: SplitMix64
     public var pruned: Int { 0 }
-    public init(seed: UInt64) { generator = SeededGenerator(seed: seed) }
+    public init(seed: UInt64) { generator = SplitMix64(seed: seed) }
     public mutating func beginRun(_ run: Int) -> Bool { true }
     public mutating func choose(step: Int, enabled: [Choice]) -> MessageID? { enabled.randomElement(using: &generator)?.id }
     public mutating func delivered(_ steps: [Step]) {}
@@ -183,7 +172,7 @@ public struct RandomWalk: Strategy {
 /// chosen drops below every other. A bug that needs `bugDepth` orderings is found with
 /// probability at least 1/(n k^(d-1)) per run.
 public struct PCT: Strategy {
-    private var generator: SeededGenerator
+    private var generator: SplitMix64
     let bugDepth: Int
     let steps: Int
     private var priority: [Direction: Double] = [:]
@@ -192,7 +181,7 @@ public struct PCT: Strategy {
     public var pruned: Int { 0 }
 
     public init(seed: UInt64, bugDepth: Int, steps: Int) {
-        generator = SeededGenerator(seed: seed)
+        generator = SplitMix64(seed: seed)
         self.bugDepth = max(1, bugDepth)
         self.steps = max(1, steps)
     }

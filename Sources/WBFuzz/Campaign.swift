@@ -327,7 +327,7 @@ public final class Worker {
         defer { fresh.terminate() }
         // A hang counts only when the input runs past a generous bound again (as AFL++'s
         // hang timeout): a run that was merely slow on a loaded machine is not a finding.
-        fresh.timeout = max(1, executor.timeout * 10)
+        fresh.timeout = bucket == nil ? max(1, executor.timeout * 3) : max(1, executor.timeout * 10)
         guard let r = try? fresh.run(data) else { return nil }
         stats.confirmations += 1
         guard let bucket else { return r.outcome == .hang }
@@ -385,9 +385,12 @@ public final class Worker {
         stats.lastHang = elapsed
         let key = CrashBucket(signal: 0, frames: r.crash?.frames ?? [], exe: executor.image.process.exe)
         guard !hangKeys.contains(key), hangKeys.count < 100 else { return }
-        if unconfirmed[key.name, default: 0] >= 3 { stats.droppedHangs += 1; return }
+        // Slow runs stop in many places of the same function: after three that were not
+        // hangs there, the others are not run again (each costs a second or more).
+        let place = "hang:" + (key.function ?? key.name)
+        if unconfirmed[place, default: 0] >= 3 { stats.droppedHangs += 1; return }
         if reproduces(data, bucket: nil) == false {
-            unconfirmed[key.name, default: 0] += 1
+            unconfirmed[place, default: 0] += 1
             stats.droppedHangs += 1
             return
         }

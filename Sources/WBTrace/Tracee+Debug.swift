@@ -78,18 +78,7 @@ extension Tracee {
     /// Waits up to `timeout` seconds for a stop or exit of any of this process's threads
     /// (SIGCHLD must be blocked in the calling thread); nil on timeout.
     public func waitAny(timeout: Double) throws -> (tid: Int32, stop: Stop)? {
-        let deadline = Clock.monotonic + timeout
-        while true {
-            let left = deadline - Clock.monotonic
-            if left <= 0 { return nil }
-            var pid: pid_t = 0, status: Int32 = 0
-            let e = wb_wait_any(Int32(max(1, left * 1000)), &pid, &status)
-            if e == ETIMEDOUT { return nil }
-            try check(e, "waitpid", "waiting for pid \(self.pid)")
-            if tids.contains(pid) || pid == self.pid { return (pid, try decode(pid, status)) }
-            if newThreadStopped(pid, status) { continue }
-            otherStop?(pid, status)
-        }
+        try Tracee.waitAny(among: [self], timeout: timeout, what: "waiting for pid \(pid)").map { ($0.tid, $0.stop) }
     }
 
     /// The ptrace event of a stop for a seccomp filter's SECCOMP_RET_TRACE.
@@ -145,15 +134,16 @@ extension Tracee {
     /// Waits up to `timeout` seconds for the next stop or end of a thread of any of `tracees`
     /// (several processes under one controller: the members of a set). Stops of processes
     /// none of them owns go to their `otherStop`, or are ignored.
-    public static func waitAny(among tracees: [Tracee], timeout: Double) throws -> (tracee: Tracee, tid: Int32, stop: Stop)? {
+    public static func waitAny(among tracees: [Tracee], timeout: Double,
+                               what: @autoclosure () -> String = "waiting for the members") throws -> (tracee: Tracee, tid: Int32, stop: Stop)? {
         let deadline = Clock.monotonic + timeout
         while true {
             let left = deadline - Clock.monotonic
             if left <= 0 { return nil }
             var pid: pid_t = 0, status: Int32 = 0
             let e = wb_wait_any(Int32(max(1, left * 1000)), &pid, &status)
-            if e == ETIMEDOUT || e == ECHILD { return nil }
-            try check(e, "waitpid", "waiting for the members")
+            if e == ETIMEDOUT { return nil }
+            try check(e, "waitpid", what())
             if let t = tracees.first(where: { $0.tids.contains(pid) || $0.pid == pid }) { return (t, pid, try t.decode(pid, status)) }
             if tracees.contains(where: { $0.newThreadStopped(pid, status) }) { continue }
             tracees.first?.otherStop?(pid, status)

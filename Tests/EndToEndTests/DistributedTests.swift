@@ -58,6 +58,30 @@ final class TestHosts {
         return (child, String(address))
     }
 
+    /// redis-server on host 0 and its replica on host 1 (port 6379, no persistence, data and
+    /// logs under `dir`), returned once the replica's link is up.
+    func redisPrimaryAndReplica(_ dir: String) throws -> (primary: Child, replica: Child) {
+        func redis(_ h: Int, _ extra: [String]) throws -> Child {
+            try Paths.makeDirectories("\(dir)/redis\(h)")
+            return try start(h, "/usr/bin/redis-server", ["--port", "6379", "--bind", address(h), "--save", "", "--appendonly", "no",
+                                                     "--protected-mode", "no", "--dir", "\(dir)/redis\(h)", "--logfile", "\(dir)/redis\(h).log"] + extra)
+        }
+        let p = try redis(0, [])
+        let r = try redis(1, ["--replicaof", address(0), "6379"])
+        let linked = DistributedTests.waitFor(20) { TestHosts.redisCLI(names[1], address(1), ["INFO", "replication"]).contains("master_link_status:up") }
+        if !linked {
+            for c in [p, r] { c.signal(SIGKILL); c.wait(timeout: 30) }
+            throw WBError.failed("the replica did not link up: \((try? Paths.readText("\(dir)/redis1.log")) ?? "")")
+        }
+        return (p, r)
+    }
+
+    /// redis-cli against `host` from the network namespace `ns`: its output, trimmed.
+    static func redisCLI(_ ns: String, _ host: String, _ args: [String]) -> String {
+        let o = try? Subprocess.output(ipPath, ["netns", "exec", ns, "/usr/bin/redis-cli", "-h", host] + args)
+        return o.map { String(decoding: $0.stdout, as: UTF8.self).trimming("\n") } ?? ""
+    }
+
     func remove() {
         for ns in names { _ = try? TestHosts.ip(["netns", "delete", ns]) }
         _ = try? TestHosts.ip(["link", "delete", bridge])
@@ -251,20 +275,9 @@ final class TestHosts {
         let hosts = try TestHosts(count: 3, subnet: "10.217.0")
         defer { hosts.remove() }
         let primary = hosts.address(0), replica = hosts.address(1)
-        func redis(_ h: Int, _ extra: [String]) throws -> Child {
-            try Paths.makeDirectories("\(dir)/redis\(h)")
-            return try hosts.start(h, "/usr/bin/redis-server", ["--port", "6379", "--bind", hosts.address(h), "--save", "", "--appendonly", "no",
-                                                           "--protected-mode", "no", "--dir", "\(dir)/redis\(h)", "--logfile", "\(dir)/redis\(h).log"] + extra)
-        }
-        let p = try redis(0, [])
-        let r = try redis(1, ["--replicaof", primary, "6379"])
+        let (p, r) = try hosts.redisPrimaryAndReplica(dir)
         defer { p.signal(SIGKILL); r.signal(SIGKILL); p.wait(timeout: 30); r.wait(timeout: 30) }
-        func cli(_ ns: String, _ host: String, _ args: [String]) -> String {
-            let o = try? Subprocess.output(TestHosts.ipPath, ["netns", "exec", ns, "/usr/bin/redis-cli", "-h", host] + args)
-            return o.map { String(decoding: $0.stdout, as: UTF8.self).trimming("\n") } ?? ""
-        }
-        let linked = DistributedTests.waitFor(20) { cli(hosts.names[1], replica, ["INFO", "replication"]).contains("master_link_status:up") }
-        try #require(linked, "the replica did not link up: \((try? Paths.readText("\(dir)/redis1.log")) ?? "")")
+        let cli = TestHosts.redisCLI
         // The writer: one connection, SET key:i for i below 3000, 2 ms apart, then DONE in a file.
         let script = """
         import socket, sys, time

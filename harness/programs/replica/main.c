@@ -33,7 +33,6 @@
 #include <time.h>
 #include <unistd.h>
 
-struct conn { int fd; char buf[512]; size_t len; };
 
 // The log's length as the primary and the backup hold it (for checks from gdb).
 long primary_log, backup_log;
@@ -66,34 +65,17 @@ static void send_line(int fd, const char *fmt, long v) {
     harness_require(write(fd, line, (size_t)n) == n, "write");
 }
 
-// The next line of c (without its newline) into out; 0 at end of file.
-static int next_line(struct conn *c, char *out, size_t size) {
-    for (;;) {
-        char *nl = memchr(c->buf, '\n', c->len);
-        if (nl) {
-            size_t n = (size_t)(nl - c->buf);
-            snprintf(out, size, "%.*s", (int)n, c->buf);
-            memmove(c->buf, nl + 1, c->len - n - 1);
-            c->len -= n + 1;
-            return 1;
-        }
-        ssize_t got = read(c->fd, c->buf + c->len, sizeof c->buf - c->len);
-        if (got <= 0) return 0;
-        c->len += (size_t)got;
-    }
-}
 
-static int buffered_line(struct conn *c) { return memchr(c->buf, '\n', c->len) != NULL; }
 
 static int backup(const char *at) {
     int l = listen_on(at);
-    struct conn peers[2];
+    struct harness_lines peers[2];
     int primary = -1;
     for (int i = 0; i < 2; i++) {
         peers[i].fd = accept4(l, NULL, NULL, SOCK_CLOEXEC);
         peers[i].len = 0;
         char hello[64];
-        harness_require(next_line(&peers[i], hello, sizeof hello), "hello");
+        harness_require(harness_next_line(&peers[i], hello, sizeof hello), "hello");
         if (!strcmp(hello, "HELLO primary")) primary = i;
     }
     close(l);
@@ -103,11 +85,11 @@ static int backup(const char *at) {
     int open = 2, promoted = 0;
     while (open > 0) {
         struct pollfd p[2] = {{peers[0].fd, POLLIN, 0}, {peers[1].fd, POLLIN, 0}};
-        if (!buffered_line(&peers[0]) && !buffered_line(&peers[1]) && poll(p, 2, -1) < 0 && errno == EINTR) continue;
+        if (!harness_has_line(&peers[0]) && !harness_has_line(&peers[1]) && poll(p, 2, -1) < 0 && errno == EINTR) continue;
         for (int i = 0; i < 2; i++) {
-            if (peers[i].fd < 0 || !(buffered_line(&peers[i]) || p[i].revents)) continue;
+            if (peers[i].fd < 0 || !(harness_has_line(&peers[i]) || p[i].revents)) continue;
             char line[64];
-            if (!next_line(&peers[i], line, sizeof line)) { close(peers[i].fd); peers[i].fd = -1; open--; continue; }
+            if (!harness_next_line(&peers[i], line, sizeof line)) { close(peers[i].fd); peers[i].fd = -1; open--; continue; }
             if (i == primary && !strncmp(line, "REPL ", 5)) {
                 if (!promoted) {
                     value = backup_log = atol(line + 5);
@@ -122,26 +104,26 @@ static int backup(const char *at) {
 
 static int primary(const char *at, const char *backup_at, int sync) {
     int l = listen_on(at);
-    struct conn b = {connect_to(backup_at), {0}, 0};
+    struct harness_lines b = {connect_to(backup_at), {0}, 0};
     send_line(b.fd, "HELLO primary\n", 0);
-    struct conn c = {accept4(l, NULL, NULL, SOCK_CLOEXEC), {0}, 0};
+    struct harness_lines c = {accept4(l, NULL, NULL, SOCK_CLOEXEC), {0}, 0};
     close(l);
     harness_say("READY pid=%d", getpid());
     long value = 0, owed = 0;
     for (;;) {
         struct pollfd p[2] = {{c.fd, POLLIN, 0}, {b.fd, POLLIN, 0}};
-        if (!buffered_line(&c) && !buffered_line(&b) && poll(p, 2, -1) < 0 && errno == EINTR) continue;
+        if (!harness_has_line(&c) && !harness_has_line(&b) && poll(p, 2, -1) < 0 && errno == EINTR) continue;
         char line[64];
-        if (buffered_line(&c) || p[0].revents) {
-            if (!next_line(&c, line, sizeof line)) break;
+        if (harness_has_line(&c) || p[0].revents) {
+            if (!harness_next_line(&c, line, sizeof line)) break;
             if (!strcmp(line, "APPEND")) {
                 primary_log = ++value;
                 send_line(b.fd, "REPL %ld\n", value);
                 if (sync) owed = value; else send_line(c.fd, "ACK %ld\n", value);
             }
         }
-        if (buffered_line(&b) || p[1].revents) {
-            if (!next_line(&b, line, sizeof line)) break;
+        if (harness_has_line(&b) || p[1].revents) {
+            if (!harness_next_line(&b, line, sizeof line)) break;
             if (!strncmp(line, "REPLOK ", 7) && owed && atol(line + 7) == owed) { send_line(c.fd, "ACK %ld\n", owed); owed = 0; }
         }
     }
@@ -156,16 +138,16 @@ __attribute__((noinline)) static void check_log(long promoted, long acked) {
     }
 }
 
-static long append(struct conn *p) {
+static long append(struct harness_lines *p) {
     char line[64];
     send_line(p->fd, "APPEND\n", 0);
-    harness_require(next_line(p, line, sizeof line) && !strncmp(line, "ACK ", 4), "ACK from the primary");
+    harness_require(harness_next_line(p, line, sizeof line) && !strncmp(line, "ACK ", 4), "ACK from the primary");
     return atol(line + 4);
 }
 
 static int client(const char *primary_at, const char *backup_at, int warmup, int writes, long start_in_ms) {
-    struct conn p = {connect_to(primary_at), {0}, 0};
-    struct conn b = {connect_to(backup_at), {0}, 0};
+    struct harness_lines p = {connect_to(primary_at), {0}, 0};
+    struct harness_lines b = {connect_to(backup_at), {0}, 0};
     send_line(b.fd, "HELLO client\n", 0);
     long acked = 0;
     for (int i = 0; i < warmup; i++) acked = append(&p);
@@ -179,7 +161,7 @@ static int client(const char *primary_at, const char *backup_at, int warmup, int
     for (int i = 0; i < writes; i++) acked = append(&p);
     char line[64];
     send_line(b.fd, "FAILOVER\n", 0);
-    harness_require(next_line(&b, line, sizeof line) && !strncmp(line, "PROMOTED ", 9), "PROMOTED from the backup");
+    harness_require(harness_next_line(&b, line, sizeof line) && !strncmp(line, "PROMOTED ", 9), "PROMOTED from the backup");
     check_log(atol(line + 9), acked);
     harness_say("DONE writes=%ld", acked);
     close(p.fd);

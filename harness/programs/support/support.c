@@ -8,6 +8,7 @@
 #include <time.h>
 #include <arpa/inet.h>
 #include <netinet/in.h>
+#include <unistd.h>
 
 // The programs are plain C, but swiftc links them with the Swift runtime, which installs
 // its crash reporter on the fatal signals. Target programs crash the way C programs do:
@@ -83,3 +84,22 @@ void harness_parse_ipv4(const char *program, const char *text, struct sockaddr_i
     a->sin_port = htons((uint16_t)atoi(colon + 1));
     if (inet_pton(AF_INET, host, &a->sin_addr) != 1) { fprintf(stderr, "%s: bad address %s\n", program, text); exit(2); }
 }
+
+int harness_next_line(struct harness_lines *c, char *out, size_t size) {
+    for (;;) {
+        char *nl = memchr(c->buf, '\n', c->len);
+        if (nl) {
+            size_t n = (size_t)(nl - c->buf);
+            snprintf(out, size, "%.*s", (int)n, c->buf);
+            memmove(c->buf, nl + 1, c->len - n - 1);
+            c->len -= n + 1;
+            return 1;
+        }
+        if (c->len == sizeof c->buf) return 0;
+        ssize_t got = read(c->fd, c->buf + c->len, sizeof c->buf - c->len);
+        if (got <= 0) return 0;
+        c->len += (size_t)got;
+    }
+}
+
+int harness_has_line(const struct harness_lines *c) { return memchr(c->buf, '\n', c->len) != NULL; }

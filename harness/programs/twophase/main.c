@@ -27,7 +27,6 @@
 #include <time.h>
 #include <unistd.h>
 
-struct conn { int fd; char buf[512]; size_t len; };
 
 // Decisions as each process saw them (for checks from gdb).
 int committed, aborted;
@@ -37,21 +36,6 @@ static void send_text(int fd, const char *text) {
     harness_require(write(fd, text, n) == (ssize_t)n, "write");
 }
 
-static int next_line(struct conn *c, char *out, size_t size) {
-    for (;;) {
-        char *nl = memchr(c->buf, '\n', c->len);
-        if (nl) {
-            size_t n = (size_t)(nl - c->buf);
-            snprintf(out, size, "%.*s", (int)n, c->buf);
-            memmove(c->buf, nl + 1, c->len - n - 1);
-            c->len -= n + 1;
-            return 1;
-        }
-        ssize_t got = read(c->fd, c->buf + c->len, sizeof c->buf - c->len);
-        if (got <= 0) return 0;
-        c->len += (size_t)got;
-    }
-}
 
 __attribute__((noinline)) static void check_decision(int txn, int voted_yes, int commit) {
     if (commit && !voted_yes) {
@@ -66,14 +50,14 @@ static int participant(const char *at, int no_on) {
     int l = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0), one = 1;
     setsockopt(l, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
     harness_require(bind(l, (struct sockaddr *)&a, sizeof a) == 0 && listen(l, 1) == 0, "listen");
-    struct conn c = {accept4(l, NULL, NULL, SOCK_CLOEXEC), {0}, 0};
+    struct harness_lines c = {accept4(l, NULL, NULL, SOCK_CLOEXEC), {0}, 0};
     close(l);
     setsockopt(c.fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
     harness_say("READY pid=%d", getpid());
     char line[128], reply[64];
     int votes[4096] = {0};
     for (;;) {
-        if (!next_line(&c, line, sizeof line)) return 1;
+        if (!harness_next_line(&c, line, sizeof line)) return 1;
         int t;
         char what[16];
         if (sscanf(line, "PREPARE %d", &t) == 1 && t > 0 && t < 4096) {
@@ -94,7 +78,7 @@ static int participant(const char *at, int no_on) {
 }
 
 static int coordinator(char *participants, int txns, int pause_before, long pause_ms, int fixed) {
-    struct conn p[2];
+    struct harness_lines p[2];
     char *save = NULL, *at = strtok_r(participants, ",", &save);
     for (int i = 0; i < 2; i++) {
         harness_require(at != NULL, "two participants");
@@ -129,10 +113,10 @@ static int coordinator(char *participants, int txns, int pause_before, long paus
             FD_ZERO(&r);
             FD_SET(p[0].fd, &r);
             FD_SET(p[1].fd, &r);
-            int buffered = memchr(p[0].buf, '\n', p[0].len) ? 0 : memchr(p[1].buf, '\n', p[1].len) ? 1 : -1;
+            int buffered = harness_has_line(&p[0]) ? 0 : harness_has_line(&p[1]) ? 1 : -1;
             if (buffered < 0 && select((p[0].fd > p[1].fd ? p[0].fd : p[1].fd) + 1, &r, NULL, NULL, NULL) < 0) continue;
             int i = buffered >= 0 ? buffered : FD_ISSET(p[0].fd, &r) ? 0 : 1;
-            if (!next_line(&p[i], line, sizeof line)) return 1;
+            if (!harness_next_line(&p[i], line, sizeof line)) return 1;
             int vt;
             char v[8];
             if (sscanf(line, "VOTE %d %7s", &vt, v) != 2) continue;

@@ -33,4 +33,11 @@ uint64_t harness_now_ns(void);
 struct sockaddr_in;
 /// Parses "A.B.C.D:PORT" into `a`; exits with a message naming `program` when it is not one.
 void harness_parse_ipv4(const char *program, const char *text, struct sockaddr_in *a);
+
+/// A connection read line by line (the protocols of harness-replica and harness-twophase).
+struct harness_lines { int fd; char buf[512]; size_t len; };
+/// The next line (without its newline) into `out`; 0 at end of file or on an error.
+int harness_next_line(struct harness_lines *c, char *out, size_t size);
+/// Whether a whole line is already buffered (read it without waiting).
+int harness_has_line(const struct harness_lines *c);
 #endif
