@@ -38,26 +38,32 @@ import WBSystem
         defer { _ = try? SlurmFuzzTests.run("/bin/bash", ["\(SlurmFuzzTests.root)/harness/slurm/local", "stop", slurmDir]) }
         let env = ["SLURM_CONF": "\(slurmDir)/slurm.conf"]
 
-        let (image, _) = try FuzzTests.checkpointParser(dir)
-        let out = "\(dir)/sync"
-        let submit = try wb(["fuzz", image, "--corpus", FuzzTests.corpus, "--out", out, "--slurm", "2", "--duration", "45", "--json"], env: env)
-        try #require(submit.code == 0, "\(submit.stderr)")
-        let receipt = try #require(try JSONSerialization.jsonObject(with: Data(submit.stdout.utf8)) as? [String: Any])
-        let job = try #require(receipt["job"] as? String)
-        #expect(Paths.exists("\(out)/.wb/slurm.sh"))
-
-        // Both workers run, each as an instance with its own queue, and find inputs.
-        let found = SlurmFuzzTests.waitFor(60) {
-            ["wb-0", "wb-1"].allSatisfy { n in ((try? Paths.list("\(out)/\(n)/queue")) ?? []).contains { $0.contains("+cov") } }
-        }
-        try #require(found, "the workers did not start fuzzing: \((try? Paths.readText("\(slurmDir)/slurmd.log")) ?? "")")
-
-        // An AFL++ instance joins the same sync directory (and imports wb's entries first).
+        // The AFL++ instance's target, built before the workers start: the workers' --duration
+        // is not spent compiling.
         let src = ["\(SlurmFuzzTests.root)/harness/programs/parser/main.c", "\(SlurmFuzzTests.root)/harness/programs/support/support.c"]
         let build = try SlurmFuzzTests.run(try #require(Subprocess.find("afl-clang-fast")),
                                            ["-O2", "-g", "-pthread", "-I", "\(SlurmFuzzTests.root)/harness/programs/support/include"] + src
                                             + ["-o", "\(dir)/parser-afl"], env: ["AFL_QUIET": "1"])
         try #require(build.status == 0, "\(build.err)")
+        let (image, _) = try FuzzTests.checkpointParser(dir)
+        let out = "\(dir)/sync"
+        let submit = try wb(["fuzz", image, "--corpus", FuzzTests.corpus, "--out", out, "--slurm", "2", "--duration", "60", "--json"], env: env)
+        try #require(submit.code == 0, "\(submit.stderr)")
+        let receipt = try #require(try JSONSerialization.jsonObject(with: Data(submit.stdout.utf8)) as? [String: Any])
+        let job = try #require(receipt["job"] as? String)
+        #expect(Paths.exists("\(out)/.wb/slurm.sh"))
+
+        // Both workers run, each as an instance with its own queue, and find inputs: one finds
+        // new coverage and the other takes it from the sync directory (what one has found
+        // first is no longer new to the other).
+        let found = SlurmFuzzTests.waitFor(60) {
+            let queues = ["wb-0", "wb-1"].map { n in (try? Paths.list("\(out)/\(n)/queue")) ?? [] }
+            return queues.allSatisfy { q in q.contains { $0.contains("+cov") || $0.contains(",sync:") } }
+                && queues.joined().contains { $0.contains("+cov") }
+        }
+        try #require(found, "the workers did not start fuzzing: \((try? Paths.readText("\(slurmDir)/slurmd.log")) ?? "")")
+
+        // An AFL++ instance joins the same sync directory (and imports wb's entries first).
         let aflLog = open("\(dir)/afl.log", O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
         defer { close(aflLog) }
         var aflEnv = ProcessInfo.processInfo.environment
