@@ -126,19 +126,21 @@ public final class Explorer {
                 stats.findings.append(finding)
                 found(finding)
             }
-            stats.seconds = Clock.monotonic - start
-            stats.runsPerSecond = Double(stats.runs) / max(stats.seconds, 0.001)
-            stats.distinctStates = seenStates.count
+            updateFigures(since: start)
             if Clock.monotonic >= nextStatus {
                 nextStatus = Clock.monotonic + 1
                 status(stats)
             }
         }
+        updateFigures(since: start)
+        stats.pruned = strategy.pruned
+        return stats
+    }
+
+    private func updateFigures(since start: Double) {
         stats.seconds = Clock.monotonic - start
         stats.runsPerSecond = Double(stats.runs) / max(stats.seconds, 0.001)
         stats.distinctStates = seenStates.count
-        stats.pruned = strategy.pruned
-        return stats
     }
 
     struct RunResult {
@@ -159,32 +161,17 @@ public final class Explorer {
             let enabled = set.enabled
             if enabled.isEmpty { break }
             seenStates.insert(digest(set))
-            if steps.count >= options.depth {
-                return RunResult(deliveries: set.deliveries, violation: Violation(
-                    kind: .liveness, member: nil,
-                    what: "\(set.inFlight) messages still in flight after \(options.depth) deliveries (--depth)"))
-            }
-            var choices = enabled.map { Choice(id: $0.id, receiver: $0.to) }
-            let faults = faultsUsed < options.maxFaults ? set.faults.filter { f in
-                options.faults.contains(f.id.isFault && f.id.crashedMember != nil ? "crash" : "drop")
-            } : []
-            choices += faults.map { Choice(id: $0.id, receiver: -1) }
+            if let v = Explorer.depthReached(set, options.depth) { return RunResult(deliveries: set.deliveries, violation: v) }
+            let faults = faultsUsed < options.maxFaults
+                ? set.faults.filter { options.faults.contains($0.crashedMember != nil ? "crash" : "drop") } : []
+            let choices = enabled.map { Choice(id: $0.id, receiver: $0.to) } + faults.map { Choice(id: $0, receiver: -1) }
             guard let pick = strategy.choose(step: steps.count, enabled: choices) else { break }
-            if pick.isFault {
-                guard faults.contains(where: { $0.id == pick }) else { stats.divergences += 1; break }
-                try set.inject(pick)
-                faultsUsed += 1
-                steps.append(Step(id: pick, receiver: -1, cause: nil))
-                strategy.delivered(steps)
-                try set.settle()
-                continue
-            }
-            guard let message = enabled.first(where: { $0.id == pick }) else {
+            guard choices.contains(where: { $0.id == pick }) else {
                 stats.divergences += 1
                 break
             }
-            try set.deliver(pick)
-            steps.append(Step(id: pick, receiver: message.to, cause: message.cause))
+            if pick.isFault { faultsUsed += 1 }
+            steps.append(try set.perform(pick))
             strategy.delivered(steps)
             try set.settle()
         }
@@ -205,6 +192,12 @@ public final class Explorer {
                              what: "every member waits and nothing is in flight (\(waiting.joined(separator: ", ")) not ended)")
         }
         return nil
+    }
+
+    /// Messages still in flight after `depth` deliveries: the liveness bound.
+    static func depthReached(_ set: MediatedSet, _ depth: Int) -> Violation? {
+        guard !set.enabled.isEmpty, set.delivered.count >= depth else { return nil }
+        return Violation(kind: .liveness, member: nil, what: "\(set.inFlight) messages still in flight after \(depth) deliveries (--depth)")
     }
 
     /// Runs the invariant command: WB_MEMBERS lists "NAME=PID" of each member's top process
@@ -274,8 +267,8 @@ public final class Explorer {
         schedule.checks = checks
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
-        try OutputFile.write(Array(try encoder.encode(schedule)) + [10], to: "\(dir)/schedule.json")
-        try OutputFile.write(Array(Explorer.report(v, deliveries: deliveries, run: run).utf8), to: "\(dir)/report.txt")
+        try Paths.writeFile("\(dir)/schedule.json", Array(try encoder.encode(schedule)) + [10])
+        try Paths.writeFile("\(dir)/report.txt", Array(Explorer.report(v, deliveries: deliveries, run: run).utf8))
         return ExploreStats.Finding(directory: dir, kind: v.kind.rawValue, member: v.member, what: v.what, run: run, deliveries: deliveries.count)
     }
 
@@ -292,13 +285,5 @@ public final class Explorer {
             lines += v.detail.split(separator: "\n", omittingEmptySubsequences: false).map { "  \($0)" }
         }
         return lines.joined(separator: "\n") + "\n"
-    }
-}
-
-/// Writes a file whole (replacing it).
-enum OutputFile {
-    static func write(_ bytes: [UInt8], to path: String) throws {
-        let fd = try FileDescriptor.open(path, O_WRONLY | O_CREAT | O_TRUNC, mode: 0o644, what: "writing \(path)")
-        try fd.writeAll(bytes)
     }
 }

@@ -109,22 +109,16 @@ public final class MediatedSet {
         }
     }
 
-    /// The original pid of a process wb traces (the last NSpid: as the process sees itself).
-    private static func originalPid(_ pid: Int32) -> Int32? {
-        guard let line = try? ProcFS.status(pid)["NSpid"] else { return nil }
-        return line.split(whereSeparator: { $0 == " " || $0 == "\t" }).last.flatMap { Int32($0) }
-    }
-
     private func mediate() throws {
         var byOriginal: [String: (member: Int, tracee: Tracee)] = [:]
         for m in members {
             for t in m.processes {
-                guard let original = MediatedSet.originalPid(t.pid) else { continue }
+                // The pid the process sees itself as: the one the manifest names.
+                guard let original = ProcFS.innermostPid(t.pid) else { continue }
                 byOriginal["\(m.restored.member.host)/\(original)"] = (m.index, t)
             }
         }
         var fdsOf: [Int32: [Int32]] = [:]
-        var tracees: [Int32: Tracee] = [:]
         for (i, c) in set.manifest.channels.enumerated() {
             guard let a = byOriginal["\(c.a.host)/\(c.a.pid)"], let b = byOriginal["\(c.b.host)/\(c.b.pid)"] else {
                 throw WBError.failed("channel \(i) of the set (\(c.a.address) - \(c.b.address)) has an end in no restored process")
@@ -135,7 +129,6 @@ public final class MediatedSet {
                 ends[me.tracee.pid, default: [:]][fd] = end
                 senders[Direction(channel: i, forward: forward)] = end
                 fdsOf[me.tracee.pid, default: []].append(fd)
-                tracees[me.tracee.pid] = me.tracee
             }
         }
         for t in all {
@@ -175,7 +168,7 @@ public final class MediatedSet {
                 quietChecks = 0
                 continue
             }
-            if Clock.monotonic - lastEvent >= 0.002 && delivered_arrived() && everyoneWaits() {
+            if Clock.monotonic - lastEvent >= 0.002 && everythingSentArrived() && everyoneWaits() {
                 quietChecks += 1
                 if quietChecks >= 2 { return }
                 continue
@@ -192,7 +185,7 @@ public final class MediatedSet {
     /// Whether every byte sent on a channel has reached the other end's socket (nothing
     /// unacknowledged in any sender's queue): the last delivery, and data the snapshot held
     /// in flight, which the rebuilt connections send again.
-    private func delivered_arrived() -> Bool {
+    private func everythingSentArrived() -> Bool {
         for end in senders.values {
             var outq: Int32 = 0
             if wb_socket_ioctl_int(end.socket.rawValue, 0x5411 /* SIOCOUTQ */, &outq) == 0 && outq > 0 { return false }
@@ -290,9 +283,7 @@ public final class MediatedSet {
             // The member's fd goes now (its number may be used again); the connection ends
             // when the close is delivered, after the writes before it.
             ends[t.pid]?[fd] = nil
-            if !ends.values.contains(where: { $0.values.contains { $0.channel == end.channel && $0.forward == end.forward } }) {
-                hold(.close, [])
-            }
+            hold(.close, [])
             return try t.resume(tid, .continue)
         }
         if nr == 48 {
@@ -391,16 +382,32 @@ public final class MediatedSet {
 
     /// The faults that can happen now: dropping each connection still up between two live
     /// members, crashing each live member.
-    public var faults: [(id: MessageID, touches: [Int])] {
-        var out: [(MessageID, [Int])] = []
-        for (i, c) in set.manifest.channels.enumerated() where !dropped.contains(i) {
-            guard let a = senders[Direction(channel: i, forward: true)], let b = senders[Direction(channel: i, forward: false)],
-                  members[a.member].ended == nil, members[b.member].ended == nil else { continue }
-            _ = c
-            out.append((MessageID.drop(i), [a.member, b.member]))
+    public var faults: [MessageID] {
+        let drops = set.manifest.channels.indices.filter { i in
+            guard !dropped.contains(i), let a = senders[Direction(channel: i, forward: true)],
+                  let b = senders[Direction(channel: i, forward: false)] else { return false }
+            return members[a.member].ended == nil && members[b.member].ended == nil
         }
-        for m in members where m.ended == nil { out.append((MessageID.crash(m.index), [m.index])) }
-        return out
+        return drops.map(MessageID.drop) + members.filter { $0.ended == nil }.map { MessageID.crash($0.index) }
+    }
+
+    /// Whether `id` can happen now: the oldest pending message of its direction to a live
+    /// member, or a fault that can.
+    public func canPerform(_ id: MessageID) -> Bool {
+        id.isFault ? faults.contains(id) : enabled.contains { $0.id == id }
+    }
+
+    /// Delivers a message or injects a fault; the step it was, for the strategy.
+    public func perform(_ id: MessageID) throws -> Step {
+        if id.isFault {
+            try inject(id)
+            return Step(id: id, receiver: -1, cause: nil)
+        }
+        guard let message = pending[id.direction]?.first, message.id == id else {
+            throw WBError.failed("message \(id) is not the next one on its channel")
+        }
+        try deliver(id)
+        return Step(id: id, receiver: message.to, cause: message.cause)
     }
 
     /// Injects a fault. Dropping a connection discards what is in flight on it and shuts
@@ -440,7 +447,6 @@ public final class MediatedSet {
         if m.kind != .data {
             let names: [Message.Kind: String] = [.close: "<close>", .shutdown: "<shutdown>", .drop: "<drop connection>", .crash: "<crash>"]
             let what = names[m.kind] ?? ""
-
             return Delivery(message: m.id, from: members[m.from].name, to: members[m.to].name, bytes: 0, preview: what)
         }
         let preview = String(m.bytes.prefix(48).map { $0 >= 0x20 && $0 < 0x7F ? Character(UnicodeScalar($0)) : "." })
@@ -454,11 +460,10 @@ public final class MediatedSet {
     /// writes on a channel meanwhile is held as usual, so a command that talks to a member
     /// gets its answer); returns its exit status and output.
     public func runServing(_ command: String, environment: [String: String]) throws -> (status: Int32, output: String) {
-        let out = open("/tmp", 0o20200000 /* O_TMPFILE */ | O_RDWR | O_CLOEXEC, 0o600)
-        if out < 0 { throw WBError.system(call: "open(O_TMPFILE)", errno: errno, what: "catching the output of \(command)") }
-        let file = FileDescriptor(owning: out)
+        let file = try Subprocess.outputFile(for: command)
         let null = try FileDescriptor.open("/dev/null", O_RDONLY)
-        let pid = try Subprocess.spawn("/bin/sh", ["-c", command], environment: environment, stdin: null.rawValue, stdout: out, stderr: out)
+        let pid = try Subprocess.spawn("/bin/sh", ["-c", command], environment: environment, stdin: null.rawValue,
+                                       stdout: file.rawValue, stderr: file.rawValue)
         var status: Int32?
         let alive = all.filter { !$0.tids.isEmpty }
         let saved = alive.first?.otherStop
@@ -474,14 +479,10 @@ public final class MediatedSet {
             if let (t, tid, stop) = try Tracee.waitAny(among: alive.filter { !$0.tids.isEmpty }, timeout: 0.01) { try handle(t, tid, stop) }
         }
         // The command wrote through the same open file: read it from its start.
-        _ = lseek(out, 0, SEEK_SET)
+        _ = lseek(file.rawValue, 0, SEEK_SET)
         let text = String(decoding: (try? file.readAll(limit: 1 << 20)) ?? [], as: UTF8.self)
-        let st = status ?? 0
-        return (st & 0x7f == 0 ? (st >> 8) & 0xff : 128 + (st & 0x7f), text)
+        return (Subprocess.exitCode(waitStatus: status ?? 0), text)
     }
-
-    /// Marks a violation found by a check outside (an invariant).
-    public func report(_ v: Violation) { if violation == nil { violation = v } }
 
     /// Names the state every alive member waits in with nothing in flight (a deadlock) or
     /// the run's natural end (every member exited).

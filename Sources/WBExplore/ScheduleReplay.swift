@@ -42,22 +42,12 @@ public enum ScheduleReplay {
         var diverged: Int?
         for (i, d) in schedule.deliveries.enumerated() {
             if let v = try Explorer.check(set, schedule.checks) { violation = v; break }
-            if d.message.isFault {
-                guard set.faults.contains(where: { $0.id == d.message }) else { diverged = i; break }
-                try set.inject(d.message)
-                try set.settle()
-                continue
-            }
-            guard set.enabled.contains(where: { $0.id == d.message }) else { diverged = i; break }
-            try set.deliver(d.message)
+            guard set.canPerform(d.message) else { diverged = i; break }
+            _ = try set.perform(d.message)
             try set.settle()
         }
         if violation == nil && diverged == nil {
-            violation = try Explorer.check(set, schedule.checks)
-            if violation == nil, !set.enabled.isEmpty, set.delivered.count >= schedule.checks.depth {
-                violation = Violation(kind: .liveness, member: nil,
-                                      what: "\(set.inFlight) messages still in flight after \(schedule.checks.depth) deliveries (--depth)")
-            }
+            violation = try Explorer.check(set, schedule.checks) ?? Explorer.depthReached(set, schedule.checks.depth)
         }
         let reproduced = violation != nil && violation?.kind == schedule.violation?.kind && violation?.member == schedule.violation?.member
         let outcome = Outcome(reproduced: reproduced, violation: violation, expected: schedule.violation,

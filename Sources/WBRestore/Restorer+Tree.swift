@@ -80,8 +80,7 @@ extension Restorer {
         }
         guard newNamespace else { return Int32(r) }
         for child in ProcFS.children(parent.pid) {
-            let ids = (try? ProcFS.status(child))?["NSpid"]?.split(whereSeparator: { $0 == " " || $0 == "\t" }) ?? []
-            if ids.last.flatMap({ Int32($0) }) == pid { return child }
+            if ProcFS.innermostPid(child) == pid { return child }
         }
         throw WBError.failed("pid \(pid) of the tree was started but cannot be found from here")
     }

@@ -1,4 +1,3 @@
-import CWBNative
 import Foundation
 import Glibc
 import WBCore
@@ -160,13 +159,8 @@ public final class SetRestorer {
     /// SIGKILL): it waits on a pipe only wb holds, and at end-of-file deletes the namespaces
     /// and the bridge this restore makes, unless told to keep them.
     private func startGuard(ip: String) throws {
-        var fds: [Int32] = [0, 0]
-        guard pipe(&fds) == 0 else { throw WBError.system(call: "pipe2", errno: errno, what: "starting the hosts' guard") }
-        let read = FileDescriptor(owning: fds[0]), write = FileDescriptor(owning: fds[1])
-        // Not inherited by the members wb starts: only the guard holds the read end, only wb
-        // the write end.
-        var unused: Int32 = 0
-        _ = wb_fcntl_int(fds[1], F_SETFD, FD_CLOEXEC, &unused)
+        // Close-on-exec: only the guard holds the read end (as its stdin), only wb the write end.
+        let (read, write) = try Pipes.make()
         let names = manifest.hosts.indices.map { "\(bridge)-\($0)" }
         let deletes = names.map { "\(ip) netns delete \($0)" } + ["\(ip) link delete \(bridge)"]
         let script = "trap '' INT TERM HUP QUIT; read -r line; [ \"$line\" = keep ] && exit 0; " + deletes.joined(separator: "; ")
@@ -184,9 +178,7 @@ public final class SetRestorer {
         let result: Subprocess.Output
         if let input {
             let path = "/tmp/wb-set-\(getpid()).nft"
-            let fd = try FileDescriptor.open(path, O_WRONLY | O_CREAT | O_TRUNC, mode: 0o600, what: "writing \(path)")
-            try fd.writeAll(Array(input.utf8))
-            fd.close()
+            try Paths.writeFile(path, Array(input.utf8), mode: 0o600)
             defer { Paths.remove(path) }
             result = try Subprocess.output(program, arguments.map { $0 == "-" ? path : $0 })
         } else {

@@ -90,6 +90,12 @@ extension StringProtocol {
 }
 
 extension Paths {
+    /// Writes a whole file, created or replaced.
+    public static func writeFile(_ path: String, _ bytes: [UInt8], mode: mode_t = 0o644) throws {
+        let fd = try FileDescriptor.open(path, O_WRONLY | O_CREAT | O_TRUNC, mode: mode, what: "writing \(path)")
+        try fd.writeAll(bytes)
+    }
+
     /// Writes a small text file that already exists (a /proc control file).
     public static func writeText(_ path: String, _ text: String) throws {
         let fd = try FileDescriptor.open(path, O_WRONLY, what: "writing \(path)")

@@ -125,12 +125,7 @@ extension Subprocess {
     /// Runs `path` to its end (a short-lived tool: sbatch, squeue), its stdout and stderr
     /// caught in unlinked temporary files.
     public static func output(_ path: String, _ arguments: [String], environment: [String: String]? = nil) throws -> Output {
-        func temporary() throws -> FileDescriptor {
-            let fd = open("/tmp", 0o20200000 /* O_TMPFILE */ | O_RDWR | O_CLOEXEC, 0o600)
-            if fd < 0 { throw WBError.system(call: "open(O_TMPFILE)", errno: errno, what: "catching the output of \(path)") }
-            return FileDescriptor(owning: fd)
-        }
-        let out = try temporary(), err = try temporary()
+        let out = try outputFile(for: path), err = try outputFile(for: path)
         let pid = try spawn(path, arguments, environment: environment, stdout: out.rawValue, stderr: err.rawValue)
         var st: Int32 = 0
         while waitpid(pid, &st, 0) < 0 && errno == EINTR {}
@@ -144,7 +139,18 @@ extension Subprocess {
             }
             return bytes
         }
-        let status = (st & 0x7F) == 0 ? (st >> 8) & 0xFF : 128 + (st & 0x7F)
-        return Output(status: status, stdout: contents(out), stderr: contents(err))
+        return Output(status: exitCode(waitStatus: st), stdout: contents(out), stderr: contents(err))
+    }
+
+    /// An unlinked temporary file to catch what `program` prints.
+    public static func outputFile(for program: String) throws -> FileDescriptor {
+        let fd = open("/tmp", 0o20200000 /* O_TMPFILE */ | O_RDWR | O_CLOEXEC, 0o600)
+        if fd < 0 { throw WBError.system(call: "open(O_TMPFILE)", errno: errno, what: "catching the output of \(program)") }
+        return FileDescriptor(owning: fd)
+    }
+
+    /// A wait status as a shell reports it: the exit code, or 128 + the signal that ended it.
+    public static func exitCode(waitStatus st: Int32) -> Int32 {
+        (st & 0x7F) == 0 ? (st >> 8) & 0xFF : 128 + (st & 0x7F)
     }
 }

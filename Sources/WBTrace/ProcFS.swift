@@ -83,6 +83,11 @@ public enum ProcFS {
         return out
     }
 
+    /// The pid a process has in its own pid namespace (the last of NSpid).
+    public static func innermostPid(_ pid: Int32) -> Int32? {
+        (try? status(pid))?["NSpid"]?.split(whereSeparator: { $0 == " " || $0 == "\t" }).last.flatMap { Int32($0) }
+    }
+
     public static func status(_ pid: Int32, thread: Int32? = nil) throws -> [String: String] {
         let path = thread.map { "/proc/\(pid)/task/\($0)/status" } ?? "/proc/\(pid)/status"
         return parseStatus(try Paths.readText(path))

@@ -132,7 +132,7 @@ struct CheckpointCommand: ParsableCommand {
         FileHandle.standardOutput.write(Data(result))
         var status: Int32 = 0
         while waitpid(agent, &status, 0) < 0 && errno == EINTR {}
-        throw ExitCode(status & 0x7f == 0 ? (status >> 8) & 0xff : 128 + (status & 0x7f))
+        throw ExitCode(Subprocess.exitCode(waitStatus: status))
     }
 
     /// `parent`: the wb the user started, which must still be there once the helper watches it.

@@ -56,7 +56,7 @@ struct DebugLauncher {
         guard let gdb else { return status }
         var gdbStatus: Int32 = 0
         while waitpid(gdb, &gdbStatus, 0) < 0 && errno == EINTR {}
-        return gdbStatus & 0x7f == 0 ? (gdbStatus >> 8) & 0xff : 128 + (gdbStatus & 0x7f)
+        return Subprocess.exitCode(waitStatus: gdbStatus)
     }
 
     /// The next connection; nil once the gdb wb started has exited without connecting.

@@ -119,7 +119,7 @@ struct ExploreCommand: ParsableCommand {
     func run() throws {
         try runReportingErrors {
             if getuid() != 0 { throw WBError.refused("wb explore makes a network namespace per host of the set: run it as root") }
-            _ = try SetManifest.read(set)
+            let members = try SetManifest.read(set).members
             var options = ExploreOptions()
             options.strategy = StrategyKind(rawValue: strategy)!
             options.seed = seed
@@ -130,7 +130,6 @@ struct ExploreCommand: ParsableCommand {
             options.gdbChecks = gdbChecks
             options.faults = Set(faultList)
             options.maxFaults = maxFaults
-            let members = try SetManifest.read(set).members
             for c in gdbChecks {
                 let who = Schedule.parseGDBCheck(c)!.member
                 if !members.contains(where: { $0.name == who || $0.host == who }) {

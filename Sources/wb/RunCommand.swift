@@ -144,7 +144,7 @@ struct RunCommand: ParsableCommand {
             Signals.forward(Signals.forwarded, to: pid)
             var status: Int32 = 0
             while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
-            throw ExitCode(status & 0x7f == 0 ? (status >> 8) & 0xff : 128 + (status & 0x7f))
+            throw ExitCode(Subprocess.exitCode(waitStatus: status))
         }
     }
 }
@@ -176,6 +176,6 @@ extension RunCommand {
             throw error
         }
         if !ended { while waitpid(pid, &status, 0) < 0 && errno == EINTR {} }
-        throw ExitCode(status & 0x7f == 0 ? (status >> 8) & 0xff : 128 + (status & 0x7f))
+        throw ExitCode(Subprocess.exitCode(waitStatus: status))
     }
 }

@@ -21,10 +21,7 @@
 // backup exit 0 when their peers have gone.
 #define _GNU_SOURCE
 #include "harness.h"
-#include <arpa/inet.h>
 #include <errno.h>
-#include <netinet/in.h>
-#include <netinet/tcp.h>
 #include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -37,28 +34,6 @@
 // The log's length as the primary and the backup hold it (for checks from gdb).
 long primary_log, backup_log;
 
-static int listen_on(const char *at) {
-    struct sockaddr_in a;
-    harness_parse_ipv4("harness-replica", at, &a);
-    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0), one = 1;
-    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-    harness_require(bind(fd, (struct sockaddr *)&a, sizeof a) == 0 && listen(fd, 4) == 0, "listen");
-    return fd;
-}
-
-static int connect_to(const char *at) {
-    struct sockaddr_in a;
-    harness_parse_ipv4("harness-replica", at, &a);
-    for (int tries = 0;; tries++) {
-        int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0), one = 1;
-        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-        if (connect(fd, (struct sockaddr *)&a, sizeof a) == 0) return fd;
-        close(fd);
-        harness_require(tries < 3000, "connect");
-        usleep(10000);
-    }
-}
-
 static void send_line(int fd, const char *fmt, long v) {
     char line[64];
     int n = snprintf(line, sizeof line, fmt, v);
@@ -68,7 +43,7 @@ static void send_line(int fd, const char *fmt, long v) {
 
 
 static int backup(const char *at) {
-    int l = listen_on(at);
+    int l = harness_listen("harness-replica", at, 4);
     struct harness_lines peers[2];
     int primary = -1;
     for (int i = 0; i < 2; i++) {
@@ -103,8 +78,8 @@ static int backup(const char *at) {
 }
 
 static int primary(const char *at, const char *backup_at, int sync) {
-    int l = listen_on(at);
-    struct harness_lines b = {connect_to(backup_at), {0}, 0};
+    int l = harness_listen("harness-replica", at, 4);
+    struct harness_lines b = {harness_connect("harness-replica", backup_at), {0}, 0};
     send_line(b.fd, "HELLO primary\n", 0);
     struct harness_lines c = {accept4(l, NULL, NULL, SOCK_CLOEXEC), {0}, 0};
     close(l);
@@ -146,18 +121,14 @@ static long append(struct harness_lines *p) {
 }
 
 static int client(const char *primary_at, const char *backup_at, int warmup, int writes, long start_in_ms) {
-    struct harness_lines p = {connect_to(primary_at), {0}, 0};
-    struct harness_lines b = {connect_to(backup_at), {0}, 0};
+    struct harness_lines p = {harness_connect("harness-replica", primary_at), {0}, 0};
+    struct harness_lines b = {harness_connect("harness-replica", backup_at), {0}, 0};
     send_line(b.fd, "HELLO client\n", 0);
     long acked = 0;
     for (int i = 0; i < warmup; i++) acked = append(&p);
-    struct timespec start;
-    clock_gettime(CLOCK_MONOTONIC, &start);
-    start.tv_sec += start_in_ms / 1000;
-    start.tv_nsec += (start_in_ms % 1000) * 1000000;
-    if (start.tv_nsec >= 1000000000) { start.tv_sec++; start.tv_nsec -= 1000000000; }
+    struct timespec start = harness_in_ms(start_in_ms);
     harness_say("READY pid=%d", getpid());
-    while (clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &start, NULL) == EINTR) {}
+    harness_sleep_until(&start);
     for (int i = 0; i < writes; i++) acked = append(&p);
     char line[64];
     send_line(b.fd, "FAILOVER\n", 0);

@@ -9,6 +9,9 @@
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <unistd.h>
+#include <errno.h>
+#include <netinet/tcp.h>
+#include <sys/socket.h>
 
 // The programs are plain C, but swiftc links them with the Swift runtime, which installs
 // its crash reporter on the fatal signals. Target programs crash the way C programs do:
@@ -103,3 +106,38 @@ int harness_next_line(struct harness_lines *c, char *out, size_t size) {
 }
 
 int harness_has_line(const struct harness_lines *c) { return memchr(c->buf, '\n', c->len) != NULL; }
+
+int harness_listen(const char *program, const char *at, int backlog) {
+    struct sockaddr_in a;
+    harness_parse_ipv4(program, at, &a);
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0), one = 1;
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    harness_require(bind(fd, (struct sockaddr *)&a, sizeof a) == 0 && listen(fd, backlog) == 0, "listen");
+    return fd;
+}
+
+int harness_connect(const char *program, const char *at) {
+    struct sockaddr_in a;
+    harness_parse_ipv4(program, at, &a);
+    for (int tries = 0;; tries++) {
+        int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0), one = 1;
+        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+        if (connect(fd, (struct sockaddr *)&a, sizeof a) == 0) return fd;
+        close(fd);
+        harness_require(tries < 3000, "connect");
+        usleep(10000);
+    }
+}
+
+struct timespec harness_in_ms(long ms) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    t.tv_sec += ms / 1000;
+    t.tv_nsec += (ms % 1000) * 1000000;
+    if (t.tv_nsec >= 1000000000) { t.tv_sec++; t.tv_nsec -= 1000000000; }
+    return t;
+}
+
+void harness_sleep_until(const struct timespec *t) {
+    while (clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, t, NULL) == EINTR) {}
+}

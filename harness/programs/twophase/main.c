@@ -17,7 +17,6 @@
 // "END"; each process prints "DONE committed=C aborted=A" and exits 0.
 #define _GNU_SOURCE
 #include "harness.h"
-#include <errno.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <stdio.h>
@@ -45,11 +44,7 @@ __attribute__((noinline)) static void check_decision(int txn, int voted_yes, int
 }
 
 static int participant(const char *at, int no_on) {
-    struct sockaddr_in a;
-    harness_parse_ipv4("harness-twophase", at, &a);
-    int l = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0), one = 1;
-    setsockopt(l, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-    harness_require(bind(l, (struct sockaddr *)&a, sizeof a) == 0 && listen(l, 1) == 0, "listen");
+    int l = harness_listen("harness-twophase", at, 1), one = 1;
     struct harness_lines c = {accept4(l, NULL, NULL, SOCK_CLOEXEC), {0}, 0};
     close(l);
     setsockopt(c.fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
@@ -82,27 +77,15 @@ static int coordinator(char *participants, int txns, int pause_before, long paus
     char *save = NULL, *at = strtok_r(participants, ",", &save);
     for (int i = 0; i < 2; i++) {
         harness_require(at != NULL, "two participants");
-        struct sockaddr_in a;
-        harness_parse_ipv4("harness-twophase", at, &a);
-        for (int tries = 0;; tries++) {
-            int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0), one = 1;
-            setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-            if (connect(fd, (struct sockaddr *)&a, sizeof a) == 0) { p[i].fd = fd; p[i].len = 0; break; }
-            close(fd);
-            harness_require(tries < 3000, "connect");
-            usleep(10000);
-        }
+        p[i].fd = harness_connect("harness-twophase", at);
+        p[i].len = 0;
         at = strtok_r(NULL, ",", &save);
     }
-    struct timespec start;
-    clock_gettime(CLOCK_MONOTONIC, &start);
-    start.tv_sec += pause_ms / 1000;
-    start.tv_nsec += (pause_ms % 1000) * 1000000;
-    if (start.tv_nsec >= 1000000000) { start.tv_sec++; start.tv_nsec -= 1000000000; }
+    struct timespec start = harness_in_ms(pause_ms);
     harness_say("READY pid=%d", getpid());
     char line[128], msg[64];
     for (int t = 1; t <= txns; t++) {
-        if (t == pause_before) while (clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &start, NULL) == EINTR) {}
+        if (t == pause_before) harness_sleep_until(&start);
         snprintf(msg, sizeof msg, "PREPARE %d\n", t);
         send_text(p[0].fd, msg);
         send_text(p[1].fd, msg);

@@ -34,6 +34,17 @@ struct sockaddr_in;
 /// Parses "A.B.C.D:PORT" into `a`; exits with a message naming `program` when it is not one.
 void harness_parse_ipv4(const char *program, const char *text, struct sockaddr_in *a);
 
+/// A TCP listener on "A.B.C.D:PORT" (SO_REUSEADDR); exits naming `program` if it cannot be made.
+int harness_listen(const char *program, const char *at, int backlog);
+/// A TCP connection to "A.B.C.D:PORT" with TCP_NODELAY, retried for up to 30 s while the
+/// peer is not listening yet.
+int harness_connect(const char *program, const char *at);
+struct timespec;
+/// The CLOCK_MONOTONIC moment `ms` milliseconds from now.
+struct timespec harness_in_ms(long ms);
+/// Sleeps until a CLOCK_MONOTONIC moment (at once if it has passed, as after a restore later).
+void harness_sleep_until(const struct timespec *t);
+
 /// A connection read line by line (the protocols of harness-replica and harness-twophase).
 struct harness_lines { int fd; char buf[512]; size_t len; };
 /// The next line (without its newline) into `out`; 0 at end of file or on an error.
