@@ -112,6 +112,7 @@ let package = Package(
         harnessProgram("segments"),
         harnessProgram("switcher"),
         harnessProgram("fifo"),
+        harnessProgram("deleteddir"),
         harnessProgram("locks"),
         harnessProgram("deleted"),
         harnessProgram("pidfds"),

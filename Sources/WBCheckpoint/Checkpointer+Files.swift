@@ -260,7 +260,17 @@ extension Checkpointer {
                 s.pidfdTarget = Int32(info.extra["Pid"] ?? "")
             case .inotify:
                 s.inotify = try inotifyWatches(f, infoText)
-            case .file, .device, .tty, .placeholder:
+            case .file:
+                let (path, deleted) = f.link.deletedStripped
+                if deleted, let st = try? Paths.stat(procPath), st.isDirectory {
+                    let removed = Checkpointer.deletedDirectory(st)
+                    s.path = path
+                    s.deleted = true
+                    s.mode = removed.mode
+                    s.owner = removed.owner
+                    s.object = removed.object
+                }
+            case .device, .tty, .placeholder:
                 break
             }
             p.fds.append(s)
@@ -271,5 +281,10 @@ extension Checkpointer {
             let holders = p.fds.filter { $0.pipe == pipe.id }.map { "fd \($0.fd)" }.joined(separator: ", ")
             notes.append("pipe \(pipe.id) (\(holders)) has its other end outside the process")
         }
+    }
+
+    /// What restore needs to make a removed directory again.
+    static func deletedDirectory(_ st: FileDescriptor.Status) -> DeletedDirectory {
+        DeletedDirectory(mode: st.mode & 0o7777, owner: [st.uid, st.gid], object: "\(st.device):\(st.inode)")
     }
 }

@@ -227,7 +227,8 @@ extension Checkpointer {
                 plan.unsupported = "a device node that was deleted (\(link))"
                 return plan
             }
-            if st?.isDirectory == true { plan.unsupported = "a directory that was deleted (\(link))"; return plan }
+            // A removed directory is empty: made again and removed by restore.
+            if st?.isDirectory == true { plan.kind = .file; return plan }
             plan.kind = .deletedFile
             return plan
         }

@@ -131,6 +131,9 @@ extension Checkpointer {
         p.portable = ProcFS.strings(pid, "environ").contains(CPUCompatibility.portableMarker)
         p.exe = ((try? Paths.readLink("/proc/\(pid)/exe")) ?? "").deletedStripped.path
         p.cwd = try Paths.readLink("/proc/\(pid)/cwd")
+        if p.cwd.deletedStripped.deleted, let st = try? Paths.stat("/proc/\(pid)/cwd"), st.isDirectory {
+            p.deletedCwd = Checkpointer.deletedDirectory(st)
+        }
         p.root = try Paths.readLink("/proc/\(pid)/root")
         p.personality = UInt32((try? Paths.readText("/proc/\(pid)/personality"))?.trimming("\n") ?? "0", radix: 16) ?? 0
         let names = ["cpu", "fsize", "data", "stack", "core", "rss", "nproc", "nofile", "memlock", "as",

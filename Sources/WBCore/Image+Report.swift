@@ -85,7 +85,7 @@ public struct ImageReport: Encodable {
                        guards: x.guards.map { $0.map { $0.map(hex) } })
         }
         fds = p.fds.map { f in
-            FDRow(fd: f.fd, kind: f.kind.rawValue, path: f.path, flags: ImageReport.openFlags(f.flags),
+            FDRow(fd: f.fd, kind: f.kind.rawValue, path: f.deleted == true ? f.path + " (deleted)" : f.path, flags: ImageReport.openFlags(f.flags),
                   offset: f.offset, closeOnExec: f.closeOnExec, pipe: f.pipe, note: f.note,
                   eventfd: f.eventfd, timerfd: f.timerfd, signalfdSignals: f.signalfdMask.map { ImageReport.signals(in: $0) },
                   epoll: f.epoll)

@@ -84,6 +84,10 @@ struct MetadataValidator {
         if p.zombieStatus != nil { return }
         try absolutePath(p.exe, "\(at).exe", allowEmpty: true)
         try absolutePath(p.cwd, "\(at).cwd")
+        if let d = p.deletedCwd {
+            guard p.cwd.hasSuffix(" (deleted)") else { throw bad("\(at): the working directory \(p.cwd) is said to be removed, and its name does not say so") }
+            try deletedDirectory(d, "\(at) working directory")
+        }
         try absolutePath(p.root, "\(at).root")
         guard p.umask <= 0o777 else { throw bad("\(at): umask \(String(p.umask, radix: 8))") }
         let c = p.credentials
@@ -254,6 +258,9 @@ struct MetadataValidator {
             switch s.kind {
             case .file, .fifo, .device:
                 try absolutePath(s.path, "\(name).path")
+                if s.kind == .file, s.deleted == true {
+                    try deletedDirectory(DeletedDirectory(mode: s.mode, owner: s.owner ?? [], object: s.object ?? ""), "\(name)")
+                }
             case .pipe:
                 guard let id = s.pipe, pipes.contains(id) else { throw bad("\(name) is a pipe the image does not describe") }
             case .timerfd:
@@ -278,6 +285,15 @@ struct MetadataValidator {
             default:
                 break
             }
+        }
+    }
+
+    /// A removed directory's attributes: permission bits, an owner and group, and an identity
+    /// "device:inode" (it names a file restore may make under /tmp).
+    private func deletedDirectory(_ d: DeletedDirectory, _ name: String) throws {
+        let parts = d.object.split(separator: ":", omittingEmptySubsequences: false)
+        guard d.mode <= 0o7777, d.owner.count == 2, parts.count == 2, parts.allSatisfy({ !$0.isEmpty && UInt64($0) != nil }) else {
+            throw bad("\(name) is a removed directory without a valid mode, owner and identity")
         }
     }
 

@@ -50,6 +50,10 @@ public struct ProcessState: Codable, Sendable, Equatable {
     /// Stopped by a signal (SIGSTOP, SIGTSTP: job control) at the checkpoint: restored, it
     /// is let go stopped, for SIGCONT to wake. (Absent: running.)
     public var stopped: Bool?
+    /// The working directory had been removed (`cwd` ends in " (deleted)"): restore makes an
+    /// empty directory with these attributes, enters it and removes it again. (Absent: the
+    /// working directory exists.)
+    public var deletedCwd: DeletedDirectory?
 
     public init(pid: Int32) {
         self.pid = pid
@@ -58,6 +62,22 @@ public struct ProcessState: Codable, Sendable, Equatable {
         credentials = Credentials(uid: [0, 0, 0, 0], gid: [0, 0, 0, 0], groups: [])
         rlimits = []; mm = MMState(); itimers = []; posixTimers = []; sigactions = []; sharedPending = []
         threads = []; mappings = []; fds = []; pipes = []; xcompPermissions = 0; portable = false
+    }
+}
+
+/// A directory that was removed while a process held it (as its working directory, or open
+/// as an fd, which keep `mode`, `owner` and `object` in FDState): what it takes to make it
+/// again. A removed directory is empty, so there are no contents.
+public struct DeletedDirectory: Codable, Sendable, Equatable {
+    /// Its permission bits.
+    public var mode: UInt32
+    /// Owner and group.
+    public var owner: [UInt32]
+    /// "device:inode" on the checkpoint host: the fds and working directories with the same
+    /// object are one directory after restore.
+    public var object: String
+    public init(mode: UInt32, owner: [UInt32], object: String) {
+        self.mode = mode; self.owner = owner; self.object = object
     }
 }
 

@@ -95,6 +95,10 @@ struct FDBuilder {
             throw WBError.system(call: "remote \(placing[i].0)", errno: Int32(-r), what: what[i])
         }
         for s in fds where s.kind == .epoll { try watch(s, placed: Set(fds.map(\.fd))) }
+        if let removed = process.deletedCwd {
+            let dir = try deletedDirectory(process.cwd.deletedStripped.path, removed, holder: "the working directory")
+            try leader.call(.fchdir, UInt64(dir), what: "entering the removed working directory \(process.cwd)")
+        }
         _ = try scratch.batch(temps.map { (.close, [UInt64($0)]) }, leader: leader)
     }
 
@@ -291,6 +295,10 @@ struct FDBuilder {
         switch s.kind {
         case .file:
             let flags = s.flags & ~(O_CREAT | O_TRUNC | O_EXCL)
+            if s.deleted == true, let object = s.object {
+                let removed = DeletedDirectory(mode: s.mode, owner: s.owner ?? [], object: object)
+                return try reopen(try deletedDirectory(s.path, removed, holder: "fd \(s.fd)"), flags)
+            }
             do {
                 let fd = try checked(try open(s.path, flags), s, "a regular file or directory") { $0.isRegular || $0.mode & S_IFMT == S_IFDIR }
                 // A run that must not write the user's files gets a copy of one it may write
@@ -742,5 +750,41 @@ struct FDBuilder {
         // A new open file description of it with `s`'s access (it has no name: through
         // /proc/self/fd), not blocking on a missing other end.
         return try reopen(pipeEnds[id]!.read, s.flags | O_NONBLOCK)
+    }
+
+    /// A directory that was removed while held (open, or as the working directory): made
+    /// again at its name (or, where that is taken or its parent is gone, under /tmp, with a
+    /// note) with its mode and owner, opened, and removed once open; every fd and working
+    /// directory of the same object, in this process or another of the tree, is that one.
+    /// Returns an fd of it at a high number.
+    private mutating func deletedDirectory(_ original: String, _ d: DeletedDirectory, holder: String) throws -> Int32 {
+        let key = "deleted-dir:\(d.object)"
+        if let fd = try shared.fetch(key, into: leader, above: base) { return try high(fd) }
+        func make(_ path: String) throws -> Int64 {
+            scratch.reset()
+            let name = try scratch.put(string: path)
+            return try access.asProcess(path: path) { try leader.raw(.mkdirat, UInt64(bitPattern: -100), name, 0o700) }
+        }
+        var path = original
+        var made = try make(path)
+        if made < 0 {
+            path = "/tmp/.wb-dir-\(tracee.pid)-\(d.object.filter(\.isNumber))"
+            made = try make(path)
+            restorer.note("the deleted directory \(original) (deleted) (\(holder)) cannot be made at its name here: it is a directory made (and removed) at \(path)", about: process)
+        }
+        if made < 0 { throw WBError.system(call: "remote mkdirat(\(path))", errno: Int32(-made), what: "making the deleted directory of \(holder) again") }
+        let fd = try open(path, O_RDONLY | O_DIRECTORY)
+        _ = try leader.raw(.fchmod, UInt64(fd), UInt64(d.mode & 0o7777))
+        if d.owner.count == 2 {
+            let r = try leader.raw(.fchown, UInt64(fd), UInt64(d.owner[0]), UInt64(d.owner[1]))
+            if r < 0 && (d.owner[0] != geteuid() || d.owner[1] != getegid()) {
+                restorer.note("deleted directory \(original) belonged to uid \(d.owner[0]) gid \(d.owner[1]); here it is wb's user's (\(WBError.errnoText(Int32(-r))))", about: process)
+            }
+        }
+        scratch.reset()
+        let removed = try leader.raw(.unlinkat, UInt64(bitPattern: -100), try scratch.put(string: path), UInt64(AT_REMOVEDIR))
+        if removed < 0 { throw WBError.system(call: "remote rmdir(\(path))", errno: Int32(-removed), what: "removing the directory of \(holder) again") }
+        try shared.keep(key, fd: fd, leader: leader, pid: process.pid, above: base)
+        return fd
     }
 }

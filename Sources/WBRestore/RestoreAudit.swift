@@ -159,7 +159,7 @@ struct RestoreAudit {
             }
             let expected = s.deleted == true ? s.path + " (deleted)" : copies?.copy(of: s.path) ?? s.path
             if s.kind == .file || s.kind == .fifo || s.kind == .device, let link = try? Paths.readLink("/proc/\(pid)/fd/\(s.fd)"),
-               link != expected, !noted.contains(where: { $0.hasPrefix("fd \(s.fd) was the deleted FIFO") }) {
+               link != expected, !noted.contains(where: { $0.hasPrefix("fd \(s.fd) was the deleted") || $0.hasPrefix("the deleted directory \(expected) (") }) {
                 out.append("\(name) names \(link)")
             }
         }

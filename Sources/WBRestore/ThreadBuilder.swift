@@ -54,8 +54,9 @@ struct ThreadBuilder {
     private func processState() throws {
         let p = process
         scratch.reset()
+        // A removed working directory was made and entered with the fds (FDBuilder).
         let cwd = try scratch.put(string: p.cwd)
-        let changed = try access.asProcess(path: p.cwd) { try leader.raw(.chdir, cwd) }
+        let changed = p.deletedCwd != nil ? 0 : try access.asProcess(path: p.cwd) { try leader.raw(.chdir, cwd) }
         if changed == -Int64(EACCES) || changed == -Int64(EPERM) {
             throw WBError.refused("\(p.cwd): the restored process may not enter its working directory here (\(WBError.errnoText(Int32(-changed))))")
         }

@@ -183,6 +183,34 @@ import WBTrace
         #expect(refused.stderr.contains("read flock lock on fd") && refused.stderr.contains("another process holds a lock there now"), "\(refused.stderr)")
     }
 
+    /// Directories removed while in use come back removed: the working directory, an fd of
+    /// it, another directory open three ways (read, reopened through /proc/self/fd after the
+    /// removal, O_PATH), each with its mode, one directory per original, nothing left behind.
+    @Test func removedDirectoriesComeBackRemoved() throws {
+        let dir = scratchDirectory()
+        let program = try Child(Products.harness("deleteddir"), [dir])
+        _ = try #require(program.line(startingWith: "READY"))
+        kill(program.pid, SIGUSR1)
+        #expect(program.line(startingWith: "VERIFY") == "VERIFY OK")
+        let image = "\(dir)/deleteddir.wbimg"
+        try checkpointKilled(program, to: image)
+        let inspect = try wb("inspect", image)
+        #expect(inspect.stdout.contains("\(dir)/work (deleted)") && inspect.stdout.contains("\(dir)/held (deleted)"), "\(inspect.stdout)")
+        let restored = try Restored.detach(image)
+        defer { restored.kill() }
+        #expect(restored.verify(rounds: 2) == ["VERIFY OK", "VERIFY OK"])
+        #expect(try Paths.readLink("/proc/\(restored.pid)/cwd") == "\(dir)/work (deleted)")
+        #expect(!Paths.exists("\(dir)/work") && !Paths.exists("\(dir)/held"))
+        // Its name taken meanwhile: made elsewhere, removed there too, with a note.
+        restored.kill()
+        try FileManager.default.createDirectory(atPath: "\(dir)/held", withIntermediateDirectories: false)
+        let again = try Restored.detach(image)
+        defer { again.kill() }
+        #expect(again.wb.stderrText.contains("the deleted directory \(dir)/held (deleted) (fd 4) cannot be made at its name here"), "\(again.wb.stderrText)")
+        #expect(again.verify() == ["VERIFY FAIL held reopened o-path"])
+        #expect(Paths.exists("\(dir)/held") && (try? FileManager.default.contentsOfDirectory(atPath: "/tmp").filter { $0.hasPrefix(".wb-dir-") }) == [])
+    }
+
     /// Files whose names are gone keep their attributes: a memfd's mode and seals, a deleted
     /// file's holes, mode and modification time, and both their offsets.
     @Test func deletedFilesAndMemfdsKeepModeSealsHolesAndTimes() throws {
