@@ -113,6 +113,7 @@ let package = Package(
         harnessProgram("switcher"),
         harnessProgram("fifo"),
         harnessProgram("deleteddir"),
+        harnessProgram("sharedtables"),
         harnessProgram("locks"),
         harnessProgram("deleted"),
         harnessProgram("pidfds"),

@@ -134,6 +134,15 @@ extension Checkpointer {
         if p.cwd.deletedStripped.deleted, let st = try? Paths.stat("/proc/\(pid)/cwd"), st.isDirectory {
             p.deletedCwd = Checkpointer.deletedDirectory(st)
         }
+        if tree == nil {
+            // Sharing with a process that is not checkpointed cannot come back: noted.
+            for other in [p.ppid] + ProcFS.children(pid) where other > 0 {
+                for (what, same) in [("file descriptor table (CLONE_FILES)", SharedFiles.shareFDTable),
+                                     ("working directory, root and umask (CLONE_FS)", SharedFiles.shareFSInfo)] where same(pid, other) {
+                    notes.append("the process shares its \(what) with pid \(other), which is not checkpointed (use --tree for a child): restored, it has its own")
+                }
+            }
+        }
         p.root = try Paths.readLink("/proc/\(pid)/root")
         p.personality = UInt32((try? Paths.readText("/proc/\(pid)/personality"))?.trimming("\n") ?? "0", radix: 16) ?? 0
         let names = ["cpu", "fsize", "data", "stack", "core", "rss", "nproc", "nofile", "memlock", "as",

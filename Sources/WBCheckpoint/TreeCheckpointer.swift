@@ -131,8 +131,9 @@ public final class TreeCheckpointer {
                 captured.append((states.count, c, store, files, deleted, deferred))
                 states.append(state)
             }
-            // Open file descriptions are compared while every process still holds its fds.
+            // Open file descriptions and fd tables are compared while every process still holds its fds.
             TreeCheckpointer.shareDescriptions(&states, zombies: Set(members.filter { $0.zombie != nil }.map(\.pid)))
+            try TreeCheckpointer.shareTables(&states)
             var pause = Clock.monotonic - stopped
             for c in captured { c.checkpointer.socketCopies = [:] }
             if options.after == .leaveRunning {
@@ -305,6 +306,38 @@ public final class TreeCheckpointer {
     /// `patience`, a child that may be a vfork child about to call exec (its parent runs) is
     /// given that long to stop sharing; a stopped parent has no vfork child left before its
     /// exec (a vfork parent stops only after it), so sharing then means CLONE_VM.
+    /// Which processes share their parent's fd table (CLONE_FILES) or working directory,
+    /// root and umask (CLONE_FS), which restore forks sharing them again; a table shared
+    /// in another way (two siblings whose parent has its own) is refused by name.
+    static func shareTables(_ states: inout [ProcessState]) throws {
+        let live = states.indices.filter { states[$0].zombieStatus == nil }
+        let index = Dictionary(live.map { (states[$0].pid, $0) }, uniquingKeysWith: { a, _ in a })
+        for (what, same) in [("file descriptor table", SharedFiles.shareFDTable), ("working directory, root and umask", SharedFiles.shareFSInfo)] {
+            var withParent = Set<Int32>()
+            for i in live {
+                let p = states[i]
+                guard index[p.ppid] != nil, same(p.ppid, p.pid) else { continue }
+                withParent.insert(p.pid)
+                if what.hasPrefix("file") { states[i].sharesParentFiles = true } else { states[i].sharesParentFS = true }
+            }
+            for (n, i) in live.enumerated() {
+                for j in live[(n + 1)...] {
+                    let a = states[i].pid, b = states[j].pid
+                    guard same(a, b) else { continue }
+                    // Shared through parents that share it: the fork order gives it again.
+                    func top(_ pid: Int32) -> Int32 {
+                        var at = pid
+                        while withParent.contains(at), let parent = index[at].map({ states[$0].ppid }) { at = parent }
+                        return at
+                    }
+                    if top(a) != top(b) {
+                        throw WBError.refused("pids \(a) and \(b) share one \(what), and neither got it from its parent (one of them, or their parent, gave up its own later): wb restores such sharing only between a process and its parent. Nothing was changed")
+                    }
+                }
+            }
+        }
+    }
+
     private static func refuseSharedMemory(_ pid: Int32, _ parent: Int32, patience: Double = 0) throws {
         if !eventually(within: patience, { !Tracee.shareMemory(parent, pid) }) {
             throw WBError.refused("pid \(pid) shares its memory with its parent \(parent) (a child cloned with CLONE_VM, or a vfork child before its exec): wb cannot restore them sharing it. Nothing was changed; try again once it has called exec")

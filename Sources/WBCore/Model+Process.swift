@@ -54,6 +54,11 @@ public struct ProcessState: Codable, Sendable, Equatable {
     /// empty directory with these attributes, enters it and removes it again. (Absent: the
     /// working directory exists.)
     public var deletedCwd: DeletedDirectory?
+    /// In a tree: the process shares its parent's fd table (cloned with CLONE_FILES), or its
+    /// working directory, root and umask (CLONE_FS); restore forks it sharing them again.
+    /// (Absent: its own.)
+    public var sharesParentFiles: Bool?
+    public var sharesParentFS: Bool?
 
     public init(pid: Int32) {
         self.pid = pid

@@ -17,7 +17,8 @@ extension Restorer {
             guard let parent = tracees[p.ppid] else {
                 throw WBError.badImage(path: image.path, problem: "invalid metadata: process \(p.pid)'s parent \(p.ppid) comes after it or is not in the image")
             }
-            let host = try fork(p.pid, from: parent, newNamespace: newNamespace)
+            let sharing: UInt64 = (p.sharesParentFiles == true ? 0x400 : 0) | (p.sharesParentFS == true ? 0x200 : 0)   // CLONE_FILES, CLONE_FS
+            let host = try fork(p.pid, from: parent, sharing: p.zombieStatus == nil ? sharing : 0, newNamespace: newNamespace)
             let t = try Tracee.adoptStub(host)
             tracees[p.pid] = t
             members.append((p, t))
@@ -63,14 +64,15 @@ extension Restorer {
         }
     }
 
-    /// Forks a stub child with pid `pid` from the stub `parent`; returns its pid as wb sees it.
+    /// Forks a stub child with pid `pid` from the stub `parent` (sharing its fd table or its
+    /// fs information with `sharing`: CLONE_FILES, CLONE_FS); returns its pid as wb sees it.
     /// The child goes on in the stub's pause loop until wb takes it.
-    private func fork(_ pid: Int32, from parent: Tracee, newNamespace: Bool) throws -> Int32 {
+    private func fork(_ pid: Int32, from parent: Tracee, sharing: UInt64, newNamespace: Bool) throws -> Int32 {
         let s = try parent.ownedSyscalls(in: parent.pid)
         // clone_args and the pid go on the stub's stack, well below where it is.
         let at = (s.original.rsp - 1024) & ~UInt64(15)
         var bytes: [UInt8] = []
-        let words: [UInt64] = [0, 0, 0, 0, UInt64(SIGCHLD), 0, 0, 0, at + 88, 1, 0, UInt64(UInt32(bitPattern: pid))]
+        let words: [UInt64] = [sharing, 0, 0, 0, UInt64(SIGCHLD), 0, 0, 0, at + 88, 1, 0, UInt64(UInt32(bitPattern: pid))]
         for w in words { withUnsafeBytes(of: w.littleEndian) { bytes += $0 } }
         try parent.write(bytes, to: at)
         let r = try s.raw(.clone3, at, 88)

@@ -311,6 +311,8 @@ public final class Restorer {
         step("rebuilding memory" + (p.pid == process.pid ? "" : " of pid \(p.pid)"))
         var space = try AddressSpace(restorer: self, process: p, tracee: tracee, leader: leader, files: files, shared: shared)
         try space.build()
+        // A process sharing its parent's fd table has its fds already: the parent built them.
+        if p.sharesParentFiles == true { return (p, tracee, space.leader, space.scratch, space.access) }
         step("reopening files" + (p.pid == process.pid ? "" : " of pid \(p.pid)"))
         var fds = FDBuilder(restorer: self, process: p, tracee: tracee, leader: space.leader, scratch: space.scratch, files: files,
                             sharedObjects: space.sharedObjects, shared: shared, access: space.access)

@@ -16,6 +16,12 @@ public enum SharedFiles {
         wb_kcmp_epoll_target(pid, fd, epfd, tfd) == 0
     }
 
+    /// Whether two processes share one fd table (cloned with CLONE_FILES).
+    public static func shareFDTable(_ a: Int32, _ b: Int32) -> Bool { wb_kcmp_tables(a, b, 1) == 0 }
+
+    /// Whether two processes share one working directory, root and umask (CLONE_FS).
+    public static func shareFSInfo(_ a: Int32, _ b: Int32) -> Bool { wb_kcmp_tables(a, b, 0) == 0 }
+
     /// Whether fd `fd` of `pid` is the file (device and inode) wb's fd `local` is.
     public static func sameFile(_ pid: Int32, _ fd: Int32, as local: Int32) -> Bool {
         var a = stat(), b = stat()

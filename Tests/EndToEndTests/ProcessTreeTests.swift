@@ -71,6 +71,41 @@ import WBTrace
         #expect(field(groups, "c") == field(ready, "c"))
     }
 
+    /// A child cloned with CLONE_FILES|CLONE_FS shares its parent's fd table, working
+    /// directory and umask again after restore (a new fd and umask of the parent are its
+    /// own); a forked sibling keeps its own. Checkpointed alone, the sharing is noted.
+    @Test func childrenSharingTheParentsFDTableAndFSInfoShareThemAgain() throws {
+        let dir = scratchDirectory()
+        let program = try Child(Products.harness("sharedtables"), [])
+        let ready = try #require(program.line(startingWith: "READY"))
+        kill(program.pid, SIGUSR1)
+        #expect(program.line(startingWith: "VERIFY") == "VERIFY OK")
+        let alone = try wb("checkpoint", "\(program.pid)", "-o", "\(dir)/alone.wbimg", "--allow-unsupported")
+        #expect(alone.code == 0 && alone.stderr.contains("shares its file descriptor table (CLONE_FILES) with pid \(field(ready, "s") ?? "?")"), "\(alone.stderr)")
+        let image = "\(dir)/tables.wbimg"
+        let processes = try checkpointTree(program.pid, to: image, kill: true)
+        #expect(processes.count == 3)
+        program.wait()
+        let restored = try Restored.detach(image)
+        defer { killTree(restored.pid) }
+        #expect(restored.verify(rounds: 2) == ["VERIFY OK", "VERIFY OK"], "\(restored.wb.stderrText)")
+    }
+
+    /// Two children sharing one fd table their parent gave up: refused by name, the tree
+    /// left running.
+    @Test func siblingsSharingATableTheirParentLeftAreRefused() throws {
+        let dir = scratchDirectory()
+        let program = try Child(Products.harness("sharedtables"), ["--siblings"])
+        defer { killTree(program.pid) }
+        _ = try #require(program.line(startingWith: "READY"))
+        let run = try wb("checkpoint", "--tree", "\(program.pid)", "-o", "\(dir)/x.wbimg", "--kill")
+        #expect(run.code == 1)
+        #expect(run.stderr.contains("share one file descriptor table, and neither got it from its parent"), "\(run.stderr)")
+        #expect(!Paths.exists("\(dir)/x.wbimg"))
+        kill(program.pid, SIGUSR1)
+        #expect(program.line(startingWith: "VERIFY") != nil)
+    }
+
     /// System V segments come back with their ids, key, size, permissions and contents, in
     /// an IPC namespace of the restored processes' own: one process alone, and a parent and
     /// child that share the segment (only the child adds to its counter).

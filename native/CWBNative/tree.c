@@ -27,6 +27,11 @@ int wb_kcmp_epoll_target(pid_t pid, int fd, int epfd, int tfd) {
     return r < 0 ? -errno : (int)r;
 }
 
+int wb_kcmp_tables(pid_t pid1, pid_t pid2, int files) {
+    long r = syscall(SYS_kcmp, pid1, pid2, files ? KCMP_FILES : KCMP_FS, 0, 0);
+    return r < 0 ? -errno : (int)r;
+}
+
 int wb_kcmp_vm(pid_t pid1, pid_t pid2) {
     long r = syscall(SYS_kcmp, pid1, pid2, KCMP_VM, 0, 0);
     return r < 0 ? -errno : (int)r;

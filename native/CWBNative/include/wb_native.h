@@ -162,6 +162,10 @@ int wb_kcmp_epoll_target(pid_t pid, int fd, int epfd, int tfd);
 /// parent), 1 or 2 when not, -errno on failure.
 int wb_kcmp_vm(pid_t pid1, pid_t pid2);
 
+/// 0 when the two processes share one fd table (`files` true: KCMP_FILES) or one working
+/// directory, root and umask (`files` false: KCMP_FS); 1 or 2 when not; -errno on failure.
+int wb_kcmp_tables(pid_t pid1, pid_t pid2, int files);
+
 typedef struct {
     uint64_t inode;
     uint64_t peer;
