@@ -114,6 +114,7 @@ let package = Package(
         harnessProgram("fifo"),
         harnessProgram("deleteddir"),
         harnessProgram("sharedtables"),
+        harnessProgram("pty"),
         harnessProgram("locks"),
         harnessProgram("deleted"),
         harnessProgram("pidfds"),

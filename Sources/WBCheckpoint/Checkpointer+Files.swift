@@ -270,6 +270,19 @@ extension Checkpointer {
                     s.owner = removed.owner
                     s.object = removed.object
                 }
+            case .ptyMaster:
+                let copy = try SharedFiles.take(f.fd, of: pid)
+                let pair = try PseudoTerminals.read(master: copy.rawValue)
+                s.pty = PtyState(index: pair.index, locked: pair.locked, packet: pair.packet, termios: Data(pair.termios), winsize: pair.winsize)
+                if pair.readable > 0 {
+                    notes.append("fd \(f.fd), the master of /dev/pts/\(pair.index), had \(pair.readable) bytes from the terminal side not read yet; they are not restored")
+                }
+            case .ptySlave:
+                s.ptyIndex = PseudoTerminals.index(of: f.link)
+                if let copy = try? SharedFiles.take(f.fd, of: pid), case let n = PseudoTerminals.readable(copy.rawValue), n > 0 {
+                    let note = "/dev/pts/\(s.ptyIndex ?? -1) had \(n) bytes typed on its master not read yet; they are not restored"
+                    if !notes.contains(note) { notes.append(note) }
+                }
             case .device, .tty, .placeholder:
                 break
             }

@@ -34,6 +34,12 @@ struct TreeScope {
     var members: Set<Int32>
     /// Unix sockets any member holds (inode).
     var sockets: Set<UInt64>
+    /// Pseudo-terminal pairs whose master a member holds (their numbers).
+    var ptys: Set<Int32> = []
+    init(members: Set<Int32>, sockets: Set<UInt64>) {
+        self.members = members; self.sockets = sockets
+        ptys = PseudoTerminals.masters(heldBy: members)
+    }
 }
 
 extension Checkpointer {
@@ -236,7 +242,11 @@ extension Checkpointer {
         guard let st = try? Paths.stat("/proc/\(pid)/fd/\(fd)") else { plan.kind = .file; return plan }
         if st.isFIFO { plan.kind = .fifo; return plan }
         if st.isCharDevice {
-            if link.hasPrefix("/dev/pts/") || link.hasPrefix("/dev/tty") || link == "/dev/console" || link == "/dev/ptmx" {
+            // A pseudo-terminal pair whose master is in the checkpoint comes back as a pair;
+            // a terminal whose other side is outside is the restoring terminal.
+            if PseudoTerminals.isMaster(link) { plan.kind = .ptyMaster; return plan }
+            if let n = PseudoTerminals.index(of: link), (tree?.ptys ?? ownPtys).contains(n) { plan.kind = .ptySlave; return plan }
+            if link.hasPrefix("/dev/pts/") || link.hasPrefix("/dev/tty") || link == "/dev/console" {
                 plan.kind = .tty
             } else if let why = Checkpointer.kernelStateDevice(link) {
                 plan.unsupported = why

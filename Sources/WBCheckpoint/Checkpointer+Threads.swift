@@ -134,6 +134,11 @@ extension Checkpointer {
         if p.cwd.deletedStripped.deleted, let st = try? Paths.stat("/proc/\(pid)/cwd"), st.isDirectory {
             p.deletedCwd = Checkpointer.deletedDirectory(st)
         }
+        // A controlling terminal that is a pair of the checkpoint's own comes back as one.
+        if let n = PseudoTerminals.ptsIndex(ttyNr: Int(stat[7] ?? "0") ?? 0), (tree?.ptys ?? ownPtys).contains(n) {
+            p.controllingPty = n
+            if let group = Int32(stat[8] ?? ""), group > 0 { p.foregroundGroup = group }
+        }
         if tree == nil {
             // Sharing with a process that is not checkpointed cannot come back: noted.
             for other in [p.ppid] + ProcFS.children(pid) where other > 0 {

@@ -77,6 +77,8 @@ public final class Checkpointer {
     var jobStopped: Bool?
     /// Set when the process is one of a tree being checkpointed together.
     var tree: TreeScope?
+    /// Pseudo-terminal pairs whose master the process holds (their numbers).
+    lazy var ownPtys: Set<Int32> = PseudoTerminals.masters(heldBy: [pid])
     /// The TCP connections held while they are read (shared by a tree's members).
     var connections: HeldConnections?
     /// Copies of the process's sockets, with the fd link they were taken for

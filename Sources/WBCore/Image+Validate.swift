@@ -84,6 +84,7 @@ struct MetadataValidator {
         if p.zombieStatus != nil { return }
         try absolutePath(p.exe, "\(at).exe", allowEmpty: true)
         try absolutePath(p.cwd, "\(at).cwd")
+        if let n = p.controllingPty, n < 0 { throw bad("\(at): controlling terminal /dev/pts/\(n)") }
         if let d = p.deletedCwd {
             guard p.cwd.hasSuffix(" (deleted)") else { throw bad("\(at): the working directory \(p.cwd) is said to be removed, and its name does not say so") }
             try deletedDirectory(d, "\(at) working directory")
@@ -278,6 +279,12 @@ struct MetadataValidator {
                     try absolutePath(w.path, "\(name) inotify watch \(w.wd)")
                 }
                 if (s.inotify ?? []).count > 1 << 16 { throw bad("\(name) has more inotify watches than wb restores (65,536)") }
+            case .ptyMaster:
+                guard let pty = s.pty, pty.index >= 0, pty.termios.count == 36, pty.winsize.count == 4 else {
+                    throw bad("\(name) is a pseudo-terminal master without a valid number, terminal settings (36 bytes) and window size")
+                }
+            case .ptySlave:
+                guard let n = s.ptyIndex, n >= 0 else { throw bad("\(name) is a pseudo-terminal without a valid number") }
             case .pidfd:
                 guard let t = s.pidfdTarget, t > 0, t <= Self.maxPid else { throw bad("\(name) is a pidfd without a valid target pid") }
             case .unixSocket, .socket, .placeholder:

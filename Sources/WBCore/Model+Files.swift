@@ -36,6 +36,11 @@ public struct FDState: Codable, Sendable, Equatable {
         case socket
         /// An inotify instance (`inotify` holds its watches).
         case inotify
+        /// The master of a pseudo-terminal pair (/dev/ptmx): `pty` holds the pair's state.
+        case ptyMaster
+        /// The terminal side (/dev/pts/N) of a pair whose master is in the image: `ptyIndex`
+        /// is N, the pair's number at the checkpoint.
+        case ptySlave
     }
 
     public var fd: Int32
@@ -86,6 +91,10 @@ public struct FDState: Codable, Sendable, Equatable {
     public var net: NetSocketState?
     /// For an inotify instance: its watches, by watch descriptor.
     public var inotify: [InotifyWatch]?
+    /// For a pseudo-terminal master: the pair's number, lock, packet mode and settings.
+    public var pty: PtyState?
+    /// For the terminal side of a pair: the pair's number at the checkpoint.
+    public var ptyIndex: Int32?
 
     public init(fd: Int32, kind: Kind, flags: Int32, closeOnExec: Bool, path: String, offset: UInt64) {
         self.fd = fd; self.kind = kind; self.flags = flags; self.closeOnExec = closeOnExec
@@ -94,6 +103,23 @@ public struct FDState: Codable, Sendable, Equatable {
 
     /// O_RDONLY, O_WRONLY or O_RDWR.
     public var accessMode: Int32 { flags & 3 }
+}
+
+/// A pseudo-terminal pair, as its master shows it.
+public struct PtyState: Codable, Sendable, Equatable {
+    /// /dev/pts/INDEX at the checkpoint.
+    public var index: Int32
+    /// The terminal side could not be opened yet (TIOCSPTLCK).
+    public var locked: Bool
+    /// Packet mode (TIOCPKT).
+    public var packet: Bool
+    /// The terminal side's struct termios as the kernel keeps it (36 bytes: TCGETS).
+    public var termios: Data
+    /// Window size: rows, columns, x and y pixels.
+    public var winsize: [UInt16]
+    public init(index: Int32, locked: Bool, packet: Bool, termios: Data, winsize: [UInt16]) {
+        self.index = index; self.locked = locked; self.packet = packet; self.termios = termios; self.winsize = winsize
+    }
 }
 
 /// A lock as /proc/PID/fdinfo lists it ("lock: 1: POSIX  ADVISORY  WRITE 1234 fe:00:56 0 EOF").

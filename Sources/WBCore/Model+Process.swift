@@ -59,6 +59,11 @@ public struct ProcessState: Codable, Sendable, Equatable {
     /// (Absent: its own.)
     public var sharesParentFiles: Bool?
     public var sharesParentFS: Bool?
+    /// The session's controlling terminal, when it is the terminal side of a pseudo-terminal
+    /// pair whose master is in the image (its number at the checkpoint), and the terminal's
+    /// foreground process group; restore makes it the session's controlling terminal again.
+    public var controllingPty: Int32?
+    public var foregroundGroup: Int32?
 
     public init(pid: Int32) {
         self.pid = pid

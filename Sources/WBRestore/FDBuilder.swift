@@ -85,7 +85,7 @@ struct FDBuilder {
                 placing.append((.lseek, [UInt64(s.fd), s.offset, UInt64(SEEK_SET)]))
                 what.append("")
             }
-            if [.pipe, .fifo, .eventfd, .timerfd, .signalfd, .epoll, .unixSocket, .socket, .pidfd, .inotify].contains(s.kind) {
+            if [.pipe, .fifo, .eventfd, .timerfd, .signalfd, .epoll, .unixSocket, .socket, .pidfd, .inotify, .ptyMaster, .ptySlave].contains(s.kind) {
                 // Status flags (O_NONBLOCK, O_APPEND, ...) belong to the open file description.
                 placing.append((.fcntl, [UInt64(s.fd), UInt64(F_SETFL), UInt64(s.flags & ~O_ACCMODE)]))
                 what.append("setting the flags of \(name)")
@@ -95,6 +95,7 @@ struct FDBuilder {
             throw WBError.system(call: "remote \(placing[i].0)", errno: Int32(-r), what: what[i])
         }
         for s in fds where s.kind == .epoll { try watch(s, placed: Set(fds.map(\.fd))) }
+        try controllingTerminal()
         if let removed = process.deletedCwd {
             let dir = try deletedDirectory(process.cwd.deletedStripped.path, removed, holder: "the working directory")
             try leader.call(.fchdir, UInt64(dir), what: "entering the removed working directory \(process.cwd)")
@@ -322,6 +323,12 @@ struct FDBuilder {
             for k: Int32 in 0...2 where isatty(k) == 1 { if let fd = inherited[k] { return fd } }
             restorer.note("fd \(s.fd) was the terminal \(s.path); there is no terminal here, so it is /dev/null", about: process)
             return try open("/dev/null", O_RDWR)
+        case .ptyMaster:
+            guard let pty = s.pty else { throw WBError.badImage(path: restorer.image.path, problem: "fd \(s.fd) is a pseudo-terminal master without its state") }
+            return try ptyMaster(pty.index).fd
+        case .ptySlave:
+            guard let index = s.ptyIndex else { throw WBError.badImage(path: restorer.image.path, problem: "fd \(s.fd) is a pseudo-terminal without its number") }
+            return try ptyTerminal(index, flags: s.flags)
         case .placeholder:
             return try placeholder(s)
         case .eventfd:
@@ -786,5 +793,62 @@ struct FDBuilder {
         if removed < 0 { throw WBError.system(call: "remote rmdir(\(path))", errno: Int32(-removed), what: "removing the directory of \(holder) again") }
         try shared.keep(key, fd: fd, leader: leader, pid: process.pid, above: base)
         return fd
+    }
+
+    // MARK: Pseudo-terminal pairs
+
+    /// The master of the image's pair `index`, made in this process (/dev/ptmx opened as the
+    /// process, its pair given the image's terminal settings, window size, packet mode and
+    /// lock), or taken from the process of the tree that made it; at a high number, with the
+    /// pair's number here (a new pair gets the lowest free number: noted when it differs).
+    private mutating func ptyMaster(_ index: Int32) throws -> (fd: Int32, here: Int32) {
+        let key = "pty:\(index)"
+        if let fd = try shared.fetch(key, into: leader, above: base) {
+            let h = try high(fd)
+            let copy = try take(h)
+            return (h, try PseudoTerminals.read(master: copy.rawValue).index)
+        }
+        let image = restorer.image
+        guard let state = image.metadata.processes.lazy.flatMap(\.fds).first(where: { $0.kind == .ptyMaster && $0.pty?.index == index })?.pty else {
+            throw WBError.badImage(path: image.path, problem: "a terminal of pseudo-terminal pair \(index) is in the image and its master is not")
+        }
+        let fd = try open("/dev/ptmx", O_RDWR | O_NOCTTY)
+        let copy = try take(fd)
+        var pair = try PseudoTerminals.read(master: copy.rawValue)
+        let here = pair.index
+        pair.packet = state.packet; pair.termios = Array(state.termios); pair.winsize = state.winsize
+        try PseudoTerminals.apply(pair, master: copy.rawValue, locked: state.locked)
+        if here != index {
+            restorer.note("the pseudo-terminal /dev/pts/\(index) is /dev/pts/\(here) here (a program that kept its name finds another)", about: process)
+        }
+        try shared.keep(key, fd: fd, leader: leader, pid: process.pid, above: base)
+        return (fd, here)
+    }
+
+    /// A new open of the terminal side of the image's pair `index` with `flags`, at a high
+    /// number (never becoming a controlling terminal by the open).
+    private mutating func ptyTerminal(_ index: Int32, flags: Int32) throws -> Int32 {
+        let (master, here) = try ptyMaster(index)
+        let locked = restorer.image.metadata.processes.lazy.flatMap(\.fds).first { $0.kind == .ptyMaster && $0.pty?.index == index }?.pty?.locked == true
+        let copy = locked ? try take(master) : nil
+        if let copy { try PseudoTerminals.lock(master: copy.rawValue, false) }
+        defer { if let copy { try? PseudoTerminals.lock(master: copy.rawValue, true) } }
+        return try open("/dev/pts/\(here)", (flags & ~(O_CREAT | O_TRUNC | O_EXCL)) | O_NOCTTY)
+    }
+
+    /// A session leader whose controlling terminal was a pair of the image gets it again,
+    /// with its foreground process group.
+    private mutating func controllingTerminal() throws {
+        guard let index = process.controllingPty, process.sid == process.pid else { return }
+        let terminal = try ptyTerminal(index, flags: O_RDWR)
+        try leader.call(.ioctl, UInt64(terminal), 0x540E /* TIOCSCTTY */, 0, what: "making /dev/pts/\(index) the controlling terminal again")
+        if let group = process.foregroundGroup {
+            scratch.reset()
+            let at = try scratch.put(words32: [UInt32(bitPattern: group)])
+            let r = try leader.raw(.ioctl, UInt64(terminal), 0x5410 /* TIOCSPGRP */, at)
+            if r < 0 {
+                restorer.note("process group \(group) was in the foreground of /dev/pts/\(index); here it cannot be (\(WBError.errnoText(Int32(-r))))", about: process)
+            }
+        }
     }
 }

@@ -40,6 +40,9 @@ struct RestoreAudit {
            adj != k.oomScoreAdj, !noted.contains(where: { $0.contains("oom_score_adj") }) {
             out.append("oom_score_adj \(adj) (the image has \(k.oomScoreAdj))")
         }
+        if process.controllingPty != nil, let stat = try? ProcFS.stat(pid), (Int(stat[7] ?? "0") ?? 0) == 0 {
+            out.append("no controlling terminal (the image has /dev/pts/\(process.controllingPty!))")
+        }
         if let n = status["Threads"].flatMap({ Int($0) }), n != process.threads.count {
             out.append("\(n) threads (the image has \(process.threads.count))")
         }

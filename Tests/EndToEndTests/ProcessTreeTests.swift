@@ -91,6 +91,27 @@ import WBTrace
         #expect(restored.verify(rounds: 2) == ["VERIFY OK", "VERIFY OK"], "\(restored.wb.stderrText)")
     }
 
+    /// A terminal session of the tree's own (a master in the parent, a child leading a
+    /// session on the terminal side): the pair comes back with its window size and terminal
+    /// settings, as the child's controlling terminal with its group in the foreground.
+    @Test func aTerminalSessionComesBackWithItsPseudoTerminalPair() throws {
+        let dir = scratchDirectory()
+        let program = try Child(Products.harness("pty"), [])
+        let ready = try #require(program.line(startingWith: "READY"))
+        kill(program.pid, SIGUSR1)
+        #expect(program.line(startingWith: "VERIFY") == "VERIFY OK")
+        let image = "\(dir)/pty.wbimg"
+        _ = try checkpointTree(program.pid, to: image, kill: true)
+        program.wait()
+        #expect(try wb("inspect", image).stdout.contains("ptyMaster /dev/ptmx [O_RDWR]"))
+        let restored = try Restored.detach(image)
+        defer { killTree(restored.pid) }
+        #expect(restored.verify(rounds: 2) == ["VERIFY OK", "VERIFY OK"], "\(restored.wb.stderrText)")
+        let child = try #require(field(ready, "child").flatMap { Int32($0) })
+        let stat = try ProcFS.stat(child)
+        #expect(stat[7] != "0" && stat[8] == "\(child)", "tty_nr \(stat[7] ?? "?") tpgid \(stat[8] ?? "?")")
+    }
+
     /// Two children sharing one fd table their parent gave up: refused by name, the tree
     /// left running.
     @Test func siblingsSharingATableTheirParentLeftAreRefused() throws {

@@ -166,6 +166,28 @@ int wb_kcmp_vm(pid_t pid1, pid_t pid2);
 /// directory, root and umask (`files` false: KCMP_FS); 1 or 2 when not; -errno on failure.
 int wb_kcmp_tables(pid_t pid1, pid_t pid2, int files);
 
+// MARK: - Pseudo-terminals
+
+typedef struct {
+    int32_t index;          // the pair's number: /dev/pts/INDEX
+    int32_t locked;         // TIOCGPTLCK: the terminal side may not be opened yet
+    int32_t packet;         // TIOCGPKT
+    int32_t readable;       // bytes the terminal side wrote that the master has not read
+    uint8_t termios[36];    // the terminal side's struct termios as the kernel keeps it (TCGETS)
+    uint16_t winsize[4];    // rows, columns, x and y pixels
+} wb_pty_state;
+
+/// The state of a pseudo-terminal pair, read through a copy of its master's fd; -errno
+/// when it is not one.
+int wb_pty_read(int master, wb_pty_state *out);
+/// Gives a pair (through a copy of its master) the terminal settings, window size and
+/// packet mode of `state`, locked or not as `lock` says; -errno on failure.
+int wb_pty_apply(int master, const wb_pty_state *state, int lock);
+/// Locks or unlocks the terminal side of a pair (TIOCSPTLCK); -errno on failure.
+int wb_pty_lock(int master, int lock);
+/// Bytes waiting to be read on a terminal fd (FIONREAD), or -errno.
+int wb_tty_readable(int fd);
+
 typedef struct {
     uint64_t inode;
     uint64_t peer;
