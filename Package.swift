@@ -115,6 +115,7 @@ let package = Package(
         harnessProgram("deleteddir"),
         harnessProgram("sharedtables"),
         harnessProgram("pty"),
+        harnessProgram("fanotify"),
         harnessProgram("locks"),
         harnessProgram("deleted"),
         harnessProgram("pidfds"),

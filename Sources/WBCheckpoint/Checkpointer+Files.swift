@@ -270,6 +270,8 @@ extension Checkpointer {
                     s.owner = removed.owner
                     s.object = removed.object
                 }
+            case .fanotify:
+                s.fanotify = try fanotifyGroup(f, infoText)
             case .ptyMaster:
                 let copy = try SharedFiles.take(f.fd, of: pid)
                 let pair = try PseudoTerminals.read(master: copy.rawValue)
@@ -294,6 +296,37 @@ extension Checkpointer {
             let holders = p.fds.filter { $0.pipe == pipe.id }.map { "fd \($0.fd)" }.joined(separator: ", ")
             notes.append("pipe \(pipe.id) (\(holders)) has its other end outside the process")
         }
+    }
+
+    /// A fanotify group's settings and marks, each mark with a path restore can mark again
+    /// (an inode's found by its handle, a mount's by its mount point, a filesystem's by one
+    /// of its mounts); a mark that cannot be named is refused by name. Events waiting to be
+    /// read are not kept: noted.
+    func fanotifyGroup(_ f: FDPlan, _ fdinfo: String) throws -> FanotifyState {
+        guard let settings = Fanotify.settings(fdinfo) else {
+            throw WBError.refused("pid \(pid) cannot be checkpointed: fd \(f.fd) is a fanotify group whose settings its fdinfo does not show. Nothing was changed")
+        }
+        let mounts = Inotify.mounts()
+        var marks: [FanotifyMark] = []
+        for m in Fanotify.marks(fdinfo) {
+            let mark: FanotifyMark?
+            switch m.target {
+            case let .inode(handle):
+                mark = Inotify.path(of: handle, mounts: mounts).map { FanotifyMark(kind: .inode, path: $0, flags: m.flags, mask: m.mask, ignoredMask: m.ignoredMask) }
+            case let .mount(id):
+                mark = Fanotify.mountPoint(id, of: pid).map { FanotifyMark(kind: .mount, path: $0, flags: m.flags, mask: m.mask, ignoredMask: m.ignoredMask) }
+            case let .filesystem(device):
+                mark = mounts[device].map { FanotifyMark(kind: .filesystem, path: $0, flags: m.flags, mask: m.mask, ignoredMask: m.ignoredMask) }
+            }
+            guard let mark else {
+                throw WBError.refused("pid \(pid) cannot be checkpointed: fd \(f.fd) is a fanotify group with a mark wb cannot find by path (a file deleted, or on a filesystem mounted nowhere wb sees). Nothing was changed")
+            }
+            marks.append(mark)
+        }
+        if let copy = try? SharedFiles.take(f.fd, of: pid), copy.queuedBytes > 0 {
+            notes.append("fd \(f.fd) (fanotify): \(copy.queuedBytes) bytes of events waiting to be read are not kept; the restored process will not see them")
+        }
+        return FanotifyState(flags: settings.flags, eventFlags: settings.eventFlags, marks: marks)
     }
 
     /// What restore needs to make a removed directory again.

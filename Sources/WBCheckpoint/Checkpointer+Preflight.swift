@@ -202,7 +202,7 @@ extension Checkpointer {
         if link.hasPrefix("anon_inode:") {
             let what = link.dropFirst("anon_inode:".count).trimming("[]")
             let supported: [String: FDState.Kind] = ["eventfd": .eventfd, "timerfd": .timerfd, "signalfd": .signalfd, "eventpoll": .epoll,
-                                                     "inotify": .inotify]
+                                                     "inotify": .inotify, "fanotify": .fanotify]
             if let kind = supported[what] { plan.kind = kind; return plan }
             if what == "pidfd" {
                 // A pidfd comes back pointing at the same process only if that one comes back too.

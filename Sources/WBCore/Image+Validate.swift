@@ -279,6 +279,9 @@ struct MetadataValidator {
                     try absolutePath(w.path, "\(name) inotify watch \(w.wd)")
                 }
                 if (s.inotify ?? []).count > 1 << 16 { throw bad("\(name) has more inotify watches than wb restores (65,536)") }
+            case .fanotify:
+                guard let g = s.fanotify, g.marks.count <= 1 << 16 else { throw bad("\(name) is a fanotify group without its settings, or with more marks than wb restores (65,536)") }
+                for m in g.marks { try absolutePath(m.path, "\(name) fanotify mark") }
             case .ptyMaster:
                 guard let pty = s.pty, pty.index >= 0, pty.termios.count == 36, pty.winsize.count == 4 else {
                     throw bad("\(name) is a pseudo-terminal master without a valid number, terminal settings (36 bytes) and window size")

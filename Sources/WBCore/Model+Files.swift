@@ -36,6 +36,8 @@ public struct FDState: Codable, Sendable, Equatable {
         case socket
         /// An inotify instance (`inotify` holds its watches).
         case inotify
+        /// A fanotify group (`fanotify` holds its settings and marks).
+        case fanotify
         /// The master of a pseudo-terminal pair (/dev/ptmx): `pty` holds the pair's state.
         case ptyMaster
         /// The terminal side (/dev/pts/N) of a pair whose master is in the image: `ptyIndex`
@@ -91,6 +93,8 @@ public struct FDState: Codable, Sendable, Equatable {
     public var net: NetSocketState?
     /// For an inotify instance: its watches, by watch descriptor.
     public var inotify: [InotifyWatch]?
+    /// For a fanotify group: its settings and marks.
+    public var fanotify: FanotifyState?
     /// For a pseudo-terminal master: the pair's number, lock, packet mode and settings.
     public var pty: PtyState?
     /// For the terminal side of a pair: the pair's number at the checkpoint.
@@ -103,6 +107,32 @@ public struct FDState: Codable, Sendable, Equatable {
 
     /// O_RDONLY, O_WRONLY or O_RDWR.
     public var accessMode: Int32 { flags & 3 }
+}
+
+/// A fanotify group: fanotify_init's flags and event_f_flags, and its marks.
+public struct FanotifyState: Codable, Sendable, Equatable {
+    public var flags: UInt32
+    public var eventFlags: UInt32
+    public var marks: [FanotifyMark]
+    public init(flags: UInt32, eventFlags: UInt32, marks: [FanotifyMark]) {
+        self.flags = flags; self.eventFlags = eventFlags; self.marks = marks
+    }
+}
+
+/// One mark of a fanotify group: on a file or directory (`inode`), a mount (`mount`, by its
+/// mount point) or a filesystem (`filesystem`, by a path on it), with its flags as fdinfo
+/// shows them (FAN_MARK_IGNORED_SURV_MODIFY 0x40, FAN_MARK_EVICTABLE 0x200,
+/// FAN_MARK_IGNORE 0x400), its event mask and its ignore mask.
+public struct FanotifyMark: Codable, Sendable, Equatable {
+    public enum Kind: String, Codable, Sendable { case inode, mount, filesystem }
+    public var kind: Kind
+    public var path: String
+    public var flags: UInt32
+    public var mask: UInt64
+    public var ignoredMask: UInt64
+    public init(kind: Kind, path: String, flags: UInt32, mask: UInt64, ignoredMask: UInt64) {
+        self.kind = kind; self.path = path; self.flags = flags; self.mask = mask; self.ignoredMask = ignoredMask
+    }
 }
 
 /// A pseudo-terminal pair, as its master shows it.

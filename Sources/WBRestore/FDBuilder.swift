@@ -85,7 +85,7 @@ struct FDBuilder {
                 placing.append((.lseek, [UInt64(s.fd), s.offset, UInt64(SEEK_SET)]))
                 what.append("")
             }
-            if [.pipe, .fifo, .eventfd, .timerfd, .signalfd, .epoll, .unixSocket, .socket, .pidfd, .inotify, .ptyMaster, .ptySlave].contains(s.kind) {
+            if [.pipe, .fifo, .eventfd, .timerfd, .signalfd, .epoll, .unixSocket, .socket, .pidfd, .inotify, .fanotify, .ptyMaster, .ptySlave].contains(s.kind) {
                 // Status flags (O_NONBLOCK, O_APPEND, ...) belong to the open file description.
                 placing.append((.fcntl, [UInt64(s.fd), UInt64(F_SETFL), UInt64(s.flags & ~O_ACCMODE)]))
                 what.append("setting the flags of \(name)")
@@ -323,6 +323,8 @@ struct FDBuilder {
             for k: Int32 in 0...2 where isatty(k) == 1 { if let fd = inherited[k] { return fd } }
             restorer.note("fd \(s.fd) was the terminal \(s.path); there is no terminal here, so it is /dev/null", about: process)
             return try open("/dev/null", O_RDWR)
+        case .fanotify:
+            return try fanotify(s)
         case .ptyMaster:
             guard let pty = s.pty else { throw WBError.badImage(path: restorer.image.path, problem: "fd \(s.fd) is a pseudo-terminal master without its state") }
             return try ptyMaster(pty.index).fd
@@ -509,6 +511,35 @@ struct FDBuilder {
                 throw WBError.failed("inotify fd \(s.fd): \(w.path) was given watch \(r) instead of \(w.wd) (is it the same file as another watch's?)")
             }
             next = Int32(r) + 1
+        }
+        return fd
+    }
+
+    /// A fanotify group with its settings and marks (each mark's event mask, then its ignore
+    /// mask, as the kind of ignore mask it had), made as the process.
+    private mutating func fanotify(_ s: FDState) throws -> Int32 {
+        guard let g = s.fanotify else { throw WBError.badImage(path: restorer.image.path, problem: "fd \(s.fd) is a fanotify group without its state") }
+        let fd = try high(Int32(try leader.call(.fanotifyInit, UInt64(g.flags | 1 /* FAN_CLOEXEC */), UInt64(g.eventFlags),
+                                                 what: "creating the fanotify group of fd \(s.fd)")))
+        for m in g.marks {
+            scratch.reset()
+            let name = try scratch.put(string: m.path)
+            let type: UInt64 = m.kind == .mount ? 0x10 /* FAN_MARK_MOUNT */ : m.kind == .filesystem ? 0x100 /* FAN_MARK_FILESYSTEM */ : 0
+            var adds: [(flags: UInt64, mask: UInt64)] = []
+            if m.mask != 0 || m.ignoredMask == 0 { adds.append((0x1 /* FAN_MARK_ADD */ | type | UInt64(m.flags & 0x200 /* FAN_MARK_EVICTABLE */), m.mask)) }
+            if m.ignoredMask != 0 {
+                // FAN_MARK_IGNORE (0x400) or the older FAN_MARK_IGNORED_MASK (0x20), with
+                // FAN_MARK_IGNORED_SURV_MODIFY (0x40) as it was.
+                let ignore: UInt64 = m.flags & 0x400 != 0 ? 0x400 : 0x20
+                adds.append((0x1 | type | ignore | UInt64(m.flags & 0x240), m.ignoredMask))
+            }
+            for add in adds {
+                let r = try access.asProcess(path: m.path) {
+                    try leader.raw(.fanotifyMark, UInt64(fd), add.flags, add.mask, UInt64(bitPattern: -100), name)
+                }
+                if r == -Int64(ENOENT) { throw WBError.failed("\(m.path) no longer exists; restore needs it (fanotify fd \(s.fd) marks it)") }
+                if r < 0 { throw WBError.system(call: "remote fanotify_mark", errno: Int32(-r), what: "marking \(m.path) with fanotify fd \(s.fd)") }
+            }
         }
         return fd
     }

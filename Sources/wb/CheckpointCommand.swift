@@ -27,7 +27,7 @@ struct CheckpointCommand: ParsableCommand {
         their ids, keys and contents.
 
         wb refuses, without touching the process, what it cannot restore yet, naming it: \
-        fanotify and other unusual fds, a listener with connections from outside waiting to \
+        io_uring, userfaultfd and other unusual fds, a listener with connections from outside waiting to \
         be accepted, a connect in progress, fds in flight over a Unix socket, and (without \
         --tree) child processes. --allow-unsupported stores such fds as placeholders (a \
         program can still hold, watch and close them) and leaves the rest out instead.

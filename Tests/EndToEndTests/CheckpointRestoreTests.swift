@@ -156,6 +156,21 @@ import WBTrace
         for v in restored.verify(rounds: 2) { #expect(v == "VERIFY OK", "\(v)") }
     }
 
+    /// A fanotify group comes back with its settings and marks: an inode mark, a directory
+    /// mark for its children's opens, and an ignore mask that survives modification.
+    @Test func fanotifyMarksComeBackWithTheirMasks() throws {
+        let dir = scratchDirectory()
+        let program = try Child(Products.harness("fanotify"), [dir])
+        _ = try #require(program.line(startingWith: "READY"))
+        kill(program.pid, SIGUSR1)
+        #expect(program.line(startingWith: "VERIFY") == "VERIFY OK")
+        let image = "\(dir)/fanotify.wbimg"
+        try checkpointKilled(program, to: image)
+        let restored = try Restored.detach(image)
+        defer { restored.kill() }
+        for v in restored.verify(rounds: 2) { #expect(v == "VERIFY OK", "\(v)") }
+    }
+
     /// POSIX, OFD and flock locks come back held (a child of the restored process sees each),
     /// and a lock someone else took meanwhile stops the restore, naming it.
     @Test func fileLocksComeBackHeld() throws {

@@ -6,7 +6,7 @@ import WBTrace
 
 /// What wb cannot restore yet it refuses before touching the process, naming the fd or task.
 @Suite struct RefusalTests {
-    @Test(arguments: [("socket", "is a vsock socket"), ("fanotify", "is a fanotify instance"), ("child", "it has child process")])
+    @Test(arguments: [("socket", "is a vsock socket"), ("userfaultfd", "is a userfaultfd"), ("child", "it has child process")])
     func refusesWithoutTouchingTheProcess(kind: String, phrase: String) throws {
         let dir = scratchDirectory("refuse\(kind)")
         let program = try Child(Products.harness("holder"), [kind])
@@ -17,7 +17,7 @@ import WBTrace
         #expect(lines.count == 1, "\(run.stderr)")
         #expect(run.stderr.contains(phrase), "\(run.stderr)")
         #expect(run.stderr.contains("Nothing was changed"))
-        if kind == "socket" || kind == "fanotify" {
+        if kind == "socket" || kind == "userfaultfd" {
             #expect(run.stderr.contains("fd \(field(ready, "fd")!) "))
         }
         #expect(!Paths.exists("\(dir)/x.wbimg"))

@@ -1,7 +1,7 @@
 // harness-holder KIND
 //
 // Holds one kernel object wb cannot restore yet (KIND: socket (vsock, which an epoll set
-// watches), fanotify, child, or sysvipc: a
+// watches), userfaultfd, child, or sysvipc: a
 // System V semaphore set it has operated on and a message queue it sent a message to, both
 // IPC_PRIVATE), prints "READY pid=N fd=F" (for sysvipc "READY pid=N sem=ID msg=ID"; the
 // caller removes them: ipcrm -s ID -q ID), and answers each SIGUSR1 with
@@ -22,7 +22,6 @@
 #include <netinet/in.h>
 #include <stdlib.h>
 #include <sys/epoll.h>
-#include <sys/fanotify.h>
 #include <fcntl.h>
 #include <linux/vm_sockets.h>
 #include <sys/ipc.h>
@@ -31,6 +30,7 @@
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <time.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 static int wait_forever(void *arg) {
@@ -40,7 +40,7 @@ static int wait_forever(void *arg) {
 }
 
 int main(int argc, char **argv) {
-    if (argc < 2) { fprintf(stderr, "usage: harness-holder socket|fanotify|child|sysvipc|vfork|clonevm|connect PORT\n"); return 2; }
+    if (argc < 2) { fprintf(stderr, "usage: harness-holder socket|userfaultfd|child|sysvipc|vfork|clonevm|connect PORT\n"); return 2; }
     int fd = -1;
     if (!strcmp(argv[1], "sysvipc")) {
         int sem = semget(IPC_PRIVATE, 2, 0600), msg = msgget(IPC_PRIVATE, 0600);
@@ -91,7 +91,7 @@ int main(int argc, char **argv) {
         struct epoll_event ev = { .events = EPOLLIN, .data.fd = fd };
         harness_require(ep >= 0 && epoll_ctl(ep, EPOLL_CTL_ADD, fd, &ev) == 0, "epoll");
     }
-    else if (!strcmp(argv[1], "fanotify")) fd = fanotify_init(FAN_CLASS_NOTIF, O_RDONLY);
+    else if (!strcmp(argv[1], "userfaultfd")) fd = (int)syscall(SYS_userfaultfd, O_CLOEXEC);
     else if (!strcmp(argv[1], "child")) {
         pid_t c = fork();
         if (c == 0) { for (;;) pause(); }
