@@ -116,6 +116,7 @@ let package = Package(
         harnessProgram("sharedtables"),
         harnessProgram("pty"),
         harnessProgram("fanotify"),
+        harnessProgram("aio"),
         harnessProgram("locks"),
         harnessProgram("deleted"),
         harnessProgram("pidfds"),

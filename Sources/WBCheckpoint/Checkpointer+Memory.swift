@@ -64,6 +64,12 @@ extension Checkpointer {
                     m.anonName = String(e.path.dropFirst(12).dropLast())
                 } else if e.shared && e.path == "/dev/zero (deleted)" {
                     m.kind = .sharedAnonymous
+                } else if e.shared && e.path == "/[aio] (deleted)" {
+                    m.kind = .aioRing
+                    m.path = nil
+                    m.object = nil
+                    policy = .none
+                    try checkAioRing(e, memory)
                 } else if Checkpointer.isSegment(e) {
                     m.kind = .sysvShm
                     m.path = e.path.deletedStripped.path
@@ -162,5 +168,19 @@ extension Checkpointer {
             out[Checkpointer.stableKey(e)] = try store.store(present, base: e.start)
         }
         return out
+    }
+
+    /// An aio context's ring: completed events not reaped yet cannot be put back (the kernel
+    /// keeps where its next completion goes to itself) and are refused; requests still in
+    /// flight the kernel shows nowhere, so they are noted as not restored.
+    func checkAioRing(_ e: ProcFS.MapsEntry, _ memory: ProcessMemory) throws {
+        let header = try memory.read(e.start, count: 16)
+        func word(_ at: Int) -> UInt32 { header[at..<at + 4].enumerated().reduce(0) { $0 | UInt32($1.element) << (8 * $1.offset) } }
+        let nr = word(4), head = word(8), tail = word(12)
+        if head != tail, nr > 0 {
+            let waiting = (tail &+ nr &- head) % nr
+            throw WBError.refused("pid \(pid) cannot be checkpointed: its aio context \(hex(e.start)) holds \(waiting) completed event\(waiting == 1 ? "" : "s") not reaped yet (io_getevents), which wb cannot put back. Nothing was changed; try again once the program has reaped them")
+        }
+        notes.append("aio context \(hex(e.start)): requests still in flight at the checkpoint, if there were any, are not restored (the kernel shows them nowhere)")
     }
 }

@@ -198,6 +198,13 @@ struct MetadataValidator {
                     throw bad("\(name) attaches System V segment \(m.shmid.map(String.init) ?? "(no id)"), which process \(p.pid) does not list")
                 }
             }
+            if m.kind == .aioRing {
+                // The ring of an aio context: shared, read-write, no pages stored, and no larger
+                // than the kernel makes one (aio-max-nr events at most).
+                guard m.shared, m.protection == 3, m.pages.isEmpty, m.size <= 64 << 20 else {
+                    throw bad("\(name) is an aio ring that is not a shared read-write mapping of at most 64 MiB without stored pages")
+                }
+            }
             var next: UInt64 = 0
             for run in m.pages {
                 guard run.count > 0, UInt64(run.page) >= next else {
@@ -222,7 +229,7 @@ struct MetadataValidator {
     /// own mappings (which take no guards).
     private func guards(_ m: Mapping, name: String) throws {
         guard let guards = m.guards else { return }
-        guard ![.vdso, .vvar, .vvarVclock, .vsyscall].contains(m.kind) || guards.isEmpty else {
+        guard ![.vdso, .vvar, .vvarVclock, .vsyscall, .aioRing].contains(m.kind) || guards.isEmpty else {
             throw bad("\(name) is a \(m.kind.rawValue) mapping with guard pages (the kernel puts none there)")
         }
         var previousEnd = m.start, run = 0

@@ -12,6 +12,10 @@ public struct Mapping: Codable, Sendable, Equatable {
         /// An attached System V shared memory segment (shmat), shown as /SYSV<key> (deleted).
         case sysvShm
         case heap, stack, vdso, vvar, vvarVclock, vsyscall
+        /// The completion ring of an aio context (io_setup), shown as /[aio] (deleted): its
+        /// address is the context's id. Restore makes a context with a ring of the same size
+        /// and moves it here (mremap); no pages are stored.
+        case aioRing
     }
 
     public var start: UInt64

@@ -254,6 +254,9 @@ struct AddressSpace {
         switch m.kind {
         case .vdso, .vvar, .vvarVclock, .vsyscall:
             return
+        case .aioRing:
+            try aioContext(m)
+            return
         case .sysvShm:
             try attach(m)
             return
@@ -456,10 +459,46 @@ struct AddressSpace {
         }
     }
 
+    /// An aio context whose ring is `m`: io_setup with the number of events that gives a
+    /// ring of the same size (the kernel doubles the number asked for, at least 4 per CPU,
+    /// adds two and fills whole pages: 64 per page less 2 fills them; where that is off, the
+    /// largest number that fits is searched), its ring then moved to the image's address,
+    /// which is the context's id the program knows.
+    private mutating func aioContext(_ m: Mapping) throws {
+        let pages = m.size / 4096
+        func make(_ events: UInt64) throws -> (ring: UInt64, size: UInt64) {
+            scratch.reset()
+            let id = try scratch.put(words: [0])
+            try leader.call(.ioSetup, events, id, what: "making the aio context \(hex(m.start))")
+            let ring = try tracee.readWord(id)
+            let size = try ProcFS.maps(tracee.pid).first { $0.start == ring }.map { $0.end - $0.start } ?? 0
+            return (ring, size)
+        }
+        var made = try make(pages * 64 - 2)
+        if made.size != m.size {
+            _ = try leader.raw(.ioDestroy, made.ring)
+            var low: UInt64 = 1, high = pages * 64
+            var best: UInt64?
+            while low <= high {
+                let mid = (low + high) / 2
+                let probe = try make(mid)
+                _ = try leader.raw(.ioDestroy, probe.ring)
+                if probe.size == m.size { best = mid }
+                if probe.size <= m.size { low = mid + 1 } else { high = mid - 1 }
+            }
+            guard let best else {
+                throw WBError.refused("the aio context \(hex(m.start)) had a ring of \(pages) page\(pages == 1 ? "" : "s"); this machine's kernel (\(ProcessInfo.processInfo.activeProcessorCount) CPUs) makes none of that size")
+            }
+            made = try make(best)
+        }
+        try leader.call(.mremap, made.ring, made.size, made.size, 3 /* MREMAP_MAYMOVE|MREMAP_FIXED */, m.start,
+                        what: "moving the aio context's ring to \(hex(m.start))")
+    }
+
     /// Final protection, madvise flags and anonymous VMA names.
     private func finish(_ m: Mapping) throws {
         switch m.kind {
-        case .vdso, .vvar, .vvarVclock, .vsyscall: return
+        case .vdso, .vvar, .vvarVclock, .vsyscall, .aioRing: return
         default: break
         }
         let what = "\(hex(m.start))-\(hex(m.end))"

@@ -171,6 +171,39 @@ import WBTrace
         for v in restored.verify(rounds: 2) { #expect(v == "VERIFY OK", "\(v)") }
     }
 
+    /// Kernel aio contexts come back under the ids the program knows (their rings at the
+    /// same addresses, of the same sizes), and a thread blocked in io_getevents on one
+    /// reaps what is submitted after the restore.
+    @Test func aioContextsComeBackUnderTheirIds() throws {
+        let dir = scratchDirectory()
+        let program = try Child(Products.harness("aio"), [dir])
+        _ = try #require(program.line(startingWith: "READY"))
+        kill(program.pid, SIGUSR1)
+        #expect(program.line(startingWith: "VERIFY") == "VERIFY OK")
+        let rings = try ProcFS.maps(program.pid).filter { $0.path == "/[aio] (deleted)" }.map { "\(hex($0.start))-\(hex($0.end))" }
+        #expect(rings.count == 2)
+        let image = "\(dir)/aio.wbimg"
+        try checkpointKilled(program, to: image)
+        let restored = try Restored.detach(image)
+        defer { restored.kill() }
+        for v in restored.verify(rounds: 2) { #expect(v == "VERIFY OK", "\(v)") }
+        #expect(try ProcFS.maps(restored.pid).filter { $0.path == "/[aio] (deleted)" }.map { "\(hex($0.start))-\(hex($0.end))" } == rings)
+    }
+
+    /// Completed aio events not reaped yet cannot be put back: the checkpoint refuses,
+    /// naming the context, and the program runs on.
+    @Test func unreapedAioCompletionsAreRefused() throws {
+        let dir = scratchDirectory()
+        let program = try Child(Products.harness("aio"), [dir, "--unreaped"])
+        defer { program.signal(SIGKILL) }
+        _ = try #require(program.line(startingWith: "READY"))
+        let run = try wb("checkpoint", "\(program.pid)", "-o", "\(dir)/x.wbimg", "--kill")
+        #expect(run.code == 1 && run.stderr.contains("holds 1 completed event not reaped yet"), "\(run.stderr)")
+        #expect(!Paths.exists("\(dir)/x.wbimg"))
+        kill(program.pid, SIGUSR1)
+        #expect(program.line(startingWith: "VERIFY") != nil)
+    }
+
     /// POSIX, OFD and flock locks come back held (a child of the restored process sees each),
     /// and a lock someone else took meanwhile stops the restore, naming it.
     @Test func fileLocksComeBackHeld() throws {
