@@ -7,6 +7,7 @@ extension Checkpointer {
     /// thread, read through ptrace while the threads are stopped.
     func captureThreads(_ tracee: Tracee) throws -> ProcessState {
         var process = ProcessState(pid: pid)
+        let online = CPUAffinity.online()
         for tid in tracee.tids {
             var regs = try tracee.registers(tid)
             // A thread sleeping again after an earlier interruption sits in restart_syscall,
@@ -27,6 +28,8 @@ extension Checkpointer {
             if let stat = try? Paths.readText("/proc/\(pid)/task/\(tid)/stat") {
                 let f = ProcFS.parseStat(stat)
                 t.scheduling = Scheduling(policy: Int32(f[41] ?? "0") ?? 0, priority: Int32(f[40] ?? "0") ?? 0, nice: Int32(f[19] ?? "0") ?? 0)
+                if let cpus = CPUAffinity.get(tid), !online.isSubset(of: cpus) { t.scheduling?.cpus = CPUAffinity.format(cpus) }
+                if let io = CPUAffinity.ioPriority(tid), io != 0 { t.scheduling?.ioPriority = io }
             }
             process.threads.append(t)
         }

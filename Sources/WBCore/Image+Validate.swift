@@ -127,6 +127,10 @@ struct MetadataValidator {
             if let sch = t.scheduling, !(0...6).contains(sch.policy) || !(0...99).contains(sch.priority) || !(-20...19).contains(sch.nice) {
                 throw bad("\(at) thread \(t.tid): scheduling policy \(sch.policy), priority \(sch.priority), nice \(sch.nice) is out of range")
             }
+            if let sch = t.scheduling, let list = sch.cpus {
+                try text(list, "\(at) thread \(t.tid) cpus", limit: 4096)
+                guard CPUAffinity.parse(list).map({ !$0.isEmpty }) == true else { throw bad("\(at) thread \(t.tid): CPU list '\(list)' is not one") }
+            }
         }
         if let k = p.knobs, !(-1000...1000).contains(k.oomScoreAdj) || !(0...Self.maxSignal).contains(k.parentDeathSignal) || !(0...2).contains(k.dumpable) {
             throw bad("\(at): oom_score_adj \(k.oomScoreAdj), parent-death signal \(k.parentDeathSignal) or dumpable \(k.dumpable) is out of range")

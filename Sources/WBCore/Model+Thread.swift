@@ -55,6 +55,12 @@ public struct Scheduling: Codable, Sendable, Equatable {
     public var priority: Int32
     /// -20 to 19.
     public var nice: Int32
+    /// The CPUs the thread was bound to, as the kernel lists them ("0-3,8"), when it was
+    /// bound to fewer than were online. (Absent: it could run on all of them.)
+    public var cpus: String?
+    /// Its I/O priority (ioprio_get: class << 13 | level) when it had one set. (Absent: none,
+    /// which follows its nice value.)
+    public var ioPriority: Int32?
     public init(policy: Int32, priority: Int32, nice: Int32) { self.policy = policy; self.priority = priority; self.nice = nice }
 }
 

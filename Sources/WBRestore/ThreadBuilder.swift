@@ -126,6 +126,26 @@ struct ThreadBuilder {
                 restorer.note("thread \(t.tid) had nice \(sch.nice); setting it here failed (\(WBError.errnoText(errno)))", about: process)
             }
         }
+        // A thread bound to some CPUs is bound to those of them this machine has.
+        if let list = sch.cpus, let want = CPUAffinity.parse(list) {
+            let here = want.intersection(CPUAffinity.online())
+            if here.isEmpty {
+                restorer.note("thread \(t.tid) was bound to CPUs \(list), none of which this machine has; it runs on any", about: process)
+            } else if let e = CPUAffinity.set(tid, here) {
+                restorer.note("thread \(t.tid) was bound to CPUs \(list); binding it here failed (\(WBError.errnoText(e)))", about: process)
+            } else if here != want {
+                restorer.note("thread \(t.tid) was bound to CPUs \(list); this machine has only \(CPUAffinity.format(here)) of them, to which it is bound", about: process)
+            } else if CPUAffinity.get(tid) != want {
+                restorer.note("thread \(t.tid) was bound to CPUs \(list); here it is bound to \(CPUAffinity.get(tid).map(CPUAffinity.format) ?? "?")", about: process)
+            }
+        }
+        if let io = sch.ioPriority {
+            if let e = CPUAffinity.setIOPriority(tid, io) {
+                restorer.note("thread \(t.tid) had I/O priority class \(io >> 13) level \(io & 0x1fff); setting it here failed (\(WBError.errnoText(e)))", about: process)
+            } else if CPUAffinity.ioPriority(tid) != io {
+                restorer.note("thread \(t.tid) had I/O priority class \(io >> 13) level \(io & 0x1fff); here it has \(CPUAffinity.ioPriority(tid) ?? -1)", about: process)
+            }
+        }
     }
 
     /// The root directory (chroot), after everything that opens files by this host's paths.

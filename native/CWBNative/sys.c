@@ -384,3 +384,15 @@ int wb_send_fd(int sock, int fd) {
     memcpy(CMSG_DATA(c), &fd, sizeof(int));
     return sendmsg(sock, &msg, MSG_DONTWAIT | MSG_NOSIGNAL) == 1 ? 0 : errno;
 }
+
+int wb_affinity(pid_t tid, int set, uint64_t *mask, int words) {
+    size_t bytes = (size_t)words * sizeof(uint64_t);
+    long r = set ? syscall(SYS_sched_setaffinity, tid, bytes, mask) : syscall(SYS_sched_getaffinity, tid, bytes, mask);
+    return r < 0 ? -errno : 0;
+}
+
+int wb_ioprio(pid_t tid, int set, int value) {
+    // IOPRIO_WHO_PROCESS: one thread.
+    long r = set ? syscall(SYS_ioprio_set, 1, tid, value) : syscall(SYS_ioprio_get, 1, tid);
+    return r < 0 ? -errno : (int)r;
+}

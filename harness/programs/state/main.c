@@ -10,7 +10,8 @@
 //   - a SIGUSR2 handler with SA_RESTART, a blocked real-time signal queued with a value
 //   - a periodic ITIMER_REAL whose SIGALRM ticks keep coming
 //   - umask 027 and a cwd of DIR/work; /dev/null open on fd 20
-//   - a thread asleep in nanosleep (10 minutes) and one blocked in pthread_cond_wait (a
+//   - a thread asleep in nanosleep (10 minutes), bound to the last CPU with I/O priority
+//     best-effort level 3 (checked with sched_getaffinity and ioprio_get), and one blocked in pthread_cond_wait (a
 //     futex wait); each verification wakes the second and checks the first still sleeps
 //   - four anonymous mappings given advice (MADV_DONTFORK, MADV_WIPEONFORK, MADV_DONTDUMP,
 //     MADV_HUGEPAGE), whose flags ("dc", "wf", "dd", "hg" in /proc/self/smaps) and bytes
@@ -20,6 +21,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
+#include <sched.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -50,8 +52,17 @@ static pthread_cond_t cond = PTHREAD_COND_INITIALIZER;
 static int cond_generation;
 static _Atomic int cond_wakeups, sleeper_woke, sleeper_started, waiter_started;
 
+static pid_t sleeper_tid;
+static int last_cpu;
+
 static void *sleeper(void *arg) {
     (void)arg;
+    sleeper_tid = (pid_t)syscall(SYS_gettid);
+    cpu_set_t one;
+    CPU_ZERO(&one);
+    CPU_SET(last_cpu, &one);
+    harness_require(sched_setaffinity(0, sizeof one, &one) == 0, "sched_setaffinity");
+    harness_require(syscall(SYS_ioprio_set, 1, 0, (2 << 13) | 3) == 0, "ioprio_set");
     sleeper_started = 1;
     struct timespec ts = { 600, 0 };
     // Without EINTR handling: a restore must resume the sleep, not cut it short.
@@ -239,6 +250,11 @@ static void verify(int round) {
     for (int i = 0; i < 500 && cond_wakeups == w0; i++) sleep_ms(10);
     if (cond_wakeups == w0) failed("thread in pthread_cond_wait was not woken");
     if (sleeper_woke) failed("nanosleep returned early");
+    cpu_set_t cpus;
+    CPU_ZERO(&cpus);
+    if (sched_getaffinity(sleeper_tid, sizeof cpus, &cpus) != 0 || CPU_COUNT(&cpus) != 1 || !CPU_ISSET(last_cpu, &cpus))
+        failed("the sleeping thread is not bound to its CPU");
+    if (syscall(SYS_ioprio_get, 1, sleeper_tid) != ((2 << 13) | 3)) failed("the sleeping thread lost its I/O priority");
     if (failures[0]) harness_say("VERIFY FAIL %s", failures);
     else harness_say("VERIFY OK pid=%d ticks=%d usr2=%d", getpid(), (int)alarm_ticks, (int)usr2_count);
 }
@@ -300,6 +316,7 @@ int main(int argc, char **argv) {
     pthread_t th;
     harness_require(pthread_create(&th, NULL, reader, NULL) == 0, "pthread_create");
     pthread_t sl, wt;
+    last_cpu = (int)sysconf(_SC_NPROCESSORS_ONLN) - 1;
     harness_require(pthread_create(&sl, NULL, sleeper, NULL) == 0, "pthread_create");
     harness_require(pthread_create(&wt, NULL, waiter, NULL) == 0, "pthread_create");
     pthread_sigmask(SIG_UNBLOCK, &alrm, NULL);

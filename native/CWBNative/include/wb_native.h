@@ -131,6 +131,12 @@ int wb_sigmask_block_all_except(const int *keep, int count, uint64_t *old_mask);
 int wb_sigmask_set(uint64_t mask);
 /// sigwaitinfo over a mask; returns the signal and the sender's si_code / si_pid.
 int wb_sigwaitinfo(uint64_t mask, int *sig, int *code, pid_t *sender);
+/// sched_getaffinity (`set` 0) or sched_setaffinity of one thread, `mask` holding `words`
+/// 64-bit words (bit n for CPU n); 0 or -errno.
+int wb_affinity(pid_t tid, int set, uint64_t *mask, int words);
+/// ioprio_get (`set` 0: returns the I/O priority) or ioprio_set (to `value`: returns 0) of
+/// one thread; -errno on failure.
+int wb_ioprio(pid_t tid, int set, int value);
 /// Reads this CPU's XCR0 (the enabled XSAVE features).
 uint64_t wb_xgetbv0(void);
 /// CPUID leaf/subleaf.
