@@ -117,6 +117,7 @@ let package = Package(
         harnessProgram("pty"),
         harnessProgram("fanotify"),
         harnessProgram("aio"),
+        harnessProgram("namespaces"),
         harnessProgram("locks"),
         harnessProgram("deleted"),
         harnessProgram("pidfds"),

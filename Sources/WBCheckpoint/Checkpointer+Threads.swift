@@ -64,7 +64,8 @@ extension Checkpointer {
             // THP disabled, timer slack and dumpable (returned).
             let knobsAt = out + 2304 + UInt64(p.posixTimers.count) * 32, first = calls.count
             calls += [(.prctl, [2 /* PR_GET_PDEATHSIG */, knobsAt]), (.prctl, [37 /* PR_GET_CHILD_SUBREAPER */, knobsAt + 8]),
-                      (.prctl, [42 /* PR_GET_THP_DISABLE */]), (.prctl, [30 /* PR_GET_TIMERSLACK */]), (.prctl, [3 /* PR_GET_DUMPABLE */])]
+                      (.prctl, [42 /* PR_GET_THP_DISABLE */]), (.prctl, [30 /* PR_GET_TIMERSLACK */]), (.prctl, [3 /* PR_GET_DUMPABLE */]),
+                      (.uname, [knobsAt + 64])]
             let results = try leader.batch(calls, code: scratch, table: table)
             for (i, r) in results.enumerated() where r < 0 && calls[i].0 != .archPrctl && i < first {
                 throw WBError.system(call: "remote \(calls[i].0)", errno: Int32(-r), what: "reading process state of pid \(pid)")
@@ -88,6 +89,12 @@ extension Checkpointer {
                 parentDeathSignal: Int32(truncatingIfNeeded: knobWords[0]), childSubreaper: knobWords[1] & 0xffff_ffff != 0,
                 thpDisabled: results[first + 2] > 0, timerSlackNanoseconds: UInt64(max(results[first + 3], 0)),
                 dumpable: Int32(truncatingIfNeeded: max(results[first + 4], 0)))
+            // A UTS namespace of its own: its names, as uname tells the process.
+            if results[first + 5] == 0, Checkpointer.ownNamespace(pid, "uts") {
+                let u = try tracee.read(knobsAt + 64, count: 6 * 65)
+                func field(_ n: Int) -> String { String(decoding: u[n * 65..<(n + 1) * 65].prefix { $0 != 0 }, as: UTF8.self) }
+                p.uts = UTSNames(hostname: field(1), domainname: field(5))
+            }
             p.mm.brk = UInt64(bitPattern: results[67])
             if results[68] == 0 { p.xcompPermissions = w[275] }
             for i in p.posixTimers.indices {
@@ -141,6 +148,16 @@ extension Checkpointer {
         if let n = PseudoTerminals.ptsIndex(ttyNr: Int(stat[7] ?? "0") ?? 0), (tree?.ptys ?? ownPtys).contains(n) {
             p.controllingPty = n
             if let group = Int32(stat[8] ?? ""), group > 0 { p.foregroundGroup = group }
+        }
+        // Namespaces of its own that restore does not make again are told.
+        let kept: [(String, String)] = [("mnt", "mount namespace of its own: files are reopened by their paths in the restoring one (its private mounts are not made again)"),
+                                        ("time", "time namespace of its own: its clock offsets are not restored (CLOCK_MONOTONIC and CLOCK_BOOTTIME jump to this machine's)"),
+                                        ("cgroup", "cgroup namespace of its own: restored, it sees the restoring one's")]
+        let parent = Int32(stat[4] ?? "") ?? 0
+        for (ns, text) in kept where Checkpointer.ownNamespace(pid, ns) {
+            // Told once for a tree: by the first process in it.
+            let fromParent = tree?.members.contains(parent) == true && !Checkpointer.ownNamespace(pid, ns, than: parent)
+            if !fromParent { notes.append("the process was in a \(text)") }
         }
         if tree == nil {
             // Sharing with a process that is not checkpointed cannot come back: noted.
@@ -236,5 +253,12 @@ extension Checkpointer {
         p.ppid = Int32(stat[4] ?? "0") ?? 0
         p.pgid = Int32(stat[5] ?? "0") ?? 0
         p.sid = Int32(stat[6] ?? "0") ?? 0
+    }
+
+    /// Whether `pid` is in another namespace of kind `ns` (mnt, uts, time, ...) than `other`
+    /// (wb itself by default).
+    static func ownNamespace(_ pid: Int32, _ ns: String, than other: Int32 = getpid()) -> Bool {
+        guard let mine = try? Paths.readLink("/proc/\(other)/ns/\(ns)"), let theirs = try? Paths.readLink("/proc/\(pid)/ns/\(ns)") else { return false }
+        return mine != theirs
     }
 }

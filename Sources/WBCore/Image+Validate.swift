@@ -84,6 +84,11 @@ struct MetadataValidator {
         if p.zombieStatus != nil { return }
         try absolutePath(p.exe, "\(at).exe", allowEmpty: true)
         try absolutePath(p.cwd, "\(at).cwd")
+        if let u = p.uts {
+            guard u.hostname.utf8.count <= 64, u.domainname.utf8.count <= 64, !u.hostname.utf8.contains(0), !u.domainname.utf8.contains(0) else {
+                throw bad("\(at): host or domain name longer than 64 bytes or holding a NUL byte")
+            }
+        }
         if let n = p.controllingPty, n < 0 { throw bad("\(at): controlling terminal /dev/pts/\(n)") }
         if let d = p.deletedCwd {
             guard p.cwd.hasSuffix(" (deleted)") else { throw bad("\(at): the working directory \(p.cwd) is said to be removed, and its name does not say so") }

@@ -62,6 +62,9 @@ public struct ProcessState: Codable, Sendable, Equatable {
     /// The session's controlling terminal, when it is the terminal side of a pseudo-terminal
     /// pair whose master is in the image (its number at the checkpoint), and the terminal's
     /// foreground process group; restore makes it the session's controlling terminal again.
+    /// Host and domain name, when the process was in a UTS namespace of its own (not the
+    /// checkpointing wb's): restore gives it one with these names. (Absent: wb's.)
+    public var uts: UTSNames?
     public var controllingPty: Int32?
     public var foregroundGroup: Int32?
 
@@ -73,6 +76,13 @@ public struct ProcessState: Codable, Sendable, Equatable {
         rlimits = []; mm = MMState(); itimers = []; posixTimers = []; sigactions = []; sharedPending = []
         threads = []; mappings = []; fds = []; pipes = []; xcompPermissions = 0; portable = false
     }
+}
+
+/// uname's host and domain name of a UTS namespace.
+public struct UTSNames: Codable, Sendable, Equatable {
+    public var hostname: String
+    public var domainname: String
+    public init(hostname: String, domainname: String) { self.hostname = hostname; self.domainname = domainname }
 }
 
 /// A directory that was removed while a process held it (as its working directory, or open

@@ -22,6 +22,8 @@ extension Restorer {
             let t = try Tracee.adoptStub(host)
             tracees[p.pid] = t
             members.append((p, t))
+            let parentState = members.first { $0.0.pid == p.ppid }?.0
+            if p.zombieStatus == nil, p.uts != parentState?.uts { try ownUTS(p, t) }
             try openSession(p, t)
         }
         for (p, t) in members where p.pgid != p.pid && p.sid != p.pid {
@@ -38,6 +40,24 @@ extension Restorer {
             if let status = p.zombieStatus { try exit(t, as: p, status: status) }
         }
         return members
+    }
+
+    /// A UTS namespace of its own with the image's host and domain name, for a process
+    /// that had one (before it forks: its children share it).
+    func ownUTS(_ p: ProcessState, _ t: Tracee) throws {
+        guard let uts = p.uts else { return }
+        t.syscallGadget = Stub.syscallAddress
+        let s = try t.ownedSyscalls(in: t.pid)
+        let r = try s.raw(.unshare, 0x0400_0000 /* CLONE_NEWUTS */)
+        if r < 0 {
+            throw WBError.system(call: "remote unshare(CLONE_NEWUTS)", errno: Int32(-r),
+                                 what: "giving pid \(p.pid) its UTS namespace (host name \(uts.hostname); needs CAP_SYS_ADMIN: run wb restore as root)")
+        }
+        let at = (s.original.rsp - 2048) & ~UInt64(15)
+        let host = Array(uts.hostname.utf8.prefix(64)), domain = Array(uts.domainname.utf8.prefix(64))
+        try t.write(host + [0] + domain + [0], to: at)
+        try s.call(.sethostname, at, UInt64(host.count), what: "setting the host name \(uts.hostname)")
+        try s.call(.setdomainname, at + UInt64(host.count) + 1, UInt64(domain.count), what: "setting the domain name \(uts.domainname)")
     }
 
     /// A session or process group of its own, when the process led one.

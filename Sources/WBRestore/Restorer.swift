@@ -248,6 +248,7 @@ public final class Restorer {
                     try isolateIPC(members[0].1, kinds: kinds)
                     try makeSemaphoresAndQueues(in: members[0].1)
                 }
+                try ownUTS(process, members[0].1)
                 if !tree.isEmpty {
                     step("starting \(tree.count) more process\(tree.count == 1 ? "" : "es") of the tree")
                     members = try startTree(root: members[0].1, newNamespace: newNamespace)

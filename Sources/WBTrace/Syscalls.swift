@@ -14,6 +14,6 @@ public enum SyscallNumber: Int64, Sendable {
     case capget = 125, capset = 126, setfsuid = 122, setfsgid = 123, mlock2 = 325, mknodat = 259, mkdirat = 258, unlinkat = 263, flock = 73, fchmod = 91, fchown = 93, openat2 = 437
     case sendto = 44, recvmsg = 47, socketpair = 53, kill = 62, setpgid = 109, setsid = 112, pidfdOpen = 434, pidfdGetfd = 438
     case shmget = 29, shmat = 30, shmctl = 31, unshare = 272, socket = 41, bind = 49, listen = 50, connect = 42, accept4 = 288
-    case inotifyInit1 = 294, inotifyAddWatch = 254, inotifyRmWatch = 255, fanotifyInit = 300, fanotifyMark = 301, ioSetup = 206, ioDestroy = 207
+    case inotifyInit1 = 294, inotifyAddWatch = 254, inotifyRmWatch = 255, fanotifyInit = 300, fanotifyMark = 301, ioSetup = 206, ioDestroy = 207, uname = 63, sethostname = 170, setdomainname = 171
     case setns = 308
 }

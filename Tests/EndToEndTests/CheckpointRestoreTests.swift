@@ -204,6 +204,25 @@ import WBTrace
         #expect(program.line(startingWith: "VERIFY") != nil)
     }
 
+    /// A process in a UTS namespace of its own gets one again with its host and domain
+    /// names (wb's own names untouched); its mount namespace of its own is told in a note.
+    @Test func aUTSNamespaceOfItsOwnComesBackWithItsNames() throws {
+        let dir = scratchDirectory()
+        let program = try Child(Products.harness("namespaces"), [])
+        _ = try #require(program.line(startingWith: "READY"))
+        kill(program.pid, SIGUSR1)
+        #expect(program.line(startingWith: "VERIFY") == "VERIFY OK")
+        let image = "\(dir)/ns.wbimg"
+        let run = try wb("checkpoint", "\(program.pid)", "-o", image, "--kill")
+        #expect(run.code == 0 && run.stderr.contains("mount namespace of its own"), "\(run.stderr)")
+        program.wait()
+        let here = ProcessInfo.processInfo.hostName
+        let restored = try Restored.detach(image)
+        defer { restored.kill() }
+        for v in restored.verify(rounds: 2) { #expect(v == "VERIFY OK", "\(v)") }
+        #expect(ProcessInfo.processInfo.hostName == here)
+    }
+
     /// POSIX, OFD and flock locks come back held (a child of the restored process sees each),
     /// and a lock someone else took meanwhile stops the restore, naming it.
     @Test func fileLocksComeBackHeld() throws {
