@@ -118,6 +118,7 @@ let package = Package(
         harnessProgram("fanotify"),
         harnessProgram("aio"),
         harnessProgram("namespaces"),
+        harnessProgram("hugetlb"),
         harnessProgram("locks"),
         harnessProgram("deleted"),
         harnessProgram("pidfds"),

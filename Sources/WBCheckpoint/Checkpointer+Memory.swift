@@ -39,6 +39,7 @@ extension Checkpointer {
         stamp("maps")
         let executableFiles = Set(entries.filter { $0.protection & 4 != 0 && $0.inode != 0 }.map { "\($0.device):\($0.inode)" })
         let guards = try guardRanges(entries, scanner: scanner)
+        var hugePageSizes: [UInt64: UInt64]?
         for e in entries {
             var m = Mapping(start: e.start, end: e.end, protection: e.protection, shared: e.shared,
                             kind: .anonymous, offset: e.offset, path: nil)
@@ -64,6 +65,12 @@ extension Checkpointer {
                     m.anonName = String(e.path.dropFirst(12).dropLast())
                 } else if e.shared && e.path == "/dev/zero (deleted)" {
                     m.kind = .sharedAnonymous
+                } else if e.path == "/anon_hugepage (deleted)" {
+                    // Anonymous memory of hugetlb pages: stored as memory, mapped of huge
+                    // pages again.
+                    m.kind = e.shared ? .sharedAnonymous : .anonymous
+                    if hugePageSizes == nil { hugePageSizes = ProcFS.kernelPageSizes(pid) }
+                    m.hugePageSize = hugePageSizes?[e.start] ?? 2 << 20
                 } else if e.shared && e.path == "/[aio] (deleted)" {
                     m.kind = .aioRing
                     m.path = nil
@@ -96,7 +103,7 @@ extension Checkpointer {
             } else if let runs = stable[Checkpointer.stableKey(e)] {
                 // A read-only file mapping stored while the process ran, unchanged since.
                 m.pages = Checkpointer.unguarded(runs, base: e.start, m.guards)
-            } else if policy != .none && ((e.rssKB ?? 1) > 0 || (e.swapKB ?? 1) > 0) {
+            } else if policy != .none && ((e.rssKB ?? 1) > 0 || (e.swapKB ?? 1) > 0 || m.hugePageSize != nil) {
                 // Tracked memory was stored while the process ran: only the pages written since
                 // are stored again now (a fast scan: written pages only); pages it discarded are
                 // forgotten first. Untracked memory is stored whole.

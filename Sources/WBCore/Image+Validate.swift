@@ -207,6 +207,12 @@ struct MetadataValidator {
                     throw bad("\(name) attaches System V segment \(m.shmid.map(String.init) ?? "(no id)"), which process \(p.pid) does not list")
                 }
             }
+            if let huge = m.hugePageSize {
+                guard huge.nonzeroBitCount == 1, huge >= 1 << 16, huge <= 1 << 30, m.start % huge == 0, m.end % huge == 0,
+                      m.kind == .anonymous || m.kind == .sharedAnonymous else {
+                    throw bad("\(name) has huge pages of \(huge) bytes: not a power of two from 64 KiB to 1 GiB the mapping is aligned to, or not anonymous memory")
+                }
+            }
             if m.kind == .aioRing {
                 // The ring of an aio context: shared, read-write, no pages stored, and no larger
                 // than the kernel makes one (aio-max-nr events at most).

@@ -46,6 +46,10 @@ public struct Mapping: Codable, Sendable, Equatable {
     /// mapping, page aligned, in order and apart, where a touch faults and nothing is stored;
     /// restore installs them again after the pages are written. nil when there are none.
     public var guards: [[UInt64]]?
+    /// Anonymous memory of huge pages from the hugetlb pool (MAP_HUGETLB, shown as
+    /// /anon_hugepage (deleted)): their size in bytes. Restore maps huge pages of that size
+    /// again. (Absent: ordinary pages.)
+    public var hugePageSize: UInt64?
 
     public init(start: UInt64, end: UInt64, protection: Int32, shared: Bool, kind: Kind, offset: UInt64, path: String?) {
         self.start = start; self.end = end; self.protection = protection; self.shared = shared

@@ -279,6 +279,17 @@ struct AddressSpace {
             if m.shared { prot = UInt64(m.protection) }
         }
         let what = "mapping \(hex(m.start))-\(hex(m.end)) \(m.path ?? m.kind.rawValue)"
+        if let huge = m.hugePageSize, fd < 0 {
+            // Huge pages from the hugetlb pool, of their size (log2 of it in the flags); with
+            // too few free here, ordinary pages, noted.
+            let hugeFlags = flags | 0x40000 /* MAP_HUGETLB */ | UInt64(huge.trailingZeroBitCount) << 26
+            let r = try leader.raw(.mmap, m.start, m.size, prot, hugeFlags, UInt64(bitPattern: -1), 0)
+            if r == Int64(m.start) {
+                if m.kind == .sharedAnonymous { try keepSharedMemory(m) }
+                return
+            }
+            restorer.note("\(what) was of \(huge >> 20) MiB huge pages (hugetlb); this machine cannot give \(m.size / huge) of them (\(WBError.errnoText(Int32(-r))): see /proc/sys/vm/nr_hugepages), so it has ordinary pages", about: process)
+        }
         let got = try leader.call(.mmap, m.start, m.size, prot, flags, UInt64(bitPattern: Int64(fd)), offset, what: what)
         guard got == m.start else { throw WBError.failed("\(what): the kernel placed it at \(hex(got))") }
         if m.kind == .sharedAnonymous {

@@ -67,6 +67,21 @@ public enum ProcFS {
                          device: String(fields[3]), inode: inode, path: path)
     }
 
+    /// Each mapping's page size (smaps' KernelPageSize, in bytes), by start address.
+    public static func kernelPageSizes(_ pid: Int32) -> [UInt64: UInt64] {
+        var out: [UInt64: UInt64] = [:]
+        var start: UInt64?
+        for line in ((try? Paths.readText("/proc/\(pid)/smaps")) ?? "").split(separator: "\n") {
+            if let dash = line.firstIndex(of: "-"), let a = UInt64(line[..<dash], radix: 16), line.contains(" ") && !line.hasPrefix("KernelPageSize") && line.first?.isHexDigit == true {
+                start = a
+            } else if line.hasPrefix("KernelPageSize:"), let s = start {
+                let kb = line.split(separator: " ").dropFirst().first.flatMap { UInt64($0) } ?? 4
+                out[s] = kb * 1024
+            }
+        }
+        return out
+    }
+
     public static func maps(_ pid: Int32, withFlags: Bool = true) throws -> [MapsEntry] {
         parseMaps(try Paths.readText("/proc/\(pid)/\(withFlags ? "smaps" : "maps")"))
     }

@@ -223,6 +223,35 @@ import WBTrace
         #expect(ProcessInfo.processInfo.hostName == here)
     }
 
+    /// Memory of hugetlb huge pages (MAP_HUGETLB, private and shared) comes back with its
+    /// bytes, of huge pages again; with none free here, of ordinary pages, noted.
+    @Test func hugetlbMemoryComesBackOfHugePages() throws {
+        let dir = scratchDirectory()
+        let sysctl = "/proc/sys/vm/nr_hugepages"
+        let before = try Paths.readText(sysctl).trimming("\n")
+        defer { try? before.write(toFile: sysctl, atomically: false, encoding: .utf8) }
+        try "\((Int(before) ?? 0) + 4)".write(toFile: sysctl, atomically: false, encoding: .utf8)
+        let program = try Child(Products.harness("hugetlb"), [])
+        _ = try #require(program.line(startingWith: "READY"), "\(program.stderrText)")
+        kill(program.pid, SIGUSR1)
+        #expect(program.line(startingWith: "VERIFY") == "VERIFY OK")
+        let image = "\(dir)/huge.wbimg"
+        try checkpointKilled(program, to: image)
+        do {
+            let restored = try Restored.detach(image)
+            defer { restored.kill() }
+            for v in restored.verify(rounds: 2) { #expect(v == "VERIFY OK", "\(v)") }
+        }
+        usleep(200_000)
+        try before.write(toFile: sysctl, atomically: false, encoding: .utf8)
+        if (Int(before) ?? 0) == 0 {
+            let restored = try Restored.detach(image)
+            defer { restored.kill() }
+            #expect(restored.verify() == ["VERIFY FAIL huge-pages"])
+            #expect(restored.wb.stderrText.contains("was of 2 MiB huge pages (hugetlb); this machine cannot give 1 of them"), "\(restored.wb.stderrText)")
+        }
+    }
+
     /// POSIX, OFD and flock locks come back held (a child of the restored process sees each),
     /// and a lock someone else took meanwhile stops the restore, naming it.
     @Test func fileLocksComeBackHeld() throws {
