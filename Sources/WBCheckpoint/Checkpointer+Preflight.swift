@@ -97,6 +97,10 @@ extension Checkpointer {
         for tid in (try? ProcFS.tasks(pid)) ?? [] where (try? ProcFS.status(pid, thread: tid))?["Seccomp"] == "1" {
             throw WBError.refused("pid \(pid) cannot be checkpointed: thread \(tid) is in seccomp strict mode (it may only read, write and exit; any other call, such as those wb makes to read its state, kills it). Nothing was changed")
         }
+        // Memory no other process may read (memfd_secret): it could not be copied.
+        if let maps = try? Paths.readText("/proc/\(pid)/maps"), let line = maps.split(separator: "\n").first(where: { $0.hasSuffix(" /secretmem (deleted)") }) {
+            throw WBError.refused("pid \(pid) cannot be checkpointed: it holds secret memory (memfd_secret, \(line.split(separator: " ").first ?? "")), whose pages the kernel lets no other process read, so no checkpoint can copy them. Nothing was changed")
+        }
         var problems: [String] = []
         // In a tree still running (its memory copied before the final stop), a child born
         // since the tree was listed is not refused: the final stop takes it in.

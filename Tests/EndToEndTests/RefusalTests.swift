@@ -6,7 +6,8 @@ import WBTrace
 
 /// What wb cannot restore yet it refuses before touching the process, naming the fd or task.
 @Suite struct RefusalTests {
-    @Test(arguments: [("socket", "is a vsock socket"), ("userfaultfd", "is a userfaultfd"), ("child", "it has child process")])
+    @Test(arguments: [("socket", "is a vsock socket"), ("userfaultfd", "is a userfaultfd"), ("secretmem", "holds secret memory (memfd_secret"),
+                            ("child", "it has child process")])
     func refusesWithoutTouchingTheProcess(kind: String, phrase: String) throws {
         let dir = scratchDirectory("refuse\(kind)")
         let program = try Child(Products.harness("holder"), [kind])

@@ -1,7 +1,7 @@
 // harness-holder KIND
 //
 // Holds one kernel object wb cannot restore yet (KIND: socket (vsock, which an epoll set
-// watches), userfaultfd, child, or sysvipc: a
+// watches), userfaultfd, secretmem (memfd_secret memory), child, or sysvipc: a
 // System V semaphore set it has operated on and a message queue it sent a message to, both
 // IPC_PRIVATE), prints "READY pid=N fd=F" (for sysvipc "READY pid=N sem=ID msg=ID"; the
 // caller removes them: ipcrm -s ID -q ID), and answers each SIGUSR1 with
@@ -25,6 +25,7 @@
 #include <fcntl.h>
 #include <linux/vm_sockets.h>
 #include <sys/ipc.h>
+#include <sys/mman.h>
 #include <sys/msg.h>
 #include <sys/sem.h>
 #include <sys/socket.h>
@@ -40,7 +41,7 @@ static int wait_forever(void *arg) {
 }
 
 int main(int argc, char **argv) {
-    if (argc < 2) { fprintf(stderr, "usage: harness-holder socket|userfaultfd|child|sysvipc|vfork|clonevm|connect PORT\n"); return 2; }
+    if (argc < 2) { fprintf(stderr, "usage: harness-holder socket|userfaultfd|secretmem|child|sysvipc|vfork|clonevm|connect PORT\n"); return 2; }
     int fd = -1;
     if (!strcmp(argv[1], "sysvipc")) {
         int sem = semget(IPC_PRIVATE, 2, 0600), msg = msgget(IPC_PRIVATE, 0600);
@@ -92,6 +93,14 @@ int main(int argc, char **argv) {
         harness_require(ep >= 0 && epoll_ctl(ep, EPOLL_CTL_ADD, fd, &ev) == 0, "epoll");
     }
     else if (!strcmp(argv[1], "userfaultfd")) fd = (int)syscall(SYS_userfaultfd, O_CLOEXEC);
+    else if (!strcmp(argv[1], "secretmem")) {
+        // Secret memory, mapped and written (memfd_secret).
+        fd = (int)syscall(447 /* SYS_memfd_secret */, 0);
+        harness_require(fd >= 0 && ftruncate(fd, 4096) == 0, "memfd_secret");
+        char *p = mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+        harness_require(p != MAP_FAILED, "mmap secret memory");
+        p[0] = 's';
+    }
     else if (!strcmp(argv[1], "child")) {
         pid_t c = fork();
         if (c == 0) { for (;;) pause(); }
