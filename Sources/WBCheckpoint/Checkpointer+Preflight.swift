@@ -164,6 +164,7 @@ extension Checkpointer {
         // A copy held while the process runs would keep a socket it closes open (a listener
         // it closes and binds again): copies live only while it is stopped.
         if !stopped {
+            if socketLinks.count >= 32 { _ = lockedFiles }
             socketCopies = [:]
             earlierPlans = Dictionary(fds.map { ($0.fd, $0) }, uniquingKeysWith: { a, _ in a })
         }

@@ -138,29 +138,36 @@ extension Checkpointer {
     func captureSockets(_ plan: Preflight, table: SocketTable, embryos: [UInt64: UInt64]) throws -> [Int32: NetSocketState] {
         let wanted = plan.fds.filter { $0.kind == .socket && placeholders[$0.fd] == nil }
         let copies = try socketCopies(wanted).map(\.rawValue)
+        // Each socket's family, type, protocol and whether it listens, on every core.
+        let known = try Parallel.map(copies.count) { i in
+            (identity: SocketProbe.identity(copies[i]), listening: SocketProbe.int(copies[i], SOL_SOCKET, SO_ACCEPTCONN) == 1)
+        }
         // A connection still waiting to be accepted cannot be put back in the queue.
-        let waiting = zip(wanted, copies).compactMap { f, c -> String? in
-            guard SocketProbe.int(c, SOL_SOCKET, SO_ACCEPTCONN) == 1, SocketProbe.int(c, SOL_SOCKET, SO_TYPE) == Int32(SOCK_STREAM.rawValue) else { return nil }
-            let n = SocketProbe.tcpState(c).waiting
+        let waiting = zip(wanted, zip(copies, known)).compactMap { f, ck -> String? in
+            guard ck.1.listening, ck.1.identity.type == Int32(SOCK_STREAM.rawValue) else { return nil }
+            let n = SocketProbe.tcpState(ck.0).waiting
             return n > 0 ? "fd \(f.fd) is a TCP listener with \(n) connection\(n == 1 ? "" : "s") waiting to be accepted (\(f.link))" : nil
         }
         if !waiting.isEmpty {
             throw WBError.refused("pid \(pid) cannot be checkpointed: \(waiting.joined(separator: "; ")), still after new connections were held for 2 s: it does not accept them (checkpoint again once it has). Nothing was changed")
         }
-        // Everything the threads share is made here first, on this thread.
-        for c in copies { socketDefaults.prepare(for: c) }
+        // Everything the threads share is made here first, on this thread: the defaults of
+        // each kind of socket met.
+        var kinds = Set<[Int32]>()
+        for k in known where kinds.insert([k.identity.family, k.identity.type, k.identity.proto]).inserted {
+            socketDefaults.prepare(family: k.identity.family, type: k.identity.type, proto: k.identity.proto)
+        }
         let defaults = socketDefaults
         // The multicast groups joined here, each socket then asked about each.
-        let datagramIP = copies.contains { c in
-            let (family, type, _) = SocketProbe.identity(c)
-            return (family == AF_INET || family == AF_INET6) && type != Int32(SOCK_STREAM.rawValue)
+        let datagramIP = known.contains { k in
+            (k.identity.family == AF_INET || k.identity.family == AF_INET6) && k.identity.type != Int32(SOCK_STREAM.rawValue)
         }
         let multicast = datagramIP ? Multicast.candidates() : []
         let states = try Parallel.map(wanted.count) { i in
             let f = wanted[i], inode = Checkpointer.socketInode(f.link) ?? 0
             return try withContext("reading fd \(f.fd) (\(f.link))") {
                 try SocketProbe.capture(copies[i], inode: inode, table: table, peerInside: embryos[inode] != nil, defaults: defaults,
-                                        multicast: multicast)
+                                        multicast: multicast, known: known[i])
             }
         }
         return Dictionary(uniqueKeysWithValues: zip(wanted.map(\.fd), states))

@@ -97,6 +97,11 @@ public final class Checkpointer {
     /// up by the first preflight only: the one at the final stop, which looks at the fds
     /// again, does not read /proc/sysvipc and semctl every semaphore while the process waits.
     /// Their state is read at the final stop (`captureIPC`).
+    /// The inodes someone holds a lock on (/proc/locks), read by the first preflight, while
+    /// the process runs: reading /proc/locks waits for the kernel's read-copy-update grace
+    /// period, milliseconds a stopped process would wait for nothing. Sockets a lock is on
+    /// are read through their fdinfo (with the lock); the others only need their flags.
+    lazy var lockedFiles: Set<UInt64> = Checkpointer.lockedInodes()
     lazy var ipcObjects: (semaphores: [SysVIPC.Object], queues: [SysVIPC.Object]) = SysVIPC.lastUsed(by: pid)
     /// What of them cannot be saved: a queue holding messages on a kernel that cannot copy
     /// them without taking them (msgrcv MSG_COPY needs CONFIG_CHECKPOINT_RESTORE).
@@ -355,8 +360,10 @@ public final class Checkpointer {
         phase("memory")
         try checkStop()
         try captureFiles(tracee, into: &process, plan: plan, deletedContents: &deletedContents)
+        stamp("files")
         phase("files")
         try captureIPC(into: &process)
+        stamp("ipc")
         try checkStop()
         // Signals a thread had already dequeued when it stopped are pending in the image.
         for (i, t) in process.threads.enumerated() {

@@ -137,6 +137,11 @@ public enum SocketOptions {
         /// Reads the defaults for the kind of socket `fd` is, if not read yet.
         public func prepare(for fd: Int32) {
             let (family, type, proto) = SocketProbe.identity(fd)
+            prepare(family: family, type: type, proto: proto)
+        }
+
+        /// Reads the defaults for sockets of this family, type and protocol, if not read yet.
+        public func prepare(family: Int32, type: Int32, proto: Int32) {
             let key = "\(family)/\(type)/\(proto)"
             guard known[key] == nil else { return }
             var values: [Int: Data] = [:]

@@ -151,9 +151,11 @@ public enum SocketProbe {
     /// image (a Unix client waiting in a listener the image holds, a TCP connection between
     /// its processes).
     /// `defaults` holds the option defaults of the socket's kind (`Defaults.prepare`).
+    /// `known`: the socket's identity and whether it listens, when the caller has read them.
     public static func capture(_ fd: Int32, inode: UInt64, table: SocketTable, peerInside: Bool,
-                               defaults: SocketOptions.Defaults, multicast: [Multicast.Candidate] = []) throws -> NetSocketState {
-        let (family, type, proto) = identity(fd)
+                               defaults: SocketOptions.Defaults, multicast: [Multicast.Candidate] = [],
+                               known: (identity: (family: Int32, type: Int32, proto: Int32), listening: Bool)? = nil) throws -> NetSocketState {
+        let (family, type, proto) = known?.identity ?? identity(fd)
         var s = NetSocketState(family: family, type: type, proto: proto, state: .unbound)
         switch family {
         case 16: return try netlink(fd, s, defaults: defaults)
@@ -170,7 +172,7 @@ public enum SocketProbe {
                 s.local = local
             }
         }
-        let listening = int(fd, SOL_SOCKET, SO_ACCEPTCONN) == 1
+        let listening = known?.listening ?? (int(fd, SOL_SOCKET, SO_ACCEPTCONN) == 1)
         let inet = family == AF_INET || family == AF_INET6
         let info = inet && type == stream ? tcpState(fd) : (state: 0, waiting: 0, backlog: 0)
         // Checked again now that the process is stopped: a connect may have begun or a
@@ -330,8 +332,17 @@ public enum SocketProbe {
     }
 
     static func filter(_ fd: Int32) throws -> [UInt64]? {
-        var code = [UInt64](repeating: 0, count: 4096)
+        // Most sockets have none, and most filters are short: a small buffer on the stack
+        // first (a thousand sockets are read while their process waits).
         var count: Int32 = 0
+        let small: [UInt64]?? = try withUnsafeTemporaryAllocation(of: UInt64.self, capacity: 64) { buffer in
+            let r = wb_socket_filter(fd, buffer.baseAddress, 64, &count)
+            if r == ENOBUFS { return .none }
+            try check(r, "getsockopt(SO_GET_FILTER)", "reading a socket's BPF filter")
+            return .some(count > 0 ? Array(buffer.prefix(Int(count))) : nil)
+        }
+        if let small { return small }
+        var code = [UInt64](repeating: 0, count: 4096)
         try check(wb_socket_filter(fd, &code, 4096, &count), "getsockopt(SO_GET_FILTER)", "reading a socket's BPF filter")
         return count > 0 ? Array(code.prefix(Int(count))) : nil
     }

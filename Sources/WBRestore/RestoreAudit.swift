@@ -26,11 +26,18 @@ struct RestoreAudit {
     /// access patterns).
     static let auditedFlags: Set<String> = ["rd", "wr", "ex", "sh", "mr", "mw", "me", "ms", "gd", "lo", "lf", "dc", "dd", "wf", "hg", "nh", "sr", "rr"]
 
+    /// With WB_TIMING, a moment of the audit on stderr (as the restore's steps).
+    static func mark(_ what: String) {
+        if Restorer.timing { FileHandle.standardError.write(Data(String(format: "wb-timing %.0f audit: %@\n", Clock.monotonic * 1e9, what).utf8)) }
+    }
+
     /// Everything found different, each named.
     func differences() throws -> [String] {
         var out: [String] = []
         try memory(&out)
+        RestoreAudit.mark("memory")
         try files(&out)
+        RestoreAudit.mark("files")
         try signals(&out)
         let status = try ProcFS.status(pid)
         if let umask = status["Umask"].flatMap({ UInt32($0, radix: 8) }), umask != process.umask {
@@ -115,6 +122,7 @@ struct RestoreAudit {
 
     private func files(_ out: inout [String]) throws {
         let here = Set(try ProcFS.fds(pid))
+        RestoreAudit.mark("fds listed")
         let wanted = Set(process.fds.map(\.fd))
         for fd in here.subtracting(wanted).sorted() {
             let link = (try? Paths.readLink("/proc/\(pid)/fd/\(fd)")) ?? "?"
@@ -126,10 +134,15 @@ struct RestoreAudit {
         // Every fd's fdinfo, read on every core (a server's thousand connections).
         let pid = self.pid, fds = process.fds
         let infos = try Parallel.map(fds.count) { i -> (ProcFS.FDInfo, [FileLock], [Inotify.Mark])? in
-            guard let text = try? Paths.readText("/proc/\(pid)/fdinfo/\(fds[i].fd)") else { return nil }
-            let locks = text.contains("lock:") ? text.split(separator: "\n").filter { $0.hasPrefix("lock:") }.compactMap { FileLock.parse(String($0)).0 } : []
-            return (ProcFS.parseFDInfo(text), locks, fds[i].kind == .inotify ? Inotify.marks(text) : [])
+            guard let (text, info) = ProcFS.fdInfo(pid, fds[i].fd) else { return nil }
+            let locks = text.utf8.firstRange(of: "lock:".utf8) != nil ? text.split(separator: "\n").filter { $0.hasPrefix("lock:") }.compactMap { FileLock.parse(String($0)).0 } : []
+            return (info, locks, fds[i].kind == .inotify ? Inotify.marks(text) : [])
         }
+        RestoreAudit.mark("fdinfo read")
+        // Pipes to something outside the process, and those on fds 0-2: looked up once
+        // (a server holds a thousand fds).
+        let externalPipes = Set(process.pipes.filter(\.external).map(\.id))
+        let standardPipes = Set(process.fds.filter { $0.fd <= 2 && $0.kind == .pipe }.compactMap(\.pipe))
         for (index, s) in process.fds.enumerated() {
             var name: String { "fd \(s.fd) (\(s.path))" }
             guard here.contains(s.fd) else {
@@ -151,8 +164,8 @@ struct RestoreAudit {
             // Terminals, placeholders and pipes to something outside the process on 0-2 (and
             // their duplicates) are attached to what this host has (wb's own stdin, stdout,
             // stderr): their flags are those of the fd wb gives them.
-            let external = s.kind == .pipe && process.pipes.first { $0.id == s.pipe }?.external == true
-            let onStandardFD = process.fds.contains { $0.fd <= 2 && $0.kind == .pipe && $0.pipe == s.pipe }
+            let external = s.kind == .pipe && s.pipe.map { externalPipes.contains($0) } == true
+            let onStandardFD = s.pipe.map { standardPipes.contains($0) } == true
             if s.kind == .tty || s.kind == .placeholder || (external && onStandardFD) { continue }
             if info.flags & statusFlags != s.flags & statusFlags {
                 out.append("\(name) has open flags 0\(String(info.flags & statusFlags, radix: 8)) (the image has 0\(String(s.flags & statusFlags, radix: 8)))")

@@ -89,15 +89,16 @@ public final class FileDescriptor: @unchecked Sendable {
     }
 
     /// Reads from the current position until end of file or `limit` bytes.
+    /// Into a buffer that is not zeroed first: most reads are of small /proc files, a
+    /// thousand of them while a process waits.
     public func readAll(limit: Int = Int.max) throws -> [UInt8] {
         var out: [UInt8] = []
-        var chunk = [UInt8](repeating: 0, count: 65536)
-        while out.count < limit {
-            let n = try chunk.withUnsafeMutableBytes { buf in
-                try syscallValue("read", "reading") { Glibc.read(rawValue, buf.baseAddress, min(buf.count, limit - out.count)) }
+        try withUnsafeTemporaryAllocation(of: UInt8.self, capacity: 65536) { chunk in
+            while out.count < limit {
+                let n = try syscallValue("read", "reading") { Glibc.read(rawValue, chunk.baseAddress, min(chunk.count, limit - out.count)) }
+                if n == 0 { break }
+                out.append(contentsOf: UnsafeBufferPointer(rebasing: chunk[0..<n]))
             }
-            if n == 0 { break }
-            out.append(contentsOf: chunk[0..<n])
         }
         return out
     }
@@ -189,6 +190,12 @@ extension FileDescriptor {
     }
 
     /// The seals of a memfd (F_GET_SEALS), nil for a file that takes none.
+    /// The open file description's status flags (F_GETFL: access mode, O_NONBLOCK, ...).
+    public var statusFlags: Int32? {
+        var r: Int32 = 0
+        return wb_fcntl_int(rawValue, F_GETFL, 0, &r) == 0 ? r : nil
+    }
+
     public var seals: UInt32? {
         var r: Int32 = 0
         return wb_fcntl_int(rawValue, 1034 /* F_GET_SEALS */, 0, &r) == 0 ? UInt32(bitPattern: r) : nil

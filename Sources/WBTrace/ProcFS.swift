@@ -1,3 +1,4 @@
+import CWBNative
 import Foundation
 import Glibc
 
@@ -147,10 +148,27 @@ public enum ProcFS {
         public var flags: Int32
         public var mountID: Int
         public var extra: [String: String]
+        public init(position: UInt64, flags: Int32, mountID: Int, extra: [String: String]) {
+            self.position = position; self.flags = flags; self.mountID = mountID; self.extra = extra
+        }
+    }
+
+    /// An fd's fdinfo: its position and flags alone when that is all it holds (besides
+    /// mnt_id and ino; read without Swift strings: a server's thousand sockets), else the
+    /// whole text parsed, with the text. Nil when the fd is gone.
+    public static func fdInfo(_ pid: Int32, _ fd: Int32) -> (text: String, info: FDInfo)? {
+        var pos: UInt64 = 0, flags: Int32 = 0, more: Int32 = 0
+        guard wb_fdinfo_basic(pid, fd, &pos, &flags, &more) == 0 else { return nil }
+        if more == 0 { return ("", FDInfo(position: pos, flags: flags, mountID: 0, extra: [:])) }
+        guard let text = try? Paths.readText("/proc/\(pid)/fdinfo/\(fd)") else { return nil }
+        return (text, parseFDInfo(text))
     }
 
     public static func parseFDInfo(_ text: String) -> FDInfo {
-        let kv = parseStatus(text)
+        // An epoll set's watches ("tfd:" lines, a server's thousand connections) come after
+        // the fields and are no fields (parseEpollWatches reads them).
+        let head = text.range(of: "\ntfd:").map { String(text[..<$0.lowerBound]) } ?? text
+        let kv = parseStatus(head)
         return FDInfo(position: UInt64(kv["pos"] ?? "0") ?? 0,
                       flags: Int32(kv["flags"] ?? "0", radix: 8) ?? 0,
                       mountID: Int(kv["mnt_id"] ?? "0") ?? 0, extra: kv)
@@ -162,15 +180,69 @@ public enum ProcFS {
     }
 
     /// The watches with the inode of each watched file ("ino:" in hex).
+    /// Read byte by byte: a server's epoll set holds thousands of watches, read while it is
+    /// stopped.
     public static func parseEpollWatchesWithInodes(_ text: String) -> [(watch: EpollWatch, inode: UInt64?)] {
-        text.split(separator: "\n").compactMap { line -> (EpollWatch, UInt64?)? in
-            guard line.hasPrefix("tfd:") else { return nil }
-            let t = line.split(separator: " ", omittingEmptySubsequences: true)
-            guard t.count >= 6, let fd = Int32(t[1]), let events = UInt32(t[3], radix: 16),
-                  let data = UInt64(t[5], radix: 16) else { return nil }
-            let inode = t.first { $0.hasPrefix("ino:") }.flatMap { UInt64($0.dropFirst(4), radix: 16) }
-            return (EpollWatch(fd: fd, events: events, data: data), inode)
+        var out: [(watch: EpollWatch, inode: UInt64?)] = []
+        var copy = text
+        copy.withUTF8 { bytes in
+            var i = 0
+            let n = bytes.count
+            // The next token (bytes up to a space or line end) from i; i stops at its end.
+            func token() -> (Int, Int) {
+                while i < n && (bytes[i] == 0x20 || bytes[i] == 0x09) { i += 1 }
+                let start = i
+                while i < n && bytes[i] != 0x20 && bytes[i] != 0x09 && bytes[i] != 0x0A { i += 1 }
+                return (start, i)
+            }
+            func number(_ r: (Int, Int), radix: UInt64, from offset: Int = 0) -> UInt64? {
+                guard r.1 > r.0 + offset else { return nil }
+                var v: UInt64 = 0
+                for k in (r.0 + offset)..<r.1 {
+                    let c = bytes[k]
+                    let d: UInt64
+                    switch c {
+                    case 0x30...0x39: d = UInt64(c - 0x30)
+                    case 0x61...0x66 where radix == 16: d = UInt64(c - 0x61 + 10)
+                    case 0x41...0x46 where radix == 16: d = UInt64(c - 0x41 + 10)
+                    default: return nil
+                    }
+                    let (m, o1) = v.multipliedReportingOverflow(by: radix)
+                    let (a, o2) = m.addingReportingOverflow(d)
+                    if o1 || o2 { return nil }
+                    v = a
+                }
+                return v
+            }
+            func starts(_ r: (Int, Int), _ prefix: StaticString) -> Bool {
+                let p = UnsafeRawBufferPointer(start: prefix.utf8Start, count: prefix.utf8CodeUnitCount)
+                guard r.1 - r.0 >= p.count else { return false }
+                for k in 0..<p.count where bytes[r.0 + k] != p[k] { return false }
+                return true
+            }
+            while i < n {
+                let lineEnd = (i..<n).first { bytes[$0] == 0x0A } ?? n
+                let first = token()
+                if starts(first, "tfd:") && first.1 - first.0 == 4 {
+                    let fd = number(token(), radix: 10)
+                    _ = token()
+                    let events = number(token(), radix: 16)
+                    _ = token()
+                    let data = number(token(), radix: 16)
+                    var inode: UInt64?
+                    while i < lineEnd {
+                        let t = token()
+                        if t.1 == t.0 { break }
+                        if starts(t, "ino:") { inode = number(t, radix: 16, from: 4) }
+                    }
+                    if let fd, fd <= UInt64(Int32.max), let events, events <= UInt64(UInt32.max), let data {
+                        out.append((EpollWatch(fd: Int32(fd), events: UInt32(events), data: data), inode))
+                    }
+                }
+                i = lineEnd + 1
+            }
         }
+        return out
     }
 
     /// "(seconds, nanoseconds)" from a timerfd's fdinfo, in nanoseconds.

@@ -38,6 +38,23 @@ import Testing
         #expect(info.position == 37 && info.flags == 0o102002 && info.mountID == 25 && info.extra["ino"] == "77")
     }
 
+    /// An epoll set's fdinfo: its fields, then one "tfd:" line per watch (the kernel's
+    /// layout, with the watched file's inode and device), none of them a field.
+    @Test func parsesEpollWatchesAndTheFieldsBeforeThem() {
+        let text = "pos:\t0\nflags:\t02\nmnt_id:\t16\nino:\t1057\n"
+            + "tfd:        5 events:       19 data:                5  pos:0 ino:2c5b sdev:8\n"
+            + "tfd:       12 events: 80000001 data: ffffffffffffffff  pos:0 ino:4d2 sdev:8\n"
+            + "tfd: 7 events: 1 data: 0\n"
+            + "tfd: x events: 1 data: 0\n"
+        let info = ProcFS.parseFDInfo(text)
+        #expect(info.flags == 2 && info.extra["ino"] == "1057" && info.extra["tfd"] == nil)
+        let watches = ProcFS.parseEpollWatchesWithInodes(text)
+        #expect(watches.count == 3)
+        #expect(watches[0].watch == EpollWatch(fd: 5, events: 0x19, data: 5) && watches[0].inode == 0x2c5b)
+        #expect(watches[1].watch == EpollWatch(fd: 12, events: 0x8000_0001, data: UInt64.max) && watches[1].inode == 0x4d2)
+        #expect(watches[2].watch == EpollWatch(fd: 7, events: 1, data: 0) && watches[2].inode == nil)
+    }
+
     @Test func parsesStatusLines() {
         let s = ProcFS.parseStatus("Name:\tcat\nUmask:\t0027\nUid:\t0\t0\t0\t0\nSigQ:\t1/1000\n")
         #expect(s["Umask"] == "0027" && s["Uid"] == "0\t0\t0\t0")

@@ -4,6 +4,8 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <cpuid.h>
 #include <sys/prctl.h>
@@ -395,4 +397,27 @@ int wb_ioprio(pid_t tid, int set, int value) {
     // IOPRIO_WHO_PROCESS: one thread.
     long r = set ? syscall(SYS_ioprio_set, 1, tid, value) : syscall(SYS_ioprio_get, 1, tid);
     return r < 0 ? -errno : (int)r;
+}
+
+int wb_fdinfo_basic(pid_t pid, int fd, uint64_t *pos, int *flags, int *more) {
+    char path[64], buf[4096];
+    snprintf(path, sizeof path, "/proc/%d/fdinfo/%d", (int)pid, fd);
+    int f = open(path, O_RDONLY | O_CLOEXEC);
+    if (f < 0) return -errno;
+    ssize_t n = read(f, buf, sizeof buf - 1);
+    int e = errno;
+    close(f);
+    if (n < 0) return -e;
+    buf[n] = 0;
+    *pos = 0; *flags = 0; *more = n == (ssize_t)sizeof buf - 1;
+    for (char *line = buf; *line; ) {
+        char *end = strchr(line, '\n');
+        if (end) *end = 0;
+        if (!strncmp(line, "pos:", 4)) *pos = strtoull(line + 4, NULL, 10);
+        else if (!strncmp(line, "flags:", 6)) *flags = (int)strtol(line + 6, NULL, 8);
+        else if (strncmp(line, "mnt_id:", 7) && strncmp(line, "ino:", 4) && *line) *more = 1;
+        if (!end) break;
+        line = end + 1;
+    }
+    return 0;
 }

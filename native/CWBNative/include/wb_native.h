@@ -137,6 +137,10 @@ int wb_affinity(pid_t tid, int set, uint64_t *mask, int words);
 /// ioprio_get (`set` 0: returns the I/O priority) or ioprio_set (to `value`: returns 0) of
 /// one thread; -errno on failure.
 int wb_ioprio(pid_t tid, int set, int value);
+/// /proc/PID/fdinfo/FD's position and flags (octal, with O_CLOEXEC from the fd table);
+/// `more` is set when it holds anything besides them, mnt_id and ino (locks, an epoll's
+/// watches, an eventfd's count...), which the caller then reads whole. 0 or -errno.
+int wb_fdinfo_basic(pid_t pid, int fd, uint64_t *pos, int *flags, int *more);
 /// Reads this CPU's XCR0 (the enabled XSAVE features).
 uint64_t wb_xgetbv0(void);
 /// CPUID leaf/subleaf.
