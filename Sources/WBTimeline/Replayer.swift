@@ -129,7 +129,7 @@ public final class Replayer {
     private func recordedTid(_ tid: Int32) -> Int32 {
         if let t = threadMap[tid] { return t }
         // In a new pid namespace the thread has its recorded number inside it.
-        if let status = try? ProcFS.status(tid), let ns = status["NSpid"], let inner = ns.split(separator: " ").last.flatMap({ Int32($0) }) {
+        if let inner = ProcFS.innermostPid(tid) {
             if queues[inner] != nil || !unclaimedThreads.contains(inner) {
                 threadMap[tid] = inner
                 return inner

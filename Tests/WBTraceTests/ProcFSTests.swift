@@ -1,3 +1,5 @@
+import Foundation
+import Glibc
 import Testing
 @testable import WBTrace
 
@@ -53,6 +55,28 @@ import Testing
         #expect(watches[0].watch == EpollWatch(fd: 5, events: 0x19, data: 5) && watches[0].inode == 0x2c5b)
         #expect(watches[1].watch == EpollWatch(fd: 12, events: 0x8000_0001, data: UInt64.max) && watches[1].inode == 0x4d2)
         #expect(watches[2].watch == EpollWatch(fd: 7, events: 1, data: 0) && watches[2].inode == nil)
+    }
+
+    /// A process in a pid namespace of its own: NSpid lists its pids tab-separated, the
+    /// last its own number there (1 for the namespace's first process).
+    @Test func theInnermostPidOfAProcessInAPidNamespaceOfItsOwn() throws {
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: "/usr/bin/unshare")
+        p.arguments = ["--pid", "--fork", "--kill-child", "sleep", "30"]
+        try p.run()
+        var child: Int32?
+        defer {
+            if let child { kill(child, SIGKILL) }
+            p.terminate()
+            p.waitUntilExit()
+        }
+        for _ in 0..<200 where child == nil {
+            child = ProcFS.children(p.processIdentifier).first
+            if child == nil { usleep(10_000) }
+        }
+        let inner = try #require(child)
+        #expect(ProcFS.innermostPid(inner) == 1)
+        #expect(ProcFS.innermostPid(getpid()) == getpid())
     }
 
     @Test func parsesStatusLines() {
