@@ -22,7 +22,9 @@ void harness_fill(void *p, size_t len, uint64_t seed);
 /// FNV-1a style 64-bit checksum over words.
 uint64_t harness_checksum(const void *p, size_t len);
 
-/// Installs a SIGUSR1 handler that sets the request flag, and returns the flag.
+/// Installs a SIGUSR1 handler that counts requests, and returns the count. Call it on the
+/// thread that waits for requests: a request another thread of the process catches is passed
+/// on to that thread.
 volatile sig_atomic_t *harness_verify_requests(void);
 /// Sleeps in sigsuspend until SIGUSR1 arrives (other handled signals wake it and it sleeps
 /// again). Returns after consuming one request.
