@@ -819,9 +819,35 @@ public final class Executor {
         for t in running {
             wait: while true {
                 switch try tracee.wait(t) {
-                case .interrupted, .exited, .killed: break wait
+                case .interrupted: try dropPendingSignals(t); break wait
+                case .exited, .killed: break wait
                 case .signal, .event: try tracee.resume(t, .continue)
                 }
+            }
+        }
+    }
+
+    /// A thread stopped by wb can still hold signals the run raised: a breakpoint's trap the
+    /// kernel queued just as the stop came (the stop is reported first), a fault, a timer's
+    /// signal. The next run would start by taking them, at the snapshot's first instruction,
+    /// as if the input had caused them. Each one the snapshot's signal mask lets through is
+    /// taken here and thrown away: the thread goes on to the signal's stop and stays there,
+    /// and the next run resumes it without the signal. Signals the mask blocks stay queued,
+    /// as they were in the snapshot.
+    private func dropPendingSignals(_ tid: Int32) throws {
+        guard let mask = snapshot[tid]?.2 else { return }
+        func deliverable() throws -> Bool {
+            let queued = try tracee.pendingSignals(tid, shared: false) + tracee.pendingSignals(tid, shared: true)
+            return queued.contains { $0.signal > 0 && $0.signal <= 64 && mask & (1 << UInt64($0.signal - 1)) == 0 }
+        }
+        guard try deliverable() else { return }
+        try tracee.setSignalMask(tid, mask)
+        for _ in 0..<64 {
+            try tracee.resume(tid, .continue)
+            switch try tracee.wait(tid) {
+            case .signal: if try !deliverable() { return }
+            case .interrupted, .event: if try !deliverable() { return }
+            case .exited, .killed: return
             }
         }
     }

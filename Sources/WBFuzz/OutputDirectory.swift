@@ -149,6 +149,8 @@ public struct CampaignStatus: Codable, Sendable {
     /// Crashes and hangs dropped because they did not happen again in a fresh restore.
     public var dropped: Int
     public var droppedHangs: Int
+    /// The buckets of the dropped crashes, with how many runs fell in each.
+    public var droppedBuckets: [String: Int]
     public var cycles: Int
     public var lastNew: Double?
     public var lastCrash: Double?
@@ -181,6 +183,9 @@ public struct CampaignStatus: Codable, Sendable {
         hangs = stats.reduce(0) { $0 + $1.hangs }
         dropped = stats.reduce(0) { $0 + $1.dropped }
         droppedHangs = stats.reduce(0) { $0 + $1.droppedHangs }
+        var droppedBuckets: [String: Int] = [:]
+        for s in stats { for (b, n) in s.droppedBuckets { droppedBuckets[b, default: 0] += n } }
+        self.droppedBuckets = droppedBuckets
         cycles = main?.cycles ?? 0
         lastNew = stats.compactMap(\.lastNew).max()
         lastCrash = stats.compactMap(\.lastCrash).max()

@@ -2,12 +2,15 @@
 // with — it unmaps memory, shrinks its heap, changes a protection, maps over a region,
 // discards pages, closes and replaces fds and moves a file's position — and checks at the start of each run
 // that all of it is back. A run that finds something missing crashes in a function named
-// for it, so a reset that forgets anything shows as a crash bucket.
+// for it, so a reset that forgets anything shows as a crash bucket. The input "h" hangs
+// with signals queued but blocked (one for the thread, one for the process): the snapshot
+// does not block them, so a reset that keeps them would kill the next run.
 //
 //   harness-resetzoo FILE    (FILE: a scratch file it writes "0123456789" to)
 //   prints READY, then reads stdin; each input is one run.
 #define _GNU_SOURCE
 #include <fcntl.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -94,6 +97,16 @@ int main(int argc, char **argv) {
     char buf[256];
     ssize_t n = read(0, buf, sizeof buf);
     check();
+    if (n == 1 && buf[0] == 'h') {
+        sigset_t queued;
+        sigemptyset(&queued);
+        sigaddset(&queued, SIGUSR1);
+        sigaddset(&queued, SIGUSR2);
+        sigprocmask(SIG_BLOCK, &queued, NULL);
+        raise(SIGUSR2);
+        kill(getpid(), SIGUSR1);
+        for (volatile int spin = 0;; spin++) {}
+    }
     ruin();
     // The input decides nothing here but the exit status.
     return n > 0 && buf[0] == 'x' ? 3 : 0;
