@@ -125,6 +125,7 @@ let package = Package(
         harnessProgram("novdso"),
         harnessProgram("security"),
         harnessProgram("sysvipc"),
+        harnessProgram("mqueue"),
         harnessProgram("guards"),
         harnessProgram("unixzoo"),
         harnessProgram("netzoo"),

@@ -285,9 +285,16 @@ extension Checkpointer {
                     s.mode = removed.mode
                     s.owner = removed.owner
                     s.object = removed.object
+                } else {
+                    s.filesystem = Filesystems.magic(procPath)
                 }
             case .fanotify:
                 s.fanotify = try fanotifyGroup(f, infoText)
+            case .mqueue:
+                let queue = try messageQueue(f, procPath)
+                s.mqueue = queue
+                s.path = "/" + queue.name
+                if queue.deleted == true { s.deleted = true }
             case .ptyMaster:
                 let copy = try SharedFiles.take(f.fd, of: pid)
                 let pair = try PseudoTerminals.read(master: copy.rawValue)
@@ -312,6 +319,28 @@ extension Checkpointer {
             let holders = p.fds.filter { $0.pipe == pipe.id }.map { "fd \($0.fd)" }.joined(separator: ", ")
             notes.append("pipe \(pipe.id) (\(holders)) has its other end outside the process")
         }
+    }
+
+    /// A POSIX message queue: its name, attributes, owner and messages. The messages are
+    /// taken and sent back in the same order (a queue cannot be read without taking) while
+    /// the process is stopped; a notification registered on it was refused in the preflight.
+    func messageQueue(_ f: FDPlan, _ procPath: String) throws -> MessageQueueState {
+        let (path, deleted) = f.link.deletedStripped
+        let name = String(path.split(separator: "/").last ?? "")
+        let what = "the POSIX message queue \(path) (fd \(f.fd))"
+        let fd: FileDescriptor
+        do {
+            fd = try FileDescriptor.open(procPath, O_RDWR | O_NONBLOCK, what: "opening \(what)")
+        } catch let WBError.system(_, code, _) where code == EACCES {
+            throw WBError.refused("pid \(pid) cannot be checkpointed: fd \(f.fd) is \(what.dropFirst(4)), which wb may not both read and write (its mode lets this user only one of them; run wb as root). Nothing was changed")
+        }
+        let st = try fd.stat()
+        let attributes = try MessageQueues.attributes(fd)
+        let messages = try MessageQueues.copyMessages(fd, messageSize: attributes.messageSize, what: what)
+        return MessageQueueState(name: name, object: "\(st.device):\(st.inode)", maxMessages: attributes.maxMessages,
+                                 messageSize: attributes.messageSize, mode: st.mode & 0o7777, owner: [st.uid, st.gid],
+                                 messages: messages.map { MessageQueueMessage(priority: $0.priority, bytes: Data($0.bytes)) },
+                                 deleted: deleted ? true : nil)
     }
 
     /// A fanotify group's settings and marks, each mark with a path restore can mark again

@@ -227,6 +227,14 @@ extension Checkpointer {
             plan.unsupported = "\(names[what] ?? "an anonymous inode (\(what))") (\(link))"
             return plan
         }
+        if link.hasPrefix("/"), Filesystems.magic("/proc/\(pid)/fd/\(fd)") == Filesystems.mqueue {
+            // A POSIX message queue's path is its name on the mqueue filesystem, not a file.
+            plan.kind = .mqueue
+            if let status = try? MessageQueues.status("/proc/\(pid)/fd/\(fd)"), status.notifyPid != 0 {
+                plan.unsupported = "a POSIX message queue (\(link)) with a notification registered by pid \(status.notifyPid) (mq_notify), which wb cannot read back"
+            }
+            return plan
+        }
         if link.hasPrefix("/memfd:") { plan.kind = .deletedFile; return plan }
         if link.hasSuffix(" (deleted)") {
             // What was deleted decides how it is read: a FIFO's buffer is peeked (reading it

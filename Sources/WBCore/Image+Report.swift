@@ -21,6 +21,11 @@ public struct ImageReport: Encodable {
         var fd: Int32, kind: String, path: String, flags: String, offset: UInt64, closeOnExec: Bool
         var pipe: UInt64?, note: String?
         var eventfd: EventFDState?, timerfd: TimerFDState?, signalfdSignals: [Int32]?, epoll: [EpollWatch]?
+        var messageQueue: MessageQueueRow?
+    }
+    /// A POSIX message queue: its name, limits and what it holds.
+    public struct MessageQueueRow: Encodable {
+        var name: String, maxMessages: Int64, messageSize: Int64, mode: String, messages: Int, bytes: Int, deleted: Bool
     }
     public struct SignalRow: Encodable {
         var signal: Int32, name: String, handler: String, flags: String, mask: String
@@ -88,7 +93,12 @@ public struct ImageReport: Encodable {
             FDRow(fd: f.fd, kind: f.kind.rawValue, path: f.deleted == true ? f.path + " (deleted)" : f.path, flags: ImageReport.openFlags(f.flags),
                   offset: f.offset, closeOnExec: f.closeOnExec, pipe: f.pipe, note: f.note,
                   eventfd: f.eventfd, timerfd: f.timerfd, signalfdSignals: f.signalfdMask.map { ImageReport.signals(in: $0) },
-                  epoll: f.epoll)
+                  epoll: f.epoll,
+                  messageQueue: f.mqueue.map { q in
+                      MessageQueueRow(name: "/" + q.name, maxMessages: q.maxMessages, messageSize: q.messageSize,
+                                      mode: String(format: "%03o", q.mode), messages: q.messages.count,
+                                      bytes: q.messages.reduce(0) { $0 + $1.bytes.count }, deleted: q.deleted == true)
+                  })
         }
         pipes = p.pipes
         signals = p.sigactions.filter { !$0.isDefault }.map { a in
@@ -174,6 +184,9 @@ public struct ImageReport: Encodable {
             }
             if let sigs = f.signalfdSignals { line += " reads \(sigs.map { SignalNames.name($0) }.joined(separator: " "))" }
             if let w = f.epoll { line += " watches " + w.map { "fd \($0.fd) (events 0x\(String($0.events, radix: 16)))" }.joined(separator: ", ") }
+            if let q = f.messageQueue {
+                line += " queue \(q.name)\(q.deleted ? " (removed)" : ""), mode \(q.mode), up to \(q.maxMessages) messages of \(q.messageSize) bytes, \(q.messages) queued (\(q.bytes) bytes)"
+            }
             if let n = f.note { line += " (\(n))" }
             out.append(line)
         }

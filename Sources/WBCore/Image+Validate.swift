@@ -312,12 +312,34 @@ struct MetadataValidator {
                 guard let n = s.ptyIndex, n >= 0 else { throw bad("\(name) is a pseudo-terminal without a valid number") }
             case .pidfd:
                 guard let t = s.pidfdTarget, t > 0, t <= Self.maxPid else { throw bad("\(name) is a pidfd without a valid target pid") }
+            case .mqueue:
+                try messageQueue(s.mqueue, name)
             case .unixSocket, .socket, .placeholder:
                 try socket(s, name: name)
             default:
                 break
             }
         }
+    }
+
+    /// A POSIX message queue within the kernel's hard limits: a name of one path component,
+    /// 1-65,536 messages of 1 byte-16 MiB each, no more messages than the queue holds, none
+    /// longer than its message size, priorities below MQ_PRIO_MAX (32,768).
+    private func messageQueue(_ q: MessageQueueState?, _ name: String) throws {
+        guard let q else { throw bad("\(name) is a message queue without its state") }
+        try text(q.name, "\(name) message queue name", limit: 255)
+        guard !q.name.isEmpty, !q.name.contains("/"), q.name != ".", q.name != ".." else {
+            throw bad("\(name) is a message queue whose name \"\(q.name)\" is not one path component")
+        }
+        guard (1...65536).contains(q.maxMessages), (1...(16 << 20)).contains(q.messageSize), q.mode <= 0o7777, q.owner.count == 2,
+              q.messages.count <= q.maxMessages else {
+            throw bad("\(name) is a message queue with limits outside the kernel's (\(q.maxMessages) messages of \(q.messageSize) bytes, \(q.messages.count) queued)")
+        }
+        for m in q.messages where m.priority >= 32768 || Int64(m.bytes.count) > q.messageSize {
+            throw bad("\(name) is a message queue holding a message of priority \(m.priority) and \(m.bytes.count) bytes (priorities below 32,768, at most \(q.messageSize) bytes)")
+        }
+        let parts = q.object.split(separator: ":", omittingEmptySubsequences: false)
+        guard parts.count == 2, parts.allSatisfy({ UInt64($0) != nil }) else { throw bad("\(name) is a message queue without a valid identity") }
     }
 
     /// A removed directory's attributes: permission bits, an owner and group, and an identity

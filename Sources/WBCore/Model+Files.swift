@@ -43,6 +43,8 @@ public struct FDState: Codable, Sendable, Equatable {
         /// The terminal side (/dev/pts/N) of a pair whose master is in the image: `ptyIndex`
         /// is N, the pair's number at the checkpoint.
         case ptySlave
+        /// A POSIX message queue (mq_open): `mqueue` holds its name, attributes and messages.
+        case mqueue
     }
 
     public var fd: Int32
@@ -99,6 +101,12 @@ public struct FDState: Codable, Sendable, Equatable {
     public var pty: PtyState?
     /// For the terminal side of a pair: the pair's number at the checkpoint.
     public var ptyIndex: Int32?
+    /// For a file reopened by path: the statfs magic number of its filesystem, so that a path
+    /// that names something else now (a file where a message queue or a /proc file was) is
+    /// refused at restore. (Older images lack it.)
+    public var filesystem: UInt64?
+    /// For a POSIX message queue: its name, attributes and messages.
+    public var mqueue: MessageQueueState?
 
     public init(fd: Int32, kind: Kind, flags: Int32, closeOnExec: Bool, path: String, offset: UInt64) {
         self.fd = fd; self.kind = kind; self.flags = flags; self.closeOnExec = closeOnExec
@@ -107,6 +115,38 @@ public struct FDState: Codable, Sendable, Equatable {
 
     /// O_RDONLY, O_WRONLY or O_RDWR.
     public var accessMode: Int32 { flags & 3 }
+}
+
+/// A POSIX message queue as mq_getattr and its messages show it. Its messages are read by
+/// receiving them all and sending them back in the same order (the queue has no way to look
+/// without taking), while every process of the checkpoint is stopped.
+public struct MessageQueueState: Codable, Sendable, Equatable {
+    /// The queue's name without the leading "/" (mq_open's name is "/" + this).
+    public var name: String
+    /// The queue's identity ("device:inode") at the checkpoint: fds with the same one are
+    /// one queue after restore.
+    public var object: String
+    public var maxMessages: Int64
+    public var messageSize: Int64
+    /// Permission bits, owner and group.
+    public var mode: UInt32
+    public var owner: [UInt32]
+    /// The messages, in the order they would be received (highest priority first).
+    public var messages: [MessageQueueMessage]
+    /// The name was removed (mq_unlink) while the queue was open.
+    public var deleted: Bool?
+    public init(name: String, object: String, maxMessages: Int64, messageSize: Int64, mode: UInt32, owner: [UInt32],
+                messages: [MessageQueueMessage], deleted: Bool?) {
+        self.name = name; self.object = object; self.maxMessages = maxMessages; self.messageSize = messageSize
+        self.mode = mode; self.owner = owner; self.messages = messages; self.deleted = deleted
+    }
+}
+
+/// One message of a POSIX message queue.
+public struct MessageQueueMessage: Codable, Sendable, Equatable {
+    public var priority: UInt32
+    public var bytes: Data
+    public init(priority: UInt32, bytes: Data) { self.priority = priority; self.bytes = bytes }
 }
 
 /// A fanotify group: fanotify_init's flags and event_f_flags, and its marks.

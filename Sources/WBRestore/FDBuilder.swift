@@ -302,6 +302,9 @@ struct FDBuilder {
             }
             do {
                 let fd = try checked(try open(s.path, flags), s, "a regular file or directory") { $0.isRegular || $0.mode & S_IFMT == S_IFDIR }
+                if let then = s.filesystem, let now = Filesystems.magic("/proc/\(tracee.pid)/fd/\(fd)"), !Filesystems.sameKind(then, now) {
+                    throw WBError.refused("fd \(s.fd) was a file on \(Filesystems.name(then)) at \(s.path), and what is there now is on \(Filesystems.name(now)): it is not the same object")
+                }
                 // A run that must not write the user's files gets a copy of one it may write
                 // (opened above as the process would, so only what it may open is copied).
                 guard let copies = restorer.privateCopies, s.accessMode != O_RDONLY,
@@ -333,6 +336,8 @@ struct FDBuilder {
             return try ptyTerminal(index, flags: s.flags)
         case .placeholder:
             return try placeholder(s)
+        case .mqueue:
+            return try messageQueue(s)
         case .eventfd:
             let e = s.eventfd ?? EventFDState(count: 0, semaphore: false)
             return try high(Int32(try leader.call(.eventfd2, e.count, e.semaphore ? 1 : 0, what: "creating an eventfd")))
@@ -666,6 +671,93 @@ struct FDBuilder {
         sharedObjects[key] = fd
         try shared.keep(key, fd: fd, leader: leader, pid: process.pid, above: base)
         return try reopen(fd, s.flags)
+    }
+
+    /// A POSIX message queue. One that still exists under its name is opened, as a file on
+    /// disk would be: it is the live queue the process shares with others (its limits must be
+    /// the image's; messages it holds that the image did not are noted). One that does not is
+    /// made again with the image's limits, messages, mode and owner; a removed one is made,
+    /// opened and removed again. Opened as the process, with its access mode.
+    private mutating func messageQueue(_ s: FDState) throws -> Int32 {
+        guard let q = s.mqueue else { throw WBError.badImage(path: restorer.image.path, problem: "fd \(s.fd) is a message queue without its state") }
+        let what = "the POSIX message queue /\(q.name) (fd \(s.fd))"
+        let key = "mqueue:\(q.object)"
+        if sharedObjects[key] == nil, let fd = try shared.fetch(key, into: leader, above: base) { sharedObjects[key] = try high(fd) }
+        if let object = sharedObjects[key] { return try reopen(object, s.flags) }
+        let flags = UInt64(UInt32(bitPattern: (s.flags & (O_ACCMODE | O_NONBLOCK)) | O_CLOEXEC))
+        func openByName(_ name: String) throws -> Int64 {
+            scratch.reset()
+            let at = try scratch.put(string: name)
+            return try access.asProcess(path: "/dev/mqueue/\(name)") { try leader.raw(.mqOpen, at, flags, 0, 0) }
+        }
+        if q.deleted != true {
+            let r = try openByName(q.name)
+            if r >= 0 {
+                let fd = try high(Int32(r))
+                let (maxMessages, size, queued) = try MessageQueues.attributes(try take(fd))
+                if maxMessages != q.maxMessages || size != q.messageSize {
+                    throw WBError.refused("\(what) exists here holding up to \(maxMessages) messages of \(size) bytes, and the image's held up to \(q.maxMessages) of \(q.messageSize): remove it (rm /dev/mqueue/\(q.name), with the mqueue filesystem mounted there) to have it made from the image")
+                }
+                if queued != Int64(q.messages.count) {
+                    restorer.note("\(what) exists here and holds \(queued) message\(queued == 1 ? "" : "s") (the image's held \(q.messages.count)); the process uses the queue that is here", about: process)
+                }
+                return fd
+            }
+            if r != -Int64(ENOENT) { throw WBError.system(call: "remote mq_open(/\(q.name))", errno: Int32(-r), what: "opening \(what)") }
+        }
+        // Made again: under its name, or for a removed one a free name (removed at once).
+        var name = q.name
+        var made = try create(q, name: name, what: what)
+        if made == -Int64(EEXIST) && q.deleted == true {
+            name = "wb-\(process.pid)-\(s.fd)-\(UInt32.random(in: 0...UInt32.max))"
+            made = try create(q, name: name, what: what)
+        }
+        if made < 0 { throw WBError.system(call: "remote mq_open(/\(name), O_CREAT)", errno: Int32(-made), what: "making \(what) again") }
+        let object = try high(Int32(made))
+        let out = try FileDescriptor.open("/proc/\(tracee.pid)/fd/\(object)", O_WRONLY | O_NONBLOCK, what: "filling \(what)")
+        try MessageQueues.send(out, q.messages.map { ($0.priority, [UInt8]($0.bytes)) }, what: what)
+        _ = try leader.raw(.fchmod, UInt64(object), UInt64(q.mode & 0o7777))
+        if q.owner.count == 2 {
+            let r = try leader.raw(.fchown, UInt64(object), UInt64(q.owner[0]), UInt64(q.owner[1]))
+            if r < 0 && (q.owner[0] != geteuid() || q.owner[1] != getegid()) {
+                restorer.note("\(what) belonged to uid \(q.owner[0]) gid \(q.owner[1]); here it is wb's user's (\(WBError.errnoText(Int32(-r))))", about: process)
+            }
+        }
+        if q.deleted == true {
+            sharedObjects[key] = object
+            try shared.keep(key, fd: object, leader: leader, pid: process.pid, above: base)
+            let fd = try reopen(object, s.flags)
+            scratch.reset()
+            let at = try scratch.put(string: name)
+            try leader.call(.mqUnlink, at, what: "removing \(what) again")
+            if name != q.name {
+                restorer.note("\(what), removed while open, was made again as /\(name) and removed (its name is taken here)", about: process)
+            }
+            return fd
+        }
+        _ = try leader.raw(.close, UInt64(object))
+        temps.removeAll { $0 == object }
+        let r = try openByName(name)
+        if r < 0 { throw WBError.system(call: "remote mq_open(/\(name))", errno: Int32(-r), what: "opening \(what)") }
+        return try high(Int32(r))
+    }
+
+    /// mq_open(O_CREAT | O_EXCL) of `name` with the queue's limits, as the process (its
+    /// user owns the queue, and the kernel's limits for it apply); the result or -errno.
+    private func create(_ q: MessageQueueState, name: String, what: String) throws -> Int64 {
+        scratch.reset()
+        let at = try scratch.put(string: name)
+        // struct mq_attr: mq_flags, mq_maxmsg, mq_msgsize, mq_curmsgs, 4 reserved.
+        let attr = try scratch.put(words: [0, UInt64(q.maxMessages), UInt64(q.messageSize), 0, 0, 0, 0, 0])
+        let r = try access.asProcessIdentity {
+            try leader.raw(.mqOpen, at, UInt64(UInt32(bitPattern: O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC)), UInt64(q.mode & 0o777), attr)
+        }
+        if r == -Int64(EINVAL) || r == -Int64(EMFILE) || r == -Int64(ENOMEM) {
+            let max = (try? Paths.readText("/proc/sys/fs/mqueue/msg_max"))?.trimmingCharacters(in: .whitespacesAndNewlines) ?? "?"
+            let size = (try? Paths.readText("/proc/sys/fs/mqueue/msgsize_max"))?.trimmingCharacters(in: .whitespacesAndNewlines) ?? "?"
+            throw WBError.refused("\(what) cannot be made again here with room for \(q.maxMessages) messages of \(q.messageSize) bytes (\(WBError.errnoText(Int32(-r)))): this host allows \(max) messages of \(size) bytes (sysctl fs.mqueue.msg_max and fs.mqueue.msgsize_max) and the user's RLIMIT_MSGQUEUE bounds their bytes")
+        }
+        return r
     }
 
     /// A deleted file's mode, owner, modification time and seals, once its bytes are in.

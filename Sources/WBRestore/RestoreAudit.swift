@@ -174,9 +174,16 @@ struct RestoreAudit {
                 out.append("\(name) is at offset \(info.position) (the image has \(s.offset))")
             }
             let expected = s.deleted == true ? s.path + " (deleted)" : copies?.copy(of: s.path) ?? s.path
-            if s.kind == .file || s.kind == .fifo || s.kind == .device, let link = try? Paths.readLink("/proc/\(pid)/fd/\(s.fd)"),
-               link != expected, !noted.contains(where: { $0.hasPrefix("fd \(s.fd) was the deleted") || $0.hasPrefix("the deleted directory \(expected) (") }) {
+            if s.kind == .file || s.kind == .fifo || s.kind == .device || s.kind == .mqueue, let link = try? Paths.readLink("/proc/\(pid)/fd/\(s.fd)"),
+               link != expected, !noted.contains(where: { $0.hasPrefix("fd \(s.fd) was the deleted") || $0.hasPrefix("the deleted directory \(expected) (")
+                   || $0.hasPrefix("the POSIX message queue \(s.path) (fd \(s.fd)), removed while open, was made again") }) {
                 out.append("\(name) names \(link)")
+            }
+            // The same path on another kind of filesystem is another object (a file where a
+            // message queue or a /proc file was).
+            if s.kind == .file || s.kind == .mqueue, let then = s.kind == .mqueue ? Filesystems.mqueue : s.filesystem,
+               let now = Filesystems.magic("/proc/\(pid)/fd/\(s.fd)"), !Filesystems.sameKind(then, now) {
+                out.append("\(name) is a file on \(Filesystems.name(now)) (the image's was on \(Filesystems.name(then)))")
             }
         }
     }

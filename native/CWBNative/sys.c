@@ -14,6 +14,7 @@
 #include <sys/socket.h>
 #include <sys/syscall.h>
 #include <sys/uio.h>
+#include <sys/vfs.h>
 #include <unistd.h>
 #include <sys/wait.h>
 
@@ -39,6 +40,13 @@ int wb_tgkill(pid_t tgid, pid_t tid, int sig) {
 int wb_set_parent_death_signal(int sig) { return prctl(PR_SET_PDEATHSIG, sig) == 0 ? 0 : errno; }
 
 int wb_pipe2(int fds[2], int flags) { return pipe2(fds, flags) == 0 ? 0 : errno; }
+
+int wb_filesystem_magic(const char *path, uint64_t *magic) {
+    struct statfs s;
+    if (statfs(path, &s) != 0) return errno;
+    *magic = (uint64_t)(unsigned long)s.f_type;
+    return 0;
+}
 
 int wb_fcntl_int(int fd, int cmd, int arg, int *result) {
     int r = fcntl(fd, cmd, arg);

@@ -3,6 +3,8 @@
 #include "wb_sysvipc.h"
 #include <errno.h>
 #include <fcntl.h>
+#include <mqueue.h>
+#include <time.h>
 #include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -142,4 +144,28 @@ int wb_ipc_leave(int saved) {
     int err = setns(saved, CLONE_NEWIPC) < 0 ? errno : 0;
     close(saved);
     return err;
+}
+
+// POSIX message queues: glibc's mq_* take the fd as the mqd_t. A timeout in the past makes
+// a receive or send on a blocking description return at once (ETIMEDOUT, read as EAGAIN).
+static const struct timespec wb_mq_now = { 0, 0 };
+
+int wb_mq_attributes(int fd, int64_t *max_messages, int64_t *message_size, int64_t *queued) {
+    struct mq_attr a;
+    if (mq_getattr(fd, &a) != 0) return errno;
+    *max_messages = a.mq_maxmsg; *message_size = a.mq_msgsize; *queued = a.mq_curmsgs;
+    return 0;
+}
+
+int wb_mq_take(int fd, void *buffer, size_t size, uint32_t *priority, size_t *length) {
+    unsigned prio = 0;
+    ssize_t n = mq_timedreceive(fd, buffer, size, &prio, &wb_mq_now);
+    if (n < 0) return errno == ETIMEDOUT ? EAGAIN : errno;
+    *priority = prio; *length = (size_t)n;
+    return 0;
+}
+
+int wb_mq_put(int fd, const void *bytes, size_t length, uint32_t priority) {
+    if (mq_timedsend(fd, bytes, length, priority, &wb_mq_now) != 0) return errno == ETIMEDOUT ? EAGAIN : errno;
+    return 0;
 }

@@ -109,6 +109,8 @@ int wb_get_robust_list(pid_t tid, uint64_t *head, uint64_t *len);
 int wb_prlimit(pid_t pid, int resource, const uint64_t *new_cur_max, uint64_t *old_cur_max);
 int wb_tgkill(pid_t tgid, pid_t tid, int sig);
 int wb_pipe2(int fds[2], int flags);
+/// statfs(2)'s f_type: the magic number of the filesystem holding `path`.
+int wb_filesystem_magic(const char *path, uint64_t *magic);
 /// prctl(PR_SET_PDEATHSIG, sig): `sig` arrives when the parent dies.
 int wb_set_parent_death_signal(int sig);
 int wb_fcntl_int(int fd, int cmd, int arg, int *result);

@@ -48,6 +48,14 @@ int wb_msg_send(int id, int64_t type, const void *bytes, size_t length);
 /// msgctl(IPC_RMID).
 int wb_msg_remove(int id);
 
+/// POSIX message queues (mq_open), on an fd wb opened on the queue (a /proc/PID/fd/N link),
+/// never blocking: mq_getsetattr's attributes; the next message (EAGAIN when there is none),
+/// its priority in `*priority` and up to `size` bytes in `buffer`, `*length` how many; a
+/// message sent (EAGAIN when the queue is full).
+int wb_mq_attributes(int fd, int64_t *max_messages, int64_t *message_size, int64_t *queued);
+int wb_mq_take(int fd, void *buffer, size_t size, uint32_t *priority, size_t *length);
+int wb_mq_put(int fd, const void *bytes, size_t length, uint32_t priority);
+
 /// setns(CLONE_NEWIPC) of the calling thread into the IPC namespace of `pid`; `*saved` is an
 /// fd of the namespace it left, for wb_ipc_leave (which closes it).
 int wb_ipc_enter(pid_t pid, int *saved);
