@@ -15,6 +15,8 @@ struct FileEmbedder {
     /// Contents of shared memory files (memfds, deleted files mapped shared), read while the
     /// process is stopped: it may change them as soon as it runs again.
     private var pendingBytes: [(key: String, bytes: [UInt8], path: String)] = []
+    /// gdb scripts queued, by path.
+    private var scripts: Set<String> = []
     var notes: [String] = []
 
     init(pid: Int32, writer: ImageWriter, embedLimit: UInt64, exe: String) {
@@ -42,6 +44,7 @@ struct FileEmbedder {
             pendingBytes.append((FileEmbedder.key(id), Array(bytes.prefix(got)), path))
         } else if embed {
             pending.append((FileEmbedder.key(id), fd, path, code))
+            if code && !deleted { queueDebuggerScripts(for: path) }
         } else {
             notes.append("\(path) (\(st.size) bytes) is mapped but not stored: restore needs it at the same path, unchanged")
         }
@@ -51,6 +54,27 @@ struct FileEmbedder {
     }
 
     static func key(_ f: FileIdentity) -> String { "\(f.device):\(f.inode)" }
+
+    /// Where gdb looks for the scripts a program or library comes with.
+    static let autoLoadDirectory = "/usr/share/gdb/auto-load"
+
+    /// gdb's auto-load scripts for a code file (its pretty printers and commands, such as
+    /// python's py-bt): the auto-load directory + the file's path + "-gdb.py", for its path,
+    /// its real path, and the same with or without a leading /usr (merged-/usr systems file
+    /// them under either). Stored as files of the image, so `wb restore --debug` elsewhere
+    /// has the scripts of the programs the image holds.
+    private mutating func queueDebuggerScripts(for path: String) {
+        var names = [path]
+        if let real = realpath(path, nil) { names.append(String(cString: real)); free(real) }
+        for n in names { names.append(n.hasPrefix("/usr/") ? String(n.dropFirst(4)) : "/usr" + n) }
+        for n in names {
+            let script = FileEmbedder.autoLoadDirectory + n + "-gdb.py"
+            guard !scripts.contains(script), let st = try? Paths.stat(script), st.isRegular, st.size <= 1 << 20,
+                  let bytes = try? Paths.readBytes(script) else { continue }
+            scripts.insert(script)
+            pendingBytes.append(("script:" + script, bytes, script))
+        }
+    }
 
     func identity(ofPath path: String) -> FileIdentity? { byPath[path].flatMap { known[$0] } }
 

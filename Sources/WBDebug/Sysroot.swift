@@ -60,6 +60,7 @@ public struct Sysroot: Sendable {
             }
         }
         for (_, local) in links { links.append((local, local)) }
+        links += debuggerScripts(of: image, cache: cache, objects: links)
         // A file's own local path does not replace a link this build made for an image path.
         var made = Set<[String]>()
         for (path, local) in links where path.hasPrefix("/") {
@@ -77,5 +78,31 @@ public struct Sysroot: Sendable {
             }
         }
         return Sysroot(directory: root.path, skipped: skipped)
+    }
+
+    /// The sysroot's auto-load directory, where gdb finds the scripts the image carries.
+    public static func autoLoadDirectory(_ sysroot: String) -> String { sysroot + autoLoad }
+    private static let autoLoad = "/usr/share/gdb/auto-load"
+
+    /// gdb's auto-load scripts the image carries (pretty printers, python's py-bt), each at
+    /// its path under the auto-load directory and at the name gdb looks for: the auto-load
+    /// directory + the real path of the object's file (gdb follows the sysroot's link to
+    /// the file on this machine or in the cache) + "-gdb.py".
+    private static func debuggerScripts(of image: Image, cache: FileCache, objects: [(String, String)]) -> [(String, String)] {
+        var out: [(String, String)] = []
+        for f in image.metadata.files {
+            for script in f.paths where script.hasPrefix(autoLoad + "/") && script.hasSuffix("-gdb.py") && !f.code {
+                guard let local = try? cache.path(for: f, from: image) else { continue }
+                out.append((script, local))
+                let object = String(script.dropFirst(autoLoad.count).dropLast("-gdb.py".count))
+                let forms = [object, object.hasPrefix("/usr/") ? String(object.dropFirst(4)) : "/usr" + object]
+                for (path, file) in objects where forms.contains(path) {
+                    guard let real = realpath(file, nil) else { continue }
+                    out.append((autoLoad + String(cString: real) + "-gdb.py", local))
+                    free(real)
+                }
+            }
+        }
+        return out
     }
 }

@@ -16,6 +16,8 @@ struct DebugLauncher {
     var quiet: Bool
     /// The stop gdb is told about first: a thread and the signal it stopped with.
     var initialStop: (tid: Int32, signal: Int32)?
+    /// gdb loads the scripts the image carries (pretty printers, python's py-bt).
+    var gdbScripts = true
 
     /// Serves gdb until it is done; returns gdb's exit status (or the process's, without gdb).
     func run(_ restored: RestoredProcess, image: Image, files: ResolvedFiles, options: RestoreOptions) throws -> Int32 {
@@ -27,7 +29,7 @@ struct DebugLauncher {
             let sysroot = try Sysroot.build(for: image, files: files, cache: FileCache(directory: options.cacheDirectory))
             if !quiet { for why in sysroot.skipped { Output.note("gdb's sysroot leaves out a path from the image: \(why)") } }
             gdb = try GDB.start(port: listener.port, executable: exe, sysroot: sysroot.directory,
-                                debugDirectories: debugDirectories, arguments: gdbArguments)
+                                debugDirectories: debugDirectories, arguments: gdbArguments, scripts: gdbScripts)
         } else if !quiet {
             FileHandle.standardError.write(Data("wb: restored pid \(restored.pid), stopped; in gdb: target remote 127.0.0.1:\(listener.port)\n".utf8))
         }

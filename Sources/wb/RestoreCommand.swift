@@ -70,6 +70,9 @@ struct RestoreCommand: ParsableCommand {
     @Option(name: .customLong("debug-dir"), help: "A directory with separate debug info (a .build-id tree) for gdb; repeatable.")
     var debugDirectories: [String] = []
 
+    @Flag(name: .customLong("no-gdb-scripts"), help: "With --debug: gdb loads none of the scripts the image carries (pretty printers, python's py-bt), which run as you.")
+    var noGDBScripts = false
+
     @Option(name: .customLong("gdb-port"), help: "Serve the gdb remote protocol on 127.0.0.1:PORT instead of starting gdb (0: any free port).")
     var gdbPort: UInt16?
 
@@ -85,6 +88,7 @@ struct RestoreCommand: ParsableCommand {
     func validate() throws {
         if json && !detach { throw ValidationError("--json needs --detach (in the foreground the process owns stdout)") }
         if !gdbArguments.isEmpty && !debug { throw ValidationError("arguments after -- are for gdb: add --debug") }
+        if noGDBScripts && !debug { throw ValidationError("--no-gdb-scripts is about the gdb --debug starts: add --debug") }
         if (debug || gdbPort != nil) && (detach || json || (stopped && member == nil)) {
             throw ValidationError("--debug and --gdb-port keep wb in the foreground: they exclude --detach, --json and (but for the other members of a set) --stopped")
         }
@@ -123,7 +127,8 @@ struct RestoreCommand: ParsableCommand {
             if !quiet && !json { for n in restored.notes { Output.note(n) } }
             if debug || gdbPort != nil {
                 let launcher = DebugLauncher(startGDB: debug, port: gdbPort, snapshots: snapshots ?? image + ".snapshots",
-                                             debugDirectories: debugDirectories, gdbArguments: gdbArguments, quiet: quiet)
+                                             debugDirectories: debugDirectories, gdbArguments: gdbArguments, quiet: quiet,
+                                             gdbScripts: !noGDBScripts)
                 let code = try launcher.run(restored, image: opened, files: restorer.files ?? ResolvedFiles(), options: options)
                 throw ExitCode(code)
             }
@@ -189,7 +194,8 @@ extension RestoreCommand {
                 signal(SIGINT, SIG_IGN)
                 signal(SIGQUIT, SIG_IGN)
                 let launcher = DebugLauncher(startGDB: debug, port: gdbPort, snapshots: snapshots ?? "\(image)/\(debugged.member.image).snapshots",
-                                             debugDirectories: debugDirectories, gdbArguments: gdbArguments, quiet: quiet)
+                                             debugDirectories: debugDirectories, gdbArguments: gdbArguments, quiet: quiet,
+                                             gdbScripts: !noGDBScripts)
                 var options = set.options
                 options.networkNamespace = "/run/netns/\(debugged.namespace)"
                 let code = try launcher.run(debugged.process, image: debugged.image, files: debugged.files, options: options)

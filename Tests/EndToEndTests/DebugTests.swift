@@ -21,6 +21,32 @@ import WBCore
         return (image, ready, program.pid)
     }
 
+    /// The image carries the gdb scripts of the programs it holds (python's, with py-bt) and
+    /// gdb loads them from the sysroot, and only from there; --no-gdb-scripts loads none.
+    @Test func gdbLoadsTheScriptsTheImageCarries() throws {
+        let python = "/usr/bin/python3.11d"
+        try #require(Paths.exists(python), "harness/test installs python3-dbg")
+        let dir = scratchDirectory()
+        let script = "\(dir)/slow.py"
+        try "import time\ndef inner_function():\n    while True:\n        time.sleep(0.05)\ndef outer_function():\n    inner_function()\nprint('READY', flush=True)\nouter_function()\n"
+            .write(toFile: script, atomically: false, encoding: .utf8)
+        let program = try Child(python, [script])
+        _ = try #require(program.line(startingWith: "READY"))
+        let image = "\(dir)/py.wbimg"
+        try checkpointKilled(program, to: image)
+        let shown = try wb("inspect", image)
+        #expect(shown.stdout.contains("/usr/share/gdb/auto-load/usr/bin/python3.11d-gdb.py"), "\(shown.stdout)")
+
+        let run = try wb("restore", image, "--debug", "--", "-batch", "-ex", "info auto-load python-scripts", "-ex", "py-bt", "-ex", "kill")
+        #expect(run.code == 0, "\(run.stderr)")
+        #expect(run.stdout.contains("in inner_function") && run.stdout.contains("in outer_function") && run.stdout.contains("slow.py\", line 4"), "\(run.stdout)")
+        let loaded = run.stdout.split(separator: "\n").filter { $0.hasPrefix("Yes ") }
+        #expect(!loaded.isEmpty && loaded.allSatisfy { $0.contains("/sysroots/") && $0.contains("/usr/share/gdb/auto-load/") }, "\(run.stdout)")
+
+        let without = try wb("restore", image, "--debug", "--no-gdb-scripts", "--", "-batch", "-ex", "py-bt", "-ex", "kill")
+        #expect(without.stderr.contains("Undefined command: \"py-bt\""), "\(without.stderr)")
+    }
+
     @Test func gdbSeesEveryThreadWithFunctionsAndLines() throws {
         let dir = scratchDirectory()
         let (image, _, _) = try imageOfDeletedProgram("threads", ["3"], dir: dir)
