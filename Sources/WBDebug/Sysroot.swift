@@ -77,6 +77,14 @@ public struct Sysroot: Sendable {
                 if !skipped.contains(why) { skipped.append(why) }
             }
         }
+        // Printers that import modules from a directory beside their library's (libstdc++'s
+        // from /usr/share/gcc/python, found relative to the library in the sysroot) get this
+        // machine's, which the image does not carry.
+        if image.metadata.files.contains(where: { $0.paths.contains { $0.hasPrefix(autoLoad + "/") && $0.contains("/libstdc++.so") } }),
+           (try? Paths.stat("/usr/share/gcc/python"))?.isDirectory == true, (try? root.status(of: "usr/share/gcc")) == nil {
+            try? root.makeDirectories("usr/share")
+            try? root.symlink(target: "/usr/share/gcc", at: "usr/share/gcc")
+        }
         return Sysroot(directory: root.path, skipped: skipped)
     }
 

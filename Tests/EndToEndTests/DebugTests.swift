@@ -47,6 +47,25 @@ import WBCore
         #expect(without.stderr.contains("Undefined command: \"py-bt\""), "\(without.stderr)")
     }
 
+    /// libstdc++'s pretty printers, carried by the image, print a vector of strings as one.
+    @Test func gdbPrintsCPlusPlusValuesWithTheImagesPrinters() throws {
+        try #require(Paths.exists("/usr/bin/g++"), "a C++ compiler builds the program")
+        let dir = scratchDirectory()
+        try "#include <vector>\n#include <string>\n#include <cstdio>\n#include <unistd.h>\nint main() { std::vector<std::string> words{\"alpha\", \"beta\"}; std::puts(\"READY\"); std::fflush(stdout); for (;;) pause(); return int(words.size()); }\n"
+            .write(toFile: "\(dir)/words.cc", atomically: false, encoding: .utf8)
+        let build = try Child("/usr/bin/g++", ["-g", "-O0", "-o", "\(dir)/words", "\(dir)/words.cc"])
+        build.wait()
+        try #require(build.exitCode == 0, "\(build.stderrText)")
+        let program = try Child("\(dir)/words", [])
+        _ = try #require(program.line(startingWith: "READY"))
+        let image = "\(dir)/words.wbimg"
+        try checkpointKilled(program, to: image)
+        let run = try wb("restore", image, "--debug", "--", "-batch", "-ex", "frame function main", "-ex", "print words", "-ex", "kill")
+        #expect(run.code == 0, "\(run.stderr)")
+        #expect(run.stdout.contains("std::vector of length 2, capacity 2 = {\"alpha\", \"beta\"}"), "\(run.stdout)")
+        #expect(!run.stderr.contains("Traceback"), "\(run.stderr)")
+    }
+
     @Test func gdbSeesEveryThreadWithFunctionsAndLines() throws {
         let dir = scratchDirectory()
         let (image, _, _) = try imageOfDeletedProgram("threads", ["3"], dir: dir)
