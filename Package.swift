@@ -126,6 +126,7 @@ let package = Package(
         harnessProgram("security"),
         harnessProgram("sysvipc"),
         harnessProgram("mqueue"),
+        harnessProgram("hardened"),
         harnessProgram("guards"),
         harnessProgram("unixzoo"),
         harnessProgram("netzoo"),

@@ -65,7 +65,7 @@ extension Checkpointer {
             let knobsAt = out + 2304 + UInt64(p.posixTimers.count) * 32, first = calls.count
             calls += [(.prctl, [2 /* PR_GET_PDEATHSIG */, knobsAt]), (.prctl, [37 /* PR_GET_CHILD_SUBREAPER */, knobsAt + 8]),
                       (.prctl, [42 /* PR_GET_THP_DISABLE */]), (.prctl, [30 /* PR_GET_TIMERSLACK */]), (.prctl, [3 /* PR_GET_DUMPABLE */]),
-                      (.uname, [knobsAt + 64])]
+                      (.uname, [knobsAt + 64]), (.prctl, [66 /* PR_GET_MDWE */, 0, 0, 0, 0])]
             let results = try leader.batch(calls, code: scratch, table: table)
             for (i, r) in results.enumerated() where r < 0 && calls[i].0 != .archPrctl && i < first {
                 throw WBError.system(call: "remote \(calls[i].0)", errno: Int32(-r), what: "reading process state of pid \(pid)")
@@ -89,6 +89,7 @@ extension Checkpointer {
                 parentDeathSignal: Int32(truncatingIfNeeded: knobWords[0]), childSubreaper: knobWords[1] & 0xffff_ffff != 0,
                 thpDisabled: results[first + 2] > 0, timerSlackNanoseconds: UInt64(max(results[first + 3], 0)),
                 dumpable: Int32(truncatingIfNeeded: max(results[first + 4], 0)))
+            if results[first + 6] > 0 { p.knobs?.mdwe = UInt32(truncatingIfNeeded: results[first + 6]) }
             // A UTS namespace of its own: its names, as uname tells the process.
             if results[first + 5] == 0, Checkpointer.ownNamespace(pid, "uts") {
                 let u = try tracee.read(knobsAt + 64, count: 6 * 65)

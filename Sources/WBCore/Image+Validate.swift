@@ -140,6 +140,9 @@ struct MetadataValidator {
         if let k = p.knobs, !(-1000...1000).contains(k.oomScoreAdj) || !(0...Self.maxSignal).contains(k.parentDeathSignal) || !(0...2).contains(k.dumpable) {
             throw bad("\(at): oom_score_adj \(k.oomScoreAdj), parent-death signal \(k.parentDeathSignal) or dumpable \(k.dumpable) is out of range")
         }
+        if let m = p.knobs?.mdwe, m > 3 {
+            throw bad("\(at): memory-deny-write-execute flags \(m) are not PR_SET_MDWE's (1 and 2)")
+        }
         try mappings(p, at: at)
         try fds(p, at: at)
         for s in p.sysvSegments ?? [] where s.id < 0 || s.mode > 0o777 || s.size == 0 || s.size > Self.userSpaceEnd {

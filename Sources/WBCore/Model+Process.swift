@@ -103,7 +103,8 @@ public struct DeletedDirectory: Codable, Sendable, Equatable {
 
 /// Settings a process makes about itself that wb restores: the OOM killer's adjustment,
 /// the signal it gets when its parent dies, whether it reaps orphans (subreaper), whether
-/// transparent huge pages are off for it, its timer slack and whether it is dumpable.
+/// transparent huge pages are off for it, its timer slack, whether it is dumpable and whether
+/// it may make memory both written and executed (MDWE: systemd's MemoryDenyWriteExecute=).
 public struct ProcessKnobs: Codable, Sendable, Equatable {
     public var oomScoreAdj: Int32
     public var parentDeathSignal: Int32
@@ -112,6 +113,9 @@ public struct ProcessKnobs: Codable, Sendable, Equatable {
     public var timerSlackNanoseconds: UInt64
     /// 0, 1 or 2 (PR_GET_DUMPABLE).
     public var dumpable: Int32
+    /// Memory-deny-write-execute (PR_GET_MDWE: 1 refuse exec gain, 2 not inherited), absent
+    /// when off.
+    public var mdwe: UInt32?
     public init(oomScoreAdj: Int32, parentDeathSignal: Int32, childSubreaper: Bool, thpDisabled: Bool,
                 timerSlackNanoseconds: UInt64, dumpable: Int32) {
         self.oomScoreAdj = oomScoreAdj; self.parentDeathSignal = parentDeathSignal; self.childSubreaper = childSubreaper

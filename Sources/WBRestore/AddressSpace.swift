@@ -536,5 +536,13 @@ struct AddressSpace {
             let n = try scratch.put(string: name)
             _ = try leader.raw(.prctl, 0x53564d41 /* PR_SET_VMA */, 0 /* ANON_NAME */, m.start, m.size, n)
         }
+        // Sealed (mseal) last: nothing may change the mapping after that. Every stub of a
+        // tree was forked before any memory was built, so no child inherits a seal.
+        if m.vmFlags.contains("sl") {
+            let r = try leader.raw(.mseal, m.start, m.size, 0)
+            if r < 0 {
+                restorer.note("memory at \(what) was sealed (mseal); sealing it here failed (\(WBError.errnoText(Int32(-r)))): it can be unmapped or its protection changed", about: process)
+            }
+        }
     }
 }

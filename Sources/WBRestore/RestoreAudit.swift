@@ -23,8 +23,8 @@ struct RestoreAudit {
     /// VmFlags whose loss or gain changes what the process can do: access (rd wr ex sh),
     /// what mprotect may later allow (mr mw me ms), growth (gd), locking (lo), madvise
     /// advice (dc don't-fork, dd don't-dump, wf wipe-on-fork, hg/nh huge pages, sr/rr
-    /// access patterns).
-    static let auditedFlags: Set<String> = ["rd", "wr", "ex", "sh", "mr", "mw", "me", "ms", "gd", "lo", "lf", "dc", "dd", "wf", "hg", "nh", "sr", "rr"]
+    /// access patterns), sealing (sl).
+    static let auditedFlags: Set<String> = ["rd", "wr", "ex", "sh", "mr", "mw", "me", "ms", "gd", "lo", "lf", "dc", "dd", "wf", "hg", "nh", "sr", "rr", "sl"]
 
     /// With WB_TIMING, a moment of the audit on stderr (as the restore's steps).
     static func mark(_ what: String) {

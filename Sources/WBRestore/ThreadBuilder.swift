@@ -38,6 +38,10 @@ struct ThreadBuilder {
         try security.audit(placed + [(leaderImage, tracee.pid)])
         for (t, tid) in placed + [(leaderImage, tracee.pid)] { scheduling(t, tid) }
         for (t, tid) in placed { try finalRegisters(t, tid) }
+        // Memory-deny-write-execute once nothing more is mapped or protected.
+        if let mdwe = process.knobs?.mdwe, mdwe != 0 {
+            try leader.call(.prctl, 65 /* PR_SET_MDWE */, UInt64(mdwe), 0, 0, 0, what: "denying memory both written and executed (MDWE)")
+        }
         // The work area goes; the leader's registers are set after it. A SIGTRAP the process
         // ignores is set back to ignored first (wb's single steps reset it), and the last call
         // makes no single step.

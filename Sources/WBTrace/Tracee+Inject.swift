@@ -117,6 +117,12 @@ public struct RemoteSyscalls {
     /// 64 bytes each: the number, six arguments, then the result. Returns the raw results.
     public func batch(_ calls: [(SyscallNumber, [UInt64])], code: UInt64, table: UInt64) throws -> [Int64] {
         guard !calls.isEmpty else { return [] }
+        if tracee.executableScratchDenied {
+            return try calls.map { nr, a in
+                try raw(nr, a.count > 0 ? a[0] : 0, a.count > 1 ? a[1] : 0, a.count > 2 ? a[2] : 0,
+                        a.count > 3 ? a[3] : 0, a.count > 4 ? a[4] : 0, a.count > 5 ? a[5] : 0)
+            }
+        }
         var words: [UInt64] = []
         for (nr, args) in calls {
             words.append(UInt64(nr.rawValue))
@@ -169,11 +175,18 @@ public struct RemoteSyscalls {
         0x49, 0xFF, 0xCD, 0x75, 0xCE, 0xCC,
     ]
 
-    /// Anonymous read-write memory in the tracee for passing syscall arguments.
+    /// Anonymous read-write memory in the tracee for passing syscall arguments; `executable`
+    /// for batch code. A process that may not map executable memory (PR_SET_MDWE refuses a
+    /// writable and executable mapping with EACCES) gets read-write memory, and its batches
+    /// run one call at a time (`Tracee.executableScratchDenied`).
     public func mapScratch(bytes: UInt64, at address: UInt64 = 0, executable: Bool = false) throws -> UInt64 {
-        let prot: UInt64 = UInt64(PROT_READ | PROT_WRITE) | (executable ? UInt64(PROT_EXEC) : 0)
+        let prot: UInt64 = UInt64(PROT_READ | PROT_WRITE) | (executable && !tracee.executableScratchDenied ? UInt64(PROT_EXEC) : 0)
         var flags = UInt64(MAP_PRIVATE | MAP_ANONYMOUS)
         if address != 0 { flags |= 0x100000 }   // MAP_FIXED_NOREPLACE
+        if prot & UInt64(PROT_EXEC) != 0, try raw(.prctl, 66 /* PR_GET_MDWE */, 0, 0, 0, 0) > 0 {
+            tracee.executableScratchDenied = true
+            return try mapScratch(bytes: bytes, at: address, executable: false)
+        }
         let a = try call(.mmap, address, bytes, prot, flags, UInt64.max, 0, what: "mapping scratch memory")
         if address != 0 && a != address {
             throw WBError.failed("the kernel placed scratch memory at \(hex(a)) instead of \(hex(address))")

@@ -29,6 +29,10 @@ public final class Tracee {
     public var whileStopping: (() throws -> Void)?
     /// Address of a `syscall` instruction used for remote syscalls.
     public var syscallGadget: UInt64 = 0
+    /// The process may not map executable memory (memory-deny-write-execute): batches of
+    /// remote calls run one call at a time through the syscall gadget instead of from code
+    /// written into scratch memory.
+    public var executableScratchDenied = false
     let options: UInt32
     private var detached = false
     /// The process's memory.
