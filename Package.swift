@@ -127,6 +127,7 @@ let package = Package(
         harnessProgram("sysvipc"),
         harnessProgram("mqueue"),
         harnessProgram("hardened"),
+        harnessProgram("sigio"),
         harnessProgram("guards"),
         harnessProgram("unixzoo"),
         harnessProgram("netzoo"),

@@ -337,6 +337,8 @@ extension Checkpointer {
             }
             p.fds.append(s)
         }
+        let owners = try signalOwners(tracee, p.fds.filter { $0.kind != .placeholder }.map(\.fd))
+        for i in p.fds.indices { p.fds[i].signalOwner = owners[p.fds[i].fd] }
         for (id, e) in ends { pipes[id]?.external = !(e.read && e.write) }
         p.pipes = pipes.values.sorted { $0.id < $1.id }
         for pipe in p.pipes where pipe.external && tree == nil {
@@ -409,6 +411,34 @@ extension Checkpointer {
             try tracee.write(RemoteSyscalls.batchCode, to: scratch)
             let results = try leader.batch(fds.map { (.fcntl, [UInt64($0), UInt64(F_GETFD)]) }, code: scratch, table: scratch + 4096)
             return Dictionary(zip(fds, results), uniquingKeysWith: { a, _ in a })
+        }
+    }
+
+    /// Who gets a signal for I/O on each of `fds` (F_GETOWN_EX) and which (F_GETSIG), run in
+    /// the stopped process in one batch; only fds with an owner or a signal of their own.
+    func signalOwners(_ tracee: Tracee, _ fds: [Int32]) throws -> [Int32: SignalOwner] {
+        guard !fds.isEmpty else { return [:] }
+        return try tracee.withSyscalls(in: pid) { leader in
+            let size = (4096 + UInt64(fds.count) * (128 + 8) + 4095) & ~4095
+            let scratch = try leader.mapScratch(bytes: size, executable: true)
+            defer { _ = try? leader.raw(.munmap, scratch, size) }
+            try tracee.write(RemoteSyscalls.batchCode, to: scratch)
+            let table = scratch + 4096, owners = table + UInt64(fds.count) * 128
+            var calls: [(SyscallNumber, [UInt64])] = []
+            for (i, fd) in fds.enumerated() {
+                calls.append((.fcntl, [UInt64(fd), 16 /* F_GETOWN_EX */, owners + UInt64(i) * 8]))
+                calls.append((.fcntl, [UInt64(fd), 11 /* F_GETSIG */]))
+            }
+            let results = try leader.batch(calls, code: scratch, table: table)
+            let words = try tracee.read(owners, count: fds.count * 8)
+            var out: [Int32: SignalOwner] = [:]
+            for (i, fd) in fds.enumerated() where results[2 * i] == 0 {
+                let type = words.withUnsafeBytes { $0.loadUnaligned(fromByteOffset: i * 8, as: Int32.self) }
+                let owner = words.withUnsafeBytes { $0.loadUnaligned(fromByteOffset: i * 8 + 4, as: Int32.self) }
+                let signal = Int32(truncatingIfNeeded: max(results[2 * i + 1], 0))
+                if owner != 0 || signal != 0 { out[fd] = SignalOwner(type: type, pid: owner, signal: signal) }
+            }
+            return out
         }
     }
 

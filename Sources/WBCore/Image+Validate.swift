@@ -281,6 +281,9 @@ struct MetadataValidator {
             }
             try text(s.path, "\(name).path", limit: Self.maxPath)
             if let d = s.description, d < 0 { throw bad("\(name) has description \(d)") }
+            if let o = s.signalOwner, !(0...2).contains(o.type) || !(0...Self.maxPid).contains(o.pid) || !(0...Self.maxSignal).contains(o.signal) {
+                throw bad("\(name) sends signal \(o.signal) to owner \(o.pid) of kind \(o.type) (kinds 0-2, signals 0-\(Self.maxSignal))")
+            }
             switch s.kind {
             case .file, .fifo, .device:
                 try absolutePath(s.path, "\(name).path")

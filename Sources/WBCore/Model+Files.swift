@@ -107,6 +107,9 @@ public struct FDState: Codable, Sendable, Equatable {
     public var filesystem: UInt64?
     /// For a POSIX message queue: its name, attributes and messages.
     public var mqueue: MessageQueueState?
+    /// Who gets a signal when I/O is possible on the fd (F_SETOWN_EX, for O_ASYNC and a
+    /// socket's urgent data) and which (F_SETSIG); absent when nobody and the default.
+    public var signalOwner: SignalOwner?
 
     public init(fd: Int32, kind: Kind, flags: Int32, closeOnExec: Bool, path: String, offset: UInt64) {
         self.fd = fd; self.kind = kind; self.flags = flags; self.closeOnExec = closeOnExec
@@ -115,6 +118,15 @@ public struct FDState: Codable, Sendable, Equatable {
 
     /// O_RDONLY, O_WRONLY or O_RDWR.
     public var accessMode: Int32 { flags & 3 }
+}
+
+/// F_GETOWN_EX and F_GETSIG of an fd: the owner's kind (0 a thread, 1 a process, 2 a
+/// process group), its id (0: none) and the signal sent (0: SIGIO).
+public struct SignalOwner: Codable, Sendable, Equatable {
+    public var type: Int32
+    public var pid: Int32
+    public var signal: Int32
+    public init(type: Int32, pid: Int32, signal: Int32) { self.type = type; self.pid = pid; self.signal = signal }
 }
 
 /// A POSIX message queue as mq_getattr and its messages show it. Its messages are read by

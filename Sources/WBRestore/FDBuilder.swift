@@ -163,6 +163,40 @@ struct FDBuilder {
         for s in process.fds { try lock(s, leader: leader, scratch: scratch) }
     }
 
+    /// Who gets a signal for I/O on each fd, and which: F_SETOWN_EX and F_SETSIG. An owner
+    /// must come back with the image (the process, one of its threads, a process or process
+    /// group of its tree); one outside it would be another process here, so it is left out,
+    /// with a note.
+    static func setSignalOwners(of process: ProcessState, in restorer: Restorer, leader: RemoteSyscalls, scratch: Scratch) throws {
+        let processes = restorer.image.metadata.processes
+        for s in process.fds {
+            guard let o = s.signalOwner else { continue }
+            let inside: Bool
+            switch o.type {
+            case 0: inside = process.threads.contains { $0.tid == o.pid }
+            case 1: inside = processes.contains { $0.pid == o.pid }
+            default:
+                // A tree's groups come back; a single process keeps only a session it led
+                // without a terminal (Restorer.ownSessionOrGroup).
+                inside = processes.count > 1 ? processes.contains { $0.pgid == o.pid }
+                    : process.pid == o.pid && process.sid == o.pid && !process.fds.contains { $0.kind == .tty }
+            }
+            if o.pid != 0 && inside {
+                scratch.reset()
+                var bytes: [UInt8] = []
+                withUnsafeBytes(of: o.type.littleEndian) { bytes += $0 }
+                withUnsafeBytes(of: o.pid.littleEndian) { bytes += $0 }
+                let at = try scratch.put(bytes)
+                try leader.call(.fcntl, UInt64(s.fd), 15 /* F_SETOWN_EX */, at, what: "making \(["thread", "process", "process group"][Int(o.type)]) \(o.pid) the owner of fd \(s.fd)")
+            } else if o.pid != 0 {
+                restorer.note("fd \(s.fd) (\(s.path)) sent its I/O signals to \(["thread", "process", "process group"][Int(o.type)]) \(o.pid), which is not restored with it; it sends none now", about: process)
+            }
+            if o.signal != 0 {
+                try leader.call(.fcntl, UInt64(s.fd), 10 /* F_SETSIG */, UInt64(o.signal), what: "setting the I/O signal of fd \(s.fd)")
+            }
+        }
+    }
+
     private static func lock(_ s: FDState, leader: RemoteSyscalls, scratch: Scratch) throws {
         for l in s.locks ?? [] {
             let what = "\(l.write ? "write" : "read") \(l.kind.rawValue) lock on fd \(s.fd) (\(s.path)) " +

@@ -22,6 +22,8 @@ struct ThreadBuilder {
         for t in process.threads where t.tid != process.pid {
             placed.append((t, try clone(t)))
         }
+        // Once every thread exists: an fd's signal may go to one of them.
+        try FDBuilder.setSignalOwners(of: process, in: restorer, leader: leader, scratch: scratch)
         for (t, tid) in placed {
             try setUp(t, in: try tracee.ownedSyscalls(in: tid))
         }

@@ -171,6 +171,23 @@ import WBTrace
         for v in restored.verify(rounds: 2) { #expect(v == "VERIFY OK", "\(v)") }
     }
 
+    /// Signal-driven I/O: each O_ASYNC fd keeps its owner (the process, or one thread) and
+    /// its signal (F_SETSIG), so data arriving after the restore signals as before.
+    @Test func signalDrivenIOKeepsItsOwnersAndSignals() throws {
+        let dir = scratchDirectory()
+        let program = try Child(Products.harness("sigio"), [])
+        _ = try #require(program.line(startingWith: "READY"))
+        kill(program.pid, SIGUSR1)
+        #expect(program.line(startingWith: "VERIFY") == "VERIFY OK")
+        let image = "\(dir)/sigio.wbimg"
+        try checkpointKilled(program, to: image)
+        let owners = try Image(path: image).process.fds.compactMap(\.signalOwner)
+        #expect(owners.count == 2 && owners.allSatisfy { $0.pid == program.pid }, "\(owners)")
+        let restored = try Restored.detach(image)
+        defer { restored.kill() }
+        for v in restored.verify(rounds: 2) { #expect(v == "VERIFY OK", "\(v) \(restored.wb.stderrText)") }
+    }
+
     /// Kernel aio contexts come back under the ids the program knows (their rings at the
     /// same addresses, of the same sizes), and a thread blocked in io_getevents on one
     /// reaps what is submitted after the restore.
