@@ -266,10 +266,23 @@ extension Checkpointer {
                 s.eventfd = EventFDState(count: UInt64(info.extra["eventfd-count"] ?? "0", radix: 16) ?? 0,
                                          semaphore: info.extra["eventfd-semaphore"] == "1")
             case .timerfd:
-                s.timerfd = TimerFDState(clock: Int32(info.extra["clockid"] ?? "1") ?? 1,
-                                         ticks: UInt64(info.extra["ticks"] ?? "0") ?? 0,
-                                         valueNanoseconds: ProcFS.parseTimespecPair(info.extra["it_value"]),
-                                         intervalNanoseconds: ProcFS.parseTimespecPair(info.extra["it_interval"]))
+                var t = TimerFDState(clock: Int32(info.extra["clockid"] ?? "1") ?? 1,
+                                     ticks: UInt64(info.extra["ticks"] ?? "0") ?? 0,
+                                     valueNanoseconds: ProcFS.parseTimespecPair(info.extra["it_value"]),
+                                     intervalNanoseconds: ProcFS.parseTimespecPair(info.extra["it_interval"]))
+                if let flags = info.extra["settime flags"].flatMap({ Int32($0, radix: 8) }), flags != 0 {
+                    t.settimeFlags = flags
+                    // An absolute wall-clock timer fires at a moment of the wall clock: that
+                    // moment, here and wherever it is restored.
+                    // Time left is read again next to the clock, for the moment to be exact.
+                    if flags & 1 != 0, t.clock == CLOCK_REALTIME || t.clock == 8 /* CLOCK_REALTIME_ALARM */, t.valueNanoseconds > 0 {
+                        let left = ProcFS.fdInfo(pid, f.fd).map { ProcFS.parseTimespecPair($0.1.extra["it_value"]) } ?? t.valueNanoseconds
+                        var now = timespec()
+                        clock_gettime(CLOCK_REALTIME, &now)
+                        if left > 0 { t.absoluteNanoseconds = UInt64(now.tv_sec) * 1_000_000_000 + UInt64(now.tv_nsec) + left }
+                    }
+                }
+                s.timerfd = t
             case .signalfd:
                 s.signalfdMask = UInt64(info.extra["sigmask"] ?? "0", radix: 16) ?? 0
             case .epoll:

@@ -90,6 +90,9 @@ extension Checkpointer {
                 thpDisabled: results[first + 2] > 0, timerSlackNanoseconds: UInt64(max(results[first + 3], 0)),
                 dumpable: Int32(truncatingIfNeeded: max(results[first + 4], 0)))
             if results[first + 6] > 0 { p.knobs?.mdwe = UInt32(truncatingIfNeeded: results[first + 6]) }
+            if let text = try? Paths.readText("/proc/\(pid)/coredump_filter"), let filter = UInt32(text.trimming("\n"), radix: 16), filter != 0x33 {
+                p.knobs?.coredumpFilter = filter
+            }
             // A UTS namespace of its own: its names, as uname tells the process.
             if results[first + 5] == 0, Checkpointer.ownNamespace(pid, "uts") {
                 let u = try tracee.read(knobsAt + 64, count: 6 * 65)

@@ -294,6 +294,9 @@ struct MetadataValidator {
                 guard let id = s.pipe, pipes.contains(id) else { throw bad("\(name) is a pipe the image does not describe") }
             case .timerfd:
                 guard let t = s.timerfd, (0...Self.maxClock).contains(t.clock) else { throw bad("\(name) is a timerfd without a valid clock") }
+                guard (0...3).contains(t.settimeFlags ?? 0), t.absoluteNanoseconds == nil || t.settimeFlags != nil else {
+                    throw bad("\(name) is a timerfd with settime flags \(t.settimeFlags ?? 0) (TFD_TIMER_ABSTIME 1, TFD_TIMER_CANCEL_ON_SET 2)")
+                }
             case .eventfd:
                 guard s.eventfd != nil else { throw bad("\(name) is an eventfd without its state") }
             case .epoll:

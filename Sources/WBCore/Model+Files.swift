@@ -294,6 +294,12 @@ public struct TimerFDState: Codable, Sendable, Equatable {
     /// Time to the next expiration (0: disarmed) and the period, in nanoseconds.
     public var valueNanoseconds: UInt64
     public var intervalNanoseconds: UInt64
+    /// timerfd_settime's flags (TFD_TIMER_ABSTIME 1, TFD_TIMER_CANCEL_ON_SET 2), absent when 0.
+    public var settimeFlags: Int32?
+    /// For an absolute timer of a wall clock (CLOCK_REALTIME, CLOCK_REALTIME_ALARM): the
+    /// wall-clock time of its next expiration, in nanoseconds since the epoch; restore arms it
+    /// for that moment, as the program did.
+    public var absoluteNanoseconds: UInt64?
     public init(clock: Int32, ticks: UInt64, valueNanoseconds: UInt64, intervalNanoseconds: UInt64) {
         self.clock = clock; self.ticks = ticks; self.valueNanoseconds = valueNanoseconds; self.intervalNanoseconds = intervalNanoseconds
     }

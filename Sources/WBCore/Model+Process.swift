@@ -116,6 +116,9 @@ public struct ProcessKnobs: Codable, Sendable, Equatable {
     /// Memory-deny-write-execute (PR_GET_MDWE: 1 refuse exec gain, 2 not inherited), absent
     /// when off.
     public var mdwe: UInt32?
+    /// /proc/PID/coredump_filter (which mappings a core dump holds), absent when the
+    /// kernel's default (0x33).
+    public var coredumpFilter: UInt32?
     public init(oomScoreAdj: Int32, parentDeathSignal: Int32, childSubreaper: Bool, thpDisabled: Bool,
                 timerSlackNanoseconds: UInt64, dumpable: Int32) {
         self.oomScoreAdj = oomScoreAdj; self.parentDeathSignal = parentDeathSignal; self.childSubreaper = childSubreaper

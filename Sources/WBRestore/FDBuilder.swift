@@ -649,7 +649,14 @@ struct FDBuilder {
         // A periodic timer that expired and was not read yet shows no time left; the kernel
         // re-arms it on the next read. Its next expiration is a period away.
         let value = t.valueNanoseconds > 0 ? t.valueNanoseconds : t.intervalNanoseconds
-        if value > 0 {
+        if let at = t.absoluteNanoseconds, let flags = t.settimeFlags {
+            // An absolute wall-clock timer: armed for its moment, with its flags (a timer that
+            // is cancelled when the clock is set stays so).
+            scratch.reset()
+            let spec = try scratch.put(words: [t.intervalNanoseconds / 1_000_000_000, t.intervalNanoseconds % 1_000_000_000,
+                                               at / 1_000_000_000, at % 1_000_000_000])
+            try leader.call(.timerfdSettime, UInt64(fd), UInt64(flags & 3), spec, 0, what: "arming a timerfd")
+        } else if value > 0 {
             scratch.reset()
             let spec = try scratch.put(words: [t.intervalNanoseconds / 1_000_000_000, t.intervalNanoseconds % 1_000_000_000,
                                                value / 1_000_000_000, value % 1_000_000_000])

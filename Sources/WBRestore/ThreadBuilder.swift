@@ -106,6 +106,14 @@ struct ThreadBuilder {
         if k.timerSlackNanoseconds > 0 {
             _ = try leader.raw(.prctl, 29 /* PR_SET_TIMERSLACK */, k.timerSlackNanoseconds)
         }
+        let filter = k.coredumpFilter ?? 0x33
+        if (try? Paths.readText("/proc/\(tracee.pid)/coredump_filter")).flatMap({ UInt32($0.trimming("\n"), radix: 16) }) != filter {
+            do {
+                try Paths.writeText("/proc/\(tracee.pid)/coredump_filter", "0x\(String(filter, radix: 16))\n")
+            } catch {
+                restorer.note("the process's coredump_filter was 0x\(String(filter, radix: 16)); setting it here failed (\(error))", about: process)
+            }
+        }
         let path = "/proc/\(tracee.pid)/oom_score_adj"
         let here = Int32(((try? Paths.readText(path)) ?? "0").trimming("\n")) ?? 0
         if here != k.oomScoreAdj {

@@ -113,6 +113,10 @@ import WBTrace
         #expect(inspect.stdout.contains("every 10000000 ns"))
         #expect(inspect.stdout.contains("reads SIGUSR2"))
         #expect(inspect.stdout.contains("POSIX timer 0 clock 1: SIGRTMIN+1 value 77"))
+        let timers = try Image(path: image).process.fds.compactMap(\.timerfd)
+        #expect(timers.contains { $0.clock == CLOCK_REALTIME && $0.settimeFlags == 3 && $0.absoluteNanoseconds != nil }, "\(timers)")
+        // Away for a while: the wall-clock timer still fires at its moment, not a second late.
+        usleep(1_000_000)
         let restored = try Restored.detach(image)
         defer { restored.kill() }
         for _ in 0..<2 {

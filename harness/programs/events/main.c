@@ -6,7 +6,10 @@
 // SIGUSR1 as the verify request. Each verification prints "VERIFY OK" or "VERIFY FAIL ...":
 // timerfd expirations keep arriving through epoll, an eventfd write and a SIGUSR2 come back
 // through epoll, the held count is intact, the POSIX timer keeps firing with its value on the
-// alternate stack, and the timers keep their periods.
+// alternate stack, and the timers keep their periods. A second timerfd is armed for a moment
+// of the wall clock an hour ahead (CLOCK_REALTIME, TFD_TIMER_ABSTIME | TFD_TIMER_CANCEL_ON_SET):
+// its time left must always be that moment minus now (within 250 ms), however long the process
+// was away between checkpoint and restore.
 #define _GNU_SOURCE
 #include "harness.h"
 #include <errno.h>
@@ -29,7 +32,8 @@
 #define TIMER_VALUE 77
 #define HELD_COUNT 41
 
-static int ep, efd, held, tfd, sfd;
+static int ep, efd, held, tfd, sfd, wall_tfd;
+static time_t wall_target;
 static timer_t posix_timer;
 static char *alt_stack;
 static size_t alt_size = 64 * 1024;
@@ -116,6 +120,11 @@ static void verify(void) {
     if (its.it_interval.tv_sec != 0 || its.it_interval.tv_nsec != 15000000) failed("POSIX timer period changed");
     timerfd_gettime(tfd, &its);
     if (its.it_interval.tv_sec != 0 || its.it_interval.tv_nsec != 10000000) failed("timerfd period changed");
+    struct timespec wall;
+    clock_gettime(CLOCK_REALTIME, &wall);
+    timerfd_gettime(wall_tfd, &its);
+    double left = its.it_value.tv_sec + its.it_value.tv_nsec / 1e9, want = (double)wall_target - (wall.tv_sec + wall.tv_nsec / 1e9);
+    if (left < want - 0.25 || left > want + 0.25) failed("absolute wall-clock timerfd moved");
     // The clocks (served by the vdso) agree with the kernel's own time.
     struct timeval tv;
     gettimeofday(&tv, NULL);
@@ -154,6 +163,12 @@ int main(void) {
     harness_require(sfd >= 0 && efd >= 0 && held >= 0 && tfd >= 0, "fds");
     struct itimerspec tspec = { { 0, 10000000 }, { 0, 10000000 } };
     timerfd_settime(tfd, 0, &tspec, NULL);
+    wall_tfd = timerfd_create(CLOCK_REALTIME, TFD_NONBLOCK);
+    struct timespec wall_now;
+    clock_gettime(CLOCK_REALTIME, &wall_now);
+    wall_target = wall_now.tv_sec + 3600;
+    struct itimerspec wall_spec = { { 0, 0 }, { wall_target, 0 } };
+    harness_require(wall_tfd >= 0 && timerfd_settime(wall_tfd, TFD_TIMER_ABSTIME | TFD_TIMER_CANCEL_ON_SET, &wall_spec, NULL) == 0, "wall-clock timerfd");
     ep = epoll_create1(EPOLL_CLOEXEC);
     struct epoll_event ev = { .events = EPOLLIN, .data.u64 = 1 };
     epoll_ctl(ep, EPOLL_CTL_ADD, tfd, &ev);

@@ -16,6 +16,8 @@
 //   - four anonymous mappings given advice (MADV_DONTFORK, MADV_WIPEONFORK, MADV_DONTDUMP,
 //     MADV_HUGEPAGE), whose flags ("dc", "wf", "dd", "hg" in /proc/self/smaps) and bytes
 //     must stay; READY prints their addresses (advised=A,B,C,D)
+//   - process settings: child subreaper, timer slack 77777, oom_score_adj 123, THP off,
+//     coredump_filter 0x7f
 #define _GNU_SOURCE
 #include "harness.h"
 #include <errno.h>
@@ -173,6 +175,10 @@ static void verify(int round) {
     char adj[16] = "";
     int afd = open("/proc/self/oom_score_adj", O_RDONLY);
     if (afd < 0 || read(afd, adj, sizeof adj - 1) <= 0 || atoi(adj) != 123) failed("oom_score_adj changed");
+    char filter[32] = "";
+    int cfd = open("/proc/self/coredump_filter", O_RDONLY);
+    if (cfd < 0 || read(cfd, filter, sizeof filter - 1) <= 0 || strtoul(filter, NULL, 16) != 0x7f) failed("coredump_filter changed");
+    if (cfd >= 0) close(cfd);
     if (afd >= 0) close(afd);
     for (size_t i = 0; i < ADVISED; i++) {
         if (!has_vmflag(advised[i], advice[i].flag)) { snprintf(buf, sizeof buf, "mapping lost its advice (%s)", advice[i].flag); failed(buf); }
@@ -339,6 +345,9 @@ int main(int argc, char **argv) {
     harness_require(setpriority(PRIO_PROCESS, 0, 5) == 0, "setpriority");
     harness_require(prctl(PR_SET_CHILD_SUBREAPER, 1) == 0 && prctl(PR_SET_TIMERSLACK, 77777) == 0 &&
                     prctl(PR_SET_THP_DISABLE, 1, 0, 0, 0) == 0, "prctl");
+    int filter_fd = open("/proc/self/coredump_filter", O_WRONLY);
+    harness_require(filter_fd >= 0 && write(filter_fd, "0x7f", 4) == 4, "coredump_filter");
+    close(filter_fd);
     int adj_fd = open("/proc/self/oom_score_adj", O_WRONLY);
     harness_require(adj_fd >= 0 && write(adj_fd, "123", 3) == 3, "oom_score_adj");
     close(adj_fd);
