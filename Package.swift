@@ -128,6 +128,7 @@ let package = Package(
         harnessProgram("mqueue"),
         harnessProgram("hardened"),
         harnessProgram("sigio"),
+        harnessProgram("numa"),
         harnessProgram("guards"),
         harnessProgram("unixzoo"),
         harnessProgram("netzoo"),

@@ -106,24 +106,32 @@ extension Checkpointer {
                 p.posixTimers[i].intervalNanoseconds = w[b] * 1_000_000_000 + w[b + 1]
                 p.posixTimers[i].valueNanoseconds = w[b + 2] * 1_000_000_000 + w[b + 3]
             }
-            // Per thread: clear_child_tid and the alternate signal stack.
+            // Per thread: clear_child_tid, the alternate signal stack, securebits and the NUMA
+            // memory policy (mode at out+128, nodes from out+136).
+            let nodeWords = NUMAPolicy.possibleNodeWords
             for i in p.threads.indices {
                 let tid = p.threads[i].tid
-                let capture = { (s: RemoteSyscalls) throws -> (UInt64, AltStack, Int64) in
-                    let r = try s.batch([(.prctl, [40 /* PR_GET_TID_ADDRESS */, out]), (.sigaltstack, [0, out + 64]),
-                                         (.prctl, [27 /* PR_GET_SECUREBITS */])],
-                                        code: scratch, table: table)
-                    if let bad = r.firstIndex(where: { $0 < 0 }) {
+                let capture = { (s: RemoteSyscalls) throws -> (UInt64, AltStack, Int64, NUMAPolicy?) in
+                    var calls: [(SyscallNumber, [UInt64])] = [(.prctl, [40 /* PR_GET_TID_ADDRESS */, out]), (.sigaltstack, [0, out + 64]),
+                                                              (.prctl, [27 /* PR_GET_SECUREBITS */])]
+                    if let words = nodeWords { calls.append((.getMempolicy, [out + 128, out + 136, UInt64(words * 64), 0, 0])) }
+                    let r = try s.batch(calls, code: scratch, table: table)
+                    if let bad = r.prefix(3).firstIndex(where: { $0 < 0 }) {
                         let call = ["remote prctl(PR_GET_TID_ADDRESS)", "remote sigaltstack", "remote prctl(PR_GET_SECUREBITS)"][bad]
                         throw WBError.system(call: call, errno: Int32(-r[bad]), what: "reading the state of thread \(tid)")
                     }
-                    let v = try tracee.read(out, count: 88).words
-                    return (v[0], AltStack(base: v[8], size: v[10], flags: Int32(truncatingIfNeeded: v[9])), r[2])
+                    let v = try tracee.read(out, count: 136 + (nodeWords ?? 0) * 8).words
+                    var policy: NUMAPolicy?
+                    if let words = nodeWords, r[3] == 0, case let mode = Int32(truncatingIfNeeded: v[16]), mode != 0 {
+                        policy = NUMAPolicy(mode: mode, mask: Array(v[17..<17 + words]))
+                    }
+                    return (v[0], AltStack(base: v[8], size: v[10], flags: Int32(truncatingIfNeeded: v[9])), r[2], policy)
                 }
-                let (clearChildTid, altStack, securebits) = tid == pid ? try capture(leader) : try tracee.withSyscalls(in: tid, capture)
+                let (clearChildTid, altStack, securebits, policy) = tid == pid ? try capture(leader) : try tracee.withSyscalls(in: tid, capture)
                 p.threads[i].clearChildTid = clearChildTid
                 p.threads[i].altStack = altStack
                 p.threads[i].security?.securebits = UInt32(truncatingIfNeeded: securebits)
+                p.threads[i].numaPolicy = policy
             }
             p.sysvSegments = try captureSegments(maps, leader: leader, code: scratch, table: table, out: out)
         }

@@ -357,6 +357,7 @@ public final class Checkpointer {
         progress("copying memory of pid \(pid)")
         try captureMemory(memory, into: &process, store: store, scanner: scanner, files: &files, stable: stable,
                           removed: removed, deferred: &deferred)
+        try captureNUMAPolicies(tracee, into: &process)
         phase("memory")
         try checkStop()
         try captureFiles(tracee, into: &process, plan: plan, deletedContents: &deletedContents)

@@ -140,6 +140,13 @@ struct MetadataValidator {
         if let k = p.knobs, !(-1000...1000).contains(k.oomScoreAdj) || !(0...Self.maxSignal).contains(k.parentDeathSignal) || !(0...2).contains(k.dumpable) {
             throw bad("\(at): oom_score_adj \(k.oomScoreAdj), parent-death signal \(k.parentDeathSignal) or dumpable \(k.dumpable) is out of range")
         }
+        for policy in p.threads.compactMap(\.numaPolicy) + p.mappings.compactMap(\.numaPolicy) {
+            // Modes 0-6 with MPOL_F_NUMA_BALANCING, RELATIVE_NODES and STATIC_NODES.
+            guard (0...6).contains(policy.mode & 0x1fff), policy.mode & ~0xe000 & ~0x1fff == 0, policy.mode >= 0,
+                  policy.nodes.count <= Int(NUMAPolicy.maxNode) + 1, policy.nodes.allSatisfy({ $0 <= NUMAPolicy.maxNode }) else {
+                throw bad("\(at): NUMA memory policy \(policy.mode) on nodes \(policy.nodes.prefix(8)) is not one the kernel takes")
+            }
+        }
         if let m = p.knobs?.mdwe, m > 3 {
             throw bad("\(at): memory-deny-write-execute flags \(m) are not PR_SET_MDWE's (1 and 2)")
         }

@@ -33,6 +33,8 @@ public struct Mapping: Codable, Sendable, Equatable {
     public var file: FileIdentity?
     /// The name given with PR_SET_VMA_ANON_NAME, if any.
     public var anonName: String?
+    /// The mapping's own NUMA memory policy (mbind), absent when it follows its thread's.
+    public var numaPolicy: NUMAPolicy?
     /// VmFlags from /proc/PID/smaps ("gd", "wf", "dc", "hg", ...).
     public var vmFlags: [String]
     /// Page runs stored in the image; pages not listed come from the file or are zero.

@@ -19,6 +19,8 @@ public struct ThreadState: Codable, Sendable, Equatable {
     public var security: ThreadSecurity?
     /// Scheduling policy, real-time priority and nice value (absent in older images).
     public var scheduling: Scheduling?
+    /// The thread's NUMA memory policy (set_mempolicy), absent when the default.
+    public var numaPolicy: NUMAPolicy?
 
     public init(tid: Int32, comm: String, registers: Registers, xstate: Data, sigmask: UInt64) {
         self.tid = tid; self.comm = comm; self.registers = registers; self.xstate = xstate; self.sigmask = sigmask
@@ -151,5 +153,42 @@ public struct InterruptedSyscall: Sendable, Equatable {
         out.rip = r.rip &- 2
         out.origRax = UInt64.max
         return out
+    }
+}
+
+/// A NUMA memory policy as get_mempolicy tells it: the mode with its flags (MPOL_PREFERRED 1,
+/// MPOL_BIND 2, MPOL_INTERLEAVE 3, MPOL_LOCAL 4, MPOL_PREFERRED_MANY 5,
+/// MPOL_WEIGHTED_INTERLEAVE 6; MPOL_F_STATIC_NODES 1 << 15, MPOL_F_RELATIVE_NODES 1 << 14,
+/// MPOL_F_NUMA_BALANCING 1 << 13) and its nodes.
+public struct NUMAPolicy: Codable, Sendable, Equatable {
+    public var mode: Int32
+    public var nodes: [UInt32]
+    public init(mode: Int32, nodes: [UInt32]) { self.mode = mode; self.nodes = nodes }
+
+    /// The highest node number wb takes (the kernel's MAX_NUMNODES is at most 1024).
+    public static let maxNode: UInt32 = 4095
+
+    /// The node mask as 64-bit words, `words` of them.
+    public func mask(words: Int) -> [UInt64] {
+        var out = [UInt64](repeating: 0, count: words)
+        for n in nodes where Int(n / 64) < words { out[Int(n / 64)] |= 1 << UInt64(n % 64) }
+        return out
+    }
+
+    /// 64-bit words of a node mask that covers every possible node of this machine
+    /// (get_mempolicy refuses fewer), or nil when its kernel has no NUMA policies.
+    public static let possibleNodeWords: Int? = {
+        guard let text = try? Paths.readText("/sys/devices/system/node/possible") else { return nil }
+        let highest = text.split(whereSeparator: { $0 == "," || $0 == "-" || $0 == "\n" }).compactMap { Int($0) }.max() ?? 0
+        return highest / 64 + 1
+    }()
+
+    /// The policy `mode` with the nodes set in `mask`.
+    public init(mode: Int32, mask: [UInt64]) {
+        var nodes: [UInt32] = []
+        for (w, word) in mask.enumerated() where word != 0 {
+            for bit in 0..<64 where word & (1 << UInt64(bit)) != 0 { nodes.append(UInt32(w * 64 + bit)) }
+        }
+        self.init(mode: mode, nodes: nodes)
     }
 }

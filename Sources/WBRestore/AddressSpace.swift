@@ -536,6 +536,17 @@ struct AddressSpace {
             let n = try scratch.put(string: name)
             _ = try leader.raw(.prctl, 0x53564d41 /* PR_SET_VMA */, 0 /* ANON_NAME */, m.start, m.size, n)
         }
+        if let policy = m.numaPolicy {
+            var r: Int64 = -Int64(ENOSYS)
+            if let words = NUMAPolicy.possibleNodeWords {
+                scratch.reset()
+                let mask = try scratch.put(words: policy.mask(words: words))
+                r = try leader.raw(.mbind, m.start, m.size, UInt64(UInt32(bitPattern: policy.mode)), mask, UInt64(words * 64), 0)
+            }
+            if r < 0 {
+                restorer.note("memory at \(what) had NUMA memory policy \(policy.mode & 0xff) on nodes \(policy.nodes); setting it here failed (\(WBError.errnoText(Int32(-r))))", about: process)
+            }
+        }
         // Sealed (mseal) last: nothing may change the mapping after that. Every stub of a
         // tree was forked before any memory was built, so no child inherits a seal.
         if m.vmFlags.contains("sl") {

@@ -244,6 +244,16 @@ struct ThreadBuilder {
             try s.call(.prctl, 15 /* PR_SET_NAME */, name, what: "naming thread \(t.tid)")
         }
         try s.call(.setTidAddress, t.clearChildTid, what: "setting clear_child_tid of thread \(t.tid)")
+        if let policy = t.numaPolicy, let words = NUMAPolicy.possibleNodeWords {
+            scratch.reset()
+            let mask = try scratch.put(words: policy.mask(words: words))
+            let r = try s.raw(.setMempolicy, UInt64(UInt32(bitPattern: policy.mode)), mask, UInt64(words * 64))
+            if r < 0 {
+                restorer.note("thread \(t.tid) had NUMA memory policy \(policy.mode & 0xff) on nodes \(policy.nodes); setting it here failed (\(WBError.errnoText(Int32(-r)))): it has the default", about: process)
+            }
+        } else if let policy = t.numaPolicy {
+            restorer.note("thread \(t.tid) had NUMA memory policy \(policy.mode & 0xff) on nodes \(policy.nodes); this kernel has no NUMA policies", about: process)
+        }
         if t.robustList.head != 0 {
             try s.call(.setRobustList, t.robustList.head, t.robustList.length, what: "setting the robust futex list of thread \(t.tid)")
         }

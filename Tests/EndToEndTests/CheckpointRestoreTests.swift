@@ -192,6 +192,26 @@ import WBTrace
         for v in restored.verify(rounds: 2) { #expect(v == "VERIFY OK", "\(v) \(restored.wb.stderrText)") }
     }
 
+    /// NUMA memory policies: each thread's (interleave; bind with static nodes) and each
+    /// mapping's own (preferred; bind with relative nodes) come back; a mapping without one
+    /// gets none.
+    @Test func numaPoliciesOfThreadsAndMappingsComeBack() throws {
+        let dir = scratchDirectory()
+        let program = try Child(Products.harness("numa"), [])
+        let ready = try #require(program.line(startingWith: "READY") ?? program.line(startingWith: "UNSUPPORTED"))
+        try #require(ready.hasPrefix("READY"), "this kernel has no NUMA memory policies: \(ready)")
+        kill(program.pid, SIGUSR1)
+        #expect(program.line(startingWith: "VERIFY") == "VERIFY OK")
+        let image = "\(dir)/numa.wbimg"
+        try checkpointKilled(program, to: image)
+        let p = try Image(path: image).process
+        #expect(p.threads.compactMap(\.numaPolicy).map(\.mode).sorted() == [3, 2 | 1 << 15], "\(p.threads.map(\.numaPolicy))")
+        #expect(p.mappings.compactMap(\.numaPolicy).map(\.mode).sorted() == [1, 2 | 1 << 14], "\(p.mappings.compactMap(\.numaPolicy))")
+        let restored = try Restored.detach(image)
+        defer { restored.kill() }
+        for v in restored.verify(rounds: 2) { #expect(v == "VERIFY OK", "\(v) \(restored.wb.stderrText)") }
+    }
+
     /// Kernel aio contexts come back under the ids the program knows (their rings at the
     /// same addresses, of the same sizes), and a thread blocked in io_getevents on one
     /// reaps what is submitted after the restore.
