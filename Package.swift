@@ -129,6 +129,7 @@ let package = Package(
         harnessProgram("hardened"),
         harnessProgram("sigio"),
         harnessProgram("numa"),
+        harnessProgram("clocks"),
         harnessProgram("guards"),
         harnessProgram("unixzoo"),
         harnessProgram("netzoo"),

@@ -65,7 +65,8 @@ extension Checkpointer {
             let knobsAt = out + 2304 + UInt64(p.posixTimers.count) * 32, first = calls.count
             calls += [(.prctl, [2 /* PR_GET_PDEATHSIG */, knobsAt]), (.prctl, [37 /* PR_GET_CHILD_SUBREAPER */, knobsAt + 8]),
                       (.prctl, [42 /* PR_GET_THP_DISABLE */]), (.prctl, [30 /* PR_GET_TIMERSLACK */]), (.prctl, [3 /* PR_GET_DUMPABLE */]),
-                      (.uname, [knobsAt + 64]), (.prctl, [66 /* PR_GET_MDWE */, 0, 0, 0, 0])]
+                      (.uname, [knobsAt + 64]), (.prctl, [66 /* PR_GET_MDWE */, 0, 0, 0, 0]),
+                      (.clockGettime, [UInt64(CLOCK_MONOTONIC), knobsAt + 16]), (.clockGettime, [UInt64(CLOCK_BOOTTIME), knobsAt + 32])]
             let results = try leader.batch(calls, code: scratch, table: table)
             for (i, r) in results.enumerated() where r < 0 && calls[i].0 != .archPrctl && i < first {
                 throw WBError.system(call: "remote \(calls[i].0)", errno: Int32(-r), what: "reading process state of pid \(pid)")
@@ -83,7 +84,11 @@ extension Checkpointer {
                     p.itimers.append(IntervalTimer(which: Int32(which), intervalMicroseconds: interval, valueMicroseconds: value))
                 }
             }
-            let knobWords = try tracee.read(knobsAt, count: 16).words
+            let knobWords = try tracee.read(knobsAt, count: 48).words
+            // The clocks as the process reads them (in its time namespace, if it has one).
+            if results[first + 7] == 0 && results[first + 8] == 0 {
+                p.clocks = [knobWords[2] * 1_000_000_000 + knobWords[3], knobWords[4] * 1_000_000_000 + knobWords[5]]
+            }
             p.knobs = ProcessKnobs(
                 oomScoreAdj: Int32(((try? Paths.readText("/proc/\(pid)/oom_score_adj")) ?? "0").trimming("\n")) ?? 0,
                 parentDeathSignal: Int32(truncatingIfNeeded: knobWords[0]), childSubreaper: knobWords[1] & 0xffff_ffff != 0,
@@ -163,7 +168,6 @@ extension Checkpointer {
         }
         // Namespaces of its own that restore does not make again are told.
         let kept: [(String, String)] = [("mnt", "mount namespace of its own: files are reopened by their paths in the restoring one (its private mounts are not made again)"),
-                                        ("time", "time namespace of its own: its clock offsets are not restored (CLOCK_MONOTONIC and CLOCK_BOOTTIME jump to this machine's)"),
                                         ("cgroup", "cgroup namespace of its own: restored, it sees the restoring one's")]
         let parent = Int32(stat[4] ?? "") ?? 0
         for (ns, text) in kept where Checkpointer.ownNamespace(pid, ns) {

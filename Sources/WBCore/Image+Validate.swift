@@ -147,6 +147,9 @@ struct MetadataValidator {
                 throw bad("\(at): NUMA memory policy \(policy.mode) on nodes \(policy.nodes.prefix(8)) is not one the kernel takes")
             }
         }
+        if let c = p.clocks, c.count != 2 || c.contains(where: { $0 >= 1 << 62 }) {
+            throw bad("\(at): clocks \(c) are not CLOCK_MONOTONIC and CLOCK_BOOTTIME in nanoseconds")
+        }
         if let m = p.knobs?.mdwe, m > 3 {
             throw bad("\(at): memory-deny-write-execute flags \(m) are not PR_SET_MDWE's (1 and 2)")
         }

@@ -16,6 +16,10 @@ public struct ProcessState: Codable, Sendable, Equatable {
     public var root: String
     public var umask: UInt32
     public var personality: UInt32
+    /// CLOCK_MONOTONIC and CLOCK_BOOTTIME as the process saw them when it was stopped
+    /// (nanoseconds): restore starts it in a time namespace where they go on from there.
+    /// Absent in images of older wb.
+    public var clocks: [UInt64]?
     public var credentials: Credentials
     public var rlimits: [ResourceLimit]
     public var mm: MMState

@@ -23,6 +23,9 @@ public struct RestoreOptions: Sendable {
     /// fds 1 and 2 go to /dev/null, whatever they were (copies restored to be examined,
     /// which must not write into the user's terminal or files).
     public var silenceOutput = false
+    /// The process sees this machine's CLOCK_MONOTONIC and CLOCK_BOOTTIME (--host-clocks)
+    /// instead of its own going on from where they were at the checkpoint.
+    public var hostClocks = false
     /// For runs that take the process forward only to look at it (bisect, replays): a
     /// directory (of wb's) where the files it may write are copied; it gets the copies, so
     /// the user's real files are never written (PrivateFiles). Nil: the real files.
@@ -203,6 +206,18 @@ public final class Restorer {
 
     /// Adds a note about process `p`: prefixed with its pid when the image holds a tree, so the
     /// user knows which process it is about.
+    /// Whether the stub got its time namespace (the process's clocks go on from the
+    /// checkpoint); if not, a note says by how much they jump.
+    private func checkClocks(_ stub: Int32, _ clocks: [UInt64]) {
+        let own = (try? Paths.readLink("/proc/\(stub)/ns/time")) != (try? Paths.readLink("/proc/self/ns/time"))
+        let offsets = (try? Paths.readText("/proc/\(stub)/timens_offsets")) ?? ""
+        if own && !(offsets.contains("monotonic 0 0") && clocks[0] > 0) { return }
+        var now = timespec()
+        clock_gettime(CLOCK_MONOTONIC, &now)
+        let jump = (Double(now.tv_sec) + Double(now.tv_nsec) / 1e9) - Double(clocks[0]) / 1e9
+        notes.append(String(format: "CLOCK_MONOTONIC and CLOCK_BOOTTIME are this machine's here (no time namespace could be made: it needs CONFIG_TIME_NS and CAP_SYS_TIME): they jump by %+.1f s for the process", jump))
+    }
+
     func note(_ text: String, about p: ProcessState) {
         let line = (image.metadata.descendants ?? []).isEmpty ? text : "pid \(p.pid): \(text)"
         if !notes.contains(line) { notes.append(line) }
@@ -230,8 +245,10 @@ public final class Restorer {
             self.files = files
             let newNamespace = try choosePidNamespace()
             step("starting the process" + (newNamespace ? " in a new pid namespace" : " as pid \(process.pid)"))
+            let clocks = options.hostClocks ? nil : process.clocks
             let spawned = try Stub.spawn(pid: process.pid, newPidNamespace: newNamespace,
-                                         newUserNamespace: newNamespace && geteuid() != 0, keepFDs: [0, 1, 2])
+                                         newUserNamespace: newNamespace && geteuid() != 0, keepFDs: [0, 1, 2], clocks: clocks)
+            if let clocks { checkClocks(spawned.pid, clocks) }
             var members: [(ProcessState, Tracee)] = []
             do {
                 members = [(process, try Tracee.adoptStub(spawned.pid))]

@@ -13,7 +13,10 @@ public enum Stub {
     /// Starts a stub. With `pid`, the stub gets exactly that pid (clone3 set_tid) in this pid
     /// namespace, or in a new one with `newPidNamespace` (where an init process holds pid 1).
     /// `keepFDs` stay open in the stub at the same numbers; every other fd is closed.
-    public static func spawn(pid: Int32, newPidNamespace: Bool, newUserNamespace: Bool, keepFDs: [Int32]) throws -> Spawned {
+    /// With `clocks` (CLOCK_MONOTONIC and CLOCK_BOOTTIME in nanoseconds), the stub runs in a
+    /// new time namespace where those clocks read these values as it starts.
+    public static func spawn(pid: Int32, newPidNamespace: Bool, newUserNamespace: Bool, keepFDs: [Int32],
+                             clocks: [UInt64]? = nil) throws -> Spawned {
         var fd: Int32 = -1
         try check(wb_stub_fd(&fd), "memfd_create", "creating the restore stub")
         defer { close(fd) }
@@ -22,7 +25,9 @@ public enum Stub {
         let e = keepFDs.withUnsafeBufferPointer { keep -> Int32 in
             var req = wb_spawn_request(stub_fd: fd, set_tid: pid, new_pidns: newPidNamespace ? 1 : 0,
                                        new_userns: newUserNamespace ? 1 : 0, outer_uid: getuid(), outer_gid: getgid(),
-                                       keep_fds: keep.baseAddress, keep_count: Int32(keep.count))
+                                       keep_fds: keep.baseAddress, keep_count: Int32(keep.count),
+                                       time_ns: clocks?.count == 2 ? 1 : 0,
+                                       monotonic_ns: Int64(clamping: clocks?.first ?? 0), boottime_ns: Int64(clamping: clocks?.last ?? 0))
             return wb_spawn_stub(&req, &result, &stage)
         }
         if e != 0 {

@@ -49,6 +49,9 @@ struct RestoreCommand: ParsableCommand {
     @Option(help: "TCP connections to peers outside the image: restore (rebuild them; the peer sees a pause) or close (the process finds them reset).")
     var tcp: TCPPolicyArgument = .restore
 
+    @Flag(name: .customLong("host-clocks"), help: "Let the process see this machine's CLOCK_MONOTONIC and CLOCK_BOOTTIME instead of its own going on from the checkpoint (in a time namespace of its own).")
+    var hostClocks = false
+
     @Flag(name: .customLong("new-netns"), help: "Restore into a network namespace of its own holding the process's addresses (loopback, and those its sockets were bound to); its connections to peers outside the image are reset.")
     var newNetworkNamespace = false
 
@@ -115,6 +118,7 @@ struct RestoreCommand: ParsableCommand {
             options.allowTree = !(debug || gdbPort != nil)
             options.tcp = tcp.policy
             options.newNetworkNamespace = newNetworkNamespace
+            options.hostClocks = hostClocks
             let restorer = Restorer(image: opened, options: options)
             restorer.progress = Output.progress(quiet: quiet || json)
             if debug {
@@ -173,6 +177,7 @@ extension RestoreCommand {
             }
             set.options.pidNamespace = newPidNamespace ? .new : .automatic
             set.options.verify = !noVerify
+            set.options.hostClocks = hostClocks
             set.options.force = force
             set.options.tcp = tcp.policy
             if !quiet && !json { set.progress = { FileHandle.standardError.write(Data("wb: \($0)\n".utf8)) } }

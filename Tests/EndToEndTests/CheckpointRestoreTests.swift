@@ -212,6 +212,33 @@ import WBTrace
         for v in restored.verify(rounds: 2) { #expect(v == "VERIFY OK", "\(v) \(restored.wb.stderrText)") }
     }
 
+    /// CLOCK_MONOTONIC and CLOCK_BOOTTIME go on from where they were: restored 3 s after the
+    /// checkpoint, the process sees well under that much time gone, and a thread sleeping to
+    /// an absolute monotonic deadline wakes at it (not 3 s early). With --host-clocks the
+    /// clocks are this machine's and the gap shows.
+    @Test func monotonicClocksGoOnFromTheCheckpoint() throws {
+        let dir = scratchDirectory()
+        let program = try Child(Products.harness("clocks"), ["2.5"])
+        _ = try #require(program.line(startingWith: "READY"))
+        let image = "\(dir)/clocks.wbimg"
+        try checkpointKilled(program, to: image)
+        #expect(try Image(path: image).process.clocks?.count == 2)
+        usleep(3_000_000)
+        do {
+            let restored = try Restored.detach(image)
+            defer { restored.kill() }
+            let verify = restored.verify().first ?? ""
+            #expect(verify.hasPrefix("VERIFY OK"), "\(verify) \(restored.wb.stderrText)")
+            let woke = try #require(restored.line(startingWith: "WOKE", timeout: 10))
+            let at = try #require(field(woke, "monotonic").flatMap { Double($0) })
+            #expect(at >= 1.5 && at < 2.5, "\(woke)")
+            #expect(try Paths.readLink("/proc/\(restored.pid)/ns/time") != Paths.readLink("/proc/self/ns/time"))
+        }
+        let host = try Restored.detach(image, ["--host-clocks"])
+        defer { host.kill() }
+        #expect(host.verify().first?.hasPrefix("VERIFY FAIL clock-jump") == true)
+    }
+
     /// Kernel aio contexts come back under the ids the program knows (their rings at the
     /// same addresses, of the same sizes), and a thread blocked in io_getevents on one
     /// reaps what is submitted after the restore.

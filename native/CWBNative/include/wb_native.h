@@ -322,6 +322,9 @@ typedef struct wb_spawn_request {
     gid_t outer_gid;
     const int *keep_fds;    // fds the stub keeps (at the same numbers); all others are closed
     int keep_count;
+    int time_ns;            // 1: the stub runs in a new time namespace whose CLOCK_MONOTONIC
+    int64_t monotonic_ns;   // and CLOCK_BOOTTIME read these values (nanoseconds) as it starts
+    int64_t boottime_ns;
 } wb_spawn_request;
 
 typedef struct wb_spawn_result {
