@@ -6,9 +6,10 @@ wb_need_packages() {
     # Slurm and munge run the `fuzz --slurm` test's private cluster, AFL++ its peer instance;
     # rdma-core's pingpongs, perftest and Open MPI are the verbs programs run on wb's emulated
     # device. python3-dbg: a python with debug symbols and its gdb commands (py-bt), debugged
-    # from an image with the scripts the image carries.
+    # from an image with the scripts the image carries. keyutils: a process with a session
+    # keyring of its own.
     local wanted=(libunwind-dev libdw-dev libcapstone-dev libibverbs-dev libxxhash-dev liblzma-dev pkg-config gdb sqlite3
-                  nftables iproute2 redis-server redis-tools memcached nginx-light curl jq libxml2-utils python3 python3-dbg
+                  nftables iproute2 redis-server redis-tools memcached nginx-light curl jq libxml2-utils python3 python3-dbg keyutils
                   slurmctld slurmd slurm-client munge afl++ ibverbs-utils perftest openmpi-bin libopenmpi-dev)
     local missing=()
     for p in "${wanted[@]}" "$@"; do

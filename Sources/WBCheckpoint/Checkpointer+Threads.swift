@@ -66,7 +66,8 @@ extension Checkpointer {
             calls += [(.prctl, [2 /* PR_GET_PDEATHSIG */, knobsAt]), (.prctl, [37 /* PR_GET_CHILD_SUBREAPER */, knobsAt + 8]),
                       (.prctl, [42 /* PR_GET_THP_DISABLE */]), (.prctl, [30 /* PR_GET_TIMERSLACK */]), (.prctl, [3 /* PR_GET_DUMPABLE */]),
                       (.uname, [knobsAt + 64]), (.prctl, [66 /* PR_GET_MDWE */, 0, 0, 0, 0]),
-                      (.clockGettime, [UInt64(CLOCK_MONOTONIC), knobsAt + 16]), (.clockGettime, [UInt64(CLOCK_BOOTTIME), knobsAt + 32])]
+                      (.clockGettime, [UInt64(CLOCK_MONOTONIC), knobsAt + 16]), (.clockGettime, [UInt64(CLOCK_BOOTTIME), knobsAt + 32]),
+                      (.keyctl, [0 /* KEYCTL_GET_KEYRING_ID */, UInt64(bitPattern: -3) /* KEY_SPEC_SESSION_KEYRING */, 0])]
             let results = try leader.batch(calls, code: scratch, table: table)
             for (i, r) in results.enumerated() where r < 0 && calls[i].0 != .archPrctl && i < first {
                 throw WBError.system(call: "remote \(calls[i].0)", errno: Int32(-r), what: "reading process state of pid \(pid)")
@@ -86,6 +87,7 @@ extension Checkpointer {
             }
             let knobWords = try tracee.read(knobsAt, count: 48).words
             // The clocks as the process reads them (in its time namespace, if it has one).
+            if results[first + 9] > 0 { p.sessionKeyring = Int32(truncatingIfNeeded: results[first + 9]) }
             if results[first + 7] == 0 && results[first + 8] == 0 {
                 p.clocks = [knobWords[2] * 1_000_000_000 + knobWords[3], knobWords[4] * 1_000_000_000 + knobWords[5]]
             }
@@ -144,6 +146,7 @@ extension Checkpointer {
         let status = try ProcFS.status(pid)
         let stat = try ProcFS.stat(pid)
         p.loginuid = (try? Paths.readText("/proc/\(pid)/loginuid")).flatMap { UInt32($0.trimming("\n")) }
+        p.cgroups = ProcFS.cgroups(pid)
         Checkpointer.takeIdentity(&p, from: stat)
         p.umask = UInt32(status["Umask"] ?? "22", radix: 8) ?? 0o022
         func ids(_ key: String) -> [UInt32] { (status[key] ?? "").split(whereSeparator: { $0 == "\t" || $0 == " " }).compactMap { UInt32($0) } }

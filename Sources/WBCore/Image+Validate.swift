@@ -147,6 +147,10 @@ struct MetadataValidator {
                 throw bad("\(at): NUMA memory policy \(policy.mode) on nodes \(policy.nodes.prefix(8)) is not one the kernel takes")
             }
         }
+        if let c = p.cgroups {
+            guard c.count <= 64 else { throw bad("\(at): \(c.count) cgroups (at most 64 hierarchies)") }
+            for g in c { try text(g, "\(at).cgroups", limit: Self.maxPath) }
+        }
         if let c = p.clocks, c.count != 2 || c.contains(where: { $0 >= 1 << 62 }) {
             throw bad("\(at): clocks \(c) are not CLOCK_MONOTONIC and CLOCK_BOOTTIME in nanoseconds")
         }

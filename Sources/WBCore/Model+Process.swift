@@ -49,6 +49,13 @@ public struct ProcessState: Codable, Sendable, Equatable {
     /// The audit login uid (/proc/PID/loginuid; 4294967295 when unset). Absent in images of
     /// older wb.
     public var loginuid: UInt32?
+    /// The process's cgroups, one per hierarchy ("memory:/a/b"; cgroup v2's ":/a/b"), from
+    /// /proc/PID/cgroup; absent when not known. Restore does not move the process there: a
+    /// difference is noted.
+    public var cgroups: [String]?
+    /// The serial of its session keyring (keyctl KEYCTL_GET_KEYRING_ID), absent when not
+    /// known. A restored process has wb's: a difference is noted.
+    public var sessionKeyring: Int32?
     /// Process settings of prctl(2) and /proc (absent in older images).
     public var knobs: ProcessKnobs?
     /// Stopped by a signal (SIGSTOP, SIGTSTP: job control) at the checkpoint: restored, it

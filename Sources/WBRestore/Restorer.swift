@@ -206,6 +206,20 @@ public final class Restorer {
 
     /// Adds a note about process `p`: prefixed with its pid when the image holds a tree, so the
     /// user knows which process it is about.
+    /// What the process was in that restore does not make: its cgroup (limits and
+    /// accounting are the restoring one's) and its session keyring (the restored process
+    /// shares wb's). Said when they differ.
+    private func noteSurroundings(_ p: ProcessState, _ pid: Int32) {
+        if let was = p.cgroups, let now = ProcFS.cgroups(pid), was != now {
+            let lost = Set(was).subtracting(now).sorted(), here = Set(now).subtracting(was).sorted()
+            func show(_ c: [String]) -> String { c.map { $0.hasPrefix(":") ? "cgroup2" + $0 : $0 }.joined(separator: ", ") }
+            note("the process was in cgroup \(show(lost)); restored, it is in \(show(here)) (its limits and accounting are those)", about: p)
+        }
+        if let was = p.sessionKeyring, let now = Keyrings.session(), was != now {
+            note("the process had session keyring \(was) (a service's own, say); restored, it shares wb's (\(now)): the keys it held there (credentials, tickets) are not in it", about: p)
+        }
+    }
+
     /// Whether the stub got its time namespace (the process's clocks go on from the
     /// checkpoint); if not, a note says by how much they jump.
     private func checkClocks(_ stub: Int32, _ clocks: [UInt64]) {
@@ -287,6 +301,7 @@ public final class Restorer {
                 }
                 step("checking what was restored")
                 for (p, t, _, _, _) in built { try audit(p, t.pid) }
+                for (p, t, _, _, _) in built { noteSurroundings(p, t.pid) }
                 stamp("finishing connections")
                 try finishConnections()
                 stamp("restored")

@@ -41,3 +41,4 @@ public enum Filesystems {
         return true
     }
 }
+

@@ -104,6 +104,15 @@ public enum ProcFS {
         (try? status(pid))?["NSpid"]?.split(whereSeparator: { $0 == " " || $0 == "\t" }).last.flatMap { Int32($0) }
     }
 
+    /// The process's cgroups: each hierarchy's controllers and path ("memory:/a/b", and for
+    /// cgroup v2 ":/a/b"), from /proc/PID/cgroup; nil when it cannot be read.
+    public static func cgroups(_ pid: Int32) -> [String]? {
+        guard let text = try? Paths.readText("/proc/\(pid)/cgroup") else { return nil }
+        return text.split(separator: "\n").compactMap { line in
+            line.firstIndex(of: ":").map { String(line[line.index(after: $0)...]) }
+        }.sorted()
+    }
+
     public static func status(_ pid: Int32, thread: Int32? = nil) throws -> [String: String] {
         let path = thread.map { "/proc/\(pid)/task/\($0)/status" } ?? "/proc/\(pid)/status"
         return parseStatus(try Paths.readText(path))

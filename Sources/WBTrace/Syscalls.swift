@@ -16,5 +16,5 @@ public enum SyscallNumber: Int64, Sendable {
     case shmget = 29, shmat = 30, shmctl = 31, unshare = 272, socket = 41, bind = 49, listen = 50, connect = 42, accept4 = 288
     case inotifyInit1 = 294, inotifyAddWatch = 254, inotifyRmWatch = 255, fanotifyInit = 300, fanotifyMark = 301, ioSetup = 206, ioDestroy = 207, uname = 63, sethostname = 170, setdomainname = 171
     case setns = 308, mqOpen = 240, mqUnlink = 241, mseal = 462
-    case mbind = 237, setMempolicy = 238, getMempolicy = 239, clockGettime = 228
+    case mbind = 237, setMempolicy = 238, getMempolicy = 239, clockGettime = 228, keyctl = 250
 }

@@ -239,6 +239,34 @@ import WBTrace
         #expect(host.verify().first?.hasPrefix("VERIFY FAIL clock-jump") == true)
     }
 
+    /// What restore does not rebuild around the process is said, not left silent: a cgroup
+    /// of its own (its limits are not the restoring one's) and a session keyring of its own
+    /// (as systemd gives each service).
+    @Test func aCgroupAndASessionKeyringOfItsOwnAreNoted() throws {
+        try #require(Paths.exists("/usr/bin/keyctl"), "harness/test installs keyutils")
+        let mounts = try Paths.readText("/proc/self/mountinfo").split(separator: "\n")
+        let root = try #require(mounts.first { $0.contains(" - cgroup2 ") }.map { String($0.split(separator: " ")[4]) }, "no cgroup2 mount")
+        let group = "\(root)/wb-test-\(getpid())"
+        try Paths.makeDirectories(group)
+        defer {
+            for _ in 0..<50 where Paths.exists(group) { if rmdir(group) != 0 { usleep(100_000) } }
+        }
+        let dir = scratchDirectory()
+        let program = try Child("/usr/bin/keyctl", ["session", "-", "/bin/sh", "-c", "echo READY; exec sleep 600"])
+        _ = try #require(program.line(startingWith: "READY"))
+        try Paths.writeText("\(group)/cgroup.procs", "\(program.pid)\n")
+        let image = "\(dir)/keyring.wbimg"
+        try checkpointKilled(program, to: image)
+        let p = try Image(path: image).process
+        #expect(p.cgroups?.contains(":/wb-test-\(getpid())") == true, "\(p.cgroups ?? [])")
+        #expect(p.sessionKeyring != nil && p.sessionKeyring != Keyrings.session())
+        let restored = try Restored.detach(image)
+        defer { restored.kill() }
+        let notes = restored.wb.stderrText
+        #expect(notes.contains("the process was in cgroup cgroup2:/wb-test-\(getpid()); restored, it is in"), "\(notes)")
+        #expect(notes.contains("the process had session keyring \(p.sessionKeyring ?? 0)"), "\(notes)")
+    }
+
     /// Kernel aio contexts come back under the ids the program knows (their rings at the
     /// same addresses, of the same sizes), and a thread blocked in io_getevents on one
     /// reaps what is submitted after the restore.

@@ -41,6 +41,13 @@ int wb_set_parent_death_signal(int sig) { return prctl(PR_SET_PDEATHSIG, sig) ==
 
 int wb_pipe2(int fds[2], int flags) { return pipe2(fds, flags) == 0 ? 0 : errno; }
 
+int wb_session_keyring(int32_t *id) {
+    long r = syscall(SYS_keyctl, 0 /* KEYCTL_GET_KEYRING_ID */, -3 /* KEY_SPEC_SESSION_KEYRING */, 0);
+    if (r < 0) return errno;
+    *id = (int32_t)r;
+    return 0;
+}
+
 int wb_filesystem_magic(const char *path, uint64_t *magic) {
     struct statfs s;
     if (statfs(path, &s) != 0) return errno;

@@ -111,6 +111,8 @@ int wb_tgkill(pid_t tgid, pid_t tid, int sig);
 int wb_pipe2(int fds[2], int flags);
 /// statfs(2)'s f_type: the magic number of the filesystem holding `path`.
 int wb_filesystem_magic(const char *path, uint64_t *magic);
+/// keyctl(KEYCTL_GET_KEYRING_ID, KEY_SPEC_SESSION_KEYRING, 0): the caller's session keyring.
+int wb_session_keyring(int32_t *id);
 /// prctl(PR_SET_PDEATHSIG, sig): `sig` arrives when the parent dies.
 int wb_set_parent_death_signal(int sig);
 int wb_fcntl_int(int fd, int cmd, int arg, int *result);
