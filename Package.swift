@@ -130,6 +130,7 @@ let package = Package(
         harnessProgram("sigio"),
         harnessProgram("numa"),
         harnessProgram("clocks"),
+        harnessProgram("sharedfile"),
         harnessProgram("guards"),
         harnessProgram("unixzoo"),
         harnessProgram("netzoo"),

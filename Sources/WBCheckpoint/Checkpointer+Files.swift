@@ -37,7 +37,10 @@ struct FileEmbedder {
         let st = try fd.stat()
         let id = FileIdentity(size: st.size, mtimeSeconds: st.mtimeSeconds, mtimeNanoseconds: st.mtimeNanoseconds,
                               device: st.device, inode: st.inode, content: nil)
-        let embed = code || deleted || path == exe || (!e.shared && st.size <= embedLimit)
+        // A small file mapped shared (a JVM's perf data, a statistics file) is stored too: restore
+        // shares the live file where it exists and maps a copy of this one where it does not.
+        let smallShared = e.shared && st.isRegular && st.size <= min(embedLimit, FileEmbedder.sharedLimit)
+        let embed = code || deleted || path == exe || (!e.shared && st.size <= embedLimit) || smallShared
         if embed && e.shared && deleted {
             var bytes = [UInt8](repeating: 0, count: Int(st.size))
             let got = try withContext("reading shared memory \(path)") { try bytes.withUnsafeMutableBytes { try fd.read(into: $0, at: 0) } }
@@ -46,7 +49,7 @@ struct FileEmbedder {
             pending.append((FileEmbedder.key(id), fd, path, code))
             if code && !deleted { queueDebuggerScripts(for: path) }
         } else {
-            notes.append("\(path) (\(st.size) bytes) is mapped but not stored: restore needs it at the same path, unchanged")
+            notes.append("\(path) (\(st.size) bytes) is mapped\(e.shared ? " shared" : "") but not stored: restore needs it at the same path\(e.shared ? "" : ", unchanged")")
         }
         known[key] = id
         byPath[path] = key
@@ -54,6 +57,10 @@ struct FileEmbedder {
     }
 
     static func key(_ f: FileIdentity) -> String { "\(f.device):\(f.inode)" }
+
+    /// The largest file mapped shared that an image stores (as a fallback for a restore where
+    /// the file is gone).
+    static let sharedLimit: UInt64 = 1 << 20
 
     /// Where gdb looks for the scripts a program or library comes with.
     static let autoLoadDirectory = "/usr/share/gdb/auto-load"

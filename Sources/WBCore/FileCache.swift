@@ -83,10 +83,16 @@ public struct ResolvedFiles: Sendable {
     /// Every process's executable, by pid.
     public var exes: [Int32: String] = [:]
     public var notes: [String] = []
+    /// Files mapped shared that no longer exist here, by "device:inode": the process maps a
+    /// copy of the image's, linked nowhere (as a deleted file's).
+    public var copiedShared: Set<String> = []
 
     public init() {}
 
     public func path(for identity: FileIdentity) -> String? { mapped["\(identity.device):\(identity.inode)"] }
+
+    /// Whether the shared mapping of `identity` gets a copy of the image's bytes.
+    public func copied(_ identity: FileIdentity) -> Bool { copiedShared.contains("\(identity.device):\(identity.inode)") }
 }
 
 /// Decides, for every file an image's process had mapped, which file on this machine to use.
@@ -102,7 +108,22 @@ public struct FileResolver {
             for m in p.mappings where m.kind == .file {
                 guard let id = m.file, let path = m.path else { continue }
                 let key = "\(id.device):\(id.inode)"
-                if out.mapped[key] != nil { continue }
+                if out.mapped[key] != nil || out.copiedShared.contains(key) { continue }
+                if m.shared && !m.deleted {
+                    // Shared: the live file is the one to share, as it is now.
+                    if let st = try? Paths.stat(path) {
+                        if st.device != id.device || st.inode != id.inode {
+                            out.notes.append("\(path), mapped shared, is another file here than at the checkpoint; the process shares this one")
+                        }
+                        out.mapped[key] = path
+                    } else if id.content != nil {
+                        out.notes.append("\(path), mapped shared, no longer exists here: the process maps a copy of the image's, linked nowhere")
+                        out.copiedShared.insert(key)
+                    } else {
+                        throw WBError.failed("\(path) is missing here and the image does not carry it (it was mapped shared and larger than wb stores); restore on a machine that has it")
+                    }
+                    continue
+                }
                 out.mapped[key] = try resolve(path: path, identity: id, deleted: m.deleted, note: &out.notes)
             }
             if let exe = p.exeFile {

@@ -270,7 +270,7 @@ struct AddressSpace {
                 flags |= MAP_ANONYMOUS
             }
         case .file:
-            if m.shared && m.deleted {
+            if m.shared && (m.deleted || m.file.map { files.copied($0) } == true) {
                 fd = try sharedObject(for: m)
             } else {
                 fd = try self.fd(for: m)

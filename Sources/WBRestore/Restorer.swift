@@ -257,6 +257,8 @@ public final class Restorer {
             step("preparing files")
             let files = try FileResolver(image: image, cache: FileCache(directory: options.cacheDirectory)).resolveAll()
             self.files = files
+            // Which files are the image's copies rather than this machine's is told.
+            for n in files.notes where !notes.contains(n) { notes.append(n) }
             let newNamespace = try choosePidNamespace()
             step("starting the process" + (newNamespace ? " in a new pid namespace" : " as pid \(process.pid)"))
             let clocks = options.hostClocks ? nil : process.clocks

@@ -267,6 +267,30 @@ import WBTrace
         #expect(notes.contains("the process had session keyring \(p.sessionKeyring ?? 0)"), "\(notes)")
     }
 
+    /// A small file mapped shared (a JVM's perf data) comes back shared with the file where it
+    /// still is, and where it is gone (another machine, a cleaned /tmp) as a copy of the image's,
+    /// linked nowhere, with a note; the counter the process keeps there goes on either way.
+    @Test func aSmallFileMappedSharedComesBackWhereItIsGone() throws {
+        let dir = scratchDirectory()
+        let program = try Child(Products.harness("sharedfile"), [dir])
+        _ = try #require(program.line(startingWith: "READY"))
+        kill(program.pid, SIGUSR1)
+        #expect(program.line(startingWith: "VERIFY") == "VERIFY OK count=1")
+        let image = "\(dir)/shared.wbimg"
+        try checkpointKilled(program, to: image)
+        do {
+            let restored = try Restored.detach(image)
+            defer { restored.kill() }
+            #expect(restored.verify() == ["VERIFY OK count=2"], "\(restored.wb.stderrText)")
+            #expect(try ProcFS.maps(restored.pid).contains { $0.path == "\(dir)/stats" })
+        }
+        Paths.remove("\(dir)/stats")
+        let restored = try Restored.detach(image)
+        defer { restored.kill() }
+        #expect(restored.verify(rounds: 2) == ["VERIFY OK count=2", "VERIFY OK count=3"], "\(restored.wb.stderrText)")
+        #expect(restored.wb.stderrText.contains("\(dir)/stats, mapped shared, no longer exists here: the process maps a copy of the image's"), "\(restored.wb.stderrText)")
+    }
+
     /// Kernel aio contexts come back under the ids the program knows (their rings at the
     /// same addresses, of the same sizes), and a thread blocked in io_getevents on one
     /// reaps what is submitted after the restore.
