@@ -281,6 +281,32 @@ extension Image {
         try copy(to: path, metadataJSON: [UInt8](try JSONEncoder().encode(metadata)))
     }
 
+    /// Writes this image again to `path` with `metadata` whose embedded files all lie beside
+    /// it (each file's `source` set): the page data is copied, the file section is empty.
+    /// The new image is flushed to disk before this returns.
+    public func rewriteWithFilesBeside(to path: String, metadata: ImageMetadata) throws {
+        guard metadata.files.allSatisfy({ $0.source != nil }) else {
+            throw WBError.failed("rewriting \(self.path): a file of its metadata is not beside it")
+        }
+        let meta = [UInt8](try JSONEncoder().encode(metadata))
+        let out = try FileDescriptor.open(path, O_RDWR | O_CREAT | O_TRUNC, mode: 0o600, what: "creating \(path)")
+        var cursor = UInt64(ImageFormat.headerSize)
+        let pages = header.section(.pages)!
+        if pages.length > 0 {
+            let region = try map(.pages, offset: 0, length: pages.length)
+            try region.withBytes { try out.write($0, at: cursor) }
+        }
+        var sections: [ImageFormat.Section] = [.init(kind: .pages, offset: cursor, length: pages.length, checksum: pages.checksum)]
+        cursor += pages.length
+        sections.append(.init(kind: .files, offset: cursor, length: 0, checksum: Checksum.of([UInt8]())))
+        try out.write(meta, at: cursor)
+        sections.append(.init(kind: .metadata, offset: cursor, length: UInt64(meta.count), checksum: Checksum.of(meta)))
+        cursor += UInt64(meta.count)
+        try out.write(ImageHeader(version: header.version, fileSize: cursor, sections: sections).encoded(), at: 0)
+        try out.truncate(to: cursor)
+        try out.sync()
+    }
+
     /// Writes a copy of this image to `path` whose metadata section holds `meta` as it is,
     /// with every checksum and the header made to match: tests and the decoder's fuzzer forge
     /// images with it, as someone handing wb an image could.

@@ -194,6 +194,13 @@ final class TestHosts {
         #expect((report["channels"] as? [Any])?.count == 4, "\(report)")
         let text = try wb("inspect", "\(dir)/final", "--no-verify")
         #expect(text.stdout.contains("HOSTS (3)") && text.stdout.contains("CHANNELS (4"), "\(text.stdout)")
+        // The four members run one program: its files are stored once, in the set's files/,
+        // and every image refers to them there.
+        let images = try Paths.list("\(dir)/final").filter { $0.hasSuffix(".wbimg") }
+        let embedded = try images.flatMap { try Image(path: "\(dir)/final/\($0)").metadata.files }
+        #expect(!embedded.isEmpty && embedded.allSatisfy { $0.source?.hasPrefix("files/") == true }, "\(embedded.map(\.source))")
+        #expect(try Paths.list("\(dir)/final/files").count == Set(embedded.map(\.hash)).count)
+        #expect(Set(embedded.map(\.hash)).count < embedded.count, "no file is shared by two images")
 
         // Restored on one box, twice: from the --kill set, and from an earlier periodic one
         // that holds the whole job (the first ones may have been taken before every host had
