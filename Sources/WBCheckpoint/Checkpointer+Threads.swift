@@ -169,14 +169,15 @@ extension Checkpointer {
             p.controllingPty = n
             if let group = Int32(stat[8] ?? ""), group > 0 { p.foregroundGroup = group }
         }
-        // Namespaces of its own that restore does not make again are told.
-        let kept: [(String, String)] = [("mnt", "mount namespace of its own: files are reopened by their paths in the restoring one (its private mounts are not made again)"),
-                                        ("cgroup", "cgroup namespace of its own: restored, it sees the restoring one's")]
+        // Namespaces of its own that restore does not make again are told, here and at restore.
         let parent = Int32(stat[4] ?? "") ?? 0
-        for (ns, text) in kept where Checkpointer.ownNamespace(pid, ns) {
+        for ns in ["mnt", "cgroup"] where Checkpointer.ownNamespace(pid, ns) {
             // Told once for a tree: by the first process in it.
             let fromParent = tree?.members.contains(parent) == true && !Checkpointer.ownNamespace(pid, ns, than: parent)
-            if !fromParent { notes.append("the process was in a \(text)") }
+            if !fromParent, let text = ProcessState.namespaceNote(ns) {
+                notes.append(text)
+                p.ownNamespaces = (p.ownNamespaces ?? []) + [ns]
+            }
         }
         if tree == nil {
             // Sharing with a process that is not checkpointed cannot come back: noted.

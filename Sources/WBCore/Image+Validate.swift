@@ -147,6 +147,9 @@ struct MetadataValidator {
                 throw bad("\(at): NUMA memory policy \(policy.mode) on nodes \(policy.nodes.prefix(8)) is not one the kernel takes")
             }
         }
+        if let n = p.ownNamespaces, n.count > 8 || n.contains(where: { ProcessState.namespaceNote($0) == nil }) {
+            throw bad("\(at): ownNamespaces \(n.prefix(8)) are not namespaces wb tells of (mnt, cgroup)")
+        }
         if let c = p.cgroups {
             guard c.count <= 64 else { throw bad("\(at): \(c.count) cgroups (at most 64 hierarchies)") }
             for g in c { try text(g, "\(at).cgroups", limit: Self.maxPath) }

@@ -53,6 +53,9 @@ public struct ProcessState: Codable, Sendable, Equatable {
     /// /proc/PID/cgroup; absent when not known. Restore does not move the process there: a
     /// difference is noted.
     public var cgroups: [String]?
+    /// Namespaces of its own that restore does not make again ("mnt", "cgroup"): each is told
+    /// at checkpoint and at restore (`ProcessState.namespaceNote`).
+    public var ownNamespaces: [String]?
     /// The serial of its session keyring (keyctl KEYCTL_GET_KEYRING_ID), absent when not
     /// known. A restored process has wb's: a difference is noted.
     public var sessionKeyring: Int32?
@@ -241,5 +244,16 @@ public struct FileIdentity: Codable, Sendable, Equatable {
     public init(size: UInt64, mtimeSeconds: Int64, mtimeNanoseconds: Int64, device: UInt64, inode: UInt64, content: ContentHash?) {
         self.size = size; self.mtimeSeconds = mtimeSeconds; self.mtimeNanoseconds = mtimeNanoseconds
         self.device = device; self.inode = inode; self.content = content
+    }
+}
+
+extension ProcessState {
+    /// What a namespace of the process's own that restore does not make again means for it.
+    public static func namespaceNote(_ ns: String) -> String? {
+        switch ns {
+        case "mnt": return "the process was in a mount namespace of its own: files are reopened by their paths in the restoring one (its private mounts are not made again)"
+        case "cgroup": return "the process was in a cgroup namespace of its own: restored, it sees the restoring one's"
+        default: return nil
+        }
     }
 }

@@ -210,6 +210,9 @@ public final class Restorer {
     /// accounting are the restoring one's) and its session keyring (the restored process
     /// shares wb's). Said when they differ.
     private func noteSurroundings(_ p: ProcessState, _ pid: Int32) {
+        for ns in p.ownNamespaces ?? [] {
+            if let text = ProcessState.namespaceNote(ns) { note(text, about: p) }
+        }
         if let was = p.cgroups, let now = ProcFS.cgroups(pid), was != now {
             let lost = Set(was).subtracting(now).sorted(), here = Set(now).subtracting(was).sorted()
             func show(_ c: [String]) -> String { c.map { $0.hasPrefix(":") ? "cgroup2" + $0 : $0 }.joined(separator: ", ") }

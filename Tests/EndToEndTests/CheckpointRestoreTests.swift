@@ -341,6 +341,8 @@ import WBTrace
         defer { restored.kill() }
         for v in restored.verify(rounds: 2) { #expect(v == "VERIFY OK", "\(v)") }
         #expect(ProcessInfo.processInfo.hostName == here)
+        // Whoever restores it is told too, not only whoever took the checkpoint.
+        #expect(restored.wb.stderrText.contains("the process was in a mount namespace of its own"), "\(restored.wb.stderrText)")
     }
 
     /// Memory of hugetlb huge pages (MAP_HUGETLB, private and shared) comes back with its
