@@ -19,6 +19,7 @@ final class TestHosts {
     init(count: Int, subnet: String, tag: String = "") throws {
         prefix = "wbt\(getpid() % 100_000)\(tag)"
         self.subnet = subnet
+        TestHosts.removeStale(prefix: prefix, subnet: subnet)
         try TestHosts.ip(["link", "add", bridge, "type", "bridge"])
         try TestHosts.ip(["addr", "add", "\(gateway)/24", "dev", bridge])
         try TestHosts.ip(["link", "set", bridge, "up"])
@@ -88,6 +89,18 @@ final class TestHosts {
     }
 
     static let ipPath = Subprocess.find("ip") ?? "/usr/sbin/ip"
+
+    /// What an earlier test run that was stopped midway left behind: a test bridge holding an
+    /// address of this subnet (it would take the coordinator's traffic), and hosts and a
+    /// bridge under these names.
+    static func removeStale(prefix: String, subnet: String) {
+        let holders = ((try? ip(["-o", "addr", "show", "to", "\(subnet).0/24"])) ?? "").split(separator: "\n").compactMap { line in
+            line.split(separator: " ").dropFirst().first.map { String($0.split(separator: "@").first ?? $0) }
+        }
+        for device in Set(holders + ["\(prefix)br"]) where device.hasPrefix("wbt") { _ = try? ip(["link", "del", device]) }
+        let namespaces = ((try? ip(["netns", "list"])) ?? "").split(separator: "\n").compactMap { $0.split(separator: " ").first.map(String.init) }
+        for ns in namespaces where ns.hasPrefix("\(prefix)h") { _ = try? ip(["netns", "del", ns]) }
+    }
 
     @discardableResult
     static func ip(_ args: [String]) throws -> String {
