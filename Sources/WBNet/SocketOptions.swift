@@ -52,6 +52,7 @@ public enum SocketOptions {
         Option(level: sol, name: 40 /* SO_RXQ_OVFL */, label: "SO_RXQ_OVFL", size: 4, types: [dgram, raw, seqpacket]),
         Option(level: sol, name: 42 /* SO_PEEK_OFF */, label: "SO_PEEK_OFF", size: 4, families: [AF_UNIX, AF_INET, AF_INET6], types: [stream, dgram, seqpacket], notTCP: true),
         Option(level: sol, name: 34 /* SO_PASSSEC */, label: "SO_PASSSEC", size: 4, families: [AF_UNIX, 16]),
+        Option(level: sol, name: 5 /* SO_DONTROUTE */, label: "SO_DONTROUTE", size: 4, families: inet),
         Option(level: ip, name: 1 /* IP_TOS */, label: "IP_TOS", size: 4, families: [AF_INET]),
         Option(level: ip, name: 2 /* IP_TTL */, label: "IP_TTL", size: 4, families: [AF_INET]),
         Option(level: ip, name: 8 /* IP_PKTINFO */, label: "IP_PKTINFO", size: 4, families: [AF_INET], types: [dgram, raw]),
@@ -63,6 +64,8 @@ public enum SocketOptions {
         Option(level: ip, name: 24 /* IP_BIND_ADDRESS_NO_PORT */, label: "IP_BIND_ADDRESS_NO_PORT", size: 4, families: inet, boundOnly: true),
         Option(level: ip, name: 33 /* IP_MULTICAST_TTL */, label: "IP_MULTICAST_TTL", size: 4, families: [AF_INET], types: [dgram]),
         Option(level: ip, name: 34 /* IP_MULTICAST_LOOP */, label: "IP_MULTICAST_LOOP", size: 4, families: [AF_INET], types: [dgram]),
+        Option(level: ip, name: 49 /* IP_MULTICAST_ALL */, label: "IP_MULTICAST_ALL", size: 4, families: [AF_INET], types: [dgram, raw]),
+        Option(level: ip, name: 6 /* IP_RECVOPTS */, label: "IP_RECVOPTS", size: 4, families: [AF_INET], types: [dgram, raw]),
         Option(level: ip6, name: 16 /* IPV6_UNICAST_HOPS */, label: "IPV6_UNICAST_HOPS", size: 4, families: [AF_INET6]),
         Option(level: ip6, name: 18 /* IPV6_MULTICAST_HOPS */, label: "IPV6_MULTICAST_HOPS", size: 4, families: [AF_INET6], types: [dgram]),
         Option(level: ip6, name: 19 /* IPV6_MULTICAST_LOOP */, label: "IPV6_MULTICAST_LOOP", size: 4, families: [AF_INET6], types: [dgram]),
@@ -70,6 +73,8 @@ public enum SocketOptions {
         Option(level: ip6, name: 25 /* IPV6_RECVERR */, label: "IPV6_RECVERR", size: 4, families: [AF_INET6]),
         Option(level: ip6, name: 49 /* IPV6_RECVPKTINFO */, label: "IPV6_RECVPKTINFO", size: 4, families: [AF_INET6], types: [dgram, raw]),
         Option(level: ip6, name: 67 /* IPV6_TCLASS */, label: "IPV6_TCLASS", size: 4, families: [AF_INET6]),
+        Option(level: ip6, name: 51 /* IPV6_RECVHOPLIMIT */, label: "IPV6_RECVHOPLIMIT", size: 4, families: [AF_INET6], types: [dgram, raw]),
+        Option(level: ip6, name: 66 /* IPV6_RECVTCLASS */, label: "IPV6_RECVTCLASS", size: 4, families: [AF_INET6], types: [dgram, raw]),
         Option(level: tcp, name: 1 /* TCP_NODELAY */, label: "TCP_NODELAY", size: 4, families: inet, types: [stream]),
         Option(level: tcp, name: 3 /* TCP_CORK */, label: "TCP_CORK", size: 4, families: inet, types: [stream]),
         Option(level: tcp, name: 4 /* TCP_KEEPIDLE */, label: "TCP_KEEPIDLE", size: 4, families: inet, types: [stream]),
@@ -82,6 +87,10 @@ public enum SocketOptions {
         Option(level: tcp, name: 18 /* TCP_USER_TIMEOUT */, label: "TCP_USER_TIMEOUT", size: 4, families: inet, types: [stream]),
         Option(level: tcp, name: 23 /* TCP_FASTOPEN */, label: "TCP_FASTOPEN", size: 4, families: inet, types: [stream], boundOnly: true),
         Option(level: tcp, name: 25 /* TCP_NOTSENT_LOWAT */, label: "TCP_NOTSENT_LOWAT", size: 4, families: inet, types: [stream]),
+        // The MSS asked for (a connection's own comes back with repair mode).
+        Option(level: tcp, name: 2 /* TCP_MAXSEG */, label: "TCP_MAXSEG", size: 4, families: inet, types: [stream], boundOnly: true),
+        Option(level: tcp, name: 10 /* TCP_WINDOW_CLAMP */, label: "TCP_WINDOW_CLAMP", size: 4, families: inet, types: [stream], tunedOnConnections: true),
+        Option(level: tcp, name: 16 /* TCP_THIN_LINEAR_TIMEOUTS */, label: "TCP_THIN_LINEAR_TIMEOUTS", size: 4, families: inet, types: [stream]),
         // Last: IP_TOS sets the priority too.
         Option(level: sol, name: SO_PRIORITY, label: "SO_PRIORITY", size: 4),
     ]

@@ -3,14 +3,16 @@
 // Holds TCP and UDP sockets of IPv4 and IPv6 in the states and with the options a server
 // has, and checks them after a restore. It makes, on loopback:
 //   - a TCP listener (backlog 17) with SO_REUSEADDR, SO_KEEPALIVE and its timings, buffer
-//     sizes, SO_LINGER, SO_PRIORITY, SO_MARK, IP_TOS, IP_TTL, TCP_USER_TIMEOUT and a classic
+//     sizes, SO_LINGER, SO_PRIORITY, SO_MARK, SO_DONTROUTE, IP_TOS, IP_TTL, TCP_USER_TIMEOUT,
+//     TCP_MAXSEG, TCP_WINDOW_CLAMP, TCP_THIN_LINEAR_TIMEOUTS and a classic
 //     BPF filter, and an IPv6 listener with IPV6_V6ONLY;
 //   - an established connection with bytes queued unread on both ends and TCP_NODELAY on the
 //     client, an IPv6 one likewise;
 //   - a half-closed connection: the client sent "last-words" and shut down writing (FIN-WAIT-2),
 //     the server has not read them (CLOSE-WAIT);
 //   - a UDP socket holding three datagrams from two senders, a UDP socket connected to it, an
-//     IPv6 UDP socket, and an unbound TCP socket with TCP_NODELAY.
+//     IPv6 UDP socket (IPV6_RECVHOPLIMIT, IPV6_RECVTCLASS), and an unbound TCP socket with
+//     TCP_NODELAY.
 // Prints "READY pid=N port=P" and answers each SIGUSR1 with "VERIFY OK" or
 // "VERIFY FAIL <what>" (once: reading the queues takes them).
 #define _GNU_SOURCE
@@ -110,6 +112,10 @@ int main(void) {
     set(listener, SOL_SOCKET, SO_MARK, 7, "SO_MARK");
     set(listener, IPPROTO_IP, IP_TTL, 33, "IP_TTL");
     set(listener, IPPROTO_TCP, TCP_USER_TIMEOUT, 12345, "TCP_USER_TIMEOUT");
+    set(listener, SOL_SOCKET, SO_DONTROUTE, 1, "SO_DONTROUTE");
+    set(listener, IPPROTO_TCP, TCP_MAXSEG, 1200, "TCP_MAXSEG");
+    set(listener, IPPROTO_TCP, TCP_WINDOW_CLAMP, 40000, "TCP_WINDOW_CLAMP");
+    set(listener, IPPROTO_TCP, TCP_THIN_LINEAR_TIMEOUTS, 1, "TCP_THIN_LINEAR_TIMEOUTS");
     struct linger lg = { 1, 9 };
     harness_require(setsockopt(listener, SOL_SOCKET, SO_LINGER, &lg, sizeof lg) == 0, "SO_LINGER");
     struct sock_filter code[] = { BPF_STMT(BPF_RET | BPF_K, 0xffffffff) };
@@ -160,6 +166,8 @@ int main(void) {
     int uconn = socket(AF_INET, SOCK_DGRAM, 0);
     harness_require(connect(uconn, (struct sockaddr *)&a4, sizeof a4) == 0, "connect udp");
     int udp6 = socket(AF_INET6, SOCK_DGRAM, 0);
+    set(udp6, IPPROTO_IPV6, IPV6_RECVHOPLIMIT, 1, "IPV6_RECVHOPLIMIT");
+    set(udp6, IPPROTO_IPV6, IPV6_RECVTCLASS, 1, "IPV6_RECVTCLASS");
     harness_require(bind(udp6, (struct sockaddr *)&a6, loop6(&a6, 0)) == 0, "bind udp6");
     int uport6 = port_of(udp6);
     int lone = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0);
@@ -183,6 +191,11 @@ int main(void) {
         if (opt(listener, IPPROTO_IP, IP_TOS) != 0x10) fail("IP_TOS");
         if (opt(listener, IPPROTO_IP, IP_TTL) != 33) fail("IP_TTL");
         if (opt(listener, IPPROTO_TCP, TCP_USER_TIMEOUT) != 12345) fail("TCP_USER_TIMEOUT");
+        if (opt(listener, SOL_SOCKET, SO_DONTROUTE) != 1) fail("SO_DONTROUTE");
+        if (opt(listener, IPPROTO_TCP, TCP_MAXSEG) != 1200) fail("TCP_MAXSEG");
+        if (opt(listener, IPPROTO_TCP, TCP_WINDOW_CLAMP) != 40000) fail("TCP_WINDOW_CLAMP");
+        if (opt(listener, IPPROTO_TCP, TCP_THIN_LINEAR_TIMEOUTS) != 1) fail("TCP_THIN_LINEAR_TIMEOUTS");
+        if (opt(udp6, IPPROTO_IPV6, IPV6_RECVHOPLIMIT) != 1 || opt(udp6, IPPROTO_IPV6, IPV6_RECVTCLASS) != 1) fail("udp6-options");
         struct linger l2 = { 0, 0 };
         socklen_t ll = sizeof l2;
         if (getsockopt(listener, SOL_SOCKET, SO_LINGER, &l2, &ll) != 0 || l2.l_onoff != 1 || l2.l_linger != 9) fail("SO_LINGER");
