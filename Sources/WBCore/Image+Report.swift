@@ -48,6 +48,51 @@ public struct ImageReport: Encodable {
     var sysvSegments: [SysVSegment]?
     /// Every socket of every process (ImageReport+Sockets.swift).
     var sockets: [SocketRow] = []
+    /// Process settings and surroundings: prctl and /proc knobs, clocks, cgroups, keyring,
+    /// namespaces not made again, NUMA policies.
+    var settings: SettingsRow
+
+    public struct SettingsRow: Encodable {
+        var knobs: ProcessKnobs?
+        var clocks: [UInt64]?
+        var cgroups: [String]?
+        var sessionKeyring: Int32?
+        var ownNamespaces: [String]?
+        /// "thread TID: MODE nodes N,M" and "START-END: MODE nodes N" lines.
+        var numaPolicies: [String]
+
+        /// The lines of the text report.
+        var lines: [String] {
+            var out: [String] = []
+            if let k = knobs {
+                var parts = ["oom_score_adj \(k.oomScoreAdj)", "timer slack \(k.timerSlackNanoseconds) ns", "dumpable \(k.dumpable)"]
+                if k.childSubreaper { parts.append("child subreaper") }
+                if k.thpDisabled { parts.append("transparent huge pages off") }
+                if k.parentDeathSignal != 0 { parts.append("parent-death signal \(SignalNames.name(k.parentDeathSignal))") }
+                if let m = k.mdwe { parts.append("memory-deny-write-execute \(m)") }
+                if let f = k.coredumpFilter { parts.append("coredump_filter 0x\(String(f, radix: 16))") }
+                out.append("  " + parts.joined(separator: ", "))
+            }
+            if let c = clocks, c.count == 2 {
+                out.append(String(format: "  CLOCK_MONOTONIC %.3f s, CLOCK_BOOTTIME %.3f s (restored, they go on from these)", Double(c[0]) / 1e9, Double(c[1]) / 1e9))
+            }
+            if let g = cgroups, !g.isEmpty { out.append("  cgroups " + g.map { $0.hasPrefix(":") ? "cgroup2" + $0 : $0 }.joined(separator: ", ")) }
+            if let k = sessionKeyring { out.append("  session keyring \(k)") }
+            if let n = ownNamespaces, !n.isEmpty { out.append("  namespaces of its own not made again: \(n.joined(separator: ", "))") }
+            for p in numaPolicies { out.append("  NUMA policy of \(p)") }
+            return out
+        }
+
+        static func policy(_ p: NUMAPolicy) -> String {
+            let modes = ["default", "preferred", "bind", "interleave", "local", "preferred many", "weighted interleave"]
+            let mode = Int(p.mode & 0x1fff) < modes.count ? modes[Int(p.mode & 0x1fff)] : "mode \(p.mode & 0x1fff)"
+            var flags: [String] = []
+            if p.mode & (1 << 15) != 0 { flags.append("static") }
+            if p.mode & (1 << 14) != 0 { flags.append("relative") }
+            if p.mode & (1 << 13) != 0 { flags.append("balancing") }
+            return mode + (flags.isEmpty ? "" : " (\(flags.joined(separator: ", ")))") + " nodes \(p.nodes.map(String.init).joined(separator: ","))"
+        }
+    }
 
     public struct TreeRow: Encodable {
         var pid: Int32, ppid: Int32, pgid: Int32, sid: Int32, command: [String], threads: Int, memoryBytes: UInt64
@@ -66,6 +111,10 @@ public struct ImageReport: Encodable {
         }
         sysvSegments = p.sysvSegments
         sockets = ImageReport.socketRows(m)
+        settings = SettingsRow(knobs: p.knobs, clocks: p.clocks, cgroups: p.cgroups, sessionKeyring: p.sessionKeyring,
+                               ownNamespaces: p.ownNamespaces,
+                               numaPolicies: p.threads.compactMap { t in t.numaPolicy.map { "thread \(t.tid): " + SettingsRow.policy($0) } }
+                                   + p.mappings.compactMap { m in m.numaPolicy.map { "\(hex(m.start))-\(hex(m.end)): " + SettingsRow.policy($0) } })
         self.image = image.path; format = image.header.version; createdAt = m.createdAt; tool = m.tool
         imageBytes = image.fileSize; host = m.host
         pid = p.pid; ppid = p.ppid; pgid = p.pgid; sid = p.sid; command = p.cmdline; exe = p.exe; cwd = p.cwd
@@ -203,6 +252,12 @@ public struct ImageReport: Encodable {
         for t in posixTimers {
             let how = t.notify == .none ? "no notification" : "\(SignalNames.name(t.signal)) value \(t.value)" + (t.thread.map { " to thread \($0)" } ?? "")
             out.append("  POSIX timer \(t.id) clock \(t.clock): \(how), " + (t.valueNanoseconds == 0 ? "disarmed" : "next in \(t.valueNanoseconds) ns, every \(t.intervalNanoseconds) ns"))
+        }
+        let settingLines = settings.lines
+        if !settingLines.isEmpty {
+            out.append("")
+            out.append("SETTINGS")
+            out += settingLines
         }
         out.append("")
         out.append("EMBEDDED FILES (\(files.count))")

@@ -207,6 +207,9 @@ import WBTrace
         let p = try Image(path: image).process
         #expect(p.threads.compactMap(\.numaPolicy).map(\.mode).sorted() == [3, 2 | 1 << 15], "\(p.threads.map(\.numaPolicy))")
         #expect(p.mappings.compactMap(\.numaPolicy).map(\.mode).sorted() == [1, 2 | 1 << 14], "\(p.mappings.compactMap(\.numaPolicy))")
+        let shown = try wb("inspect", image)
+        #expect(shown.stdout.contains("interleave nodes 0") && shown.stdout.contains("bind (static) nodes 0") && shown.stdout.contains("bind (relative) nodes 0"),
+                "\(shown.stdout)")
         let restored = try Restored.detach(image)
         defer { restored.kill() }
         for v in restored.verify(rounds: 2) { #expect(v == "VERIFY OK", "\(v) \(restored.wb.stderrText)") }
@@ -223,6 +226,7 @@ import WBTrace
         let image = "\(dir)/clocks.wbimg"
         try checkpointKilled(program, to: image)
         #expect(try Image(path: image).process.clocks?.count == 2)
+        #expect(try wb("inspect", image).stdout.contains("CLOCK_MONOTONIC"))
         usleep(3_000_000)
         do {
             let restored = try Restored.detach(image)

@@ -27,6 +27,7 @@ import WBCore
         let p = try Image(path: image).process
         #expect(p.knobs?.mdwe == 1)
         #expect(p.mappings.first { $0.start == sealed }?.vmFlags.contains("sl") == true)
+        #expect(try wb("inspect", image).stdout.contains("memory-deny-write-execute 1"))
         let restored = try Restored.detach(image)
         defer { restored.kill() }
         #expect(restored.verify(rounds: 2) == ["VERIFY OK", "VERIFY OK"], "\(restored.wb.stderrText)")
