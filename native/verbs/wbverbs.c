@@ -476,6 +476,20 @@ static void conn_flush(struct wb_conn *c) {
     }
 }
 
+// Answers still buffered for the peer (the progress thread writes a batch's ACKs after the
+// batch, by when the application may have polled the completions and be closing the QP or
+// exiting) go out before the connection closes: a request the peer sent, and that was done
+// here, must not fail there for want of its ACK. Bounded: a peer that reads nothing gets a
+// second. Called with dev.lock held.
+static void conn_drain(struct wb_conn *c) {
+    for (int i = 0; i < 100 && c->fd >= 0 && c->outlen > 0; i++) {
+        conn_flush(c);
+        if (c->outlen == 0) break;
+        struct pollfd p = {c->fd, POLLOUT, 0};
+        poll(&p, 1, 10);
+    }
+}
+
 // Carry out one request whose payload is in memory. Returns 0 when it had to wait (no receive).
 static int execute(struct wb_qp *qp, const struct wb_hdr *h, const uint8_t *data) {
     int imm = h->op == WB_SEND_IMM || h->op == WB_WRITE_IMM;
@@ -1919,6 +1933,18 @@ EXPORT int ibv_modify_qp(struct ibv_qp *ibqp, struct ibv_qp_attr *attr, int mask
     return err;
 }
 
+// A process that exits with its QPs still open sends what it owes its peers first (see
+// conn_drain). The lock is waited for a second at most: exit must not hang on it.
+__attribute__((destructor)) static void drain_at_exit(void) {
+    struct timespec until;
+    clock_gettime(CLOCK_REALTIME, &until);
+    until.tv_sec += 1;
+    if (pthread_mutex_timedlock(&dev.lock, &until) != 0) return;
+    for (struct wb_qp *q = dev.qps; q; q = q->next)
+        if (q->in.fd >= 0) conn_drain(&q->in);
+    pthread_mutex_unlock(&dev.lock);
+}
+
 EXPORT int ibv_destroy_qp(struct ibv_qp *ibqp) {
     struct wb_qp *qp = (struct wb_qp *)ibqp;
     pthread_mutex_lock(&qp->send_lock);
@@ -1926,7 +1952,7 @@ EXPORT int ibv_destroy_qp(struct ibv_qp *ibqp) {
     for (struct wb_qp **p = &dev.qps; *p; p = &(*p)->next)
         if (*p == qp) { *p = qp->next; break; }
     if (qp->out_fd >= 0) close(qp->out_fd);
-    if (qp->in.fd >= 0) close(qp->in.fd);
+    if (qp->in.fd >= 0) { conn_drain(&qp->in); close(qp->in.fd); }
     while (qp->held) { struct wb_held *h = qp->held; qp->held = h->next; free(h->data); free(h); }
     state_free(qp->rec);
     pthread_mutex_unlock(&dev.lock);
