@@ -280,8 +280,8 @@ extension Checkpointer {
                 if let flags = info.extra["settime flags"].flatMap({ Int32($0, radix: 8) }), flags != 0 {
                     t.settimeFlags = flags
                     // An absolute wall-clock timer fires at a moment of the wall clock: that
-                    // moment, here and wherever it is restored.
-                    // Time left is read again next to the clock, for the moment to be exact.
+                    // moment, here and wherever it is restored (the time left is read again next
+                    // to the clock, for the moment to be exact).
                     if flags & 1 != 0, t.clock == CLOCK_REALTIME || t.clock == 8 /* CLOCK_REALTIME_ALARM */, t.valueNanoseconds > 0 {
                         let left = ProcFS.fdInfo(pid, f.fd).map { ProcFS.parseTimespecPair($0.1.extra["it_value"]) } ?? t.valueNanoseconds
                         var now = timespec()
@@ -420,46 +420,50 @@ extension Checkpointer {
         return FanotifyState(flags: settings.flags, eventFlags: settings.eventFlags, marks: marks)
     }
 
+    /// Runs `count` calls in the stopped process in one batch, with `outputBytes` of memory for
+    /// them to write into (`calls` gets its address); returns each call's result and those
+    /// bytes. The batch code, the call table and the outputs share one scratch mapping.
+    func batchInProcess(_ tracee: Tracee, count: Int, outputBytes: Int,
+                        _ calls: (_ outputs: UInt64) -> [(SyscallNumber, [UInt64])]) throws -> (results: [Int64], outputs: [UInt8]) {
+        try tracee.withSyscalls(in: pid) { leader in
+            let tableBytes = UInt64(count) * 64
+            let size = (4096 + tableBytes + UInt64(outputBytes) + 4095) & ~4095
+            let scratch = try leader.mapScratch(bytes: size, executable: true)
+            defer { _ = try? leader.raw(.munmap, scratch, size) }
+            try tracee.write(RemoteSyscalls.batchCode, to: scratch)
+            let table = scratch + 4096, outputs = table + tableBytes
+            let made = calls(outputs)
+            precondition(made.count == count, "batchInProcess: \(made.count) calls made, \(count) sized for")
+            let results = try leader.batch(made, code: scratch, table: table)
+            return (results, outputBytes > 0 ? try tracee.read(outputs, count: outputBytes) : [])
+        }
+    }
+
     /// F_GETFD of each of `fds`, run in the stopped process in one batch (by fd; a negative
     /// value is the call's error).
     func fdFlags(_ tracee: Tracee, _ fds: [Int32]) throws -> [Int32: Int64] {
         guard !fds.isEmpty else { return [:] }
-        return try tracee.withSyscalls(in: pid) { leader in
-            let size = (4096 + UInt64(fds.count) * 64 + 4095) & ~4095
-            let scratch = try leader.mapScratch(bytes: size, executable: true)
-            defer { _ = try? leader.raw(.munmap, scratch, size) }
-            try tracee.write(RemoteSyscalls.batchCode, to: scratch)
-            let results = try leader.batch(fds.map { (.fcntl, [UInt64($0), UInt64(F_GETFD)]) }, code: scratch, table: scratch + 4096)
-            return Dictionary(zip(fds, results), uniquingKeysWith: { a, _ in a })
-        }
+        let (results, _) = try batchInProcess(tracee, count: fds.count, outputBytes: 0) { _ in fds.map { (.fcntl, [UInt64($0), UInt64(F_GETFD)]) } }
+        return Dictionary(zip(fds, results), uniquingKeysWith: { a, _ in a })
     }
 
     /// Who gets a signal for I/O on each of `fds` (F_GETOWN_EX) and which (F_GETSIG), run in
     /// the stopped process in one batch; only fds with an owner or a signal of their own.
     func signalOwners(_ tracee: Tracee, _ fds: [Int32]) throws -> [Int32: SignalOwner] {
         guard !fds.isEmpty else { return [:] }
-        return try tracee.withSyscalls(in: pid) { leader in
-            let size = (4096 + UInt64(fds.count) * (128 + 8) + 4095) & ~4095
-            let scratch = try leader.mapScratch(bytes: size, executable: true)
-            defer { _ = try? leader.raw(.munmap, scratch, size) }
-            try tracee.write(RemoteSyscalls.batchCode, to: scratch)
-            let table = scratch + 4096, owners = table + UInt64(fds.count) * 128
-            var calls: [(SyscallNumber, [UInt64])] = []
-            for (i, fd) in fds.enumerated() {
-                calls.append((.fcntl, [UInt64(fd), 16 /* F_GETOWN_EX */, owners + UInt64(i) * 8]))
-                calls.append((.fcntl, [UInt64(fd), 11 /* F_GETSIG */]))
+        let (results, words) = try batchInProcess(tracee, count: 2 * fds.count, outputBytes: fds.count * 8) { owners in
+            fds.enumerated().flatMap { i, fd -> [(SyscallNumber, [UInt64])] in
+                [(.fcntl, [UInt64(fd), 16 /* F_GETOWN_EX */, owners + UInt64(i) * 8]), (.fcntl, [UInt64(fd), 11 /* F_GETSIG */])]
             }
-            let results = try leader.batch(calls, code: scratch, table: table)
-            let words = try tracee.read(owners, count: fds.count * 8)
-            var out: [Int32: SignalOwner] = [:]
-            for (i, fd) in fds.enumerated() where results[2 * i] == 0 {
-                let type = words.withUnsafeBytes { $0.loadUnaligned(fromByteOffset: i * 8, as: Int32.self) }
-                let owner = words.withUnsafeBytes { $0.loadUnaligned(fromByteOffset: i * 8 + 4, as: Int32.self) }
-                let signal = Int32(truncatingIfNeeded: max(results[2 * i + 1], 0))
-                if owner != 0 || signal != 0 { out[fd] = SignalOwner(type: type, pid: owner, signal: signal) }
-            }
-            return out
         }
+        var out: [Int32: SignalOwner] = [:]
+        for (i, fd) in fds.enumerated() where results[2 * i] == 0 {
+            let type = words.withUnsafeBytes { $0.loadUnaligned(fromByteOffset: i * 8, as: Int32.self) }
+            let owner = words.withUnsafeBytes { $0.loadUnaligned(fromByteOffset: i * 8 + 4, as: Int32.self) }
+            let signal = Int32(truncatingIfNeeded: max(results[2 * i + 1], 0))
+            if owner != 0 || signal != 0 { out[fd] = SignalOwner(type: type, pid: owner, signal: signal) }
+        }
+        return out
     }
 
     /// The inodes /proc/locks names: files (and sockets) someone holds a lock on.

@@ -11,25 +11,18 @@ extension Checkpointer {
         let skipped: Set<Mapping.Kind> = [.vdso, .vvar, .vvarVclock, .vsyscall]
         let indices = p.mappings.indices.filter { !skipped.contains(p.mappings[$0].kind) }
         let each = 8 + words * 8
-        let found: [(Int, NUMAPolicy)] = try tracee.withSyscalls(in: pid) { leader in
-            let size = (4096 + UInt64(indices.count) * UInt64(64 + each) + 4095) & ~4095
-            let scratch = try leader.mapScratch(bytes: size, executable: true)
-            defer { _ = try? leader.raw(.munmap, scratch, size) }
-            try tracee.write(RemoteSyscalls.batchCode, to: scratch)
-            let table = scratch + 4096, outputs = table + UInt64(indices.count) * 64
-            let calls = indices.enumerated().map { k, i -> (SyscallNumber, [UInt64]) in
+        let (results, outputs) = try batchInProcess(tracee, count: indices.count, outputBytes: indices.count * each) { outputs in
+            indices.enumerated().map { k, i -> (SyscallNumber, [UInt64]) in
                 let at = outputs + UInt64(k * each)
                 return (.getMempolicy, [at, at + 8, UInt64(words * 64), p.mappings[i].start, 2 /* MPOL_F_ADDR */])
             }
-            let results = try leader.batch(calls, code: scratch, table: table)
-            let v = try tracee.read(outputs, count: indices.count * each).words
-            var out: [(Int, NUMAPolicy)] = []
-            for (k, i) in indices.enumerated() where results[k] == 0 {
-                let b = k * each / 8
-                let policy = NUMAPolicy(mode: Int32(truncatingIfNeeded: v[b]), mask: Array(v[b + 1..<b + 1 + words]))
-                if policy.mode != 0 { out.append((i, policy)) }
-            }
-            return out
+        }
+        let v = outputs.words
+        var found: [(Int, NUMAPolicy)] = []
+        for (k, i) in indices.enumerated() where results[k] == 0 {
+            let b = k * each / 8
+            let policy = NUMAPolicy(mode: Int32(truncatingIfNeeded: v[b]), mask: Array(v[b + 1..<b + 1 + words]))
+            if policy.mode != 0 { found.append((i, policy)) }
         }
         for (i, policy) in found { p.mappings[i].numaPolicy = policy }
     }

@@ -181,15 +181,16 @@ struct FDBuilder {
                 inside = processes.count > 1 ? processes.contains { $0.pgid == o.pid }
                     : process.pid == o.pid && process.sid == o.pid && !process.fds.contains { $0.kind == .tty }
             }
+            let kind = ["thread", "process", "process group"][Int(o.type)]
             if o.pid != 0 && inside {
                 scratch.reset()
                 var bytes: [UInt8] = []
                 withUnsafeBytes(of: o.type.littleEndian) { bytes += $0 }
                 withUnsafeBytes(of: o.pid.littleEndian) { bytes += $0 }
                 let at = try scratch.put(bytes)
-                try leader.call(.fcntl, UInt64(s.fd), 15 /* F_SETOWN_EX */, at, what: "making \(["thread", "process", "process group"][Int(o.type)]) \(o.pid) the owner of fd \(s.fd)")
+                try leader.call(.fcntl, UInt64(s.fd), 15 /* F_SETOWN_EX */, at, what: "making \(kind) \(o.pid) the owner of fd \(s.fd)")
             } else if o.pid != 0 {
-                restorer.note("fd \(s.fd) (\(s.path)) sent its I/O signals to \(["thread", "process", "process group"][Int(o.type)]) \(o.pid), which is not restored with it; it sends none now", about: process)
+                restorer.note("fd \(s.fd) (\(s.path)) sent its I/O signals to \(kind) \(o.pid), which is not restored with it; it sends none now", about: process)
             }
             if o.signal != 0 {
                 try leader.call(.fcntl, UInt64(s.fd), 10 /* F_SETSIG */, UInt64(o.signal), what: "setting the I/O signal of fd \(s.fd)")
@@ -648,19 +649,19 @@ struct FDBuilder {
         let fd = try high(Int32(try leader.call(.timerfdCreate, UInt64(t.clock), 0, what: "creating a timerfd")))
         // A periodic timer that expired and was not read yet shows no time left; the kernel
         // re-arms it on the next read. Its next expiration is a period away.
-        let value = t.valueNanoseconds > 0 ? t.valueNanoseconds : t.intervalNanoseconds
-        if let at = t.absoluteNanoseconds, let flags = t.settimeFlags {
+        var value = t.valueNanoseconds > 0 ? t.valueNanoseconds : t.intervalNanoseconds
+        var flags: UInt64 = 0
+        if let at = t.absoluteNanoseconds, let f = t.settimeFlags {
             // An absolute wall-clock timer: armed for its moment, with its flags (a timer that
             // is cancelled when the clock is set stays so).
-            scratch.reset()
-            let spec = try scratch.put(words: [t.intervalNanoseconds / 1_000_000_000, t.intervalNanoseconds % 1_000_000_000,
-                                               at / 1_000_000_000, at % 1_000_000_000])
-            try leader.call(.timerfdSettime, UInt64(fd), UInt64(flags & 3), spec, 0, what: "arming a timerfd")
-        } else if value > 0 {
+            value = at
+            flags = UInt64(f & 3)
+        }
+        if value > 0 {
             scratch.reset()
             let spec = try scratch.put(words: [t.intervalNanoseconds / 1_000_000_000, t.intervalNanoseconds % 1_000_000_000,
                                                value / 1_000_000_000, value % 1_000_000_000])
-            try leader.call(.timerfdSettime, UInt64(fd), 0, spec, 0, what: "arming a timerfd")
+            try leader.call(.timerfdSettime, UInt64(fd), flags, spec, 0, what: "arming a timerfd")
         }
         if t.ticks > 0 {
             // Expirations nobody has read yet (TFD_IOC_SET_TICKS).

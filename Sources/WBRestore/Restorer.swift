@@ -204,8 +204,6 @@ public final class Restorer {
     /// Removes the copies of the process's files (`options.privateFiles`) once it has ended.
     public func removePrivateFiles() { privateCopies?.remove() }
 
-    /// Adds a note about process `p`: prefixed with its pid when the image holds a tree, so the
-    /// user knows which process it is about.
     /// What the process was in that restore does not make: its cgroup (limits and
     /// accounting are the restoring one's) and its session keyring (the restored process
     /// shares wb's). Said when they differ.
@@ -235,6 +233,8 @@ public final class Restorer {
         notes.append(String(format: "CLOCK_MONOTONIC and CLOCK_BOOTTIME are this machine's here (no time namespace could be made: it needs CONFIG_TIME_NS and CAP_SYS_TIME): they jump by %+.1f s for the process", jump))
     }
 
+    /// Adds a note about process `p`: prefixed with its pid when the image holds a tree, so the
+    /// user knows which process it is about.
     func note(_ text: String, about p: ProcessState) {
         let line = (image.metadata.descendants ?? []).isEmpty ? text : "pid \(p.pid): \(text)"
         if !notes.contains(line) { notes.append(line) }
