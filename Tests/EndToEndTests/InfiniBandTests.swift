@@ -104,7 +104,7 @@ extension DistributedTests.InfiniBandTests {
                             env: ["WB_IB_FABRIC": "\(dir)/fabric", "WB_IB_NO_SHM": path == "TCP" ? "1" : "0"])
         let out = run.rest(timeout: 120)
         #expect(run.wait(timeout: 30) == 0, "\(out)\n\(run.stderrText)")
-        #expect(out.contains("DONE passed=10 failed=0"), "\(out)")
+        #expect(out.contains("DONE passed=11 failed=0"), "\(out)")
         // What the layer does not offer fails with a line that says so.
         #expect(run.stderrText.contains("wbsoft0: ibv_qp_to_qp_ex (the extended post-send builders) is not offered"), "\(run.stderrText)")
     }

@@ -41,6 +41,7 @@
 #include <unistd.h>
 
 #include <infiniband/verbs.h>
+#include <linux/sockios.h>
 
 #undef ibv_reg_mr
 #undef ibv_reg_mr_iova
@@ -143,6 +144,8 @@ struct wb_qp {
     struct wb_held *held, *held_tail;
     uint32_t held_count;
     uint64_t rnr_deadline;         // when the held request's RNR retries run out (0: never)
+    uint64_t retry_deadline;       // the peer is gone: when the requests it did not answer fail
+                                   // with IBV_WC_RETRY_EXC_ERR (0: not armed, or never)
     int in_broken;                 // an RNR NAK ended the requester's QP: drop what still comes
     int pull;                      // the peer is on this host and can read this process's memory:
                                    // large payloads stay here and the responder pulls them
@@ -433,6 +436,7 @@ static int scatter(const struct wb_recv *r, uint32_t offset, const uint8_t *data
 // ---- responder: requests from a peer -------------------------------------------------
 
 static void conn_flush(struct wb_conn *c);
+static uint64_t now_ns(void);
 
 static void respond(struct wb_qp *qp, uint8_t op, uint16_t status, uint64_t value, const void *data, uint32_t len) {
     struct wb_conn *c = &qp->in;
@@ -476,18 +480,29 @@ static void conn_flush(struct wb_conn *c) {
     }
 }
 
-// Answers still buffered for the peer (the progress thread writes a batch's ACKs after the
-// batch, by when the application may have polled the completions and be closing the QP or
-// exiting) go out before the connection closes: a request the peer sent, and that was done
-// here, must not fail there for want of its ACK. Bounded: a peer that reads nothing gets a
-// second. Called with dev.lock held.
-static void conn_drain(struct wb_conn *c) {
-    for (int i = 0; i < 100 && c->fd >= 0 && c->outlen > 0; i++) {
+// Closes a QP's inbound connection (destroy, or the process's exit with QPs open) so that
+// every answer for a request done here reaches the peer: the progress thread writes a batch's
+// ACKs after the batch, by when the application may have polled the completions and be
+// closing. The answers still buffered are written, then the close waits until the peer's
+// kernel has them all (SIOCOUTQ), reading away requests that will not be served: a socket
+// closed with unread bytes resets the connection, and a reset drops what it had not yet
+// delivered. The peer fails those unserved requests when its retries run out, as on a fabric.
+// Bounded by `until` (now_ns): a peer that takes nothing is not waited for. dev.lock held.
+static void conn_close(struct wb_conn *c, uint64_t until) {
+    if (c->fd < 0) return;
+    for (;;) {
         conn_flush(c);
-        if (c->outlen == 0) break;
-        struct pollfd p = {c->fd, POLLOUT, 0};
-        poll(&p, 1, 10);
+        uint8_t scratch[4096];
+        while (recv(c->fd, scratch, sizeof scratch, MSG_DONTWAIT) > 0) {}
+        int queued = 0;
+        if (c->outlen == 0 && (ioctl(c->fd, SIOCOUTQ, &queued) < 0 || queued == 0)) break;
+        if (now_ns() >= until) break;
+        struct pollfd p = {c->fd, POLLIN | (c->outlen ? POLLOUT : 0), 0};
+        poll(&p, 1, 2);
     }
+    close(c->fd);
+    c->fd = -1;
+    c->outlen = 0;
 }
 
 // Carry out one request whose payload is in memory. Returns 0 when it had to wait (no receive).
@@ -741,10 +756,39 @@ static void flush_qp(struct wb_qp *qp, enum ibv_wc_status first) {
 }
 
 static void to_error(struct wb_qp *qp, enum ibv_wc_status status) {
+    qp->retry_deadline = 0;
     qp->attr.qp_state = IBV_QPS_ERR;
     qp->qp.state = IBV_QPS_ERR;
     flush_qp(qp, status);
     qp_sync(qp);
+}
+
+// The peer's LID: the address vector's, or the last bytes of its GID.
+static uint16_t peer_lid(const struct ibv_ah_attr *ah) {
+    if (ah->dlid) return ah->dlid;
+    if (ah->is_global) return (uint16_t)(ah->grh.dgid.raw[14] << 8 | ah->grh.dgid.raw[15]);
+    return 0;
+}
+
+// The requester's transport retries: a request the peer does not answer is sent again after
+// the local ACK timeout (4.096 us x 2^timeout), retry_cnt times, before it fails. 0 when the
+// QP's timeout is 0 (infinite: it never fails).
+static uint64_t retry_ns(const struct wb_qp *qp) {
+    if (qp->attr.timeout == 0) return 0;
+    uint64_t ack_timeout = 4096ull << (qp->attr.timeout & 31);
+    return ack_timeout * ((uint64_t)(qp->attr.retry_cnt & 7) + 1);
+}
+
+// The peer's device is gone (its connection ended, or a request could not be written): the
+// requests it did not answer fail when the retries would have run out on a fabric, not at
+// once, so that an application which stops needing them by then (a peer that finished and
+// closed while this side's last sends were in flight) never sees the failure.
+static void peer_lost(struct wb_qp *qp) {
+    if (qp->out_count == 0 || qp->attr.qp_state == IBV_QPS_ERR || qp->retry_deadline) return;
+    uint64_t ns = retry_ns(qp);
+    if (!ns) return;
+    qp->retry_deadline = now_ns() + ns;
+    wake_progress();
 }
 
 static int take_response(struct wb_qp *qp) {
@@ -941,9 +985,12 @@ static void *progress(void *unused) {
             if (q->out_fd >= 0 && q->qp.qp_type == IBV_QPT_RC) {
                 fds[n] = (struct pollfd){.fd = q->out_fd, .events = POLLIN}; owners[n] = q; kinds[n++] = 4;
             }
-            if (q->rnr_deadline) {
+            uint64_t deadlines[2] = {q->rnr_deadline, q->retry_deadline};
+            for (int k = 0; k < 2; k++) {
+                if (!deadlines[k]) continue;
                 if (!t) t = now_ns();
-                int ms = q->rnr_deadline <= t ? 0 : (int)((q->rnr_deadline - t + 999999) / 1000000);
+                uint64_t left = deadlines[k] <= t ? 0 : (deadlines[k] - t + 999999) / 1000000;
+                int ms = left > INT32_MAX ? INT32_MAX : (int)left;
                 if (timeout < 0 || ms < timeout) timeout = ms;
             }
         }
@@ -953,8 +1000,16 @@ static void *progress(void *unused) {
         pthread_mutex_lock(&dev.lock);
         if (timeout >= 0) {
             t = now_ns();
-            for (struct wb_qp *q = dev.qps; q; q = q->next)
+            for (struct wb_qp *q = dev.qps; q; q = q->next) {
                 if (q->rnr_deadline && q->rnr_deadline <= t) { rnr_expired(q); qp_sync(q); }
+                if (q->retry_deadline && q->retry_deadline <= t) {
+                    // The application sees only the status: say where it came from.
+                    fprintf(stderr, "wbsoft0: QP %u: the peer (LID %u QP %u) is gone with %u request(s) unanswered; "
+                            "they fail with IBV_WC_RETRY_EXC_ERR after the QP's retries\n",
+                            q->qp.qp_num, peer_lid(&q->attr.ah_attr), q->attr.dest_qp_num, q->out_count);
+                    to_error(q, IBV_WC_RETRY_EXC_ERR);
+                }
+            }
         }
         if (r < 0) { pthread_mutex_unlock(&dev.lock); continue; }
         for (size_t i = 0; i < n; i++) {
@@ -999,11 +1054,11 @@ static void *progress(void *unused) {
                 qp_sync_later = q;
                 do {
                     if (take_response(q) < 0) {
-                        // The peer is gone. Requests it did not answer fail as after the
-                        // retries; with none outstanding the QP stays as it is (its receives
-                        // stay posted) until the next send finds no peer.
+                        // The peer is gone. Requests it did not answer fail when the retries
+                        // run out; with none outstanding the QP stays as it is (its receives
+                        // stay posted) until a send finds no peer.
                         close(q->out_fd); q->out_fd = -1;
-                        if (q->out_count > 0 && q->attr.qp_state != IBV_QPS_ERR) to_error(q, IBV_WC_RETRY_EXC_ERR);
+                        peer_lost(q);
                         break;
                     }
                     int avail = 0;
@@ -1307,11 +1362,18 @@ static int wb_post_send(struct ibv_qp *ibqp, struct ibv_send_wr *wr, struct ibv_
         }
         pthread_mutex_lock(&dev.lock);
         int local_ok = inl || sges_valid(wr->sg_list, wr->num_sge, (op == WB_READ || op == WB_CAS || op == WB_FADD) ? IBV_ACCESS_LOCAL_WRITE : 0);
-        if (qp->attr.qp_state == IBV_QPS_ERR || !local_ok || qp->out_fd < 0) {
+        if (qp->attr.qp_state == IBV_QPS_ERR || !local_ok) {
             // A QP in error flushes what is posted; a bad local buffer fails this request.
-            if (qp->attr.qp_state != IBV_QPS_ERR && !local_ok) to_error(qp, IBV_WC_LOC_PROT_ERR);
-            else if (qp->attr.qp_state != IBV_QPS_ERR) to_error(qp, IBV_WC_RETRY_EXC_ERR);
+            if (qp->attr.qp_state != IBV_QPS_ERR) to_error(qp, IBV_WC_LOC_PROT_ERR);
             complete(qp, 0, wr->wr_id, IBV_WC_WR_FLUSH_ERR, wc_opcode(wr->opcode), 0, 0, 0, 0, 0);
+            pthread_mutex_unlock(&dev.lock);
+            continue;
+        }
+        // No peer to send to (its device is gone): an RC request waits, unanswered, for the
+        // retries to run out (peer_lost); a UC send is done once sent, as on a fabric.
+        int gone = qp->out_fd < 0;
+        if (gone && qp->qp.qp_type == IBV_QPT_UC) {
+            if (signaled) complete(qp, 0, wr->wr_id, IBV_WC_SUCCESS, wc_opcode(wr->opcode), (uint32_t)total, 0, 0, 0, 0);
             pthread_mutex_unlock(&dev.lock);
             continue;
         }
@@ -1333,6 +1395,7 @@ static int wb_post_send(struct ibv_qp *ibqp, struct ibv_send_wr *wr, struct ibv_
             memcpy(o->sge, wr->sg_list, sizeof(struct ibv_sge) * (size_t)wr->num_sge);
             qp->out_count++;
             qp_sync(qp);
+            if (gone) { peer_lost(qp); pthread_mutex_unlock(&dev.lock); continue; }
         }
         // Gather the payload while the buffers are known good.
         struct iovec iov[MAX_SGE + 1];
@@ -1348,8 +1411,10 @@ static int wb_post_send(struct ibv_qp *ibqp, struct ibv_send_wr *wr, struct ibv_
         int fd = qp->out_fd;
         pthread_mutex_unlock(&dev.lock);
         if (writev_all(fd, iov, cnt) < 0) {
+            // The peer's device is gone; the progress thread sees its connection end too.
             pthread_mutex_lock(&dev.lock);
-            if (qp->attr.qp_state != IBV_QPS_ERR) to_error(qp, IBV_WC_RETRY_EXC_ERR);
+            if (qp->qp.qp_type == IBV_QPT_RC) peer_lost(qp);
+            else if (signaled) complete(qp, 0, wr->wr_id, IBV_WC_SUCCESS, wc_opcode(wr->opcode), (uint32_t)total, 0, 0, 0, 0);
             pthread_mutex_unlock(&dev.lock);
             continue;
         }
@@ -1861,12 +1926,6 @@ EXPORT int ibv_query_qp(struct ibv_qp *ibqp, struct ibv_qp_attr *attr, int mask,
     return 0;
 }
 
-static uint16_t peer_lid(const struct ibv_ah_attr *ah) {
-    if (ah->dlid) return ah->dlid;
-    if (ah->is_global) return (uint16_t)(ah->grh.dgid.raw[14] << 8 | ah->grh.dgid.raw[15]);
-    return 0;
-}
-
 EXPORT int ibv_modify_qp(struct ibv_qp *ibqp, struct ibv_qp_attr *attr, int mask) {
     struct wb_qp *qp = (struct wb_qp *)ibqp;
     pthread_mutex_lock(&dev.lock);
@@ -1896,6 +1955,7 @@ EXPORT int ibv_modify_qp(struct ibv_qp *ibqp, struct ibv_qp_attr *attr, int mask
             if (qp->in.fd >= 0) { close(qp->in.fd); qp->in.fd = -1; }
             qp->out_count = 0;
             qp->rq.count = 0;
+            qp->retry_deadline = 0;
         }
         if (to == IBV_QPS_ERR) to_error(qp, IBV_WC_WR_FLUSH_ERR);
         a->qp_state = to;
@@ -1927,6 +1987,7 @@ EXPORT int ibv_modify_qp(struct ibv_qp *ibqp, struct ibv_qp_attr *attr, int mask
         if (qp->out_fd >= 0) close(qp->out_fd);
         qp->out_fd = fd;
         qp->pull = pull;
+        qp->retry_deadline = 0;
         pthread_mutex_unlock(&dev.lock);
         wake_progress();
     }
@@ -1934,14 +1995,14 @@ EXPORT int ibv_modify_qp(struct ibv_qp *ibqp, struct ibv_qp_attr *attr, int mask
 }
 
 // A process that exits with its QPs still open sends what it owes its peers first (see
-// conn_drain). The lock is waited for a second at most: exit must not hang on it.
+// conn_close). The lock is waited for a second at most: exit must not hang on it.
 __attribute__((destructor)) static void drain_at_exit(void) {
     struct timespec until;
     clock_gettime(CLOCK_REALTIME, &until);
     until.tv_sec += 1;
     if (pthread_mutex_timedlock(&dev.lock, &until) != 0) return;
-    for (struct wb_qp *q = dev.qps; q; q = q->next)
-        if (q->in.fd >= 0) conn_drain(&q->in);
+    uint64_t deadline = now_ns() + 1000000000ull;
+    for (struct wb_qp *q = dev.qps; q; q = q->next) conn_close(&q->in, deadline);
     pthread_mutex_unlock(&dev.lock);
 }
 
@@ -1952,7 +2013,7 @@ EXPORT int ibv_destroy_qp(struct ibv_qp *ibqp) {
     for (struct wb_qp **p = &dev.qps; *p; p = &(*p)->next)
         if (*p == qp) { *p = qp->next; break; }
     if (qp->out_fd >= 0) close(qp->out_fd);
-    if (qp->in.fd >= 0) { conn_drain(&qp->in); close(qp->in.fd); }
+    conn_close(&qp->in, now_ns() + 1000000000ull);
     while (qp->held) { struct wb_held *h = qp->held; qp->held = h->next; free(h->data); free(h); }
     state_free(qp->rec);
     pthread_mutex_unlock(&dev.lock);

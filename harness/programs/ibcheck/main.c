@@ -262,6 +262,28 @@ static const char *errors_and_flushes(void) {
     return NULL;
 }
 
+// A peer whose QP is gone does not answer: the request fails with IBV_WC_RETRY_EXC_ERR once
+// the requester's retries run out (timeout 14, retry_cnt 7: 8 x 67 ms), not at once.
+static const char *a_gone_peer_fails_after_the_retries(void) {
+    struct pair p = make_pair(IBV_QPT_RC, NULL, 7);
+    struct ibv_wc wc;
+    CHECK(!post_recv(p.b, 61, mem + 4096, 64), "post_recv");
+    CHECK(!post(p.a, IBV_WR_SEND, 62, mem, 64, mr->lkey, 0, 0, 0, 0), "send");
+    CHECK(wait_wc(p.cq_a, &wc) && wc.wr_id == 62 && wc.status == IBV_WC_SUCCESS, "send before: status %d", wc.status);
+    CHECK(ibv_destroy_qp(p.b) == 0, "destroy_qp");
+    struct timespec t0, t1;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    CHECK(!post(p.a, IBV_WR_SEND, 63, mem, 64, mr->lkey, 0, 0, 0, 0), "send");
+    CHECK(wait_wc(p.cq_a, &wc) && wc.wr_id == 63 && wc.status == IBV_WC_RETRY_EXC_ERR, "send to a gone peer: status %d", wc.status);
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    double s = (double)(t1.tv_sec - t0.tv_sec) + (double)(t1.tv_nsec - t0.tv_nsec) / 1e9;
+    CHECK(s > 0.4 && s < 3, "failed after %.3f s, not after the retries (0.54 s)", s);
+    struct ibv_qp_attr at;
+    struct ibv_qp_init_attr ia;
+    CHECK(!ibv_query_qp(p.a, &at, IBV_QP_STATE, &ia) && at.qp_state == IBV_QPS_ERR, "QP state %d", at.qp_state);
+    return NULL;
+}
+
 static const char *completion_channel(void) {
     struct ibv_comp_channel *ch = ibv_create_comp_channel(ctx);
     CHECK(ch, "create_comp_channel");
@@ -378,6 +400,7 @@ int main(void) {
     result("rnr-waits-in-order", rnr_waits_in_order());
     result("rnr-retries-run-out", rnr_retries_run_out());
     result("errors-and-flushes", errors_and_flushes());
+    result("a-gone-peer-fails-after-the-retries", a_gone_peer_fails_after_the_retries());
     result("completion-channel", completion_channel());
     result("what-is-not-offered-fails-cleanly", what_is_not_offered());
     result("forged-pulls-are-refused", forged_pulls_are_refused());
