@@ -165,7 +165,7 @@ final class PageStore {
             ranges += [pages[i], UInt64(j - i + 1) * 4096]
             i = j + 1
         }
-        try memory.read(ranges: ranges, into: UnsafeMutableRawBufferPointer(rebasing: data[0..<(pages.count * 4096)]))
+        try memory.readKeepingShared(ranges: ranges, into: UnsafeMutableRawBufferPointer(rebasing: data[0..<(pages.count * 4096)]))
     }
 
     /// Puts read pages into the image: back in place when stored before, else appended.

@@ -6,6 +6,7 @@ import Glibc
 public final class ProcessMemory {
     public let pid: Int32
     var memDescriptor: FileDescriptor?
+    var pagemapDescriptor: FileDescriptor?
 
     public init(pid: Int32) { self.pid = pid }
 
@@ -45,6 +46,57 @@ public final class ProcessMemory {
             let len = Int(ranges[i + 1])
             try readThroughProcMem(ranges[i], into: UnsafeMutableRawBufferPointer(rebasing: buffer[at..<(at + len)]))
             at += len
+        }
+    }
+
+    /// `read(ranges:into:)` that leaves pages shared copy-on-write shared. process_vm_readv
+    /// pins what it reads, and the kernel gives a process an anonymous page of its own
+    /// before letting it be pinned while another process maps it too: a checkpoint reading a
+    /// forked child that way would leave the child and its parent a copy each of every page
+    /// they shared (a preforked server's memory multiplied by its workers). Pages the process's
+    /// pagemap shows mapped more than once are read through /proc/PID/mem, which copies
+    /// without pinning; the rest, most pages of most processes, as before.
+    public func readKeepingShared(ranges: [UInt64], into buffer: UnsafeMutableRawBufferPointer) throws {
+        if pagemapDescriptor == nil {
+            pagemapDescriptor = try FileDescriptor.open("/proc/\(pid)/pagemap", O_RDONLY, what: "opening the page map of pid \(pid)")
+        }
+        let map = pagemapDescriptor!
+        // Runs of pages read the same way, in buffer order. A shared run is one address range
+        // (one pread); the others gather ranges for one process_vm_readv.
+        var groups: [(shared: Bool, at: Int, bytes: Int, ranges: [UInt64])] = []
+        func add(_ shared: Bool, _ address: UInt64, _ length: Int, at: Int) {
+            if let last = groups.last, last.shared == shared, last.at + last.bytes == at,
+               !shared || last.ranges[0] + UInt64(last.bytes) == address {
+                let n = groups.count - 1
+                if shared { groups[n].ranges[1] += UInt64(length) } else { groups[n].ranges += [address, UInt64(length)] }
+                groups[n].bytes += length
+                return
+            }
+            groups.append((shared, at, length, [address, UInt64(length)]))
+        }
+        var at = 0
+        for i in stride(from: 0, to: ranges.count, by: 2) {
+            let start = ranges[i], length = Int(ranges[i + 1])
+            let words = (try? ProcFS.pagemap(map, start: start, end: start + UInt64(length))) ?? []
+            func shared(_ k: Int) -> Bool {
+                k < words.count && words[k] & ProcFS.pagePresent != 0 && words[k] & ProcFS.pageExclusive == 0
+                    && words[k] & ProcFS.pageFileOrSharedAnon == 0
+            }
+            let pages = length / 4096
+            var k = 0
+            while k < pages {
+                let kind = shared(k)
+                var j = k
+                while j + 1 < pages && shared(j + 1) == kind { j += 1 }
+                add(kind, start + UInt64(k) * 4096, (j - k + 1) * 4096, at: at + k * 4096)
+                k = j + 1
+            }
+            if pages * 4096 < length { add(false, start + UInt64(pages) * 4096, length - pages * 4096, at: at + pages * 4096) }
+            at += length
+        }
+        for g in groups {
+            let slice = UnsafeMutableRawBufferPointer(rebasing: buffer[g.at..<(g.at + g.bytes)])
+            if g.shared { try readThroughProcMem(g.ranges[0], into: slice) } else { try read(ranges: g.ranges, into: slice) }
         }
     }
 
