@@ -114,6 +114,7 @@ let package = Package(
         harnessProgram("fifo"),
         harnessProgram("deleteddir"),
         harnessProgram("sharedtables"),
+        harnessProgram("cow"),
         harnessProgram("pty"),
         harnessProgram("fanotify"),
         harnessProgram("aio"),

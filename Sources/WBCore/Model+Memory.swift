@@ -75,6 +75,46 @@ public struct Mapping: Codable, Sendable, Equatable {
 
     public func contains(_ address: UInt64) -> Bool { address >= start && address < end }
 
+    /// Whether this mapping of a forked child can hold pages it shares copy-on-write with
+    /// `parent`'s mapping: the same range of private memory of ordinary pages, with nothing
+    /// that fork would not pass on (MADV_DONTFORK, MADV_WIPEONFORK) or that restore puts on
+    /// after the pages (guards). Pages the child's runs store at the same place as the
+    /// parent's are shared: restore gives the child the parent's by fork.
+    public func canShareCopyOnWrite(with parent: Mapping) -> Bool {
+        func plain(_ m: Mapping) -> Bool {
+            !m.shared && [.anonymous, .heap, .stack].contains(m.kind) && m.hugePageSize == nil && (m.guards ?? []).isEmpty
+                && !m.vmFlags.contains("dc") && !m.vmFlags.contains("wf")
+        }
+        return start == parent.start && end == parent.end && kind == parent.kind && plain(self) && plain(parent)
+    }
+
+    /// Where each page's data is: (source, offset) of its run, nil for a page not stored.
+    public func pageData() -> [(source: UInt32, offset: UInt64)?] {
+        var out = [(source: UInt32, offset: UInt64)?](repeating: nil, count: pageCount)
+        for r in pages {
+            for k in 0..<Int(r.count) where Int(r.page) + k < out.count {
+                out[Int(r.page) + k] = (r.source, r.dataOffset + UInt64(k) * 4096)
+            }
+        }
+        return out
+    }
+
+    /// Page runs from per-page data locations: consecutive pages whose data follow each other
+    /// in one source make one run.
+    public static func runs(from data: [(source: UInt32, offset: UInt64)?]) -> [PageRun] {
+        var out: [PageRun] = []
+        for (i, d) in data.enumerated() {
+            guard let d else { continue }
+            if let last = out.last, last.source == d.source, Int(last.page + last.count) == i,
+               last.dataOffset + last.byteCount == d.offset {
+                out[out.count - 1].count += 1
+            } else {
+                out.append(PageRun(page: UInt32(i), count: 1, dataOffset: d.offset, source: d.source))
+            }
+        }
+        return out
+    }
+
     /// The stored run holding page `page` of this mapping (runs are in page order).
     public func run(containing page: UInt32) -> PageRun? {
         var lo = 0, hi = pages.count - 1

@@ -21,40 +21,78 @@ struct AddressSpace {
 
     let process: ProcessState
     let shared: SharedObjects
+    /// For a child forked from its rebuilt parent: the mappings it keeps from the fork, with
+    /// the pages it writes and discards in them.
+    let inherited: InheritedMemory?
 
     var image: Image { restorer.image }
     var mappings: [Mapping] { process.mappings }
 
     init(restorer: Restorer, process: ProcessState, tracee: Tracee, leader: RemoteSyscalls, files: ResolvedFiles,
-         shared: SharedObjects) throws {
+         shared: SharedObjects, inherited: InheritedMemory? = nil) throws {
         self.restorer = restorer
         self.process = process
         self.shared = shared
+        self.inherited = inherited
         self.tracee = tracee
         self.leader = leader
         self.files = files
     }
 
+    /// Maps every VMA and writes its pages (`buildPages`), then protects them (`finishPages`).
     mutating func build() throws {
+        try buildPages()
+        try finishPages()
+    }
+
+    /// Every VMA mapped writable, with its pages in: what a child forked now inherits.
+    mutating func buildPages() throws {
         let stubMaps = try ProcFS.maps(tracee.pid, withFlags: false)
         let hole = try findHole(bytes: 4 << 20, avoiding: stubMaps)
         let base = try leader.mapScratch(bytes: Scratch.bytes, at: hole, executable: true)
         try tracee.write([0x0F, 0x05, 0xCC], to: base)
+        try tracee.write(Scratch.forkCode, to: base + Scratch.forkCodeOffset)
         try tracee.write(RemoteSyscalls.batchCode, to: base + Scratch.batchCodeOffset)
         tracee.syscallGadget = base
         scratch = Scratch(tracee: tracee, base: base)
         access = try FileAccess(process: process, tracee: tracee, leader: leader, scratch: scratch,
                                 cacheDirectory: restorer.options.cacheDirectory)
+        // What a child forked from its rebuilt parent keeps of the parent's mappings stays.
+        let kept = (inherited?.mappings.keys).map { keys in mappings.filter { keys.contains($0.start) }.map { ($0.start, $0.end) } } ?? []
         for e in stubMaps where !e.path.hasPrefix("[vdso") && !e.path.hasPrefix("[vvar") && e.path != "[vsyscall]" {
-            try leader.call(.munmap, e.start, e.end - e.start, what: "clearing the stub's mapping \(e.path)")
+            for (from, to) in AddressSpace.subtract(kept, from: (e.start, e.end)) {
+                try leader.call(.munmap, from, to - from, what: "clearing the stub's mapping \(e.path)")
+            }
         }
         try placeVdso(stubMaps, temporary: hole + (1 << 20))
-        for m in mappings { try map(m) }
+        for m in mappings where inherited?.mappings[m.start] == nil { try map(m) }
+        for (start, plan) in inherited?.mappings ?? [:] {
+            for d in plan.discard {
+                try leader.call(.madvise, start + UInt64(d.first) * 4096, UInt64(d.count) * 4096, 4 /* MADV_DONTNEED */,
+                                what: "dropping the parent's pages at \(hex(start + UInt64(d.first) * 4096))")
+            }
+        }
         if restorer.options.mapPages { try mapPagesFromImage() }
         try copyPages()
+    }
+
+    /// Final protections and advice; closes the files mapped.
+    mutating func finishPages() throws {
         for m in mappings { try finish(m) }
         for (_, fd) in mappedFDs { _ = try leader.raw(.close, UInt64(fd)) }
         mappedFDs = [:]
+    }
+
+    /// The parts of `range` outside every range of `ranges`.
+    static func subtract(_ ranges: [(UInt64, UInt64)], from range: (UInt64, UInt64)) -> [(UInt64, UInt64)] {
+        var out: [(UInt64, UInt64)] = []
+        var at = range.0
+        for (s, e) in ranges.sorted(by: { $0.0 < $1.0 }) where e > at && s < range.1 {
+            if s > at { out.append((at, s)) }
+            at = max(at, e)
+        }
+        if at < range.1 { out.append((at, range.1)) }
+        return out
     }
 
     /// A free range of `bytes` that overlaps neither the image's mappings nor the stub's.
@@ -411,17 +449,19 @@ struct AddressSpace {
     private func copyPages() throws {
         let slice = 1 << 20
         for m in mappings where !m.pages.isEmpty && m.kind != .vdso && !mappedFromImage(m) {
+            // A mapping kept from the parent gets only the pages the child holds differently.
+            let pages = inherited?.mappings[m.start]?.write ?? m.pages
             var i = 0
-            while i < m.pages.count {
+            while i < pages.count {
                 var j = i
-                while j + 1 < m.pages.count && m.pages[j + 1].source == m.pages[i].source
-                        && m.pages[j + 1].dataOffset == m.pages[j].dataOffset + m.pages[j].byteCount { j += 1 }
-                let source = m.pages[i].source
+                while j + 1 < pages.count && pages[j + 1].source == pages[i].source
+                        && pages[j + 1].dataOffset == pages[j].dataOffset + pages[j].byteCount { j += 1 }
+                let source = pages[i].source
                 guard let region = try image.pageRegion(source) else { i = j + 1; continue }
                 try withContext("copying memory into \(hex(m.start))-\(hex(m.end))") {
                     try region.withBytes { data in
                         var ranges: [UInt64] = []
-                        var from = Int(m.pages[i].dataOffset), count = 0
+                        var from = Int(pages[i].dataOffset), count = 0
                         func flush() throws {
                             let piece = UnsafeRawBufferPointer(rebasing: data[from..<(from + count)])
                             restorer.pageVerifier?.note(source: source, offset: from, piece)
@@ -430,7 +470,7 @@ struct AddressSpace {
                             count = 0
                             ranges.removeAll(keepingCapacity: true)
                         }
-                        for r in m.pages[i...j] {
+                        for r in pages[i...j] {
                             var remote = m.start + UInt64(r.page) * 4096
                             var left = Int(r.byteCount)
                             while left > 0 {

@@ -8,12 +8,37 @@ import WBTrace
 /// forked (a session is inherited only at fork), process groups once every process exists,
 /// and children that had exited but were not reaped exit again, with their status, to wait
 /// in their parent for it.
+///
+/// A child that shared pages with its parent copy-on-write (InheritedMemory) is forked
+/// later instead, from its parent once the parent's pages are in (`forkLate`), and so is
+/// everything below it; their groups and zombies are settled once all are built
+/// (`settleLate`).
 extension Restorer {
-    func startTree(root: Tracee, newNamespace: Bool) throws -> [(ProcessState, Tracee)] {
+    /// The processes forked from their rebuilt parents (`late`), and what each keeps of its
+    /// parent's memory.
+    func planLateForks() -> (late: Set<Int32>, inherited: [Int32: InheritedMemory]) {
+        guard !options.mapPages else { return ([], [:]) }
+        let all = image.metadata.processes
+        var late = Set<Int32>(), inherited: [Int32: InheritedMemory] = [:]
+        for p in image.metadata.descendants ?? [] {
+            guard let parent = all.first(where: { $0.pid == p.ppid }) else { continue }
+            if p.zombieStatus == nil, parent.zombieStatus == nil, let plan = InheritedMemory(child: p, parent: parent) {
+                inherited[p.pid] = plan
+                late.insert(p.pid)
+            } else if late.contains(parent.pid) {
+                late.insert(p.pid)
+            }
+        }
+        // A zombie in the group of a process forked late joins it once that exists.
+        for p in image.metadata.descendants ?? [] where p.zombieStatus != nil && late.contains(p.pgid) { late.insert(p.pid) }
+        return (late, inherited)
+    }
+
+    func startTree(root: Tracee, newNamespace: Bool, late: Set<Int32> = []) throws -> [(ProcessState, Tracee)] {
         var tracees: [Int32: Tracee] = [process.pid: root]
         var members: [(ProcessState, Tracee)] = [(process, root)]
         try openSession(process, root)
-        for p in image.metadata.descendants ?? [] {
+        for p in image.metadata.descendants ?? [] where !late.contains(p.pid) {
             guard let parent = tracees[p.ppid] else {
                 throw WBError.badImage(path: image.path, problem: "invalid metadata: process \(p.pid)'s parent \(p.ppid) comes after it or is not in the image")
             }
@@ -26,7 +51,7 @@ extension Restorer {
             if p.zombieStatus == nil, p.uts != parentState?.uts { try ownUTS(p, t) }
             try openSession(p, t)
         }
-        for (p, t) in members where p.pgid != p.pid && p.sid != p.pid {
+        for (p, t) in members where p.pgid != p.pid && p.sid != p.pid && !late.contains(p.pgid) {
             guard tracees[p.pgid] != nil else {
                 if p.pid != process.pid && p.pgid != image.metadata.processes.first(where: { $0.pid == p.ppid })?.pgid {
                     notes.append("pid \(p.pid) was in process group \(p.pgid), which was outside the tree; it joins its parent's")
@@ -42,18 +67,63 @@ extension Restorer {
         return members
     }
 
+    /// Forks the late child `p` from its parent `parent`, whose pages are in (its work area
+    /// `scratch`): clone3 through the `syscall` of Scratch.forkCode, after which the child
+    /// waits in that code's pause loop, with the parent's pages and wb's work area as the
+    /// fork left them, until wb takes it. A child with a fd table of its own closes the fds
+    /// the parent held for its rebuild. Its session is made before its own children are forked.
+    func forkLate(_ p: ProcessState, from parent: Tracee, leader: RemoteSyscalls, scratch: Scratch) throws -> (ProcessState, Tracee) {
+        let sharing: UInt64 = p.zombieStatus != nil ? 0 : (p.sharesParentFiles == true ? 0x400 : 0) | (p.sharesParentFS == true ? 0x200 : 0)
+        let saved = parent.syscallGadget
+        parent.syscallGadget = scratch.base + Scratch.forkCodeOffset
+        defer { parent.syscallGadget = saved }
+        let host = try fork(p.pid, from: parent, sharing: sharing, newNamespace: treeInNewNamespace, leader: leader, scratch: scratch)
+        let t = try Tracee.adoptStub(host)
+        t.syscallGadget = scratch.base          // its copy of the parent's `syscall; int3`
+        lateWorkAreas[t.pid] = scratch.base + 2048
+        lateMembers.append((p, t))
+        let s = try t.ownedSyscalls(in: t.pid)
+        if p.zombieStatus == nil && p.sharesParentFiles != true {
+            try s.call(.closeRange, 3, UInt64(UInt32.max), 0, what: "closing the fds pid \(p.pid) got from its parent's rebuild")
+        }
+        if p.zombieStatus == nil {
+            let parentState = image.metadata.processes.first { $0.pid == p.ppid }
+            if p.uts != parentState?.uts { try ownUTS(p, t) }
+        }
+        try openSession(p, t)
+        return (p, t)
+    }
+
+    /// Once every process is built: the late ones join their process groups, and those that
+    /// had exited exit again.
+    func settleLate() throws {
+        for (p, t) in lateMembers where p.pgid != p.pid && p.sid != p.pid {
+            let s = try t.ownedSyscalls(in: t.pid)
+            try s.call(.setpgid, 0, UInt64(p.pgid), what: "joining process group \(p.pgid)")
+        }
+        for (p, t) in lateMembers {
+            if let status = p.zombieStatus { try exit(t, as: p, status: status) }
+        }
+    }
+
+    /// Memory of the process wb may write call arguments to: below the stub's stack, or in a
+    /// late child, its copy of its parent's work area.
+    private func workArea(_ t: Tracee, _ s: RemoteSyscalls) -> UInt64 {
+        lateWorkAreas[t.pid] ?? ((s.original.rsp - 2048) & ~UInt64(15))
+    }
+
     /// A UTS namespace of its own with the image's host and domain name, for a process
     /// that had one (before it forks: its children share it).
     func ownUTS(_ p: ProcessState, _ t: Tracee) throws {
         guard let uts = p.uts else { return }
-        t.syscallGadget = Stub.syscallAddress
+        if t.syscallGadget == 0 { t.syscallGadget = Stub.syscallAddress }
         let s = try t.ownedSyscalls(in: t.pid)
         let r = try s.raw(.unshare, 0x0400_0000 /* CLONE_NEWUTS */)
         if r < 0 {
             throw WBError.system(call: "remote unshare(CLONE_NEWUTS)", errno: Int32(-r),
                                  what: "giving pid \(p.pid) its UTS namespace (host name \(uts.hostname); needs CAP_SYS_ADMIN: run wb restore as root)")
         }
-        let at = (s.original.rsp - 2048) & ~UInt64(15)
+        let at = workArea(t, s)
         let host = Array(uts.hostname.utf8.prefix(64)), domain = Array(uts.domainname.utf8.prefix(64))
         try t.write(host + [0] + domain + [0], to: at)
         try s.call(.sethostname, at, UInt64(host.count), what: "setting the host name \(uts.hostname)")
@@ -62,7 +132,7 @@ extension Restorer {
 
     /// A session or process group of its own, when the process led one.
     func openSession(_ p: ProcessState, _ t: Tracee) throws {
-        t.syscallGadget = Stub.syscallAddress
+        if t.syscallGadget == 0 { t.syscallGadget = Stub.syscallAddress }
         let s = try t.ownedSyscalls(in: t.pid)
         if p.sid == p.pid {
             try s.call(.setsid, what: "starting the session of pid \(p.pid)")
@@ -87,10 +157,12 @@ extension Restorer {
     /// Forks a stub child with pid `pid` from the stub `parent` (sharing its fd table or its
     /// fs information with `sharing`: CLONE_FILES, CLONE_FS); returns its pid as wb sees it.
     /// The child goes on in the stub's pause loop until wb takes it.
-    private func fork(_ pid: Int32, from parent: Tracee, sharing: UInt64, newNamespace: Bool) throws -> Int32 {
-        let s = try parent.ownedSyscalls(in: parent.pid)
-        // clone_args and the pid go on the stub's stack, well below where it is.
-        let at = (s.original.rsp - 1024) & ~UInt64(15)
+    private func fork(_ pid: Int32, from parent: Tracee, sharing: UInt64, newNamespace: Bool,
+                      leader: RemoteSyscalls? = nil, scratch: Scratch? = nil) throws -> Int32 {
+        let s = try leader ?? parent.ownedSyscalls(in: parent.pid)
+        // clone_args and the pid go on the stub's stack, well below where it is (or in the
+        // rebuilt parent's work area).
+        let at = scratch.map { ($0.base + Scratch.bytes - 8192) } ?? ((s.original.rsp - 1024) & ~UInt64(15))
         var bytes: [UInt8] = []
         let words: [UInt64] = [sharing, 0, 0, 0, UInt64(SIGCHLD), 0, 0, 0, at + 88, 1, 0, UInt64(UInt32(bitPattern: pid))]
         for w in words { withUnsafeBytes(of: w.littleEndian) { bytes += $0 } }
@@ -113,7 +185,7 @@ extension Restorer {
     private func exit(_ t: Tracee, as p: ProcessState, status: Int32) throws {
         // Its name, as ps shows the zombie.
         let s = try t.ownedSyscalls(in: t.pid)
-        let name = (s.original.rsp - 2048) & ~UInt64(15)
+        let name = workArea(t, s)
         try t.write(Array(p.comm.utf8.prefix(15)) + [0], to: name)
         _ = try s.raw(.prctl, 15 /* PR_SET_NAME */, name)
         let signal = status & 0x7f
@@ -121,7 +193,7 @@ extension Restorer {
             var r = try t.registers(t.pid)
             r.rax = UInt64(SyscallNumber.exitGroup.rawValue)
             r.rdi = UInt64((status >> 8) & 0xff)
-            r.rip = Stub.syscallAddress
+            r.rip = t.syscallGadget
             r.origRax = UInt64.max
             try t.setRegisters(t.pid, r)
         } else {

@@ -174,6 +174,12 @@ public final class Restorer {
     /// The TCP connections open in wb's network namespace (SocketTable.connectionKey), read
     /// when the first connection is rebuilt in it.
     var openConnections: Set<String>?
+    /// Processes of a tree forked from their rebuilt parents (Restorer+Tree), in the order
+    /// they were forked, with their work areas (their copies of the parent's).
+    var lateMembers: [(ProcessState, Tracee)] = []
+    var lateWorkAreas: [Int32: UInt64] = [:]
+    /// Whether the tree's processes run in a pid namespace of their own.
+    var treeInNewNamespace = false
     /// The image was taken with --kill and its connections are still held (its hold exists).
     lazy var originalConnectionsHeld: Bool = image.metadata.networkLock.map { NetworkLock.exists(table: $0) } ?? false
 
@@ -285,16 +291,32 @@ public final class Restorer {
                     try makeSemaphoresAndQueues(in: members[0].1)
                 }
                 try ownUTS(process, members[0].1)
+                let (late, inherited) = tree.isEmpty ? ([], [:]) : planLateForks()
+                treeInNewNamespace = newNamespace
                 if !tree.isEmpty {
-                    step("starting \(tree.count) more process\(tree.count == 1 ? "" : "es") of the tree")
-                    members = try startTree(root: members[0].1, newNamespace: newNamespace)
+                    step("starting \(tree.count - late.count) more process\(tree.count - late.count == 1 ? "" : "es") of the tree")
+                    members = try startTree(root: members[0].1, newNamespace: newNamespace, late: late)
                 } else {
                     try ownSessionOrGroup(process, members[0].1)
                 }
                 let shared = SharedObjects(image: image)
                 var built: [(ProcessState, Tracee, RemoteSyscalls, Scratch, FileAccess)] = []
-                for (p, t) in members where p.zombieStatus == nil {
-                    built.append(try build(p, t, files: files, shared: shared))
+                // Parents first; a child that shares its parent's pages is forked from it once
+                // they are in, and built after it.
+                var queue = members.filter { $0.0.zombieStatus == nil }
+                var next = 0
+                while next < queue.count {
+                    let (p, t) = queue[next]
+                    next += 1
+                    let forkedBefore = lateMembers.count
+                    built.append(try build(p, t, files: files, shared: shared, late: late, inherited: inherited[p.pid]))
+                    queue += lateMembers[forkedBefore...].filter { $0.0.zombieStatus == nil }
+                }
+                members += lateMembers
+                if !lateMembers.isEmpty {
+                    try settleLate()
+                    let sharing = lateMembers.filter { inherited[$0.0.pid] != nil }.map { "\($0.0.pid)" }
+                    if !sharing.isEmpty { stamp("forked from their rebuilt parents, sharing pages: \(sharing.joined(separator: ", "))") }
                 }
                 try pageVerifier?.finish()
                 try unlinkSocketPaths()
@@ -311,7 +333,7 @@ public final class Restorer {
                 try finishConnections()
                 stamp("restored")
             } catch {
-                for (_, t) in members.reversed() {
+                for (_, t) in (members + lateMembers.filter { l in !members.contains { $0.1 === l.1 } }).reversed() {
                     let tids = t.tids
                     t.kill()
                     // Their ends go to wb, their tracer, first: a pid namespace's init (and so
@@ -338,17 +360,23 @@ public final class Restorer {
     }
 
     /// Memory and files of one process; its threads come once every process has its files.
-    private func build(_ p: ProcessState, _ tracee: Tracee, files: ResolvedFiles,
-                       shared: SharedObjects) throws -> (ProcessState, Tracee, RemoteSyscalls, Scratch, FileAccess) {
-        tracee.syscallGadget = Stub.syscallAddress
+    private func build(_ p: ProcessState, _ tracee: Tracee, files: ResolvedFiles, shared: SharedObjects,
+                       late: Set<Int32> = [], inherited: InheritedMemory? = nil) throws -> (ProcessState, Tracee, RemoteSyscalls, Scratch, FileAccess) {
+        if tracee.syscallGadget == 0 { tracee.syscallGadget = Stub.syscallAddress }
         let leader = try tracee.ownedSyscalls(in: tracee.pid)
         // Every signal blocked while it is rebuilt but SIGTRAP: wb's single steps raise
         // SIGTRAPs, and the kernel resets the action of a SIGTRAP it forces on a thread that
         // blocks it (the process's own handler would be lost). wb takes those SIGTRAPs itself.
         try tracee.setSignalMask(tracee.pid, Tracee.injectionMask)
         step("rebuilding memory" + (p.pid == process.pid ? "" : " of pid \(p.pid)"))
-        var space = try AddressSpace(restorer: self, process: p, tracee: tracee, leader: leader, files: files, shared: shared)
-        try space.build()
+        var space = try AddressSpace(restorer: self, process: p, tracee: tracee, leader: leader, files: files, shared: shared,
+                                     inherited: inherited)
+        try space.buildPages()
+        // Its children that share its pages get them now, by fork, before its protections.
+        for c in image.metadata.descendants ?? [] where c.ppid == p.pid && late.contains(c.pid) {
+            _ = try forkLate(c, from: tracee, leader: space.leader, scratch: space.scratch)
+        }
+        try space.finishPages()
         // A process sharing its parent's fd table has its fds already: the parent built them.
         if p.sharesParentFiles == true { return (p, tracee, space.leader, space.scratch, space.access) }
         step("reopening files" + (p.pid == process.pid ? "" : " of pid \(p.pid)"))

@@ -54,6 +54,15 @@ final class Scratch {
 
     /// Where RemoteSyscalls.batchCode sits (written with the syscall gadget at `base`).
     static let batchCodeOffset: UInt64 = 64
+    /// Where `forkCode` sits: a child of the tree forked from its rebuilt parent (clone3
+    /// through its `syscall`) goes on in a pause loop there until wb takes it, as a stub does.
+    static let forkCodeOffset: UInt64 = 16
+    static let forkCode: [UInt8] = [
+        0x0F, 0x05,                      // syscall (the clone3)
+        0xB8, 34, 0x00, 0x00, 0x00,      // 1: mov $SYS_pause, %eax
+        0x0F, 0x05,                      //    syscall
+        0xEB, 0xF7,                      //    jmp 1b
+    ]
     /// Calls a batch round trip lays out at once, at the end of the area (arguments grow from
     /// its start).
     static let batchChunk = 1024

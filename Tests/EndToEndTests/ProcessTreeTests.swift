@@ -91,6 +91,32 @@ import WBTrace
         #expect(restored.verify(rounds: 2) == ["VERIFY OK", "VERIFY OK"], "\(restored.wb.stderrText)")
     }
 
+    /// A forked child still sharing most of its parent's private memory copy-on-write comes
+    /// back sharing the same pages (one physical page for both, by pagemap), not with a copy
+    /// of its own; pages either had written are their own, and a write after the restore
+    /// still gives the writer its own copy. A checkpoint that leaves the tree running leaves
+    /// the sharing as it was (reading a page must not give the process a copy of it).
+    @Test func aForkedChildSharesItsParentsPagesCopyOnWriteAgain() throws {
+        let dir = scratchDirectory()
+        let program = try Child(Products.harness("cow"), [])
+        let ready = try #require(program.line(startingWith: "READY"))
+        kill(program.pid, SIGUSR1)
+        #expect(program.line(startingWith: "VERIFY") == "VERIFY OK")
+        let running = try wb("checkpoint", "--tree", "\(program.pid)", "-o", "\(dir)/running.wbimg")
+        let child = try #require(field(ready, "child"))
+        let alone = try wb("checkpoint", child, "-o", "\(dir)/child.wbimg", "--allow-unsupported")
+        #expect(running.code == 0 && alone.code == 0, "\(running.stderr)\n\(alone.stderr)")
+        kill(program.pid, SIGUSR1)
+        #expect(program.line(startingWith: "VERIFY") == "VERIFY OK", "the checkpoints left running unshared the tree's pages")
+        let image = "\(dir)/cow.wbimg"
+        let processes = try checkpointTree(program.pid, to: image, kill: true)
+        #expect(processes.count == 2)
+        program.wait()
+        let restored = try Restored.detach(image)
+        defer { killTree(restored.pid) }
+        #expect(restored.verify(rounds: 2) == ["VERIFY OK", "VERIFY OK"], "\(restored.wb.stderrText)")
+    }
+
     /// A terminal session of the tree's own (a master in the parent, a child leading a
     /// session on the terminal side): the pair comes back with its window size and terminal
     /// settings, as the child's controlling terminal with its group in the foreground.
