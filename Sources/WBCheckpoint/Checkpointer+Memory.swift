@@ -118,6 +118,18 @@ extension Checkpointer {
                     untracked += try scanner.scanInParallel(start: u.start, end: u.end, fileInfo: policy == .privateCopies)
                 }
                 if policy == .privateCopies { untracked.removeAll(where: \.file) }
+                // Pages shared with the parent copy-on-write: the parent's copy serves both.
+                // Not stored here when the mapping's flags are known now (they decide it).
+                if let parent = parentForSharing, let pm = parent.state.mappings.first(where: { m.canShareCopyOnWrite(with: $0) }) {
+                    let shared = CopyOnWrite.sharedPages(pid: pid, parentPid: parent.pid, start: e.start, end: e.end, parentMapping: pm)
+                    if !shared.isEmpty {
+                        sharedWithParent[e.start] = shared
+                        if !store.tracking && !m.vmFlags.isEmpty && !pm.vmFlags.isEmpty {
+                            unstored.insert(e.start)
+                            untracked = PageScanner.subtracting(CopyOnWrite.ranges(of: shared, in: e.start), from: untracked)
+                        }
+                    }
+                }
                 let runs = try store.store(untracked, base: e.start)
                 if tracked.isEmpty {
                     m.pages = runs

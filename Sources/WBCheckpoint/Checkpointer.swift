@@ -77,6 +77,13 @@ public final class Checkpointer {
     var jobStopped: Bool?
     /// Set when the process is one of a tree being checkpointed together.
     var tree: TreeScope?
+    /// In a tree, the parent as captured (and its pid as wb sees it): pages this process
+    /// shares with it copy-on-write are found as its memory is captured (CopyOnWrite).
+    var parentForSharing: (state: ProcessState, pid: Int32)?
+    /// Those pages, by mapping start: their runs are pointed at the parent's once the runs
+    /// are final (`CopyOnWrite.share`). Pages listed in `unstored` were not stored here.
+    var sharedWithParent: [UInt64: [Int]] = [:]
+    var unstored: Set<UInt64> = []
     /// Pseudo-terminal pairs whose master the process holds (their numbers).
     lazy var ownPtys: Set<Int32> = PseudoTerminals.masters(heldBy: [pid])
     /// The TCP connections held while they are read (shared by a tree's members).

@@ -9,35 +9,46 @@ import WBTrace
 /// holds their data once for both, and restore gives the child those pages by forking it
 /// from its rebuilt parent (Restorer+Tree) instead of writing a copy of its own.
 enum CopyOnWrite {
-    /// For each of the child's mappings that can share pages with the parent's (by start):
-    /// the indexes of the pages it shares. `childPid` and `parentPid` as wb sees them.
-    static func sharedPages(child: ProcessState, childPid: Int32, parent: ProcessState, parentPid: Int32) -> [UInt64: [Int]] {
-        let pairs = child.mappings.compactMap { m in
-            parent.mappings.first { m.canShareCopyOnWrite(with: $0) }.map { (m, $0) }
-        }
-        guard !pairs.isEmpty,
-              let mine = try? FileDescriptor.open("/proc/\(childPid)/pagemap", O_RDONLY),
-              let theirs = try? FileDescriptor.open("/proc/\(parentPid)/pagemap", O_RDONLY) else { return [:] }
+    /// The indexes of the pages of [start, end) that process `pid` shares with `parentPid`
+    /// (pids as wb sees them); `parentMapping` is the parent's mapping of that range.
+    static func sharedPages(pid: Int32, parentPid: Int32, start: UInt64, end: UInt64, parentMapping: Mapping) -> [Int] {
+        guard let mine = try? FileDescriptor.open("/proc/\(pid)/pagemap", O_RDONLY),
+              let theirs = try? FileDescriptor.open("/proc/\(parentPid)/pagemap", O_RDONLY),
+              let a = try? ProcFS.pagemap(mine, start: start, end: end),
+              let b = try? ProcFS.pagemap(theirs, start: start, end: end), a.count == b.count else { return [] }
         let frame: UInt64 = (1 << 55) - 1
-        var out: [UInt64: [Int]] = [:]
-        for (m, _) in pairs {
-            guard let a = try? ProcFS.pagemap(mine, start: m.start, end: m.end),
-                  let b = try? ProcFS.pagemap(theirs, start: m.start, end: m.end), a.count == b.count else { continue }
-            var shared: [Int] = []
-            for i in 0..<a.count where a[i] & ProcFS.pagePresent != 0 && b[i] & ProcFS.pagePresent != 0 {
-                let f = a[i] & frame
-                if f != 0 && f == b[i] & frame { shared.append(i) }
-            }
-            if !shared.isEmpty { out[m.start] = shared }
+        var shared: [Int] = []
+        for i in 0..<a.count where a[i] & ProcFS.pagePresent != 0 && b[i] & ProcFS.pagePresent != 0 {
+            let f = a[i] & frame
+            if f != 0 && f == b[i] & frame { shared.append(i) }
+        }
+        return shared
+    }
+
+    /// The pages `pages` (indexes, ascending) of a mapping at `start` as address ranges.
+    static func ranges(of pages: [Int], in start: UInt64) -> [PageScanner.Range] {
+        var out: [PageScanner.Range] = []
+        for i in pages {
+            let a = start + UInt64(i) * 4096
+            if let last = out.last, last.end == a { out[out.count - 1].end = a + 4096; continue }
+            out.append(PageScanner.Range(start: a, end: a + 4096, file: false, written: true))
         }
         return out
     }
 
     /// Points the child's runs for its shared pages at the parent's data for them (a page the
-    /// parent stores as zeros, by not storing it, the child does not store either).
-    static func share(_ child: inout ProcessState, parent: ProcessState, pages: [UInt64: [Int]]) {
+    /// parent stores as zeros, by not storing it, the child does not store either). Pages
+    /// of mappings in `unstored` were not stored for the child: such a mapping must still
+    /// be one it shares with the parent now that both are captured whole.
+    static func share(_ child: inout ProcessState, parent: ProcessState, pages: [UInt64: [Int]], unstored: Set<UInt64>) throws {
         for (k, m) in child.mappings.enumerated() {
-            guard let shared = pages[m.start], let pm = parent.mappings.first(where: { m.canShareCopyOnWrite(with: $0) }) else { continue }
+            guard let shared = pages[m.start] else { continue }
+            guard let pm = parent.mappings.first(where: { m.canShareCopyOnWrite(with: $0) }) else {
+                if unstored.contains(m.start) {
+                    throw WBError.failed("pid \(child.pid)'s pages at \(hex(m.start)) were left to its parent \(parent.pid)'s copy, but the two mappings no longer match; nothing was written: checkpoint again")
+                }
+                continue
+            }
             var data = m.pageData()
             let theirs = pm.pageData()
             for i in shared where i < data.count { data[i] = theirs[i] }

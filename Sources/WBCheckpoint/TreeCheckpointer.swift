@@ -116,6 +116,10 @@ public final class TreeCheckpointer {
                 let c = e?.checkpointer ?? Checkpointer(pid: m.pid, options: options)
                 c.held = m.tracee
                 c.tree = scope
+                if let ppid = (try? ProcFS.status(m.pid))?["PPid"].flatMap({ Int32($0) }),
+                   let p = members.firstIndex(where: { $0.pid == ppid }), p < states.count, states[p].zombieStatus == nil {
+                    c.parentForSharing = (states[p], ppid)
+                }
                 c.connections = connections
                 c.progress = progress
                 c.shouldStop = shouldStop
@@ -130,13 +134,6 @@ public final class TreeCheckpointer {
                                           deferred: &deferred, deletedContents: &deleted, phase: { _ in })
                 captured.append((states.count, c, store, files, deleted, deferred))
                 states.append(state)
-            }
-            // Pages children share with their parents copy-on-write, seen while nothing runs.
-            var copyOnWrite: [(child: Int, parent: Int, pages: [UInt64: [Int]])] = []
-            for (i, s) in states.enumerated() where s.zombieStatus == nil {
-                guard let p = states.firstIndex(where: { $0.pid == s.ppid && $0.zombieStatus == nil }) else { continue }
-                let pages = CopyOnWrite.sharedPages(child: s, childPid: members[i].pid, parent: states[p], parentPid: members[p].pid)
-                if !pages.isEmpty { copyOnWrite.append((i, p, pages)) }
             }
             // Open file descriptions and fd tables are compared while every process still holds its fds.
             TreeCheckpointer.shareDescriptions(&states, zombies: Set(members.filter { $0.zombie != nil }.map(\.pid)))
@@ -156,8 +153,14 @@ public final class TreeCheckpointer {
                 try c.checkpointer.finishPages(&states[c.index], store: c.store, deferred: c.deferred)
                 if c.store.tracking { c.checkpointer.applyFlags(try? ProcFS.maps(c.checkpointer.pid, withFlags: true), to: &states[c.index]) }
             }
-            // Parents first: a parent's runs are final before its children point at them.
-            for c in copyOnWrite { CopyOnWrite.share(&states[c.child], parent: states[c.parent], pages: c.pages) }
+            // Pages children share with their parents copy-on-write (found as each was
+            // captured), parents first: a parent's runs are final before its children's point
+            // at them.
+            for c in captured where !c.checkpointer.sharedWithParent.isEmpty {
+                guard let p = states.firstIndex(where: { $0.pid == states[c.index].ppid && $0.zombieStatus == nil }) else { continue }
+                try CopyOnWrite.share(&states[c.index], parent: states[p], pages: c.checkpointer.sharedWithParent,
+                                      unstored: c.checkpointer.unstored)
+            }
             progress("storing mapped files")
             for var c in captured {
                 try c.checkpointer.embedDeletedFiles(c.deleted, into: &states[c.index], writer: writer)
