@@ -198,12 +198,15 @@ public final class Coordinator: @unchecked Sendable {
         // Every image is on disk (each was fsynced, and the manifest): the members may end.
         let released = try? phase("release", links, timeout: lockTimeout) { $0.kill = kill }
         if kill || released == nil { drop(links) }
-        // Then the set keeps each file its images embed once (the members run meanwhile).
+        // Then the set keeps each file its images embed, and each page they hold, once (the
+        // members run meanwhile).
         do {
             let saved = try SetFiles.share(in: dir, images: images.map(\.1.image))
             log(String(format: "the set's images share their files: %.1f MiB stored once instead of again", Double(saved) / 1048576))
+            let pages = try SetPages.share(in: dir, images: images.map(\.1.image))
+            log(String(format: "the set's images share their pages: %.1f MiB stored once instead of again", Double(pages) / 1048576))
         } catch {
-            log("the set's images keep their own copies of their files: \(error)")
+            log("the set's images keep their own copies of their files or pages: \(error)")
         }
         var result = Message(op: "result")
         result.set = dir

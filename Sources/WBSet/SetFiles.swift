@@ -59,7 +59,8 @@ public enum SetFiles {
         return saved
     }
 
-    private static func syncDirectory(_ path: String) throws {
+    /// Flushes a directory (the renames into it).
+    static func syncDirectory(_ path: String) throws {
         let fd = try FileDescriptor.open(path, O_RDONLY | O_DIRECTORY, what: "opening \(path)")
         try fd.sync()
     }

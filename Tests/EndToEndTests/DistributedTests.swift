@@ -214,6 +214,13 @@ final class TestHosts {
         #expect(!embedded.isEmpty && embedded.allSatisfy { $0.source?.hasPrefix("files/") == true }, "\(embedded.map(\.source))")
         #expect(try Paths.list("\(dir)/final/files").count == Set(embedded.map(\.hash)).count)
         #expect(Set(embedded.map(\.hash)).count < embedded.count, "no file is shared by two images")
+        // Their pages are stored once, in the set's page pack, which every image points into
+        // and which holds fewer pages than the images point to.
+        let metadata = try images.map { try Image(path: "\(dir)/final/\($0)").metadata }
+        #expect(metadata.allSatisfy { $0.pageSources?.map(\.path) == ["pages/pages.pack"] }, "\(metadata.map(\.pageSources))")
+        let pointed = metadata.reduce(0) { $0 + $1.processes.reduce(0) { $0 + $1.mappings.reduce(0) { $0 + $1.storedPageCount } } }
+        let packed = Int(((try? FileManager.default.attributesOfItem(atPath: "\(dir)/final/pages/pages.pack")[.size] as? Int) ?? 0) / 4096)
+        #expect(packed > 0 && packed < pointed, "the pack holds \(packed) pages for \(pointed) pointed to")
 
         // Restored on one box, twice: from the --kill set, and from an earlier periodic one
         // that holds the whole job (the first ones may have been taken before every host had
