@@ -26,6 +26,10 @@ public struct ExploreOptions: Sendable {
     public var bugDepth = 3
     /// Stop at the first violation.
     public var firstOnly = false
+    /// With dpor and all: a run that reaches a state an earlier run reached by another
+    /// order (the same digest of every member's writable memory and the messages in flight)
+    /// ends there: what follows from it has been explored from there already.
+    public var stateHashing = true
     /// Faults the explorer may inject, as choices besides deliveries: "drop" (a connection),
     /// "crash" (a member).
     public var faults: Set<String> = []
@@ -46,6 +50,8 @@ public struct ExploreStats: Codable, Sendable {
     public var distinctStates = 0
     /// Branches the partial-order reduction skipped as equivalent to explored ones.
     public var pruned = 0
+    /// Runs ended at a state an earlier run had reached by another order (state hashing).
+    public var statesPruned = 0
     /// Runs that did not follow the order asked of them (a member that does not behave the
     /// same way from the same snapshot and the same deliveries).
     public var divergences = 0
@@ -80,6 +86,8 @@ public final class Explorer {
     public var found: (ExploreStats.Finding) -> Void = { _ in }
     public var shouldStop: () -> Bool = { false }
     private var seenStates = Set<UInt64>()
+    /// The states runs reached first, not replaying the way to a branch (state hashing).
+    private var explored = Set<UInt64>()
     private var checks: Schedule.Checks {
         Schedule.Checks(invariant: options.invariant, gdbChecks: options.gdbChecks, depth: options.depth, idleIsEnd: options.idleIsEnd)
     }
@@ -160,7 +168,15 @@ public final class Explorer {
             if let v = try Explorer.check(set, checks) { return RunResult(deliveries: set.deliveries, violation: v) }
             let enabled = set.enabled
             if enabled.isEmpty { break }
-            seenStates.insert(digest(set))
+            let state = digest(set)
+            if let state {
+                seenStates.insert(state)
+                // Reached before by another order: its orders were explored from there.
+                if options.stateHashing && steps.count >= strategy.freshFrom && !explored.insert(state).inserted {
+                    stats.statesPruned += 1
+                    break
+                }
+            }
             if let v = Explorer.depthReached(set, options.depth) { return RunResult(deliveries: set.deliveries, violation: v) }
             let faults = faultsUsed < options.maxFaults
                 ? set.faults.filter { options.faults.contains($0.crashedMember != nil ? "crash" : "drop") } : []
@@ -235,17 +251,23 @@ public final class Explorer {
         return nil
     }
 
-    /// A digest of the state: each member's writable memory and the messages in flight.
-    private func digest(_ set: MediatedSet) -> UInt64 {
+    /// A digest of the state: each member's writable memory (stacks included: a loop's
+    /// locals are state too) and the messages in flight, with which members have ended.
+    /// Nil when it cannot be whole (a member with more than 64 MiB of it, or unreadable):
+    /// such a state is counted by nothing and ends no run.
+    private func digest(_ set: MediatedSet) -> UInt64? {
         var h = Checksum()
         for m in set.members {
+            withUnsafeBytes(of: m.ended == nil) { h.update($0) }
             for t in m.processes where !t.tids.isEmpty {
-                guard let maps = try? ProcFS.maps(t.pid, withFlags: false) else { continue }
+                guard let maps = try? ProcFS.maps(t.pid, withFlags: false) else { return nil }
                 var total: UInt64 = 0
-                for e in maps where !e.shared && e.protection & 2 != 0 && !e.path.hasPrefix("[v") && !e.path.hasPrefix("[stack") {
+                for e in maps where !e.shared && e.protection & 2 != 0 && !e.path.hasPrefix("[v") {
                     total += e.end - e.start
-                    if total > 64 << 20 { break }
-                    if let bytes = try? t.read(e.start, count: Int(e.end - e.start)) { bytes.withUnsafeBytes { h.update($0) } }
+                    if total > 64 << 20 { return nil }
+                    guard let bytes = try? t.read(e.start, count: Int(e.end - e.start)) else { return nil }
+                    withUnsafeBytes(of: e.start) { h.update($0) }
+                    bytes.withUnsafeBytes { h.update($0) }
                 }
             }
         }

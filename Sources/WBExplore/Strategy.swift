@@ -49,6 +49,10 @@ public protocol Strategy {
     mutating func endRun(_ steps: [Step], pending: [Step])
     /// Branches not explored because the reduction showed them equivalent to explored ones.
     var pruned: Int { get }
+    /// The first step of this run whose state no earlier run reached by the same way (the
+    /// steps before replay the way to the branch being explored); Int.max when runs do not
+    /// replay a search (random, pct), whose states may not end a run for having been seen.
+    var freshFrom: Int { get }
 }
 
 /// Depth-first search over delivery orders, re-running from the snapshot for each one
@@ -76,9 +80,13 @@ public struct DepthFirst: Strategy {
 
     public init(reduce: Bool) { self.reduce = reduce }
 
+    /// The state after the node whose choice this run changed is the first new one.
+    public private(set) var freshFrom = 0
+
     public mutating func beginRun(_ run: Int) -> Bool {
         before = []
         if !started { started = true; return true }
+        defer { freshFrom = stack.count }
         // Back to the deepest node with a branch left.
         while let last = stack.last {
             let open = reduce ? last.backtrack.subtracting(last.done).subtracting(last.sleep)
@@ -159,6 +167,7 @@ public struct DepthFirst: Strategy {
 public struct RandomWalk: Strategy {
     private var generator: SplitMix64
     public var pruned: Int { 0 }
+    public var freshFrom: Int { .max }
     public init(seed: UInt64) { generator = SplitMix64(seed: seed) }
     public mutating func beginRun(_ run: Int) -> Bool { true }
     public mutating func choose(step: Int, enabled: [Choice]) -> MessageID? { enabled.randomElement(using: &generator)?.id }
@@ -179,6 +188,7 @@ public struct PCT: Strategy {
     private var changes: Set<Int> = []
     private var low = 0.0
     public var pruned: Int { 0 }
+    public var freshFrom: Int { .max }
 
     public init(seed: UInt64, bugDepth: Int, steps: Int) {
         generator = SplitMix64(seed: seed)

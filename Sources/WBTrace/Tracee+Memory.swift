@@ -74,13 +74,27 @@ public final class ProcessMemory {
             }
             groups.append((shared, at, length, [address, UInt64(length)]))
         }
+        // One read of the page map for the whole batch when it spans little (a batch is
+        // 8 MiB of pages, usually close together), else one per range.
+        var spanStart: UInt64 = 0
+        var span: [UInt64] = []
+        if ranges.count >= 2 {
+            let first = ranges[0] & ~4095, last = (0..<ranges.count / 2).map { ranges[2 * $0] + ranges[2 * $0 + 1] }.max() ?? first
+            if last > first && last - first <= 256 << 20 {
+                spanStart = first
+                span = (try? ProcFS.pagemap(map, start: first, end: (last + 4095) & ~4095)) ?? []
+            }
+        }
         var at = 0
         for i in stride(from: 0, to: ranges.count, by: 2) {
             let start = ranges[i], length = Int(ranges[i + 1])
-            let words = (try? ProcFS.pagemap(map, start: start, end: start + UInt64(length))) ?? []
+            let inSpan = !span.isEmpty && start >= spanStart && start % 4096 == 0
+            let words = inSpan ? [] : ((try? ProcFS.pagemap(map, start: start, end: start + UInt64(length))) ?? [])
+            let base = inSpan ? Int((start - spanStart) / 4096) : 0
             func shared(_ k: Int) -> Bool {
-                k < words.count && words[k] & ProcFS.pagePresent != 0 && words[k] & ProcFS.pageExclusive == 0
-                    && words[k] & ProcFS.pageFileOrSharedAnon == 0
+                let w: UInt64
+                if inSpan { guard base + k < span.count else { return false }; w = span[base + k] } else { guard k < words.count else { return false }; w = words[k] }
+                return w & ProcFS.pagePresent != 0 && w & ProcFS.pageExclusive == 0 && w & ProcFS.pageFileOrSharedAnon == 0
             }
             let pages = length / 4096
             var k = 0

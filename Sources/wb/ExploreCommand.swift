@@ -91,6 +91,9 @@ struct ExploreCommand: ParsableCommand {
     @Flag(help: "Stop at the first violation.")
     var first = false
 
+    @Flag(name: .customLong("no-state-hashing"), help: "With dpor and all: do not end a run at a state an earlier run reached by another order (the same memory in every member and the same messages in flight).")
+    var noStateHashing = false
+
     @Flag(help: "Print a JSON summary on stdout at the end.")
     var json = false
 
@@ -139,6 +142,7 @@ struct ExploreCommand: ParsableCommand {
             options.idleIsEnd = idleOk
             options.bugDepth = bugDepth
             options.firstOnly = first
+            options.stateHashing = !noStateHashing
             let explorer = try Explorer(set: set, out: out, options: options)
             // Ctrl-C ends the exploration after the run under way (its members are ended
             // and its hosts removed), with the summary of what was done.
@@ -147,8 +151,8 @@ struct ExploreCommand: ParsableCommand {
             let quiet = quiet
             explorer.status = { s in
                 if quiet { return }
-                let line = String(format: "wb explore: %d runs (%.1f/s), %d distinct states, depth %d, pruned %d, violations %d\n",
-                                  s.runs, s.runsPerSecond, s.distinctStates, s.maxDepth, s.pruned, s.violations)
+                let line = String(format: "wb explore: %d runs (%.1f/s), %d distinct states, depth %d, pruned %d (+%d by state), violations %d\n",
+                                  s.runs, s.runsPerSecond, s.distinctStates, s.maxDepth, s.pruned, s.statesPruned, s.violations)
                 FileHandle.standardError.write(Data(line.utf8))
             }
             explorer.found = { f in
@@ -162,6 +166,9 @@ struct ExploreCommand: ParsableCommand {
                                     stats.runs, stats.seconds, stats.runsPerSecond, stats.deliveries, stats.distinctStates, stats.maxDepth)]
                 if options.strategy == .dpor {
                     lines.append("  partial-order reduction: \(stats.pruned) branches pruned as equivalent to explored ones")
+                }
+                if options.stateHashing && (options.strategy == .dpor || options.strategy == .all) {
+                    lines.append("  state hashing: \(stats.statesPruned) run\(stats.statesPruned == 1 ? "" : "s") ended at a state reached before by another order")
                 }
                 lines.append("  \(stats.exhausted ? "every order explored" : "stopped: \(stats.stoppedBecause)"); \(stats.violations) violation\(stats.violations == 1 ? "" : "s")")
                 if stats.divergences > 0 { lines.append("  \(stats.divergences) runs diverged from the order asked (a member not deterministic from the snapshot)") }
