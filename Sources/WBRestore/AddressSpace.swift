@@ -443,12 +443,25 @@ struct AddressSpace {
         for fd in fds.values { _ = try leader.raw(.close, fd) }
     }
 
+    /// One process_vm_writev of a copy: up to 1 MiB of `source`'s data from `offset` on, to
+    /// the address ranges `ranges` (address, length pairs) of the process.
+    private struct Slice {
+        var mapping: Int
+        var source: UInt32
+        var offset: Int
+        var count: Int
+        var ranges: [UInt64]
+    }
+
     /// Copies every stored page into place, 1 MiB of data per process_vm_writev: runs whose
     /// data lie back to back in one source go out together, and each slice is checked
     /// (`Restorer.pageVerifier`) just before it is written, while it is in the CPU's cache.
+    /// The slices are shared out between the CPUs (up to 4 copies at once): the page faults
+    /// and copies of different pages of one process go on side by side.
     private func copyPages() throws {
-        let slice = 1 << 20
-        for m in mappings where !m.pages.isEmpty && m.kind != .vdso && !mappedFromImage(m) {
+        let size = 1 << 20
+        var slices: [Slice] = []
+        for (mi, m) in mappings.enumerated() where !m.pages.isEmpty && m.kind != .vdso && !mappedFromImage(m) {
             // A mapping kept from the parent gets only the pages the child holds differently.
             let pages = inherited?.mappings[m.start]?.write ?? m.pages
             var i = 0
@@ -456,38 +469,61 @@ struct AddressSpace {
                 var j = i
                 while j + 1 < pages.count && pages[j + 1].source == pages[i].source
                         && pages[j + 1].dataOffset == pages[j].dataOffset + pages[j].byteCount { j += 1 }
-                let source = pages[i].source
-                guard let region = try image.pageRegion(source) else { i = j + 1; continue }
-                try withContext("copying memory into \(hex(m.start))-\(hex(m.end))") {
-                    try region.withBytes { data in
-                        var ranges: [UInt64] = []
-                        var from = Int(pages[i].dataOffset), count = 0
-                        func flush() throws {
-                            let piece = UnsafeRawBufferPointer(rebasing: data[from..<(from + count)])
-                            restorer.pageVerifier?.note(source: source, offset: from, piece)
-                            try tracee.write(ranges: ranges, from: piece)
-                            from += count
-                            count = 0
-                            ranges.removeAll(keepingCapacity: true)
+                var slice = Slice(mapping: mi, source: pages[i].source, offset: Int(pages[i].dataOffset), count: 0, ranges: [])
+                for r in pages[i...j] {
+                    var remote = m.start + UInt64(r.page) * 4096
+                    var left = Int(r.byteCount)
+                    while left > 0 {
+                        let n = min(left, size - slice.count)
+                        slice.ranges += [remote, UInt64(n)]
+                        slice.count += n
+                        remote += UInt64(n)
+                        left -= n
+                        if slice.count == size {
+                            slices.append(slice)
+                            slice = Slice(mapping: mi, source: slice.source, offset: slice.offset + slice.count, count: 0, ranges: [])
                         }
-                        for r in pages[i...j] {
-                            var remote = m.start + UInt64(r.page) * 4096
-                            var left = Int(r.byteCount)
-                            while left > 0 {
-                                let n = min(left, slice - count)
-                                ranges += [remote, UInt64(n)]
-                                count += n
-                                remote += UInt64(n)
-                                left -= n
-                                if count == slice { try flush() }
-                            }
-                        }
-                        if count > 0 { try flush() }
                     }
                 }
+                if slice.count > 0 { slices.append(slice) }
                 i = j + 1
             }
         }
+        guard !slices.isEmpty else { return }
+        var regions: [UInt32: MappedRegion] = [:]
+        for s in Set(slices.map(\.source)) { regions[s] = try image.pageRegion(s) }
+        let workers = min(4, ProcessInfo.processInfo.activeProcessorCount, max(1, slices.count / 8))
+        let verifier = restorer.pageVerifier
+        let pid = tracee.pid
+        let mappings = self.mappings
+        let failures = UnsafeMutableBufferPointer<WBError?>.allocate(capacity: workers)
+        failures.initialize(repeating: nil)
+        defer { failures.deallocate() }
+        nonisolated(unsafe) let failed = failures
+        nonisolated(unsafe) let work = slices
+        nonisolated(unsafe) let data = regions
+        DispatchQueue.concurrentPerform(iterations: workers) { w in
+            // Worker w takes the w-th part: neighbouring slices stay on one CPU.
+            let per = (work.count + workers - 1) / workers
+            let memory = ProcessMemory(pid: pid)
+            for k in (w * per)..<min(work.count, (w + 1) * per) {
+                let s = work[k]
+                guard let region = data[s.source] else { continue }
+                do {
+                    try region.withBytes { bytes in
+                        let piece = UnsafeRawBufferPointer(rebasing: bytes[s.offset..<(s.offset + s.count)])
+                        verifier?.note(source: s.source, offset: s.offset, piece)
+                        try memory.write(ranges: s.ranges, from: piece)
+                    }
+                } catch {
+                    let m = mappings[s.mapping]
+                    failed[w] = (error as? WBError).map { WBError.failed("copying memory into \(hex(m.start))-\(hex(m.end)): \($0)") }
+                        ?? .failed("copying memory into \(hex(m.start))-\(hex(m.end)): \(error)")
+                    return
+                }
+            }
+        }
+        if let e = failures.compactMap({ $0 }).first { throw e }
     }
 
     /// Puts the mapping's guard pages back: madvise(MADV_GUARD_INSTALL) over each range.

@@ -259,7 +259,7 @@ public final class Restorer {
                 // here, in one read of the mapping (0.15 s per GiB from the page cache here),
                 // before any process is started: a forged page must never run.
                 try image.verifyData(only: [.files])
-                if options.mapPages { try PageVerifier(image: image).finish() } else { pageVerifier = PageVerifier(image: image) }
+                if options.mapPages { try PageVerifier(image: image).finish() } else { pageVerifier = try PageVerifier(image: image) }
             }
             try checkCPU()
             if let base = options.privateFiles { privateCopies = try PrivateFiles(base: base) }

@@ -85,6 +85,14 @@ public struct PageChecksum {
 
     public init() {}
 
+    /// The checksum of pages whose hashes (XXH3-64 of each page) are known already.
+    public init(hashes: [UInt64]) { self.hashes = hashes }
+
+    /// The XXH3-64 of each 4096-byte page of `bytes`, into `out` (one entry per page).
+    public static func hash(pages bytes: UnsafeRawBufferPointer, into out: UnsafeMutablePointer<UInt64>) {
+        wb_page_hashes(bytes.baseAddress, bytes.count / 4096, out)
+    }
+
     /// Records the pages of `bytes` as pages `first`, `first + 1`, ... of the section.
     public mutating func set(first: Int, _ bytes: UnsafeRawBufferPointer) {
         let pages = bytes.count / 4096
