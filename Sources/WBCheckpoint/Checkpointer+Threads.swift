@@ -67,7 +67,8 @@ extension Checkpointer {
                       (.prctl, [42 /* PR_GET_THP_DISABLE */]), (.prctl, [30 /* PR_GET_TIMERSLACK */]), (.prctl, [3 /* PR_GET_DUMPABLE */]),
                       (.uname, [knobsAt + 64]), (.prctl, [66 /* PR_GET_MDWE */, 0, 0, 0, 0]),
                       (.clockGettime, [UInt64(CLOCK_MONOTONIC), knobsAt + 16]), (.clockGettime, [UInt64(CLOCK_BOOTTIME), knobsAt + 32]),
-                      (.keyctl, [0 /* KEYCTL_GET_KEYRING_ID */, UInt64(bitPattern: -3) /* KEY_SPEC_SESSION_KEYRING */, 0])]
+                      (.keyctl, [0 /* KEYCTL_GET_KEYRING_ID */, UInt64(bitPattern: -3) /* KEY_SPEC_SESSION_KEYRING */, 0]),
+                      (.prctl, [68 /* PR_GET_MEMORY_MERGE */, 0, 0, 0, 0])]
             let results = try leader.batch(calls, code: scratch, table: table)
             for (i, r) in results.enumerated() where r < 0 && calls[i].0 != .archPrctl && i < first {
                 throw WBError.system(call: "remote \(calls[i].0)", errno: Int32(-r), what: "reading process state of pid \(pid)")
@@ -97,6 +98,7 @@ extension Checkpointer {
                 thpDisabled: results[first + 2] > 0, timerSlackNanoseconds: UInt64(max(results[first + 3], 0)),
                 dumpable: Int32(truncatingIfNeeded: max(results[first + 4], 0)))
             if results[first + 6] > 0 { p.knobs?.mdwe = UInt32(truncatingIfNeeded: results[first + 6]) }
+            if results[first + 10] > 0 { p.knobs?.memoryMerge = true }
             if let text = try? Paths.readText("/proc/\(pid)/coredump_filter"), let filter = UInt32(text.trimming("\n"), radix: 16), filter != 0x33 {
                 p.knobs?.coredumpFilter = filter
             }

@@ -71,6 +71,7 @@ public struct ImageReport: Encodable {
                 if k.parentDeathSignal != 0 { parts.append("parent-death signal \(SignalNames.name(k.parentDeathSignal))") }
                 if let m = k.mdwe { parts.append("memory-deny-write-execute \(m)") }
                 if let f = k.coredumpFilter { parts.append("coredump_filter 0x\(String(f, radix: 16))") }
+                if k.memoryMerge == true { parts.append("KSM merging of all memory") }
                 out.append("  " + parts.joined(separator: ", "))
             }
             if let c = clocks, c.count == 2 {

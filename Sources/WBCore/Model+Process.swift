@@ -133,6 +133,9 @@ public struct ProcessKnobs: Codable, Sendable, Equatable {
     /// /proc/PID/coredump_filter (which mappings a core dump holds), absent when the
     /// kernel's default (0x33).
     public var coredumpFilter: UInt32?
+    /// KSM merges all the process's memory, present and future (PR_SET_MEMORY_MERGE);
+    /// absent when off.
+    public var memoryMerge: Bool?
     public init(oomScoreAdj: Int32, parentDeathSignal: Int32, childSubreaper: Bool, thpDisabled: Bool,
                 timerSlackNanoseconds: UInt64, dumpable: Int32) {
         self.oomScoreAdj = oomScoreAdj; self.parentDeathSignal = parentDeathSignal; self.childSubreaper = childSubreaper

@@ -595,10 +595,14 @@ struct AddressSpace {
         if !(m.kind == .file && m.shared) && m.protection != 3 {
             try leader.call(.mprotect, m.start, m.size, UInt64(m.protection), what: "protecting \(what)")
         }
-        // MADV_DONTFORK, WIPEONFORK, HUGEPAGE, NOHUGEPAGE, DONTDUMP, SEQUENTIAL, RANDOM.
-        let advice: [(String, UInt64)] = [("dc", 10), ("wf", 18), ("hg", 14), ("nh", 15), ("dd", 16), ("sr", 2), ("rr", 1)]
+        // MADV_DONTFORK, WIPEONFORK, HUGEPAGE, NOHUGEPAGE, DONTDUMP, SEQUENTIAL, RANDOM,
+        // MERGEABLE (KSM; a kernel without it refuses: noted).
+        let advice: [(String, UInt64)] = [("dc", 10), ("wf", 18), ("hg", 14), ("nh", 15), ("dd", 16), ("sr", 2), ("rr", 1), ("mg", 12)]
         for (flag, adv) in advice where m.vmFlags.contains(flag) {
-            _ = try leader.raw(.madvise, m.start, m.size, adv)
+            let r = try leader.raw(.madvise, m.start, m.size, adv)
+            if r < 0 && flag == "mg" {
+                restorer.note("memory at \(what) was open to KSM merging (MADV_MERGEABLE); this kernel refuses it (\(WBError.errnoText(Int32(-r)))): its pages are not merged", about: process)
+            }
         }
         if m.vmFlags.contains("lo") {
             // mlock2(MLOCK_ONFAULT) keeps "lf" (locked as pages are touched); plain mlock faults all in.

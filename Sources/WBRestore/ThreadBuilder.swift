@@ -103,6 +103,12 @@ struct ThreadBuilder {
         guard let k = process.knobs else { return }
         if k.childSubreaper { try leader.call(.prctl, 36 /* PR_SET_CHILD_SUBREAPER */, 1, what: "making the process a child subreaper") }
         if k.thpDisabled { try leader.call(.prctl, 41 /* PR_SET_THP_DISABLE */, 1, 0, 0, 0, what: "turning transparent huge pages off") }
+        if k.memoryMerge == true {
+            let r = try leader.raw(.prctl, 67 /* PR_SET_MEMORY_MERGE */, 1, 0, 0, 0)
+            if r < 0 {
+                restorer.note("KSM merged all the process's memory (PR_SET_MEMORY_MERGE); setting it here failed (\(WBError.errnoText(Int32(-r))): it needs CAP_SYS_RESOURCE and a kernel with KSM): the mappings it had merge as they did, new ones do not", about: process)
+            }
+        }
         if k.timerSlackNanoseconds > 0 {
             _ = try leader.raw(.prctl, 29 /* PR_SET_TIMERSLACK */, k.timerSlackNanoseconds)
         }

@@ -71,7 +71,7 @@ import WBTrace
         let running = try TimelineTests.json(try wb("inspect", image, "--json", "--no-backtrace").stdout)
         let mappings = try #require(running["mappings"] as? [[String: Any]])
         let advised = try #require(field(ready, "advised")).split(separator: ",").map { "0x" + $0 }
-        for (address, flag) in zip(advised, ["dc", "wf", "dd", "hg"]) {
+        for (address, flag) in zip(advised, ["dc", "wf", "dd", "hg", "rr", "sr", "mg"]) {
             let m = mappings.first { $0["start"] as? String == address }
             #expect((m?["vmFlags"] as? [String])?.contains(flag) == true, "\(address): \(m ?? [:])")
         }

@@ -13,9 +13,10 @@
 //   - a thread asleep in nanosleep (10 minutes), bound to the last CPU with I/O priority
 //     best-effort level 3 (checked with sched_getaffinity and ioprio_get), and one blocked in pthread_cond_wait (a
 //     futex wait); each verification wakes the second and checks the first still sleeps
-//   - four anonymous mappings given advice (MADV_DONTFORK, MADV_WIPEONFORK, MADV_DONTDUMP,
-//     MADV_HUGEPAGE), whose flags ("dc", "wf", "dd", "hg" in /proc/self/smaps) and bytes
-//     must stay; READY prints their addresses (advised=A,B,C,D)
+//   - anonymous mappings given advice (MADV_DONTFORK, MADV_WIPEONFORK, MADV_DONTDUMP,
+//     MADV_HUGEPAGE, MADV_RANDOM, MADV_SEQUENTIAL, MADV_MERGEABLE), whose flags ("dc", "wf",
+//     "dd", "hg", "rr", "sr", "mg" in /proc/self/smaps) and bytes must stay; READY prints
+//     their addresses (advised=A,B,C,D,...)
 //   - process settings: child subreaper, timer slack 77777, oom_score_adj 123, THP off,
 //     coredump_filter 0x7f
 #define _GNU_SOURCE
@@ -122,7 +123,7 @@ static void sleep_ms(int ms) {
 // Mappings given advice, the flag smaps shows for each, and the byte filling each.
 static const struct { int advice; const char *flag; } advice[] = {
     { MADV_DONTFORK, "dc" }, { MADV_WIPEONFORK, "wf" }, { MADV_DONTDUMP, "dd" }, { MADV_HUGEPAGE, "hg" },
-    { MADV_RANDOM, "rr" }, { MADV_SEQUENTIAL, "sr" },
+    { MADV_RANDOM, "rr" }, { MADV_SEQUENTIAL, "sr" }, { MADV_MERGEABLE, "mg" },
 };
 // A mapping locked in memory with mlock (VmFlags "lo").
 static char *locked;
