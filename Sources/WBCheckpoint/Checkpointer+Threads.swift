@@ -47,7 +47,15 @@ extension Checkpointer {
         try tracee.withSyscalls(in: pid) { leader in
             // One executable scratch area: the batch code, a call table, and the outputs.
             let size: UInt64 = 64 * 1024
+            let lockedBefore = ProcFS.lockedKB(pid)
+            var lockFuture: UInt32?
             let scratch = try leader.mapScratch(bytes: size, executable: true)
+            // mlockall(MCL_FUTURE) shows in no mapping made before it: the scratch, made now,
+            // is locked if it is in force (and locked as touched with MCL_ONFAULT).
+            if let before = lockedBefore, let after = ProcFS.lockedKB(pid), after > before {
+                let onFault = (try? ProcFS.maps(pid, withFlags: true))?.first { $0.start == scratch }?.vmFlags.contains("lf") == true
+                lockFuture = onFault ? 6 : 2
+            }
             defer { _ = try? leader.raw(.munmap, scratch, size) }
             try tracee.write(RemoteSyscalls.batchCode, to: scratch)
             let table = scratch + 4096, out = scratch + 32 * 1024
@@ -99,6 +107,7 @@ extension Checkpointer {
                 dumpable: Int32(truncatingIfNeeded: max(results[first + 4], 0)))
             if results[first + 6] > 0 { p.knobs?.mdwe = UInt32(truncatingIfNeeded: results[first + 6]) }
             if results[first + 10] > 0 { p.knobs?.memoryMerge = true }
+            p.knobs?.lockFuture = lockFuture
             if let text = try? Paths.readText("/proc/\(pid)/coredump_filter"), let filter = UInt32(text.trimming("\n"), radix: 16), filter != 0x33 {
                 p.knobs?.coredumpFilter = filter
             }

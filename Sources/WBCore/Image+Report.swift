@@ -72,6 +72,7 @@ public struct ImageReport: Encodable {
                 if let m = k.mdwe { parts.append("memory-deny-write-execute \(m)") }
                 if let f = k.coredumpFilter { parts.append("coredump_filter 0x\(String(f, radix: 16))") }
                 if k.memoryMerge == true { parts.append("KSM merging of all memory") }
+                if let l = k.lockFuture { parts.append(l & 4 != 0 ? "mlockall(MCL_FUTURE|MCL_ONFAULT)" : "mlockall(MCL_FUTURE)") }
                 out.append("  " + parts.joined(separator: ", "))
             }
             if let c = clocks, c.count == 2 {

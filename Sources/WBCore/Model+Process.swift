@@ -136,6 +136,9 @@ public struct ProcessKnobs: Codable, Sendable, Equatable {
     /// KSM merges all the process's memory, present and future (PR_SET_MEMORY_MERGE);
     /// absent when off.
     public var memoryMerge: Bool?
+    /// mlockall's flags for memory mapped from now on: MCL_FUTURE (2), with MCL_ONFAULT (6);
+    /// absent when not in force.
+    public var lockFuture: UInt32?
     public init(oomScoreAdj: Int32, parentDeathSignal: Int32, childSubreaper: Bool, thpDisabled: Bool,
                 timerSlackNanoseconds: UInt64, dumpable: Int32) {
         self.oomScoreAdj = oomScoreAdj; self.parentDeathSignal = parentDeathSignal; self.childSubreaper = childSubreaper

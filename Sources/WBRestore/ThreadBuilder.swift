@@ -103,6 +103,13 @@ struct ThreadBuilder {
         guard let k = process.knobs else { return }
         if k.childSubreaper { try leader.call(.prctl, 36 /* PR_SET_CHILD_SUBREAPER */, 1, what: "making the process a child subreaper") }
         if k.thpDisabled { try leader.call(.prctl, 41 /* PR_SET_THP_DISABLE */, 1, 0, 0, 0, what: "turning transparent huge pages off") }
+        if let flags = k.lockFuture {
+            // Memory mapped from now on is locked again (wb's own areas are mapped already).
+            let r = try leader.raw(.mlockall, UInt64(flags))
+            if r < 0 {
+                restorer.note("memory the process maps was locked (mlockall MCL_FUTURE); setting it here failed (\(WBError.errnoText(Int32(-r)))): new mappings are not locked", about: process)
+            }
+        }
         if k.memoryMerge == true {
             let r = try leader.raw(.prctl, 67 /* PR_SET_MEMORY_MERGE */, 1, 0, 0, 0)
             if r < 0 {

@@ -113,6 +113,12 @@ public enum ProcFS {
         }.sorted()
     }
 
+    /// VmLck of /proc/PID/status in kB: the process's locked memory.
+    public static func lockedKB(_ pid: Int32) -> UInt64? {
+        guard let v = (try? status(pid))?["VmLck"] else { return nil }
+        return UInt64(v.split(separator: " ").first ?? "")
+    }
+
     public static func status(_ pid: Int32, thread: Int32? = nil) throws -> [String: String] {
         let path = thread.map { "/proc/\(pid)/task/\($0)/status" } ?? "/proc/\(pid)/status"
         return parseStatus(try Paths.readText(path))

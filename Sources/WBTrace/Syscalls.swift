@@ -11,7 +11,7 @@ public enum SyscallNumber: Int64, Sendable {
     case ioctl = 16, timerCreate = 222, timerSettime = 223, timerGettime = 224, timerDelete = 226
     case epollCtl = 233, timerfdCreate = 283, timerfdSettime = 286, signalfd4 = 289, eventfd2 = 290
     case epollCreate1 = 291, userfaultfd = 323, seccomp = 317
-    case capget = 125, capset = 126, setfsuid = 122, setfsgid = 123, mlock2 = 325, mknodat = 259, mkdirat = 258, unlinkat = 263, flock = 73, fchmod = 91, fchown = 93, openat2 = 437
+    case capget = 125, capset = 126, setfsuid = 122, setfsgid = 123, mlock2 = 325, mlockall = 151, mknodat = 259, mkdirat = 258, unlinkat = 263, flock = 73, fchmod = 91, fchown = 93, openat2 = 437
     case sendto = 44, recvmsg = 47, socketpair = 53, kill = 62, setpgid = 109, setsid = 112, pidfdOpen = 434, pidfdGetfd = 438
     case shmget = 29, shmat = 30, shmctl = 31, unshare = 272, socket = 41, bind = 49, listen = 50, connect = 42, accept4 = 288
     case inotifyInit1 = 294, inotifyAddWatch = 254, inotifyRmWatch = 255, fanotifyInit = 300, fanotifyMark = 301, ioSetup = 206, ioDestroy = 207, uname = 63, sethostname = 170, setdomainname = 171

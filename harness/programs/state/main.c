@@ -18,7 +18,7 @@
 //     "dd", "hg", "rr", "sr", "mg" in /proc/self/smaps) and bytes must stay; READY prints
 //     their addresses (advised=A,B,C,D,...)
 //   - process settings: child subreaper, timer slack 77777, oom_score_adj 123, THP off,
-//     coredump_filter 0x7f
+//     coredump_filter 0x7f, and mlockall(MCL_FUTURE | MCL_ONFAULT) once all is set up
 #define _GNU_SOURCE
 #include "harness.h"
 #include <errno.h>
@@ -180,6 +180,9 @@ static void verify(int round) {
     int cfd = open("/proc/self/coredump_filter", O_RDONLY);
     if (cfd < 0 || read(cfd, filter, sizeof filter - 1) <= 0 || strtoul(filter, NULL, 16) != 0x7f) failed("coredump_filter changed");
     if (cfd >= 0) close(cfd);
+    void *fresh = mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (fresh == MAP_FAILED || !has_vmflag(fresh, "lo") || !has_vmflag(fresh, "lf")) failed("new memory is no longer locked (mlockall MCL_FUTURE|MCL_ONFAULT)");
+    if (fresh != MAP_FAILED) munmap(fresh, 4096);
     if (afd >= 0) close(afd);
     for (size_t i = 0; i < ADVISED; i++) {
         if (!has_vmflag(advised[i], advice[i].flag)) { snprintf(buf, sizeof buf, "mapping lost its advice (%s)", advice[i].flag); failed(buf); }
@@ -364,6 +367,8 @@ int main(int argc, char **argv) {
 
     struct itimerval it = { { 0, 20000 }, { 0, 20000 } };
     setitimer(ITIMER_REAL, &it, NULL);
+    // Memory mapped from now on is locked as it is touched (mm-wide: no mapping shows it).
+    harness_require(mlockall(MCL_FUTURE | MCL_ONFAULT) == 0, "mlockall");
     harness_say("READY pid=%d reader=%d advised=%lx,%lx,%lx,%lx", getpid(), reader_tid, (unsigned long)advised[0],
                 (unsigned long)advised[1], (unsigned long)advised[2], (unsigned long)advised[3]);
     for (int round = 1;; round++) {
