@@ -86,8 +86,9 @@ public final class Explorer {
     public var found: (ExploreStats.Finding) -> Void = { _ in }
     public var shouldStop: () -> Bool = { false }
     private var seenStates = Set<UInt64>()
-    /// The states runs reached first, not replaying the way to a branch (state hashing).
-    private var explored = Set<UInt64>()
+    /// The states runs reached, not replaying the way to a branch (state hashing): the run
+    /// that reached each first, and the fewest deliveries it was reached after.
+    private var explored: [UInt64: (run: Int, depth: Int)] = [:]
     private var checks: Schedule.Checks {
         Schedule.Checks(invariant: options.invariant, gdbChecks: options.gdbChecks, depth: options.depth, idleIsEnd: options.idleIsEnd)
     }
@@ -171,10 +172,15 @@ public final class Explorer {
             let state = digest(set)
             if let state {
                 seenStates.insert(state)
-                // Reached before by another order: its orders were explored from there.
-                if options.stateHashing && steps.count >= strategy.freshFrom && !explored.insert(state).inserted {
-                    stats.statesPruned += 1
-                    break
+                // Reached by an earlier run with as many deliveries left (the depth bound): its
+                // orders were explored from there. A state this run reached before (a cycle)
+                // does not end it: its deliveries count towards the bound.
+                if options.stateHashing && steps.count >= strategy.freshFrom {
+                    if let seen = explored[state], seen.run != run, seen.depth <= steps.count {
+                        stats.statesPruned += 1
+                        break
+                    }
+                    if explored[state].map({ steps.count < $0.depth }) ?? true { explored[state] = (run, steps.count) }
                 }
             }
             if let v = Explorer.depthReached(set, options.depth) { return RunResult(deliveries: set.deliveries, violation: v) }
