@@ -115,6 +115,7 @@ let package = Package(
         harnessProgram("deleteddir"),
         harnessProgram("sharedtables"),
         harnessProgram("cow"),
+        harnessProgram("dispatch"),
         harnessProgram("pty"),
         harnessProgram("fanotify"),
         harnessProgram("aio"),

@@ -25,6 +25,8 @@ extension Checkpointer {
             t.robustList = try tracee.robustList(tid)
             t.pending = try tracee.pendingSignals(tid, shared: false)
             t.security = try security(of: tid, tracee)
+            // Off while wb holds the thread (Tracee.suspendedDispatch): as the thread had it.
+            t.syscallDispatch = tracee.suspendedDispatch[tid]
             if let stat = try? Paths.readText("/proc/\(pid)/task/\(tid)/stat") {
                 let f = ProcFS.parseStat(stat)
                 t.scheduling = Scheduling(policy: Int32(f[41] ?? "0") ?? 0, priority: Int32(f[40] ?? "0") ?? 0, nice: Int32(f[19] ?? "0") ?? 0)

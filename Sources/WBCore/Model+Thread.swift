@@ -21,6 +21,9 @@ public struct ThreadState: Codable, Sendable, Equatable {
     public var scheduling: Scheduling?
     /// The thread's NUMA memory policy (set_mempolicy), absent when the default.
     public var numaPolicy: NUMAPolicy?
+    /// Syscall user dispatch (PR_SET_SYSCALL_USER_DISPATCH): [mode, selector address,
+    /// allowed offset, allowed length], absent when off.
+    public var syscallDispatch: [UInt64]?
 
     public init(tid: Int32, comm: String, registers: Registers, xstate: Data, sigmask: UInt64) {
         self.tid = tid; self.comm = comm; self.registers = registers; self.xstate = xstate; self.sigmask = sigmask

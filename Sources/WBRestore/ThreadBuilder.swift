@@ -55,6 +55,12 @@ struct ThreadBuilder {
             restorer.note("the process's seccomp filters refuse munmap: wb's work area at \(hex(scratch.base)) stays mapped", about: process)
         }
         try finalRegisters(leaderImage, tracee.pid)
+        // Syscall user dispatch last: once it is on, a system call wb made could raise SIGSYS.
+        for (t, tid) in placed + [(leaderImage, tracee.pid)] {
+            if let d = t.syscallDispatch, !Tracee.setDispatchConfig(tid, d) {
+                restorer.note("thread \(t.tid) had syscall user dispatch on (PR_SET_SYSCALL_USER_DISPATCH, as Wine uses); setting it here failed (it needs Linux 6.11): its system calls run directly", about: process)
+            }
+        }
     }
 
     private func processState() throws {

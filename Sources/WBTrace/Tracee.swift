@@ -125,12 +125,14 @@ public final class Tracee {
         while true {
             switch try waitForStop(tid) {
             case .interrupted:
+                suspendDispatch(tid)
                 return true
             case let .signal(sig):
                 // The thread had just dequeued `sig`. It stays stopped here; the signal goes
                 // back when we let it go.
                 _ = sig
                 interceptSignal(tid)
+                suspendDispatch(tid)
                 return true
             case let .event(ev):
                 if ev == WB_PTRACE_EVENT_EXEC && !execOK {
@@ -251,6 +253,7 @@ public final class Tracee {
         // them runs an instruction.
         if stopSignal != 0 { _ = Glibc.kill(pid, stopSignal) }
         for tid in tids {
+            resumeDispatch(tid)
             var sig: Int32 = 0
             if var info = interceptedSignals[tid] {
                 sig = info.withUnsafeBytes { $0.load(as: Int32.self) }
@@ -258,6 +261,37 @@ public final class Tracee {
             }
             _ = wb_ptrace(WB_PTRACE_DETACH, tid, 0, UInt64(sig), nil)
         }
+    }
+
+    /// Syscall user dispatch (PR_SET_SYSCALL_USER_DISPATCH, as Wine uses): with its selector
+    /// on "block", every system call the thread makes outside its allowed range raises
+    /// SIGSYS, wb's injected ones too. While wb holds a thread it is off; its configuration,
+    /// [mode, selector, offset, length] as PTRACE_GET_SYSCALL_USER_DISPATCH_CONFIG gives it,
+    /// is put back when wb lets go.
+    public private(set) var suspendedDispatch: [Int32: [UInt64]] = [:]
+
+    private func suspendDispatch(_ tid: Int32) {
+        guard suspendedDispatch[tid] == nil, let config = Tracee.dispatchConfig(tid), config[0] != 0 else { return }
+        if Tracee.setDispatchConfig(tid, [0, 0, 0, 0]) { suspendedDispatch[tid] = config }
+    }
+
+    private func resumeDispatch(_ tid: Int32) {
+        guard let config = suspendedDispatch.removeValue(forKey: tid) else { return }
+        _ = Tracee.setDispatchConfig(tid, config)
+    }
+
+    /// A stopped thread's syscall user dispatch configuration (nil: the kernel cannot tell,
+    /// before Linux 6.11).
+    static func dispatchConfig(_ tid: Int32) -> [UInt64]? {
+        var c = [UInt64](repeating: 0, count: 4)
+        let e = c.withUnsafeMutableBytes { wb_ptrace(WB_PTRACE_GET_SYSCALL_USER_DISPATCH_CONFIG, tid, 32, UInt64(UInt(bitPattern: $0.baseAddress)), nil) }
+        return e == 0 ? c : nil
+    }
+
+    /// Sets a stopped thread's syscall user dispatch configuration.
+    public static func setDispatchConfig(_ tid: Int32, _ config: [UInt64]) -> Bool {
+        var c = config
+        return c.withUnsafeMutableBytes { wb_ptrace(WB_PTRACE_SET_SYSCALL_USER_DISPATCH_CONFIG, tid, 32, UInt64(UInt(bitPattern: $0.baseAddress)), nil) } == 0
     }
 
     /// Kills the whole thread group and reaps what we can.

@@ -55,6 +55,27 @@ import WBTrace
         #expect(restored.line(startingWith: "VERIFY")?.hasPrefix("VERIFY OK") == true)
     }
 
+    /// A thread with syscall user dispatch on and its selector on "block" (as Wine runs
+    /// Windows code): a checkpoint that leaves it running raises no SIGSYS in it (wb's own
+    /// system calls in the thread are not dispatched) and leaves dispatch on; restored, the
+    /// thread has it on again.
+    @Test func syscallUserDispatchIsKeptAndNeverRaisedByWb() throws {
+        let dir = scratchDirectory()
+        let program = try Child(Products.harness("dispatch"), [])
+        _ = try #require(program.line(startingWith: "READY"))
+        kill(program.pid, SIGUSR1)
+        #expect(program.line(startingWith: "VERIFY") == "VERIFY OK")
+        let image = "\(dir)/dispatch.wbimg"
+        let running = try wb("checkpoint", "\(program.pid)", "-o", image)
+        #expect(running.code == 0, "\(running.stderr)")
+        kill(program.pid, SIGUSR1)
+        #expect(program.line(startingWith: "VERIFY") == "VERIFY OK", "after a checkpoint that left it running")
+        try checkpointKilled(program, to: image)
+        let restored = try Restored.detach(image)
+        defer { restored.kill() }
+        #expect(restored.verify(rounds: 2) == ["VERIFY OK", "VERIFY OK"], "\(restored.wb.stderrText)")
+    }
+
     @Test func filesPipesSignalsTimersUmaskAndCwdComeBack() throws {
         let dir = scratchDirectory()
         let program = try Child(Products.harness("state"), [dir])
