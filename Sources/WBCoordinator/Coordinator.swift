@@ -262,10 +262,12 @@ public final class Coordinator: @unchecked Sendable {
         for (link, captured) in images {
             hosts[link.host, default: SetManifest.Host(name: link.host, addresses: [])].addresses += link.addresses
             let info = link.members.first { $0.pid == captured.pid }
+            let image = try Image(path: "\(dir)/\(captured.image)")
             let m = SetManifest.Member(host: link.host, pid: captured.pid, parent: info?.parent, command: info?.command ?? "?",
-                                       image: captured.image, tree: info?.tree ?? false, pauseSeconds: captured.pauseSeconds)
+                                       image: captured.image, tree: info?.tree ?? false, pauseSeconds: captured.pauseSeconds,
+                                       rank: SetManifest.rank(of: image))
             members.append(m)
-            opened.append((m, try Image(path: "\(dir)/\(captured.image)")))
+            opened.append((m, image))
         }
         let hostList = hosts.values.map { SetManifest.Host(name: $0.name, addresses: Array(Set($0.addresses)).sorted()) }.sorted { $0.name < $1.name }
         let manifest = SetManifest(hosts: hostList, members: members, channels: SetManifest.channels(opened))

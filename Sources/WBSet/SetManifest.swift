@@ -34,9 +34,12 @@ public struct SetManifest: Codable, Sendable {
         /// The member's descendants are in its image.
         public var tree: Bool
         public var pauseSeconds: Double?
-        public init(host: String, pid: Int32, parent: Int32?, command: String, image: String, tree: Bool, pauseSeconds: Double?) {
+        /// The member's MPI rank (or Slurm task), from its environment, when it had one.
+        public var rank: Int?
+        public init(host: String, pid: Int32, parent: Int32?, command: String, image: String, tree: Bool, pauseSeconds: Double?,
+                    rank: Int? = nil) {
             self.host = host; self.pid = pid; self.parent = parent; self.command = command; self.image = image; self.tree = tree
-            self.pauseSeconds = pauseSeconds
+            self.pauseSeconds = pauseSeconds; self.rank = rank
         }
         /// HOST:PID, as users name a member.
         public var name: String { "\(host):\(pid)" }
@@ -155,5 +158,27 @@ public struct SetManifest: Codable, Sendable {
             guard inet_pton(six ? AF_INET6 : AF_INET, h, &buffer) == 1, p >= 0, p <= (six ? 128 : 32) else { return nil }
             host = h; prefix = p
         }
+    }
+}
+
+extension SetManifest {
+    /// Where launchers put a process's rank: Open MPI, PMIx, MPICH and Hydra (PMI),
+    /// MVAPICH, Cray PALS, and Slurm's task id last.
+    static let rankVariables = ["OMPI_COMM_WORLD_RANK", "PMIX_RANK", "PMI_RANK", "MV2_COMM_WORLD_RANK", "PALS_RANKID", "SLURM_PROCID"]
+
+    /// The rank of the image's (top) process, from its environment as its memory held it.
+    public static func rank(of image: Image) -> Int? {
+        let mm = image.process.mm
+        guard mm.envEnd > mm.envStart, mm.envEnd - mm.envStart < 1 << 20,
+              let memory = try? ImageMemory(image: image, files: ResolvedFiles()),
+              let bytes = memory.read(mm.envStart, count: Int(mm.envEnd - mm.envStart)) else { return nil }
+        var environment: [String: String] = [:]
+        for entry in bytes.split(separator: 0) {
+            let text = String(decoding: entry, as: UTF8.self)
+            guard let eq = text.firstIndex(of: "=") else { continue }
+            environment[String(text[..<eq])] = String(text[text.index(after: eq)...])
+        }
+        for name in rankVariables { if let v = environment[name].flatMap({ Int($0) }), v >= 0 { return v } }
+        return nil
     }
 }

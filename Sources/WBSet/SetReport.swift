@@ -25,6 +25,8 @@ public struct SetReport: Codable, Sendable {
         public var pauseSeconds: Double?
         /// The member's verbs state in one line, when it ran on wb's verbs layer.
         public var verbs: String?
+        /// Its MPI rank, when the manifest knows it.
+        public var rank: Int?
     }
 
     /// Reads the set at `dir`, opening (and with `verify`, checking) every member's image.
@@ -43,7 +45,7 @@ public struct SetReport: Codable, Sendable {
             let verbs = try VerbsState.read(image).map(\.summary)
             return Member(host: member.host, pid: member.pid, parent: member.parent, command: member.command, image: member.image,
                           imageBytes: (try? Paths.stat(path).size) ?? 0, processes: image.metadata.processes.count, tree: member.tree,
-                          pauseSeconds: member.pauseSeconds, verbs: verbs.isEmpty ? nil : verbs.joined(separator: "; "))
+                          pauseSeconds: member.pauseSeconds, verbs: verbs.isEmpty ? nil : verbs.joined(separator: "; "), rank: member.rank)
         }
     }
 
@@ -57,7 +59,8 @@ public struct SetReport: Codable, Sendable {
         lines.append("MEMBERS (\(members.count))")
         for m in members {
             let pause = m.pauseSeconds.map { String(format: ", paused %.3f s", $0) } ?? ""
-            lines.append("  \(m.host):\(m.pid)  \(m.command)  \(m.image) (\(m.imageBytes) bytes, \(m.processes) process\(m.processes == 1 ? "" : "es")\(pause))")
+            let rank = m.rank.map { "  rank \($0)" } ?? ""
+            lines.append("  \(m.host):\(m.pid)\(rank)  \(m.command)  \(m.image) (\(m.imageBytes) bytes, \(m.processes) process\(m.processes == 1 ? "" : "es")\(pause))")
             if let v = m.verbs { lines.append("    verbs: \(v)") }
         }
         lines.append("CHANNELS (\(channels.count), \(bytesInFlight) bytes in flight)")

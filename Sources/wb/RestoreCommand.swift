@@ -92,7 +92,7 @@ struct RestoreCommand: ParsableCommand {
         if json && !detach { throw ValidationError("--json needs --detach (in the foreground the process owns stdout)") }
         if !gdbArguments.isEmpty && !debug { throw ValidationError("arguments after -- are for gdb: add --debug") }
         if noGDBScripts && !debug { throw ValidationError("--no-gdb-scripts is about the gdb --debug starts: add --debug") }
-        if (debug || gdbPort != nil) && (detach || json || (stopped && member == nil)) {
+        if (debug || gdbPort != nil) && (detach || json || (stopped && member == nil && rank == nil)) {
             throw ValidationError("--debug and --gdb-port keep wb in the foreground: they exclude --detach, --json and (but for the other members of a set) --stopped")
         }
     }
@@ -100,9 +100,12 @@ struct RestoreCommand: ParsableCommand {
     @Option(help: ArgumentHelp("With a set image and --debug or --gdb-port: the member to debug, HOST:PID (the others run, or wait stopped with --stopped).", valueName: "member"))
     var member: String?
 
+    @Option(help: ArgumentHelp("With a set image and --debug or --gdb-port: the member to debug by its MPI rank, as the manifest knows it (wb inspect SET shows the ranks).", valueName: "n"))
+    var rank: Int?
+
     func run() throws {
         if SetManifest.isSet(image) { return try restoreSet() }
-        if member != nil { throw ValidationError("--member is for a set image (a directory written by wb checkpoint --coordinator)") }
+        if member != nil || rank != nil { throw ValidationError("--\(member != nil ? "member" : "rank") is for a set image (a directory written by wb checkpoint --coordinator)") }
         try runReportingErrors {
             // Signals for the restored process are blocked before any thread starts, so the
             // forwarding thread can take them.
@@ -169,9 +172,20 @@ extension RestoreCommand {
     func restoreSet() throws {
         try runReportingErrors {
             if newNetworkNamespace || map { throw WBError.invalidArgument("--new-netns and --map are for a single image; a set's hosts get namespaces of their own") }
-            if (debug || gdbPort != nil) && member == nil { throw WBError.invalidArgument("--debug on a set: name the member with --member HOST:PID") }
+            if member != nil && rank != nil { throw WBError.invalidArgument("--member and --rank name the same thing: give one") }
+            if (debug || gdbPort != nil) && member == nil && rank == nil { throw WBError.invalidArgument("--debug on a set: name the member with --member HOST:PID or --rank N") }
             if !detach && !(debug || gdbPort != nil) { Signals.block(Signals.forwarded) }
             let set = try SetRestorer(dir: image)
+            var member = self.member
+            if let rank {
+                let ranked = set.manifest.members.filter { $0.rank != nil }.sorted { $0.rank! < $1.rank! }
+                guard let m = ranked.first(where: { $0.rank == rank }) else {
+                    throw WBError.invalidArgument(ranked.isEmpty
+                        ? "--rank \(rank): the set's manifest knows no ranks (its members had no OMPI_COMM_WORLD_RANK, PMI_RANK, PMIX_RANK or SLURM_PROCID); name the member with --member HOST:PID (\(set.manifest.members.map(\.name).joined(separator: ", ")))"
+                        : "--rank \(rank): the set has ranks \(ranked.map { "\($0.rank!) (\($0.name))" }.joined(separator: ", "))")
+                }
+                member = m.name
+            }
             if let member, !set.manifest.members.contains(where: { $0.name == member }) {
                 throw WBError.invalidArgument("--member \(member): the set has \(set.manifest.members.map(\.name).joined(separator: ", "))")
             }

@@ -151,11 +151,12 @@ final class TestHosts {
         for r in 0..<4 {
             let ring = [Products.harness("ring"), "--rank", "\(r)", "--listen", listen[r], "--next", listen[(r + 1) % 4],
                         "--messages", "\(messages)", "--out", "\(dir)/rank\(r)"]
+            // Each knows its rank as an MPI launcher tells it (PMI_RANK): the set's manifest does.
             if r == 3 {
                 members.append(try hosts.start(placement[r], Products.wb, ["run", "--join", address, "--host", "host2", "--"] + ring,
-                                               env: ["WB_TOKEN": "ring-token"]))
+                                               env: ["WB_TOKEN": "ring-token", "PMI_RANK": "\(r)"]))
             } else {
-                members.append(try hosts.start(placement[r], ring[0], Array(ring.dropFirst())))
+                members.append(try hosts.start(placement[r], ring[0], Array(ring.dropFirst()), env: ["PMI_RANK": "\(r)"]))
             }
         }
         var pids: [Int32] = []
@@ -247,9 +248,13 @@ final class TestHosts {
         }
         #expect(setHosts().subtracting(hostsBefore).isEmpty, "the restore left its hosts behind: \(setHosts().subtracting(hostsBefore))")
 
-        // One member in gdb while the others run: its threads are where the ring left them.
+        // One member in gdb while the others run, named by its rank: its threads are where the
+        // ring left them. A rank the set does not have is refused, naming those it has.
         let member = "host1:\(ring.pids[2])"
-        let debug = try wb(["restore", "\(dir)/final", "--debug", "--member", member, "--", "-batch", "-ex", "thread apply all bt"], timeout: 120)
+        #expect(text.stdout.contains("\(member)  rank 2"), "\(text.stdout)")
+        let noRank = try wb(["restore", "\(dir)/final", "--debug", "--rank", "9"])
+        #expect(noRank.code != 0 && noRank.stderr.contains("--rank 9: the set has ranks 0 (") && noRank.stderr.contains("2 (\(member))"), "\(noRank.stderr)")
+        let debug = try wb(["restore", "\(dir)/final", "--debug", "--rank", "2", "--", "-batch", "-ex", "thread apply all bt"], timeout: 120)
         #expect(debug.stdout.contains("harness-ring") || debug.stdout.contains("main.c"), "gdb on \(member): \(debug.stdout) \(debug.stderr)")
         #expect(debug.stdout.contains("pass") || debug.stdout.contains("take"), "\(debug.stdout)")
         #expect(setHosts().subtracting(hostsBefore).isEmpty, "the debug restore left its hosts behind: \(setHosts().subtracting(hostsBefore))")
