@@ -500,8 +500,8 @@ struct AddressSpace {
         failures.initialize(repeating: nil)
         defer { failures.deallocate() }
         nonisolated(unsafe) let failed = failures
-        nonisolated(unsafe) let work = slices
-        nonisolated(unsafe) let data = regions
+        let work = slices
+        let data = regions
         DispatchQueue.concurrentPerform(iterations: workers) { w in
             // Worker w takes the w-th part: neighbouring slices stay on one CPU.
             let per = (work.count + workers - 1) / workers
