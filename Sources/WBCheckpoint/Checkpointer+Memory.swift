@@ -40,6 +40,10 @@ extension Checkpointer {
         let executableFiles = Set(entries.filter { $0.protection & 4 != 0 && $0.inode != 0 }.map { "\($0.device):\($0.inode)" })
         let guards = try guardRanges(entries, scanner: scanner)
         var hugePageSizes: [UInt64: UInt64]?
+        // The page maps of this process and its parent, for pages they share (CopyOnWrite).
+        let pagemaps = parentForSharing.flatMap { parent in
+            try? (mine: FileDescriptor.open("/proc/\(pid)/pagemap", O_RDONLY), theirs: FileDescriptor.open("/proc/\(parent.pid)/pagemap", O_RDONLY))
+        }
         for e in entries {
             var m = Mapping(start: e.start, end: e.end, protection: e.protection, shared: e.shared,
                             kind: .anonymous, offset: e.offset, path: nil)
@@ -120,8 +124,9 @@ extension Checkpointer {
                 if policy == .privateCopies { untracked.removeAll(where: \.file) }
                 // Pages shared with the parent copy-on-write: the parent's copy serves both.
                 // Not stored here when the mapping's flags are known now (they decide it).
-                if let parent = parentForSharing, let pm = parent.state.mappings.first(where: { m.canShareCopyOnWrite(with: $0) }) {
-                    let shared = CopyOnWrite.sharedPages(pid: pid, parentPid: parent.pid, start: e.start, end: e.end, parentMapping: pm)
+                if let parent = parentForSharing, let maps = pagemaps,
+                   let pm = parent.state.mappings.first(where: { m.canShareCopyOnWrite(with: $0) }) {
+                    let shared = CopyOnWrite.sharedPages(mine: maps.mine, theirs: maps.theirs, start: e.start, end: e.end)
                     if !shared.isEmpty {
                         sharedWithParent[e.start] = shared
                         if !store.tracking && !m.vmFlags.isEmpty && !pm.vmFlags.isEmpty {

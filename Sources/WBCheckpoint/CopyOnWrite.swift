@@ -9,18 +9,15 @@ import WBTrace
 /// holds their data once for both, and restore gives the child those pages by forking it
 /// from its rebuilt parent (Restorer+Tree) instead of writing a copy of its own.
 enum CopyOnWrite {
-    /// The indexes of the pages of [start, end) that process `pid` shares with `parentPid`
-    /// (pids as wb sees them); `parentMapping` is the parent's mapping of that range.
-    static func sharedPages(pid: Int32, parentPid: Int32, start: UInt64, end: UInt64, parentMapping: Mapping) -> [Int] {
-        guard let mine = try? FileDescriptor.open("/proc/\(pid)/pagemap", O_RDONLY),
-              let theirs = try? FileDescriptor.open("/proc/\(parentPid)/pagemap", O_RDONLY),
-              let a = try? ProcFS.pagemap(mine, start: start, end: end),
+    /// The indexes of the pages of [start, end) that a process shares with its parent, from
+    /// their page maps (/proc/PID/pagemap of each, opened once per capture).
+    static func sharedPages(mine: FileDescriptor, theirs: FileDescriptor, start: UInt64, end: UInt64) -> [Int] {
+        guard let a = try? ProcFS.pagemap(mine, start: start, end: end),
               let b = try? ProcFS.pagemap(theirs, start: start, end: end), a.count == b.count else { return [] }
-        let frame: UInt64 = (1 << 55) - 1
         var shared: [Int] = []
         for i in 0..<a.count where a[i] & ProcFS.pagePresent != 0 && b[i] & ProcFS.pagePresent != 0 {
-            let f = a[i] & frame
-            if f != 0 && f == b[i] & frame { shared.append(i) }
+            let f = a[i] & ProcFS.pageFrame
+            if f != 0 && f == b[i] & ProcFS.pageFrame { shared.append(i) }
         }
         return shared
     }

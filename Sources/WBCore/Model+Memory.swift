@@ -76,16 +76,18 @@ public struct Mapping: Codable, Sendable, Equatable {
     public func contains(_ address: UInt64) -> Bool { address >= start && address < end }
 
     /// Whether this mapping of a forked child can hold pages it shares copy-on-write with
-    /// `parent`'s mapping: the same range of private memory of ordinary pages, with nothing
-    /// that fork would not pass on (MADV_DONTFORK, MADV_WIPEONFORK) or that restore puts on
-    /// after the pages (guards). Pages the child's runs store at the same place as the
-    /// parent's are shared: restore gives the child the parent's by fork.
+    /// `parent`'s mapping: the same range of private memory of ordinary pages, mapped alike
+    /// (growing down, without reserve), with nothing that fork would not pass on
+    /// (MADV_DONTFORK, MADV_WIPEONFORK) or that restore puts on after the pages (guards).
+    /// Pages the child's runs store at the same place as the parent's are shared: restore
+    /// gives the child the parent's by fork.
     public func canShareCopyOnWrite(with parent: Mapping) -> Bool {
         func plain(_ m: Mapping) -> Bool {
             !m.shared && [.anonymous, .heap, .stack].contains(m.kind) && m.hugePageSize == nil && (m.guards ?? []).isEmpty
                 && !m.vmFlags.contains("dc") && !m.vmFlags.contains("wf")
         }
         return start == parent.start && end == parent.end && kind == parent.kind && plain(self) && plain(parent)
+            && vmFlags.contains("gd") == parent.vmFlags.contains("gd") && vmFlags.contains("nr") == parent.vmFlags.contains("nr")
     }
 
     /// Where each page's data is: (source, offset) of its run, nil for a page not stored.

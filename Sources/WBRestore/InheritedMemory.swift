@@ -21,9 +21,7 @@ struct InheritedMemory {
     init?(child: ProcessState, parent: ProcessState) {
         var plans: [UInt64: Plan] = [:]
         for m in child.mappings {
-            guard let pm = parent.mappings.first(where: { m.canShareCopyOnWrite(with: $0) }),
-                  m.vmFlags.contains("gd") == pm.vmFlags.contains("gd"),
-                  m.vmFlags.contains("nr") == pm.vmFlags.contains("nr") else { continue }
+            guard let pm = parent.mappings.first(where: { m.canShareCopyOnWrite(with: $0) }) else { continue }
             let mine = m.pageData(), theirs = pm.pageData()
             var own = [(source: UInt32, offset: UInt64)?](repeating: nil, count: mine.count)
             var discard: [(first: Int, count: Int)] = []

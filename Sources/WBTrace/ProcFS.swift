@@ -331,6 +331,8 @@ public enum ProcFS {
     public static let pageSwapped: UInt64 = 1 << 62
     public static let pageFileOrSharedAnon: UInt64 = 1 << 61
     public static let pageExclusive: UInt64 = 1 << 56
+    /// The page frame number (bits 0-54; zero unless the reader has CAP_SYS_ADMIN).
+    public static let pageFrame: UInt64 = (1 << 55) - 1
 
     /// One 64-bit pagemap entry per page of [start, end).
     public static func pagemap(_ fd: FileDescriptor, start: UInt64, end: UInt64) throws -> [UInt64] {
