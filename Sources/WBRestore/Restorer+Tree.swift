@@ -42,17 +42,36 @@ extension Restorer {
             guard let parent = tracees[p.ppid] else {
                 throw WBError.badImage(path: image.path, problem: "invalid metadata: process \(p.pid)'s parent \(p.ppid) comes after it or is not in the image")
             }
-            let sharing: UInt64 = (p.sharesParentFiles == true ? 0x400 : 0) | (p.sharesParentFS == true ? 0x200 : 0)   // CLONE_FILES, CLONE_FS
-            let host = try fork(p.pid, from: parent, sharing: p.zombieStatus == nil ? sharing : 0, newNamespace: newNamespace)
+            let host = try fork(p.pid, from: parent, sharing: cloneSharing(p), newNamespace: newNamespace)
             let t = try Tracee.adoptStub(host)
             tracees[p.pid] = t
             members.append((p, t))
-            let parentState = members.first { $0.0.pid == p.ppid }?.0
-            if p.zombieStatus == nil, p.uts != parentState?.uts { try ownUTS(p, t) }
-            try openSession(p, t)
+            try settleForked(p, t)
         }
-        for (p, t) in members where p.pgid != p.pid && p.sid != p.pid && !late.contains(p.pgid) {
-            guard tracees[p.pgid] != nil else {
+        // A group led by a process forked later is joined then (settleLate).
+        try joinGroupsAndExit(members.filter { !late.contains($0.0.pgid) }, existing: Set(tracees.keys))
+        return members
+    }
+
+    /// What a forked process shares with its parent: its fd table (CLONE_FILES) or its
+    /// working directory, root and umask (CLONE_FS), as it did; a zombie nothing.
+    private func cloneSharing(_ p: ProcessState) -> UInt64 {
+        p.zombieStatus != nil ? 0 : (p.sharesParentFiles == true ? 0x400 : 0) | (p.sharesParentFS == true ? 0x200 : 0)
+    }
+
+    /// A process just forked: its own UTS namespace if it had one, then its session or
+    /// group, before it forks its own children.
+    private func settleForked(_ p: ProcessState, _ t: Tracee) throws {
+        if p.zombieStatus == nil, p.uts != image.metadata.processes.first(where: { $0.pid == p.ppid })?.uts { try ownUTS(p, t) }
+        try openSession(p, t)
+    }
+
+    /// `members` join the process groups they were in (a group led outside the tree, when
+    /// the tree's `existing` pids do not hold its leader, is noted and the parent's kept),
+    /// then those that had exited exit again.
+    private func joinGroupsAndExit(_ members: [(ProcessState, Tracee)], existing: Set<Int32>) throws {
+        for (p, t) in members where p.pgid != p.pid && p.sid != p.pid {
+            guard existing.contains(p.pgid) else {
                 if p.pid != process.pid && p.pgid != image.metadata.processes.first(where: { $0.pid == p.ppid })?.pgid {
                     notes.append("pid \(p.pid) was in process group \(p.pgid), which was outside the tree; it joins its parent's")
                 }
@@ -64,7 +83,6 @@ extension Restorer {
         for (p, t) in members {
             if let status = p.zombieStatus { try exit(t, as: p, status: status) }
         }
-        return members
     }
 
     /// Forks the late child `p` from its parent `parent`, whose pages are in (its work area
@@ -73,11 +91,10 @@ extension Restorer {
     /// fork left them, until wb takes it. A child with a fd table of its own closes the fds
     /// the parent held for its rebuild. Its session is made before its own children are forked.
     func forkLate(_ p: ProcessState, from parent: Tracee, leader: RemoteSyscalls, scratch: Scratch) throws -> (ProcessState, Tracee) {
-        let sharing: UInt64 = p.zombieStatus != nil ? 0 : (p.sharesParentFiles == true ? 0x400 : 0) | (p.sharesParentFS == true ? 0x200 : 0)
         let saved = parent.syscallGadget
         parent.syscallGadget = scratch.base + Scratch.forkCodeOffset
         defer { parent.syscallGadget = saved }
-        let host = try fork(p.pid, from: parent, sharing: sharing, newNamespace: treeInNewNamespace, leader: leader, scratch: scratch)
+        let host = try fork(p.pid, from: parent, sharing: cloneSharing(p), newNamespace: treeInNewNamespace, leader: leader, scratch: scratch)
         let t = try Tracee.adoptStub(host)
         t.syscallGadget = scratch.base          // its copy of the parent's `syscall; int3`
         lateWorkAreas[t.pid] = scratch.base + 2048
@@ -86,24 +103,16 @@ extension Restorer {
         if p.zombieStatus == nil && p.sharesParentFiles != true {
             try s.call(.closeRange, 3, UInt64(UInt32.max), 0, what: "closing the fds pid \(p.pid) got from its parent's rebuild")
         }
-        if p.zombieStatus == nil {
-            let parentState = image.metadata.processes.first { $0.pid == p.ppid }
-            if p.uts != parentState?.uts { try ownUTS(p, t) }
-        }
-        try openSession(p, t)
+        try settleForked(p, t)
         return (p, t)
     }
 
-    /// Once every process is built: the late ones join their process groups, and those that
-    /// had exited exit again.
-    func settleLate() throws {
-        for (p, t) in lateMembers where p.pgid != p.pid && p.sid != p.pid {
-            let s = try t.ownedSyscalls(in: t.pid)
-            try s.call(.setpgid, 0, UInt64(p.pgid), what: "joining process group \(p.pgid)")
-        }
-        for (p, t) in lateMembers {
-            if let status = p.zombieStatus { try exit(t, as: p, status: status) }
-        }
+    /// Once every process exists: those forked late join their process groups (and those
+    /// forked first, groups led by a late one), and the late ones that had exited exit again.
+    func settleLate(_ members: [(ProcessState, Tracee)]) throws {
+        let late = Set(lateMembers.map(\.0.pid))
+        try joinGroupsAndExit(members.filter { late.contains($0.0.pid) || (late.contains($0.0.pgid) && $0.0.zombieStatus == nil) },
+                              existing: Set(members.map(\.0.pid)))
     }
 
     /// Memory of the process wb may write call arguments to: below the stub's stack, or in a

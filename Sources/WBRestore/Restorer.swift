@@ -314,7 +314,7 @@ public final class Restorer {
                 }
                 members += lateMembers
                 if !lateMembers.isEmpty {
-                    try settleLate()
+                    try settleLate(members)
                     let sharing = lateMembers.filter { inherited[$0.0.pid] != nil }.map { "\($0.0.pid)" }
                     if !sharing.isEmpty { stamp("forked from their rebuilt parents, sharing pages: \(sharing.joined(separator: ", "))") }
                 }
