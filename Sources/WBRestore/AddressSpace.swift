@@ -39,13 +39,8 @@ struct AddressSpace {
         self.files = files
     }
 
-    /// Maps every VMA and writes its pages (`buildPages`), then protects them (`finishPages`).
-    mutating func build() throws {
-        try buildPages()
-        try finishPages()
-    }
-
-    /// Every VMA mapped writable, with its pages in: what a child forked now inherits.
+    /// Every VMA mapped writable, with its pages in (`finishPages` protects them): what a
+    /// child forked now inherits.
     mutating func buildPages() throws {
         let stubMaps = try ProcFS.maps(tracee.pid, withFlags: false)
         let hole = try findHole(bytes: 4 << 20, avoiding: stubMaps)
@@ -58,10 +53,10 @@ struct AddressSpace {
         access = try FileAccess(process: process, tracee: tracee, leader: leader, scratch: scratch,
                                 cacheDirectory: restorer.options.cacheDirectory)
         // What a child forked from its rebuilt parent keeps of the parent's mappings stays.
-        let kept = (inherited?.mappings.keys).map { keys in mappings.filter { keys.contains($0.start) }.map { ($0.start, $0.end) } } ?? []
+        let kept = mappings.filter { inherited?.mappings[$0.start] != nil }.map { PageScanner.Range(start: $0.start, end: $0.end, file: false, written: false) }
         for e in stubMaps where !e.path.hasPrefix("[vdso") && !e.path.hasPrefix("[vvar") && e.path != "[vsyscall]" {
-            for (from, to) in AddressSpace.subtract(kept, from: (e.start, e.end)) {
-                try leader.call(.munmap, from, to - from, what: "clearing the stub's mapping \(e.path)")
+            for r in PageScanner.subtracting(kept, from: [PageScanner.Range(start: e.start, end: e.end, file: false, written: false)]) {
+                try leader.call(.munmap, r.start, r.end - r.start, what: "clearing the stub's mapping \(e.path)")
             }
         }
         try placeVdso(stubMaps, temporary: hole + (1 << 20))
@@ -81,18 +76,6 @@ struct AddressSpace {
         for m in mappings { try finish(m) }
         for (_, fd) in mappedFDs { _ = try leader.raw(.close, UInt64(fd)) }
         mappedFDs = [:]
-    }
-
-    /// The parts of `range` outside every range of `ranges`.
-    static func subtract(_ ranges: [(UInt64, UInt64)], from range: (UInt64, UInt64)) -> [(UInt64, UInt64)] {
-        var out: [(UInt64, UInt64)] = []
-        var at = range.0
-        for (s, e) in ranges.sorted(by: { $0.0 < $1.0 }) where e > at && s < range.1 {
-            if s > at { out.append((at, s)) }
-            at = max(at, e)
-        }
-        if at < range.1 { out.append((at, range.1)) }
-        return out
     }
 
     /// A free range of `bytes` that overlaps neither the image's mappings nor the stub's.

@@ -36,7 +36,7 @@ public enum SetPages {
             try out.write(batch, at: length - UInt64(batch.count))
             batch.removeAll(keepingCapacity: true)
         }
-        var rewritten: [(name: String, image: Image, metadata: ImageMetadata)] = []
+        var rewritten: [(name: String, metadata: ImageMetadata)] = []
         do {
             for name in names {
                 let image = try Image(path: "\(dir)/\(name)")
@@ -74,7 +74,7 @@ public enum SetPages {
                     for p in tree.indices { try relocate(&tree[p].mappings) }
                     metadata.descendants = tree
                 }
-                rewritten.append((name, image, metadata))
+                rewritten.append((name, metadata))
             }
             try flush()
             try out.sync()
