@@ -27,8 +27,9 @@ public struct ExploreOptions: Sendable {
     /// Stop at the first violation.
     public var firstOnly = false
     /// With dpor and all: a run that reaches a state an earlier run reached by another
-    /// order (the same digest of every member's writable memory and the messages in flight)
-    /// ends there: what follows from it has been explored from there already.
+    /// order after no more deliveries (the same digest of every member's writable memory and
+    /// the messages in flight) ends there: what follows from it, within the depth bound, has
+    /// been explored from there already.
     public var stateHashing = true
     /// Faults the explorer may inject, as choices besides deliveries: "drop" (a connection),
     /// "crash" (a member).
