@@ -80,7 +80,7 @@ let package = Package(
         .target(name: "WBCheckpoint", dependencies: ["WBTrace", "WBCore", "WBNet"]),
         .target(name: "WBVerbs", dependencies: ["WBCore", "WBSystem"]),
         .target(name: "WBSet", dependencies: ["WBCore", "WBSystem", "WBRestore", "WBNet", "WBTrace", "WBVerbs"]),
-        .target(name: "WBExplore", dependencies: ["WBCore", "WBSystem", "WBRestore", "WBTrace", "WBSymbols", "WBSet", "WBDebug", "CWBNative"]),
+        .target(name: "WBExplore", dependencies: ["WBCore", "WBSystem", "WBRestore", "WBTrace", "WBSymbols", "WBSet", "WBDebug", "WBNet", "CWBNative"]),
         .target(name: "WBCoordinator", dependencies: ["WBCore", "WBSystem", "WBCheckpoint", "WBNet", "WBTrace", "WBSet"]),
         .target(name: "WBFuzz", dependencies: ["WBCore", "WBTrace", "WBRestore", "WBSymbols", "WBNet", "CWBNative"]),
         .target(name: "WBRestore", dependencies: ["WBTrace", "WBCore", "WBNet"]),

@@ -36,6 +36,9 @@ public struct ExploreOptions: Sendable {
     public var faults: Set<String> = []
     /// Faults per run at most.
     public var maxFaults = 1
+    /// Each run starts by putting the members back in place to the state the first run
+    /// started from (`MediatedSet.rewind`); false: every run restores the set afresh.
+    public var resetInPlace = true
     public var restore = RestoreOptions()
     public init() {}
 }
@@ -63,6 +66,12 @@ public struct ExploreStats: Codable, Sendable {
     public var findings: [Finding] = []
     /// Writes wb could not hold (passed to the network as they were made).
     public var unmediated: [String] = []
+    /// Runs that began with a restore of the set, and runs that began with its members put
+    /// back in place.
+    public var restores = 0
+    public var resets = 0
+    /// Why runs could not start in place, when some could not (the first reason seen).
+    public var resetNote: String?
 
     public struct Finding: Codable, Sendable {
         public var directory: String
@@ -94,6 +103,8 @@ public final class Explorer {
         Schedule.Checks(invariant: options.invariant, gdbChecks: options.gdbChecks, depth: options.depth, idleIsEnd: options.idleIsEnd)
     }
     private var keys = Set<String>()
+    /// The set the last run ran on, to be put back for the next one.
+    private var live: MediatedSet?
 
     public init(set: String, out: String, options: ExploreOptions) throws {
         setDirectory = set
@@ -114,6 +125,10 @@ public final class Explorer {
         case .pct: PCT(seed: options.seed, bugDepth: options.bugDepth, steps: options.depth)
         }
         var nextStatus = start + 1
+        defer {
+            live?.end()
+            live = nil
+        }
         while true {
             if let max = options.maxRuns, stats.runs >= max { stats.stoppedBecause = "--max-runs reached"; break }
             if let d = options.duration, Clock.monotonic - start >= d { stats.stoppedBecause = "--duration reached"; break }
@@ -158,13 +173,38 @@ public final class Explorer {
         var violation: Violation?
     }
 
-    private func runOnce(_ strategy: inout any Strategy, run: Int) throws -> RunResult {
+    /// The set for a run, at the state every run starts from: the last run's put back in
+    /// place, or a fresh restore (which keeps its first settled state for the runs after).
+    private func startRun(_ run: Int) throws -> MediatedSet {
+        if let set = live, options.resetInPlace {
+            do {
+                if try set.rewind() {
+                    stats.resets += 1
+                    return set
+                }
+                if stats.resetNote == nil { stats.resetNote = "a run ended or killed a process, or removed memory of the kept state" }
+            } catch {
+                if stats.resetNote == nil { stats.resetNote = "\(error)" }
+            }
+            set.end()
+            live = nil
+        }
+        live?.end()
         let set = try MediatedSet(dir: setDirectory, options: options.restore, tag: String(UnicodeScalar(UInt8(97 + run % 26))))
-        defer { set.end() }
+        live = set
+        stats.restores += 1
+        try set.settle()
+        if options.resetInPlace && set.violation == nil {
+            do { try set.keepBase() } catch { if stats.resetNote == nil { stats.resetNote = "\(error)" } }
+        }
+        return set
+    }
+
+    private func runOnce(_ strategy: inout any Strategy, run: Int) throws -> RunResult {
+        let set = try startRun(run)
         var steps: [Step] = []
         var faultsUsed = 0
         defer { strategy.endRun(steps, pending: set.enabled.map { Step(id: $0.id, receiver: $0.to, cause: $0.cause) }) }
-        try set.settle()
         while true {
             for note in set.unmediated where !stats.unmediated.contains(note) { stats.unmediated.append(note) }
             if let v = try Explorer.check(set, checks) { return RunResult(deliveries: set.deliveries, violation: v) }
@@ -260,22 +300,32 @@ public final class Explorer {
 
     /// A digest of the state: each member's writable memory (stacks included: a loop's
     /// locals are state too) and the messages in flight, with which members have ended.
-    /// Nil when it cannot be whole (a member with more than 64 MiB of it, or unreadable):
-    /// such a state is counted by nothing and ends no run.
+    /// Memory counts as the sum of its pages' digests (`ProcessRewind.pageDigest`): for a
+    /// process kept at the run's start, only the pages written since are read. Nil when it
+    /// cannot be whole (a process read whole with more than 64 MiB, or unreadable): such a
+    /// state is counted by nothing and ends no run.
     private func digest(_ set: MediatedSet) -> UInt64? {
         var h = Checksum()
         for m in set.members {
             withUnsafeBytes(of: m.ended == nil) { h.update($0) }
             for t in m.processes where !t.tids.isEmpty {
+                // Kept since the run's start: from the pages written since; else read whole.
+                if let d = try? set.memoryDigest(t) {
+                    withUnsafeBytes(of: d) { h.update($0) }
+                    continue
+                }
                 guard let maps = try? ProcFS.maps(t.pid, withFlags: false) else { return nil }
                 var total: UInt64 = 0
+                var sum: UInt64 = 0
                 for e in maps where !e.shared && e.protection & 2 != 0 && !e.path.hasPrefix("[v") {
                     total += e.end - e.start
                     if total > 64 << 20 { return nil }
                     guard let bytes = try? t.read(e.start, count: Int(e.end - e.start)) else { return nil }
-                    withUnsafeBytes(of: e.start) { h.update($0) }
-                    bytes.withUnsafeBytes { h.update($0) }
+                    bytes.withUnsafeBytes { b in
+                        for o in stride(from: 0, to: b.count, by: 4096) { sum = sum &+ ProcessRewind.pageDigest(b.baseAddress! + o, at: e.start + UInt64(o)) }
+                    }
                 }
+                withUnsafeBytes(of: sum) { h.update($0) }
             }
         }
         for d in set.pending.keys.sorted(by: { ($0.channel, $0.forward ? 0 : 1) < ($1.channel, $1.forward ? 0 : 1) }) {

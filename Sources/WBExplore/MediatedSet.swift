@@ -2,6 +2,7 @@ import CWBNative
 import Foundation
 import Glibc
 import WBCore
+import WBNet
 import WBRestore
 import WBSet
 import WBSymbols
@@ -27,9 +28,12 @@ public final class MediatedSet {
         /// The member's processes (its top process first), as wb traces them.
         public let processes: [Tracee]
         /// How the member ended (its top process), once it has.
-        public fileprivate(set) var ended: Int32?
+        public internal(set) var ended: Int32?
         /// Ended by a crash fault wb injected: not a violation.
-        public fileprivate(set) var crashed = false
+        public internal(set) var crashed = false
+        /// Ended by exit or exit_group, which wb holds: the process stays, stopped at the
+        /// call, so that it can be put back for the next run.
+        public internal(set) var heldAtExit = false
         init(index: Int, restored: SetRestorer.Restored) {
             self.index = index
             name = restored.member.name
@@ -65,22 +69,35 @@ public final class MediatedSet {
 
     public let set: SetRestorer
     public private(set) var members: [Member] = []
-    private var ends: [Int32: [Int32: End]] = [:]
-    private var senders: [Direction: End] = [:]
+    var ends: [Int32: [Int32: End]] = [:]
+    var senders: [Direction: End] = [:]
     /// Pending messages, per direction, oldest first.
-    public private(set) var pending: [Direction: [Message]] = [:]
-    private var nextSeq: [Direction: Int] = [:]
+    public internal(set) var pending: [Direction: [Message]] = [:]
+    var nextSeq: [Direction: Int] = [:]
     /// The deliveries made, in order.
-    public private(set) var delivered: [Message] = []
+    public internal(set) var delivered: [Message] = []
     /// What went wrong, once something did; the run stops there.
-    public private(set) var violation: Violation?
+    public internal(set) var violation: Violation?
     /// The thread of a crash, left in its signal-delivery stop.
-    public private(set) var crashStop: (member: Int, tid: Int32, signal: Int32)?
+    public internal(set) var crashStop: (member: Int, tid: Int32, signal: Int32)?
+    /// wb's copy of every channel socket, by member: a connection stays open while its
+    /// member lives, also once a close of it was delivered (the peer read the end of the
+    /// stream), so that it can be put back for the next run.
+    var sockets: [Int: [FileDescriptor]] = [:]
+    /// wb's copy of each channel end, by the direction it writes (while its member lives).
+    var writers: [Direction: FileDescriptor] = [:]
+    /// Per direction, what its sender had acknowledged less what its peer had received,
+    /// when nothing was unacknowledged (see `everythingSentArrived`).
+    var countOffsets: [Direction: UInt64] = [:]
+    /// Threads wb keeps stopped: a member held at its exit.
+    var heldThreads = Set<Int32>()
+    /// The state every run starts from, once kept (`keepBase`), for `rewind`.
+    var base: Base?
     /// Writes wb let through unmediated (file-descriptor passing, sendmmsg, an address given).
     public private(set) var unmediated: [String] = []
     /// How long a member may run after a delivery without waiting for anything.
     public var stepLimit: Double = 10
-    private var all: [Tracee] { members.flatMap { $0.processes } }
+    var all: [Tracee] { members.flatMap { $0.processes } }
     private var backtracers: [Int: Backtracer] = [:]
 
     /// Calls that mean "waiting for something from outside": a member whose every thread is
@@ -88,6 +105,8 @@ public final class MediatedSet {
     static let waiting: Set<Int> = [0, 7, 17, 19, 23, 34, 43, 45, 47, 61, 128, 130, 202, 232, 247, 270, 271, 281, 288, 295, 299, 441, 449]
     /// write, writev, sendto, sendmsg, sendmmsg; close and shutdown.
     static let calls: [Int] = [1, 20, 44, 46, 307, 3, 48]
+    /// exit and exit_group, held in each member's top process.
+    static let exits: [Int] = [60, 231]
 
     /// Restores the set (its hosts, every member stopped), puts a filter on each channel end,
     /// and lets the members run until they settle. Throws, leaving nothing behind, when the
@@ -125,21 +144,25 @@ public final class MediatedSet {
             }
             for (me, peer, fd, forward) in [(a, b, c.a.fd, true), (b, a, c.b.fd, false)] {
                 let socket = try me.tracee.takeFD(fd)
+                sockets[me.member, default: []].append(socket)
                 let end = End(channel: i, forward: forward, member: me.member, peer: peer.member, socket: socket)
                 ends[me.tracee.pid, default: [:]][fd] = end
                 senders[Direction(channel: i, forward: forward)] = end
+                writers[Direction(channel: i, forward: forward)] = socket
                 fdsOf[me.tracee.pid, default: []].append(fd)
             }
         }
+        let tops = Set(members.map { $0.processes[0].pid })
         for t in all {
             try t.addOptions(Tracee.traceSeccompOption | Tracee.exitKillOption)
-            guard let fds = fdsOf[t.pid] else { continue }
+            let fds = fdsOf[t.pid]
+            guard fds != nil || tops.contains(t.pid) else { continue }
             t.syscallGadget = try t.findSyscallGadget(in: try ProcFS.maps(t.pid, withFlags: false))
-            let filter = SeccompFilter(traced: MediatedSet.calls.map { ($0, 0) }, onlyFDs: fds)
             try t.withSyscalls(in: t.pid) { s in
                 let scratch = try s.mapScratch(bytes: 4096)
                 defer { _ = try? s.raw(.munmap, scratch, 4096) }
-                try filter.install(t, s, scratch: scratch)
+                if let fds { try SeccompFilter(traced: MediatedSet.calls.map { ($0, 0) }, onlyFDs: fds).install(t, s, scratch: scratch) }
+                if tops.contains(t.pid) { try SeccompFilter(traced: MediatedSet.exits.map { ($0, 1) }).install(t, s, scratch: scratch) }
             }
         }
     }
@@ -162,13 +185,13 @@ public final class MediatedSet {
         var quietChecks = 0
         while violation == nil {
             if members.allSatisfy({ $0.ended != nil }) { return }
-            if let (t, tid, stop) = try Tracee.waitAny(among: all.filter { !$0.tids.isEmpty }, timeout: 0.002) {
+            if let (t, tid, stop) = try Tracee.waitAny(among: all.filter { !$0.tids.isEmpty }, timeout: 0.0002) {
                 try handle(t, tid, stop)
                 lastEvent = Clock.monotonic
                 quietChecks = 0
                 continue
             }
-            if Clock.monotonic - lastEvent >= 0.002 && everythingSentArrived() && everyoneWaits() {
+            if Clock.monotonic - lastEvent >= 0.0005 && everythingSentArrived() && everyoneWaits() {
                 quietChecks += 1
                 if quietChecks >= 2 { return }
                 continue
@@ -182,13 +205,22 @@ public final class MediatedSet {
         }
     }
 
-    /// Whether every byte sent on a channel has reached the other end's socket (nothing
-    /// unacknowledged in any sender's queue): the last delivery, and data the snapshot held
-    /// in flight, which the rebuilt connections send again.
-    private func everythingSentArrived() -> Bool {
-        for end in senders.values {
-            var outq: Int32 = 0
-            if wb_socket_ioctl_int(end.socket.rawValue, 0x5411 /* SIOCOUTQ */, &outq) == 0 && outq > 0 { return false }
+    /// Whether every byte sent on a channel has reached the other end's socket: the last
+    /// delivery, and data the snapshot held in flight, which the rebuilt connections send
+    /// again. A direction with nothing unacknowledged has arrived; then what the sender
+    /// has had acknowledged and what its peer has received are compared, and later what it
+    /// queued is all there once its peer has received that much more (no wait for a
+    /// delayed acknowledgement). The first time, the comparison waits for the
+    /// acknowledgement: a restored sender may resend what its peer had already received.
+    func everythingSentArrived() -> Bool {
+        for (d, writer) in writers where !dropped.contains(d.channel) {
+            guard let reader = writers[Direction(channel: d.channel, forward: !d.forward)],
+                  let w = SocketProbe.tcpCounts(writer.rawValue), let r = SocketProbe.tcpCounts(reader.rawValue) else { continue }
+            if w.queued == 0 {
+                countOffsets[d] = w.acked &- r.received
+                continue
+            }
+            guard let offset = countOffsets[d], w.acked &+ w.queued &- offset <= r.received else { return false }
         }
         return true
     }
@@ -207,6 +239,11 @@ public final class MediatedSet {
                     return false
                 }
                 if !MediatedSet.waiting.contains(nr) { return false }
+                // Asleep in it: a thread something woke (a message arrived, a futex was
+                // released) is runnable until it has run.
+                guard let stat = try? Paths.readText("/proc/\(t.pid)/task/\(tid)/stat"),
+                      let close = stat.lastIndex(of: ")"), stat.index(close, offsetBy: 2) < stat.endIndex,
+                      stat[stat.index(close, offsetBy: 2)] == "S" else { return false }
             }
         }
         return true
@@ -216,6 +253,11 @@ public final class MediatedSet {
 
     private func handle(_ t: Tracee, _ tid: Int32, _ stop: Tracee.Stop) throws {
         guard let m = member(of: t) else { return }
+        if m.heldAtExit && t === m.processes[0] {
+            // A thread of a process held at its exit: it stays where it stopped.
+            if case .event = stop { heldThreads.insert(tid) } else if case .interrupted = stop { heldThreads.insert(tid) } else if case .signal = stop { heldThreads.insert(tid) }
+            return
+        }
         switch stop {
         case let .event(ev) where ev == Tracee.seccompEvent:
             try capture(t, tid, m)
@@ -234,14 +276,27 @@ public final class MediatedSet {
             try t.resume(tid, .continue, signal: sig)
         case let .exited(code):
             if tid == t.pid && t === m.processes[0] {
+                gone(m)
                 m.ended = code
                 if code != 0 && !m.crashed { violation = Violation(kind: .exit, member: m.name, what: "\(m.name) exited with status \(code)") }
             }
         case let .killed(sig):
             if tid == t.pid && t === m.processes[0] {
+                gone(m)
                 m.ended = 128 + sig
                 if !m.crashed { violation = Violation(kind: .exit, member: m.name, what: "\(m.name) was killed by \(SignalNames.name(sig))") }
             }
+        }
+    }
+
+    /// A member's process is gone: its connections close as the kernel closes them (a reset
+    /// where data was left unread), wb holding no copy of them any more, and the kept state
+    /// cannot be gone back to in place.
+    private func gone(_ m: Member) {
+        base = nil
+        for s in sockets.removeValue(forKey: m.index) ?? [] {
+            for (d, w) in writers where w === s { writers[d] = nil }
+            s.close()
         }
     }
 
@@ -268,17 +323,11 @@ public final class MediatedSet {
     private func capture(_ t: Tracee, _ tid: Int32, _ m: Member) throws {
         var regs = try t.registers(tid)
         let nr = Int(truncatingIfNeeded: regs.origRax)
+        if MediatedSet.exits.contains(nr) { return try holdExit(m, t, tid, regs) }
         let fd = Int32(truncatingIfNeeded: regs.rdi)
         // A connection a fault dropped: the call fails as the kernel has it fail.
         guard let end = ends[t.pid]?[fd], !dropped.contains(end.channel) else { return try t.resume(tid, .continue) }
-        let direction = Direction(channel: end.channel, forward: end.forward)
-        func hold(_ kind: Message.Kind, _ bytes: [UInt8]) {
-            let seq = nextSeq[direction, default: 0]
-            nextSeq[direction] = seq + 1
-            pending[direction, default: []].append(Message(id: MessageID(channel: end.channel, forward: end.forward, seq: seq), kind: kind,
-                                                           from: end.member, to: end.peer, bytes: bytes,
-                                                           cause: delivered.isEmpty ? nil : delivered.count - 1))
-        }
+        func hold(_ kind: Message.Kind, _ bytes: [UInt8]) { enqueue(end, kind, bytes) }
         if nr == 3 {
             // The member's fd goes now (its number may be used again); the connection ends
             // when the close is delivered, after the writes before it.
@@ -327,6 +376,33 @@ public final class MediatedSet {
         try t.resume(tid, .continue)
     }
 
+    /// A message written on `end`, held.
+    private func enqueue(_ end: End, _ kind: Message.Kind, _ bytes: [UInt8]) {
+        let direction = Direction(channel: end.channel, forward: end.forward)
+        let seq = nextSeq[direction, default: 0]
+        nextSeq[direction] = seq + 1
+        pending[direction, default: []].append(Message(id: MessageID(channel: end.channel, forward: end.forward, seq: seq), kind: kind,
+                                                       from: end.member, to: end.peer, bytes: bytes,
+                                                       cause: delivered.isEmpty ? nil : delivered.count - 1))
+    }
+
+    /// exit or exit_group in a member's top process: the member has ended, with the call's
+    /// status, but the process stays, stopped at the call (its other threads stopped too),
+    /// so that a rewind can put it back. What the kernel would do at the exit that others
+    /// see happens instead: its channel ends close, behind the writes made before. A thread
+    /// of several that exits alone goes on.
+    private func holdExit(_ m: Member, _ t: Tracee, _ tid: Int32, _ regs: Registers) throws {
+        if regs.origRax == 60 && t.tids.count > 1 { return try t.resume(tid, .continue) }
+        heldThreads.insert(tid)
+        for other in t.tids where other != tid && !heldThreads.contains(other) { try t.interrupt(other) }
+        m.heldAtExit = true
+        let code = Int32(truncatingIfNeeded: regs.rdi & 0xFF)
+        m.ended = code
+        if code != 0 && !m.crashed { violation = Violation(kind: .exit, member: m.name, what: "\(m.name) exited with status \(code)") }
+        for (_, end) in (ends[t.pid] ?? [:]).sorted(by: { $0.key < $1.key }) where !dropped.contains(end.channel) { enqueue(end, .close, []) }
+        ends[t.pid] = [:]
+    }
+
     private func vector(_ t: Tracee, at address: UInt64, count: UInt64) throws -> [(UInt64, UInt64)] {
         guard count > 0, count <= 1024 else { return count == 0 ? [(0, 0)] : [] }
         let raw = try t.read(address, count: Int(count) * 16)
@@ -346,7 +422,9 @@ public final class MediatedSet {
         delivered.append(message)
         switch message.kind {
         case .close:
-            end.socket.close()
+            // The end of the stream (FIN); wb keeps its copy of the socket while the member
+            // lives (data sent to it after is taken and dropped, not answered with a reset).
+            _ = shutdown(end.socket.rawValue, Int32(SHUT_WR))
             senders[direction] = nil
             return
         case .shutdown:
@@ -378,7 +456,7 @@ public final class MediatedSet {
     // MARK: Faults
 
     /// Channels whose connection a fault dropped.
-    public private(set) var dropped = Set<Int>()
+    public internal(set) var dropped = Set<Int>()
 
     /// The faults that can happen now: dropping each connection still up between two live
     /// members, crashing each live member.
@@ -422,11 +500,9 @@ public final class MediatedSet {
             for (d, _) in pending where senders[d]?.member == index || senders[Direction(channel: d.channel, forward: !d.forward)]?.member == index {
                 pending[d] = nil
             }
-            for (d, e) in senders where e.member == index {
-                e.socket.close()
-                senders[d] = nil
-            }
+            for (d, e) in senders where e.member == index { senders[d] = nil }
             for t in m.processes { _ = kill(t.pid, SIGKILL) }
+            gone(m)
             delivered.append(Message(id: id, kind: .crash, from: index, to: index, bytes: [], cause: nil))
             return
         }
@@ -501,8 +577,8 @@ public final class MediatedSet {
     /// Ends every member and takes the hosts away.
     public func end() {
         // wb's copies of the sockets first: they would keep the hosts' namespaces alive.
-        for e in ends.values.flatMap(\.values) { e.socket.close() }
-        for e in senders.values { e.socket.close() }
+        base = nil
+        for s in sockets.values.flatMap({ $0 }) { s.close() }
         for m in members.reversed() { m.restored.process.terminate() }
         set.removeHosts()
     }

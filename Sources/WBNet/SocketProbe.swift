@@ -141,6 +141,19 @@ public enum SocketProbe {
         return (state, waiting, backlog)
     }
 
+    /// Bytes of a TCP connection the peer acknowledged, and bytes that arrived from it
+    /// (TCP_INFO's tcpi_bytes_acked and tcpi_bytes_received: sequence space since the
+    /// socket was made, a FIN counted), with what is queued unacknowledged (SIOCOUTQ); nil
+    /// when the socket cannot tell.
+    public static func tcpCounts(_ fd: Int32) -> (acked: UInt64, received: UInt64, queued: UInt64)? {
+        var info = [UInt8](repeating: 0, count: 232)
+        var length = socklen_t(info.count)
+        guard getsockopt(fd, Int32(IPPROTO_TCP), 11 /* TCP_INFO */, &info, &length) == 0, length >= 136 else { return nil }
+        var outq: Int32 = 0
+        guard wb_socket_ioctl_int(fd, 0x5411 /* SIOCOUTQ */, &outq) == 0 else { return nil }
+        return info.withUnsafeBytes { ($0.loadUnaligned(fromByteOffset: 120, as: UInt64.self), $0.loadUnaligned(fromByteOffset: 128, as: UInt64.self), UInt64(max(0, outq))) }
+    }
+
     static func pending(_ fd: Int32) -> Bool {
         var byte: UInt8 = 0
         return recv(fd, &byte, 1, Int32(MSG_PEEK | MSG_DONTWAIT)) >= 0
@@ -219,6 +232,25 @@ public enum SocketProbe {
         }
         if peerInside { s.peerInside = true }
         if family == AF_UNIX && type != dgram, let cred = peerCredentials(fd) { s.peerCredentials = cred }
+        return s
+    }
+
+    /// An established TCP connection as an image holds it (addresses, options, filter, and
+    /// its numbers and queues, read in repair mode, which is left again without a window
+    /// probe): for a connection built again later in the same place, as `wb explore` does
+    /// between runs. The connection must be idle (nothing in flight).
+    public static func connectedTCP(_ fd: Int32, defaults: SocketOptions.Defaults) throws -> NetSocketState {
+        let (family, type, proto) = identity(fd)
+        var s = NetSocketState(family: family, type: type, proto: proto, state: .connected)
+        s.local = SocketName.local(fd)
+        s.peer = SocketName.peer(fd)
+        defaults.prepare(family: family, type: type, proto: proto)
+        s.options = SocketOptions.differing(fd, family: family, type: type, proto: proto, connectedTCP: true, defaults: defaults).nilIfEmpty
+        s.filter = try filter(fd)
+        try check(wb_tcp_repair(fd, 1), "setsockopt(TCP_REPAIR)", "reading a TCP connection in repair mode")
+        defer { _ = wb_tcp_repair(fd, -1) }
+        s.tcp = try tcp(fd)
+        s.peerInside = true
         return s
     }
 

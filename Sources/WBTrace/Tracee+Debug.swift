@@ -141,7 +141,7 @@ extension Tracee {
             let left = deadline - Clock.monotonic
             if left <= 0 { return nil }
             var pid: pid_t = 0, status: Int32 = 0
-            let e = wb_wait_any(Int32(max(1, left * 1000)), &pid, &status)
+            let e = wb_wait_any_us(max(20, Int(left * 1e6)), &pid, &status)
             if e == ETIMEDOUT { return nil }
             try check(e, "waitpid", what())
             if let t = tracees.first(where: { $0.tids.contains(pid) || $0.pid == pid }) { return (t, pid, try t.decode(pid, status)) }

@@ -94,6 +94,9 @@ struct ExploreCommand: ParsableCommand {
     @Flag(name: .customLong("no-state-hashing"), help: "With dpor and all: do not end a run at a state an earlier run reached by another order (the same memory in every member and the same messages in flight).")
     var noStateHashing = false
 
+    @Flag(name: .customLong("restore-every-run"), help: "Restore the set from its images for every run, instead of putting the members back in place to the state the first run started from.")
+    var restoreEveryRun = false
+
     @Flag(help: "Print a JSON summary on stdout at the end.")
     var json = false
 
@@ -143,6 +146,7 @@ struct ExploreCommand: ParsableCommand {
             options.bugDepth = bugDepth
             options.firstOnly = first
             options.stateHashing = !noStateHashing
+            options.resetInPlace = !restoreEveryRun
             let explorer = try Explorer(set: set, out: out, options: options)
             // Ctrl-C ends the exploration after the run under way (its members are ended
             // and its hosts removed), with the summary of what was done.
@@ -169,6 +173,10 @@ struct ExploreCommand: ParsableCommand {
                 }
                 if options.stateHashing && (options.strategy == .dpor || options.strategy == .all) {
                     lines.append("  state hashing: \(stats.statesPruned) run\(stats.statesPruned == 1 ? "" : "s") ended at a state reached before by another order")
+                }
+                if options.resetInPlace {
+                    lines.append("  runs started in place: \(stats.resets) of \(stats.runs) (\(stats.restores) restore\(stats.restores == 1 ? "" : "s") of the set)"
+                                 + (stats.restores > 1 ? stats.resetNote.map { "; not in place: \($0)" } ?? "" : ""))
                 }
                 lines.append("  \(stats.exhausted ? "every order explored" : "stopped: \(stats.stoppedBecause)"); \(stats.violations) violation\(stats.violations == 1 ? "" : "s")")
                 if stats.divergences > 0 { lines.append("  \(stats.divergences) runs diverged from the order asked (a member not deterministic from the snapshot)") }

@@ -86,6 +86,9 @@ extension DistributedTests {
             let runs = s["runs"] as? Int ?? 0
             #expect(runs >= 2 && runs <= 20, "\(s)")
             #expect((s["pruned"] as? Int ?? 0) > 0, "\(s)")
+            // The runs after the first start from the members put back in place, the crash
+            // found included (the crashed thread is put back too).
+            #expect(s["restores"] as? Int == 1 && s["resets"] as? Int == runs - 1, "\(s)")
             let finding = try #require((s["findings"] as? [[String: Any]])?.first, "\(s)")
             #expect(finding["kind"] as? String == "crash" && (finding["member"] as? String ?? "").hasPrefix("client:"), "\(finding)")
             let found = try #require(finding["directory"] as? String)
@@ -224,6 +227,8 @@ extension DistributedTests {
             let explore = try wb(["explore", set, "--depth", "8", "--max-runs", "6", "--invariant", invariant, "--out", "\(dir)/found", "--json"], timeout: 600)
             let s = try ExploreTests.summary(explore)
             #expect(s["maxDepth"] as? Int == 8 && (s["runs"] as? Int ?? 0) >= 2, "\(s) \(explore.stderr)")
+            // Every run after the first starts from the members put back in place.
+            #expect(s["restores"] as? Int == 1 && s["resets"] as? Int == (s["runs"] as? Int ?? 0) - 1, "\(s)")
             let findings = (s["findings"] as? [[String: Any]]) ?? []
             // Redis keeps a replica behind its primary, never ahead, and catches it up: what
             // explore reports is the depth bound (a stream of writes never ends), nothing else.

@@ -98,11 +98,11 @@ int wb_wifstopped(int s) { return WIFSTOPPED(s); }
 int wb_wstopsig(int s) { return WSTOPSIG(s); }
 int wb_wptrace_event(int s) { return (s >> 16) & 0xff; }
 
-static int wait_timed_blocked(pid_t pid, int timeout_ms, pid_t *waited, int *status, const sigset_t *chld) {
+static int wait_timed_blocked(pid_t pid, long timeout_us, pid_t *waited, int *status, const sigset_t *chld) {
     struct timespec deadline, now;
     clock_gettime(CLOCK_MONOTONIC, &deadline);
-    deadline.tv_sec += timeout_ms / 1000;
-    deadline.tv_nsec += (long)(timeout_ms % 1000) * 1000000L;
+    deadline.tv_sec += timeout_us / 1000000L;
+    deadline.tv_nsec += (timeout_us % 1000000L) * 1000L;
     if (deadline.tv_nsec >= 1000000000L) { deadline.tv_sec++; deadline.tv_nsec -= 1000000000L; }
     for (;;) {
         pid_t r = waitpid(pid, status, WNOHANG | __WALL);
@@ -122,21 +122,23 @@ static int wait_timed_blocked(pid_t pid, int timeout_ms, pid_t *waited, int *sta
 /// that traces it, which takes it at once while it waits (another thread of the process
 /// that does not block SIGCHLD could take it between the waitpid and the sigtimedwait; the
 /// wait then sees the change at its timeout).
-static int wait_timed(pid_t pid, int timeout_ms, pid_t *waited, int *status) {
+static int wait_timed(pid_t pid, long timeout_us, pid_t *waited, int *status) {
     sigset_t chld, old;
     sigemptyset(&chld);
     sigaddset(&chld, SIGCHLD);
     pthread_sigmask(SIG_BLOCK, &chld, &old);
-    int e = wait_timed_blocked(pid, timeout_ms, waited, status, &chld);
+    int e = wait_timed_blocked(pid, timeout_us, waited, status, &chld);
     pthread_sigmask(SIG_SETMASK, &old, NULL);
     return e;
 }
 
-int wb_wait_any(int timeout_ms, pid_t *pid, int *status) { return wait_timed(-1, timeout_ms, pid, status); }
+int wb_wait_any(int timeout_ms, pid_t *pid, int *status) { return wait_timed(-1, timeout_ms * 1000L, pid, status); }
+
+int wb_wait_any_us(long timeout_us, pid_t *pid, int *status) { return wait_timed(-1, timeout_us, pid, status); }
 
 int wb_wait_tid(pid_t tid, int timeout_ms, int *status) {
     pid_t waited = 0;
-    return wait_timed(tid, timeout_ms, &waited, status);
+    return wait_timed(tid, timeout_ms * 1000L, &waited, status);
 }
 
 int wb_pin_cpu(pid_t pid, int cpu) {

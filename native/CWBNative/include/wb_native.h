@@ -98,6 +98,8 @@ int wb_wptrace_event(int status);
 /// WNOHANG between sigtimedwait on SIGCHLD, blocked in the calling thread meanwhile; other
 /// threads should block it too). Returns 0 with `pid` and `status` set, ETIMEDOUT, or an errno.
 int wb_wait_any(int timeout_ms, pid_t *pid, int *status);
+/// `wb_wait_any` with a timeout in microseconds.
+int wb_wait_any_us(long timeout_us, pid_t *pid, int *status);
 /// Waits up to `timeout_ms` for thread `tid` to stop or exit (as `wb_wait_any`): 0, ETIMEDOUT
 /// or the errno of waitpid.
 int wb_wait_tid(pid_t tid, int timeout_ms, int *status);

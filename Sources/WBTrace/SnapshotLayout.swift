@@ -2,32 +2,34 @@ import Foundation
 import Glibc
 import WBCore
 import WBSystem
-import WBTrace
 
 /// The snapshot's address space and fd table as ranges and held copies, and the repairs that
 /// put a process back to them after a run changed them: mappings the run made go, mappings
 /// it unmapped, moved, mapped over or shrank (brk, munmap, mremap, MAP_FIXED, MADV_DONTNEED)
 /// come back with the snapshot's contents and protection, and fds it closed or replaced come
 /// back as the same open file descriptions (sent in over a Unix socket).
-struct SnapshotLayout {
+public struct SnapshotLayout {
     /// The snapshot's mappings, in address order.
-    let entries: [ProcFS.MapsEntry]
+    public let entries: [ProcFS.MapsEntry]
     /// The snapshot's /proc/PID/maps lines (a run that left them equal changed nothing).
-    let lines: [String]
+    public let lines: [String]
     /// The snapshot's fds and wb's copies of them (the same open file descriptions).
-    let fds: [Int32: HeldFD]
+    public private(set) var fds: [Int32: HeldFD]
     /// The program break at the snapshot.
-    let brk: UInt64
+    public let brk: UInt64
 
-    struct HeldFD {
-        var copy: FileDescriptor
-        var closeOnExec: Bool
+    public struct HeldFD {
+        public var copy: FileDescriptor
+        public var closeOnExec: Bool
         /// For regular files and directories: the position at the snapshot, put back
         /// before every run (a run that read a file moved it).
-        var offset: Int64?
+        public var offset: Int64?
+        public init(copy: FileDescriptor, closeOnExec: Bool, offset: Int64?) {
+            self.copy = copy; self.closeOnExec = closeOnExec; self.offset = offset
+        }
     }
 
-    init(pid: Int32, brk: UInt64, skipFDs: Set<Int32>, take: (Int32) throws -> FileDescriptor) throws {
+    public init(pid: Int32, brk: UInt64, skipFDs: Set<Int32>, take: (Int32) throws -> FileDescriptor) throws {
         let text = try Paths.readText("/proc/\(pid)/maps")
         lines = text.split(separator: "\n").map(String.init)
         entries = ProcFS.parseMaps(text)
@@ -47,22 +49,33 @@ struct SnapshotLayout {
         fds = held
     }
 
-    static func fdinfoFlags(_ text: String) -> Int32? {
+    public static func fdinfoFlags(_ text: String) -> Int32? {
         for line in text.split(separator: "\n") where line.hasPrefix("flags:") {
             return Int32(line.dropFirst(6).trimmingCharacters(in: .whitespaces), radix: 8)
         }
         return nil
     }
 
+    /// Closes the copy held of fd `fd` (its open file is to be replaced; `replace` gives
+    /// the new one).
+    public mutating func forget(_ fd: Int32) {
+        fds[fd]?.copy.close()
+    }
+
+    /// Holds `copy` as fd `fd` from now on (a connection built again in its place).
+    public mutating func replace(_ fd: Int32, with copy: FileDescriptor) {
+        fds[fd] = HeldFD(copy: copy, closeOnExec: fds[fd]?.closeOnExec ?? false, offset: nil)
+    }
+
     /// Puts the positions of the snapshot's files back (through wb's copies, which share them).
-    func rewindFiles() {
+    public func rewindFiles() {
         for (_, h) in fds { if let o = h.offset { _ = lseek(h.copy.rawValue, off_t(o), SEEK_SET) } }
     }
 
     /// The address ranges a call about to run may take away from the snapshot's mappings
     /// (read from its arguments at the seccomp stop): what munmap, mremap, a MAP_FIXED mmap
     /// or a shrinking brk will replace, and read-only memory mprotect makes writable.
-    func removedBy(_ r: Registers) -> [(start: UInt64, end: UInt64)] {
+    public func removedBy(_ r: Registers) -> [(start: UInt64, end: UInt64)] {
         func range(_ a: UInt64, _ n: UInt64) -> [(start: UInt64, end: UInt64)] {
             n == 0 ? [] : [(a & ~4095, (a &+ n &+ 4095) & ~4095)]
         }
@@ -83,7 +96,7 @@ struct SnapshotLayout {
     }
 
     /// [start, end) minus every range in `minus` (sorted by start).
-    static func subtract(_ start: UInt64, _ end: UInt64, _ minus: [(start: UInt64, end: UInt64)]) -> [(start: UInt64, end: UInt64)] {
+    public static func subtract(_ start: UInt64, _ end: UInt64, _ minus: [(start: UInt64, end: UInt64)]) -> [(start: UInt64, end: UInt64)] {
         var out: [(start: UInt64, end: UInt64)] = []
         var at = start
         for m in minus where m.end > at && m.start < end {
@@ -96,7 +109,7 @@ struct SnapshotLayout {
     }
 
     /// Sorted, merged ranges.
-    static func merged(_ ranges: [(start: UInt64, end: UInt64)]) -> [(start: UInt64, end: UInt64)] {
+    public static func merged(_ ranges: [(start: UInt64, end: UInt64)]) -> [(start: UInt64, end: UInt64)] {
         var out: [(start: UInt64, end: UInt64)] = []
         for r in ranges.sorted(by: { $0.start < $1.start }) where r.end > r.start {
             if let last = out.last, r.start <= last.end { out[out.count - 1].end = max(last.end, r.end) } else { out.append(r) }
@@ -106,15 +119,15 @@ struct SnapshotLayout {
 }
 
 /// A piece of a snapshot mapping to build again.
-struct LostPiece {
-    var entry: ProcFS.MapsEntry
-    var start: UInt64
-    var end: UInt64
+public struct LostPiece {
+    public var entry: ProcFS.MapsEntry
+    public var start: UInt64
+    public var end: UInt64
 }
 
 extension SnapshotLayout {
     /// The pieces of snapshot mappings that the ranges `lost` cover, or that `now` no longer maps.
-    func lostPieces(lost: [(start: UInt64, end: UInt64)], now: [ProcFS.MapsEntry]) -> [LostPiece] {
+    public func lostPieces(lost: [(start: UInt64, end: UInt64)], now: [ProcFS.MapsEntry]) -> [LostPiece] {
         let present = SnapshotLayout.merged(now.map { ($0.start, $0.end) })
         var missing = lost
         for e in entries { missing += SnapshotLayout.subtract(e.start, e.end, present) }
@@ -129,13 +142,13 @@ extension SnapshotLayout {
     }
 
     /// Pieces of `now` that no snapshot mapping covers: made by the run.
-    func madeByRun(_ now: [ProcFS.MapsEntry]) -> [(start: UInt64, end: UInt64)] {
+    public func madeByRun(_ now: [ProcFS.MapsEntry]) -> [(start: UInt64, end: UInt64)] {
         let before = SnapshotLayout.merged(entries.map { ($0.start, $0.end) })
         return SnapshotLayout.merged(now.flatMap { SnapshotLayout.subtract($0.start, $0.end, before) })
     }
 
     /// Parts of snapshot mappings whose protection now differs: (start, end, protection).
-    func protectionChanges(_ now: [ProcFS.MapsEntry]) -> [(start: UInt64, end: UInt64, protection: Int32)] {
+    public func protectionChanges(_ now: [ProcFS.MapsEntry]) -> [(start: UInt64, end: UInt64, protection: Int32)] {
         var out: [(start: UInt64, end: UInt64, protection: Int32)] = []
         for n in now {
             for e in entries where e.start < n.end && n.start < e.end && e.protection != n.protection {
@@ -149,7 +162,7 @@ extension SnapshotLayout {
 extension RemoteSyscalls {
     /// Puts `held` into the process as fd `number`: a socket pair made in the process, the
     /// description sent in by wb over one end and received on the other, moved to `number`.
-    func install(_ held: SnapshotLayout.HeldFD, as number: Int32, tracee: Tracee, scratch: UInt64) throws {
+    public func install(_ held: SnapshotLayout.HeldFD, as number: Int32, tracee: Tracee, scratch: UInt64) throws {
         try call(.socketpair, 1 /* AF_UNIX */, 2 /* SOCK_DGRAM */ | UInt64(O_CLOEXEC), 0, scratch, what: "making a socket pair to send fd \(number) back")
         let pair = try tracee.read(scratch, count: 8)
         var a = Int32(pair[0]) | Int32(pair[1]) << 8 | Int32(pair[2]) << 16 | Int32(pair[3]) << 24
