@@ -76,31 +76,29 @@ extension MediatedSet {
         var replacing: [Int32: [Int32: FileDescriptor]] = [:]
         if !rebuilt.isEmpty {
             // The old connections go silently (repair mode): nothing reaches the peers, and
-            // their addresses are free for the new ones.
+            // their addresses are free for the new ones, which each member makes itself (in
+            // its network namespace) at the same fd.
             for e in rebuilt { _ = wb_tcp_repair(e.socket.rawValue, 1) }
             for p in b.processes {
                 let mine = rebuilt.filter { $0.pid == p.tracee.pid }
                 guard !mine.isEmpty else { continue }
-                try p.tracee.withSyscalls(in: p.tracee.pid) { s in
-                    for e in mine where SharedFiles.sameDescription(e.pid, e.fd, getpid(), e.socket.rawValue) {
-                        _ = try s.raw(.close, UInt64(e.fd))
-                    }
+                let states = Dictionary(mine.map { ($0.fd, $0.state) }, uniquingKeysWith: { a, _ in a })
+                replacing[p.tracee.pid] = try p.renew(mine.map(\.fd)) { fd, s in
+                    let st = states[fd]!
+                    return try s.call(.socket, UInt64(st.family), UInt64(st.type) | UInt64(SOCK_CLOEXEC.rawValue), UInt64(st.proto),
+                                      what: "making the socket of fd \(fd) again")
                 }
-                for e in mine { p.forget(e.fd) }
             }
             for e in rebuilt { e.end.socket.close(); e.socket.close() }
             var built: [(SocketBuilder, SocketBuilder.Pending)] = []
             for e in rebuilt {
-                let ns = b.namespaces[e.pid]!
-                let socket = try ns.socket(e.state.family, e.state.type, e.state.proto)
-                let builder = SocketBuilder(namespace: ns)
-                if let p = try builder.build(try socket.duplicate(), e.state, tcp: .restore).pending { built.append((builder, p)) }
-                replacing[e.pid, default: [:]][e.fd] = socket
+                let builder = SocketBuilder(namespace: b.namespaces[e.pid]!)
+                if let p = try builder.build(try replacing[e.pid]![e.fd]!.duplicate(), e.state, tcp: .restore).pending { built.append((builder, p)) }
             }
             for (builder, p) in built { try builder.finish(p) }
         }
         for p in b.processes {
-            guard try p.rewind(replacing: replacing[p.tracee.pid] ?? [:]) else { return false }
+            guard try p.rewind(replaced: Set(replacing[p.tracee.pid]?.keys.map { $0 } ?? [])) else { return false }
         }
         if !rebuilt.isEmpty {
             // wb's copies of the new connections, in the kept ends and senders.

@@ -149,9 +149,6 @@ public final class ProcessRewind {
         return sum
     }
 
-    /// Stops holding fd `fd` (its open file is about to be replaced and must go).
-    public func forget(_ fd: Int32) { layout.forget(fd) }
-
     deinit {
         tracker.release()
         for k in kept { k.buffer.deallocate() }
@@ -168,29 +165,47 @@ public final class ProcessRewind {
 
     /// The stopped process as it was kept: false, with nothing promised about the process,
     /// when the run did something that cannot be undone in place (a kept thread ended, a
-    /// kept mapping went). `replacing` gives new open files for fds (a connection rebuilt):
-    /// each goes in at its number with the kept status flags and epoll registrations.
-    public func rewind(replacing: [Int32: FileDescriptor] = [:]) throws -> Bool {
+    /// kept mapping went). `replaced` are fds whose open files were made anew (`renew`):
+    /// they get the kept status flags and epoll registrations. The process is entered
+    /// (injected calls) only for what the run changed.
+    public func rewind(replaced: Set<Int32> = []) throws -> Bool {
         let pid = tracee.pid
         let now = Set(tracee.tids)
         guard threads.keys.allSatisfy(now.contains) else { return false }
         for tid in now where threads[tid] == nil { try tracee.endThread(tid) }
         let removed = removedSince + tracker.takeRemoved()
         removedSince = []
-        let ok: Bool = try tracee.withSyscalls(in: pid) { s in
-            let text = try Paths.readText("/proc/\(pid)/maps")
-            if text.split(separator: "\n").map(String.init) != layout.lines {
-                for r in layout.madeByRun(ProcFS.parseMaps(text)) { _ = try s.raw(.munmap, r.start, r.end - r.start) }
-                _ = try s.raw(.brk, layout.brk)
-                let after = try ProcFS.maps(pid, withFlags: false)
-                if !layout.lostPieces(lost: [], now: after).isEmpty { return false }
-                for c in layout.protectionChanges(after) { _ = try s.raw(.mprotect, c.start, c.end - c.start, UInt64(c.protection)) }
-                if try Paths.readText("/proc/\(pid)/maps").split(separator: "\n").map(String.init) != layout.lines { return false }
-            }
-            try putBackFDs(s, replacing: replacing)
-            return true
+        let text = try Paths.readText("/proc/\(pid)/maps")
+        let mapsChanged = text.split(separator: "\n").map(String.init) != layout.lines
+        for fd in replaced { if let f = statusFlags[fd], let h = layout.fds[fd] { _ = fcntl(h.copy.rawValue, F_SETFL, f) } }
+        let fds = try ProcFS.fds(pid)
+        let extra = fds.filter { layout.fds[$0] == nil }
+        let missing = layout.fds.keys.sorted().filter { n in
+            !fds.contains(n) || !SharedFiles.sameDescription(pid, n, getpid(), layout.fds[n]!.copy.rawValue)
         }
-        guard ok else { return false }
+        let watching = registrations.keys.sorted().compactMap { epoll -> (Int32, [(UInt64, Int32, Registration)])? in
+            let kept = registrations[epoll]!
+            let current = ProcessRewind.registrations((try? Paths.readText("/proc/\(pid)/fdinfo/\(epoll)")) ?? "")
+            var calls: [(UInt64, Int32, Registration)] = []
+            for (fd, r) in current where kept[fd] == nil { calls.append((2 /* EPOLL_CTL_DEL */, fd, r)) }
+            for (fd, r) in kept where current[fd] != r { calls.append((current[fd] == nil ? 1 /* ADD */ : 3 /* MOD */, fd, r)) }
+            return calls.isEmpty ? nil : (epoll, calls)
+        }
+        if mapsChanged || !extra.isEmpty || !missing.isEmpty || !watching.isEmpty {
+            let ok: Bool = try tracee.withSyscalls(in: pid) { s in
+                if mapsChanged {
+                    for r in layout.madeByRun(ProcFS.parseMaps(text)) { _ = try s.raw(.munmap, r.start, r.end - r.start) }
+                    _ = try s.raw(.brk, layout.brk)
+                    let after = try ProcFS.maps(pid, withFlags: false)
+                    if !layout.lostPieces(lost: [], now: after).isEmpty { return false }
+                    for c in layout.protectionChanges(after) { _ = try s.raw(.mprotect, c.start, c.end - c.start, UInt64(c.protection)) }
+                    if try Paths.readText("/proc/\(pid)/maps").split(separator: "\n").map(String.init) != layout.lines { return false }
+                }
+                try putBackFDs(s, extra: extra, missing: missing, watching: watching)
+                return true
+            }
+            guard ok else { return false }
+        }
         try putBackMemory(removed: removed)
         for (tid, t) in threads {
             try tracee.setRegisters(tid, t.registers)
@@ -202,33 +217,44 @@ public final class ProcessRewind {
         return true
     }
 
-    /// Closes the fds the run opened and puts back those it closed or replaced (and the
-    /// replacements given), with their epoll registrations.
-    private func putBackFDs(_ s: RemoteSyscalls, replacing: [Int32: FileDescriptor]) throws {
+    /// Makes fds `fds` anew in the stopped process, each with `make` (a call made through
+    /// the `RemoteSyscalls` it is given that returns a new fd: a socket), at its own number
+    /// (the open file it had goes from the process, and wb stops holding it), and holds
+    /// the new ones instead: wb's copies of them, by fd. Their status flags and epoll
+    /// registrations come back with the next `rewind(replaced:)`.
+    public func renew(_ fds: [Int32], make: (Int32, RemoteSyscalls) throws -> UInt64) throws -> [Int32: FileDescriptor] {
+        var out: [Int32: FileDescriptor] = [:]
+        try tracee.withSyscalls(in: tracee.pid) { s in
+            for fd in fds {
+                let new = try make(fd, s)
+                let closeOnExec = layout.fds[fd]?.closeOnExec ?? false
+                if new != UInt64(fd) {
+                    try s.call(.dup3, new, UInt64(fd), closeOnExec ? UInt64(O_CLOEXEC) : 0, what: "putting a new socket at fd \(fd)")
+                    _ = try s.raw(.close, new)
+                } else if !closeOnExec {
+                    try s.call(.fcntl, new, UInt64(F_SETFD), 0, what: "clearing close-on-exec of fd \(fd)")
+                }
+                layout.forget(fd)
+                let copy = try tracee.takeFD(fd)
+                layout.replace(fd, with: copy)
+                out[fd] = copy
+            }
+        }
+        return out
+    }
+
+    /// Closes the fds the run opened, puts back those it closed or replaced, and makes each
+    /// epoll fd watch what it did, as it did (a registration goes with the open file it
+    /// watched, and the run may have added, changed or removed some).
+    private func putBackFDs(_ s: RemoteSyscalls, extra: [Int32], missing: [Int32], watching: [(Int32, [(UInt64, Int32, Registration)])]) throws {
         let pid = tracee.pid
-        let now = try ProcFS.fds(pid)
-        for fd in now where layout.fds[fd] == nil { _ = try s.raw(.close, UInt64(fd)) }
-        var scratch: UInt64 = 0
-        defer { if scratch != 0 { _ = try? s.raw(.munmap, scratch, 4096) } }
-        for (fd, new) in replacing {
-            _ = fcntl(new.rawValue, F_SETFL, statusFlags[fd] ?? 0)
-            layout.replace(fd, with: new)
-        }
-        for (n, held) in layout.fds.sorted(by: { $0.key < $1.key })
-        where replacing[n] != nil || !now.contains(n) || !SharedFiles.sameDescription(pid, n, getpid(), held.copy.rawValue) {
-            if scratch == 0 { scratch = try s.mapScratch(bytes: 4096) }
-            try s.install(held, as: n, tracee: tracee, scratch: scratch)
-        }
-        // Each epoll fd watches what it did, as it did: a registration goes with the open
-        // file it watched (a connection replaced), and the run may have added, changed or
-        // removed some.
-        for (epoll, kept) in registrations.sorted(by: { $0.key < $1.key }) {
-            let now = ProcessRewind.registrations((try? Paths.readText("/proc/\(pid)/fdinfo/\(epoll)")) ?? "")
-            var calls: [(op: UInt64, fd: Int32, Registration)] = []
-            for (fd, r) in now where kept[fd] == nil { calls.append((2 /* EPOLL_CTL_DEL */, fd, r)) }
-            for (fd, r) in kept where now[fd] != r { calls.append((now[fd] == nil ? 1 /* ADD */ : 3 /* MOD */, fd, r)) }
+        for fd in extra { _ = try s.raw(.close, UInt64(fd)) }
+        guard !missing.isEmpty || !watching.isEmpty else { return }
+        let scratch = try s.mapScratch(bytes: 4096)
+        defer { _ = try? s.raw(.munmap, scratch, 4096) }
+        for n in missing { try s.install(layout.fds[n]!, as: n, tracee: tracee, scratch: scratch) }
+        for (epoll, calls) in watching {
             for (op, fd, r) in calls {
-                if scratch == 0 { scratch = try s.mapScratch(bytes: 4096) }
                 var event = [UInt8](repeating: 0, count: 12)
                 withUnsafeBytes(of: r.events.littleEndian) { event.replaceSubrange(0..<4, with: $0) }
                 withUnsafeBytes(of: r.data.littleEndian) { event.replaceSubrange(4..<12, with: $0) }
