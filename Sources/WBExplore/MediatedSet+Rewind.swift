@@ -53,6 +53,7 @@ extension MediatedSet {
         b.pending = pending
         b.nextSeq = nextSeq
         base = b
+        mappingsTouched = []
     }
 
     /// Puts every member and connection back to the kept state, in place, ready for the
@@ -98,7 +99,8 @@ extension MediatedSet {
             for (builder, p) in built { try builder.finish(p) }
         }
         for p in b.processes {
-            guard try p.rewind(replaced: Set(replacing[p.tracee.pid]?.keys.map { $0 } ?? [])) else { return false }
+            guard try p.rewind(replaced: Set(replacing[p.tracee.pid]?.keys.map { $0 } ?? []),
+                               mappingsTouched: mappingsTouched.contains(p.tracee.pid)) else { return false }
         }
         if !rebuilt.isEmpty {
             // wb's copies of the new connections, in the kept ends and senders.
@@ -129,6 +131,7 @@ extension MediatedSet {
         crashStop = nil
         dropped = []
         heldThreads = []
+        mappingsTouched = []
         for m in members { m.ended = nil; m.crashed = false; m.heldAtExit = false }
         for p in b.processes { for tid in p.tracee.tids { try p.tracee.resume(tid, .continue) } }
         return true
@@ -138,7 +141,7 @@ extension MediatedSet {
     /// is kept and its mappings are as they were.
     public func memoryDigest(_ t: Tracee) throws -> UInt64? {
         guard let p = base?.processes.first(where: { $0.tracee === t }) else { return nil }
-        return try p.memoryDigest()
+        return try p.memoryDigest(mappingsTouched: mappingsTouched.contains(t.pid))
     }
 
     /// Whether a channel end's connection is as it was kept: established, and its queues

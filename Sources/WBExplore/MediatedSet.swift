@@ -89,6 +89,8 @@ public final class MediatedSet {
     /// Per direction, what its sender had acknowledged less what its peer had received,
     /// when nothing was unacknowledged (see `everythingSentArrived`).
     var countOffsets: [Direction: UInt64] = [:]
+    /// Processes that made a mapping call since the run began (`mappingCalls`).
+    var mappingsTouched = Set<Int32>()
     /// Threads wb keeps stopped: a member held at its exit.
     var heldThreads = Set<Int32>()
     /// The state every run starts from, once kept (`keepBase`), for `rewind`.
@@ -107,6 +109,10 @@ public final class MediatedSet {
     static let calls: [Int] = [1, 20, 44, 46, 307, 3, 48]
     /// exit and exit_group, held in each member's top process.
     static let exits: [Int] = [60, 231]
+    /// Calls that change a process's mappings (mmap, mprotect, munmap, brk, mremap, shmat,
+    /// shmdt, remap_file_pages, pkey_mprotect): seen, so that a digest of its memory reads
+    /// its mappings again only after one.
+    static let mappingCalls: [Int] = [9, 10, 11, 12, 25, 30, 67, 216, 329]
 
     /// Restores the set (its hosts, every member stopped), puts a filter on each channel end,
     /// and lets the members run until they settle. Throws, leaving nothing behind, when the
@@ -156,13 +162,13 @@ public final class MediatedSet {
         for t in all {
             try t.addOptions(Tracee.traceSeccompOption | Tracee.exitKillOption)
             let fds = fdsOf[t.pid]
-            guard fds != nil || tops.contains(t.pid) else { continue }
             t.syscallGadget = try t.findSyscallGadget(in: try ProcFS.maps(t.pid, withFlags: false))
             try t.withSyscalls(in: t.pid) { s in
                 let scratch = try s.mapScratch(bytes: 4096)
                 defer { _ = try? s.raw(.munmap, scratch, 4096) }
                 if let fds { try SeccompFilter(traced: MediatedSet.calls.map { ($0, 0) }, onlyFDs: fds).install(t, s, scratch: scratch) }
-                if tops.contains(t.pid) { try SeccompFilter(traced: MediatedSet.exits.map { ($0, 1) }).install(t, s, scratch: scratch) }
+                let traced = MediatedSet.mappingCalls.map { ($0, UInt16(2)) } + (tops.contains(t.pid) ? MediatedSet.exits.map { ($0, UInt16(1)) } : [])
+                try SeccompFilter(traced: traced).install(t, s, scratch: scratch)
             }
         }
     }
@@ -191,7 +197,7 @@ public final class MediatedSet {
                 quietChecks = 0
                 continue
             }
-            if Clock.monotonic - lastEvent >= 0.0005 && everythingSentArrived() && everyoneWaits() {
+            if Clock.monotonic - lastEvent >= 0.0002 && everythingSentArrived() && everyoneWaits() {
                 quietChecks += 1
                 if quietChecks >= 2 { return }
                 continue
@@ -324,6 +330,10 @@ public final class MediatedSet {
         var regs = try t.registers(tid)
         let nr = Int(truncatingIfNeeded: regs.origRax)
         if MediatedSet.exits.contains(nr) { return try holdExit(m, t, tid, regs) }
+        if MediatedSet.mappingCalls.contains(nr) {
+            mappingsTouched.insert(t.pid)
+            return try t.resume(tid, .continue)
+        }
         let fd = Int32(truncatingIfNeeded: regs.rdi)
         // A connection a fault dropped: the call fails as the kernel has it fail.
         guard let end = ends[t.pid]?[fd], !dropped.contains(end.channel) else { return try t.resume(tid, .continue) }

@@ -34,6 +34,8 @@ public final class ProcessRewind {
     /// Ranges the process discarded or unmapped since it was put back (taken from the
     /// tracker by a digest, for the next rewind).
     private var removedSince: [(start: UInt64, end: UInt64)] = []
+    /// Where a digest reads pages (1 MiB, made at the first).
+    private var readBuffer: UnsafeMutableRawBufferPointer?
     /// File status flags (O_NONBLOCK, O_APPEND...) of each fd, for a replacement.
     private var statusFlags: [Int32: Int32] = [:]
 
@@ -115,35 +117,40 @@ public final class ProcessRewind {
 
     /// The sum of `pageDigest` over the process's writable private memory as it is now,
     /// found from the kept sum and the pages written since; nil when the run changed the
-    /// mappings (the caller reads them whole).
-    public func memoryDigest() throws -> UInt64? {
-        guard try Paths.readText("/proc/\(tracee.pid)/maps").split(separator: "\n").map(String.init) == layout.lines else { return nil }
+    /// mappings (the caller reads them whole). `mappingsTouched`: whether the process may
+    /// have changed its mappings since it was put back (false spares reading them).
+    public func memoryDigest(mappingsTouched: Bool = true) throws -> UInt64? {
+        if mappingsTouched {
+            guard try Paths.readText("/proc/\(tracee.pid)/maps").split(separator: "\n").map(String.init) == layout.lines else { return nil }
+        }
         removedSince += tracker.takeRemoved()
         var sum = keptSum
         let written = try scanner.scan(start: span.0, end: span.1, writtenOnly: true, trackedOnly: true, vector: vector)
         let changed = SnapshotLayout.merged(written.map { (start: $0.start, end: $0.end) } + removedSince)
-        var page = [UInt8](repeating: 0, count: 1 << 20)
+        if readBuffer == nil { readBuffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 1 << 20, alignment: 4096) }
+        let buffer = readBuffer!
         for (i, k) in kept.enumerated() {
             for r in changed where r.start < k.end && k.start < r.end {
                 var at = max(k.start, r.start)
                 let end = min(k.end, r.end)
                 while at < end {
-                    let n = Int(min(end - at, UInt64(page.count)))
-                    try page.withUnsafeMutableBytes { b in
-                        try tracee.read(at, into: UnsafeMutableRawBufferPointer(rebasing: b[0..<n]))
-                        for o in stride(from: 0, to: n, by: 4096) {
-                            let a = at + UInt64(o)
-                            sum = sum &- keptDigests[i][Int((a - k.start) / 4096)] &+ ProcessRewind.pageDigest(b.baseAddress! + o, at: a)
-                        }
+                    let n = Int(min(end - at, UInt64(buffer.count)))
+                    try tracee.read(at, into: UnsafeMutableRawBufferPointer(rebasing: buffer[0..<n]))
+                    for o in stride(from: 0, to: n, by: 4096) {
+                        let a = at + UInt64(o)
+                        sum = sum &- keptDigests[i][Int((a - k.start) / 4096)] &+ ProcessRewind.pageDigest(buffer.baseAddress! + o, at: a)
                     }
                     at += UInt64(n)
                 }
             }
         }
         for c in copied {
-            let bytes = try tracee.read(c.start, count: c.bytes.count)
-            bytes.withUnsafeBytes { b in
-                for o in stride(from: 0, to: b.count, by: 4096) { sum = sum &+ ProcessRewind.pageDigest(b.baseAddress! + o, at: c.start + UInt64(o)) }
+            var at = 0
+            while at < c.bytes.count {
+                let n = min(c.bytes.count - at, buffer.count)
+                try tracee.read(c.start + UInt64(at), into: UnsafeMutableRawBufferPointer(rebasing: buffer[0..<n]))
+                for o in stride(from: 0, to: n, by: 4096) { sum = sum &+ ProcessRewind.pageDigest(buffer.baseAddress! + o, at: c.start + UInt64(at + o)) }
+                at += n
             }
         }
         return sum
@@ -152,6 +159,7 @@ public final class ProcessRewind {
     deinit {
         tracker.release()
         for k in kept { k.buffer.deallocate() }
+        readBuffer?.deallocate()
     }
 
     /// Whether the thread stopped in a call that waits, to be made again (the kernel's
@@ -168,15 +176,17 @@ public final class ProcessRewind {
     /// kept mapping went). `replaced` are fds whose open files were made anew (`renew`):
     /// they get the kept status flags and epoll registrations. The process is entered
     /// (injected calls) only for what the run changed.
-    public func rewind(replaced: Set<Int32> = []) throws -> Bool {
+    /// `mappingsTouched` false: the process made no call that changes mappings since it was
+    /// last put back (its mappings are not read).
+    public func rewind(replaced: Set<Int32> = [], mappingsTouched: Bool = true) throws -> Bool {
         let pid = tracee.pid
         let now = Set(tracee.tids)
         guard threads.keys.allSatisfy(now.contains) else { return false }
         for tid in now where threads[tid] == nil { try tracee.endThread(tid) }
         let removed = removedSince + tracker.takeRemoved()
         removedSince = []
-        let text = try Paths.readText("/proc/\(pid)/maps")
-        let mapsChanged = text.split(separator: "\n").map(String.init) != layout.lines
+        let text = mappingsTouched ? try Paths.readText("/proc/\(pid)/maps") : ""
+        let mapsChanged = mappingsTouched && text.split(separator: "\n").map(String.init) != layout.lines
         for fd in replaced { if let f = statusFlags[fd], let h = layout.fds[fd] { _ = fcntl(h.copy.rawValue, F_SETFL, f) } }
         let fds = try ProcFS.fds(pid)
         let extra = fds.filter { layout.fds[$0] == nil }
