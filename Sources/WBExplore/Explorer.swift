@@ -32,7 +32,7 @@ public struct ExploreOptions: Sendable {
     /// been explored from there already.
     public var stateHashing = true
     /// Faults the explorer may inject, as choices besides deliveries: "drop" (a connection),
-    /// "crash" (a member).
+    /// "crash" (a member), "restart" (a crashed member from its snapshot).
     public var faults: Set<String> = []
     /// Faults per run at most.
     public var maxFaults = 1
@@ -225,15 +225,18 @@ public final class Explorer {
                 }
             }
             if let v = Explorer.depthReached(set, options.depth) { return RunResult(deliveries: set.deliveries, violation: v) }
-            let faults = faultsUsed < options.maxFaults
-                ? set.faults.filter { options.faults.contains($0.crashedMember != nil ? "crash" : "drop") } : []
+            // A restart brings back a member a crash took: it is not counted as a fault.
+            let faults = set.faults.filter { f in
+                f.restartedMember != nil ? options.faults.contains("restart")
+                    : faultsUsed < options.maxFaults && options.faults.contains(f.crashedMember != nil ? "crash" : "drop")
+            }
             let choices = enabled.map { Choice(id: $0.id, receiver: $0.to) } + faults.map { Choice(id: $0, receiver: -1) }
             guard let pick = strategy.choose(step: steps.count, enabled: choices) else { break }
             guard choices.contains(where: { $0.id == pick }) else {
                 stats.divergences += 1
                 break
             }
-            if pick.isFault { faultsUsed += 1 }
+            if pick.isFault && pick.restartedMember == nil { faultsUsed += 1 }
             steps.append(try set.perform(pick))
             strategy.delivered(steps)
             try set.settle()

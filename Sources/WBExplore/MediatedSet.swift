@@ -25,6 +25,9 @@ public final class MediatedSet {
         public let index: Int
         public let name: String
         public let restored: SetRestorer.Restored
+        /// The connections its crash left closing, to be cleared away for a restart: in
+        /// its host's network namespace, this end's and the peer's addresses.
+        var closing: [(namespace: NetNamespace, local: SocketAddress, peer: SocketAddress, family: Int32)] = []
         /// The member's processes (its top process first), as wb traces them.
         public let processes: [Tracee]
         /// How the member ended (its top process), once it has.
@@ -45,7 +48,7 @@ public final class MediatedSet {
     /// A write that wb holds, or the end of a direction (the writer closed its socket, or
     /// shut it down for writing): held behind the writes before it, as TCP keeps that order.
     public struct Message {
-        public enum Kind { case data, close, shutdown, drop, crash }
+        public enum Kind { case data, close, shutdown, drop, crash, restart }
         public var id: MessageID
         public var kind = Kind.data
         public var from: Int
@@ -440,7 +443,7 @@ public final class MediatedSet {
         case .shutdown:
             _ = shutdown(end.socket.rawValue, Int32(SHUT_WR))
             return
-        case .data, .drop, .crash:
+        case .data, .drop, .crash, .restart:
             break
         }
         var offset = 0
@@ -477,6 +480,7 @@ public final class MediatedSet {
             return members[a.member].ended == nil && members[b.member].ended == nil
         }
         return drops.map(MessageID.drop) + members.filter { $0.ended == nil }.map { MessageID.crash($0.index) }
+            + members.filter { $0.crashed }.map { MessageID.restart($0.index) }
     }
 
     /// Whether `id` can happen now: the oldest pending message of its direction to a live
@@ -503,10 +507,22 @@ public final class MediatedSet {
     /// after a network failure). Crashing a member kills it (SIGKILL) with the messages it
     /// had not yet delivered, as a crash of its machine loses them; its connections close.
     public func inject(_ id: MessageID) throws {
+        if let index = id.restartedMember {
+            guard index < members.count, members[index].crashed else { throw WBError.failed("fault \(id): the member has not crashed") }
+            try restart(index)
+            delivered.append(Message(id: id, kind: .restart, from: index, to: index, bytes: [], cause: nil))
+            return
+        }
         if let index = id.crashedMember {
             guard index < members.count, members[index].ended == nil else { throw WBError.failed("fault \(id): the member is not running") }
             let m = members[index]
             m.crashed = true
+            if let ns = try? NetNamespace.of(m.processes[0].pid) {
+                for s in sockets[index] ?? [] {
+                    guard let local = SocketName.local(s.rawValue), let peer = SocketName.peer(s.rawValue) else { continue }
+                    m.closing.append((ns, local, peer, SocketProbe.identity(s.rawValue).family))
+                }
+            }
             for (d, _) in pending where senders[d]?.member == index || senders[Direction(channel: d.channel, forward: !d.forward)]?.member == index {
                 pending[d] = nil
             }
@@ -528,10 +544,43 @@ public final class MediatedSet {
         delivered.append(Message(id: id, kind: .drop, from: a.member, to: b.member, bytes: [], cause: nil))
     }
 
+    /// Restores a crashed member from its image again, on its host, while the others go on
+    /// (as a crashed process restarted from its checkpoint): its connections to the other
+    /// members come back reset (they saw it crash and closed theirs), so it finds its peers
+    /// gone; the ones its crash left closing on its host are cleared away first, for their
+    /// addresses. Connections it makes from then on are not mediated.
+    private func restart(_ index: Int) throws {
+        let old = members[index]
+        for c in old.closing { try c.namespace.destroyTCP(local: c.local, peer: c.peer, family: c.family) }
+        let r = try set.restore(old.restored.member, channels: false)
+        let m = Member(index: index, restored: r)
+        do {
+            for t in m.processes {
+                try t.addOptions(Tracee.traceSeccompOption | Tracee.exitKillOption)
+                t.syscallGadget = try t.findSyscallGadget(in: try ProcFS.maps(t.pid, withFlags: false))
+                let traced = MediatedSet.mappingCalls.map { ($0, UInt16(2)) } + (t === m.processes[0] ? MediatedSet.exits.map { ($0, UInt16(1)) } : [])
+                try t.withSyscalls(in: t.pid) { s in
+                    let scratch = try s.mapScratch(bytes: 4096)
+                    defer { _ = try? s.raw(.munmap, scratch, 4096) }
+                    try SeccompFilter(traced: traced).install(t, s, scratch: scratch)
+                }
+            }
+        } catch {
+            r.process.terminate()
+            throw error
+        }
+        old.restored.process.terminate()
+        members[index] = m
+        let note = "\(m.name) restarted from its snapshot: connections it makes are not mediated"
+        if !unmediated.contains(note) { unmediated.append(note) }
+        for t in m.processes { t.resumeAll() }
+    }
+
     /// What a delivery of `m` is, for a schedule.
     public func describe(_ m: Message) -> Delivery {
         if m.kind != .data {
-            let names: [Message.Kind: String] = [.close: "<close>", .shutdown: "<shutdown>", .drop: "<drop connection>", .crash: "<crash>"]
+            let names: [Message.Kind: String] = [.close: "<close>", .shutdown: "<shutdown>", .drop: "<drop connection>", .crash: "<crash>",
+                                                 .restart: "<restart>"]
             let what = names[m.kind] ?? ""
             return Delivery(message: m.id, from: members[m.from].name, to: members[m.to].name, bytes: 0, preview: what)
         }

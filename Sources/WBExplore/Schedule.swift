@@ -18,14 +18,18 @@ public struct MessageID: Hashable, Codable, Sendable, CustomStringConvertible {
     public var direction: Direction { Direction(channel: channel, forward: forward) }
     public var description: String {
         if let m = crashedMember { return "crash-m\(m)" }
+        if let m = restartedMember { return "restart-m\(m)" }
         if isFault { return "drop-c\(channel)" }
         return "c\(channel)\(forward ? "a>b" : "b>a")#\(seq)"
     }
 
     /// A fault instead of a message (seq -1): dropping channel `channel`'s connection, or,
-    /// with a negative channel, crashing member -channel-1.
+    /// with a negative channel, crashing member -channel-1 (forward) or restarting it from
+    /// its snapshot after a crash (not forward).
     public var isFault: Bool { seq == -1 }
-    public var crashedMember: Int? { isFault && channel < 0 ? -channel - 1 : nil }
+    public var crashedMember: Int? { isFault && channel < 0 && forward ? -channel - 1 : nil }
+    public var restartedMember: Int? { isFault && channel < 0 && !forward ? -channel - 1 : nil }
+    public static func restart(_ member: Int) -> MessageID { MessageID(channel: -member - 1, forward: false, seq: -1) }
     public static func drop(_ channel: Int) -> MessageID { MessageID(channel: channel, forward: true, seq: -1) }
     public static func crash(_ member: Int) -> MessageID { MessageID(channel: -member - 1, forward: true, seq: -1) }
 }

@@ -33,6 +33,15 @@ public final class NetNamespace: @unchecked Sendable {
         return FileDescriptor(owning: fd)
     }
 
+    /// Destroys the TCP socket of this namespace between `local` and `peer`, whatever its
+    /// state (one a killed process left closing, or in TIME-WAIT), so that a connection with
+    /// the same addresses can be built again; none there is no error.
+    public func destroyTCP(local: SocketAddress, peer: SocketAddress, family: Int32) throws {
+        let l = try local.encode(family: family), p = try peer.encode(family: family)
+        let e = try perform { wb_tcp_destroy(l, p) }
+        if e != 0 && e != ENOENT { throw WBError.system(call: "sock_diag(SOCK_DESTROY)", errno: e, what: "closing the old connection \(local) -> \(peer)") }
+    }
+
     /// Runs `body` on a thread that has joined this namespace (here, for wb's own).
     public func perform<T>(_ body: @escaping @Sendable () throws -> T) throws -> T {
         guard let handle else { return try body() }

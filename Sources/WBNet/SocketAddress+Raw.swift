@@ -65,9 +65,9 @@ extension SocketAddress {
 }
 
 /// getsockname / getpeername of an fd wb holds.
-enum SocketName {
-    static func local(_ fd: Int32) -> SocketAddress? { name(fd, peer: false) }
-    static func peer(_ fd: Int32) -> SocketAddress? { name(fd, peer: true) }
+public enum SocketName {
+    public static func local(_ fd: Int32) -> SocketAddress? { name(fd, peer: false) }
+    public static func peer(_ fd: Int32) -> SocketAddress? { name(fd, peer: true) }
 
     private static func name(_ fd: Int32, peer: Bool) -> SocketAddress? {
         var raw = [UInt8](repeating: 0, count: 128)

@@ -53,15 +53,7 @@ public final class SetRestorer {
             try makeHosts(ip: ip, nft: nft)
             for member in manifest.members {
                 progress("restoring \(member.name) (\(member.command))")
-                let image = try Image(path: "\(dir)/\(member.image)")
-                var o = options
-                o.networkNamespace = "/run/netns/\(namespaces[member.host]!)"
-                o.allowTree = true
-                o.setChannels = channelKeys(of: member)
-                let restorer = Restorer(image: image, options: o)
-                let r = try restorer.restore()
-                restored.append(Restored(member: member, process: r, namespace: namespaces[member.host]!, notes: r.notes,
-                                         files: restorer.files ?? ResolvedFiles(), image: image))
+                restored.append(try restore(member, channels: true))
             }
         } catch {
             for r in restored.reversed() { r.process.terminate() }
@@ -69,6 +61,23 @@ public final class SetRestorer {
             throw error
         }
         return restored
+    }
+
+    /// Restores one member (stopped) on its host, whose namespace must be there. With
+    /// `channels` false its connections to the other members are not rebuilt as connected
+    /// but reset, as for a member restarted while the others went on (`wb explore`'s
+    /// restart fault): it finds its peers gone.
+    public func restore(_ member: SetManifest.Member, channels: Bool) throws -> Restored {
+        guard let namespace = namespaces[member.host] else { throw WBError.failed("host \(member.host) of the set is not set up") }
+        let image = try Image(path: "\(dir)/\(member.image)")
+        var o = options
+        o.networkNamespace = "/run/netns/\(namespace)"
+        o.allowTree = true
+        o.setChannels = channels ? channelKeys(of: member) : []
+        o.tcp = channels ? o.tcp : .close
+        let restorer = Restorer(image: image, options: o)
+        let r = try restorer.restore()
+        return Restored(member: member, process: r, namespace: namespace, notes: r.notes, files: restorer.files ?? ResolvedFiles(), image: image)
     }
 
     /// Lifts the hold on the hosts' traffic, then lets every member run: no datagram a

@@ -82,10 +82,10 @@ struct ExploreCommand: ParsableCommand {
     @Flag(help: "Every member waiting with nothing in flight ends a run normally (a service waiting for clients), not as a deadlock.")
     var idleOk = false
 
-    @Option(help: ArgumentHelp("Faults to inject as choices besides deliveries, comma-separated: drop (a connection between two members fails: each end reads what it had, then end-of-file), crash (a member is killed, with the messages it had not delivered).", valueName: "list"))
+    @Option(help: ArgumentHelp("Faults to inject as choices besides deliveries, comma-separated: drop (a connection between two members fails: each end reads what it had, then end-of-file), crash (a member is killed, with the messages it had not delivered), restart (a crashed member is restored from its snapshot while the others go on; its connections to them come back reset).", valueName: "list"))
     var faults: String?
 
-    @Option(help: "With --faults: faults per run at most.")
+    @Option(help: "With --faults: faults per run at most (restarts not counted).")
     var maxFaults = 1
 
     @Flag(help: "Stop at the first violation.")
@@ -113,8 +113,11 @@ struct ExploreCommand: ParsableCommand {
         if let maxRuns, maxRuns < 1 { throw ValidationError("--max-runs must be at least 1") }
         if let d = duration, FuzzCommand.seconds(d) == nil { throw ValidationError("--duration \(d): expected seconds, or a number with s, m or h (90, 90s, 10m, 2h)") }
         if bugDepth < 1 { throw ValidationError("--bug-depth must be at least 1") }
-        for f in faultList where f != "drop" && f != "crash" {
-            throw ValidationError("--faults \(f): expected drop, crash or both (drop,crash)")
+        for f in faultList where !["drop", "crash", "restart"].contains(f) {
+            throw ValidationError("--faults \(f): expected drop, crash, restart or several (drop,crash,restart)")
+        }
+        if faultList.contains("restart") && !faultList.contains("crash") {
+            throw ValidationError("--faults restart restarts crashed members: give crash too (--faults crash,restart)")
         }
         if maxFaults < 0 { throw ValidationError("--max-faults must be 0 or more") }
         for c in gdbChecks where Schedule.parseGDBCheck(c) == nil {

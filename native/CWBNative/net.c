@@ -751,3 +751,48 @@ int wb_accept_drop(int listener) {
         n++;
     }
 }
+
+int wb_tcp_destroy(const void *local, const void *peer) {
+    const struct sockaddr *l = local, *p = peer;
+    if (l->sa_family != p->sa_family || (l->sa_family != AF_INET && l->sa_family != AF_INET6)) return EAFNOSUPPORT;
+    int nl = socket(AF_NETLINK, SOCK_DGRAM | SOCK_CLOEXEC, NETLINK_SOCK_DIAG);
+    if (nl < 0) return errno;
+    struct {
+        struct nlmsghdr header;
+        struct inet_diag_req_v2 req;
+    } msg;
+    memset(&msg, 0, sizeof msg);
+    msg.header.nlmsg_len = sizeof msg;
+    msg.header.nlmsg_type = SOCK_DESTROY;
+    msg.header.nlmsg_flags = NLM_F_REQUEST | NLM_F_ACK;
+    msg.req.sdiag_family = l->sa_family;
+    msg.req.sdiag_protocol = IPPROTO_TCP;
+    msg.req.idiag_states = ~0u;
+    msg.req.id.idiag_cookie[0] = INET_DIAG_NOCOOKIE;
+    msg.req.id.idiag_cookie[1] = INET_DIAG_NOCOOKIE;
+    if (l->sa_family == AF_INET) {
+        const struct sockaddr_in *a = local, *b = peer;
+        msg.req.id.idiag_sport = a->sin_port;
+        msg.req.id.idiag_dport = b->sin_port;
+        memcpy(msg.req.id.idiag_src, &a->sin_addr, 4);
+        memcpy(msg.req.id.idiag_dst, &b->sin_addr, 4);
+    } else {
+        const struct sockaddr_in6 *a = local, *b = peer;
+        msg.req.id.idiag_sport = a->sin6_port;
+        msg.req.id.idiag_dport = b->sin6_port;
+        memcpy(msg.req.id.idiag_src, &a->sin6_addr, 16);
+        memcpy(msg.req.id.idiag_dst, &b->sin6_addr, 16);
+    }
+    int e = 0;
+    if (send(nl, &msg, sizeof msg, 0) < 0) {
+        e = errno;
+    } else {
+        char buffer[512];
+        ssize_t n = recv(nl, buffer, sizeof buffer, 0);
+        if (n < 0) e = errno;
+        else if ((size_t)n >= sizeof(struct nlmsghdr) + sizeof(struct nlmsgerr) && ((struct nlmsghdr *)buffer)->nlmsg_type == NLMSG_ERROR)
+            e = -((struct nlmsgerr *)NLMSG_DATA((struct nlmsghdr *)buffer))->error;
+    }
+    close(nl);
+    return e;
+}

@@ -130,6 +130,11 @@ int wb_net_guard_send(int control, char what, const int32_t *pairs, int n);
 /// reset of --tcp=close. 0 or an errno.
 int wb_tcp_inject(const void *from, const void *to, uint32_t seq, uint32_t ack, uint16_t window, uint8_t flags, uint32_t mark);
 
+/// Destroys the TCP socket of this network namespace with these addresses (struct
+/// sockaddr_in or _in6 of one family), whatever its state, an orphan or TIME-WAIT included
+/// (sock_diag SOCK_DESTROY): 0, ENOENT when there is none, or an errno.
+int wb_tcp_destroy(const void *local, const void *peer);
+
 /// The inodes of the connections waiting in the accept queue of Unix listener `inode`
 /// (sock_diag UDIAG_SHOW_ICONS). Writes up to `cap`, the number there are to `count`.
 int wb_unix_listener_queue(uint64_t inode, uint64_t *out, int cap, int *count);
