@@ -70,6 +70,10 @@ public struct ExploreStats: Codable, Sendable {
     /// back in place.
     public var restores = 0
     public var resets = 0
+    /// Seconds spent restoring the set (and keeping its first settled state), and putting
+    /// it back in place, of `seconds`.
+    public var restoreSeconds = 0.0
+    public var resetSeconds = 0.0
     /// Why runs could not start in place, when some could not (the first reason seen).
     public var resetNote: String?
 
@@ -177,6 +181,8 @@ public final class Explorer {
     /// place, or a fresh restore (which keeps its first settled state for the runs after).
     private func startRun(_ run: Int) throws -> MediatedSet {
         if let set = live, options.resetInPlace {
+            let started = Clock.monotonic
+            defer { stats.resetSeconds += Clock.monotonic - started }
             do {
                 if try set.rewind() {
                     stats.resets += 1
@@ -190,6 +196,8 @@ public final class Explorer {
             live = nil
         }
         live?.end()
+        let started = Clock.monotonic
+        defer { stats.restoreSeconds += Clock.monotonic - started }
         let set = try MediatedSet(dir: setDirectory, options: options.restore, tag: String(UnicodeScalar(UInt8(97 + run % 26))))
         live = set
         stats.restores += 1

@@ -35,6 +35,9 @@ extension MediatedSet {
     /// Keeps the state now (every member settled) as the one `rewind` goes back to. Throws
     /// when a member holds what cannot be kept; the set is left running either way.
     public func keepBase() throws {
+        if let m = members.first(where: { $0.ended != nil }) {
+            throw WBError.refused("\(m.name) had ended when the set first settled: every run restores the set")
+        }
         let alive = all.filter { !$0.tids.isEmpty }
         for t in alive { try t.stopAll(alreadyStopped: heldThreads.filter { t.tids.contains($0) }) }
         defer { for t in alive { t.resumeAll() } }
