@@ -163,22 +163,31 @@ int wb_socket_ioctl_int(int fd, unsigned long request, int *value) {
     return ioctl(fd, request, value) == 0 ? 0 : errno;
 }
 
-int wb_inet_sockets(int family, int protocol, wb_inet_socket *out, int cap, int *count) {
-    *count = 0;
+/// A sock_diag socket with one inet_diag request sent on it (of `type`, with `flags`, the
+/// request's family, protocol and states filled in, `id` when given): the socket, or -errno.
+static int inet_diag_send(uint16_t type, uint16_t flags, int family, int protocol, const struct inet_diag_sockid *id) {
     int nl = socket(AF_NETLINK, SOCK_DGRAM | SOCK_CLOEXEC, NETLINK_SOCK_DIAG);
-    if (nl < 0) return errno;
+    if (nl < 0) return -errno;
     struct {
         struct nlmsghdr nlh;
         struct inet_diag_req_v2 req;
     } msg;
     memset(&msg, 0, sizeof msg);
     msg.nlh.nlmsg_len = sizeof msg;
-    msg.nlh.nlmsg_type = SOCK_DIAG_BY_FAMILY;
-    msg.nlh.nlmsg_flags = NLM_F_REQUEST | NLM_F_DUMP;
+    msg.nlh.nlmsg_type = type;
+    msg.nlh.nlmsg_flags = NLM_F_REQUEST | flags;
     msg.req.sdiag_family = (uint8_t)family;
     msg.req.sdiag_protocol = (uint8_t)protocol;
     msg.req.idiag_states = ~0U;
-    if (send(nl, &msg, sizeof msg, 0) != (ssize_t)sizeof msg) { int e = errno; close(nl); return e; }
+    if (id) msg.req.id = *id;
+    if (send(nl, &msg, sizeof msg, 0) != (ssize_t)sizeof msg) { int e = errno; close(nl); return -e; }
+    return nl;
+}
+
+int wb_inet_sockets(int family, int protocol, wb_inet_socket *out, int cap, int *count) {
+    *count = 0;
+    int nl = inet_diag_send(SOCK_DIAG_BY_FAMILY, NLM_F_DUMP, family, protocol, NULL);
+    if (nl < 0) return -nl;
     static __thread char buf[32768];
     for (;;) {
         ssize_t n = recv(nl, buf, sizeof buf, 0);
@@ -755,44 +764,31 @@ int wb_accept_drop(int listener) {
 int wb_tcp_destroy(const void *local, const void *peer) {
     const struct sockaddr *l = local, *p = peer;
     if (l->sa_family != p->sa_family || (l->sa_family != AF_INET && l->sa_family != AF_INET6)) return EAFNOSUPPORT;
-    int nl = socket(AF_NETLINK, SOCK_DGRAM | SOCK_CLOEXEC, NETLINK_SOCK_DIAG);
-    if (nl < 0) return errno;
-    struct {
-        struct nlmsghdr header;
-        struct inet_diag_req_v2 req;
-    } msg;
-    memset(&msg, 0, sizeof msg);
-    msg.header.nlmsg_len = sizeof msg;
-    msg.header.nlmsg_type = SOCK_DESTROY;
-    msg.header.nlmsg_flags = NLM_F_REQUEST | NLM_F_ACK;
-    msg.req.sdiag_family = l->sa_family;
-    msg.req.sdiag_protocol = IPPROTO_TCP;
-    msg.req.idiag_states = ~0u;
-    msg.req.id.idiag_cookie[0] = INET_DIAG_NOCOOKIE;
-    msg.req.id.idiag_cookie[1] = INET_DIAG_NOCOOKIE;
+    struct inet_diag_sockid id;
+    memset(&id, 0, sizeof id);
+    id.idiag_cookie[0] = INET_DIAG_NOCOOKIE;
+    id.idiag_cookie[1] = INET_DIAG_NOCOOKIE;
     if (l->sa_family == AF_INET) {
         const struct sockaddr_in *a = local, *b = peer;
-        msg.req.id.idiag_sport = a->sin_port;
-        msg.req.id.idiag_dport = b->sin_port;
-        memcpy(msg.req.id.idiag_src, &a->sin_addr, 4);
-        memcpy(msg.req.id.idiag_dst, &b->sin_addr, 4);
+        id.idiag_sport = a->sin_port;
+        id.idiag_dport = b->sin_port;
+        memcpy(id.idiag_src, &a->sin_addr, 4);
+        memcpy(id.idiag_dst, &b->sin_addr, 4);
     } else {
         const struct sockaddr_in6 *a = local, *b = peer;
-        msg.req.id.idiag_sport = a->sin6_port;
-        msg.req.id.idiag_dport = b->sin6_port;
-        memcpy(msg.req.id.idiag_src, &a->sin6_addr, 16);
-        memcpy(msg.req.id.idiag_dst, &b->sin6_addr, 16);
+        id.idiag_sport = a->sin6_port;
+        id.idiag_dport = b->sin6_port;
+        memcpy(id.idiag_src, &a->sin6_addr, 16);
+        memcpy(id.idiag_dst, &b->sin6_addr, 16);
     }
+    int nl = inet_diag_send(SOCK_DESTROY, NLM_F_ACK, l->sa_family, IPPROTO_TCP, &id);
+    if (nl < 0) return -nl;
     int e = 0;
-    if (send(nl, &msg, sizeof msg, 0) < 0) {
-        e = errno;
-    } else {
-        char buffer[512];
-        ssize_t n = recv(nl, buffer, sizeof buffer, 0);
-        if (n < 0) e = errno;
-        else if ((size_t)n >= sizeof(struct nlmsghdr) + sizeof(struct nlmsgerr) && ((struct nlmsghdr *)buffer)->nlmsg_type == NLMSG_ERROR)
-            e = -((struct nlmsgerr *)NLMSG_DATA((struct nlmsghdr *)buffer))->error;
-    }
+    char buffer[512];
+    ssize_t n = recv(nl, buffer, sizeof buffer, 0);
+    if (n < 0) e = errno;
+    else if ((size_t)n >= sizeof(struct nlmsghdr) + sizeof(struct nlmsgerr) && ((struct nlmsghdr *)buffer)->nlmsg_type == NLMSG_ERROR)
+        e = -((struct nlmsgerr *)NLMSG_DATA((struct nlmsghdr *)buffer))->error;
     close(nl);
     return e;
 }
