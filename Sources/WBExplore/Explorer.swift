@@ -70,6 +70,8 @@ public struct ExploreStats: Codable, Sendable {
     /// back in place.
     public var restores = 0
     public var resets = 0
+    /// Crashed members restored from their snapshots (the restart fault).
+    public var restarts = 0
     /// Seconds spent restoring the set (and keeping its first settled state), and putting
     /// it back in place, of `seconds`.
     public var restoreSeconds = 0.0
@@ -245,6 +247,7 @@ public final class Explorer {
                 break
             }
             if pick.isFault && pick.restartedMember == nil { faultsUsed += 1 }
+            if pick.restartedMember != nil { stats.restarts += 1 }
             steps.append(try set.perform(pick))
             strategy.delivered(steps)
             try set.settle()

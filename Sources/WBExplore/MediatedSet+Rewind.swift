@@ -65,8 +65,7 @@ extension MediatedSet {
     /// mapping of the kept state removed): the set must then be restored afresh.
     public func rewind() throws -> Bool {
         guard let b = base else { return false }
-        guard b.processes.allSatisfy({ !$0.tracee.tids.isEmpty && Paths.exists("/proc/\($0.tracee.pid)") }),
-              !members.contains(where: { $0.crashed }) else { return false }
+        guard b.processes.allSatisfy({ !$0.tracee.tids.isEmpty && Paths.exists("/proc/\($0.tracee.pid)") }) else { return false }
         for p in b.processes {
             var stopped = heldThreads.filter { p.tracee.tids.contains($0) }
             if let c = crashStop, p.tracee.tids.contains(c.tid) { stopped.insert(c.tid) }
@@ -135,7 +134,7 @@ extension MediatedSet {
         dropped = []
         heldThreads = []
         mappingsTouched = []
-        for m in members { m.ended = nil; m.crashed = false; m.heldAtExit = false }
+        for m in members { m.ended = nil; m.crashed = false; m.heldAtExit = false; m.closing = [] }
         for p in b.processes { for tid in p.tracee.tids { try p.tracee.resume(tid, .continue) } }
         return true
     }

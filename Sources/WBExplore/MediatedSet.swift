@@ -262,8 +262,9 @@ public final class MediatedSet {
 
     private func handle(_ t: Tracee, _ tid: Int32, _ stop: Tracee.Stop) throws {
         guard let m = member(of: t) else { return }
-        if m.heldAtExit && t === m.processes[0] {
-            // A thread of a process held at its exit: it stays where it stopped.
+        if m.heldAtExit && t === m.processes[0] || m.crashed {
+            // A thread of a process held at its exit, or of a crashed member: it stays
+            // where it stopped.
             if case .event = stop { heldThreads.insert(tid) } else if case .interrupted = stop { heldThreads.insert(tid) } else if case .signal = stop { heldThreads.insert(tid) }
             return
         }
@@ -527,8 +528,29 @@ public final class MediatedSet {
                 pending[d] = nil
             }
             for (d, e) in senders where e.member == index { senders[d] = nil }
-            for t in m.processes { _ = kill(t.pid, SIGKILL) }
-            gone(m)
+            // Stopped for good rather than killed, so that the next run can put it back;
+            // its connections to the others close as the kernel closes a dead process's:
+            // a FIN, or a reset where it left data unread.
+            for t in m.processes where !t.tids.isEmpty {
+                try t.stopAll(alreadyStopped: heldThreads.filter { t.tids.contains($0) })
+                heldThreads.formUnion(t.tids)
+                ends[t.pid] = [:]
+            }
+            for s in sockets[index] ?? [] {
+                var unread: Int32 = 0
+                if wb_socket_ioctl_int(s.rawValue, 0x541B /* SIOCINQ */, &unread) == 0 && unread > 0 {
+                    var unspecified = sockaddr()
+                    unspecified.sa_family = sa_family_t(AF_UNSPEC)
+                    _ = connect(s.rawValue, &unspecified, socklen_t(MemoryLayout<sockaddr>.size))
+                } else {
+                    _ = shutdown(s.rawValue, Int32(SHUT_RDWR))
+                }
+                for (d, w) in writers where w === s {
+                    writers[d] = nil
+                    writers[Direction(channel: d.channel, forward: !d.forward)] = nil
+                }
+            }
+            m.ended = 128 + SIGKILL
             delivered.append(Message(id: id, kind: .crash, from: index, to: index, bytes: [], cause: nil))
             return
         }
@@ -551,6 +573,8 @@ public final class MediatedSet {
     /// addresses. Connections it makes from then on are not mediated.
     private func restart(_ index: Int) throws {
         let old = members[index]
+        old.restored.process.terminate()
+        gone(old)
         for c in old.closing { try c.namespace.destroyTCP(local: c.local, peer: c.peer, family: c.family) }
         let r = try set.restore(old.restored.member, channels: false)
         let m = Member(index: index, restored: r)
@@ -569,7 +593,6 @@ public final class MediatedSet {
             r.process.terminate()
             throw error
         }
-        old.restored.process.terminate()
         members[index] = m
         let note = "\(m.name) restarted from its snapshot: connections it makes are not mediated"
         if !unmediated.contains(note) { unmediated.append(note) }
