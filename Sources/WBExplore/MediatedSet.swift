@@ -265,7 +265,10 @@ public final class MediatedSet {
         if m.heldAtExit && t === m.processes[0] || m.crashed {
             // A thread of a process held at its exit, or of a crashed member: it stays
             // where it stopped.
-            if case .event = stop { heldThreads.insert(tid) } else if case .interrupted = stop { heldThreads.insert(tid) } else if case .signal = stop { heldThreads.insert(tid) }
+            switch stop {
+            case .event, .interrupted, .signal: heldThreads.insert(tid)
+            case .exited, .killed: break
+            }
             return
         }
         switch stop {

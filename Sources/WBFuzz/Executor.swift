@@ -99,7 +99,6 @@ public final class Executor {
     private var trackedSpan: (UInt64, UInt64) = (0, 0)
     private var copied: [(start: UInt64, bytes: [UInt8])] = []
     private var layout: SnapshotLayout!
-    private var snapshotFDs: [Int32] = []
     /// Ranges of the snapshot's mappings the current run unmapped, moved or mapped over.
     private var touched: [(start: UInt64, end: UInt64)] = []
     private var inputFD: FileDescriptor?
@@ -223,7 +222,6 @@ public final class Executor {
             FileHandle.standardError.write(Data("wb-trace: tracked \(tracker.ranges.map { "\(hex($0.start))-\(hex($0.end))" }) copied \(copied.map { "\(hex($0.start))+\($0.bytes.count)" })\n".utf8))
         }
         try tracker.protectAll()
-        snapshotFDs = try ProcFS.fds(tracee.pid)
         // A client connection each run replaces is not the snapshot's to put back.
         let skip = socketInput?.replaced.map { Set([$0.fd]) } ?? []
         layout = try SnapshotLayout(pid: tracee.pid, brk: image.process.mm.brk, skipFDs: skip) { try self.tracee.takeFD($0) }
@@ -930,27 +928,22 @@ public final class Executor {
         fdsChanged = false
         try tracee.withSyscalls(in: pid) { s in
             let text = try Paths.readText("/proc/\(pid)/maps")
-            if !removed.isEmpty || text.split(separator: "\n").map(String.init) != layout.lines {
-                for r in layout.madeByRun(ProcFS.parseMaps(text)) { _ = try s.raw(.munmap, r.start, r.end - r.start) }
-                _ = try s.raw(.brk, layout.brk)
+            if !removed.isEmpty || !layout.sameMappings(text) {
+                try layout.dropMappingsOfRun(s, now: ProcFS.parseMaps(text))
                 let pieces = layout.lostPieces(lost: removed, now: try ProcFS.maps(pid, withFlags: false))
                 if debugTrace { FileHandle.standardError.write(Data("wb-trace: rebuilding \(pieces.map { "\(hex($0.start))-\(hex($0.end)) \($0.entry.path)" })\n".utf8)) }
                 for p in pieces { try rebuild(p, s) }
                 // What the rebuilding itself unmapped (MAP_FIXED over tracked memory) is not the next run's doing.
                 _ = tracker.takeRemoved()
-                for c in layout.protectionChanges(try ProcFS.maps(pid, withFlags: false)) {
-                    _ = try s.raw(.mprotect, c.start, c.end - c.start, UInt64(c.protection))
-                }
+                try layout.putBackProtections(s, now: try ProcFS.maps(pid, withFlags: false))
             }
             if checkFDs {
-                let now = try ProcFS.fds(pid)
-                for fd in now where !snapshotFDs.contains(fd) { _ = try s.raw(.close, UInt64(fd)) }
+                let (opened, lost) = try layout.fdChanges(pid: pid)
                 var scratch: UInt64 = 0
                 defer { if scratch != 0 { _ = try? s.raw(.munmap, scratch, 4096) } }
-                for (n, held) in layout.fds.sorted(by: { $0.key < $1.key })
-                where !now.contains(n) || !SharedFiles.sameDescription(pid, n, getpid(), held.copy.rawValue) {
+                try layout.putBackFDs(s, opened: opened, lost: lost, tracee: tracee) {
                     if scratch == 0 { scratch = try s.mapScratch(bytes: 4096) }
-                    try s.install(held, as: n, tracee: tracee, scratch: scratch)
+                    return scratch
                 }
             }
         }

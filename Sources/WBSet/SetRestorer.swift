@@ -65,8 +65,9 @@ public final class SetRestorer {
 
     /// Restores one member (stopped) on its host, whose namespace must be there. With
     /// `channels` false its connections to the other members are not rebuilt as connected
-    /// but reset, as for a member restarted while the others went on (`wb explore`'s
-    /// restart fault): it finds its peers gone.
+    /// but reset (peers outside the image, in another network namespace than wb's), as for a
+    /// member restarted while the others went on (`wb explore`'s restart fault): it finds
+    /// its peers gone.
     public func restore(_ member: SetManifest.Member, channels: Bool) throws -> Restored {
         guard let namespace = namespaces[member.host] else { throw WBError.failed("host \(member.host) of the set is not set up") }
         let image = try Image(path: "\(dir)/\(member.image)")
@@ -74,7 +75,6 @@ public final class SetRestorer {
         o.networkNamespace = "/run/netns/\(namespace)"
         o.allowTree = true
         o.setChannels = channels ? channelKeys(of: member) : []
-        o.tcp = channels ? o.tcp : .close
         let restorer = Restorer(image: image, options: o)
         let r = try restorer.restore()
         return Restored(member: member, process: r, namespace: namespace, notes: r.notes, files: restorer.files ?? ResolvedFiles(), image: image)

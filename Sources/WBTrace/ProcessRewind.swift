@@ -121,7 +121,7 @@ public final class ProcessRewind {
     /// have changed its mappings since it was put back (false spares reading them).
     public func memoryDigest(mappingsTouched: Bool = true) throws -> UInt64? {
         if mappingsTouched {
-            guard try Paths.readText("/proc/\(tracee.pid)/maps").split(separator: "\n").map(String.init) == layout.lines else { return nil }
+            guard layout.sameMappings(try Paths.readText("/proc/\(tracee.pid)/maps")) else { return nil }
         }
         removedSince += tracker.takeRemoved()
         var sum = keptSum
@@ -186,13 +186,9 @@ public final class ProcessRewind {
         let removed = removedSince + tracker.takeRemoved()
         removedSince = []
         let text = mappingsTouched ? try Paths.readText("/proc/\(pid)/maps") : ""
-        let mapsChanged = mappingsTouched && text.split(separator: "\n").map(String.init) != layout.lines
+        let mapsChanged = mappingsTouched && !layout.sameMappings(text)
         for fd in replaced { if let f = statusFlags[fd], let h = layout.fds[fd] { _ = fcntl(h.copy.rawValue, F_SETFL, f) } }
-        let fds = try ProcFS.fds(pid)
-        let extra = fds.filter { layout.fds[$0] == nil }
-        let missing = layout.fds.keys.sorted().filter { n in
-            !fds.contains(n) || !SharedFiles.sameDescription(pid, n, getpid(), layout.fds[n]!.copy.rawValue)
-        }
+        let (opened, lost) = try layout.fdChanges(pid: pid)
         let watching = registrations.keys.sorted().compactMap { epoll -> (Int32, [(UInt64, Int32, Registration)])? in
             let kept = registrations[epoll]!
             let current = ProcessRewind.registrations((try? Paths.readText("/proc/\(pid)/fdinfo/\(epoll)")) ?? "")
@@ -201,17 +197,23 @@ public final class ProcessRewind {
             for (fd, r) in kept where current[fd] != r { calls.append((current[fd] == nil ? 1 /* ADD */ : 3 /* MOD */, fd, r)) }
             return calls.isEmpty ? nil : (epoll, calls)
         }
-        if mapsChanged || !extra.isEmpty || !missing.isEmpty || !watching.isEmpty {
+        if mapsChanged || !opened.isEmpty || !lost.isEmpty || !watching.isEmpty {
             let ok: Bool = try tracee.withSyscalls(in: pid) { s in
                 if mapsChanged {
-                    for r in layout.madeByRun(ProcFS.parseMaps(text)) { _ = try s.raw(.munmap, r.start, r.end - r.start) }
-                    _ = try s.raw(.brk, layout.brk)
+                    try layout.dropMappingsOfRun(s, now: ProcFS.parseMaps(text))
                     let after = try ProcFS.maps(pid, withFlags: false)
                     if !layout.lostPieces(lost: [], now: after).isEmpty { return false }
-                    for c in layout.protectionChanges(after) { _ = try s.raw(.mprotect, c.start, c.end - c.start, UInt64(c.protection)) }
-                    if try Paths.readText("/proc/\(pid)/maps").split(separator: "\n").map(String.init) != layout.lines { return false }
+                    try layout.putBackProtections(s, now: after)
+                    if !layout.sameMappings(try Paths.readText("/proc/\(pid)/maps")) { return false }
                 }
-                try putBackFDs(s, extra: extra, missing: missing, watching: watching)
+                var scratch: UInt64 = 0
+                defer { if scratch != 0 { _ = try? s.raw(.munmap, scratch, 4096) } }
+                let area = { () throws -> UInt64 in
+                    if scratch == 0 { scratch = try s.mapScratch(bytes: 4096) }
+                    return scratch
+                }
+                try layout.putBackFDs(s, opened: opened, lost: lost, tracee: tracee, scratch: area)
+                try putBackRegistrations(s, watching, scratch: area)
                 return true
             }
             guard ok else { return false }
@@ -253,25 +255,19 @@ public final class ProcessRewind {
         return out
     }
 
-    /// Closes the fds the run opened, puts back those it closed or replaced, and makes each
-    /// epoll fd watch what it did, as it did (a registration goes with the open file it
-    /// watched, and the run may have added, changed or removed some).
-    private func putBackFDs(_ s: RemoteSyscalls, extra: [Int32], missing: [Int32], watching: [(Int32, [(UInt64, Int32, Registration)])]) throws {
-        let pid = tracee.pid
-        for fd in extra { _ = try s.raw(.close, UInt64(fd)) }
-        guard !missing.isEmpty || !watching.isEmpty else { return }
-        let scratch = try s.mapScratch(bytes: 4096)
-        defer { _ = try? s.raw(.munmap, scratch, 4096) }
-        for n in missing { try s.install(layout.fds[n]!, as: n, tracee: tracee, scratch: scratch) }
+    /// Makes each epoll fd watch what it did, as it did (a registration goes with the open
+    /// file it watched, and the run may have added, changed or removed some).
+    private func putBackRegistrations(_ s: RemoteSyscalls, _ watching: [(Int32, [(UInt64, Int32, Registration)])], scratch: () throws -> UInt64) throws {
         for (epoll, calls) in watching {
             for (op, fd, r) in calls {
                 var event = [UInt8](repeating: 0, count: 12)
                 withUnsafeBytes(of: r.events.littleEndian) { event.replaceSubrange(0..<4, with: $0) }
                 withUnsafeBytes(of: r.data.littleEndian) { event.replaceSubrange(4..<12, with: $0) }
-                try tracee.write(event, to: scratch)
-                let e = try s.raw(.epollCtl, UInt64(epoll), op, UInt64(fd), scratch)
+                let at = try scratch()
+                try tracee.write(event, to: at)
+                let e = try s.raw(.epollCtl, UInt64(epoll), op, UInt64(fd), at)
                 if e != 0 && !(op == 2 && (e == -Int64(EBADF) || e == -Int64(ENOENT))) {
-                    throw WBError.system(call: "epoll_ctl", errno: Int32(-e), what: "watching fd \(fd) again as before in epoll fd \(epoll) of pid \(pid)")
+                    throw WBError.system(call: "epoll_ctl", errno: Int32(-e), what: "watching fd \(fd) again as before in epoll fd \(epoll) of pid \(tracee.pid)")
                 }
             }
         }

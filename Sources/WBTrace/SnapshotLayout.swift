@@ -17,6 +17,8 @@ public struct SnapshotLayout {
     public private(set) var fds: [Int32: HeldFD]
     /// The program break at the snapshot.
     public let brk: UInt64
+    /// Every fd the process had at the snapshot, held or not (skipped, or not to be taken).
+    public let numbers: Set<Int32>
 
     public struct HeldFD {
         public var copy: FileDescriptor
@@ -35,7 +37,9 @@ public struct SnapshotLayout {
         entries = ProcFS.parseMaps(text)
         self.brk = brk
         var held: [Int32: HeldFD] = [:]
-        for fd in try ProcFS.fds(pid) where !skipFDs.contains(fd) {
+        let all = try ProcFS.fds(pid)
+        numbers = Set(all)
+        for fd in all where !skipFDs.contains(fd) {
             guard let copy = try? take(fd) else { continue }
             let flags = (try? Paths.readText("/proc/\(pid)/fdinfo/\(fd)")).flatMap(SnapshotLayout.fdinfoFlags) ?? 0
             var st = stat()
@@ -47,6 +51,40 @@ public struct SnapshotLayout {
             held[fd] = HeldFD(copy: copy, closeOnExec: flags & Int32(O_CLOEXEC) != 0, offset: offset)
         }
         fds = held
+    }
+
+    /// Whether `maps` (the text of /proc/PID/maps) shows the snapshot's mappings.
+    public func sameMappings(_ maps: String) -> Bool {
+        maps.split(separator: "\n").elementsEqual(lines) { $0 == $1 }
+    }
+
+    /// The fds a run opened (not the snapshot's), and the snapshot's fds it closed or
+    /// replaced with another open file, of process `pid` now.
+    public func fdChanges(pid: Int32) throws -> (opened: [Int32], lost: [Int32]) {
+        let now = try ProcFS.fds(pid)
+        let lost = fds.keys.sorted().filter { n in !now.contains(n) || !SharedFiles.sameDescription(pid, n, getpid(), fds[n]!.copy.rawValue) }
+        return (now.filter { !numbers.contains($0) }, lost)
+    }
+
+    /// In the stopped process: closes the fds a run opened and puts back the snapshot's it
+    /// lost (`fdChanges`), as the same open files. `scratch` gives 4 KiB of the process's
+    /// memory, asked for only when an fd is put back.
+    public func putBackFDs(_ s: RemoteSyscalls, opened: [Int32], lost: [Int32], tracee: Tracee, scratch: () throws -> UInt64) throws {
+        for fd in opened { _ = try s.raw(.close, UInt64(fd)) }
+        for n in lost { try s.install(fds[n]!, as: n, tracee: tracee, scratch: try scratch()) }
+    }
+
+    /// In the stopped process: unmaps what a run mapped (`now`: its mappings) and puts the
+    /// program break back.
+    public func dropMappingsOfRun(_ s: RemoteSyscalls, now: [ProcFS.MapsEntry]) throws {
+        for r in madeByRun(now) { _ = try s.raw(.munmap, r.start, r.end - r.start) }
+        _ = try s.raw(.brk, brk)
+    }
+
+    /// In the stopped process: gives the snapshot's mappings their protection back where a
+    /// run changed it (`now`: its mappings).
+    public func putBackProtections(_ s: RemoteSyscalls, now: [ProcFS.MapsEntry]) throws {
+        for c in protectionChanges(now) { _ = try s.raw(.mprotect, c.start, c.end - c.start, UInt64(c.protection)) }
     }
 
     public static func fdinfoFlags(_ text: String) -> Int32? {
