@@ -139,10 +139,11 @@ struct RestoreCommand: ParsableCommand {
                 let code = try launcher.run(restored, image: opened, files: restorer.files ?? ResolvedFiles(), options: options)
                 throw ExitCode(code)
             }
+            // With --detach the pid comes first on stdout (scripts read it), before the process
+            // runs and can write to the same stdout itself.
+            if detach && !json { Output.line("\(restored.pid)") }
             if stopped { restored.releaseStopped() } else { restored.resume() }
             if detach {
-                // The pid comes first, as soon as the process runs (scripts read it).
-                if !json { Output.line("\(restored.pid)") }
                 // Said as it is: a process that died as it was let go is not "stopped". One
                 // with signals pending may act on them as soon as it runs: give it a moment.
                 var state = restored.state
@@ -202,6 +203,9 @@ extension RestoreCommand {
             let debugged = restored.first { $0.member.name == member }
             var held = stopped ? Set(restored.map(\.member.name)) : []
             if let debugged { held.remove(debugged.member.name) }
+            // With --detach the pids come first on stdout, before the members run and can write
+            // to the same stdout themselves.
+            if detach && !json { for r in restored { Output.line("\(r.process.pid)") } }
             do {
                 try set.resume(restored.filter { $0.member.name != debugged?.member.name }, stopped: held)
             } catch {
@@ -226,11 +230,8 @@ extension RestoreCommand {
                 set.keepHosts()
                 if json {
                     try Output.json(restored.map { SetMemberReport(member: $0.member.name, pid: $0.process.pid, namespace: $0.namespace, state: $0.process.state) })
-                } else {
-                    for r in restored { Output.line("\(r.process.pid)") }
-                    if !quiet {
-                        Output.note("the hosts are network namespaces \(restored.map(\.namespace).sorted().joined(separator: ", ")) on bridge \(set.bridge); remove them with ip netns delete NAME and ip link delete \(set.bridge) once the members are done")
-                    }
+                } else if !quiet {
+                    Output.note("the hosts are network namespaces \(restored.map(\.namespace).sorted().joined(separator: ", ")) on bridge \(set.bridge); remove them with ip netns delete NAME and ip link delete \(set.bridge) once the members are done")
                 }
                 return
             }
