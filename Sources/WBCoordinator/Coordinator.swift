@@ -58,7 +58,7 @@ public final class Coordinator: @unchecked Sendable {
         _ = withUnsafeMutablePointer(to: &raw) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(s, $0, &length) } }
         let boundPort = withUnsafeBytes(of: raw) { UInt16($0[2]) << 8 | UInt16($0[3]) }
         listener = fd
-        address = host.contains(":") ? "[\(host)]:\(boundPort)" : "\(host):\(boundPort)"
+        address = host.contains(":" as Character) ? "[\(host)]:\(boundPort)" : "\(host):\(boundPort)"
     }
 
     /// A new job token.

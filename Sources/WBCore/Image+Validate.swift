@@ -354,7 +354,7 @@ struct MetadataValidator {
     private func messageQueue(_ q: MessageQueueState?, _ name: String) throws {
         guard let q else { throw bad("\(name) is a message queue without its state") }
         try text(q.name, "\(name) message queue name", limit: 255)
-        guard !q.name.isEmpty, !q.name.contains("/"), q.name != ".", q.name != ".." else {
+        guard !q.name.isEmpty, !q.name.contains("/" as Character), q.name != ".", q.name != ".." else {
             throw bad("\(name) is a message queue whose name \"\(q.name)\" is not one path component")
         }
         guard (1...65536).contains(q.maxMessages), (1...(16 << 20)).contains(q.messageSize), q.mode <= 0o7777, q.owner.count == 2,

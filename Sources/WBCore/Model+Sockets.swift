@@ -122,8 +122,8 @@ public struct SocketAddress: Codable, Sendable, Equatable, CustomStringConvertib
 
     public var description: String {
         if abstract == true { return "@\(host)" }
-        if port == 0 && !host.contains(".") && !host.contains(":") { return host.isEmpty ? "(unnamed)" : host + (unlinked == true ? " (unlinked)" : "") }
-        return host.contains(":") ? "[\(host)]:\(port)" : "\(host):\(port)"
+        if port == 0 && !host.contains("." as Character) && !host.contains(":" as Character) { return host.isEmpty ? "(unnamed)" : host + (unlinked == true ? " (unlinked)" : "") }
+        return host.contains(":" as Character) ? "[\(host)]:\(port)" : "\(host):\(port)"
     }
 }
 

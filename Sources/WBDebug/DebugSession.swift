@@ -34,7 +34,7 @@ public final class DebugSession {
         case "checkpoint":
             counter += 1
             let name = words.count > 1 ? words[1] : "snapshot-\(counter)"
-            guard !name.contains("/") else { throw WBError.invalidArgument("a snapshot name cannot contain '/'") }
+            guard !name.contains("/" as Character) else { throw WBError.invalidArgument("a snapshot name cannot contain '/'") }
             try Paths.makeDirectories(directory)
             let path = "\(directory)/\(name).wbimg"
             let checkpointer = Checkpointer(pid: server.tracee.pid)

@@ -116,7 +116,7 @@ public struct Schedule: Codable, Sendable {
     /// A --gdb-check's member (or host) and expression; nil when it is not "MEMBER: EXPR".
     public static func parseGDBCheck(_ text: String) -> (member: String, expression: String)? {
         let parts = text.split(separator: ":", maxSplits: 2, omittingEmptySubsequences: false).map { $0.trimmingCharacters(in: .whitespaces) }
-        guard parts.count >= 2, !parts[0].isEmpty, !parts[0].contains(" ") else { return nil }
+        guard parts.count >= 2, !parts[0].isEmpty, !parts[0].contains(" " as Character) else { return nil }
         if parts.count == 3, !parts[1].isEmpty, parts[1].allSatisfy(\.isNumber), !parts[2].isEmpty {
             return ("\(parts[0]):\(parts[1])", parts[2])
         }

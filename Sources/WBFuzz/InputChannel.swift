@@ -62,7 +62,7 @@ public enum InputChannel: Equatable, Sendable, CustomStringConvertible {
         case let .fd(n): return "fd:\(n)"
         case let .file(p): return "file:\(p)"
         case let .memory(s, l): return "mem:\(s)" + (l.map { ":\($0)" } ?? "")
-        case let .tcp(host?, port): return host.contains(":") ? "tcp:[\(host)]:\(port)" : "tcp:\(host):\(port)"
+        case let .tcp(host?, port): return host.contains(":" as Character) ? "tcp:[\(host)]:\(port)" : "tcp:\(host):\(port)"
         case let .tcp(nil, port): return "tcp:\(port)"
         case let .unix(path): return "unix:\(path)"
         }

@@ -105,11 +105,11 @@ public final class NetworkLock {
         var keys4: [UInt8] = [], keys6: [UInt8] = []
         for f in connections {
             // An IPv6 socket talking to an IPv4 peer (::ffff:a.b.c.d) sends IPv4 packets.
-            func plain(_ h: String) -> String { h.hasPrefix("::ffff:") && h.contains(".") ? String(h.dropFirst(7)) : h }
+            func plain(_ h: String) -> String { h.hasPrefix("::ffff:") && h.contains("." as Character) ? String(h.dropFirst(7)) : h }
             let (l, p) = (plain(f.local.host), plain(f.peer.host))
             let element = "\(l) . \(f.local.port) . \(p) . \(f.peer.port)"
             guard flows.insert(element).inserted else { continue }
-            let six = l.contains(":")
+            let six = l.contains(":" as Character)
             if six { v6.append(element) } else { v4.append(element) }
             // The same element as the key nftables keeps: each field padded to 4 bytes.
             let family = six ? AF_INET6 : AF_INET

@@ -227,10 +227,10 @@ public struct SocketBuilder {
     private func injectionAddresses(peer: SocketAddress, local: SocketAddress, family: Int32) throws -> ([UInt8], [UInt8]) {
         func plain(_ a: SocketAddress) -> SocketAddress {
             var a = a
-            if a.host.hasPrefix("::ffff:") && a.host.contains(".") { a.host = String(a.host.dropFirst(7)); a.scope = nil }
+            if a.host.hasPrefix("::ffff:") && a.host.contains("." as Character) { a.host = String(a.host.dropFirst(7)); a.scope = nil }
             return a
         }
-        if family == AF_INET6 && peer.host.hasPrefix("::ffff:") && peer.host.contains(".") {
+        if family == AF_INET6 && peer.host.hasPrefix("::ffff:") && peer.host.contains("." as Character) {
             return (try plain(peer).encode(family: AF_INET), try plain(local).encode(family: AF_INET))
         }
         return (try peer.encode(family: family), try local.encode(family: family))

@@ -85,7 +85,7 @@ extension Restorer {
             for f in p.fds {
                 guard let net = f.net, net.family == AF_INET || net.family == AF_INET6, let local = net.local else { continue }
                 var host = local.host
-                if host.hasPrefix("::ffff:") && host.contains(".") { host = String(host.dropFirst(7)) }
+                if host.hasPrefix("::ffff:") && host.contains("." as Character) { host = String(host.dropFirst(7)) }
                 if ["0.0.0.0", "::", "127.0.0.1", "::1", ""].contains(host) || host.hasPrefix("127.") || host.hasPrefix("fe80:") { continue }
                 addresses.insert(host)
             }
@@ -93,12 +93,12 @@ extension Restorer {
         // On loopback: bound to, reachable from inside, and no device driver needed (the
         // dummy module is not loadable everywhere).
         var commands = [["link", "set", "lo", "up"]]
-            + addresses.sorted().map { $0.contains(":") ? ["-6", "addr", "add", "\($0)/128", "dev", "lo", "nodad"] : ["addr", "add", "\($0)/32", "dev", "lo"] }
+            + addresses.sorted().map { $0.contains(":" as Character) ? ["-6", "addr", "add", "\($0)/128", "dev", "lo", "nodad"] : ["addr", "add", "\($0)/32", "dev", "lo"] }
         // A connection to a peer outside is rebuilt before it is reset, which needs a route to
         // the peer: everything goes to loopback (nothing leaves the namespace).
         let peers = image.metadata.processes.flatMap(\.fds).compactMap { $0.net?.tcp != nil ? $0.net?.peer?.host : nil }
-        if peers.contains(where: { !$0.contains(":") && !$0.hasPrefix("127.") }) { commands.append(["route", "add", "default", "dev", "lo"]) }
-        if peers.contains(where: { $0.contains(":") && $0 != "::1" && !($0.hasPrefix("::ffff:127.")) }) { commands.append(["-6", "route", "add", "default", "dev", "lo"]) }
+        if peers.contains(where: { !$0.contains(":" as Character) && !$0.hasPrefix("127.") }) { commands.append(["route", "add", "default", "dev", "lo"]) }
+        if peers.contains(where: { $0.contains(":" as Character) && $0 != "::1" && !($0.hasPrefix("::ffff:127.")) }) { commands.append(["-6", "route", "add", "default", "dev", "lo"]) }
         guard let ip = Subprocess.find("ip") ?? ["/usr/sbin/ip", "/sbin/ip", "/usr/bin/ip"].first(where: { access($0, X_OK) == 0 }) else {
             throw WBError.refused("restoring into a network namespace of its own needs the ip command (apt-get install iproute2)")
         }

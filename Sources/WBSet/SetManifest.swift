@@ -136,7 +136,7 @@ public struct SetManifest: Codable, Sendable {
             guard hostNames.contains(member.host) else {
                 throw WBError.badImage(path: path, problem: "member \(member.name) is on host \(member.host), which the set does not list")
             }
-            guard !member.image.isEmpty, !member.image.contains("/"), member.image != ".", member.image != ".." else {
+            guard !member.image.isEmpty, !member.image.contains("/" as Character), member.image != ".", member.image != ".." else {
                 throw WBError.badImage(path: path, problem: "member \(member.name): image name \(member.image) is not a file of the set")
             }
         }
@@ -148,13 +148,13 @@ public struct SetManifest: Codable, Sendable {
     public struct Address: Sendable {
         public var host: String
         public var prefix: Int
-        public var isIPv6: Bool { host.contains(":") }
+        public var isIPv6: Bool { host.contains(":" as Character) }
         public init?(_ text: String) {
             let parts = text.split(separator: "/")
             guard parts.count == 2, let p = Int(parts[1]) else { return nil }
             let h = String(parts[0])
             var buffer = [UInt8](repeating: 0, count: 16)
-            let six = h.contains(":")
+            let six = h.contains(":" as Character)
             guard inet_pton(six ? AF_INET6 : AF_INET, h, &buffer) == 1, p >= 0, p <= (six ? 128 : 32) else { return nil }
             host = h; prefix = p
         }

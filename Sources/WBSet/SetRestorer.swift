@@ -127,7 +127,7 @@ public final class SetRestorer {
             try run(ip, ["-n", ns, "link", "set", "eth0", "up"])
             // Every other host is on the bridge: reached directly, whatever its subnet.
             try run(ip, ["-n", ns, "route", "add", "default", "dev", "eth0"])
-            if host.addresses.contains(where: { $0.contains(":") }) {
+            if host.addresses.contains(where: { $0.contains(":" as Character) }) {
                 try run(ip, ["-n", ns, "-6", "route", "add", "default", "dev", "eth0"])
             }
             // Segments wb puts back into rebuilt connections carry NetworkLock.passMark and

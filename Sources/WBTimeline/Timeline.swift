@@ -83,7 +83,7 @@ public final class Timeline {
             throw WBError.badImage(path: path, problem: "not a timeline manifest (\(error))")
         }
         // A timeline travels like an image: its names must stay in its directory.
-        for c in manifest.checkpoints where c.image.isEmpty || c.image.contains("/") || c.image.hasPrefix(".") || c.image.utf8.contains(0) {
+        for c in manifest.checkpoints where c.image.isEmpty || c.image.contains("/" as Character) || c.image.hasPrefix(".") || c.image.utf8.contains(0) {
             throw WBError.badImage(path: path, problem: "checkpoint \(c.number) names image '\(c.image)', which is not a file of the timeline's directory")
         }
     }

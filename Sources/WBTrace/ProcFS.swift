@@ -73,7 +73,7 @@ public enum ProcFS {
         var out: [UInt64: UInt64] = [:]
         var start: UInt64?
         for line in ((try? Paths.readText("/proc/\(pid)/smaps")) ?? "").split(separator: "\n") {
-            if let dash = line.firstIndex(of: "-"), let a = UInt64(line[..<dash], radix: 16), line.contains(" ") && !line.hasPrefix("KernelPageSize") && line.first?.isHexDigit == true {
+            if let dash = line.firstIndex(of: "-"), let a = UInt64(line[..<dash], radix: 16), line.contains(" " as Character) && !line.hasPrefix("KernelPageSize") && line.first?.isHexDigit == true {
                 start = a
             } else if line.hasPrefix("KernelPageSize:"), let s = start {
                 let kb = line.split(separator: " ").dropFirst().first.flatMap { UInt64($0) } ?? 4
