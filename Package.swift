@@ -143,6 +143,7 @@ let package = Package(
         harnessProgram("resetzoo"),
         harnessProgram("pool"),
         harnessProgram("sums"),
+        harnessProgram("checksums"),
         harnessProgram("kvserver", optimize: false),
         harnessProgram("ring"),
         harnessProgram("replica"),

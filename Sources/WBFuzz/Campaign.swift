@@ -228,17 +228,36 @@ public final class Worker {
 
     /// Comparisons of values computed from the input: the bytes each depends on, found by
     /// perturbing them, then solved over those bytes (`Solver`).
-    private func dependencyStage(_ index: Int, comparisons: [Comparison]) throws {
+    private func dependencyStage(_ index: Int, comparisons: [Comparison], rounds: Int = 0) throws {
         stats.stage = "dependencies"
         let data = queue[index].data
         let solver = Solver()
         let source = queue[index].id
-        let dependents = try solver.dependencies(of: data, base: comparisons) { candidate in
+        var probes: [ChecksumFinder.Probe] = []
+        let found = try solver.dependencies(of: data, base: comparisons) { candidate in
             let r = try executor.run(candidate, traceComparisons: true)
             stats.executions += 1
             try handle(r, data: candidate, source: source, op: "dep", enqueue: true)
+            if let lo = candidate.indices.first(where: { candidate[$0] != data[$0] }),
+               let hi = candidate.indices.last(where: { candidate[$0] != data[$0] }) {
+                probes.append(.init(changed: lo..<(hi + 1), input: candidate, comparisons: r.comparisons))
+            }
             return stopping ? [] : r.comparisons
         }
+        // A checksum among the compares the perturbations upset: passed from now on, and the
+        // bytes perturbed again, now that changing them gets past it (to the next checksum,
+        // or to the code it guards).
+        let checksums = ChecksumFinder.find(input: data, base: comparisons, probes: probes, equality: executor.equalityCompares,
+                                            known: Set(executor.checksums.keys))
+        if !checksums.isEmpty {
+            try executor.passChecksums(checksums)
+            stats.checksums = executor.checksums.count
+            if ProcessInfo.processInfo.environment["WB_FUZZ_TRACE"] != nil {
+                FileHandle.standardError.write(Data("wb-trace: \(queue[index].name): checksums \(checksums.map { "\(hex($0.address))#\($0.hit) operand \($0.stored) follows [\($0.position)] (\($0.width) bytes\($0.bigEndian ? ", big-endian" : ""), \($0.model.rawValue)\($0.direct ? ", direct" : ""))" })\n".utf8))
+            }
+            if rounds < 4 && !stopping { return try dependencyStage(index, comparisons: comparisons, rounds: rounds + 1) }
+        }
+        let dependents = found.filter { executor.checksums[$0.base.address] == nil }
         if ProcessInfo.processInfo.environment["WB_FUZZ_TRACE"] != nil {
             FileHandle.standardError.write(Data("wb-trace: \(queue[index].name): dependent comparisons \(dependents.map { "\(hex($0.base.address))#\($0.base.hit): \($0.effects.map { "[\($0.position)] \($0.left)/\($0.right)" })" })\n".utf8))
         }
@@ -269,6 +288,23 @@ public final class Worker {
     }
 
     private func handle(_ r: RunResult, data: [UInt8], source: Int?, op: String, enqueue: Bool) throws {
+        var finding = r.outcome == .hang
+        if case .crashed = r.outcome { finding = true }
+        if let fixed = r.repaired, finding || !r.newBlocks.isEmpty {
+            // A run made to pass a checksum: what it found is kept once the repaired input
+            // gets there as it is (a checksum over another's field may take a round more).
+            var input = fixed
+            for _ in 0..<4 where !stopping {
+                var again = try executor.run(input)
+                stats.executions += 1
+                if let more = again.repaired { input = more; continue }
+                again.newBlocks = r.newBlocks + again.newBlocks
+                stats.repaired += 1
+                return try handle(again, data: input, source: source, op: op, enqueue: enqueue)
+            }
+            stats.unrepaired += 1
+            return
+        }
         switch r.outcome {
         case .crashed:
             try crash(r, data: data)
@@ -366,7 +402,8 @@ public final class Worker {
         var small = try Minimizer.minimize(data, budget: 1000) { candidate in
             let again = try executor.run(candidate)
             stats.executions += 1
-            guard let s = again.crash, case .crashed = again.outcome else { return false }
+            // A smaller input counts as it is: one a checksum had to be passed for does not.
+            guard again.repaired == nil, let s = again.crash, case .crashed = again.outcome else { return false }
             return CrashBucket(signal: s.signal, frames: s.frames, exe: executor.image.process.exe) == bucket
         }
         if small != data && reproduces(small, bucket: bucket) == false { small = data }

@@ -32,6 +32,9 @@ public struct RunResult: Sendable {
     /// Byte strings compared by the C library's memcmp, strcmp and kin (comparison-tracing
     /// runs only).
     public var stringComparisons: [StringComparison] = []
+    /// The input with the checksums the run was made to pass written as the program
+    /// computed them (nil when it passed them all as it was).
+    public var repaired: [UInt8]?
 }
 
 /// The two byte strings a memcmp, strcmp, strncmp, strcasecmp or strncasecmp call compared
@@ -136,6 +139,14 @@ public final class Executor {
     /// Compare instructions, for comparison-tracing runs.
     private var compares: [UInt64: Disassembler.Instruction] = [:]
     private var compareBytes: [UInt64: UInt8] = [:]
+    /// Checksum compares left without their breakpoint by the last run (passed too often).
+    private var disarmed: Set<UInt64> = []
+    /// Compares whose result feeds a test for equality (je, jne, sete, setne, cmove, cmovne).
+    public private(set) var equalityCompares: Set<UInt64> = []
+    /// Checksum compares every run is made to pass (`passChecksums`), armed in every run.
+    public private(set) var checksums: [UInt64: ChecksumSite] = [:]
+    /// How often one checksum compare is passed in a run at most (one per chunk).
+    static let checksumHitsPerRun = 256
     /// Constants compared against in the code: a dictionary for free.
     public private(set) var constants: [[UInt8]] = []
     public private(set) var executions = 0
@@ -363,8 +374,11 @@ public final class Executor {
                     blocks[start] = text[i]
                     changed[i] = 0xCC
                 }
-                for i in instructions where i.kind == .compare {
+                for (k, i) in instructions.enumerated() where i.kind == .compare {
                     compares[i.address] = i
+                    if k + 1 < instructions.count, Executor.testsEquality(Array(text[Int(i.next - e.start)..<min(text.count, Int(i.next - e.start) + 4)])) {
+                        equalityCompares.insert(i.address)
+                    }
                     for case let .immediate(v) in i.operands where i.width >= 2 && v > 255 {
                         constants.insert(withUnsafeBytes(of: UInt64(bitPattern: v).littleEndian) { Array($0.prefix(i.width)) })
                     }
@@ -441,6 +455,11 @@ public final class Executor {
         try deliver(data)
         if traceComparisons { try setCompareBreakpoints(true) }
         defer { if traceComparisons { try? setCompareBreakpoints(false) } }
+        // Checksum compares a previous run passed more often than it may are armed again.
+        for a in disarmed where compareBytes[a] != nil { try tracee.memory.writeCode([0xCC], to: a) }
+        disarmed = []
+        // The input as the checksums the run passes repair it.
+        var input = data, repaired = false
         for (tid, s) in snapshot {
             try tracee.setRegisters(tid, s.0)
             try tracee.setXstate(tid, s.1)
@@ -531,7 +550,12 @@ public final class Executor {
                         // reported enough for this run (a compare in a loop would trap on
                         // every iteration).
                         compareHits[original, default: 0] += 1
-                        if compareHits[original]! < Executor.compareHitsPerRun { try tracee.memory.writeCode([0xCC], to: original) }
+                        let limit = checksums[original] != nil ? Executor.checksumHitsPerRun : Executor.compareHitsPerRun
+                        if compareHits[original]! < limit {
+                            try tracee.memory.writeCode([0xCC], to: original)
+                        } else if checksums[original] != nil {
+                            disarmed.insert(original)
+                        }
                         try tracee.resume(tid, .continue)
                         continue
                     }
@@ -550,13 +574,16 @@ public final class Executor {
                     if let original = compareBytes[at], compares[at] != nil || stringCompares[at] != nil {
                         regs.rip = at
                         try tracee.setRegisters(tid, regs)
-                        if let insn = compares[at], var c = compared(insn, regs) {
+                        if traceComparisons, let insn = compares[at], var c = compared(insn, regs) {
                             c.address = at
                             c.hit = compareHits[at, default: 0]
                             result.comparisons.append(c)
                         }
-                        if let counted = stringCompares[at], let c = comparedStrings(regs, counted: counted) {
+                        if traceComparisons, let counted = stringCompares[at], let c = comparedStrings(regs, counted: counted) {
                             result.stringComparisons.append(c)
+                        }
+                        if let site = checksums[at], let insn = compares[at], try pass(site, hit: compareHits[at, default: 0], insn, tid: tid, &regs, input: &input) {
+                            repaired = true
                         }
                         try tracee.memory.writeCode([original], to: at)
                         stepping[tid] = at
@@ -604,6 +631,7 @@ public final class Executor {
                 throw WBError.failed("the process being fuzzed ended despite wb (thread \(tid)); it cannot go on")
             }
         }
+        if repaired { result.repaired = input }
         if mode == .once { return result }
         try stopAll(running)
         socketInput?.end()
@@ -757,24 +785,105 @@ public final class Executor {
 
     /// The values a compare instruction is about to compare.
     private func compared(_ insn: Disassembler.Instruction, _ r: Registers) -> Comparison? {
-        let general: [UInt64] = [r.r15, r.r14, r.r13, r.r12, r.rbp, r.rbx, r.r11, r.r10, r.r9, r.r8, r.rax, r.rcx, r.rdx,
-                                 r.rsi, r.rdi, r.origRax, r.rip, r.cs, r.eflags, r.rsp]
+        guard let (a, b) = operands(insn, r), a != b else { return nil }
+        return Comparison(left: a, right: b, width: insn.width)
+    }
+
+    /// Both operands of a compare instruction, at its width.
+    private func operands(_ insn: Disassembler.Instruction, _ r: Registers) -> (UInt64, UInt64)? {
         let mask: UInt64 = insn.width >= 8 ? ~0 : (1 << UInt64(insn.width * 8)) - 1
         func value(_ o: Disassembler.Operand) -> UInt64? {
             switch o {
-            case let .register(i, _, shift): return i >= 0 && i < general.count ? (general[i] >> UInt64(shift)) & mask : nil
+            case let .register(i, _, shift): return Executor.general(r, i).map { ($0 >> UInt64(shift)) & mask }
             case let .immediate(v): return UInt64(bitPattern: v) & mask
-            case let .memory(base, index, scale, disp):
-                var a = UInt64(bitPattern: disp)
-                if base == -2 { a = a &+ insn.next } else if base >= 0 && base < general.count { a = a &+ general[base] }
-                if index >= 0 && index < general.count { a = a &+ general[index] &* UInt64(scale) }
-                guard let w = try? tracee.memory.readWord(a) else { return nil }
+            case .memory:
+                guard let a = Executor.address(of: o, insn, r), let w = try? tracee.memory.readWord(a) else { return nil }
                 return w & mask
             case .none: return nil
             }
         }
-        guard insn.operands.count == 2, let a = value(insn.operands[0]), let b = value(insn.operands[1]), a != b else { return nil }
-        return Comparison(left: a, right: b, width: insn.width)
+        guard insn.operands.count == 2, let a = value(insn.operands[0]), let b = value(insn.operands[1]) else { return nil }
+        return (a, b)
+    }
+
+    /// Sets operand `index` of a compare instruction about to run to `value` (at its width).
+    private func setOperand(_ insn: Disassembler.Instruction, _ index: Int, _ value: UInt64, tid: Int32, _ r: inout Registers) throws -> Bool {
+        let mask: UInt64 = insn.width >= 8 ? ~0 : (1 << UInt64(insn.width * 8)) - 1
+        switch insn.operands[index] {
+        case let .register(i, _, shift):
+            guard let old = Executor.general(r, i) else { return false }
+            let s = UInt64(shift)
+            Executor.setGeneral(&r, i, (old & ~(mask << s)) | ((value & mask) << s))
+            try tracee.setRegisters(tid, r)
+            return true
+        case .memory:
+            guard let a = Executor.address(of: insn.operands[index], insn, r) else { return false }
+            try tracee.write(withUnsafeBytes(of: value.littleEndian) { Array($0.prefix(insn.width)) }, to: a)
+            return true
+        case .immediate, .none:
+            return false
+        }
+    }
+
+    /// Register `i` of struct user_regs_struct.
+    static func general(_ r: Registers, _ i: Int) -> UInt64? {
+        let all: [UInt64] = [r.r15, r.r14, r.r13, r.r12, r.rbp, r.rbx, r.r11, r.r10, r.r9, r.r8, r.rax, r.rcx, r.rdx,
+                             r.rsi, r.rdi, r.origRax, r.rip, r.cs, r.eflags, r.rsp]
+        return i >= 0 && i < all.count ? all[i] : nil
+    }
+
+    static func setGeneral(_ r: inout Registers, _ i: Int, _ v: UInt64) {
+        switch i {
+        case 0: r.r15 = v; case 1: r.r14 = v; case 2: r.r13 = v; case 3: r.r12 = v; case 4: r.rbp = v; case 5: r.rbx = v
+        case 6: r.r11 = v; case 7: r.r10 = v; case 8: r.r9 = v; case 9: r.r8 = v; case 10: r.rax = v; case 11: r.rcx = v
+        case 12: r.rdx = v; case 13: r.rsi = v; case 14: r.rdi = v
+        default: break
+        }
+    }
+
+    /// The address a memory operand refers to.
+    static func address(of o: Disassembler.Operand, _ insn: Disassembler.Instruction, _ r: Registers) -> UInt64? {
+        guard case let .memory(base, index, scale, disp) = o else { return nil }
+        var a = UInt64(bitPattern: disp)
+        if base == -2 { a = a &+ insn.next } else if base >= 0 { guard let b = general(r, base) else { return nil }; a = a &+ b }
+        if index >= 0 { guard let x = general(r, index) else { return nil }; a = a &+ x &* UInt64(scale) }
+        return a
+    }
+
+    /// Whether the instruction starting with `bytes` tests the flags for equality: je, jne
+    /// (short or near), sete, setne, cmove, cmovne (with a REX prefix or not).
+    static func testsEquality(_ bytes: [UInt8]) -> Bool {
+        var b = bytes[...]
+        if let f = b.first, f & 0xF0 == 0x40 { b = b.dropFirst() }
+        guard let first = b.first else { return false }
+        if first == 0x74 || first == 0x75 { return true }
+        guard first == 0x0F, b.count >= 2 else { return false }
+        return [0x84, 0x85, 0x94, 0x95, 0x44, 0x45].contains(b[b.startIndex + 1])
+    }
+
+    /// Makes every later run pass these checksum compares (and repair its input), as
+    /// `ChecksumSite` describes. Their breakpoints stay in.
+    public func passChecksums(_ sites: [ChecksumSite]) throws {
+        for site in sites where checksums[site.address] == nil && compares[site.address] != nil {
+            checksums[site.address] = site
+            if compareBytes[site.address] == nil {
+                let original = try tracee.read(site.address, count: 1)[0]
+                compareBytes[site.address] = original == 0xCC ? (blocks[site.address] ?? original) : original
+                try tracee.memory.writeCode([0xCC], to: site.address)
+            }
+        }
+    }
+
+    /// At a checksum compare whose operands differ: the operand that follows the input's
+    /// field gets the other's value, and `input` is repaired to match. False when the field
+    /// cannot be placed (the run goes on as it is).
+    private func pass(_ site: ChecksumSite, hit: Int, _ insn: Disassembler.Instruction, tid: Int32, _ r: inout Registers, input: inout [UInt8]) throws -> Bool {
+        guard let (a, b) = operands(insn, r), a != b else { return false }
+        let (now, wanted) = site.stored == 0 ? (a, b) : (b, a)
+        guard let fixed = site.repair(input, hit: hit, now: now, wanted: wanted, compareWidth: insn.width) else { return false }
+        guard try setOperand(insn, site.stored, wanted, tid: tid, &r) else { return false }
+        input = fixed
+        return true
     }
 
     /// The parts of an executable mapping that hold code: its file's executable sections
@@ -795,7 +904,8 @@ public final class Executor {
     /// Puts breakpoints on every compare instruction (on) or takes them away again, a page
     /// at a time: one read and one write per page of code, not per instruction.
     private func setCompareBreakpoints(_ on: Bool) throws {
-        let addresses = on ? (Array(compares.keys) + Array(stringCompares.keys)).filter { compareBytes[$0] == nil } : Array(compareBytes.keys)
+        let addresses = on ? (Array(compares.keys) + Array(stringCompares.keys)).filter { compareBytes[$0] == nil }
+            : Array(compareBytes.keys).filter { checksums[$0] == nil }
         for (page, here) in Dictionary(grouping: addresses, by: { $0 & ~4095 }) {
             guard var bytes = try? tracee.read(page, count: 4096) else { continue }
             for a in here {
@@ -809,7 +919,7 @@ public final class Executor {
             }
             try tracee.memory.writeCode(bytes, to: page)
         }
-        if !on { compareBytes = [:] }
+        if !on { compareBytes = compareBytes.filter { checksums[$0.key] != nil } }
     }
 
     private func stopAll(_ running: Set<Int32>) throws {

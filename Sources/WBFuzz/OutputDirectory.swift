@@ -111,6 +111,11 @@ public struct WorkerStats: Codable, Sendable {
     public var confirmations = 0
     /// Runs that ended because the process forked or exec'd.
     public var forked = 0
+    /// Checksum compares passed in every run, inputs found past them whose repair held, and
+    /// ones whose repair did not (the program read the stored value elsewhere).
+    public var checksums = 0
+    public var repaired = 0
+    public var unrepaired = 0
     public var cycles = 0
     public var lastNew: Double?
     public var lastCrash: Double?
@@ -151,6 +156,11 @@ public struct CampaignStatus: Codable, Sendable {
     public var droppedHangs: Int
     /// The buckets of the dropped crashes, with how many runs fell in each.
     public var droppedBuckets: [String: Int]
+    /// Checksum compares passed in every run (the most any worker found), and the inputs
+    /// found past them whose repair held, or did not.
+    public var checksums: Int
+    public var repaired: Int
+    public var unrepaired: Int
     public var cycles: Int
     public var lastNew: Double?
     public var lastCrash: Double?
@@ -186,6 +196,9 @@ public struct CampaignStatus: Codable, Sendable {
         var droppedBuckets: [String: Int] = [:]
         for s in stats { for (b, n) in s.droppedBuckets { droppedBuckets[b, default: 0] += n } }
         self.droppedBuckets = droppedBuckets
+        checksums = stats.map(\.checksums).max() ?? 0
+        repaired = stats.reduce(0) { $0 + $1.repaired }
+        unrepaired = stats.reduce(0) { $0 + $1.unrepaired }
         cycles = main?.cycles ?? 0
         lastNew = stats.compactMap(\.lastNew).max()
         lastCrash = stats.compactMap(\.lastCrash).max()

@@ -293,6 +293,7 @@ final class StatusScreen {
             "  corpus     \(s.corpus) entries (\(s.seeds) seeds, \(s.found) found), last new \(StatusScreen.ago(s.seconds, s.lastNew))",
             "  crashes    \(s.uniqueCrashes) unique (\(s.crashes) in all), last \(StatusScreen.ago(s.seconds, s.lastCrash))",
             "  hangs      \(s.hangs)",
+            "  checksums  \(s.checksums) passed in every run, \(s.repaired) inputs repaired past them\(s.unrepaired > 0 ? ", \(s.unrepaired) could not be" : "")",
             "  dropped    \(s.dropped) crashes, \(s.droppedHangs) hangs that did not happen again in a fresh restore",
             "  stage      \(s.stage)",
         ]

@@ -261,6 +261,53 @@ import WBCore
         #expect(input.count >= 11 && Int(input[6]) + Int(input[7]) == 0x100 && (Int(input[9]) << 8 | Int(input[10])) == 0x1234 + 7)
     }
 
+    /// harness-checksums crashes behind a CRC-32 (stored big-endian, which the compiler folds
+    /// into a compare of crc ^ stored against ~0) over an Adler-32 (stored little-endian) over
+    /// a chunk holding a tag and a sum: every mutation of the chunk breaks both. wb finds the
+    /// two checksum compares, passes them in its runs and repairs what it keeps, in the order
+    /// the program checks them: the saved input crashes the program as it is, outside wb.
+    @Test func checksumsOverTheInputArePassedAndTheFindingsRepaired() throws {
+        let dir = scratchDirectory()
+        let image = try FuzzTests.checkpointHarness("checksums", dir)
+        let corpus = "\(dir)/seeds"
+        try Paths.makeDirectories(corpus)
+        try writeFile(FuzzTests.checksummed(Array("........".utf8)), "\(corpus)/seed")
+        let run = try wb(["fuzz", image, "--corpus", corpus, "--out", "\(dir)/out", "--duration", "120", "--until-crashes", "1",
+                          "--seed", "3", "--json"], timeout: 300)
+        try #require(run.code == 0, "\(run.stderr)")
+        let summary = try FuzzTests.summary(run)
+        let buckets = FuzzTests.buckets(summary)
+        #expect(buckets.map(\.function) == ["crash_behind_checksums"], "\(buckets)")
+        let status = try #require(summary["status"] as? [String: Any])
+        #expect(status["checksums"] as? Int == 2, "\(status)")
+        #expect((status["repaired"] as? Int ?? 0) >= 1 && status["dropped"] as? Int == 0, "\(status)")
+        // The finding, and its minimized form, are valid inputs: both checksums hold.
+        for name in ["input", "input.min"] {
+            let path = "\(buckets.first?.directory ?? dir)/\(name)"
+            let input = try Paths.readBytes(path)
+            #expect(input.count >= 14 && FuzzTests.checksummed(Array(input[10..<(input.count - 4)])) == input, "\(name): \(input)")
+            let fd = open(path, O_RDONLY)
+            try #require(fd >= 0)
+            let native = try Child(Products.harness("checksums"), [], stdin: fd)
+            close(fd)
+            #expect(native.exitCode == 128 + SIGSEGV, "\(name) run outside wb")
+        }
+    }
+
+    /// harness-checksums' format around `chunk`: "CKSM", the CRC-32 (big-endian) of the
+    /// rest, the chunk's length, the chunk, its Adler-32 (little-endian).
+    static func checksummed(_ chunk: [UInt8]) -> [UInt8] {
+        var a: UInt32 = 1, b: UInt32 = 0
+        for byte in chunk { a = (a + UInt32(byte)) % 65521; b = (b + a) % 65521 }
+        let body = withUnsafeBytes(of: UInt16(chunk.count).littleEndian, Array.init) + chunk + withUnsafeBytes(of: (b << 16 | a).littleEndian, Array.init)
+        var crc: UInt32 = 0xFFFF_FFFF
+        for byte in body {
+            crc ^= UInt32(byte)
+            for _ in 0..<8 { crc = (crc >> 1) ^ (0xEDB8_8320 & (0 &- (crc & 1))) }
+        }
+        return Array("CKSM".utf8) + withUnsafeBytes(of: (~crc).bigEndian, Array.init) + body
+    }
+
     /// harness-pool: three worker threads in the snapshot, and a helper thread each run
     /// makes and joins. Runs reset every thread and end the ones they made (each run checks
     /// it starts with the snapshot's threads); the planted bug in a worker, behind a
