@@ -248,12 +248,12 @@ public final class Worker {
         // bytes perturbed again, now that changing them gets past it (to the next checksum,
         // or to the code it guards).
         let checksums = ChecksumFinder.find(input: data, base: comparisons, probes: probes, equality: executor.equalityCompares,
-                                            known: Set(executor.checksums.keys))
+                                            known: executor.checksums)
         if !checksums.isEmpty {
             try executor.passChecksums(checksums)
             stats.checksums = executor.checksums.count
             if ProcessInfo.processInfo.environment["WB_FUZZ_TRACE"] != nil {
-                FileHandle.standardError.write(Data("wb-trace: \(queue[index].name): checksums \(checksums.map { "\(hex($0.address))#\($0.hit) operand \($0.stored) follows [\($0.position)] (\($0.width) bytes\($0.bigEndian ? ", big-endian" : ""), \($0.model.rawValue)\($0.direct ? ", direct" : ""))" })\n".utf8))
+                FileHandle.standardError.write(Data("wb-trace: \(queue[index].name): checksums \(checksums.map { "\(hex($0.address)) operand \($0.stored) follows \($0.positions.sorted { $0.key < $1.key }.map { "#\($0.key) [\($0.value)]" }.joined(separator: " ")) (\($0.width) bytes\($0.bigEndian ? ", big-endian" : ""), \($0.model.rawValue)\($0.direct ? ", direct" : ""))" })\n".utf8))
             }
             if rounds < 4 && !stopping { return try dependencyStage(index, comparisons: comparisons, rounds: rounds + 1) }
         }

@@ -13,13 +13,13 @@ import Foundation
 /// addition, lane by lane, which the perturbations show.
 public struct ChecksumSite: Sendable, Equatable {
     public enum Model: String, Sendable { case xor, add }
-    /// The compare instruction, and the execution of it (from 0) the field was found for.
+    /// The compare instruction.
     public var address: UInt64
-    public var hit: Int
     /// Which operand (0 or 1) follows the field.
     public var stored: Int
-    /// The field: where it was, its width in bytes and its byte order.
-    public var position: Int
+    /// The field: where it was for each execution of the compare it was found for (from 0:
+    /// a checksum per chunk has one per chunk), its width in bytes and its byte order.
+    public var positions: [Int: Int]
     public var width: Int
     public var bigEndian: Bool
     /// How the operand moves with the field.
@@ -40,6 +40,9 @@ public struct ChecksumSite: Sendable, Equatable {
         return bytes.enumerated().reduce(UInt64(0)) { $0 | UInt64($1.element) << UInt64(8 * $1.offset) }
     }
 
+    /// Where the field of the first execution was.
+    public var position: Int { positions.min { $0.key < $1.key }?.value ?? 0 }
+
     /// The only place (or else the first) where `value` lies in `input`, as this field.
     func find(_ value: UInt64, in input: [UInt8]) -> Int? {
         guard input.count >= width, width == 8 || value >> UInt64(8 * width) == 0 else { return nil }
@@ -56,7 +59,7 @@ public struct ChecksumSite: Sendable, Equatable {
     /// is `wanted` instead of `now`; nil when the field cannot be placed or cannot hold it.
     func repair(_ input: [UInt8], hit: Int, now: UInt64, wanted: UInt64, compareWidth: Int) -> [UInt8]? {
         var at: Int?
-        if hit == self.hit, let field = decode(input, at: position), !direct || field == now { at = position }
+        if let p = positions[hit], let field = decode(input, at: p), !direct || field == now { at = p }
         if at == nil && direct { at = find(now, in: input) }
         guard let p = at, let field = decode(input, at: p) else { return nil }
         let mask: UInt64 = compareWidth >= 8 ? ~0 : (1 << UInt64(8 * compareWidth)) - 1
@@ -85,17 +88,19 @@ enum ChecksumFinder {
     /// addition: every probe inside the field agrees) while the other stayed, and the compare
     /// moved with perturbations of at least three bytes outside the field (a value computed
     /// over the input, not a copy of one byte).
-    static func find(input: [UInt8], base: [Comparison], probes: [Probe], equality: Set<UInt64>, known: Set<UInt64>) -> [ChecksumSite] {
+    /// `known` are the sites found before: a new execution of one (the next chunk's) adds
+    /// its field to it.
+    static func find(input: [UInt8], base: [Comparison], probes: [Probe], equality: Set<UInt64>, known: [UInt64: ChecksumSite]) -> [ChecksumSite] {
         let before = Dictionary(base.map { ($0.site, $0) }, uniquingKeysWith: { a, _ in a })
         // Each site's reports, by probe.
         var seen: [Comparison.Site: [(probe: Int, c: Comparison)]] = [:]
         for (i, p) in probes.enumerated() {
-            for c in p.comparisons where c.width >= 2 && equality.contains(c.address) && !known.contains(c.address) {
+            for c in p.comparisons where c.width >= 2 && equality.contains(c.address) && known[c.address]?.positions[c.hit] == nil {
                 seen[c.site, default: []].append((i, c))
             }
         }
         var out: [UInt64: ChecksumSite] = [:]
-        for (site, reports) in seen.sorted(by: { ($0.key.address, $0.key.hit) < ($1.key.address, $1.key.hit) }) where out[site.address] == nil {
+        for (site, reports) in seen.sorted(by: { ($0.key.address, $0.key.hit) < ($1.key.address, $1.key.hit) }) where (out[site.address] ?? known[site.address])?.positions[site.hit] == nil {
             let width = reports[0].c.width
             if ProcessInfo.processInfo.environment["WB_FUZZ_TRACE"] == "3" {
                 FileHandle.standardError.write(Data("wb-trace: site \(String(site.address, radix: 16))#\(site.hit) base \(before[site].map { "\(String($0.left, radix: 16))/\(String($0.right, radix: 16))" } ?? "equal"): \(reports.map { "\(probes[$0.probe].changed) \(String($0.c.left, radix: 16))/\(String($0.c.right, radix: 16))" })\n".utf8))
@@ -116,7 +121,7 @@ enum ChecksumFinder {
                         for start in max(0, p.changed.upperBound - fieldWidth)...p.changed.lowerBound where start + fieldWidth <= input.count {
                             for bigEndian in [false, true] {
                                 for model in [ChecksumSite.Model.xor, .add] {
-                                    let candidate = ChecksumSite(address: site.address, hit: site.hit, stored: side, position: start, width: fieldWidth,
+                                    let candidate = ChecksumSite(address: site.address, stored: side, positions: [site.hit: start], width: fieldWidth,
                                                                  bigEndian: bigEndian, model: model, direct: false)
                                     guard follows(candidate, was: was, reports: reports, probes: probes, input: input, mask: mask, mine: mine, other: other) else { continue }
                                     // The compare also moves with bytes spread over the input (the other
@@ -129,7 +134,15 @@ enum ChecksumFinder {
                                     guard spread.count >= 3 else { continue }
                                     var found = candidate
                                     found.direct = candidate.decode(input, at: start).map { $0 & mask == was } ?? false
-                                    out[site.address] = found
+                                    if var first = out[site.address] ?? known[site.address] {
+                                        // Another execution of a compare found before (the next chunk's):
+                                        // its field, when it is the same kind of field.
+                                        guard first.stored == side && first.width == fieldWidth && first.bigEndian == bigEndian && first.model == model else { continue }
+                                        first.positions[site.hit] = start
+                                        out[site.address] = first
+                                    } else {
+                                        out[site.address] = found
+                                    }
                                     break search
                                 }
                             }

@@ -862,10 +862,13 @@ public final class Executor {
     }
 
     /// Makes every later run pass these checksum compares (and repair its input), as
-    /// `ChecksumSite` describes. Their breakpoints stay in.
+    /// `ChecksumSite` describes (one already passed gets the fields found since). Their
+    /// breakpoints stay in.
     public func passChecksums(_ sites: [ChecksumSite]) throws {
-        for site in sites where checksums[site.address] == nil && compares[site.address] != nil {
+        for site in sites where compares[site.address] != nil {
+            let known = checksums[site.address] != nil
             checksums[site.address] = site
+            if known { continue }
             if compareBytes[site.address] == nil {
                 let original = try tracee.read(site.address, count: 1)[0]
                 compareBytes[site.address] = original == 0xCC ? (blocks[site.address] ?? original) : original

@@ -294,18 +294,62 @@ import WBCore
         }
     }
 
+    /// harness-checksums chunks: three chunks, each with a CRC-32 of its own that one compare
+    /// instruction checks (as PNG's): each execution of the compare gets its chunk's field,
+    /// and the crash in the third chunk is kept as an input whose every CRC holds.
+    @Test func aChecksumPerChunkIsPassedForEveryChunk() throws {
+        let dir = scratchDirectory()
+        let image = try FuzzTests.checkpointHarness("checksums", dir, ["chunks"])
+        let corpus = "\(dir)/seeds"
+        try Paths.makeDirectories(corpus)
+        let dots = Array("....".utf8)
+        try writeFile(Array("CHKS".utf8) + FuzzTests.crcChunk(dots) + FuzzTests.crcChunk(dots) + FuzzTests.crcChunk(dots), "\(corpus)/seed")
+        let run = try wb(["fuzz", image, "--corpus", corpus, "--out", "\(dir)/out", "--duration", "120", "--until-crashes", "1",
+                          "--seed", "5", "--json"], timeout: 300)
+        try #require(run.code == 0, "\(run.stderr)")
+        let summary = try FuzzTests.summary(run)
+        let buckets = FuzzTests.buckets(summary)
+        #expect(buckets.map(\.function) == ["crash_in_third_chunk"], "\(buckets)")
+        let path = "\(buckets.first?.directory ?? dir)/input"
+        var input = try Paths.readBytes(path)
+        // Every chunk's CRC holds.
+        #expect(input.starts(with: Array("CHKS".utf8)))
+        input.removeFirst(min(4, input.count))
+        while input.count >= 6 {
+            let length = Int(input[0]) | Int(input[1]) << 8
+            guard length + 6 <= input.count else { break }
+            let chunk = Array(input[0..<(length + 6)])
+            #expect(FuzzTests.crcChunk(Array(chunk[2..<(2 + length)])) == chunk, "\(chunk)")
+            input.removeFirst(length + 6)
+        }
+        let fd = open(path, O_RDONLY)
+        try #require(fd >= 0)
+        let native = try Child(Products.harness("checksums"), ["chunks"], stdin: fd)
+        close(fd)
+        #expect(native.exitCode == 128 + SIGSEGV, "the finding run outside wb")
+    }
+
+    /// A chunk of harness-checksums chunks: length, bytes, CRC-32 (big-endian).
+    static func crcChunk(_ bytes: [UInt8]) -> [UInt8] {
+        withUnsafeBytes(of: UInt16(bytes.count).littleEndian, Array.init) + bytes + withUnsafeBytes(of: FuzzTests.crc32(bytes).bigEndian, Array.init)
+    }
+
+    static func crc32(_ bytes: [UInt8]) -> UInt32 {
+        var crc: UInt32 = 0xFFFF_FFFF
+        for byte in bytes {
+            crc ^= UInt32(byte)
+            for _ in 0..<8 { crc = (crc >> 1) ^ (0xEDB8_8320 & (0 &- (crc & 1))) }
+        }
+        return ~crc
+    }
+
     /// harness-checksums' format around `chunk`: "CKSM", the CRC-32 (big-endian) of the
     /// rest, the chunk's length, the chunk, its Adler-32 (little-endian).
     static func checksummed(_ chunk: [UInt8]) -> [UInt8] {
         var a: UInt32 = 1, b: UInt32 = 0
         for byte in chunk { a = (a + UInt32(byte)) % 65521; b = (b + a) % 65521 }
         let body = withUnsafeBytes(of: UInt16(chunk.count).littleEndian, Array.init) + chunk + withUnsafeBytes(of: (b << 16 | a).littleEndian, Array.init)
-        var crc: UInt32 = 0xFFFF_FFFF
-        for byte in body {
-            crc ^= UInt32(byte)
-            for _ in 0..<8 { crc = (crc >> 1) ^ (0xEDB8_8320 & (0 &- (crc & 1))) }
-        }
-        return Array("CKSM".utf8) + withUnsafeBytes(of: (~crc).bigEndian, Array.init) + body
+        return Array("CKSM".utf8) + withUnsafeBytes(of: FuzzTests.crc32(body).bigEndian, Array.init) + body
     }
 
     /// harness-pool: three worker threads in the snapshot, and a helper thread each run

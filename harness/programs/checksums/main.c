@@ -12,6 +12,13 @@
 //   10     L bytes: the chunk
 //   10+L   u32 LE  Adler-32 of the chunk (else: exit 3, adler_mismatch)
 //   chunk  [0] 'Z', [1] + [2] == 0x1C3: the crash (crash_behind_checksums)
+//
+//   harness-checksums chunks   the same with chunks, each with its own CRC-32, as PNG:
+//
+//   0      "CHKS"                      magic (else: exit 1)
+//   4...   chunks to the end: u16 LE L, L bytes, u32 BE CRC-32 of those L bytes
+//          (else: exit 2); the third chunk's [0] 'Q' and [1] + [2] == 0x150: the crash
+//          (crash_in_third_chunk)
 #define _GNU_SOURCE
 #include <stdint.h>
 #include <stdio.h>
@@ -66,12 +73,40 @@ __attribute__((noinline)) static int check(const uint8_t *d, size_t n) {
     return chunk(d + 10, len);
 }
 
-int main(void) {
+__attribute__((noinline)) static void crash_in_third_chunk(void) {
+    volatile int *nowhere = NULL;
+    *nowhere = stage;
+}
+
+__attribute__((noinline)) static int chunk_valid(const uint8_t *c, size_t len) {
+    uint32_t stored = (uint32_t)c[len] << 24 | (uint32_t)c[len + 1] << 16 | (uint32_t)c[len + 2] << 8 | c[len + 3];
+    return crc32_of(c, len) == stored;
+}
+
+__attribute__((noinline)) static int chunks(const uint8_t *d, size_t n) {
+    if (n < 4 || memcmp(d, "CHKS", 4) != 0) return 1;
+    size_t at = 4;
+    for (int index = 0; at + 6 <= n; index++) {
+        size_t len = (size_t)d[at] | (size_t)d[at + 1] << 8;
+        if (len > n - at - 6 || !chunk_valid(d + at + 2, len)) return 2;
+        const uint8_t *c = d + at + 2;
+        stage = 10 + index;
+        if (index == 2 && len >= 3 && c[0] == 'Q') {
+            stage = 20;
+            if (c[1] + c[2] == 0x150) crash_in_third_chunk();
+        }
+        at += len + 6;
+    }
+    return 0;
+}
+
+int main(int argc, char **argv) {
+    int chunked = argc > 1 && strcmp(argv[1], "chunks") == 0;
     printf("READY pid=%d\n", getpid());
     fflush(stdout);
     uint8_t d[512];
     size_t n = 0;
     ssize_t r;
     while (n < sizeof d && (r = read(0, d + n, sizeof d - n)) > 0) n += (size_t)r;
-    return check(d, n);
+    return chunked ? chunks(d, n) : check(d, n);
 }
