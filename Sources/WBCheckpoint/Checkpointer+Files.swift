@@ -420,23 +420,10 @@ extension Checkpointer {
         return FanotifyState(flags: settings.flags, eventFlags: settings.eventFlags, marks: marks)
     }
 
-    /// Runs `count` calls in the stopped process in one batch, with `outputBytes` of memory for
-    /// them to write into (`calls` gets its address); returns each call's result and those
-    /// bytes. The batch code, the call table and the outputs share one scratch mapping.
+    /// Runs `count` calls in the stopped process in one batch (`Tracee.batch(in:)`).
     func batchInProcess(_ tracee: Tracee, count: Int, outputBytes: Int,
                         _ calls: (_ outputs: UInt64) -> [(SyscallNumber, [UInt64])]) throws -> (results: [Int64], outputs: [UInt8]) {
-        try tracee.withSyscalls(in: pid) { leader in
-            let tableBytes = UInt64(count) * 64
-            let size = (4096 + tableBytes + UInt64(outputBytes) + 4095) & ~4095
-            let scratch = try leader.mapScratch(bytes: size, executable: true)
-            defer { _ = try? leader.raw(.munmap, scratch, size) }
-            try tracee.write(RemoteSyscalls.batchCode, to: scratch)
-            let table = scratch + 4096, outputs = table + tableBytes
-            let made = calls(outputs)
-            precondition(made.count == count, "batchInProcess: \(made.count) calls made, \(count) sized for")
-            let results = try leader.batch(made, code: scratch, table: table)
-            return (results, outputBytes > 0 ? try tracee.read(outputs, count: outputBytes) : [])
-        }
+        try tracee.batch(in: pid, count: count, outputBytes: outputBytes, calls)
     }
 
     /// F_GETFD of each of `fds`, run in the stopped process in one batch (by fd; a negative

@@ -157,6 +157,10 @@ public final class Restorer {
     public let options: RestoreOptions
     public var progress: (String) -> Void = { _ in }
     var notes: [String] = []
+    /// F_GETFL and F_GETFD of each process's sockets, read back once its fds were built (by
+    /// pid; processes are built in parallel).
+    private var socketFlags: [Int32: [Int32: (flags: Int64, fd: Int64)]] = [:]
+    private let socketFlagsLock = NSLock()
     /// Checks the page data as memory is copied (copying restores); nil when pages are not
     /// checked or are mapped.
     var pageVerifier: PageVerifier?
@@ -327,7 +331,7 @@ public final class Restorer {
                                       access: access).build()
                 }
                 step("checking what was restored")
-                for (p, t, _, _, _) in built { try audit(p, t.pid) }
+                for (p, t, _, _, _) in built { try audit(p, t) }
                 for (p, t, _, _, _) in built { noteSurroundings(p, t.pid) }
                 stamp("finishing connections")
                 try finishConnections()
@@ -383,13 +387,15 @@ public final class Restorer {
         var fds = FDBuilder(restorer: self, process: p, tracee: tracee, leader: space.leader, scratch: space.scratch, files: files,
                             sharedObjects: space.sharedObjects, shared: shared, access: space.access)
         try fds.build()
+        readBackSocketFlags(p, tracee.pid, space.leader)
         return (p, tracee, space.leader, space.scratch, space.access)
     }
 
     /// Compares what was built with the image (RestoreAudit): a difference no note told of
     /// ends the restore, or, with `force`, becomes a note.
-    private func audit(_ p: ProcessState, _ pid: Int32) throws {
-        var audit = RestoreAudit(process: p, pid: pid, noted: notes, copies: privateCopies)
+    private func audit(_ p: ProcessState, _ tracee: Tracee) throws {
+        var audit = RestoreAudit(process: p, pid: tracee.pid, noted: notes, copies: privateCopies)
+        audit.socketFlags = socketFlagsLock.withLock { socketFlags[tracee.pid] ?? [:] }
         if options.silenceOutput { audit.silenced = [1, 2] }
         let found = try audit.differences()
         guard !found.isEmpty else { return }
@@ -399,6 +405,20 @@ public final class Restorer {
         } else {
             throw WBError.failed(text + ". Nothing was left running; --force restores it anyway, with this as a note")
         }
+    }
+
+    /// F_GETFL and F_GETFD of a process's sockets, run in it in one batch once its fds are
+    /// built, for the audit: a socket's fdinfo holds nothing more, and a server's thousand
+    /// /proc files cost far more. Few sockets, or a process whose seccomp filter refuses the
+    /// calls, get their fdinfo read instead.
+    private func readBackSocketFlags(_ p: ProcessState, _ pid: Int32, _ leader: RemoteSyscalls) {
+        let sockets = p.fds.filter { $0.kind == .socket }.map(\.fd)
+        guard sockets.count >= 32, let (results, _) = try? leader.batch(count: 2 * sockets.count, outputBytes: 0, { _ in
+            sockets.flatMap { [(.fcntl, [UInt64($0), UInt64(F_GETFL)]), (.fcntl, [UInt64($0), UInt64(F_GETFD)])] }
+        }) else { return }
+        var read: [Int32: (flags: Int64, fd: Int64)] = [:]
+        for (i, fd) in sockets.enumerated() { read[fd] = (results[2 * i], results[2 * i + 1]) }
+        socketFlagsLock.withLock { socketFlags[pid] = read }
     }
 
     /// The kinds of System V object the image's processes use, as the restore note names them.

@@ -112,6 +112,23 @@ public struct RemoteSyscalls {
         return UInt64(bitPattern: r)
     }
 
+    /// Runs `count` calls in one batch, with `outputBytes` of memory for them to write into
+    /// (`calls` gets its address); returns each call's result and those bytes. The batch
+    /// code, the call table and the outputs share one scratch mapping, unmapped again.
+    public func batch(count: Int, outputBytes: Int,
+                      _ calls: (_ outputs: UInt64) -> [(SyscallNumber, [UInt64])]) throws -> (results: [Int64], outputs: [UInt8]) {
+        let tableBytes = UInt64(count) * 64
+        let size = (4096 + tableBytes + UInt64(outputBytes) + 4095) & ~4095
+        let scratch = try mapScratch(bytes: size, executable: true)
+        defer { _ = try? raw(.munmap, scratch, size) }
+        try tracee.write(RemoteSyscalls.batchCode, to: scratch)
+        let table = scratch + 4096, outputs = table + tableBytes
+        let made = calls(outputs)
+        precondition(made.count == count, "batch: \(made.count) calls made, \(count) sized for")
+        let results = try batch(made, code: scratch, table: table)
+        return (results, outputBytes > 0 ? try tracee.read(outputs, count: outputBytes) : [])
+    }
+
     /// Runs many system calls in one round trip: `code` is where `RemoteSyscalls.batchCode`
     /// sits in the tracee (executable memory) and `table` where the calls can be laid out,
     /// 64 bytes each: the number, six arguments, then the result. Returns the raw results.
@@ -199,6 +216,15 @@ extension Tracee {
     /// Runs `body` with remote syscalls in thread `tid`. The thread's registers and signal mask
     /// are saved first and put back on every exit path; while the body runs all signals are
     /// blocked in the thread so none is delivered into an injected call.
+    /// Runs `count` calls in stopped thread `tid` in one batch, with `outputBytes` of memory
+    /// for them to write into (`calls` gets its address); returns each call's result and
+    /// those bytes. The batch code, the call table and the outputs share one scratch mapping,
+    /// unmapped again.
+    public func batch(in tid: Int32, count: Int, outputBytes: Int,
+                      _ calls: (_ outputs: UInt64) -> [(SyscallNumber, [UInt64])]) throws -> (results: [Int64], outputs: [UInt8]) {
+        try withSyscalls(in: tid) { try $0.batch(count: count, outputBytes: outputBytes, calls) }
+    }
+
     public func withSyscalls<T>(in tid: Int32, _ body: (RemoteSyscalls) throws -> T) throws -> T {
         let regs = try registers(tid)
         let mask = try signalMask(tid)
