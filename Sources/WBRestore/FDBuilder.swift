@@ -145,14 +145,22 @@ struct FDBuilder {
         let policies = try ip.map { try restorer.tcpPolicy(for: $0.net!, name: SocketBuilder.name($0.net!)) }
         let copies = try ip.map { try take(premade[$0.fd]!) }
         let builder = restorer.sockets
-        let results = try Parallel.map(ip.count) { i -> Result<(notes: [String], pending: SocketBuilder.Pending?), Error> in
-            Result {
-                try withContext("restoring fd \(ip[i].fd) (\(SocketBuilder.name(ip[i].net!)))") {
-                    try builder.build(copies[i], ip[i].net!, tcp: policies[i])
+        // Listeners (and every other socket) before the connections: a connection rebuilt in
+        // repair mode binds its port over anything, and a listener on that port that listens
+        // after it is refused (EADDRINUSE).
+        let connection = ip.map { $0.net!.tcp != nil }
+        for phase in [false, true] {
+            let indices = ip.indices.filter { connection[$0] == phase }
+            let results = try Parallel.map(indices.count) { k -> Result<(notes: [String], pending: SocketBuilder.Pending?), Error> in
+                let i = indices[k]
+                return Result {
+                    try withContext("restoring fd \(ip[i].fd) (\(SocketBuilder.name(ip[i].net!)))") {
+                        try builder.build(copies[i], ip[i].net!, tcp: policies[i])
+                    }
                 }
             }
+            for (k, r) in results.enumerated() { prebuilt[ip[indices[k]].fd] = r }
         }
-        for (s, r) in zip(ip, results) { prebuilt[s.fd] = r }
     }
 
     /// Takes the locks the process's fds held again, without waiting: a lock someone here
