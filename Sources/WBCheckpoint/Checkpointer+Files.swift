@@ -420,17 +420,11 @@ extension Checkpointer {
         return FanotifyState(flags: settings.flags, eventFlags: settings.eventFlags, marks: marks)
     }
 
-    /// Runs `count` calls in the stopped process in one batch (`Tracee.batch(in:)`).
-    func batchInProcess(_ tracee: Tracee, count: Int, outputBytes: Int,
-                        _ calls: (_ outputs: UInt64) -> [(SyscallNumber, [UInt64])]) throws -> (results: [Int64], outputs: [UInt8]) {
-        try tracee.batch(in: pid, count: count, outputBytes: outputBytes, calls)
-    }
-
     /// F_GETFD of each of `fds`, run in the stopped process in one batch (by fd; a negative
     /// value is the call's error).
     func fdFlags(_ tracee: Tracee, _ fds: [Int32]) throws -> [Int32: Int64] {
         guard !fds.isEmpty else { return [:] }
-        let (results, _) = try batchInProcess(tracee, count: fds.count, outputBytes: 0) { _ in fds.map { (.fcntl, [UInt64($0), UInt64(F_GETFD)]) } }
+        let (results, _) = try tracee.batch(in: pid, count: fds.count, outputBytes: 0) { _ in fds.map { (.fcntl, [UInt64($0), UInt64(F_GETFD)]) } }
         return Dictionary(zip(fds, results), uniquingKeysWith: { a, _ in a })
     }
 
@@ -438,7 +432,7 @@ extension Checkpointer {
     /// the stopped process in one batch; only fds with an owner or a signal of their own.
     func signalOwners(_ tracee: Tracee, _ fds: [Int32]) throws -> [Int32: SignalOwner] {
         guard !fds.isEmpty else { return [:] }
-        let (results, words) = try batchInProcess(tracee, count: 2 * fds.count, outputBytes: fds.count * 8) { owners in
+        let (results, words) = try tracee.batch(in: pid, count: 2 * fds.count, outputBytes: fds.count * 8) { owners in
             fds.enumerated().flatMap { i, fd -> [(SyscallNumber, [UInt64])] in
                 [(.fcntl, [UInt64(fd), 16 /* F_GETOWN_EX */, owners + UInt64(i) * 8]), (.fcntl, [UInt64(fd), 11 /* F_GETSIG */])]
             }

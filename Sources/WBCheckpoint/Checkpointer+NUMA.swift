@@ -11,7 +11,7 @@ extension Checkpointer {
         let skipped: Set<Mapping.Kind> = [.vdso, .vvar, .vvarVclock, .vsyscall]
         let indices = p.mappings.indices.filter { !skipped.contains(p.mappings[$0].kind) }
         let each = 8 + words * 8
-        let (results, outputs) = try batchInProcess(tracee, count: indices.count, outputBytes: indices.count * each) { outputs in
+        let (results, outputs) = try tracee.batch(in: pid, count: indices.count, outputBytes: indices.count * each) { outputs in
             indices.enumerated().map { k, i -> (SyscallNumber, [UInt64]) in
                 let at = outputs + UInt64(k * each)
                 return (.getMempolicy, [at, at + 8, UInt64(words * 64), p.mappings[i].start, 2 /* MPOL_F_ADDR */])

@@ -149,7 +149,7 @@ public final class Worker {
             stats.executions += 1
             // A run that finishes is timed twice more, its fastest counting (as AFL++
             // calibrates): one slow run on a busy machine does not set a long timeout.
-            if r.outcome == .waiting || { if case .exited = r.outcome { return true }; return false }() {
+            if !r.outcome.isFinding && r.outcome != .forked {
                 for _ in 0..<2 {
                     let t1 = Clock.monotonic
                     _ = try executor.run(data)
@@ -299,9 +299,7 @@ public final class Worker {
     }
 
     private func handle(_ r: RunResult, data: [UInt8], source: Int?, op: String, enqueue: Bool) throws {
-        var finding = r.outcome == .hang
-        if case .crashed = r.outcome { finding = true }
-        if let fixed = r.repaired, finding || !r.newBlocks.isEmpty {
+        if let fixed = r.repaired, r.outcome.isFinding || !r.newBlocks.isEmpty {
             // A run made to pass a checksum: what it found is kept once the repaired input
             // gets there as it is (a checksum over another's field may take a round more).
             var input = fixed

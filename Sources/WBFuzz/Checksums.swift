@@ -62,7 +62,7 @@ public struct ChecksumSite: Sendable, Equatable {
         if let p = positions[hit], let field = decode(input, at: p), !direct || field == now { at = p }
         if at == nil && direct { at = find(now, in: input) }
         guard let p = at, let field = decode(input, at: p) else { return nil }
-        let mask: UInt64 = compareWidth >= 8 ? ~0 : (1 << UInt64(8 * compareWidth)) - 1
+        let mask = Executor.mask(bytes: compareWidth)
         var value = model == .xor ? field ^ ((now ^ wanted) & mask) : (field &+ (wanted &- now)) & mask
         if compareWidth < width { value = (field & ~mask) | (value & mask) }
         guard width == 8 || value >> UInt64(8 * width) == 0 else { return nil }
@@ -105,7 +105,7 @@ enum ChecksumFinder {
             if ProcessInfo.processInfo.environment["WB_FUZZ_TRACE"] == "3" {
                 FileHandle.standardError.write(Data("wb-trace: site \(String(site.address, radix: 16))#\(site.hit) base \(before[site].map { "\(String($0.left, radix: 16))/\(String($0.right, radix: 16))" } ?? "equal"): \(reports.map { "\(probes[$0.probe].changed) \(String($0.c.left, radix: 16))/\(String($0.c.right, radix: 16))" })\n".utf8))
             }
-            let mask: UInt64 = width >= 8 ? ~0 : (1 << UInt64(8 * width)) - 1
+            let mask = Executor.mask(bytes: width)
             search: for side in [0, 1] {
                 func mine(_ c: Comparison) -> UInt64 { side == 0 ? c.left : c.right }
                 func other(_ c: Comparison) -> UInt64 { side == 0 ? c.right : c.left }
@@ -123,7 +123,7 @@ enum ChecksumFinder {
                                 for model in [ChecksumSite.Model.xor, .add] {
                                     let candidate = ChecksumSite(address: site.address, stored: side, positions: [site.hit: start], width: fieldWidth,
                                                                  bigEndian: bigEndian, model: model, direct: false)
-                                    guard follows(candidate, was: was, reports: reports, probes: probes, input: input, mask: mask, mine: mine, other: other) else { continue }
+                                    guard follows(candidate, was: was, reports: reports, probes: probes, input: input, mask: mask, mine: mine) else { continue }
                                     // The compare also moves with bytes spread over the input (the other
                                     // operand, or this one where the compiler folded the two together).
                                     let field = start..<(start + fieldWidth)
@@ -132,8 +132,6 @@ enum ChecksumFinder {
                                         spread.formUnion(probes[q.probe].changed)
                                     }
                                     guard spread.count >= 3 else { continue }
-                                    var found = candidate
-                                    found.direct = candidate.decode(input, at: start).map { $0 & mask == was } ?? false
                                     if var first = out[site.address] ?? known[site.address] {
                                         // Another execution of a compare found before (the next chunk's):
                                         // its field, when it is the same kind of field.
@@ -141,6 +139,8 @@ enum ChecksumFinder {
                                         first.positions[site.hit] = start
                                         out[site.address] = first
                                     } else {
+                                        var found = candidate
+                                        found.direct = candidate.decode(input, at: start).map { $0 & mask == was } ?? false
                                         out[site.address] = found
                                     }
                                     break search
@@ -157,7 +157,7 @@ enum ChecksumFinder {
     /// Whether every probe that changed bytes of the candidate's field alone moved the
     /// operand as the model says, and at least one did.
     private static func follows(_ s: ChecksumSite, was: UInt64, reports: [(probe: Int, c: Comparison)], probes: [Probe], input: [UInt8],
-                                mask: UInt64, mine: (Comparison) -> UInt64, other: (Comparison) -> UInt64) -> Bool {
+                                mask: UInt64, mine: (Comparison) -> UInt64) -> Bool {
         let field = s.position..<(s.position + s.width)
         guard let old = s.decode(input, at: s.position) else { return false }
         var agreed = 0

@@ -18,6 +18,12 @@ public enum Outcome: Equatable, Sendable {
     /// The process forked or exec'd: a snapshot cannot be branched over a new process, so
     /// the run ends there (not a finding).
     case forked
+
+    /// A crash or a hang: what a campaign keeps as a finding.
+    public var isFinding: Bool {
+        if case .crashed = self { return true }
+        return self == .hang
+    }
 }
 
 /// What a run found.
@@ -789,9 +795,12 @@ public final class Executor {
         return Comparison(left: a, right: b, width: insn.width)
     }
 
+    /// The low `bytes` bytes of a word.
+    static func mask(bytes: Int) -> UInt64 { bytes >= 8 ? ~0 : (1 << UInt64(bytes * 8)) - 1 }
+
     /// Both operands of a compare instruction, at its width.
     private func operands(_ insn: Disassembler.Instruction, _ r: Registers) -> (UInt64, UInt64)? {
-        let mask: UInt64 = insn.width >= 8 ? ~0 : (1 << UInt64(insn.width * 8)) - 1
+        let mask = Executor.mask(bytes: insn.width)
         func value(_ o: Disassembler.Operand) -> UInt64? {
             switch o {
             case let .register(i, _, shift): return Executor.general(r, i).map { ($0 >> UInt64(shift)) & mask }
@@ -808,7 +817,7 @@ public final class Executor {
 
     /// Sets operand `index` of a compare instruction about to run to `value` (at its width).
     private func setOperand(_ insn: Disassembler.Instruction, _ index: Int, _ value: UInt64, tid: Int32, _ r: inout Registers) throws -> Bool {
-        let mask: UInt64 = insn.width >= 8 ? ~0 : (1 << UInt64(insn.width * 8)) - 1
+        let mask = Executor.mask(bytes: insn.width)
         switch insn.operands[index] {
         case let .register(i, _, shift):
             guard let old = Executor.general(r, i) else { return false }
@@ -825,11 +834,15 @@ public final class Executor {
         }
     }
 
-    /// Register `i` of struct user_regs_struct.
+    /// Register `i` of struct user_regs_struct (those a compare can read).
     static func general(_ r: Registers, _ i: Int) -> UInt64? {
-        let all: [UInt64] = [r.r15, r.r14, r.r13, r.r12, r.rbp, r.rbx, r.r11, r.r10, r.r9, r.r8, r.rax, r.rcx, r.rdx,
-                             r.rsi, r.rdi, r.origRax, r.rip, r.cs, r.eflags, r.rsp]
-        return i >= 0 && i < all.count ? all[i] : nil
+        switch i {
+        case 0: r.r15; case 1: r.r14; case 2: r.r13; case 3: r.r12; case 4: r.rbp; case 5: r.rbx
+        case 6: r.r11; case 7: r.r10; case 8: r.r9; case 9: r.r8; case 10: r.rax; case 11: r.rcx
+        case 12: r.rdx; case 13: r.rsi; case 14: r.rdi; case 15: r.origRax; case 16: r.rip; case 17: r.cs
+        case 18: r.eflags; case 19: r.rsp
+        default: nil
+        }
     }
 
     static func setGeneral(_ r: inout Registers, _ i: Int, _ v: UInt64) {
@@ -865,16 +878,12 @@ public final class Executor {
     /// `ChecksumSite` describes (one already passed gets the fields found since). Their
     /// breakpoints stay in.
     public func passChecksums(_ sites: [ChecksumSite]) throws {
+        var new: [UInt64] = []
         for site in sites where compares[site.address] != nil {
-            let known = checksums[site.address] != nil
+            if checksums[site.address] == nil { new.append(site.address) }
             checksums[site.address] = site
-            if known { continue }
-            if compareBytes[site.address] == nil {
-                let original = try tracee.read(site.address, count: 1)[0]
-                compareBytes[site.address] = original == 0xCC ? (blocks[site.address] ?? original) : original
-                try tracee.memory.writeCode([0xCC], to: site.address)
-            }
         }
+        try setCompareBreakpoints(true, only: new)
     }
 
     /// At a checksum compare whose operands differ: the operand that follows the input's
@@ -904,10 +913,11 @@ public final class Executor {
         }
     }
 
-    /// Puts breakpoints on every compare instruction (on) or takes them away again, a page
-    /// at a time: one read and one write per page of code, not per instruction.
-    private func setCompareBreakpoints(_ on: Bool) throws {
-        let addresses = on ? (Array(compares.keys) + Array(stringCompares.keys)).filter { compareBytes[$0] == nil }
+    /// Puts breakpoints on every compare instruction (on; or on those of `only`) or takes them
+    /// away again but for the checksums', a page at a time: one read and one write per page
+    /// of code, not per instruction.
+    private func setCompareBreakpoints(_ on: Bool, only: [UInt64]? = nil) throws {
+        let addresses = on ? (only ?? Array(compares.keys) + Array(stringCompares.keys)).filter { compareBytes[$0] == nil }
             : Array(compareBytes.keys).filter { checksums[$0] == nil }
         for (page, here) in Dictionary(grouping: addresses, by: { $0 & ~4095 }) {
             guard var bytes = try? tracee.read(page, count: 4096) else { continue }

@@ -19,9 +19,9 @@ struct RestoreAudit {
     let copies: PrivateFiles?
     /// Fds wb put /dev/null on by request (RestoreOptions.silenceOutput): not the image's.
     var silenced: Set<Int32> = []
-    /// F_GETFL and F_GETFD of the process's sockets, read back in it once its fds were built
-    /// (`Restorer.readBackSocketFlags`), when it has many.
-    var socketFlags: [Int32: (flags: Int64, fd: Int64)] = [:]
+    /// The flags (with O_CLOEXEC) of the process's sockets, read back in it once its fds were
+    /// built (`Restorer.readBackSocketFlags`), when it has many.
+    var socketInfo: [Int32: ProcFS.FDInfo] = [:]
 
     /// VmFlags whose loss or gain changes what the process can do: access (rd wr ex sh),
     /// what mprotect may later allow (mr mw me ms), growth (gd), locking (lo), madvise
@@ -140,25 +140,20 @@ struct RestoreAudit {
         // F_GETFL and F_GETFD run in the process, in one batch, instead of a /proc file each
         // (a server's thousand connections). Every other fd's fdinfo is read, on every core.
         let pid = self.pid, fds = process.fds
-        var quick: [Int32: ProcFS.FDInfo] = [:]
-        for s in fds where s.kind == .socket && (s.locks ?? []).isEmpty {
-            guard let (flags, fd) = socketFlags[s.fd], flags >= 0, fd >= 0 else { continue }
-            quick[s.fd] = ProcFS.FDInfo(position: 0, flags: Int32(truncatingIfNeeded: flags) | (fd & Int64(FD_CLOEXEC) != 0 ? O_CLOEXEC : 0),
-                                        mountID: 0, extra: [:])
+        var infos = [(ProcFS.FDInfo, [FileLock], [Inotify.Mark])?](repeating: nil, count: fds.count)
+        var slow: [Int] = []
+        for (i, s) in fds.enumerated() {
+            if (s.locks ?? []).isEmpty, let info = socketInfo[s.fd] { infos[i] = (info, [], []) } else { slow.append(i) }
         }
         // The whole text only where the audit reads more than flags and offset: an inotify
         // instance's marks, the locks the image has on the fd.
-        let slow = fds.indices.filter { quick[fds[$0].fd] == nil }
-            .map { (fd: fds[$0].fd, inotify: fds[$0].kind == .inotify, whole: fds[$0].kind == .inotify || !(fds[$0].locks ?? []).isEmpty) }
-        let read = try Parallel.map(slow.count) { i -> (ProcFS.FDInfo, [FileLock], [Inotify.Mark])? in
-            guard let (text, info) = ProcFS.fdInfo(pid, slow[i].fd, whole: slow[i].whole) else { return nil }
+        let read = try Parallel.map(slow.count) { k -> (ProcFS.FDInfo, [FileLock], [Inotify.Mark])? in
+            let s = fds[slow[k]], inotify = s.kind == .inotify
+            guard let (text, info) = ProcFS.fdInfo(pid, s.fd, whole: inotify || !(s.locks ?? []).isEmpty) else { return nil }
             let locks = text.utf8.firstRange(of: "lock:".utf8) != nil ? text.split(separator: "\n").filter { $0.hasPrefix("lock:") }.compactMap { FileLock.parse(String($0)).0 } : []
-            return (info, locks, slow[i].inotify ? Inotify.marks(text) : [])
+            return (info, locks, inotify ? Inotify.marks(text) : [])
         }
-        var byFD: [Int32: (ProcFS.FDInfo, [FileLock], [Inotify.Mark])] = [:]
-        for (i, r) in read.enumerated() { if let r { byFD[slow[i].fd] = r } }
-        for (fd, info) in quick { byFD[fd] = (info, [], []) }
-        let infos = fds.map { byFD[$0.fd] }
+        for (k, i) in slow.enumerated() { infos[i] = read[k] }
         RestoreAudit.mark("fdinfo read")
         // Pipes to something outside the process, and those on fds 0-2: looked up once
         // (a server holds a thousand fds).

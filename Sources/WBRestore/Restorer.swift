@@ -157,9 +157,9 @@ public final class Restorer {
     public let options: RestoreOptions
     public var progress: (String) -> Void = { _ in }
     var notes: [String] = []
-    /// F_GETFL and F_GETFD of each process's sockets, read back once its fds were built (by
-    /// pid; processes are built in parallel).
-    private var socketFlags: [Int32: [Int32: (flags: Int64, fd: Int64)]] = [:]
+    /// The flags (F_GETFL, and O_CLOEXEC from F_GETFD) of each process's sockets, read back
+    /// once its fds were built (by pid; processes are built in parallel).
+    private var socketFlags: [Int32: [Int32: ProcFS.FDInfo]] = [:]
     private let socketFlagsLock = NSLock()
     /// Checks the page data as memory is copied (copying restores); nil when pages are not
     /// checked or are mapped.
@@ -395,7 +395,7 @@ public final class Restorer {
     /// ends the restore, or, with `force`, becomes a note.
     private func audit(_ p: ProcessState, _ tracee: Tracee) throws {
         var audit = RestoreAudit(process: p, pid: tracee.pid, noted: notes, copies: privateCopies)
-        audit.socketFlags = socketFlagsLock.withLock { socketFlags[tracee.pid] ?? [:] }
+        audit.socketInfo = socketFlagsLock.withLock { socketFlags[tracee.pid] ?? [:] }
         if options.silenceOutput { audit.silenced = [1, 2] }
         let found = try audit.differences()
         guard !found.isEmpty else { return }
@@ -416,8 +416,11 @@ public final class Restorer {
         guard sockets.count >= 32, let (results, _) = try? leader.batch(count: 2 * sockets.count, outputBytes: 0, { _ in
             sockets.flatMap { [(.fcntl, [UInt64($0), UInt64(F_GETFL)]), (.fcntl, [UInt64($0), UInt64(F_GETFD)])] }
         }) else { return }
-        var read: [Int32: (flags: Int64, fd: Int64)] = [:]
-        for (i, fd) in sockets.enumerated() { read[fd] = (results[2 * i], results[2 * i + 1]) }
+        var read: [Int32: ProcFS.FDInfo] = [:]
+        for (i, fd) in sockets.enumerated() where results[2 * i] >= 0 && results[2 * i + 1] >= 0 {
+            let closeOnExec = results[2 * i + 1] & Int64(FD_CLOEXEC) != 0 ? O_CLOEXEC : 0
+            read[fd] = ProcFS.FDInfo(position: 0, flags: Int32(truncatingIfNeeded: results[2 * i]) | closeOnExec, mountID: 0, extra: [:])
+        }
         socketFlagsLock.withLock { socketFlags[pid] = read }
     }
 

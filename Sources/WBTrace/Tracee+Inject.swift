@@ -213,18 +213,15 @@ public struct RemoteSyscalls {
 }
 
 extension Tracee {
-    /// Runs `body` with remote syscalls in thread `tid`. The thread's registers and signal mask
-    /// are saved first and put back on every exit path; while the body runs all signals are
-    /// blocked in the thread so none is delivered into an injected call.
-    /// Runs `count` calls in stopped thread `tid` in one batch, with `outputBytes` of memory
-    /// for them to write into (`calls` gets its address); returns each call's result and
-    /// those bytes. The batch code, the call table and the outputs share one scratch mapping,
-    /// unmapped again.
+    /// Runs `count` calls in stopped thread `tid` in one batch (`RemoteSyscalls.batch`).
     public func batch(in tid: Int32, count: Int, outputBytes: Int,
                       _ calls: (_ outputs: UInt64) -> [(SyscallNumber, [UInt64])]) throws -> (results: [Int64], outputs: [UInt8]) {
         try withSyscalls(in: tid) { try $0.batch(count: count, outputBytes: outputBytes, calls) }
     }
 
+    /// Runs `body` with remote syscalls in thread `tid`. The thread's registers and signal mask
+    /// are saved first and put back on every exit path; while the body runs all signals are
+    /// blocked in the thread so none is delivered into an injected call.
     public func withSyscalls<T>(in tid: Int32, _ body: (RemoteSyscalls) throws -> T) throws -> T {
         let regs = try registers(tid)
         let mask = try signalMask(tid)
