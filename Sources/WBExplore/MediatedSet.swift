@@ -315,8 +315,7 @@ public final class MediatedSet {
 
     /// Whether process `pid` has a handler for `sig` (SigCgt).
     private func catches(_ pid: Int32, _ sig: Int32) -> Bool {
-        guard let mask = (try? ProcFS.status(pid)["SigCgt"]).flatMap({ UInt64($0, radix: 16) }) else { return false }
-        return mask & (1 << UInt64(sig - 1)) != 0
+        ProcFS.signalDisposition(pid, tid: pid, signal: sig)?.caught ?? false
     }
 
     private func backtrace(_ m: Member, _ t: Tracee, _ tid: Int32) -> String {

@@ -107,6 +107,15 @@ public final class Executor {
     private var scanner: PageScanner!
     private var trackedSpan: (UInt64, UInt64) = (0, 0)
     private var copied: [(start: UInt64, bytes: [UInt8])] = []
+    /// The copied memory's contents in one buffer of wb's, as (local, remote, length)
+    /// triples: written back with the run's pages in one call.
+    private var copiedBuffer: UnsafeMutableRawPointer?
+    private var copiedTriples: [UInt64] = []
+    /// The snapshot's guard markers, put back where a run's mapping changes took them.
+    private var snapshotGuards: [(start: UInt64, end: UInt64)] = []
+    /// Whether tracked memory may hold guard markers: the snapshot's, or a run's (madvise
+    /// stops at wb for them). Without any, a page scan spares the walk that finds them.
+    private var markersPossible = true
     private var layout: SnapshotLayout!
     /// Ranges of the snapshot's mappings the current run unmapped, moved or mapped over.
     private var touched: [(start: UInt64, end: UInt64)] = []
@@ -187,6 +196,7 @@ public final class Executor {
     deinit {
         tracker?.release()
         for p in pageCache.values { p.deallocate() }
+        copiedBuffer?.deallocate()
     }
 
     private func prepare(cover: String?) throws {
@@ -231,6 +241,19 @@ public final class Executor {
             }
         }
         trackedSpan = (low, high)
+        let copiedBytes = copied.reduce(0) { $0 + $1.bytes.count }
+        if copiedBytes > 0 {
+            let buffer = UnsafeMutableRawPointer.allocate(byteCount: copiedBytes, alignment: 4096)
+            var at = 0
+            for c in copied {
+                c.bytes.withUnsafeBytes { (buffer + at).copyMemory(from: $0.baseAddress!, byteCount: $0.count) }
+                copiedTriples += [UInt64(UInt(bitPattern: buffer + at)), c.start, UInt64(c.bytes.count)]
+                at += c.bytes.count
+            }
+            copiedBuffer = buffer
+        }
+        snapshotGuards = image.process.mappings.flatMap { $0.guards ?? [] }.compactMap { $0.count == 2 ? ($0[0], $0[1]) : nil }
+        markersPossible = !snapshotGuards.isEmpty || !PageScanner.knowsGuards
         let trackedBytes = tracker.ranges.reduce(0) { $0 + $1.end - $1.start }
         protectWhileScanning = trackedBytes > 256 << 20
         reset = "written pages of \(trackedBytes >> 20) MiB tracked (userfaultfd write-protect, PAGEMAP_SCAN"
@@ -335,11 +358,16 @@ public final class Executor {
                                        (41, 4), (319, 4), (290, 4), (291, 4), (43, 20), (288, 20), (56, 8), (435, 8), (59, 8), (322, 8),
                                        (0, 16), (19, 16), (45, 16), (47, 16), (17, 16), (295, 16), (327, 16), (299, 16),
                                        (7, 16), (271, 16), (23, 16), (270, 16), (232, 16), (281, 16), (441, 16),
-                                       (329, 2)]
+                                       (329, 2), (28, 2), (440, 2)]
     static let filterData = Dictionary(uniqueKeysWithValues: traced)
+    /// madvise and process_madvise stop only to put guard markers in or take them out
+    /// (MADV_GUARD_INSTALL, MADV_GUARD_REMOVE): the other advice is seen without a stop
+    /// (discarded pages through the userfaultfd).
+    static let guardAdvice: [UInt32] = [102, 103]
+    static let tracedWhen: [Int: (argument: Int, values: [UInt32])] = [28: (2, guardAdvice), 440: (3, guardAdvice)]
 
     private func installFilter(_ s: RemoteSyscalls, scratch: UInt64) throws {
-        let filter = SeccompFilter(traced: Executor.traced.map { (nr: $0.0, data: UInt16($0.1)) })
+        let filter = SeccompFilter(traced: Executor.traced.map { (nr: $0.0, data: UInt16($0.1)) }, onlyWhen: Executor.tracedWhen)
         try filter.install(tracee, s, scratch: scratch)
     }
 
@@ -519,6 +547,12 @@ public final class Executor {
                 if data & 2 != 0 {
                     layoutChanged = true
                     touched += layout.removedBy(regs)
+                    if regs.origRax == 28 || regs.origRax == 440 {
+                        // Guard markers: scans look for them from now on, and the ranges
+                        // are built again after the run (with the snapshot's markers).
+                        markersPossible = true
+                        if regs.origRax == 440 { touched += guardedByProcessMadvise(regs) }
+                    }
                 }
                 if data & 4 != 0 { fdsChanged = true }
                 if data & 16 != 0, try wouldWaitForInput(regs) {
@@ -591,6 +625,20 @@ public final class Executor {
                         if let site = checksums[at], let insn = compares[at], try pass(site, hit: compareHits[at, default: 0], insn, tid: tid, &regs, input: &input) {
                             repaired = true
                         }
+                        if !traceComparisons, checksums[at] != nil, let insn = compares[at], let (a, b) = operands(insn, regs) {
+                            // A checksum compare in a run that does not trace compares: its
+                            // flags are set here and the breakpoint stays, with no step.
+                            regs.eflags = Executor.compareFlags(a, b, width: insn.width, eflags: regs.eflags)
+                            regs.rip = insn.next
+                            try tracee.setRegisters(tid, regs)
+                            compareHits[at, default: 0] += 1
+                            if compareHits[at]! >= Executor.checksumHitsPerRun {
+                                try tracee.memory.writeCode([original], to: at)
+                                disarmed.insert(at)
+                            }
+                            try tracee.resume(tid, .continue)
+                            continue
+                        }
                         try tracee.memory.writeCode([original], to: at)
                         stepping[tid] = at
                         try tracee.resume(tid, .singleStep)
@@ -612,8 +660,8 @@ public final class Executor {
                         continue
                     }
                 }
-                if sig == SIGTRAP || defaultTerminates.contains(sig) || [SIGSEGV, SIGBUS, SIGILL, SIGFPE, SIGABRT, SIGSYS].contains(sig) {
-                    let info = (try? tracee.signalInfo(tid)) ?? [UInt8](repeating: 0, count: 128)
+                let info = (try? tracee.signalInfo(tid)) ?? [UInt8](repeating: 0, count: 128)
+                if sig == SIGTRAP || ends(tid, sig, code: info.withUnsafeBytes { $0.loadUnaligned(fromByteOffset: 8, as: Int32.self) }) {
                     // si_addr means something for faults only; for other signals the field holds the sender.
                     let fault = [SIGSEGV, SIGBUS, SIGILL, SIGFPE].contains(sig)
                     let address = fault ? info.withUnsafeBytes { $0.loadUnaligned(fromByteOffset: 16, as: UInt64.self) } : 0
@@ -672,6 +720,25 @@ public final class Executor {
 
     /// Calls that read from an fd (for the count of reads by fd).
     static let readCalls: Set<Int> = [0, 19, 45, 47, 17, 295, 327, 299]
+
+    /// Signals whose default action ends the process (with or without a core).
+    static let terminating: Set<Int32> = [SIGHUP, SIGINT, SIGQUIT, SIGILL, SIGTRAP, SIGABRT, SIGBUS, SIGFPE, SIGKILL, SIGUSR1, SIGSEGV,
+                                          SIGUSR2, SIGPIPE, SIGALRM, SIGTERM, SIGSTKFLT, SIGXCPU, SIGXFSZ, SIGVTALRM, SIGPROF, SIGIO, SIGPWR, SIGSYS]
+
+    /// Whether `sig`, about to be delivered to `tid`, ends the run as a crash: what the process
+    /// does with it now decides, not what it did at the snapshot — a handler it installed
+    /// (a probe that catches SIGSEGV, abort's handler that re-raises) runs as it would
+    /// outside wb, and an ignored signal is let go. A fault the kernel forces (a SIGSEGV
+    /// while SIGSEGV is blocked) ends the process unless a handler can run.
+    private func ends(_ tid: Int32, _ sig: Int32, code: Int32) -> Bool {
+        guard Executor.terminating.contains(sig) else { return false }
+        guard let d = ProcFS.signalDisposition(tracee.pid, tid: tid, signal: sig) else {
+            return defaultTerminates.contains(sig) || [SIGSEGV, SIGBUS, SIGILL, SIGFPE, SIGABRT, SIGSYS].contains(sig)
+        }
+        let forced = [SIGSEGV, SIGBUS, SIGILL, SIGFPE].contains(sig) && code > 0
+        if forced { return !d.caught || d.blocked }
+        return !d.caught && !d.ignored
+    }
 
     /// At a call that may wait for input (a read, accept, poll, epoll_wait): whether the
     /// process has come back for more. Reading the input fd after its end was read once, or
@@ -760,6 +827,18 @@ public final class Executor {
         }
     }
 
+    /// The ranges a process_madvise about to run puts guard markers in or takes them out of
+    /// (its iovec array, read from the process).
+    private func guardedByProcessMadvise(_ r: Registers) -> [(start: UInt64, end: UInt64)] {
+        let count = Int(min(r.rdx, 1024))
+        guard count > 0, let bytes = try? tracee.read(r.rsi, count: count * 16) else { return [] }
+        return (0..<count).compactMap { i in
+            let base = bytes.withUnsafeBytes { $0.loadUnaligned(fromByteOffset: i * 16, as: UInt64.self) }
+            let length = bytes.withUnsafeBytes { $0.loadUnaligned(fromByteOffset: i * 16 + 8, as: UInt64.self) }
+            return length == 0 ? nil : (base & ~4095, (base &+ length &+ 4095) & ~4095)
+        }
+    }
+
     /// Whether a clone or clone3 about to run makes a thread (CLONE_THREAD), not a process.
     private func makesThread(_ tid: Int32, _ r: Registers) throws -> Bool {
         let cloneThread: UInt64 = 0x10000
@@ -793,6 +872,21 @@ public final class Executor {
     private func compared(_ insn: Disassembler.Instruction, _ r: Registers) -> Comparison? {
         guard let (a, b) = operands(insn, r), a != b else { return nil }
         return Comparison(left: a, right: b, width: insn.width)
+    }
+
+    /// eflags after `cmp a, b` at `width` bytes: CF, PF, AF, ZF, SF and OF as the
+    /// instruction sets them, the other bits as they were.
+    static func compareFlags(_ a: UInt64, _ b: UInt64, width: Int, eflags: UInt64) -> UInt64 {
+        let mask = Executor.mask(bytes: width), top = UInt64(1) << UInt64(width * 8 - 1)
+        let a = a & mask, b = b & mask, result = (a &- b) & mask
+        var f = eflags & ~UInt64(0x8D5)
+        if a < b { f |= 0x1 }                                          // CF
+        if (result & 0xFF).nonzeroBitCount % 2 == 0 { f |= 0x4 }      // PF
+        if (a ^ b ^ result) & 0x10 != 0 { f |= 0x10 }                  // AF
+        if result == 0 { f |= 0x40 }                                   // ZF
+        if result & top != 0 { f |= 0x80 }                             // SF
+        if (a ^ b) & (a ^ result) & top != 0 { f |= 0x800 }            // OF
+        return f
     }
 
     /// The low `bytes` bytes of a word.
@@ -976,31 +1070,34 @@ public final class Executor {
     /// Puts back every page the run wrote, and repairs mappings and fds if it changed them.
     private func resetMemory() throws {
         guard trackedSpan.0 < trackedSpan.1 else {
-            if layoutChanged || fdsChanged { try repair() }
-            for c in copied { try tracee.write(c.bytes, to: c.start) }
+            if layoutChanged || fdsChanged { _ = try repair() }
+            if !copiedTriples.isEmpty { try tracee.memory.write(scatter: copiedTriples) }
             return
         }
         // Two ways to find the written pages, picked per snapshot. A large one is scanned on
         // the kernel's fast path, which only works while protecting what it finds; putting
-        // the contents back then faults on those pages and they are protected once more
-        // below. A small one is scanned without protecting (the walk is short either way),
-        // so putting the contents back costs no faults.
-        let written = try scanner.scan(start: trackedSpan.0, end: trackedSpan.1, writtenOnly: true, reprotect: protectWhileScanning,
-                                       trackedOnly: true, vector: scanVector)
-        if layoutChanged || fdsChanged { try repair() }
-        guard !written.isEmpty else {
-            for c in copied { try tracee.write(c.bytes, to: c.start) }
-            return
+        // the contents back then faults on those pages, which are protected once more below.
+        // A small one is scanned without protecting (the walk is short either way).
+        var written = try scanner.scan(start: trackedSpan.0, end: trackedSpan.1, writtenOnly: true, reprotect: protectWhileScanning,
+                                       trackedOnly: true, vector: scanVector, markersPossible: markersPossible)
+        if layoutChanged || fdsChanged {
+            // Pieces built again hold the snapshot's contents (and guard markers) already.
+            let rebuilt = try repair()
+            if !rebuilt.isEmpty {
+                written = written.flatMap { w in
+                    SnapshotLayout.subtract(w.start, w.end, rebuilt).map { PageScanner.Range(start: $0.start, end: $0.end, file: w.file, written: true) }
+                }
+            }
         }
         // Straight from the mapped image where it holds the page; other pages (file
-        // contents, zeros) are read once and kept.
-        var triples: [UInt64] = []
-        triples.reserveCapacity(written.count * 3)
+        // contents, zeros) are read once and kept. The untracked copies go in the same call.
+        var triples = copiedTriples
+        triples.reserveCapacity(copiedTriples.count + written.count * 3)
         for r in written {
             var a = r.start
             while a < r.end {
                 let local = UInt64(UInt(bitPattern: snapshotPage(a)))
-                if triples.count >= 3, triples[triples.count - 3] + triples[triples.count - 1] == local,
+                if triples.count > copiedTriples.count, triples[triples.count - 3] + triples[triples.count - 1] == local,
                    triples[triples.count - 2] + triples[triples.count - 1] == a {
                     triples[triples.count - 1] += 4096
                 } else {
@@ -1009,20 +1106,10 @@ public final class Executor {
                 a += 4096
             }
         }
-        try tracee.memory.write(scatter: triples)
-        do {
-            // Protected again by the page scan itself (which skips memory not tracked), one
-            // call per cluster of written ranges: the unmapped space between them costs the
-            // walk nothing, large clean regions are left out.
-            var cluster = (start: written[0].start, end: written[0].end)
-            for r in written.dropFirst() {
-                if r.start - cluster.end <= 64 << 20 { cluster.end = r.end; continue }
-                _ = try scanner.scan(start: cluster.start, end: cluster.end, writtenOnly: true, reprotect: true, trackedOnly: true, vector: scanVector)
-                cluster = (r.start, r.end)
-            }
-            _ = try scanner.scan(start: cluster.start, end: cluster.end, writtenOnly: true, reprotect: true, trackedOnly: true, vector: scanVector)
-        }
-        for c in copied { try tracee.write(c.bytes, to: c.start) }
+        if !triples.isEmpty { try tracee.memory.write(scatter: triples) }
+        // Protected again range by range: the written ranges are few and short, and a
+        // second walk of the whole span would cost more than the scan that found them.
+        for r in written { try tracker.protect(start: r.start, end: r.end) }
     }
 
     /// The snapshot's contents of the page at `address`: in the mapped image, or read once
@@ -1042,8 +1129,10 @@ public final class Executor {
     /// mapped over, shrank or discarded come back with the snapshot's contents, protection
     /// and breakpoints; protections it changed are put back; fds it opened are closed and
     /// fds of the snapshot it closed or replaced come back as the same open files.
-    private func repair() throws {
+    /// Returns the ranges built again, in address order.
+    private func repair() throws -> [(start: UInt64, end: UInt64)] {
         let pid = tracee.pid
+        var rebuilt: [(start: UInt64, end: UInt64)] = []
         let removed = touched + tracker.takeRemoved()
         let checkFDs = fdsChanged
         touched = []
@@ -1056,6 +1145,7 @@ public final class Executor {
                 let pieces = layout.lostPieces(lost: removed, now: try ProcFS.maps(pid, withFlags: false))
                 if debugTrace { FileHandle.standardError.write(Data("wb-trace: rebuilding \(pieces.map { "\(hex($0.start))-\(hex($0.end)) \($0.entry.path)" })\n".utf8)) }
                 for p in pieces { try rebuild(p, s) }
+                rebuilt = SnapshotLayout.merged(pieces.map { ($0.start, $0.end) })
                 // What the rebuilding itself unmapped (MAP_FIXED over tracked memory) is not the next run's doing.
                 _ = tracker.takeRemoved()
                 try layout.putBackProtections(s, now: try ProcFS.maps(pid, withFlags: false))
@@ -1070,6 +1160,7 @@ public final class Executor {
                 }
             }
         }
+        return rebuilt
     }
 
     /// Builds a piece of a snapshot mapping again: fresh private memory with the snapshot's
@@ -1097,6 +1188,13 @@ public final class Executor {
             }
         }
         try tracee.memory.write(scatter: triples)
+        for g in snapshotGuards where g.start < p.end && p.start < g.end {
+            let lo = max(g.start, p.start), hi = min(g.end, p.end)
+            let r = try s.raw(.madvise, lo, hi - lo, 102 /* MADV_GUARD_INSTALL */)
+            guard r == 0 else {
+                throw WBError.system(call: "remote madvise(MADV_GUARD_INSTALL)", errno: Int32(truncatingIfNeeded: -r), what: "putting the guard pages at \(hex(lo))-\(hex(hi)) back")
+            }
+        }
         if e.protection & 4 != 0 {
             for (address, _) in blocks where address >= p.start && address < p.end { try tracee.memory.writeCode([0xCC], to: address) }
         }

@@ -78,8 +78,12 @@ public struct PageScanner: @unchecked Sendable {
 
     /// `scan` with a result vector the caller keeps between calls (fuzzing scans several
     /// times per run; a fresh 96 KiB vector each time would cost more than the scan).
+    /// `markersPossible: false` is the caller's word that [start, end) holds no guard
+    /// markers (it saw none there and watches the calls that make them): a written-only scan
+    /// then spares the second walk that looks for them.
     public func scan(start: UInt64, end: UInt64, writtenOnly: Bool = false, reprotect: Bool = false,
-                     fileInfo: Bool = false, trackedOnly: Bool = false, vector: ScanVector) throws -> [Range] {
+                     fileInfo: Bool = false, trackedOnly: Bool = false, vector: ScanVector,
+                     markersPossible: Bool = true) throws -> [Range] {
         guard ranged else { return try scanWords(start: start, end: end) }
         var out: [Range] = []
         let there = UInt64(WB_PAGE_IS_PRESENT | WB_PAGE_IS_SWAPPED)
@@ -108,7 +112,7 @@ public struct PageScanner: @unchecked Sendable {
             }
         }
         out = PageScanner.disjoint(out)
-        guard writtenOnly, let first = out.first, let last = out.last else {
+        guard writtenOnly, markersPossible, let first = out.first, let last = out.last else {
             try checkReadable(unsure)
             return out
         }

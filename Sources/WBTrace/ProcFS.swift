@@ -124,6 +124,14 @@ public enum ProcFS {
         return parseStatus(try Paths.readText(path))
     }
 
+    /// What thread `tid` of `pid` does with `signal` now: caught by a handler, ignored, or
+    /// blocked in the thread (SigCgt, SigIgn, SigBlk); nil when the thread is gone.
+    public static func signalDisposition(_ pid: Int32, tid: Int32, signal: Int32) -> (caught: Bool, ignored: Bool, blocked: Bool)? {
+        guard let status = try? status(pid, thread: tid) else { return nil }
+        func set(_ key: String) -> Bool { (status[key].flatMap { UInt64($0, radix: 16) } ?? 0) & (1 << UInt64(signal - 1)) != 0 }
+        return (set("SigCgt"), set("SigIgn"), set("SigBlk"))
+    }
+
     /// The five capability sets of a parsed /proc status (CapInh, CapPrm, CapEff, CapBnd,
     /// CapAmb, hexadecimal).
     public static func capabilities(_ status: [String: String]) -> CapabilitySets {

@@ -10,11 +10,16 @@ public struct SeccompFilter {
     /// When set, the traced calls stop at wb only when their first argument is one of these
     /// fds (the sockets `wb explore` mediates); the filter's value is then 0.
     public var onlyFDs: [Int32]?
+    /// Traced calls that stop at wb only when one argument (by index, its low 32 bits) is
+    /// one of the values: madvise only for the advice wb must see.
+    public var onlyWhen: [Int: (argument: Int, values: [UInt32])]
 
-    public init(traced: [(nr: Int, data: UInt16)], allowedInstruction: UInt64? = nil, onlyFDs: [Int32]? = nil) {
+    public init(traced: [(nr: Int, data: UInt16)], allowedInstruction: UInt64? = nil, onlyFDs: [Int32]? = nil,
+                onlyWhen: [Int: (argument: Int, values: [UInt32])] = [:]) {
         self.traced = traced
         self.allowedInstruction = allowedInstruction
         self.onlyFDs = onlyFDs
+        self.onlyWhen = onlyWhen
     }
 
     private static let allow: UInt32 = 0x7FFF_0000
@@ -47,7 +52,19 @@ public struct SeccompFilter {
             return prog
         }
         for (nr, data) in traced {
-            prog.append((0x15, 0, 1, UInt32(nr)))
+            guard let when = onlyWhen[nr], !when.values.isEmpty else {
+                prog.append((0x15, 0, 1, UInt32(nr)))
+                prog.append((0x06, 0, 0, Self.trace | UInt32(data)))
+                continue
+            }
+            // jeq nr (else past the block); load the argument; jeq each value to the trace
+            // return; otherwise load the number back and jump over the return.
+            let n = when.values.count
+            prog.append((0x15, 0, UInt8(n + 4), UInt32(nr)))
+            prog.append((0x20, 0, 0, UInt32(16 + 8 * when.argument)))
+            for (j, v) in when.values.enumerated() { prog.append((0x15, UInt8(n + 1 - j), 0, v)) }
+            prog.append((0x20, 0, 0, 0))
+            prog.append((0x05, 0, 0, 1))
             prog.append((0x06, 0, 0, Self.trace | UInt32(data)))
         }
         prog.append((0x06, 0, 0, Self.allow))

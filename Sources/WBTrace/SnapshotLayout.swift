@@ -112,7 +112,8 @@ public struct SnapshotLayout {
 
     /// The address ranges a call about to run may take away from the snapshot's mappings
     /// (read from its arguments at the seccomp stop): what munmap, mremap, a MAP_FIXED mmap
-    /// or a shrinking brk will replace, and read-only memory mprotect makes writable.
+    /// or a shrinking brk will replace, read-only memory mprotect makes writable, and memory
+    /// madvise puts guard markers in or takes them out of.
     public func removedBy(_ r: Registers) -> [(start: UInt64, end: UInt64)] {
         func range(_ a: UInt64, _ n: UInt64) -> [(start: UInt64, end: UInt64)] {
             n == 0 ? [] : [(a & ~4095, (a &+ n &+ 4095) & ~4095)]
@@ -122,6 +123,7 @@ public struct SnapshotLayout {
         case 25: return range(r.rdi, r.rsi) + (r.r10 & 2 != 0 ? range(r.r8, r.rdx) : [])  // mremap (MREMAP_FIXED)
         case 9: return r.r10 & 0x10 != 0 ? range(r.rdi, r.rsi) : []               // mmap MAP_FIXED
         case 12: return r.rdi != 0 && r.rdi < brk ? [((r.rdi + 4095) & ~4095, (brk + 4095) & ~4095)] : []
+        case 28: return r.rdx == 102 || r.rdx == 103 ? range(r.rdi, r.rsi) : []   // madvise: guard markers in or out
         case 10, 329:
             // mprotect, pkey_mprotect: memory the snapshot had read-only that becomes
             // writable is neither tracked nor copied; the run may write it, so it is built again.

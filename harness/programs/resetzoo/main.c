@@ -1,7 +1,9 @@
 // harness-resetzoo: a fuzzing target whose every run undoes the state it was snapshotted
 // with — it unmaps memory, shrinks its heap, changes a protection, maps over a region,
-// discards pages, closes and replaces fds and moves a file's position — and checks at the start of each run
-// that all of it is back. A run that finds something missing crashes in a function named
+// discards pages, takes a guard page away and puts one on another page (MADV_GUARD_REMOVE and
+// MADV_GUARD_INSTALL, Linux 6.13+), closes and replaces fds and moves a file's position — and
+// checks at the start of each run that all of it is back. Probing a guard page catches the
+// SIGSEGV with a handler of its own, as a program that probes memory does: no crash. A run that finds something missing crashes in a function named
 // for it, so a reset that forgets anything shows as a crash bucket. The input "h" hangs
 // with signals queued but blocked (one for the thread, one for the process): the snapshot
 // does not block them, so a reset that keeps them would kill the next run.
@@ -10,6 +12,7 @@
 //   prints READY, then reads stdin; each input is one run.
 #define _GNU_SOURCE
 #include <fcntl.h>
+#include <setjmp.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -19,8 +22,14 @@
 
 #define REGION (1 << 20)
 
-static char *region, *readonly, *overlaid, *heap, *discarded;
-static int file, spare;
+#ifndef MADV_GUARD_INSTALL
+#define MADV_GUARD_INSTALL 102
+#define MADV_GUARD_REMOVE 103
+#endif
+
+static char *region, *readonly, *overlaid, *heap, *discarded, *guarded;
+static int file, spare, guards;
+static sigjmp_buf probe_env;
 
 __attribute__((noinline)) static void unmapped_memory_lost(void) { abort(); }
 __attribute__((noinline)) static void protection_lost(void) { abort(); }
@@ -30,6 +39,25 @@ __attribute__((noinline)) static void discarded_memory_lost(void) { abort(); }
 __attribute__((noinline)) static void file_position_lost(void) { abort(); }
 __attribute__((noinline)) static void closed_fd_lost(void) { abort(); }
 __attribute__((noinline)) static void replaced_fd_lost(void) { abort(); }
+__attribute__((noinline)) static void guard_lost(void) { abort(); }
+__attribute__((noinline)) static void guarded_memory_lost(void) { abort(); }
+
+static void on_segv(int sig) { (void)sig; siglongjmp(probe_env, 1); }
+
+/* Whether reading p faults; SIGSEGV is caught only while probing. */
+static int faults(const volatile char *p) {
+    struct sigaction sa, old;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_segv;
+    sigaction(SIGSEGV, &sa, &old);
+    int faulted = 1;
+    if (sigsetjmp(probe_env, 1) == 0) {
+        (void)*p;
+        faulted = 0;
+    }
+    sigaction(SIGSEGV, &old, NULL);
+    return faulted;
+}
 
 /* The protection of the page at p, from /proc/self/maps ("r--p" ...). */
 static int readable_only(const char *p) {
@@ -58,6 +86,8 @@ static void check(void) {
     char c = 0;
     if (pread(file, &c, 1, 0) != 1 || c != '0') closed_fd_lost();
     if (fcntl(spare, F_GETFD) < 0 || lseek(spare, 0, SEEK_CUR) < 0) replaced_fd_lost();
+    if (guards && !faults(guarded)) guard_lost();
+    if (guards && (faults(guarded + 4096) || guarded[4096] != 'g')) guarded_memory_lost();
 }
 
 static void ruin(void) {
@@ -73,6 +103,11 @@ static void ruin(void) {
     dup2(other, spare);
     close(other);
     madvise(discarded, 65536, MADV_DONTNEED);
+    if (guards) {
+        madvise(guarded, 4096, MADV_GUARD_REMOVE);
+        guarded[0] = 'x';
+        madvise(guarded + 4096, 4096, MADV_GUARD_INSTALL);
+    }
 }
 
 int main(int argc, char **argv) {
@@ -90,9 +125,12 @@ int main(int argc, char **argv) {
     memset(overlaid, 'v', 8192);
     discarded = mmap(NULL, 65536, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     memset(discarded, 'd', 65536);
+    guarded = mmap(NULL, 8192, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    memset(guarded, 'g', 8192);
+    guards = madvise(guarded, 4096, MADV_GUARD_INSTALL) == 0;
     heap = sbrk(256 * 1024);
     memset(heap, 'h', 256 * 1024);
-    printf("READY pid=%d\n", getpid());
+    printf("READY pid=%d guards=%d\n", getpid(), guards);
     fflush(stdout);
     char buf[256];
     ssize_t n = read(0, buf, sizeof buf);
