@@ -364,11 +364,56 @@ public final class Executor {
     /// (MADV_GUARD_INSTALL, MADV_GUARD_REMOVE): the other advice is seen without a stop
     /// (discarded pages through the userfaultfd).
     static let guardAdvice: [UInt32] = [102, 103]
-    static let tracedWhen: [Int: (argument: Int, values: [UInt32])] = [28: (2, guardAdvice), 440: (3, guardAdvice)]
+    /// Calls that read at the file's position (read, readv) or at their own (pread, preadv,
+    /// preadv2): reads of the input's fds.
+    static let inputReadCalls = [0, 19], inputPreadCalls = [17, 295, 327]
 
+    /// Reads of the input's fds do not stop: a run costs the same however many calls it
+    /// reads its input in. Whether the process came back for more after its end is then
+    /// seen only once `carefulReads` is on.
     private func installFilter(_ s: RemoteSyscalls, scratch: UInt64) throws {
-        let filter = SeccompFilter(traced: Executor.traced.map { (nr: $0.0, data: UInt16($0.1)) }, onlyWhen: Executor.tracedWhen)
+        var conditions: [Int: SeccompFilter.Condition] = [28: .init(argument: 2, values: Executor.guardAdvice, stops: true),
+                                                          440: .init(argument: 3, values: Executor.guardAdvice, stops: true)]
+        let fds = inputFDs.sorted().map { UInt32(bitPattern: $0) }
+        if !fds.isEmpty {
+            for nr in Executor.inputReadCalls + Executor.inputPreadCalls { conditions[nr] = .init(argument: 0, values: fds, stops: false) }
+        }
+        let filter = SeccompFilter(traced: Executor.traced.map { (nr: $0.0, data: UInt16($0.1)) }, conditions: conditions)
         try filter.install(tracee, s, scratch: scratch)
+    }
+
+    /// Whether reads of the input's fds stop at wb: turned on for good when a run that read
+    /// all of its input went on reading past the timeout, as a process does that reads its
+    /// input to the end and then goes back to read more (a loop over requests on stdin).
+    public private(set) var carefulReads = false
+
+    /// Stacks a second filter that stops read and readv of the input's fds (a filter cannot
+    /// be taken back; the stricter action of the two wins).
+    private func readCarefully() throws {
+        let fds = inputFDs.sorted().map { UInt32(bitPattern: $0) }
+        var conditions: [Int: SeccompFilter.Condition] = [:]
+        for nr in Executor.inputReadCalls { conditions[nr] = .init(argument: 0, values: fds, stops: true) }
+        let filter = SeccompFilter(traced: Executor.inputReadCalls.map { (nr: $0, data: 16) }, conditions: conditions)
+        try tracee.withSyscalls(in: tracee.pid) { s in
+            let scratch = try s.mapScratch(bytes: 4096)
+            defer { _ = try? s.raw(.munmap, scratch, 4096) }
+            try filter.install(tracee, s, scratch: scratch)
+        }
+        carefulReads = true
+    }
+
+    /// Whether the running process makes read calls over the next 2 ms (its count of them
+    /// in /proc/PID/io).
+    private func readsGoOn() throws -> Bool {
+        guard let before = ProcFS.readCalls(tracee.pid) else { return false }
+        usleep(2000)
+        return (ProcFS.readCalls(tracee.pid) ?? before) > before
+    }
+
+    /// How far the run has read the input (the position of wb's copy of its open file).
+    private var inputPosition: Int {
+        guard case .fd = input, let f = inputFD else { return 0 }
+        return Int(lseek(f.rawValue, 0, SEEK_CUR))
     }
 
     // MARK: Coverage
@@ -506,6 +551,7 @@ public final class Executor {
         var compareHits: [UInt64: Int] = [:]
         /// Threads the run made: ended with it.
         var born: [Int32] = []
+        var backForMore = false
         let deadline = Clock.monotonic + timeout
         runLoop: while true {
             // A run wb does not stop at each wait sends a server's messages as it reads them.
@@ -517,6 +563,12 @@ public final class Executor {
                     continue
                 }
                 result.outcome = .hang
+                if !carefulReads, !inputFDs.isEmpty, inputSize > 0, inputPosition >= inputSize {
+                    // Read to its end and still going: if it keeps making read calls, it is
+                    // most likely back for more input (which the reads that do not stop
+                    // cannot show), not stuck.
+                    backForMore = try readsGoOn()
+                }
                 try stopAll(running)
                 running = []
                 // Where it was stuck, for the hang's bucket.
@@ -686,11 +738,19 @@ public final class Executor {
             }
         }
         if repaired { result.repaired = input }
+        // Reads of the input that did not stop are seen in its position.
+        if !carefulReads, !inputFDs.isEmpty, inputPosition > 0 { inputReads += 1 }
         if mode == .once { return result }
         try stopAll(running)
         socketInput?.end()
         for t in born where tracee.tids.contains(t) { try tracee.endThread(t) }
         try resetMemory()
+        if backForMore {
+            // Run it again with the input's reads stopping, as every later run.
+            try readCarefully()
+            if debugTrace { FileHandle.standardError.write(Data("wb-trace: a run read all its input and kept reading; reads of the input stop from now on\n".utf8)) }
+            return try run(data, traceComparisons: traceComparisons)
+        }
         return result
     }
 

@@ -124,6 +124,14 @@ public enum ProcFS {
         return parseStatus(try Paths.readText(path))
     }
 
+    /// How many read calls (read, readv, pread, recv...) process `pid` has made: syscr in
+    /// /proc/PID/io; nil when it cannot be read.
+    public static func readCalls(_ pid: Int32) -> UInt64? {
+        guard let text = try? Paths.readText("/proc/\(pid)/io"),
+              let line = text.split(separator: "\n").first(where: { $0.hasPrefix("syscr:") }) else { return nil }
+        return UInt64(line.dropFirst(6).trimmingCharacters(in: .whitespaces))
+    }
+
     /// What thread `tid` of `pid` does with `signal` now: caught by a handler, ignored, or
     /// blocked in the thread (SigCgt, SigIgn, SigBlk); nil when the thread is gone.
     public static func signalDisposition(_ pid: Int32, tid: Int32, signal: Int32) -> (caught: Bool, ignored: Bool, blocked: Bool)? {

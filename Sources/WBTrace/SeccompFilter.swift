@@ -10,16 +10,25 @@ public struct SeccompFilter {
     /// When set, the traced calls stop at wb only when their first argument is one of these
     /// fds (the sockets `wb explore` mediates); the filter's value is then 0.
     public var onlyFDs: [Int32]?
-    /// Traced calls that stop at wb only when one argument (by index, its low 32 bits) is
-    /// one of the values: madvise only for the advice wb must see.
-    public var onlyWhen: [Int: (argument: Int, values: [UInt32])]
+    /// Traced calls whose stop depends on one argument (by index, its low 32 bits): they
+    /// stop only when it is one of the values (`stops`: madvise only for the advice wb must
+    /// see), or only when it is none of them (reads of fds wb need not see).
+    public struct Condition: Sendable {
+        public var argument: Int
+        public var values: [UInt32]
+        public var stops: Bool
+        public init(argument: Int, values: [UInt32], stops: Bool) {
+            self.argument = argument; self.values = values; self.stops = stops
+        }
+    }
+    public var conditions: [Int: Condition]
 
     public init(traced: [(nr: Int, data: UInt16)], allowedInstruction: UInt64? = nil, onlyFDs: [Int32]? = nil,
-                onlyWhen: [Int: (argument: Int, values: [UInt32])] = [:]) {
+                conditions: [Int: Condition] = [:]) {
         self.traced = traced
         self.allowedInstruction = allowedInstruction
         self.onlyFDs = onlyFDs
-        self.onlyWhen = onlyWhen
+        self.conditions = conditions
     }
 
     private static let allow: UInt32 = 0x7FFF_0000
@@ -52,20 +61,30 @@ public struct SeccompFilter {
             return prog
         }
         for (nr, data) in traced {
-            guard let when = onlyWhen[nr], !when.values.isEmpty else {
+            guard let when = conditions[nr], !when.values.isEmpty else {
                 prog.append((0x15, 0, 1, UInt32(nr)))
                 prog.append((0x06, 0, 0, Self.trace | UInt32(data)))
                 continue
             }
-            // jeq nr (else past the block); load the argument; jeq each value to the trace
-            // return; otherwise load the number back and jump over the return.
             let n = when.values.count
-            prog.append((0x15, 0, UInt8(n + 4), UInt32(nr)))
-            prog.append((0x20, 0, 0, UInt32(16 + 8 * when.argument)))
-            for (j, v) in when.values.enumerated() { prog.append((0x15, UInt8(n + 1 - j), 0, v)) }
-            prog.append((0x20, 0, 0, 0))
-            prog.append((0x05, 0, 0, 1))
-            prog.append((0x06, 0, 0, Self.trace | UInt32(data)))
+            if when.stops {
+                // jeq nr (else past the block); load the argument; jeq each value to the
+                // trace return; otherwise load the number back and jump over the return.
+                prog.append((0x15, 0, UInt8(n + 4), UInt32(nr)))
+                prog.append((0x20, 0, 0, UInt32(16 + 8 * when.argument)))
+                for (j, v) in when.values.enumerated() { prog.append((0x15, UInt8(n + 1 - j), 0, v)) }
+                prog.append((0x20, 0, 0, 0))
+                prog.append((0x05, 0, 0, 1))
+                prog.append((0x06, 0, 0, Self.trace | UInt32(data)))
+            } else {
+                // jeq nr (else past the block); load the argument; jeq each value to the
+                // allow return; otherwise the trace return.
+                prog.append((0x15, 0, UInt8(n + 3), UInt32(nr)))
+                prog.append((0x20, 0, 0, UInt32(16 + 8 * when.argument)))
+                for (j, v) in when.values.enumerated() { prog.append((0x15, UInt8(n - j), 0, v)) }
+                prog.append((0x06, 0, 0, Self.trace | UInt32(data)))
+                prog.append((0x06, 0, 0, Self.allow))
+            }
         }
         prog.append((0x06, 0, 0, Self.allow))
         return prog

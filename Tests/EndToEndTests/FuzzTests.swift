@@ -130,6 +130,28 @@ import WBTrace
         #expect(replay.stdout.contains("still running at the timeout"), "\(replay.stdout) \(replay.stderr)")
     }
 
+    /// Reads of the input do not stop at wb, so a process that reads its input to the end
+    /// and goes back to read more (harness-parser --loop, serving inputs on stdin) would spin
+    /// on end-of-file: wb sees it keep reading past the timeout once, has such reads stop
+    /// from then on, and ends every later run where the process comes back for more.
+    @Test func aProcessThatComesBackForMoreInputEndsItsRunThere() throws {
+        let dir = scratchDirectory()
+        let (image, _) = try FuzzTests.checkpointParser(dir, ["--loop"])
+        let corpus = "\(dir)/seeds"
+        try Paths.makeDirectories(corpus)
+        try writeFile(FuzzTests.records([("NOTE", 1)]), "\(corpus)/one")
+        try writeFile(FuzzTests.records([("NOTE", 1), ("BOOM", 0x474E_4142)]), "\(corpus)/boom")
+        let run = try wb(["fuzz", image, "--corpus", corpus, "--out", "\(dir)/out", "--runs", "400", "--seed", "3", "--timeout", "200", "--json"], timeout: 300)
+        try #require(run.code == 0, "\(run.stderr)")
+        let summary = try FuzzTests.summary(run)
+        let status = try #require(summary["status"] as? [String: Any])
+        #expect(status["hangs"] as? Int == 0 && status["droppedHangs"] as? Int == 0, "\(status)")
+        #expect((status["executions"] as? Int ?? 0) >= 400, "\(status)")
+        // At most one run waited for the timeout: 400 runs take far less than 400 x 200 ms.
+        #expect((status["seconds"] as? Double ?? 999) < 60, "\(status)")
+        #expect(FuzzTests.buckets(summary).contains { $0.function == "boom" }, "\(FuzzTests.buckets(summary))")
+    }
+
     @Test func runsStartFromTheSnapshotNotFromThePreviousRun() throws {
         let dir = scratchDirectory()
         let (image, key) = try FuzzTests.checkpointParser(dir)

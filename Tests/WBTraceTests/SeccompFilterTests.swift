@@ -47,7 +47,8 @@ import Testing
     /// those and passes otherwise, and the calls checked after it are still seen.
     @Test func aCallTracedForSomeArgumentValuesStopsOnlyForThem() {
         let f = SeccompFilter(traced: [(231, 1), (28, 2), (440, 2), (0, 16)],
-                              onlyWhen: [28: (2, [102, 103]), 440: (3, [102, 103])])
+                              conditions: [28: .init(argument: 2, values: [102, 103], stops: true),
+                                           440: .init(argument: 3, values: [102, 103], stops: true)])
         #expect(Self.verdict(f, nr: 28, args: [0x7000, 4096, 102]) == Self.trace | 2)
         #expect(Self.verdict(f, nr: 28, args: [0x7000, 4096, 103]) == Self.trace | 2)
         #expect(Self.verdict(f, nr: 28, args: [0x7000, 4096, 4]) == Self.allow)
@@ -56,5 +57,19 @@ import Testing
         #expect(Self.verdict(f, nr: 231) == Self.trace | 1)
         #expect(Self.verdict(f, nr: 0, args: [102, 0, 102]) == Self.trace | 16)
         #expect(Self.verdict(f, nr: 9, args: [0, 0, 102]) == Self.allow)
+    }
+
+    /// A call traced except for some values of an argument (reads of the input's fds) passes
+    /// for those and stops for the rest, and the calls checked after it are still seen.
+    @Test func aCallTracedExceptForSomeArgumentValuesPassesForThem() {
+        let f = SeccompFilter(traced: [(0, 16), (19, 16), (231, 1)],
+                              conditions: [0: .init(argument: 0, values: [0, 3], stops: false), 19: .init(argument: 0, values: [0], stops: false)])
+        #expect(Self.verdict(f, nr: 0, args: [0]) == Self.allow)
+        #expect(Self.verdict(f, nr: 0, args: [3]) == Self.allow)
+        #expect(Self.verdict(f, nr: 0, args: [4]) == Self.trace | 16)
+        #expect(Self.verdict(f, nr: 19, args: [0]) == Self.allow)
+        #expect(Self.verdict(f, nr: 19, args: [3]) == Self.trace | 16)
+        #expect(Self.verdict(f, nr: 231, args: [0]) == Self.trace | 1)
+        #expect(Self.verdict(f, nr: 1, args: [0]) == Self.allow)
     }
 }

@@ -1,10 +1,12 @@
-// harness-parser [--ballast MIB] [--file PATH] [--threads N] [--hangs]
+// harness-parser [--ballast MIB] [--file PATH] [--threads N] [--hangs] [--loop]
 //
 // A fuzz target: a little record parser with planted crashes. At start-up it computes a
 // 32-bit key from the clock (different in every run of the program, fixed in a checkpoint),
 // prints "READY pid=N key=K", then reads all of stdin into parser_input (its length in
 // parser_length) and parses it with parse_input(). With --file it first waits for stdin to
-// end, then reads the input from PATH instead. With --threads it also starts N idle
+// end, then reads the input from PATH instead. With --loop it goes back to read stdin again
+// after each input it parsed, forever (a program serving requests on stdin; an empty read
+// parses nothing). With --threads it also starts N idle
 // threads (blocked on a condition variable), for fuzzing a multi-threaded snapshot.
 //
 // The input format:
@@ -35,7 +37,7 @@
 static uint32_t key;
 static int unlocked;
 static unsigned records_seen;
-static int hangs;
+static int hangs, loop;
 
 __attribute__((noinline)) static void spin_forever(void) {
     for (volatile unsigned long n = 0;; n++) {}
@@ -123,6 +125,7 @@ int main(int argc, char **argv) {
     int threads = 0;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--hangs")) hangs = 1;
+        else if (!strcmp(argv[i], "--loop")) loop = 1;
         else if (i + 1 == argc) break;
         else if (!strcmp(argv[i], "--ballast")) ballast = strtoull(argv[++i], NULL, 10) << 20;
         else if (!strcmp(argv[i], "--file")) file = argv[++i];
@@ -146,6 +149,11 @@ int main(int argc, char **argv) {
         if (fd < 0) return 2;
         parser_length = read_all(fd);
         close(fd);
+    } else if (loop) {
+        for (;;) {
+            parser_length = read_all(0);
+            if (parser_length) parse_input();
+        }
     } else {
         parser_length = read_all(0);
     }
