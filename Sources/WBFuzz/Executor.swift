@@ -113,6 +113,14 @@ public final class Executor {
     private var copiedTriples: [UInt64] = []
     /// The snapshot's guard markers, put back where a run's mapping changes took them.
     private var snapshotGuards: [(start: UInt64, end: UInt64)] = []
+    /// Pages written in each of the last `hotAfterRuns` runs (the stack's, libc's data):
+    /// left unprotected and put back in every run, which spares their protect calls and the
+    /// process's write faults. At most `hotPagesAtMost`.
+    private var hotPages: Set<UInt64> = []
+    private var hotTriples: [UInt64] = []
+    /// For each page the last run wrote (and not hot): how many runs in a row wrote it.
+    private var writeStreaks: [UInt64: Int] = [:]
+    static let hotAfterRuns = 8, hotPagesAtMost = 256
     /// Whether tracked memory may hold guard markers: the snapshot's, or a run's (madvise
     /// stops at wb for them). Without any, a page scan spares the walk that finds them.
     private var markersPossible = true
@@ -1150,26 +1158,38 @@ public final class Executor {
             }
         }
         // Straight from the mapped image where it holds the page; other pages (file
-        // contents, zeros) are read once and kept. The untracked copies go in the same call.
-        var triples = copiedTriples
-        triples.reserveCapacity(copiedTriples.count + written.count * 3)
+        // contents, zeros) are read once and kept. The untracked copies and the hot pages go
+        // in the same call.
+        var triples = copiedTriples + hotTriples
+        var protect: [(start: UInt64, end: UInt64)] = []
+        var streaks: [UInt64: Int] = [:]
         for r in written {
             var a = r.start
             while a < r.end {
+                defer { a += 4096 }
+                if hotPages.contains(a) { continue }
                 let local = UInt64(UInt(bitPattern: snapshotPage(a)))
-                if triples.count > copiedTriples.count, triples[triples.count - 3] + triples[triples.count - 1] == local,
+                let streak = (writeStreaks[a] ?? 0) + 1
+                if streak >= Executor.hotAfterRuns && hotPages.count < Executor.hotPagesAtMost {
+                    hotPages.insert(a)
+                    hotTriples += [local, a, 4096]
+                } else {
+                    streaks[a] = streak
+                    if let last = protect.last, last.end == a { protect[protect.count - 1].end = a + 4096 } else { protect.append((a, a + 4096)) }
+                }
+                if triples.count >= 3, triples[triples.count - 3] + triples[triples.count - 1] == local,
                    triples[triples.count - 2] + triples[triples.count - 1] == a {
                     triples[triples.count - 1] += 4096
                 } else {
                     triples += [local, a, 4096]
                 }
-                a += 4096
             }
         }
+        writeStreaks = streaks
         if !triples.isEmpty { try tracee.memory.write(scatter: triples) }
         // Protected again range by range: the written ranges are few and short, and a
         // second walk of the whole span would cost more than the scan that found them.
-        for r in written { try tracker.protect(start: r.start, end: r.end) }
+        for r in protect { try tracker.protect(start: r.start, end: r.end) }
     }
 
     /// The snapshot's contents of the page at `address`: in the mapped image, or read once
