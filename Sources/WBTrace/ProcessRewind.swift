@@ -42,6 +42,11 @@ public final class ProcessRewind {
     /// Keeps the stopped process as it is now. The threads that wait in a call are set up
     /// to make it again (the registers are changed now, so the process does not see the stop
     /// either when it goes on from here).
+    ///
+    /// Guard markers (madvise MADV_GUARD_INSTALL) are not kept: memory holding them cannot be
+    /// read, so keeping a process with some fails, and a marker a run puts in tracked memory
+    /// reads as written and fails the write that would put the page back. The scans spare
+    /// the walk that tells markers apart.
     public init(_ tracee: Tracee) throws {
         self.tracee = tracee
         let pid = tracee.pid
@@ -125,7 +130,7 @@ public final class ProcessRewind {
         }
         removedSince += tracker.takeRemoved()
         var sum = keptSum
-        let written = try scanner.scan(start: span.0, end: span.1, writtenOnly: true, trackedOnly: true, vector: vector)
+        let written = try scanner.scan(start: span.0, end: span.1, writtenOnly: true, trackedOnly: true, vector: vector, markersPossible: false)
         let changed = SnapshotLayout.merged(written.map { (start: $0.start, end: $0.end) } + removedSince)
         if readBuffer == nil { readBuffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 1 << 20, alignment: 4096) }
         let buffer = readBuffer!
@@ -280,7 +285,7 @@ public final class ProcessRewind {
             for c in copied { try tracee.write(c.bytes, to: c.start) }
             return
         }
-        var written = try scanner.scan(start: span.0, end: span.1, writtenOnly: true, trackedOnly: true, vector: vector)
+        var written = try scanner.scan(start: span.0, end: span.1, writtenOnly: true, trackedOnly: true, vector: vector, markersPossible: false)
             .map { (start: $0.start, end: $0.end) }
         written = SnapshotLayout.merged(written + removed)
         var triples: [UInt64] = []

@@ -1,4 +1,4 @@
-// harness-parser [--ballast MIB] [--file PATH] [--threads N] [--hangs] [--loop]
+// harness-parser [--ballast MIB] [--file PATH] [--threads N] [--hangs] [--loop] [--chunk BYTES]
 //
 // A fuzz target: a little record parser with planted crashes. At start-up it computes a
 // 32-bit key from the clock (different in every run of the program, fixed in a checkpoint),
@@ -6,7 +6,8 @@
 // parser_length) and parses it with parse_input(). With --file it first waits for stdin to
 // end, then reads the input from PATH instead. With --loop it goes back to read stdin again
 // after each input it parsed, forever (a program serving requests on stdin; an empty read
-// parses nothing). With --threads it also starts N idle
+// parses nothing). With --chunk each read call asks for at most BYTES (a program that reads
+// its input in 4 KiB reads). With --threads it also starts N idle
 // threads (blocked on a condition variable), for fuzzing a multi-threaded snapshot.
 //
 // The input format:
@@ -38,6 +39,7 @@ static uint32_t key;
 static int unlocked;
 static unsigned records_seen;
 static int hangs, loop;
+static size_t chunk = (size_t)1 << 16;
 
 __attribute__((noinline)) static void spin_forever(void) {
     for (volatile unsigned long n = 0;; n++) {}
@@ -115,7 +117,12 @@ static void *idle(void *arg) {
 static size_t read_all(int fd) {
     size_t n = 0;
     ssize_t got;
-    while (n < sizeof parser_input && (got = read(fd, parser_input + n, sizeof parser_input - n)) > 0) n += (size_t)got;
+    while (n < sizeof parser_input) {
+        size_t want = sizeof parser_input - n;
+        if (want > chunk) want = chunk;
+        if ((got = read(fd, parser_input + n, want)) <= 0) break;
+        n += (size_t)got;
+    }
     return n;
 }
 
@@ -130,6 +137,7 @@ int main(int argc, char **argv) {
         else if (!strcmp(argv[i], "--ballast")) ballast = strtoull(argv[++i], NULL, 10) << 20;
         else if (!strcmp(argv[i], "--file")) file = argv[++i];
         else if (!strcmp(argv[i], "--threads")) threads = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--chunk")) chunk = strtoull(argv[++i], NULL, 10);
     }
     for (int i = 0; i < threads; i++) {
         pthread_t t;
