@@ -400,10 +400,11 @@ import WBTrace
     }
 
     /// Each run of harness-resetzoo unmaps, shrinks, discards, maps over and reprotects its
-    /// memory, takes a guard page away and guards another, and closes, replaces and moves
-    /// its fds; the next run checks all of it is back (and crashes in a function named for
-    /// what is not). Its probes of the guard pages catch their SIGSEGV: no crash. A run that
-    /// times out with signals queued leaves none of them to the next run.
+    /// memory, takes a guard page away and guards another, overwrites pages of 80 MiB that
+    /// wb keeps in huge pages, and closes, replaces and moves its fds; the next run checks all
+    /// of it is back (and crashes in a function named for what is not). Its probes of the
+    /// guard pages catch their SIGSEGV: no crash. A run that times out with signals queued
+    /// leaves none of them to the next run.
     @Test func everyRunFindsWhatThePreviousRunUndidPutBack() throws {
         let dir = scratchDirectory()
         var fds: [Int32] = [0, 0]
@@ -430,6 +431,7 @@ import WBTrace
         // The one hang is the seed "h"; the signals it left queued are gone with it.
         #expect(status["dropped"] as? Int == 0 && status["hangs"] as? Int == 1, "\(status)")
         #expect((status["executions"] as? Int ?? 0) >= 300)
+        #expect((status["reset"] as? String ?? "").contains("MiB in huge pages"), "\(status)")
     }
 
     /// harness-kvserver snapshotted in accept (blocking) or in epoll_wait (non-blocking

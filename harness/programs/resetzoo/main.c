@@ -2,7 +2,8 @@
 // with — it unmaps memory, shrinks its heap, changes a protection, maps over a region,
 // discards pages, takes a guard page away and puts one on another page (MADV_GUARD_REMOVE and
 // MADV_GUARD_INSTALL, Linux 6.13+), closes and replaces fds and moves a file's position — and
-// checks at the start of each run that all of it is back. Probing a guard page catches the
+// checks at the start of each run that all of it is back. It also holds 80 MiB of memory with a
+// pattern (large enough for wb to keep in huge pages) and each run overwrites pages of it. Probing a guard page catches the
 // SIGSEGV with a handler of its own, as a program that probes memory does: no crash. A run that finds something missing crashes in a function named
 // for it, so a reset that forgets anything shows as a crash bucket. The input "h" hangs
 // with signals queued but blocked (one for the thread, one for the process): the snapshot
@@ -21,13 +22,14 @@
 #include <unistd.h>
 
 #define REGION (1 << 20)
+#define BIG (80 << 20)
 
 #ifndef MADV_GUARD_INSTALL
 #define MADV_GUARD_INSTALL 102
 #define MADV_GUARD_REMOVE 103
 #endif
 
-static char *region, *readonly, *overlaid, *heap, *discarded, *guarded;
+static char *region, *readonly, *overlaid, *heap, *discarded, *guarded, *big;
 static int file, spare, guards;
 static sigjmp_buf probe_env;
 
@@ -40,6 +42,7 @@ __attribute__((noinline)) static void file_position_lost(void) { abort(); }
 __attribute__((noinline)) static void closed_fd_lost(void) { abort(); }
 __attribute__((noinline)) static void replaced_fd_lost(void) { abort(); }
 __attribute__((noinline)) static void guard_lost(void) { abort(); }
+__attribute__((noinline)) static void large_memory_lost(void) { abort(); }
 __attribute__((noinline)) static void guarded_memory_lost(void) { abort(); }
 
 static void on_segv(int sig) { (void)sig; siglongjmp(probe_env, 1); }
@@ -86,6 +89,7 @@ static void check(void) {
     char c = 0;
     if (pread(file, &c, 1, 0) != 1 || c != '0') closed_fd_lost();
     if (fcntl(spare, F_GETFD) < 0 || lseek(spare, 0, SEEK_CUR) < 0) replaced_fd_lost();
+    for (size_t i = 0; i < BIG; i += 4096) if (big[i] != (char)(i >> 12) || big[i + 4095] != 'b') large_memory_lost();
     if (guards && !faults(guarded)) guard_lost();
     if (guards && (faults(guarded + 4096) || guarded[4096] != 'g')) guarded_memory_lost();
 }
@@ -103,6 +107,7 @@ static void ruin(void) {
     dup2(other, spare);
     close(other);
     madvise(discarded, 65536, MADV_DONTNEED);
+    for (size_t i = 0; i < BIG; i += (BIG / 7) & ~(size_t)4095) big[i] = 'x', big[i + 4095] = 'y';
     if (guards) {
         madvise(guarded, 4096, MADV_GUARD_REMOVE);
         guarded[0] = 'x';
@@ -128,6 +133,8 @@ int main(int argc, char **argv) {
     guarded = mmap(NULL, 8192, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     memset(guarded, 'g', 8192);
     guards = madvise(guarded, 4096, MADV_GUARD_INSTALL) == 0;
+    big = mmap(NULL, BIG, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    for (size_t i = 0; i < BIG; i += 4096) memset(big + i, 'b', 4096), big[i] = (char)(i >> 12);
     heap = sbrk(256 * 1024);
     memset(heap, 'h', 256 * 1024);
     printf("READY pid=%d guards=%d\n", getpid(), guards);
