@@ -4,13 +4,12 @@
 // puts guard markers (madvise MADV_GUARD_INSTALL, Linux 6.13+) on pages 0, 5 and 10 and on
 // the two pages 13-14, and prints "READY pid=N base=0x... pages=16 guards=0,5,10,13-14".
 // Without MADV_GUARD_INSTALL it prints "UNSUPPORTED <errno text>" and exits 3. Each SIGUSR1
-// is answered with "VERIFY OK" when every guard page faults on a read (SIGSEGV, caught with
-// sigsetjmp) and every other page reads without a fault and holds its data; else
+// is answered with "VERIFY OK" when every guard page faults on a read (SIGSEGV, caught by
+// harness_faults) and every other page reads without a fault and holds its data; else
 // "VERIFY FAIL <what>".
 #define _GNU_SOURCE
 #include "harness.h"
 #include <errno.h>
-#include <setjmp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -25,26 +24,8 @@ enum { PAGES = 16, PAGE = 4096 };
 static const int guarded[PAGES] = { [0] = 1, [5] = 1, [10] = 1, [13] = 1, [14] = 1 };
 static uint64_t sums[PAGES];
 static char *base;
-static sigjmp_buf probe_env;
-
-static void on_segv(int sig) { (void)sig; siglongjmp(probe_env, 1); }
-
-// Whether reading the first byte of `page` faults. SIGSEGV is caught only while probing: at
-// a checkpoint the program has the default action, as most programs do.
-static int faults(int page) {
-    struct sigaction sa, old;
-    memset(&sa, 0, sizeof sa);
-    sa.sa_handler = on_segv;
-    sigaction(SIGSEGV, &sa, &old);
-    int faulted = 1;
-    if (sigsetjmp(probe_env, 1) == 0) {
-        volatile char c = *(volatile char *)(base + (size_t)page * PAGE);
-        (void)c;
-        faulted = 0;
-    }
-    sigaction(SIGSEGV, &old, NULL);
-    return faulted;
-}
+// Whether reading the first byte of `page` faults.
+static int faults(int page) { return harness_faults(base + (size_t)page * PAGE); }
 
 int main(void) {
     base = mmap(NULL, PAGES * PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);

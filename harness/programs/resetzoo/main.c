@@ -1,10 +1,11 @@
 // harness-resetzoo: a fuzzing target whose every run undoes the state it was snapshotted
 // with — it unmaps memory, shrinks its heap, changes a protection, maps over a region,
 // discards pages, takes a guard page away and puts one on another page (MADV_GUARD_REMOVE and
-// MADV_GUARD_INSTALL, Linux 6.13+), closes and replaces fds and moves a file's position — and
-// checks at the start of each run that all of it is back. It also holds 80 MiB of memory with a
-// pattern (large enough for wb to keep in huge pages) and each run overwrites pages of it. Probing a guard page catches the
-// SIGSEGV with a handler of its own, as a program that probes memory does: no crash. A run that finds something missing crashes in a function named
+// MADV_GUARD_INSTALL, Linux 6.13+), overwrites pages of 80 MiB it holds with a pattern (large
+// enough for wb to keep in huge pages), closes and replaces fds and moves a file's position —
+// and checks at the start of each run that all of it is back. Probing a guard page catches
+// the SIGSEGV with a handler of its own (harness_faults), as a program that probes memory
+// does. A run that finds something missing crashes in a function named
 // for it, so a reset that forgets anything shows as a crash bucket. The input "h" hangs
 // with signals queued but blocked (one for the thread, one for the process): the snapshot
 // does not block them, so a reset that keeps them would kill the next run.
@@ -12,8 +13,8 @@
 //   harness-resetzoo FILE    (FILE: a scratch file it writes "0123456789" to)
 //   prints READY, then reads stdin; each input is one run.
 #define _GNU_SOURCE
+#include "harness.h"
 #include <fcntl.h>
-#include <setjmp.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -31,7 +32,6 @@
 
 static char *region, *readonly, *overlaid, *heap, *discarded, *guarded, *big;
 static int file, spare, guards;
-static sigjmp_buf probe_env;
 
 __attribute__((noinline)) static void unmapped_memory_lost(void) { abort(); }
 __attribute__((noinline)) static void protection_lost(void) { abort(); }
@@ -44,23 +44,6 @@ __attribute__((noinline)) static void replaced_fd_lost(void) { abort(); }
 __attribute__((noinline)) static void guard_lost(void) { abort(); }
 __attribute__((noinline)) static void large_memory_lost(void) { abort(); }
 __attribute__((noinline)) static void guarded_memory_lost(void) { abort(); }
-
-static void on_segv(int sig) { (void)sig; siglongjmp(probe_env, 1); }
-
-/* Whether reading p faults; SIGSEGV is caught only while probing. */
-static int faults(const volatile char *p) {
-    struct sigaction sa, old;
-    memset(&sa, 0, sizeof sa);
-    sa.sa_handler = on_segv;
-    sigaction(SIGSEGV, &sa, &old);
-    int faulted = 1;
-    if (sigsetjmp(probe_env, 1) == 0) {
-        (void)*p;
-        faulted = 0;
-    }
-    sigaction(SIGSEGV, &old, NULL);
-    return faulted;
-}
 
 /* The protection of the page at p, from /proc/self/maps ("r--p" ...). */
 static int readable_only(const char *p) {
@@ -90,8 +73,8 @@ static void check(void) {
     if (pread(file, &c, 1, 0) != 1 || c != '0') closed_fd_lost();
     if (fcntl(spare, F_GETFD) < 0 || lseek(spare, 0, SEEK_CUR) < 0) replaced_fd_lost();
     for (size_t i = 0; i < BIG; i += 4096) if (big[i] != (char)(i >> 12) || big[i + 4095] != 'b') large_memory_lost();
-    if (guards && !faults(guarded)) guard_lost();
-    if (guards && (faults(guarded + 4096) || guarded[4096] != 'g')) guarded_memory_lost();
+    if (guards && !harness_faults(guarded)) guard_lost();
+    if (guards && (harness_faults(guarded + 4096) || guarded[4096] != 'g')) guarded_memory_lost();
 }
 
 static void ruin(void) {

@@ -4,6 +4,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <setjmp.h>
 #include <signal.h>
 #include <time.h>
 #include <arpa/inet.h>
@@ -19,6 +20,24 @@
 __attribute__((constructor)) static void harness_default_crash_signals(void) {
     const int fatal[] = { SIGSEGV, SIGBUS, SIGILL, SIGFPE, SIGABRT, SIGTRAP, SIGSYS };
     for (size_t i = 0; i < sizeof fatal / sizeof fatal[0]; i++) signal(fatal[i], SIG_DFL);
+}
+
+static sigjmp_buf probe_env;
+
+static void harness_probe_fault(int sig) { (void)sig; siglongjmp(probe_env, 1); }
+
+int harness_faults(const volatile void *p) {
+    struct sigaction sa, old;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = harness_probe_fault;
+    sigaction(SIGSEGV, &sa, &old);
+    int faulted = 1;
+    if (sigsetjmp(probe_env, 1) == 0) {
+        (void)*(const volatile char *)p;
+        faulted = 0;
+    }
+    sigaction(SIGSEGV, &old, NULL);
+    return faulted;
 }
 
 void harness_say(const char *fmt, ...) {

@@ -6,6 +6,10 @@
 #include <stddef.h>
 #include <signal.h>
 
+/// Whether reading the byte at p faults. SIGSEGV is caught only while probing (with a handler
+/// of the program's own), so at a checkpoint the program has the default action.
+int harness_faults(const volatile void *p);
+
 /// Prints one line to stdout and flushes it (tests read these lines through a pipe).
 void harness_say(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 /// Aborts with a message on stderr when `ok` is false during set-up.
