@@ -106,9 +106,10 @@ public final class Executor {
     private var tracker: DirtyTracker!
     private var scanner: PageScanner!
     private var trackedSpan: (UInt64, UInt64) = (0, 0)
-    private var copied: [(start: UInt64, bytes: [UInt8])] = []
-    /// The copied memory's contents in one buffer of wb's, as (local, remote, length)
-    /// triples: written back with the run's pages in one call.
+    /// Writable memory the kernel cannot track (libraries' data), copied whole before the
+    /// first run: its ranges, and its contents in one buffer of wb's as (local, remote,
+    /// length) triples, written back with the run's pages in one call.
+    private var copied: [(start: UInt64, end: UInt64)] = []
     private var copiedBuffer: UnsafeMutableRawPointer?
     private var copiedTriples: [UInt64] = []
     /// The snapshot's guard markers, put back where a run's mapping changes took them.
@@ -236,7 +237,7 @@ public final class Executor {
             try setUpInput(s, scratch: scratch)
             try silenceOutput(s, scratch: scratch)
             try installFilter(s, scratch: scratch)
-            collapsedBytes = try collapseLargeMemory(s)
+            collapsedBytes = try collapseLargeMemory(s, maps: maps)
             tracker = try DirtyTracker(tracee: tracee, syscalls: s)
         }
         scanner = try PageScanner(pid: tracee.pid)
@@ -248,20 +249,21 @@ public final class Executor {
             if tracker.register(start: e.start, end: e.end) {
                 low = min(low, e.start); high = max(high, e.end)
             } else {
-                copied.append((e.start, try tracee.read(e.start, count: Int(e.end - e.start))))
+                copied.append((e.start, e.end))
             }
         }
         trackedSpan = (low, high)
-        let copiedBytes = copied.reduce(0) { $0 + $1.bytes.count }
+        let copiedBytes = copied.reduce(0) { $0 + Int($1.end - $1.start) }
         if copiedBytes > 0 {
             let buffer = UnsafeMutableRawPointer.allocate(byteCount: copiedBytes, alignment: 4096)
+            copiedBuffer = buffer
             var at = 0
             for c in copied {
-                c.bytes.withUnsafeBytes { (buffer + at).copyMemory(from: $0.baseAddress!, byteCount: $0.count) }
-                copiedTriples += [UInt64(UInt(bitPattern: buffer + at)), c.start, UInt64(c.bytes.count)]
-                at += c.bytes.count
+                let n = Int(c.end - c.start)
+                try tracee.read(c.start, into: UnsafeMutableRawBufferPointer(start: buffer + at, count: n))
+                copiedTriples += [UInt64(UInt(bitPattern: buffer + at)), c.start, UInt64(n)]
+                at += n
             }
-            copiedBuffer = buffer
         }
         snapshotGuards = image.process.mappings.flatMap { $0.guards ?? [] }.compactMap { $0.count == 2 ? ($0[0], $0[1]) : nil }
         markersPossible = !snapshotGuards.isEmpty || !PageScanner.knowsGuards
@@ -272,7 +274,7 @@ public final class Executor {
             + (collapsedBytes > 0 ? ", \(collapsedBytes >> 20) MiB in huge pages" : "")
             + (protectWhileScanning ? ", protecting while scanning)" : ")")
         if debugTrace {
-            FileHandle.standardError.write(Data("wb-trace: tracked \(tracker.ranges.map { "\(hex($0.start))-\(hex($0.end))" }) copied \(copied.map { "\(hex($0.start))+\($0.bytes.count)" })\n".utf8))
+            FileHandle.standardError.write(Data("wb-trace: tracked \(tracker.ranges.map { "\(hex($0.start))-\(hex($0.end))" }) copied \(copied.map { "\(hex($0.start))+\($0.end - $0.start)" })\n".utf8))
         }
         try tracker.protectAll()
         // A client connection each run replaces is not the snapshot's to put back.
@@ -287,11 +289,10 @@ public final class Executor {
     /// snapshot costs little more per run than a small one. A 2 MiB page a run writes is split
     /// by the kernel at that write. Where the kernel cannot (no huge page free, an older
     /// kernel), memory stays as it is, only slower to scan. The program sees the same memory.
-    private func collapseLargeMemory(_ s: RemoteSyscalls) throws -> UInt64 {
+    private func collapseLargeMemory(_ s: RemoteSyscalls, maps: [ProcFS.MapsEntry]) throws -> UInt64 {
         let huge: UInt64 = 2 << 20
         var collapsed: UInt64 = 0
-        for e in try ProcFS.maps(tracee.pid, withFlags: false)
-        where !e.shared && e.inode == 0 && e.protection & 2 != 0 && !e.path.hasPrefix("[v") && e.path != "[stack]" {
+        for e in maps where !e.shared && e.inode == 0 && e.protection & 2 != 0 && !e.path.hasPrefix("[v") && e.path != "[stack]" {
             let start = (e.start + huge - 1) & ~(huge - 1), end = e.end & ~(huge - 1)
             guard end > start, end - start >= 64 << 20 else { continue }
             if try s.raw(.madvise, start, end - start, 25 /* MADV_COLLAPSE */) == 0 { collapsed += end - start }
@@ -408,13 +409,15 @@ public final class Executor {
     private func installFilter(_ s: RemoteSyscalls, scratch: UInt64) throws {
         var conditions: [Int: SeccompFilter.Condition] = [28: .init(argument: 2, values: Executor.guardAdvice, stops: true),
                                                           440: .init(argument: 3, values: Executor.guardAdvice, stops: true)]
-        let fds = inputFDs.sorted().map { UInt32(bitPattern: $0) }
-        if !fds.isEmpty {
-            for nr in Executor.inputReadCalls + Executor.inputPreadCalls { conditions[nr] = .init(argument: 0, values: fds, stops: false) }
+        if !inputFDs.isEmpty {
+            for nr in Executor.inputReadCalls + Executor.inputPreadCalls { conditions[nr] = .init(argument: 0, values: inputFDValues, stops: false) }
         }
         let filter = SeccompFilter(traced: Executor.traced.map { (nr: $0.0, data: UInt16($0.1)) }, conditions: conditions)
         try filter.install(tracee, s, scratch: scratch)
     }
+
+    /// The input's fds as a filter compares them.
+    private var inputFDValues: [UInt32] { inputFDs.sorted().map { UInt32(bitPattern: $0) } }
 
     /// Whether reads of the input's fds stop at wb: turned on for good when a run that read
     /// all of its input went on reading past the timeout, as a process does that reads its
@@ -424,9 +427,8 @@ public final class Executor {
     /// Stacks a second filter that stops read and readv of the input's fds (a filter cannot
     /// be taken back; the stricter action of the two wins).
     private func readCarefully() throws {
-        let fds = inputFDs.sorted().map { UInt32(bitPattern: $0) }
         var conditions: [Int: SeccompFilter.Condition] = [:]
-        for nr in Executor.inputReadCalls { conditions[nr] = .init(argument: 0, values: fds, stops: true) }
+        for nr in Executor.inputReadCalls { conditions[nr] = .init(argument: 0, values: inputFDValues, stops: true) }
         let filter = SeccompFilter(traced: Executor.inputReadCalls.map { (nr: $0, data: 16) }, conditions: conditions)
         try tracee.withSyscalls(in: tracee.pid) { s in
             let scratch = try s.mapScratch(bytes: 4096)
@@ -749,7 +751,7 @@ public final class Executor {
                 let info = (try? tracee.signalInfo(tid)) ?? [UInt8](repeating: 0, count: 128)
                 if sig == SIGTRAP || ends(tid, sig, code: info.withUnsafeBytes { $0.loadUnaligned(fromByteOffset: 8, as: Int32.self) }) {
                     // si_addr means something for faults only; for other signals the field holds the sender.
-                    let fault = [SIGSEGV, SIGBUS, SIGILL, SIGFPE].contains(sig)
+                    let fault = Executor.faultSignals.contains(sig)
                     let address = fault ? info.withUnsafeBytes { $0.loadUnaligned(fromByteOffset: 16, as: UInt64.self) } : 0
                     result.outcome = .crashed(signal: sig, address: address)
                     result.crash = capture(tid, signal: sig, address: address, try tracee.registers(tid))
@@ -772,8 +774,9 @@ public final class Executor {
             }
         }
         if repaired { result.repaired = input }
-        // Reads of the input that did not stop are seen in its position.
-        if !carefulReads, !inputFDs.isEmpty, inputPosition > 0 { inputReads += 1 }
+        // Reads of the input that did not stop are seen in its position (looked at until one
+        // run has read it: the count only tells whether the input is read at all).
+        if inputReads == 0, !carefulReads, !inputFDs.isEmpty, inputPosition > 0 { inputReads += 1 }
         if mode == .once { return result }
         try stopAll(running)
         socketInput?.end()
@@ -815,6 +818,8 @@ public final class Executor {
     /// Calls that read from an fd (for the count of reads by fd).
     static let readCalls: Set<Int> = [0, 19, 45, 47, 17, 295, 327, 299]
 
+    /// Signals the kernel sends for a fault of the instruction (si_addr is the address).
+    static let faultSignals: Set<Int32> = [SIGSEGV, SIGBUS, SIGILL, SIGFPE]
     /// Signals whose default action ends the process (with or without a core).
     static let terminating: Set<Int32> = [SIGHUP, SIGINT, SIGQUIT, SIGILL, SIGTRAP, SIGABRT, SIGBUS, SIGFPE, SIGKILL, SIGUSR1, SIGSEGV,
                                           SIGUSR2, SIGPIPE, SIGALRM, SIGTERM, SIGSTKFLT, SIGXCPU, SIGXFSZ, SIGVTALRM, SIGPROF, SIGIO, SIGPWR, SIGSYS]
@@ -827,9 +832,9 @@ public final class Executor {
     private func ends(_ tid: Int32, _ sig: Int32, code: Int32) -> Bool {
         guard Executor.terminating.contains(sig) else { return false }
         guard let d = ProcFS.signalDisposition(tracee.pid, tid: tid, signal: sig) else {
-            return defaultTerminates.contains(sig) || [SIGSEGV, SIGBUS, SIGILL, SIGFPE, SIGABRT, SIGSYS].contains(sig)
+            return defaultTerminates.contains(sig) || Executor.faultSignals.contains(sig) || sig == SIGABRT || sig == SIGSYS
         }
-        let forced = [SIGSEGV, SIGBUS, SIGILL, SIGFPE].contains(sig) && code > 0
+        let forced = Executor.faultSignals.contains(sig) && code > 0
         if forced { return !d.caught || d.blocked }
         return !d.caught && !d.ignored
     }
@@ -1305,7 +1310,7 @@ public final class Executor {
             for (address, _) in blocks where address >= p.start && address < p.end { try tracee.memory.writeCode([0xCC], to: address) }
         }
         if e.protection != PROT_READ | PROT_WRITE { _ = try s.raw(.mprotect, p.start, length, UInt64(e.protection)) }
-        if e.protection & PROT_WRITE != 0 && !copied.contains(where: { $0.start < p.end && p.start < $0.start + UInt64($0.bytes.count) }),
+        if e.protection & PROT_WRITE != 0 && !copied.contains(where: { $0.start < p.end && p.start < $0.end }),
            tracker.register(start: p.start, end: p.end) {
             try tracker.protect(start: p.start, end: p.end)
         }

@@ -31,6 +31,8 @@ public struct SeccompFilter {
         self.conditions = conditions
     }
 
+    /// The most values one condition checks (BPF jumps over at most 255 instructions).
+    public static let conditionValuesAtMost = 250
     private static let allow: UInt32 = 0x7FFF_0000
     private static let trace: UInt32 = 0x7FF0_0000
 
@@ -61,7 +63,9 @@ public struct SeccompFilter {
             return prog
         }
         for (nr, data) in traced {
-            guard let when = conditions[nr], !when.values.isEmpty else {
+            // A condition with more values than a jump can pass over is left out: the call
+            // always stops (more stops than asked for, never fewer).
+            guard let when = conditions[nr], !when.values.isEmpty, when.values.count <= Self.conditionValuesAtMost else {
                 prog.append((0x15, 0, 1, UInt32(nr)))
                 prog.append((0x06, 0, 0, Self.trace | UInt32(data)))
                 continue

@@ -72,4 +72,19 @@ import Testing
         #expect(Self.verdict(f, nr: 231, args: [0]) == Self.trace | 1)
         #expect(Self.verdict(f, nr: 1, args: [0]) == Self.allow)
     }
+
+    /// A condition with more values than the program's jumps can pass over stops the call
+    /// always (never fewer stops than asked for), and the program stays well formed.
+    @Test func aConditionWithTooManyValuesStopsTheCallAlways() {
+        let many = (0..<UInt32(300)).map { $0 }
+        let f = SeccompFilter(traced: [(0, 16), (231, 1)], conditions: [0: .init(argument: 0, values: many, stops: false)])
+        #expect(Self.verdict(f, nr: 0, args: [5]) == Self.trace | 16)
+        #expect(Self.verdict(f, nr: 231) == Self.trace | 1)
+        #expect(Self.verdict(f, nr: 1) == Self.allow)
+        let most = (0..<UInt32(SeccompFilter.conditionValuesAtMost)).map { $0 }
+        let g = SeccompFilter(traced: [(0, 16), (231, 1)], conditions: [0: .init(argument: 0, values: most, stops: true)])
+        #expect(Self.verdict(g, nr: 0, args: [249]) == Self.trace | 16)
+        #expect(Self.verdict(g, nr: 0, args: [250]) == Self.allow)
+        #expect(Self.verdict(g, nr: 231) == Self.trace | 1)
+    }
 }
