@@ -93,12 +93,12 @@ extension MediatedSet {
                 }
             }
             for e in rebuilt { e.end.socket.close(); e.socket.close() }
-            var built: [(SocketBuilder, SocketBuilder.Pending)] = []
+            var built: [SocketBuilder.Pending] = []
             for e in rebuilt {
                 let builder = SocketBuilder(namespace: b.namespaces[e.pid]!)
-                if let p = try builder.build(try replacing[e.pid]![e.fd]!.duplicate(), e.state, tcp: .restore).pending { built.append((builder, p)) }
+                if let p = try builder.build(try replacing[e.pid]![e.fd]!.duplicate(), e.state, tcp: .restore).pending { built.append(p) }
             }
-            for (builder, p) in built { try builder.finish(p) }
+            try SocketBuilder.finish(built)
         }
         for p in b.processes {
             guard try p.rewind(replaced: Set(replacing[p.tracee.pid]?.keys.map { $0 } ?? []),

@@ -208,8 +208,19 @@ public final class MediatedSet {
             quietChecks = 0
             if Clock.monotonic - started > stepLimit {
                 let busy = members.filter { $0.ended == nil && !waits($0) }.map(\.name)
-                violation = Violation(kind: .liveness, member: busy.first,
-                                      what: "\(busy.joined(separator: ", ")) still running \(Int(stepLimit)) s after the last delivery without waiting for a message")
+                if busy.isEmpty {
+                    // Every member waits, and bytes sent on a channel have not arrived.
+                    let channels = set.manifest.channels
+                    let stuck = unarrived().map { d -> String in
+                        let c = channels[d.channel]
+                        return d.forward ? "\(c.a.address) -> \(c.b.address)" : "\(c.b.address) -> \(c.a.address)"
+                    }
+                    violation = Violation(kind: .liveness, member: nil,
+                                          what: "bytes sent on \(stuck.isEmpty ? "a channel" : stuck.joined(separator: ", ")) not received \(Int(stepLimit)) s after the last delivery, every member waiting")
+                } else {
+                    violation = Violation(kind: .liveness, member: busy.first,
+                                          what: "\(busy.joined(separator: ", ")) still running \(Int(stepLimit)) s after the last delivery without waiting for a message")
+                }
             }
         }
     }
@@ -221,7 +232,11 @@ public final class MediatedSet {
     /// queued is all there once its peer has received that much more (no wait for a
     /// delayed acknowledgement). The first time, the comparison waits for the
     /// acknowledgement: a restored sender may resend what its peer had already received.
-    func everythingSentArrived() -> Bool {
+    func everythingSentArrived() -> Bool { unarrived(first: true).isEmpty }
+
+    /// The directions whose bytes have not all arrived (with `first`, the first found only).
+    private func unarrived(first: Bool = false) -> [Direction] {
+        var out: [Direction] = []
         for (d, writer) in writers where !dropped.contains(d.channel) {
             guard let reader = writers[Direction(channel: d.channel, forward: !d.forward)],
                   let w = SocketProbe.tcpCounts(writer.rawValue), let r = SocketProbe.tcpCounts(reader.rawValue) else { continue }
@@ -229,9 +244,13 @@ public final class MediatedSet {
                 countOffsets[d] = w.acked &- r.received
                 continue
             }
-            guard let offset = countOffsets[d], w.acked &+ w.queued &- offset <= r.received else { return false }
+            guard let offset = countOffsets[d], w.acked &+ w.queued &- offset <= r.received else {
+                out.append(d)
+                if first { return out }
+                continue
+            }
         }
-        return true
+        return out
     }
 
     private func everyoneWaits() -> Bool {

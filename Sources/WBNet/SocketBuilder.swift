@@ -33,6 +33,8 @@ public struct SocketBuilder {
         let name: String
         let reset: (from: [UInt8], to: [UInt8], seq: UInt32)?
         let reuse: Int32
+        /// Where a reset is injected.
+        let namespace: NetNamespace
     }
 
     /// How a Unix socket is bound to a path and a path unlinked: these make and remove files,
@@ -166,7 +168,15 @@ public struct SocketBuilder {
         try check(wb_tcp_repair(fd.rawValue, 1), "setsockopt(TCP_REPAIR)", "putting a new TCP socket in repair mode")
         var c = wb_tcp_conn()
         c.state = t.state; c.snd_seq = t.sendSeq; c.rcv_seq = t.receiveSeq
-        c.outq = UInt32(t.sendQueue.count); c.unsent = t.unsent; c.inq = UInt32(t.receiveQueue.count)
+        // What was sent and not acknowledged goes out again as new data when repair mode
+        // ends, not into the queue as sent: queued as sent, it waits for the retransmission
+        // timer, armed at once, which backs off while the restore holds the traffic (a set's
+        // hold until every member is back, the lock of a `--kill` checkpoint) and after a
+        // restore of 20 s may not fire for 30 s more. A peer that had received some of it
+        // takes the rest, as from a retransmission. Not so with our FIN queued after it
+        // (FIN-WAIT-1, CLOSING, LAST-ACK): the FIN goes in in repair mode, after the bytes.
+        let resent = [4, 11, 9].contains(t.state) ? t.unsent : UInt32(t.sendQueue.count)
+        c.outq = UInt32(t.sendQueue.count); c.unsent = resent; c.inq = UInt32(t.receiveQueue.count)
         c.mss = t.mss; c.options = t.options; c.snd_wscale = t.sendWindowScale; c.rcv_wscale = t.receiveWindowScale
         c.timestamp = t.timestamp
         var w = t.window + [UInt32](repeating: 0, count: max(0, 5 - t.window.count))
@@ -194,7 +204,7 @@ public struct SocketBuilder {
         if t.finReceived { try inject(from, to, seq: t.receiveSeq, ack: una, window: window, flags: 0x11, name: name) }
         if t.state == 9 { try sendFin(fd, acknowledged: false, name: name) }
         if t.state == 5 { try inject(from, to, seq: t.receiveSeq, ack: t.sendSeq &+ 1, window: window, flags: 0x10, name: name) }
-        let unsent = t.unsent > 0 ? t.sendQueue.suffix(Int(t.unsent)) : Data()
+        let unsent = resent > 0 ? t.sendQueue.suffix(Int(resent)) : Data()
         var reset: (from: [UInt8], to: [UInt8], seq: UInt32)?
         if policy == .close && s.peerInside != true {
             reset = (from, to, t.receiveSeq &+ (t.finReceived ? 1 : 0))
@@ -202,7 +212,7 @@ public struct SocketBuilder {
         }
         let reuse = (s.options ?? []).first { $0.level == SOL_SOCKET && $0.name == SO_REUSEADDR }
             .map { $0.value.count >= 4 ? $0.value.withUnsafeBytes { $0.loadUnaligned(as: Int32.self) } : 0 } ?? 0
-        return Pending(socket: fd, unsent: Data(unsent), name: name, reset: reset, reuse: reuse)
+        return Pending(socket: fd, unsent: Data(unsent), name: name, reset: reset, reuse: reuse, namespace: namespace)
     }
 
     /// Our FIN, queued (FIN-WAIT-1, LAST-ACK, CLOSING) or counted as sent (FIN-WAIT-2),
@@ -241,26 +251,33 @@ public struct SocketBuilder {
         if e != 0 { throw WBError.system(call: "sendto(raw)", errno: e, what: "putting back a segment of \(name)'s peer") }
     }
 
-    /// Takes a rebuilt connection out of repair mode: it talks again (the peer's
-    /// retransmissions arrive once the lock is lifted), and the bytes the process had written
-    /// and the kernel had not sent yet go out; with --tcp=close it is reset instead.
-    public func finish(_ p: Pending) throws {
-        defer { p.socket.close() }
-        try check(wb_tcp_repair(p.socket.rawValue, -1), "setsockopt(TCP_REPAIR)", "ending repair mode of \(p.name)")
-        // Taking repair mode off turns SO_REUSEADDR off: the image's value goes back.
-        if p.reuse > 0 {
-            var v = p.reuse
-            _ = setsockopt(p.socket.rawValue, SOL_SOCKET, SO_REUSEADDR, &v, 4)
+    /// Takes rebuilt connections out of repair mode: they talk again (their peers'
+    /// retransmissions arrive once the lock is lifted), and the bytes each process had written
+    /// and its peer had not acknowledged go out; with --tcp=close a connection is reset
+    /// instead. All leave repair mode before any sends: a segment must not reach a peer
+    /// still in repair mode (both ends of a connection inside the image or the set), where
+    /// it is taken in without an acknowledgement the sender can use.
+    public static func finish(_ connections: [Pending]) throws {
+        defer { for p in connections { p.socket.close() } }
+        for p in connections {
+            try check(wb_tcp_repair(p.socket.rawValue, -1), "setsockopt(TCP_REPAIR)", "ending repair mode of \(p.name)")
+            // Taking repair mode off turns SO_REUSEADDR off: the image's value goes back.
+            if p.reuse > 0 {
+                var v = p.reuse
+                _ = setsockopt(p.socket.rawValue, SOL_SOCKET, SO_REUSEADDR, &v, 4)
+            }
         }
-        if let r = p.reset {
-            try inject(r.from, r.to, seq: r.seq, ack: 0, window: 0, flags: 0x04, name: p.name)
-            return
-        }
-        if !p.unsent.isEmpty {
-            var outq: Int32 = 0
-            _ = wb_socket_ioctl_int(p.socket.rawValue, 0x5411 /* SIOCOUTQ */, &outq)
-            SocketBuilder.makeRoom(p.socket.rawValue, SO_SNDBUF, 32 /* SO_SNDBUFFORCE */, bytes: Int(outq) + p.unsent.count)
-            try SocketBuilder.sendAll(p.socket.rawValue, p.unsent, what: "sending the \(p.unsent.count) bytes \(p.name) had not sent yet")
+        for p in connections {
+            if let r = p.reset {
+                try SocketBuilder(namespace: p.namespace).inject(r.from, r.to, seq: r.seq, ack: 0, window: 0, flags: 0x04, name: p.name)
+                continue
+            }
+            if !p.unsent.isEmpty {
+                var outq: Int32 = 0
+                _ = wb_socket_ioctl_int(p.socket.rawValue, 0x5411 /* SIOCOUTQ */, &outq)
+                SocketBuilder.makeRoom(p.socket.rawValue, SO_SNDBUF, 32 /* SO_SNDBUFFORCE */, bytes: Int(outq) + p.unsent.count)
+                try SocketBuilder.sendAll(p.socket.rawValue, p.unsent, what: "sending the \(p.unsent.count) bytes of \(p.name) its peer had not acknowledged")
+            }
         }
     }
 

@@ -91,6 +91,13 @@ public enum SocketOptions {
         Option(level: tcp, name: 2 /* TCP_MAXSEG */, label: "TCP_MAXSEG", size: 4, families: inet, types: [stream], boundOnly: true),
         Option(level: tcp, name: 10 /* TCP_WINDOW_CLAMP */, label: "TCP_WINDOW_CLAMP", size: 4, families: inet, types: [stream], tunedOnConnections: true),
         Option(level: tcp, name: 16 /* TCP_THIN_LINEAR_TIMEOUTS */, label: "TCP_THIN_LINEAR_TIMEOUTS", size: 4, families: inet, types: [stream]),
+        // Per-socket timers and the received-bytes count on each recvmsg (Linux 6.15 and 4.18;
+        // an older kernel has none to read).
+        Option(level: tcp, name: 36 /* TCP_INQ */, label: "TCP_INQ", size: 4, families: inet, types: [stream]),
+        Option(level: tcp, name: 37 /* TCP_TX_DELAY */, label: "TCP_TX_DELAY", size: 4, families: inet, types: [stream]),
+        Option(level: tcp, name: 44 /* TCP_RTO_MAX_MS */, label: "TCP_RTO_MAX_MS", size: 4, families: inet, types: [stream]),
+        Option(level: tcp, name: 45 /* TCP_RTO_MIN_US */, label: "TCP_RTO_MIN_US", size: 4, families: inet, types: [stream]),
+        Option(level: tcp, name: 46 /* TCP_DELACK_MAX_US */, label: "TCP_DELACK_MAX_US", size: 4, families: inet, types: [stream]),
         // Last: IP_TOS sets the priority too.
         Option(level: sol, name: SO_PRIORITY, label: "SO_PRIORITY", size: 4),
     ]

@@ -30,11 +30,12 @@ extension Restorer {
 
     /// Takes every rebuilt connection out of repair mode and lifts the lock that held them
     /// since a `--kill` checkpoint: their peers' retransmissions arrive, and the conversation
-    /// goes on (or, with --tcp=close, each is reset).
+    /// goes on (or, with --tcp=close, each is reset). When the caller holds the traffic (a
+    /// set), the connections are left to it, in repair mode.
     func finishConnections() throws {
         let pending = pendingConnections
         pendingConnections = []
-        for p in pending { try sockets.finish(p) }
+        if options.trafficHeld { heldConnections = pending } else { try SocketBuilder.finish(pending) }
         if let table = image.metadata.networkLock {
             if try NetworkLock.release(table: table) {
                 notes.append("the packets of the connections held since the checkpoint flow again (nftables table \(table) removed)")

@@ -53,6 +53,10 @@ public struct RestoreOptions: Sendable {
     /// them): rebuilt with repair mode like connections inside the image, whatever the
     /// namespace.
     public var setChannels: Set<String> = []
+    /// The caller holds the restored processes' traffic (a set's hold until every member is
+    /// back): rebuilt connections stay in repair mode, where the kernel sends nothing for
+    /// them, and are left to it (`RestoredProcess.connections`) to finish once it flows.
+    public var trafficHeld = false
     public init() {}
 }
 
@@ -68,6 +72,9 @@ public final class RestoredProcess {
     public let notes: [String]
     /// The other processes of a restored tree, parents first (pids as wb sees them).
     public let descendants: [Tracee]
+    /// Rebuilt connections still in repair mode, left to a caller that holds the traffic
+    /// (`RestoreOptions.trafficHeld`): `SocketBuilder.finish` them once the traffic flows.
+    public internal(set) var connections: [SocketBuilder.Pending] = []
 
     init(tracee: Tracee, pid: Int32, originalPid: Int32, initPid: Int32?, notes: [String], descendants: [Tracee] = []) {
         self.tracee = tracee; self.pid = pid; self.originalPid = originalPid; self.initPid = initPid; self.notes = notes
@@ -175,6 +182,8 @@ public final class Restorer {
     var unlinkLater: [(path: String, leader: RemoteSyscalls, scratch: Scratch, access: FileAccess)] = []
     /// TCP connections rebuilt in repair mode, finished once the restore has succeeded.
     var pendingConnections: [SocketBuilder.Pending] = []
+    /// Rebuilt connections in repair mode, left to a caller that holds their traffic.
+    var heldConnections: [SocketBuilder.Pending] = []
     /// The TCP connections open in wb's network namespace (SocketTable.connectionKey), read
     /// when the first connection is rebuilt in it.
     var openConnections: Set<String>?
@@ -359,6 +368,7 @@ public final class Restorer {
             let restored = RestoredProcess(tracee: members[0].1, pid: spawned.pid, originalPid: process.pid,
                                            initPid: spawned.initPid, notes: notes, descendants: live)
             restored.jobStopped = Set(members.filter { $0.0.stopped == true && $0.0.zombieStatus == nil }.map { $0.1.pid })
+            restored.connections = heldConnections
             return restored
         }
     }

@@ -75,8 +75,10 @@ public final class SetRestorer {
         o.networkNamespace = "/run/netns/\(namespace)"
         o.allowTree = true
         o.setChannels = channels ? channelKeys(of: member) : []
+        o.trafficHeld = held
         let restorer = Restorer(image: image, options: o)
         let r = try restorer.restore()
+        heldConnections += r.connections
         return Restored(member: member, process: r, namespace: namespace, notes: r.notes, files: restorer.files ?? ResolvedFiles(), image: image)
     }
 
@@ -93,7 +95,18 @@ public final class SetRestorer {
     /// keeps the members under its own hand (`wb explore`).
     public func liftHold() throws {
         for ns in namespaces.values { try run(nftPath, ["delete", "table", "inet", "wb_set_hold"], in: ns) }
+        held = false
+        let connections = heldConnections
+        heldConnections = []
+        try SocketBuilder.finish(connections)
     }
+
+    /// Whether the hosts' traffic is held (from their making until `liftHold`).
+    private var held = false
+    /// The members' rebuilt connections, in repair mode until the hold is lifted: the kernel
+    /// sends nothing for them (a retransmission dropped by the hold would put the next one
+    /// off, twice as long each time).
+    private var heldConnections: [SocketBuilder.Pending] = []
 
     /// The set's "LOCAL->PEER" keys of `member`'s ends of channels.
     private func channelKeys(of member: SetManifest.Member) -> Set<String> {
@@ -133,6 +146,7 @@ public final class SetRestorer {
             // Segments wb puts back into rebuilt connections carry NetworkLock.passMark and
             // must get through.
             let mark = NetworkLock.passMark
+            held = true
             try run(nft, ["-f", "-"], in: ns, input: """
                 add table inet wb_set_hold
                 add chain inet wb_set_hold input { type filter hook input priority -400; policy drop; }

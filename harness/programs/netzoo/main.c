@@ -6,8 +6,9 @@
 //     sizes, SO_LINGER, SO_PRIORITY, SO_MARK, SO_DONTROUTE, IP_TOS, IP_TTL, TCP_USER_TIMEOUT,
 //     TCP_MAXSEG, TCP_WINDOW_CLAMP, TCP_THIN_LINEAR_TIMEOUTS and a classic
 //     BPF filter, and an IPv6 listener with IPV6_V6ONLY;
-//   - an established connection with bytes queued unread on both ends and TCP_NODELAY on the
-//     client, an IPv6 one likewise;
+//   - an established connection with bytes queued unread on both ends, TCP_NODELAY, TCP_INQ
+//     and its own retransmission timers (TCP_RTO_MAX_MS, TCP_RTO_MIN_US, where the kernel has
+//     them) on the client and the kernel's on the server, an IPv6 one likewise;
 //   - a half-closed connection: the client sent "last-words" and shut down writing (FIN-WAIT-2),
 //     the server has not read them (CLOSE-WAIT);
 //   - a UDP socket holding three datagrams from two senders, a UDP socket connected to it, an
@@ -42,6 +43,12 @@ static int opt(int fd, int level, int name) {
 static void set(int fd, int level, int name, int v, const char *what) {
     harness_require(setsockopt(fd, level, name, &v, sizeof v) == 0, what);
 }
+
+// Linux 6.15's per-socket timers (Debian's headers lack them).
+#ifndef TCP_RTO_MAX_MS
+#define TCP_RTO_MAX_MS 44
+#define TCP_RTO_MIN_US 45
+#endif
 
 static int port_of(int fd) {
     struct sockaddr_storage a;
@@ -132,6 +139,11 @@ int main(void) {
     // An established connection, bytes queued both ways.
     int client = socket(AF_INET, SOCK_STREAM, 0);
     set(client, IPPROTO_TCP, TCP_NODELAY, 1, "TCP_NODELAY");
+    set(client, IPPROTO_TCP, TCP_INQ, 1, "TCP_INQ");
+    int rto = 7000, rtomin = 40000;
+    int timers = setsockopt(client, IPPROTO_TCP, TCP_RTO_MAX_MS, &rto, sizeof rto) == 0
+              && setsockopt(client, IPPROTO_TCP, TCP_RTO_MIN_US, &rtomin, sizeof rtomin) == 0;
+    int kernelRTOMax = opt(client, IPPROTO_TCP, TCP_RTO_MAX_MS) == rto ? opt(listener, IPPROTO_TCP, TCP_RTO_MAX_MS) : -999;
     harness_require(connect(client, (struct sockaddr *)&a4, loop4(&a4, port)) == 0, "connect");
     int server = accept(listener, NULL, NULL);
     harness_require(server >= 0, "accept");
@@ -204,6 +216,9 @@ int main(void) {
         if (opt(listener6, IPPROTO_IPV6, IPV6_V6ONLY) != 1) fail("IPV6_V6ONLY");
         if (port_of(listener) != port || port_of(listener6) != port6) fail("ports");
         if (opt(client, IPPROTO_TCP, TCP_NODELAY) != 1) fail("client-nodelay");
+        if (opt(client, IPPROTO_TCP, TCP_INQ) != 1) fail("client-inq");
+        if (timers && (opt(client, IPPROTO_TCP, TCP_RTO_MAX_MS) != 7000 || opt(client, IPPROTO_TCP, TCP_RTO_MIN_US) != 40000)) fail("client-timers");
+        if (timers && opt(server, IPPROTO_TCP, TCP_RTO_MAX_MS) != kernelRTOMax) fail("server-rto-max");
         if (opt(lone, IPPROTO_TCP, TCP_NODELAY) != 1 || !(fcntl(lone, F_GETFL) & O_NONBLOCK)) fail("lone");
         // The established connections go on.
         expect(server, "to-server", "server-queue");
