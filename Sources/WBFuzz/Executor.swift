@@ -564,6 +564,38 @@ public final class Executor {
     /// Runs the process once on `data`. With `traceComparisons`, compare instructions also
     /// report their operands (slower; for new inputs only).
     public func run(_ data: [UInt8], traceComparisons: Bool = false) throws -> RunResult {
+        do {
+            return try runOnce(data, traceComparisons: traceComparisons)
+        } catch let error as WBError {
+            // The process gone under wb's hands (killed from outside while it waited between
+            // runs, or by the kernel): said with how it ended, which no run of its own shows.
+            guard case .processGone = error, let ending = endedBy() else { throw error }
+            throw WBError.failed("the process being fuzzed \(ending) between wb's steps, not in a run of its own (\(error)); it cannot go on")
+        }
+    }
+
+    /// How the fuzzed process ended, once it has: its wait status (wb is its tracer), or nil
+    /// while it is still there.
+    private func endedBy() -> String? {
+        var status: Int32 = 0
+        let r = waitpid(tracee.pid, &status, WNOHANG | Int32(bitPattern: 0x4000_0000) /* __WALL */)
+        guard r == tracee.pid else { return Paths.exists("/proc/\(tracee.pid)") ? nil : "ended" }
+        return Executor.describe(status: status)
+    }
+
+    /// A wait status in words: a process killed from outside wb is named with the likely
+    /// causes of a SIGKILL.
+    static func describe(status: Int32) -> String {
+        let signal = status & 0x7f
+        if signal == 0 { return "exited with status \((status >> 8) & 0xff)" }
+        let name = SignalNames.name(signal)
+        if signal == SIGKILL {
+            return "was killed by SIGKILL (from outside wb: the OOM killer, a CPU-time limit (RLIMIT_CPU counts every run's time), or a kill)"
+        }
+        return "was killed by \(name)"
+    }
+
+    private func runOnce(_ data: [UInt8], traceComparisons: Bool) throws -> RunResult {
         executions += 1
         endOfInputRead = false
         if mode == .branching { layout.rewindFiles() }
@@ -770,7 +802,9 @@ public final class Executor {
                     born.removeAll { $0 == tid }
                     continue
                 }
-                throw WBError.failed("the process being fuzzed ended despite wb (thread \(tid)); it cannot go on")
+                let ending: String
+                if case let .killed(signal) = stop { ending = Executor.describe(status: signal) } else if case let .exited(code) = stop { ending = "exited with status \(code)" } else { ending = "ended" }
+                throw WBError.failed("the process being fuzzed \(ending) despite wb (thread \(tid)), not where a run of its own ends; it cannot go on")
             }
         }
         if repaired { result.repaired = input }
@@ -786,7 +820,7 @@ public final class Executor {
             // Run it again with the input's reads stopping, as every later run.
             try readCarefully()
             if debugTrace { FileHandle.standardError.write(Data("wb-trace: a run read all its input and kept reading; reads of the input stop from now on\n".utf8)) }
-            return try run(data, traceComparisons: traceComparisons)
+            return try runOnce(data, traceComparisons: traceComparisons)
         }
         return result
     }

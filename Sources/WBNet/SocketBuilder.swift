@@ -29,6 +29,9 @@ public struct SocketBuilder {
     /// A connection in repair mode, waiting for `finish`.
     public struct Pending {
         let socket: FileDescriptor
+        /// Bytes sent and not acknowledged, to go into the queue as sent at `finish`.
+        let sent: Data
+        /// Bytes not sent yet, sent once repair mode is off.
         let unsent: Data
         let name: String
         let reset: (from: [UInt8], to: [UInt8], seq: UInt32)?
@@ -168,15 +171,19 @@ public struct SocketBuilder {
         try check(wb_tcp_repair(fd.rawValue, 1), "setsockopt(TCP_REPAIR)", "putting a new TCP socket in repair mode")
         var c = wb_tcp_conn()
         c.state = t.state; c.snd_seq = t.sendSeq; c.rcv_seq = t.receiveSeq
-        // What was sent and not acknowledged goes out again as new data when repair mode
-        // ends, not into the queue as sent: queued as sent, it waits for the retransmission
-        // timer, armed at once, which backs off while the restore holds the traffic (a set's
-        // hold until every member is back, the lock of a `--kill` checkpoint) and after a
-        // restore of 20 s may not fire for 30 s more. A peer that had received some of it
-        // takes the rest, as from a retransmission. Not so with our FIN queued after it
-        // (FIN-WAIT-1, CLOSING, LAST-ACK): the FIN goes in in repair mode, after the bytes.
-        let resent = [4, 11, 9].contains(t.state) ? t.unsent : UInt32(t.sendQueue.count)
-        c.outq = UInt32(t.sendQueue.count); c.unsent = resent; c.inq = UInt32(t.receiveQueue.count)
+        // The bytes sent and not acknowledged go into the queue as sent when the connection
+        // is finished, not now: the retransmission timer that sends them again is armed as
+        // they go in, and while the restore holds the traffic (a set's hold until every member
+        // is back, the lock of a `--kill` checkpoint) each retransmission would be dropped and
+        // the next put off twice as long (after a restore of 20 s, the first to get through
+        // could be 30 s away). Not so with our FIN queued after them (FIN-WAIT-1, CLOSING,
+        // LAST-ACK): it goes in in repair mode, after the bytes, now. (Sent again as new data
+        // instead, they would not do: a peer that had received more than a congestion window
+        // of them acknowledges bytes the kernel counts as unsent, and drops the segments.)
+        let loadLater = ![4, 11, 9].contains(t.state)
+        let sentCount = t.sendQueue.count - Int(t.unsent)
+        c.outq = UInt32(t.sendQueue.count); c.unsent = loadLater ? UInt32(t.sendQueue.count) : t.unsent
+        c.inq = UInt32(t.receiveQueue.count)
         c.mss = t.mss; c.options = t.options; c.snd_wscale = t.sendWindowScale; c.rcv_wscale = t.receiveWindowScale
         c.timestamp = t.timestamp
         var w = t.window + [UInt32](repeating: 0, count: max(0, 5 - t.window.count))
@@ -204,7 +211,8 @@ public struct SocketBuilder {
         if t.finReceived { try inject(from, to, seq: t.receiveSeq, ack: una, window: window, flags: 0x11, name: name) }
         if t.state == 9 { try sendFin(fd, acknowledged: false, name: name) }
         if t.state == 5 { try inject(from, to, seq: t.receiveSeq, ack: t.sendSeq &+ 1, window: window, flags: 0x10, name: name) }
-        let unsent = resent > 0 ? t.sendQueue.suffix(Int(resent)) : Data()
+        let sent = loadLater && sentCount > 0 ? t.sendQueue.prefix(sentCount) : Data()
+        let unsent = t.unsent > 0 ? t.sendQueue.suffix(Int(t.unsent)) : Data()
         var reset: (from: [UInt8], to: [UInt8], seq: UInt32)?
         if policy == .close && s.peerInside != true {
             reset = (from, to, t.receiveSeq &+ (t.finReceived ? 1 : 0))
@@ -212,7 +220,7 @@ public struct SocketBuilder {
         }
         let reuse = (s.options ?? []).first { $0.level == SOL_SOCKET && $0.name == SO_REUSEADDR }
             .map { $0.value.count >= 4 ? $0.value.withUnsafeBytes { $0.loadUnaligned(as: Int32.self) } : 0 } ?? 0
-        return Pending(socket: fd, unsent: Data(unsent), name: name, reset: reset, reuse: reuse, namespace: namespace)
+        return Pending(socket: fd, sent: Data(sent), unsent: Data(unsent), name: name, reset: reset, reuse: reuse, namespace: namespace)
     }
 
     /// Our FIN, queued (FIN-WAIT-1, LAST-ACK, CLOSING) or counted as sent (FIN-WAIT-2),
@@ -252,13 +260,20 @@ public struct SocketBuilder {
     }
 
     /// Takes rebuilt connections out of repair mode: they talk again (their peers'
-    /// retransmissions arrive once the lock is lifted), and the bytes each process had written
-    /// and its peer had not acknowledged go out; with --tcp=close a connection is reset
+    /// retransmissions arrive once the lock is lifted), what each had sent and its peer had
+    /// not acknowledged goes into its queue and is sent again when the retransmission timer
+    /// fires, and the bytes not sent yet go out; with --tcp=close a connection is reset
     /// instead. All leave repair mode before any sends: a segment must not reach a peer
-    /// still in repair mode (both ends of a connection inside the image or the set), where
-    /// it is taken in without an acknowledgement the sender can use.
+    /// still in repair mode (both ends of a connection inside the image or the set), which
+    /// takes it in without an acknowledgement the sender can use.
     public static func finish(_ connections: [Pending]) throws {
         defer { for p in connections { p.socket.close() } }
+        for p in connections where !p.sent.isEmpty {
+            try p.sent.withUnsafeBytes { b in
+                try check(wb_tcp_load_sent(p.socket.rawValue, b.baseAddress, b.count), "setsockopt(TCP_REPAIR_QUEUE)",
+                          "putting back the \(p.sent.count) bytes \(p.name) had sent and not had acknowledged")
+            }
+        }
         for p in connections {
             try check(wb_tcp_repair(p.socket.rawValue, -1), "setsockopt(TCP_REPAIR)", "ending repair mode of \(p.name)")
             // Taking repair mode off turns SO_REUSEADDR off: the image's value goes back.
@@ -276,7 +291,7 @@ public struct SocketBuilder {
                 var outq: Int32 = 0
                 _ = wb_socket_ioctl_int(p.socket.rawValue, 0x5411 /* SIOCOUTQ */, &outq)
                 SocketBuilder.makeRoom(p.socket.rawValue, SO_SNDBUF, 32 /* SO_SNDBUFFORCE */, bytes: Int(outq) + p.unsent.count)
-                try SocketBuilder.sendAll(p.socket.rawValue, p.unsent, what: "sending the \(p.unsent.count) bytes of \(p.name) its peer had not acknowledged")
+                try SocketBuilder.sendAll(p.socket.rawValue, p.unsent, what: "sending the \(p.unsent.count) bytes \(p.name) had not sent yet")
             }
         }
     }

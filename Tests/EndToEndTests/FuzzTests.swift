@@ -152,6 +152,37 @@ import WBTrace
         #expect(FuzzTests.buckets(summary).contains { $0.function == "boom" }, "\(FuzzTests.buckets(summary))")
     }
 
+    /// The process being fuzzed killed from outside (the OOM killer, a kill -9) ends the
+    /// campaign with a one-line error saying how it ended, whether it was in a run or between
+    /// runs, and what it found so far stays.
+    @Test func aFuzzedProcessKilledFromOutsideIsNamedInTheError() throws {
+        let dir = scratchDirectory()
+        let (image, _) = try FuzzTests.checkpointParser(dir)
+        let fuzz = try Child(Products.wb, ["fuzz", image, "--corpus", FuzzTests.corpus, "--out", "\(dir)/out", "--duration", "120", "-q"])
+        // The process being fuzzed: the thread group wb traces.
+        func traced() -> Int32? {
+            let pids = ((try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? []).compactMap { Int32($0) }
+            return pids.first { pid in
+                guard let status = try? Paths.readText("/proc/\(pid)/status") else { return false }
+                return status.contains("TracerPid:\t\(fuzz.pid)\n") && status.contains("Tgid:\t\(pid)\n")
+            }
+        }
+        var target: Int32?
+        for _ in 0..<300 where target == nil {
+            usleep(50_000)
+            target = traced()
+        }
+        let pid = try #require(target, "no process traced by wb fuzz: \(fuzz.stderrText)")
+        // Well into the campaign: runs are going on.
+        usleep(1_000_000)
+        kill(pid, SIGKILL)
+        let code = fuzz.exitCode
+        let lines = fuzz.stderrText.split(separator: "\n").filter { $0.hasPrefix("wb: error:") }
+        #expect(code == 1 && lines.count == 1 && lines[0].contains("killed by SIGKILL") && lines[0].contains("from outside wb"),
+                "\(code) \(fuzz.stderrText)")
+        #expect(Paths.exists("\(dir)/out/campaign.json") || Paths.exists("\(dir)/out/queue"), "nothing of the campaign kept")
+    }
+
     @Test func runsStartFromTheSnapshotNotFromThePreviousRun() throws {
         let dir = scratchDirectory()
         let (image, key) = try FuzzTests.checkpointParser(dir)

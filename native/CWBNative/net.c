@@ -135,6 +135,12 @@ static int send_all(int fd, const char *p, size_t len) {
     return 0;
 }
 
+int wb_tcp_load_sent(int fd, const void *bytes, size_t len) {
+    int e;
+    if ((e = select_queue(fd, TCP_SEND_QUEUE)) || (e = send_all(fd, bytes, len))) return e;
+    return select_queue(fd, TCP_NO_QUEUE);
+}
+
 int wb_tcp_finish(int fd, const wb_tcp_conn *c, const void *sendq, const void *recvq) {
     struct tcp_repair_opt opts[4];
     int n = 0;

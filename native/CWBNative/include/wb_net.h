@@ -42,6 +42,10 @@ int wb_tcp_prepare(int fd, const wb_tcp_conn *c);
 /// send queue; the unsent part is sent after repair mode ends) and the window.
 int wb_tcp_finish(int fd, const wb_tcp_conn *c, const void *sendq, const void *recvq);
 
+/// In repair mode, after wb_tcp_finish: `len` more bytes into the send queue, as sent (the
+/// retransmission timer sends them again). 0 or an errno.
+int wb_tcp_load_sent(int fd, const void *bytes, size_t len);
+
 /// SIOCINQ/SIOCOUTQ/SIOCOUTQNSD and the like: an int out of a socket ioctl.
 int wb_socket_ioctl_int(int fd, unsigned long request, int *value);
 
