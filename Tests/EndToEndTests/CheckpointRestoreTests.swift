@@ -772,11 +772,12 @@ import WBTrace
         let first = restore.line(timeout: 60)
         let pid = try #require(first.flatMap { Int32($0) }, "\(restore.stderrText)")
         #expect(restore.exitCode == 0)
-        defer { kill(pid, SIGKILL) }
+        let owned = OwnedProcess(pid)
+        defer { owned.kill() }
         let status = try Paths.readText("/proc/\(pid)/status")
         #expect(status.contains("Uid:\t65534"))
         #expect(status.contains("NSpid:\t\(pid)\t\(program.pid)"))
-        kill(pid, SIGUSR1)
+        owned.signal(SIGUSR1)
         let verify = restore.line(startingWith: "VERIFY")
         #expect(verify?.hasPrefix("VERIFY OK") == true, "\(verify ?? "no answer")")
         #expect(field(verify, "pid") == field(ready, "pid"))

@@ -38,7 +38,8 @@ import WBCore
         let restore = try Child(Products.wb, ["restore", image, "--detach"], stdin: again[0])
         close(again[0])
         let pid = try #require(restore.line(timeout: 60).flatMap { Int32($0) }, "\(restore.stderrText)")
-        defer { kill(pid, SIGKILL) }
+        let owned = OwnedProcess(pid)
+        defer { owned.kill() }
         #expect(try locks(of: pid) > 0, "the restored sqlite3 holds no lock")
 
         // A reader waits for the lock (busy timeout) rather than reading past the writer.

@@ -193,7 +193,8 @@ import WBTrace
         let restore = try Child(Products.wb, ["restore", forged, "--detach"])
         if let line = restore.line(timeout: 120), let pid = Int32(line) {
             // It restored: then without the file (and not as root).
-            defer { kill(pid, SIGKILL); Self.waitUntilGone(pid) }
+            let owned = OwnedProcess(pid)
+            defer { owned.kill(); Self.waitUntilGone(pid) }
             let links = ((try? Paths.list("/proc/\(pid)/fd")) ?? []).map { ((try? Paths.readLink("/proc/\(pid)/fd/\($0)")) ?? "?") }
             #expect(!links.contains(secret), "the restored process \(pid) holds \(secret), which uid 1001 cannot open: fds \(links)")
             #expect(try ProcFS.status(pid)["Uid"] == "1001\t1001\t1001\t1001")

@@ -116,12 +116,13 @@ import WBCore
         let copy = try Child(Products.wb, ["restore", image, "--detach", "--new-netns", "--new-pidns"])
         let pid = try #require(copy.line().flatMap { Int32($0) }, "\(copy.stderrText)")
         #expect(copy.exitCode == 0)
-        defer { kill(pid, SIGKILL) }
+        let owned = OwnedProcess(pid)
+        defer { owned.kill() }
         #expect(copy.stderrText.contains("network namespace of its own"))
         let theirs = try Paths.stat("/proc/\(pid)/ns/net"), ours = try Paths.stat("/proc/self/ns/net")
         #expect(theirs.inode != ours.inode)
         // The copy answers on its own stdout (wb's, the pipe read here).
-        kill(pid, SIGUSR1)
+        owned.signal(SIGUSR1)
         #expect(copy.line(startingWith: "VERIFY") == "VERIFY OK")
         // gdb on another copy, in its own namespace too, while the original keeps its ports.
         let debug = try wb("restore", image, "--new-netns", "--new-pidns", "--debug", "--", "-batch", "-ex", "info threads", "-ex", "bt")

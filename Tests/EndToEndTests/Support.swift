@@ -174,11 +174,55 @@ func holderWithChild(_ kind: String) throws -> (program: Child, child: Int32) {
     return (program, try #require(field(ready, "fd").flatMap { Int32($0) }))
 }
 
+/// A process a test made but is not the parent of (a restore with --detach prints its pid),
+/// signalled only while it is still that process: by the time a test kills it, it may have
+/// ended and its pid been reused (pid_max is 32768 here and the suite makes tens of thousands
+/// of processes), and a signal to a reused pid would hit another test's process (a fuzz
+/// campaign's target died of such a kill).
+struct OwnedProcess {
+    let pid: Int32
+    /// Its start time (field 22 of /proc/PID/stat), read when the pid is first known.
+    private let started: String?
+
+    init(_ pid: Int32) {
+        self.pid = pid
+        started = OwnedProcess.startTime(pid)
+    }
+
+    static func startTime(_ pid: Int32) -> String? {
+        guard let stat = try? Paths.readText("/proc/\(pid)/stat"), let close = stat.lastIndex(of: ")") else { return nil }
+        let fields = stat[stat.index(after: close)...].split(separator: " ")
+        return fields.count > 19 ? String(fields[19]) : nil
+    }
+
+    /// Sends `sig` if the pid still names the process it named at first.
+    func signal(_ sig: Int32) {
+        guard let started, OwnedProcess.startTime(pid) == started else { return }
+        Glibc.kill(pid, sig)
+    }
+
+    func kill() { signal(SIGKILL) }
+
+    /// Kills `pid` only if it runs `executable`: for a pid learnt after the fact (the
+    /// process may be gone and the pid another's by then).
+    static func kill(_ pid: Int32, ifRunning executable: String) {
+        guard let exe = try? Paths.readLink("/proc/\(pid)/exe"), exe == executable else { return }
+        Glibc.kill(pid, SIGKILL)
+    }
+}
+
 /// A restore run with --detach: its first stdout line is the pid; after that, the restored
 /// process writes to the same pipe (it inherited wb's stdout).
 struct Restored {
     let wb: Child
     let pid: Int32
+    let process: OwnedProcess
+
+    init(wb: Child, pid: Int32) {
+        self.wb = wb
+        self.pid = pid
+        process = OwnedProcess(pid)
+    }
 
     static func detach(_ image: String, _ extra: [String] = [], env: [String: String] = [:]) throws -> Restored {
         let child = try Child(Products.wb, ["restore", image, "--detach"] + extra, env: env)
@@ -191,15 +235,13 @@ struct Restored {
 
     func line(startingWith prefix: String, timeout: Double = 60) -> String? { wb.line(startingWith: prefix, timeout: timeout) }
 
-    func kill() {
-        Glibc.kill(pid, SIGKILL)
-    }
+    func kill() { process.kill() }
 
     /// Asks the restored harness program to check itself (SIGUSR1), `rounds` times; its
     /// answers ("VERIFY OK", "VERIFY FAIL ...", or "no answer").
     func verify(rounds: Int = 1) -> [String] {
         (0..<rounds).map { _ in
-            Glibc.kill(pid, SIGUSR1)
+            process.signal(SIGUSR1)
             return line(startingWith: "VERIFY") ?? "no answer"
         }
     }

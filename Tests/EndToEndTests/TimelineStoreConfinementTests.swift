@@ -38,7 +38,7 @@ import WBCore
         for args in cases {
             let r = try wb(args, timeout: 120)
             #expect(Self.refused(r, naming: pack), "\(args.dropFirst(2)): exit \(r.code): \(r.stderr)")
-            if r.code == 0, let pid = Int32(r.stdout.split(separator: "\n").first ?? "") { kill(pid, SIGKILL) }
+            if r.code == 0, let pid = Int32(r.stdout.split(separator: "\n").first ?? "") { OwnedProcess.kill(pid, ifRunning: meta.process.exe) }
         }
         // A relative link that climbs out with '..' is refused as well.
         #expect(unlink("\(timeline)/\(pack)") == 0)
@@ -65,7 +65,7 @@ import WBCore
         for args in cases {
             let r = try wb(args, timeout: 120)
             #expect(Self.refused(r, naming: stored), "\(args.dropFirst(2)): exit \(r.code): \(r.stderr)")
-            if r.code == 0, let pid = Int32(r.stdout.split(separator: "\n").first ?? "") { kill(pid, SIGKILL) }
+            if r.code == 0, let pid = Int32(r.stdout.split(separator: "\n").first ?? "") { OwnedProcess.kill(pid, ifRunning: meta.process.exe) }
         }
     }
 }

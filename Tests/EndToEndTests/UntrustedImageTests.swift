@@ -75,10 +75,11 @@ import WBSystem
                 guard k < 40 else { continue }
                 let child = try Child(Products.wb, ["restore", path, "--detach", "--new-pidns"])
                 let first = child.line(timeout: 60)
+                let owned = first.flatMap { Int32($0) }.map(OwnedProcess.init)
                 let code = child.exitCode
-                if let pid = first.flatMap({ Int32($0) }), code == 0 {
+                if let owned, code == 0 {
                     restored += 1
-                    kill(pid, SIGKILL)
+                    owned.kill()
                 } else if !Self.endedCleanly(code, child.stderrText) {
                     failures.append("wb restore of image \(n) mutant \(seed) (\(what)): exit \(code): \(child.stderrText.prefix(400))")
                 }
