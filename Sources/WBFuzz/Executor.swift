@@ -574,25 +574,24 @@ public final class Executor {
         }
     }
 
-    /// How the fuzzed process ended, once it has: its wait status (wb is its tracer), or nil
-    /// while it is still there.
+    /// How the fuzzed process ended, once it has (its wait status, collected as its tracer),
+    /// or nil while it is still there.
     private func endedBy() -> String? {
-        var status: Int32 = 0
-        let r = waitpid(tracee.pid, &status, WNOHANG | Int32(bitPattern: 0x4000_0000) /* __WALL */)
-        guard r == tracee.pid else { return Paths.exists("/proc/\(tracee.pid)") ? nil : "ended" }
-        return Executor.describe(status: status)
+        while tracee.ended == nil, (try? tracee.waitAny(block: false)) != nil {}
+        if let ended = tracee.ended { return Executor.describe(ended) }
+        return ProcFS.exists(tracee.pid) ? nil : "ended"
     }
 
-    /// A wait status in words: a process killed from outside wb is named with the likely
-    /// causes of a SIGKILL.
-    static func describe(status: Int32) -> String {
-        let signal = status & 0x7f
-        if signal == 0 { return "exited with status \((status >> 8) & 0xff)" }
-        let name = SignalNames.name(signal)
-        if signal == SIGKILL {
+    /// The end of a process in words: one killed from outside wb is named with the likely
+    /// senders of a SIGKILL.
+    static func describe(_ end: Tracee.Stop) -> String {
+        switch end {
+        case let .exited(code): return "exited with status \(code)"
+        case .killed(SIGKILL):
             return "was killed by SIGKILL (from outside wb: the OOM killer, a CPU-time limit (RLIMIT_CPU counts every run's time), or a kill)"
+        case let .killed(signal): return "was killed by \(SignalNames.name(signal))"
+        default: return "ended"
         }
-        return "was killed by \(name)"
     }
 
     private func runOnce(_ data: [UInt8], traceComparisons: Bool) throws -> RunResult {
@@ -802,9 +801,7 @@ public final class Executor {
                     born.removeAll { $0 == tid }
                     continue
                 }
-                let ending: String
-                if case let .killed(signal) = stop { ending = Executor.describe(status: signal) } else if case let .exited(code) = stop { ending = "exited with status \(code)" } else { ending = "ended" }
-                throw WBError.failed("the process being fuzzed \(ending) despite wb (thread \(tid)), not where a run of its own ends; it cannot go on")
+                throw WBError.failed("the process being fuzzed \(Executor.describe(stop)) despite wb (thread \(tid)), not where a run of its own ends; it cannot go on")
             }
         }
         if repaired { result.repaired = input }

@@ -180,10 +180,9 @@ public struct SocketBuilder {
         // LAST-ACK): it goes in in repair mode, after the bytes, now. (Sent again as new data
         // instead, they would not do: a peer that had received more than a congestion window
         // of them acknowledges bytes the kernel counts as unsent, and drops the segments.)
-        let loadLater = ![4, 11, 9].contains(t.state)
-        let sentCount = t.sendQueue.count - Int(t.unsent)
-        c.outq = UInt32(t.sendQueue.count); c.unsent = loadLater ? UInt32(t.sendQueue.count) : t.unsent
-        c.inq = UInt32(t.receiveQueue.count)
+        let sent = t.sendQueue.prefix(t.sendQueue.count - Int(t.unsent))
+        let loadNow = [4, 11, 9].contains(t.state)
+        c.outq = UInt32(t.sendQueue.count); c.unsent = t.unsent; c.inq = UInt32(t.receiveQueue.count)
         c.mss = t.mss; c.options = t.options; c.snd_wscale = t.sendWindowScale; c.rcv_wscale = t.receiveWindowScale
         c.timestamp = t.timestamp
         var w = t.window + [UInt32](repeating: 0, count: max(0, 5 - t.window.count))
@@ -199,11 +198,10 @@ public struct SocketBuilder {
         // socket's are smaller: they get room (as root, past wmem_max and rmem_max).
         SocketBuilder.makeRoom(fd.rawValue, SO_SNDBUF, 32 /* SO_SNDBUFFORCE */, bytes: t.sendQueue.count + Int(t.unsent))
         SocketBuilder.makeRoom(fd.rawValue, SO_RCVBUF, 33 /* SO_RCVBUFFORCE */, bytes: t.receiveQueue.count)
-        try t.sendQueue.withUnsafeBytes { sq in
-            try t.receiveQueue.withUnsafeBytes { rq in
-                try check(wb_tcp_finish(fd.rawValue, &c, sq.baseAddress, rq.baseAddress), "setsockopt(TCP_REPAIR_*)", "restoring the connection of \(name)")
-            }
+        try t.receiveQueue.withUnsafeBytes { rq in
+            try check(wb_tcp_finish(fd.rawValue, &c, rq.baseAddress), "setsockopt(TCP_REPAIR_*)", "restoring the connection of \(name)")
         }
+        if loadNow { try SocketBuilder.loadSent(fd.rawValue, sent, name: name) }
         let (from, to) = try injectionAddresses(peer: peer, local: local, family: s.family)
         let una = t.sendSeq &- UInt32(t.sendQueue.count)
         let window = UInt16(clamping: t.window.count > 3 ? t.window[3] >> min(t.receiveWindowScale, 14) : 65535)
@@ -211,7 +209,6 @@ public struct SocketBuilder {
         if t.finReceived { try inject(from, to, seq: t.receiveSeq, ack: una, window: window, flags: 0x11, name: name) }
         if t.state == 9 { try sendFin(fd, acknowledged: false, name: name) }
         if t.state == 5 { try inject(from, to, seq: t.receiveSeq, ack: t.sendSeq &+ 1, window: window, flags: 0x10, name: name) }
-        let sent = loadLater && sentCount > 0 ? t.sendQueue.prefix(sentCount) : Data()
         let unsent = t.unsent > 0 ? t.sendQueue.suffix(Int(t.unsent)) : Data()
         var reset: (from: [UInt8], to: [UInt8], seq: UInt32)?
         if policy == .close && s.peerInside != true {
@@ -220,7 +217,7 @@ public struct SocketBuilder {
         }
         let reuse = (s.options ?? []).first { $0.level == SOL_SOCKET && $0.name == SO_REUSEADDR }
             .map { $0.value.count >= 4 ? $0.value.withUnsafeBytes { $0.loadUnaligned(as: Int32.self) } : 0 } ?? 0
-        return Pending(socket: fd, sent: Data(sent), unsent: Data(unsent), name: name, reset: reset, reuse: reuse, namespace: namespace)
+        return Pending(socket: fd, sent: loadNow ? Data() : Data(sent), unsent: Data(unsent), name: name, reset: reset, reuse: reuse, namespace: namespace)
     }
 
     /// Our FIN, queued (FIN-WAIT-1, LAST-ACK, CLOSING) or counted as sent (FIN-WAIT-2),
@@ -259,6 +256,16 @@ public struct SocketBuilder {
         if e != 0 { throw WBError.system(call: "sendto(raw)", errno: e, what: "putting back a segment of \(name)'s peer") }
     }
 
+    /// In repair mode: the bytes a connection had sent and not had acknowledged into its send
+    /// queue, as sent.
+    private static func loadSent(_ fd: Int32, _ bytes: Data, name: String) throws {
+        guard !bytes.isEmpty else { return }
+        try bytes.withUnsafeBytes { b in
+            try check(wb_tcp_load_sent(fd, b.baseAddress, b.count), "setsockopt(TCP_REPAIR_QUEUE)",
+                      "putting back the \(bytes.count) bytes \(name) had sent and not had acknowledged")
+        }
+    }
+
     /// Takes rebuilt connections out of repair mode: they talk again (their peers'
     /// retransmissions arrive once the lock is lifted), what each had sent and its peer had
     /// not acknowledged goes into its queue and is sent again when the retransmission timer
@@ -268,12 +275,7 @@ public struct SocketBuilder {
     /// takes it in without an acknowledgement the sender can use.
     public static func finish(_ connections: [Pending]) throws {
         defer { for p in connections { p.socket.close() } }
-        for p in connections where !p.sent.isEmpty {
-            try p.sent.withUnsafeBytes { b in
-                try check(wb_tcp_load_sent(p.socket.rawValue, b.baseAddress, b.count), "setsockopt(TCP_REPAIR_QUEUE)",
-                          "putting back the \(p.sent.count) bytes \(p.name) had sent and not had acknowledged")
-            }
-        }
+        for p in connections { try loadSent(p.socket.rawValue, p.sent, name: p.name) }
         for p in connections {
             try check(wb_tcp_repair(p.socket.rawValue, -1), "setsockopt(TCP_REPAIR)", "ending repair mode of \(p.name)")
             // Taking repair mode off turns SO_REUSEADDR off: the image's value goes back.

@@ -2,6 +2,7 @@ import Foundation
 import Glibc
 import Testing
 import WBCore
+import WBTrace
 
 /// Where `swift build` put wb and the harness programs: next to this test bundle.
 enum Products {
@@ -189,11 +190,7 @@ struct OwnedProcess {
         started = OwnedProcess.startTime(pid)
     }
 
-    static func startTime(_ pid: Int32) -> String? {
-        guard let stat = try? Paths.readText("/proc/\(pid)/stat"), let close = stat.lastIndex(of: ")") else { return nil }
-        let fields = stat[stat.index(after: close)...].split(separator: " ")
-        return fields.count > 19 ? String(fields[19]) : nil
-    }
+    static func startTime(_ pid: Int32) -> String? { (try? ProcFS.stat(pid))?[22] }
 
     /// Sends `sig` if the pid still names the process it named at first.
     func signal(_ sig: Int32) {
@@ -215,12 +212,11 @@ struct OwnedProcess {
 /// process writes to the same pipe (it inherited wb's stdout).
 struct Restored {
     let wb: Child
-    let pid: Int32
     let process: OwnedProcess
+    var pid: Int32 { process.pid }
 
     init(wb: Child, pid: Int32) {
         self.wb = wb
-        self.pid = pid
         process = OwnedProcess(pid)
     }
 

@@ -141,7 +141,7 @@ int wb_tcp_load_sent(int fd, const void *bytes, size_t len) {
     return select_queue(fd, TCP_NO_QUEUE);
 }
 
-int wb_tcp_finish(int fd, const wb_tcp_conn *c, const void *sendq, const void *recvq) {
+int wb_tcp_finish(int fd, const wb_tcp_conn *c, const void *recvq) {
     struct tcp_repair_opt opts[4];
     int n = 0;
     opts[n].opt_code = TCPOPT_MAXSEG; opts[n].opt_val = c->mss; n++;
@@ -153,10 +153,6 @@ int wb_tcp_finish(int fd, const wb_tcp_conn *c, const void *sendq, const void *r
     if ((c->options & TCPI_OPT_TIMESTAMPS) && (e = set_u32(fd, TCP_TIMESTAMP, c->timestamp))) return e;
     if (c->inq) {
         if ((e = select_queue(fd, TCP_RECV_QUEUE)) || (e = send_all(fd, recvq, c->inq))) return e;
-    }
-    uint32_t sent = c->outq - c->unsent;
-    if (sent) {
-        if ((e = select_queue(fd, TCP_SEND_QUEUE)) || (e = send_all(fd, sendq, sent))) return e;
     }
     if ((e = select_queue(fd, TCP_NO_QUEUE))) return e;
     struct tcp_repair_window w = { .snd_wl1 = c->snd_wl1, .snd_wnd = c->snd_wnd, .max_window = c->max_window,

@@ -38,12 +38,12 @@ int wb_tcp_read(int fd, wb_tcp_conn *c);
 int wb_tcp_peek(int fd, int queue, void *buf, size_t len);
 /// Before bind and connect of a socket in repair mode: the queues' first sequence numbers.
 int wb_tcp_prepare(int fd, const wb_tcp_conn *c);
-/// After connect in repair mode: options, timestamp, the queues' bytes (the sent part of the
-/// send queue; the unsent part is sent after repair mode ends) and the window.
-int wb_tcp_finish(int fd, const wb_tcp_conn *c, const void *sendq, const void *recvq);
+/// After connect in repair mode: options, timestamp, the receive queue's bytes and the
+/// window. The send queue is wb_tcp_load_sent's.
+int wb_tcp_finish(int fd, const wb_tcp_conn *c, const void *recvq);
 
-/// In repair mode, after wb_tcp_finish: `len` more bytes into the send queue, as sent (the
-/// retransmission timer sends them again). 0 or an errno.
+/// In repair mode, after wb_tcp_finish: `len` bytes into the send queue, as sent (the
+/// retransmission timer, armed as they go in, sends them again). 0 or an errno.
 int wb_tcp_load_sent(int fd, const void *bytes, size_t len);
 
 /// SIOCINQ/SIOCOUTQ/SIOCOUTQNSD and the like: an int out of a socket ioctl.
